@@ -1,0 +1,74 @@
+//! `KvStore`: how attention reads and appends keys and values, per layer and position.
+//!
+//! The inference engine ships a contiguous store; the paged KV cache (`mm::kv`) implements the
+//! same trait, so the forward pass never knows which one it is using.
+
+use core::fmt;
+
+/// Why a K/V row could not be stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvError {
+    /// The position is at or past the store's capacity (context length or quota).
+    PositionOutOfRange {
+        /// The position asked for.
+        position: usize,
+        /// The store's capacity in positions.
+        capacity: usize,
+    },
+    /// The layer index is not below the number of layers.
+    LayerOutOfRange {
+        /// The layer asked for.
+        layer: usize,
+    },
+    /// The row length does not equal `kv_dim`.
+    WrongRowLength {
+        /// The length given.
+        length: usize,
+        /// The length expected.
+        expected: usize,
+    },
+    /// No memory is left for another block.
+    OutOfMemory,
+}
+
+impl fmt::Display for KvError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvError::PositionOutOfRange { position, capacity } => {
+                write!(formatter, "position {position} is past the KV capacity of {capacity}")
+            }
+            KvError::LayerOutOfRange { layer } => write!(formatter, "layer {layer} does not exist"),
+            KvError::WrongRowLength { length, expected } => {
+                write!(formatter, "K/V row has {length} values, expected {expected}")
+            }
+            KvError::OutOfMemory => write!(formatter, "no memory left for KV blocks"),
+        }
+    }
+}
+
+/// Per-sequence storage of attention keys and values.
+///
+/// A row is `kv_dim()` values: all KV heads of one layer at one position. Positions are written
+/// in order, each layer once per position, before they are read.
+pub trait KvStore {
+    /// Values per row: number of KV heads × head size.
+    fn kv_dim(&self) -> usize;
+
+    /// Number of layers.
+    fn layers(&self) -> usize;
+
+    /// Largest number of positions this store can hold.
+    fn capacity(&self) -> usize;
+
+    /// Stores the key and value rows of `layer` at `position`.
+    fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError>;
+
+    /// The key row of `layer` at `position`. `position` must have been written.
+    fn key(&self, layer: usize, position: usize) -> &[f32];
+
+    /// The value row of `layer` at `position`. `position` must have been written.
+    fn value(&self, layer: usize, position: usize) -> &[f32];
+
+    /// Forgets every position at or past `length`.
+    fn truncate(&mut self, length: usize);
+}

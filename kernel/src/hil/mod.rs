@@ -1,0 +1,20 @@
+//! Hardware interface layer: the traits a board implements and the kernel calls.
+//!
+//! Each trait is the whole contract between `kernel` and a driver in `bsp`. The kernel never
+//! reaches hardware any other way, which is what lets every kernel module run on the host.
+//! [`KvStore`] is the one trait that is not about hardware: it is the seam between attention
+//! and whatever holds the KV cache (contiguous or paged).
+
+mod block;
+mod clock;
+mod console;
+mod cpus;
+mod kv;
+mod rng;
+
+pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer};
+pub use clock::{Clock, Deadline};
+pub use console::{Console, ConsoleWriter};
+pub use cpus::{Cpus, SingleCpu};
+pub use kv::{KvError, KvStore};
+pub use rng::{Rng, RngError};

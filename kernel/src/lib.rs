@@ -1,0 +1,14 @@
+//! Tessera's unikernel core: hardware-independent, `no_std` + `alloc`, and tested on the host.
+//!
+//! The board reaches this crate only through the traits in [`hil`]; boot hands over the typed
+//! memory regions as plain data ([`mm::layout::MemoryPlan`]). Nothing here names a register,
+//! a physical address or a board.
+
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+extern crate alloc;
+
+pub mod hil;
+pub mod mm;
+pub mod rand;
+pub mod sync;

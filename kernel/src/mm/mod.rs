@@ -1,0 +1,6 @@
+//! Tensor memory manager: the typed regions boot maps, and the pools built over them.
+//!
+//! [`layout`] turns the board's budget and the detected RAM into typed regions (weights, KV,
+//! activations, protocol, DMA, heap). The pools that manage each region live beside it.
+
+pub mod layout;
