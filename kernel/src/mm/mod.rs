@@ -3,4 +3,9 @@
 //! [`layout`] turns the board's budget and the detected RAM into typed regions (weights, KV,
 //! activations, protocol, DMA, heap). The pools that manage each region live beside it.
 
+pub mod chunk;
+pub mod error;
 pub mod layout;
+pub mod stats;
+
+pub use error::MemError;
