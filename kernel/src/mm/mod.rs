@@ -3,6 +3,7 @@
 //! [`layout`] turns the board's budget and the detected RAM into typed regions (weights, KV,
 //! activations, protocol, DMA, heap). The pools that manage each region live beside it.
 
+pub mod buddy;
 pub mod chunk;
 pub mod error;
 pub mod layout;

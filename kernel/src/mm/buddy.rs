@@ -1,0 +1,495 @@
+//! Buddy allocator: power-of-two blocks from 4 KiB to 1 MiB (activations, KV blocks, slabs).
+//!
+//! Metadata is external: one state byte, two free-list links and the requested size per
+//! 4 KiB page, allocated once at construction. Nothing is written into the managed memory.
+
+#![forbid(unsafe_code)]
+
+use super::error::{MemError, align_up};
+use super::stats::{PoolCounters, PoolStatistics};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// End of an index-linked list.
+const NONE: u32 = u32::MAX;
+/// State bit: the page heads a free block (the low bits hold its order).
+const FREE: u8 = 0x40;
+/// State bit: the page heads a live block (the low bits hold its order).
+const LIVE: u8 = 0x80;
+/// Mask of the order in a state byte.
+const ORDER_MASK: u8 = 0x3f;
+
+/// A binary buddy allocator over one address range.
+///
+/// Blocks have `min_block << order` bytes for `order` in `0..=max_order` and sit at an offset
+/// from the range's base that is a multiple of their size, so the base must be aligned to the
+/// largest block for addresses to be naturally aligned (it is trimmed inward if not).
+///
+/// Invariants (checked by the property tests):
+/// - every page belongs to exactly one block; a block's head page holds `FREE | order` or
+///   `LIVE | order`, every other page holds 0;
+/// - a free block of order `k < max_order` never has a free buddy of order `k` (merges are
+///   eager), and it is on list `k` exactly once;
+/// - bit `k` of the non-empty mask is set exactly when list `k` is not empty;
+/// - free bytes + reserved bytes = capacity.
+///
+/// Time bounds: finding a buddy is one index computation and one byte compare; `alloc` is
+/// O(1) to pick a list (a trailing-zeros on the mask) plus O(levels) splits; `free` is
+/// O(levels) merges, each an O(1) unlink of a doubly linked list. No operation scans a list.
+#[derive(Debug)]
+pub struct BuddyAllocator {
+    name: &'static str,
+    base: u64,
+    pages: u32,
+    page_shift: u32,
+    max_order: u32,
+    heads: Vec<u32>,
+    nonempty: u32,
+    next: Vec<u32>,
+    previous: Vec<u32>,
+    state: Vec<u8>,
+    requested: Vec<u32>,
+    free_bytes: u64,
+    counters: PoolCounters,
+}
+
+impl BuddyAllocator {
+    /// A buddy allocator named `name` over `[base, base + size)` with blocks from
+    /// `min_block` to `max_block` bytes (powers of two, `max_block ≤ 2 GiB`).
+    pub fn new(
+        name: &'static str,
+        base: u64,
+        size: u64,
+        min_block: u64,
+        max_block: u64,
+    ) -> Result<Self, MemError> {
+        for alignment in [min_block, max_block] {
+            if !alignment.is_power_of_two() || max_block < min_block {
+                return Err(MemError::BadAlignment { pool: name, alignment });
+            }
+        }
+        let page_shift = min_block.trailing_zeros();
+        let max_order = max_block.trailing_zeros() - page_shift;
+        if max_block > 1 << 31 {
+            return Err(MemError::TooLarge { pool: name, requested: max_block, limit: 1 << 31 });
+        }
+        if size >> page_shift > u64::from(u32::MAX - 1) {
+            return Err(MemError::TooLarge {
+                pool: name,
+                requested: size,
+                limit: u64::from(u32::MAX - 1) << page_shift,
+            });
+        }
+        let start = align_up(base, max_block).unwrap_or(u64::MAX);
+        let end = base.saturating_add(size) & !(min_block - 1);
+        let pages = (end.saturating_sub(start) >> page_shift) as u32;
+        let count = pages as usize;
+        let mut allocator = Self {
+            name,
+            base: start.min(end),
+            pages,
+            page_shift,
+            max_order,
+            heads: vec![NONE; max_order as usize + 1],
+            nonempty: 0,
+            next: vec![NONE; count],
+            previous: vec![NONE; count],
+            state: vec![0; count],
+            requested: vec![0; count],
+            free_bytes: 0,
+            counters: PoolCounters::default(),
+        };
+        // Cover the range with the largest aligned blocks that fit.
+        let mut page = 0u32;
+        while page < pages {
+            let mut order = max_order.min(page.trailing_zeros());
+            while page + (1 << order) > pages {
+                order -= 1;
+            }
+            allocator.push_free(page, order);
+            allocator.free_bytes += allocator.block_bytes(order);
+            page += 1 << order;
+        }
+        Ok(allocator)
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The first byte managed.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Bytes managed.
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.pages) << self.page_shift
+    }
+
+    /// The smallest block, in bytes.
+    pub fn min_block(&self) -> u64 {
+        1 << self.page_shift
+    }
+
+    /// The largest block, in bytes.
+    pub fn max_block(&self) -> u64 {
+        self.block_bytes(self.max_order)
+    }
+
+    fn block_bytes(&self, order: u32) -> u64 {
+        1u64 << (self.page_shift + order)
+    }
+
+    /// The order of the smallest block that holds `size` bytes, if any does.
+    fn order_for(&self, size: u64) -> Option<u32> {
+        let pages = size.div_ceil(self.min_block()).max(1);
+        let order = pages.next_power_of_two().trailing_zeros();
+        (order <= self.max_order).then_some(order)
+    }
+
+    /// Allocates a block of at least `size` bytes, aligned to its own size. Returns its base.
+    pub fn alloc(&mut self, size: u64) -> Result<u64, MemError> {
+        let result = self.take(size);
+        if result.is_err() {
+            self.counters.failures += 1;
+        }
+        result
+    }
+
+    fn take(&mut self, size: u64) -> Result<u64, MemError> {
+        if size == 0 {
+            return Err(MemError::ZeroSize { pool: self.name });
+        }
+        let Some(order) = self.order_for(size) else {
+            return Err(MemError::TooLarge { pool: self.name, requested: size, limit: self.max_block() });
+        };
+        let candidates = self.nonempty & !((1u32 << order) - 1);
+        if candidates == 0 {
+            return Err(MemError::OutOfMemory {
+                pool: self.name,
+                requested: size,
+                free: self.free_bytes,
+                largest_free: self.largest_free(),
+            });
+        }
+        let mut found = candidates.trailing_zeros();
+        let page = self.heads[found as usize];
+        self.unlink(page, found);
+        while found > order {
+            found -= 1;
+            self.push_free(page + (1 << found), found);
+        }
+        self.state[page as usize] = LIVE | order as u8;
+        self.requested[page as usize] = size as u32;
+        let block = self.block_bytes(order);
+        self.free_bytes -= block;
+        self.counters.record_allocation(size, block);
+        Ok(self.base + (u64::from(page) << self.page_shift))
+    }
+
+    /// Frees the block at `address`, merging it with free buddies. Returns the bytes the caller
+    /// had requested.
+    pub fn free(&mut self, address: u64) -> Result<u64, MemError> {
+        let result = self.give_back(address);
+        if result.is_err() {
+            self.counters.bad_frees += 1;
+        }
+        result
+    }
+
+    fn give_back(&mut self, address: u64) -> Result<u64, MemError> {
+        let foreign = MemError::ForeignFree { pool: self.name, address };
+        let offset = address.checked_sub(self.base).ok_or(foreign)?;
+        if offset & (self.min_block() - 1) != 0 || offset >> self.page_shift >= u64::from(self.pages) {
+            return Err(foreign);
+        }
+        let mut page = (offset >> self.page_shift) as u32;
+        let state = self.state[page as usize];
+        if state & LIVE == 0 {
+            return Err(if self.free_block_containing(page) {
+                MemError::DoubleFree { pool: self.name, address }
+            } else {
+                foreign
+            });
+        }
+        let mut order = u32::from(state & ORDER_MASK);
+        let requested = u64::from(self.requested[page as usize]);
+        self.state[page as usize] = 0;
+        let block = self.block_bytes(order);
+        while order < self.max_order {
+            let buddy = page ^ (1 << order);
+            if buddy >= self.pages || self.state[buddy as usize] != FREE | order as u8 {
+                break;
+            }
+            self.unlink(buddy, order);
+            page = page.min(buddy);
+            order += 1;
+        }
+        self.push_free(page, order);
+        self.free_bytes += block;
+        self.counters.record_free(requested, block);
+        Ok(requested)
+    }
+
+    /// Whether `page` lies inside a free block: O(levels), looking at the one candidate head
+    /// per order.
+    fn free_block_containing(&self, page: u32) -> bool {
+        (0..=self.max_order).any(|order| {
+            let head = page & !((1u32 << order) - 1);
+            self.state[head as usize] == FREE | order as u8
+        })
+    }
+
+    /// The live block at `address`, as `(block size, requested size)`.
+    pub fn allocation(&self, address: u64) -> Option<(u64, u64)> {
+        let offset = address.checked_sub(self.base)?;
+        if offset & (self.min_block() - 1) != 0 || offset >> self.page_shift >= u64::from(self.pages) {
+            return None;
+        }
+        let page = (offset >> self.page_shift) as usize;
+        let state = self.state[page];
+        (state & LIVE != 0)
+            .then(|| (self.block_bytes(u32::from(state & ORDER_MASK)), u64::from(self.requested[page])))
+    }
+
+    /// Bytes free.
+    pub fn free_bytes(&self) -> u64 {
+        self.free_bytes
+    }
+
+    /// The largest free block, in bytes (0 when none).
+    pub fn largest_free(&self) -> u64 {
+        if self.nonempty == 0 { 0 } else { self.block_bytes(31 - self.nonempty.leading_zeros()) }
+    }
+
+    /// A snapshot of the counters. Fragmentation is measured against the largest free block,
+    /// which is at most `max_block`, so a fully free range larger than one maximal block
+    /// still reports fragmentation; see [`BuddyAllocator::free_block_count`].
+    pub fn statistics(&self) -> PoolStatistics {
+        PoolStatistics {
+            name: self.name,
+            base: self.base,
+            capacity: self.capacity(),
+            counters: self.counters,
+            free_bytes: self.free_bytes,
+            largest_free: self.largest_free(),
+        }
+    }
+
+    /// Number of free blocks; O(number of free blocks), for tests and reports only.
+    pub fn free_block_count(&self) -> usize {
+        self.heads
+            .iter()
+            .map(|&head| {
+                let mut count = 0;
+                let mut page = head;
+                while page != NONE {
+                    count += 1;
+                    page = self.next[page as usize];
+                }
+                count
+            })
+            .sum()
+    }
+
+    /// The number of free blocks the range splits into when nothing is live.
+    pub fn initial_block_count(&self) -> usize {
+        let mut count = 0;
+        let mut page = 0u32;
+        while page < self.pages {
+            let mut order = self.max_order.min(page.trailing_zeros());
+            while page + (1 << order) > self.pages {
+                order -= 1;
+            }
+            count += 1;
+            page += 1 << order;
+        }
+        count
+    }
+
+    fn push_free(&mut self, page: u32, order: u32) {
+        let head = self.heads[order as usize];
+        self.next[page as usize] = head;
+        self.previous[page as usize] = NONE;
+        if head != NONE {
+            self.previous[head as usize] = page;
+        }
+        self.heads[order as usize] = page;
+        self.state[page as usize] = FREE | order as u8;
+        self.nonempty |= 1 << order;
+    }
+
+    fn unlink(&mut self, page: u32, order: u32) {
+        let (next, previous) = (self.next[page as usize], self.previous[page as usize]);
+        if previous == NONE {
+            self.heads[order as usize] = next;
+        } else {
+            self.next[previous as usize] = next;
+        }
+        if next != NONE {
+            self.previous[next as usize] = previous;
+        }
+        if self.heads[order as usize] == NONE {
+            self.nonempty &= !(1 << order);
+        }
+        self.state[page as usize] = 0;
+    }
+
+    /// Checks every invariant in the type's documentation; for tests.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut owner = vec![false; self.pages as usize];
+        let mut reserved = 0;
+        let mut page = 0u32;
+        while page < self.pages {
+            let state = self.state[page as usize];
+            assert!(state & (FREE | LIVE) != 0, "page {page} is not covered by a block head");
+            let order = u32::from(state & ORDER_MASK);
+            assert_eq!(page % (1 << order), 0, "block at page {page} misaligned for order {order}");
+            for inner in page + 1..page + (1 << order) {
+                assert_eq!(self.state[inner as usize], 0);
+            }
+            owner[page as usize] = true;
+            if state & LIVE != 0 {
+                reserved += self.block_bytes(order);
+            } else if order < self.max_order {
+                let buddy = page ^ (1 << order);
+                assert!(
+                    buddy >= self.pages || self.state[buddy as usize] != state,
+                    "free buddies {page} and {buddy} were not merged"
+                );
+            }
+            page += 1 << order;
+        }
+        for order in 0..=self.max_order {
+            let mut page = self.heads[order as usize];
+            assert_eq!(page != NONE, self.nonempty & (1 << order) != 0);
+            let mut previous = NONE;
+            while page != NONE {
+                assert_eq!(self.state[page as usize], FREE | order as u8);
+                assert_eq!(self.previous[page as usize], previous);
+                assert!(core::mem::take(&mut owner[page as usize]), "page {page} listed twice");
+                previous = page;
+                page = self.next[page as usize];
+            }
+        }
+        assert_eq!(reserved, self.counters.reserved_bytes);
+        assert_eq!(self.free_bytes + reserved, self.capacity());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn split_and_merge_round_trip() {
+        let mut buddy = BuddyAllocator::new("kv-cache", 0x10_0000, 2 * MIB, 4 * KIB, MIB).unwrap();
+        assert_eq!(buddy.free_block_count(), 2);
+        let small = buddy.alloc(4 * KIB).unwrap();
+        assert_eq!(buddy.free_block_count(), 9, "one 1 MiB block split into eight levels");
+        let odd = buddy.alloc(12 * KIB).unwrap();
+        assert_eq!(odd % (16 * KIB), 0);
+        assert_eq!(buddy.allocation(odd), Some((16 * KIB, 12 * KIB)));
+        buddy.check_invariants();
+        assert_eq!(buddy.free(small), Ok(4 * KIB));
+        assert_eq!(buddy.free(small), Err(MemError::DoubleFree { pool: "kv-cache", address: small }));
+        assert_eq!(
+            buddy.free(odd + 4 * KIB),
+            Err(MemError::ForeignFree { pool: "kv-cache", address: odd + 4 * KIB })
+        );
+        assert_eq!(buddy.free(odd), Ok(12 * KIB));
+        assert_eq!(buddy.free(odd), Err(MemError::DoubleFree { pool: "kv-cache", address: odd }));
+        assert_eq!(buddy.free_block_count(), 2);
+        buddy.check_invariants();
+    }
+
+    #[test]
+    fn limits_are_errors() {
+        let mut buddy = BuddyAllocator::new("activations", 0, MIB, 4 * KIB, MIB).unwrap();
+        assert_eq!(buddy.alloc(0), Err(MemError::ZeroSize { pool: "activations" }));
+        assert!(matches!(buddy.alloc(MIB + 1), Err(MemError::TooLarge { limit, .. }) if limit == MIB));
+        buddy.alloc(MIB).unwrap();
+        assert!(matches!(buddy.alloc(4 * KIB), Err(MemError::OutOfMemory { free: 0, .. })));
+        assert!(matches!(buddy.free(2 * MIB), Err(MemError::ForeignFree { .. })));
+        assert!(matches!(BuddyAllocator::new("x", 0, MIB, 3000, MIB), Err(MemError::BadAlignment { .. })));
+    }
+
+    #[test]
+    fn unaligned_ranges_are_trimmed_and_fully_covered() {
+        let buddy = BuddyAllocator::new("activations", 0x1000, 3 * MIB + 20 * KIB, 4 * KIB, MIB).unwrap();
+        assert_eq!(buddy.base(), MIB);
+        assert_eq!(buddy.capacity(), 2 * MIB + 24 * KIB);
+        assert_eq!(buddy.free_block_count(), 4, "1 MiB, 1 MiB, 16 KiB, 8 KiB");
+        buddy.check_invariants();
+    }
+
+    #[derive(Clone, Debug)]
+    enum Operation {
+        Alloc(u64),
+        Free(usize),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn random_traces_keep_every_invariant(
+            operations in proptest::collection::vec(
+                prop_oneof![
+                    3 => (1u64..=MIB).prop_map(Operation::Alloc),
+                    2 => any::<usize>().prop_map(Operation::Free),
+                ],
+                1..200,
+            ),
+            extra_pages in 0u64..300,
+        ) {
+            let size = 3 * MIB + extra_pages * 4 * KIB;
+            let mut buddy = BuddyAllocator::new("activations", 0x4000_0000, size, 4 * KIB, MIB).unwrap();
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for operation in operations {
+                match operation {
+                    Operation::Alloc(size) => match buddy.alloc(size) {
+                        Ok(address) => {
+                            let block = size.next_power_of_two().max(4 * KIB);
+                            prop_assert_eq!((address - buddy.base()) % block, 0);
+                            prop_assert_eq!(address % block, 0);
+                            for &(other, other_size) in &live {
+                                prop_assert!(address + size <= other || other + other_size <= address);
+                            }
+                            live.push((address, size));
+                        }
+                        Err(MemError::OutOfMemory { largest_free, .. }) => {
+                            prop_assert!(largest_free < size.next_power_of_two().max(4 * KIB));
+                        }
+                        Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                    },
+                    Operation::Free(pick) => {
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let (address, size) = live.swap_remove(pick % live.len());
+                        prop_assert_eq!(buddy.free(address), Ok(size));
+                        let again = buddy.free(address);
+                        prop_assert!(matches!(again, Err(MemError::DoubleFree { .. })), "{:?}", again);
+                    }
+                }
+                let requested: u64 = live.iter().map(|&(_, size)| size).sum();
+                prop_assert_eq!(buddy.statistics().counters.live_bytes, requested);
+            }
+            buddy.check_invariants();
+            for (address, size) in live {
+                prop_assert_eq!(buddy.free(address), Ok(size));
+            }
+            buddy.check_invariants();
+            prop_assert_eq!(buddy.free_block_count(), buddy.initial_block_count());
+            prop_assert_eq!(buddy.free_bytes(), buddy.capacity());
+        }
+    }
+}
