@@ -7,6 +7,7 @@ pub mod buddy;
 pub mod chunk;
 pub mod error;
 pub mod layout;
+pub mod rt;
 pub mod slab;
 pub mod stats;
 
