@@ -5,6 +5,8 @@
 
 pub mod buddy;
 pub mod chunk;
+pub mod copy;
+pub mod dma;
 pub mod error;
 pub mod layout;
 pub mod rt;
