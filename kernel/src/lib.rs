@@ -9,6 +9,8 @@
 extern crate alloc;
 
 pub mod hil;
+pub mod infer;
 pub mod mm;
+pub mod model;
 pub mod rand;
 pub mod sync;

@@ -1,0 +1,199 @@
+//! The llama forward pass: one token in, the logits of the next token out.
+//!
+//! Orchestration only; the arithmetic lives in [`super::kernels`] and [`super::matmul`].
+//! Buffers are allocated once in [`State`], so a token allocates nothing.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::kernels::{QuantizedVector, Rope, rmsnorm, softmax, swiglu};
+use super::matmul::matvec;
+use crate::hil::{Cpus, KvError, KvStore};
+use crate::model::Weights;
+
+/// Why a forward pass could not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InferError {
+    /// The token id is not in the vocabulary.
+    TokenOutOfRange {
+        /// The token.
+        token: u32,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// The KV store refused the row (context full, out of memory, ...).
+    Kv(KvError),
+}
+
+impl fmt::Display for InferError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InferError::TokenOutOfRange { token, vocab_size } => {
+                write!(formatter, "token {token} is outside the vocabulary of {vocab_size}")
+            }
+            InferError::Kv(error) => write!(formatter, "KV cache: {error}"),
+        }
+    }
+}
+
+impl From<KvError> for InferError {
+    fn from(error: KvError) -> Self {
+        InferError::Kv(error)
+    }
+}
+
+/// Scratch buffers of one sequence's forward pass.
+#[derive(Clone, Debug)]
+pub struct State {
+    /// Residual stream (`dim`).
+    residual: Vec<f32>,
+    /// Normalised input of the current sub-layer (`dim`).
+    normed: Vec<f32>,
+    /// Query (`dim`).
+    query: Vec<f32>,
+    /// Key of this position (`kv_dim`).
+    key: Vec<f32>,
+    /// Value of this position (`kv_dim`).
+    value: Vec<f32>,
+    /// Attention output, all heads (`dim`).
+    attention: Vec<f32>,
+    /// Output of a projection back to `dim`.
+    projected: Vec<f32>,
+    /// Attention scores over positions (`context_length`).
+    scores: Vec<f32>,
+    /// SwiGLU gate (`hidden_dim`).
+    gate: Vec<f32>,
+    /// SwiGLU up projection (`hidden_dim`).
+    up: Vec<f32>,
+    /// Activations quantized for the quantized matrices.
+    quantized: QuantizedVector,
+    /// RoPE angles of the current position.
+    rope: Rope,
+    /// Output logits (`vocab_size`).
+    logits: Vec<f32>,
+}
+
+impl State {
+    /// Buffers for a model of `weights`' shape.
+    pub fn new(weights: &Weights<'_>) -> Self {
+        let config = &weights.config;
+        Self {
+            residual: vec![0.0; config.dim],
+            normed: vec![0.0; config.dim],
+            query: vec![0.0; config.dim],
+            key: vec![0.0; config.kv_dim()],
+            value: vec![0.0; config.kv_dim()],
+            attention: vec![0.0; config.dim],
+            projected: vec![0.0; config.dim],
+            scores: vec![0.0; config.context_length],
+            gate: vec![0.0; config.hidden_dim],
+            up: vec![0.0; config.hidden_dim],
+            quantized: QuantizedVector::with_capacity(config.dim.max(config.hidden_dim)),
+            rope: Rope::new(config.head_dim(), config.rope_base),
+            logits: vec![0.0; config.vocab_size],
+        }
+    }
+
+    /// The logits of the last forward pass.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// The logits of the last forward pass, mutable (the sampler edits them in place).
+    pub fn logits_mut(&mut self) -> &mut [f32] {
+        &mut self.logits
+    }
+}
+
+/// Runs `token` at `position` through the model, appending its keys and values to `kv`, and
+/// returns the logits of the next token. Matmuls are split across `cpus`.
+pub fn forward<'s>(
+    weights: &Weights<'_>,
+    state: &'s mut State,
+    kv: &mut dyn KvStore,
+    cpus: &dyn Cpus,
+    token: u32,
+    position: usize,
+) -> Result<&'s mut [f32], InferError> {
+    let config = &weights.config;
+    let vocab_size = config.vocab_size;
+    if token as usize >= vocab_size {
+        return Err(InferError::TokenOutOfRange { token, vocab_size });
+    }
+    if position >= config.context_length.min(kv.capacity()) {
+        return Err(KvError::PositionOutOfRange { position, capacity: kv.capacity() }.into());
+    }
+    let s = state;
+    weights.token_embedding.dequantize_row(token as usize, &mut s.residual);
+    s.rope.set_position(position);
+
+    for (layer_index, layer) in weights.layers.iter().enumerate() {
+        // Attention: project, rotate, remember K/V, attend over every position so far.
+        rmsnorm(&mut s.normed, &s.residual, layer.attention_norm, config.norm_epsilon);
+        matvec(cpus, &layer.query, &s.normed, &mut s.quantized, &mut s.query);
+        matvec(cpus, &layer.key, &s.normed, &mut s.quantized, &mut s.key);
+        matvec(cpus, &layer.value, &s.normed, &mut s.quantized, &mut s.value);
+        s.rope.rotate(&mut s.query);
+        s.rope.rotate(&mut s.key);
+        kv.write(layer_index, position, &s.key, &s.value)?;
+        attend(
+            &s.query,
+            &*kv,
+            layer_index,
+            position,
+            config.head_dim(),
+            config.heads / config.kv_heads,
+            &mut s.scores,
+            &mut s.attention,
+        );
+        matvec(cpus, &layer.output, &s.attention, &mut s.quantized, &mut s.projected);
+        add(&mut s.residual, &s.projected);
+
+        // Feed-forward: SwiGLU.
+        rmsnorm(&mut s.normed, &s.residual, layer.ffn_norm, config.norm_epsilon);
+        matvec(cpus, &layer.gate, &s.normed, &mut s.quantized, &mut s.gate);
+        matvec(cpus, &layer.up, &s.normed, &mut s.quantized, &mut s.up);
+        swiglu(&mut s.gate, &s.up);
+        matvec(cpus, &layer.down, &s.gate, &mut s.quantized, &mut s.projected);
+        add(&mut s.residual, &s.projected);
+    }
+
+    rmsnorm(&mut s.normed, &s.residual, weights.final_norm, config.norm_epsilon);
+    matvec(cpus, &weights.classifier, &s.normed, &mut s.quantized, &mut s.logits);
+    Ok(&mut s.logits)
+}
+
+/// Grouped-query attention of every query head over positions `0..=position` of `layer`.
+/// Query head h reads KV head h / `group`.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    query: &[f32],
+    kv: &dyn KvStore,
+    layer: usize,
+    position: usize,
+    head_dim: usize,
+    group: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let scale = 1.0 / libm::sqrtf(head_dim as f32);
+    let scores = &mut scores[..=position];
+    for (head, (query, out)) in query.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
+        let kv_range = (head / group) * head_dim..(head / group + 1) * head_dim;
+        for (past, score) in scores.iter_mut().enumerate() {
+            let key = &kv.key(layer, past)[kv_range.clone()];
+            *score = query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
+        }
+        softmax(scores);
+        out.fill(0.0);
+        for (past, weight) in scores.iter().enumerate() {
+            let value = &kv.value(layer, past)[kv_range.clone()];
+            out.iter_mut().zip(value).for_each(|(out, value)| *out += weight * value);
+        }
+    }
+}
+
+fn add(residual: &mut [f32], delta: &[f32]) {
+    residual.iter_mut().zip(delta).for_each(|(residual, delta)| *residual += delta);
+}

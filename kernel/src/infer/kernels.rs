@@ -1,0 +1,275 @@
+//! Scalar compute kernels: RMSNorm, softmax, RoPE, SwiGLU, activation quantization and the
+//! row dot products of every weight type. The forward pass calls these; the SIMD paths are
+//! checked against them.
+
+use libm::{cosf, expf, powf, roundf, sinf, sqrtf};
+
+use crate::model::quant::{BLOCK_VALUES, f16_to_f32};
+use crate::model::{TensorType, Vector};
+
+/// `out = x / rms(x) * weight`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32) {
+    let sum_of_squares: f32 = x.iter().map(|value| value * value).sum();
+    let scale = 1.0 / sqrtf(sum_of_squares / x.len() as f32 + epsilon);
+    for (index, (out, value)) in out.iter_mut().zip(x).enumerate() {
+        *out = weight.get(index) * (scale * value);
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(values: &mut [f32]) {
+    let maximum = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for value in values.iter_mut() {
+        *value = expf(*value - maximum);
+        sum += *value;
+    }
+    values.iter_mut().for_each(|value| *value /= sum);
+}
+
+/// Rotation table for one position: the cosine and sine of each pair's angle.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    cosines: alloc::vec::Vec<f32>,
+    sines: alloc::vec::Vec<f32>,
+    base: f32,
+}
+
+impl Rope {
+    /// A table for heads of `head_dim` values (even) and frequency `base`.
+    pub fn new(head_dim: usize, base: f32) -> Self {
+        Self { cosines: alloc::vec![1.0; head_dim / 2], sines: alloc::vec![0.0; head_dim / 2], base }
+    }
+
+    /// Fills the table for `position`: pair i turns by position × base^(−2i / head_dim).
+    pub fn set_position(&mut self, position: usize) {
+        let head_dim = (self.cosines.len() * 2) as f32;
+        for (pair, (cosine, sine)) in self.cosines.iter_mut().zip(self.sines.iter_mut()).enumerate() {
+            let frequency = 1.0 / powf(self.base, (2 * pair) as f32 / head_dim);
+            let angle = position as f32 * frequency;
+            *cosine = cosf(angle);
+            *sine = sinf(angle);
+        }
+    }
+
+    /// Rotates adjacent pairs (2i, 2i+1) of every head in `vector`.
+    pub fn rotate(&self, vector: &mut [f32]) {
+        let head_dim = self.cosines.len() * 2;
+        for head in vector.chunks_exact_mut(head_dim) {
+            for (pair, (cosine, sine)) in head.chunks_exact_mut(2).zip(self.cosines.iter().zip(&self.sines)) {
+                let (first, second) = (pair[0], pair[1]);
+                pair[0] = first * cosine - second * sine;
+                pair[1] = first * sine + second * cosine;
+            }
+        }
+    }
+}
+
+/// `gate = silu(gate) × up`, the SwiGLU activation.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (gate, up) in gate.iter_mut().zip(up) {
+        *gate = *gate / (1.0 + expf(-*gate)) * up;
+    }
+}
+
+/// Activations quantized to 8 bits in blocks of 32, each with a scale and the sum of its
+/// values (the sum serves Q4_1's minimum term).
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedVector {
+    /// The 8-bit values.
+    pub values: alloc::vec::Vec<i8>,
+    /// One scale per block.
+    pub scales: alloc::vec::Vec<f32>,
+    /// One sum of values per block.
+    pub sums: alloc::vec::Vec<i32>,
+}
+
+impl QuantizedVector {
+    /// Room for `length` values (a multiple of 32, rounded up otherwise).
+    pub fn with_capacity(length: usize) -> Self {
+        let blocks = length.div_ceil(BLOCK_VALUES);
+        Self {
+            values: alloc::vec![0; blocks * BLOCK_VALUES],
+            scales: alloc::vec![0.0; blocks],
+            sums: alloc::vec![0; blocks],
+        }
+    }
+
+    /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity).
+    pub fn quantize(&mut self, x: &[f32]) {
+        let blocks = x.chunks_exact(BLOCK_VALUES);
+        let outputs = self.values.chunks_exact_mut(BLOCK_VALUES);
+        for (((block, out), scale), sum) in blocks.zip(outputs).zip(&mut self.scales).zip(&mut self.sums) {
+            let maximum = block.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
+            *scale = maximum / 127.0;
+            let inverse = if maximum > 0.0 { 127.0 / maximum } else { 0.0 };
+            let mut total = 0i32;
+            for (out, value) in out.iter_mut().zip(block) {
+                *out = roundf(value * inverse) as i8;
+                total += i32::from(*out);
+            }
+            *sum = total;
+        }
+    }
+}
+
+/// The input of a matrix-vector product: floats for float matrices, quantized for the rest.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Float activations.
+    Float(&'a [f32]),
+    /// Activations quantized to 8 bits.
+    Quantized(&'a QuantizedVector),
+}
+
+fn half(bytes: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Dot product of an f32 row (little-endian bytes) with `x`, in eight interleaved lanes that
+/// are summed pairwise at the end (the SIMD paths keep the same order).
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut row_chunks = row.chunks_exact(32);
+    let mut x_chunks = x.chunks_exact(8);
+    for (bytes, values) in (&mut row_chunks).zip(&mut x_chunks) {
+        for lane in 0..8 {
+            let at = lane * 4;
+            let weight = f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            lanes[lane] += weight * values[lane];
+        }
+    }
+    let mut total = reduce_lanes(lanes);
+    for (bytes, value) in row_chunks.remainder().chunks_exact(4).zip(x_chunks.remainder()) {
+        total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * value;
+    }
+    total
+}
+
+/// Sums eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)).
+pub fn reduce_lanes(lanes: [f32; 8]) -> f32 {
+    let quad = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    (quad[0] + quad[2]) + (quad[1] + quad[3])
+}
+
+/// Dot product of an F16 row with `x`.
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    row.chunks_exact(2)
+        .zip(x)
+        .map(|(bytes, value)| f16_to_f32(u16::from_le_bytes([bytes[0], bytes[1]])) * value)
+        .sum()
+}
+
+/// Integer dot product of one block's 32 weight codes with 32 activation codes.
+fn block_dot(codes: impl Iterator<Item = i32>, activations: &[i8]) -> i32 {
+    codes.zip(activations).map(|(code, activation)| code * i32::from(*activation)).sum()
+}
+
+/// Dot product of a Q8_0 row with quantized activations.
+pub fn dot_q8_0(row: &[u8], x: &QuantizedVector) -> f32 {
+    let mut total = 0.0;
+    for ((block, activations), scale) in row.chunks_exact(34).zip(x.values.chunks_exact(32)).zip(&x.scales) {
+        let integer = block_dot(block[2..34].iter().map(|&code| i32::from(code as i8)), activations);
+        total += half(block, 0) * scale * integer as f32;
+    }
+    total
+}
+
+/// The 32 codes of a 4-bit block: low nibbles first, then high nibbles.
+fn nibbles(packed: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    packed.iter().map(|byte| i32::from(byte & 0x0f)).chain(packed.iter().map(|byte| i32::from(byte >> 4)))
+}
+
+/// Dot product of a Q4_0 row with quantized activations.
+pub fn dot_q4_0(row: &[u8], x: &QuantizedVector) -> f32 {
+    let mut total = 0.0;
+    for (((block, activations), scale), sum) in
+        row.chunks_exact(18).zip(x.values.chunks_exact(32)).zip(&x.scales).zip(&x.sums)
+    {
+        let integer = block_dot(nibbles(&block[2..18]), activations) - 8 * sum;
+        total += half(block, 0) * scale * integer as f32;
+    }
+    total
+}
+
+/// Dot product of a Q4_1 row with quantized activations.
+pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
+    let mut total = 0.0;
+    for (((block, activations), scale), sum) in
+        row.chunks_exact(20).zip(x.values.chunks_exact(32)).zip(&x.scales).zip(&x.sums)
+    {
+        let integer = block_dot(nibbles(&block[4..20]), activations);
+        total += half(block, 0) * scale * integer as f32 + half(block, 2) * scale * *sum as f32;
+    }
+    total
+}
+
+/// Dot product of one encoded row of `tensor_type` with `input`. A quantized type needs
+/// quantized input and a float type float input; a mismatch yields 0.
+pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
+    match (tensor_type, input) {
+        (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
+        (TensorType::F16, Input::Float(x)) => dot_f16(row, x),
+        (TensorType::Q8_0, Input::Quantized(x)) => dot_q8_0(row, x),
+        (TensorType::Q4_0, Input::Quantized(x)) => dot_q4_0(row, x),
+        (TensorType::Q4_1, Input::Quantized(x)) => dot_q4_1(row, x),
+        _ => 0.0,
+    }
+}
+
+/// Whether rows of `tensor_type` take quantized input.
+pub fn takes_quantized_input(tensor_type: TensorType) -> bool {
+    matches!(tensor_type, TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::quant::{dequantize, quantize};
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn quantized_dots_match_dequantized_math(
+            weights in proptest::collection::vec(-2.0f32..2.0, 64),
+            x in proptest::collection::vec(-3.0f32..3.0, 64),
+        ) {
+            let mut quantized = QuantizedVector::with_capacity(64);
+            quantized.quantize(&x);
+            let mut activations = [0.0f32; 64];
+            for (index, value) in activations.iter_mut().enumerate() {
+                *value = f32::from(quantized.values[index]) * quantized.scales[index / 32];
+            }
+            for tensor_type in [TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
+                let mut row = Vec::new();
+                quantize(tensor_type, &weights, &mut row);
+                let mut dequantized = [0.0f32; 64];
+                dequantize(tensor_type, &row, &mut dequantized);
+                let expected: f32 = dequantized.iter().zip(&activations).map(|(a, b)| a * b).sum();
+                let got = dot(tensor_type, &row, Input::Quantized(&quantized));
+                prop_assert!((got - expected).abs() <= 1e-3 * (1.0 + expected.abs()), "{tensor_type:?} {got} {expected}");
+            }
+            let mut row = Vec::new();
+            quantize(TensorType::F32, &weights, &mut row);
+            let expected: f64 = weights.iter().zip(&x).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+            prop_assert!((f64::from(dot(TensorType::F32, &row, Input::Float(&x))) - expected).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn softmax_and_rope_basics() {
+        let mut values = [1.0, 2.0, 3.0];
+        softmax(&mut values);
+        assert!((values.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(values[2] > values[1] && values[1] > values[0]);
+        let mut rope = Rope::new(4, 10_000.0);
+        rope.set_position(0);
+        let mut vector = [1.0, 2.0, 3.0, 4.0];
+        rope.rotate(&mut vector);
+        assert_eq!(vector, [1.0, 2.0, 3.0, 4.0]);
+        rope.set_position(1);
+        rope.rotate(&mut vector);
+        assert!((vector[0] - (cosf(1.0) - 2.0 * sinf(1.0))).abs() < 1e-6);
+    }
+}

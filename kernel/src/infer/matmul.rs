@@ -1,0 +1,95 @@
+//! Matrix-vector products split by rows across the cores of a [`Cpus`], with no allocation.
+
+use spin::Mutex;
+
+use super::kernels::{Input, QuantizedVector, dot, takes_quantized_input};
+use crate::hil::Cpus;
+use crate::model::Matrix;
+
+/// Most cores a product is split across; any further cores stay idle.
+pub const MAX_CORES: usize = 8;
+
+/// `out[row] = matrix.row(row) · x` for every row, split into one contiguous band of rows per
+/// core. For quantized matrices `x` is first quantized into `scratch`.
+pub fn matvec(
+    cpus: &dyn Cpus,
+    matrix: &Matrix<'_>,
+    x: &[f32],
+    scratch: &mut QuantizedVector,
+    out: &mut [f32],
+) {
+    let input = if takes_quantized_input(matrix.tensor_type) {
+        scratch.quantize(x);
+        Input::Quantized(scratch)
+    } else {
+        Input::Float(x)
+    };
+    let rows = matrix.rows.min(out.len());
+    let cores = cpus.count().clamp(1, MAX_CORES);
+    if cores == 1 {
+        rows_into(matrix, input, 0, &mut out[..rows]);
+        return;
+    }
+    let band = rows.div_ceil(cores).max(1);
+    // Each core takes its own band out of its slot; the locks are never contended.
+    let mut bands = out[..rows].chunks_mut(band);
+    let slots: [Mutex<Option<&mut [f32]>>; MAX_CORES] = core::array::from_fn(|_| Mutex::new(bands.next()));
+    cpus.run_on_all(&|core| {
+        if let Some(slot) = slots.get(core)
+            && let Some(out) = slot.lock().as_deref_mut()
+        {
+            rows_into(matrix, input, core * band, out);
+        }
+    });
+}
+
+/// Computes rows `first .. first + out.len()` of the product into `out`.
+pub fn rows_into(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) {
+    for (index, out) in out.iter_mut().enumerate() {
+        *out = dot(matrix.tensor_type, matrix.row(first + index), input);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hil::SingleCpu;
+    use crate::model::TensorType;
+    use crate::model::quant::quantize;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// Runs each core's job in turn on the calling thread.
+    struct TakeTurns(usize);
+
+    impl Cpus for TakeTurns {
+        fn count(&self) -> usize {
+            self.0
+        }
+        fn run_on_all(&self, job: &(dyn Fn(usize) + Sync)) {
+            (0..self.0).for_each(job);
+        }
+        fn barrier(&self) {}
+    }
+
+    #[test]
+    fn split_products_equal_single_core() {
+        let mut random = crate::rand::SplitMix64::new(3);
+        let values: Vec<f32> = (0..37 * 64).map(|_| random.next_f32() - 0.5).collect();
+        let x: Vec<f32> = (0..64).map(|_| random.next_f32() - 0.5).collect();
+        for tensor_type in [TensorType::F32, TensorType::Q8_0, TensorType::Q4_1] {
+            let mut data = Vec::new();
+            quantize(tensor_type, &values, &mut data);
+            let matrix = Matrix { tensor_type, rows: 37, columns: 64, data: &data };
+            let mut scratch = QuantizedVector::with_capacity(64);
+            let mut single = vec![0.0; 37];
+            matvec(&SingleCpu, &matrix, &x, &mut scratch, &mut single);
+            for cores in [2, 3, 4, 8, 12] {
+                let mut split = vec![0.0; 37];
+                matvec(&TakeTurns(cores), &matrix, &x, &mut scratch, &mut split);
+                assert_eq!(single, split, "{tensor_type:?} on {cores} cores");
+            }
+            assert!(single.iter().any(|value| *value != 0.0));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The inference engine: tokenizers, the llama forward pass, its compute kernels, the
+//! contiguous KV cache and the sampler. Identical code runs on the host and in the unikernel.
+
+#![forbid(unsafe_code)]
+
+pub mod forward;
+pub mod kernels;
+pub mod kv;
+pub mod matmul;
+pub mod sampler;
+pub mod synthetic;
+pub mod tokenizer;
+
+pub use forward::{InferError, State, forward};
+pub use kv::ContiguousKv;
+pub use sampler::{Sampler, SamplerConfig};
+pub use tokenizer::Tokenizer;
+
+#[cfg(test)]
+mod tests;

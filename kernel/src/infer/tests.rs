@@ -1,0 +1,158 @@
+//! Engine tests on synthetic models: formats agree, quantized formats stay close to F32,
+//! split matmuls equal single-core ones, and tokenizers round-trip.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::synthetic::{SyntheticFormat, SyntheticSpec};
+use super::tokenizer::StreamDecoder;
+use super::{ContiguousKv, State, Tokenizer, forward};
+use crate::hil::{Cpus, SingleCpu};
+use crate::model::{ModelFile, TensorType};
+
+/// Runs each core's job in turn on the calling thread.
+struct TakeTurns(usize);
+
+impl Cpus for TakeTurns {
+    fn count(&self) -> usize {
+        self.0
+    }
+    fn run_on_all(&self, job: &(dyn Fn(usize) + Sync)) {
+        (0..self.0).for_each(job);
+    }
+    fn barrier(&self) {}
+}
+
+fn spec(heads: usize, kv_heads: usize, tied: bool) -> SyntheticSpec {
+    SyntheticSpec {
+        dim: 64,
+        hidden_dim: 96,
+        layers: 2,
+        heads,
+        kv_heads,
+        vocab_size: 300,
+        context_length: 16,
+        tied,
+        seed: 11,
+    }
+}
+
+const TOKENS: [u32; 6] = [1, 77, 299, 3, 77, 150];
+
+/// Logits of every position of `TOKENS`, flattened.
+fn logits(bytes: &[u8], cpus: &dyn Cpus) -> Vec<f32> {
+    let model = ModelFile::parse(bytes).unwrap();
+    let weights = &model.weights;
+    let config = weights.config;
+    let mut state = State::new(weights);
+    let mut kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap();
+    let mut all = Vec::new();
+    for (position, token) in TOKENS.iter().enumerate() {
+        all.extend_from_slice(forward(weights, &mut state, &mut kv, cpus, *token, position).unwrap());
+    }
+    all
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn llama2c_and_gguf_f32_agree_and_quantized_formats_stay_close() {
+    for (heads, kv_heads, tied) in [(4, 4, true), (4, 2, false), (8, 1, true)] {
+        let spec = spec(heads, kv_heads, tied);
+        let llama2c = logits(&spec.generate(SyntheticFormat::Llama2c).unwrap().model, &SingleCpu);
+        let f32_logits =
+            logits(&spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap().model, &SingleCpu);
+        assert_eq!(llama2c, f32_logits, "same weights, same code: identical logits");
+        let spread = f32_logits.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
+        assert!(spread > 0.1, "logits are not degenerate");
+        for (tensor_type, tolerance) in
+            [(TensorType::Q8_0, 0.05), (TensorType::Q4_1, 0.5), (TensorType::Q4_0, 0.5)]
+        {
+            let quantized =
+                logits(&spec.generate(SyntheticFormat::Gguf(tensor_type)).unwrap().model, &SingleCpu);
+            let difference = max_difference(&quantized, &f32_logits);
+            assert!(difference < tolerance * spread, "{tensor_type:?}: {difference} vs spread {spread}");
+        }
+    }
+}
+
+#[test]
+fn forward_on_several_cores_equals_one_core() {
+    let spec = spec(4, 2, true);
+    for format in [SyntheticFormat::Gguf(TensorType::F32), SyntheticFormat::Gguf(TensorType::Q4_1)] {
+        let bytes = spec.generate(format).unwrap().model;
+        let single = logits(&bytes, &SingleCpu);
+        assert_eq!(single, logits(&bytes, &TakeTurns(4)));
+        assert_eq!(single, logits(&bytes, &TakeTurns(3)));
+    }
+}
+
+#[test]
+fn forward_rejects_bad_tokens_and_positions() {
+    let bytes = spec(4, 2, true).generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap().model;
+    let model = ModelFile::parse(&bytes).unwrap();
+    let config = model.weights.config;
+    let mut state = State::new(&model.weights);
+    let mut kv = ContiguousKv::new(config.layers, config.kv_dim(), 4).unwrap();
+    assert!(forward(&model.weights, &mut state, &mut kv, &SingleCpu, 300, 0).is_err());
+    assert!(forward(&model.weights, &mut state, &mut kv, &SingleCpu, 1, 4).is_err());
+}
+
+fn decode_all(tokenizer: &Tokenizer, ids: &[u32], previous: Option<u32>) -> String {
+    let mut decoder = StreamDecoder::new();
+    let mut text = String::new();
+    let mut previous = previous;
+    for &id in ids {
+        decoder.push(&tokenizer.decode(previous, id), &mut text);
+        previous = Some(id);
+    }
+    decoder.finish(&mut text);
+    text
+}
+
+fn tokenizers() -> &'static (Tokenizer, Tokenizer) {
+    static BUILT: std::sync::LazyLock<(Tokenizer, Tokenizer)> = std::sync::LazyLock::new(build_tokenizers);
+    &BUILT
+}
+
+fn build_tokenizers() -> (Tokenizer, Tokenizer) {
+    let spec = SyntheticSpec { vocab_size: 400, ..spec(4, 2, true) };
+    let gguf_bytes = spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap().model;
+    let file = crate::model::GgufFile::parse(&gguf_bytes).unwrap();
+    let bpe = Tokenizer::from_gguf(&file).unwrap();
+    let llama2c = spec.generate(SyntheticFormat::Llama2c).unwrap().tokenizer.unwrap();
+    (bpe, Tokenizer::from_llama2c(&llama2c, 400).unwrap())
+}
+
+#[test]
+fn synthetic_tokenizers_merge_and_recognise_specials() {
+    let (bpe, score) = tokenizers();
+    let mut ids = Vec::new();
+    bpe.encode("<|im_start|>user\nThe capital of France", &mut ids);
+    assert_eq!(ids[0], bpe.token_id("<|im_start|>").unwrap());
+    assert!(ids.len() < 1 + "user\nThe capital of France".len(), "merges apply: {ids:?}");
+    assert!(bpe.is_stop(bpe.token_id("<|im_end|>").unwrap()));
+    let mut ids = Vec::new();
+    score.encode("The capital", &mut ids);
+    assert!(ids.len() < " The capital".len());
+    assert_eq!(decode_all(score, &ids, Some(1)), "The capital");
+}
+
+proptest! {
+    #[test]
+    fn tokenizers_round_trip(text in "\\PC{0,24}|[ a-zA-Z0-9,.'!?\\n]{0,40}") {
+        let (bpe, score) = tokenizers();
+        let mut ids = Vec::new();
+        bpe.encode(&text, &mut ids);
+        prop_assert_eq!(decode_all(bpe, &ids, None), text.clone());
+        let mut ids = vec![1];
+        score.encode(&text, &mut ids);
+        prop_assert_eq!(decode_all(score, &ids[1..], Some(1)), text);
+    }
+}

@@ -1,0 +1,236 @@
+//! GPT-2-style byte-level BPE, built from GGUF metadata (tokens, merges, token types).
+//!
+//! Text is cut at special tokens, pre-tokenized ([`super::pretokenize`]), each pre-token's
+//! bytes are mapped to the printable characters GPT-2 uses for bytes, and merges are applied
+//! lowest rank first.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::pretokenize::pretokenize;
+
+/// GGUF token type of a control token (`<|im_start|>` and the like).
+pub const TOKEN_TYPE_CONTROL: i32 = 3;
+/// GGUF token type of a user-defined token, also matched verbatim in text.
+pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// The character GPT-2 uses to spell each byte: printable Latin-1 bytes stand for themselves,
+/// the others are moved to U+0100 onwards in byte order.
+pub fn byte_to_char(byte: u8) -> char {
+    let printable = |byte: u8| matches!(byte, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let shifted = (0..byte).filter(|earlier| !printable(*earlier)).count() as u32;
+    char::from_u32(0x100 + shifted).unwrap_or('?')
+}
+
+/// The inverse of [`byte_to_char`].
+pub fn char_to_byte(character: char) -> Option<u8> {
+    let code = u32::from(character);
+    if code < 0x100 {
+        let byte = code as u8;
+        return (byte_to_char(byte) == character).then_some(byte);
+    }
+    (0..=255u8).find(|byte| byte_to_char(*byte) == character)
+}
+
+/// A byte-level BPE vocabulary with its merges.
+#[derive(Clone, Debug)]
+pub struct BpeTokenizer {
+    tokens: Vec<String>,
+    token_types: Vec<i32>,
+    ids: BTreeMap<String, u32>,
+    /// (left, right) → (rank, merged token).
+    merges: BTreeMap<(u32, u32), (u32, u32)>,
+    /// The token of each byte.
+    byte_tokens: [u32; 256],
+    /// Special tokens matched verbatim in text, longest first.
+    specials: Vec<(String, u32)>,
+    /// Each token's decoded bytes.
+    decoded: Vec<Vec<u8>>,
+}
+
+/// Why a BPE vocabulary could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpeError {
+    /// A byte has no token of its own.
+    MissingByte(u8),
+    /// Merge `index` is not two tokens separated by one space, or names unknown tokens.
+    BadMerge(usize),
+    /// More tokens than a u32 can number.
+    TooManyTokens,
+}
+
+impl BpeTokenizer {
+    /// Builds the tokenizer from the token strings, their GGUF types (may be empty) and the
+    /// merges ("left right", highest priority first).
+    pub fn new<'s>(
+        tokens: Vec<String>,
+        token_types: Vec<i32>,
+        merges: impl Iterator<Item = &'s str>,
+    ) -> Result<Self, BpeError> {
+        if u32::try_from(tokens.len()).is_err() {
+            return Err(BpeError::TooManyTokens);
+        }
+        let mut ids = BTreeMap::new();
+        for (id, token) in tokens.iter().enumerate() {
+            ids.entry(token.clone()).or_insert(id as u32);
+        }
+        let mut byte_tokens = [0u32; 256];
+        for (byte, slot) in byte_tokens.iter_mut().enumerate() {
+            let mut spelled = String::new();
+            spelled.push(byte_to_char(byte as u8));
+            *slot = *ids.get(&spelled).ok_or(BpeError::MissingByte(byte as u8))?;
+        }
+        let mut merge_table = BTreeMap::new();
+        let mut joined = String::new();
+        for (rank, merge) in merges.enumerate() {
+            let (left, right) = merge.split_once(' ').ok_or(BpeError::BadMerge(rank))?;
+            joined.clear();
+            joined.push_str(left);
+            joined.push_str(right);
+            let lookup = |text: &str| ids.get(text).copied().ok_or(BpeError::BadMerge(rank));
+            let key = (lookup(left)?, lookup(right)?);
+            merge_table.entry(key).or_insert((rank as u32, lookup(&joined)?));
+        }
+        let is_special = |id: usize| {
+            matches!(token_types.get(id), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED))
+        };
+        let mut specials: Vec<(String, u32)> = (0..tokens.len())
+            .filter(|&id| is_special(id) && !tokens[id].is_empty())
+            .map(|id| (tokens[id].clone(), id as u32))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let decoded = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| {
+                if is_special(id) {
+                    return token.as_bytes().to_vec();
+                }
+                let mapped: Option<Vec<u8>> = token.chars().map(char_to_byte).collect();
+                mapped.unwrap_or_else(|| token.as_bytes().to_vec())
+            })
+            .collect();
+        Ok(Self { tokens, token_types, ids, merges: merge_table, byte_tokens, specials, decoded })
+    }
+
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The token spelled exactly `text` (as stored in the vocabulary).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// The bytes token `id` stands for.
+    pub fn decode(&self, id: u32) -> &[u8] {
+        self.decoded.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The token as stored in the vocabulary.
+    pub fn spelling(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// Whether token `id` is a control token.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.token_types.get(id as usize) == Some(&TOKEN_TYPE_CONTROL)
+    }
+
+    /// Appends the tokens of `text` to `out`. Special tokens in the text become their ids.
+    pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
+        let mut rest = text;
+        while !rest.is_empty() {
+            // The earliest special token, the longest one at that position.
+            let found = self
+                .specials
+                .iter()
+                .filter_map(|(special, id)| rest.find(special.as_str()).map(|at| (at, special.len(), *id)))
+                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            match found {
+                Some((at, length, id)) => {
+                    self.encode_plain(&rest[..at], out);
+                    out.push(id);
+                    rest = &rest[at + length..];
+                }
+                None => {
+                    self.encode_plain(rest, out);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
+        let mut symbols = Vec::new();
+        pretokenize(text, |piece| {
+            symbols.clear();
+            symbols.extend(piece.bytes().map(|byte| self.byte_tokens[usize::from(byte)]));
+            self.merge(&mut symbols);
+            out.extend_from_slice(&symbols);
+        });
+    }
+
+    /// Applies merges to `symbols`, lowest rank first (leftmost on ties), until none applies.
+    fn merge(&self, symbols: &mut Vec<u32>) {
+        loop {
+            let best = symbols
+                .windows(2)
+                .enumerate()
+                .filter_map(|(at, pair)| {
+                    self.merges.get(&(pair[0], pair[1])).map(|&(rank, merged)| (rank, at, merged))
+                })
+                .min();
+            let Some((_, at, merged)) = best else { break };
+            symbols[at] = merged;
+            symbols.remove(at + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    #[test]
+    fn byte_mapping_is_a_bijection() {
+        assert_eq!(byte_to_char(b' '), 'Ġ');
+        assert_eq!(byte_to_char(b'\n'), 'Ċ');
+        assert_eq!(byte_to_char(b'a'), 'a');
+        for byte in 0..=255u8 {
+            assert_eq!(char_to_byte(byte_to_char(byte)), Some(byte));
+        }
+    }
+
+    fn small() -> BpeTokenizer {
+        let mut tokens: Vec<String> = (0..=255u8).map(|byte| byte_to_char(byte).to_string()).collect();
+        let mut types = vec![1; 256];
+        for token in ["he", "ll", "hell", "hello", "Ġw", "<|im_start|>"] {
+            tokens.push(token.into());
+            types.push(if token.starts_with('<') { TOKEN_TYPE_CONTROL } else { 1 });
+        }
+        BpeTokenizer::new(tokens, types, ["l l", "h e", "he ll", "hell o", "Ġ w"].into_iter()).unwrap()
+    }
+
+    #[test]
+    fn merges_by_rank_and_recognises_specials() {
+        let tokenizer = small();
+        let mut ids = Vec::new();
+        tokenizer.encode("hello<|im_start|> wx", &mut ids);
+        let id = |text: &str| tokenizer.token_id(text).unwrap();
+        assert_eq!(ids, [id("hello"), id("<|im_start|>"), id("Ġw"), id("x")]);
+        let text: Vec<u8> = ids.iter().flat_map(|&token| tokenizer.decode(token).to_vec()).collect();
+        assert_eq!(text, b"hello<|im_start|> wx");
+        assert_eq!(
+            BpeTokenizer::new(vec!["a".into()], vec![], core::iter::empty()).unwrap_err(),
+            BpeError::MissingByte(0)
+        );
+    }
+}
