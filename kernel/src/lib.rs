@@ -8,9 +8,11 @@
 
 extern crate alloc;
 
+pub mod boot_info;
 pub mod hil;
 pub mod infer;
 pub mod mm;
 pub mod model;
 pub mod rand;
+pub mod serve;
 pub mod sync;

@@ -52,7 +52,7 @@ pub trait BlockDevice {
 
 /// Checks a transfer request against the device size and block granularity.
 pub fn check_transfer(device_blocks: u64, first: u64, length: usize) -> Result<u64, BlockError> {
-    if length % BLOCK_SIZE != 0 {
+    if !length.is_multiple_of(BLOCK_SIZE) {
         return Err(BlockError::BadLength);
     }
     let count = (length / BLOCK_SIZE) as u64;

@@ -1,0 +1,101 @@
+# Tessera: build, run and test the unikernel. `make help` lists the targets.
+#
+# Every target first makes sure the machine has what it needs (`make deps`): the pinned Rust
+# toolchain with the aarch64-unknown-none target (from rust-toolchain.toml) and QEMU
+# (Debian's qemu-system-arm, installed with apt-get when running as root).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+TARGET      := aarch64-unknown-none
+PROFILE_DIR := target/$(TARGET)/release
+BUILD       := build
+KERNEL_ELF  := $(PROFILE_DIR)/kernel8
+KERNEL_IMG  := $(BUILD)/kernel8.img
+QEMU        ?= qemu-system-aarch64
+MACHINE     ?= raspi3b
+QEMU_ARGS   := -M $(MACHINE) -kernel $(KERNEL_IMG) -display none
+CARGO       := cargo
+HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --all-targets -- -D warnings
+AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot -p systests --target $(TARGET) --release --lib --bins --tests -- -D warnings
+
+.PHONY: help deps toolchain qemu-installed build run qemu gdb test test-host test-qemu check clippy fmt fmt-check doc clean
+
+help:
+	@echo "Tessera make targets:"
+	@echo "  make run        build kernel8.img and boot it in QEMU ($(MACHINE)), serial console on this terminal"
+	@echo "  make test       everything CI runs: format and lint checks, host tests, QEMU system tests"
+	@echo "  make build      build $(KERNEL_IMG)"
+	@echo "  make test-host  host unit, property and integration tests"
+	@echo "  make test-qemu  QEMU system tests (tests/kernels, settings in tests/qemu-tests.toml)"
+	@echo "  make qemu       like run, without rebuilding"
+	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
+	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
+	@echo "  make fmt        format the code (fmt-check only checks)"
+	@echo "  make doc        build the API documentation"
+	@echo "  make deps       install what is missing: Rust toolchain/target/components, QEMU"
+
+deps: toolchain qemu-installed
+
+toolchain:
+	@if ! rustup target list --installed 2>/dev/null | grep -q '^$(TARGET)$$' \
+	    || ! rustup component list --installed 2>/dev/null | grep -q '^llvm-tools'; then \
+	  echo ">> installing the Rust toolchain pinned in rust-toolchain.toml (target $(TARGET), llvm-tools, clippy, rustfmt)"; \
+	  rustup toolchain install; \
+	fi
+
+qemu-installed:
+	@if ! command -v $(QEMU) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo ">> installing qemu-system-arm (provides $(QEMU)) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null; \
+	  else \
+	    echo "error: $(QEMU) is missing. Install it with: sudo apt-get install qemu-system-arm"; exit 1; \
+	  fi; \
+	fi
+
+build: toolchain
+	$(CARGO) build -p boot --bin kernel8 --target $(TARGET) --release
+	@mkdir -p $(BUILD)
+	@OBJCOPY=$$(find "$$(rustc --print sysroot)/lib/rustlib" -name rust-objcopy -path '*/bin/*' | head -n 1); \
+	  "$$OBJCOPY" -O binary $(KERNEL_ELF) $(KERNEL_IMG)
+	@echo "built $(KERNEL_IMG) ($$(stat -c %s $(KERNEL_IMG)) bytes)"
+
+run: deps build qemu
+
+qemu: qemu-installed
+	@echo ">> booting $(KERNEL_IMG) on QEMU $(MACHINE); quit with Ctrl-A X"
+	$(QEMU) $(QEMU_ARGS) -serial mon:stdio
+
+gdb: deps build
+	@command -v gdb-multiarch >/dev/null || { echo "gdb-multiarch is missing: apt-get install gdb-multiarch"; exit 1; }
+	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
+	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
+
+test: deps check test-host test-qemu
+
+test-host: toolchain
+	$(CARGO) test --workspace --exclude boot --exclude systests
+
+test-qemu: deps
+	$(CARGO) run --release -q -p runner --bin qemu-runner
+
+check: fmt-check clippy
+
+clippy: toolchain
+	$(HOST_CLIPPY)
+	$(AARCH64_CLIPPY)
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check: toolchain
+	$(CARGO) fmt --all --check
+
+doc: toolchain
+	$(CARGO) doc --workspace --exclude boot --exclude systests --no-deps
+	$(CARGO) doc -p boot -p bsp --target $(TARGET) --no-deps
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

@@ -1,0 +1,78 @@
+//! CPU identity and control: core number, exception level, cache line size, sleep and wake.
+
+/// Number of cores on every supported board.
+pub const CORE_COUNT: usize = 4;
+
+#[cfg(target_arch = "aarch64")]
+mod imp {
+    use aarch64_cpu::{
+        asm,
+        registers::{CurrentEL, MPIDR_EL1},
+    };
+    use tock_registers::interfaces::Readable;
+
+    /// This core's number (MPIDR affinity 0).
+    pub fn core_id() -> usize {
+        (MPIDR_EL1.get() & 0xFF) as usize
+    }
+
+    /// The current exception level (0 to 3).
+    pub fn exception_level() -> u8 {
+        CurrentEL.read(CurrentEL::EL) as u8
+    }
+
+    /// The smallest data cache line in bytes, from CTR_EL0.DminLine.
+    pub fn cache_line_bytes() -> usize {
+        let cache_type: u64;
+        // SAFETY: reading CTR_EL0 has no side effects (aarch64-cpu does not name it).
+        unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) cache_type, options(nomem, nostack)) };
+        // DminLine, bits 19:16: log2 of the line size in 4-byte words.
+        4 << ((cache_type >> 16) & 0xF)
+    }
+
+    /// Sleeps until an interrupt is pending (even a masked one).
+    pub fn wait_for_interrupt() {
+        asm::wfi();
+    }
+
+    /// Sleeps until an event or interrupt.
+    pub fn wait_for_event() {
+        asm::wfe();
+    }
+
+    /// Wakes every core waiting in `wfe`, after earlier stores are visible.
+    pub fn send_event() {
+        asm::barrier::dsb(asm::barrier::ISH);
+        asm::sev();
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+mod imp {
+    /// Host stand-in: core 0.
+    pub fn core_id() -> usize {
+        0
+    }
+    /// Host stand-in: EL1.
+    pub fn exception_level() -> u8 {
+        1
+    }
+    /// Host stand-in: 64 bytes.
+    pub fn cache_line_bytes() -> usize {
+        64
+    }
+    /// Host stand-in: a spin hint.
+    pub fn wait_for_interrupt() {
+        core::hint::spin_loop();
+    }
+    /// Host stand-in: a spin hint.
+    pub fn wait_for_event() {
+        core::hint::spin_loop();
+    }
+    /// Host stand-in: a fence.
+    pub fn send_event() {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pub use imp::*;

@@ -1,0 +1,213 @@
+//! What boot maps: the kernel image in 4 KiB pages with W^X, per-core stacks between guard
+//! pages, the typed RAM regions in 2 MiB blocks, and the board's MMIO windows.
+
+#![forbid(unsafe_code)]
+
+use super::{
+    cpu::CORE_COUNT,
+    translation::{Access, Mapping, MemoryType, PageSize},
+};
+use core::ops::Range;
+use kernel::mm::layout::{MemoryPlan, RegionKind};
+
+/// Bytes of one guard page.
+pub const GUARD_BYTES: usize = 4096;
+/// Bytes of each core's thread stack (SP_EL0).
+pub const THREAD_STACK_BYTES: usize = 256 * 1024;
+/// Bytes of each core's exception stack (SP_EL1).
+pub const EXCEPTION_STACK_BYTES: usize = 16 * 1024;
+
+/// One core's stacks, in address order. Stacks grow down, so each guard page sits just
+/// below the stack it protects and is left unmapped.
+#[repr(C, align(4096))]
+pub struct CoreStacks {
+    /// Unmapped: catches thread stack overflow.
+    pub thread_guard: [u8; GUARD_BYTES],
+    /// The thread stack.
+    pub thread: [u8; THREAD_STACK_BYTES],
+    /// Unmapped: catches exception stack overflow.
+    pub exception_guard: [u8; GUARD_BYTES],
+    /// The exception stack.
+    pub exception: [u8; EXCEPTION_STACK_BYTES],
+}
+
+/// Bytes of one core's stacks.
+pub const CORE_STACKS_BYTES: usize = size_of::<CoreStacks>();
+
+/// Which part of a core's stack area an address is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackPart {
+    /// The guard page below the thread stack.
+    ThreadGuard,
+    /// The thread stack.
+    Thread,
+    /// The guard page below the exception stack.
+    ExceptionGuard,
+    /// The exception stack.
+    Exception,
+}
+
+/// The kernel image's sections, from the linker script's symbols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelImage {
+    /// `.text`: read and execute.
+    pub text: Range<u64>,
+    /// `.rodata`: read only.
+    pub rodata: Range<u64>,
+    /// `.data` and `.bss` (including the page tables): read and write.
+    pub data: Range<u64>,
+    /// Start of the per-core stacks ([`CORE_COUNT`] × [`CoreStacks`]).
+    pub stacks: u64,
+}
+
+impl KernelImage {
+    /// The first byte after the image and its stacks.
+    pub fn end(&self) -> u64 {
+        self.stacks + (CORE_COUNT * CORE_STACKS_BYTES) as u64
+    }
+
+    /// Top of `core`'s thread stack (the initial SP_EL0).
+    pub fn thread_stack_top(&self, core: usize) -> u64 {
+        self.core_stacks(core) + (GUARD_BYTES + THREAD_STACK_BYTES) as u64
+    }
+
+    /// Top of `core`'s exception stack (the initial SP_EL1).
+    pub fn exception_stack_top(&self, core: usize) -> u64 {
+        self.core_stacks(core) + CORE_STACKS_BYTES as u64
+    }
+
+    fn core_stacks(&self, core: usize) -> u64 {
+        self.stacks + (core * CORE_STACKS_BYTES) as u64
+    }
+
+    /// Which core's stack area holds `address`, and which part of it.
+    pub fn stack_part(&self, address: u64) -> Option<(usize, StackPart)> {
+        let offset = address.checked_sub(self.stacks)? as usize;
+        let core = offset / CORE_STACKS_BYTES;
+        if core >= CORE_COUNT {
+            return None;
+        }
+        let part = match offset % CORE_STACKS_BYTES {
+            within if within < GUARD_BYTES => StackPart::ThreadGuard,
+            within if within < GUARD_BYTES + THREAD_STACK_BYTES => StackPart::Thread,
+            within if within < 2 * GUARD_BYTES + THREAD_STACK_BYTES => StackPart::ExceptionGuard,
+            _ => StackPart::Exception,
+        };
+        Some((core, part))
+    }
+}
+
+/// A fixed-capacity list of mappings (no heap exists when it is built).
+#[derive(Clone, Debug)]
+pub struct MappingList {
+    entries: [Mapping; 32],
+    length: usize,
+}
+
+impl MappingList {
+    fn push(&mut self, mapping: Mapping) {
+        self.entries[self.length] = mapping;
+        self.length += 1;
+    }
+
+    /// The mappings, in the order they were added.
+    pub fn as_slice(&self) -> &[Mapping] {
+        &self.entries[..self.length]
+    }
+}
+
+fn page_run(name: &'static str, range: Range<u64>, access: Access) -> Mapping {
+    Mapping {
+        name,
+        base: range.start,
+        size: range.end - range.start,
+        memory: MemoryType::WriteBack,
+        access,
+        granule: PageSize::Size4KiB,
+    }
+}
+
+/// Every mapping boot makes: kernel sections, stacks (guards left out), the plan's regions
+/// except the kernel region itself, and `devices`.
+pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mapping]) -> MappingList {
+    let empty = page_run("", 0..0, Access::ReadOnly);
+    let mut list = MappingList { entries: [empty; 32], length: 0 };
+    list.push(page_run("kernel text", image.text.clone(), Access::ReadExecute));
+    list.push(page_run("kernel rodata", image.rodata.clone(), Access::ReadOnly));
+    list.push(page_run("kernel data+bss", image.data.clone(), Access::ReadWrite));
+    for core in 0..CORE_COUNT {
+        let thread_top = image.thread_stack_top(core);
+        let exception_top = image.exception_stack_top(core);
+        list.push(page_run(
+            "thread stack",
+            thread_top - THREAD_STACK_BYTES as u64..thread_top,
+            Access::ReadWrite,
+        ));
+        list.push(page_run(
+            "exception stack",
+            exception_top - EXCEPTION_STACK_BYTES as u64..exception_top,
+            Access::ReadWrite,
+        ));
+    }
+    for region in plan.regions.iter().filter(|region| region.kind != RegionKind::Kernel) {
+        list.push(Mapping {
+            name: region.kind.name(),
+            base: region.base,
+            size: region.size,
+            memory: if region.kind.cacheable() { MemoryType::WriteBack } else { MemoryType::NonCacheable },
+            access: Access::ReadWrite,
+            granule: PageSize::Size2MiB,
+        });
+    }
+    devices.iter().for_each(|device| list.push(*device));
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::aarch64::translation::TranslationTables;
+    use kernel::mm::layout::{Budget, MIB};
+
+    fn image() -> KernelImage {
+        KernelImage {
+            text: 0x8_0000..0x9_0000,
+            rodata: 0x9_0000..0x9_4000,
+            data: 0x9_4000..0xA_0000,
+            stacks: 0xA_0000,
+        }
+    }
+
+    #[test]
+    fn stacks_have_guards_and_everything_maps() {
+        let image = image();
+        let budget = Budget { llm: 562 * MIB, protocol: 120 * MIB, system: 278 * MIB };
+        let plan = MemoryPlan::new(960 * MIB, budget, image.end(), 3).unwrap();
+        let device = Mapping {
+            name: "mmio",
+            base: 0x3F00_0000,
+            size: 0x100_0000,
+            memory: MemoryType::Device,
+            access: Access::ReadWrite,
+            granule: PageSize::Size2MiB,
+        };
+        let list = kernel_mappings(&image, &plan, &[device]);
+        let mut tables = Box::new(TranslationTables::<4>::new());
+        tables.build(0x200_0000, list.as_slice()).unwrap();
+        for core in 0..CORE_COUNT {
+            let thread_top = image.thread_stack_top(core);
+            assert!(tables.translate(0x200_0000, thread_top - 8).is_some());
+            let guard = thread_top - (THREAD_STACK_BYTES + 1) as u64;
+            assert_eq!(tables.translate(0x200_0000, guard), None, "thread guard of core {core}");
+            assert_eq!(image.stack_part(guard), Some((core, StackPart::ThreadGuard)));
+            let exception_guard = image.exception_stack_top(core) - (EXCEPTION_STACK_BYTES + 1) as u64;
+            assert_eq!(tables.translate(0x200_0000, exception_guard), None);
+            assert_eq!(image.stack_part(exception_guard), Some((core, StackPart::ExceptionGuard)));
+        }
+        assert_eq!(image.stack_part(image.end()), None);
+        let dma = plan.region(RegionKind::Dma);
+        assert_eq!(tables.translate(0x200_0000, dma.base).unwrap().memory, MemoryType::NonCacheable);
+        let weights = plan.region(RegionKind::Weights);
+        assert_eq!(tables.translate(0x200_0000, weights.end() - 1).unwrap().memory, MemoryType::WriteBack);
+    }
+}

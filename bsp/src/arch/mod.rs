@@ -1,0 +1,3 @@
+//! Architecture support (AArch64 only, for now).
+
+pub mod aarch64;

@@ -1,0 +1,165 @@
+//! PL011 UART0 driver: 115200 8N1 with FIFOs, polled transmit and receive.
+//!
+//! Implements [`kernel::hil::Console`]. Interrupt-driven receive builds on the same registers.
+
+use crate::mmio::Mmio;
+use kernel::hil::Console;
+use spin::Mutex;
+use tock_registers::{
+    interfaces::{Readable, Writeable},
+    register_bitfields, register_structs,
+    registers::{ReadOnly, ReadWrite, WriteOnly},
+};
+
+register_bitfields! {
+    u32,
+    /// Flag register.
+    FR [
+        /// Transmit FIFO empty.
+        TXFE OFFSET(7) NUMBITS(1) [],
+        /// Transmit FIFO full.
+        TXFF OFFSET(5) NUMBITS(1) [],
+        /// Receive FIFO empty.
+        RXFE OFFSET(4) NUMBITS(1) [],
+        /// UART busy transmitting.
+        BUSY OFFSET(3) NUMBITS(1) []
+    ],
+    /// Integer baud rate divisor.
+    IBRD [
+        /// The integer part.
+        BAUD_DIVINT OFFSET(0) NUMBITS(16) []
+    ],
+    /// Fractional baud rate divisor.
+    FBRD [
+        /// The fractional part, in 1/64.
+        BAUD_DIVFRAC OFFSET(0) NUMBITS(6) []
+    ],
+    /// Line control.
+    LCR_H [
+        /// Word length.
+        WLEN OFFSET(5) NUMBITS(2) [FiveBit = 0b00, SixBit = 0b01, SevenBit = 0b10, EightBit = 0b11],
+        /// FIFOs enabled.
+        FEN OFFSET(4) NUMBITS(1) [FifosDisabled = 0, FifosEnabled = 1]
+    ],
+    /// Control.
+    CR [
+        /// Receive enable.
+        RXE OFFSET(9) NUMBITS(1) [Disabled = 0, Enabled = 1],
+        /// Transmit enable.
+        TXE OFFSET(8) NUMBITS(1) [Disabled = 0, Enabled = 1],
+        /// UART enable.
+        UARTEN OFFSET(0) NUMBITS(1) [Disabled = 0, Enabled = 1]
+    ],
+    /// Interrupt clear.
+    ICR [
+        /// Clear every interrupt.
+        ALL OFFSET(0) NUMBITS(11) []
+    ]
+}
+
+register_structs! {
+    /// PL011 register block.
+    #[allow(non_snake_case)]
+    pub Registers {
+        (0x00 => DR: ReadWrite<u32>),
+        (0x04 => _reserved0),
+        (0x18 => FR: ReadOnly<u32, FR::Register>),
+        (0x1C => _reserved1),
+        (0x24 => IBRD: WriteOnly<u32, IBRD::Register>),
+        (0x28 => FBRD: WriteOnly<u32, FBRD::Register>),
+        (0x2C => LCR_H: WriteOnly<u32, LCR_H::Register>),
+        (0x30 => CR: WriteOnly<u32, CR::Register>),
+        (0x34 => _reserved2),
+        (0x44 => ICR: WriteOnly<u32, ICR::Register>),
+        (0x48 => @END),
+    }
+}
+
+/// The baud rate Tessera uses on its console.
+pub const BAUD_RATE: u32 = 115_200;
+
+/// Integer and fractional (1/64) divisors for `baud` from a UART clock of `clock_hz`,
+/// rounded to nearest.
+pub fn baud_divisors(clock_hz: u32, baud: u32) -> (u32, u32) {
+    // divisor = clock / (16 * baud); in 1/64 units, rounded.
+    let sixty_fourths = (u64::from(clock_hz) * 4 + u64::from(baud) / 2) / u64::from(baud);
+    ((sixty_fourths / 64) as u32, (sixty_fourths % 64) as u32)
+}
+
+/// PL011 UART0. All access goes through one lock, so any core may print.
+pub struct Pl011Uart {
+    base: usize,
+    registers: Mutex<Mmio<Registers>>,
+}
+
+impl Pl011Uart {
+    /// A driver for the block at `base`. Call [`Pl011Uart::init`] before use on hardware.
+    ///
+    /// # Safety
+    /// `base` must be the PL011 block, mapped as device memory, with this the only driver.
+    pub const unsafe fn new(base: usize) -> Self {
+        // SAFETY: forwarded from the caller.
+        Self { base, registers: Mutex::new(unsafe { Mmio::new(base) }) }
+    }
+
+    /// Programs 115200 8N1 with FIFOs from the UART's input clock.
+    pub fn init(&self, clock_hz: u32) {
+        let registers = self.registers.lock();
+        while registers.FR.is_set(FR::BUSY) {
+            core::hint::spin_loop();
+        }
+        registers.CR.set(0);
+        registers.ICR.write(ICR::ALL::SET);
+        let (integer, fraction) = baud_divisors(clock_hz, BAUD_RATE);
+        registers.IBRD.write(IBRD::BAUD_DIVINT.val(integer));
+        registers.FBRD.write(FBRD::BAUD_DIVFRAC.val(fraction));
+        registers.LCR_H.write(LCR_H::WLEN::EightBit + LCR_H::FEN::FifosEnabled);
+        registers.CR.write(CR::UARTEN::Enabled + CR::TXE::Enabled + CR::RXE::Enabled);
+    }
+
+    /// Writes bytes without taking the lock: only for fault and panic reports, when the lock
+    /// may be held by the code that failed.
+    pub fn write_bytes_unlocked(&self, bytes: &[u8]) {
+        // SAFETY: same block as the locked handle; a fault report may interleave with a
+        // half-written line, which is acceptable for a last-words diagnostic.
+        let registers: Mmio<Registers> = unsafe { Mmio::new(self.base) };
+        bytes.iter().for_each(|&byte| put(&registers, byte));
+    }
+}
+
+fn put(registers: &Registers, byte: u8) {
+    while registers.FR.is_set(FR::TXFF) {
+        core::hint::spin_loop();
+    }
+    registers.DR.set(u32::from(byte));
+}
+
+impl Console for Pl011Uart {
+    fn write_bytes(&self, bytes: &[u8]) {
+        let registers = self.registers.lock();
+        bytes.iter().for_each(|&byte| put(&registers, byte));
+    }
+
+    fn read_byte(&self) -> Option<u8> {
+        let registers = self.registers.lock();
+        (!registers.FR.is_set(FR::RXFE)).then(|| registers.DR.get() as u8)
+    }
+
+    fn flush(&self) {
+        let registers = self.registers.lock();
+        while !registers.FR.is_set(FR::TXFE) || registers.FR.is_set(FR::BUSY) {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divisors_for_pi_clocks() {
+        assert_eq!(baud_divisors(48_000_000, 115_200), (26, 3));
+        assert_eq!(baud_divisors(3_000_000, 115_200), (1, 40));
+    }
+}

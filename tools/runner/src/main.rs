@@ -1,0 +1,199 @@
+//! `qemu-runner`: builds the QEMU system tests in `tests/`, boots each in QEMU under a time
+//! limit, and prints one line per test and a closing `N passed, M failed` line.
+
+use runner::{make_image, objcopy_binary, run_image};
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+const HELP: &str = "\
+qemu-runner: build and run Tessera's QEMU system tests
+
+USAGE:
+    qemu-runner [--filter TEXT] [--list] [--verbose]
+
+OPTIONS:
+    --filter TEXT   run only tests whose name contains TEXT
+    --list          list the tests and their settings, then exit
+    --verbose       print every test's console output, not only failures'
+    -h, --help      print this help
+
+Tests are the [[test]] kernels of the `systests` package (tests/kernels/); their QEMU
+settings are in tests/qemu-tests.toml. Set QEMU to use another qemu-system-aarch64.
+";
+
+/// One test's settings in `tests/qemu-tests.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestSpec {
+    name: String,
+    #[serde(default = "default_machine")]
+    machine: String,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+    #[serde(default)]
+    expect: Vec<String>,
+    #[serde(default)]
+    qemu_args: Vec<String>,
+}
+
+fn default_machine() -> String {
+    "raspi3b".to_string()
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    test: Vec<TestSpec>,
+}
+
+struct Options {
+    filter: Option<String>,
+    list: bool,
+    verbose: bool,
+}
+
+fn parse_options() -> Result<Option<Options>, String> {
+    let mut options = Options { filter: None, list: false, verbose: false };
+    let mut arguments = std::env::args().skip(1);
+    while let Some(argument) = arguments.next() {
+        match argument.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            "--filter" => options.filter = Some(arguments.next().ok_or("--filter needs a value")?),
+            "--list" => options.list = true,
+            "--verbose" => options.verbose = true,
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    Ok(Some(options))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root exists")
+}
+
+/// Builds the test kernels and returns each one's ELF path by test name.
+fn build_tests(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+        .current_dir(root)
+        .args([
+            "test",
+            "-p",
+            "systests",
+            "--target",
+            "aarch64-unknown-none",
+            "--release",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .output()
+        .map_err(|error| format!("cannot run cargo: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the test kernels failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut kernels = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test =
+            message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"));
+        if let (true, Some(name), Some(executable)) =
+            (is_test, message["target"]["name"].as_str(), message["executable"].as_str())
+        {
+            kernels.insert(name.to_string(), PathBuf::from(executable));
+        }
+    }
+    Ok(kernels)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn run() -> Result<bool, String> {
+    let Some(options) = parse_options()? else { return Ok(true) };
+    let root = workspace_root();
+    let manifest_path = root.join("tests/qemu-tests.toml");
+    let manifest_text = std::fs::read_to_string(&manifest_path)
+        .map_err(|error| format!("cannot read {}: {error}", manifest_path.display()))?;
+    let manifest: Manifest =
+        toml::from_str(&manifest_text).map_err(|error| format!("{}: {error}", manifest_path.display()))?;
+    let selected: Vec<&TestSpec> = manifest
+        .test
+        .iter()
+        .filter(|spec| options.filter.as_ref().is_none_or(|filter| spec.name.contains(filter.as_str())))
+        .collect();
+    if options.list {
+        for spec in &selected {
+            println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
+        }
+        return Ok(true);
+    }
+    eprintln!("building the QEMU test kernels...");
+    let kernels = build_tests(&root)?;
+    if let Some(orphan) = kernels.keys().find(|name| !manifest.test.iter().any(|spec| &spec.name == *name)) {
+        return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
+    }
+    let objcopy = objcopy_binary()?;
+    let image_directory = root.join("target/qemu-tests");
+    std::fs::create_dir_all(&image_directory)
+        .map_err(|error| format!("{}: {error}", image_directory.display()))?;
+
+    let (mut passed, mut failed) = (0, 0);
+    for spec in selected {
+        let elf =
+            kernels.get(&spec.name).ok_or_else(|| format!("no test kernel named {} was built", spec.name))?;
+        let image = image_directory.join(format!("{}.img", spec.name));
+        make_image(&objcopy, elf, &image)?;
+        let result = run_image(&spec.machine, &image, Duration::from_secs(spec.timeout), &spec.qemu_args)?;
+        let missing: Vec<&String> =
+            spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
+        let verdict = match (result.exit_code, missing.is_empty()) {
+            (Some(0), true) => Ok(()),
+            (Some(0), false) => Err(format!("output lacks {missing:?}")),
+            (Some(code), _) => Err(format!("exit status {code}")),
+            (None, _) => Err(format!("timed out after {} s", spec.timeout)),
+        };
+        let seconds = result.elapsed.as_secs_f64();
+        match verdict {
+            Ok(()) => {
+                passed += 1;
+                println!("test {:<24} ... ok ({seconds:.1} s, {})", spec.name, spec.machine);
+                if options.verbose {
+                    println!("{}", result.output);
+                }
+            }
+            Err(reason) => {
+                failed += 1;
+                println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
+                println!("---- console output (last 40 lines) ----\n{}\n----", tail(&result.output, 40));
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("qemu-runner: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
