@@ -135,16 +135,17 @@ pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mappin
     list.push(page_run("kernel text", image.text.clone(), Access::ReadExecute));
     list.push(page_run("kernel rodata", image.rodata.clone(), Access::ReadOnly));
     list.push(page_run("kernel data+bss", image.data.clone(), Access::ReadWrite));
+    const _: () = assert!(CORE_COUNT == 4, "one stack name per core");
     for core in 0..CORE_COUNT {
         let thread_top = image.thread_stack_top(core);
         let exception_top = image.exception_stack_top(core);
         list.push(page_run(
-            "thread stack",
+            ["core 0 stack", "core 1 stack", "core 2 stack", "core 3 stack"][core],
             thread_top - THREAD_STACK_BYTES as u64..thread_top,
             Access::ReadWrite,
         ));
         list.push(page_run(
-            "exception stack",
+            ["core 0 exc. stack", "core 1 exc. stack", "core 2 exc. stack", "core 3 exc. stack"][core],
             exception_top - EXCEPTION_STACK_BYTES as u64..exception_top,
             Access::ReadWrite,
         ));
