@@ -17,7 +17,8 @@ MACHINE     ?= raspi3b
 QEMU_ARGS   := -M $(MACHINE) -kernel $(KERNEL_IMG) -display none
 CARGO       := cargo
 HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --all-targets -- -D warnings
-AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot -p systests --target $(TARGET) --release --lib --bins --tests -- -D warnings
+AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
+	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
 .PHONY: help deps toolchain qemu-installed build run qemu gdb test test-host test-qemu check clippy fmt fmt-check doc clean
 

@@ -1,4 +1,5 @@
-//! The boot console: PL011 UART0 on GPIO 14/15, shared by every core, and `print!`.
+//! The boot console: PL011 UART0 on GPIO 14/15, shared by every core, and `print!`; and the
+//! GPIO controller that routes its pins.
 
 use bsp::board::rpi3::{gpio::Gpio, memory_map, pl011_uart::Pl011Uart};
 use kernel::hil::{Clock, Console};
@@ -8,6 +9,11 @@ use kernel::hil::{Clock, Console};
 static UART: Pl011Uart = unsafe { Pl011Uart::new(memory_map::PL011_UART) };
 // SAFETY: as above.
 static GPIO: Gpio = unsafe { Gpio::new(memory_map::GPIO) };
+
+/// The GPIO controller (pin routing for the UART and the SD card).
+pub fn gpio() -> &'static Gpio {
+    &GPIO
+}
 
 /// Routes UART0 to its pins and programs 115200 8N1 from a UART clock of `clock_hz`.
 pub fn init(clock: &dyn Clock, clock_hz: u32) {

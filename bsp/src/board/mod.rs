@@ -2,3 +2,5 @@
 
 pub mod budget;
 pub mod rpi3;
+pub mod sd_protocol;
+pub mod sdhci;

@@ -62,9 +62,30 @@ pub fn check_transfer(device_blocks: u64, first: u64, length: usize) -> Result<u
     }
 }
 
+/// Fills `block` with the deterministic test content of block number `index`: the index as a
+/// little-endian u64, then bytes that depend on index and offset. The QEMU runner writes
+/// this pattern into raw SD images and the driver tests check what they read against it.
+pub fn pattern_block(index: u64, block: &mut [u8]) {
+    for (offset, byte) in block.iter_mut().enumerate() {
+        *byte = match offset {
+            0..8 => index.to_le_bytes()[offset],
+            _ => (index.wrapping_mul(31).wrapping_add(offset as u64 * 7) % 251) as u8,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pattern_differs_per_block() {
+        let (mut first, mut second) = ([0u8; BLOCK_SIZE], [0u8; BLOCK_SIZE]);
+        pattern_block(1, &mut first);
+        pattern_block(2, &mut second);
+        assert_ne!(first, second);
+        assert_eq!(u64::from_le_bytes(first[..8].try_into().unwrap()), 1);
+    }
 
     #[test]
     fn transfer_checks() {

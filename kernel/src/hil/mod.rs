@@ -12,7 +12,7 @@ mod cpus;
 mod kv;
 mod rng;
 
-pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer};
+pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_block};
 pub use clock::{Clock, Deadline};
 pub use console::{Console, ConsoleWriter};
 pub use cpus::{Cpus, SingleCpu};

@@ -31,6 +31,10 @@ settings are in tests/qemu-tests.toml. Set QEMU to use another qemu-system-aarch
 #[serde(deny_unknown_fields)]
 struct TestSpec {
     name: String,
+    /// The test kernel to boot, when several entries share one (defaults to `name`).
+    kernel: Option<String>,
+    /// Attach a raw SD image of this size ("64M", "4G") filled with the block test pattern.
+    sd_pattern: Option<String>,
     #[serde(default = "default_machine")]
     machine: String,
     #[serde(default = "default_timeout")]
@@ -118,6 +122,45 @@ fn build_tests(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
     Ok(kernels)
 }
 
+/// Parses "64M", "4G" or a byte count.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((index, 'K')) => (&text[..index], 1 << 10),
+        Some((index, 'M')) => (&text[..index], 1 << 20),
+        Some((index, 'G')) => (&text[..index], 1 << 30),
+        _ => (text, 1),
+    };
+    digits.parse::<u64>().map(|count| count * unit).map_err(|_| format!("bad size {text:?}"))
+}
+
+/// Blocks at each end of a pattern image that hold the test pattern; the rest stays sparse.
+const PATTERN_BLOCKS: u64 = 32 * 1024;
+
+/// Writes a sparse raw SD image of `size` bytes (a power of two, as QEMU requires) whose first
+/// and last `PATTERN_BLOCKS` blocks hold `kernel::hil::pattern_block` content.
+fn write_pattern_image(path: &Path, size: u64) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom, Write};
+    if !size.is_power_of_two() {
+        return Err(format!("SD image size {size} is not a power of two"));
+    }
+    let describe = |error: std::io::Error| format!("{}: {error}", path.display());
+    let mut file = std::fs::File::create(path).map_err(describe)?;
+    file.set_len(size).map_err(describe)?;
+    let blocks = size / 512;
+    let mut block = [0u8; 512];
+    let mut buffer = Vec::with_capacity(PATTERN_BLOCKS as usize * 512);
+    for range in [0..PATTERN_BLOCKS.min(blocks), blocks.saturating_sub(PATTERN_BLOCKS)..blocks] {
+        buffer.clear();
+        for index in range.clone() {
+            kernel::hil::pattern_block(index, &mut block);
+            buffer.extend_from_slice(&block);
+        }
+        file.seek(SeekFrom::Start(range.start * 512)).map_err(describe)?;
+        file.write_all(&buffer).map_err(describe)?;
+    }
+    Ok(())
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -144,7 +187,9 @@ fn run() -> Result<bool, String> {
     }
     eprintln!("building the QEMU test kernels...");
     let kernels = build_tests(&root)?;
-    if let Some(orphan) = kernels.keys().find(|name| !manifest.test.iter().any(|spec| &spec.name == *name)) {
+    let booted =
+        |name: &String| manifest.test.iter().any(|spec| spec.kernel.as_ref().unwrap_or(&spec.name) == name);
+    if let Some(orphan) = kernels.keys().find(|name| !booted(name)) {
         return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
     }
     let objcopy = objcopy_binary()?;
@@ -154,11 +199,17 @@ fn run() -> Result<bool, String> {
 
     let (mut passed, mut failed) = (0, 0);
     for spec in selected {
-        let elf =
-            kernels.get(&spec.name).ok_or_else(|| format!("no test kernel named {} was built", spec.name))?;
+        let kernel = spec.kernel.as_ref().unwrap_or(&spec.name);
+        let elf = kernels.get(kernel).ok_or_else(|| format!("no test kernel named {kernel} was built"))?;
         let image = image_directory.join(format!("{}.img", spec.name));
         make_image(&objcopy, elf, &image)?;
-        let result = run_image(&spec.machine, &image, Duration::from_secs(spec.timeout), &spec.qemu_args)?;
+        let mut qemu_args = spec.qemu_args.clone();
+        if let Some(size) = &spec.sd_pattern {
+            let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
+            write_pattern_image(&sd_image, parse_size(size)?)?;
+            qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
+        }
+        let result = run_image(&spec.machine, &image, Duration::from_secs(spec.timeout), &qemu_args)?;
         let missing: Vec<&String> =
             spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
         let verdict = match (result.exit_code, missing.is_empty()) {

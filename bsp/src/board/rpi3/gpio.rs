@@ -17,6 +17,24 @@ register_bitfields! {
         /// Pin 14 function.
         FSEL14 OFFSET(12) NUMBITS(3) [Input = 0b000, Output = 0b001, AltFunc0 = 0b100]
     ],
+    /// Function select for GPIO 40-49.
+    GPFSEL4 [
+        /// Pin 49 function (SD CMD on ALT3).
+        FSEL49 OFFSET(27) NUMBITS(3) [Input = 0b000, AltFunc3 = 0b111],
+        /// Pin 48 function (SD CLK on ALT3).
+        FSEL48 OFFSET(24) NUMBITS(3) [Input = 0b000, AltFunc3 = 0b111]
+    ],
+    /// Function select for GPIO 50-59.
+    GPFSEL5 [
+        /// Pin 53 function (SD DAT3 on ALT3).
+        FSEL53 OFFSET(9) NUMBITS(3) [Input = 0b000, AltFunc3 = 0b111],
+        /// Pin 52 function (SD DAT2 on ALT3).
+        FSEL52 OFFSET(6) NUMBITS(3) [Input = 0b000, AltFunc3 = 0b111],
+        /// Pin 51 function (SD DAT1 on ALT3).
+        FSEL51 OFFSET(3) NUMBITS(3) [Input = 0b000, AltFunc3 = 0b111],
+        /// Pin 50 function (SD DAT0 on ALT3).
+        FSEL50 OFFSET(0) NUMBITS(3) [Input = 0b000, AltFunc3 = 0b111]
+    ],
     /// Pull-up/down control (BCM2837).
     GPPUD [
         /// Pull mode applied by the next clock pulse.
@@ -37,7 +55,10 @@ register_structs! {
     pub Registers {
         (0x00 => _function_select0),
         (0x04 => GPFSEL1: ReadWrite<u32, GPFSEL1::Register>),
-        (0x08 => _reserved1),
+        (0x08 => _function_select2),
+        (0x10 => GPFSEL4: ReadWrite<u32, GPFSEL4::Register>),
+        (0x14 => GPFSEL5: ReadWrite<u32, GPFSEL5::Register>),
+        (0x18 => _reserved1),
         (0x94 => GPPUD: ReadWrite<u32, GPPUD::Register>),
         (0x98 => GPPUDCLK0: ReadWrite<u32, GPPUDCLK0::Register>),
         (0x9C => @END),
@@ -57,6 +78,19 @@ impl Gpio {
     pub const unsafe fn new(base: usize) -> Self {
         // SAFETY: forwarded from the caller.
         Self { registers: unsafe { Mmio::new(base) } }
+    }
+
+    /// Routes the SD card pins (GPIO 48-53) to the EMMC controller (ALT3), as the Pi 3's
+    /// firmware leaves them for the SD host. QEMU's raspi3b routes by function 0 vs 4 and
+    /// ignores ALT3, so this is harmless there.
+    pub fn route_emmc(&self) {
+        self.registers.GPFSEL4.modify(GPFSEL4::FSEL48::AltFunc3 + GPFSEL4::FSEL49::AltFunc3);
+        self.registers.GPFSEL5.modify(
+            GPFSEL5::FSEL50::AltFunc3
+                + GPFSEL5::FSEL51::AltFunc3
+                + GPFSEL5::FSEL52::AltFunc3
+                + GPFSEL5::FSEL53::AltFunc3,
+        );
     }
 
     /// Routes PL011 UART0 to GPIO 14 (TXD) and 15 (RXD) with pulls off.
