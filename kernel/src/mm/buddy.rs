@@ -1,7 +1,7 @@
 //! Buddy allocator: power-of-two blocks from 4 KiB to 1 MiB (activations, KV blocks, slabs).
 //!
-//! Metadata is external: one state byte, two free-list links and the requested size per
-//! 4 KiB page, allocated once at construction. Nothing is written into the managed memory.
+//! Metadata is external: one 16-byte entry per 4 KiB page (state byte, free-list links,
+//! requested size), allocated once at construction. Nothing is written into the managed memory.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,17 @@ const FREE: u8 = 0x40;
 const LIVE: u8 = 0x80;
 /// Mask of the order in a state byte.
 const ORDER_MASK: u8 = 0x3f;
+
+/// Metadata of one minimum-size page: free-list links (meaningful on free block heads), the
+/// size a live block's caller asked for (on live block heads), and the page's state byte.
+/// One entry per page keeps everything an operation touches on one cache line.
+#[derive(Clone, Copy, Debug)]
+struct PageEntry {
+    next: u32,
+    previous: u32,
+    requested: u32,
+    state: u8,
+}
 
 /// A binary buddy allocator over one address range.
 ///
@@ -40,16 +51,13 @@ const ORDER_MASK: u8 = 0x3f;
 pub struct BuddyAllocator {
     name: &'static str,
     base: u64,
-    pages: u32,
+    page_count: u32,
     page_shift: u32,
     max_order: u32,
     heads: Vec<u32>,
     free_counts: Vec<u32>,
     nonempty: u32,
-    next: Vec<u32>,
-    previous: Vec<u32>,
-    state: Vec<u8>,
-    requested: Vec<u32>,
+    pages: Vec<PageEntry>,
     free_bytes: u64,
     counters: PoolCounters,
 }
@@ -88,16 +96,13 @@ impl BuddyAllocator {
         let mut allocator = Self {
             name,
             base: start.min(end),
-            pages,
+            page_count: pages,
             page_shift,
             max_order,
             heads: vec![NONE; max_order as usize + 1],
             free_counts: vec![0; max_order as usize + 1],
             nonempty: 0,
-            next: vec![NONE; count],
-            previous: vec![NONE; count],
-            state: vec![0; count],
-            requested: vec![0; count],
+            pages: vec![PageEntry { next: NONE, previous: NONE, requested: 0, state: 0 }; count],
             free_bytes: 0,
             counters: PoolCounters::default(),
         };
@@ -127,7 +132,7 @@ impl BuddyAllocator {
 
     /// Bytes managed.
     pub fn capacity(&self) -> u64 {
-        u64::from(self.pages) << self.page_shift
+        u64::from(self.page_count) << self.page_shift
     }
 
     /// The smallest block, in bytes.
@@ -183,8 +188,8 @@ impl BuddyAllocator {
             found -= 1;
             self.push_free(page + (1 << found), found);
         }
-        self.state[page as usize] = LIVE | order as u8;
-        self.requested[page as usize] = size as u32;
+        self.pages[page as usize].state = LIVE | order as u8;
+        self.pages[page as usize].requested = size as u32;
         let block = self.block_bytes(order);
         self.free_bytes -= block;
         self.counters.record_allocation(size, block);
@@ -204,11 +209,11 @@ impl BuddyAllocator {
     fn give_back(&mut self, address: u64) -> Result<u64, MemError> {
         let foreign = MemError::ForeignFree { pool: self.name, address };
         let offset = address.checked_sub(self.base).ok_or(foreign)?;
-        if offset & (self.min_block() - 1) != 0 || offset >> self.page_shift >= u64::from(self.pages) {
+        if offset & (self.min_block() - 1) != 0 || offset >> self.page_shift >= u64::from(self.page_count) {
             return Err(foreign);
         }
         let mut page = (offset >> self.page_shift) as u32;
-        let state = self.state[page as usize];
+        let state = self.pages[page as usize].state;
         if state & LIVE == 0 {
             return Err(if self.free_block_containing(page) {
                 MemError::DoubleFree { pool: self.name, address }
@@ -217,12 +222,12 @@ impl BuddyAllocator {
             });
         }
         let mut order = u32::from(state & ORDER_MASK);
-        let requested = u64::from(self.requested[page as usize]);
-        self.state[page as usize] = 0;
+        let requested = u64::from(self.pages[page as usize].requested);
+        self.pages[page as usize].state = 0;
         let block = self.block_bytes(order);
         while order < self.max_order {
             let buddy = page ^ (1 << order);
-            if buddy >= self.pages || self.state[buddy as usize] != FREE | order as u8 {
+            if buddy >= self.page_count || self.pages[buddy as usize].state != FREE | order as u8 {
                 break;
             }
             self.unlink(buddy, order);
@@ -240,20 +245,20 @@ impl BuddyAllocator {
     fn free_block_containing(&self, page: u32) -> bool {
         (0..=self.max_order).any(|order| {
             let head = page & !((1u32 << order) - 1);
-            self.state[head as usize] == FREE | order as u8
+            self.pages[head as usize].state == FREE | order as u8
         })
     }
 
     /// The live block at `address`, as `(block size, requested size)`.
     pub fn allocation(&self, address: u64) -> Option<(u64, u64)> {
         let offset = address.checked_sub(self.base)?;
-        if offset & (self.min_block() - 1) != 0 || offset >> self.page_shift >= u64::from(self.pages) {
+        if offset & (self.min_block() - 1) != 0 || offset >> self.page_shift >= u64::from(self.page_count) {
             return None;
         }
         let page = (offset >> self.page_shift) as usize;
-        let state = self.state[page];
+        let state = self.pages[page].state;
         (state & LIVE != 0)
-            .then(|| (self.block_bytes(u32::from(state & ORDER_MASK)), u64::from(self.requested[page])))
+            .then(|| (self.block_bytes(u32::from(state & ORDER_MASK)), u64::from(self.pages[page].requested)))
     }
 
     /// Bytes free.
@@ -292,9 +297,9 @@ impl BuddyAllocator {
     pub fn initial_block_count(&self) -> usize {
         let mut count = 0;
         let mut page = 0u32;
-        while page < self.pages {
+        while page < self.page_count {
             let mut order = self.max_order.min(page.trailing_zeros());
-            while page + (1 << order) > self.pages {
+            while page + (1 << order) > self.page_count {
                 order -= 1;
             }
             count += 1;
@@ -305,47 +310,47 @@ impl BuddyAllocator {
 
     fn push_free(&mut self, page: u32, order: u32) {
         let head = self.heads[order as usize];
-        self.next[page as usize] = head;
-        self.previous[page as usize] = NONE;
+        self.pages[page as usize].next = head;
+        self.pages[page as usize].previous = NONE;
         if head != NONE {
-            self.previous[head as usize] = page;
+            self.pages[head as usize].previous = page;
         }
         self.heads[order as usize] = page;
         self.free_counts[order as usize] += 1;
-        self.state[page as usize] = FREE | order as u8;
+        self.pages[page as usize].state = FREE | order as u8;
         self.nonempty |= 1 << order;
     }
 
     fn unlink(&mut self, page: u32, order: u32) {
-        let (next, previous) = (self.next[page as usize], self.previous[page as usize]);
+        let (next, previous) = (self.pages[page as usize].next, self.pages[page as usize].previous);
         if previous == NONE {
             self.heads[order as usize] = next;
         } else {
-            self.next[previous as usize] = next;
+            self.pages[previous as usize].next = next;
         }
         if next != NONE {
-            self.previous[next as usize] = previous;
+            self.pages[next as usize].previous = previous;
         }
         self.free_counts[order as usize] -= 1;
         if self.heads[order as usize] == NONE {
             self.nonempty &= !(1 << order);
         }
-        self.state[page as usize] = 0;
+        self.pages[page as usize].state = 0;
     }
 
     /// Checks every invariant in the type's documentation; for tests.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
-        let mut owner = vec![false; self.pages as usize];
+        let mut owner = vec![false; self.page_count as usize];
         let mut reserved = 0;
         let mut page = 0u32;
-        while page < self.pages {
-            let state = self.state[page as usize];
+        while page < self.page_count {
+            let state = self.pages[page as usize].state;
             assert!(state & (FREE | LIVE) != 0, "page {page} is not covered by a block head");
             let order = u32::from(state & ORDER_MASK);
             assert_eq!(page % (1 << order), 0, "block at page {page} misaligned for order {order}");
             for inner in page + 1..page + (1 << order) {
-                assert_eq!(self.state[inner as usize], 0);
+                assert_eq!(self.pages[inner as usize].state, 0);
             }
             owner[page as usize] = true;
             if state & LIVE != 0 {
@@ -353,7 +358,7 @@ impl BuddyAllocator {
             } else if order < self.max_order {
                 let buddy = page ^ (1 << order);
                 assert!(
-                    buddy >= self.pages || self.state[buddy as usize] != state,
+                    buddy >= self.page_count || self.pages[buddy as usize].state != state,
                     "free buddies {page} and {buddy} were not merged"
                 );
             }
@@ -366,11 +371,11 @@ impl BuddyAllocator {
             let mut count = 0;
             while page != NONE {
                 count += 1;
-                assert_eq!(self.state[page as usize], FREE | order as u8);
-                assert_eq!(self.previous[page as usize], previous);
+                assert_eq!(self.pages[page as usize].state, FREE | order as u8);
+                assert_eq!(self.pages[page as usize].previous, previous);
                 assert!(core::mem::take(&mut owner[page as usize]), "page {page} listed twice");
                 previous = page;
-                page = self.next[page as usize];
+                page = self.pages[page as usize].next;
             }
             assert_eq!(count, self.free_counts[order as usize], "free count of order {order}");
         }

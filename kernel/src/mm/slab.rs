@@ -88,6 +88,34 @@ struct DepotLists {
     in_depot: Vec<u32>,
     slabs: u64,
     refills: u64,
+    published: Tally,
+    peak_live_bytes: u64,
+}
+
+impl DepotLists {
+    /// Adds a core's unpublished counts to the depot's and updates the peak.
+    fn publish(&mut self, tally: &mut Tally) {
+        self.published.add(tally);
+        *tally = Tally::default();
+        self.peak_live_bytes = self.peak_live_bytes.max(self.published.live_bytes.max(0) as u64);
+    }
+}
+
+/// Allocation counts a core has not yet published to the depot. Live bytes may be negative
+/// on one core when it frees objects another core allocated.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    allocations: u64,
+    frees: u64,
+    live_bytes: i64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.allocations += other.allocations;
+        self.frees += other.frees;
+        self.live_bytes += other.live_bytes;
+    }
 }
 
 /// The shared half of the slab caches: size classes, slab metadata and the locked depot.
@@ -115,10 +143,6 @@ pub struct SlabDepot<Source: PageSource> {
     table_base: u64,
     slots: Vec<SlabSlot>,
     lists: spin::Mutex<DepotLists>,
-    live_bytes: AtomicU64,
-    peak_live_bytes: AtomicU64,
-    allocations: AtomicU64,
-    frees: AtomicU64,
     failures: AtomicU64,
     bad_frees: AtomicU64,
 }
@@ -154,6 +178,8 @@ impl<Source: PageSource> SlabDepot<Source> {
             in_depot: vec![0; slot_count],
             slabs: 0,
             refills: 0,
+            published: Tally::default(),
+            peak_live_bytes: 0,
         };
         Ok(Self {
             name,
@@ -163,10 +189,6 @@ impl<Source: PageSource> SlabDepot<Source> {
             table_base,
             slots,
             lists: spin::Mutex::new(lists),
-            live_bytes: AtomicU64::new(0),
-            peak_live_bytes: AtomicU64::new(0),
-            allocations: AtomicU64::new(0),
-            frees: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             bad_frees: AtomicU64::new(0),
         })
@@ -206,8 +228,9 @@ impl<Source: PageSource> SlabDepot<Source> {
     }
 
     /// Fills `magazine` half way from the depot, carving a new slab when the depot is empty.
-    fn refill(&self, class: usize, magazine: &mut Magazine) -> Result<(), MemError> {
+    fn refill(&self, class: usize, magazine: &mut Magazine, tally: &mut Tally) -> Result<(), MemError> {
         let mut lists = self.lists.lock();
+        lists.publish(tally);
         if lists.free[class].is_empty() {
             let slab = self.source.take_pages(SLAB_BYTES)?;
             let Some((slot, 0)) = self.slot_of(slab) else {
@@ -236,9 +259,10 @@ impl<Source: PageSource> SlabDepot<Source> {
     }
 
     /// Moves the older half of `magazine` into the depot (all of it when `everything`).
-    fn spill(&self, class: usize, magazine: &mut Magazine, everything: bool) {
+    fn spill(&self, class: usize, magazine: &mut Magazine, tally: &mut Tally, everything: bool) {
         let keep = if everything { 0 } else { magazine.count / 2 };
         let mut lists = self.lists.lock();
+        lists.publish(tally);
         for &object in &magazine.objects[..magazine.count - keep] {
             if let Some((slot, _)) = self.slot_of(object) {
                 lists.in_depot[slot] += 1;
@@ -275,12 +299,21 @@ impl<Source: PageSource> SlabDepot<Source> {
         released
     }
 
-    /// A snapshot of the counters. Reserved bytes are the slabs held from the source and free
-    /// bytes are those slabs' bytes not live. Every free object serves its own class, so
-    /// external fragmentation does not apply: the free bytes are reported as one extent.
-    pub fn statistics(&self) -> PoolStatistics {
-        let slabs = self.lists.lock().slabs;
-        let live = self.live_bytes.load(Ordering::Relaxed);
+    /// A snapshot of the counters, counting the unpublished allocations of `cores` (pass every
+    /// core's cache for exact live bytes and counts). Reserved bytes are the slabs held from
+    /// the source and free bytes are those slabs' bytes not live. Every free object serves its
+    /// own class, so external fragmentation does not apply: the free bytes are reported as one
+    /// extent. The peak of live bytes is sampled when a core exchanges with the depot, so it
+    /// can trail the true peak by up to a magazine per core and class.
+    pub fn statistics(&self, cores: &[&CoreSlab]) -> PoolStatistics {
+        let (slabs, mut tally, peak) = {
+            let lists = self.lists.lock();
+            (lists.slabs, lists.published, lists.peak_live_bytes)
+        };
+        for core in cores {
+            tally.add(&core.tally);
+        }
+        let live = tally.live_bytes.max(0) as u64;
         let (base, capacity) = self.source.range();
         let reserved = slabs * SLAB_BYTES;
         PoolStatistics {
@@ -288,13 +321,13 @@ impl<Source: PageSource> SlabDepot<Source> {
             base,
             capacity,
             counters: PoolCounters {
-                allocations: self.allocations.load(Ordering::Relaxed),
-                frees: self.frees.load(Ordering::Relaxed),
+                allocations: tally.allocations,
+                frees: tally.frees,
                 failures: self.failures.load(Ordering::Relaxed),
                 bad_frees: self.bad_frees.load(Ordering::Relaxed),
                 live_bytes: live,
                 reserved_bytes: reserved,
-                peak_live_bytes: self.peak_live_bytes.load(Ordering::Relaxed),
+                peak_live_bytes: peak.max(live),
                 peak_reserved_bytes: reserved,
                 zeroed_bytes: 0,
             },
@@ -328,6 +361,7 @@ struct Magazine {
 pub struct CoreSlab {
     core: usize,
     magazines: Vec<Magazine>,
+    tally: Tally,
 }
 
 impl CoreSlab {
@@ -336,6 +370,7 @@ impl CoreSlab {
         Self {
             core,
             magazines: vec![Magazine { objects: [0; MAGAZINE_CAPACITY], count: 0 }; depot.classes.len()],
+            tally: Tally::default(),
         }
     }
 
@@ -366,7 +401,7 @@ impl CoreSlab {
         };
         let magazine = &mut self.magazines[class];
         if magazine.count == 0 {
-            depot.refill(class, magazine).map_err(|error| match error {
+            depot.refill(class, magazine, &mut self.tally).map_err(|error| match error {
                 MemError::OutOfMemory { free, largest_free, .. } => {
                     MemError::OutOfMemory { pool: depot.name, requested: size, free, largest_free }
                 }
@@ -379,12 +414,12 @@ impl CoreSlab {
         if let Some((slot, offset)) = depot.slot_of(address) {
             let index = offset / class_size;
             let bit = 1u64 << (index % 64);
-            let previous = depot.slots[slot].allocated[(index / 64) as usize].fetch_or(bit, Ordering::AcqRel);
+            let previous =
+                depot.slots[slot].allocated[(index / 64) as usize].fetch_or(bit, Ordering::Relaxed);
             debug_assert_eq!(previous & bit, 0, "object {address:#x} handed out twice");
         }
-        let live = depot.live_bytes.fetch_add(class_size, Ordering::Relaxed) + class_size;
-        depot.peak_live_bytes.fetch_max(live, Ordering::Relaxed);
-        depot.allocations.fetch_add(1, Ordering::Relaxed);
+        self.tally.allocations += 1;
+        self.tally.live_bytes += class_size as i64;
         Ok(address)
     }
 
@@ -420,18 +455,18 @@ impl CoreSlab {
             return Err(foreign);
         }
         let bit = 1u64 << (index % 64);
-        let previous = depot.slots[slot].allocated[(index / 64) as usize].fetch_and(!bit, Ordering::AcqRel);
+        let previous = depot.slots[slot].allocated[(index / 64) as usize].fetch_and(!bit, Ordering::Relaxed);
         if previous & bit == 0 {
             return Err(MemError::DoubleFree { pool: depot.name, address });
         }
         let magazine = &mut self.magazines[class];
         if magazine.count == MAGAZINE_CAPACITY {
-            depot.spill(class, magazine, false);
+            depot.spill(class, magazine, &mut self.tally, false);
         }
         magazine.objects[magazine.count] = address;
         magazine.count += 1;
-        depot.live_bytes.fetch_sub(class_size, Ordering::Relaxed);
-        depot.frees.fetch_add(1, Ordering::Relaxed);
+        self.tally.frees += 1;
+        self.tally.live_bytes -= class_size as i64;
         Ok(class_size)
     }
 
@@ -440,9 +475,10 @@ impl CoreSlab {
     pub fn drain<Source: PageSource>(&mut self, depot: &SlabDepot<Source>) {
         for (class, magazine) in self.magazines.iter_mut().enumerate() {
             if magazine.count > 0 {
-                depot.spill(class, magazine, true);
+                depot.spill(class, magazine, &mut self.tally, true);
             }
         }
+        depot.lists.lock().publish(&mut self.tally);
     }
 
     /// Objects cached in this core's magazines.
@@ -501,7 +537,7 @@ mod tests {
         assert_eq!(core.free(&depot, object), Err(MemError::DoubleFree { pool: "slab", address: object }));
         assert!(matches!(core.alloc(&depot, 5000), Err(MemError::TooLarge { .. })));
         assert!(matches!(core.alloc(&depot, 0), Err(MemError::ZeroSize { .. })));
-        let statistics = depot.statistics();
+        let statistics = depot.statistics(&[&core]);
         assert_eq!(statistics.counters.bad_frees, 3);
         assert_eq!(statistics.counters.failures, 2);
     }
@@ -570,7 +606,7 @@ mod tests {
                     Operation::Drain { core } => cores[core].drain(&depot),
                 }
                 let bytes: u64 = live.iter().map(|&(_, class)| class).sum();
-                prop_assert_eq!(depot.statistics().counters.live_bytes, bytes);
+                prop_assert_eq!(depot.statistics(&[&cores[0], &cores[1]]).counters.live_bytes, bytes);
                 prop_assert!(depot.slab_count() * SLAB_BYTES >= bytes);
             }
             for (address, _) in live {
@@ -651,12 +687,19 @@ mod tests {
             cleaner.free(&depot, address).unwrap();
         }
         assert!(owned.iter().all(|unit| unit.load(Ordering::Relaxed) == 0));
-        assert_eq!(depot.statistics().counters.live_bytes, 0);
-        let statistics = depot.statistics();
+        let mut caches: Vec<CoreSlab> = caches.into_iter().chain([cleaner]).collect();
+        let statistics = depot.statistics(&caches.iter().collect::<Vec<_>>());
+        assert_eq!(statistics.counters.live_bytes, 0);
         assert_eq!(statistics.counters.allocations, statistics.counters.frees);
-        for mut cache in caches.into_iter().chain([cleaner]) {
+        assert!(statistics.counters.allocations > 4 * 1000);
+        for cache in &mut caches {
             cache.drain(&depot);
         }
+        assert_eq!(
+            depot.statistics(&[]).counters.frees,
+            statistics.counters.frees,
+            "drained caches published"
+        );
         depot.reclaim();
         assert!(source_is_whole(&depot));
     }

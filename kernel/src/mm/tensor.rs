@@ -94,7 +94,9 @@ pub struct TensorHandle {
     kind: TensorKind,
     pool: Pool,
     page_size: PageSize,
-    references: Arc<AtomicU32>,
+    /// The shared count, made on the first [`TensorHandle::share`]; `None` means one owner,
+    /// so the common unshared tensor costs no extra allocation.
+    references: Option<Arc<AtomicU32>>,
 }
 
 impl TensorHandle {
@@ -130,14 +132,15 @@ impl TensorHandle {
 
     /// How many handles share the allocation.
     pub fn reference_count(&self) -> u32 {
-        self.references.load(Ordering::Acquire)
+        self.references.as_ref().map_or(1, |references| references.load(Ordering::Acquire))
     }
 
     /// Another handle to the same allocation (for example a second sequence reading the same
     /// weights during a hot-swap).
-    pub fn share(&self) -> TensorHandle {
-        self.references.fetch_add(1, Ordering::AcqRel);
-        TensorHandle { references: Arc::clone(&self.references), ..*self }
+    pub fn share(&mut self) -> TensorHandle {
+        let references = self.references.get_or_insert_with(|| Arc::new(AtomicU32::new(1)));
+        references.fetch_add(1, Ordering::AcqRel);
+        TensorHandle { references: Some(Arc::clone(references)), ..*self }
     }
 }
 
@@ -291,7 +294,7 @@ impl TensorMemory {
             Pool::Dma => self.dma.lock().alloc(size, alignment)?,
         };
         let page_size = if alignment >= BLOCK { PageSize::Size2MiB } else { PageSize::Size4KiB };
-        Ok(TensorHandle { base, size, kind, pool, page_size, references: Arc::new(AtomicU32::new(1)) })
+        Ok(TensorHandle { base, size, kind, pool, page_size, references: None })
     }
 
     fn core_cache(&self, core: usize) -> Result<&spin::Mutex<CoreSlab>, MemError> {
@@ -308,7 +311,8 @@ impl TensorMemory {
     /// left; at zero the memory went back to its pool.
     pub fn release_on(&self, core: usize, handle: TensorHandle) -> Result<u32, MemError> {
         let cache = if handle.pool == Pool::Slab { Some(self.core_cache(core)?) } else { None };
-        let left = handle.references.fetch_sub(1, Ordering::AcqRel) - 1;
+        let left =
+            handle.references.as_ref().map_or(0, |references| references.fetch_sub(1, Ordering::AcqRel) - 1);
         if left > 0 {
             return Ok(left);
         }
@@ -378,7 +382,11 @@ impl TensorMemory {
             Pool::Weights => self.weights.lock().statistics(),
             Pool::KvCache => self.kv_cache.lock().statistics(),
             Pool::Activations => self.slab.source().lock().statistics(),
-            Pool::Slab => self.slab.statistics(),
+            Pool::Slab => {
+                let guards: Vec<_> = self.core_caches.iter().map(|cache| cache.lock()).collect();
+                let cores: Vec<&CoreSlab> = guards.iter().map(|guard| &**guard).collect();
+                self.slab.statistics(&cores)
+            }
             Pool::Protocol => self.protocol.lock().statistics(),
             Pool::Dma => self.dma.lock().statistics(),
         }
@@ -463,7 +471,8 @@ mod tests {
     #[test]
     fn shared_handles_free_with_the_last_reference() {
         let memory = memory(64);
-        let weights = memory.alloc(10 * MIB, TensorKind::Weights).unwrap();
+        let mut weights = memory.alloc(10 * MIB, TensorKind::Weights).unwrap();
+        assert_eq!(weights.reference_count(), 1);
         let reader = weights.share();
         assert_eq!(weights.reference_count(), 2);
         let base = weights.base();
