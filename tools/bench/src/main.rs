@@ -1,0 +1,591 @@
+//! `mm-bench`: replays seeded allocation traces against Tessera's memory pools and the
+//! baseline crates (rlsf, talc, buddy_system_allocator, linked_list_allocator, system malloc)
+//! and prints Markdown tables of per-operation latency, with ratios to rlsf from the same run.
+//!
+//! Each latency is the minimum over the replays of that operation, less the timer's own cost;
+//! whole-trace times are measured separately, without per-operation timers. Usage:
+//! `mm-bench [--quick] [--replays N]`.
+
+mod subjects;
+mod trace;
+
+use bsp::board::budget::{BoardModel, scaled_budget};
+use kernel::mm::layout::MemoryPlan;
+use kernel::mm::tensor::Pool;
+use std::time::Instant;
+use subjects::{
+    Arena, Baseline, Malloc, OurBuddy, OurRt, OurSlab, OurTensorMemory, Subject, buddy_system, linked_list,
+    rlsf, talc,
+};
+use trace::{Kind, MIB, Operation, Trace};
+
+/// The benchmark's own heap: the system allocator, except that zeroed allocations are written
+/// at once, as the kernel heap does, so the page faults of a pool's metadata tables happen
+/// while it is built and not inside a timed operation.
+struct EagerZero;
+
+// SAFETY: every method forwards to `System` with the caller's arguments; `alloc_zeroed`
+// writes zeros only inside the block `System.alloc` just returned.
+unsafe impl std::alloc::GlobalAlloc for EagerZero {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded.
+        unsafe { std::alloc::System.dealloc(pointer, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded; the zeros go inside the new block of `layout.size()` bytes.
+        unsafe {
+            let pointer = std::alloc::System.alloc(layout);
+            if !pointer.is_null() {
+                std::ptr::write_bytes(pointer, 0, layout.size());
+            }
+            pointer
+        }
+    }
+}
+
+#[global_allocator]
+static HEAP: EagerZero = EagerZero;
+
+/// Makes a fresh allocator for one replay.
+type Factory<'a> = Box<dyn FnMut() -> Box<dyn Subject + 'a> + 'a>;
+
+/// Latency figures of one operation type, in nanoseconds.
+#[derive(Clone, Copy, Default)]
+struct Quantiles {
+    p50: u64,
+    p99: u64,
+    max: u64,
+}
+
+impl Quantiles {
+    fn of(mut samples: Vec<u64>) -> Quantiles {
+        if samples.is_empty() {
+            return Quantiles::default();
+        }
+        samples.sort_unstable();
+        let at = |per_mille: usize| samples[(samples.len() * per_mille / 1000).min(samples.len() - 1)];
+        Quantiles { p50: at(500), p99: at(990), max: samples[samples.len() - 1] }
+    }
+}
+
+/// What one allocator did on one trace.
+struct Measured {
+    name: &'static str,
+    alloc: Quantiles,
+    free: Quantiles,
+    /// Whole-trace time per operation (no per-op timers), minimum over replays.
+    mean_ns: f64,
+    failures: usize,
+}
+
+/// The cost of one `Instant` pair, the minimum of many tries.
+fn timer_cost() -> u64 {
+    (0..20_000)
+        .map(|_| {
+            let start = Instant::now();
+            start.elapsed().as_nanos() as u64
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// Runs `trace` once on `subject`; with `latencies`, times every operation into it (keeping
+/// the minimum). Returns the number of failed allocations.
+fn run(subject: &mut dyn Subject, trace: &Trace, latencies: Option<&mut [u64]>, timer: u64) -> usize {
+    let mut live = vec![false; trace.ids];
+    let mut failures = 0;
+    let mut step = |subject: &mut dyn Subject, operation: &Operation| match *operation {
+        Operation::Alloc { id, size, alignment, kind } => {
+            let done = subject.alloc(id, size, alignment, kind);
+            live[id as usize] = done;
+            failures += usize::from(!done);
+        }
+        Operation::Free { id } => {
+            if std::mem::take(&mut live[id as usize]) {
+                subject.free(id);
+            }
+        }
+    };
+    match latencies {
+        Some(latencies) => {
+            for (operation, slot) in trace.operations.iter().zip(latencies.iter_mut()) {
+                let start = Instant::now();
+                step(subject, operation);
+                let elapsed = (start.elapsed().as_nanos() as u64).saturating_sub(timer);
+                *slot = (*slot).min(elapsed);
+            }
+        }
+        None => trace.operations.iter().for_each(|operation| step(subject, operation)),
+    }
+    failures
+}
+
+fn measure(
+    name: &'static str,
+    factory: &mut Factory<'_>,
+    trace: &Trace,
+    replays: usize,
+    timer: u64,
+) -> Measured {
+    let mut latencies = vec![u64::MAX; trace.operations.len()];
+    let mut best_batch = f64::MAX;
+    let mut failures = 0;
+    for _ in 0..replays {
+        let mut subject = factory();
+        failures = run(subject.as_mut(), trace, Some(&mut latencies), timer);
+        drop(subject);
+        let mut subject = factory();
+        let start = Instant::now();
+        run(subject.as_mut(), trace, None, timer);
+        best_batch = best_batch.min(start.elapsed().as_nanos() as f64 / trace.operations.len() as f64);
+    }
+    let (mut alloc, mut free) = (Vec::new(), Vec::new());
+    for (operation, &latency) in trace.operations.iter().zip(&latencies) {
+        match operation {
+            Operation::Alloc { .. } => alloc.push(latency),
+            Operation::Free { .. } => free.push(latency),
+        }
+    }
+    Measured { name, alloc: Quantiles::of(alloc), free: Quantiles::of(free), mean_ns: best_batch, failures }
+}
+
+fn print_table(title: &str, trace: &Trace, results: &[Measured]) {
+    println!("\n### {title}\n");
+    println!(
+        "Trace: {}, {} operations, peak live {:.1} MiB. Latency in ns (min over replays per operation); \
+         `mean` is whole-trace time per operation; ratios are to rlsf (lower is better).\n",
+        trace.name,
+        trace.operations.len(),
+        trace.peak_live as f64 / MIB as f64
+    );
+    println!(
+        "| allocator | alloc p50 | alloc p99 | alloc max | free p50 | free p99 | free max | mean | mean ÷ rlsf | alloc p99 ÷ rlsf | free p99 ÷ rlsf | failed allocs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let reference = results.iter().find(|result| result.name == "rlsf");
+    let ratio = |value: f64, base: Option<f64>| match base {
+        Some(base) if base > 0.0 => format!("{:.2}", value / base),
+        _ => "-".to_string(),
+    };
+    for result in results {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
+            result.name,
+            result.alloc.p50,
+            result.alloc.p99,
+            result.alloc.max,
+            result.free.p50,
+            result.free.p99,
+            result.free.max,
+            result.mean_ns,
+            ratio(result.mean_ns, reference.map(|r| r.mean_ns)),
+            ratio(result.alloc.p99 as f64, reference.map(|r| r.alloc.p99.max(1) as f64)),
+            ratio(result.free.p99 as f64, reference.map(|r| r.free.p99.max(1) as f64)),
+            result.failures,
+        );
+    }
+}
+
+/// The baselines over `size` bytes of `arena`, for a trace with `ids` ids.
+fn baselines<'a>(arena: &'a Arena, size: usize, ids: usize) -> Vec<(&'static str, Factory<'a>)> {
+    vec![
+        ("rlsf", Box::new(move || Box::new(Baseline::new(rlsf(arena, size), ids)) as Box<dyn Subject>)),
+        ("talc", Box::new(move || Box::new(Baseline::new(talc(arena, size), ids)) as Box<dyn Subject>)),
+        (
+            "buddy_system_allocator",
+            Box::new(move || Box::new(Baseline::new(buddy_system(arena, size), ids)) as Box<dyn Subject>),
+        ),
+        (
+            "linked_list_allocator",
+            Box::new(move || Box::new(Baseline::new(linked_list(arena, size), ids)) as Box<dyn Subject>),
+        ),
+        ("system malloc", Box::new(move || Box::new(Baseline::new(Malloc, ids)) as Box<dyn Subject>)),
+    ]
+}
+
+/// The boot plan for a Pi 3 with `ram` bytes (the budget table's row, scaled).
+fn pi3_plan(ram: u64) -> Option<MemoryPlan> {
+    let (_, budget) = scaled_budget(BoardModel::Pi3B, ram);
+    MemoryPlan::new(ram, budget, 2 * MIB as u64, 1).ok()
+}
+
+/// Times one operation made ready by `prepare`, as the minimum over `replays` fresh states.
+fn forced<State>(
+    replays: usize,
+    timer: u64,
+    mut prepare: impl FnMut() -> State,
+    mut operation: impl FnMut(&mut State),
+) -> u64 {
+    (0..replays)
+        .map(|_| {
+            let mut state = prepare();
+            let start = Instant::now();
+            operation(&mut state);
+            let elapsed = (start.elapsed().as_nanos() as u64).saturating_sub(timer);
+            drop(state);
+            elapsed
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+fn main() {
+    let arguments: Vec<String> = std::env::args().collect();
+    let quick = arguments.iter().any(|argument| argument == "--quick");
+    let replays = arguments
+        .iter()
+        .position(|argument| argument == "--replays")
+        .and_then(|index| arguments.get(index + 1)?.parse().ok())
+        .unwrap_or(5usize)
+        .max(5);
+    let timer = timer_cost();
+    let (small_operations, tokens) = if quick { (40_000, 1_500) } else { (200_000, 6_000) };
+    println!("# Tessera memory-pool benchmark\n");
+    println!("Command: `cargo run --release -p bench -- {}`", arguments[1..].join(" "));
+    println!("Replays: {replays}; timer cost subtracted: {timer} ns per timed operation.");
+
+    // Trace 1: random small objects.
+    let small = trace::small_objects(1, small_operations, 4000);
+    let arena = Arena::new(1 << 30);
+    let mut results = Vec::new();
+    let ids = small.ids;
+    let mut ours: Factory<'_> =
+        Box::new(|| Box::new(OurSlab::new(&arena, 64 * MIB, ids)) as Box<dyn Subject>);
+    results.push(measure("tessera slab", &mut ours, &small, replays, timer));
+    for (name, mut factory) in baselines(&arena, 64 * MIB, ids) {
+        results.push(measure(name, &mut factory, &small, replays, timer));
+    }
+    print_table("Random small objects (16 B – 4 KiB)", &small, &results);
+
+    // Trace 2: LLM serving, on the Pi 3 boot plan for 1 GiB.
+    let plan = pi3_plan(1 << 30).expect("Pi 3 plan");
+    let budget = (plan.budget.llm + plan.budget.protocol) as usize;
+    let llm = trace::llm_serving(2, tokens, 8, tokens / 3, 120 * MIB);
+    let ids = llm.ids;
+    let mut results = Vec::new();
+    let mut ours: Factory<'_> = Box::new(|| Box::new(OurTensorMemory::new(&plan, ids)) as Box<dyn Subject>);
+    results.push(measure("tessera TensorMemory", &mut ours, &llm, replays, timer));
+    for (name, mut factory) in baselines(&arena, budget, ids) {
+        results.push(measure(name, &mut factory, &llm, replays, timer));
+    }
+    print_table(
+        &format!(
+            "LLM serving: {tokens} tokens, 8 sequences, 2 hot-swaps of 1–100 MiB weights (Tessera on the Pi 3 plan \
+             for 1 GiB; baselines get its LLM + protocol budget, {} MiB, as one arena)",
+            budget / MIB
+        ),
+        &llm,
+        &results,
+    );
+
+    // Like with like: the 4 KiB – 1 MiB part of the LLM trace, buddy against buddy.
+    let blocks = trace::sizes_between(&llm, 4096, MIB, "LLM trace, 4 KiB – 1 MiB");
+    let kv_and_activations = (plan.region(kernel::mm::layout::RegionKind::KvCache).size
+        + plan.region(kernel::mm::layout::RegionKind::Activations).size)
+        as usize;
+    let ids = blocks.ids;
+    let mut results = Vec::new();
+    let mut ours: Factory<'_> =
+        Box::new(|| Box::new(OurBuddy::new(&arena, kv_and_activations, ids)) as Box<dyn Subject>);
+    results.push(measure("tessera buddy", &mut ours, &blocks, replays, timer));
+    for (name, mut factory) in baselines(&arena, kv_and_activations, ids).into_iter().take(3) {
+        results.push(measure(name, &mut factory, &blocks, replays, timer));
+    }
+    print_table(
+        &format!(
+            "Buddy comparison: the 4 KiB – 1 MiB operations of the LLM trace ({} MiB arena)",
+            kv_and_activations / MIB
+        ),
+        &blocks,
+        &results,
+    );
+
+    // The RT pool across heap sizes.
+    println!("\n### RT pool across heap sizes\n");
+    println!(
+        "Protocol-like trace (64 B – 8 KiB, about 64 live buffers). ns, min over replays per operation.\n"
+    );
+    println!(
+        "| heap | tessera RT alloc p99 | alloc max | free p99 | free max | rlsf alloc p99 | alloc max | free p99 | free max |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let protocol = rt_trace(3, if quick { 20_000 } else { 100_000 });
+    for heap in [MIB, 16 * MIB, 256 * MIB, 1024 * MIB] {
+        let ids = protocol.ids;
+        let mut ours: Factory<'_> = Box::new(|| Box::new(OurRt::new(&arena, heap, ids)) as Box<dyn Subject>);
+        let mine = measure("tessera RT", &mut ours, &protocol, replays, timer);
+        let mut theirs: Factory<'_> =
+            Box::new(|| Box::new(Baseline::new(rlsf(&arena, heap), ids)) as Box<dyn Subject>);
+        let reference = measure("rlsf", &mut theirs, &protocol, replays, timer);
+        println!(
+            "| {} MiB | {} | {} | {} | {} | {} | {} | {} | {} |",
+            heap / MIB,
+            mine.alloc.p99,
+            mine.alloc.max,
+            mine.free.p99,
+            mine.free.max,
+            reference.alloc.p99,
+            reference.alloc.max,
+            reference.free.p99,
+            reference.free.max
+        );
+    }
+
+    forced_worst_cases(&arena, replays.max(50), timer);
+    utilization(&arena, &llm, &plan);
+}
+
+/// A protocol-buffer trace for the RT pool: 64 B – 8 KiB, about 64 live.
+fn rt_trace(seed: u64, operations: usize) -> Trace {
+    let mut small = trace::small_objects(seed, operations, 64);
+    for operation in &mut small.operations {
+        if let Operation::Alloc { size, alignment, kind, .. } = operation {
+            *size = (*size * 2).clamp(64, 8192);
+            *alignment = 64;
+            *kind = Kind::Protocol;
+        }
+    }
+    small.peak_live *= 2;
+    small
+}
+
+fn forced_worst_cases(arena: &Arena, replays: usize, timer: u64) {
+    use kernel::mm::buddy::BuddyAllocator;
+    use kernel::mm::rt::RtPool;
+    use kernel::mm::slab::{CoreSlab, SlabDepot};
+    use std::alloc::Layout;
+    use subjects::Raw;
+    println!("\n### Forced worst cases\n");
+    println!("One operation on a freshly prepared state; ns, min over {replays} replays.\n");
+    println!("| case | tessera | rlsf | talc | buddy_system_allocator | linked_list_allocator |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let heap = 256 * MIB;
+    let small = Layout::from_size_align(64, 64).unwrap();
+    let page = Layout::from_size_align(4096, 4096).unwrap();
+    // A small request when the only free block is huge.
+    let granule = RtPool::granule_for(heap as u64, 65536, 64);
+    let ours = forced(
+        replays,
+        timer,
+        || RtPool::new("rt", arena.base() as u64, heap as u64, granule).unwrap(),
+        |pool| {
+            pool.alloc(64, 64).unwrap();
+        },
+    );
+    let raw = |make: &dyn Fn() -> Box<dyn RawBox>| forced(replays, timer, make, |state| state.touch(small));
+    println!(
+        "| 64 B from one free {} MiB block | {ours} (RT pool) | {} | {} | {} | {} |",
+        heap / MIB,
+        raw(&|| Box::new(rlsf(arena, heap))),
+        raw(&|| Box::new(talc(arena, heap))),
+        raw(&|| Box::new(buddy_system(arena, heap))),
+        raw(&|| Box::new(linked_list(arena, heap))),
+    );
+    // A free that merges with free blocks on both sides.
+    let merge_ours = forced(
+        replays,
+        timer,
+        || {
+            let mut pool = RtPool::new("rt", arena.base() as u64, heap as u64, granule).unwrap();
+            let blocks: Vec<u64> = (0..4).map(|_| pool.alloc(4096, 64).unwrap()).collect();
+            pool.free(blocks[0]).unwrap();
+            pool.free(blocks[2]).unwrap();
+            (pool, blocks[1])
+        },
+        |(pool, middle)| {
+            pool.free(*middle).unwrap();
+        },
+    );
+    let merge = |make: &dyn Fn() -> Box<dyn RawBox>| {
+        forced(
+            replays,
+            timer,
+            || {
+                let mut state = make();
+                let blocks: Vec<_> = (0..4).map(|_| state.take(page)).collect();
+                state.give(blocks[0], page);
+                state.give(blocks[2], page);
+                (state, blocks[1])
+            },
+            |(state, middle)| state.give(*middle, page),
+        )
+    };
+    println!(
+        "| free merging both neighbours (4 KiB blocks) | {merge_ours} (RT pool) | {} | {} | {} | {} |",
+        merge(&|| Box::new(rlsf(arena, heap))),
+        merge(&|| Box::new(talc(arena, heap))),
+        merge(&|| Box::new(buddy_system(arena, heap))),
+        merge(&|| Box::new(linked_list(arena, heap))),
+    );
+    // The deepest split and merge: 4 KiB out of one maximal block, and back.
+    let fresh_buddy = || BuddyAllocator::new("b", arena.base() as u64, MIB as u64, 4096, MIB as u64).unwrap();
+    let split_ours = forced(replays, timer, fresh_buddy, |buddy| {
+        buddy.alloc(4096).unwrap();
+    });
+    let merge_ours = forced(
+        replays,
+        timer,
+        || {
+            let mut buddy = fresh_buddy();
+            let address = buddy.alloc(4096).unwrap();
+            (buddy, address)
+        },
+        |(buddy, address)| {
+            buddy.free(*address).unwrap();
+        },
+    );
+    let split_theirs = forced(
+        replays,
+        timer,
+        || buddy_system(arena, MIB),
+        |heap| {
+            heap.allocate(page).unwrap();
+        },
+    );
+    let merge_theirs = forced(
+        replays,
+        timer,
+        || {
+            let mut heap = buddy_system(arena, MIB);
+            let block = heap.allocate(page).unwrap();
+            (heap, block)
+        },
+        // SAFETY: the block was just allocated with `page`.
+        |(heap, block)| unsafe { heap.deallocate(*block, page) },
+    );
+    println!(
+        "| deepest split: 4 KiB from a free 1 MiB block | {split_ours} (buddy) | | | {split_theirs} | |"
+    );
+    println!("| deepest merge: 4 KiB back into 1 MiB | {merge_ours} (buddy) | | | {merge_theirs} | |");
+    // A slab refill: the first allocation of a class carves a new slab.
+    let refill = forced(
+        replays,
+        timer,
+        || {
+            let buddy =
+                BuddyAllocator::new("b", arena.base() as u64, 16 * MIB as u64, 4096, MIB as u64).unwrap();
+            let depot = SlabDepot::new("slab", spin::Mutex::new(buddy), 64).unwrap();
+            let core = CoreSlab::new(&depot, 0);
+            (depot, core)
+        },
+        |(depot, core)| {
+            core.alloc(depot, 64).unwrap();
+        },
+    );
+    println!("| slab refill: first 64 B object (carves a 16 KiB slab) | {refill} (slab) | | | | |");
+}
+
+/// A raw baseline allocator with its block table, for the forced cases.
+trait RawBox {
+    fn take(&mut self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8>;
+    fn give(&mut self, block: std::ptr::NonNull<u8>, layout: std::alloc::Layout);
+    fn touch(&mut self, layout: std::alloc::Layout) {
+        self.take(layout);
+    }
+}
+
+impl<R: subjects::Raw> RawBox for R {
+    fn take(&mut self, layout: std::alloc::Layout) -> std::ptr::NonNull<u8> {
+        self.allocate(layout).expect("forced-case allocation")
+    }
+    fn give(&mut self, block: std::ptr::NonNull<u8>, layout: std::alloc::Layout) {
+        // SAFETY: callers give back blocks they took with the same layout, once.
+        unsafe { self.deallocate(block, layout) }
+    }
+}
+
+/// The smallest arena each allocator completes the LLM trace in, against its peak live bytes.
+fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
+    println!("\n### Utilization on the LLM trace\n");
+    println!(
+        "Peak live bytes ÷ the smallest arena (to 1 MiB) that completes the trace without a failed \
+         allocation. Peak live: {:.1} MiB.\n",
+        llm.peak_live as f64 / MIB as f64
+    );
+    println!("| allocator | smallest arena (MiB) | utilization |");
+    println!("|---|---:|---:|");
+    let completes = |factory: &mut dyn FnMut(usize) -> Box<dyn Subject>, size: usize| {
+        run(factory(size).as_mut(), llm, None, 0) == 0
+    };
+    let smallest = |factory: &mut dyn FnMut(usize) -> Box<dyn Subject>| -> Option<usize> {
+        let (mut low, mut high) = (llm.peak_live / MIB, arena.size() / MIB);
+        if !completes(factory, high * MIB) {
+            return None;
+        }
+        while low + 1 < high {
+            let middle = (low + high) / 2;
+            if completes(factory, middle * MIB) { high = middle } else { low = middle }
+        }
+        Some(high)
+    };
+    let ids = llm.ids;
+    let report = |name: &str, size: Option<usize>| match size {
+        Some(size) => {
+            println!("| {name} | {size} | {:.1}% |", 100.0 * llm.peak_live as f64 / (size * MIB) as f64)
+        }
+        None => println!("| {name} | does not fit in {} MiB | - |", arena.size() / MIB),
+    };
+    report("rlsf", smallest(&mut |size| Box::new(Baseline::new(rlsf(arena, size), ids))));
+    report("talc", smallest(&mut |size| Box::new(Baseline::new(talc(arena, size), ids))));
+    report(
+        "buddy_system_allocator",
+        smallest(&mut |size| Box::new(Baseline::new(buddy_system(arena, size), ids))),
+    );
+    report(
+        "linked_list_allocator",
+        smallest(&mut |size| Box::new(Baseline::new(linked_list(arena, size), ids))),
+    );
+    // Tessera: the region split is the boot policy's, so the search scales the board's RAM
+    // and counts the bytes of the regions the trace uses (weights, KV, activations, protocol).
+    let tessera_plan = |ram_mib: usize| pi3_plan((ram_mib * MIB) as u64);
+    let used = |plan: &MemoryPlan| (plan.budget.llm + plan.budget.protocol) as usize;
+    let fits = |ram_mib: usize| {
+        tessera_plan(ram_mib)
+            .is_some_and(|plan| run(&mut OurTensorMemory::new(&plan, ids), llm, None, 0) == 0)
+    };
+    let (mut low, mut high) = (64usize, 4096usize);
+    while low + 1 < high {
+        let middle = (low + high) / 2;
+        if fits(middle) { high = middle } else { low = middle }
+    }
+    let smallest_plan = tessera_plan(high).expect("plan");
+    report("tessera TensorMemory (LLM + protocol regions)", Some(used(&smallest_plan) / MIB));
+    println!("\nTessera's smallest board: {high} MiB of RAM; its region split is fixed by the budget table.");
+
+    // Peak fragmentation of each Tessera pool during the trace on the 1 GiB plan.
+    let mut ours = OurTensorMemory::new(plan, ids);
+    let mut peak = [0u64; 6];
+    let mut live = vec![false; ids];
+    for (index, operation) in llm.operations.iter().enumerate() {
+        match *operation {
+            Operation::Alloc { id, size, alignment, kind } => {
+                live[id as usize] = ours.alloc(id, size, alignment, kind)
+            }
+            Operation::Free { id } => {
+                if std::mem::take(&mut live[id as usize]) {
+                    ours.free(id);
+                }
+            }
+        }
+        if index % 64 == 0 {
+            for (slot, pool) in peak.iter_mut().zip(Pool::ALL) {
+                *slot = (*slot).max(ours.memory.statistics(pool).fragmentation_permille());
+            }
+        }
+    }
+    println!(
+        "\nPeak fragmentation (1 − largest free ÷ total free, sampled every 64 operations, Pi 3 plan for 1 GiB):\n"
+    );
+    println!("| pool | peak fragmentation |");
+    println!("|---|---:|");
+    for (value, pool) in peak.iter().zip(Pool::ALL) {
+        println!("| {pool:?} | {}.{}% |", value / 10, value % 10);
+    }
+    println!("\nMemory map at the end of the trace:\n\n```\n{}```", ours.memory.report());
+}
