@@ -110,9 +110,10 @@ impl fmt::Display for Banner<'_> {
             SeedSource::Fixed => "fixed",
             SeedSource::TimerFallback => "timer fallback: RNG failed",
         };
-        let memory_source = match info.memory_source {
-            MemorySource::Mailbox => "mailbox",
-            MemorySource::DeviceTree => "device tree",
+        let memory_source = match (info.memory_source, info.device_tree) {
+            (MemorySource::DeviceTree, _) => "device tree; the mailbox agrees",
+            (MemorySource::Mailbox, true) => "mailbox; a device tree was passed",
+            (MemorySource::Mailbox, false) => "mailbox; no device tree at entry",
         };
         let budget = info.plan.budget;
         writeln!(formatter, "Tessera {} - LLM inference unikernel", env!("CARGO_PKG_VERSION"))?;
@@ -127,12 +128,7 @@ impl fmt::Display for Banner<'_> {
         )?;
         writeln!(formatter, "  cache line   {} bytes (CTR_EL0)", info.cache_line)?;
         writeln!(formatter, "  layout seed  {:#018x} ({seed_source})", info.seed)?;
-        writeln!(
-            formatter,
-            "  memory       {} MiB ARM RAM ({memory_source}{})",
-            info.plan.ram / MIB,
-            if info.device_tree { ", device tree present" } else { "" }
-        )?;
+        writeln!(formatter, "  memory       {} MiB ARM RAM ({memory_source})", info.plan.ram / MIB)?;
         writeln!(
             formatter,
             "  budget       row {}: LLM {} MiB, protocol {} MiB, system {} MiB",
@@ -205,7 +201,7 @@ mod tests {
             "4 online",
             "64 bytes",
             "0x0000000000000009 (fixed)",
-            "960 MiB ARM RAM (mailbox)",
+            "960 MiB ARM RAM (mailbox; no device tree at entry)",
             "LLM 562 MiB, protocol 120 MiB, system 278 MiB",
             "kernel text        0x00080000 - 0x00090000       64 KiB   normal WB RX  4K",
         ] {

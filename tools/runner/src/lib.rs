@@ -1,6 +1,8 @@
 //! Host-side helpers for running Tessera images in QEMU: finding the tools, turning an ELF
 //! into a raw `kernel8.img`, and running QEMU with a time limit while capturing its output.
 
+pub mod device_tree;
+
 use std::{
     io::Read,
     path::{Path, PathBuf},

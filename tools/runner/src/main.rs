@@ -35,6 +35,8 @@ struct TestSpec {
     kernel: Option<String>,
     /// Attach a raw SD image of this size ("64M", "4G") filled with the block test pattern.
     sd_pattern: Option<String>,
+    /// Pass a generated Raspberry Pi 3 device tree with this many bytes of ARM memory (`-dtb`).
+    device_tree_memory: Option<u32>,
     #[serde(default = "default_machine")]
     machine: String,
     #[serde(default = "default_timeout")]
@@ -208,6 +210,12 @@ fn run() -> Result<bool, String> {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
             write_pattern_image(&sd_image, parse_size(size)?)?;
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
+        }
+        if let Some(memory) = spec.device_tree_memory {
+            let blob = image_directory.join(format!("{}.dtb", spec.name));
+            std::fs::write(&blob, runner::device_tree::raspberry_pi_3(memory))
+                .map_err(|error| format!("{}: {error}", blob.display()))?;
+            qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
         let result = run_image(&spec.machine, &image, Duration::from_secs(spec.timeout), &qemu_args)?;
         let missing: Vec<&String> =
