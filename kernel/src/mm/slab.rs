@@ -139,6 +139,8 @@ pub struct SlabDepot<Source: PageSource> {
     name: &'static str,
     source: Source,
     classes: Vec<u32>,
+    reciprocals: Vec<u64>,
+    objects: Vec<u32>,
     class_of_size: Vec<u8>,
     table_base: u64,
     slots: Vec<SlabSlot>,
@@ -181,10 +183,14 @@ impl<Source: PageSource> SlabDepot<Source> {
             published: Tally::default(),
             peak_live_bytes: 0,
         };
+        let reciprocals = classes.iter().map(|&class| (1u64 << 32).div_ceil(u64::from(class))).collect();
+        let objects = classes.iter().map(|&class| (SLAB_BYTES / u64::from(class)) as u32).collect();
         Ok(Self {
             name,
             source,
             classes,
+            reciprocals,
+            objects,
             class_of_size,
             table_base,
             slots,
@@ -218,7 +224,15 @@ impl<Source: PageSource> SlabDepot<Source> {
     }
 
     fn objects_per_slab(&self, class: usize) -> u32 {
-        (SLAB_BYTES / u64::from(self.classes[class])) as u32
+        self.objects[class]
+    }
+
+    /// The index of the object at `offset` in a slab of `class`, without a division:
+    /// `offset × ⌈2³² / size⌉ >> 32` equals `offset / size` exactly for every offset below
+    /// [`SLAB_BYTES`] (the rounding error stays under `2¹⁴ / 2³²`, less than the smallest
+    /// fractional step `1 / size`).
+    fn object_index(&self, class: usize, offset: u64) -> u64 {
+        (offset * self.reciprocals[class]) >> 32
     }
 
     fn slot_of(&self, address: u64) -> Option<(usize, u64)> {
@@ -412,7 +426,7 @@ impl CoreSlab {
         let address = magazine.objects[magazine.count];
         let class_size = u64::from(depot.classes[class]);
         if let Some((slot, offset)) = depot.slot_of(address) {
-            let index = offset / class_size;
+            let index = depot.object_index(class, offset);
             let bit = 1u64 << (index % 64);
             let previous =
                 depot.slots[slot].allocated[(index / 64) as usize].fetch_or(bit, Ordering::Relaxed);
@@ -450,8 +464,8 @@ impl CoreSlab {
         }
         let class = usize::from(class);
         let class_size = u64::from(depot.classes[class]);
-        let index = offset / class_size;
-        if offset % class_size != 0 || index >= u64::from(depot.objects_per_slab(class)) {
+        let index = depot.object_index(class, offset);
+        if index * class_size != offset || index >= u64::from(depot.objects_per_slab(class)) {
             return Err(foreign);
         }
         let bit = 1u64 << (index % 64);
@@ -521,6 +535,16 @@ mod tests {
             ),
             Err(MemError::BadAlignment { .. })
         ));
+    }
+
+    #[test]
+    fn object_index_needs_no_division() {
+        let depot = depot(16);
+        for (class, &size) in depot.classes().iter().enumerate() {
+            for offset in 0..SLAB_BYTES {
+                assert_eq!(depot.object_index(class, offset), offset / u64::from(size), "class {size}");
+            }
+        }
     }
 
     #[test]

@@ -79,7 +79,8 @@ struct Measured {
     name: &'static str,
     alloc: Quantiles,
     free: Quantiles,
-    /// Whole-trace time per operation (no per-op timers), minimum over replays.
+    /// Whole-trace time per operation (no per-op timers), minimum over replays, less the
+    /// harness's own cost per operation (a replay into an allocator that does nothing).
     mean_ns: f64,
     failures: usize,
 }
@@ -126,12 +127,19 @@ fn run(subject: &mut dyn Subject, trace: &Trace, latencies: Option<&mut [u64]>, 
     failures
 }
 
+/// The harness's own cost per operation: a replay into [`subjects::Nothing`].
+fn harness_cost(trace: &Trace, replays: usize) -> f64 {
+    let mut nothing: Factory<'_> = Box::new(|| Box::new(subjects::Nothing) as Box<dyn Subject>);
+    measure("harness", &mut nothing, trace, replays, 0, 0.0).mean_ns
+}
+
 fn measure(
     name: &'static str,
     factory: &mut Factory<'_>,
     trace: &Trace,
     replays: usize,
     timer: u64,
+    harness: f64,
 ) -> Measured {
     let mut latencies = vec![u64::MAX; trace.operations.len()];
     let mut best_batch = f64::MAX;
@@ -152,17 +160,20 @@ fn measure(
             Operation::Free { .. } => free.push(latency),
         }
     }
-    Measured { name, alloc: Quantiles::of(alloc), free: Quantiles::of(free), mean_ns: best_batch, failures }
+    let mean_ns = (best_batch - harness).max(0.0);
+    Measured { name, alloc: Quantiles::of(alloc), free: Quantiles::of(free), mean_ns, failures }
 }
 
-fn print_table(title: &str, trace: &Trace, results: &[Measured]) {
+fn print_table(title: &str, trace: &Trace, results: &[Measured], harness: f64) {
     println!("\n### {title}\n");
     println!(
         "Trace: {}, {} operations, peak live {:.1} MiB. Latency in ns (min over replays per operation); \
-         `mean` is whole-trace time per operation; ratios are to rlsf (lower is better).\n",
+         `mean` is whole-trace time per operation less the harness's own {:.1} ns; ratios are to rlsf \
+         (lower is better).\n",
         trace.name,
         trace.operations.len(),
-        trace.peak_live as f64 / MIB as f64
+        trace.peak_live as f64 / MIB as f64,
+        harness
     );
     println!(
         "| allocator | alloc p50 | alloc p99 | alloc max | free p50 | free p99 | free max | mean | mean ÷ rlsf | alloc p99 ÷ rlsf | free p99 ÷ rlsf | failed allocs |"
@@ -255,13 +266,14 @@ fn main() {
     let arena = Arena::new(1 << 30);
     let mut results = Vec::new();
     let ids = small.ids;
+    let harness = harness_cost(&small, replays);
     let mut ours: Factory<'_> =
         Box::new(|| Box::new(OurSlab::new(&arena, 64 * MIB, ids)) as Box<dyn Subject>);
-    results.push(measure("tessera slab", &mut ours, &small, replays, timer));
+    results.push(measure("tessera slab", &mut ours, &small, replays, timer, harness));
     for (name, mut factory) in baselines(&arena, 64 * MIB, ids) {
-        results.push(measure(name, &mut factory, &small, replays, timer));
+        results.push(measure(name, &mut factory, &small, replays, timer, harness));
     }
-    print_table("Random small objects (16 B – 4 KiB)", &small, &results);
+    print_table("Random small objects (16 B – 4 KiB)", &small, &results, harness);
 
     // Trace 2: LLM serving, on the Pi 3 boot plan for 1 GiB.
     let plan = pi3_plan(1 << 30).expect("Pi 3 plan");
@@ -269,10 +281,11 @@ fn main() {
     let llm = trace::llm_serving(2, tokens, 8, tokens / 3, 120 * MIB);
     let ids = llm.ids;
     let mut results = Vec::new();
+    let harness = harness_cost(&llm, replays);
     let mut ours: Factory<'_> = Box::new(|| Box::new(OurTensorMemory::new(&plan, ids)) as Box<dyn Subject>);
-    results.push(measure("tessera TensorMemory", &mut ours, &llm, replays, timer));
+    results.push(measure("tessera TensorMemory", &mut ours, &llm, replays, timer, harness));
     for (name, mut factory) in baselines(&arena, budget, ids) {
-        results.push(measure(name, &mut factory, &llm, replays, timer));
+        results.push(measure(name, &mut factory, &llm, replays, timer, harness));
     }
     print_table(
         &format!(
@@ -282,6 +295,7 @@ fn main() {
         ),
         &llm,
         &results,
+        harness,
     );
 
     // Like with like: the 4 KiB – 1 MiB part of the LLM trace, buddy against buddy.
@@ -291,11 +305,12 @@ fn main() {
         as usize;
     let ids = blocks.ids;
     let mut results = Vec::new();
+    let harness = harness_cost(&blocks, replays);
     let mut ours: Factory<'_> =
         Box::new(|| Box::new(OurBuddy::new(&arena, kv_and_activations, ids)) as Box<dyn Subject>);
-    results.push(measure("tessera buddy", &mut ours, &blocks, replays, timer));
+    results.push(measure("tessera buddy", &mut ours, &blocks, replays, timer, harness));
     for (name, mut factory) in baselines(&arena, kv_and_activations, ids).into_iter().take(3) {
-        results.push(measure(name, &mut factory, &blocks, replays, timer));
+        results.push(measure(name, &mut factory, &blocks, replays, timer, harness));
     }
     print_table(
         &format!(
@@ -304,6 +319,7 @@ fn main() {
         ),
         &blocks,
         &results,
+        harness,
     );
 
     // The RT pool across heap sizes.
@@ -319,10 +335,10 @@ fn main() {
     for heap in [MIB, 16 * MIB, 256 * MIB, 1024 * MIB] {
         let ids = protocol.ids;
         let mut ours: Factory<'_> = Box::new(|| Box::new(OurRt::new(&arena, heap, ids)) as Box<dyn Subject>);
-        let mine = measure("tessera RT", &mut ours, &protocol, replays, timer);
+        let mine = measure("tessera RT", &mut ours, &protocol, replays, timer, 0.0);
         let mut theirs: Factory<'_> =
             Box::new(|| Box::new(Baseline::new(rlsf(&arena, heap), ids)) as Box<dyn Subject>);
-        let reference = measure("rlsf", &mut theirs, &protocol, replays, timer);
+        let reference = measure("rlsf", &mut theirs, &protocol, replays, timer, 0.0);
         println!(
             "| {} MiB | {} | {} | {} | {} | {} | {} | {} | {} |",
             heap / MIB,

@@ -56,6 +56,20 @@ pub trait Subject {
     fn free(&mut self, id: u32);
 }
 
+/// An allocator that does nothing, to measure the harness itself.
+pub struct Nothing;
+
+impl Subject for Nothing {
+    fn alloc(&mut self, id: u32, _size: usize, _alignment: usize, _kind: Kind) -> bool {
+        std::hint::black_box(id);
+        true
+    }
+
+    fn free(&mut self, id: u32) {
+        std::hint::black_box(id);
+    }
+}
+
 /// A raw allocator from a baseline crate.
 pub trait Raw {
     /// Allocates `layout`.
