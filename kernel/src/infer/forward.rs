@@ -7,7 +7,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::kernels::{QuantizedVector, Rope, rmsnorm, softmax, swiglu};
+use super::kernels::{Precision, QuantizedVector, Rope, rmsnorm, softmax, swiglu};
 use super::matmul::matvec;
 use crate::hil::{Cpus, KvError, KvStore};
 use crate::model::Weights;
@@ -72,11 +72,18 @@ pub struct State {
     rope: Rope,
     /// Output logits (`vocab_size`).
     logits: Vec<f32>,
+    /// How activations meet quantized weights.
+    precision: Precision,
 }
 
 impl State {
-    /// Buffers for a model of `weights`' shape.
+    /// Buffers for a model of `weights`' shape, at the default (float) precision.
     pub fn new(weights: &Weights<'_>) -> Self {
+        Self::with_precision(weights, Precision::default())
+    }
+
+    /// Buffers for a model of `weights`' shape, computing at `precision`.
+    pub fn with_precision(weights: &Weights<'_>, precision: Precision) -> Self {
         let config = &weights.config;
         Self {
             residual: vec![0.0; config.dim],
@@ -92,6 +99,7 @@ impl State {
             quantized: QuantizedVector::with_capacity(config.dim.max(config.hidden_dim)),
             rope: Rope::new(config.head_dim(), config.rope_base),
             logits: vec![0.0; config.vocab_size],
+            precision,
         }
     }
 
@@ -131,9 +139,9 @@ pub fn forward<'s>(
     for (layer_index, layer) in weights.layers.iter().enumerate() {
         // Attention: project, rotate, remember K/V, attend over every position so far.
         rmsnorm(&mut s.normed, &s.residual, layer.attention_norm, config.norm_epsilon);
-        matvec(cpus, &layer.query, &s.normed, &mut s.quantized, &mut s.query);
-        matvec(cpus, &layer.key, &s.normed, &mut s.quantized, &mut s.key);
-        matvec(cpus, &layer.value, &s.normed, &mut s.quantized, &mut s.value);
+        matvec(cpus, &layer.query, &s.normed, s.precision, &mut s.quantized, &mut s.query);
+        matvec(cpus, &layer.key, &s.normed, s.precision, &mut s.quantized, &mut s.key);
+        matvec(cpus, &layer.value, &s.normed, s.precision, &mut s.quantized, &mut s.value);
         s.rope.rotate(&mut s.query);
         s.rope.rotate(&mut s.key);
         kv.write(layer_index, position, &s.key, &s.value)?;
@@ -147,20 +155,20 @@ pub fn forward<'s>(
             &mut s.scores,
             &mut s.attention,
         );
-        matvec(cpus, &layer.output, &s.attention, &mut s.quantized, &mut s.projected);
+        matvec(cpus, &layer.output, &s.attention, s.precision, &mut s.quantized, &mut s.projected);
         add(&mut s.residual, &s.projected);
 
         // Feed-forward: SwiGLU.
         rmsnorm(&mut s.normed, &s.residual, layer.ffn_norm, config.norm_epsilon);
-        matvec(cpus, &layer.gate, &s.normed, &mut s.quantized, &mut s.gate);
-        matvec(cpus, &layer.up, &s.normed, &mut s.quantized, &mut s.up);
+        matvec(cpus, &layer.gate, &s.normed, s.precision, &mut s.quantized, &mut s.gate);
+        matvec(cpus, &layer.up, &s.normed, s.precision, &mut s.quantized, &mut s.up);
         swiglu(&mut s.gate, &s.up);
-        matvec(cpus, &layer.down, &s.gate, &mut s.quantized, &mut s.projected);
+        matvec(cpus, &layer.down, &s.gate, s.precision, &mut s.quantized, &mut s.projected);
         add(&mut s.residual, &s.projected);
     }
 
     rmsnorm(&mut s.normed, &s.residual, weights.final_norm, config.norm_epsilon);
-    matvec(cpus, &weights.classifier, &s.normed, &mut s.quantized, &mut s.logits);
+    matvec(cpus, &weights.classifier, &s.normed, s.precision, &mut s.quantized, &mut s.logits);
     Ok(&mut s.logits)
 }
 

@@ -204,22 +204,72 @@ pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
     total
 }
 
-/// Dot product of one encoded row of `tensor_type` with `input`. A quantized type needs
-/// quantized input and a float type float input; a mismatch yields 0.
+/// Sum of `codes[i] × x[i]` over one block, in float.
+fn block_dot_float(codes: impl Iterator<Item = i32>, x: &[f32]) -> f32 {
+    codes.zip(x).map(|(code, value)| code as f32 * value).sum()
+}
+
+/// Dot product of a Q8_0 row with float activations.
+pub fn dot_q8_0_float(row: &[u8], x: &[f32]) -> f32 {
+    let mut total = 0.0;
+    for (block, values) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+        total +=
+            half(block, 0) * block_dot_float(block[2..34].iter().map(|&code| i32::from(code as i8)), values);
+    }
+    total
+}
+
+/// Dot product of a Q4_0 row with float activations.
+pub fn dot_q4_0_float(row: &[u8], x: &[f32]) -> f32 {
+    let mut total = 0.0;
+    for (block, values) in row.chunks_exact(18).zip(x.chunks_exact(32)) {
+        total += half(block, 0) * block_dot_float(nibbles(&block[2..18]).map(|code| code - 8), values);
+    }
+    total
+}
+
+/// Dot product of a Q4_1 row with float activations.
+pub fn dot_q4_1_float(row: &[u8], x: &[f32]) -> f32 {
+    let mut total = 0.0;
+    for (block, values) in row.chunks_exact(20).zip(x.chunks_exact(32)) {
+        let sum: f32 = values.iter().sum();
+        total += half(block, 0) * block_dot_float(nibbles(&block[4..20]), values) + half(block, 2) * sum;
+    }
+    total
+}
+
+/// How activations meet quantized weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Activations stay f32; weight blocks are expanded as they are read. Matches a
+    /// dequantize-then-multiply reference to float rounding.
+    #[default]
+    Float,
+    /// Activations are quantized to 8 bits per block of 32 and dotted in integers, as
+    /// llama.cpp does: faster, and off by the activation rounding.
+    Int8,
+}
+
+/// Dot product of one encoded row of `tensor_type` with `input`. Quantized input only
+/// serves quantized types; float types given quantized input yield 0.
 pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
     match (tensor_type, input) {
         (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
         (TensorType::F16, Input::Float(x)) => dot_f16(row, x),
+        (TensorType::Q8_0, Input::Float(x)) => dot_q8_0_float(row, x),
+        (TensorType::Q4_0, Input::Float(x)) => dot_q4_0_float(row, x),
+        (TensorType::Q4_1, Input::Float(x)) => dot_q4_1_float(row, x),
         (TensorType::Q8_0, Input::Quantized(x)) => dot_q8_0(row, x),
         (TensorType::Q4_0, Input::Quantized(x)) => dot_q4_0(row, x),
         (TensorType::Q4_1, Input::Quantized(x)) => dot_q4_1(row, x),
-        _ => 0.0,
+        (TensorType::F32 | TensorType::F16, Input::Quantized(_)) => 0.0,
     }
 }
 
-/// Whether rows of `tensor_type` take quantized input.
-pub fn takes_quantized_input(tensor_type: TensorType) -> bool {
-    matches!(tensor_type, TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1)
+/// Whether rows of `tensor_type` take quantized input at `precision`.
+pub fn takes_quantized_input(tensor_type: TensorType, precision: Precision) -> bool {
+    precision == Precision::Int8
+        && matches!(tensor_type, TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1)
 }
 
 #[cfg(test)]
@@ -249,6 +299,9 @@ mod tests {
                 let expected: f32 = dequantized.iter().zip(&activations).map(|(a, b)| a * b).sum();
                 let got = dot(tensor_type, &row, Input::Quantized(&quantized));
                 prop_assert!((got - expected).abs() <= 1e-3 * (1.0 + expected.abs()), "{tensor_type:?} {got} {expected}");
+                let exact: f32 = dequantized.iter().zip(&x).map(|(a, b)| a * b).sum();
+                let got = dot(tensor_type, &row, Input::Float(&x));
+                prop_assert!((got - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} float {got} {exact}");
             }
             let mut row = Vec::new();
             quantize(TensorType::F32, &weights, &mut row);

@@ -2,7 +2,7 @@
 
 use spin::Mutex;
 
-use super::kernels::{Input, QuantizedVector, dot, takes_quantized_input};
+use super::kernels::{Input, Precision, QuantizedVector, dot, takes_quantized_input};
 use crate::hil::Cpus;
 use crate::model::Matrix;
 
@@ -10,15 +10,16 @@ use crate::model::Matrix;
 pub const MAX_CORES: usize = 8;
 
 /// `out[row] = matrix.row(row) · x` for every row, split into one contiguous band of rows per
-/// core. For quantized matrices `x` is first quantized into `scratch`.
+/// core. At [`Precision::Int8`], `x` is first quantized into `scratch` for quantized matrices.
 pub fn matvec(
     cpus: &dyn Cpus,
     matrix: &Matrix<'_>,
     x: &[f32],
+    precision: Precision,
     scratch: &mut QuantizedVector,
     out: &mut [f32],
 ) {
-    let input = if takes_quantized_input(matrix.tensor_type) {
+    let input = if takes_quantized_input(matrix.tensor_type, precision) {
         scratch.quantize(x);
         Input::Quantized(scratch)
     } else {
@@ -82,14 +83,16 @@ mod tests {
             quantize(tensor_type, &values, &mut data);
             let matrix = Matrix { tensor_type, rows: 37, columns: 64, data: &data };
             let mut scratch = QuantizedVector::with_capacity(64);
-            let mut single = vec![0.0; 37];
-            matvec(&SingleCpu, &matrix, &x, &mut scratch, &mut single);
-            for cores in [2, 3, 4, 8, 12] {
-                let mut split = vec![0.0; 37];
-                matvec(&TakeTurns(cores), &matrix, &x, &mut scratch, &mut split);
-                assert_eq!(single, split, "{tensor_type:?} on {cores} cores");
+            for precision in [Precision::Float, Precision::Int8] {
+                let mut single = vec![0.0; 37];
+                matvec(&SingleCpu, &matrix, &x, precision, &mut scratch, &mut single);
+                for cores in [2, 3, 4, 8, 12] {
+                    let mut split = vec![0.0; 37];
+                    matvec(&TakeTurns(cores), &matrix, &x, precision, &mut scratch, &mut split);
+                    assert_eq!(single, split, "{tensor_type:?} on {cores} cores");
+                }
+                assert!(single.iter().any(|value| *value != 0.0));
             }
-            assert!(single.iter().any(|value| *value != 0.0));
         }
     }
 }

@@ -8,12 +8,15 @@ pub mod kernels;
 pub mod kv;
 pub mod matmul;
 pub mod sampler;
+pub mod session;
 pub mod synthetic;
 pub mod tokenizer;
 
 pub use forward::{InferError, State, forward};
+pub use kernels::Precision;
 pub use kv::ContiguousKv;
 pub use sampler::{Sampler, SamplerConfig};
+pub use session::Session;
 pub use tokenizer::Tokenizer;
 
 #[cfg(test)]

@@ -44,8 +44,10 @@ pub struct BpeTokenizer {
     ids: BTreeMap<String, u32>,
     /// (left, right) → (rank, merged token).
     merges: BTreeMap<(u32, u32), (u32, u32)>,
-    /// The token of each byte.
-    byte_tokens: [u32; 256],
+    /// The token of each byte, when the vocabulary has one.
+    byte_tokens: [Option<u32>; 256],
+    /// Stands for a byte without a token; such bytes are dropped when there is none.
+    unknown: Option<u32>,
     /// Special tokens matched verbatim in text, longest first.
     specials: Vec<(String, u32)>,
     /// Each token's decoded bytes.
@@ -55,8 +57,6 @@ pub struct BpeTokenizer {
 /// Why a BPE vocabulary could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BpeError {
-    /// A byte has no token of its own.
-    MissingByte(u8),
     /// Merge `index` is not two tokens separated by one space, or names unknown tokens.
     BadMerge(usize),
     /// More tokens than a u32 can number.
@@ -64,12 +64,14 @@ pub enum BpeError {
 }
 
 impl BpeTokenizer {
-    /// Builds the tokenizer from the token strings, their GGUF types (may be empty) and the
-    /// merges ("left right", highest priority first).
+    /// Builds the tokenizer from the token strings, their GGUF types (may be empty), the
+    /// merges ("left right", highest priority first) and the token standing for bytes that
+    /// have no token of their own.
     pub fn new<'s>(
         tokens: Vec<String>,
         token_types: Vec<i32>,
         merges: impl Iterator<Item = &'s str>,
+        unknown: Option<u32>,
     ) -> Result<Self, BpeError> {
         if u32::try_from(tokens.len()).is_err() {
             return Err(BpeError::TooManyTokens);
@@ -78,12 +80,13 @@ impl BpeTokenizer {
         for (id, token) in tokens.iter().enumerate() {
             ids.entry(token.clone()).or_insert(id as u32);
         }
-        let mut byte_tokens = [0u32; 256];
+        let mut byte_tokens = [None; 256];
         for (byte, slot) in byte_tokens.iter_mut().enumerate() {
             let mut spelled = String::new();
             spelled.push(byte_to_char(byte as u8));
-            *slot = *ids.get(&spelled).ok_or(BpeError::MissingByte(byte as u8))?;
+            *slot = ids.get(&spelled).copied();
         }
+        let unknown = unknown.filter(|id| (*id as usize) < tokens.len());
         let mut merge_table = BTreeMap::new();
         let mut joined = String::new();
         for (rank, merge) in merges.enumerate() {
@@ -114,7 +117,7 @@ impl BpeTokenizer {
                 mapped.unwrap_or_else(|| token.as_bytes().to_vec())
             })
             .collect();
-        Ok(Self { tokens, token_types, ids, merges: merge_table, byte_tokens, specials, decoded })
+        Ok(Self { tokens, token_types, ids, merges: merge_table, byte_tokens, unknown, specials, decoded })
     }
 
     /// Number of tokens.
@@ -170,7 +173,9 @@ impl BpeTokenizer {
         let mut symbols = Vec::new();
         pretokenize(text, |piece| {
             symbols.clear();
-            symbols.extend(piece.bytes().map(|byte| self.byte_tokens[usize::from(byte)]));
+            symbols.extend(
+                piece.bytes().filter_map(|byte| self.byte_tokens[usize::from(byte)].or(self.unknown)),
+            );
             self.merge(&mut symbols);
             out.extend_from_slice(&symbols);
         });
@@ -216,7 +221,7 @@ mod tests {
             tokens.push(token.into());
             types.push(if token.starts_with('<') { TOKEN_TYPE_CONTROL } else { 1 });
         }
-        BpeTokenizer::new(tokens, types, ["l l", "h e", "he ll", "hell o", "Ġ w"].into_iter()).unwrap()
+        BpeTokenizer::new(tokens, types, ["l l", "h e", "he ll", "hell o", "Ġ w"].into_iter(), None).unwrap()
     }
 
     #[test]
@@ -228,9 +233,15 @@ mod tests {
         assert_eq!(ids, [id("hello"), id("<|im_start|>"), id("Ġw"), id("x")]);
         let text: Vec<u8> = ids.iter().flat_map(|&token| tokenizer.decode(token).to_vec()).collect();
         assert_eq!(text, b"hello<|im_start|> wx");
-        assert_eq!(
-            BpeTokenizer::new(vec!["a".into()], vec![], core::iter::empty()).unwrap_err(),
-            BpeError::MissingByte(0)
-        );
+        // Bytes without a token become the unknown token, or are dropped when there is none.
+        let tokens = vec!["<unk>".into(), "a".into()];
+        let unknown = BpeTokenizer::new(tokens.clone(), vec![], core::iter::empty(), Some(0)).unwrap();
+        let mut ids = Vec::new();
+        unknown.encode("a\u{4}a", &mut ids);
+        assert_eq!(ids, [1, 0, 1]);
+        let dropping = BpeTokenizer::new(tokens, vec![], core::iter::empty(), None).unwrap();
+        ids.clear();
+        dropping.encode("a\u{4}a", &mut ids);
+        assert_eq!(ids, [1, 1]);
     }
 }

@@ -31,6 +31,8 @@ pub enum Tokenizer {
         bos: Option<u32>,
         /// End-of-sequence token, when the model has one.
         eos: Option<u32>,
+        /// Whether a prompt starts with BOS (`tokenizer.ggml.add_bos_token`).
+        add_bos: bool,
     },
 }
 
@@ -73,11 +75,11 @@ impl Tokenizer {
         let merges = file.array("tokenizer.ggml.merges")?.ok_or_else(|| missing("tokenizer.ggml.merges"))?;
         let merge_strings =
             merges.strings().ok_or_else(|| invalid(merges.offset(), "merges are not strings"))?;
-        let tokenizer = BpeTokenizer::new(tokens, token_types, merge_strings).map_err(|error| {
+        let unknown = file.unsigned("tokenizer.ggml.unknown_token_id")?.and_then(|id| u32::try_from(id).ok());
+        let tokenizer = BpeTokenizer::new(tokens, token_types, merge_strings, unknown).map_err(|error| {
             invalid(
                 merges.offset(),
                 match error {
-                    bpe::BpeError::MissingByte(_) => "a byte has no token",
                     bpe::BpeError::BadMerge(_) => "a merge names unknown tokens",
                     bpe::BpeError::TooManyTokens => "too many tokens",
                 },
@@ -91,7 +93,11 @@ impl Tokenizer {
         };
         let bos = special("tokenizer.ggml.bos_token_id")?;
         let eos = special("tokenizer.ggml.eos_token_id")?;
-        Ok(Tokenizer::Bpe { tokenizer: Box::new(tokenizer), bos, eos })
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(value)) => *value,
+            _ => false,
+        };
+        Ok(Tokenizer::Bpe { tokenizer: Box::new(tokenizer), bos, eos, add_bos })
     }
 
     /// Number of tokens.
@@ -123,6 +129,22 @@ impl Tokenizer {
         match self {
             Tokenizer::Score(_) => Some(score::BOS),
             Tokenizer::Bpe { bos, .. } => *bos,
+        }
+    }
+
+    /// Whether a plain (non-chat) prompt starts with BOS.
+    pub fn adds_bos(&self) -> bool {
+        match self {
+            Tokenizer::Score(_) => true,
+            Tokenizer::Bpe { add_bos, bos, .. } => *add_bos && bos.is_some(),
+        }
+    }
+
+    /// The token as the vocabulary spells it (GPT-2 byte characters for BPE), for display.
+    pub fn spelling(&self, id: u32) -> Option<String> {
+        match self {
+            Tokenizer::Score(tokenizer) => Some(String::from_utf8_lossy(tokenizer.bytes(id)).into_owned()),
+            Tokenizer::Bpe { tokenizer, .. } => tokenizer.spelling(id).map(String::from),
         }
     }
 
