@@ -4,7 +4,7 @@
 //!
 //! Each latency is the minimum over the replays of that operation, less the timer's own cost;
 //! whole-trace times are measured separately, without per-operation timers. Usage:
-//! `mm-bench [--quick] [--replays N]`.
+//! `mm-bench [--quick] [--replays N] [--plots DIRECTORY]` (`--plots` writes SVG latency plots).
 
 mod subjects;
 mod trace;
@@ -14,8 +14,8 @@ use kernel::mm::layout::MemoryPlan;
 use kernel::mm::tensor::Pool;
 use std::time::Instant;
 use subjects::{
-    Arena, Baseline, Malloc, OurBuddy, OurRt, OurSlab, OurTensorMemory, Subject, buddy_system, linked_list,
-    rlsf, talc,
+    Arena, Baseline, Malloc, OurBuddy, OurChunk, OurRt, OurSlab, OurTensorMemory, Subject, buddy_system,
+    linked_list, rlsf, talc,
 };
 use trace::{Kind, MIB, Operation, Trace};
 
@@ -83,6 +83,8 @@ struct Measured {
     /// harness's own cost per operation (a replay into an allocator that does nothing).
     mean_ns: f64,
     failures: usize,
+    /// Every operation's latency, sorted, for the plot.
+    samples: Vec<u64>,
 }
 
 /// The cost of one `Instant` pair, the minimum of many tries.
@@ -161,7 +163,15 @@ fn measure(
         }
     }
     let mean_ns = (best_batch - harness).max(0.0);
-    Measured { name, alloc: Quantiles::of(alloc), free: Quantiles::of(free), mean_ns, failures }
+    latencies.sort_unstable();
+    Measured {
+        name,
+        alloc: Quantiles::of(alloc),
+        free: Quantiles::of(free),
+        mean_ns,
+        failures,
+        samples: latencies,
+    }
 }
 
 fn print_table(title: &str, trace: &Trace, results: &[Measured], harness: f64) {
@@ -201,6 +211,85 @@ fn print_table(title: &str, trace: &Trace, results: &[Measured], harness: f64) {
             result.failures,
         );
     }
+}
+
+/// Writes the latency distributions of `results` as an SVG plot: for each allocator, the
+/// fraction of operations (alloc and free together) at or below each latency, log2 axis.
+fn write_plot(path: &std::path::Path, title: &str, results: &[Measured]) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    const COLOURS: [&str; 7] = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"];
+    let (width, height, left, top, right, bottom) = (760.0, 440.0, 70.0, 40.0, 230.0, 50.0);
+    let (plot_width, plot_height) = (width - left - right, height - top - bottom);
+    let (low_log, high_log) = (3.0f64, 17.0f64);
+    let x = |ns: u64| {
+        left + ((ns.max(8) as f64).log2().min(high_log) - low_log) / (high_log - low_log) * plot_width
+    };
+    let y = |fraction: f64| top + (1.0 - fraction) * plot_height;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(svg, r#"<text x="{left}" y="22" font-size="14">{title}</text>"#);
+    for exponent in (3..=17).step_by(2) {
+        let ns = 1u64 << exponent;
+        let label = if ns >= 1024 { format!("{} us", ns / 1000) } else { format!("{ns} ns") };
+        let position = x(ns);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{position:.1}" y1="{top}" x2="{position:.1}" y2="{:.1}" stroke="#ddd"/><text x="{position:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            top + plot_height,
+            top + plot_height + 18.0
+        );
+    }
+    for tenth in 0..=10 {
+        let fraction = f64::from(tenth) / 10.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#eee"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{fraction:.1}</text>"##,
+            y(fraction),
+            left + plot_width,
+            left - 6.0,
+            y(fraction) + 4.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency per operation (min over replays)</text>"#,
+        left + plot_width / 2.0,
+        height - 8.0
+    );
+    for (index, result) in results.iter().enumerate() {
+        let colour = COLOURS[index % COLOURS.len()];
+        let count = result.samples.len();
+        if count == 0 {
+            continue;
+        }
+        let points: Vec<String> = (0..=500)
+            .map(|step| {
+                let rank = ((count - 1) * step / 500).min(count - 1);
+                format!("{:.1},{:.1}", x(result.samples[rank]), y((rank + 1) as f64 / count as f64))
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{}"/>"#,
+            points.join(" ")
+        );
+        let legend_y = top + 16.0 * index as f64 + 8.0;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{0:.1}" y1="{legend_y:.1}" x2="{1:.1}" y2="{legend_y:.1}" stroke="{colour}" stroke-width="3"/><text x="{2:.1}" y="{3:.1}">{4}</text>"#,
+            left + plot_width + 14.0,
+            left + plot_width + 34.0,
+            left + plot_width + 40.0,
+            legend_y + 4.0,
+            result.name
+        );
+    }
+    svg.push_str("</svg>\n");
+    std::fs::write(path, svg)
 }
 
 /// The baselines over `size` bytes of `arena`, for a trace with `ids` ids.
@@ -255,6 +344,20 @@ fn main() {
         .and_then(|index| arguments.get(index + 1)?.parse().ok())
         .unwrap_or(5usize)
         .max(5);
+    let plots = arguments
+        .iter()
+        .position(|argument| argument == "--plots")
+        .and_then(|index| arguments.get(index + 1))
+        .map(std::path::PathBuf::from);
+    let plot = |file: &str, title: &str, results: &[Measured]| {
+        if let Some(directory) = &plots {
+            let path = directory.join(file);
+            match write_plot(&path, title, results) {
+                Ok(()) => println!("\nPlot: `{}`", path.display()),
+                Err(error) => eprintln!("cannot write {}: {error}", path.display()),
+            }
+        }
+    };
     let timer = timer_cost();
     let (small_operations, tokens) = if quick { (40_000, 1_500) } else { (200_000, 6_000) };
     println!("# Tessera memory-pool benchmark\n");
@@ -274,6 +377,7 @@ fn main() {
         results.push(measure(name, &mut factory, &small, replays, timer, harness));
     }
     print_table("Random small objects (16 B – 4 KiB)", &small, &results, harness);
+    plot("mm-small-objects.svg", "Random small objects: latency distribution", &results);
 
     // Trace 2: LLM serving, on the Pi 3 boot plan for 1 GiB.
     let plan = pi3_plan(1 << 30).expect("Pi 3 plan");
@@ -297,6 +401,7 @@ fn main() {
         &results,
         harness,
     );
+    plot("mm-llm-serving.svg", "LLM serving trace: latency distribution", &results);
 
     // Like with like: the 4 KiB – 1 MiB part of the LLM trace, buddy against buddy.
     let blocks = trace::sizes_between(&llm, 4096, MIB, "LLM trace, 4 KiB – 1 MiB");
@@ -321,6 +426,7 @@ fn main() {
         &results,
         harness,
     );
+    plot("mm-buddy.svg", "4 KiB – 1 MiB operations: latency distribution", &results);
 
     // The RT pool across heap sizes.
     println!("\n### RT pool across heap sizes\n");
@@ -517,6 +623,55 @@ impl<R: subjects::Raw> RawBox for R {
 }
 
 /// The smallest arena each allocator completes the LLM trace in, against its peak live bytes.
+/// Makes an allocator over the first `size` bytes of the arena.
+type SizedFactory<'a> = Box<dyn FnMut(usize) -> Box<dyn Subject> + 'a>;
+
+/// The smallest arena, to 1 MiB, in which `trace` completes without a failed allocation.
+fn smallest_arena(trace: &Trace, limit: usize, factory: &mut SizedFactory<'_>) -> Option<usize> {
+    let mut completes = |size: usize| run(factory(size).as_mut(), trace, None, 0) == 0;
+    let (mut low, mut high) = (trace.peak_live / MIB, limit / MIB);
+    if !completes(high * MIB) {
+        return None;
+    }
+    while low + 1 < high {
+        let middle = (low + high) / 2;
+        if completes(middle * MIB) { high = middle } else { low = middle }
+    }
+    Some(high)
+}
+
+/// Prints one row of a utilization table.
+fn utilization_row(name: &str, trace: &Trace, size: Option<usize>, limit: usize) {
+    match size {
+        Some(size) => {
+            println!("| {name} | {size} | {:.1}% |", 100.0 * trace.peak_live as f64 / (size * MIB) as f64)
+        }
+        None => println!("| {name} | does not fit in {} MiB | - |", limit / MIB),
+    }
+}
+
+/// Utilization of the baselines on `trace`, after `ours` (a Tessera pool over a plain arena).
+fn utilization_table(arena: &Arena, trace: &Trace, ours: Option<(&str, SizedFactory<'_>)>) {
+    println!("| allocator | smallest arena (MiB) | utilization |");
+    println!("|---|---:|---:|");
+    let ids = trace.ids;
+    let mut subjects: Vec<(&str, SizedFactory<'_>)> = ours.into_iter().collect();
+    subjects.push(("rlsf", Box::new(|size| Box::new(Baseline::new(rlsf(arena, size), ids)))));
+    subjects.push(("talc", Box::new(|size| Box::new(Baseline::new(talc(arena, size), ids)))));
+    subjects.push((
+        "buddy_system_allocator",
+        Box::new(|size| Box::new(Baseline::new(buddy_system(arena, size), ids))),
+    ));
+    subjects.push((
+        "linked_list_allocator",
+        Box::new(|size| Box::new(Baseline::new(linked_list(arena, size), ids))),
+    ));
+    for (name, mut factory) in subjects {
+        utilization_row(name, trace, smallest_arena(trace, arena.size(), &mut factory), arena.size());
+    }
+}
+
+/// The smallest arena each allocator completes the LLM trace in, against its peak live bytes.
 fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     println!("\n### Utilization on the LLM trace\n");
     println!(
@@ -524,39 +679,9 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
          allocation. Peak live: {:.1} MiB.\n",
         llm.peak_live as f64 / MIB as f64
     );
-    println!("| allocator | smallest arena (MiB) | utilization |");
-    println!("|---|---:|---:|");
-    let completes = |factory: &mut dyn FnMut(usize) -> Box<dyn Subject>, size: usize| {
-        run(factory(size).as_mut(), llm, None, 0) == 0
-    };
-    let smallest = |factory: &mut dyn FnMut(usize) -> Box<dyn Subject>| -> Option<usize> {
-        let (mut low, mut high) = (llm.peak_live / MIB, arena.size() / MIB);
-        if !completes(factory, high * MIB) {
-            return None;
-        }
-        while low + 1 < high {
-            let middle = (low + high) / 2;
-            if completes(factory, middle * MIB) { high = middle } else { low = middle }
-        }
-        Some(high)
-    };
+    utilization_table(arena, llm, None);
     let ids = llm.ids;
-    let report = |name: &str, size: Option<usize>| match size {
-        Some(size) => {
-            println!("| {name} | {size} | {:.1}% |", 100.0 * llm.peak_live as f64 / (size * MIB) as f64)
-        }
-        None => println!("| {name} | does not fit in {} MiB | - |", arena.size() / MIB),
-    };
-    report("rlsf", smallest(&mut |size| Box::new(Baseline::new(rlsf(arena, size), ids))));
-    report("talc", smallest(&mut |size| Box::new(Baseline::new(talc(arena, size), ids))));
-    report(
-        "buddy_system_allocator",
-        smallest(&mut |size| Box::new(Baseline::new(buddy_system(arena, size), ids))),
-    );
-    report(
-        "linked_list_allocator",
-        smallest(&mut |size| Box::new(Baseline::new(linked_list(arena, size), ids))),
-    );
+    let report = |name: &str, size: Option<usize>| utilization_row(name, llm, size, arena.size());
     // Tessera: the region split is the boot policy's, so the search scales the board's RAM
     // and counts the bytes of the regions the trace uses (weights, KV, activations, protocol).
     let tessera_plan = |ram_mib: usize| pi3_plan((ram_mib * MIB) as u64);
@@ -573,6 +698,18 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     let smallest_plan = tessera_plan(high).expect("plan");
     report("tessera TensorMemory (LLM + protocol regions)", Some(used(&smallest_plan) / MIB));
     println!("\nTessera's smallest board: {high} MiB of RAM; its region split is fixed by the budget table.");
+
+    // The weights alone (the operations of 1 MiB and more): the chunk allocator against the
+    // baselines on equal terms, each with one arena.
+    let weights = trace::sizes_between(llm, MIB, usize::MAX, "LLM trace, weights (1 MiB and more)");
+    println!(
+        "\nWeights only (operations of 1 MiB and more, two models live during each hot-swap). Peak live: {:.1} MiB.\n",
+        weights.peak_live as f64 / MIB as f64
+    );
+    let weight_ids = weights.ids;
+    let chunk: SizedFactory<'_> =
+        Box::new(move |size| Box::new(OurChunk::new(arena, size, weight_ids)) as Box<dyn Subject>);
+    utilization_table(arena, &weights, Some(("tessera chunk", chunk)));
 
     // Peak fragmentation of each Tessera pool during the trace on the 1 GiB plan.
     let mut ours = OurTensorMemory::new(plan, ids);

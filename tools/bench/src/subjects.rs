@@ -3,6 +3,7 @@
 
 use crate::trace::Kind;
 use kernel::mm::buddy::BuddyAllocator;
+use kernel::mm::chunk::ChunkAllocator;
 use kernel::mm::layout::MemoryPlan;
 use kernel::mm::rt::RtPool;
 use kernel::mm::slab::{CoreSlab, SlabDepot};
@@ -274,6 +275,37 @@ impl Subject for OurBuddy {
 
     fn free(&mut self, id: u32) {
         self.buddy.free(self.table[id as usize]).expect("buddy free");
+    }
+}
+
+/// Tessera's chunk allocator alone (weights).
+pub struct OurChunk {
+    chunk: ChunkAllocator,
+    table: Vec<u64>,
+}
+
+impl OurChunk {
+    /// A chunk allocator over `size` bytes of `arena` in 4 KiB granules.
+    pub fn new(arena: &Arena, size: usize, ids: usize) -> Self {
+        let chunk =
+            ChunkAllocator::new("weights", arena.base() as u64, size as u64, 4096).expect("chunk allocator");
+        Self { chunk, table: vec![0; ids] }
+    }
+}
+
+impl Subject for OurChunk {
+    fn alloc(&mut self, id: u32, size: usize, alignment: usize, _kind: Kind) -> bool {
+        match self.chunk.alloc(size as u64, alignment as u64) {
+            Ok(address) => {
+                self.table[id as usize] = address;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn free(&mut self, id: u32) {
+        self.chunk.free(self.table[id as usize]).expect("chunk free");
     }
 }
 
