@@ -1,7 +1,20 @@
 //! Tensor memory manager: the typed regions boot maps, and the pools built over them.
 //!
 //! [`layout`] turns the board's budget and the detected RAM into typed regions (weights, KV,
-//! activations, protocol, DMA, heap). The pools that manage each region live beside it.
+//! activations, protocol, DMA, heap). The pools that manage each region live beside it:
+//!
+//! - [`chunk`]: address-ordered, coalescing blocks of 1 MiB and more (weights), 2 MiB-aligned
+//!   on request;
+//! - [`buddy`]: 4 KiB – 1 MiB power-of-two blocks (KV blocks, activations, slabs);
+//! - [`slab`]: 16 B – 4 KiB size classes with per-core magazines, fed by a buddy allocator;
+//! - [`rt`]: the isolated TLSF pool for protocol buffers, O(1) and deadline-aware;
+//! - [`dma`]: cache-line-granular buffers in the non-cacheable DMA region;
+//! - [`tensor`]: `TensorMemory`, which builds them all from a plan and routes by tensor kind;
+//! - [`stats`] and [`error`]: counters, histograms, the memory-map report, and `MemError`;
+//! - [`copy`]: `tensor_copy`, the only code here that touches the memory itself.
+//!
+//! Every allocator manages address ranges with metadata on the kernel heap, so all of it but
+//! [`copy`] is safe Rust and runs on the host without the memory it describes.
 
 pub mod buddy;
 pub mod chunk;

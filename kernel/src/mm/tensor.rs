@@ -11,7 +11,7 @@ use super::layout::{BLOCK, MemoryPlan, RegionKind};
 use super::rt::RtPool;
 use super::slab::{CoreSlab, LARGEST_OBJECT, SlabDepot};
 use super::stats::{MemoryReport, PoolLatency, PoolStatistics};
-use crate::hil::Clock;
+use crate::hil::{Clock, Deadline};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -297,6 +297,26 @@ impl TensorMemory {
         Ok(TensorHandle { base, size, kind, pool, page_size, references: None })
     }
 
+    /// Allocates a protocol buffer of `size` bytes from the RT pool, only if that finishes by
+    /// `deadline` on `clock` (see [`RtPool::alloc_within`]); otherwise
+    /// [`MemError::DeadlineMissed`] and nothing is allocated.
+    pub fn alloc_protocol_within(
+        &self,
+        size: u64,
+        deadline: Deadline,
+        clock: &dyn Clock,
+    ) -> Result<TensorHandle, MemError> {
+        let base = self.protocol.lock().alloc_within(size, self.cache_line, deadline, clock)?;
+        Ok(TensorHandle {
+            base,
+            size,
+            kind: TensorKind::Protocol,
+            pool: Pool::Protocol,
+            page_size: PageSize::Size4KiB,
+            references: None,
+        })
+    }
+
     fn core_cache(&self, core: usize) -> Result<&spin::Mutex<CoreSlab>, MemError> {
         self.core_caches.get(core).ok_or(MemError::NoSuchCore { core, cores: self.core_caches.len() })
     }
@@ -508,6 +528,31 @@ mod tests {
         for handle in held.into_iter().chain([buffer]) {
             memory.release(handle).unwrap();
         }
+    }
+
+    #[test]
+    fn protocol_buffers_respect_deadlines() {
+        use core::sync::atomic::AtomicU64;
+        struct StepClock(AtomicU64);
+        impl Clock for StepClock {
+            fn ticks(&self) -> u64 {
+                self.0.fetch_add(7, Ordering::Relaxed)
+            }
+            fn frequency_hz(&self) -> u64 {
+                1_000_000
+            }
+        }
+        let memory = memory(64);
+        let clock = StepClock(AtomicU64::new(100));
+        let buffer = memory.alloc_protocol_within(300, clock.deadline_after_us(50), &clock).unwrap();
+        assert_eq!(
+            (buffer.pool(), buffer.kind(), buffer.base() % 64),
+            (Pool::Protocol, TensorKind::Protocol, 0)
+        );
+        let late = memory.alloc_protocol_within(300, Deadline { at_ticks: 0 }, &clock);
+        assert!(matches!(late, Err(MemError::DeadlineMissed { pool: "protocol", .. })), "{late:?}");
+        memory.release(buffer).unwrap();
+        assert_eq!(memory.statistics(Pool::Protocol).counters.live_bytes, 0);
     }
 
     #[test]
