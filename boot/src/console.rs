@@ -2,7 +2,15 @@
 //! GPIO controller that routes its pins.
 
 use bsp::board::rpi3::{gpio::Gpio, memory_map, pl011_uart::Pl011Uart};
-use kernel::hil::{Clock, Console};
+use core::sync::atomic::AtomicU8;
+use kernel::{
+    hil::{Clock, Console},
+    mm::{
+        MemError,
+        tensor::{TensorKind, TensorMemory},
+    },
+    serve::ring::ByteRing,
+};
 
 // SAFETY: the addresses are the BCM2837's GPIO and UART0 blocks, mapped as device memory from
 // before the MMU is on (identity) until the end; these are their only drivers.
@@ -21,9 +29,66 @@ pub fn init(clock: &dyn Clock, clock_hz: u32) {
     UART.init(clock_hz);
 }
 
-/// The console.
+/// The console with polled receive (boot, tests, fault reports).
 pub fn console() -> &'static dyn Console {
     &UART
+}
+
+/// The UART driver itself.
+pub fn uart() -> &'static Pl011Uart {
+    &UART
+}
+
+/// Bytes of protocol-pool memory for the receive ring.
+const RECEIVE_RING_BYTES: u64 = 16 * 1024;
+
+/// The console once receive is interrupt-driven: writes go to the UART, reads come from the
+/// ring the IRQ handler fills.
+pub struct InterruptConsole {
+    ring: &'static ByteRing<'static>,
+}
+
+impl InterruptConsole {
+    /// The receive ring (for telemetry: bytes received, dropped, high water).
+    pub fn ring(&self) -> &'static ByteRing<'static> {
+        self.ring
+    }
+}
+
+impl Console for InterruptConsole {
+    fn write_bytes(&self, bytes: &[u8]) {
+        UART.write_bytes(bytes);
+    }
+
+    fn read_byte(&self) -> Option<u8> {
+        self.ring.pop()
+    }
+
+    fn flush(&self) {
+        UART.flush();
+    }
+}
+
+static INTERRUPT_CONSOLE: spin::Once<InterruptConsole> = spin::Once::new();
+
+/// Switches receive to interrupts on core 0, with the ring in protocol (RT) memory, isolated
+/// from tensor pressure. Returns the console to use from then on.
+pub fn start_interrupt_console(memory: &TensorMemory) -> Result<&'static InterruptConsole, MemError> {
+    if let Some(console) = INTERRUPT_CONSOLE.get() {
+        return Ok(console);
+    }
+    let handle = memory.alloc(RECEIVE_RING_BYTES, TensorKind::Protocol)?;
+    // SAFETY: the allocation is never released and nothing else refers to it.
+    let bytes = unsafe { crate::memory::bytes_mut(&handle) };
+    bytes.fill(0);
+    // An `AtomicU8` has the size and alignment of a `u8`, so the slice reinterprets exactly.
+    // SAFETY: `bytes` is a unique, initialised, 'static borrow of the same length.
+    let cells: &'static [AtomicU8] =
+        unsafe { core::slice::from_raw_parts(bytes.as_mut_ptr() as *const AtomicU8, bytes.len()) };
+    static RING: spin::Once<ByteRing<'static>> = spin::Once::new();
+    let ring = RING.call_once(|| ByteRing::new(cells));
+    crate::irq::enable_console_interrupts(ring);
+    Ok(INTERRUPT_CONSOLE.call_once(|| InterruptConsole { ring }))
 }
 
 /// Writes without taking the console lock, for fault and panic reports.

@@ -193,6 +193,10 @@ impl<const N: usize> Write for FixedText<N> {
 }
 
 extern "C" fn handle_exception(frame: &mut ExceptionFrame, index: u64) {
+    if VectorKind::from_index(index) == VectorKind::Irq {
+        crate::irq::handle();
+        return;
+    }
     let image = start::kernel_image();
     let report = FaultReport {
         core: cpu::core_id(),

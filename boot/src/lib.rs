@@ -12,6 +12,8 @@ pub mod console;
 pub mod cpus;
 mod entry;
 pub mod exception;
+pub mod irq;
+pub mod memory;
 mod panic;
 pub mod start;
 

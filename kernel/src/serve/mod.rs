@@ -1,6 +1,7 @@
 //! Serving: the console loop, and the pieces of the console protocol.
 
 pub mod line;
+pub mod ring;
 
 use crate::{
     boot_info::BootInfo,

@@ -1,7 +1,7 @@
 //! `qemu-runner`: builds the QEMU system tests in `tests/`, boots each in QEMU under a time
 //! limit, and prints one line per test and a closing `N passed, M failed` line.
 
-use runner::{make_image, objcopy_binary, run_image};
+use runner::{Session, make_image, objcopy_binary};
 use serde::Deserialize;
 use std::{
     collections::BTreeMap,
@@ -45,7 +45,25 @@ struct TestSpec {
     expect: Vec<String>,
     #[serde(default)]
     qemu_args: Vec<String>,
+    /// A console script: each step sends text and/or waits for text in the output.
+    #[serde(default)]
+    step: Vec<Step>,
 }
+
+/// One step of a console script.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    /// Bytes to type (TOML escapes such as `\r` work).
+    send: Option<String>,
+    /// Text that must appear in the output after the previous step's match.
+    wait_for: Option<String>,
+    /// Seconds to wait for `wait_for` (default 30).
+    timeout: Option<u64>,
+}
+
+/// The name under which the `kernel8` image is known to the manifest.
+const KERNEL8: &str = "kernel8";
 
 fn default_machine() -> String {
     "raspi3b".to_string()
@@ -88,20 +106,17 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root exists")
 }
 
-/// Builds the test kernels and returns each one's ELF path by test name.
-fn build_tests(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+/// Runs cargo with `arguments` and returns each built executable of a target of `kind`
+/// ("test" or "bin") by target name.
+fn cargo_executables(
+    root: &Path,
+    arguments: &[&str],
+    kind: &str,
+) -> Result<BTreeMap<String, PathBuf>, String> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
         .current_dir(root)
-        .args([
-            "test",
-            "-p",
-            "systests",
-            "--target",
-            "aarch64-unknown-none",
-            "--release",
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(arguments)
+        .args(["--target", "aarch64-unknown-none", "--release", "--message-format=json-render-diagnostics"])
         .output()
         .map_err(|error| format!("cannot run cargo: {error}"))?;
     if !output.status.success() {
@@ -113,15 +128,58 @@ fn build_tests(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
     let mut kernels = BTreeMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let is_test =
-            message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"));
+        let matches =
+            message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|each| each == kind));
         if let (true, Some(name), Some(executable)) =
-            (is_test, message["target"]["name"].as_str(), message["executable"].as_str())
+            (matches, message["target"]["name"].as_str(), message["executable"].as_str())
         {
             kernels.insert(name.to_string(), PathBuf::from(executable));
         }
     }
     Ok(kernels)
+}
+
+/// Builds the test kernels and `kernel8`, and returns each ELF path by name.
+fn build_kernels(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    let mut kernels = cargo_executables(root, &["test", "-p", "systests", "--no-run"], "test")?;
+    kernels.extend(cargo_executables(root, &["build", "-p", "boot", "--bin", KERNEL8], "bin")?);
+    Ok(kernels)
+}
+
+/// Boots one test and plays its console script; a kernel that does not exit by itself
+/// (`kernel8`) is stopped once the script is done.
+fn run_test(
+    spec: &TestSpec,
+    image: &Path,
+    qemu_args: &[String],
+) -> Result<(runner::RunResult, Result<(), String>), String> {
+    let mut session = Session::start(&spec.machine, image, qemu_args)?;
+    let mut cursor = 0;
+    let mut script = Ok(());
+    for (index, step) in spec.step.iter().enumerate() {
+        if let Some(text) = &step.send
+            && let Err(error) = session.send(text.as_bytes())
+        {
+            script = Err(format!("step {}: {error}", index + 1));
+            break;
+        }
+        if let Some(text) = &step.wait_for {
+            match session.wait_for(text, cursor, Duration::from_secs(step.timeout.unwrap_or(30))) {
+                Ok(end) => cursor = end,
+                Err(error) => {
+                    script = Err(format!("step {}: {error}", index + 1));
+                    break;
+                }
+            }
+        }
+    }
+    let exits = spec.kernel.as_deref() != Some(KERNEL8);
+    let result = if exits && script.is_ok() {
+        session.finish(Duration::from_secs(spec.timeout))?
+    } else {
+        session.kill()
+    };
+    Ok((result, script))
 }
 
 /// Parses "64M", "4G" or a byte count.
@@ -188,10 +246,10 @@ fn run() -> Result<bool, String> {
         return Ok(true);
     }
     eprintln!("building the QEMU test kernels...");
-    let kernels = build_tests(&root)?;
+    let kernels = build_kernels(&root)?;
     let booted =
         |name: &String| manifest.test.iter().any(|spec| spec.kernel.as_ref().unwrap_or(&spec.name) == name);
-    if let Some(orphan) = kernels.keys().find(|name| !booted(name)) {
+    if let Some(orphan) = kernels.keys().find(|name| *name != KERNEL8 && !booted(name)) {
         return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
     }
     let objcopy = objcopy_binary()?;
@@ -217,14 +275,17 @@ fn run() -> Result<bool, String> {
                 .map_err(|error| format!("{}: {error}", blob.display()))?;
             qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
-        let result = run_image(&spec.machine, &image, Duration::from_secs(spec.timeout), &qemu_args)?;
+        let (result, script) = run_test(spec, &image, &qemu_args)?;
         let missing: Vec<&String> =
             spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
-        let verdict = match (result.exit_code, missing.is_empty()) {
-            (Some(0), true) => Ok(()),
-            (Some(0), false) => Err(format!("output lacks {missing:?}")),
-            (Some(code), _) => Err(format!("exit status {code}")),
-            (None, _) => Err(format!("timed out after {} s", spec.timeout)),
+        let exits = kernel != KERNEL8;
+        let verdict = match (script, result.exit_code, missing.is_empty()) {
+            (Err(reason), _, _) => Err(reason),
+            (Ok(()), Some(0), true) => Ok(()),
+            (Ok(()), None, true) if !exits => Ok(()),
+            (Ok(()), Some(0) | None, false) => Err(format!("output lacks {missing:?}")),
+            (Ok(()), Some(code), _) => Err(format!("exit status {code}")),
+            (Ok(()), None, _) => Err(format!("timed out after {} s", spec.timeout)),
         };
         let seconds = result.elapsed.as_secs_f64();
         match verdict {

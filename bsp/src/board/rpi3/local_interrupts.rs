@@ -12,6 +12,8 @@ register_structs! {
     #[allow(non_snake_case)]
     pub Registers {
         (0x00 => _control),
+        (0x0C => GPU_INTERRUPT_ROUTING: ReadWrite<u32>),
+        (0x10 => _timers),
         (0x50 => MAILBOX_INTERRUPT_CONTROL: [ReadWrite<u32>; 4]),
         (0x60 => IRQ_SOURCE: [ReadOnly<u32>; 4]),
         (0x70 => _fiq_source),
@@ -25,6 +27,8 @@ register_structs! {
 const MAILBOX0_IRQ: u32 = 1 << 0;
 /// Bit in `IRQ_SOURCE` for mailbox 0.
 pub const SOURCE_MAILBOX0: u32 = 1 << 4;
+/// Bit in `IRQ_SOURCE` for the peripheral (GPU) interrupt controller.
+pub const SOURCE_PERIPHERAL: u32 = 1 << 8;
 
 /// The per-core mailboxes. Mailbox 0 of each core is its wake-up doorbell.
 pub struct LocalInterrupts {
@@ -60,6 +64,11 @@ impl LocalInterrupts {
             self.registers.MAILBOX_CLEAR[core * 4].set(value);
         }
         value
+    }
+
+    /// Routes the peripheral interrupt controller's IRQ output to `core`.
+    pub fn route_peripherals_to(&self, core: usize) {
+        self.registers.GPU_INTERRUPT_ROUTING.set(core as u32 & 0b11);
     }
 
     /// The pending IRQ sources of `core`.

@@ -50,8 +50,28 @@ register_bitfields! {
         /// UART enable.
         UARTEN OFFSET(0) NUMBITS(1) [Disabled = 0, Enabled = 1]
     ],
+    /// Interrupt mask set/clear, raw and masked status.
+    INTERRUPTS [
+        /// Receive timeout (data waiting below the FIFO level).
+        RT OFFSET(6) NUMBITS(1) [],
+        /// Transmit FIFO below its level.
+        TX OFFSET(5) NUMBITS(1) [],
+        /// Receive FIFO at or above its level.
+        RX OFFSET(4) NUMBITS(1) []
+    ],
+    /// FIFO levels that raise the RX and TX interrupts.
+    IFLS [
+        /// Receive level.
+        RXIFLSEL OFFSET(3) NUMBITS(3) [OneEighth = 0b000, OneQuarter = 0b001, OneHalf = 0b010],
+        /// Transmit level.
+        TXIFLSEL OFFSET(0) NUMBITS(3) [OneEighth = 0b000, OneQuarter = 0b001, OneHalf = 0b010]
+    ],
     /// Interrupt clear.
     ICR [
+        /// Clear the receive timeout interrupt.
+        RT OFFSET(6) NUMBITS(1) [],
+        /// Clear the receive interrupt.
+        RX OFFSET(4) NUMBITS(1) [],
         /// Clear every interrupt.
         ALL OFFSET(0) NUMBITS(11) []
     ]
@@ -69,7 +89,10 @@ register_structs! {
         (0x28 => FBRD: WriteOnly<u32, FBRD::Register>),
         (0x2C => LCR_H: WriteOnly<u32, LCR_H::Register>),
         (0x30 => CR: WriteOnly<u32, CR::Register>),
-        (0x34 => _reserved2),
+        (0x34 => IFLS: ReadWrite<u32, IFLS::Register>),
+        (0x38 => IMSC: ReadWrite<u32, INTERRUPTS::Register>),
+        (0x3C => RIS: ReadOnly<u32, INTERRUPTS::Register>),
+        (0x40 => MIS: ReadOnly<u32, INTERRUPTS::Register>),
         (0x44 => ICR: WriteOnly<u32, ICR::Register>),
         (0x48 => @END),
     }
@@ -115,6 +138,30 @@ impl Pl011Uart {
         registers.FBRD.write(FBRD::BAUD_DIVFRAC.val(fraction));
         registers.LCR_H.write(LCR_H::WLEN::EightBit + LCR_H::FEN::FifosEnabled);
         registers.CR.write(CR::UARTEN::Enabled + CR::TXE::Enabled + CR::RXE::Enabled);
+    }
+
+    /// Raises the receive interrupts (FIFO at 1/8 full, or receive timeout), so received bytes
+    /// are collected by [`Pl011Uart::drain_receive`] from the IRQ handler.
+    pub fn enable_receive_interrupts(&self) {
+        let registers = self.registers.lock();
+        registers.IFLS.write(IFLS::RXIFLSEL::OneEighth + IFLS::TXIFLSEL::OneHalf);
+        registers.IMSC.write(INTERRUPTS::RX::SET + INTERRUPTS::RT::SET);
+    }
+
+    /// From the IRQ handler: hands every received byte to `sink` and clears the receive
+    /// interrupts. Returns how many bytes were taken. Does not take the transmit lock: the
+    /// handler may interrupt a transmission on the same core.
+    pub fn drain_receive(&self, mut sink: impl FnMut(u8)) -> usize {
+        // SAFETY: receive uses FR, DR reads and ICR, which no transmit path touches (transmit
+        // only writes DR and reads FR), so sharing the block with a locked writer is sound.
+        let registers: Mmio<Registers> = unsafe { Mmio::new(self.base) };
+        let mut count = 0;
+        while !registers.FR.is_set(FR::RXFE) {
+            sink(registers.DR.get() as u8);
+            count += 1;
+        }
+        registers.ICR.write(ICR::RX::SET + ICR::RT::SET);
+        count
     }
 
     /// Writes bytes without taking the lock: only for fault and panic reports, when the lock
