@@ -10,6 +10,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::tokenizer::bpe::{TOKEN_TYPE_CONTROL, byte_to_char};
+
+/// GGUF token type of a token that is never produced.
+const TOKEN_TYPE_UNUSED: i32 = 5;
 use super::tokenizer::pretokenize::pretokenize;
 use crate::model::TensorType;
 use crate::model::gguf::ValueType;
@@ -238,10 +241,19 @@ impl SyntheticSpec {
                 let mut tokens: Vec<String> =
                     (0..=255u8).map(|byte| String::from(byte_to_char(byte))).collect();
                 tokens.extend(merges.iter().map(|(left, right)| format!("{left}{right}")));
+                // When the corpus runs out of pairs, unused tokens fill the vocabulary.
+                let learned = tokens.len();
+                while tokens.len() < vocab - specials.len() {
+                    tokens.push(format!("<|unused{}|>", tokens.len() - learned));
+                }
                 tokens.extend(specials.iter().map(|special| String::from(*special)));
                 let types: Vec<WriteValue> = (0..tokens.len())
                     .map(|id| {
-                        WriteValue::I32(if id >= vocab - specials.len() { TOKEN_TYPE_CONTROL } else { 1 })
+                        WriteValue::I32(match id {
+                            id if id >= vocab - specials.len() => TOKEN_TYPE_CONTROL,
+                            id if id >= learned => TOKEN_TYPE_UNUSED,
+                            _ => 1,
+                        })
                     })
                     .collect();
                 writer

@@ -54,6 +54,9 @@ fn synthetic_models_parse_in_every_format() {
                 assert_eq!(model.format, Format::Gguf);
                 assert_eq!(model.weights.layers[0].query.tensor_type, tensor_type);
                 assert_eq!(model.weights.classifier, model.weights.token_embedding, "tied embeddings");
+                let tokenizer = Tokenizer::from_gguf(model.gguf.as_ref().unwrap()).unwrap();
+                assert_eq!(tokenizer.vocab_size(), 272, "the tokenizer covers the embedding");
+                assert!(tokenizer.bos().is_some() && tokenizer.eos().is_some());
             }
         }
     }
