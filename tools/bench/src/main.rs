@@ -712,8 +712,10 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     utilization_table(arena, &weights, Some(("tessera chunk", chunk)));
 
     // Peak fragmentation of each Tessera pool during the trace on the 1 GiB plan.
-    let mut ours = OurTensorMemory::new(plan, ids);
+    // Every operation is timed on the host clock into the pools' own histograms.
+    let mut ours = OurTensorMemory::timed(plan, ids);
     let mut peak = [0u64; 6];
+    let mut busiest = (0u64, String::new());
     let mut live = vec![false; ids];
     for (index, operation) in llm.operations.iter().enumerate() {
         match *operation {
@@ -727,8 +729,16 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
             }
         }
         if index % 64 == 0 {
+            let mut reserved = 0;
             for (slot, pool) in peak.iter_mut().zip(Pool::ALL) {
-                *slot = (*slot).max(ours.memory.statistics(pool).fragmentation_permille());
+                let statistics = ours.memory.statistics(pool);
+                *slot = (*slot).max(statistics.fragmentation_permille());
+                if pool != Pool::Slab {
+                    reserved += statistics.counters.reserved_bytes;
+                }
+            }
+            if reserved > busiest.0 {
+                busiest = (reserved, ours.memory.report().to_string());
             }
         }
     }
@@ -740,5 +750,7 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     for (value, pool) in peak.iter().zip(Pool::ALL) {
         println!("| {pool:?} | {}.{}% |", value / 10, value % 10);
     }
-    println!("\nMemory map at the end of the trace:\n\n```\n{}```", ours.memory.report());
+    println!("\nMemory map at the busiest sampled moment of the trace:\n\n```\n{}```", busiest.1);
+    ours.memory.reclaim();
+    println!("\nMemory map at the end, after `reclaim`:\n\n```\n{}```", ours.memory.report());
 }

@@ -2,6 +2,7 @@
 //! each over a pre-touched arena (system malloc excepted: it brings its own memory).
 
 use crate::trace::Kind;
+use kernel::hil::Clock;
 use kernel::mm::buddy::BuddyAllocator;
 use kernel::mm::chunk::ChunkAllocator;
 use kernel::mm::layout::MemoryPlan;
@@ -10,6 +11,7 @@ use kernel::mm::slab::{CoreSlab, SlabDepot};
 use kernel::mm::tensor::{TensorHandle, TensorKind, TensorMemory, TensorMemoryConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
+use std::time::Instant;
 
 /// A block of host memory, aligned to 2 MiB and written once per page so that no replay
 /// takes a page fault.
@@ -341,11 +343,25 @@ impl Subject for OurRt {
     }
 }
 
+/// A kernel clock over the host's monotonic clock, one tick per nanosecond.
+pub struct HostClock(Instant);
+
+impl Clock for HostClock {
+    fn ticks(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+
+    fn frequency_hz(&self) -> u64 {
+        1_000_000_000
+    }
+}
+
 /// The whole tensor memory manager over a boot-policy plan.
 pub struct OurTensorMemory {
     /// The manager, public for statistics.
     pub memory: TensorMemory,
     table: Vec<Option<TensorHandle>>,
+    clock: Option<HostClock>,
 }
 
 impl OurTensorMemory {
@@ -354,7 +370,12 @@ impl OurTensorMemory {
     pub fn new(plan: &MemoryPlan, ids: usize) -> Self {
         let config = TensorMemoryConfig { cache_line: 64, cores: 1, rt_table_entries: 65536 };
         let memory = TensorMemory::new(plan, config).expect("tensor memory over the plan");
-        Self { memory, table: (0..ids).map(|_| None).collect() }
+        Self { memory, table: (0..ids).map(|_| None).collect(), clock: None }
+    }
+
+    /// Like [`OurTensorMemory::new`], timing every operation into the pools' histograms.
+    pub fn timed(plan: &MemoryPlan, ids: usize) -> Self {
+        Self { clock: Some(HostClock(Instant::now())), ..Self::new(plan, ids) }
     }
 }
 
@@ -367,7 +388,11 @@ impl Subject for OurTensorMemory {
             Kind::Small => TensorKind::Small,
             Kind::Protocol => TensorKind::Protocol,
         };
-        match self.memory.alloc(size as u64, kind) {
+        let result = match &self.clock {
+            Some(clock) => self.memory.alloc_timed(0, size as u64, kind, clock),
+            None => self.memory.alloc(size as u64, kind),
+        };
+        match result {
             Ok(handle) => {
                 self.table[id as usize] = Some(handle);
                 true
@@ -378,7 +403,11 @@ impl Subject for OurTensorMemory {
 
     fn free(&mut self, id: u32) {
         if let Some(handle) = self.table[id as usize].take() {
-            self.memory.release(handle).expect("tensor release");
+            match &self.clock {
+                Some(clock) => self.memory.release_timed(0, handle, clock),
+                None => self.memory.release(handle),
+            }
+            .expect("tensor release");
         }
     }
 }
