@@ -115,6 +115,8 @@ pub enum FsError {
         /// What the device reported.
         error: BlockError,
     },
+    /// The device holds no blocks: no card is inserted, or the card is empty.
+    EmptyDevice,
     /// Block 0 has no 55 AA signature, so it is not an MBR.
     NoPartitionTable,
     /// No partition of type 0x0B or 0x0C (FAT32) is in the MBR.
@@ -193,6 +195,7 @@ impl fmt::Display for FsError {
             Self::Read { block, count, error } => {
                 write!(formatter, "read error at block {block} ({count} blocks): {error}")
             }
+            Self::EmptyDevice => write!(formatter, "the device holds no blocks (is a card inserted?)"),
             Self::NoPartitionTable => write!(formatter, "no partition table: block 0 is not an MBR"),
             Self::NoFat32Partition => write!(formatter, "no FAT32 partition in the MBR"),
             Self::PartitionOutsideDevice { first_block, block_count, device_blocks } => write!(
@@ -224,6 +227,8 @@ impl fmt::Display for FsError {
         }
     }
 }
+
+impl core::error::Error for FsError {}
 
 impl From<BootSectorProblem> for FsError {
     fn from(problem: BootSectorProblem) -> Self {

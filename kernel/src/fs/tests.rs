@@ -553,7 +553,15 @@ fn fs_partition_table_problems_are_reported() {
 #[test]
 fn fs_empty_device_fails_cleanly() {
     let error = Volume::mount(MemoryDevice::new(&[])).unwrap_err();
-    assert!(matches!(error, FsError::Read { block: 0, error: BlockError::OutOfRange, .. }));
+    assert_eq!(error, FsError::EmptyDevice);
+    assert_eq!(error.to_string(), "the device holds no blocks (is a card inserted?)");
+    // Less than one block is no device either.
+    let error = Volume::mount(MemoryDevice::new(&base_image()[..256])).unwrap_err();
+    assert_eq!(error, FsError::EmptyDevice);
+    let mut device = MemoryDevice::new(base_image());
+    device.failing.insert(PARTITION_FIRST_BLOCK);
+    let error = Volume::mount(device).unwrap_err();
+    assert_eq!(error, FsError::Read { block: PARTITION_FIRST_BLOCK, count: 1, error: BlockError::Timeout });
 }
 
 /// Walks every directory (to a bounded depth) and reads every file; returns what it saw. Any
@@ -658,6 +666,51 @@ proptest! {
                 prop_assert!(bad.range(block..block + count).next().is_some(), "error at {} names no failing block", block);
             }
             Err(other) => prop_assert!(false, "unexpected error {other}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn fs_boot_sector_parse_upholds_its_invariants(
+        noise in proptest::collection::vec(any::<u8>(), BLOCK_SIZE),
+        sectors_per_cluster_shift in 0u32..9,
+        reserved_sectors in 0u16..64,
+        fat_count in 0u8..4,
+        fat_blocks in 0u32..20_000,
+        total_sectors in 0u32..3_000_000,
+        root_cluster in 0u32..100,
+        partition_blocks in 1u64..3_000_000,
+    ) {
+        let mut sector = [0u8; BLOCK_SIZE];
+        sector.copy_from_slice(&noise);
+        sector[11..13].copy_from_slice(&512u16.to_le_bytes());
+        sector[13] = (1u32 << sectors_per_cluster_shift) as u8;
+        sector[14..16].copy_from_slice(&reserved_sectors.to_le_bytes());
+        sector[16] = fat_count;
+        sector[17..20].fill(0);
+        sector[22..24].fill(0);
+        sector[32..36].copy_from_slice(&total_sectors.to_le_bytes());
+        sector[36..40].copy_from_slice(&fat_blocks.to_le_bytes());
+        sector[40] &= 0x8F;
+        sector[44..48].copy_from_slice(&root_cluster.to_le_bytes());
+        sector[510] = 0x55;
+        sector[511] = 0xAA;
+        let partition = Partition { partition_type: PARTITION_TYPE_FAT32_LBA, first_block: 2048, block_count: partition_blocks };
+        if let Ok(layout) = Layout::parse(&sector, partition) {
+            let partition_end = partition.first_block + partition.block_count;
+            prop_assert!(layout.blocks_per_cluster.is_power_of_two() && layout.blocks_per_cluster <= 128);
+            prop_assert!((FAT32_MIN_CLUSTERS..=FAT32_MAX_CLUSTERS).contains(&layout.cluster_count));
+            prop_assert!(layout.fat_first_block > partition.first_block);
+            prop_assert!(layout.fat_first_block + layout.fat_blocks <= layout.data_first_block);
+            prop_assert!(layout.fat_blocks * 128 >= layout.cluster_count + 2);
+            prop_assert!(layout.data_first_block + layout.cluster_count * layout.blocks_per_cluster <= partition_end);
+            prop_assert!(layout.partition_first_block + layout.volume_blocks <= partition_end);
+            prop_assert!(layout.is_valid_cluster(layout.root_cluster));
+            let last = (layout.cluster_count + 1) as u32;
+            prop_assert!(layout.cluster_first_block(last) + layout.blocks_per_cluster <= partition_end);
         }
     }
 }

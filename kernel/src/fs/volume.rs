@@ -28,6 +28,9 @@ impl<D: BlockDevice> Volume<D> {
     /// sector.
     pub fn mount(mut device: D) -> Result<Self, FsError> {
         let device_blocks = device.block_count();
+        if device_blocks == 0 {
+            return Err(FsError::EmptyDevice);
+        }
         let mut sector = [0u8; BLOCK_SIZE];
         read_blocks(&mut device, 0, &mut sector)?;
         let partition = find_fat32_partition(&sector, device_blocks)?;
