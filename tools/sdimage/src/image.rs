@@ -133,26 +133,18 @@ struct Progress {
 }
 
 impl Progress {
+    /// Shows `done` bytes of progress. A closed stderr only loses the progress, never the image.
     fn update(&mut self, done: u64) {
         let percent = (done * 100).checked_div(self.total).unwrap_or(100);
+        let line =
+            format!("  {}  {percent:3}%  {} of {}", self.destination, mebibytes(done), mebibytes(self.total));
+        let mut stderr = io::stderr().lock();
         if self.terminal {
-            eprint!(
-                "\r  {}  {percent:3}%  {} of {}",
-                self.destination,
-                mebibytes(done),
-                mebibytes(self.total)
-            );
-            if done == self.total {
-                eprintln!();
-            }
+            let end = if done == self.total { "\n" } else { "" };
+            let _ = write!(stderr, "\r{line}{end}");
         } else if percent / 25 > self.shown_quarter || done == self.total {
             self.shown_quarter = percent / 25;
-            eprintln!(
-                "  {}  {percent:3}%  {} of {}",
-                self.destination,
-                mebibytes(done),
-                mebibytes(self.total)
-            );
+            let _ = writeln!(stderr, "{line}");
         }
     }
 }

@@ -209,3 +209,28 @@ fn the_binary_explains_bad_input() {
     assert!(!Path::new(image).exists(), "nothing is written when the input is wrong");
     fs::remove_dir_all(&folder).unwrap();
 }
+
+#[test]
+fn large_files_show_progress() {
+    let folder = scratch("progress");
+    let kernel = folder.join("kernel8.img");
+    fs::write(&kernel, b"k").unwrap();
+    let model = folder.join("big.gguf");
+    // A sparse 9 MiB model of zeros: large enough for progress, cheap to copy.
+    fs::File::create(&model).unwrap().set_len(9 << 20).unwrap();
+    let image = folder.join("out.img");
+    let output = run_tool(&[
+        image.to_str().unwrap(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|line| line.contains("/models/big.gguf")).collect();
+    assert_eq!(lines.len(), 4, "one line per quarter when stderr is not a terminal: {stderr}");
+    assert!(lines[0].contains(" 25%") || lines[0].contains(" 33%"), "{}", lines[0]);
+    assert!(lines[3].ends_with("100%  9.0 MiB of 9.0 MiB"), "{}", lines[3]);
+    fs::remove_dir_all(&folder).unwrap();
+}
