@@ -319,9 +319,8 @@ pub struct OurRt {
 }
 
 impl OurRt {
-    /// An RT pool over `size` bytes of `arena` with a table of at most 65536 entries.
-    pub fn new(arena: &Arena, size: usize, ids: usize) -> Self {
-        let granule = RtPool::granule_for(size as u64, 65536, 64);
+    /// An RT pool over `size` bytes of `arena` in blocks of `granule` bytes.
+    pub fn new(arena: &Arena, size: usize, granule: u64, ids: usize) -> Self {
         let pool = RtPool::new("protocol", arena.base() as u64, size as u64, granule).expect("RT pool");
         Self { pool, table: vec![0; ids] }
     }
