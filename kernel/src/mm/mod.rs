@@ -9,18 +9,23 @@
 //! - [`slab`]: 16 B – 4 KiB size classes with per-core magazines, fed by a buddy allocator;
 //! - [`rt`]: the isolated TLSF pool for protocol buffers, O(1) and deadline-aware;
 //! - [`dma`]: cache-line-granular buffers in the non-cacheable DMA region;
+//! - [`kv`]: the paged KV cache: fixed-size blocks carved from KV chunks, and per-sequence
+//!   block tables implementing `hil::KvStore`;
 //! - [`tensor`]: `TensorMemory`, which builds them all from a plan and routes by tensor kind;
 //! - [`stats`] and [`error`]: counters, histograms, the memory-map report, and `MemError`;
-//! - [`copy`]: `tensor_copy`, the only code here that touches the memory itself.
+//! - [`copy`]: `tensor_copy`; and [`buffer`]: owning buffers over pools whose regions are real
+//!   RAM. These two are the only code here that touches the memory itself.
 //!
 //! Every allocator manages address ranges with metadata on the kernel heap, so all of it but
-//! [`copy`] is safe Rust and runs on the host without the memory it describes.
+//! [`copy`] and [`buffer`] is safe Rust and runs on the host without the memory it describes.
 
 pub mod buddy;
+pub mod buffer;
 pub mod chunk;
 pub mod copy;
 pub mod dma;
 pub mod error;
+pub mod kv;
 pub mod layout;
 pub mod rt;
 pub mod slab;

@@ -1,0 +1,168 @@
+//! Backed tensor memory: the pools over regions that are real, mapped RAM, handing out owning
+//! buffers that read and write that RAM and return it to their pool when dropped.
+//!
+//! This and [`copy`](super::copy) are the only places in `mm` that touch the memory itself;
+//! every allocator stays a pure address-range manager.
+
+use super::{
+    MemError,
+    tensor::{TensorHandle, TensorKind, TensorMemory},
+};
+use core::{
+    mem::ManuallyDrop,
+    ops::{Deref, DerefMut},
+};
+
+/// A [`TensorMemory`] whose regions are known to be real memory.
+#[derive(Debug)]
+pub struct BackedMemory {
+    memory: TensorMemory,
+}
+
+impl BackedMemory {
+    /// Wraps `memory`.
+    ///
+    /// # Safety
+    /// Every region of the plan `memory` was built from must be RAM that is mapped read-write
+    /// for as long as this value lives, and used by nothing but these pools.
+    pub unsafe fn new(memory: TensorMemory) -> Self {
+        Self { memory }
+    }
+
+    /// The pools (statistics, reports, raw handles).
+    pub fn memory(&self) -> &TensorMemory {
+        &self.memory
+    }
+
+    /// Allocates `size` bytes of `kind` as an owning, zero-filled buffer.
+    pub fn alloc(&self, size: u64, kind: TensorKind) -> Result<TensorBuffer<'_>, MemError> {
+        let handle = self.memory.alloc(size, kind)?;
+        let mut buffer = TensorBuffer { owner: self, handle: ManuallyDrop::new(handle) };
+        buffer.fill(0);
+        Ok(buffer)
+    }
+}
+
+/// An allocation from a [`BackedMemory`] pool, usable as bytes (and, being cache-line
+/// aligned, as `f32`s). Dropping it releases the allocation.
+#[derive(Debug)]
+pub struct TensorBuffer<'memory> {
+    owner: &'memory BackedMemory,
+    handle: ManuallyDrop<TensorHandle>,
+}
+
+impl TensorBuffer<'_> {
+    /// The allocation's handle (address, size, pool).
+    pub fn handle(&self) -> &TensorHandle {
+        &self.handle
+    }
+
+    /// The buffer as `f32`s (its length rounded down to whole values).
+    pub fn as_f32(&self) -> &[f32] {
+        // SAFETY: allocations are aligned to at least a cache line (≥ 4 bytes), every bit
+        // pattern is a valid f32, and the slice covers only this allocation.
+        unsafe {
+            core::slice::from_raw_parts(self.handle.base() as *const f32, self.handle.size() as usize / 4)
+        }
+    }
+
+    /// The buffer as mutable `f32`s.
+    pub fn as_f32_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_f32`, and `&mut self` makes the borrow unique.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.handle.base() as *mut f32, self.handle.size() as usize / 4)
+        }
+    }
+}
+
+impl Deref for TensorBuffer<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `BackedMemory::new` guarantees the pool's addresses are mapped RAM; the handle
+        // is live until drop and owned by this buffer alone.
+        unsafe { core::slice::from_raw_parts(self.handle.base() as *const u8, self.handle.size() as usize) }
+    }
+}
+
+impl DerefMut for TensorBuffer<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the borrow unique.
+        unsafe { core::slice::from_raw_parts_mut(self.handle.base() as *mut u8, self.handle.size() as usize) }
+    }
+}
+
+impl Drop for TensorBuffer<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the handle is taken exactly once, here.
+        let handle = unsafe { ManuallyDrop::take(&mut self.handle) };
+        // A release can only fail for a handle the pools never issued; this one they did.
+        let _ = self.owner.memory.release(handle);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::mm::{
+        layout::{BLOCK, Budget, MIB, MemoryPlan, Region, RegionKind},
+        tensor::{Pool, TensorMemoryConfig},
+    };
+    use std::alloc::{Layout, alloc_zeroed};
+
+    /// Pools over a real, leaked host arena of `size` bytes (2 MiB aligned), split like a
+    /// board's plan. For tests that need memory behind the addresses.
+    pub(crate) fn host_backed_memory(size: u64) -> &'static BackedMemory {
+        let layout = Layout::from_size_align(size as usize, BLOCK as usize).unwrap();
+        // SAFETY: a non-zero size and a power-of-two alignment.
+        let base = unsafe { alloc_zeroed(layout) } as u64;
+        assert_ne!(base, 0);
+        let eighth = size / 8 / BLOCK * BLOCK;
+        let kinds = [
+            (RegionKind::Kernel, 0),
+            (RegionKind::Dma, BLOCK),
+            (RegionKind::Heap, 0),
+            (RegionKind::Protocol, eighth),
+            (RegionKind::Weights, 3 * eighth),
+            (RegionKind::KvCache, 2 * eighth),
+            (RegionKind::Activations, eighth),
+        ];
+        let mut cursor = base;
+        let regions = kinds.map(|(kind, bytes)| {
+            let region = Region { kind, base: cursor, size: bytes };
+            cursor += bytes;
+            region
+        });
+        let plan = MemoryPlan {
+            regions,
+            ram: size,
+            budget: Budget { llm: 6 * eighth, protocol: eighth, system: size - 7 * eighth },
+            seed: 0,
+        };
+        let memory = TensorMemory::new(&plan, TensorMemoryConfig::default()).unwrap();
+        // SAFETY: the arena is leaked (lives forever), zeroed, and used by nothing else.
+        Box::leak(Box::new(unsafe { BackedMemory::new(memory) }))
+    }
+
+    #[test]
+    fn buffers_hold_data_and_return_to_their_pools() {
+        let backed = host_backed_memory(32 * MIB);
+        let baseline = backed.memory().statistics(Pool::KvCache).counters.live_bytes;
+        {
+            let mut block = backed.alloc(64 * 1024, TensorKind::KvCache).unwrap();
+            assert!(block.iter().all(|&byte| byte == 0), "buffers start zeroed");
+            block.as_f32_mut()[10] = 2.5;
+            assert_eq!(block.as_f32()[10], 2.5);
+            assert_eq!(block.len(), 64 * 1024);
+            let mut weights = backed.alloc(3 * MIB, TensorKind::Weights).unwrap();
+            weights[MIB as usize] = 7;
+            assert_eq!(weights[MIB as usize], 7);
+            assert!(backed.memory().statistics(Pool::KvCache).counters.live_bytes > baseline);
+        }
+        assert_eq!(
+            backed.memory().statistics(Pool::KvCache).counters.live_bytes,
+            baseline,
+            "dropped buffers are freed"
+        );
+    }
+}
