@@ -4,7 +4,7 @@
 
 extern crate std;
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -27,14 +27,14 @@ struct MemoryDevice<'image> {
     image: &'image [u8],
     patches: BTreeMap<u64, [u8; BLOCK_SIZE]>,
     reads: Vec<(u64, u64)>,
-    failing: BTreeSet<u64>,
+    failing: BTreeMap<u64, BlockError>,
     block_count: u64,
 }
 
 impl<'image> MemoryDevice<'image> {
     fn new(image: &'image [u8]) -> Self {
         let block_count = (image.len() / BLOCK_SIZE) as u64;
-        Self { image, patches: BTreeMap::new(), reads: Vec::new(), failing: BTreeSet::new(), block_count }
+        Self { image, patches: BTreeMap::new(), reads: Vec::new(), failing: BTreeMap::new(), block_count }
     }
 
     fn block(&self, block: u64) -> [u8; BLOCK_SIZE] {
@@ -73,8 +73,8 @@ impl BlockDevice for MemoryDevice<'_> {
     fn read_blocks(&mut self, first: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
         let count = check_transfer(self.block_count, first, buffer.len())?;
         self.reads.push((first, count));
-        if self.failing.range(first..first + count).next().is_some() {
-            return Err(BlockError::Timeout);
+        if let Some((_, error)) = self.failing.range(first..first + count).next() {
+            return Err(*error);
         }
         for (index, chunk) in buffer.chunks_exact_mut(BLOCK_SIZE).enumerate() {
             chunk.copy_from_slice(&self.block(first + index as u64));
@@ -545,9 +545,31 @@ fn fs_partition_table_problems_are_reported() {
     assert!(Volume::mount(device).is_ok());
 
     let mut device = MemoryDevice::new(base_image());
-    device.failing.insert(0);
+    device.failing.insert(0, BlockError::Timeout);
     let error = Volume::mount(device).unwrap_err();
     assert_eq!(error.to_string(), "read error at block 0: device timed out");
+}
+
+#[test]
+fn fs_directory_iteration_stops_after_an_error() {
+    let volume = mount_base();
+    let layout = *volume.layout();
+    let mut device = volume.into_device();
+    let directory =
+        Volume::mount(MemoryDevice::new(base_image())).unwrap().find("/many").unwrap().first_cluster();
+    device.failing.insert(layout.cluster_first_block(directory), BlockError::DataError);
+    let mut volume = Volume::mount(device).unwrap();
+    let mut entries = volume.entries("/many").unwrap();
+    let error = entries.next().unwrap().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        std::format!(
+            "read error at block {}: data error (CRC) on transfer",
+            layout.cluster_first_block(directory)
+        )
+    );
+    assert!(entries.next().is_none());
+    assert!(volume.list("/").is_ok(), "other directories still read");
 }
 
 #[test]
@@ -559,7 +581,7 @@ fn fs_empty_device_fails_cleanly() {
     let error = Volume::mount(MemoryDevice::new(&base_image()[..256])).unwrap_err();
     assert_eq!(error, FsError::EmptyDevice);
     let mut device = MemoryDevice::new(base_image());
-    device.failing.insert(PARTITION_FIRST_BLOCK);
+    device.failing.insert(PARTITION_FIRST_BLOCK, BlockError::Timeout);
     let error = Volume::mount(device).unwrap_err();
     assert_eq!(error, FsError::Read { block: PARTITION_FIRST_BLOCK, count: 1, error: BlockError::Timeout });
 }
@@ -642,18 +664,23 @@ proptest! {
 
     #[test]
     fn fs_read_errors_fail_cleanly(
-        failing in proptest::collection::vec(any::<prop::sample::Index>(), 1..4),
+        failing in proptest::collection::vec((any::<prop::sample::Index>(), 0..3usize), 1..4),
         chunk_blocks in 1usize..200,
     ) {
         let extent = mount_base().open(MODEL_PATH).unwrap().extents()[0];
         let mut candidates = interesting_blocks();
         candidates.extend(extent.first_block..extent.first_block + extent.block_count);
+        let kinds = [BlockError::Timeout, BlockError::DataError, BlockError::NoDevice];
         let mut device = MemoryDevice::new(base_image());
-        device.failing = failing.iter().map(|index| *index.get(&candidates)).collect();
+        device.failing = failing.iter().map(|(index, kind)| (*index.get(&candidates), kinds[*kind])).collect();
         let bad = device.failing.clone();
         let result = Volume::mount(device).and_then(|mut volume| {
             let bytes = read_file(&mut volume, MODEL_PATH, chunk_blocks * BLOCK_SIZE);
-            let touched = volume.device().reads.iter().any(|(first, count)| bad.range(*first..*first + *count).next().is_some());
+            let touched = volume
+                .device()
+                .reads
+                .iter()
+                .any(|(first, count)| bad.range(*first..*first + *count).next().is_some());
             bytes.map(|bytes| (bytes, touched))
         });
         match result {
@@ -662,8 +689,8 @@ proptest! {
                 prop_assert_eq!(bytes, base_files()[3].1.clone());
             }
             Err(FsError::Read { block, count, error }) => {
-                prop_assert_eq!(error, BlockError::Timeout);
-                prop_assert!(bad.range(block..block + count).next().is_some(), "error at {} names no failing block", block);
+                let first_bad = bad.range(block..block + count).next();
+                prop_assert_eq!(first_bad.map(|(_, kind)| *kind), Some(error), "error at block {}", block);
             }
             Err(other) => prop_assert!(false, "unexpected error {other}"),
         }
