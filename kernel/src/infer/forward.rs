@@ -3,6 +3,8 @@
 //! Orchestration only; the arithmetic lives in [`super::kernels`] and [`super::matmul`].
 //! Buffers are allocated once in [`State`], so a token allocates nothing.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;

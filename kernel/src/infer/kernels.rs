@@ -2,6 +2,8 @@
 //! row dot products of every weight type. The forward pass calls these; the SIMD paths are
 //! checked against them.
 
+#![forbid(unsafe_code)]
+
 use libm::{cosf, expf, powf, roundf, sinf, sqrtf};
 
 use crate::model::quant::{BLOCK_VALUES, f16_to_f32};
@@ -122,7 +124,8 @@ pub enum Input<'a> {
     Quantized(&'a QuantizedVector),
 }
 
-fn half(bytes: &[u8], at: usize) -> f32 {
+/// The f16 at byte `at` of `bytes`, as f32.
+pub fn half(bytes: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
 }
 
@@ -204,38 +207,90 @@ pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
     total
 }
 
-/// Sum of `codes[i] × x[i]` over one block, in float.
-fn block_dot_float(codes: impl Iterator<Item = i32>, x: &[f32]) -> f32 {
-    codes.zip(x).map(|(code, value)| code as f32 * value).sum()
+/// Products `codes[i] × x[i]` of one block of 32, summed into eight lanes: lane j adds the
+/// products of elements j, j+8, j+16 and j+24 in that order. The SIMD paths keep this order
+/// (multiplying, then adding, never fused), so they agree bit for bit.
+pub fn block_product_lanes(codes: &[i32; 32], x: &[f32]) -> [f32; 8] {
+    let mut lanes = [0.0f32; 8];
+    for group in x[..32].chunks_exact(8).zip(codes.chunks_exact(8)) {
+        for (lane, (value, code)) in lanes.iter_mut().zip(group.0.iter().zip(group.1)) {
+            *lane += *code as f32 * value;
+        }
+    }
+    lanes
+}
+
+/// One block of 32 values summed into eight lanes, in the order of [`block_product_lanes`].
+pub fn block_sum_lanes(x: &[f32]) -> [f32; 8] {
+    let mut lanes = [0.0f32; 8];
+    for group in x[..32].chunks_exact(8) {
+        for (lane, value) in lanes.iter_mut().zip(group) {
+            *lane += value;
+        }
+    }
+    lanes
+}
+
+/// Dot product of a row of blocks with float activations. Each block adds
+/// `scale × products (+ minimum × sums)` to one of two eight-lane accumulators (even and
+/// odd blocks, so that the SIMD paths have two independent chains); the accumulators are
+/// added lane by lane and reduced by [`reduce_lanes`] at the end.
+fn dot_blocks_float(
+    row: &[u8],
+    x: &[f32],
+    block_bytes: usize,
+    codes: impl Fn(&[u8]) -> [i32; 32],
+    minimum_at: Option<usize>,
+) -> f32 {
+    let mut accumulators = [[0.0f32; 8]; 2];
+    for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+        let products = block_product_lanes(&codes(block), values);
+        let scale = half(block, 0);
+        let accumulator = &mut accumulators[index % 2];
+        match minimum_at {
+            Some(at) => {
+                let (minimum, sums) = (half(block, at), block_sum_lanes(values));
+                for lane in 0..8 {
+                    accumulator[lane] += scale * products[lane] + minimum * sums[lane];
+                }
+            }
+            None => {
+                for lane in 0..8 {
+                    accumulator[lane] += scale * products[lane];
+                }
+            }
+        }
+    }
+    reduce_lanes(core::array::from_fn(|lane| accumulators[0][lane] + accumulators[1][lane]))
+}
+
+/// The 32 codes of a Q8_0 block.
+fn codes_q8_0(block: &[u8]) -> [i32; 32] {
+    core::array::from_fn(|index| i32::from(block[2 + index] as i8))
+}
+
+/// The 32 nibbles of a 4-bit block whose packed bytes start at `start`: low nibbles are
+/// elements 0..16, high nibbles 16..32.
+fn codes_nibbles(block: &[u8], start: usize, offset: i32) -> [i32; 32] {
+    core::array::from_fn(|index| {
+        let byte = block[start + index % 16];
+        i32::from(if index < 16 { byte & 0x0f } else { byte >> 4 }) - offset
+    })
 }
 
 /// Dot product of a Q8_0 row with float activations.
 pub fn dot_q8_0_float(row: &[u8], x: &[f32]) -> f32 {
-    let mut total = 0.0;
-    for (block, values) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
-        total +=
-            half(block, 0) * block_dot_float(block[2..34].iter().map(|&code| i32::from(code as i8)), values);
-    }
-    total
+    dot_blocks_float(row, x, 34, codes_q8_0, None)
 }
 
 /// Dot product of a Q4_0 row with float activations.
 pub fn dot_q4_0_float(row: &[u8], x: &[f32]) -> f32 {
-    let mut total = 0.0;
-    for (block, values) in row.chunks_exact(18).zip(x.chunks_exact(32)) {
-        total += half(block, 0) * block_dot_float(nibbles(&block[2..18]).map(|code| code - 8), values);
-    }
-    total
+    dot_blocks_float(row, x, 18, |block| codes_nibbles(block, 2, 8), None)
 }
 
 /// Dot product of a Q4_1 row with float activations.
 pub fn dot_q4_1_float(row: &[u8], x: &[f32]) -> f32 {
-    let mut total = 0.0;
-    for (block, values) in row.chunks_exact(20).zip(x.chunks_exact(32)) {
-        let sum: f32 = values.iter().sum();
-        total += half(block, 0) * block_dot_float(nibbles(&block[4..20]), values) + half(block, 2) * sum;
-    }
-    total
+    dot_blocks_float(row, x, 20, |block| codes_nibbles(block, 4, 0), Some(2))
 }
 
 /// How activations meet quantized weights.
@@ -250,9 +305,16 @@ pub enum Precision {
     Int8,
 }
 
-/// Dot product of one encoded row of `tensor_type` with `input`. Quantized input only
-/// serves quantized types; float types given quantized input yield 0.
+/// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
+/// CPU has ([`super::simd`] when available, the scalar kernels otherwise; both give the same
+/// bits).
 pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
+    super::simd::dot(tensor_type, row, input).unwrap_or_else(|| dot_scalar(tensor_type, row, input))
+}
+
+/// Dot product of one encoded row of `tensor_type` with `input`, on the scalar path.
+/// Quantized input only serves quantized types; float types given quantized input yield 0.
+pub fn dot_scalar(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
     match (tensor_type, input) {
         (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
         (TensorType::F16, Input::Float(x)) => dot_f16(row, x),

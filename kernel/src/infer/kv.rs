@@ -1,5 +1,7 @@
 //! The contiguous KV cache: one flat buffer per kind, indexed by layer, position and value.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec;
 use alloc::vec::Vec;
 

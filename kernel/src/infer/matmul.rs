@@ -1,5 +1,7 @@
 //! Matrix-vector products split by rows across the cores of a [`Cpus`], with no allocation.
 
+#![forbid(unsafe_code)]
+
 use spin::Mutex;
 
 use super::kernels::{Input, Precision, QuantizedVector, dot, takes_quantized_input};

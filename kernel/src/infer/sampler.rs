@@ -1,6 +1,8 @@
 //! Picks the next token from logits: greedy, or temperature with top-k and top-p, after a
 //! repetition penalty; seeded, so a run repeats exactly.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec::Vec;
 
 use super::kernels::softmax;

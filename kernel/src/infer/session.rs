@@ -1,6 +1,8 @@
 //! One sequence being generated: the forward-pass state, its KV cache, its position and
 //! history, and the prompt-then-sample loop.
 
+#![forbid(unsafe_code)]
+
 use alloc::vec::Vec;
 
 use super::forward::{InferError, State, forward};

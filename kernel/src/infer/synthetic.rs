@@ -4,6 +4,8 @@
 //! order), so a llama2.c checkpoint and a GGUF-F32 file of one seed compute the same logits.
 //! The tokenizer is trained with a few hundred BPE merges on a small built-in corpus.
 
+#![forbid(unsafe_code)]
+
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;

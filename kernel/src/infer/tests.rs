@@ -1,6 +1,8 @@
 //! Engine tests on synthetic models: formats agree, quantized formats stay close to F32,
 //! split matmuls equal single-core ones, and tokenizers round-trip.
 
+#![forbid(unsafe_code)]
+
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;

@@ -4,6 +4,8 @@
 //! bytes are mapped to the printable characters GPT-2 uses for bytes, and merges are applied
 //! lowest rank first.
 
+#![forbid(unsafe_code)]
+
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;

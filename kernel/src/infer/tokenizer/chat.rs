@@ -1,6 +1,8 @@
 //! The ChatML chat template (SmolLM2's): `<|im_start|>role\ncontent<|im_end|>\n` per message,
 //! then `<|im_start|>assistant\n` to ask for the reply.
 
+#![forbid(unsafe_code)]
+
 use alloc::string::String;
 
 /// Who said a message.

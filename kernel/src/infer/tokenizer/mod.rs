@@ -1,6 +1,8 @@
 //! Tokenizers: llama2.c's score-based merges and GPT-2-style byte-level BPE from GGUF
 //! metadata, behind one [`Tokenizer`] type; plus the chat template and streaming decoding.
 
+#![forbid(unsafe_code)]
+
 pub mod bpe;
 pub mod chat;
 pub mod pretokenize;

@@ -2,6 +2,8 @@
 //! (contractions, letter runs, number runs, symbol runs, whitespace runs), each optionally led
 //! by one space. Character classes are Unicode general categories.
 
+#![forbid(unsafe_code)]
+
 use unicode_general_category::{GeneralCategory, get_general_category};
 
 /// Whether `character` is a letter (general category L*).

@@ -1,6 +1,8 @@
 //! llama2.c's tokenizer: characters (or their bytes as `<0xXX>` tokens) merged pairwise,
 //! the pair whose merged token has the highest score first.
 
+#![forbid(unsafe_code)]
+
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 

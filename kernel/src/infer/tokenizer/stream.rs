@@ -1,5 +1,7 @@
 //! Streaming detokenization: token bytes in, text out, never a partial UTF-8 sequence.
 
+#![forbid(unsafe_code)]
+
 use alloc::string::String;
 
 /// Holds back the bytes of an unfinished UTF-8 character until the rest arrives.

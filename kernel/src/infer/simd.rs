@@ -1,0 +1,553 @@
+//! SIMD row dot products: NEON on aarch64, AVX2 on x86_64 (detected at run time with `std`,
+//! fixed at compile time without). The one module of `infer` allowed `unsafe`.
+//!
+//! Each path reproduces its scalar twin in [`super::kernels`] bit for bit: float products are
+//! multiplied then added (never fused) in the scalar kernels' eight-lane order and reduced in
+//! the same tree, and integer block sums are exact. A property test checks every path
+//! against the scalar one.
+//!
+//! Audit notes: the only unsafe operations are vector loads from slices and calls into
+//! `#[target_feature]` functions. Every load reads inside a slice whose length the caller
+//! checked just before (`chunks_exact` gives whole blocks), and feature-gated functions are
+//! called only after the feature was detected (or is enabled for the whole build).
+
+use super::kernels::{Input, QuantizedVector};
+use crate::model::TensorType;
+
+/// The SIMD instruction set in use, if any.
+pub fn instruction_set() -> Option<&'static str> {
+    #[cfg(target_arch = "aarch64")]
+    if cfg!(target_feature = "neon") {
+        return Some("NEON");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return Some("AVX2");
+    }
+    None
+}
+
+/// The dot product of `row` with `input` on this CPU's SIMD path, or `None` when there is no
+/// SIMD path for this CPU or this combination (the caller then uses the scalar kernel).
+/// Rows and inputs must be whole blocks, as [`crate::model::Matrix`] rows are.
+pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+    #[cfg(target_arch = "aarch64")]
+    if cfg!(target_feature = "neon") {
+        // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
+        return unsafe { neon::dot(tensor_type, row, input) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 was detected on this CPU just above.
+        return unsafe { x86::dot(tensor_type, row, input) };
+    }
+    let _ = (tensor_type, row, input);
+    None
+}
+
+/// Whether a quantized-input block sum may use the SIMD integer path: activations from
+/// [`QuantizedVector::quantize`] lie in −127..=127, which the sign trick needs.
+fn block_count(row_len: usize, block_bytes: usize, x: &QuantizedVector) -> usize {
+    (row_len / block_bytes).min(x.scales.len()).min(x.sums.len()).min(x.values.len() / 32)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    use super::block_count;
+    use crate::infer::kernels::{Input, QuantizedVector, half};
+    use crate::model::TensorType;
+
+    /// Whether the CPU has AVX2.
+    pub fn has_avx2() -> bool {
+        #[cfg(any(test, feature = "std"))]
+        {
+            std::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(any(test, feature = "std")))]
+        {
+            cfg!(target_feature = "avx2")
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+        Some(match (tensor_type, input) {
+            (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
+            (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
+            (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
+            (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some(2)),
+            (TensorType::Q8_0, Input::Quantized(x)) => dot_int8(row, x, 34),
+            (TensorType::Q4_0, Input::Quantized(x)) => dot_int8(row, x, 18),
+            (TensorType::Q4_1, Input::Quantized(x)) => dot_int8(row, x, 20),
+            _ => return None,
+        })
+    }
+
+    /// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
+    #[target_feature(enable = "avx2")]
+    fn reduce(lanes: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps::<1>(lanes));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+    }
+
+    /// Eight floats from `bytes[at..at + 32]` (little-endian).
+    #[target_feature(enable = "avx2")]
+    fn load_f32_bytes(bytes: &[u8], at: usize) -> __m256 {
+        let chunk = &bytes[at..at + 32];
+        // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
+        unsafe { _mm256_loadu_ps(chunk.as_ptr().cast()) }
+    }
+
+    /// Eight floats from `values[at..at + 8]`.
+    #[target_feature(enable = "avx2")]
+    fn load_f32(values: &[f32], at: usize) -> __m256 {
+        let chunk = &values[at..at + 8];
+        // SAFETY: `chunk` is 8 readable floats; the load is unaligned.
+        unsafe { _mm256_loadu_ps(chunk.as_ptr()) }
+    }
+
+    /// Sixteen bytes from `bytes[at..at + 16]`.
+    #[target_feature(enable = "avx2")]
+    fn load_16(bytes: &[u8], at: usize) -> __m128i {
+        let chunk = &bytes[at..at + 16];
+        // SAFETY: `chunk` is 16 readable bytes; the load is unaligned.
+        unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }
+    }
+
+    /// Thirty-two bytes from `bytes[at..at + 32]`.
+    #[target_feature(enable = "avx2")]
+    fn load_32(bytes: &[u8], at: usize) -> __m256i {
+        let chunk = &bytes[at..at + 32];
+        // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
+        unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+        let groups = (row.len() / 32).min(x.len() / 8);
+        let mut lanes = _mm256_setzero_ps();
+        for group in 0..groups {
+            lanes =
+                _mm256_add_ps(lanes, _mm256_mul_ps(load_f32_bytes(row, group * 32), load_f32(x, group * 8)));
+        }
+        let mut total = reduce(lanes);
+        for (bytes, value) in row[groups * 32..].chunks_exact(4).zip(&x[groups * 8..]) {
+            total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * value;
+        }
+        total
+    }
+
+    /// The 32 signed byte codes of a block as four vectors of eight floats.
+    #[target_feature(enable = "avx2")]
+    fn widen(low: __m128i, high: __m128i, signed: bool) -> [__m256; 4] {
+        let convert = |bytes: __m128i| {
+            if signed {
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+            } else {
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
+            }
+        };
+        [convert(low), convert(_mm_srli_si128::<8>(low)), convert(high), convert(_mm_srli_si128::<8>(high))]
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn codes_q8_0(block: &[u8]) -> [__m256; 4] {
+        widen(load_16(block, 2), load_16(block, 18), true)
+    }
+
+    /// Nibbles packed from byte `start`: low nibbles are elements 0..16, high ones 16..32.
+    #[target_feature(enable = "avx2")]
+    fn nibbles(block: &[u8], start: usize) -> (__m128i, __m128i) {
+        let packed = load_16(block, start);
+        let mask = _mm_set1_epi8(0x0f);
+        (_mm_and_si128(packed, mask), _mm_and_si128(_mm_srli_epi16::<4>(packed), mask))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn codes_q4_0(block: &[u8]) -> [__m256; 4] {
+        let (low, high) = nibbles(block, 2);
+        let eight = _mm_set1_epi8(8);
+        widen(_mm_sub_epi8(low, eight), _mm_sub_epi8(high, eight), true)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn codes_q4_1(block: &[u8]) -> [__m256; 4] {
+        let (low, high) = nibbles(block, 4);
+        widen(low, high, false)
+    }
+
+    /// The f16 at byte `at` of `bytes`, broadcast to eight lanes.
+    #[target_feature(enable = "avx2")]
+    fn broadcast_half(bytes: &[u8], at: usize) -> __m256 {
+        _mm256_set1_ps(half(bytes, at))
+    }
+
+    /// Float-activation dot product over blocks of `block_bytes` bytes, whose codes `codes`
+    /// expands; `minimum_at` locates the Q4_1 minimum. Mirrors `kernels::dot_blocks_float`.
+    #[target_feature(enable = "avx2")]
+    fn dot_float_blocks(
+        row: &[u8],
+        x: &[f32],
+        block_bytes: usize,
+        codes: unsafe fn(&[u8]) -> [__m256; 4],
+        minimum_at: Option<usize>,
+    ) -> f32 {
+        let mut accumulators = [_mm256_setzero_ps(); 2];
+        for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+            // SAFETY: `codes` is one of this module's AVX2 functions, and AVX2 is enabled here.
+            let codes = unsafe { codes(block) };
+            let mut products = _mm256_setzero_ps();
+            let mut sums = _mm256_setzero_ps();
+            for (group, code) in codes.iter().enumerate() {
+                let value = load_f32(values, group * 8);
+                products = _mm256_add_ps(products, _mm256_mul_ps(*code, value));
+                sums = _mm256_add_ps(sums, value);
+            }
+            let mut term = _mm256_mul_ps(broadcast_half(block, 0), products);
+            if let Some(at) = minimum_at {
+                term = _mm256_add_ps(term, _mm256_mul_ps(broadcast_half(block, at), sums));
+            }
+            let accumulator = &mut accumulators[index % 2];
+            *accumulator = _mm256_add_ps(*accumulator, term);
+        }
+        reduce(_mm256_add_ps(accumulators[0], accumulators[1]))
+    }
+
+    /// Sum of the 8 i32 lanes.
+    #[target_feature(enable = "avx2")]
+    fn sum_i32(lanes: __m256i) -> i32 {
+        let quad = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256::<1>(lanes));
+        let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01_00_11_10>(quad));
+        _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b00_00_00_01>(pair)))
+    }
+
+    /// Integer dot product of 32 unsigned codes (0..=255, used for 0..=15) with 32 signed
+    /// activations.
+    #[target_feature(enable = "avx2")]
+    fn unsigned_dot(codes: __m256i, activations: __m256i) -> i32 {
+        let pairs = _mm256_maddubs_epi16(codes, activations);
+        sum_i32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot_int8(row: &[u8], x: &QuantizedVector, block_bytes: usize) -> f32 {
+        let mut total = 0.0;
+        let activations_bytes: &[i8] = &x.values;
+        for index in 0..block_count(row.len(), block_bytes, x) {
+            let block = &row[index * block_bytes..(index + 1) * block_bytes];
+            let chunk = &activations_bytes[index * 32..index * 32 + 32];
+            // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
+            let activations = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+            let scale = x.scales[index];
+            match block_bytes {
+                34 => {
+                    let weights = load_32(block, 2);
+                    // |w| × sign(a, w): maddubs wants its first operand unsigned.
+                    let integer = unsigned_dot(
+                        _mm256_sign_epi8(weights, weights),
+                        _mm256_sign_epi8(activations, weights),
+                    );
+                    total += half(block, 0) * scale * integer as f32;
+                }
+                18 => {
+                    let (low, high) = nibbles(block, 2);
+                    let integer = unsigned_dot(_mm256_set_m128i(high, low), activations) - 8 * x.sums[index];
+                    total += half(block, 0) * scale * integer as f32;
+                }
+                _ => {
+                    let (low, high) = nibbles(block, 4);
+                    let integer = unsigned_dot(_mm256_set_m128i(high, low), activations);
+                    total += half(block, 0) * scale * integer as f32
+                        + half(block, 2) * scale * x.sums[index] as f32;
+                }
+            }
+        }
+        total
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use core::arch::aarch64::*;
+
+    use super::block_count;
+    use crate::infer::kernels::{Input, QuantizedVector, half};
+    use crate::model::TensorType;
+
+    /// # Safety
+    /// The CPU must support NEON.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+        Some(match (tensor_type, input) {
+            (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
+            (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
+            (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
+            (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some(2)),
+            (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
+                dot_int8(tensor_type, row, x)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Eight lanes as two registers: lanes 0..4 and 4..8.
+    type Lanes = (float32x4_t, float32x4_t);
+
+    /// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
+    #[target_feature(enable = "neon")]
+    fn reduce(lanes: Lanes) -> f32 {
+        let quad = vaddq_f32(lanes.0, lanes.1);
+        let pair = vadd_f32(vget_low_f32(quad), vget_high_f32(quad));
+        vget_lane_f32::<0>(pair) + vget_lane_f32::<1>(pair)
+    }
+
+    /// `lanes + a × b`, multiplied then added.
+    #[target_feature(enable = "neon")]
+    fn multiply_add(lanes: Lanes, a: Lanes, b: Lanes) -> Lanes {
+        (vaddq_f32(lanes.0, vmulq_f32(a.0, b.0)), vaddq_f32(lanes.1, vmulq_f32(a.1, b.1)))
+    }
+
+    #[target_feature(enable = "neon")]
+    fn zero() -> Lanes {
+        (vdupq_n_f32(0.0), vdupq_n_f32(0.0))
+    }
+
+    /// Sixteen bytes from `bytes[at..at + 16]`.
+    #[target_feature(enable = "neon")]
+    fn load_16(bytes: &[u8], at: usize) -> uint8x16_t {
+        let chunk = &bytes[at..at + 16];
+        // SAFETY: `chunk` is 16 readable bytes; byte loads need no alignment.
+        unsafe { vld1q_u8(chunk.as_ptr()) }
+    }
+
+    /// Eight floats from `bytes[at..at + 32]` (little-endian), loaded as bytes.
+    #[target_feature(enable = "neon")]
+    fn load_f32_bytes(bytes: &[u8], at: usize) -> Lanes {
+        (vreinterpretq_f32_u8(load_16(bytes, at)), vreinterpretq_f32_u8(load_16(bytes, at + 16)))
+    }
+
+    /// Eight floats from `values[at..at + 8]`.
+    #[target_feature(enable = "neon")]
+    fn load_f32(values: &[f32], at: usize) -> Lanes {
+        let chunk = &values[at..at + 8];
+        // SAFETY: `chunk` is 8 readable floats, so both 4-float loads stay inside it.
+        unsafe { (vld1q_f32(chunk.as_ptr()), vld1q_f32(chunk.as_ptr().add(4))) }
+    }
+
+    #[target_feature(enable = "neon")]
+    fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+        let groups = (row.len() / 32).min(x.len() / 8);
+        let mut lanes = zero();
+        for group in 0..groups {
+            lanes = multiply_add(lanes, load_f32_bytes(row, group * 32), load_f32(x, group * 8));
+        }
+        let mut total = reduce(lanes);
+        for (bytes, value) in row[groups * 32..].chunks_exact(4).zip(&x[groups * 8..]) {
+            total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * value;
+        }
+        total
+    }
+
+    /// Eight signed byte codes as eight floats.
+    #[target_feature(enable = "neon")]
+    fn widen_signed(bytes: int8x8_t) -> Lanes {
+        let wide = vmovl_s8(bytes);
+        (vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide))), vcvtq_f32_s32(vmovl_s16(vget_high_s16(wide))))
+    }
+
+    /// The 32 codes of a block (elements 0..16 in `low`, 16..32 in `high`) as four groups.
+    #[target_feature(enable = "neon")]
+    fn widen(low: int8x16_t, high: int8x16_t) -> [Lanes; 4] {
+        [
+            widen_signed(vget_low_s8(low)),
+            widen_signed(vget_high_s8(low)),
+            widen_signed(vget_low_s8(high)),
+            widen_signed(vget_high_s8(high)),
+        ]
+    }
+
+    #[target_feature(enable = "neon")]
+    fn codes_q8_0(block: &[u8]) -> [Lanes; 4] {
+        widen(vreinterpretq_s8_u8(load_16(block, 2)), vreinterpretq_s8_u8(load_16(block, 18)))
+    }
+
+    /// Nibbles packed from byte `start`: low nibbles are elements 0..16, high ones 16..32.
+    #[target_feature(enable = "neon")]
+    fn nibbles(block: &[u8], start: usize) -> (uint8x16_t, uint8x16_t) {
+        let packed = load_16(block, start);
+        (vandq_u8(packed, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(packed))
+    }
+
+    #[target_feature(enable = "neon")]
+    fn codes_q4_0(block: &[u8]) -> [Lanes; 4] {
+        let (low, high) = nibbles(block, 2);
+        let eight = vdupq_n_s8(8);
+        widen(vsubq_s8(vreinterpretq_s8_u8(low), eight), vsubq_s8(vreinterpretq_s8_u8(high), eight))
+    }
+
+    #[target_feature(enable = "neon")]
+    fn codes_q4_1(block: &[u8]) -> [Lanes; 4] {
+        let (low, high) = nibbles(block, 4);
+        widen(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
+    }
+
+    /// `lanes + scale × values`, multiplied then added.
+    #[target_feature(enable = "neon")]
+    fn add_scaled(lanes: Lanes, scale: f32, values: Lanes) -> Lanes {
+        let scale = vdupq_n_f32(scale);
+        (vaddq_f32(lanes.0, vmulq_f32(scale, values.0)), vaddq_f32(lanes.1, vmulq_f32(scale, values.1)))
+    }
+
+    /// Float-activation dot product over blocks; mirrors `kernels::dot_blocks_float`.
+    #[target_feature(enable = "neon")]
+    fn dot_float_blocks(
+        row: &[u8],
+        x: &[f32],
+        block_bytes: usize,
+        codes: unsafe fn(&[u8]) -> [Lanes; 4],
+        minimum_at: Option<usize>,
+    ) -> f32 {
+        let mut accumulators = [zero(), zero()];
+        for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+            // SAFETY: `codes` is one of this module's NEON functions, and NEON is enabled here.
+            let codes = unsafe { codes(block) };
+            let mut products = zero();
+            let mut sums = zero();
+            for (group, code) in codes.into_iter().enumerate() {
+                let value = load_f32(values, group * 8);
+                products = multiply_add(products, code, value);
+                sums = (vaddq_f32(sums.0, value.0), vaddq_f32(sums.1, value.1));
+            }
+            let scale = vdupq_n_f32(half(block, 0));
+            let mut term = (vmulq_f32(scale, products.0), vmulq_f32(scale, products.1));
+            if let Some(at) = minimum_at {
+                term = add_scaled(term, half(block, at), sums);
+            }
+            let accumulator = &mut accumulators[index % 2];
+            *accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
+        }
+        let [first, second] = accumulators;
+        reduce((vaddq_f32(first.0, second.0), vaddq_f32(first.1, second.1)))
+    }
+
+    /// Exact integer dot product of 16 + 16 signed codes with 32 activations.
+    #[target_feature(enable = "neon")]
+    fn integer_dot(low: int8x16_t, high: int8x16_t, activations: &[i8]) -> i32 {
+        // SAFETY: `activations` is a 32-value block, so both 16-byte loads stay inside it.
+        let (first, second) =
+            unsafe { (vld1q_s8(activations.as_ptr()), vld1q_s8(activations.as_ptr().add(16))) };
+        let mut sums = vpaddlq_s16(vmull_s8(vget_low_s8(low), vget_low_s8(first)));
+        sums = vpadalq_s16(sums, vmull_s8(vget_high_s8(low), vget_high_s8(first)));
+        sums = vpadalq_s16(sums, vmull_s8(vget_low_s8(high), vget_low_s8(second)));
+        sums = vpadalq_s16(sums, vmull_s8(vget_high_s8(high), vget_high_s8(second)));
+        vaddvq_s32(sums)
+    }
+
+    #[target_feature(enable = "neon")]
+    fn dot_int8(tensor_type: TensorType, row: &[u8], x: &QuantizedVector) -> f32 {
+        let block_bytes = tensor_type.block_bytes();
+        let mut total = 0.0;
+        for index in 0..block_count(row.len(), block_bytes, x) {
+            let block = &row[index * block_bytes..(index + 1) * block_bytes];
+            let activations = &x.values[index * 32..index * 32 + 32];
+            let scale = x.scales[index];
+            match tensor_type {
+                TensorType::Q8_0 => {
+                    let codes =
+                        (vreinterpretq_s8_u8(load_16(block, 2)), vreinterpretq_s8_u8(load_16(block, 18)));
+                    total += half(block, 0) * scale * integer_dot(codes.0, codes.1, activations) as f32;
+                }
+                TensorType::Q4_0 => {
+                    let (low, high) = nibbles(block, 2);
+                    let integer =
+                        integer_dot(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high), activations)
+                            - 8 * x.sums[index];
+                    total += half(block, 0) * scale * integer as f32;
+                }
+                _ => {
+                    let (low, high) = nibbles(block, 4);
+                    let integer =
+                        integer_dot(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high), activations);
+                    total += half(block, 0) * scale * integer as f32
+                        + half(block, 2) * scale * x.sums[index] as f32;
+                }
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::kernels::dot_scalar;
+    use crate::model::quant::quantize;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    /// A row of `tensor_type` from `values`, with some raw code bytes overwritten by `noise`
+    /// so that every code value occurs (scales stay the quantizer's, so they are finite).
+    fn row(tensor_type: TensorType, values: &[f32], noise: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        quantize(tensor_type, values, &mut bytes);
+        let (block_bytes, header) = match tensor_type {
+            TensorType::Q8_0 => (34, 2),
+            TensorType::Q4_0 => (18, 2),
+            TensorType::Q4_1 => (20, 4),
+            _ => return bytes,
+        };
+        for (index, byte) in noise.iter().enumerate() {
+            let block = index % (bytes.len() / block_bytes);
+            let at = block * block_bytes + header + (index * 7) % (block_bytes - header);
+            bytes[at] = *byte;
+        }
+        bytes
+    }
+
+    proptest! {
+        #[test]
+        fn every_simd_path_equals_the_scalar_path(
+            weights in proptest::collection::vec(-3.0f32..3.0, 96),
+            x in proptest::collection::vec(-5.0f32..5.0, 96),
+            noise in proptest::collection::vec(any::<u8>(), 0..24),
+            length in 1usize..=3,
+        ) {
+            let columns = 32 * length;
+            let mut quantized = QuantizedVector::with_capacity(columns);
+            quantized.quantize(&x[..columns]);
+            for tensor_type in [TensorType::F32, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
+                let row = row(tensor_type, &weights[..columns], &noise);
+                let mut inputs = alloc::vec![Input::Float(&x[..columns])];
+                if tensor_type != TensorType::F32 {
+                    inputs.push(Input::Quantized(&quantized));
+                }
+                for input in inputs {
+                    let scalar = dot_scalar(tensor_type, &row, input);
+                    match dot(tensor_type, &row, input) {
+                        Some(simd) => prop_assert_eq!(simd.to_bits(), scalar.to_bits(), "{:?} {:?}: {} vs {}", tensor_type, input, simd, scalar),
+                        None => prop_assert!(instruction_set().is_none(), "{:?} has no SIMD path", tensor_type),
+                    }
+                }
+            }
+            // F32 rows whose length is not a multiple of eight use the scalar tail.
+            let odd = columns - 3;
+            let mut bytes = Vec::new();
+            quantize(TensorType::F32, &weights[..odd], &mut bytes);
+            let scalar = dot_scalar(TensorType::F32, &bytes, Input::Float(&x[..odd]));
+            if let Some(simd) = dot(TensorType::F32, &bytes, Input::Float(&x[..odd])) {
+                prop_assert_eq!(simd.to_bits(), scalar.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn this_host_has_a_simd_path() {
+        // The host CI machines are x86_64 with AVX2 or aarch64 with NEON.
+        assert!(instruction_set().is_some(), "no SIMD path on this CPU: the SIMD kernels go untested");
+    }
+}
