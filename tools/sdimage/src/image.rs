@@ -24,7 +24,7 @@ const PROGRESS_THRESHOLD: u64 = 8 << 20;
 
 /// Encodes a sector number as an MBR cylinder-head-sector triple (255 heads, 63 sectors per
 /// track), or the "beyond CHS" marker when it is too far for CHS.
-fn chs(sector: u64) -> [u8; 3] {
+fn cylinder_head_sector(sector: u64) -> [u8; 3] {
     let cylinder = sector / (255 * 63);
     if cylinder > 1023 {
         return [0xFE, 0xFF, 0xFF];
@@ -42,9 +42,9 @@ pub fn master_boot_record(image_bytes: u64) -> [u8; 512] {
     sector[440..444].copy_from_slice(&DISK_SIGNATURE.to_le_bytes());
     let entry = &mut sector[446..462];
     entry[0] = 0x00;
-    entry[1..4].copy_from_slice(&chs(PARTITION_FIRST_SECTOR));
+    entry[1..4].copy_from_slice(&cylinder_head_sector(PARTITION_FIRST_SECTOR));
     entry[4] = PARTITION_TYPE_FAT32_LBA;
-    entry[5..8].copy_from_slice(&chs(sectors - 1));
+    entry[5..8].copy_from_slice(&cylinder_head_sector(sectors - 1));
     entry[8..12].copy_from_slice(&(PARTITION_FIRST_SECTOR as u32).to_le_bytes());
     entry[12..16].copy_from_slice(&partition_sectors.to_le_bytes());
     sector[510] = 0x55;
@@ -276,4 +276,30 @@ pub fn verify_image(plan: &Plan) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_entry_has_type_start_size_and_chs() {
+        let sector = master_boot_record(64 << 20);
+        let entry = &sector[446..462];
+        assert_eq!(entry[4], 0x0C);
+        assert_eq!(&entry[1..4], [32, 33, 0], "sector 2048 is cylinder 0, head 32, sector 33");
+        assert_eq!(&entry[5..8], [40, 32, 8], "sector 131071 is cylinder 8, head 40, sector 32");
+        assert_eq!(u32::from_le_bytes(entry[8..12].try_into().unwrap()), 2048);
+        assert_eq!(u32::from_le_bytes(entry[12..16].try_into().unwrap()), (64 << 11) - 2048);
+        assert_eq!(&sector[510..], [0x55, 0xAA]);
+        assert!(sector[462..510].iter().all(|&byte| byte == 0), "one partition only");
+        let four_gibibytes = master_boot_record(4 << 30);
+        assert_eq!(
+            &four_gibibytes[446 + 5..446 + 8],
+            [42, 160, 10],
+            "cylinder 522 puts its top bits in byte 2"
+        );
+        let sixteen_gibibytes = master_boot_record(16 << 30);
+        assert_eq!(&sixteen_gibibytes[446 + 5..446 + 8], [0xFE, 0xFF, 0xFF], "past the CHS range");
+    }
 }

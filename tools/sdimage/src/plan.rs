@@ -114,7 +114,9 @@ fn check_name(path: &str, name: &str) -> Result<(), Error> {
         Some(format!("the name {name:?}"))
     } else if name.encode_utf16().count() > 255 {
         Some("a name longer than 255 characters".to_string())
-    } else if let Some(bad) = name.chars().find(|c| u32::from(*c) < 0x20 || "\"*:<>?\\|".contains(*c)) {
+    } else if let Some(bad) =
+        name.chars().find(|character| u32::from(*character) < 0x20 || "\"*:<>?\\|".contains(*character))
+    {
         Some(format!("the character {bad:?}, which FAT names cannot hold"))
     } else if name.ends_with('.') || name.ends_with(' ') {
         Some("a name ending in a dot or a space".to_string())
