@@ -9,6 +9,7 @@ use kernel::fs::{PARTITION_TYPE_FAT32_LBA, Volume};
 
 use crate::device::ImageDevice;
 use crate::plan::{Entry, PARTITION_FIRST_SECTOR, Plan, SECTOR_BYTES, Source};
+use crate::timestamp::BUILD_CLOCK;
 use crate::{Error, mebibytes};
 
 /// The MBR disk signature written into every image.
@@ -218,7 +219,8 @@ pub fn write_image(plan: &Plan, show_progress: bool) -> Result<(), Error> {
     let fat_failed =
         |error: io::Error| Error::Failed(format!("cannot format the FAT32 partition of {output}: {error}"));
     fatfs::format_volume(window(), format_options).map_err(fat_failed)?;
-    let file_system = fatfs::FileSystem::new(window(), fatfs::FsOptions::new()).map_err(fat_failed)?;
+    let file_system_options = fatfs::FsOptions::new().time_provider(&BUILD_CLOCK);
+    let file_system = fatfs::FileSystem::new(window(), file_system_options).map_err(fat_failed)?;
     {
         let root = file_system.root_dir();
         for directory in &plan.directories {

@@ -12,6 +12,7 @@ pub mod device;
 pub mod image;
 pub mod options;
 pub mod plan;
+pub mod timestamp;
 
 /// Why the tool failed.
 #[derive(Clone, Debug, PartialEq, Eq)]

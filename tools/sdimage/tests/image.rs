@@ -234,3 +234,23 @@ fn large_files_show_progress() {
     assert!(lines[3].ends_with("100%  9.0 MiB of 9.0 MiB"), "{}", lines[3]);
     fs::remove_dir_all(&folder).unwrap();
 }
+
+#[test]
+fn builds_repeat_byte_for_byte_with_source_date_epoch() {
+    let folder = scratch("reproducible");
+    let kernel = folder.join("kernel8.img");
+    fs::write(&kernel, pattern(9, 10_000)).unwrap();
+    let build = |name: &str| {
+        let image = folder.join(name);
+        let output = Command::new(env!("CARGO_BIN_EXE_tessera-sdimage"))
+            .args([image.to_str().unwrap(), "--kernel", kernel.to_str().unwrap()])
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        fs::read(image).unwrap()
+    };
+    let first = build("first.img");
+    assert!(first == build("second.img"), "two builds of the same input differ");
+    fs::remove_dir_all(&folder).unwrap();
+}
