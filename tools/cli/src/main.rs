@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod load;
+mod threads;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kernel::hil::SingleCpu;
 use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
 use kernel::infer::tokenizer::StreamDecoder;
 use kernel::infer::tokenizer::chat::{self, Message, Role};
@@ -20,6 +20,7 @@ use kernel::model::gguf::describe;
 use kernel::model::{Format, TensorType};
 
 use load::Loaded;
+use threads::HostThreads;
 
 /// Tessera's host CLI.
 #[derive(Parser)]
@@ -70,6 +71,9 @@ enum Command {
         /// How activations meet quantized weights.
         #[arg(long, value_enum, default_value_t = PrecisionArgument::Float)]
         precision: PrecisionArgument,
+        /// Host threads the matmuls are split across.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Generate text from a prompt, streaming it, then report tokens/s.
     Generate {
@@ -108,6 +112,9 @@ enum Command {
         /// How activations meet quantized weights.
         #[arg(long, value_enum, default_value_t = PrecisionArgument::Float)]
         precision: PrecisionArgument,
+        /// Host threads the matmuls are split across.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Write a deterministic synthetic model (and, for llama2c, OUT's tokenizer next to it).
     GenModel {
@@ -206,7 +213,8 @@ fn run(command: Command) -> Result<(), String> {
             println!("{}", line.join(" "));
             Ok(())
         }
-        Command::Logits { model, tokenizer: _, tokens, out, precision } => {
+        Command::Logits { model, tokenizer: _, tokens, out, precision, threads } => {
+            let cpus = HostThreads::new(threads);
             let loaded = Loaded::read(&model, None)?;
             let file = loaded.parse()?;
             let weights = &file.weights;
@@ -220,7 +228,7 @@ fn run(command: Command) -> Result<(), String> {
             let mut session = Session::with_precision(weights, kv, precision.into());
             let mut bytes = Vec::with_capacity(tokens.len() * config.vocab_size * 4);
             for &token in &tokens {
-                let logits = session.feed(&SingleCpu, token).map_err(|error| error.to_string())?;
+                let logits = session.feed(&cpus, token).map_err(|error| error.to_string())?;
                 logits.iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes()));
             }
             std::fs::write(&out, bytes).map_err(|error| format!("{}: {error}", out.display()))
@@ -238,6 +246,7 @@ fn run(command: Command) -> Result<(), String> {
             seed,
             print_tokens,
             precision,
+            threads,
         } => {
             let sampler = SamplerConfig {
                 temperature,
@@ -256,6 +265,7 @@ fn run(command: Command) -> Result<(), String> {
                 sampler,
                 print_tokens,
                 precision.into(),
+                threads,
             )
         }
         Command::GenModel { out, seed, dim, hidden, layers, heads, kv_heads, vocab, seq, untied, format } => {
@@ -401,7 +411,9 @@ fn generate(
     sampler_config: SamplerConfig,
     print_tokens: bool,
     precision: Precision,
+    threads: usize,
 ) -> Result<(), String> {
+    let cpus = HostThreads::new(threads);
     let loaded = Loaded::read(model, tokenizer)?;
     let (file, tokenizer) = loaded.parse_with_tokenizer()?;
     let weights = &file.weights;
@@ -429,7 +441,7 @@ fn generate(
 
     let started = Instant::now();
     for &token in &prompt_tokens {
-        session.feed(&SingleCpu, token).map_err(|error| error.to_string())?;
+        session.feed(&cpus, token).map_err(|error| error.to_string())?;
     }
     let prompt_time = started.elapsed();
 
@@ -440,7 +452,7 @@ fn generate(
     let mut stdout = std::io::stdout().lock();
     let decode_start = Instant::now();
     let outcome = session.generate(
-        &SingleCpu,
+        &cpus,
         &[],
         &mut sampler,
         steps,

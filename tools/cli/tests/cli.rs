@@ -100,6 +100,13 @@ fn logits_file_matches_the_engine() {
         expected.extend_from_slice(session.feed(&SingleCpu, token).unwrap());
     }
     assert_eq!(written, expected);
+    let threaded = directory.join("threaded.bin");
+    succeed(&["logits", path(&model), "--tokens", "5,299,17,17", "--out", path(&threaded), "--threads", "3"]);
+    assert_eq!(
+        std::fs::read(&threaded).unwrap(),
+        std::fs::read(&out).unwrap(),
+        "threads give the same logits"
+    );
     assert!(!tessera(&["logits", path(&model), "--tokens", "300", "--out", path(&out)]).status.success());
     let _ = std::fs::remove_dir_all(directory);
 }
