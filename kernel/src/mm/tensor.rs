@@ -615,6 +615,39 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn every_scaled_pi3_plan_builds_and_serves_each_kind(ram_blocks in 64u64..1024, seed in any::<u64>()) {
+            let ram = ram_blocks * 2 * MIB;
+            let reference = Budget { llm: 600 * MIB, protocol: 128 * MIB, system: 296 * MIB };
+            let budget = reference.scaled_to(1024 * MIB, ram);
+            let Ok(plan) = MemoryPlan::new(ram, budget, MIB, seed) else {
+                return Ok(());
+            };
+            let memory = TensorMemory::new(&plan, TensorMemoryConfig::default()).unwrap();
+            for (kind, size) in [
+                (TensorKind::Weights, 3 * MIB),
+                (TensorKind::KvCache, 24 * 1024),
+                (TensorKind::Activation, 1152),
+                (TensorKind::Small, 40),
+                (TensorKind::Protocol, 512),
+                (TensorKind::Device, 64),
+            ] {
+                let handle = memory.alloc(size, kind).unwrap();
+                let region = plan.regions.iter().find(|region| region.contains(handle.base())).unwrap();
+                prop_assert!(handle.end() <= region.end());
+                prop_assert_eq!(handle.base() % memory.alignment(size, kind), 0);
+                memory.release(handle).unwrap();
+            }
+            memory.reclaim();
+            for pool in Pool::ALL {
+                prop_assert_eq!(memory.statistics(pool).counters.reserved_bytes, 0, "{:?}", pool);
+            }
+        }
+    }
+
     fn kind() -> impl Strategy<Value = TensorKind> {
         prop_oneof![
             Just(TensorKind::Weights),
