@@ -22,15 +22,48 @@ const FIRST_LEVELS: usize = 32 - SECOND_LEVEL_LOG2 as usize + 1;
 /// End of an index-linked list.
 const NONE: u32 = u32::MAX;
 
-/// Metadata of the block that starts at one granule. `size == 0` means no block starts there.
+/// The free flag, kept in the top bit of a block entry's size word.
+const FREE_FLAG: u32 = 1 << 31;
+
+/// Metadata of the block that starts at one granule, in 16 bytes: size in granules (0 when no
+/// block starts there) with the free flag in its top bit, the physical predecessor, and two
+/// list links. A live block is on no list, so its `next_free` word holds the bytes its caller
+/// requested instead.
 #[derive(Clone, Copy, Debug, Default)]
 struct BlockEntry {
-    size: u32,
+    size_and_flag: u32,
     previous_physical: u32,
     next_free: u32,
     previous_free: u32,
-    requested: u32,
-    free: bool,
+}
+
+impl BlockEntry {
+    /// A block head of `size` granules after `previous_physical`, on no list.
+    fn head(size: u32, previous_physical: u32, free: bool) -> Self {
+        let flag = if free { FREE_FLAG } else { 0 };
+        Self { size_and_flag: size | flag, previous_physical, next_free: NONE, previous_free: NONE }
+    }
+
+    fn size(&self) -> u32 {
+        self.size_and_flag & !FREE_FLAG
+    }
+
+    fn set_size(&mut self, size: u32) {
+        self.size_and_flag = (self.size_and_flag & FREE_FLAG) | size;
+    }
+
+    fn is_free(&self) -> bool {
+        self.size_and_flag & FREE_FLAG != 0
+    }
+
+    fn set_free(&mut self, free: bool) {
+        if free { self.size_and_flag |= FREE_FLAG } else { self.size_and_flag &= !FREE_FLAG }
+    }
+
+    /// Bytes requested for a live block.
+    fn requested(&self) -> u32 {
+        self.next_free
+    }
 }
 
 /// The class `(first, second)` a block of `size` granules is filed under.
@@ -88,7 +121,7 @@ pub struct RtPool {
 
 impl RtPool {
     /// A pool named `name` over `[base, base + size)` in blocks of `granule` bytes (a power of
-    /// two). The table costs 24 bytes per granule, allocated here, never later.
+    /// two). The table costs 16 bytes per granule, allocated here, never later.
     pub fn new(name: &'static str, base: u64, size: u64, granule: u64) -> Result<Self, MemError> {
         if !granule.is_power_of_two() {
             return Err(MemError::BadAlignment { pool: name, alignment: granule });
@@ -98,10 +131,10 @@ impl RtPool {
         let end = base.saturating_add(size) & !(granule - 1);
         let granules = end.saturating_sub(start) >> granule_shift;
         let granules =
-            u32::try_from(granules).ok().filter(|&count| count < NONE).ok_or(MemError::TooLarge {
+            u32::try_from(granules).ok().filter(|&count| count < FREE_FLAG).ok_or(MemError::TooLarge {
                 pool: name,
                 requested: size,
-                limit: u64::from(NONE - 1) << granule_shift,
+                limit: u64::from(FREE_FLAG - 1) << granule_shift,
             })?;
         let mut pool = Self {
             name,
@@ -117,7 +150,7 @@ impl RtPool {
             worst_case_ticks: 0,
         };
         if granules > 0 {
-            pool.blocks[0] = BlockEntry { size: granules, previous_physical: NONE, ..BlockEntry::default() };
+            pool.blocks[0] = BlockEntry::head(granules, NONE, true);
             pool.insert_free(0);
         }
         Ok(pool)
@@ -231,13 +264,13 @@ impl RtPool {
             self.insert_free(block);
             block = rest;
         }
-        if self.blocks[block as usize].size > needed {
+        if self.blocks[block as usize].size() > needed {
             let tail = self.split(block, needed);
             self.insert_free(tail);
         }
         let entry = &mut self.blocks[block as usize];
-        entry.free = false;
-        entry.requested = size as u32;
+        entry.set_free(false);
+        entry.next_free = size as u32; // A live block keeps its requested size here.
         self.free_granules -= u64::from(needed);
         self.counters.record_allocation(size, u64::from(needed) << self.granule_shift);
         Ok(self.address_of(block))
@@ -263,36 +296,37 @@ impl RtPool {
         }
         let mut block = (offset >> self.granule_shift) as u32;
         let entry = self.blocks[block as usize];
-        if entry.size == 0 {
+        if entry.size() == 0 {
             return Err(foreign);
         }
-        if entry.free {
+        if entry.is_free() {
             return Err(MemError::DoubleFree { pool: self.name, address });
         }
-        self.blocks[block as usize].free = true;
-        let next = block + entry.size;
-        if next < self.granules && self.blocks[next as usize].free {
+        self.blocks[block as usize].set_free(true);
+        let next = block + entry.size();
+        if next < self.granules && self.blocks[next as usize].is_free() {
             self.remove_free(next);
             self.absorb_next(block);
         }
         let previous = entry.previous_physical;
-        if previous != NONE && self.blocks[previous as usize].free {
+        if previous != NONE && self.blocks[previous as usize].is_free() {
             self.remove_free(previous);
             self.absorb_next(previous);
             block = previous;
         }
         self.insert_free(block);
-        self.free_granules += u64::from(entry.size);
-        self.counters.record_free(u64::from(entry.requested), u64::from(entry.size) << self.granule_shift);
-        Ok(u64::from(entry.requested))
+        self.free_granules += u64::from(entry.size());
+        self.counters
+            .record_free(u64::from(entry.requested()), u64::from(entry.size()) << self.granule_shift);
+        Ok(u64::from(entry.requested()))
     }
 
     /// The live block at `address`, as `(block size, requested size)`.
     pub fn allocation(&self, address: u64) -> Option<(u64, u64)> {
         let offset = address.checked_sub(self.base)?;
         let entry = self.blocks.get(usize::try_from(offset >> self.granule_shift).ok()?)?;
-        (offset & (self.granule() - 1) == 0 && entry.size > 0 && !entry.free)
-            .then(|| (u64::from(entry.size) << self.granule_shift, u64::from(entry.requested)))
+        (offset & (self.granule() - 1) == 0 && entry.size() > 0 && !entry.is_free())
+            .then(|| (u64::from(entry.size()) << self.granule_shift, u64::from(entry.requested())))
     }
 
     /// Bytes free.
@@ -311,7 +345,7 @@ impl RtPool {
         let mut block = self.heads[first * SECOND_LEVELS + second];
         let mut largest = 0;
         while block != NONE {
-            largest = largest.max(self.blocks[block as usize].size);
+            largest = largest.max(self.blocks[block as usize].size());
             block = self.blocks[block as usize].next_free;
         }
         u64::from(largest) << self.granule_shift
@@ -323,12 +357,12 @@ impl RtPool {
         let mut block = 0;
         while block < self.granules {
             let entry = &self.blocks[block as usize];
-            if entry.free {
+            if entry.is_free() {
                 free += 1
             } else {
                 live += 1
             }
-            block += entry.size.max(1);
+            block += entry.size().max(1);
         }
         (free, live)
     }
@@ -369,26 +403,22 @@ impl RtPool {
     fn split(&mut self, block: u32, keep: u32) -> u32 {
         let entry = self.blocks[block as usize];
         let rest = block + keep;
-        self.blocks[rest as usize] = BlockEntry {
-            size: entry.size - keep,
-            previous_physical: block,
-            free: entry.free,
-            ..BlockEntry::default()
-        };
-        let after = rest + entry.size - keep;
+        self.blocks[rest as usize] = BlockEntry::head(entry.size() - keep, block, entry.is_free());
+        let after = rest + entry.size() - keep;
         if after < self.granules {
             self.blocks[after as usize].previous_physical = rest;
         }
-        self.blocks[block as usize].size = keep;
+        self.blocks[block as usize].set_size(keep);
         rest
     }
 
     /// Merges the block after `block` into it. The absorbed block must be off its list.
     fn absorb_next(&mut self, block: u32) {
-        let next = block + self.blocks[block as usize].size;
-        let next_size = self.blocks[next as usize].size;
+        let size = self.blocks[block as usize].size();
+        let next = block + size;
+        let next_size = self.blocks[next as usize].size();
         self.blocks[next as usize] = BlockEntry::default();
-        self.blocks[block as usize].size += next_size;
+        self.blocks[block as usize].set_size(size + next_size);
         let after = next + next_size;
         if after < self.granules {
             self.blocks[after as usize].previous_physical = block;
@@ -396,11 +426,11 @@ impl RtPool {
     }
 
     fn insert_free(&mut self, block: u32) {
-        let (first, second) = class_of(self.blocks[block as usize].size);
+        let (first, second) = class_of(self.blocks[block as usize].size());
         let list = first * SECOND_LEVELS + second;
         let head = self.heads[list];
         let entry = &mut self.blocks[block as usize];
-        entry.free = true;
+        entry.set_free(true);
         entry.next_free = head;
         entry.previous_free = NONE;
         if head != NONE {
@@ -413,7 +443,7 @@ impl RtPool {
 
     fn remove_free(&mut self, block: u32) {
         let entry = self.blocks[block as usize];
-        let (first, second) = class_of(entry.size);
+        let (first, second) = class_of(entry.size());
         let list = first * SECOND_LEVELS + second;
         if entry.previous_free == NONE {
             self.heads[list] = entry.next_free;
@@ -441,23 +471,23 @@ impl RtPool {
         let mut listed = std::collections::HashSet::new();
         while block < self.granules {
             let entry = self.blocks[block as usize];
-            assert!(entry.size > 0, "granule {block} starts no block");
+            assert!(entry.size() > 0, "granule {block} starts no block");
             assert_eq!(entry.previous_physical, previous, "block {block} has a stale predecessor");
-            if entry.free {
+            if entry.is_free() {
                 assert!(
-                    previous == NONE || !self.blocks[previous as usize].free,
+                    previous == NONE || !self.blocks[previous as usize].is_free(),
                     "free neighbours at {block}"
                 );
-                free_granules += u64::from(entry.size);
+                free_granules += u64::from(entry.size());
                 listed.insert(block);
             } else {
-                reserved += u64::from(entry.size) << self.granule_shift;
+                reserved += u64::from(entry.size()) << self.granule_shift;
             }
-            for inner in block + 1..block + entry.size {
-                assert_eq!(self.blocks[inner as usize].size, 0);
+            for inner in block + 1..block + entry.size() {
+                assert_eq!(self.blocks[inner as usize].size(), 0);
             }
             previous = block;
-            block += entry.size;
+            block += entry.size();
         }
         assert_eq!(block, self.granules, "blocks overrun the pool");
         for first in 0..FIRST_LEVELS {
@@ -465,7 +495,7 @@ impl RtPool {
                 let mut block = self.heads[first * SECOND_LEVELS + second];
                 assert_eq!(block != NONE, self.second_bitmaps[first] & (1 << second) != 0);
                 while block != NONE {
-                    assert_eq!(class_of(self.blocks[block as usize].size), (first, second));
+                    assert_eq!(class_of(self.blocks[block as usize].size()), (first, second));
                     assert!(listed.remove(&block), "block {block} listed twice or not free");
                     block = self.blocks[block as usize].next_free;
                 }

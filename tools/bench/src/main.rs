@@ -432,8 +432,8 @@ fn main() {
     println!("\n### RT pool across heap sizes\n");
     println!(
         "Protocol-like trace (64 B – 8 KiB, about 64 live buffers). ns, min over replays per operation. \
-The RT pool uses one {RT_GRANULE}-byte granule at every size (its block table grows to 24 bytes per \
-granule: 96 MiB at 1 GiB), so only the heap size changes.\n"
+The RT pool uses one {RT_GRANULE}-byte granule at every size (its block table grows to 16 bytes per \
+granule: 64 MiB at 1 GiB), so only the heap size changes.\n"
     );
     println!(
         "| heap | tessera RT alloc p99 | alloc max | free p99 | free max | rlsf alloc p99 | alloc max | free p99 | free max |"
