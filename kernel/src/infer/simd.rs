@@ -38,15 +38,16 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32>
     }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
-        // SAFETY: AVX2 was detected on this CPU just above.
+        // SAFETY: AVX2 and F16C were detected on this CPU just above.
         return unsafe { x86::dot(tensor_type, row, input) };
     }
     let _ = (tensor_type, row, input);
     None
 }
 
-/// Whether a quantized-input block sum may use the SIMD integer path: activations from
-/// [`QuantizedVector::quantize`] lie in −127..=127, which the sign trick needs.
+/// Whole blocks that both the row and the quantized activations cover. The integer paths
+/// expect activations in −127..=127, as [`QuantizedVector::quantize`] makes them (the AVX2
+/// sign trick needs it; the scalar path does not care).
 fn block_count(row_len: usize, block_bytes: usize, x: &QuantizedVector) -> usize {
     (row_len / block_bytes).min(x.scales.len()).min(x.sums.len()).min(x.values.len() / 32)
 }
@@ -56,24 +57,24 @@ mod x86 {
     use core::arch::x86_64::*;
 
     use super::block_count;
-    use crate::infer::kernels::{Input, QuantizedVector, half};
+    use crate::infer::kernels::{Input, QuantizedVector};
     use crate::model::TensorType;
 
-    /// Whether the CPU has AVX2.
+    /// Whether the CPU has AVX2 and F16C (every AVX2 CPU so far has both).
     pub fn has_avx2() -> bool {
         #[cfg(any(test, feature = "std"))]
         {
-            std::is_x86_feature_detected!("avx2")
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(any(test, feature = "std")))]
         {
-            cfg!(target_feature = "avx2")
+            cfg!(all(target_feature = "avx2", target_feature = "f16c"))
         }
     }
 
     /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
+    /// The CPU must support AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
         Some(match (tensor_type, input) {
             (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
@@ -88,7 +89,7 @@ mod x86 {
     }
 
     /// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn reduce(lanes: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps::<1>(lanes));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
@@ -96,7 +97,7 @@ mod x86 {
     }
 
     /// Eight floats from `bytes[at..at + 32]` (little-endian).
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn load_f32_bytes(bytes: &[u8], at: usize) -> __m256 {
         let chunk = &bytes[at..at + 32];
         // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
@@ -104,7 +105,7 @@ mod x86 {
     }
 
     /// Eight floats from `values[at..at + 8]`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn load_f32(values: &[f32], at: usize) -> __m256 {
         let chunk = &values[at..at + 8];
         // SAFETY: `chunk` is 8 readable floats; the load is unaligned.
@@ -112,7 +113,7 @@ mod x86 {
     }
 
     /// Sixteen bytes from `bytes[at..at + 16]`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn load_16(bytes: &[u8], at: usize) -> __m128i {
         let chunk = &bytes[at..at + 16];
         // SAFETY: `chunk` is 16 readable bytes; the load is unaligned.
@@ -120,14 +121,14 @@ mod x86 {
     }
 
     /// Thirty-two bytes from `bytes[at..at + 32]`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn load_32(bytes: &[u8], at: usize) -> __m256i {
         let chunk = &bytes[at..at + 32];
         // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
         unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
         let groups = (row.len() / 32).min(x.len() / 8);
         let mut lanes = _mm256_setzero_ps();
@@ -143,7 +144,7 @@ mod x86 {
     }
 
     /// The 32 signed byte codes of a block as four vectors of eight floats.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn widen(low: __m128i, high: __m128i, signed: bool) -> [__m256; 4] {
         let convert = |bytes: __m128i| {
             if signed {
@@ -155,41 +156,53 @@ mod x86 {
         [convert(low), convert(_mm_srli_si128::<8>(low)), convert(high), convert(_mm_srli_si128::<8>(high))]
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn codes_q8_0(block: &[u8]) -> [__m256; 4] {
         widen(load_16(block, 2), load_16(block, 18), true)
     }
 
     /// Nibbles packed from byte `start`: low nibbles are elements 0..16, high ones 16..32.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn nibbles(block: &[u8], start: usize) -> (__m128i, __m128i) {
         let packed = load_16(block, start);
         let mask = _mm_set1_epi8(0x0f);
         (_mm_and_si128(packed, mask), _mm_and_si128(_mm_srli_epi16::<4>(packed), mask))
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn codes_q4_0(block: &[u8]) -> [__m256; 4] {
         let (low, high) = nibbles(block, 2);
         let eight = _mm_set1_epi8(8);
         widen(_mm_sub_epi8(low, eight), _mm_sub_epi8(high, eight), true)
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn codes_q4_1(block: &[u8]) -> [__m256; 4] {
         let (low, high) = nibbles(block, 4);
         widen(low, high, false)
     }
 
     /// The f16 at byte `at` of `bytes`, broadcast to eight lanes.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn broadcast_half(bytes: &[u8], at: usize) -> __m256 {
-        _mm256_set1_ps(half(bytes, at))
+        _mm256_broadcastss_ps(convert_half(bytes, at))
+    }
+
+    /// The f16 at byte `at` of `bytes` in lane 0, converted exactly by F16C (as `half`).
+    #[target_feature(enable = "avx2,f16c")]
+    fn convert_half(bytes: &[u8], at: usize) -> __m128 {
+        _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]))))
+    }
+
+    /// The f16 at byte `at` of `bytes`, as f32.
+    #[target_feature(enable = "avx2,f16c")]
+    fn half(bytes: &[u8], at: usize) -> f32 {
+        _mm_cvtss_f32(convert_half(bytes, at))
     }
 
     /// Float-activation dot product over blocks of `block_bytes` bytes, whose codes `codes`
     /// expands; `minimum_at` locates the Q4_1 minimum. Mirrors `kernels::dot_blocks_float`.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn dot_float_blocks(
         row: &[u8],
         x: &[f32],
@@ -197,8 +210,8 @@ mod x86 {
         codes: unsafe fn(&[u8]) -> [__m256; 4],
         minimum_at: Option<usize>,
     ) -> f32 {
-        let mut accumulators = [_mm256_setzero_ps(); 2];
-        for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+        // The scale-weighted products of one block, in eight lanes.
+        let term = |block: &[u8], values: &[f32]| {
             // SAFETY: `codes` is one of this module's AVX2 functions, and AVX2 is enabled here.
             let codes = unsafe { codes(block) };
             let mut products = _mm256_setzero_ps();
@@ -208,18 +221,26 @@ mod x86 {
                 products = _mm256_add_ps(products, _mm256_mul_ps(*code, value));
                 sums = _mm256_add_ps(sums, value);
             }
-            let mut term = _mm256_mul_ps(broadcast_half(block, 0), products);
-            if let Some(at) = minimum_at {
-                term = _mm256_add_ps(term, _mm256_mul_ps(broadcast_half(block, at), sums));
+            let term = _mm256_mul_ps(broadcast_half(block, 0), products);
+            match minimum_at {
+                Some(at) => _mm256_add_ps(term, _mm256_mul_ps(broadcast_half(block, at), sums)),
+                None => term,
             }
-            let accumulator = &mut accumulators[index % 2];
-            *accumulator = _mm256_add_ps(*accumulator, term);
+        };
+        // Even blocks go to the first accumulator, odd ones to the second.
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut blocks = row.chunks_exact(block_bytes).zip(x.chunks_exact(32));
+        while let Some((block, values)) = blocks.next() {
+            even = _mm256_add_ps(even, term(block, values));
+            if let Some((block, values)) = blocks.next() {
+                odd = _mm256_add_ps(odd, term(block, values));
+            }
         }
-        reduce(_mm256_add_ps(accumulators[0], accumulators[1]))
+        reduce(_mm256_add_ps(even, odd))
     }
 
     /// Sum of the 8 i32 lanes.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn sum_i32(lanes: __m256i) -> i32 {
         let quad = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256::<1>(lanes));
         let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01_00_11_10>(quad));
@@ -228,13 +249,13 @@ mod x86 {
 
     /// Integer dot product of 32 unsigned codes (0..=255, used for 0..=15) with 32 signed
     /// activations.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn unsigned_dot(codes: __m256i, activations: __m256i) -> i32 {
         let pairs = _mm256_maddubs_epi16(codes, activations);
         sum_i32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn dot_int8(row: &[u8], x: &QuantizedVector, block_bytes: usize) -> f32 {
         let mut total = 0.0;
         let activations_bytes: &[i8] = &x.values;
