@@ -151,7 +151,7 @@ impl BuddyAllocator {
 
     /// The order of the smallest block that holds `size` bytes, if any does.
     fn order_for(&self, size: u64) -> Option<u32> {
-        let pages = size.div_ceil(self.min_block()).max(1);
+        let pages = ((size >> self.page_shift) + u64::from(size & (self.min_block() - 1) != 0)).max(1);
         let order = pages.next_power_of_two().trailing_zeros();
         (order <= self.max_order).then_some(order)
     }

@@ -238,7 +238,8 @@ impl RtPool {
         }
         let alignment = alignment.max(self.granule());
         let too_large = MemError::TooLarge { pool: self.name, requested: size, limit: self.capacity() };
-        let needed = size.div_ceil(self.granule());
+        // Granules by shift, not division: the granule is a power of two.
+        let needed = (size >> self.granule_shift) + u64::from(size & (self.granule() - 1) != 0);
         let padding = (alignment >> self.granule_shift) - 1;
         let search = u32::try_from(needed + padding).map_err(|_| too_large)?;
         if u64::from(search) > u64::from(self.granules) || size > u64::from(u32::MAX) {
