@@ -1,6 +1,9 @@
 //! `tensor_copy`: bulk copies of tensor bytes, 128 bits at a time with NEON on aarch64 and a
 //! plain copy elsewhere. This is the one module of the memory manager that touches memory.
 
+// Unsafe code exists only for the NEON intrinsics; everywhere else this module is safe Rust.
+#![cfg_attr(not(all(target_arch = "aarch64", target_feature = "neon")), forbid(unsafe_code))]
+
 /// Bytes moved per loop step on the NEON path: four 128-bit registers, one cache line.
 pub const COPY_STEP: usize = 64;
 
