@@ -5,10 +5,7 @@ use bsp::board::rpi3::{gpio::Gpio, memory_map, pl011_uart::Pl011Uart};
 use core::sync::atomic::AtomicU8;
 use kernel::{
     hil::{Clock, Console},
-    mm::{
-        MemError,
-        tensor::{TensorKind, TensorMemory},
-    },
+    mm::{MemError, buffer::BackedMemory, tensor::TensorKind},
     serve::ring::ByteRing,
 };
 
@@ -73,18 +70,18 @@ static INTERRUPT_CONSOLE: spin::Once<InterruptConsole> = spin::Once::new();
 
 /// Switches receive to interrupts on core 0, with the ring in protocol (RT) memory, isolated
 /// from tensor pressure. Returns the console to use from then on.
-pub fn start_interrupt_console(memory: &TensorMemory) -> Result<&'static InterruptConsole, MemError> {
+pub fn start_interrupt_console(memory: &'static BackedMemory) -> Result<&'static InterruptConsole, MemError> {
     if let Some(console) = INTERRUPT_CONSOLE.get() {
         return Ok(console);
     }
-    let handle = memory.alloc(RECEIVE_RING_BYTES, TensorKind::Protocol)?;
-    // SAFETY: the allocation is never released and nothing else refers to it.
-    let bytes = unsafe { crate::memory::bytes_mut(&handle) };
-    bytes.fill(0);
-    // An `AtomicU8` has the size and alignment of a `u8`, so the slice reinterprets exactly.
-    // SAFETY: `bytes` is a unique, initialised, 'static borrow of the same length.
+    let buffer = memory.alloc(RECEIVE_RING_BYTES, TensorKind::Protocol)?;
+    let (address, length) = (buffer.as_ptr(), buffer.len());
+    // The ring lives as long as the kernel: its buffer is never released.
+    core::mem::forget(buffer);
+    // An `AtomicU8` has the size and alignment of a `u8`, so the bytes reinterpret exactly.
+    // SAFETY: the zeroed buffer is owned by nothing else from here on and never freed.
     let cells: &'static [AtomicU8] =
-        unsafe { core::slice::from_raw_parts(bytes.as_mut_ptr() as *const AtomicU8, bytes.len()) };
+        unsafe { core::slice::from_raw_parts(address as *const AtomicU8, length) };
     static RING: spin::Once<ByteRing<'static>> = spin::Once::new();
     let ring = RING.call_once(|| ByteRing::new(cells));
     crate::irq::enable_console_interrupts(ring);

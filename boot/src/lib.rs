@@ -8,6 +8,8 @@
 
 #![no_std]
 
+extern crate alloc;
+
 pub mod console;
 pub mod cpus;
 mod entry;
@@ -16,6 +18,7 @@ pub mod irq;
 pub mod memory;
 mod panic;
 pub mod start;
+pub mod storage;
 
 pub use kernel::boot_info::BootInfo;
 

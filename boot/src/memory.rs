@@ -1,19 +1,20 @@
-//! The tensor memory manager over the regions boot mapped, and the one place where a pool's
-//! address becomes a Rust slice.
+//! The tensor memory manager over the regions boot mapped: the pools, backed by the real RAM
+//! of each region.
 
 use kernel::{
     boot_info::BootInfo,
     mm::{
         MemError,
-        tensor::{TensorHandle, TensorMemory, TensorMemoryConfig},
+        buffer::BackedMemory,
+        tensor::{TensorMemory, TensorMemoryConfig},
     },
 };
 
-static TENSOR_MEMORY: spin::Once<TensorMemory> = spin::Once::new();
+static BACKED_MEMORY: spin::Once<BackedMemory> = spin::Once::new();
 
 /// Builds the pools over `info`'s plan (first call), and returns them.
-pub fn tensor_memory(info: &BootInfo) -> Result<&'static TensorMemory, MemError> {
-    if let Some(memory) = TENSOR_MEMORY.get() {
+pub fn backed_memory(info: &BootInfo) -> Result<&'static BackedMemory, MemError> {
+    if let Some(memory) = BACKED_MEMORY.get() {
         return Ok(memory);
     }
     let config = TensorMemoryConfig {
@@ -22,15 +23,7 @@ pub fn tensor_memory(info: &BootInfo) -> Result<&'static TensorMemory, MemError>
         ..Default::default()
     };
     let memory = TensorMemory::new(&info.plan, config)?;
-    Ok(TENSOR_MEMORY.call_once(|| memory))
-}
-
-/// The bytes of a live allocation, for as long as the program runs.
-///
-/// # Safety
-/// `handle` must come from [`tensor_memory`]'s pools (so it lies in mapped RAM), must never be
-/// released while the slice is in use, and no other slice over it may exist.
-pub unsafe fn bytes_mut(handle: &TensorHandle) -> &'static mut [u8] {
-    // SAFETY: the caller guarantees the range is mapped, owned and unaliased.
-    unsafe { core::slice::from_raw_parts_mut(handle.base() as *mut u8, handle.size() as usize) }
+    // SAFETY: boot mapped every region of the plan as read-write RAM for the rest of the run,
+    // and nothing but these pools uses the tensor, protocol and DMA regions.
+    Ok(BACKED_MEMORY.call_once(|| unsafe { BackedMemory::new(memory) }))
 }

@@ -72,3 +72,34 @@ pub trait KvStore {
     /// Forgets every position at or past `length`.
     fn truncate(&mut self, length: usize);
 }
+
+/// A borrowed store is a store, so a session can work on a cache it does not own.
+impl<Store: KvStore + ?Sized> KvStore for &mut Store {
+    fn kv_dim(&self) -> usize {
+        (**self).kv_dim()
+    }
+
+    fn layers(&self) -> usize {
+        (**self).layers()
+    }
+
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+
+    fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError> {
+        (**self).write(layer, position, key, value)
+    }
+
+    fn key(&self, layer: usize, position: usize) -> &[f32] {
+        (**self).key(layer, position)
+    }
+
+    fn value(&self, layer: usize, position: usize) -> &[f32] {
+        (**self).value(layer, position)
+    }
+
+    fn truncate(&mut self, length: usize) {
+        (**self).truncate(length)
+    }
+}

@@ -2,6 +2,7 @@
 //! into a raw `kernel8.img`, and running QEMU with a time limit while capturing its output.
 
 pub mod device_tree;
+pub mod fixtures;
 
 use std::{
     io::{Read, Write},

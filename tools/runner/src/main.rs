@@ -35,6 +35,9 @@ struct TestSpec {
     kernel: Option<String>,
     /// Attach a raw SD image of this size ("64M", "4G") filled with the block test pattern.
     sd_pattern: Option<String>,
+    /// Attach an SD image (FAT32, made like `make sdcard`) holding `kernel8.img` and these
+    /// models (fixture names or paths, see `runner::fixtures`).
+    sd_models: Option<Vec<String>>,
     /// Pass a generated Raspberry Pi 3 device tree with this many bytes of ARM memory (`-dtb`).
     device_tree_memory: Option<u32>,
     #[serde(default = "default_machine")]
@@ -182,6 +185,21 @@ fn run_test(
     Ok((result, script))
 }
 
+/// Writes a FAT32 SD image with `kernel` and `models`, as `make sdcard` does.
+fn write_sd_image(output: &Path, kernel: &Path, models: Vec<PathBuf>) -> Result<(), String> {
+    let options = sdimage::options::Options {
+        output: output.to_path_buf(),
+        kernel: kernel.to_path_buf(),
+        config: None,
+        models,
+        firmware: None,
+        files: Vec::new(),
+        size: None,
+    };
+    let plan = sdimage::plan::plan(&options).map_err(|error| error.to_string())?;
+    sdimage::image::write_image(&plan, false).map_err(|error| error.to_string())
+}
+
 /// Parses "64M", "4G" or a byte count.
 fn parse_size(text: &str) -> Result<u64, String> {
     let (digits, unit) = match text.char_indices().last() {
@@ -267,6 +285,13 @@ fn run() -> Result<bool, String> {
         if let Some(size) = &spec.sd_pattern {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
             write_pattern_image(&sd_image, parse_size(size)?)?;
+            qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
+        }
+        if let Some(models) = &spec.sd_models {
+            let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
+            let model_paths =
+                runner::fixtures::write_models(&root, &image_directory.join(&spec.name), models)?;
+            write_sd_image(&sd_image, &image, model_paths)?;
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
         }
         if let Some(memory) = spec.device_tree_memory {

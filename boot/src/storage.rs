@@ -1,0 +1,48 @@
+//! The SD card as a mounted FAT32 volume: mailbox clock query, pin routing, SDHCI bring-up.
+
+use crate::console;
+use bsp::{
+    arch::aarch64::timer::GenericTimer,
+    board::{
+        rpi3::{
+            mailbox::{BUFFER_WORDS, Mailbox},
+            memory_map,
+        },
+        sdhci::{Sdhci, Variant},
+    },
+};
+use kernel::{
+    fs::Volume,
+    mm::{buffer::BackedMemory, tensor::TensorKind},
+};
+
+/// The clock the SD driver times out on.
+pub static CLOCK: GenericTimer = GenericTimer;
+
+/// The card, as the server reads it.
+pub type Card = Sdhci<'static>;
+
+/// Brings the card up and mounts its FAT32 partition, or says why not.
+pub fn mount_card(memory: &'static BackedMemory) -> Result<Volume<Card>, alloc::string::String> {
+    use alloc::format;
+    let buffer = memory
+        .alloc((BUFFER_WORDS * 4) as u64, TensorKind::Device)
+        .map_err(|error| format!("no DMA memory for the mailbox: {error}"))?;
+    // SAFETY: the mailbox block; the buffer is non-cacheable DMA memory owned by this call.
+    let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, buffer.as_ptr() as *mut u32) };
+    let base_clock = mailbox.clock_rate(&CLOCK, Variant::Bcm2837Emmc.clock_id()).ok();
+    drop(buffer);
+    console::gpio().route_emmc();
+    // SAFETY: the EMMC block is mapped as device memory and this is its only driver.
+    let card = unsafe { Sdhci::new(Variant::Bcm2837Emmc, &CLOCK, base_clock) }
+        .map_err(|error| format!("SD card: {error}"))?;
+    let info = card.card();
+    crate::println!(
+        "sd card: {} MiB {}, {}-bit bus at {} MHz",
+        info.blocks / 2048,
+        if info.high_capacity { "SDHC" } else { "SDSC" },
+        if info.four_bit_bus { 4 } else { 1 },
+        info.clock_hz / 1_000_000
+    );
+    Volume::mount(card).map_err(|error| format!("SD card: {error}"))
+}

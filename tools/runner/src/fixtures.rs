@@ -1,0 +1,62 @@
+//! Model files for SD-card tests: small synthetic models made on the spot, hostile variants
+//! of them, and real models from `build/models/`.
+
+use kernel::{
+    infer::synthetic::{SyntheticFormat, SyntheticSpec},
+    model::TensorType,
+};
+use std::path::{Path, PathBuf};
+
+fn tiny(tensor_type: TensorType, seed: u64) -> Result<Vec<u8>, String> {
+    let spec = SyntheticSpec {
+        dim: 64,
+        hidden_dim: 96,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab_size: 320,
+        context_length: 512,
+        tied: true,
+        seed,
+    };
+    spec.generate(SyntheticFormat::Gguf(tensor_type)).map(|model| model.model).map_err(str::to_string)
+}
+
+/// The bytes of the fixture called `name`:
+/// - `tiny-q8.gguf`, `tiny-q4.gguf`: synthetic llama models (Q8_0 seed 7, Q4_1 seed 9);
+/// - `truncated.gguf`, `wrong-magic.gguf`, `empty.gguf`, `offsets-past-end.gguf`: hostile
+///   files derived from `tiny-q8.gguf`;
+/// - anything else is a path relative to the workspace root (e.g. a model in build/models/).
+pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
+    match name {
+        "tiny-q8.gguf" => tiny(TensorType::Q8_0, 7),
+        "tiny-q4.gguf" => tiny(TensorType::Q4_1, 9),
+        "truncated.gguf" => tiny(TensorType::Q8_0, 7).map(|bytes| bytes[..bytes.len() / 2].to_vec()),
+        "wrong-magic.gguf" => tiny(TensorType::Q8_0, 7).map(|mut bytes| {
+            bytes[..4].copy_from_slice(b"FUGG");
+            bytes
+        }),
+        "empty.gguf" => Ok(Vec::new()),
+        // Cut inside the tensor data: the header and tensor table are intact but the last
+        // tensors' offsets point past the end of the file.
+        "offsets-past-end.gguf" => {
+            tiny(TensorType::Q8_0, 7).map(|bytes| bytes[..bytes.len() - 4096].to_vec())
+        }
+        path => std::fs::read(root.join(path)).map_err(|error| format!("{path}: {error}")),
+    }
+}
+
+/// Writes each fixture of `names` into `directory` under its file name, returning the paths.
+pub fn write_models(root: &Path, directory: &Path, names: &[String]) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+    names
+        .iter()
+        .map(|name| {
+            let bytes = model_bytes(root, name)?;
+            let file_name = Path::new(name).file_name().ok_or_else(|| format!("bad model name {name}"))?;
+            let path = directory.join(file_name);
+            std::fs::write(&path, bytes).map_err(|error| format!("{}: {error}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
