@@ -14,21 +14,29 @@ KERNEL_ELF  := $(PROFILE_DIR)/kernel8
 KERNEL_IMG  := $(BUILD)/kernel8.img
 QEMU        ?= qemu-system-aarch64
 MACHINE     ?= raspi3b
-QEMU_ARGS   := -M $(MACHINE) -kernel $(KERNEL_IMG) -display none
+DEFAULT_MODEL := $(BUILD)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL       ?= $(DEFAULT_MODEL)
+SDCARD      := $(BUILD)/sdcard.img
+QEMU_ARGS   := -M $(MACHINE) -kernel $(KERNEL_IMG) -display none -drive file=$(SDCARD),if=sd,format=raw
 CARGO       := cargo
 HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --all-targets -- -D warnings
 AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
 	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
-.PHONY: help deps toolchain qemu-installed build run qemu gdb test test-host test-qemu check clippy fmt fmt-check doc clean
+.PHONY: help deps toolchain qemu-installed build model sdcard run qemu gdb test test-host test-reference test-qemu bench check clippy fmt fmt-check doc clean
 
 help:
 	@echo "Tessera make targets:"
-	@echo "  make run        build kernel8.img and boot it in QEMU ($(MACHINE)), serial console on this terminal"
-	@echo "  make test       everything CI runs: format and lint checks, host tests, QEMU system tests"
+	@echo "  make run        build everything, fetch the default model once, make the SD image, boot QEMU ($(MACHINE))"
+	@echo "                  with the serial console on this terminal; MODEL=path uses another model"
+	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests"
 	@echo "  make build      build $(KERNEL_IMG)"
+	@echo "  make model      fetch SmolLM2-135M-Instruct (sha256-pinned) into $(BUILD)/models/"
+	@echo "  make sdcard     write $(SDCARD): kernel8.img, config.txt and MODEL under /models"
 	@echo "  make test-host  host unit, property and integration tests"
-	@echo "  make test-qemu  QEMU system tests (tests/kernels, settings in tests/qemu-tests.toml)"
+	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
+	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
+	@echo "  make bench      memory-pool benchmark against rlsf, talc, buddy_system_allocator, ... (docs/BENCHMARKS.md)"
 	@echo "  make qemu       like run, without rebuilding"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
@@ -62,7 +70,17 @@ build: toolchain
 	  "$$OBJCOPY" -O binary $(KERNEL_ELF) $(KERNEL_IMG)
 	@echo "built $(KERNEL_IMG) ($$(stat -c %s $(KERNEL_IMG)) bytes)"
 
-run: deps build qemu
+model:
+	@tools/reference/fetch_smollm2.sh >/dev/null
+	@echo "model: $(DEFAULT_MODEL) (sha256 checked)"
+
+$(DEFAULT_MODEL):
+	@tools/reference/fetch_smollm2.sh >/dev/null
+
+sdcard: build $(MODEL)
+	$(CARGO) run --release -q -p sdimage --bin tessera-sdimage -- $(SDCARD) --kernel $(KERNEL_IMG) --model $(MODEL)
+
+run: deps sdcard qemu
 
 qemu: qemu-installed
 	@echo ">> booting $(KERNEL_IMG) on QEMU $(MACHINE); quit with Ctrl-A X"
@@ -73,13 +91,20 @@ gdb: deps build
 	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
 	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
 
-test: deps check test-host test-qemu
+test: deps check test-host test-reference test-qemu
 
 test-host: toolchain
 	$(CARGO) test --workspace --exclude boot --exclude systests
 
-test-qemu: deps
+test-reference: toolchain
+	tools/reference/check.sh
+
+test-qemu: deps $(DEFAULT_MODEL)
 	$(CARGO) run --release -q -p runner --bin qemu-runner
+
+bench: toolchain
+	@mkdir -p docs/bench
+	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
 
 check: fmt-check clippy
 
