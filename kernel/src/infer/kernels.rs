@@ -163,48 +163,55 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// Integer dot product of one block's 32 weight codes with 32 activation codes.
-fn block_dot(codes: impl Iterator<Item = i32>, activations: &[i8]) -> i32 {
-    codes.zip(activations).map(|(code, activation)| code * i32::from(*activation)).sum()
+/// Integer products of one block's 32 codes with its 32 activations, summed into eight
+/// lanes of four consecutive elements (lane k holds elements 4k..4k+4), exactly.
+pub fn block_integer_lanes(codes: &[i32; 32], activations: &[i8]) -> [i32; 8] {
+    core::array::from_fn(|lane| {
+        (4 * lane..4 * lane + 4).map(|index| codes[index] * i32::from(activations[index])).sum()
+    })
+}
+
+/// Dot product of a row of blocks with 8-bit activations. Each block adds
+/// `weight scale × activation scale × integer lane` to one of two eight-lane accumulators
+/// (even and odd blocks); Q4_1's minimum terms (`minimum × activation scale × block sum`)
+/// gather in a separate scalar. The SIMD paths follow the same order.
+fn dot_blocks_int8(
+    row: &[u8],
+    x: &QuantizedVector,
+    block_bytes: usize,
+    codes: impl Fn(&[u8]) -> [i32; 32],
+    minimum_at: Option<usize>,
+) -> f32 {
+    let mut accumulators = [[0.0f32; 8]; 2];
+    let mut minimum_total = 0.0f32;
+    let blocks =
+        row.chunks_exact(block_bytes).zip(x.values.chunks_exact(32)).zip(x.scales.iter().zip(&x.sums));
+    for (index, ((block, activations), (scale, sum))) in blocks.enumerate() {
+        let lanes = block_integer_lanes(&codes(block), activations);
+        let factor = half(block, 0) * scale;
+        for (accumulator, lane) in accumulators[index % 2].iter_mut().zip(lanes) {
+            *accumulator += factor * lane as f32;
+        }
+        if let Some(at) = minimum_at {
+            minimum_total += half(block, at) * scale * *sum as f32;
+        }
+    }
+    reduce_lanes(core::array::from_fn(|lane| accumulators[0][lane] + accumulators[1][lane])) + minimum_total
 }
 
 /// Dot product of a Q8_0 row with quantized activations.
 pub fn dot_q8_0(row: &[u8], x: &QuantizedVector) -> f32 {
-    let mut total = 0.0;
-    for ((block, activations), scale) in row.chunks_exact(34).zip(x.values.chunks_exact(32)).zip(&x.scales) {
-        let integer = block_dot(block[2..34].iter().map(|&code| i32::from(code as i8)), activations);
-        total += half(block, 0) * scale * integer as f32;
-    }
-    total
-}
-
-/// The 32 codes of a 4-bit block: low nibbles first, then high nibbles.
-fn nibbles(packed: &[u8]) -> impl Iterator<Item = i32> + '_ {
-    packed.iter().map(|byte| i32::from(byte & 0x0f)).chain(packed.iter().map(|byte| i32::from(byte >> 4)))
+    dot_blocks_int8(row, x, 34, codes_q8_0, None)
 }
 
 /// Dot product of a Q4_0 row with quantized activations.
 pub fn dot_q4_0(row: &[u8], x: &QuantizedVector) -> f32 {
-    let mut total = 0.0;
-    for (((block, activations), scale), sum) in
-        row.chunks_exact(18).zip(x.values.chunks_exact(32)).zip(&x.scales).zip(&x.sums)
-    {
-        let integer = block_dot(nibbles(&block[2..18]), activations) - 8 * sum;
-        total += half(block, 0) * scale * integer as f32;
-    }
-    total
+    dot_blocks_int8(row, x, 18, |block| codes_nibbles(block, 2, 8), None)
 }
 
 /// Dot product of a Q4_1 row with quantized activations.
 pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
-    let mut total = 0.0;
-    for (((block, activations), scale), sum) in
-        row.chunks_exact(20).zip(x.values.chunks_exact(32)).zip(&x.scales).zip(&x.sums)
-    {
-        let integer = block_dot(nibbles(&block[4..20]), activations);
-        total += half(block, 0) * scale * integer as f32 + half(block, 2) * scale * *sum as f32;
-    }
-    total
+    dot_blocks_int8(row, x, 20, |block| codes_nibbles(block, 4, 0), Some(2))
 }
 
 /// Products `codes[i] × x[i]` of one block of 32, summed into eight lanes: lane j adds the

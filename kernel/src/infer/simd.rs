@@ -81,9 +81,9 @@ mod x86 {
             (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
             (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
             (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some(2)),
-            (TensorType::Q8_0, Input::Quantized(x)) => dot_int8(row, x, 34),
-            (TensorType::Q4_0, Input::Quantized(x)) => dot_int8(row, x, 18),
-            (TensorType::Q4_1, Input::Quantized(x)) => dot_int8(row, x, 20),
+            (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
+                dot_int8(row, x, tensor_type)
+            }
             _ => return None,
         })
     }
@@ -239,56 +239,58 @@ mod x86 {
         reduce(_mm256_add_ps(even, odd))
     }
 
-    /// Sum of the 8 i32 lanes.
+    /// Thirty-two signed codes times thirty-two signed activations, summed exactly into
+    /// eight i32 lanes of four consecutive elements.
     #[target_feature(enable = "avx2,f16c")]
-    fn sum_i32(lanes: __m256i) -> i32 {
-        let quad = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256::<1>(lanes));
-        let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01_00_11_10>(quad));
-        _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b00_00_00_01>(pair)))
+    fn signed_lanes(codes: __m256i, activations: __m256i) -> __m256i {
+        // maddubs multiplies unsigned by signed: |code| × (activation with the code's sign).
+        let pairs =
+            _mm256_maddubs_epi16(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(activations, codes));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 
-    /// Integer dot product of 32 unsigned codes (0..=255, used for 0..=15) with 32 signed
-    /// activations.
+    /// Thirty-two codes in 0..=15 times thirty-two signed activations, in eight i32 lanes.
     #[target_feature(enable = "avx2,f16c")]
-    fn unsigned_dot(codes: __m256i, activations: __m256i) -> i32 {
-        let pairs = _mm256_maddubs_epi16(codes, activations);
-        sum_i32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    fn unsigned_lanes(codes: __m256i, activations: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(codes, activations), _mm256_set1_epi16(1))
     }
 
+    /// Mirrors `kernels::dot_blocks_int8`.
     #[target_feature(enable = "avx2,f16c")]
-    fn dot_int8(row: &[u8], x: &QuantizedVector, block_bytes: usize) -> f32 {
-        let mut total = 0.0;
-        let activations_bytes: &[i8] = &x.values;
+    fn dot_int8(row: &[u8], x: &QuantizedVector, tensor_type: TensorType) -> f32 {
+        let block_bytes = tensor_type.block_bytes();
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut minimum_total = 0.0f32;
+        let values: &[i8] = &x.values;
         for index in 0..block_count(row.len(), block_bytes, x) {
             let block = &row[index * block_bytes..(index + 1) * block_bytes];
-            let chunk = &activations_bytes[index * 32..index * 32 + 32];
+            let chunk = &values[index * 32..index * 32 + 32];
             // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
             let activations = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
             let scale = x.scales[index];
-            match block_bytes {
-                34 => {
-                    let weights = load_32(block, 2);
-                    // |w| × sign(a, w): maddubs wants its first operand unsigned.
-                    let integer = unsigned_dot(
-                        _mm256_sign_epi8(weights, weights),
-                        _mm256_sign_epi8(activations, weights),
-                    );
-                    total += half(block, 0) * scale * integer as f32;
-                }
-                18 => {
+            let lanes = match tensor_type {
+                TensorType::Q8_0 => signed_lanes(load_32(block, 2), activations),
+                TensorType::Q4_0 => {
                     let (low, high) = nibbles(block, 2);
-                    let integer = unsigned_dot(_mm256_set_m128i(high, low), activations) - 8 * x.sums[index];
-                    total += half(block, 0) * scale * integer as f32;
+                    signed_lanes(
+                        _mm256_sub_epi8(_mm256_set_m128i(high, low), _mm256_set1_epi8(8)),
+                        activations,
+                    )
                 }
                 _ => {
                     let (low, high) = nibbles(block, 4);
-                    let integer = unsigned_dot(_mm256_set_m128i(high, low), activations);
-                    total += half(block, 0) * scale * integer as f32
-                        + half(block, 2) * scale * x.sums[index] as f32;
+                    minimum_total += half(block, 2) * scale * x.sums[index] as f32;
+                    unsigned_lanes(_mm256_set_m128i(high, low), activations)
                 }
+            };
+            let term = _mm256_mul_ps(_mm256_set1_ps(half(block, 0) * scale), _mm256_cvtepi32_ps(lanes));
+            if index % 2 == 0 {
+                even = _mm256_add_ps(even, term);
+            } else {
+                odd = _mm256_add_ps(odd, term);
             }
         }
-        total
+        reduce(_mm256_add_ps(even, odd)) + minimum_total
     }
 }
 
@@ -456,50 +458,57 @@ mod neon {
         reduce((vaddq_f32(first.0, second.0), vaddq_f32(first.1, second.1)))
     }
 
-    /// Exact integer dot product of 16 + 16 signed codes with 32 activations.
+    /// Thirty-two signed codes (`low`: elements 0..16, `high`: 16..32) times 32 activations,
+    /// summed exactly into eight i32 lanes of four consecutive elements (two registers).
     #[target_feature(enable = "neon")]
-    fn integer_dot(low: int8x16_t, high: int8x16_t, activations: &[i8]) -> i32 {
+    fn integer_lanes(low: int8x16_t, high: int8x16_t, activations: &[i8]) -> (int32x4_t, int32x4_t) {
         // SAFETY: `activations` is a 32-value block, so both 16-byte loads stay inside it.
         let (first, second) =
             unsafe { (vld1q_s8(activations.as_ptr()), vld1q_s8(activations.as_ptr().add(16))) };
-        let mut sums = vpaddlq_s16(vmull_s8(vget_low_s8(low), vget_low_s8(first)));
-        sums = vpadalq_s16(sums, vmull_s8(vget_high_s8(low), vget_high_s8(first)));
-        sums = vpadalq_s16(sums, vmull_s8(vget_low_s8(high), vget_low_s8(second)));
-        sums = vpadalq_s16(sums, vmull_s8(vget_high_s8(high), vget_high_s8(second)));
-        vaddvq_s32(sums)
+        let pairs = |codes: int8x16_t, values: int8x16_t| {
+            (
+                vpaddlq_s16(vmull_s8(vget_low_s8(codes), vget_low_s8(values))),
+                vpaddlq_s16(vmull_s8(vget_high_s8(codes), vget_high_s8(values))),
+            )
+        };
+        let (pairs_0, pairs_1) = pairs(low, first);
+        let (pairs_2, pairs_3) = pairs(high, second);
+        (vpaddq_s32(pairs_0, pairs_1), vpaddq_s32(pairs_2, pairs_3))
     }
 
+    /// Mirrors `kernels::dot_blocks_int8`.
     #[target_feature(enable = "neon")]
     fn dot_int8(tensor_type: TensorType, row: &[u8], x: &QuantizedVector) -> f32 {
         let block_bytes = tensor_type.block_bytes();
-        let mut total = 0.0;
+        let mut accumulators = [zero(), zero()];
+        let mut minimum_total = 0.0f32;
         for index in 0..block_count(row.len(), block_bytes, x) {
             let block = &row[index * block_bytes..(index + 1) * block_bytes];
             let activations = &x.values[index * 32..index * 32 + 32];
             let scale = x.scales[index];
-            match tensor_type {
+            let (low, high) = match tensor_type {
                 TensorType::Q8_0 => {
-                    let codes =
-                        (vreinterpretq_s8_u8(load_16(block, 2)), vreinterpretq_s8_u8(load_16(block, 18)));
-                    total += half(block, 0) * scale * integer_dot(codes.0, codes.1, activations) as f32;
+                    (vreinterpretq_s8_u8(load_16(block, 2)), vreinterpretq_s8_u8(load_16(block, 18)))
                 }
                 TensorType::Q4_0 => {
                     let (low, high) = nibbles(block, 2);
-                    let integer =
-                        integer_dot(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high), activations)
-                            - 8 * x.sums[index];
-                    total += half(block, 0) * scale * integer as f32;
+                    let eight = vdupq_n_s8(8);
+                    (vsubq_s8(vreinterpretq_s8_u8(low), eight), vsubq_s8(vreinterpretq_s8_u8(high), eight))
                 }
                 _ => {
                     let (low, high) = nibbles(block, 4);
-                    let integer =
-                        integer_dot(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high), activations);
-                    total += half(block, 0) * scale * integer as f32
-                        + half(block, 2) * scale * x.sums[index] as f32;
+                    minimum_total += half(block, 2) * scale * x.sums[index] as f32;
+                    (vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
                 }
-            }
+            };
+            let lanes = integer_lanes(low, high, activations);
+            let factor = vdupq_n_f32(half(block, 0) * scale);
+            let term = (vmulq_f32(factor, vcvtq_f32_s32(lanes.0)), vmulq_f32(factor, vcvtq_f32_s32(lanes.1)));
+            let accumulator = &mut accumulators[index % 2];
+            *accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
         }
-        total
+        let [first, second] = accumulators;
+        reduce((vaddq_f32(first.0, second.0), vaddq_f32(first.1, second.1))) + minimum_total
     }
 }
 
