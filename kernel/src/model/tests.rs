@@ -144,3 +144,42 @@ proptest! {
         exercise(&bytes);
     }
 }
+
+#[test]
+fn general_alignment_is_honoured_and_checked() {
+    use super::write::{GgufWriter, WriteValue};
+    let tensor = |writer: &mut GgufWriter| {
+        writer.tensor("a", &[3], TensorType::F32, alloc::vec![0; 12]);
+        writer.tensor("b", &[2], TensorType::F32, 1.5f32.to_le_bytes().repeat(2));
+    };
+    let mut writer = GgufWriter::new();
+    writer.metadata("general.alignment", WriteValue::U32(256));
+    tensor(&mut writer);
+    let bytes = writer.finish();
+    let file = GgufFile::parse(&bytes).unwrap();
+    assert_eq!(file.alignment, 256);
+    assert_eq!(file.data_offset % 256, 0);
+    assert_eq!(file.tensors[1].offset, file.data_offset + 256);
+    assert_eq!(file.tensor("b").unwrap().data, 1.5f32.to_le_bytes().repeat(2));
+
+    let mut writer = GgufWriter::new();
+    writer.metadata("general.alignment", WriteValue::U32(24));
+    tensor(&mut writer);
+    let error = GgufFile::parse(&writer.finish()).unwrap_err();
+    assert_eq!(error.kind, ModelErrorKind::BadAlignment(24));
+    assert_eq!(error.offset, 24, "the offset of the alignment entry");
+
+    let mut writer = GgufWriter::new();
+    writer.metadata("general.alignment", WriteValue::U64(32));
+    assert!(matches!(GgufFile::parse(&writer.finish()).unwrap_err().kind, ModelErrorKind::WrongKeyType(_)));
+
+    // A tensor offset that is not a multiple of the alignment is refused.
+    let mut writer = GgufWriter::new();
+    tensor(&mut writer);
+    let mut bytes = writer.finish();
+    let file = GgufFile::parse(&bytes).unwrap();
+    let relative = (file.tensors[1].offset - file.data_offset) as u64;
+    let at = bytes.windows(8).rposition(|window| window == relative.to_le_bytes()).unwrap();
+    bytes[at..at + 8].copy_from_slice(&(relative + 4).to_le_bytes());
+    assert!(matches!(GgufFile::parse(&bytes).unwrap_err().kind, ModelErrorKind::MisalignedTensor { .. }));
+}
