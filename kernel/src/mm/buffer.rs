@@ -36,8 +36,14 @@ impl BackedMemory {
 
     /// Allocates `size` bytes of `kind` as an owning, zero-filled buffer.
     pub fn alloc(&self, size: u64, kind: TensorKind) -> Result<TensorBuffer<'_>, MemError> {
-        let handle = self.memory.alloc(size, kind)?;
-        let mut buffer = TensorBuffer { owner: self, handle: ManuallyDrop::new(handle) };
+        self.alloc_on(0, size, kind)
+    }
+
+    /// Like [`BackedMemory::alloc`], on core `core` (whose slab cache serves small requests
+    /// and takes the buffer back when it is dropped).
+    pub fn alloc_on(&self, core: usize, size: u64, kind: TensorKind) -> Result<TensorBuffer<'_>, MemError> {
+        let handle = self.memory.alloc_on(core, size, kind)?;
+        let mut buffer = TensorBuffer { owner: self, core, handle: ManuallyDrop::new(handle) };
         buffer.fill(0);
         Ok(buffer)
     }
@@ -48,6 +54,7 @@ impl BackedMemory {
 #[derive(Debug)]
 pub struct TensorBuffer<'memory> {
     owner: &'memory BackedMemory,
+    core: usize,
     handle: ManuallyDrop<TensorHandle>,
 }
 
@@ -97,7 +104,7 @@ impl Drop for TensorBuffer<'_> {
         // SAFETY: the handle is taken exactly once, here.
         let handle = unsafe { ManuallyDrop::take(&mut self.handle) };
         // A release can only fail for a handle the pools never issued; this one they did.
-        let _ = self.owner.memory.release(handle);
+        let _ = self.owner.memory.release_on(self.core, handle);
     }
 }
 
