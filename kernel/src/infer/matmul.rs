@@ -4,7 +4,7 @@
 
 use spin::Mutex;
 
-use super::kernels::{Input, Precision, QuantizedVector, dot, takes_quantized_input};
+use super::kernels::{Input, Precision, QuantizedVector, dot_scalar, takes_quantized_input};
 use crate::hil::Cpus;
 use crate::model::Matrix;
 
@@ -48,8 +48,11 @@ pub fn matvec(
 
 /// Computes rows `first .. first + out.len()` of the product into `out`.
 pub fn rows_into(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) {
+    if super::simd::rows(matrix, input, first, out) {
+        return;
+    }
     for (index, out) in out.iter_mut().enumerate() {
-        *out = dot(matrix.tensor_type, matrix.row(first + index), input);
+        *out = dot_scalar(matrix.tensor_type, matrix.row(first + index), input);
     }
 }
 

@@ -12,7 +12,7 @@
 //! called only after the feature was detected (or is enabled for the whole build).
 
 use super::kernels::{Input, QuantizedVector};
-use crate::model::TensorType;
+use crate::model::{Matrix, TensorType};
 
 /// The SIMD instruction set in use, if any.
 pub fn instruction_set() -> Option<&'static str> {
@@ -45,6 +45,24 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32>
     None
 }
 
+/// Computes rows `first .. first + out.len()` of `matrix · input` on this CPU's SIMD path.
+/// Returns `false`, writing nothing, when there is no SIMD path for this CPU or combination.
+/// Choosing the path once per band of rows keeps the per-row cost to the dot product itself.
+pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "aarch64")]
+    if cfg!(target_feature = "neon") {
+        // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
+        return unsafe { neon::rows(matrix, input, first, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and F16C were detected on this CPU just above.
+        return unsafe { x86::rows(matrix, input, first, out) };
+    }
+    let _ = (matrix, input, first, out);
+    false
+}
+
 /// Whole blocks that both the row and the quantized activations cover. The integer paths
 /// expect activations in −127..=127, as [`QuantizedVector::quantize`] makes them (the AVX2
 /// sign trick needs it; the scalar path does not care).
@@ -58,7 +76,7 @@ mod x86 {
 
     use super::block_count;
     use crate::infer::kernels::{Input, QuantizedVector};
-    use crate::model::TensorType;
+    use crate::model::{Matrix, TensorType};
 
     /// Whether the CPU has AVX2 and F16C (every AVX2 CPU so far has both).
     pub fn has_avx2() -> bool {
@@ -72,10 +90,38 @@ mod x86 {
         }
     }
 
-    /// # Safety
-    /// The CPU must support AVX2 and F16C.
+    /// Rows `first ..` of `matrix · input` into `out`; `false` when this combination has no
+    /// AVX2 path.
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+    pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
+        let each = |out: &mut [f32], dot: &dyn Fn(&[u8]) -> f32| {
+            for (index, out) in out.iter_mut().enumerate() {
+                *out = dot(matrix.row(first + index));
+            }
+        };
+        match (matrix.tensor_type, input) {
+            (TensorType::F32, Input::Float(x)) => each(out, &|row| dot_f32(row, x)),
+            (TensorType::Q8_0, Input::Float(x)) => {
+                each(out, &|row| dot_float_blocks(row, x, 34, codes_q8_0, None))
+            }
+            (TensorType::Q4_0, Input::Float(x)) => {
+                each(out, &|row| dot_float_blocks(row, x, 18, codes_q4_0, None))
+            }
+            (TensorType::Q4_1, Input::Float(x)) => {
+                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some(2)))
+            }
+            (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
+                let tensor_type = matrix.tensor_type;
+                each(out, &|row| dot_int8(row, x, tensor_type))
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// One row's dot product; `None` when this combination has no AVX2 path.
+    #[target_feature(enable = "avx2,f16c")]
+    pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
         Some(match (tensor_type, input) {
             (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
             (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
@@ -300,12 +346,40 @@ mod neon {
 
     use super::block_count;
     use crate::infer::kernels::{Input, QuantizedVector, half};
-    use crate::model::TensorType;
+    use crate::model::{Matrix, TensorType};
 
-    /// # Safety
-    /// The CPU must support NEON.
+    /// Rows `first ..` of `matrix · input` into `out`; `false` when this combination has no
+    /// NEON path.
     #[target_feature(enable = "neon")]
-    pub unsafe fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+    pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
+        let each = |out: &mut [f32], dot: &dyn Fn(&[u8]) -> f32| {
+            for (index, out) in out.iter_mut().enumerate() {
+                *out = dot(matrix.row(first + index));
+            }
+        };
+        match (matrix.tensor_type, input) {
+            (TensorType::F32, Input::Float(x)) => each(out, &|row| dot_f32(row, x)),
+            (TensorType::Q8_0, Input::Float(x)) => {
+                each(out, &|row| dot_float_blocks(row, x, 34, codes_q8_0, None))
+            }
+            (TensorType::Q4_0, Input::Float(x)) => {
+                each(out, &|row| dot_float_blocks(row, x, 18, codes_q4_0, None))
+            }
+            (TensorType::Q4_1, Input::Float(x)) => {
+                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some(2)))
+            }
+            (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
+                let tensor_type = matrix.tensor_type;
+                each(out, &|row| dot_int8(tensor_type, row, x))
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// One row's dot product; `None` when this combination has no NEON path.
+    #[target_feature(enable = "neon")]
+    pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
         Some(match (tensor_type, input) {
             (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
             (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
@@ -571,6 +645,35 @@ mod tests {
             let scalar = dot_scalar(TensorType::F32, &bytes, Input::Float(&x[..odd]));
             if let Some(simd) = dot(TensorType::F32, &bytes, Input::Float(&x[..odd])) {
                 prop_assert_eq!(simd.to_bits(), scalar.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn band_of_rows_equals_scalar_rows() {
+        let mut random = crate::rand::SplitMix64::new(5);
+        let values: Vec<f32> = (0..7 * 64).map(|_| random.next_f32() * 4.0 - 2.0).collect();
+        let x: Vec<f32> = (0..64).map(|_| random.next_f32() * 4.0 - 2.0).collect();
+        let mut quantized = QuantizedVector::with_capacity(64);
+        quantized.quantize(&x);
+        for tensor_type in [TensorType::F32, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
+            let mut data = Vec::new();
+            quantize(tensor_type, &values, &mut data);
+            let matrix = Matrix { tensor_type, rows: 7, columns: 64, data: &data };
+            let mut inputs = alloc::vec![Input::Float(&x)];
+            if tensor_type != TensorType::F32 {
+                inputs.push(Input::Quantized(&quantized));
+            }
+            for input in inputs {
+                let mut band = [0.0f32; 5];
+                if rows(&matrix, input, 2, &mut band) {
+                    for (index, value) in band.iter().enumerate() {
+                        let scalar = dot_scalar(tensor_type, matrix.row(2 + index), input);
+                        assert_eq!(value.to_bits(), scalar.to_bits(), "{tensor_type:?} row {}", 2 + index);
+                    }
+                } else {
+                    assert!(instruction_set().is_none(), "{tensor_type:?} has no SIMD rows path");
+                }
             }
         }
     }
