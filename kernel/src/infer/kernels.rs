@@ -84,6 +84,8 @@ pub struct QuantizedVector {
     pub scales: alloc::vec::Vec<f32>,
     /// One sum of values per block.
     pub sums: alloc::vec::Vec<i32>,
+    /// One `scale × sum` per block.
+    pub scaled_sums: alloc::vec::Vec<f32>,
 }
 
 impl QuantizedVector {
@@ -94,6 +96,7 @@ impl QuantizedVector {
             values: alloc::vec![0; blocks * BLOCK_VALUES],
             scales: alloc::vec![0.0; blocks],
             sums: alloc::vec![0; blocks],
+            scaled_sums: alloc::vec![0.0; blocks],
         }
     }
 
@@ -101,7 +104,9 @@ impl QuantizedVector {
     pub fn quantize(&mut self, x: &[f32]) {
         let blocks = x.chunks_exact(BLOCK_VALUES);
         let outputs = self.values.chunks_exact_mut(BLOCK_VALUES);
-        for (((block, out), scale), sum) in blocks.zip(outputs).zip(&mut self.scales).zip(&mut self.sums) {
+        let sums = self.sums.iter_mut().zip(&mut self.scaled_sums);
+        for (((block, out), scale), (sum, scaled_sum)) in blocks.zip(outputs).zip(&mut self.scales).zip(sums)
+        {
             let maximum = block.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
             *scale = maximum / 127.0;
             let inverse = if maximum > 0.0 { 127.0 / maximum } else { 0.0 };
@@ -111,6 +116,7 @@ impl QuantizedVector {
                 total += i32::from(*out);
             }
             *sum = total;
+            *scaled_sum = *scale * total as f32;
         }
     }
 }
@@ -172,9 +178,9 @@ pub fn block_integer_lanes(codes: &[i32; 32], activations: &[i8]) -> [i32; 8] {
 }
 
 /// Dot product of a row of blocks with 8-bit activations. Each block adds
-/// `weight scale × activation scale × integer lane` to one of two eight-lane accumulators
-/// (even and odd blocks); Q4_1's minimum terms (`minimum × activation scale × block sum`)
-/// gather in a separate scalar. The SIMD paths follow the same order.
+/// `weight scale × activation scale × integer lane` to an eight-lane accumulator; Q4_1's
+/// minimum terms (`minimum × activation scale × block sum`) gather in a separate scalar.
+/// The SIMD paths follow the same order.
 fn dot_blocks_int8(
     row: &[u8],
     x: &QuantizedVector,
@@ -182,21 +188,21 @@ fn dot_blocks_int8(
     codes: impl Fn(&[u8]) -> [i32; 32],
     minimum_at: Option<usize>,
 ) -> f32 {
-    let mut accumulators = [[0.0f32; 8]; 2];
+    let mut accumulator = [0.0f32; 8];
     let mut minimum_total = 0.0f32;
     let blocks =
-        row.chunks_exact(block_bytes).zip(x.values.chunks_exact(32)).zip(x.scales.iter().zip(&x.sums));
-    for (index, ((block, activations), (scale, sum))) in blocks.enumerate() {
+        row.chunks_exact(block_bytes).zip(x.values.chunks_exact(32)).zip(x.scales.iter().zip(&x.scaled_sums));
+    for ((block, activations), (scale, scaled_sum)) in blocks {
         let lanes = block_integer_lanes(&codes(block), activations);
         let factor = half(block, 0) * scale;
-        for (accumulator, lane) in accumulators[index % 2].iter_mut().zip(lanes) {
+        for (accumulator, lane) in accumulator.iter_mut().zip(lanes) {
             *accumulator += factor * lane as f32;
         }
         if let Some(at) = minimum_at {
-            minimum_total += half(block, at) * scale * *sum as f32;
+            minimum_total += half(block, at) * scaled_sum;
         }
     }
-    reduce_lanes(core::array::from_fn(|lane| accumulators[0][lane] + accumulators[1][lane])) + minimum_total
+    reduce_lanes(accumulator) + minimum_total
 }
 
 /// Dot product of a Q8_0 row with quantized activations.
@@ -239,9 +245,8 @@ pub fn block_sum_lanes(x: &[f32]) -> [f32; 8] {
 }
 
 /// Dot product of a row of blocks with float activations. Each block adds
-/// `scale × products (+ minimum × sums)` to one of two eight-lane accumulators (even and
-/// odd blocks, so that the SIMD paths have two independent chains); the accumulators are
-/// added lane by lane and reduced by [`reduce_lanes`] at the end.
+/// `scale × products (+ minimum × sums)` to an eight-lane accumulator, which
+/// [`reduce_lanes`] sums at the end. The SIMD paths follow the same order.
 fn dot_blocks_float(
     row: &[u8],
     x: &[f32],
@@ -249,11 +254,10 @@ fn dot_blocks_float(
     codes: impl Fn(&[u8]) -> [i32; 32],
     minimum_at: Option<usize>,
 ) -> f32 {
-    let mut accumulators = [[0.0f32; 8]; 2];
-    for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+    let mut accumulator = [0.0f32; 8];
+    for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
         let products = block_product_lanes(&codes(block), values);
         let scale = half(block, 0);
-        let accumulator = &mut accumulators[index % 2];
         match minimum_at {
             Some(at) => {
                 let (minimum, sums) = (half(block, at), block_sum_lanes(values));
@@ -268,7 +272,7 @@ fn dot_blocks_float(
             }
         }
     }
-    reduce_lanes(core::array::from_fn(|lane| accumulators[0][lane] + accumulators[1][lane]))
+    reduce_lanes(accumulator)
 }
 
 /// The 32 codes of a Q8_0 block.

@@ -67,7 +67,7 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
 /// expect activations in −127..=127, as [`QuantizedVector::quantize`] makes them (the AVX2
 /// sign trick needs it; the scalar path does not care).
 fn block_count(row_len: usize, block_bytes: usize, x: &QuantizedVector) -> usize {
-    (row_len / block_bytes).min(x.scales.len()).min(x.sums.len()).min(x.values.len() / 32)
+    (row_len / block_bytes).min(x.scales.len()).min(x.scaled_sums.len()).min(x.values.len() / 32)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -273,16 +273,11 @@ mod x86 {
                 None => term,
             }
         };
-        // Even blocks go to the first accumulator, odd ones to the second.
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut blocks = row.chunks_exact(block_bytes).zip(x.chunks_exact(32));
-        while let Some((block, values)) = blocks.next() {
-            even = _mm256_add_ps(even, term(block, values));
-            if let Some((block, values)) = blocks.next() {
-                odd = _mm256_add_ps(odd, term(block, values));
-            }
+        let mut accumulator = _mm256_setzero_ps();
+        for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
+            accumulator = _mm256_add_ps(accumulator, term(block, values));
         }
-        reduce(_mm256_add_ps(even, odd))
+        reduce(accumulator)
     }
 
     /// Thirty-two signed codes times thirty-two signed activations, summed exactly into
@@ -305,7 +300,7 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     fn dot_int8(row: &[u8], x: &QuantizedVector, tensor_type: TensorType) -> f32 {
         let block_bytes = tensor_type.block_bytes();
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut accumulator = _mm256_setzero_ps();
         let mut minimum_total = 0.0f32;
         let values: &[i8] = &x.values;
         for index in 0..block_count(row.len(), block_bytes, x) {
@@ -325,18 +320,14 @@ mod x86 {
                 }
                 _ => {
                     let (low, high) = nibbles(block, 4);
-                    minimum_total += half(block, 2) * scale * x.sums[index] as f32;
+                    minimum_total += half(block, 2) * x.scaled_sums[index];
                     unsigned_lanes(_mm256_set_m128i(high, low), activations)
                 }
             };
             let term = _mm256_mul_ps(_mm256_set1_ps(half(block, 0) * scale), _mm256_cvtepi32_ps(lanes));
-            if index % 2 == 0 {
-                even = _mm256_add_ps(even, term);
-            } else {
-                odd = _mm256_add_ps(odd, term);
-            }
+            accumulator = _mm256_add_ps(accumulator, term);
         }
-        reduce(_mm256_add_ps(even, odd)) + minimum_total
+        reduce(accumulator) + minimum_total
     }
 }
 
@@ -509,8 +500,8 @@ mod neon {
         codes: unsafe fn(&[u8]) -> [Lanes; 4],
         minimum_at: Option<usize>,
     ) -> f32 {
-        let mut accumulators = [zero(), zero()];
-        for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+        let mut accumulator = zero();
+        for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
             // SAFETY: `codes` is one of this module's NEON functions, and NEON is enabled here.
             let codes = unsafe { codes(block) };
             let mut products = zero();
@@ -525,11 +516,9 @@ mod neon {
             if let Some(at) = minimum_at {
                 term = add_scaled(term, half(block, at), sums);
             }
-            let accumulator = &mut accumulators[index % 2];
-            *accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
+            accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
         }
-        let [first, second] = accumulators;
-        reduce((vaddq_f32(first.0, second.0), vaddq_f32(first.1, second.1)))
+        reduce(accumulator)
     }
 
     /// Thirty-two signed codes (`low`: elements 0..16, `high`: 16..32) times 32 activations,
@@ -554,7 +543,7 @@ mod neon {
     #[target_feature(enable = "neon")]
     fn dot_int8(tensor_type: TensorType, row: &[u8], x: &QuantizedVector) -> f32 {
         let block_bytes = tensor_type.block_bytes();
-        let mut accumulators = [zero(), zero()];
+        let mut accumulator = zero();
         let mut minimum_total = 0.0f32;
         for index in 0..block_count(row.len(), block_bytes, x) {
             let block = &row[index * block_bytes..(index + 1) * block_bytes];
@@ -571,18 +560,16 @@ mod neon {
                 }
                 _ => {
                     let (low, high) = nibbles(block, 4);
-                    minimum_total += half(block, 2) * scale * x.sums[index] as f32;
+                    minimum_total += half(block, 2) * x.scaled_sums[index];
                     (vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
                 }
             };
             let lanes = integer_lanes(low, high, activations);
             let factor = vdupq_n_f32(half(block, 0) * scale);
             let term = (vmulq_f32(factor, vcvtq_f32_s32(lanes.0)), vmulq_f32(factor, vcvtq_f32_s32(lanes.1)));
-            let accumulator = &mut accumulators[index % 2];
-            *accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
+            accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
         }
-        let [first, second] = accumulators;
-        reduce((vaddq_f32(first.0, second.0), vaddq_f32(first.1, second.1))) + minimum_total
+        reduce(accumulator) + minimum_total
     }
 }
 
