@@ -86,6 +86,12 @@ impl State {
 
     /// Buffers for a model of `weights`' shape, computing at `precision`.
     pub fn with_precision(weights: &Weights<'_>, precision: Precision) -> Self {
+        Self::for_positions(weights, precision, weights.config.context_length)
+    }
+
+    /// Buffers for at most `positions` positions (the KV capacity; capped at the context
+    /// length), so a model claiming a huge context costs nothing until it is used.
+    pub fn for_positions(weights: &Weights<'_>, precision: Precision, positions: usize) -> Self {
         let config = &weights.config;
         Self {
             residual: vec![0.0; config.dim],
@@ -95,7 +101,7 @@ impl State {
             value: vec![0.0; config.kv_dim()],
             attention: vec![0.0; config.dim],
             projected: vec![0.0; config.dim],
-            scores: vec![0.0; config.context_length],
+            scores: vec![0.0; positions.min(config.context_length)],
             gate: vec![0.0; config.hidden_dim],
             up: vec![0.0; config.hidden_dim],
             quantized: QuantizedVector::with_capacity(config.dim.max(config.hidden_dim)),
@@ -131,7 +137,7 @@ pub fn forward<'s>(
     if token as usize >= vocab_size {
         return Err(InferError::TokenOutOfRange { token, vocab_size });
     }
-    if position >= config.context_length.min(kv.capacity()) {
+    if position >= config.context_length.min(kv.capacity()).min(state.scores.len()) {
         return Err(KvError::PositionOutOfRange { position, capacity: kv.capacity() }.into());
     }
     let s = state;

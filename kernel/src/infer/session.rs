@@ -27,11 +27,12 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
 
     /// A new, empty sequence computing at `precision`.
     pub fn with_precision(weights: &'w Weights<'a>, kv: K, precision: Precision) -> Self {
+        let positions = kv.capacity().min(weights.config.context_length);
         Self {
             weights,
-            state: State::with_precision(weights, precision),
+            state: State::for_positions(weights, precision, positions),
             kv,
-            history: Vec::with_capacity(kv_capacity_hint(&weights.config)),
+            history: Vec::with_capacity(positions),
         }
     }
 
@@ -81,8 +82,4 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         }
         Ok(generated)
     }
-}
-
-fn kv_capacity_hint(config: &crate::model::Config) -> usize {
-    config.context_length.min(4096)
 }

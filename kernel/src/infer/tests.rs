@@ -104,6 +104,12 @@ fn forward_rejects_bad_tokens_and_positions() {
     let mut kv = ContiguousKv::new(config.layers, config.kv_dim(), 4).unwrap();
     assert!(forward(&model.weights, &mut state, &mut kv, &SingleCpu, 300, 0).is_err());
     assert!(forward(&model.weights, &mut state, &mut kv, &SingleCpu, 1, 4).is_err());
+    let mut small = State::for_positions(&model.weights, super::Precision::Float, 2);
+    assert!(forward(&model.weights, &mut small, &mut kv, &SingleCpu, 1, 1).is_ok());
+    assert!(
+        forward(&model.weights, &mut small, &mut kv, &SingleCpu, 1, 2).is_err(),
+        "past the state's positions"
+    );
 }
 
 fn decode_all(tokenizer: &Tokenizer, ids: &[u32], previous: Option<u32>) -> String {
