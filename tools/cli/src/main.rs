@@ -488,5 +488,15 @@ fn generate(
         decode_time.as_secs_f64(),
         decoded_passes as f64 / decode_time.as_secs_f64().max(1e-9),
     );
+    eprintln!(
+        "kernels: {}, {} activations, {} thread{}",
+        kernel::infer::simd::instruction_set().unwrap_or("scalar"),
+        match precision {
+            Precision::Float => "float",
+            Precision::Int8 => "int8",
+        },
+        threads,
+        if threads == 1 { "" } else { "s" }
+    );
     Ok(())
 }
