@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-use libm::{cosf, expf, powf, roundf, sinf, sqrtf};
+use libm::{cosf, expf, fmaf, powf, roundf, sinf, sqrtf};
 
 use crate::model::quant::{BLOCK_VALUES, f16_to_f32};
 use crate::model::{TensorType, Vector};
@@ -135,8 +135,9 @@ pub fn half(bytes: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
 }
 
-/// Dot product of an f32 row (little-endian bytes) with `x`, in eight interleaved lanes that
-/// are summed pairwise at the end (the SIMD paths keep the same order).
+/// Dot product of an f32 row (little-endian bytes) with `x`, in eight interleaved lanes of
+/// fused multiply-adds that are summed pairwise at the end (the SIMD paths keep the same
+/// order).
 pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let mut row_chunks = row.chunks_exact(32);
@@ -145,12 +146,12 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
         for lane in 0..8 {
             let at = lane * 4;
             let weight = f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-            lanes[lane] += weight * values[lane];
+            lanes[lane] = fmaf(weight, values[lane], lanes[lane]);
         }
     }
     let mut total = reduce_lanes(lanes);
     for (bytes, value) in row_chunks.remainder().chunks_exact(4).zip(x_chunks.remainder()) {
-        total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * value;
+        total = fmaf(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), *value, total);
     }
     total
 }
@@ -196,10 +197,10 @@ fn dot_blocks_int8(
         let lanes = block_integer_lanes(&codes(block), activations);
         let factor = half(block, 0) * scale;
         for (accumulator, lane) in accumulator.iter_mut().zip(lanes) {
-            *accumulator += factor * lane as f32;
+            *accumulator = fmaf(factor, lane as f32, *accumulator);
         }
         if let Some(at) = minimum_at {
-            minimum_total += half(block, at) * scaled_sum;
+            minimum_total = fmaf(half(block, at), *scaled_sum, minimum_total);
         }
     }
     reduce_lanes(accumulator) + minimum_total
@@ -221,13 +222,14 @@ pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
 }
 
 /// Products `codes[i] × x[i]` of one block of 32, summed into eight lanes: lane j adds the
-/// products of elements j, j+8, j+16 and j+24 in that order. The SIMD paths keep this order
-/// (multiplying, then adding, never fused), so they agree bit for bit.
+/// products of elements j, j+8, j+16 and j+24 in that order, each with one fused
+/// multiply-add. The SIMD paths keep this order and fuse the same way, so they agree bit
+/// for bit.
 pub fn block_product_lanes(codes: &[i32; 32], x: &[f32]) -> [f32; 8] {
     let mut lanes = [0.0f32; 8];
     for group in x[..32].chunks_exact(8).zip(codes.chunks_exact(8)) {
         for (lane, (value, code)) in lanes.iter_mut().zip(group.0.iter().zip(group.1)) {
-            *lane += *code as f32 * value;
+            *lane = fmaf(*code as f32, *value, *lane);
         }
     }
     lanes
@@ -262,12 +264,13 @@ fn dot_blocks_float(
             Some(at) => {
                 let (minimum, sums) = (half(block, at), block_sum_lanes(values));
                 for lane in 0..8 {
-                    accumulator[lane] += scale * products[lane] + minimum * sums[lane];
+                    accumulator[lane] =
+                        fmaf(minimum, sums[lane], fmaf(scale, products[lane], accumulator[lane]));
                 }
             }
             None => {
                 for lane in 0..8 {
-                    accumulator[lane] += scale * products[lane];
+                    accumulator[lane] = fmaf(scale, products[lane], accumulator[lane]);
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! SIMD row dot products: NEON on aarch64, AVX2 on x86_64 (detected at run time with `std`,
-//! fixed at compile time without). The one module of `infer` allowed `unsafe`.
+//! fixed at compile time without; F16C and FMA are required beside AVX2). The one module of
+//! `infer` allowed `unsafe`.
 //!
-//! Each path reproduces its scalar twin in [`super::kernels`] bit for bit: float products are
-//! multiplied then added (never fused) in the scalar kernels' eight-lane order and reduced in
-//! the same tree, and integer block sums are exact. A property test checks every path
-//! against the scalar one.
+//! Each path reproduces its scalar twin in [`super::kernels`] bit for bit: products are
+//! accumulated with fused multiply-adds (`libm::fmaf` in the scalar kernels, which rounds
+//! once like the hardware) in the scalar kernels' eight-lane order and reduced in the same
+//! tree, and integer block sums are exact. Property tests check every path against the
+//! scalar one.
 //!
 //! Audit notes: the only unsafe operations are vector loads from slices and calls into
 //! `#[target_feature]` functions. Every load reads inside a slice whose length the caller
@@ -38,7 +40,7 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32>
     }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
-        // SAFETY: AVX2 and F16C were detected on this CPU just above.
+        // SAFETY: AVX2, F16C and FMA were detected on this CPU just above.
         return unsafe { x86::dot(tensor_type, row, input) };
     }
     let _ = (tensor_type, row, input);
@@ -56,7 +58,7 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
     }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
-        // SAFETY: AVX2 and F16C were detected on this CPU just above.
+        // SAFETY: AVX2, F16C and FMA were detected on this CPU just above.
         return unsafe { x86::rows(matrix, input, first, out) };
     }
     let _ = (matrix, input, first, out);
@@ -77,22 +79,25 @@ mod x86 {
     use super::block_count;
     use crate::infer::kernels::{Input, QuantizedVector};
     use crate::model::{Matrix, TensorType};
+    use libm::fmaf;
 
-    /// Whether the CPU has AVX2 and F16C (every AVX2 CPU so far has both).
+    /// Whether the CPU has AVX2, F16C and FMA (every AVX2 CPU so far has both).
     pub fn has_avx2() -> bool {
         #[cfg(any(test, feature = "std"))]
         {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("f16c")
+                && std::is_x86_feature_detected!("fma")
         }
         #[cfg(not(any(test, feature = "std")))]
         {
-            cfg!(all(target_feature = "avx2", target_feature = "f16c"))
+            cfg!(all(target_feature = "avx2", target_feature = "f16c", target_feature = "fma"))
         }
     }
 
     /// Rows `first ..` of `matrix · input` into `out`; `false` when this combination has no
     /// AVX2 path.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
         let each = |out: &mut [f32], dot: &dyn Fn(&[u8]) -> f32| {
             for (index, out) in out.iter_mut().enumerate() {
@@ -120,7 +125,7 @@ mod x86 {
     }
 
     /// One row's dot product; `None` when this combination has no AVX2 path.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
         Some(match (tensor_type, input) {
             (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
@@ -135,7 +140,7 @@ mod x86 {
     }
 
     /// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn reduce(lanes: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps::<1>(lanes));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
@@ -143,7 +148,7 @@ mod x86 {
     }
 
     /// Eight floats from `bytes[at..at + 32]` (little-endian).
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn load_f32_bytes(bytes: &[u8], at: usize) -> __m256 {
         let chunk = &bytes[at..at + 32];
         // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
@@ -151,7 +156,7 @@ mod x86 {
     }
 
     /// Eight floats from `values[at..at + 8]`.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn load_f32(values: &[f32], at: usize) -> __m256 {
         let chunk = &values[at..at + 8];
         // SAFETY: `chunk` is 8 readable floats; the load is unaligned.
@@ -159,7 +164,7 @@ mod x86 {
     }
 
     /// Sixteen bytes from `bytes[at..at + 16]`.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn load_16(bytes: &[u8], at: usize) -> __m128i {
         let chunk = &bytes[at..at + 16];
         // SAFETY: `chunk` is 16 readable bytes; the load is unaligned.
@@ -167,30 +172,29 @@ mod x86 {
     }
 
     /// Thirty-two bytes from `bytes[at..at + 32]`.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn load_32(bytes: &[u8], at: usize) -> __m256i {
         let chunk = &bytes[at..at + 32];
         // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
         unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
         let groups = (row.len() / 32).min(x.len() / 8);
         let mut lanes = _mm256_setzero_ps();
         for group in 0..groups {
-            lanes =
-                _mm256_add_ps(lanes, _mm256_mul_ps(load_f32_bytes(row, group * 32), load_f32(x, group * 8)));
+            lanes = _mm256_fmadd_ps(load_f32_bytes(row, group * 32), load_f32(x, group * 8), lanes);
         }
         let mut total = reduce(lanes);
         for (bytes, value) in row[groups * 32..].chunks_exact(4).zip(&x[groups * 8..]) {
-            total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * value;
+            total = fmaf(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), *value, total);
         }
         total
     }
 
     /// The 32 signed byte codes of a block as four vectors of eight floats.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn widen(low: __m128i, high: __m128i, signed: bool) -> [__m256; 4] {
         let convert = |bytes: __m128i| {
             if signed {
@@ -202,53 +206,53 @@ mod x86 {
         [convert(low), convert(_mm_srli_si128::<8>(low)), convert(high), convert(_mm_srli_si128::<8>(high))]
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn codes_q8_0(block: &[u8]) -> [__m256; 4] {
         widen(load_16(block, 2), load_16(block, 18), true)
     }
 
     /// Nibbles packed from byte `start`: low nibbles are elements 0..16, high ones 16..32.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn nibbles(block: &[u8], start: usize) -> (__m128i, __m128i) {
         let packed = load_16(block, start);
         let mask = _mm_set1_epi8(0x0f);
         (_mm_and_si128(packed, mask), _mm_and_si128(_mm_srli_epi16::<4>(packed), mask))
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn codes_q4_0(block: &[u8]) -> [__m256; 4] {
         let (low, high) = nibbles(block, 2);
         let eight = _mm_set1_epi8(8);
         widen(_mm_sub_epi8(low, eight), _mm_sub_epi8(high, eight), true)
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn codes_q4_1(block: &[u8]) -> [__m256; 4] {
         let (low, high) = nibbles(block, 4);
         widen(low, high, false)
     }
 
     /// The f16 at byte `at` of `bytes`, broadcast to eight lanes.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn broadcast_half(bytes: &[u8], at: usize) -> __m256 {
         _mm256_broadcastss_ps(convert_half(bytes, at))
     }
 
     /// The f16 at byte `at` of `bytes` in lane 0, converted exactly by F16C (as `half`).
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn convert_half(bytes: &[u8], at: usize) -> __m128 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]))))
     }
 
     /// The f16 at byte `at` of `bytes`, as f32.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn half(bytes: &[u8], at: usize) -> f32 {
         _mm_cvtss_f32(convert_half(bytes, at))
     }
 
     /// Float-activation dot product over blocks of `block_bytes` bytes, whose codes `codes`
     /// expands; `minimum_at` locates the Q4_1 minimum. Mirrors `kernels::dot_blocks_float`.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn dot_float_blocks(
         row: &[u8],
         x: &[f32],
@@ -256,33 +260,28 @@ mod x86 {
         codes: unsafe fn(&[u8]) -> [__m256; 4],
         minimum_at: Option<usize>,
     ) -> f32 {
-        // The scale-weighted products of one block, in eight lanes.
-        let term = |block: &[u8], values: &[f32]| {
+        let mut accumulator = _mm256_setzero_ps();
+        for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
             // SAFETY: `codes` is one of this module's AVX2 functions, and AVX2 is enabled here.
             let codes = unsafe { codes(block) };
             let mut products = _mm256_setzero_ps();
             let mut sums = _mm256_setzero_ps();
             for (group, code) in codes.iter().enumerate() {
                 let value = load_f32(values, group * 8);
-                products = _mm256_add_ps(products, _mm256_mul_ps(*code, value));
+                products = _mm256_fmadd_ps(*code, value, products);
                 sums = _mm256_add_ps(sums, value);
             }
-            let term = _mm256_mul_ps(broadcast_half(block, 0), products);
-            match minimum_at {
-                Some(at) => _mm256_add_ps(term, _mm256_mul_ps(broadcast_half(block, at), sums)),
-                None => term,
+            accumulator = _mm256_fmadd_ps(broadcast_half(block, 0), products, accumulator);
+            if let Some(at) = minimum_at {
+                accumulator = _mm256_fmadd_ps(broadcast_half(block, at), sums, accumulator);
             }
-        };
-        let mut accumulator = _mm256_setzero_ps();
-        for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
-            accumulator = _mm256_add_ps(accumulator, term(block, values));
         }
         reduce(accumulator)
     }
 
     /// Thirty-two signed codes times thirty-two signed activations, summed exactly into
     /// eight i32 lanes of four consecutive elements.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn signed_lanes(codes: __m256i, activations: __m256i) -> __m256i {
         // maddubs multiplies unsigned by signed: |code| × (activation with the code's sign).
         let pairs =
@@ -291,13 +290,13 @@ mod x86 {
     }
 
     /// Thirty-two codes in 0..=15 times thirty-two signed activations, in eight i32 lanes.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn unsigned_lanes(codes: __m256i, activations: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(codes, activations), _mm256_set1_epi16(1))
     }
 
     /// Mirrors `kernels::dot_blocks_int8`.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,fma")]
     fn dot_int8(row: &[u8], x: &QuantizedVector, tensor_type: TensorType) -> f32 {
         let block_bytes = tensor_type.block_bytes();
         let mut accumulator = _mm256_setzero_ps();
@@ -320,12 +319,15 @@ mod x86 {
                 }
                 _ => {
                     let (low, high) = nibbles(block, 4);
-                    minimum_total += half(block, 2) * x.scaled_sums[index];
+                    minimum_total = fmaf(half(block, 2), x.scaled_sums[index], minimum_total);
                     unsigned_lanes(_mm256_set_m128i(high, low), activations)
                 }
             };
-            let term = _mm256_mul_ps(_mm256_set1_ps(half(block, 0) * scale), _mm256_cvtepi32_ps(lanes));
-            accumulator = _mm256_add_ps(accumulator, term);
+            accumulator = _mm256_fmadd_ps(
+                _mm256_set1_ps(half(block, 0) * scale),
+                _mm256_cvtepi32_ps(lanes),
+                accumulator,
+            );
         }
         reduce(accumulator) + minimum_total
     }
@@ -338,6 +340,7 @@ mod neon {
     use super::block_count;
     use crate::infer::kernels::{Input, QuantizedVector, half};
     use crate::model::{Matrix, TensorType};
+    use libm::fmaf;
 
     /// Rows `first ..` of `matrix · input` into `out`; `false` when this combination has no
     /// NEON path.
@@ -394,10 +397,10 @@ mod neon {
         vget_lane_f32::<0>(pair) + vget_lane_f32::<1>(pair)
     }
 
-    /// `lanes + a × b`, multiplied then added.
+    /// `lanes + a × b`, fused.
     #[target_feature(enable = "neon")]
     fn multiply_add(lanes: Lanes, a: Lanes, b: Lanes) -> Lanes {
-        (vaddq_f32(lanes.0, vmulq_f32(a.0, b.0)), vaddq_f32(lanes.1, vmulq_f32(a.1, b.1)))
+        (vfmaq_f32(lanes.0, a.0, b.0), vfmaq_f32(lanes.1, a.1, b.1))
     }
 
     #[target_feature(enable = "neon")]
@@ -436,7 +439,7 @@ mod neon {
         }
         let mut total = reduce(lanes);
         for (bytes, value) in row[groups * 32..].chunks_exact(4).zip(&x[groups * 8..]) {
-            total += f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * value;
+            total = fmaf(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), *value, total);
         }
         total
     }
@@ -484,11 +487,11 @@ mod neon {
         widen(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
     }
 
-    /// `lanes + scale × values`, multiplied then added.
+    /// `lanes + scale × values`, fused.
     #[target_feature(enable = "neon")]
     fn add_scaled(lanes: Lanes, scale: f32, values: Lanes) -> Lanes {
         let scale = vdupq_n_f32(scale);
-        (vaddq_f32(lanes.0, vmulq_f32(scale, values.0)), vaddq_f32(lanes.1, vmulq_f32(scale, values.1)))
+        (vfmaq_f32(lanes.0, scale, values.0), vfmaq_f32(lanes.1, scale, values.1))
     }
 
     /// Float-activation dot product over blocks; mirrors `kernels::dot_blocks_float`.
@@ -511,12 +514,10 @@ mod neon {
                 products = multiply_add(products, code, value);
                 sums = (vaddq_f32(sums.0, value.0), vaddq_f32(sums.1, value.1));
             }
-            let scale = vdupq_n_f32(half(block, 0));
-            let mut term = (vmulq_f32(scale, products.0), vmulq_f32(scale, products.1));
+            accumulator = add_scaled(accumulator, half(block, 0), products);
             if let Some(at) = minimum_at {
-                term = add_scaled(term, half(block, at), sums);
+                accumulator = add_scaled(accumulator, half(block, at), sums);
             }
-            accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
         }
         reduce(accumulator)
     }
@@ -560,14 +561,16 @@ mod neon {
                 }
                 _ => {
                     let (low, high) = nibbles(block, 4);
-                    minimum_total += half(block, 2) * x.scaled_sums[index];
+                    minimum_total = fmaf(half(block, 2), x.scaled_sums[index], minimum_total);
                     (vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
                 }
             };
             let lanes = integer_lanes(low, high, activations);
             let factor = vdupq_n_f32(half(block, 0) * scale);
-            let term = (vmulq_f32(factor, vcvtq_f32_s32(lanes.0)), vmulq_f32(factor, vcvtq_f32_s32(lanes.1)));
-            accumulator = (vaddq_f32(accumulator.0, term.0), vaddq_f32(accumulator.1, term.1));
+            accumulator = (
+                vfmaq_f32(accumulator.0, factor, vcvtq_f32_s32(lanes.0)),
+                vfmaq_f32(accumulator.1, factor, vcvtq_f32_s32(lanes.1)),
+            );
         }
         reduce(accumulator) + minimum_total
     }
