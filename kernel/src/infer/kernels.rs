@@ -86,6 +86,8 @@ pub struct QuantizedVector {
     pub sums: alloc::vec::Vec<i32>,
     /// One `scale × sum` per block.
     pub scaled_sums: alloc::vec::Vec<f32>,
+    /// Float activations' [`block_sum_lanes`] per block, filled by [`Self::sum_blocks`].
+    pub block_sums: alloc::vec::Vec<[f32; 8]>,
 }
 
 impl QuantizedVector {
@@ -97,7 +99,17 @@ impl QuantizedVector {
             scales: alloc::vec![0.0; blocks],
             sums: alloc::vec![0; blocks],
             scaled_sums: alloc::vec![0.0; blocks],
+            block_sums: alloc::vec![[0.0; 8]; blocks],
         }
+    }
+
+    /// Computes [`block_sum_lanes`] of every block of `x` into `block_sums` and returns them.
+    pub fn sum_blocks(&mut self, x: &[f32]) -> &[[f32; 8]] {
+        let blocks = (x.len() / BLOCK_VALUES).min(self.block_sums.len());
+        for (sums, values) in self.block_sums.iter_mut().zip(x.chunks_exact(BLOCK_VALUES)) {
+            *sums = block_sum_lanes(values);
+        }
+        &self.block_sums[..blocks]
     }
 
     /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity).
@@ -126,6 +138,9 @@ impl QuantizedVector {
 pub enum Input<'a> {
     /// Float activations.
     Float(&'a [f32]),
+    /// Float activations with every block's [`block_sum_lanes`] computed once for all rows
+    /// (Q4_1's minimum terms need them). Gives the same bits as `Float`.
+    FloatSummed(&'a [f32], &'a [[f32; 8]]),
     /// Activations quantized to 8 bits.
     Quantized(&'a QuantizedVector),
 }
@@ -254,15 +269,18 @@ fn dot_blocks_float(
     x: &[f32],
     block_bytes: usize,
     codes: impl Fn(&[u8]) -> [i32; 32],
-    minimum_at: Option<usize>,
+    minimum: Option<(usize, Option<&[[f32; 8]]>)>,
 ) -> f32 {
     let mut accumulator = [0.0f32; 8];
-    for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
+    for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
         let products = block_product_lanes(&codes(block), values);
         let scale = half(block, 0);
-        match minimum_at {
-            Some(at) => {
-                let (minimum, sums) = (half(block, at), block_sum_lanes(values));
+        match minimum {
+            Some((at, precomputed)) => {
+                let sums = precomputed
+                    .and_then(|sums| sums.get(index).copied())
+                    .unwrap_or_else(|| block_sum_lanes(values));
+                let minimum = half(block, at);
                 for lane in 0..8 {
                     accumulator[lane] =
                         fmaf(minimum, sums[lane], fmaf(scale, products[lane], accumulator[lane]));
@@ -304,7 +322,7 @@ pub fn dot_q4_0_float(row: &[u8], x: &[f32]) -> f32 {
 
 /// Dot product of a Q4_1 row with float activations.
 pub fn dot_q4_1_float(row: &[u8], x: &[f32]) -> f32 {
-    dot_blocks_float(row, x, 20, |block| codes_nibbles(block, 4, 0), Some(2))
+    dot_blocks_float(row, x, 20, |block| codes_nibbles(block, 4, 0), Some((2, None)))
 }
 
 /// How activations meet quantized weights.
@@ -330,6 +348,10 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
 /// Quantized input only serves quantized types; float types given quantized input yield 0.
 pub fn dot_scalar(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
     match (tensor_type, input) {
+        (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+            dot_blocks_float(row, x, 20, |block| codes_nibbles(block, 4, 0), Some((2, Some(sums))))
+        }
+        (_, Input::FloatSummed(x, _)) => dot_scalar(tensor_type, row, Input::Float(x)),
         (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
         (TensorType::F16, Input::Float(x)) => dot_f16(row, x),
         (TensorType::Q8_0, Input::Float(x)) => dot_q8_0_float(row, x),

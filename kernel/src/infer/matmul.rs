@@ -6,7 +6,7 @@ use spin::Mutex;
 
 use super::kernels::{Input, Precision, QuantizedVector, dot_scalar, takes_quantized_input};
 use crate::hil::Cpus;
-use crate::model::Matrix;
+use crate::model::{Matrix, TensorType};
 
 /// Most cores a product is split across; any further cores stay idle.
 pub const MAX_CORES: usize = 8;
@@ -24,6 +24,8 @@ pub fn matvec(
     let input = if takes_quantized_input(matrix.tensor_type, precision) {
         scratch.quantize(x);
         Input::Quantized(scratch)
+    } else if matrix.tensor_type == TensorType::Q4_1 {
+        Input::FloatSummed(x, scratch.sum_blocks(x))
     } else {
         Input::Float(x)
     };

@@ -113,8 +113,13 @@ mod x86 {
                 each(out, &|row| dot_float_blocks(row, x, 18, codes_q4_0, None))
             }
             (TensorType::Q4_1, Input::Float(x)) => {
-                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some(2)))
+                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))))
             }
+            (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+                let sums = Some((2, Some(sums.as_flattened())));
+                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, sums))
+            }
+            (_, Input::FloatSummed(x, _)) => return rows(matrix, Input::Float(x), first, out),
             (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
                 let tensor_type = matrix.tensor_type;
                 each(out, &|row| dot_int8(row, x, tensor_type))
@@ -131,7 +136,11 @@ mod x86 {
             (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
             (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
             (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
-            (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some(2)),
+            (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))),
+            (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+                dot_float_blocks(row, x, 20, codes_q4_1, Some((2, Some(sums.as_flattened()))))
+            }
+            (_, Input::FloatSummed(x, _)) => return dot(tensor_type, row, Input::Float(x)),
             (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
                 dot_int8(row, x, tensor_type)
             }
@@ -251,28 +260,31 @@ mod x86 {
     }
 
     /// Float-activation dot product over blocks of `block_bytes` bytes, whose codes `codes`
-    /// expands; `minimum_at` locates the Q4_1 minimum. Mirrors `kernels::dot_blocks_float`.
+    /// expands; `minimum` locates the Q4_1 minimum and may bring the blocks' sum lanes
+    /// (flattened). Mirrors `kernels::dot_blocks_float`.
     #[target_feature(enable = "avx2,f16c,fma")]
     fn dot_float_blocks(
         row: &[u8],
         x: &[f32],
         block_bytes: usize,
         codes: unsafe fn(&[u8]) -> [__m256; 4],
-        minimum_at: Option<usize>,
+        minimum: Option<(usize, Option<&[f32]>)>,
     ) -> f32 {
         let mut accumulator = _mm256_setzero_ps();
-        for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
+        for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
             // SAFETY: `codes` is one of this module's AVX2 functions, and AVX2 is enabled here.
             let codes = unsafe { codes(block) };
+            let values: [__m256; 4] = core::array::from_fn(|group| load_f32(values, group * 8));
             let mut products = _mm256_setzero_ps();
-            let mut sums = _mm256_setzero_ps();
-            for (group, code) in codes.iter().enumerate() {
-                let value = load_f32(values, group * 8);
+            for (code, value) in codes.iter().zip(values) {
                 products = _mm256_fmadd_ps(*code, value, products);
-                sums = _mm256_add_ps(sums, value);
             }
             accumulator = _mm256_fmadd_ps(broadcast_half(block, 0), products, accumulator);
-            if let Some(at) = minimum_at {
+            if let Some((at, precomputed)) = minimum {
+                let sums = match precomputed {
+                    Some(sums) if sums.len() >= index * 8 + 8 => load_f32(sums, index * 8),
+                    _ => values.iter().fold(_mm256_setzero_ps(), |sums, value| _mm256_add_ps(sums, *value)),
+                };
                 accumulator = _mm256_fmadd_ps(broadcast_half(block, at), sums, accumulator);
             }
         }
@@ -360,8 +372,13 @@ mod neon {
                 each(out, &|row| dot_float_blocks(row, x, 18, codes_q4_0, None))
             }
             (TensorType::Q4_1, Input::Float(x)) => {
-                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some(2)))
+                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))))
             }
+            (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+                let sums = Some((2, Some(sums.as_flattened())));
+                each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, sums))
+            }
+            (_, Input::FloatSummed(x, _)) => return rows(matrix, Input::Float(x), first, out),
             (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
                 let tensor_type = matrix.tensor_type;
                 each(out, &|row| dot_int8(tensor_type, row, x))
@@ -378,7 +395,11 @@ mod neon {
             (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
             (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
             (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
-            (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some(2)),
+            (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))),
+            (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+                dot_float_blocks(row, x, 20, codes_q4_1, Some((2, Some(sums.as_flattened()))))
+            }
+            (_, Input::FloatSummed(x, _)) => return dot(tensor_type, row, Input::Float(x)),
             (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
                 dot_int8(tensor_type, row, x)
             }
@@ -494,28 +515,33 @@ mod neon {
         (vfmaq_f32(lanes.0, scale, values.0), vfmaq_f32(lanes.1, scale, values.1))
     }
 
-    /// Float-activation dot product over blocks; mirrors `kernels::dot_blocks_float`.
+    /// Float-activation dot product over blocks; `minimum` locates the Q4_1 minimum and may
+    /// bring the blocks' sum lanes (flattened). Mirrors `kernels::dot_blocks_float`.
     #[target_feature(enable = "neon")]
     fn dot_float_blocks(
         row: &[u8],
         x: &[f32],
         block_bytes: usize,
         codes: unsafe fn(&[u8]) -> [Lanes; 4],
-        minimum_at: Option<usize>,
+        minimum: Option<(usize, Option<&[f32]>)>,
     ) -> f32 {
         let mut accumulator = zero();
-        for (block, values) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)) {
+        for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
             // SAFETY: `codes` is one of this module's NEON functions, and NEON is enabled here.
             let codes = unsafe { codes(block) };
+            let values: [Lanes; 4] = core::array::from_fn(|group| load_f32(values, group * 8));
             let mut products = zero();
-            let mut sums = zero();
-            for (group, code) in codes.into_iter().enumerate() {
-                let value = load_f32(values, group * 8);
+            for (code, value) in codes.into_iter().zip(values) {
                 products = multiply_add(products, code, value);
-                sums = (vaddq_f32(sums.0, value.0), vaddq_f32(sums.1, value.1));
             }
             accumulator = add_scaled(accumulator, half(block, 0), products);
-            if let Some(at) = minimum_at {
+            if let Some((at, precomputed)) = minimum {
+                let sums = match precomputed {
+                    Some(sums) if sums.len() >= index * 8 + 8 => load_f32(sums, index * 8),
+                    _ => values
+                        .iter()
+                        .fold(zero(), |sums, value| (vaddq_f32(sums.0, value.0), vaddq_f32(sums.1, value.1))),
+                };
                 accumulator = add_scaled(accumulator, half(block, at), sums);
             }
         }
@@ -614,9 +640,14 @@ mod tests {
             let columns = 32 * length;
             let mut quantized = QuantizedVector::with_capacity(columns);
             quantized.quantize(&x[..columns]);
+            let mut summed = QuantizedVector::with_capacity(columns);
+            let sums = summed.sum_blocks(&x[..columns]);
             for tensor_type in [TensorType::F32, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
                 let row = row(tensor_type, &weights[..columns], &noise);
-                let mut inputs = alloc::vec![Input::Float(&x[..columns])];
+                let float = dot_scalar(tensor_type, &row, Input::Float(&x[..columns]));
+                let summed_float = dot_scalar(tensor_type, &row, Input::FloatSummed(&x[..columns], sums));
+                prop_assert_eq!(float.to_bits(), summed_float.to_bits(), "precomputed sums change nothing");
+                let mut inputs = alloc::vec![Input::Float(&x[..columns]), Input::FloatSummed(&x[..columns], sums)];
                 if tensor_type != TensorType::F32 {
                     inputs.push(Input::Quantized(&quantized));
                 }
@@ -650,7 +681,9 @@ mod tests {
             let mut data = Vec::new();
             quantize(tensor_type, &values, &mut data);
             let matrix = Matrix { tensor_type, rows: 7, columns: 64, data: &data };
-            let mut inputs = alloc::vec![Input::Float(&x)];
+            let mut summed = QuantizedVector::with_capacity(64);
+            let sums = summed.sum_blocks(&x);
+            let mut inputs = alloc::vec![Input::Float(&x), Input::FloatSummed(&x, sums)];
             if tensor_type != TensorType::F32 {
                 inputs.push(Input::Quantized(&quantized));
             }
