@@ -158,9 +158,154 @@ impl fmt::Display for ChatError {
     }
 }
 
-/// Answers `prompt` with `model`, keeping K/V in `kv`: feeds the prompt, then samples up to
-/// `settings.max_tokens` tokens, handing the text to `on_text` as it is produced. `cancelled`
-/// is asked before every token and stops the turn early.
+/// Why a generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced a stop token.
+    Stop,
+    /// `max_tokens` were generated, or the KV capacity was reached.
+    Length,
+    /// It was cancelled.
+    Cancelled,
+}
+
+impl Finish {
+    /// The protocol's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What one [`Generation::step`] produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// A prompt token was fed, or a token generated whose text is given (may be empty while
+    /// a UTF-8 character is incomplete).
+    Running(String),
+    /// The generation ended; the text is whatever the decoder still held.
+    Finished(Finish, String),
+}
+
+/// One sequence being answered, advanced one forward pass at a time, so a scheduler can
+/// interleave several at token boundaries and answer the console between them.
+pub struct Generation<'weights, 'file, Store: KvStore> {
+    session: Session<'weights, 'file, Store>,
+    tokenizer: &'weights Tokenizer,
+    sampler: Sampler,
+    prompt: Vec<u32>,
+    history: Vec<u32>,
+    next: Option<u32>,
+    max_tokens: usize,
+    capacity: usize,
+    decoder: StreamDecoder,
+    statistics: TurnStatistics,
+    cancelled: bool,
+}
+
+impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
+    /// A generation answering `prompt` with `model`, its K/V in `kv`.
+    pub fn new(
+        model: &'weights ModelView<'file>,
+        kv: Store,
+        prompt: &str,
+        settings: &GenerationSettings,
+    ) -> Result<Self, ChatError> {
+        let tokens = model.prompt_tokens(prompt);
+        if tokens.is_empty() {
+            return Err(ChatError::EmptyPrompt);
+        }
+        let capacity = kv.capacity().min(model.file.config().context_length);
+        if tokens.len() >= capacity {
+            return Err(ChatError::PromptTooLong { tokens: tokens.len(), capacity });
+        }
+        let weights = &model.file.weights;
+        let config = SamplerConfig {
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            seed: settings.seed,
+            ..SamplerConfig::default()
+        };
+        Ok(Self {
+            session: Session::new(weights, kv),
+            tokenizer: model.tokenizer,
+            sampler: Sampler::new(config, weights.config.vocab_size),
+            history: Vec::with_capacity(tokens.len() + settings.max_tokens),
+            statistics: TurnStatistics { prompt_tokens: tokens.len(), ..TurnStatistics::default() },
+            prompt: tokens,
+            next: None,
+            max_tokens: settings.max_tokens,
+            capacity,
+            decoder: StreamDecoder::new(),
+            cancelled: false,
+        })
+    }
+
+    /// Asks the generation to stop at its next step.
+    pub fn cancel(&mut self) {
+        self.cancelled = true;
+    }
+
+    /// Counts so far.
+    pub fn statistics(&self) -> TurnStatistics {
+        self.statistics
+    }
+
+    /// Whether it is still feeding its prompt.
+    pub fn in_prompt(&self) -> bool {
+        self.history.len() < self.prompt.len()
+    }
+
+    fn finish(&mut self, finish: Finish) -> Result<Step, ChatError> {
+        let mut text = String::new();
+        self.decoder.finish(&mut text);
+        self.statistics.cancelled = finish == Finish::Cancelled;
+        Ok(Step::Finished(finish, text))
+    }
+
+    fn feed(&mut self, cpus: &dyn Cpus, token: u32) -> Result<(), ChatError> {
+        let logits = self.session.feed(cpus, token).map_err(ChatError::Inference)?;
+        self.history.push(token);
+        if self.history.len() >= self.prompt.len() {
+            self.next = Some(self.sampler.sample(logits, &self.history));
+        }
+        Ok(())
+    }
+
+    /// Runs one forward pass: the next prompt token, or the next generated token.
+    pub fn step(&mut self, cpus: &dyn Cpus) -> Result<Step, ChatError> {
+        if self.cancelled {
+            return self.finish(Finish::Cancelled);
+        }
+        if let Some(&token) = self.prompt.get(self.history.len()) {
+            self.feed(cpus, token)?;
+            return Ok(Step::Running(String::new()));
+        }
+        let Some(token) = self.next.take() else { return self.finish(Finish::Stop) };
+        self.statistics.generated_tokens += 1;
+        if self.tokenizer.is_stop(token) {
+            return self.finish(Finish::Stop);
+        }
+        let mut text = String::new();
+        let previous = self.history.last().copied();
+        self.decoder.push(&self.tokenizer.decode(previous, token), &mut text);
+        if self.statistics.generated_tokens >= self.max_tokens || self.history.len() + 1 >= self.capacity {
+            let mut rest = String::new();
+            self.decoder.finish(&mut rest);
+            text.push_str(&rest);
+            return Ok(Step::Finished(Finish::Length, text));
+        }
+        self.feed(cpus, token)?;
+        Ok(Step::Running(text))
+    }
+}
+
+/// Answers `prompt` with `model`, keeping K/V in `kv`, in one go: the single-sequence use of
+/// [`Generation`]. Text goes to `on_text` as it is produced; `cancelled` is asked before every
+/// step.
 pub fn answer(
     model: &ModelView<'_>,
     kv: &mut dyn KvStore,
@@ -170,55 +315,19 @@ pub fn answer(
     mut on_text: impl FnMut(&str),
     cancelled: impl Fn() -> bool,
 ) -> Result<TurnStatistics, ChatError> {
-    let tokens = model.prompt_tokens(prompt);
-    if tokens.is_empty() {
-        return Err(ChatError::EmptyPrompt);
-    }
-    let capacity = kv.capacity().min(model.file.config().context_length);
-    if tokens.len() >= capacity {
-        return Err(ChatError::PromptTooLong { tokens: tokens.len(), capacity });
-    }
-    let weights = &model.file.weights;
-    let mut session = Session::new(weights, &mut *kv);
-    let config = SamplerConfig {
-        temperature: settings.temperature,
-        top_p: settings.top_p,
-        seed: settings.seed,
-        ..SamplerConfig::default()
-    };
-    let mut sampler = Sampler::new(config, weights.config.vocab_size);
-    let mut statistics = TurnStatistics { prompt_tokens: tokens.len(), ..TurnStatistics::default() };
-    for &token in &tokens {
+    let mut generation = Generation::new(model, kv, prompt, settings)?;
+    loop {
         if cancelled() {
-            statistics.cancelled = true;
-            return Ok(statistics);
+            generation.cancel();
         }
-        session.feed(cpus, token).map_err(ChatError::Inference)?;
-    }
-    let mut decoder = StreamDecoder::new();
-    let mut text = String::new();
-    let mut previous = tokens.last().copied();
-    let result = session.generate(
-        cpus,
-        &[],
-        &mut sampler,
-        settings.max_tokens,
-        |token| model.tokenizer.is_stop(token) || cancelled(),
-        |token| {
-            statistics.generated_tokens += 1;
-            if !model.tokenizer.is_stop(token) {
-                text.clear();
-                decoder.push(&model.tokenizer.decode(previous, token), &mut text);
+        match generation.step(cpus)? {
+            Step::Running(text) => on_text(&text),
+            Step::Finished(_, text) => {
                 on_text(&text);
+                return Ok(generation.statistics());
             }
-            previous = Some(token);
-        },
-    );
-    text.clear();
-    decoder.finish(&mut text);
-    on_text(&text);
-    statistics.cancelled = cancelled();
-    result.map(|_| statistics).map_err(ChatError::Inference)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod library;
 pub mod line;
 pub mod loader;
+pub mod protocol;
 pub mod ring;
 pub mod server;
 

@@ -5,15 +5,16 @@
 
 use super::{
     MAX_LINE,
-    chat::{GenerationSettings, ServedModel, answer},
+    chat::{Generation, GenerationSettings, ServedModel, Step},
     library::{list_models, load_model},
     line::{LineEvent, LineReader},
     loader::progress_line,
+    protocol::{self, Event, Operation, Timings, Usage},
 };
 use crate::{
     boot_info::BootInfo,
     fs::Volume,
-    hil::{BlockDevice, Clock, Console, ConsoleWriter, Cpus},
+    hil::{BlockDevice, Clock, Console, Cpus},
     mm::{
         buffer::{BackedMemory, TensorBuffer},
         kv::{KvBlockPool, PagedKv, floats_per_block},
@@ -21,10 +22,12 @@ use crate::{
     },
 };
 use alloc::{
+    collections::VecDeque,
     string::{String, ToString},
+    sync::Arc,
     vec::Vec,
 };
-use core::{cell::RefCell, fmt::Write};
+use core::fmt::Write;
 
 /// Positions per KV block.
 pub const KV_BLOCK_TOKENS: usize = 16;
@@ -36,6 +39,27 @@ pub trait BoardTelemetry {
     /// Interrupts handled, and the longest time the UART interrupt stayed unserviced (ns).
     fn interrupts(&self) -> (u64, u64);
 }
+
+/// Who asked for a generation, and so how its answer is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A person in line mode: text streams as it is.
+    Human,
+    /// A machine-mode request with this id: JSON records.
+    Machine(u64),
+}
+
+/// A generation waiting for a place in the batch.
+struct Pending {
+    origin: Origin,
+    prompt: String,
+    settings: GenerationSettings,
+    arrived_ns: u64,
+}
+
+/// The model being served, shared with the batches that use it (a batch keeps the model it
+/// started with; the weights are freed when the last holder lets go).
+type Shared<'a> = Arc<ServedModel<TensorBuffer<'a>>>;
 
 /// Counters of what the server did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,10 +87,17 @@ pub struct Server<'a, D: BlockDevice> {
     telemetry: &'a dyn BoardTelemetry,
     info: &'a BootInfo,
     volume: Result<Volume<D>, String>,
-    model: Option<ServedModel<TensorBuffer<'a>>>,
+    model: Option<Shared<'a>>,
     settings: GenerationSettings,
     statistics: ServeStatistics,
+    pending: VecDeque<Pending>,
+    cancels: Vec<Origin>,
+    reader: LineReader<MAX_LINE>,
+    in_batch: bool,
 }
+
+/// Most requests waiting or running at once; more are refused with an error.
+pub const MAX_REQUESTS: usize = 16;
 
 const HELP: &str = "\
 Type a message and press Enter to chat with the active model. Commands:
@@ -103,6 +134,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             model: None,
             settings: GenerationSettings::default(),
             statistics: ServeStatistics::default(),
+            pending: VecDeque::new(),
+            cancels: Vec::new(),
+            reader: LineReader::new(),
+            in_batch: false,
         }
     }
 
@@ -178,8 +213,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                         .map(|old| alloc::format!("; replaces {}", old.name))
                         .unwrap_or_default()
                 );
-                // The old model's weights buffer is freed here, after the new one is ready.
-                self.model = Some(model);
+                // The old model's weights are freed once no batch holds them any more.
+                self.model = Some(Arc::new(model));
                 self.statistics.loads += 1;
                 self.say_line(&message);
             }
@@ -201,8 +236,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         if line.is_empty() {
             return;
         }
+        if line.starts_with('{') {
+            self.machine_request(line);
+            return;
+        }
         let Some(command) = line.strip_prefix('/') else {
-            self.chat(line);
+            self.enqueue(Origin::Human, line, self.settings);
             return;
         };
         let (name, argument) =
@@ -225,6 +264,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.settings = GenerationSettings::default();
                 self.say_line("settings reset");
             }
+            "cancel" if self.in_batch => self.cancels.push(Origin::Human),
             "cancel" => self.say_line("nothing to cancel"),
             _ => {
                 self.statistics.rejected_lines += 1;
@@ -315,16 +355,126 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         text
     }
 
-    fn chat(&mut self, prompt: &str) {
-        let Some(model) = &self.model else {
-            self.say_line("error: no model is loaded (see /models and /load)");
+    fn enqueue(&mut self, origin: Origin, prompt: &str, settings: GenerationSettings) {
+        if self.pending.len() >= MAX_REQUESTS {
+            self.statistics.rejected_lines += 1;
+            self.reply_error(origin, "too many requests in flight; try again when one finishes");
+            return;
+        }
+        let arrived_ns = self.clock.now_ns();
+        self.pending.push_back(Pending { origin, prompt: prompt.to_string(), settings, arrived_ns });
+    }
+
+    fn reply_error(&self, origin: Origin, message: &str) {
+        match origin {
+            Origin::Human => {
+                let text = alloc::format!("error: {message}");
+                self.say_line(&text);
+            }
+            Origin::Machine(id) => self.say(&protocol::record(Some(id), &Event::Error { message })),
+        }
+    }
+
+    fn machine_request(&mut self, line: &str) {
+        let request = match protocol::parse_request(line) {
+            Ok(request) => request,
+            Err(error) => {
+                self.statistics.rejected_lines += 1;
+                self.say(&protocol::record(error.id, &Event::Error { message: &error.message }));
+                return;
+            }
+        };
+        let origin = Origin::Machine(request.id);
+        match request.operation {
+            Operation::Generate { prompt, max_tokens, temperature } => {
+                let mut settings = self.settings;
+                settings.max_tokens = max_tokens.unwrap_or(settings.max_tokens);
+                settings.temperature = temperature.unwrap_or(settings.temperature);
+                self.enqueue(origin, &prompt, settings);
+            }
+            Operation::Cancel { target } => {
+                self.say(&protocol::record(Some(request.id), &Event::Info { text: "cancel requested" }));
+                let waiting =
+                    self.pending.iter().position(|pending| pending.origin == Origin::Machine(target));
+                match waiting.and_then(|index| self.pending.remove(index)) {
+                    // It never started: it ends here, with a final record like any other.
+                    Some(pending) => {
+                        let total = self.clock.now_ns().saturating_sub(pending.arrived_ns) as f64 / 1e6;
+                        let event = Event::Done {
+                            usage: Usage { prompt_tokens: 0, completion_tokens: 0 },
+                            timings: Timings {
+                                first_token_ms: total,
+                                total_ms: total,
+                                tokens_per_second: 0.0,
+                            },
+                            finish: super::chat::Finish::Cancelled.name(),
+                            model: self.active_model().unwrap_or(""),
+                        };
+                        self.say(&protocol::record(Some(target), &event));
+                    }
+                    None => self.cancels.push(Origin::Machine(target)),
+                }
+            }
+            Operation::Stats => {
+                let text = self.stats_report().replace("\r\n", "\n");
+                self.say(&protocol::record(Some(request.id), &Event::Info { text: &text }));
+            }
+            Operation::Models => {
+                let text = match &mut self.volume {
+                    Ok(volume) => match list_models(volume) {
+                        Ok(models) => models.iter().map(|entry| alloc::format!("{}\n", entry.name)).collect(),
+                        Err(error) => error.to_string(),
+                    },
+                    Err(reason) => reason.clone(),
+                };
+                self.say(&protocol::record(Some(request.id), &Event::Info { text: &text }));
+            }
+        }
+    }
+
+    /// Reads whatever input waits and handles each complete line. Returns whether a line was
+    /// handled.
+    fn poll_console(&mut self) -> bool {
+        let mut handled = false;
+        while let Some(byte) = self.console.read_byte() {
+            match self.reader.push(byte) {
+                LineEvent::Pending => {}
+                LineEvent::Echo(bytes) => self.console.write_bytes(bytes),
+                LineEvent::Line(text) => {
+                    let line = text.to_string();
+                    self.say("\r\n");
+                    self.handle_line(&line);
+                    handled = true;
+                }
+                LineEvent::Error(error) => {
+                    self.statistics.rejected_lines += 1;
+                    let message = alloc::format!("\r\nerror: {error}");
+                    self.say_line(&message);
+                    handled = true;
+                }
+            }
+        }
+        handled
+    }
+
+    /// Runs generations until none is waiting or running: requests join the batch at token
+    /// boundaries (continuous batching) while the model they use is the active one, every
+    /// running sequence advances one token per round, and the console is answered between
+    /// rounds (so `/stats` and `/cancel` do not wait for an answer to end).
+    fn serve_batch(&mut self) {
+        let Some(model) = self.model.clone() else {
+            while let Some(pending) = self.pending.pop_front() {
+                self.reply_error(pending.origin, "no model is loaded (see /models and /load)");
+            }
             return;
         };
         let view = match model.view() {
             Ok(view) => view,
             Err(error) => {
-                let message = alloc::format!("error: {error}");
-                self.say_line(&message);
+                let message = alloc::format!("{error}");
+                while let Some(pending) = self.pending.pop_front() {
+                    self.reply_error(pending.origin, &message);
+                }
                 return;
             }
         };
@@ -334,95 +484,137 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let pool = match KvBlockPool::new(self.memory, block_floats, kv_region / (block_floats * 4)) {
             Ok(pool) => pool,
             Err(error) => {
-                let message = alloc::format!("error: KV cache: {error}");
-                self.say_line(&message);
+                let message = alloc::format!("KV cache: {error}");
+                while let Some(pending) = self.pending.pop_front() {
+                    self.reply_error(pending.origin, &message);
+                }
                 return;
             }
         };
         let capacity = config.context_length.min(KV_QUOTA_TOKENS);
-        let Some(mut kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, capacity)
-        else {
-            self.say_line("error: KV cache shape");
-            return;
-        };
-        // Lines typed while the answer streams: /cancel stops it, /stats is answered at once,
-        // anything else waits for the end of the answer.
-        let typed = RefCell::new((LineReader::<MAX_LINE>::new(), false, Vec::<String>::new()));
-        let console = self.console;
-        let started = self.clock.now_ns();
-        let result = answer(
-            &view,
-            &mut kv,
-            self.cpus,
-            prompt,
-            &self.settings,
-            |text| console.write_bytes(text.as_bytes()),
-            || {
-                let mut typed = typed.borrow_mut();
-                while let Some(byte) = console.read_byte() {
-                    let (reader, cancel, later) = &mut *typed;
-                    if let LineEvent::Line(line) = reader.push(byte) {
-                        match line.trim() {
-                            "/cancel" => *cancel = true,
-                            other => later.push(other.to_string()),
-                        }
+        let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
+        loop {
+            // Admit waiting requests while the batch's model is still the active one. Only one
+            // human answer streams at a time, so line-mode text never interleaves.
+            let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, &model));
+            let mut index = 0;
+            while same_model && index < self.pending.len() {
+                let human_busy = active.iter().any(|(pending, ..)| pending.origin == Origin::Human);
+                if self.pending[index].origin == Origin::Human && human_busy {
+                    index += 1;
+                    continue;
+                }
+                let Some(request) = self.pending.remove(index) else { break };
+                let Some(kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, capacity)
+                else {
+                    self.reply_error(request.origin, "KV cache shape");
+                    continue;
+                };
+                match Generation::new(&view, kv, &request.prompt, &request.settings) {
+                    Ok(generation) => active.push((request, generation, None)),
+                    Err(error) => {
+                        let message = alloc::format!("{error}");
+                        self.reply_error(request.origin, &message);
                     }
                 }
-                typed.1
-            },
-        );
-        let elapsed = self.clock.now_ns() - started;
-        match result {
-            Ok(turn) => {
-                self.statistics.turns += 1;
-                self.statistics.tokens += turn.generated_tokens as u64;
-                self.statistics.generation_ns += elapsed;
-                let rate = turn.generated_tokens as f64 / (elapsed as f64 / 1e9).max(1e-9);
-                let message = alloc::format!(
-                    "\r\n[{} prompt + {} generated tokens, {rate:.2} tokens/s{}]",
-                    turn.prompt_tokens,
-                    turn.generated_tokens,
-                    if turn.cancelled { ", cancelled" } else { "" }
-                );
-                self.say_line(&message);
             }
-            Err(error) => {
-                let message = alloc::format!("\r\nerror: {error}");
-                self.say_line(&message);
+            if active.is_empty() {
+                return;
             }
-        }
-        drop(kv);
-        drop(pool);
-        let (_, _, later) = typed.into_inner();
-        for line in later {
-            self.handle_line(&line);
+            for origin in core::mem::take(&mut self.cancels) {
+                active
+                    .iter_mut()
+                    .filter(|(pending, ..)| pending.origin == origin)
+                    .for_each(|(_, generation, _)| generation.cancel());
+            }
+            let mut finished = Vec::new();
+            for (slot, (request, generation, first_token_ns)) in active.iter_mut().enumerate() {
+                let was_prompt = generation.in_prompt();
+                let step = generation.step(self.cpus);
+                let now = self.clock.now_ns();
+                if !was_prompt && first_token_ns.is_none() {
+                    *first_token_ns = Some(now);
+                }
+                match step {
+                    Ok(Step::Running(text)) => self.emit_text(request.origin, &text),
+                    Ok(Step::Finished(finish, text)) => {
+                        self.emit_text(request.origin, &text);
+                        let statistics = generation.statistics();
+                        self.statistics.turns += 1;
+                        self.statistics.tokens += statistics.generated_tokens as u64;
+                        let total = now.saturating_sub(request.arrived_ns);
+                        self.statistics.generation_ns += total;
+                        let rate = statistics.generated_tokens as f64 / (total as f64 / 1e9).max(1e-9);
+                        match request.origin {
+                            Origin::Human => {
+                                let message = alloc::format!(
+                                    "\r\n[{} prompt + {} generated tokens, {rate:.2} tokens/s{}]",
+                                    statistics.prompt_tokens,
+                                    statistics.generated_tokens,
+                                    if finish == super::chat::Finish::Cancelled { ", cancelled" } else { "" }
+                                );
+                                self.say_line(&message);
+                            }
+                            Origin::Machine(id) => {
+                                let first = first_token_ns.unwrap_or(now).saturating_sub(request.arrived_ns);
+                                let event = Event::Done {
+                                    usage: Usage {
+                                        prompt_tokens: statistics.prompt_tokens,
+                                        completion_tokens: statistics.generated_tokens,
+                                    },
+                                    timings: Timings {
+                                        first_token_ms: first as f64 / 1e6,
+                                        total_ms: total as f64 / 1e6,
+                                        tokens_per_second: rate,
+                                    },
+                                    finish: finish.name(),
+                                    model: &model.name,
+                                };
+                                self.say(&protocol::record(Some(id), &event));
+                            }
+                        }
+                        finished.push(slot);
+                    }
+                    Err(error) => {
+                        let message = alloc::format!("{error}");
+                        self.reply_error(request.origin, &message);
+                        finished.push(slot);
+                    }
+                }
+            }
+            for slot in finished.into_iter().rev() {
+                active.swap_remove(slot);
+            }
+            self.poll_console();
         }
     }
 
-    /// Serves forever: a `> ` prompt, then each line. `relax` is called when no input waits.
+    fn emit_text(&self, origin: Origin, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        match origin {
+            Origin::Human => self.say(text),
+            Origin::Machine(id) => self.say(&protocol::record(Some(id), &Event::Token { text })),
+        }
+    }
+
+    /// Serves forever: a `> ` prompt, then each line; generations run in batches between
+    /// console polls. `relax` is called when nothing is waiting.
     pub fn run(mut self, relax: impl Fn()) -> ! {
-        let mut out = ConsoleWriter(self.console);
-        let _ = write!(out, "Type /help for commands.\r\n> ");
-        let mut reader = LineReader::<MAX_LINE>::new();
+        self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
         loop {
-            let Some(byte) = self.console.read_byte() else {
+            let handled = self.poll_console();
+            if !self.pending.is_empty() {
+                self.in_batch = true;
+                self.serve_batch();
+                self.in_batch = false;
+                self.cancels.clear();
+            }
+            if handled {
+                self.say("> ");
+            } else {
                 relax();
-                continue;
-            };
-            match reader.push(byte) {
-                LineEvent::Pending => {}
-                LineEvent::Echo(bytes) => self.console.write_bytes(bytes),
-                LineEvent::Line(text) => {
-                    let line = text.to_string();
-                    self.say("\r\n");
-                    self.handle_line(&line);
-                    self.say("> ");
-                }
-                LineEvent::Error(error) => {
-                    self.statistics.rejected_lines += 1;
-                    let message = alloc::format!("\r\nerror: {error}\r\n> ");
-                    self.say(&message);
-                }
             }
         }
     }

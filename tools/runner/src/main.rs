@@ -59,10 +59,17 @@ struct TestSpec {
 struct Step {
     /// Bytes to type (TOML escapes such as `\r` work).
     send: Option<String>,
+    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included),
+    /// then a line end.
+    send_noise: Option<usize>,
     /// Text that must appear in the output after the previous step's match.
     wait_for: Option<String>,
     /// Seconds to wait for `wait_for` (default 30).
     timeout: Option<u64>,
+    /// Look for `wait_for` anywhere in the output, not only after the previous match (for
+    /// records of interleaved requests, whose order is not fixed).
+    #[serde(default)]
+    anywhere: bool,
 }
 
 /// The name under which the `kernel8` image is known to the manifest.
@@ -166,9 +173,19 @@ fn run_test(
             script = Err(format!("step {}: {error}", index + 1));
             break;
         }
+        if let Some(count) = step.send_noise {
+            let mut random = kernel::rand::SplitMix64::new(count as u64);
+            let mut noise: Vec<u8> = (0..count).map(|_| random.next_u64() as u8).collect();
+            noise.extend_from_slice(b"\r");
+            if let Err(error) = session.send(&noise) {
+                script = Err(format!("step {}: {error}", index + 1));
+                break;
+            }
+        }
         if let Some(text) = &step.wait_for {
-            match session.wait_for(text, cursor, Duration::from_secs(step.timeout.unwrap_or(30))) {
-                Ok(end) => cursor = end,
+            let from = if step.anywhere { 0 } else { cursor };
+            match session.wait_for(text, from, Duration::from_secs(step.timeout.unwrap_or(30))) {
+                Ok(end) => cursor = cursor.max(end),
                 Err(error) => {
                     script = Err(format!("step {}: {error}", index + 1));
                     break;

@@ -155,12 +155,15 @@ impl Pl011Uart {
         // SAFETY: receive uses FR, DR reads and ICR, which no transmit path touches (transmit
         // only writes DR and reads FR), so sharing the block with a locked writer is sound.
         let registers: Mmio<Registers> = unsafe { Mmio::new(self.base) };
+        // Clear first, then drain: a byte that lands after the clear raises the interrupt again,
+        // whereas clearing after the drain could swallow the interrupt of a byte that arrived
+        // in between and leave a full FIFO that never interrupts again.
+        registers.ICR.write(ICR::RX::SET + ICR::RT::SET);
         let mut count = 0;
         while !registers.FR.is_set(FR::RXFE) {
             sink(registers.DR.get() as u8);
             count += 1;
         }
-        registers.ICR.write(ICR::RX::SET + ICR::RT::SET);
         count
     }
 

@@ -1,0 +1,234 @@
+//! Machine mode: newline-delimited JSON requests with ids, and the JSON records sent back.
+//!
+//! A request is one line that starts with `{`:
+//!
+//! ```text
+//! {"id":1,"op":"generate","prompt":"What is the capital of France?","max_tokens":32}
+//! {"id":2,"op":"stats"}      {"id":3,"op":"cancel","target":1}      {"id":4,"op":"models"}
+//! ```
+//!
+//! Answers are records on their own lines, each naming the request:
+//! `{"id":1,"event":"token","text":"Paris"}`, then `{"id":1,"event":"done",...}` with usage
+//! and timings, or `{"id":N,"event":"error","message":"..."}` for anything refused.
+
+#![forbid(unsafe_code)]
+
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+/// Longest prompt accepted in one request, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 4096;
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    /// Generate an answer to `prompt`.
+    Generate {
+        /// The message.
+        prompt: String,
+        /// Most tokens to generate (default: the console setting).
+        #[serde(default)]
+        max_tokens: Option<usize>,
+        /// Sampling temperature (default: the console setting).
+        #[serde(default)]
+        temperature: Option<f32>,
+    },
+    /// Stop request `target`.
+    Cancel {
+        /// The id of the request to stop.
+        target: u64,
+    },
+    /// Server statistics.
+    Stats,
+    /// The models on the card.
+    Models,
+}
+
+/// One machine-mode request.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Request {
+    /// The caller's id for the request; every record about it carries it.
+    pub id: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub operation: Operation,
+}
+
+/// Why a request line was refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProtocolError {
+    /// The request's id, when it could be read.
+    pub id: Option<u64>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses one request line. Never panics, on any input.
+pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
+    let id = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|value| value.get("id")?.as_u64());
+    let request: Request = serde_json::from_str(line)
+        .map_err(|error| ProtocolError { id, message: alloc::format!("malformed request: {error}") })?;
+    if let Operation::Generate { prompt, max_tokens, temperature } = &request.operation {
+        let problem = if prompt.len() > MAX_PROMPT_BYTES {
+            Some(alloc::format!("prompt longer than {MAX_PROMPT_BYTES} bytes"))
+        } else if max_tokens.is_some_and(|tokens| tokens == 0 || tokens > 4096) {
+            Some("max_tokens must be 1-4096".into())
+        } else if temperature.is_some_and(|value| !(0.0..=5.0).contains(&value)) {
+            Some("temperature must be 0-5".into())
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            return Err(ProtocolError { id: Some(request.id), message });
+        }
+    }
+    Ok(request)
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// Times of a finished request, in milliseconds of the board's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Timings {
+    /// From the request's arrival to its first generated token.
+    pub first_token_ms: f64,
+    /// From arrival to the end.
+    pub total_ms: f64,
+    /// Generated tokens per second.
+    pub tokens_per_second: f64,
+}
+
+/// One record sent back.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event<'a> {
+    /// A piece of generated text.
+    Token {
+        /// The text (whole UTF-8 characters).
+        text: &'a str,
+    },
+    /// The request finished.
+    Done {
+        /// Token counts.
+        usage: Usage,
+        /// Times.
+        timings: Timings,
+        /// Why it stopped: "stop", "length" or "cancelled".
+        finish: &'a str,
+        /// The model that answered.
+        model: &'a str,
+    },
+    /// The request was refused or failed.
+    Error {
+        /// What went wrong.
+        message: &'a str,
+    },
+    /// A free-form answer (stats, models), as text lines.
+    Info {
+        /// The answer.
+        text: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    id: Option<u64>,
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+}
+
+/// The JSON line (with CR LF) for `event` about request `id`.
+pub fn record(id: Option<u64>, event: &Event<'_>) -> String {
+    let mut line = serde_json::to_string(&Record { id, event }).unwrap_or_else(|_| String::from("{}"));
+    line.push_str("\r\n");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_every_operation() {
+        assert_eq!(
+            parse_request(r#"{"id":1,"op":"generate","prompt":"hi","max_tokens":5}"#).unwrap(),
+            Request {
+                id: 1,
+                operation: Operation::Generate {
+                    prompt: "hi".into(),
+                    max_tokens: Some(5),
+                    temperature: None
+                }
+            }
+        );
+        assert_eq!(parse_request(r#"{"id":2,"op":"stats"}"#).unwrap().operation, Operation::Stats);
+        assert_eq!(
+            parse_request(r#"{"op":"cancel","target":1,"id":3}"#).unwrap().operation,
+            Operation::Cancel { target: 1 }
+        );
+        assert_eq!(parse_request(r#"{"id":4,"op":"models"}"#).unwrap().operation, Operation::Models);
+    }
+
+    #[test]
+    fn refusals_name_the_request_when_they_can() {
+        let error = parse_request(r#"{"id":9,"op":"dance"}"#).unwrap_err();
+        assert_eq!(error.id, Some(9));
+        assert!(error.message.starts_with("malformed request"), "{}", error.message);
+        assert_eq!(parse_request("{not json").unwrap_err().id, None);
+        let zero = parse_request(r#"{"id":5,"op":"generate","prompt":"x","max_tokens":0}"#).unwrap_err();
+        assert_eq!((zero.id, zero.message.as_str()), (Some(5), "max_tokens must be 1-4096"));
+        let hot = parse_request(r#"{"id":6,"op":"generate","prompt":"x","temperature":9}"#).unwrap_err();
+        assert_eq!(hot.message, "temperature must be 0-5");
+        let long = alloc::format!(r#"{{"id":7,"op":"generate","prompt":"{}"}}"#, "a".repeat(5000));
+        assert!(parse_request(&long).unwrap_err().message.contains("longer than"));
+    }
+
+    #[test]
+    fn records_are_single_json_lines() {
+        let line = record(Some(1), &Event::Token { text: "a \"quoted\"\nline" });
+        assert_eq!(line, "{\"id\":1,\"event\":\"token\",\"text\":\"a \\\"quoted\\\"\\nline\"}\r\n");
+        let done = record(
+            Some(2),
+            &Event::Done {
+                usage: Usage { prompt_tokens: 3, completion_tokens: 4 },
+                timings: Timings { first_token_ms: 1.5, total_ms: 9.0, tokens_per_second: 2.0 },
+                finish: "stop",
+                model: "m.gguf",
+            },
+        );
+        let value: serde_json::Value = serde_json::from_str(done.trim_end()).unwrap();
+        assert_eq!(value["usage"]["completion_tokens"], 4);
+        assert_eq!(value["finish"], "stop");
+        assert_eq!(
+            record(None, &Event::Error { message: "x" }),
+            "{\"id\":null,\"event\":\"error\",\"message\":\"x\"}\r\n"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_lines_never_panic(line in ".{0,300}") {
+            let _ = parse_request(&line);
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(cut in 0usize..60, byte in any::<u8>(), at in 0usize..60) {
+            let mut bytes = br#"{"id":12,"op":"generate","prompt":"hello","max_tokens":3}"#.to_vec();
+            let at = at.min(bytes.len() - 1);
+            bytes[at] = byte;
+            bytes.truncate(bytes.len() - cut.min(bytes.len()));
+            if let Ok(line) = core::str::from_utf8(&bytes) {
+                let _ = parse_request(line);
+            }
+        }
+    }
+}
