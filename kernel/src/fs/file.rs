@@ -27,6 +27,18 @@ impl Extent {
     }
 }
 
+/// Where an opened file lies, kept without borrowing the volume, so a long read can be spread
+/// over time (a model staged between generated tokens) and resumed with [`Volume::reopen`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileLayout {
+    /// The path it was opened with.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its checked extents, in file order.
+    pub extents: Vec<Extent>,
+}
+
 /// An open file on a [`Volume`].
 ///
 /// The chain was walked and checked when the file was opened, so reads touch only data blocks:
@@ -75,6 +87,11 @@ impl<'volume, D: BlockDevice> File<'volume, D> {
     /// Moves the position; a position at or past the end makes the next chunk empty.
     pub fn seek(&mut self, position: u64) {
         self.position = position;
+    }
+
+    /// The file's layout, to resume reading later without walking its chain again.
+    pub fn layout(&self) -> FileLayout {
+        FileLayout { path: self.path.clone(), size: self.size, extents: self.extents.clone() }
     }
 
     /// The file's extents of contiguous blocks, in file order.

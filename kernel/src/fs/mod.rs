@@ -22,14 +22,14 @@ mod layout;
 mod volume;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use directory::{
     ATTRIBUTE_ARCHIVE, ATTRIBUTE_DIRECTORY, ATTRIBUTE_HIDDEN, ATTRIBUTE_READ_ONLY, ATTRIBUTE_SYSTEM,
     ATTRIBUTE_VOLUME_ID, DirectoryEntry, short_name_checksum,
 };
 pub use error::{BootSectorProblem, ChainFault, FsError};
-pub use file::{Extent, File};
+pub use file::{Extent, File, FileLayout};
 pub use layout::{
     FAT32_MAX_CLUSTERS, FAT32_MIN_CLUSTERS, Layout, PARTITION_TYPE_FAT32_CHS, PARTITION_TYPE_FAT32_LBA,
     Partition, find_fat32_partition,

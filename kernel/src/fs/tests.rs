@@ -23,7 +23,7 @@ const IMAGE_BLOCKS: u64 = 40 * 2048;
 
 /// A block device over an image in memory, with patched blocks laid over it, a log of every
 /// `read_blocks` call, and blocks that fail with a timeout.
-struct MemoryDevice<'image> {
+pub(crate) struct MemoryDevice<'image> {
     image: &'image [u8],
     patches: BTreeMap<u64, [u8; BLOCK_SIZE]>,
     reads: Vec<(u64, u64)>,
@@ -124,6 +124,25 @@ fn build_image(populate: impl FnOnce(&fatfs::Dir<'_, Cursor<&mut [u8]>>)) -> Vec
     populate(&file_system.root_dir());
     file_system.unmount().expect("unmount");
     image
+}
+
+/// A mounted volume (over a leaked image) holding `files`, their folders created on the way:
+/// for other modules' tests that read from a card.
+pub(crate) fn fat_volume_with(files: &[(&str, &[u8])]) -> Volume<MemoryDevice<'static>> {
+    let image = build_image(|root| {
+        for (path, bytes) in files {
+            let mut folder = String::new();
+            for part in
+                path.trim_start_matches('/').split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev()
+            {
+                folder.push('/');
+                folder.push_str(part);
+                let _ = root.create_dir(folder.trim_start_matches('/'));
+            }
+            write_file(root, path.trim_start_matches('/'), bytes);
+        }
+    });
+    Volume::mount(MemoryDevice::new(Vec::leak(image))).expect("mount a built image")
 }
 
 fn write_file(directory: &fatfs::Dir<'_, Cursor<&mut [u8]>>, path: &str, bytes: &[u8]) {

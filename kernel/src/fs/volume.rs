@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use super::directory::{DirectoryCursor, DirectoryEntry, ENTRY_SIZE, MAX_DIRECTORY_ENTRIES};
 use super::error::FsError;
 use super::fat::{FatWindow, read_blocks};
-use super::file::{Extent, File};
+use super::file::{Extent, File, FileLayout};
 use super::layout::{Layout, find_fat32_partition};
 use crate::hil::{BLOCK_SIZE, BlockDevice};
 
@@ -100,6 +100,12 @@ impl<D: BlockDevice> Volume<D> {
     /// Lists the directory at `path` (see [`Volume::entries`]).
     pub fn list(&mut self, path: &str) -> Result<Vec<DirectoryEntry>, FsError> {
         self.entries(path)?.collect()
+    }
+
+    /// Opens a file again from a layout taken from an earlier [`File`] on this volume, without
+    /// walking its chain again. The volume is read-only, so the layout stays valid.
+    pub fn reopen(&mut self, layout: &FileLayout) -> File<'_, D> {
+        File::new(self, layout.path.clone(), layout.size, layout.extents.clone())
     }
 
     /// Opens the file at `path`, walking and checking its whole cluster chain: it must end,

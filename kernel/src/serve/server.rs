@@ -6,7 +6,7 @@
 use super::{
     MAX_LINE,
     chat::{Generation, GenerationSettings, ServedModel, Step},
-    library::{list_models, load_model},
+    library::{StagedLoad, list_models, load_model},
     line::{LineEvent, LineReader},
     loader::progress_line,
     protocol::{self, Event, Operation, Timings, Usage},
@@ -94,7 +94,17 @@ pub struct Server<'a, D: BlockDevice> {
     cancels: Vec<Origin>,
     reader: LineReader<MAX_LINE>,
     in_batch: bool,
+    staging: Option<StagedLoad<'a>>,
+    /// Gaps between rounds of tokens while a background load ran, in ns.
+    swap_gaps: Vec<u64>,
+    /// The most recent gaps between rounds with no load running, in ns.
+    recent_gaps: VecDeque<u64>,
+    /// The last swap's pause: longest gap minus median gap during the load, in ns.
+    last_swap_pause_ns: Option<(u64, u64)>,
 }
+
+/// Bytes of a background load read between two rounds of tokens.
+pub const STAGE_BYTES: usize = 256 * 1024;
 
 /// Most requests waiting or running at once; more are refused with an error.
 pub const MAX_REQUESTS: usize = 16;
@@ -138,6 +148,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             cancels: Vec::new(),
             reader: LineReader::new(),
             in_batch: false,
+            staging: None,
+            swap_gaps: Vec::new(),
+            recent_gaps: VecDeque::new(),
+            last_swap_pause_ns: None,
         }
     }
 
@@ -230,6 +244,115 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
+    /// Starts loading `/models/NAME` in the background, a piece between rounds of tokens; the
+    /// active model swaps at a token boundary once the new one is complete and valid.
+    fn stage(&mut self, name: &str) {
+        if let Some(staging) = &self.staging {
+            let message =
+                alloc::format!("error: already loading {}; try again when it is done", staging.name());
+            self.say_line(&message);
+            return;
+        }
+        let Ok(volume) = &mut self.volume else {
+            let message = alloc::format!("error: cannot load {name}: no card");
+            self.say_line(&message);
+            return;
+        };
+        match StagedLoad::begin(volume, self.memory, name) {
+            Ok(staged) => {
+                let message =
+                    alloc::format!("loading {name} in the background; the current model keeps serving");
+                self.staging = Some(staged);
+                self.swap_gaps.clear();
+                self.say_line(&message);
+            }
+            Err(error) => {
+                self.statistics.failed_loads += 1;
+                let keeping = self
+                    .active_model()
+                    .map(|name| alloc::format!("; still serving {name}"))
+                    .unwrap_or_default();
+                let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
+                self.say_line(&message);
+            }
+        }
+    }
+
+    /// Reads the next piece of a background load; swaps the model in when it is complete.
+    fn advance_staging(&mut self, budget: usize) {
+        let (Some(staging), Ok(volume)) = (&mut self.staging, &mut self.volume) else { return };
+        let outcome = staging.advance(volume, budget);
+        let name = String::from(staging.name());
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                let Some(staged) = self.staging.take() else { return };
+                match staged.finish() {
+                    Ok(model) => {
+                        let old = self.active_model().map(String::from).unwrap_or_default();
+                        // The swap: batches already running keep their model until they end.
+                        self.model = Some(Arc::new(model));
+                        self.statistics.loads += 1;
+                        let message =
+                            alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
+                        self.say_line(&message);
+                    }
+                    Err(error) => {
+                        self.statistics.failed_loads += 1;
+                        let message = alloc::format!(
+                            "error: cannot load {name}: {error}; still serving {}",
+                            self.active_model().unwrap_or("(none)")
+                        );
+                        self.say_line(&message);
+                    }
+                }
+            }
+            Err(error) => {
+                self.staging = None;
+                self.statistics.failed_loads += 1;
+                let message = alloc::format!(
+                    "error: cannot load {name}: {error}; still serving {}",
+                    self.active_model().unwrap_or("(none)")
+                );
+                self.say_line(&message);
+            }
+        }
+    }
+
+    /// Records the gap since the previous round. Gaps while a background load runs are kept
+    /// apart; when the load is over, the swap pause is the longest of them minus the median of
+    /// the gaps just before it (or of its own gaps, when none came before).
+    fn record_round_gap(&mut self, gap_ns: u64, staging_before: bool) {
+        if !staging_before {
+            if self.recent_gaps.len() == 64 {
+                self.recent_gaps.pop_front();
+            }
+            self.recent_gaps.push_back(gap_ns);
+            return;
+        }
+        self.swap_gaps.push(gap_ns);
+        if self.staging.is_some() {
+            return;
+        }
+        let mut baseline: Vec<u64> = if self.recent_gaps.is_empty() {
+            self.swap_gaps.clone()
+        } else {
+            self.recent_gaps.iter().copied().collect()
+        };
+        baseline.sort_unstable();
+        let median = baseline[baseline.len() / 2];
+        let longest = self.swap_gaps.iter().copied().max().unwrap_or(median).max(median);
+        self.swap_gaps.clear();
+        self.last_swap_pause_ns = Some((longest, median));
+        let message = alloc::format!(
+            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms",
+            longest as f64 / 1e6,
+            median as f64 / 1e6,
+            (longest - median) as f64 / 1e6
+        );
+        self.say_line(&message);
+    }
+
     /// Handles one complete line.
     pub fn handle_line(&mut self, line: &str) {
         let line = line.trim();
@@ -249,6 +372,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         match name {
             "help" => self.say(&HELP.replace('\n', "\r\n")),
             "models" => self.list(),
+            "load" if !argument.is_empty() && self.in_batch => self.stage(argument),
             "load" if !argument.is_empty() => self.load(argument),
             "load" => self.say_line("usage: /load FILE (see /models)"),
             "stats" => {
@@ -342,7 +466,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             text,
             "model        {}\r\nturns        {}\r\ntokens       {} ({rate:.2} tokens/s on {} cores)\r\n\
              loads        {} ok, {} failed (old model kept)\r\nrejected     {} lines\r\n\
-             interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n",
+             interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
+             swap pause   {}\r\n",
             self.active_model().unwrap_or("(none)"),
             statistics.turns,
             statistics.tokens,
@@ -351,6 +476,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             statistics.failed_loads,
             statistics.rejected_lines,
             unserviced_ns as f64 / 1e6,
+            match self.last_swap_pause_ns {
+                Some((longest, median)) => alloc::format!(
+                    "{:.3} ms (longest gap between tokens {:.3} ms minus median {:.3} ms, last swap)",
+                    (longest - median) as f64 / 1e6,
+                    longest as f64 / 1e6,
+                    median as f64 / 1e6
+                ),
+                None => "no swap during generation yet".to_string(),
+            },
         );
         text
     }
@@ -493,6 +627,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         };
         let capacity = config.context_length.min(KV_QUOTA_TOKENS);
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
+        let mut round_start = self.clock.now_ns();
         loop {
             // Admit waiting requests while the batch's model is still the active one. Only one
             // human answer streams at a time, so line-mode text never interleaves.
@@ -548,7 +683,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                         match request.origin {
                             Origin::Human => {
                                 let message = alloc::format!(
-                                    "\r\n[{} prompt + {} generated tokens, {rate:.2} tokens/s{}]",
+                                    "\r\n[{}: {} prompt + {} generated tokens, {rate:.2} tokens/s{}]",
+                                    model.name,
                                     statistics.prompt_tokens,
                                     statistics.generated_tokens,
                                     if finish == super::chat::Finish::Cancelled { ", cancelled" } else { "" }
@@ -586,6 +722,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 active.swap_remove(slot);
             }
             self.poll_console();
+            let staging_before = self.staging.is_some();
+            self.advance_staging(STAGE_BYTES);
+            let now = self.clock.now_ns();
+            self.record_round_gap(now.saturating_sub(round_start), staging_before);
+            round_start = now;
         }
     }
 
@@ -610,6 +751,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.serve_batch();
                 self.in_batch = false;
                 self.cancels.clear();
+            }
+            // With nothing generating, a background load finishes at full speed.
+            while self.staging.is_some() && self.pending.is_empty() {
+                self.advance_staging(4 << 20);
+                if self.poll_console() {
+                    self.say("> ");
+                }
+            }
+            if self.staging.is_none() {
+                self.swap_gaps.clear();
             }
             if handled {
                 self.say("> ");
