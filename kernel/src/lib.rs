@@ -17,3 +17,4 @@ pub mod model;
 pub mod rand;
 pub mod serve;
 pub mod sync;
+pub mod telemetry;
