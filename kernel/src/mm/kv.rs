@@ -5,6 +5,17 @@
 //! Blocks are carved from 1 MiB chunks of the KV region, so a block size that is not a power of
 //! two (SmolLM2: 16 × 192 × 2 × 4 = 24 KiB) wastes only the tail of each chunk, not a quarter
 //! of every block as a power-of-two allocator would.
+//!
+//! Blocks carry reference counts, so sequences can share them:
+//! - a full block can be published in the pool's prefix cache under a hash of its parent
+//!   block's hash, its tokens, the model's identity and its layer;
+//! - a new sequence whose prompt starts with cached blocks attaches them
+//!   ([`PagedKv::with_prefix`]) instead of computing them again;
+//! - a write into a block that another table also holds copies the block first
+//!   (copy-on-write);
+//! - a cached block that no table holds any more stays on an LRU list, evicted from its head
+//!   when the pool needs a block; a finishing sequence releases its blocks last block first, so
+//!   the ends of sequences are evicted before the prefixes they share.
 
 use super::{
     MemError,
@@ -12,17 +23,32 @@ use super::{
     tensor::TensorKind,
 };
 use crate::hil::{KvError, KvStore};
-use alloc::vec::Vec;
+use alloc::{collections::BTreeMap, vec::Vec};
 use core::ptr::NonNull;
+
+#[cfg(test)]
+mod tests;
 
 /// Bytes of one chunk that blocks are carved from (the buddy allocator's largest block).
 pub const CHUNK_BYTES: u64 = super::tensor::LARGEST_BUDDY_BLOCK;
 
-/// Fixed-size KV blocks over the KV-cache pool.
+/// No block: the end of the LRU list.
+const NO_BLOCK: u32 = u32::MAX;
+
+/// Fixed-size KV blocks over the KV-cache pool, with reference counts and a prefix cache.
 ///
-/// Invariants: every block lies inside one chunk and no two live blocks overlap; a block is on
-/// the free list or owned by exactly one [`KvBlock`]. Allocation and free are O(1) except when
-/// a new chunk is taken from the buddy allocator (O(buddy levels)).
+/// Invariants:
+/// - every block lies inside one chunk and no two blocks overlap;
+/// - every carved block is in exactly one of three states: held (its reference count equals
+///   the number of [`KvBlock`] handles to it), cached (count zero, published, on the LRU list),
+///   or free (count zero, unpublished, on the free list);
+/// - a published block's contents never change while it is published: a handle writes only
+///   into a block it holds alone, after taking it out of the cache;
+/// - held + cached blocks never exceed the limit given to [`KvBlockPool::new`].
+///
+/// Time: allocation, release and sharing are O(1) (O(log n) when a cached block is evicted or
+/// attached, for the hash map), except when a new chunk is taken from the buddy allocator
+/// (O(buddy levels) plus carving the chunk).
 pub struct KvBlockPool<'memory> {
     memory: &'memory BackedMemory,
     floats_per_block: usize,
@@ -31,14 +57,54 @@ pub struct KvBlockPool<'memory> {
 
 struct PoolInner<'memory> {
     chunks: Vec<TensorBuffer<'memory>>,
-    free: Vec<NonNull<f32>>,
+    blocks: Vec<BlockEntry>,
+    free: Vec<u32>,
+    /// Blocks with a reference count above zero.
     in_use: usize,
     limit_blocks: usize,
+    cache: PrefixCache,
 }
 
-// SAFETY: the free list holds addresses of chunk memory owned by the pool; they are only handed
-// out under the lock, and each to one owner.
+/// The bookkeeping of one carved block.
+struct BlockEntry {
+    address: NonNull<f32>,
+    references: u32,
+    /// The key the block is published under, if it is.
+    published: Option<CacheKey>,
+    /// LRU neighbours while the block is cached and unreferenced.
+    previous: u32,
+    next: u32,
+}
+
+// SAFETY: the block addresses point into chunk memory owned by the pool; they are only handed
+// out under the lock, and written only through a handle that holds its block alone.
 unsafe impl Send for PoolInner<'_> {}
+
+/// Where a published block is found: the hash of its token block and its layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CacheKey {
+    hash: u64,
+    layer: u32,
+}
+
+/// What is known of a published block, checked on every lookup so that a hash collision can
+/// only cost a miss, never attach the wrong block.
+struct CacheEntry {
+    block: u32,
+    parent: u64,
+    tokens: Vec<u32>,
+}
+
+/// The prefix cache: published blocks by key, and the LRU list of those no table holds.
+///
+/// The list runs from the head (evicted first) to the tail (queued last).
+struct PrefixCache {
+    entries: BTreeMap<CacheKey, CacheEntry>,
+    head: u32,
+    tail: u32,
+    unreferenced: usize,
+    statistics: PrefixStatistics,
+}
 
 /// Counts of a [`KvBlockPool`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,15 +113,32 @@ pub struct KvPoolStatistics {
     pub blocks_in_use: usize,
     /// Blocks carved and free.
     pub blocks_free: usize,
+    /// Blocks no sequence holds but the prefix cache keeps (evictable).
+    pub blocks_cached: usize,
     /// Bytes of one block.
     pub block_bytes: usize,
     /// Chunks taken from the KV region.
     pub chunks: usize,
 }
 
+/// Counts of the prefix cache and of copy-on-write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixStatistics {
+    /// Prompt positions looked up by [`PagedKv::with_prefix`].
+    pub queried_tokens: u64,
+    /// Of those, positions found filled in the cache.
+    pub hit_tokens: u64,
+    /// Blocks published.
+    pub published_blocks: u64,
+    /// Cached blocks evicted to make room.
+    pub evicted_blocks: u64,
+    /// Blocks copied because a sequence wrote into a shared block.
+    pub copied_blocks: u64,
+}
+
 impl<'memory> KvBlockPool<'memory> {
     /// A pool of blocks of `floats_per_block` f32 values each, holding at most `limit_blocks`
-    /// blocks at once (the KV budget).
+    /// blocks at once (the KV budget), cached ones included.
     pub fn new(
         memory: &'memory BackedMemory,
         floats_per_block: usize,
@@ -73,9 +156,17 @@ impl<'memory> KvBlockPool<'memory> {
             floats_per_block,
             inner: spin::Mutex::new(PoolInner {
                 chunks: Vec::new(),
+                blocks: Vec::new(),
                 free: Vec::new(),
                 in_use: 0,
-                limit_blocks,
+                limit_blocks: limit_blocks.min(NO_BLOCK as usize),
+                cache: PrefixCache {
+                    entries: BTreeMap::new(),
+                    head: NO_BLOCK,
+                    tail: NO_BLOCK,
+                    unreferenced: 0,
+                    statistics: PrefixStatistics::default(),
+                },
             }),
         })
     }
@@ -87,25 +178,19 @@ impl<'memory> KvBlockPool<'memory> {
 
     /// Takes a zeroed block.
     pub fn alloc(&self) -> Result<KvBlock<'_, 'memory>, KvError> {
-        let mut inner = self.inner.lock();
-        if inner.in_use >= inner.limit_blocks {
-            return Err(KvError::OutOfMemory);
-        }
-        if inner.free.is_empty() {
-            let mut chunk =
-                self.memory.alloc(CHUNK_BYTES, TensorKind::KvCache).map_err(|_| KvError::OutOfMemory)?;
-            let floats = chunk.as_f32_mut();
-            for block in floats.chunks_exact_mut(self.floats_per_block) {
-                inner.free.push(NonNull::from(block).cast());
-            }
-            inner.chunks.push(chunk);
-        }
-        let data = inner.free.pop().ok_or(KvError::OutOfMemory)?;
-        inner.in_use += 1;
-        drop(inner);
-        let mut block = KvBlock { pool: self, data };
-        block.fill(0.0);
+        let mut block = self.alloc_for_overwrite()?;
+        block.make_mut()?.fill(0.0);
         Ok(block)
+    }
+
+    /// Takes a block without clearing it: its values are whatever it last held (zero for a
+    /// block never used). For callers that write every value before reading it, as a
+    /// [`PagedKv`] does.
+    pub fn alloc_for_overwrite(&self) -> Result<KvBlock<'_, 'memory>, KvError> {
+        let mut inner = self.inner.lock();
+        let id = inner.take(self.memory, self.floats_per_block)?;
+        let data = inner.blocks[id as usize].address;
+        Ok(KvBlock { pool: self, id, data })
     }
 
     /// Current counts.
@@ -114,16 +199,209 @@ impl<'memory> KvBlockPool<'memory> {
         KvPoolStatistics {
             blocks_in_use: inner.in_use,
             blocks_free: inner.free.len(),
+            blocks_cached: inner.cache.unreferenced,
             block_bytes: self.floats_per_block * 4,
             chunks: inner.chunks.len(),
         }
     }
+
+    /// Counts of the prefix cache and of copy-on-write.
+    pub fn prefix_statistics(&self) -> PrefixStatistics {
+        self.inner.lock().cache.statistics
+    }
+
+    /// Evicts every cached block that no sequence holds (the first action under memory
+    /// pressure) and returns how many were evicted. Blocks still held stay published.
+    pub fn drop_cached(&self) -> usize {
+        let mut inner = self.inner.lock();
+        let mut evicted = 0;
+        while let Some(id) = inner.evict_head() {
+            inner.free.push(id);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    fn handle(&self, id: u32, data: NonNull<f32>) -> KvBlock<'_, 'memory> {
+        KvBlock { pool: self, id, data }
+    }
 }
 
-/// One block, owned by one sequence; returns to its pool when dropped.
+impl<'memory> PoolInner<'memory> {
+    /// Takes a block with a reference count of one: a free one, else one carved from a new
+    /// chunk, else the least recently used cached one.
+    fn take(&mut self, memory: &'memory BackedMemory, floats_per_block: usize) -> Result<u32, KvError> {
+        let id = if self.in_use + self.cache.unreferenced >= self.limit_blocks {
+            self.evict_head().ok_or(KvError::OutOfMemory)?
+        } else if let Some(id) = self.free.pop() {
+            id
+        } else if let Some(mut chunk) = self.new_chunk(memory, floats_per_block) {
+            for block in chunk.as_f32_mut().chunks_exact_mut(floats_per_block) {
+                self.free.push(self.blocks.len() as u32);
+                self.blocks.push(BlockEntry {
+                    address: NonNull::from(block).cast(),
+                    references: 0,
+                    published: None,
+                    previous: NO_BLOCK,
+                    next: NO_BLOCK,
+                });
+            }
+            self.chunks.push(chunk);
+            self.free.pop().ok_or(KvError::OutOfMemory)?
+        } else {
+            self.evict_head().ok_or(KvError::OutOfMemory)?
+        };
+        self.blocks[id as usize].references = 1;
+        self.in_use += 1;
+        Ok(id)
+    }
+
+    /// A new chunk from the KV region, unless the region is full or its blocks could not all
+    /// be numbered below [`NO_BLOCK`].
+    fn new_chunk(
+        &self,
+        memory: &'memory BackedMemory,
+        floats_per_block: usize,
+    ) -> Option<TensorBuffer<'memory>> {
+        let per_chunk = CHUNK_BYTES as usize / (floats_per_block * 4);
+        (self.blocks.len() + per_chunk < NO_BLOCK as usize)
+            .then(|| memory.alloc(CHUNK_BYTES, TensorKind::KvCache).ok())
+            .flatten()
+    }
+
+    /// Adds a reference to a block that is held or cached.
+    fn share(&mut self, id: u32) {
+        if self.blocks[id as usize].references == 0 {
+            self.unlink(id);
+            self.in_use += 1;
+        }
+        self.blocks[id as usize].references += 1;
+    }
+
+    /// Drops one reference; a block nobody holds goes to the LRU tail if it is published, or
+    /// to the free list.
+    fn release(&mut self, id: u32) {
+        let entry = &mut self.blocks[id as usize];
+        entry.references = entry.references.checked_sub(1).expect("KV block released more often than held");
+        if entry.references > 0 {
+            return;
+        }
+        self.in_use -= 1;
+        if entry.published.is_some() {
+            self.push_tail(id);
+        } else {
+            self.free.push(id);
+        }
+    }
+
+    /// Takes a block out of the prefix cache, so it can be written.
+    fn unpublish(&mut self, id: u32) {
+        if let Some(key) = self.blocks[id as usize].published.take() {
+            self.cache.entries.remove(&key);
+        }
+    }
+
+    /// Unpublishes the LRU head and returns it (its reference count is zero).
+    fn evict_head(&mut self) -> Option<u32> {
+        let id = self.cache.head;
+        if id == NO_BLOCK {
+            return None;
+        }
+        self.unlink(id);
+        self.unpublish(id);
+        self.cache.statistics.evicted_blocks += 1;
+        Some(id)
+    }
+
+    fn push_tail(&mut self, id: u32) {
+        let tail = self.cache.tail;
+        let entry = &mut self.blocks[id as usize];
+        entry.previous = tail;
+        entry.next = NO_BLOCK;
+        if tail == NO_BLOCK {
+            self.cache.head = id;
+        } else {
+            self.blocks[tail as usize].next = id;
+        }
+        self.cache.tail = id;
+        self.cache.unreferenced += 1;
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let (previous, next) = {
+            let entry = &mut self.blocks[id as usize];
+            let links = (entry.previous, entry.next);
+            entry.previous = NO_BLOCK;
+            entry.next = NO_BLOCK;
+            links
+        };
+        if previous == NO_BLOCK {
+            self.cache.head = next;
+        } else {
+            self.blocks[previous as usize].next = next;
+        }
+        if next == NO_BLOCK {
+            self.cache.tail = previous;
+        } else {
+            self.blocks[next as usize].previous = previous;
+        }
+        self.cache.unreferenced -= 1;
+    }
+}
+
+/// One reference to a block; the reference is dropped with the handle, and a block nobody
+/// holds returns to its pool (to the prefix cache's LRU list if it is published).
+///
+/// Reading is always allowed; writing goes through [`KvBlock::make_mut`], which copies a
+/// shared block first.
 pub struct KvBlock<'pool, 'memory> {
     pool: &'pool KvBlockPool<'memory>,
+    id: u32,
     data: NonNull<f32>,
+}
+
+impl<'pool, 'memory> KvBlock<'pool, 'memory> {
+    /// Another handle to the same block (its reference count goes up by one).
+    pub fn share(&self) -> Self {
+        self.pool.inner.lock().share(self.id);
+        self.pool.handle(self.id, self.data)
+    }
+
+    /// How many handles refer to this block.
+    pub fn references(&self) -> u32 {
+        self.pool.inner.lock().blocks[self.id as usize].references
+    }
+
+    /// The block's values, writable. A block held by another handle is first copied into a
+    /// block of its own (copy-on-write); a block held only here but published leaves the
+    /// prefix cache, since its contents are about to change.
+    pub fn make_mut(&mut self) -> Result<&mut [f32], KvError> {
+        let mut inner = self.pool.inner.lock();
+        if inner.blocks[self.id as usize].references > 1 {
+            let id = inner.take(self.pool.memory, self.pool.floats_per_block)?;
+            inner.cache.statistics.copied_blocks += 1;
+            let copy = self.pool.handle(id, inner.blocks[id as usize].address);
+            drop(inner);
+            // SAFETY: `copy` is a new block held by nothing else, and the source is shared
+            // (count above one, one of them ours), so no handle writes either while we copy.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.data.as_ptr(),
+                    copy.data.as_ptr(),
+                    self.pool.floats_per_block,
+                );
+            }
+            // The old reference is dropped with the old handle.
+            *self = copy;
+        } else {
+            inner.unpublish(self.id);
+            drop(inner);
+        }
+        // SAFETY: the block is held by this handle alone and is not published, so no other
+        // handle can be made to it except through `self`, which `&mut self` borrows; its
+        // `floats_per_block` values lie in a chunk the pool keeps for its whole life.
+        Ok(unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr(), self.pool.floats_per_block) })
+    }
 }
 
 impl core::ops::Deref for KvBlock<'_, '_> {
@@ -131,23 +409,15 @@ impl core::ops::Deref for KvBlock<'_, '_> {
 
     fn deref(&self) -> &[f32] {
         // SAFETY: `data` points at `floats_per_block` values inside a chunk the pool keeps alive
-        // for its whole life, and this block is their only owner.
+        // for its whole life; they are written only through `make_mut`, which needs the block
+        // to be held by one handle alone, so never while another handle reads them.
         unsafe { core::slice::from_raw_parts(self.data.as_ptr(), self.pool.floats_per_block) }
-    }
-}
-
-impl core::ops::DerefMut for KvBlock<'_, '_> {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        // SAFETY: as in `deref`; `&mut self` makes the borrow unique.
-        unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr(), self.pool.floats_per_block) }
     }
 }
 
 impl Drop for KvBlock<'_, '_> {
     fn drop(&mut self) {
-        let mut inner = self.pool.inner.lock();
-        inner.free.push(self.data);
-        inner.in_use -= 1;
+        self.pool.inner.lock().release(self.id);
     }
 }
 
@@ -160,6 +430,8 @@ pub struct PagedKv<'pool, 'memory> {
     capacity: usize,
     /// Block `b` of layer `l` is `blocks[b * layers + l]`.
     blocks: Vec<KvBlock<'pool, 'memory>>,
+    /// Leading positions written in every layer (the most that may be published).
+    filled: usize,
 }
 
 impl<'pool, 'memory> PagedKv<'pool, 'memory> {
@@ -174,7 +446,7 @@ impl<'pool, 'memory> PagedKv<'pool, 'memory> {
         capacity: usize,
     ) -> Option<Self> {
         (block_tokens > 0 && pool.floats_per_block() == 2 * block_tokens * kv_dim && layers > 0)
-            .then(|| Self { pool, layers, kv_dim, block_tokens, capacity, blocks: Vec::new() })
+            .then(|| Self { pool, layers, kv_dim, block_tokens, capacity, blocks: Vec::new(), filled: 0 })
     }
 
     /// Blocks this sequence holds.
@@ -182,9 +454,122 @@ impl<'pool, 'memory> PagedKv<'pool, 'memory> {
         self.blocks.len()
     }
 
+    /// Empties this cache, then attaches the cached blocks of the longest cached prefix of
+    /// `tokens` (prompt tokens of the model `model`, an identity the caller keeps unique per
+    /// weights). Returns how many positions are filled, at most `tokens.len() - 1`: the caller
+    /// computes the rest from there, and always the last prompt token, whose logits it needs
+    /// (writing it into a shared block copies that block).
+    pub fn with_prefix(&mut self, model: u64, tokens: &[u32]) -> usize {
+        self.truncate(0);
+        let usable = tokens.len().min(self.capacity);
+        let mut parent = self.root_hash(model);
+        let mut attached = 0;
+        let mut inner = self.pool.inner.lock();
+        for block_tokens in tokens[..usable].chunks_exact(self.block_tokens) {
+            let hash = chain_hash(parent, block_tokens);
+            let mut found = alloc::vec![NO_BLOCK; self.layers];
+            for (layer, slot) in found.iter_mut().enumerate() {
+                let key = CacheKey { hash, layer: layer as u32 };
+                match inner.cache.entries.get(&key) {
+                    Some(entry) if entry.parent == parent && entry.tokens == block_tokens => {
+                        *slot = entry.block
+                    }
+                    _ => break,
+                }
+            }
+            if found.contains(&NO_BLOCK) {
+                break;
+            }
+            for &id in &found {
+                inner.share(id);
+                self.blocks.push(self.pool.handle(id, inner.blocks[id as usize].address));
+            }
+            attached += self.block_tokens;
+            parent = hash;
+        }
+        let filled = attached.min(tokens.len().saturating_sub(1));
+        inner.cache.statistics.queried_tokens += tokens.len() as u64;
+        inner.cache.statistics.hit_tokens += filled as u64;
+        self.filled = filled;
+        filled
+    }
+
+    /// Publishes this sequence's full blocks in the prefix cache, where `tokens[i]` is the
+    /// token whose rows were written at position `i` and `model` is as in
+    /// [`PagedKv::with_prefix`]. Only blocks whose positions are all written are published;
+    /// a token block already cached keeps its cached copy. Returns the blocks newly published.
+    pub fn publish(&mut self, model: u64, tokens: &[u32]) -> usize {
+        let full = tokens.len().min(self.filled) / self.block_tokens;
+        let mut parent = self.root_hash(model);
+        let mut published = 0usize;
+        let mut inner = self.pool.inner.lock();
+        for (index, block_tokens) in tokens.chunks_exact(self.block_tokens).take(full).enumerate() {
+            let hash = chain_hash(parent, block_tokens);
+            for layer in 0..self.layers {
+                let key = CacheKey { hash, layer: layer as u32 };
+                let id = self.blocks[index * self.layers + layer].id;
+                if inner.cache.entries.contains_key(&key) || inner.blocks[id as usize].published.is_some() {
+                    continue;
+                }
+                inner
+                    .cache
+                    .entries
+                    .insert(key, CacheEntry { block: id, parent, tokens: block_tokens.to_vec() });
+                inner.blocks[id as usize].published = Some(key);
+                published += 1;
+            }
+            parent = hash;
+        }
+        inner.cache.statistics.published_blocks += published as u64;
+        published
+    }
+
+    /// A second sequence with the same contents, sharing every block (for parallel sampling
+    /// from one prompt): each block's count goes up by one, and whichever sequence writes into
+    /// a shared block first copies it.
+    pub fn fork(&self) -> Self {
+        Self {
+            pool: self.pool,
+            layers: self.layers,
+            kv_dim: self.kv_dim,
+            block_tokens: self.block_tokens,
+            capacity: self.capacity,
+            blocks: self.blocks.iter().map(KvBlock::share).collect(),
+            filled: self.filled,
+        }
+    }
+
+    /// The hash every chain starts from: the model's identity and the block shape.
+    fn root_hash(&self, model: u64) -> u64 {
+        [self.layers as u64, self.kv_dim as u64, self.block_tokens as u64]
+            .into_iter()
+            .fold(mix(0, model), mix)
+    }
+
     fn locate(&self, layer: usize, position: usize) -> (usize, usize) {
         (position / self.block_tokens * self.layers + layer, position % self.block_tokens * self.kv_dim)
     }
+}
+
+impl Drop for PagedKv<'_, '_> {
+    fn drop(&mut self) {
+        self.truncate(0);
+    }
+}
+
+/// One step of the 64-bit hash: mixes `word` into `state` (multiply, rotate, and the
+/// SplitMix64 finaliser).
+fn mix(state: u64, word: u64) -> u64 {
+    let mut value =
+        (state ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31) ^ state.rotate_left(17);
+    value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^ (value >> 31)
+}
+
+/// The hash of a token block: its parent's hash and its tokens.
+fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
+    tokens.iter().fold(mix(parent, tokens.len() as u64), |state, &token| mix(state, u64::from(token)))
 }
 
 /// Floats a block needs for `block_tokens` positions of `kv_dim` values (keys and values).
@@ -219,13 +604,16 @@ impl KvStore for PagedKv<'_, '_> {
         }
         let needed = (position / self.block_tokens + 1) * self.layers;
         while self.blocks.len() < needed {
-            self.blocks.push(self.pool.alloc()?);
+            self.blocks.push(self.pool.alloc_for_overwrite()?);
         }
         let (block, offset) = self.locate(layer, position);
         let values_offset = self.block_tokens * self.kv_dim + offset;
-        let data = &mut self.blocks[block];
+        let data = self.blocks[block].make_mut()?;
         data[offset..offset + self.kv_dim].copy_from_slice(key);
         data[values_offset..values_offset + self.kv_dim].copy_from_slice(value);
+        if layer + 1 == self.layers && position == self.filled {
+            self.filled += 1;
+        }
         Ok(())
     }
 
@@ -241,110 +629,12 @@ impl KvStore for PagedKv<'_, '_> {
     }
 
     fn truncate(&mut self, length: usize) {
-        self.blocks.truncate(length.div_ceil(self.block_tokens) * self.layers);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        hil::SingleCpu,
-        infer::{
-            ContiguousKv, State, forward,
-            synthetic::{SyntheticFormat, SyntheticSpec},
-        },
-        mm::{buffer::tests::host_backed_memory, layout::MIB},
-        model::{ModelFile, TensorType},
-    };
-    use proptest::prelude::*;
-
-    fn logits_with(kv: &mut dyn KvStore, model: &ModelFile<'_>, tokens: &[u32]) -> Vec<f32> {
-        let weights = &model.weights;
-        let mut state = State::new(weights);
-        let mut all = Vec::new();
-        for (position, &token) in tokens.iter().enumerate() {
-            all.extend_from_slice(forward(weights, &mut state, kv, &SingleCpu, token, position).unwrap());
+        let keep = length.div_ceil(self.block_tokens) * self.layers;
+        // Last block first, so a finished sequence's tail reaches the LRU list before its
+        // prefix and is evicted first.
+        while self.blocks.len() > keep {
+            self.blocks.pop();
         }
-        all
-    }
-
-    #[test]
-    fn paged_logits_equal_contiguous_for_every_block_size() {
-        let spec = SyntheticSpec {
-            dim: 64,
-            hidden_dim: 96,
-            layers: 3,
-            heads: 4,
-            kv_heads: 2,
-            vocab_size: 300,
-            context_length: 80,
-            tied: true,
-            seed: 5,
-        };
-        let generated = spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap();
-        let model = ModelFile::parse(&generated.model).unwrap();
-        let config = model.weights.config;
-        let tokens: Vec<u32> = (0..70).map(|index| (index * 37 % 300) as u32).collect();
-        let mut contiguous =
-            ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap();
-        let expected = logits_with(&mut contiguous, &model, &tokens);
-        let memory = host_backed_memory(64 * MIB);
-        for block_tokens in [8, 16, 32] {
-            let pool =
-                KvBlockPool::new(memory, floats_per_block(block_tokens, config.kv_dim()), 1000).unwrap();
-            let mut paged = PagedKv::new(&pool, config.layers, config.kv_dim(), block_tokens, 80).unwrap();
-            assert_eq!(logits_with(&mut paged, &model, &tokens), expected, "block size {block_tokens}");
-            assert_eq!(paged.blocks_held(), 70usize.div_ceil(block_tokens) * config.layers);
-            drop(paged);
-            assert_eq!(pool.statistics().blocks_in_use, 0, "blocks return on drop");
-        }
-    }
-
-    #[test]
-    fn quota_and_budget_are_errors() {
-        let memory = host_backed_memory(32 * MIB);
-        let pool = KvBlockPool::new(memory, floats_per_block(4, 8), 2).unwrap();
-        let mut paged = PagedKv::new(&pool, 1, 8, 4, 100).unwrap();
-        let row = [1.0f32; 8];
-        for position in 0..8 {
-            paged.write(0, position, &row, &row).unwrap();
-        }
-        assert_eq!(paged.write(0, 8, &row, &row), Err(KvError::OutOfMemory), "pool limit of 2 blocks");
-        assert_eq!(
-            paged.write(0, 100, &row, &row),
-            Err(KvError::PositionOutOfRange { position: 100, capacity: 100 })
-        );
-        assert_eq!(paged.write(1, 0, &row, &row), Err(KvError::LayerOutOfRange { layer: 1 }));
-        assert_eq!(
-            paged.write(0, 0, &row[..3], &row),
-            Err(KvError::WrongRowLength { length: 3, expected: 8 })
-        );
-        paged.truncate(3);
-        assert_eq!(pool.statistics().blocks_in_use, 1);
-        assert!(PagedKv::new(&pool, 1, 9, 4, 10).is_none(), "block shape must match the pool");
-        assert!(KvBlockPool::new(memory, 0, 1).is_err());
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(32))]
-        /// Rows read back are the rows written, for random layers, positions and block sizes.
-        #[test]
-        fn rows_round_trip(block_tokens in 1usize..9, writes in proptest::collection::vec((0usize..3, 0usize..40, any::<i16>()), 1..60)) {
-            let memory = host_backed_memory(16 * MIB);
-            let pool = KvBlockPool::new(memory, floats_per_block(block_tokens, 4), 10_000).unwrap();
-            let mut paged = PagedKv::new(&pool, 3, 4, block_tokens, 40).unwrap();
-            let mut model = std::collections::HashMap::new();
-            for (layer, position, value) in writes {
-                let key = [f32::from(value); 4];
-                let val = [f32::from(value) + 0.5; 4];
-                paged.write(layer, position, &key, &val).unwrap();
-                model.insert((layer, position), value);
-            }
-            for ((layer, position), value) in model {
-                prop_assert_eq!(paged.key(layer, position), &[f32::from(value); 4]);
-                prop_assert_eq!(paged.value(layer, position), &[f32::from(value) + 0.5; 4]);
-            }
-        }
+        self.filled = self.filled.min(length);
     }
 }

@@ -1,0 +1,396 @@
+//! Tests of the paged KV cache: paging against the contiguous store, reference counts, prefix
+//! sharing, copy-on-write and LRU eviction, by example, by property and through the engine.
+
+use super::*;
+use crate::{
+    hil::SingleCpu,
+    infer::{
+        ContiguousKv, State, forward,
+        synthetic::{SyntheticFormat, SyntheticSpec},
+    },
+    mm::{buffer::tests::host_backed_memory, layout::MIB},
+    model::{ModelFile, TensorType},
+};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+fn logits_with(kv: &mut dyn KvStore, model: &ModelFile<'_>, tokens: &[u32]) -> Vec<f32> {
+    logits_from(kv, model, tokens, 0)
+}
+
+/// The logits of positions `start..` of `tokens`, positions before `start` already in `kv`.
+fn logits_from(kv: &mut dyn KvStore, model: &ModelFile<'_>, tokens: &[u32], start: usize) -> Vec<f32> {
+    let weights = &model.weights;
+    let mut state = State::new(weights);
+    let mut all = Vec::new();
+    for (position, &token) in tokens.iter().enumerate().skip(start) {
+        all.extend_from_slice(forward(weights, &mut state, kv, &SingleCpu, token, position).unwrap());
+    }
+    all
+}
+
+#[test]
+fn paged_logits_equal_contiguous_for_every_block_size() {
+    let spec = SyntheticSpec {
+        dim: 64,
+        hidden_dim: 96,
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+        vocab_size: 300,
+        context_length: 80,
+        tied: true,
+        seed: 5,
+    };
+    let generated = spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap();
+    let model = ModelFile::parse(&generated.model).unwrap();
+    let config = model.weights.config;
+    let tokens: Vec<u32> = (0..70).map(|index| (index * 37 % 300) as u32).collect();
+    let mut contiguous = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap();
+    let expected = logits_with(&mut contiguous, &model, &tokens);
+    let memory = host_backed_memory(64 * MIB);
+    for block_tokens in [8, 16, 32] {
+        let pool = KvBlockPool::new(memory, floats_per_block(block_tokens, config.kv_dim()), 1000).unwrap();
+        let mut paged = PagedKv::new(&pool, config.layers, config.kv_dim(), block_tokens, 80).unwrap();
+        assert_eq!(logits_with(&mut paged, &model, &tokens), expected, "block size {block_tokens}");
+        assert_eq!(paged.blocks_held(), 70usize.div_ceil(block_tokens) * config.layers);
+        drop(paged);
+        assert_eq!(pool.statistics().blocks_in_use, 0, "blocks return on drop");
+    }
+}
+
+#[test]
+fn quota_and_budget_are_errors() {
+    let memory = host_backed_memory(32 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(4, 8), 2).unwrap();
+    let mut paged = PagedKv::new(&pool, 1, 8, 4, 100).unwrap();
+    let row = [1.0f32; 8];
+    for position in 0..8 {
+        paged.write(0, position, &row, &row).unwrap();
+    }
+    assert_eq!(paged.write(0, 8, &row, &row), Err(KvError::OutOfMemory), "pool limit of 2 blocks");
+    assert_eq!(
+        paged.write(0, 100, &row, &row),
+        Err(KvError::PositionOutOfRange { position: 100, capacity: 100 })
+    );
+    assert_eq!(paged.write(1, 0, &row, &row), Err(KvError::LayerOutOfRange { layer: 1 }));
+    assert_eq!(paged.write(0, 0, &row[..3], &row), Err(KvError::WrongRowLength { length: 3, expected: 8 }));
+    paged.truncate(3);
+    assert_eq!(pool.statistics().blocks_in_use, 1);
+    assert!(PagedKv::new(&pool, 1, 9, 4, 10).is_none(), "block shape must match the pool");
+    assert!(KvBlockPool::new(memory, 0, 1).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Rows read back are the rows written, for random layers, positions and block sizes.
+    #[test]
+    fn rows_round_trip(block_tokens in 1usize..9, writes in proptest::collection::vec((0usize..3, 0usize..40, any::<i16>()), 1..60)) {
+        let memory = host_backed_memory(16 * MIB);
+        let pool = KvBlockPool::new(memory, floats_per_block(block_tokens, 4), 10_000).unwrap();
+        let mut paged = PagedKv::new(&pool, 3, 4, block_tokens, 40).unwrap();
+        let mut model = HashMap::new();
+        for (layer, position, value) in writes {
+            let key = [f32::from(value); 4];
+            let val = [f32::from(value) + 0.5; 4];
+            paged.write(layer, position, &key, &val).unwrap();
+            model.insert((layer, position), value);
+        }
+        for ((layer, position), value) in model {
+            prop_assert_eq!(paged.key(layer, position), &[f32::from(value); 4]);
+            prop_assert_eq!(paged.value(layer, position), &[f32::from(value) + 0.5; 4]);
+        }
+    }
+}
+
+fn synthetic_model(seed: u64) -> crate::infer::synthetic::SyntheticModel {
+    let spec = SyntheticSpec {
+        dim: 32,
+        hidden_dim: 48,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab_size: 300,
+        context_length: 96,
+        tied: true,
+        seed,
+    };
+    spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap()
+}
+
+#[test]
+fn prefix_sharing_gives_the_logits_of_no_sharing() {
+    const MODEL: u64 = 11;
+    let generated = synthetic_model(3);
+    let model = ModelFile::parse(&generated.model).unwrap();
+    let config = model.weights.config;
+    let (layers, kv_dim, block_tokens) = (config.layers, config.kv_dim(), 8);
+    let system: Vec<u32> = (0..37).map(|index| (index * 13 % 200) as u32).collect();
+    let prompt = |tail: &[u32]| -> Vec<u32> { system.iter().chain(tail).copied().collect() };
+    let first = prompt(&[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]);
+    let second = prompt(&[90, 91, 92, 93, 94]);
+    assert_eq!(first.len(), 56, "the first prompt fills seven blocks exactly");
+    let unshared = |tokens: &[u32]| {
+        let mut contiguous = ContiguousKv::new(layers, kv_dim, config.context_length).unwrap();
+        logits_with(&mut contiguous, &model, tokens)
+    };
+    let vocab = config.vocab_size;
+
+    let memory = host_backed_memory(16 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(block_tokens, kv_dim), 1000).unwrap();
+    let mut first_kv = PagedKv::new(&pool, layers, kv_dim, block_tokens, 96).unwrap();
+    assert_eq!(first_kv.with_prefix(MODEL, &first), 0, "nothing cached yet");
+    assert_eq!(logits_with(&mut first_kv, &model, &first), unshared(&first));
+    assert_eq!(first_kv.publish(MODEL, &first), 7 * layers);
+
+    // A second prompt shares the four full blocks of the system prompt while the first runs.
+    let mut second_kv = PagedKv::new(&pool, layers, kv_dim, block_tokens, 96).unwrap();
+    assert_eq!(second_kv.with_prefix(MODEL, &second), 32);
+    assert!(second_kv.blocks[..4 * layers].iter().all(|block| block.references() == 2));
+    assert_eq!(logits_from(&mut second_kv, &model, &second, 32), unshared(&second)[32 * vocab..]);
+    assert_eq!(pool.prefix_statistics().copied_blocks, 0, "the shared blocks were only read");
+    assert_eq!(second_kv.with_prefix(MODEL + 1, &second), 0, "another model shares nothing");
+    drop(second_kv);
+
+    // The same prompt again, after the first sequence finished: every block comes from the
+    // LRU list, and the last prompt token is computed again, copying the last block.
+    drop(first_kv);
+    assert_eq!(pool.statistics().blocks_cached, 7 * layers);
+    let mut again = PagedKv::new(&pool, layers, kv_dim, block_tokens, 96).unwrap();
+    assert_eq!(again.with_prefix(MODEL, &first), 55);
+    assert_eq!(logits_from(&mut again, &model, &first, 55), unshared(&first)[55 * vocab..]);
+    assert_eq!(pool.prefix_statistics().copied_blocks, 0, "a block held alone leaves the cache instead");
+    // A fork rewrites the last two positions of a shared block: it copies the block, and the
+    // sequence it came from still reads its own rows.
+    let mut forked = again.fork();
+    forked.truncate(54);
+    let rewritten: Vec<u32> = first[..54].iter().chain(&[7, 8]).copied().collect();
+    assert_eq!(logits_from(&mut forked, &model, &rewritten, 54), unshared(&rewritten)[54 * vocab..]);
+    assert_eq!(pool.prefix_statistics().copied_blocks, layers as u64, "the fork copied the block it wrote");
+    let longer: Vec<u32> = first.iter().chain(&[9]).copied().collect();
+    assert_eq!(logits_from(&mut again, &model, &longer, 56), unshared(&longer)[56 * vocab..]);
+    let statistics = pool.prefix_statistics();
+    assert_eq!(statistics.queried_tokens, (56 + 42 + 42 + 56) as u64);
+    assert_eq!(statistics.hit_tokens, (32 + 55) as u64);
+}
+
+#[test]
+fn copy_on_write_keeps_the_other_holder_intact() {
+    let memory = host_backed_memory(16 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(2, 1), 3).unwrap();
+    let mut first = pool.alloc().unwrap();
+    first.make_mut().unwrap().copy_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+    let mut second = first.share();
+    assert_eq!((first.references(), pool.statistics().blocks_in_use), (2, 1));
+    second.make_mut().unwrap()[0] = 9.0;
+    assert_eq!(&first[..], &[1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(&second[..], &[9.0, 2.0, 3.0, 4.0]);
+    assert_eq!((first.references(), second.references(), pool.statistics().blocks_in_use), (1, 1, 2));
+    let _third = pool.alloc().unwrap();
+    let shared = first.share();
+    assert_eq!(first.make_mut(), Err(KvError::OutOfMemory), "a copy needs a block of the budget");
+    assert_eq!(&shared[..], &[1.0, 2.0, 3.0, 4.0], "a failed copy changes nothing");
+}
+
+#[test]
+fn lru_evicts_the_ends_of_finished_sequences_first() {
+    let memory = host_backed_memory(16 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(1, 1), 4).unwrap();
+    let row = [1.0f32];
+    let mut sequence = PagedKv::new(&pool, 1, 1, 1, 10).unwrap();
+    for position in 0..4 {
+        sequence.write(0, position, &row, &row).unwrap();
+    }
+    assert_eq!(sequence.publish(1, &[10, 11, 12, 13]), 4);
+    let ids: Vec<u32> = sequence.blocks.iter().map(|block| block.id).collect();
+    drop(sequence);
+    assert_eq!(pool.statistics().blocks_cached, 4);
+    // Two new blocks evict the two last blocks of the finished sequence, not its prefix.
+    let fresh = [pool.alloc().unwrap(), pool.alloc().unwrap()];
+    assert_eq!(fresh.iter().map(|block| block.id).collect::<Vec<_>>(), [ids[3], ids[2]]);
+    let mut again = PagedKv::new(&pool, 1, 1, 1, 10).unwrap();
+    assert_eq!(again.with_prefix(1, &[10, 11, 12, 13, 14]), 2, "the prefix survived");
+    assert_eq!(pool.prefix_statistics().evicted_blocks, 2);
+    assert_eq!(pool.alloc().err(), Some(KvError::OutOfMemory), "held blocks are never evicted");
+    drop(again);
+    assert_eq!(pool.drop_cached(), 2);
+    assert_eq!(pool.statistics().blocks_cached, 0);
+}
+
+/// What the engine would store at `position` of `layer` after `tokens[..=position]`: a value
+/// that depends on the whole prefix, so a wrongly shared block shows.
+fn row_for(tokens: &[u32], position: usize, layer: usize) -> f32 {
+    let hash = chain_hash(layer as u64, &tokens[..=position]);
+    (hash % 10_000) as f32
+}
+
+/// One step of the random workload over several sequences.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Starts a sequence on prompt `prompt` (of a small set, so prompts share prefixes),
+    /// with or without prefix sharing.
+    Start { prompt: usize, share: bool },
+    /// Appends tokens to a sequence.
+    Decode { sequence: usize, tokens: Vec<u32> },
+    /// Publishes a sequence's full blocks.
+    Publish { sequence: usize },
+    /// Forks a sequence.
+    Fork { sequence: usize },
+    /// Cuts a sequence back.
+    Truncate { sequence: usize, length: usize },
+    /// Ends a sequence.
+    Finish { sequence: usize },
+    /// Drops the cached blocks.
+    DropCached,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0usize..4, any::<bool>()).prop_map(|(prompt, share)| Step::Start { prompt, share }),
+        4 => (any::<usize>(), proptest::collection::vec(0u32..3, 1..6))
+            .prop_map(|(sequence, tokens)| Step::Decode { sequence, tokens }),
+        2 => any::<usize>().prop_map(|sequence| Step::Publish { sequence }),
+        1 => any::<usize>().prop_map(|sequence| Step::Fork { sequence }),
+        1 => (any::<usize>(), 0usize..12).prop_map(|(sequence, length)| Step::Truncate { sequence, length }),
+        2 => any::<usize>().prop_map(|sequence| Step::Finish { sequence }),
+        1 => Just(Step::DropCached),
+    ]
+}
+
+const LAYERS: usize = 2;
+
+/// Writes `tokens[start..]` into `kv`; on running out of blocks, cuts the sequence back to
+/// what was written in every layer.
+fn write_rows(kv: &mut PagedKv<'_, '_>, tokens: &mut Vec<u32>, start: usize) {
+    for position in start..tokens.len() {
+        for layer in 0..LAYERS {
+            let row = [row_for(tokens, position, layer)];
+            if kv.write(layer, position, &row, &[row[0] + 0.5]).is_err() {
+                kv.truncate(position);
+                tokens.truncate(position);
+                return;
+            }
+        }
+    }
+}
+
+/// Checks every invariant of the pool against the live sequences.
+fn check_invariants(
+    pool: &KvBlockPool<'_>,
+    live: &[(PagedKv<'_, '_>, Vec<u32>)],
+) -> Result<(), TestCaseError> {
+    let mut holders: HashMap<u32, u32> = HashMap::new();
+    for (kv, tokens) in live {
+        prop_assert_eq!(kv.blocks.len(), tokens.len().div_ceil(kv.block_tokens) * LAYERS);
+        for block in &kv.blocks {
+            *holders.entry(block.id).or_default() += 1;
+        }
+        // Content: every row is the one its own prefix gives, whoever shares the block.
+        for position in 0..tokens.len() {
+            for layer in 0..LAYERS {
+                let expected = row_for(tokens, position, layer);
+                prop_assert_eq!(kv.key(layer, position), &[expected]);
+                prop_assert_eq!(kv.value(layer, position), &[expected + 0.5]);
+            }
+        }
+    }
+    let inner = pool.inner.lock();
+    let mut on_lru = 0;
+    let mut cursor = inner.cache.head;
+    while cursor != NO_BLOCK {
+        let entry = &inner.blocks[cursor as usize];
+        prop_assert_eq!(entry.references, 0, "an LRU block is held by nobody");
+        prop_assert!(entry.published.is_some(), "an LRU block is published");
+        on_lru += 1;
+        cursor = entry.next;
+    }
+    prop_assert_eq!(on_lru, inner.cache.unreferenced);
+    for &id in &inner.free {
+        let entry = &inner.blocks[id as usize];
+        prop_assert!(
+            entry.references == 0 && entry.published.is_none(),
+            "a free block is unheld and unpublished"
+        );
+    }
+    for (id, entry) in inner.blocks.iter().enumerate() {
+        // A block is in n tables exactly when its count is n.
+        prop_assert_eq!(entry.references, holders.get(&(id as u32)).copied().unwrap_or(0), "block {}", id);
+        if let Some(key) = entry.published {
+            prop_assert_eq!(inner.cache.entries[&key].block, id as u32);
+        }
+    }
+    prop_assert_eq!(
+        inner.cache.entries.len(),
+        inner.blocks.iter().filter(|entry| entry.published.is_some()).count()
+    );
+    prop_assert_eq!(inner.in_use, holders.len());
+    prop_assert_eq!(inner.in_use + inner.cache.unreferenced + inner.free.len(), inner.blocks.len());
+    prop_assert!(inner.in_use + inner.cache.unreferenced <= inner.limit_blocks);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Random sequences that share prefixes, fork, write, publish, cut back and finish over a
+    /// small budget (so blocks are evicted and copies fail): the accounting is exact, counts
+    /// equal the number of tables holding each block, the LRU list holds only unheld blocks,
+    /// and every sequence reads back exactly its own rows.
+    #[test]
+    fn sharing_keeps_counts_and_contents(
+        block_tokens in 1usize..5,
+        limit in 6usize..40,
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        static MEMORY: std::sync::OnceLock<&'static BackedMemory> = std::sync::OnceLock::new();
+        let memory = *MEMORY.get_or_init(|| host_backed_memory(16 * MIB));
+        let prompts: [Vec<u32>; 4] = [vec![0, 1, 2, 0, 1, 2, 0, 1], vec![0, 1, 2, 0, 1, 2, 2], vec![0, 1, 2, 0, 1, 2, 0, 1], vec![2, 2]];
+        let pool = KvBlockPool::new(memory, floats_per_block(block_tokens, 1), limit).unwrap();
+        let mut live: Vec<(PagedKv<'_, '_>, Vec<u32>)> = Vec::new();
+        for step in steps {
+            let count = live.len().max(1);
+            match step {
+                Step::Start { prompt, share } => {
+                    let mut kv = PagedKv::new(&pool, LAYERS, 1, block_tokens, 12).unwrap();
+                    let mut tokens = prompts[prompt].clone();
+                    let filled = if share { kv.with_prefix(5, &tokens) } else { 0 };
+                    prop_assert!(filled < tokens.len());
+                    write_rows(&mut kv, &mut tokens, filled);
+                    live.push((kv, tokens));
+                }
+                Step::Decode { sequence, tokens: more } if !live.is_empty() => {
+                    let (kv, tokens) = &mut live[sequence % count];
+                    let start = tokens.len();
+                    tokens.extend(more);
+                    tokens.truncate(12);
+                    write_rows(kv, tokens, start);
+                }
+                Step::Publish { sequence } if !live.is_empty() => {
+                    let (kv, tokens) = &mut live[sequence % count];
+                    kv.publish(5, tokens);
+                }
+                Step::Fork { sequence } if !live.is_empty() => {
+                    let (kv, tokens) = &live[sequence % count];
+                    let fork = (kv.fork(), tokens.clone());
+                    live.push(fork);
+                }
+                Step::Truncate { sequence, length } if !live.is_empty() => {
+                    let (kv, tokens) = &mut live[sequence % count];
+                    kv.truncate(length);
+                    tokens.truncate(length);
+                }
+                Step::Finish { sequence } if !live.is_empty() => {
+                    live.swap_remove(sequence % count);
+                }
+                Step::DropCached => {
+                    pool.drop_cached();
+                }
+                _ => {}
+            }
+            check_invariants(&pool, &live)?;
+        }
+        drop(live);
+        let statistics = pool.statistics();
+        prop_assert_eq!(statistics.blocks_in_use, 0);
+        prop_assert_eq!(pool.drop_cached(), statistics.blocks_cached);
+    }
+}
