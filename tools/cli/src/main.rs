@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod console;
 mod load;
 mod threads;
 
@@ -116,6 +117,26 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Chat with a running Tessera in machine mode, over QEMU's serial socket
+    /// (`-serial unix:PATH,server`) or a serial device; each line typed (or each --prompt)
+    /// is a request, and the answer streams back.
+    Console {
+        /// QEMU's serial socket.
+        #[arg(long, conflicts_with = "device")]
+        socket: Option<PathBuf>,
+        /// A serial device set to 115200 8N1 raw (e.g. `stty -F /dev/ttyUSB0 115200 raw -echo`).
+        #[arg(long)]
+        device: Option<PathBuf>,
+        /// Send this message instead of reading lines from standard input (repeatable).
+        #[arg(long)]
+        prompt: Vec<String>,
+        /// Most tokens per answer.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Seconds to wait for each answer to finish.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
     /// Write a deterministic synthetic model (and, for llama2c, OUT's tokenizer next to it).
     GenModel {
         /// Output model file; a llama2.c tokenizer goes to OUT with extension `.tokenizer.bin`.
@@ -202,6 +223,23 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), String> {
     match command {
+        Command::Console { socket, device, prompt, max_tokens, timeout } => {
+            let (reader, writer) = console::connect(socket.as_deref(), device.as_deref())?;
+            let inputs: Box<dyn Iterator<Item = String>> = if prompt.is_empty() {
+                Box::new(std::io::stdin().lines().map_while(Result::ok))
+            } else {
+                Box::new(prompt.into_iter())
+            };
+            let mut stdout = std::io::stdout();
+            console::converse(
+                reader,
+                writer,
+                inputs,
+                max_tokens,
+                &mut stdout,
+                std::time::Duration::from_secs(timeout),
+            )
+        }
         Command::Inspect { model, tokenizer } => inspect(&model, tokenizer.as_deref()),
         Command::Tokenize { model, text, tokenizer } => {
             let loaded = Loaded::read(&model, tokenizer.as_deref())?;
