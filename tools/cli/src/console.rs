@@ -80,10 +80,10 @@ pub fn converse(
     thread::spawn(move || {
         for line in BufReader::new(reader).split(b'\n') {
             let Ok(line) = line else { break };
-            if let Some(reply) = parse_record(&String::from_utf8_lossy(&line)) {
-                if sender.send(reply).is_err() {
-                    break;
-                }
+            if let Some(reply) = parse_record(&String::from_utf8_lossy(&line))
+                && sender.send(reply).is_err()
+            {
+                break;
             }
         }
     });
@@ -118,12 +118,12 @@ pub fn converse(
     Ok(())
 }
 
+/// The two halves of a link to the unikernel.
+pub type Link = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
 /// Connects to `socket` (QEMU's `-serial unix:PATH,server`) or opens `device` (a serial port
 /// already set to 115200 8N1, e.g. with `stty -F /dev/ttyUSB0 115200 raw -echo`).
-pub fn connect(
-    socket: Option<&Path>,
-    device: Option<&Path>,
-) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>), String> {
+pub fn connect(socket: Option<&Path>, device: Option<&Path>) -> Result<Link, String> {
     match (socket, device) {
         (Some(path), None) => {
             let stream = std::os::unix::net::UnixStream::connect(path)
