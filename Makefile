@@ -102,9 +102,10 @@ test-reference: toolchain
 test-qemu: deps $(DEFAULT_MODEL)
 	$(CARGO) run --release -q -p runner --bin qemu-runner
 
-bench: toolchain
+bench: deps
 	@mkdir -p docs/bench
 	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
+	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
 
 check: fmt-check clippy
 

@@ -19,6 +19,7 @@ USAGE:
 OPTIONS:
     --filter TEXT   run only tests whose name contains TEXT
     --list          list the tests and their settings, then exit
+    --bench         run the QEMU benchmarks instead of the tests, printing their tables
     --verbose       print every test's console output, not only failures'
     -h, --help      print this help
 
@@ -48,6 +49,9 @@ struct TestSpec {
     expect: Vec<String>,
     #[serde(default)]
     qemu_args: Vec<String>,
+    /// A benchmark: run only with `--bench`, and its output is printed.
+    #[serde(default)]
+    bench: bool,
     /// A console script: each step sends text and/or waits for text in the output.
     #[serde(default)]
     step: Vec<Step>,
@@ -90,12 +94,13 @@ struct Manifest {
 
 struct Options {
     filter: Option<String>,
+    bench: bool,
     list: bool,
     verbose: bool,
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
-    let mut options = Options { filter: None, list: false, verbose: false };
+    let mut options = Options { filter: None, bench: false, list: false, verbose: false };
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         match argument.as_str() {
@@ -105,6 +110,7 @@ fn parse_options() -> Result<Option<Options>, String> {
             }
             "--filter" => options.filter = Some(arguments.next().ok_or("--filter needs a value")?),
             "--list" => options.list = true,
+            "--bench" => options.bench = true,
             "--verbose" => options.verbose = true,
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -273,6 +279,7 @@ fn run() -> Result<bool, String> {
         .test
         .iter()
         .filter(|spec| options.filter.as_ref().is_none_or(|filter| spec.name.contains(filter.as_str())))
+        .filter(|spec| spec.bench == options.bench)
         .collect();
     if options.list {
         for spec in &selected {
@@ -336,6 +343,12 @@ fn run() -> Result<bool, String> {
                 println!("test {:<24} ... ok ({seconds:.1} s, {})", spec.name, spec.machine);
                 if options.verbose {
                     println!("{}", result.output);
+                } else if spec.bench {
+                    result
+                        .output
+                        .lines()
+                        .filter(|line| line.starts_with('|'))
+                        .for_each(|line| println!("{line}"));
                 }
             }
             Err(reason) => {
