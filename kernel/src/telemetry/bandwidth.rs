@@ -48,6 +48,8 @@ struct Window<const WINDOW: usize> {
     intervals: [IntervalBytes; WINDOW],
     completed: u64,
     peak_ever: u64,
+    /// Bytes of all completed intervals.
+    total: IntervalBytes,
     above_run: u32,
     below_run: u32,
 }
@@ -76,6 +78,17 @@ pub struct BandwidthMonitor<'clock, const WINDOW: usize = BANDWIDTH_WINDOW> {
     window: spin::Mutex<Window<WINDOW>>,
 }
 
+impl<const WINDOW: usize> fmt::Debug for BandwidthMonitor<'_, WINDOW> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("BandwidthMonitor")
+            .field("settings", &self.settings)
+            .field("interval_ticks", &self.interval_ticks)
+            .field("throttle_level", &self.throttle_level())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'clock, const WINDOW: usize> BandwidthMonitor<'clock, WINDOW> {
     /// A monitor whose first interval starts now on `clock`. `WINDOW` must not be zero.
     pub fn new(clock: &'clock dyn Clock, settings: BandwidthSettings) -> Self {
@@ -95,6 +108,7 @@ impl<'clock, const WINDOW: usize> BandwidthMonitor<'clock, WINDOW> {
                 intervals: [IntervalBytes::default(); WINDOW],
                 completed: 0,
                 peak_ever: 0,
+                total: IntervalBytes::default(),
                 above_run: 0,
                 below_run: 0,
             }),
@@ -164,6 +178,8 @@ impl<'clock, const WINDOW: usize> BandwidthMonitor<'clock, WINDOW> {
         window.completed += 1;
         let rate = self.rate(bytes.total());
         window.peak_ever = window.peak_ever.max(rate);
+        window.total.read = window.total.read.saturating_add(bytes.read);
+        window.total.written = window.total.written.saturating_add(bytes.written);
         let level = self.throttle_level.load(Ordering::Relaxed);
         if rate > self.settings.threshold_bytes_per_second {
             window.below_run = 0;
@@ -210,6 +226,7 @@ impl<'clock, const WINDOW: usize> BandwidthMonitor<'clock, WINDOW> {
             peak: self.rate(peak),
             mean: self.rate(mean),
             peak_ever: window.peak_ever,
+            total: window.total,
             threshold: self.settings.threshold_bytes_per_second,
             throttle_level: self.throttle_level(),
         }
@@ -237,6 +254,8 @@ pub struct BandwidthReport {
     pub mean: u64,
     /// The busiest interval since the monitor started.
     pub peak_ever: u64,
+    /// Bytes moved in all completed intervals.
+    pub total: IntervalBytes,
     /// The throttle threshold.
     pub threshold: u64,
     /// Halvings the throttle applies now.
@@ -407,6 +426,34 @@ mod tests {
     }
 
     #[test]
+    fn four_threads_lose_no_bytes_across_interval_closes() {
+        const PER_THREAD: u64 = 2000;
+        let clock = FakeClock::new();
+        let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let monitor = &monitor;
+                scope.spawn(move || {
+                    for step in 0..PER_THREAD {
+                        if thread % 2 == 0 { monitor.record_read(3) } else { monitor.record_write(step % 7) }
+                    }
+                });
+            }
+            // Intervals close while the threads record.
+            for _ in 0..50 {
+                clock.advance(400);
+                monitor.poll();
+                std::thread::yield_now();
+            }
+        });
+        clock.advance(1000);
+        let report = monitor.report();
+        let written_per_thread: u64 = (0..PER_THREAD).map(|step| step % 7).sum();
+        assert_eq!(report.total, IntervalBytes { read: 2 * 3 * PER_THREAD, written: 2 * written_per_thread });
+        assert_eq!(report.completed, 21, "1000 + 50 x 400 + 1000 ticks from a boundary at 2000");
+    }
+
+    #[test]
     fn report_reads_at_a_glance() {
         let clock = FakeClock::new();
         let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
@@ -458,6 +505,7 @@ throttle    off  (batch halves above 976.5 KiB/s)
                 prop_assert_eq!(report.current, totals.last().unwrap() * 1000);
                 prop_assert_eq!(report.peak, window.iter().max().unwrap() * 1000);
                 prop_assert_eq!(report.peak_ever, totals.iter().max().unwrap() * 1000);
+                prop_assert_eq!(report.total.read, totals.iter().sum::<u64>());
                 prop_assert_eq!(report.throttle_level, level);
                 prop_assert_eq!(monitor.suggested_batch(1 << 10), ((1usize << 10) >> level).max(1));
             }

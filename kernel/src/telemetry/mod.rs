@@ -33,3 +33,27 @@ pub use event::{EventKind, PressureLevel, SHORT_NAME_BYTES, ShortName, TraceEven
 pub use format::{ByteRate, ByteSize, Duration};
 pub use histogram::{HISTOGRAM_BUCKETS, Histogram, HistogramSnapshot, bucket_ceiling, bucket_of};
 pub use trace::{TRACE_CAPACITY, TraceRing};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    static TRACE: TraceRing<8> = TraceRing::new();
+    static COUNTERS: Counters = Counters::new(&["stats", "cancel", "status"], CONTROL_DEADLINE_NS);
+
+    /// The pieces as the console uses them: statics, a deadline miss turned into a trace event.
+    #[test]
+    fn statics_record_and_report_together() {
+        let latency_ns = 12_500_000;
+        if COUNTERS.record_command("stats", latency_ns) {
+            let miss = EventKind::DeadlineMiss { command: "stats".into(), latency_ns };
+            TRACE.record(TraceEvent::new(3_000_000_000, 0, miss));
+        }
+        assert!(!COUNTERS.record_command("cancel", 1_000));
+        let lines: Vec<_> = TRACE.snapshot(20).iter().map(ToString::to_string).collect();
+        assert_eq!(lines, ["   3.000000 s  core 0  deadline    stats answered in 12.5 ms"]);
+        assert_eq!(COUNTERS.report().deadline_misses(), 1);
+        assert!(COUNTERS.report().to_string().contains("  /stats                 1   12.5 ms"));
+    }
+}
