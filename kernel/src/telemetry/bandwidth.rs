@@ -59,8 +59,8 @@ struct Window<const WINDOW: usize> {
 ///
 /// Invariants and bounds:
 /// - [`BandwidthMonitor::record_read`] and [`BandwidthMonitor::record_write`] are lock-free and
-///   allocate nothing: a clock read and a compare, plus two atomic adds. Closing an interval
-///   takes the window lock with `try_lock` only, so no caller ever waits for it.
+///   allocate nothing: a clock read, a compare and one atomic add. Closing an interval takes
+///   the window lock with `try_lock` only, so no caller ever waits for it.
 /// - An interval closes on the first call after its end. Bytes recorded before that call count
 ///   in the interval that closes; intervals that passed with no call count as idle.
 /// - The throttle level only changes when an interval closes: `intervals_above` consecutive

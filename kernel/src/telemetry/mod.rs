@@ -4,7 +4,7 @@
 //! Everything that records (`TraceRing::record`, `Histogram::record`, the `Counters::record_*`
 //! methods, `BandwidthMonitor::record_read`/`record_write`/`suggested_batch`) is lock-free and
 //! allocates nothing, so any core and any interrupt handler may call it. Reading (snapshots and
-//! reports) allocates and belongs to the console.
+//! reports) may allocate or wait for a lock, and belongs to the console.
 //!
 //! ```text
 //! static TRACE: TraceRing = TraceRing::new();
@@ -39,7 +39,7 @@ mod tests {
     use super::*;
     use alloc::string::ToString;
 
-    static TRACE: TraceRing<8> = TraceRing::new();
+    static TRACE: TraceRing = TraceRing::new();
     static COUNTERS: Counters = Counters::new(&["stats", "cancel", "status"], CONTROL_DEADLINE_NS);
 
     /// The pieces as the console uses them: statics, a deadline miss turned into a trace event.
