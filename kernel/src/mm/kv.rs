@@ -28,6 +28,7 @@ use core::ptr::NonNull;
 
 #[cfg(test)]
 mod tests;
+pub mod two_level;
 
 /// Bytes of one chunk that blocks are carved from (the buddy allocator's largest block).
 pub const CHUNK_BYTES: u64 = super::tensor::LARGEST_BUDDY_BLOCK;
