@@ -394,3 +394,34 @@ proptest! {
         prop_assert_eq!(pool.drop_cached(), statistics.blocks_cached);
     }
 }
+
+#[test]
+fn only_written_blocks_are_published_and_lookups_check_the_tokens() {
+    let memory = host_backed_memory(16 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(2, 1), 100).unwrap();
+    let row = [1.0f32];
+    let mut sequence = PagedKv::new(&pool, 2, 1, 2, 10).unwrap();
+    for position in 0..4 {
+        sequence.write(0, position, &row, &row).unwrap();
+    }
+    assert_eq!(sequence.publish(3, &[1, 2, 3, 4]), 0, "layer 1 was never written");
+    for position in 0..3 {
+        sequence.write(1, position, &row, &row).unwrap();
+    }
+    assert_eq!(sequence.publish(3, &[1, 2, 3, 4]), 2, "only the first block is written in every layer");
+    assert_eq!(sequence.publish(3, &[1, 2, 3, 4]), 0, "publishing twice adds nothing");
+
+    // An entry under the right key whose tokens differ (as a hash collision would leave) is
+    // never attached.
+    let root = sequence.root_hash(3);
+    let hash = chain_hash(root, &[1, 2]);
+    {
+        let mut inner = pool.inner.lock();
+        for layer in 0..2 {
+            inner.cache.entries.get_mut(&CacheKey { hash, layer }).unwrap().tokens = vec![1, 9];
+        }
+    }
+    let mut other = PagedKv::new(&pool, 2, 1, 2, 10).unwrap();
+    assert_eq!(other.with_prefix(3, &[1, 2, 3]), 0);
+    assert_eq!(other.blocks_held(), 0);
+}
