@@ -13,7 +13,7 @@ use crate::{
     mm::{
         MemError,
         buffer::{BackedMemory, TensorBuffer},
-        tensor::TensorKind,
+        tensor::{Pool, TensorKind},
     },
     model::ModelError,
 };
@@ -57,8 +57,8 @@ impl fmt::Display for LibraryError {
             LibraryError::Load(error) => write!(formatter, "{error}"),
             LibraryError::NoMemory { needed, error } => write!(
                 formatter,
-                "not enough weights memory for {} MiB next to the current model ({error})",
-                needed.div_ceil(1 << 20)
+                "not enough weights memory for {} next to the current model ({error})",
+                crate::mm::error::Bytes(*needed)
             ),
             LibraryError::Invalid(error) => write!(formatter, "not a valid model: {error}"),
         }
@@ -76,11 +76,35 @@ pub fn list_models<D: BlockDevice>(volume: &mut Volume<D>) -> Result<Vec<ModelEn
         .collect())
 }
 
+/// A weights buffer of `size` bytes, within `budget` bytes of weights in all (`tessera.cfg`)
+/// when one is set.
+fn weights_buffer(
+    memory: &BackedMemory,
+    budget: Option<u64>,
+    size: u64,
+) -> Result<TensorBuffer<'_>, LibraryError> {
+    let statistics = memory.memory().statistics(Pool::Weights);
+    if let Some(budget) = budget {
+        let held = statistics.counters.reserved_bytes;
+        if held + size > budget {
+            let error = MemError::OutOfMemory {
+                pool: "weights budget (tessera.cfg)",
+                requested: size,
+                free: budget.saturating_sub(held),
+                largest_free: budget.saturating_sub(held),
+            };
+            return Err(LibraryError::NoMemory { needed: size, error });
+        }
+    }
+    memory.alloc(size, TensorKind::Weights).map_err(|error| LibraryError::NoMemory { needed: size, error })
+}
+
 /// Loads `/models/NAME` into a new weights buffer, reporting `progress(done, total)`, then
 /// validates it. A llama2.c checkpoint takes its tokenizer from `/models/tokenizer.bin`.
 pub fn load_model<'memory, D: BlockDevice>(
     volume: &mut Volume<D>,
     memory: &'memory BackedMemory,
+    budget: Option<u64>,
     name: &str,
     progress: impl FnMut(u64, u64),
 ) -> Result<ServedModel<TensorBuffer<'memory>>, LibraryError> {
@@ -90,9 +114,7 @@ pub fn load_model<'memory, D: BlockDevice>(
     if size == 0 {
         return Err(LibraryError::Load(LoadError::Empty));
     }
-    let mut buffer = memory
-        .alloc(size, TensorKind::Weights)
-        .map_err(|error| LibraryError::NoMemory { needed: size, error })?;
+    let mut buffer = weights_buffer(memory, budget, size)?;
     let length = read_whole(&mut file, &mut buffer, progress).map_err(LibraryError::Load)?;
     let is_gguf = buffer.starts_with(b"GGUF");
     drop(file);
@@ -128,6 +150,7 @@ impl<'memory> StagedLoad<'memory> {
     pub fn begin<D: BlockDevice>(
         volume: &mut Volume<D>,
         memory: &'memory BackedMemory,
+        budget: Option<u64>,
         name: &str,
     ) -> Result<Self, LibraryError> {
         let file = volume.open(&format!("{MODEL_DIRECTORY}/{name}")).map_err(LibraryError::Fs)?;
@@ -136,9 +159,7 @@ impl<'memory> StagedLoad<'memory> {
             return Err(LibraryError::Load(LoadError::Empty));
         }
         let layout = file.layout();
-        let buffer = memory
-            .alloc(size, TensorKind::Weights)
-            .map_err(|error| LibraryError::NoMemory { needed: size, error })?;
+        let buffer = weights_buffer(memory, budget, size)?;
         Ok(Self { name: name.into(), layout, buffer, done: 0 })
     }
 
@@ -204,7 +225,7 @@ mod tests {
     use crate::{
         fs::tests::fat_volume_with,
         infer::synthetic::{SyntheticFormat, SyntheticSpec},
-        mm::{buffer::tests::host_backed_memory, layout::MIB, tensor::Pool},
+        mm::{buffer::tests::host_backed_memory, layout::MIB},
         model::TensorType,
     };
 
@@ -238,30 +259,41 @@ mod tests {
             ["good.gguf", "bad.gguf"]
         );
 
-        let mut staged = StagedLoad::begin(&mut volume, memory, "good.gguf").unwrap();
+        let mut staged = StagedLoad::begin(&mut volume, memory, None, "good.gguf").unwrap();
         let mut steps = 0;
         while !staged.advance(&mut volume, 4096).unwrap() {
             steps += 1;
         }
         assert_eq!(steps, good.len().div_ceil(4096) - 1, "one bounded piece per step");
         let staged = staged.finish().unwrap();
-        let direct = load_model(&mut volume, memory, "good.gguf", |_, _| {}).unwrap();
+        let direct = load_model(&mut volume, memory, None, "good.gguf", |_, _| {}).unwrap();
         assert_eq!(staged.size(), direct.size());
         assert_eq!(staged.view().unwrap().file.config(), direct.view().unwrap().file.config());
         drop((staged, direct));
 
         assert!(matches!(
-            load_model(&mut volume, memory, "bad.gguf", |_, _| {}),
+            load_model(&mut volume, memory, None, "bad.gguf", |_, _| {}),
             Err(LibraryError::Invalid(_))
         ));
-        let mut bad_staged = StagedLoad::begin(&mut volume, memory, "bad.gguf").unwrap();
+        let mut bad_staged = StagedLoad::begin(&mut volume, memory, None, "bad.gguf").unwrap();
         while !bad_staged.advance(&mut volume, 1 << 20).unwrap() {}
         assert!(matches!(bad_staged.finish(), Err(LibraryError::Invalid(_))));
-        assert!(matches!(StagedLoad::begin(&mut volume, memory, "none.gguf"), Err(LibraryError::Fs(_))));
+        assert!(matches!(
+            StagedLoad::begin(&mut volume, memory, None, "none.gguf"),
+            Err(LibraryError::Fs(_))
+        ));
         assert_eq!(
             memory.memory().statistics(Pool::Weights).counters.live_bytes,
             baseline,
             "every failed or finished load returned its buffer"
         );
+        // A budget that holds one copy but not two refuses the second, as tessera.cfg asks.
+        let budget = Some(good.len() as u64 * 3 / 2);
+        let one = load_model(&mut volume, memory, budget, "good.gguf", |_, _| {}).unwrap();
+        assert!(matches!(
+            load_model(&mut volume, memory, budget, "good.gguf", |_, _| {}),
+            Err(LibraryError::NoMemory { .. })
+        ));
+        drop(one);
     }
 }

@@ -1,6 +1,7 @@
 //! Serving: the console loop, and the pieces of the console protocol.
 
 pub mod chat;
+pub mod config;
 pub mod library;
 pub mod line;
 pub mod loader;

@@ -6,6 +6,7 @@
 use super::{
     MAX_LINE,
     chat::{Generation, GenerationSettings, ServedModel, Step},
+    config::{self, CardConfig},
     library::{StagedLoad, list_models, load_model},
     line::{LineEvent, LineReader},
     loader::progress_line,
@@ -95,6 +96,7 @@ pub struct Server<'a, D: BlockDevice> {
     reader: LineReader<MAX_LINE>,
     in_batch: bool,
     staging: Option<StagedLoad<'a>>,
+    card_config: CardConfig,
     /// Gaps between rounds of tokens while a background load ran, in ns.
     swap_gaps: Vec<u64>,
     /// The most recent gaps between rounds with no load running, in ns.
@@ -149,6 +151,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             reader: LineReader::new(),
             in_batch: false,
             staging: None,
+            card_config: CardConfig::default(),
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
@@ -174,8 +177,40 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.statistics
     }
 
-    /// Loads the first model in `/models` (or reports why there is none).
+    /// Reads `/tessera.cfg` from the card, if there is one, and reports what it set and any
+    /// line it could not use.
+    pub fn read_card_config(&mut self) {
+        let Ok(volume) = &mut self.volume else { return };
+        let text = match volume.open(config::CONFIG_PATH) {
+            Ok(mut file) => {
+                let mut bytes = alloc::vec![0u8; file.size().min(64 * 1024) as usize];
+                match file.read_at(0, &mut bytes) {
+                    Ok(read) => String::from_utf8_lossy(&bytes[..read]).into_owned(),
+                    Err(error) => {
+                        let message = alloc::format!("{}: {error}; ignored", config::CONFIG_PATH);
+                        self.say_line(&message);
+                        return;
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        let (card_config, problems) = config::parse(&text);
+        for problem in problems {
+            let message = alloc::format!("{problem}; ignored");
+            self.say_line(&message);
+        }
+        if let Some(budget) = card_config.weights_budget {
+            let message = alloc::format!("{}: weights budget {} MiB", config::CONFIG_PATH, budget >> 20);
+            self.say_line(&message);
+        }
+        self.card_config = card_config;
+    }
+
+    /// Reads `/tessera.cfg`, then loads the first model in `/models` (or reports why there is
+    /// none).
     pub fn load_default(&mut self) {
+        self.read_card_config();
         let first = match &mut self.volume {
             Ok(volume) => match list_models(volume) {
                 Ok(models) => models.into_iter().next().map(|entry| entry.name),
@@ -208,7 +243,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         };
         let started = clock.now_ns();
         let mut last_drawn = 0;
-        let result = load_model(volume, self.memory, name, |done, total| {
+        let result = load_model(volume, self.memory, self.card_config.weights_budget, name, |done, total| {
             let now = clock.now_ns();
             if done == total || now - last_drawn > 200_000_000 {
                 last_drawn = now;
@@ -258,7 +293,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.say_line(&message);
             return;
         };
-        match StagedLoad::begin(volume, self.memory, name) {
+        match StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name) {
             Ok(staged) => {
                 let message =
                     alloc::format!("loading {name} in the background; the current model keeps serving");

@@ -8,9 +8,13 @@ use kernel::{
 use std::path::{Path, PathBuf};
 
 fn tiny(tensor_type: TensorType, seed: u64) -> Result<Vec<u8>, String> {
+    synthetic(64, 96, tensor_type, seed)
+}
+
+fn synthetic(dim: usize, hidden_dim: usize, tensor_type: TensorType, seed: u64) -> Result<Vec<u8>, String> {
     let spec = SyntheticSpec {
-        dim: 64,
-        hidden_dim: 96,
+        dim,
+        hidden_dim,
         layers: 2,
         heads: 4,
         kv_heads: 2,
@@ -24,6 +28,7 @@ fn tiny(tensor_type: TensorType, seed: u64) -> Result<Vec<u8>, String> {
 
 /// The bytes of the fixture called `name`:
 /// - `tiny-q8.gguf`, `tiny-q4.gguf`: synthetic llama models (Q8_0 seed 7, Q4_1 seed 9);
+/// - `medium-a.gguf`, `medium-b.gguf`: larger synthetic Q8_0 models of about 1.5 MiB each;
 /// - `truncated.gguf`, `wrong-magic.gguf`, `empty.gguf`, `offsets-past-end.gguf`: hostile
 ///   files derived from `tiny-q8.gguf`;
 /// - anything else is a path relative to the workspace root (e.g. a model in build/models/).
@@ -31,6 +36,8 @@ pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
     match name {
         "tiny-q8.gguf" => tiny(TensorType::Q8_0, 7),
         "tiny-q4.gguf" => tiny(TensorType::Q4_1, 9),
+        "medium-a.gguf" => synthetic(256, 512, TensorType::Q8_0, 11),
+        "medium-b.gguf" => synthetic(256, 512, TensorType::Q8_0, 12),
         "truncated.gguf" => tiny(TensorType::Q8_0, 7).map(|bytes| bytes[..bytes.len() / 2].to_vec()),
         "wrong-magic.gguf" => tiny(TensorType::Q8_0, 7).map(|mut bytes| {
             bytes[..4].copy_from_slice(b"FUGG");

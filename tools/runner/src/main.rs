@@ -39,6 +39,8 @@ struct TestSpec {
     /// Attach an SD image (FAT32, made like `make sdcard`) holding `kernel8.img` and these
     /// models (fixture names or paths, see `runner::fixtures`).
     sd_models: Option<Vec<String>>,
+    /// Contents of `/tessera.cfg` on that SD image.
+    sd_config: Option<String>,
     /// Pass a generated Raspberry Pi 3 device tree with this many bytes of ARM memory (`-dtb`).
     device_tree_memory: Option<u32>,
     #[serde(default = "default_machine")]
@@ -209,14 +211,19 @@ fn run_test(
 }
 
 /// Writes a FAT32 SD image with `kernel` and `models`, as `make sdcard` does.
-fn write_sd_image(output: &Path, kernel: &Path, models: Vec<PathBuf>) -> Result<(), String> {
+fn write_sd_image(
+    output: &Path,
+    kernel: &Path,
+    models: Vec<PathBuf>,
+    files: Vec<(PathBuf, String)>,
+) -> Result<(), String> {
     let options = sdimage::options::Options {
         output: output.to_path_buf(),
         kernel: kernel.to_path_buf(),
         config: None,
         models,
         firmware: None,
-        files: Vec::new(),
+        files,
         size: None,
     };
     let plan = sdimage::plan::plan(&options).map_err(|error| error.to_string())?;
@@ -315,7 +322,13 @@ fn run() -> Result<bool, String> {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
             let model_paths =
                 runner::fixtures::write_models(&root, &image_directory.join(&spec.name), models)?;
-            write_sd_image(&sd_image, &image, model_paths)?;
+            let mut files = Vec::new();
+            if let Some(text) = &spec.sd_config {
+                let path = image_directory.join(&spec.name).join("tessera.cfg");
+                std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
+                files.push((path, "/tessera.cfg".to_string()));
+            }
+            write_sd_image(&sd_image, &image, model_paths, files)?;
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
         }
         if let Some(memory) = spec.device_tree_memory {

@@ -1,0 +1,85 @@
+//! `tessera.cfg`: a small `key = value` file at the root of the card that adjusts the kernel
+//! (for now: lowering the weights budget, so two models need not fit).
+
+#![forbid(unsafe_code)]
+
+use alloc::{string::String, vec::Vec};
+use core::fmt;
+
+/// The file's path on the card.
+pub const CONFIG_PATH: &str = "/tessera.cfg";
+
+/// Settings read from `tessera.cfg`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CardConfig {
+    /// Most bytes of model weights held at once (the board's budget when absent).
+    pub weights_budget: Option<u64>,
+}
+
+/// A line of the file that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{CONFIG_PATH} line {}: {}", self.line, self.message)
+    }
+}
+
+/// Parses the file. Blank lines and `#` comments are skipped; unknown keys and bad values are
+/// reported and ignored, never fatal.
+pub fn parse(text: &str) -> (CardConfig, Vec<ConfigProblem>) {
+    let mut config = CardConfig::default();
+    let mut problems = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let problem = |message: String| ConfigProblem { line: index + 1, message };
+        let Some((key, value)) = line.split_once('=') else {
+            problems.push(problem(alloc::format!("expected key = value, got {line:?}")));
+            continue;
+        };
+        match key.trim() {
+            "weights_budget_mib" => match value.trim().parse::<u64>() {
+                Ok(mib) if (1..=1 << 20).contains(&mib) => config.weights_budget = Some(mib << 20),
+                _ => problems.push(problem(alloc::format!(
+                    "weights_budget_mib must be a whole number of MiB from 1, got {:?}",
+                    value.trim()
+                ))),
+            },
+            other => problems.push(problem(alloc::format!("unknown key {other:?}"))),
+        }
+    }
+    (config, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reads_the_budget_and_reports_the_rest() {
+        let (config, problems) =
+            parse("# lower budget\nweights_budget_mib = 3\n\nspeed = 11\nnonsense\nweights_budget_mib=0\n");
+        assert_eq!(config.weights_budget, Some(3 << 20));
+        let lines: Vec<usize> = problems.iter().map(|problem| problem.line).collect();
+        assert_eq!(lines, [4, 5, 6]);
+        assert_eq!(problems[0].to_string(), "/tessera.cfg line 4: unknown key \"speed\"");
+        assert_eq!(parse("").0, CardConfig::default());
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_without_panicking(text in ".{0,200}") {
+            let _ = parse(&text);
+        }
+    }
+}
