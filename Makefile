@@ -36,7 +36,7 @@ help:
 	@echo "  make test-host  host unit, property and integration tests"
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
 	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
-	@echo "  make bench      memory-pool benchmark against rlsf, talc, buddy_system_allocator, ... (docs/BENCHMARKS.md)"
+	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; QEMU instruction counts (docs/BENCHMARKS.md)"
 	@echo "  make qemu       like run, without rebuilding"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
@@ -105,6 +105,7 @@ test-qemu: deps $(DEFAULT_MODEL)
 bench: deps
 	@mkdir -p docs/bench
 	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
+	$(CARGO) run --release -q -p bench --bin kv-bench | tee docs/bench/kv-bench.md
 	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
 
 check: fmt-check clippy

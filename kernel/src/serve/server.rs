@@ -21,6 +21,7 @@ use crate::{
         kv::{KvBlockPool, PagedKv, floats_per_block},
         layout::RegionKind,
     },
+    telemetry::{EventKind, ShortName, TraceEvent, TraceRing},
 };
 use alloc::{
     collections::VecDeque,
@@ -97,6 +98,7 @@ pub struct Server<'a, D: BlockDevice> {
     in_batch: bool,
     staging: Option<StagedLoad<'a>>,
     card_config: CardConfig,
+    trace: TraceRing,
     /// Gaps between rounds of tokens while a background load ran, in ns.
     swap_gaps: Vec<u64>,
     /// The most recent gaps between rounds with no load running, in ns.
@@ -118,6 +120,7 @@ Type a message and press Enter to chat with the active model. Commands:
   /load FILE            load /models/FILE; the current model serves until it is ready
   /stats                tokens/s, turns, interrupts, errors
   /mem                  memory map with pool usage
+  /trace                recent events: loads, swaps, requests, slow commands
   /set NAME VALUE       temperature, top_p, seed or max_tokens
   /reset                generation settings back to their defaults
   /cancel               (while an answer streams) stop it
@@ -152,10 +155,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             in_batch: false,
             staging: None,
             card_config: CardConfig::default(),
+            trace: TraceRing::new(),
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
         }
+    }
+
+    /// Adds an event to the trace ring (`/trace`).
+    fn trace(&self, kind: EventKind) {
+        self.trace.record(TraceEvent::new(self.clock.now_ns(), 0, kind));
     }
 
     fn say(&self, text: &str) {
@@ -241,6 +250,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.say_line(&message);
             return;
         };
+        self.trace.record(TraceEvent::new(
+            clock.now_ns(),
+            0,
+            EventKind::LoadStarted { model: ShortName::new(name) },
+        ));
         let started = clock.now_ns();
         let mut last_drawn = 0;
         let result = load_model(volume, self.memory, self.card_config.weights_budget, name, |done, total| {
@@ -262,6 +276,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                         .map(|old| alloc::format!("; replaces {}", old.name))
                         .unwrap_or_default()
                 );
+                self.trace(EventKind::LoadFinished {
+                    model: ShortName::new(&model.name),
+                    bytes: model.size() as u64,
+                });
+                self.trace(EventKind::ModelSwap {
+                    from: ShortName::new(self.active_model().unwrap_or("")),
+                    to: ShortName::new(&model.name),
+                });
                 // The old model's weights are freed once no batch holds them any more.
                 self.model = Some(Arc::new(model));
                 self.statistics.loads += 1;
@@ -295,6 +317,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         };
         match StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name) {
             Ok(staged) => {
+                self.trace(EventKind::LoadStarted { model: ShortName::new(name) });
                 let message =
                     alloc::format!("loading {name} in the background; the current model keeps serving");
                 self.staging = Some(staged);
@@ -325,6 +348,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 match staged.finish() {
                     Ok(model) => {
                         let old = self.active_model().map(String::from).unwrap_or_default();
+                        self.trace(EventKind::LoadFinished {
+                            model: ShortName::new(&name),
+                            bytes: model.size() as u64,
+                        });
+                        self.trace(EventKind::ModelSwap {
+                            from: ShortName::new(&old),
+                            to: ShortName::new(&name),
+                        });
                         // The swap: batches already running keep their model until they end.
                         self.model = Some(Arc::new(model));
                         self.statistics.loads += 1;
@@ -334,6 +365,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     }
                     Err(error) => {
                         self.statistics.failed_loads += 1;
+                        self.trace(EventKind::LoadFailed { model: ShortName::new(&name) });
                         let message = alloc::format!(
                             "error: cannot load {name}: {error}; still serving {}",
                             self.active_model().unwrap_or("(none)")
@@ -345,6 +377,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             Err(error) => {
                 self.staging = None;
                 self.statistics.failed_loads += 1;
+                self.trace(EventKind::LoadFailed { model: ShortName::new(&name) });
                 let message = alloc::format!(
                     "error: cannot load {name}: {error}; still serving {}",
                     self.active_model().unwrap_or("(none)")
@@ -417,6 +450,19 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             "mem" => {
                 let report = alloc::format!("{}", self.memory.memory().report()).replace('\n', "\r\n");
                 self.say(&report);
+            }
+            "trace" => {
+                let events = self.trace.snapshot(32);
+                let mut text = alloc::format!(
+                    "{} events recorded, {} dropped; the last {}:\r\n",
+                    self.trace.recorded(),
+                    self.trace.dropped(),
+                    events.len()
+                );
+                for event in events {
+                    let _ = write!(text, "{event}\r\n");
+                }
+                self.say(&text);
             }
             "set" => self.set(argument),
             "reset" => {
@@ -681,7 +727,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     continue;
                 };
                 match Generation::new(&view, kv, &request.prompt, &request.settings) {
-                    Ok(generation) => active.push((request, generation, None)),
+                    Ok(generation) => {
+                        let id = match request.origin {
+                            Origin::Human => 0,
+                            Origin::Machine(id) => id,
+                        };
+                        let tokens = generation.statistics().prompt_tokens as u32;
+                        self.trace(EventKind::RequestAdmitted { id, tokens });
+                        active.push((request, generation, None));
+                    }
                     Err(error) => {
                         let message = alloc::format!("{error}");
                         self.reply_error(request.origin, &message);
@@ -710,6 +764,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     Ok(Step::Finished(finish, text)) => {
                         self.emit_text(request.origin, &text);
                         let statistics = generation.statistics();
+                        let id = match request.origin {
+                            Origin::Human => 0,
+                            Origin::Machine(id) => id,
+                        };
+                        self.trace(EventKind::RequestFinished {
+                            id,
+                            tokens: statistics.generated_tokens as u32,
+                        });
                         self.statistics.turns += 1;
                         self.statistics.tokens += statistics.generated_tokens as u64;
                         let total = now.saturating_sub(request.arrived_ns);
