@@ -36,6 +36,19 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         }
     }
 
+    /// A sequence whose first `history.len()` positions are already in `kv` (a cached prompt
+    /// prefix): feeding continues at the next position, attending to them.
+    pub fn resume(weights: &'w Weights<'a>, kv: K, history: Vec<u32>) -> Self {
+        let mut session = Self::new(weights, kv);
+        session.history = history;
+        session
+    }
+
+    /// The sequence's KV store.
+    pub fn kv_mut(&mut self) -> &mut K {
+        &mut self.kv
+    }
+
     /// Tokens fed so far (the next position).
     pub fn position(&self) -> usize {
         self.history.len()

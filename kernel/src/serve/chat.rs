@@ -126,6 +126,8 @@ pub struct TurnStatistics {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub generated_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
     /// Whether the turn stopped because it was cancelled.
     pub cancelled: bool,
 }
@@ -214,7 +216,20 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         prompt: &str,
         settings: &GenerationSettings,
     ) -> Result<Self, ChatError> {
-        let tokens = model.prompt_tokens(prompt);
+        Self::with_cached_prefix(model, kv, &model.prompt_tokens(prompt), settings, |_, _| 0)
+    }
+
+    /// Like [`Generation::new`] for already tokenized `tokens`; `attach(kv, tokens)` may fill
+    /// the K/V of a cached prefix of them and return how many positions it filled, which are
+    /// then not computed again.
+    pub fn with_cached_prefix(
+        model: &'weights ModelView<'file>,
+        mut kv: Store,
+        tokens: &[u32],
+        settings: &GenerationSettings,
+        attach: impl FnOnce(&mut Store, &[u32]) -> usize,
+    ) -> Result<Self, ChatError> {
+        let tokens = tokens.to_vec();
         if tokens.is_empty() {
             return Err(ChatError::EmptyPrompt);
         }
@@ -229,12 +244,19 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
             seed: settings.seed,
             ..SamplerConfig::default()
         };
+        // Never the whole prompt: the last prompt token is always computed, for its logits.
+        let cached = attach(&mut kv, &tokens).min(tokens.len() - 1);
+        let history = tokens[..cached].to_vec();
         Ok(Self {
-            session: Session::new(weights, kv),
+            session: Session::resume(weights, kv, history.clone()),
             tokenizer: model.tokenizer,
             sampler: Sampler::new(config, weights.config.vocab_size),
-            history: Vec::with_capacity(tokens.len() + settings.max_tokens),
-            statistics: TurnStatistics { prompt_tokens: tokens.len(), ..TurnStatistics::default() },
+            history,
+            statistics: TurnStatistics {
+                prompt_tokens: tokens.len(),
+                cached_tokens: cached,
+                ..TurnStatistics::default()
+            },
             prompt: tokens,
             next: None,
             max_tokens: settings.max_tokens,
@@ -252,6 +274,16 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
     /// Counts so far.
     pub fn statistics(&self) -> TurnStatistics {
         self.statistics
+    }
+
+    /// The tokens of the sequence so far (prompt, then generated).
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// The sequence's KV store (to publish its blocks when it ends).
+    pub fn kv_mut(&mut self) -> &mut Store {
+        self.session.kv_mut()
     }
 
     /// Whether it is still feeding its prompt.
@@ -395,6 +427,49 @@ mod tests {
             answer(&view, &mut kv, &SingleCpu, &long, &settings, |_| {}, || false),
             Err(ChatError::PromptTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn cached_prefixes_change_nothing_but_the_work() {
+        use crate::mm::{
+            buffer::tests::host_backed_memory,
+            kv::{KvBlockPool, PagedKv, floats_per_block},
+            layout::MIB,
+        };
+        let (bytes, _) = synthetic(SyntheticFormat::Gguf(TensorType::Q8_0));
+        let model = ServedModel::new("tiny.gguf", bytes.clone(), bytes.len(), None).unwrap();
+        let view = model.view().unwrap();
+        let config = *view.file.config();
+        let memory = host_backed_memory(64 * MIB);
+        let pool = KvBlockPool::new(memory, floats_per_block(16, config.kv_dim()), 4096).unwrap();
+        let settings = GenerationSettings { max_tokens: 12, ..GenerationSettings::default() };
+        let run = |prompt: &str| {
+            let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), 16, 256).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let mut generation =
+                Generation::with_cached_prefix(&view, kv, &tokens, &settings, |kv, tokens| {
+                    kv.with_prefix(9, tokens)
+                })
+                .unwrap();
+            let mut text = String::new();
+            loop {
+                match generation.step(&SingleCpu).unwrap() {
+                    Step::Running(piece) => text.push_str(&piece),
+                    Step::Finished(_, piece) => {
+                        text.push_str(&piece);
+                        break;
+                    }
+                }
+            }
+            let history = generation.history().to_vec();
+            generation.kv_mut().publish(9, &history);
+            (text, generation.statistics().cached_tokens)
+        };
+        let (first, first_cached) = run("hello there");
+        let (second, second_cached) = run("hello there");
+        assert_eq!(first_cached, 0);
+        assert!(second_cached >= 16, "the repeated prompt reuses cached blocks ({second_cached})");
+        assert_eq!(first, second, "cached K/V gives the same answer");
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache.
+    pub cached_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
 }
@@ -199,7 +201,7 @@ mod tests {
         let done = record(
             Some(2),
             &Event::Done {
-                usage: Usage { prompt_tokens: 3, completion_tokens: 4 },
+                usage: Usage { prompt_tokens: 3, cached_tokens: 0, completion_tokens: 4 },
                 timings: Timings { first_token_ms: 1.5, total_ms: 9.0, tokens_per_second: 2.0 },
                 finish: "stop",
                 model: "m.gguf",

@@ -99,6 +99,9 @@ pub struct Server<'a, D: BlockDevice> {
     staging: Option<StagedLoad<'a>>,
     card_config: CardConfig,
     trace: TraceRing,
+    /// The KV block pool, kept across batches so cached prompt prefixes outlive requests, with
+    /// the block size (in floats) it was made for.
+    kv_pool: Option<(usize, Arc<KvBlockPool<'a>>)>,
     /// Gaps between rounds of tokens while a background load ran, in ns.
     swap_gaps: Vec<u64>,
     /// The most recent gaps between rounds with no load running, in ns.
@@ -156,6 +159,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             staging: None,
             card_config: CardConfig::default(),
             trace: TraceRing::new(),
+            kv_pool: None,
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
@@ -616,7 +620,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     Some(pending) => {
                         let total = self.clock.now_ns().saturating_sub(pending.arrived_ns) as f64 / 1e6;
                         let event = Event::Done {
-                            usage: Usage { prompt_tokens: 0, completion_tokens: 0 },
+                            usage: Usage { prompt_tokens: 0, cached_tokens: 0, completion_tokens: 0 },
                             timings: Timings {
                                 first_token_ms: total,
                                 total_ms: total,
@@ -695,17 +699,36 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         };
         let config = *view.file.config();
         let block_floats = floats_per_block(KV_BLOCK_TOKENS, config.kv_dim());
-        let kv_region = self.info.plan.region(RegionKind::KvCache).size as usize;
-        let pool = match KvBlockPool::new(self.memory, block_floats, kv_region / (block_floats * 4)) {
-            Ok(pool) => pool,
-            Err(error) => {
-                let message = alloc::format!("KV cache: {error}");
-                while let Some(pending) = self.pending.pop_front() {
-                    self.reply_error(pending.origin, &message);
+        let pool = match self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
+            Some((_, pool)) => Arc::clone(pool),
+            None => {
+                let kv_region = self.info.plan.region(RegionKind::KvCache).size as usize;
+                // The old pool (and its cached blocks) goes once no batch uses it.
+                self.kv_pool = None;
+                match KvBlockPool::new(self.memory, block_floats, kv_region / (block_floats * 4)) {
+                    Ok(pool) => {
+                        let pool = Arc::new(pool);
+                        self.kv_pool = Some((block_floats, Arc::clone(&pool)));
+                        pool
+                    }
+                    Err(error) => {
+                        let message = alloc::format!("KV cache: {error}");
+                        while let Some(pending) = self.pending.pop_front() {
+                            self.reply_error(pending.origin, &message);
+                        }
+                        return;
+                    }
                 }
-                return;
             }
         };
+        // Cached prefixes are keyed by the model as well as the tokens.
+        let model_identity = model
+            .name
+            .bytes()
+            .chain((model.size() as u64).to_le_bytes())
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
         let capacity = config.context_length.min(KV_QUOTA_TOKENS);
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
         let mut round_start = self.clock.now_ns();
@@ -726,7 +749,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     self.reply_error(request.origin, "KV cache shape");
                     continue;
                 };
-                match Generation::new(&view, kv, &request.prompt, &request.settings) {
+                let tokens = view.prompt_tokens(&request.prompt);
+                let attach =
+                    |kv: &mut PagedKv<'_, '_>, tokens: &[u32]| kv.with_prefix(model_identity, tokens);
+                match Generation::with_cached_prefix(&view, kv, &tokens, &request.settings, attach) {
                     Ok(generation) => {
                         let id = match request.origin {
                             Origin::Human => 0,
@@ -763,6 +789,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     Ok(Step::Running(text)) => self.emit_text(request.origin, &text),
                     Ok(Step::Finished(finish, text)) => {
                         self.emit_text(request.origin, &text);
+                        // Its full blocks become a cached prefix for later requests.
+                        let history = generation.history().to_vec();
+                        generation.kv_mut().publish(model_identity, &history);
                         let statistics = generation.statistics();
                         let id = match request.origin {
                             Origin::Human => 0,
@@ -780,9 +809,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                         match request.origin {
                             Origin::Human => {
                                 let message = alloc::format!(
-                                    "\r\n[{}: {} prompt + {} generated tokens, {rate:.2} tokens/s{}]",
+                                    "\r\n[{}: {} prompt ({} cached) + {} generated tokens, {rate:.2} tokens/s{}]",
                                     model.name,
                                     statistics.prompt_tokens,
+                                    statistics.cached_tokens,
                                     statistics.generated_tokens,
                                     if finish == super::chat::Finish::Cancelled { ", cancelled" } else { "" }
                                 );
@@ -793,6 +823,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                                 let event = Event::Done {
                                     usage: Usage {
                                         prompt_tokens: statistics.prompt_tokens,
+                                        cached_tokens: statistics.cached_tokens,
                                         completion_tokens: statistics.generated_tokens,
                                     },
                                     timings: Timings {
