@@ -120,7 +120,9 @@ fn main(info: &'static boot::BootInfo) -> ! {
         rlsf.borrow_mut().insert_free_block(block);
         let mut counts = replay(
             |size| {
-                rlsf.borrow_mut().allocate(Layout::from_size_align(size, 64).ok()?).map(|pointer| pointer.as_ptr() as u64)
+                rlsf.borrow_mut()
+                    .allocate(Layout::from_size_align(size, 64).ok()?)
+                    .map(|pointer| pointer.as_ptr() as u64)
             },
             |address, _| {
                 // SAFETY: `address` came from this allocator with alignment 64 and is freed once.
