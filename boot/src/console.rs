@@ -64,6 +64,10 @@ impl Console for InterruptConsole {
     fn flush(&self) {
         UART.flush();
     }
+
+    fn line_end_ns(&self) -> Option<u64> {
+        Some(self.ring.line_end_ns())
+    }
 }
 
 static INTERRUPT_CONSOLE: spin::Once<InterruptConsole> = spin::Once::new();

@@ -70,9 +70,10 @@ pub fn handle() {
     let start = GenericTimer.ticks();
     if LOCAL.irq_source(0) & SOURCE_PERIPHERAL != 0 && CONTROLLER.is_pending(PeripheralIrq::UART) {
         let ring = RECEIVE_RING.get();
+        let now_ns = GenericTimer.now_ns();
         crate::console::uart().drain_receive(|byte| {
             if let Some(ring) = ring {
-                ring.push(byte);
+                ring.push_stamped(byte, now_ns);
             }
         });
     }

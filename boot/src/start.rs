@@ -198,9 +198,13 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
     // SAFETY: the heap region is mapped read-write, cacheable, and used by nothing else.
     unsafe { HEAP.lock().init(heap.base as *mut u8, heap.size as usize) };
 
+    // Wait in `wfe`: a busy loop would starve the other cores when QEMU runs them in turn
+    // (-icount). Each secondary sends an event as it reports in, and the timer's event stream
+    // bounds every wait even if one never does.
+    cpu::enable_event_stream();
     let deadline = clock.deadline_after_us(500_000);
     while CORES_ONLINE.load(Ordering::Acquire) < CORE_COUNT && !deadline.passed(clock) {
-        core::hint::spin_loop();
+        cpu::wait_for_event();
     }
     let topology = parse_device_tree(device_tree_length);
     let mut map_entries = [None; MAX_MAP_ENTRIES];

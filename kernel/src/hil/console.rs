@@ -14,6 +14,13 @@ pub trait Console: Sync {
 
     /// Blocks until every byte written so far has left the transmitter.
     fn flush(&self);
+
+    /// When the most recent line end (CR or LF) was received, in ns of the board's clock, if
+    /// the console records it (the interrupt-driven one does); used to measure how long
+    /// control commands wait for their answer.
+    fn line_end_ns(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Adapts a [`Console`] to [`core::fmt::Write`], so `write!` works on it.

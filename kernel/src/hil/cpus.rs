@@ -15,6 +15,11 @@ pub trait Cpus: Sync {
 
     /// Inside a job: blocks until every core of the current `run_on_all` has called it.
     fn barrier(&self);
+
+    /// Called by core 0 between pieces of its share of a long job (every few dozen matrix
+    /// rows), so the board can serve the console mid-job. Must return quickly; the default
+    /// does nothing.
+    fn checkpoint(&self) {}
 }
 
 /// A single core: runs jobs in place. Used on the host and for 1-core runs.

@@ -32,7 +32,7 @@ pub fn matvec(
     let rows = matrix.rows.min(out.len());
     let cores = cpus.count().clamp(1, MAX_CORES);
     if cores == 1 {
-        rows_into(matrix, input, 0, &mut out[..rows]);
+        rows_with_checkpoints(cpus, matrix, input, 0, &mut out[..rows]);
         return;
     }
     let band = rows.div_ceil(cores).max(1);
@@ -43,9 +43,31 @@ pub fn matvec(
         if let Some(slot) = slots.get(core)
             && let Some(out) = slot.lock().as_deref_mut()
         {
-            rows_into(matrix, input, core * band, out);
+            if core == 0 {
+                rows_with_checkpoints(cpus, matrix, input, 0, out);
+            } else {
+                rows_into(matrix, input, core * band, out);
+            }
         }
     });
+}
+
+/// Rows computed between two calls of [`Cpus::checkpoint`] on core 0.
+pub const CHECKPOINT_ROWS: usize = 64;
+
+/// Like [`rows_into`], in pieces of [`CHECKPOINT_ROWS`] with a checkpoint after each (the
+/// same rows, the same bits).
+fn rows_with_checkpoints(
+    cpus: &dyn Cpus,
+    matrix: &Matrix<'_>,
+    input: Input<'_>,
+    first: usize,
+    out: &mut [f32],
+) {
+    for (index, piece) in out.chunks_mut(CHECKPOINT_ROWS).enumerate() {
+        rows_into(matrix, input, first + index * CHECKPOINT_ROWS, piece);
+        cpus.checkpoint();
+    }
 }
 
 /// Computes rows `first .. first + out.len()` of the product into `out`.

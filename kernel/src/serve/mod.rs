@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod desk;
 pub mod library;
 pub mod line;
 pub mod loader;

@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// A byte ring over caller-provided storage (protocol-pool memory in the kernel).
 ///
@@ -17,6 +17,7 @@ pub struct ByteRing<'storage> {
     tail: AtomicUsize,
     overflowed: AtomicUsize,
     high_water: AtomicUsize,
+    line_end_ns: AtomicU64,
 }
 
 impl<'storage> ByteRing<'storage> {
@@ -28,6 +29,7 @@ impl<'storage> ByteRing<'storage> {
             tail: AtomicUsize::new(0),
             overflowed: AtomicUsize::new(0),
             high_water: AtomicUsize::new(0),
+            line_end_ns: AtomicU64::new(0),
         }
     }
 
@@ -44,6 +46,20 @@ impl<'storage> ByteRing<'storage> {
         self.head.store(head.wrapping_add(1), Ordering::Release);
         self.high_water.fetch_max(held + 1, Ordering::Relaxed);
         true
+    }
+
+    /// Producer side: like [`ByteRing::push`], and a CR or LF also records `now_ns` as the
+    /// time of the latest line end.
+    pub fn push_stamped(&self, byte: u8, now_ns: u64) -> bool {
+        if byte == b'\r' || byte == b'\n' {
+            self.line_end_ns.store(now_ns, Ordering::Release);
+        }
+        self.push(byte)
+    }
+
+    /// When the latest line end was pushed (0 before any).
+    pub fn line_end_ns(&self) -> u64 {
+        self.line_end_ns.load(Ordering::Acquire)
     }
 
     /// Consumer side: the oldest byte, if any.
@@ -110,6 +126,11 @@ mod tests {
         assert_eq!((ring.len(), ring.overflowed(), ring.received(), ring.high_water()), (4, 1, 5, 4));
         assert_eq!((1..=4).map(|_| ring.pop().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert_eq!(ring.pop(), None);
+        assert_eq!(ring.line_end_ns(), 0);
+        ring.push_stamped(b'x', 5);
+        ring.push_stamped(b'\r', 7);
+        ring.push_stamped(b'y', 9);
+        assert_eq!(ring.line_end_ns(), 7, "only line ends are stamped");
     }
 
     #[test]

@@ -4,11 +4,10 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    MAX_LINE,
     chat::{Generation, GenerationSettings, ServedModel, Step},
     config::{self, CardConfig},
+    desk::{CONTROL_BOUND_NS, ControlDesk, Input, ServingCpus},
     library::{StagedLoad, list_models, load_model},
-    line::{LineEvent, LineReader},
     loader::progress_line,
     protocol::{self, Event, Operation, Timings, Usage},
 };
@@ -94,7 +93,7 @@ pub struct Server<'a, D: BlockDevice> {
     statistics: ServeStatistics,
     pending: VecDeque<Pending>,
     cancels: Vec<Origin>,
-    reader: LineReader<MAX_LINE>,
+    desk: ControlDesk,
     in_batch: bool,
     staging: Option<StagedLoad<'a>>,
     card_config: CardConfig,
@@ -154,7 +153,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             statistics: ServeStatistics::default(),
             pending: VecDeque::new(),
             cancels: Vec::new(),
-            reader: LineReader::new(),
+            desk: ControlDesk::new(),
             in_batch: false,
             staging: None,
             card_config: CardConfig::default(),
@@ -552,7 +551,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             "model        {}\r\nturns        {}\r\ntokens       {} ({rate:.2} tokens/s on {} cores)\r\n\
              loads        {} ok, {} failed (old model kept)\r\nrejected     {} lines\r\n\
              interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
-             swap pause   {}\r\n",
+             swap pause   {}\r\n\
+             control      {} answered mid-generation or idle; longest wait {:.3} ms; {} over the {} ms bound\r\n",
             self.active_model().unwrap_or("(none)"),
             statistics.turns,
             statistics.tokens,
@@ -570,6 +570,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 ),
                 None => "no swap during generation yet".to_string(),
             },
+            self.desk.latency().answered,
+            self.desk.latency().longest_ns as f64 / 1e6,
+            self.desk.latency().over_bound,
+            CONTROL_BOUND_NS / 1_000_000,
         );
         text
     }
@@ -654,22 +658,20 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// Reads whatever input waits and handles each complete line. Returns whether a line was
     /// handled.
     fn poll_console(&mut self) -> bool {
-        let mut handled = false;
-        while let Some(byte) = self.console.read_byte() {
-            match self.reader.push(byte) {
-                LineEvent::Pending => {}
-                LineEvent::Echo(bytes) => self.console.write_bytes(bytes),
-                LineEvent::Line(text) => {
-                    let line = text.to_string();
+        let snapshot = self.stats_report();
+        self.desk.set_stats_snapshot(snapshot);
+        let mut handled = self.desk.service(self.console, self.clock);
+        while let Some(input) = self.desk.next_input() {
+            handled = true;
+            match input {
+                Input::Line(line) => {
                     self.say("\r\n");
                     self.handle_line(&line);
-                    handled = true;
                 }
-                LineEvent::Error(error) => {
+                Input::Refused(error) => {
                     self.statistics.rejected_lines += 1;
                     let message = alloc::format!("\r\nerror: {error}");
                     self.say_line(&message);
-                    handled = true;
                 }
             }
         }
@@ -780,7 +782,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             let mut finished = Vec::new();
             for (slot, (request, generation, first_token_ns)) in active.iter_mut().enumerate() {
                 let was_prompt = generation.in_prompt();
-                let step = generation.step(self.cpus);
+                // The console is served at every matmul checkpoint of this forward pass.
+                let cpus = ServingCpus {
+                    inner: self.cpus,
+                    desk: &self.desk,
+                    console: self.console,
+                    clock: self.clock,
+                };
+                let step = generation.step(&cpus);
                 let now = self.clock.now_ns();
                 if !was_prompt && first_token_ns.is_none() {
                     *first_token_ns = Some(now);

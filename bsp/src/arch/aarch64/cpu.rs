@@ -45,6 +45,14 @@ mod imp {
         asm::barrier::dsb(asm::barrier::ISH);
         asm::sev();
     }
+
+    /// Makes the generic timer send this core an event every 2^11 counter ticks (about 33 µs
+    /// at 62.5 MHz), so no `wfe` can sleep for longer than that.
+    pub fn enable_event_stream() {
+        use aarch64_cpu::registers::CNTKCTL_EL1;
+        use tock_registers::interfaces::ReadWriteable;
+        CNTKCTL_EL1.modify(CNTKCTL_EL1::EVNTEN::SET + CNTKCTL_EL1::EVNTI.val(10));
+    }
 }
 
 #[cfg(not(target_arch = "aarch64"))]
@@ -73,6 +81,8 @@ mod imp {
     pub fn send_event() {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
+    /// Host stand-in: nothing.
+    pub fn enable_event_stream() {}
 }
 
 pub use imp::*;
