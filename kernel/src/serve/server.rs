@@ -270,38 +270,42 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.say("\r\n");
         match result {
             Ok(model) => {
-                let message = alloc::format!(
-                    "loaded {} ({} MiB, validated){}",
-                    model.name,
-                    model.size() >> 20,
-                    self.model
-                        .as_ref()
-                        .map(|old| alloc::format!("; replaces {}", old.name))
-                        .unwrap_or_default()
-                );
-                self.trace(EventKind::LoadFinished {
-                    model: ShortName::new(&model.name),
-                    bytes: model.size() as u64,
-                });
-                self.trace(EventKind::ModelSwap {
-                    from: ShortName::new(self.active_model().unwrap_or("")),
-                    to: ShortName::new(&model.name),
-                });
-                // The old model's weights are freed once no batch holds them any more.
-                self.model = Some(Arc::new(model));
-                self.statistics.loads += 1;
+                let size = model.size();
+                let old = self.activate(model);
+                let replaces = old.map(|old| alloc::format!("; replaces {old}")).unwrap_or_default();
+                let message = alloc::format!("loaded {name} ({} MiB, validated){replaces}", size >> 20);
                 self.say_line(&message);
             }
-            Err(error) => {
-                self.statistics.failed_loads += 1;
-                let keeping = self
-                    .active_model()
-                    .map(|name| alloc::format!("; still serving {name}"))
-                    .unwrap_or_default();
-                let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
-                self.say_line(&message);
-            }
+            Err(error) => self.load_failed(name, &error),
         }
+    }
+
+    /// Makes a loaded, validated model the active one and returns the name of the one it
+    /// replaces. Batches already running keep the old model until they end; its weights are
+    /// freed when the last of them lets go.
+    fn activate(&mut self, model: ServedModel<TensorBuffer<'a>>) -> Option<String> {
+        let old = self.active_model().map(String::from);
+        self.trace(EventKind::LoadFinished {
+            model: ShortName::new(&model.name),
+            bytes: model.size() as u64,
+        });
+        self.trace(EventKind::ModelSwap {
+            from: ShortName::new(old.as_deref().unwrap_or("")),
+            to: ShortName::new(&model.name),
+        });
+        self.model = Some(Arc::new(model));
+        self.statistics.loads += 1;
+        old
+    }
+
+    /// Reports a failed load; the active model is untouched and keeps serving.
+    fn load_failed(&mut self, name: &str, error: &dyn core::fmt::Display) {
+        self.statistics.failed_loads += 1;
+        self.trace(EventKind::LoadFailed { model: ShortName::new(name) });
+        let keeping =
+            self.active_model().map(|name| alloc::format!("; still serving {name}")).unwrap_or_default();
+        let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
+        self.say_line(&message);
     }
 
     /// Starts loading `/models/NAME` in the background, a piece between rounds of tokens; the
@@ -327,15 +331,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.swap_gaps.clear();
                 self.say_line(&message);
             }
-            Err(error) => {
-                self.statistics.failed_loads += 1;
-                let keeping = self
-                    .active_model()
-                    .map(|name| alloc::format!("; still serving {name}"))
-                    .unwrap_or_default();
-                let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
-                self.say_line(&message);
-            }
+            Err(error) => self.load_failed(name, &error),
         }
     }
 
@@ -350,42 +346,17 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 let Some(staged) = self.staging.take() else { return };
                 match staged.finish() {
                     Ok(model) => {
-                        let old = self.active_model().map(String::from).unwrap_or_default();
-                        self.trace(EventKind::LoadFinished {
-                            model: ShortName::new(&name),
-                            bytes: model.size() as u64,
-                        });
-                        self.trace(EventKind::ModelSwap {
-                            from: ShortName::new(&old),
-                            to: ShortName::new(&name),
-                        });
-                        // The swap: batches already running keep their model until they end.
-                        self.model = Some(Arc::new(model));
-                        self.statistics.loads += 1;
+                        let old = self.activate(model).unwrap_or_default();
                         let message =
                             alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
                         self.say_line(&message);
                     }
-                    Err(error) => {
-                        self.statistics.failed_loads += 1;
-                        self.trace(EventKind::LoadFailed { model: ShortName::new(&name) });
-                        let message = alloc::format!(
-                            "error: cannot load {name}: {error}; still serving {}",
-                            self.active_model().unwrap_or("(none)")
-                        );
-                        self.say_line(&message);
-                    }
+                    Err(error) => self.load_failed(&name, &error),
                 }
             }
             Err(error) => {
                 self.staging = None;
-                self.statistics.failed_loads += 1;
-                self.trace(EventKind::LoadFailed { model: ShortName::new(&name) });
-                let message = alloc::format!(
-                    "error: cannot load {name}: {error}; still serving {}",
-                    self.active_model().unwrap_or("(none)")
-                );
-                self.say_line(&message);
+                self.load_failed(&name, &error);
             }
         }
     }
