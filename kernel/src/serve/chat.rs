@@ -49,6 +49,12 @@ impl<Bytes: Deref<Target = [u8]>> ServedModel<Bytes> {
                 ));
             }
         };
+        if tokenizer.vocab_size() > file.config().vocab_size {
+            return Err(ModelError::new(
+                0,
+                ModelErrorKind::InvalidTokenizer("the tokenizer has more tokens than the model's vocabulary"),
+            ));
+        }
         drop(file);
         Ok(Self { name: name.into(), bytes, length, tokenizer })
     }
@@ -486,6 +492,12 @@ mod tests {
         for cut in [0, 3, 100, bytes.len() / 2, bytes.len() - 1] {
             assert!(ServedModel::new("cut.gguf", bytes.clone(), cut, None).is_err(), "truncated at {cut}");
         }
+        let mut bad_bos = bytes.clone();
+        let key = b"tokenizer.ggml.bos_token_id";
+        let at = bad_bos.windows(key.len()).position(|window| window == key).unwrap() + key.len() + 4;
+        bad_bos[at..at + 4].copy_from_slice(&4_000_000u32.to_le_bytes());
+        let error = ServedModel::new("bos.gguf", bad_bos.clone(), bad_bos.len(), None).err().unwrap();
+        assert!(alloc::format!("{error}").contains("special token id is past the end"), "{error}");
         let mut wrong_magic = bytes.clone();
         wrong_magic[0] ^= 0xFF;
         assert!(ServedModel::new("magic.gguf", wrong_magic.clone(), wrong_magic.len(), None).is_err());

@@ -117,6 +117,14 @@ pub fn load_model<'memory, D: BlockDevice>(
     let mut buffer = weights_buffer(memory, budget, size)?;
     let length = read_whole(&mut file, &mut buffer, progress).map_err(LibraryError::Load)?;
     let is_gguf = buffer.starts_with(b"GGUF");
+    if !is_gguf && name.to_ascii_lowercase().ends_with(".gguf") {
+        // A .gguf file without the GGUF magic is reported as such, not as a broken checkpoint.
+        let found = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
+        return Err(LibraryError::Invalid(crate::model::ModelError::new(
+            0,
+            crate::model::ModelErrorKind::BadMagic { found },
+        )));
+    }
     drop(file);
     let tokenizer = if is_gguf {
         None

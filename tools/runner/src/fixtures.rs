@@ -29,8 +29,9 @@ fn synthetic(dim: usize, hidden_dim: usize, tensor_type: TensorType, seed: u64) 
 /// The bytes of the fixture called `name`:
 /// - `tiny-q8.gguf`, `tiny-q4.gguf`: synthetic llama models (Q8_0 seed 7, Q4_1 seed 9);
 /// - `medium-a.gguf`, `medium-b.gguf`: larger synthetic Q8_0 models of about 1.5 MiB each;
-/// - `truncated.gguf`, `wrong-magic.gguf`, `empty.gguf`, `offsets-past-end.gguf`: hostile
-///   files derived from `tiny-q8.gguf`;
+/// - `truncated.gguf`, `wrong-magic.gguf`, `empty.gguf`, `offsets-past-end.gguf`,
+///   `absurd-dimensions.gguf`, `tokenizer-out-of-range.gguf`: hostile files derived from
+///   `tiny-q8.gguf`;
 /// - anything else is a path relative to the workspace root (e.g. a model in build/models/).
 pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
     match name {
@@ -44,6 +45,13 @@ pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
             bytes
         }),
         "empty.gguf" => Ok(Vec::new()),
+        // The embedding width claims four billion: the config check must refuse it.
+        "absurd-dimensions.gguf" => {
+            tiny(TensorType::Q8_0, 7).and_then(|bytes| patch_u32(bytes, "llama.embedding_length", u32::MAX))
+        }
+        // The BOS token id points far past the vocabulary.
+        "tokenizer-out-of-range.gguf" => tiny(TensorType::Q8_0, 7)
+            .and_then(|bytes| patch_u32(bytes, "tokenizer.ggml.bos_token_id", 4_000_000)),
         // Cut inside the tensor data: the header and tensor table are intact but the last
         // tensors' offsets point past the end of the file.
         "offsets-past-end.gguf" => {
@@ -51,6 +59,21 @@ pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
         }
         path => std::fs::read(root.join(path)).map_err(|error| format!("{path}: {error}")),
     }
+}
+
+/// Overwrites the u32 value of GGUF metadata `key` (stored as: key bytes, a u32 type tag of 4
+/// for u32, then the value).
+fn patch_u32(mut bytes: Vec<u8>, key: &str, value: u32) -> Result<Vec<u8>, String> {
+    let at = bytes
+        .windows(key.len())
+        .position(|window| window == key.as_bytes())
+        .ok_or_else(|| format!("fixture has no metadata key {key}"))?
+        + key.len();
+    if bytes.get(at..at + 4) != Some(&4u32.to_le_bytes()[..]) {
+        return Err(format!("metadata {key} is not a u32"));
+    }
+    bytes[at + 4..at + 8].copy_from_slice(&value.to_le_bytes());
+    Ok(bytes)
 }
 
 /// Writes each fixture of `names` into `directory` under its file name, returning the paths.

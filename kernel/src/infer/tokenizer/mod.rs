@@ -88,10 +88,13 @@ impl Tokenizer {
             )
         })?;
         let special = |key: &str| -> Result<Option<u32>, ModelError> {
-            Ok(file
-                .unsigned(key)?
-                .and_then(|id| u32::try_from(id).ok())
-                .filter(|id| (*id as usize) < tokenizer.vocab_size()))
+            match file.unsigned(key)? {
+                None => Ok(None),
+                Some(id) => match u32::try_from(id) {
+                    Ok(id) if (id as usize) < tokenizer.vocab_size() => Ok(Some(id)),
+                    _ => Err(invalid(0, "a special token id is past the end of the vocabulary")),
+                },
+            }
         };
         let bos = special("tokenizer.ggml.bos_token_id")?;
         let eos = special("tokenizer.ggml.eos_token_id")?;
