@@ -14,7 +14,7 @@ use super::{
 use crate::{
     boot_info::BootInfo,
     fs::Volume,
-    hil::{BlockDevice, Clock, Console, Cpus},
+    hil::{BlockDevice, Clock, Console, Cpus, SingleCpu},
     mm::{
         buffer::{BackedMemory, TensorBuffer},
         kv::{KvBlockPool, PagedKv, floats_per_block},
@@ -125,6 +125,7 @@ Type a message and press Enter to chat with the active model. Commands:
   /trace                recent events: loads, swaps, requests, slow commands
   /set NAME VALUE       temperature, top_p, seed or max_tokens
   /reset                generation settings back to their defaults
+  /bench                decode speed of the active model on one core and on all cores
   /cancel               (while an answer streams) stop it
 ";
 
@@ -443,6 +444,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.settings = GenerationSettings::default();
                 self.say_line("settings reset");
             }
+            "bench" => self.bench(),
             "cancel" if self.in_batch => self.cancels.push(Origin::Human),
             "cancel" => self.say_line("nothing to cancel"),
             _ => {
@@ -451,6 +453,83 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.say_line(&message);
             }
         }
+    }
+
+    /// Times greedy decoding of the active model on one core and on every core, with the same
+    /// prompt and token count, and prints both rates (prompt tokens are not counted).
+    fn bench(&mut self) {
+        const TOKENS: usize = 8;
+        let Some(model) = self.model.clone() else {
+            self.say_line("error: no model is loaded (see /models and /load)");
+            return;
+        };
+        let view = match model.view() {
+            Ok(view) => view,
+            Err(error) => {
+                let message = alloc::format!("error: {error}");
+                self.say_line(&message);
+                return;
+            }
+        };
+        let config = *view.file.config();
+        let floats = floats_per_block(KV_BLOCK_TOKENS, config.kv_dim());
+        let pool = match KvBlockPool::new(
+            self.memory,
+            floats,
+            4 * config.layers * KV_QUOTA_TOKENS / KV_BLOCK_TOKENS,
+        ) {
+            Ok(pool) => pool,
+            Err(error) => {
+                let message = alloc::format!("error: KV cache: {error}");
+                self.say_line(&message);
+                return;
+            }
+        };
+        let settings = GenerationSettings { max_tokens: TOKENS, temperature: 0.0, ..self.settings };
+        let mut rates = Vec::new();
+        for cpus in [&SingleCpu as &dyn Cpus, self.cpus] {
+            let Some(kv) =
+                PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, KV_QUOTA_TOKENS)
+            else {
+                return;
+            };
+            let serving =
+                ServingCpus { inner: cpus, desk: &self.desk, console: self.console, clock: self.clock };
+            let Ok(mut generation) = Generation::new(&view, kv, "Hello", &settings) else { return };
+            // Each decoding step after the first runs one forward pass; time those.
+            let (mut first, mut last, mut passes) = (None, 0, 0u32);
+            loop {
+                let prompt = generation.in_prompt();
+                match generation.step(&serving) {
+                    Ok(Step::Running(_)) if !prompt => {
+                        last = self.clock.now_ns();
+                        if first.is_none() {
+                            first = Some(last);
+                        } else {
+                            passes += 1;
+                        }
+                    }
+                    Ok(Step::Running(_)) => {}
+                    Ok(Step::Finished(..)) => break,
+                    Err(error) => {
+                        let message = alloc::format!("error: {error}");
+                        self.say_line(&message);
+                        return;
+                    }
+                }
+            }
+            let elapsed = last.saturating_sub(first.unwrap_or(last)).max(1);
+            rates.push((cpus.count(), f64::from(passes) / (elapsed as f64 / 1e9)));
+        }
+        let text = rates
+            .iter()
+            .map(|(cores, rate)| {
+                alloc::format!("{cores} core{}: {rate:.2} tokens/s", if *cores == 1 { "" } else { "s" })
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = alloc::format!("bench {}: greedy decode of {TOKENS} tokens; {text}", model.name);
+        self.say_line(&message);
     }
 
     fn list(&mut self) {
