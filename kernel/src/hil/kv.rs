@@ -46,6 +46,30 @@ impl fmt::Display for KvError {
     }
 }
 
+/// Checks a [`KvStore::write`] request against a store's shape: the layer exists, the
+/// position is inside the capacity, and both rows are `kv_dim` long. Every store calls it
+/// before writing.
+pub fn check_write(
+    store: &(impl KvStore + ?Sized),
+    layer: usize,
+    position: usize,
+    key: &[f32],
+    value: &[f32],
+) -> Result<(), KvError> {
+    if layer >= store.layers() {
+        return Err(KvError::LayerOutOfRange { layer });
+    }
+    if position >= store.capacity() {
+        return Err(KvError::PositionOutOfRange { position, capacity: store.capacity() });
+    }
+    for row in [key, value] {
+        if row.len() != store.kv_dim() {
+            return Err(KvError::WrongRowLength { length: row.len(), expected: store.kv_dim() });
+        }
+    }
+    Ok(())
+}
+
 /// Per-sequence storage of attention keys and values.
 ///
 /// A row is `kv_dim()` values: all KV heads of one layer at one position. Positions are written

@@ -16,5 +16,5 @@ pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_blo
 pub use clock::{Clock, Deadline, ticks_to_ns};
 pub use console::{Console, ConsoleWriter};
 pub use cpus::{Cpus, SingleCpu};
-pub use kv::{KvError, KvStore};
+pub use kv::{KvError, KvStore, check_write};
 pub use rng::{Rng, RngError};

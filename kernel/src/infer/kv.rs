@@ -44,17 +44,7 @@ impl KvStore for ContiguousKv {
     }
 
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError> {
-        if layer >= self.layers {
-            return Err(KvError::LayerOutOfRange { layer });
-        }
-        if position >= self.capacity {
-            return Err(KvError::PositionOutOfRange { position, capacity: self.capacity });
-        }
-        for row in [key, value] {
-            if row.len() != self.kv_dim {
-                return Err(KvError::WrongRowLength { length: row.len(), expected: self.kv_dim });
-            }
-        }
+        crate::hil::check_write(self, layer, position, key, value)?;
         let start = self.start(layer, position);
         self.keys[start..start + self.kv_dim].copy_from_slice(key);
         self.values[start..start + self.kv_dim].copy_from_slice(value);

@@ -592,17 +592,7 @@ impl KvStore for PagedKv<'_, '_> {
     }
 
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError> {
-        if position >= self.capacity {
-            return Err(KvError::PositionOutOfRange { position, capacity: self.capacity });
-        }
-        if layer >= self.layers {
-            return Err(KvError::LayerOutOfRange { layer });
-        }
-        for row in [key, value] {
-            if row.len() != self.kv_dim {
-                return Err(KvError::WrongRowLength { length: row.len(), expected: self.kv_dim });
-            }
-        }
+        crate::hil::check_write(self, layer, position, key, value)?;
         let needed = (position / self.block_tokens + 1) * self.layers;
         while self.blocks.len() < needed {
             self.blocks.push(self.pool.alloc_for_overwrite()?);
