@@ -1,12 +1,19 @@
 //! The boot console: PL011 UART0 on GPIO 14/15, shared by every core, and `print!`; and the
 //! GPIO controller that routes its pins.
 
-use bsp::board::rpi3::{gpio::Gpio, memory_map, pl011_uart::Pl011Uart};
+use bsp::{
+    arch::aarch64::cpu,
+    board::rpi3::{
+        gpio::Gpio,
+        memory_map,
+        pl011_uart::{Pl011Transmitter, Pl011Uart},
+    },
+};
 use core::sync::atomic::AtomicU8;
 use kernel::{
-    hil::{Clock, Console},
+    hil::{Clock, Console, ConsoleTraffic},
     mm::{MemError, buffer::BackedMemory, tensor::TensorKind},
-    serve::ring::ByteRing,
+    serve::{ring::ByteRing, transmit::TransmitQueue},
 };
 
 // SAFETY: the addresses are the BCM2837's GPIO and UART0 blocks, mapped as device memory from
@@ -26,9 +33,13 @@ pub fn init(clock: &dyn Clock, clock_hz: u32) {
     UART.init(clock_hz);
 }
 
-/// The console with polled receive (boot, tests, fault reports).
+/// The console: polled until [`start_interrupt_console`] has run, interrupt-driven after, so
+/// everything printed leaves in the order it was written.
 pub fn console() -> &'static dyn Console {
-    &UART
+    match INTERRUPT_CONSOLE.get() {
+        Some(console) => console,
+        None => &UART,
+    }
 }
 
 /// The UART driver itself.
@@ -38,11 +49,15 @@ pub fn uart() -> &'static Pl011Uart {
 
 /// Bytes of protocol-pool memory for the receive ring.
 const RECEIVE_RING_BYTES: u64 = 16 * 1024;
+/// Bytes of protocol-pool memory for the transmit ring.
+const TRANSMIT_RING_BYTES: u64 = 16 * 1024;
 
-/// The console once receive is interrupt-driven: writes go to the UART, reads come from the
-/// ring the IRQ handler fills.
+/// The console once it is interrupt-driven: reads come from the ring the receive interrupt
+/// fills; writes go into a transmit ring that the transmit interrupt empties into the UART.
 pub struct InterruptConsole {
     ring: &'static ByteRing<'static>,
+    transmit: TransmitQueue<'static>,
+    transmitter: Pl011Transmitter,
 }
 
 impl InterruptConsole {
@@ -50,11 +65,35 @@ impl InterruptConsole {
     pub fn ring(&self) -> &'static ByteRing<'static> {
         self.ring
     }
+
+    /// From the UART interrupt handler: refills the transmit FIFO.
+    pub(crate) fn transmit_interrupt(&self) {
+        self.transmit.interrupt(&self.transmitter);
+    }
+
+    /// Runs until `done` holds: core 0 sleeps until the next interrupt (the transmit
+    /// interrupt makes progress), other cores spin.
+    fn wait_until(done: impl Fn() -> bool) {
+        if cpu::core_id() == 0 {
+            while !done() {
+                crate::irq::idle_until(&done);
+            }
+        } else {
+            while !done() {
+                core::hint::spin_loop();
+            }
+        }
+    }
 }
 
 impl Console for InterruptConsole {
     fn write_bytes(&self, bytes: &[u8]) {
-        UART.write_bytes(bytes);
+        self.transmit.write(bytes, &self.transmitter, |queue| {
+            Self::wait_until(|| {
+                queue.pump(&self.transmitter);
+                queue.has_room()
+            })
+        });
     }
 
     fn read_byte(&self) -> Option<u8> {
@@ -62,34 +101,67 @@ impl Console for InterruptConsole {
     }
 
     fn flush(&self) {
+        Self::wait_until(|| {
+            self.transmit.pump(&self.transmitter);
+            !self.transmit.is_pending()
+        });
         UART.flush();
     }
 
     fn line_end_ns(&self) -> Option<u64> {
         Some(self.ring.line_end_ns())
     }
+
+    fn traffic(&self) -> Option<ConsoleTraffic> {
+        let transmit = self.transmit.statistics();
+        Some(ConsoleTraffic {
+            received: self.ring.received() as u64,
+            dropped: self.ring.overflowed() as u64,
+            receive_high_water: self.ring.high_water() as u64,
+            sent: transmit.sent,
+            transmit_interrupts: crate::irq::statistics().transmit,
+            transmit_waits: transmit.waits,
+        })
+    }
 }
 
 static INTERRUPT_CONSOLE: spin::Once<InterruptConsole> = spin::Once::new();
 
-/// Switches receive to interrupts on core 0, with the ring in protocol (RT) memory, isolated
-/// from tensor pressure. Returns the console to use from then on.
-pub fn start_interrupt_console(memory: &'static BackedMemory) -> Result<&'static InterruptConsole, MemError> {
-    if let Some(console) = INTERRUPT_CONSOLE.get() {
-        return Ok(console);
-    }
-    let buffer = memory.alloc(RECEIVE_RING_BYTES, TensorKind::Protocol)?;
+/// The interrupt-driven console, once started.
+pub(crate) fn interrupt_console() -> Option<&'static InterruptConsole> {
+    INTERRUPT_CONSOLE.get()
+}
+
+/// `bytes` bytes of protocol (RT) memory for a ring, kept for the life of the kernel.
+fn protocol_cells(memory: &'static BackedMemory, bytes: u64) -> Result<&'static [AtomicU8], MemError> {
+    let buffer = memory.alloc(bytes, TensorKind::Protocol)?;
     let (address, length) = (buffer.as_ptr(), buffer.len());
     // The ring lives as long as the kernel: its buffer is never released.
     core::mem::forget(buffer);
     // An `AtomicU8` has the size and alignment of a `u8`, so the bytes reinterpret exactly.
     // SAFETY: the zeroed buffer is owned by nothing else from here on and never freed.
-    let cells: &'static [AtomicU8] =
-        unsafe { core::slice::from_raw_parts(address as *const AtomicU8, length) };
+    Ok(unsafe { core::slice::from_raw_parts(address as *const AtomicU8, length) })
+}
+
+/// Switches the console to interrupts on core 0, with both rings in protocol (RT) memory,
+/// isolated from tensor pressure. Returns the console to use from then on.
+pub fn start_interrupt_console(memory: &'static BackedMemory) -> Result<&'static InterruptConsole, MemError> {
+    if let Some(console) = INTERRUPT_CONSOLE.get() {
+        return Ok(console);
+    }
+    let receive = protocol_cells(memory, RECEIVE_RING_BYTES)?;
+    let transmit = protocol_cells(memory, TRANSMIT_RING_BYTES)?;
     static RING: spin::Once<ByteRing<'static>> = spin::Once::new();
-    let ring = RING.call_once(|| ByteRing::new(cells));
+    let ring = RING.call_once(|| ByteRing::new(receive));
+    // Everything printed so far has left before output goes through the transmit ring.
+    UART.flush();
+    let console = INTERRUPT_CONSOLE.call_once(|| InterruptConsole {
+        ring,
+        transmit: TransmitQueue::new(ByteRing::new(transmit)),
+        transmitter: UART.transmitter(),
+    });
     crate::irq::enable_console_interrupts(ring);
-    Ok(INTERRUPT_CONSOLE.call_once(|| InterruptConsole { ring }))
+    Ok(console)
 }
 
 /// Writes without taking the console lock, for fault and panic reports.

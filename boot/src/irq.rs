@@ -1,5 +1,6 @@
-//! Interrupts on core 0: the PL011 receive interrupt fills the console's receive ring, and
-//! the time interrupts stay unserviced is measured.
+//! Interrupts on core 0: the PL011 receive interrupt fills the console's receive ring, the
+//! transmit interrupt empties its transmit ring into the UART, and the time interrupts stay
+//! unserviced is measured.
 //!
 //! Core 0 runs with IRQs unmasked once [`enable_console_interrupts`] has run; the secondaries
 //! keep them masked and only use the mailbox interrupt to leave `wfi`.
@@ -26,6 +27,8 @@ static RECEIVE_RING: spin::Once<&'static ByteRing<'static>> = spin::Once::new();
 
 /// IRQs handled.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
+/// IRQs that found the UART transmit interrupt pending.
+static TRANSMIT_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 /// Longest time spent inside the IRQ handler (interrupts masked), in timer ticks.
 static LONGEST_HANDLER_TICKS: AtomicU64 = AtomicU64::new(0);
 /// Longest masked critical section on core 0, in timer ticks.
@@ -36,6 +39,8 @@ static LONGEST_MASKED_TICKS: AtomicU64 = AtomicU64::new(0);
 pub struct IrqStatistics {
     /// IRQs handled on core 0.
     pub handled: u64,
+    /// Of those, the ones the UART transmit interrupt raised.
+    pub transmit: u64,
     /// Longest time interrupts stayed masked on core 0 (handler or critical section), in ns.
     pub longest_unserviced_ns: u64,
 }
@@ -76,6 +81,12 @@ pub fn handle() {
                 ring.push_stamped(byte, now_ns);
             }
         });
+        if crate::console::uart().transmit_pending() {
+            TRANSMIT_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+            if let Some(console) = crate::console::interrupt_console() {
+                console.transmit_interrupt();
+            }
+        }
     }
     HANDLED.fetch_add(1, Ordering::Relaxed);
     LONGEST_HANDLER_TICKS.fetch_max(GenericTimer.ticks() - start, Ordering::Relaxed);
@@ -87,6 +98,7 @@ pub fn statistics() -> IrqStatistics {
         LONGEST_HANDLER_TICKS.load(Ordering::Relaxed).max(LONGEST_MASKED_TICKS.load(Ordering::Relaxed));
     IrqStatistics {
         handled: HANDLED.load(Ordering::Relaxed),
+        transmit: TRANSMIT_INTERRUPTS.load(Ordering::Relaxed),
         longest_unserviced_ns: kernel::hil::ticks_to_ns(ticks, GenericTimer.frequency_hz()),
     }
 }

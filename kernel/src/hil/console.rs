@@ -21,6 +21,45 @@ pub trait Console: Sync {
     fn line_end_ns(&self) -> Option<u64> {
         None
     }
+
+    /// Bytes through the console so far, if it counts them (the interrupt-driven one does).
+    fn traffic(&self) -> Option<ConsoleTraffic> {
+        None
+    }
+}
+
+/// Bytes through an interrupt-driven console.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleTraffic {
+    /// Bytes the receive interrupt took from the UART.
+    pub received: u64,
+    /// Of those, bytes dropped because the receive ring was full.
+    pub dropped: u64,
+    /// The most received bytes ever waiting at once.
+    pub receive_high_water: u64,
+    /// Bytes handed to the UART by the transmit path.
+    pub sent: u64,
+    /// Interrupts the transmit FIFO raised.
+    pub transmit_interrupts: u64,
+    /// Writes that found the transmit ring full and waited for the line.
+    pub transmit_waits: u64,
+}
+
+impl fmt::Display for ConsoleTraffic {
+    /// Two `/stats` lines, each ending in CR LF.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "console rx   {} bytes, {} dropped, at most {} waiting\r\n\
+             console tx   {} bytes, {} transmit interrupts, {} waits for a full ring\r\n",
+            self.received,
+            self.dropped,
+            self.receive_high_water,
+            self.sent,
+            self.transmit_interrupts,
+            self.transmit_waits
+        )
+    }
 }
 
 /// Adapts a [`Console`] to [`core::fmt::Write`], so `write!` works on it.

@@ -14,7 +14,7 @@ mod rng;
 
 pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_block};
 pub use clock::{Clock, Deadline, ticks_to_ns};
-pub use console::{Console, ConsoleWriter};
+pub use console::{Console, ConsoleTraffic, ConsoleWriter};
 pub use cpus::{Cpus, SingleCpu};
 pub use kv::{KvError, KvStore, check_write};
 pub use rng::{Rng, RngError};

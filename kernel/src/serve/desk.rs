@@ -12,6 +12,7 @@ use super::{
 };
 use crate::hil::{Clock, Console, Cpus};
 use alloc::{collections::VecDeque, string::String};
+use core::fmt::Write;
 use spin::Mutex;
 
 /// How long a control command may wait for its answer.
@@ -106,14 +107,13 @@ impl ControlDesk {
     /// Answers `line` if it is a control command that needs no more than the snapshot.
     fn answer_control(&self, line: &str, console: &dyn Console, clock: &dyn Clock) -> bool {
         let trimmed = line.trim();
+        let stats = || with_traffic(self.stats_snapshot.lock().clone(), console);
         let answer = if trimmed == "/stats" {
-            let mut text = String::from("\r\n");
-            text.push_str(&self.stats_snapshot.lock());
-            text
+            alloc::format!("\r\n{}", stats())
         } else if trimmed.starts_with('{') {
             match protocol::parse_request(trimmed) {
                 Ok(request) if request.operation == protocol::Operation::Stats => {
-                    let text = self.stats_snapshot.lock().replace("\r\n", "\n");
+                    let text = stats().replace("\r\n", "\n");
                     protocol::record(Some(request.id), &Event::Info { text: &text })
                 }
                 _ => return false,
@@ -131,6 +131,15 @@ impl ControlDesk {
         }
         true
     }
+}
+
+/// The `/stats` text `report` followed by the console's byte counts as of now (when it counts
+/// them): the counts are read at answer time, so they include the line that asked.
+pub fn with_traffic(mut report: String, console: &dyn Console) -> String {
+    if let Some(traffic) = console.traffic() {
+        let _ = write!(report, "{traffic}");
+    }
+    report
 }
 
 /// The cores, with the console served at every checkpoint of a forward pass.
@@ -172,6 +181,7 @@ mod tests {
     struct ScriptedConsole {
         input: std::sync::Mutex<VecDeque<u8>>,
         output: std::sync::Mutex<String>,
+        read: AtomicU64,
     }
 
     impl Console for ScriptedConsole {
@@ -179,7 +189,15 @@ mod tests {
             self.output.lock().unwrap().push_str(&String::from_utf8_lossy(bytes));
         }
         fn read_byte(&self) -> Option<u8> {
-            self.input.lock().unwrap().pop_front()
+            let byte = self.input.lock().unwrap().pop_front();
+            self.read.fetch_add(u64::from(byte.is_some()), Ordering::Relaxed);
+            byte
+        }
+        fn traffic(&self) -> Option<crate::hil::ConsoleTraffic> {
+            Some(crate::hil::ConsoleTraffic {
+                received: self.read.load(Ordering::Relaxed),
+                ..Default::default()
+            })
         }
         fn flush(&self) {}
         fn line_end_ns(&self) -> Option<u64> {
@@ -204,14 +222,19 @@ mod tests {
                 b"hello\r/stats\r{\"id\":4,\"op\":\"stats\"}\r/models\r\xff\r".iter().copied().collect(),
             ),
             output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
         };
         let clock = StepClock(AtomicU64::new(0));
         let desk = ControlDesk::new();
         desk.set_stats_snapshot("turns 3\r\n".into());
         assert!(desk.service(&console, &clock));
         let output = console.output.lock().unwrap().clone();
-        assert!(output.contains("\r\nturns 3\r\n"), "{output:?}");
-        assert!(output.contains("{\"id\":4,\"event\":\"info\",\"text\":\"turns 3\\n\"}"), "{output:?}");
+        // The byte counts are read when the answer is written: they include the asking line.
+        assert!(output.contains("\r\nturns 3\r\nconsole rx   13 bytes, 0 dropped"), "{output:?}");
+        assert!(
+            output.contains("{\"id\":4,\"event\":\"info\",\"text\":\"turns 3\\nconsole rx   35 bytes"),
+            "{output:?}"
+        );
         assert_eq!(desk.next_input(), Some(Input::Line("hello".into())));
         assert_eq!(desk.next_input(), Some(Input::Line("/models".into())));
         assert!(matches!(desk.next_input(), Some(Input::Refused(LineError::InvalidUtf8 { .. }))));
@@ -226,6 +249,7 @@ mod tests {
         let console = ScriptedConsole {
             input: std::sync::Mutex::new(b"/stats\r".iter().copied().collect()),
             output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
         };
         // Each clock read advances 1 ms; start it 20 ms after the line end.
         let clock = StepClock(AtomicU64::new(20_000_000));

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod protocol;
 pub mod ring;
 pub mod server;
+pub mod transmit;
 
 /// Longest console line accepted, in bytes.
 pub const MAX_LINE: usize = 1024;

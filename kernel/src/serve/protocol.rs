@@ -5,14 +5,18 @@
 //! ```text
 //! {"id":1,"op":"generate","prompt":"What is the capital of France?","max_tokens":32}
 //! {"id":2,"op":"stats"}      {"id":3,"op":"cancel","target":1}      {"id":4,"op":"models"}
+//! {"id":5,"op":"trace","max":16}
 //! ```
 //!
 //! Answers are records on their own lines, each naming the request:
 //! `{"id":1,"event":"token","text":"Paris"}`, then `{"id":1,"event":"done",...}` with usage
-//! and timings, or `{"id":N,"event":"error","message":"..."}` for anything refused.
+//! and timings, or `{"id":N,"event":"error","message":"..."}` for anything refused. A trace
+//! request gets one `{"id":5,"event":"trace","recorded":..,"dropped":..,"events":[..]}` record
+//! with the trace ring's most recent events, each `{"t_ms":..,"core":..,"kind":..,"detail":..}`.
 
 #![forbid(unsafe_code)]
 
+use crate::telemetry::TraceEvent;
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +47,16 @@ pub enum Operation {
     Stats,
     /// The models on the card.
     Models,
+    /// The most recent events of the trace ring.
+    Trace {
+        /// Most events to return (default and limit: [`MAX_TRACE_EVENTS`]).
+        #[serde(default)]
+        max: Option<usize>,
+    },
 }
+
+/// Most trace events one request returns.
+pub const MAX_TRACE_EVENTS: usize = 64;
 
 /// One machine-mode request.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -69,6 +82,14 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
     let id = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|value| value.get("id")?.as_u64());
     let request: Request = serde_json::from_str(line)
         .map_err(|error| ProtocolError { id, message: alloc::format!("malformed request: {error}") })?;
+    if let Operation::Trace { max: Some(max) } = request.operation
+        && !(1..=MAX_TRACE_EVENTS).contains(&max)
+    {
+        return Err(ProtocolError {
+            id: Some(request.id),
+            message: alloc::format!("max must be 1-{MAX_TRACE_EVENTS}"),
+        });
+    }
     if let Operation::Generate { prompt, max_tokens, temperature } = &request.operation {
         let problem = if prompt.len() > MAX_PROMPT_BYTES {
             Some(alloc::format!("prompt longer than {MAX_PROMPT_BYTES} bytes"))
@@ -138,6 +159,39 @@ pub enum Event<'a> {
         /// The answer.
         text: &'a str,
     },
+    /// Recent events of the trace ring, oldest first.
+    Trace {
+        /// Events recorded since boot.
+        recorded: u64,
+        /// Events lost (overwritten before anyone read them).
+        dropped: u64,
+        /// The events.
+        events: &'a [TraceEntry],
+    },
+}
+
+/// One trace event as machine mode reports it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TraceEntry {
+    /// When, in milliseconds since boot.
+    pub t_ms: f64,
+    /// The core that recorded it.
+    pub core: u32,
+    /// The event's kind (the `/trace` label: "swap", "load", "admit", ...).
+    pub kind: &'static str,
+    /// What happened, as `/trace` prints it.
+    pub detail: String,
+}
+
+impl From<&TraceEvent> for TraceEntry {
+    fn from(event: &TraceEvent) -> Self {
+        Self {
+            t_ms: event.timestamp_ns as f64 / 1e6,
+            core: event.core,
+            kind: event.kind.label(),
+            detail: alloc::format!("{}", event.kind),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -178,6 +232,40 @@ mod tests {
             Operation::Cancel { target: 1 }
         );
         assert_eq!(parse_request(r#"{"id":4,"op":"models"}"#).unwrap().operation, Operation::Models);
+        assert_eq!(
+            parse_request(r#"{"id":5,"op":"trace"}"#).unwrap().operation,
+            Operation::Trace { max: None }
+        );
+        assert_eq!(
+            parse_request(r#"{"id":6,"op":"trace","max":3}"#).unwrap().operation,
+            Operation::Trace { max: Some(3) }
+        );
+        let error = parse_request(r#"{"id":7,"op":"trace","max":0}"#).unwrap_err();
+        assert_eq!((error.id, error.message.as_str()), (Some(7), "max must be 1-64"));
+    }
+
+    #[test]
+    fn trace_records_carry_the_events() {
+        use crate::telemetry::{EventKind, ShortName};
+        let events = [
+            TraceEntry::from(&TraceEvent::new(
+                1_500_000,
+                0,
+                EventKind::LoadStarted { model: ShortName::new("a.gguf") },
+            )),
+            TraceEntry::from(&TraceEvent::new(
+                2_000_000,
+                0,
+                EventKind::ModelSwap { from: ShortName::new("a.gguf"), to: ShortName::new("b.gguf") },
+            )),
+        ];
+        let line = record(Some(4), &Event::Trace { recorded: 9, dropped: 1, events: &events });
+        let value: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!((value["id"].as_u64(), value["event"].as_str()), (Some(4), Some("trace")));
+        assert_eq!((value["recorded"].as_u64(), value["dropped"].as_u64()), (Some(9), Some(1)));
+        assert_eq!(value["events"][0]["t_ms"].as_f64(), Some(1.5));
+        assert_eq!(value["events"][1]["kind"], "swap");
+        assert_eq!(value["events"][1]["detail"], "a.gguf -> b.gguf");
     }
 
     #[test]

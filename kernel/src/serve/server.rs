@@ -6,7 +6,7 @@
 use super::{
     chat::{Generation, GenerationSettings, ServedModel, Step},
     config::{self, CardConfig},
-    desk::{CONTROL_BOUND_NS, ControlDesk, Input, ServingCpus},
+    desk::{self, CONTROL_BOUND_NS, ControlDesk, Input, ServingCpus},
     library::{StagedLoad, list_models, load_model},
     loader::progress_line,
     protocol::{self, Event, Operation, Timings, Usage},
@@ -689,8 +689,18 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 }
             }
             Operation::Stats => {
-                let text = self.stats_report().replace("\r\n", "\n");
+                let text = desk::with_traffic(self.stats_report(), self.console).replace("\r\n", "\n");
                 self.say(&protocol::record(Some(request.id), &Event::Info { text: &text }));
+            }
+            Operation::Trace { max } => {
+                let events = self.trace.snapshot(max.unwrap_or(protocol::MAX_TRACE_EVENTS));
+                let entries: Vec<protocol::TraceEntry> = events.iter().map(Into::into).collect();
+                let event = Event::Trace {
+                    recorded: self.trace.recorded(),
+                    dropped: self.trace.dropped(),
+                    events: &entries,
+                };
+                self.say(&protocol::record(Some(request.id), &event));
             }
             Operation::Models => {
                 let text = match &mut self.volume {

@@ -1,12 +1,14 @@
 //! PL011 UART0 driver: 115200 8N1 with FIFOs, polled transmit and receive.
 //!
-//! Implements [`kernel::hil::Console`]. Interrupt-driven receive builds on the same registers.
+//! Implements [`kernel::hil::Console`]. Interrupt-driven receive ([`Pl011Uart::drain_receive`])
+//! and transmit ([`Pl011Transmitter`], driven by [`kernel::serve::transmit::TransmitQueue`])
+//! build on the same registers.
 
 use crate::mmio::Mmio;
-use kernel::hil::Console;
+use kernel::{hil::Console, serve::transmit::TransmitFifo};
 use spin::Mutex;
 use tock_registers::{
-    interfaces::{Readable, Writeable},
+    interfaces::{ReadWriteable, Readable, Writeable},
     register_bitfields, register_structs,
     registers::{ReadOnly, ReadWrite, WriteOnly},
 };
@@ -70,6 +72,8 @@ register_bitfields! {
     ICR [
         /// Clear the receive timeout interrupt.
         RT OFFSET(6) NUMBITS(1) [],
+        /// Clear the transmit interrupt.
+        TX OFFSET(5) NUMBITS(1) [],
         /// Clear the receive interrupt.
         RX OFFSET(4) NUMBITS(1) [],
         /// Clear every interrupt.
@@ -100,6 +104,9 @@ register_structs! {
 
 /// The baud rate Tessera uses on its console.
 pub const BAUD_RATE: u32 = 115_200;
+
+/// Entries in each FIFO (BCM2835 ARM Peripherals, UART chapter: 16 × 8 bits transmit).
+pub const FIFO_DEPTH: usize = 16;
 
 /// Integer and fractional (1/64) divisors for `baud` from a UART clock of `clock_hz`,
 /// rounded to nearest.
@@ -145,7 +152,23 @@ impl Pl011Uart {
     pub fn enable_receive_interrupts(&self) {
         let registers = self.registers.lock();
         registers.IFLS.write(IFLS::RXIFLSEL::OneEighth + IFLS::TXIFLSEL::OneHalf);
-        registers.IMSC.write(INTERRUPTS::RX::SET + INTERRUPTS::RT::SET);
+        registers.IMSC.modify(INTERRUPTS::RX::SET + INTERRUPTS::RT::SET);
+    }
+
+    /// Whether the transmit interrupt is asserted and unmasked (for the IRQ handler).
+    pub fn transmit_pending(&self) -> bool {
+        // SAFETY: reading MIS has no side effects; see `drain_receive` for sharing the block.
+        let registers: Mmio<Registers> = unsafe { Mmio::new(self.base) };
+        registers.MIS.is_set(INTERRUPTS::TX)
+    }
+
+    /// The transmit FIFO and its interrupt, for the interrupt-driven transmit queue.
+    pub fn transmitter(&self) -> Pl011Transmitter {
+        // SAFETY: same block as the locked handle. The transmitter only writes DR, reads FR and
+        // writes the TX bits of ICR and IMSC; once interrupt-driven transmit starts, it is the
+        // only writer of DR (the queue's pump lock serialises its users), and IMSC's receive
+        // bits are set once, before it starts.
+        Pl011Transmitter { registers: unsafe { Mmio::new(self.base) } }
     }
 
     /// From the IRQ handler: hands every received byte to `sink` and clears the receive
@@ -174,6 +197,33 @@ impl Pl011Uart {
         // half-written line, which is acceptable for a last-words diagnostic.
         let registers: Mmio<Registers> = unsafe { Mmio::new(self.base) };
         bytes.iter().for_each(|&byte| put(&registers, byte));
+    }
+}
+
+/// The PL011's transmit FIFO and transmit interrupt, as [`TransmitFifo`] sees them.
+pub struct Pl011Transmitter {
+    registers: Mmio<Registers>,
+}
+
+impl TransmitFifo for Pl011Transmitter {
+    fn has_room(&self) -> bool {
+        !self.registers.FR.is_set(FR::TXFF)
+    }
+
+    fn put(&self, byte: u8) {
+        self.registers.DR.set(u32::from(byte));
+    }
+
+    fn acknowledge(&self) {
+        self.registers.ICR.write(ICR::TX::SET);
+    }
+
+    fn interrupt_on_room(&self, enabled: bool) {
+        self.registers.IMSC.modify(if enabled { INTERRUPTS::TX::SET } else { INTERRUPTS::TX::CLEAR });
+    }
+
+    fn depth(&self) -> usize {
+        FIFO_DEPTH
     }
 }
 
