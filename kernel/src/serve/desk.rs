@@ -1,7 +1,9 @@
-//! The control desk: where console input is read, on core 0 (its locks are never contended), both between rounds of tokens and
-//! in the middle of a forward pass (at the matmul checkpoints). Control commands are answered
-//! on the spot from a snapshot of the server's state; every other line is queued for the
-//! server, in order.
+//! The control desk: where console input is read, on core 0 (its locks are never contended),
+//! both between rounds of tokens and in the middle of a forward pass (at the matmul
+//! checkpoints). Control commands (`/stats`, `/cancel`, machine-mode `stats` and `cancel`) are
+//! answered on the spot, from a snapshot of the server's state or by noting the cancel for the
+//! server to apply at the next token boundary; every other line is queued for the server, in
+//! order. Each answer's wait, from the end of its line, goes into the serving counters.
 
 #![forbid(unsafe_code)]
 
@@ -10,9 +12,15 @@ use super::{
     line::{LineError, LineEvent, LineReader},
     protocol::{self, Event},
 };
-use crate::hil::{Clock, Console, Cpus};
-use alloc::{collections::VecDeque, string::String};
-use core::fmt::Write;
+use crate::{
+    hil::{Clock, Console, Cpus},
+    telemetry::{Counters, ShortName},
+};
+use alloc::{collections::VecDeque, string::String, vec::Vec};
+use core::{
+    fmt::Write,
+    sync::atomic::{AtomicBool, Ordering},
+};
 use spin::Mutex;
 
 /// How long a control command may wait for its answer.
@@ -27,23 +35,30 @@ pub enum Input {
     Refused(LineError),
 }
 
-/// How quickly control commands were answered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ControlLatency {
-    /// Control commands answered.
-    pub answered: u64,
-    /// The longest wait from the end of a line to its answer, in ns.
-    pub longest_ns: u64,
-    /// Answers later than [`CONTROL_BOUND_NS`].
-    pub over_bound: u64,
+/// A cancel answered at the desk, for the server to apply at the next token boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// `/cancel`: the line-mode answer that is streaming.
+    Human,
+    /// Machine-mode `cancel`: request `target`.
+    Machine {
+        /// The request to stop.
+        target: u64,
+    },
 }
+
+/// The commands whose answer time the desk measures, as the counters name them.
+const TIMED_COMMANDS: [&str; 3] = ["stats", "cancel", "status"];
 
 /// Input assembly and on-the-spot control answers. Used from core 0 only.
 pub struct ControlDesk {
     reader: Mutex<LineReader<MAX_LINE>>,
     queued: Mutex<VecDeque<Input>>,
     stats_snapshot: Mutex<String>,
-    latency: Mutex<ControlLatency>,
+    counters: Counters,
+    generating: AtomicBool,
+    cancels: Mutex<Vec<CancelRequest>>,
+    misses: Mutex<Vec<(ShortName, u64)>>,
 }
 
 impl Default for ControlDesk {
@@ -59,7 +74,10 @@ impl ControlDesk {
             reader: Mutex::new(LineReader::new()),
             queued: Mutex::new(VecDeque::new()),
             stats_snapshot: Mutex::new(String::new()),
-            latency: Mutex::new(ControlLatency::default()),
+            counters: Counters::new(&TIMED_COMMANDS, CONTROL_BOUND_NS),
+            generating: AtomicBool::new(false),
+            cancels: Mutex::new(Vec::new()),
+            misses: Mutex::new(Vec::new()),
         }
     }
 
@@ -68,9 +86,25 @@ impl ControlDesk {
         *self.stats_snapshot.lock() = text;
     }
 
-    /// How quickly control commands were answered so far.
-    pub fn latency(&self) -> ControlLatency {
-        *self.latency.lock()
+    /// The serving counters: tokens, request latency, control-command latency, pressure.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Tells the desk whether answers are being generated (what `/cancel` would stop).
+    pub fn set_generating(&self, generating: bool) {
+        self.generating.store(generating, Ordering::Relaxed);
+    }
+
+    /// The cancels answered since the last call, oldest first.
+    pub fn take_cancels(&self) -> Vec<CancelRequest> {
+        core::mem::take(&mut *self.cancels.lock())
+    }
+
+    /// Control commands answered later than [`CONTROL_BOUND_NS`] since the last call: the
+    /// command and its wait in ns (the server records them in the trace ring).
+    pub fn take_deadline_misses(&self) -> Vec<(ShortName, u64)> {
+        core::mem::take(&mut *self.misses.lock())
     }
 
     /// The next queued input, oldest first.
@@ -104,17 +138,29 @@ impl ControlDesk {
         completed
     }
 
-    /// Answers `line` if it is a control command that needs no more than the snapshot.
+    /// Answers `line` if it is a control command.
     fn answer_control(&self, line: &str, console: &dyn Console, clock: &dyn Clock) -> bool {
         let trimmed = line.trim();
         let stats = || with_traffic(self.stats_snapshot.lock().clone(), console);
-        let answer = if trimmed == "/stats" {
-            alloc::format!("\r\n{}", stats())
+        let (command, answer) = if trimmed == "/stats" {
+            ("stats", alloc::format!("\r\n{}", stats()))
+        } else if trimmed == "/cancel" {
+            let answer = if self.generating.load(Ordering::Relaxed) {
+                self.cancels.lock().push(CancelRequest::Human);
+                "\r\n(cancel requested)\r\n"
+            } else {
+                "\r\nnothing to cancel\r\n"
+            };
+            ("cancel", String::from(answer))
         } else if trimmed.starts_with('{') {
             match protocol::parse_request(trimmed) {
                 Ok(request) if request.operation == protocol::Operation::Stats => {
                     let text = stats().replace("\r\n", "\n");
-                    protocol::record(Some(request.id), &Event::Info { text: &text })
+                    ("status", protocol::record(Some(request.id), &Event::Info { text: &text }))
+                }
+                Ok(protocol::Request { id, operation: protocol::Operation::Cancel { target } }) => {
+                    self.cancels.lock().push(CancelRequest::Machine { target });
+                    ("cancel", protocol::record(Some(id), &Event::Info { text: "cancel requested" }))
                 }
                 _ => return false,
             }
@@ -124,10 +170,9 @@ impl ControlDesk {
         console.write_bytes(answer.as_bytes());
         if let Some(line_end) = console.line_end_ns() {
             let waited = clock.now_ns().saturating_sub(line_end);
-            let mut latency = self.latency.lock();
-            latency.answered += 1;
-            latency.longest_ns = latency.longest_ns.max(waited);
-            latency.over_bound += u64::from(waited > CONTROL_BOUND_NS);
+            if self.counters.record_command(command, waited) {
+                self.misses.lock().push((ShortName::new(command), waited));
+            }
         }
         true
     }
@@ -224,7 +269,7 @@ mod tests {
             output: std::sync::Mutex::new(String::new()),
             read: AtomicU64::new(0),
         };
-        let clock = StepClock(AtomicU64::new(0));
+        let clock = StepClock(AtomicU64::new(5_000_000));
         let desk = ControlDesk::new();
         desk.set_stats_snapshot("turns 3\r\n".into());
         assert!(desk.service(&console, &clock));
@@ -239,9 +284,39 @@ mod tests {
         assert_eq!(desk.next_input(), Some(Input::Line("/models".into())));
         assert!(matches!(desk.next_input(), Some(Input::Refused(LineError::InvalidUtf8 { .. }))));
         assert_eq!(desk.next_input(), None);
-        let latency = desk.latency();
-        assert_eq!(latency.answered, 2);
-        assert!(latency.longest_ns > 0);
+        let report = desk.counters().report();
+        let timed: Vec<(String, u64)> =
+            report.commands.iter().map(|row| (row.name.as_str().into(), row.latency.count())).collect();
+        assert_eq!(timed, [("stats".into(), 1), ("cancel".into(), 0), ("status".into(), 1)]);
+        assert!(report.commands[0].latency.max_ns > 0);
+        assert!(desk.take_deadline_misses().is_empty());
+    }
+
+    #[test]
+    fn cancels_are_answered_at_once_and_handed_to_the_server() {
+        let console = ScriptedConsole {
+            input: std::sync::Mutex::new(
+                b"/cancel\r{\"id\":7,\"op\":\"cancel\",\"target\":3}\r/cancel\r".iter().copied().collect(),
+            ),
+            output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
+        };
+        let clock = StepClock(AtomicU64::new(0));
+        let desk = ControlDesk::new();
+        // Idle, `/cancel` has nothing to stop; a machine cancel is still noted (its target may
+        // be waiting for a place in the batch).
+        desk.service(&console, &clock);
+        desk.set_generating(true);
+        console.input.lock().unwrap().extend(b"/cancel\r");
+        desk.service(&console, &clock);
+        let output = console.output.lock().unwrap().clone();
+        assert!(output.starts_with("/cancel\r\nnothing to cancel\r\n"), "{output:?}");
+        assert!(output.contains("{\"id\":7,\"event\":\"info\",\"text\":\"cancel requested\"}"), "{output:?}");
+        assert!(output.ends_with("(cancel requested)\r\n"), "{output:?}");
+        assert_eq!(desk.take_cancels(), [CancelRequest::Machine { target: 3 }, CancelRequest::Human]);
+        assert!(desk.take_cancels().is_empty());
+        assert_eq!(desk.next_input(), None, "cancels are not queued as lines");
+        assert_eq!(desk.counters().report().commands[1].latency.count(), 4);
     }
 
     #[test]
@@ -255,6 +330,10 @@ mod tests {
         let clock = StepClock(AtomicU64::new(20_000_000));
         let desk = ControlDesk::new();
         desk.service(&console, &clock);
-        assert_eq!(desk.latency().over_bound, 1);
+        assert_eq!(desk.counters().report().deadline_misses(), 1);
+        let misses = desk.take_deadline_misses();
+        assert_eq!(misses.len(), 1);
+        assert_eq!(misses[0].0.as_str(), "stats");
+        assert!(misses[0].1 > CONTROL_BOUND_NS);
     }
 }

@@ -6,7 +6,7 @@
 use super::{
     chat::{Generation, GenerationSettings, ServedModel, Step},
     config::{self, CardConfig},
-    desk::{self, CONTROL_BOUND_NS, ControlDesk, Input, ServingCpus},
+    desk::{CancelRequest, ControlDesk, Input, ServingCpus},
     library::{StagedLoad, list_models, load_model},
     loader::progress_line,
     protocol::{self, Event, Operation, Timings, Usage},
@@ -67,10 +67,6 @@ type Shared<'a> = Arc<ServedModel<TensorBuffer<'a>>>;
 pub struct ServeStatistics {
     /// Chat turns answered.
     pub turns: u64,
-    /// Tokens generated.
-    pub tokens: u64,
-    /// Nanoseconds spent generating.
-    pub generation_ns: u64,
     /// Lines rejected (too long, invalid UTF-8, unknown command).
     pub rejected_lines: u64,
     /// Models loaded.
@@ -445,8 +441,6 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.say_line("settings reset");
             }
             "bench" => self.bench(),
-            "cancel" if self.in_batch => self.cancels.push(Origin::Human),
-            "cancel" => self.say_line("nothing to cancel"),
             _ => {
                 self.statistics.rejected_lines += 1;
                 let message = alloc::format!("error: unknown command /{name} (try /help)");
@@ -589,23 +583,19 @@ impl<'a, D: BlockDevice> Server<'a, D> {
 
     fn stats_report(&self) -> String {
         let statistics = &self.statistics;
-        let rate = if statistics.generation_ns == 0 {
-            0.0
-        } else {
-            statistics.tokens as f64 / (statistics.generation_ns as f64 / 1e9)
-        };
+        let counters = self.desk.counters().report();
+        let answered: u64 = counters.commands.iter().map(|command| command.latency.count()).sum();
         let (interrupts, unserviced_ns) = self.telemetry.interrupts();
         let mut text = String::new();
         let _ = write!(
             text,
-            "model        {}\r\nturns        {}\r\ntokens       {} ({rate:.2} tokens/s on {} cores)\r\n\
+            "model        {}\r\nturns        {} on {} cores\r\n\
              loads        {} ok, {} failed (old model kept)\r\nrejected     {} lines\r\n\
              interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
              swap pause   {}\r\n\
-             control      {} answered mid-generation or idle; longest wait {:.3} ms; {} over the {} ms bound\r\n",
+             control      {answered} answered mid-generation or idle, {} over the {} ms bound\r\n{}",
             self.active_model().unwrap_or("(none)"),
             statistics.turns,
-            statistics.tokens,
             self.cpus.count(),
             statistics.loads,
             statistics.failed_loads,
@@ -620,10 +610,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 ),
                 None => "no swap during generation yet".to_string(),
             },
-            self.desk.latency().answered,
-            self.desk.latency().longest_ns as f64 / 1e6,
-            self.desk.latency().over_bound,
-            CONTROL_BOUND_NS / 1_000_000,
+            counters.deadline_misses(),
+            counters.deadline_ns / 1_000_000,
+            alloc::format!("{counters}").replace('\n', "\r\n"),
         );
         text
     }
@@ -665,33 +654,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 settings.temperature = temperature.unwrap_or(settings.temperature);
                 self.enqueue(origin, &prompt, settings);
             }
-            Operation::Cancel { target } => {
-                self.say(&protocol::record(Some(request.id), &Event::Info { text: "cancel requested" }));
-                let waiting =
-                    self.pending.iter().position(|pending| pending.origin == Origin::Machine(target));
-                match waiting.and_then(|index| self.pending.remove(index)) {
-                    // It never started: it ends here, with a final record like any other.
-                    Some(pending) => {
-                        let total = self.clock.now_ns().saturating_sub(pending.arrived_ns) as f64 / 1e6;
-                        let event = Event::Done {
-                            usage: Usage { prompt_tokens: 0, cached_tokens: 0, completion_tokens: 0 },
-                            timings: Timings {
-                                first_token_ms: total,
-                                total_ms: total,
-                                tokens_per_second: 0.0,
-                            },
-                            finish: super::chat::Finish::Cancelled.name(),
-                            model: self.active_model().unwrap_or(""),
-                        };
-                        self.say(&protocol::record(Some(target), &event));
-                    }
-                    None => self.cancels.push(Origin::Machine(target)),
-                }
-            }
-            Operation::Stats => {
-                let text = desk::with_traffic(self.stats_report(), self.console).replace("\r\n", "\n");
-                self.say(&protocol::record(Some(request.id), &Event::Info { text: &text }));
-            }
+            // The desk answers these the moment their line is complete (see `ControlDesk`).
+            Operation::Cancel { .. } | Operation::Stats => {}
             Operation::Trace { max } => {
                 let events = self.trace.snapshot(max.unwrap_or(protocol::MAX_TRACE_EVENTS));
                 let entries: Vec<protocol::TraceEntry> = events.iter().map(Into::into).collect();
@@ -715,12 +679,51 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
+    /// Applies the cancels the desk answered (at a checkpoint or just now) and traces its
+    /// deadline misses.
+    fn apply_desk_notes(&mut self) {
+        for (command, latency_ns) in self.desk.take_deadline_misses() {
+            self.trace(EventKind::DeadlineMiss { command, latency_ns });
+        }
+        for cancel in self.desk.take_cancels() {
+            let origin = match cancel {
+                CancelRequest::Human => Origin::Human,
+                CancelRequest::Machine { target } => Origin::Machine(target),
+            };
+            let waiting = self.pending.iter().position(|pending| pending.origin == origin);
+            match waiting.and_then(|index| self.pending.remove(index)) {
+                // It never started: it ends here, with a final record like any other.
+                Some(pending) => self.end_unstarted(pending),
+                None if self.in_batch => self.cancels.push(origin),
+                None => {}
+            }
+        }
+    }
+
+    /// The final record of a request cancelled before it joined a batch.
+    fn end_unstarted(&mut self, pending: Pending) {
+        let total = self.clock.now_ns().saturating_sub(pending.arrived_ns) as f64 / 1e6;
+        match pending.origin {
+            Origin::Human => self.say_line("[cancelled before it started]"),
+            Origin::Machine(id) => {
+                let event = Event::Done {
+                    usage: Usage { prompt_tokens: 0, cached_tokens: 0, completion_tokens: 0 },
+                    timings: Timings { first_token_ms: total, total_ms: total, tokens_per_second: 0.0 },
+                    finish: super::chat::Finish::Cancelled.name(),
+                    model: self.active_model().unwrap_or(""),
+                };
+                self.say(&protocol::record(Some(id), &event));
+            }
+        }
+    }
+
     /// Reads whatever input waits and handles each complete line. Returns whether a line was
     /// handled.
     fn poll_console(&mut self) -> bool {
         let snapshot = self.stats_report();
         self.desk.set_stats_snapshot(snapshot);
         let mut handled = self.desk.service(self.console, self.clock);
+        self.apply_desk_notes();
         while let Some(input) = self.desk.next_input() {
             handled = true;
             match input {
@@ -871,9 +874,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                             tokens: statistics.generated_tokens as u32,
                         });
                         self.statistics.turns += 1;
-                        self.statistics.tokens += statistics.generated_tokens as u64;
                         let total = now.saturating_sub(request.arrived_ns);
-                        self.statistics.generation_ns += total;
+                        self.desk.counters().record_generation(statistics.generated_tokens as u64, total);
+                        self.desk.counters().record_request(total);
                         let rate = statistics.generated_tokens as f64 / (total as f64 / 1e9).max(1e-9);
                         match request.origin {
                             Origin::Human => {
@@ -945,7 +948,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             let handled = self.poll_console();
             if !self.pending.is_empty() {
                 self.in_batch = true;
+                self.desk.set_generating(true);
                 self.serve_batch();
+                self.desk.set_generating(false);
                 self.in_batch = false;
                 self.cancels.clear();
             }
