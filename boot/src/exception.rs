@@ -8,6 +8,7 @@ use bsp::arch::aarch64::{
     fault::{FaultReport, VectorKind},
 };
 use core::fmt::Write;
+use kernel::telemetry::{EventKind, TRACE};
 
 /// The registers saved on entry, in the layout the assembly below writes.
 #[repr(C)]
@@ -192,6 +193,9 @@ impl<const N: usize> Write for FixedText<N> {
     }
 }
 
+/// Trace events a fault report ends with.
+const RECENT_EVENTS: usize = 8;
+
 extern "C" fn handle_exception(frame: &mut ExceptionFrame, index: u64) {
     if VectorKind::from_index(index) == VectorKind::Irq {
         crate::irq::handle();
@@ -208,11 +212,16 @@ extern "C" fn handle_exception(frame: &mut ExceptionFrame, index: u64) {
         registers: &frame.registers,
         image: &image,
     };
+    kernel::telemetry::record(EventKind::Exception { class: report.syndrome.class() });
     let mut text = FixedText::<4096>::new();
     let _ = write!(text, "{report}");
     if (4..8).contains(&index) {
         let _ = write!(text, "    (taken while already on the exception stack)\r\n");
     }
+    let _ = write!(text, "    last events (trace ring):\r\n");
+    TRACE.for_each_recent(RECENT_EVENTS, |event| {
+        let _ = write!(text, "    {event}\r\n");
+    });
     console::write_unlocked(text.as_str().as_bytes());
     if let Some(hook) = FAULT_HOOK.get() {
         hook(&report, text.as_str());

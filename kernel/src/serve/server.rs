@@ -20,7 +20,7 @@ use crate::{
         kv::{KvBlockPool, PagedKv, floats_per_block},
         layout::RegionKind,
     },
-    telemetry::{EventKind, ShortName, TraceEvent, TraceRing},
+    telemetry::{self, EventKind, ShortName, TRACE},
 };
 use alloc::{
     collections::VecDeque,
@@ -93,7 +93,6 @@ pub struct Server<'a, D: BlockDevice> {
     in_batch: bool,
     staging: Option<StagedLoad<'a>>,
     card_config: CardConfig,
-    trace: TraceRing,
     /// The KV block pool, kept across batches so cached prompt prefixes outlive requests, with
     /// the block size (in floats) it was made for.
     kv_pool: Option<(usize, Arc<KvBlockPool<'a>>)>,
@@ -154,17 +153,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             in_batch: false,
             staging: None,
             card_config: CardConfig::default(),
-            trace: TraceRing::new(),
             kv_pool: None,
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
         }
-    }
-
-    /// Adds an event to the trace ring (`/trace`).
-    fn trace(&self, kind: EventKind) {
-        self.trace.record(TraceEvent::new(self.clock.now_ns(), 0, kind));
     }
 
     fn say(&self, text: &str) {
@@ -250,11 +243,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.say_line(&message);
             return;
         };
-        self.trace.record(TraceEvent::new(
-            clock.now_ns(),
-            0,
-            EventKind::LoadStarted { model: ShortName::new(name) },
-        ));
+        telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
         let started = clock.now_ns();
         let mut last_drawn = 0;
         let result = load_model(volume, self.memory, self.card_config.weights_budget, name, |done, total| {
@@ -282,11 +271,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// freed when the last of them lets go.
     fn activate(&mut self, model: ServedModel<TensorBuffer<'a>>) -> Option<String> {
         let old = self.active_model().map(String::from);
-        self.trace(EventKind::LoadFinished {
+        telemetry::record(EventKind::LoadFinished {
             model: ShortName::new(&model.name),
             bytes: model.size() as u64,
         });
-        self.trace(EventKind::ModelSwap {
+        telemetry::record(EventKind::ModelSwap {
             from: ShortName::new(old.as_deref().unwrap_or("")),
             to: ShortName::new(&model.name),
         });
@@ -298,7 +287,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// Reports a failed load; the active model is untouched and keeps serving.
     fn load_failed(&mut self, name: &str, error: &dyn core::fmt::Display) {
         self.statistics.failed_loads += 1;
-        self.trace(EventKind::LoadFailed { model: ShortName::new(name) });
+        telemetry::record(EventKind::LoadFailed { model: ShortName::new(name) });
         let keeping =
             self.active_model().map(|name| alloc::format!("; still serving {name}")).unwrap_or_default();
         let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
@@ -321,7 +310,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         };
         match StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name) {
             Ok(staged) => {
-                self.trace(EventKind::LoadStarted { model: ShortName::new(name) });
+                telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
                 let message =
                     alloc::format!("loading {name} in the background; the current model keeps serving");
                 self.staging = Some(staged);
@@ -423,11 +412,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.say(&report);
             }
             "trace" => {
-                let events = self.trace.snapshot(32);
+                let events = TRACE.snapshot(32);
                 let mut text = alloc::format!(
                     "{} events recorded, {} dropped; the last {}:\r\n",
-                    self.trace.recorded(),
-                    self.trace.dropped(),
+                    TRACE.recorded(),
+                    TRACE.dropped(),
                     events.len()
                 );
                 for event in events {
@@ -657,13 +646,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             // The desk answers these the moment their line is complete (see `ControlDesk`).
             Operation::Cancel { .. } | Operation::Stats => {}
             Operation::Trace { max } => {
-                let events = self.trace.snapshot(max.unwrap_or(protocol::MAX_TRACE_EVENTS));
+                let events = TRACE.snapshot(max.unwrap_or(protocol::MAX_TRACE_EVENTS));
                 let entries: Vec<protocol::TraceEntry> = events.iter().map(Into::into).collect();
-                let event = Event::Trace {
-                    recorded: self.trace.recorded(),
-                    dropped: self.trace.dropped(),
-                    events: &entries,
-                };
+                let event =
+                    Event::Trace { recorded: TRACE.recorded(), dropped: TRACE.dropped(), events: &entries };
                 self.say(&protocol::record(Some(request.id), &event));
             }
             Operation::Models => {
@@ -683,7 +669,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// deadline misses.
     fn apply_desk_notes(&mut self) {
         for (command, latency_ns) in self.desk.take_deadline_misses() {
-            self.trace(EventKind::DeadlineMiss { command, latency_ns });
+            telemetry::record(EventKind::DeadlineMiss { command, latency_ns });
         }
         for cancel in self.desk.take_cancels() {
             let origin = match cancel {
@@ -824,7 +810,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                             Origin::Machine(id) => id,
                         };
                         let tokens = generation.statistics().prompt_tokens as u32;
-                        self.trace(EventKind::RequestAdmitted { id, tokens });
+                        telemetry::record(EventKind::RequestAdmitted { id, tokens });
                         active.push((request, generation, None));
                     }
                     Err(error) => {
@@ -869,7 +855,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                             Origin::Human => 0,
                             Origin::Machine(id) => id,
                         };
-                        self.trace(EventKind::RequestFinished {
+                        telemetry::record(EventKind::RequestFinished {
                             id,
                             tokens: statistics.generated_tokens as u32,
                         });

@@ -34,6 +34,31 @@ pub use format::{ByteRate, ByteSize, Duration};
 pub use histogram::{HISTOGRAM_BUCKETS, Histogram, HistogramSnapshot, bucket_ceiling, bucket_of};
 pub use trace::{TRACE_CAPACITY, TraceRing};
 
+use crate::hil::Clock;
+
+/// The kernel's trace ring: every part of the kernel records into it (through [`record`]);
+/// `/trace`, machine mode and fault reports read it.
+pub static TRACE: TraceRing = TraceRing::new();
+
+/// The board's clock, and a function that reads the current core's number.
+type Source = (&'static dyn Clock, fn() -> u32);
+
+/// Where [`record`] takes its timestamps and core numbers from, once boot has said.
+static SOURCE: spin::Once<Source> = spin::Once::new();
+
+/// Gives [`record`] the board's clock and a way to read the current core's number (the first
+/// call wins). Until then, events are stamped 0 on core 0.
+pub fn install(clock: &'static dyn Clock, core: fn() -> u32) {
+    SOURCE.call_once(|| (clock, core));
+}
+
+/// Records `kind` in [`TRACE`], stamped now on the current core. Lock-free and allocation-free:
+/// any core and any interrupt or exception handler may call it.
+pub fn record(kind: EventKind) {
+    let (now_ns, core) = SOURCE.get().map_or((0, 0), |(clock, core)| (clock.now_ns(), core()));
+    TRACE.record(TraceEvent::new(now_ns, core, kind));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +80,19 @@ mod tests {
         assert_eq!(lines, ["   3.000000 s  core 0  deadline    stats answered in 12.5 ms"]);
         assert_eq!(COUNTERS.report().deadline_misses(), 1);
         assert!(COUNTERS.report().to_string().contains("  /stats                 1   12.5 ms"));
+    }
+
+    #[test]
+    fn recent_events_are_visited_oldest_first_without_allocating() {
+        let ring: TraceRing<4> = TraceRing::new();
+        for blocks in 1..=6 {
+            ring.record(TraceEvent::new(blocks, 0, EventKind::KvEviction { blocks }));
+        }
+        let mut seen = Vec::new();
+        ring.for_each_recent(3, |event| seen.push(event.timestamp_ns));
+        assert_eq!(seen, [4, 5, 6]);
+        seen.clear();
+        ring.for_each_recent(10, |event| seen.push(event.timestamp_ns));
+        assert_eq!(seen, [3, 4, 5, 6], "only what the ring still holds");
     }
 }

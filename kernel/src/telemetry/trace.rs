@@ -118,6 +118,22 @@ impl<const CAPACITY: usize> TraceRing<CAPACITY> {
         stamped.into_iter().skip(skip).map(|(_, event)| event).collect()
     }
 
+    /// Calls `visit` with up to `max` of the most recent events, oldest first, without
+    /// allocating (for fault reports, where the heap may be the thing that broke). Events being
+    /// written or already overwritten are left out.
+    pub fn for_each_recent(&self, max: usize, mut visit: impl FnMut(&TraceEvent)) {
+        let end = self.next_ticket.load(Ordering::Acquire);
+        let start = end.saturating_sub(max.min(CAPACITY) as u64);
+        for ticket in start..end {
+            let slot = &self.slots[(ticket % CAPACITY as u64) as usize];
+            if let Some((stamp, event)) = Self::read_slot(slot, || {})
+                && stamp == ticket + 1
+            {
+                visit(&event);
+            }
+        }
+    }
+
     /// Reads one slot: the stamp and event it holds, or `None` when it is empty, busy, or was
     /// rewritten during the read. `between` runs after the words are read and before the
     /// sequence word is checked again (nothing outside tests).
