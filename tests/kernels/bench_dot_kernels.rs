@@ -1,0 +1,68 @@
+//! QEMU benchmark (not a test; `make bench`): how fast the emulated Cortex-A53 runs the
+//! quantized dot-product kernels at each activation precision, on SmolLM2-sized Q4_1 rows
+//! (576 columns, as its attention and FFN-input matrices have), on one core. QEMU's TCG
+//! translates integer NEON into host vector code but floating point through software helpers,
+//! so the ratio here decides which precision serves fastest under emulation.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use kernel::{
+    hil::Clock,
+    infer::kernels::{Input, QuantizedVector, dot},
+    model::TensorType,
+    rand::SplitMix64,
+};
+use systests::{TEST_CONFIG, ensure, pass};
+
+boot::entry!(main, TEST_CONFIG);
+
+/// Columns per row (SmolLM2's model width).
+const COLUMNS: usize = 576;
+/// Rows per timed pass (SmolLM2's FFN width).
+const ROWS: usize = 1536;
+/// Bytes per Q4_1 block of 32 values: f16 scale, f16 minimum, 16 bytes of nibbles.
+const BLOCK_BYTES: usize = 20;
+
+fn main(_info: &'static boot::BootInfo) -> ! {
+    let mut random = SplitMix64::new(7);
+    let row_bytes = COLUMNS / 32 * BLOCK_BYTES;
+    let mut matrix: Vec<u8> = (0..ROWS * row_bytes).map(|_| random.next_u64() as u8).collect();
+    for block in matrix.chunks_exact_mut(BLOCK_BYTES) {
+        // Scale 1/64 and minimum -1/8 as f16, like trained weights' magnitudes.
+        block[..4].copy_from_slice(&[0x00, 0x24, 0x00, 0xB0]);
+    }
+    let x: Vec<f32> = (0..COLUMNS).map(|_| (random.next_u64() % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut quantized = QuantizedVector::with_capacity(COLUMNS);
+    quantized.quantize(&x);
+    let clock = &bsp::arch::aarch64::timer::GenericTimer;
+    let pass_ns = |input: Input<'_>| {
+        let start = clock.now_ns();
+        let mut total = 0.0f32;
+        for row in matrix.chunks_exact(row_bytes) {
+            total += dot(TensorType::Q4_1, row, input);
+        }
+        (clock.now_ns() - start, total)
+    };
+    boot::println!("Q4_1 dot products, {ROWS} rows of {COLUMNS}, one core; best of 3 passes:");
+    let mut best = [u64::MAX; 2];
+    let mut totals = [0.0f32; 2];
+    for _ in 0..3 {
+        for (slot, input) in [Input::Float(&x), Input::Quantized(&quantized)].into_iter().enumerate() {
+            let (ns, total) = pass_ns(input);
+            best[slot] = best[slot].min(ns);
+            totals[slot] = total;
+        }
+    }
+    for (name, ns) in [("float activations", best[0]), ("int8 activations", best[1])] {
+        boot::println!("  {name:<18} {:>8} ns per row", ns / ROWS as u64);
+    }
+    boot::println!("  float / int8 time: {:.2}", best[0] as f64 / best[1] as f64);
+    let relative = (totals[0] - totals[1]).abs() / totals[0].abs().max(1.0);
+    ensure!(relative < 0.05, "int8 sum {} strays from float sum {}", totals[1], totals[0]);
+    boot::println!("dot kernels done");
+    pass()
+}
