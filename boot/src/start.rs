@@ -226,8 +226,8 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
             granule: mapping.granule.label(),
         });
     }
-    // Trace events carry the generic timer's time and the recording core.
-    kernel::telemetry::install(&GenericTimer, || cpu::core_id() as u32);
+    // Trace events and pool latency histograms read the generic timer and the core number.
+    kernel::hil::install_board_time(&GenericTimer, || cpu::core_id() as u32);
     let info = BOOT_INFO.call_once(|| BootInfo {
         board: model.name(),
         board_revision: revision,

@@ -1,4 +1,5 @@
-//! `Clock`: a monotonic time source (the generic timer on the Pi).
+//! `Clock`: a monotonic time source (the generic timer on the Pi), and the board's clock as
+//! the whole kernel reads it once boot has installed it.
 
 /// A monotonic, never-wrapping tick counter with a known frequency.
 pub trait Clock: Sync {
@@ -85,4 +86,27 @@ mod tests {
         let end = clock.ticks.load(Ordering::Relaxed);
         assert!((6250..6250 + 3000).contains(&end), "stopped at {end}");
     }
+}
+
+/// The board's clock and the reader of the current core's number, installed once by boot and
+/// read by code that keeps time without being handed a clock: trace events, pool latency
+/// histograms.
+#[derive(Clone, Copy)]
+pub struct BoardTime {
+    /// The board's clock.
+    pub clock: &'static dyn Clock,
+    /// The number of the core that calls it.
+    pub core: fn() -> u32,
+}
+
+static BOARD_TIME: spin::Once<BoardTime> = spin::Once::new();
+
+/// Installs the board's clock and core-number reader (the first call wins).
+pub fn install_board_time(clock: &'static dyn Clock, core: fn() -> u32) {
+    BOARD_TIME.call_once(|| BoardTime { clock, core });
+}
+
+/// The board's clock and core-number reader, once installed (never on the host).
+pub fn board_time() -> Option<BoardTime> {
+    BOARD_TIME.get().copied()
 }

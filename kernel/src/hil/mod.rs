@@ -13,7 +13,7 @@ mod kv;
 mod rng;
 
 pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_block};
-pub use clock::{Clock, Deadline, ticks_to_ns};
+pub use clock::{BoardTime, Clock, Deadline, board_time, install_board_time, ticks_to_ns};
 pub use console::{Console, ConsoleTraffic, ConsoleWriter};
 pub use cpus::{Cpus, SingleCpu};
 pub use kv::{KvError, KvStore, check_write};

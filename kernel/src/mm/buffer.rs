@@ -8,6 +8,7 @@ use super::{
     MemError,
     tensor::{TensorHandle, TensorKind, TensorMemory},
 };
+use crate::hil::board_time;
 use core::{
     mem::ManuallyDrop,
     ops::{Deref, DerefMut},
@@ -40,9 +41,13 @@ impl BackedMemory {
     }
 
     /// Like [`BackedMemory::alloc`], on core `core` (whose slab cache serves small requests
-    /// and takes the buffer back when it is dropped).
+    /// and takes the buffer back when it is dropped). Timed into the pool's latency histogram
+    /// once boot has installed the board's clock.
     pub fn alloc_on(&self, core: usize, size: u64, kind: TensorKind) -> Result<TensorBuffer<'_>, MemError> {
-        let handle = self.memory.alloc_on(core, size, kind)?;
+        let handle = match board_time() {
+            Some(board) => self.memory.alloc_timed(core, size, kind, board.clock)?,
+            None => self.memory.alloc_on(core, size, kind)?,
+        };
         let mut buffer = TensorBuffer { owner: self, core, handle: ManuallyDrop::new(handle) };
         buffer.fill(0);
         Ok(buffer)
@@ -104,7 +109,10 @@ impl Drop for TensorBuffer<'_> {
         // SAFETY: the handle is taken exactly once, here.
         let handle = unsafe { ManuallyDrop::take(&mut self.handle) };
         // A release can only fail for a handle the pools never issued; this one they did.
-        let _ = self.owner.memory.release_on(self.core, handle);
+        let _ = match board_time() {
+            Some(board) => self.owner.memory.release_timed(self.core, handle, board.clock),
+            None => self.owner.memory.release_on(self.core, handle),
+        };
     }
 }
 

@@ -34,28 +34,16 @@ pub use format::{ByteRate, ByteSize, Duration};
 pub use histogram::{HISTOGRAM_BUCKETS, Histogram, HistogramSnapshot, bucket_ceiling, bucket_of};
 pub use trace::{TRACE_CAPACITY, TraceRing};
 
-use crate::hil::Clock;
-
 /// The kernel's trace ring: every part of the kernel records into it (through [`record`]);
 /// `/trace`, machine mode and fault reports read it.
 pub static TRACE: TraceRing = TraceRing::new();
 
-/// The board's clock, and a function that reads the current core's number.
-type Source = (&'static dyn Clock, fn() -> u32);
-
-/// Where [`record`] takes its timestamps and core numbers from, once boot has said.
-static SOURCE: spin::Once<Source> = spin::Once::new();
-
-/// Gives [`record`] the board's clock and a way to read the current core's number (the first
-/// call wins). Until then, events are stamped 0 on core 0.
-pub fn install(clock: &'static dyn Clock, core: fn() -> u32) {
-    SOURCE.call_once(|| (clock, core));
-}
-
-/// Records `kind` in [`TRACE`], stamped now on the current core. Lock-free and allocation-free:
+/// Records `kind` in [`TRACE`], stamped now on the current core (by the board time boot
+/// installs; 0 on core 0 before that, and on the host). Lock-free and allocation-free:
 /// any core and any interrupt or exception handler may call it.
 pub fn record(kind: EventKind) {
-    let (now_ns, core) = SOURCE.get().map_or((0, 0), |(clock, core)| (clock.now_ns(), core()));
+    let (now_ns, core) =
+        crate::hil::board_time().map_or((0, 0), |board| (board.clock.now_ns(), (board.core)()));
     TRACE.record(TraceEvent::new(now_ns, core, kind));
 }
 
