@@ -76,25 +76,28 @@ fn main(info: &'static boot::BootInfo) -> ! {
         .memory()
         .alloc(32, TensorKind::Device)
         .unwrap_or_else(|error| fail(format_args!("no control block: {error}")));
-    ensure!(info.plan.region(RegionKind::Dma).contains(control_block.base()), "control block outside DMA");
+    let dma_region = info.plan.region(RegionKind::Dma);
+    ensure!(dma_region.contains(control_block.base()), "control block outside the DMA region");
+    let uncached = dma_region.base..dma_region.end();
 
     // Setup errors come back typed, before any register is touched.
     // SAFETY: both calls fail their argument checks before using the register block.
     let misaligned =
-        unsafe { DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base() + 8, clock, 64) };
+        unsafe { DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base() + 8, clock, 64, 0..0) };
     ensure!(
         matches!(misaligned, Err(DmaSetupError::MisalignedControlBlock(_))),
         "misaligned control block accepted"
     );
     // SAFETY: as above.
-    let no_channel = unsafe { DmaEngine::new(DMA_BASE, 15, control_block.base(), clock, 64) };
+    let no_channel = unsafe { DmaEngine::new(DMA_BASE, 15, control_block.base(), clock, 64, 0..0) };
     ensure!(matches!(no_channel, Err(DmaSetupError::NoSuchChannel(15))), "channel 15 accepted");
 
     // SAFETY: DMA_BASE is the engine, mapped as device memory by boot; nothing else drives a
     // DMA channel; the control block is 32 bytes of the non-cacheable DMA region, owned here.
-    let mut engine =
-        unsafe { DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base(), clock, cache_line) }
-            .unwrap_or_else(|error| fail(format_args!("DMA setup: {error:?}")));
+    let mut engine = unsafe {
+        DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base(), clock, cache_line, uncached)
+    }
+    .unwrap_or_else(|error| fail(format_args!("DMA setup: {error:?}")));
     ensure!(engine.poll() == Err(CopyError::Idle), "an idle engine reported a copy");
 
     // 1. The engine alone, 64 B to 4 MiB, every byte checked and the guard line after it.

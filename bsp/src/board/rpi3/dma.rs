@@ -17,13 +17,15 @@
 //! source is cleaned to the point of coherency and the destination cleaned and invalidated;
 //! after it the destination is invalidated again (the core may have fetched lines
 //! speculatively meanwhile). The destination must therefore be whole cache lines, which the
-//! engine's constraints demand. QEMU models no caches, but the code is what the hardware needs.
+//! engine's constraints demand. Buffers in the non-cacheable DMA region skip all of it. QEMU
+//! models no caches, but the code is what the hardware needs.
 
 use crate::{
     arch::aarch64::cache,
     board::rpi3::memory_map::{BUS_UNCACHED, DMA, PERIPHERALS},
     mmio::Mmio,
 };
+use core::ops::Range;
 use kernel::hil::{Clock, CopyConstraints, CopyEngine, CopyError, CopyRequest, CopyStatus, check_request};
 use tock_registers::{
     LocalRegisterCopy,
@@ -252,6 +254,7 @@ pub struct DmaEngine<'clock> {
     control_block_bus: u32,
     clock: &'clock dyn Clock,
     cache_line: u64,
+    uncached: Range<u64>,
     in_flight: Option<InFlight>,
 }
 
@@ -264,19 +267,22 @@ struct InFlight {
 
 impl<'clock> DmaEngine<'clock> {
     /// A driver for `channel` of the engine at `base`, using the control block at the ARM
-    /// physical address `control_block`. Enables and resets the channel.
+    /// physical address `control_block`. Enables and resets the channel. Buffers wholly inside
+    /// `uncached` (the non-cacheable DMA region) need no cache maintenance, and get none.
     ///
     /// # Safety
     /// `base` must be the DMA block ([`DMA_BASE`]), mapped as device memory, and no other
     /// driver may use `channel`. `control_block` must be 32 bytes of non-cacheable memory
     /// (from the DMA pool), used by nothing else while the driver lives. `cache_line` must be
-    /// the smallest data cache line (CTR_EL0).
+    /// the smallest data cache line (CTR_EL0). `uncached` must be mapped non-cacheable on
+    /// every core (or be empty).
     pub unsafe fn new(
         base: usize,
         channel: usize,
         control_block: u64,
         clock: &'clock dyn Clock,
         cache_line: u64,
+        uncached: Range<u64>,
     ) -> Result<Self, DmaSetupError> {
         if channel >= CHANNELS {
             return Err(DmaSetupError::NoSuchChannel(channel));
@@ -296,6 +302,7 @@ impl<'clock> DmaEngine<'clock> {
             control_block_bus,
             clock,
             cache_line,
+            uncached,
             in_flight: None,
         };
         if engine.channel().DEBUG.is_set(DEBUG::LITE) {
@@ -357,9 +364,17 @@ impl<'clock> DmaEngine<'clock> {
         Some(errors)
     }
 
+    /// Whether `[address, address + length)` is cacheable memory, so needs maintenance.
+    fn cacheable(&self, address: u64, length: u64) -> bool {
+        !(self.uncached.start <= address && address + length <= self.uncached.end)
+    }
+
     fn finish(&mut self, request: CopyRequest) {
         self.in_flight = None;
         self.channel().CS.write(CS::END::SET);
+        if !self.cacheable(request.destination, request.length) {
+            return;
+        }
         // SAFETY: the constraints made the destination whole cache lines, and `start`'s
         // contract reserved it for the engine, which has just overwritten all of it: no line
         // holds data the cores still want.
@@ -394,8 +409,12 @@ impl CopyEngine for DmaEngine<'_> {
             });
         };
         let line = self.cache_line as usize;
-        cache::clean_to_coherency(request.source as usize, request.length as usize, line);
-        cache::clean_and_invalidate(request.destination as usize, request.length as usize, line);
+        if self.cacheable(request.source, request.length) {
+            cache::clean_to_coherency(request.source as usize, request.length as usize, line);
+        }
+        if self.cacheable(request.destination, request.length) {
+            cache::clean_and_invalidate(request.destination as usize, request.length as usize, line);
+        }
         let block = ControlBlock {
             transfer_information: copy_transfer_information(),
             source,
