@@ -67,6 +67,7 @@ impl BlockEntry {
 }
 
 /// The class `(first, second)` a block of `size` granules is filed under.
+#[inline(always)]
 fn class_of(size: u32) -> (usize, usize) {
     if size < SECOND_LEVELS as u32 {
         return (0, size as usize);
@@ -113,7 +114,7 @@ pub struct RtPool {
     blocks: Vec<BlockEntry>,
     first_bitmap: u32,
     second_bitmaps: [u32; FIRST_LEVELS],
-    heads: Vec<u32>,
+    heads: [u32; FIRST_LEVELS * SECOND_LEVELS],
     free_granules: u64,
     counters: PoolCounters,
     worst_case_ticks: u64,
@@ -144,7 +145,7 @@ impl RtPool {
             blocks: vec![BlockEntry::default(); granules as usize],
             first_bitmap: 0,
             second_bitmaps: [0; FIRST_LEVELS],
-            heads: vec![NONE; FIRST_LEVELS * SECOND_LEVELS],
+            heads: [NONE; FIRST_LEVELS * SECOND_LEVELS],
             free_granules: u64::from(granules),
             counters: PoolCounters::default(),
             worst_case_ticks: 0,
@@ -237,14 +238,14 @@ impl RtPool {
             return Err(MemError::BadAlignment { pool: self.name, alignment });
         }
         let alignment = alignment.max(self.granule());
-        let too_large = MemError::TooLarge { pool: self.name, requested: size, limit: self.capacity() };
         // Granules by shift, not division: the granule is a power of two.
         let needed = (size >> self.granule_shift) + u64::from(size & (self.granule() - 1) != 0);
         let padding = (alignment >> self.granule_shift) - 1;
-        let search = u32::try_from(needed + padding).map_err(|_| too_large)?;
-        if u64::from(search) > u64::from(self.granules) || size > u64::from(u32::MAX) {
-            return Err(too_large);
+        let search = needed + padding;
+        if search > u64::from(self.granules) || size > u64::from(u32::MAX) {
+            return Err(MemError::TooLarge { pool: self.name, requested: size, limit: self.capacity() });
         }
+        let search = search as u32;
         let needed = needed as u32;
         let Some(mut block) =
             class_at_least(search).and_then(|(first, second)| self.find_fitting(first, second))
@@ -257,13 +258,16 @@ impl RtPool {
             });
         };
         self.remove_free(block);
-        let address = self.address_of(block);
-        let front =
-            ((align_up(address, alignment).unwrap_or(address) - address) >> self.granule_shift) as u32;
-        if front > 0 {
-            let rest = self.split(block, front);
-            self.insert_free(block);
-            block = rest;
+        // Only an alignment above the granule can need a free front part.
+        if padding > 0 {
+            let address = self.address_of(block);
+            let front =
+                ((align_up(address, alignment).unwrap_or(address) - address) >> self.granule_shift) as u32;
+            if front > 0 {
+                let rest = self.split(block, front);
+                self.insert_free(block);
+                block = rest;
+            }
         }
         if self.blocks[block as usize].size() > needed {
             let tail = self.split(block, needed);
@@ -385,6 +389,7 @@ impl RtPool {
     }
 
     /// The head of the first non-empty class at or above `(first, second)`.
+    #[inline(always)]
     fn find_fitting(&self, first: usize, second: usize) -> Option<u32> {
         let mut first = first;
         let mut seconds = self.second_bitmaps.get(first)? & (u32::MAX << second);
@@ -401,6 +406,7 @@ impl RtPool {
 
     /// Splits `block` after `keep` granules; returns the new block holding the rest, which
     /// inherits the free flag and is on no list.
+    #[inline(always)]
     fn split(&mut self, block: u32, keep: u32) -> u32 {
         let entry = self.blocks[block as usize];
         let rest = block + keep;
@@ -414,6 +420,7 @@ impl RtPool {
     }
 
     /// Merges the block after `block` into it. The absorbed block must be off its list.
+    #[inline(always)]
     fn absorb_next(&mut self, block: u32) {
         let size = self.blocks[block as usize].size();
         let next = block + size;
@@ -426,6 +433,7 @@ impl RtPool {
         }
     }
 
+    #[inline(always)]
     fn insert_free(&mut self, block: u32) {
         let (first, second) = class_of(self.blocks[block as usize].size());
         let list = first * SECOND_LEVELS + second;
@@ -442,6 +450,7 @@ impl RtPool {
         self.second_bitmaps[first] |= 1 << second;
     }
 
+    #[inline(always)]
     fn remove_free(&mut self, block: u32) {
         let entry = self.blocks[block as usize];
         let (first, second) = class_of(entry.size());
