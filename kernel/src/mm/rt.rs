@@ -247,7 +247,7 @@ impl RtPool {
         }
         let search = search as u32;
         let needed = needed as u32;
-        let Some(mut block) =
+        let Some((first, second)) =
             class_at_least(search).and_then(|(first, second)| self.find_fitting(first, second))
         else {
             return Err(MemError::OutOfMemory {
@@ -257,7 +257,7 @@ impl RtPool {
                 largest_free: self.largest_free(),
             });
         };
-        self.remove_free(block);
+        let mut block = self.pop_head(first, second);
         // Only an alignment above the granule can need a free front part.
         if padding > 0 {
             let address = self.address_of(block);
@@ -388,9 +388,9 @@ impl RtPool {
         self.base + (u64::from(block) << self.granule_shift)
     }
 
-    /// The head of the first non-empty class at or above `(first, second)`.
+    /// The first non-empty class at or above `(first, second)`.
     #[inline(always)]
-    fn find_fitting(&self, first: usize, second: usize) -> Option<u32> {
+    fn find_fitting(&self, first: usize, second: usize) -> Option<(usize, usize)> {
         let mut first = first;
         let mut seconds = self.second_bitmaps.get(first)? & (u32::MAX << second);
         if seconds == 0 {
@@ -401,7 +401,27 @@ impl RtPool {
             first = firsts.trailing_zeros() as usize;
             seconds = self.second_bitmaps[first];
         }
-        Some(self.heads[first * SECOND_LEVELS + seconds.trailing_zeros() as usize])
+        Some((first, seconds.trailing_zeros() as usize))
+    }
+
+    /// Takes the first block off the non-empty list of class `(first, second)`: the
+    /// allocation path's removal, which knows the class and that the block has no
+    /// predecessor on its list.
+    #[inline(always)]
+    fn pop_head(&mut self, first: usize, second: usize) -> u32 {
+        let list = first * SECOND_LEVELS + second;
+        let block = self.heads[list];
+        let next = self.blocks[block as usize].next_free;
+        self.heads[list] = next;
+        if next != NONE {
+            self.blocks[next as usize].previous_free = NONE;
+        } else {
+            self.second_bitmaps[first] &= !(1 << second);
+            if self.second_bitmaps[first] == 0 {
+                self.first_bitmap &= !(1 << first);
+            }
+        }
+        block
     }
 
     /// Splits `block` after `keep` granules; returns the new block holding the rest, which
