@@ -178,7 +178,9 @@ pub trait CopyEngine {
     /// engine is idle again, and a second poll returns [`CopyError::Idle`].
     fn poll(&mut self) -> Result<CopyStatus, CopyError>;
 
-    /// Waits, bounded by the engine's own timeout, until the copy in flight finishes.
+    /// Waits, bounded by the engine's own timeout, until the copy in flight finishes. When it
+    /// returns, with or without an error, the engine is idle: a failed or overdue copy has
+    /// been stopped, so the destination is no longer written.
     fn wait(&mut self) -> Result<(), CopyError>;
 }
 

@@ -97,11 +97,13 @@ pub enum Fallback {
 }
 
 /// A copy into an owned buffer, possibly still running on an engine. The buffer is handed
-/// back by [`StagedCopy::finish`]; until then nothing can reach it, and if the value is leaked
-/// the buffer is never freed, so an engine still writing it cannot corrupt another owner.
+/// back by [`StagedCopy::finish`]; until then nothing can reach it. Dropping the value waits
+/// for the engine before the buffer is freed, and if the value is leaked the buffer is never
+/// freed, so an engine still writing it cannot corrupt another owner.
 #[must_use = "finish the copy to get the buffer back"]
 pub struct StagedCopy<'source, 'memory, 'engine, E: CopyEngine + ?Sized> {
-    destination: TensorBuffer<'memory>,
+    /// Always `Some` until `finish` takes it.
+    destination: Option<TensorBuffer<'memory>>,
     engine: Option<&'engine mut E>,
     /// The engine's part: `(offset in the destination, source bytes)`, while it is in flight.
     in_flight: Option<(usize, &'source [u8])>,
@@ -168,7 +170,7 @@ pub fn stage_copy<'source, 'memory, 'engine, E: CopyEngine + ?Sized>(
     }
     report.cpu_bytes += tensor_copy(head_target, &source_bytes[..head]);
     report.cpu_bytes += tensor_copy(tail_target, &source_bytes[head + middle..]);
-    StagedCopy { destination, engine, in_flight, report, source: PhantomData }
+    StagedCopy { destination: Some(destination), engine, in_flight, report, source: PhantomData }
 }
 
 /// The head (copied by the core) and middle (copied by the engine) lengths of a copy, or why
@@ -226,7 +228,9 @@ impl<'source, 'memory, E: CopyEngine + ?Sized> StagedCopy<'source, 'memory, '_, 
             self.recover(offset, source, error);
         }
         self.in_flight = None;
-        (self.destination, self.report)
+        let destination = self.destination.take();
+        // `finish` is the only taker, and it consumes `self`.
+        (destination.expect("a staged copy owns its buffer until finished"), self.report)
     }
 
     /// The engine failed with `error` (and is idle again: its drivers stop a failed copy):
@@ -235,8 +239,25 @@ impl<'source, 'memory, E: CopyEngine + ?Sized> StagedCopy<'source, 'memory, '_, 
         self.in_flight = None;
         self.report.fallback = Some(Fallback::Failed(error));
         self.report.engine_bytes -= source.len();
-        let target: &mut [u8] = &mut self.destination;
-        self.report.cpu_bytes += tensor_copy(&mut target[offset..offset + source.len()], source);
+        if let Some(destination) = self.destination.as_mut() {
+            let target: &mut [u8] = destination;
+            self.report.cpu_bytes += tensor_copy(&mut target[offset..offset + source.len()], source);
+        }
+    }
+}
+
+impl<E: CopyEngine + ?Sized> Drop for StagedCopy<'_, '_, '_, E> {
+    /// Waits for the engine's part before the buffer goes back to its pool. An engine is idle
+    /// once `wait` returns, even with an error (its drivers stop a failed copy), but when
+    /// `wait` reports an error the buffer is leaked anyway rather than handed to a new owner,
+    /// in case the hardware did not stop.
+    fn drop(&mut self) {
+        if self.in_flight.take().is_some()
+            && let Some(engine) = self.engine.as_deref_mut()
+            && engine.wait().is_err()
+        {
+            core::mem::forget(self.destination.take());
+        }
     }
 }
 
@@ -337,6 +358,18 @@ mod tests {
         assert_eq!(report.engine_bytes + report.cpu_bytes, source.len() - 4);
         assert!(report.cpu_bytes < 128, "only the head and tail: {report:?}");
         assert_eq!(engine.started, 1);
+    }
+
+    #[test]
+    fn dropping_a_staged_copy_waits_for_the_engine_before_freeing_the_buffer() {
+        let backed = host_backed_memory(32 * MIB);
+        let source = pattern(64 * 1024, 5);
+        let mut engine = HostEngine::new(3);
+        let destination = backed.alloc(64 * 1024, TensorKind::Activation).unwrap();
+        let staged = stage_copy(Some(&mut engine), destination, 0, &source);
+        drop(staged);
+        assert!(engine.pending.is_none(), "the engine was left running");
+        assert_eq!(engine.poll(), Err(CopyError::Idle));
     }
 
     #[test]
