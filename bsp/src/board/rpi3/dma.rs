@@ -384,6 +384,15 @@ impl<'clock> DmaEngine<'clock> {
     }
 }
 
+impl Drop for DmaEngine<'_> {
+    /// Stops a copy still in flight, so the channel does not outlive its driver.
+    fn drop(&mut self) {
+        if self.in_flight.is_some() {
+            self.stop();
+        }
+    }
+}
+
 // SAFETY: the control block and channel are owned by this driver alone (see `new`), and every
 // access goes through `&mut self` or reads registers; moving it to another core is fine.
 unsafe impl Send for DmaEngine<'_> {}
