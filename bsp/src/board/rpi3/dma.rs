@@ -408,15 +408,11 @@ impl CopyEngine for DmaEngine<'_> {
             return Err(CopyError::Busy);
         }
         // check_request kept both ranges below REACHABLE_END, so both translate.
-        let (Some(source), Some(destination)) =
-            (bus_address(request.source), bus_address(request.destination))
-        else {
-            return Err(CopyError::OutOfReach {
-                which: "source",
-                address: request.source,
-                length: request.length,
-            });
+        let translate = |which: &'static str, address: u64| {
+            bus_address(address).ok_or(CopyError::OutOfReach { which, address, length: request.length })
         };
+        let source = translate("source", request.source)?;
+        let destination = translate("destination", request.destination)?;
         let line = self.cache_line as usize;
         if self.cacheable(request.source, request.length) {
             cache::clean_to_coherency(request.source as usize, request.length as usize, line);
