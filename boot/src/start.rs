@@ -28,6 +28,7 @@ use kernel::{
     boot_info::{BootInfo, MAX_MAP_ENTRIES, MapEntry, MemorySource, SeedSource},
     hil::{Clock, Rng},
     mm::layout::{BLOCK, MemoryPlan, RegionKind},
+    topology::{CpuNode, Topology, TopologyError},
 };
 use linked_list_allocator::LockedHeap;
 
@@ -206,7 +207,23 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
     while CORES_ONLINE.load(Ordering::Acquire) < CORE_COUNT && !deadline.passed(clock) {
         cpu::wait_for_event();
     }
-    let topology = parse_device_tree(device_tree_length);
+    let facts = parse_device_tree(device_tree_length);
+    let cores_online = CORES_ONLINE.load(Ordering::Acquire);
+    let topology = match facts.topology {
+        Some(Ok(topology)) if topology.cores() >= cores_online => topology,
+        Some(Ok(topology)) => {
+            crate::println!(
+                "warning: device tree lists {} cpus but {cores_online} came online; using MPIDR",
+                topology.cores()
+            );
+            Topology::from_mpidr(cores_online)
+        }
+        Some(Err(error)) => {
+            crate::println!("warning: device tree topology rejected ({error}); using MPIDR");
+            Topology::from_mpidr(cores_online)
+        }
+        None => Topology::from_mpidr(cores_online),
+    };
     let mut map_entries = [None; MAX_MAP_ENTRIES];
     for (slot, mapping) in map_entries.iter_mut().zip(mappings.as_slice()) {
         *slot = Some(MapEntry {
@@ -233,12 +250,12 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
         board_revision: revision,
         entry_level: entry::ENTRY_LEVEL.load(Ordering::Relaxed) as u8,
         exception_level: cpu::exception_level(),
-        cores_online: CORES_ONLINE.load(Ordering::Acquire),
-        memory_nodes: topology.memory_nodes,
+        cores_online,
+        topology,
         cache_line: cpu::cache_line_bytes(),
         seed,
         seed_source,
-        memory_source: if topology.memory == Some(ram) {
+        memory_source: if facts.memory == Some(ram) {
             MemorySource::DeviceTree
         } else {
             MemorySource::Mailbox
@@ -248,7 +265,7 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
         plan,
         mappings: map_entries,
     });
-    if let Some(memory) = topology.memory.filter(|&memory| memory != ram) {
+    if let Some(memory) = facts.memory.filter(|&memory| memory != ram) {
         crate::println!(
             "warning: device tree reports {memory:#x} bytes of RAM, mailbox {ram:#x}; using the mailbox"
         );
@@ -306,13 +323,14 @@ fn copy_device_tree(address: usize, ram: u64) -> usize {
     length
 }
 
-struct Topology {
+/// What the device tree says: the RAM size, and the cores and memory nodes.
+struct DeviceTreeFacts {
     memory: Option<u64>,
-    memory_nodes: usize,
+    topology: Option<Result<Topology, TopologyError>>,
 }
 
-fn parse_device_tree(length: usize) -> Topology {
-    let fallback = Topology { memory: None, memory_nodes: 1 };
+fn parse_device_tree(length: usize) -> DeviceTreeFacts {
+    let fallback = DeviceTreeFacts { memory: None, topology: None };
     if length == 0 {
         return fallback;
     }
@@ -320,16 +338,27 @@ fn parse_device_tree(length: usize) -> Topology {
     let bytes = unsafe { &DEVICE_TREE.get()[..length] };
     let Ok(tree) = fdt::Fdt::new(bytes) else { return fallback };
     let memory = tree
-        .memory()
-        .regions()
-        .filter(|region| region.starting_address.is_null())
-        .find_map(|region| region.size);
-    let mut nodes = [false; 8];
-    for node in tree.all_nodes() {
-        if let Some(id) = node.property("numa-node-id").and_then(|property| property.as_usize()) {
-            nodes[id.min(7)] = true;
-        }
-    }
-    let memory_nodes = nodes.iter().filter(|&&present| present).count().max(1);
-    Topology { memory: memory.map(|size| size as u64), memory_nodes }
+        .find_node("/memory")
+        .and_then(|node| node.reg())
+        .and_then(|mut regions| regions.find(|region| region.starting_address.is_null()))
+        .and_then(|region| region.size);
+    // fdt 0.1.5's find_node("/cpus") returned None on the tree the device_tree test passes
+    // (observed; all_nodes lists it), so the node is found by walking them all.
+    let topology = tree.all_nodes().find(|node| node.name == "cpus").map(|cpus| {
+        let address_cells =
+            cpus.property("#address-cells").and_then(|property| property.as_usize()).unwrap_or(1);
+        let cpu_nodes =
+            cpus.children().filter(|node| node.name.split('@').next() == Some("cpu")).map(|node| CpuNode {
+                reg: node.property("reg").map_or(&[][..], |property| property.value),
+                numa_node_id: node.property("numa-node-id").map(|property| property.value),
+            });
+        let memory_nodes = tree
+            .all_nodes()
+            .filter(|node| {
+                node.property("device_type").and_then(|property| property.as_str()) == Some("memory")
+            })
+            .filter_map(|node| node.property("numa-node-id").map(|property| property.value));
+        Topology::from_device_tree(cpu_nodes, address_cells, memory_nodes)
+    });
+    DeviceTreeFacts { memory: memory.map(|size| size as u64), topology }
 }

@@ -2,7 +2,10 @@
 
 #![forbid(unsafe_code)]
 
-use crate::mm::layout::{MIB, MemoryPlan};
+use crate::{
+    mm::layout::{MIB, MemoryPlan},
+    topology::Topology,
+};
 use core::fmt;
 
 /// Where the layout seed came from.
@@ -58,8 +61,8 @@ pub struct BootInfo {
     pub exception_level: u8,
     /// Cores that reported in.
     pub cores_online: usize,
-    /// Memory nodes (1 on every Raspberry Pi).
-    pub memory_nodes: usize,
+    /// Cores and memory nodes, from the device tree or MPIDR (1 node on every Raspberry Pi).
+    pub topology: Topology,
     /// Smallest data cache line in bytes, from CTR_EL0.
     pub cache_line: usize,
     /// The layout seed.
@@ -120,12 +123,7 @@ impl fmt::Display for Banner<'_> {
         writeln!(formatter, "  board        {} (revision {:#08x})", info.board, info.board_revision)?;
         writeln!(formatter, "  level        EL{} (entered at EL{})", info.exception_level, info.entry_level)?;
         writeln!(formatter, "  cores        {} online", info.cores_online)?;
-        writeln!(
-            formatter,
-            "  topology     {} memory node{} (no NUMA effects to exploit)",
-            info.memory_nodes,
-            if info.memory_nodes == 1 { "" } else { "s" }
-        )?;
+        writeln!(formatter, "  topology     {}", info.topology)?;
         writeln!(formatter, "  cache line   {} bytes (CTR_EL0)", info.cache_line)?;
         writeln!(formatter, "  layout seed  {:#018x} ({seed_source})", info.seed)?;
         writeln!(formatter, "  memory       {} MiB ARM RAM ({memory_source})", info.plan.ram / MIB)?;
@@ -183,7 +181,7 @@ mod tests {
             entry_level: 2,
             exception_level: 1,
             cores_online: 4,
-            memory_nodes: 1,
+            topology: Topology::from_mpidr(4),
             cache_line: 64,
             seed: 9,
             seed_source: SeedSource::Fixed,
@@ -199,6 +197,7 @@ mod tests {
             "Raspberry Pi 3 Model B (revision 0xa02082)",
             "EL1 (entered at EL2)",
             "4 online",
+            "topology     4 cores, 1 memory node (MPIDR, no device tree): a single node, so no NUMA gain is claimed",
             "64 bytes",
             "0x0000000000000009 (fixed)",
             "960 MiB ARM RAM (mailbox; no device tree at entry)",

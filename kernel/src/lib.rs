@@ -18,3 +18,4 @@ pub mod rand;
 pub mod serve;
 pub mod sync;
 pub mod telemetry;
+pub mod topology;

@@ -3,6 +3,8 @@
 
 #![no_std]
 
+pub mod pmu;
+
 use boot::BootConfig;
 use bsp::arch::aarch64::fault::{Diagnosis, FaultReport};
 use qemu_exit::QEMUExit;

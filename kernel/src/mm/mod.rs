@@ -13,8 +13,9 @@
 //!   block tables implementing `hil::KvStore`;
 //! - [`tensor`]: `TensorMemory`, which builds them all from a plan and routes by tensor kind;
 //! - [`stats`] and [`error`]: counters, histograms, the memory-map report, and `MemError`;
-//! - [`copy`]: `tensor_copy`; and [`buffer`]: owning buffers over pools whose regions are real
-//!   RAM. These two are the only code here that touches the memory itself.
+//! - [`copy`]: `tensor_copy`, and `stage_copy`, which offloads large copies to a
+//!   `hil::CopyEngine` (the DMA engine) while the core computes; and [`buffer`]: owning buffers
+//!   over pools whose regions are real RAM. These two are the only code here that touches the memory itself.
 //!
 //! Every allocator manages address ranges with metadata on the kernel heap, so all of it but
 //! [`copy`] and [`buffer`] is safe Rust and runs on the host without the memory it describes.

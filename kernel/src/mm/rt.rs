@@ -67,6 +67,7 @@ impl BlockEntry {
 }
 
 /// The class `(first, second)` a block of `size` granules is filed under.
+#[inline(always)]
 fn class_of(size: u32) -> (usize, usize) {
     if size < SECOND_LEVELS as u32 {
         return (0, size as usize);
@@ -113,7 +114,7 @@ pub struct RtPool {
     blocks: Vec<BlockEntry>,
     first_bitmap: u32,
     second_bitmaps: [u32; FIRST_LEVELS],
-    heads: Vec<u32>,
+    heads: [u32; FIRST_LEVELS * SECOND_LEVELS],
     free_granules: u64,
     counters: PoolCounters,
     worst_case_ticks: u64,
@@ -144,7 +145,7 @@ impl RtPool {
             blocks: vec![BlockEntry::default(); granules as usize],
             first_bitmap: 0,
             second_bitmaps: [0; FIRST_LEVELS],
-            heads: vec![NONE; FIRST_LEVELS * SECOND_LEVELS],
+            heads: [NONE; FIRST_LEVELS * SECOND_LEVELS],
             free_granules: u64::from(granules),
             counters: PoolCounters::default(),
             worst_case_ticks: 0,
@@ -237,16 +238,16 @@ impl RtPool {
             return Err(MemError::BadAlignment { pool: self.name, alignment });
         }
         let alignment = alignment.max(self.granule());
-        let too_large = MemError::TooLarge { pool: self.name, requested: size, limit: self.capacity() };
         // Granules by shift, not division: the granule is a power of two.
         let needed = (size >> self.granule_shift) + u64::from(size & (self.granule() - 1) != 0);
         let padding = (alignment >> self.granule_shift) - 1;
-        let search = u32::try_from(needed + padding).map_err(|_| too_large)?;
-        if u64::from(search) > u64::from(self.granules) || size > u64::from(u32::MAX) {
-            return Err(too_large);
+        let search = needed + padding;
+        if search > u64::from(self.granules) || size > u64::from(u32::MAX) {
+            return Err(MemError::TooLarge { pool: self.name, requested: size, limit: self.capacity() });
         }
+        let search = search as u32;
         let needed = needed as u32;
-        let Some(mut block) =
+        let Some((first, second)) =
             class_at_least(search).and_then(|(first, second)| self.find_fitting(first, second))
         else {
             return Err(MemError::OutOfMemory {
@@ -256,14 +257,17 @@ impl RtPool {
                 largest_free: self.largest_free(),
             });
         };
-        self.remove_free(block);
-        let address = self.address_of(block);
-        let front =
-            ((align_up(address, alignment).unwrap_or(address) - address) >> self.granule_shift) as u32;
-        if front > 0 {
-            let rest = self.split(block, front);
-            self.insert_free(block);
-            block = rest;
+        let mut block = self.pop_head(first, second);
+        // Only an alignment above the granule can need a free front part.
+        if padding > 0 {
+            let address = self.address_of(block);
+            let front =
+                ((align_up(address, alignment).unwrap_or(address) - address) >> self.granule_shift) as u32;
+            if front > 0 {
+                let rest = self.split(block, front);
+                self.insert_free(block);
+                block = rest;
+            }
         }
         if self.blocks[block as usize].size() > needed {
             let tail = self.split(block, needed);
@@ -384,8 +388,9 @@ impl RtPool {
         self.base + (u64::from(block) << self.granule_shift)
     }
 
-    /// The head of the first non-empty class at or above `(first, second)`.
-    fn find_fitting(&self, first: usize, second: usize) -> Option<u32> {
+    /// The first non-empty class at or above `(first, second)`.
+    #[inline(always)]
+    fn find_fitting(&self, first: usize, second: usize) -> Option<(usize, usize)> {
         let mut first = first;
         let mut seconds = self.second_bitmaps.get(first)? & (u32::MAX << second);
         if seconds == 0 {
@@ -396,11 +401,32 @@ impl RtPool {
             first = firsts.trailing_zeros() as usize;
             seconds = self.second_bitmaps[first];
         }
-        Some(self.heads[first * SECOND_LEVELS + seconds.trailing_zeros() as usize])
+        Some((first, seconds.trailing_zeros() as usize))
+    }
+
+    /// Takes the first block off the non-empty list of class `(first, second)`: the
+    /// allocation path's removal, which knows the class and that the block has no
+    /// predecessor on its list.
+    #[inline(always)]
+    fn pop_head(&mut self, first: usize, second: usize) -> u32 {
+        let list = first * SECOND_LEVELS + second;
+        let block = self.heads[list];
+        let next = self.blocks[block as usize].next_free;
+        self.heads[list] = next;
+        if next != NONE {
+            self.blocks[next as usize].previous_free = NONE;
+        } else {
+            self.second_bitmaps[first] &= !(1 << second);
+            if self.second_bitmaps[first] == 0 {
+                self.first_bitmap &= !(1 << first);
+            }
+        }
+        block
     }
 
     /// Splits `block` after `keep` granules; returns the new block holding the rest, which
     /// inherits the free flag and is on no list.
+    #[inline(always)]
     fn split(&mut self, block: u32, keep: u32) -> u32 {
         let entry = self.blocks[block as usize];
         let rest = block + keep;
@@ -414,6 +440,7 @@ impl RtPool {
     }
 
     /// Merges the block after `block` into it. The absorbed block must be off its list.
+    #[inline(always)]
     fn absorb_next(&mut self, block: u32) {
         let size = self.blocks[block as usize].size();
         let next = block + size;
@@ -426,6 +453,7 @@ impl RtPool {
         }
     }
 
+    #[inline(always)]
     fn insert_free(&mut self, block: u32) {
         let (first, second) = class_of(self.blocks[block as usize].size());
         let list = first * SECOND_LEVELS + second;
@@ -442,6 +470,7 @@ impl RtPool {
         self.second_bitmaps[first] |= 1 << second;
     }
 
+    #[inline(always)]
     fn remove_free(&mut self, block: u32) {
         let entry = self.blocks[block as usize];
         let (first, second) = class_of(entry.size());

@@ -1,5 +1,7 @@
-//! AArch64 architecture support: translation tables, the generic timer, CPU control, faults.
+//! AArch64 architecture support: translation tables, the generic timer, CPU control, cache
+//! maintenance, faults.
 
+pub mod cache;
 pub mod cpu;
 pub mod exception_class;
 pub mod fault;

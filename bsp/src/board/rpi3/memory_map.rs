@@ -6,6 +6,8 @@ pub const PERIPHERALS: usize = 0x3F00_0000;
 pub const PERIPHERALS_SIZE: usize = 0x0100_0000;
 /// System timer.
 pub const SYSTEM_TIMER: usize = PERIPHERALS + 0x3000;
+/// BCM2835 DMA engine, channels 0-14 (channel 15 is at `PERIPHERALS + 0xE0_5000`).
+pub const DMA: usize = PERIPHERALS + 0x7000;
 /// BCM2835 interrupt controller.
 pub const INTERRUPT_CONTROLLER: usize = PERIPHERALS + 0xB200;
 /// VideoCore mailbox 0.

@@ -1,5 +1,6 @@
 //! Raspberry Pi 3 family board (BCM2837): QEMU raspi3b/raspi3ap, real 3B/3B+/3A+, Zero 2W.
 
+pub mod dma;
 pub mod gpio;
 pub mod interrupt_controller;
 pub mod local_interrupts;
