@@ -429,12 +429,62 @@ mod neon {
         (vdupq_n_f32(0.0), vdupq_n_f32(0.0))
     }
 
+    // Loads are `ld1` in assembly, not `vld1q_*`: the `aarch64-unknown-none` target builds with
+    // `+strict-align`, where LLVM splits a 128-bit load it cannot prove 16-byte aligned into
+    // one load per element (sixteen `ldrb` for bytes). `ld1` needs only element alignment.
+
+    /// Sixteen bytes at `address`.
+    ///
+    /// # Safety
+    /// `address` must point to 16 readable bytes.
+    #[target_feature(enable = "neon")]
+    unsafe fn ld1_16b(address: *const u8) -> uint8x16_t {
+        let value: uint8x16_t;
+        // SAFETY: the caller guarantees 16 readable bytes; `ld1` of byte elements needs no
+        // alignment, only reads them and writes the output register.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{{value:v}.16b}}, [{address}]",
+                value = out(vreg) value,
+                address = in(reg) address,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        value
+    }
+
     /// Sixteen bytes from `bytes[at..at + 16]`.
     #[target_feature(enable = "neon")]
     fn load_16(bytes: &[u8], at: usize) -> uint8x16_t {
         let chunk = &bytes[at..at + 16];
-        // SAFETY: `chunk` is 16 readable bytes; byte loads need no alignment.
-        unsafe { vld1q_u8(chunk.as_ptr()) }
+        // SAFETY: `chunk` is 16 readable bytes.
+        unsafe { ld1_16b(chunk.as_ptr()) }
+    }
+
+    /// Sixteen signed bytes from `values[at..at + 16]`.
+    #[target_feature(enable = "neon")]
+    fn load_16_signed(values: &[i8], at: usize) -> int8x16_t {
+        let chunk = &values[at..at + 16];
+        // SAFETY: `chunk` is 16 readable bytes (an `i8` is one byte).
+        vreinterpretq_s8_u8(unsafe { ld1_16b(chunk.as_ptr().cast()) })
+    }
+
+    /// Four floats from `values[at..at + 4]`.
+    #[target_feature(enable = "neon")]
+    fn load_4_f32(values: &[f32], at: usize) -> float32x4_t {
+        let chunk = &values[at..at + 4];
+        let value: float32x4_t;
+        // SAFETY: `chunk` is 4 readable floats, 4-byte aligned as every `f32` is, which is all
+        // `ld1` of 32-bit elements needs; it only reads them and writes the output register.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{{value:v}.4s}}, [{address}]",
+                value = out(vreg) value,
+                address = in(reg) chunk.as_ptr(),
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        value
     }
 
     /// Eight floats from `bytes[at..at + 32]` (little-endian), loaded as bytes.
@@ -446,9 +496,7 @@ mod neon {
     /// Eight floats from `values[at..at + 8]`.
     #[target_feature(enable = "neon")]
     fn load_f32(values: &[f32], at: usize) -> Lanes {
-        let chunk = &values[at..at + 8];
-        // SAFETY: `chunk` is 8 readable floats, so both 4-float loads stay inside it.
-        unsafe { (vld1q_f32(chunk.as_ptr()), vld1q_f32(chunk.as_ptr().add(4))) }
+        (load_4_f32(values, at), load_4_f32(values, at + 4))
     }
 
     #[target_feature(enable = "neon")]
@@ -552,9 +600,7 @@ mod neon {
     /// summed exactly into eight i32 lanes of four consecutive elements (two registers).
     #[target_feature(enable = "neon")]
     fn integer_lanes(low: int8x16_t, high: int8x16_t, activations: &[i8]) -> (int32x4_t, int32x4_t) {
-        // SAFETY: `activations` is a 32-value block, so both 16-byte loads stay inside it.
-        let (first, second) =
-            unsafe { (vld1q_s8(activations.as_ptr()), vld1q_s8(activations.as_ptr().add(16))) };
+        let (first, second) = (load_16_signed(activations, 0), load_16_signed(activations, 16));
         let pairs = |codes: int8x16_t, values: int8x16_t| {
             (
                 vpaddlq_s16(vmull_s8(vget_low_s8(codes), vget_low_s8(values))),
