@@ -206,6 +206,18 @@ impl<'memory> KvBlockPool<'memory> {
         }
     }
 
+    /// Most blocks held and cached at once (the budget given to [`KvBlockPool::new`]).
+    pub fn limit_blocks(&self) -> usize {
+        self.inner.lock().limit_blocks
+    }
+
+    /// Blocks a sequence could still take: the budget minus the blocks held (cached blocks
+    /// count as available, since taking a block evicts them).
+    pub fn available_blocks(&self) -> usize {
+        let inner = self.inner.lock();
+        inner.limit_blocks.saturating_sub(inner.in_use)
+    }
+
     /// Counts of the prefix cache and of copy-on-write.
     pub fn prefix_statistics(&self) -> PrefixStatistics {
         self.inner.lock().cache.statistics
@@ -455,6 +467,16 @@ impl<'pool, 'memory> PagedKv<'pool, 'memory> {
         self.blocks.len()
     }
 
+    /// Blocks a sequence of `positions` positions holds (every layer).
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.block_tokens) * self.layers
+    }
+
+    /// Positions per block.
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens
+    }
+
     /// Empties this cache, then attaches the cached blocks of the longest cached prefix of
     /// `tokens` (prompt tokens of the model `model`, an identity the caller keeps unique per
     /// weights). Returns how many positions are filled, at most `tokens.len() - 1`: the caller
@@ -571,6 +593,13 @@ fn mix(state: u64, word: u64) -> u64 {
 /// The hash of a token block: its parent's hash and its tokens.
 fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
     tokens.iter().fold(mix(parent, tokens.len() as u64), |state, &token| mix(state, u64::from(token)))
+}
+
+/// Blocks of `floats_per_block` values that a KV region of `region_bytes` yields: whole
+/// chunks, each carved into whole blocks (a chunk's tail that no block fits is not counted).
+pub fn blocks_in_region(region_bytes: u64, floats_per_block: usize) -> usize {
+    let block_bytes = (floats_per_block as u64 * 4).max(1);
+    ((region_bytes / CHUNK_BYTES) * (CHUNK_BYTES / block_bytes)) as usize
 }
 
 /// Floats a block needs for `block_tokens` positions of `kv_dim` values (keys and values).

@@ -8,6 +8,7 @@ pub mod line;
 pub mod loader;
 pub mod protocol;
 pub mod ring;
+pub mod scheduler;
 pub mod server;
 
 /// Longest console line accepted, in bytes.

@@ -10,6 +10,7 @@ use super::{
     library::{StagedLoad, list_models, load_model},
     loader::progress_line,
     protocol::{self, Event, Operation, Timings, Usage},
+    scheduler::{Preemptor, Scheduled, SlotStep},
 };
 use crate::{
     boot_info::BootInfo,
@@ -17,10 +18,10 @@ use crate::{
     hil::{BlockDevice, Clock, Console, Cpus, SingleCpu},
     mm::{
         buffer::{BackedMemory, TensorBuffer},
-        kv::{KvBlockPool, PagedKv, floats_per_block},
+        kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
         layout::RegionKind,
     },
-    telemetry::{EventKind, ShortName, TraceEvent, TraceRing},
+    telemetry::{EventKind, PressureLevel, ShortName, TraceEvent, TraceRing},
 };
 use alloc::{
     collections::VecDeque,
@@ -56,6 +57,23 @@ struct Pending {
     prompt: String,
     settings: GenerationSettings,
     arrived_ns: u64,
+}
+
+/// A running sequence of the batch: ranked by arrival, the earliest preempted last.
+impl<'w, 'f, 'p, 'm> Scheduled<'w, 'f, 'p, 'm>
+    for (Pending, Generation<'w, 'f, PagedKv<'p, 'm>>, Option<u64>)
+{
+    fn generation(&self) -> &Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &self.1
+    }
+
+    fn generation_mut(&mut self) -> &mut Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &mut self.1
+    }
+
+    fn priority(&self) -> u64 {
+        self.0.arrived_ns
+    }
 }
 
 /// The model being served, shared with the batches that use it (a batch keeps the model it
@@ -754,10 +772,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let pool = match self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
             Some((_, pool)) => Arc::clone(pool),
             None => {
-                let kv_region = self.info.plan.region(RegionKind::KvCache).size as usize;
+                let kv_region = self.info.plan.region(RegionKind::KvCache).size;
                 // The old pool (and its cached blocks) goes once no batch uses it.
                 self.kv_pool = None;
-                match KvBlockPool::new(self.memory, block_floats, kv_region / (block_floats * 4)) {
+                match KvBlockPool::new(self.memory, block_floats, blocks_in_region(kv_region, block_floats)) {
                     Ok(pool) => {
                         let pool = Arc::new(pool);
                         self.kv_pool = Some((block_floats, Arc::clone(&pool)));
@@ -781,13 +799,18 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
                 (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
             });
-        let capacity = config.context_length.min(KV_QUOTA_TOKENS);
+        // A request never needs more than the whole pool, so it always fits alone.
+        let pool_positions = pool.limit_blocks() / config.layers.max(1) * KV_BLOCK_TOKENS;
+        let capacity = config.context_length.min(KV_QUOTA_TOKENS).min(pool_positions);
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
+        let mut preemptor = Preemptor::new(&pool, model_identity);
         let mut round_start = self.clock.now_ns();
         loop {
-            // Admit waiting requests while the batch's model is still the active one. Only one
-            // human answer streams at a time, so line-mode text never interleaves.
-            let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, &model));
+            // Admit waiting requests while the batch's model is still the active one and no
+            // preempted sequence waits for memory. Only one human answer streams at a time, so
+            // line-mode text never interleaves.
+            let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, &model))
+                && !preemptor.any_waiting(&active);
             let mut index = 0;
             while same_model && index < self.pending.len() {
                 let human_busy = active.iter().any(|(pending, ..)| pending.origin == Origin::Human);
@@ -830,8 +853,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     .for_each(|(_, generation, _)| generation.cancel());
             }
             let mut finished = Vec::new();
-            for (slot, (request, generation, first_token_ns)) in active.iter_mut().enumerate() {
-                let was_prompt = generation.in_prompt();
+            for slot in 0..active.len() {
+                let was_prompt = active[slot].1.in_prompt();
                 // The console is served at every matmul checkpoint of this forward pass.
                 let cpus = ServingCpus {
                     inner: self.cpus,
@@ -839,7 +862,17 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     console: self.console,
                     clock: self.clock,
                 };
-                let step = generation.step(&cpus);
+                let preempted = preemptor.statistics().preemptions;
+                let step = match preemptor.step(&mut active, slot, &cpus) {
+                    Ok(SlotStep::Waiting) => None,
+                    Ok(SlotStep::Ran(step)) => Some(Ok(step)),
+                    Err(error) => Some(Err(error)),
+                };
+                for _ in preempted..preemptor.statistics().preemptions {
+                    self.trace(EventKind::PressureAction { level: PressureLevel::Preempt });
+                }
+                let Some(step) = step else { continue };
+                let (request, generation, first_token_ns) = &mut active[slot];
                 let now = self.clock.now_ns();
                 if !was_prompt && first_token_ns.is_none() {
                     *first_token_ns = Some(now);

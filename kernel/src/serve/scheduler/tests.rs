@@ -1,0 +1,187 @@
+use super::*;
+use crate::{
+    hil::SingleCpu,
+    infer::synthetic::{SyntheticFormat, SyntheticSpec},
+    mm::{
+        buffer::tests::host_backed_memory,
+        kv::{KvBlockPool, floats_per_block},
+        layout::MIB,
+    },
+    model::TensorType,
+    serve::chat::{GenerationSettings, ModelView, ServedModel},
+};
+use alloc::{string::String, vec::Vec};
+
+const MODEL: u64 = 0x5eed;
+const BLOCK_TOKENS: usize = 16;
+
+fn served() -> ServedModel<Vec<u8>> {
+    let spec = SyntheticSpec {
+        dim: 64,
+        hidden_dim: 96,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab_size: 320,
+        context_length: 256,
+        tied: true,
+        seed: 11,
+    };
+    let bytes = spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).unwrap().model;
+    ServedModel::new("tiny.gguf", bytes.clone(), bytes.len(), None).unwrap()
+}
+
+struct Entry<'w, 'f, 'p, 'm> {
+    order: u64,
+    generation: Generation<'w, 'f, PagedKv<'p, 'm>>,
+    text: String,
+}
+
+impl<'w, 'f, 'p, 'm> Scheduled<'w, 'f, 'p, 'm> for Entry<'w, 'f, 'p, 'm> {
+    fn generation(&self) -> &Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &self.generation
+    }
+
+    fn generation_mut(&mut self) -> &mut Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &mut self.generation
+    }
+
+    fn priority(&self) -> u64 {
+        self.order
+    }
+}
+
+/// The outcome of one request: its text and generated tokens, or its error.
+type Outcome = Result<(String, usize), ChatError>;
+
+/// Runs `prompts` as one batch over `pool` (all admitted at once, each advancing one step per
+/// round, as the server does) and returns each request's outcome and the preemption counts.
+fn run_batch(
+    view: &ModelView<'_>,
+    pool: &KvBlockPool<'_>,
+    prompts: &[&str],
+    settings: &GenerationSettings,
+    capacity: usize,
+) -> (Vec<Outcome>, PreemptionStatistics) {
+    let config = *view.file.config();
+    let mut preemptor = Preemptor::new(pool, MODEL);
+    let mut active = Vec::new();
+    for (order, prompt) in prompts.iter().enumerate() {
+        let kv = PagedKv::new(pool, config.layers, config.kv_dim(), BLOCK_TOKENS, capacity).unwrap();
+        let tokens = view.prompt_tokens(prompt);
+        let generation = Generation::with_cached_prefix(view, kv, &tokens, settings, |kv, tokens| {
+            kv.with_prefix(MODEL, tokens)
+        })
+        .unwrap();
+        active.push(Entry { order: order as u64, generation, text: String::new() });
+    }
+    let mut outcomes: Vec<Option<Outcome>> = prompts.iter().map(|_| None).collect();
+    let mut rounds = 0;
+    while !active.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000, "the batch makes progress");
+        let mut finished = Vec::new();
+        for slot in 0..active.len() {
+            match preemptor.step(&mut active, slot, &SingleCpu) {
+                Ok(SlotStep::Ran(Step::Running(text))) => active[slot].text.push_str(&text),
+                Ok(SlotStep::Ran(Step::Finished(_, text))) => {
+                    let entry = &mut active[slot];
+                    entry.text.push_str(&text);
+                    let generated = entry.generation.statistics().generated_tokens;
+                    outcomes[entry.order as usize] = Some(Ok((core::mem::take(&mut entry.text), generated)));
+                    finished.push(slot);
+                }
+                Ok(SlotStep::Waiting) => {}
+                Err(error) => {
+                    outcomes[active[slot].order as usize] = Some(Err(error));
+                    finished.push(slot);
+                }
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            active.swap_remove(slot);
+        }
+    }
+    (
+        outcomes.into_iter().map(|outcome| outcome.expect("every request ends")).collect(),
+        preemptor.statistics(),
+    )
+}
+
+const PROMPTS: [&str; 4] =
+    ["hello there", "tell me a story about a cat", "what is two plus two", "the quick brown fox jumps"];
+
+#[test]
+fn preemption_by_recompute_changes_no_token() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let settings = GenerationSettings { max_tokens: 40, ..GenerationSettings::default() };
+
+    let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (expected, calm) = run_batch(&view, &roomy, &PROMPTS, &settings, 128);
+    assert_eq!(calm.preemptions, 0);
+    let needed: usize = expected
+        .iter()
+        .zip(PROMPTS)
+        .map(|(outcome, prompt)| {
+            let (_, generated) = outcome.as_ref().unwrap();
+            (view.prompt_tokens(prompt).len() + generated).div_ceil(BLOCK_TOKENS) * config.layers
+        })
+        .sum();
+    drop(roomy);
+
+    // Room for one sequence at its largest (128 positions), far less than all four at once.
+    let tight_blocks = 128 / BLOCK_TOKENS * config.layers;
+    assert!(needed > tight_blocks + 4, "the batch needs {needed} blocks, the pool holds {tight_blocks}");
+    let tight = KvBlockPool::new(memory, floats, tight_blocks).unwrap();
+    let (outcomes, pressure) = run_batch(&view, &tight, &PROMPTS, &settings, 128);
+    assert!(pressure.preemptions > 0, "the tight pool preempts ({pressure:?})");
+    assert_eq!(pressure.resumptions, pressure.preemptions, "every preempted sequence resumed");
+    assert_eq!(pressure.refused, 0);
+    for (index, (outcome, reference)) in outcomes.iter().zip(&expected).enumerate() {
+        assert_eq!(outcome, reference, "request {index} has the same tokens under pressure");
+    }
+    let statistics = tight.statistics();
+    assert_eq!(statistics.blocks_in_use, 0, "every block came back");
+    assert!(statistics.blocks_cached <= tight_blocks);
+    assert_eq!(tight.available_blocks(), tight_blocks);
+}
+
+#[test]
+fn a_request_too_large_for_the_whole_cache_ends_with_an_error_and_others_finish() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let long = "word ".repeat(60);
+    let settings = GenerationSettings { max_tokens: 8, ..GenerationSettings::default() };
+    let cache_positions = 8 * BLOCK_TOKENS;
+    let long_tokens = view.prompt_tokens(&long).len();
+    assert!(long_tokens > cache_positions && long_tokens < 256, "{long_tokens}");
+    assert!(view.prompt_tokens("hi").len() + 8 < cache_positions);
+
+    let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (expected, _) = run_batch(&view, &roomy, &["hi"], &settings, 256);
+    drop(roomy);
+
+    // Eight blocks per layer: 128 positions, fewer than the long prompt needs.
+    let pool = KvBlockPool::new(memory, floats, 8 * config.layers).unwrap();
+    let (outcomes, pressure) = run_batch(&view, &pool, &[&long, "hi"], &settings, 256);
+    let cache_positions_expected = cache_positions;
+    match &outcomes[0] {
+        Err(error @ ChatError::DoesNotFit { positions, cache_positions }) => {
+            assert_eq!(*cache_positions, cache_positions_expected);
+            assert!(*positions >= cache_positions_expected);
+            let message = alloc::format!("{error}");
+            assert!(message.contains("whole KV cache holds 128"), "{message}");
+        }
+        other => panic!("the long request cannot fit: {other:?}"),
+    }
+    assert_eq!(outcomes[1], expected[0], "the short request still gets its tokens");
+    assert_eq!(pressure.refused, 1);
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+}
