@@ -33,7 +33,8 @@ use core::fmt::Write;
 
 /// Positions per KV block.
 pub const KV_BLOCK_TOKENS: usize = 16;
-/// Most positions one conversation turn may use (its KV quota).
+/// Most positions one conversation turn may use (its KV quota) unless `tessera.cfg` sets
+/// `kv_quota_tokens`.
 pub const KV_QUOTA_TOKENS: usize = 1024;
 
 /// Facts the board measures that the console reports.
@@ -799,9 +800,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
                 (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
             });
-        // A request never needs more than the whole pool, so it always fits alone.
+        // The per-request quota; never more than the whole pool, so a request fits alone.
         let pool_positions = pool.limit_blocks() / config.layers.max(1) * KV_BLOCK_TOKENS;
-        let capacity = config.context_length.min(KV_QUOTA_TOKENS).min(pool_positions);
+        let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
+        let capacity = config.context_length.min(quota).min(pool_positions);
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
         let mut preemptor = Preemptor::new(&pool, model_identity);
         let mut round_start = self.clock.now_ns();

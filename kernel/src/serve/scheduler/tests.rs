@@ -35,6 +35,7 @@ struct Entry<'w, 'f, 'p, 'm> {
     order: u64,
     generation: Generation<'w, 'f, PagedKv<'p, 'm>>,
     text: String,
+    peak_blocks: usize,
 }
 
 impl<'w, 'f, 'p, 'm> Scheduled<'w, 'f, 'p, 'm> for Entry<'w, 'f, 'p, 'm> {
@@ -55,14 +56,15 @@ impl<'w, 'f, 'p, 'm> Scheduled<'w, 'f, 'p, 'm> for Entry<'w, 'f, 'p, 'm> {
 type Outcome = Result<(String, usize), ChatError>;
 
 /// Runs `prompts` as one batch over `pool` (all admitted at once, each advancing one step per
-/// round, as the server does) and returns each request's outcome and the preemption counts.
+/// round, as the server does) and returns each request's outcome, the preemption counts and the
+/// most blocks each request held at once.
 fn run_batch(
     view: &ModelView<'_>,
     pool: &KvBlockPool<'_>,
     prompts: &[&str],
     settings: &GenerationSettings,
     capacity: usize,
-) -> (Vec<Outcome>, PreemptionStatistics) {
+) -> (Vec<Outcome>, PreemptionStatistics, Vec<usize>) {
     let config = *view.file.config();
     let mut preemptor = Preemptor::new(pool, MODEL);
     let mut active = Vec::new();
@@ -73,16 +75,21 @@ fn run_batch(
             kv.with_prefix(MODEL, tokens)
         })
         .unwrap();
-        active.push(Entry { order: order as u64, generation, text: String::new() });
+        active.push(Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 });
     }
     let mut outcomes: Vec<Option<Outcome>> = prompts.iter().map(|_| None).collect();
+    let mut peaks = alloc::vec![0; prompts.len()];
     let mut rounds = 0;
     while !active.is_empty() {
         rounds += 1;
         assert!(rounds < 10_000, "the batch makes progress");
         let mut finished = Vec::new();
         for slot in 0..active.len() {
-            match preemptor.step(&mut active, slot, &SingleCpu) {
+            let step = preemptor.step(&mut active, slot, &SingleCpu);
+            let entry = &mut active[slot];
+            entry.peak_blocks = entry.peak_blocks.max(entry.generation.kv().blocks_held());
+            peaks[entry.order as usize] = entry.peak_blocks;
+            match step {
                 Ok(SlotStep::Ran(Step::Running(text))) => active[slot].text.push_str(&text),
                 Ok(SlotStep::Ran(Step::Finished(_, text))) => {
                     let entry = &mut active[slot];
@@ -102,10 +109,8 @@ fn run_batch(
             active.swap_remove(slot);
         }
     }
-    (
-        outcomes.into_iter().map(|outcome| outcome.expect("every request ends")).collect(),
-        preemptor.statistics(),
-    )
+    let outcomes = outcomes.into_iter().map(|outcome| outcome.expect("every request ends")).collect();
+    (outcomes, preemptor.statistics(), peaks)
 }
 
 const PROMPTS: [&str; 4] =
@@ -121,7 +126,7 @@ fn preemption_by_recompute_changes_no_token() {
     let settings = GenerationSettings { max_tokens: 40, ..GenerationSettings::default() };
 
     let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
-    let (expected, calm) = run_batch(&view, &roomy, &PROMPTS, &settings, 128);
+    let (expected, calm, _) = run_batch(&view, &roomy, &PROMPTS, &settings, 128);
     assert_eq!(calm.preemptions, 0);
     let needed: usize = expected
         .iter()
@@ -137,7 +142,7 @@ fn preemption_by_recompute_changes_no_token() {
     let tight_blocks = 128 / BLOCK_TOKENS * config.layers;
     assert!(needed > tight_blocks + 4, "the batch needs {needed} blocks, the pool holds {tight_blocks}");
     let tight = KvBlockPool::new(memory, floats, tight_blocks).unwrap();
-    let (outcomes, pressure) = run_batch(&view, &tight, &PROMPTS, &settings, 128);
+    let (outcomes, pressure, _) = run_batch(&view, &tight, &PROMPTS, &settings, 128);
     assert!(pressure.preemptions > 0, "the tight pool preempts ({pressure:?})");
     assert_eq!(pressure.resumptions, pressure.preemptions, "every preempted sequence resumed");
     assert_eq!(pressure.refused, 0);
@@ -165,12 +170,12 @@ fn a_request_too_large_for_the_whole_cache_ends_with_an_error_and_others_finish(
     assert!(view.prompt_tokens("hi").len() + 8 < cache_positions);
 
     let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
-    let (expected, _) = run_batch(&view, &roomy, &["hi"], &settings, 256);
+    let (expected, ..) = run_batch(&view, &roomy, &["hi"], &settings, 256);
     drop(roomy);
 
     // Eight blocks per layer: 128 positions, fewer than the long prompt needs.
     let pool = KvBlockPool::new(memory, floats, 8 * config.layers).unwrap();
-    let (outcomes, pressure) = run_batch(&view, &pool, &[&long, "hi"], &settings, 256);
+    let (outcomes, pressure, _) = run_batch(&view, &pool, &[&long, "hi"], &settings, 256);
     let cache_positions_expected = cache_positions;
     match &outcomes[0] {
         Err(error @ ChatError::DoesNotFit { positions, cache_positions }) => {
@@ -183,5 +188,33 @@ fn a_request_too_large_for_the_whole_cache_ends_with_an_error_and_others_finish(
     }
     assert_eq!(outcomes[1], expected[0], "the short request still gets its tokens");
     assert_eq!(pressure.refused, 1);
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+}
+
+#[test]
+fn the_quota_bounds_one_request_and_leaves_room_for_the_others() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let long = GenerationSettings { max_tokens: 200, ..GenerationSettings::default() };
+    let quota = 112;
+    let pool = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (alone, ..) = run_batch(&view, &pool, &["hello there"], &long, 256);
+    let (quota_outcomes, _, peaks) = run_batch(&view, &pool, &["hello there", "hi"], &long, quota);
+    let quota_blocks = quota.div_ceil(BLOCK_TOKENS) * config.layers;
+    for (index, peak) in peaks.iter().enumerate() {
+        assert!(
+            *peak <= quota_blocks,
+            "request {index} held {peak} blocks, over its quota of {quota_blocks}"
+        );
+    }
+    let (text, generated) = quota_outcomes[0].as_ref().unwrap();
+    let prompt = view.prompt_tokens("hello there").len();
+    assert_eq!(prompt + generated, quota, "the long answer stops at its quota");
+    let (alone_text, alone_generated) = alone[0].as_ref().unwrap();
+    assert!(alone_generated > generated, "without the quota it goes on");
+    assert!(alone_text.starts_with(text.as_str()), "the quota cuts the answer, it does not change it");
     assert_eq!(pool.statistics().blocks_in_use, 0);
 }
