@@ -348,8 +348,8 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         if !core::mem::take(&mut self.preempted) || self.history.is_empty() {
             return;
         }
+        // The store is empty since `preempt`; `attach` fills its first positions.
         let cached = attach(self.session.kv_mut(), &self.history).min(self.history.len() - 1);
-        self.session.rewind(0);
         for &token in &self.history[..cached] {
             self.session.push_cached(token);
         }

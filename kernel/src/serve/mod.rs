@@ -6,6 +6,7 @@ pub mod desk;
 pub mod library;
 pub mod line;
 pub mod loader;
+pub mod pressure;
 pub mod protocol;
 pub mod ring;
 pub mod scheduler;

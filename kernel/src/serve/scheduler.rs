@@ -20,7 +20,10 @@
 
 #![forbid(unsafe_code)]
 
-use super::chat::{ChatError, Generation, Step};
+use super::{
+    chat::{ChatError, Generation, Step},
+    pressure::{Relief, WeightsEvictor},
+};
 use crate::{
     hil::{Cpus, KvError, KvStore},
     infer::InferError,
@@ -64,13 +67,62 @@ pub struct Preemptor<'pool, 'memory> {
     pool: &'pool KvBlockPool<'memory>,
     model: u64,
     statistics: PreemptionStatistics,
+    /// Most sequences that run per round; the rest are inactive (they wait, and may be
+    /// compressed).
+    batch_limit: usize,
+    /// Most blocks held after a preempted sequence resumes (unless nothing else holds any).
+    resume_limit: usize,
 }
 
 impl<'pool, 'memory> Preemptor<'pool, 'memory> {
     /// A preemptor over `pool`, for sequences of the model whose prefix-cache identity is
     /// `model` (as given to [`PagedKv::with_prefix`]).
     pub fn new(pool: &'pool KvBlockPool<'memory>, model: u64) -> Self {
-        Self { pool, model, statistics: PreemptionStatistics::default() }
+        let resume_limit = pool.limit_blocks();
+        Self {
+            pool,
+            model,
+            statistics: PreemptionStatistics::default(),
+            batch_limit: usize::MAX,
+            resume_limit,
+        }
+    }
+
+    /// Runs at most `limit` sequences per round (at least one): the highest-ranked of those
+    /// not preempted; the others wait, inactive (the bandwidth throttle's hook).
+    pub fn set_batch_limit(&mut self, limit: usize) {
+        self.batch_limit = limit.max(1);
+    }
+
+    /// Most sequences run per round.
+    pub fn batch_limit(&self) -> usize {
+        self.batch_limit
+    }
+
+    /// Resumes a preempted sequence only while the blocks held would stay at or under
+    /// `blocks` (the pressure manager's preemption threshold), so it is not preempted again at
+    /// once.
+    pub fn set_resume_limit(&mut self, blocks: usize) {
+        self.resume_limit = blocks;
+    }
+
+    /// Whether `sequences[slot]` is inactive: not preempted, but ranked past the batch limit.
+    pub fn is_inactive<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &self,
+        sequences: &[S],
+        slot: usize,
+    ) -> bool {
+        let sequence = &sequences[slot];
+        if sequence.generation().is_preempted() {
+            return false;
+        }
+        let key = (sequence.priority(), slot);
+        let ahead = sequences
+            .iter()
+            .enumerate()
+            .filter(|&(index, other)| !other.generation().is_preempted() && (other.priority(), index) < key)
+            .count();
+        ahead >= self.batch_limit
     }
 
     /// Counts so far.
@@ -91,8 +143,12 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         slot: usize,
         cpus: &dyn Cpus,
     ) -> Result<SlotStep, ChatError> {
+        if self.is_inactive(sequences, slot) {
+            return Ok(SlotStep::Waiting);
+        }
         if sequences[slot].generation().is_preempted() {
-            if !self.may_resume(sequences, slot) {
+            let running = sequences.iter().filter(|sequence| !sequence.generation().is_preempted()).count();
+            if running >= self.batch_limit || !self.may_resume(sequences, slot) {
                 return Ok(SlotStep::Waiting);
             }
             let model = self.model;
@@ -194,7 +250,82 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         }
         let generation = sequences[slot].generation();
         let needed = generation.kv().blocks_for(generation.positions_needed());
-        others == 0 || self.pool.available_blocks() + below >= needed
+        let held = self.pool.limit_blocks().saturating_sub(self.pool.available_blocks());
+        others == 0
+            || (self.pool.available_blocks() + below >= needed && held + needed <= self.resume_limit + below)
+    }
+
+    /// Preempts the lowest-ranked sequence that holds blocks, unless it is the only one;
+    /// returns whether it did (the pressure manager's third action).
+    pub fn preempt_lowest<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+    ) -> bool {
+        let holding: alloc::vec::Vec<usize> = (0..sequences.len())
+            .filter(|&index| sequences[index].generation().kv().blocks_held() > 0)
+            .collect();
+        if holding.len() < 2 {
+            return false;
+        }
+        let Some(&victim) = holding.iter().max_by_key(|&&index| (sequences[index].priority(), index)) else {
+            return false;
+        };
+        self.preempt(&mut sequences[victim]);
+        true
+    }
+
+    /// Compresses the KV of inactive sequences to int8; returns the blocks freed.
+    pub fn compress_inactive<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+    ) -> usize {
+        let mut freed = 0;
+        for slot in 0..sequences.len() {
+            if self.is_inactive(sequences, slot) {
+                // A failure leaves the sequence as it was (uncompressed).
+                freed += sequences[slot].generation_mut().kv_mut().compress().unwrap_or(0);
+            }
+        }
+        freed
+    }
+}
+
+/// The batch as the pressure manager acts on it: its pool, its sequences, and the weights
+/// hook if the server has one.
+pub struct BatchRelief<'batch, 'pool, 'memory, S> {
+    /// The batch's preemptor (and pool).
+    pub preemptor: &'batch mut Preemptor<'pool, 'memory>,
+    /// The batch's sequences.
+    pub sequences: &'batch mut [S],
+    /// Evicts unused model weights.
+    pub weights: Option<&'batch mut dyn WeightsEvictor>,
+}
+
+impl<'w, 'f: 'w, 'pool, 'memory, S: Scheduled<'w, 'f, 'pool, 'memory>> Relief
+    for BatchRelief<'_, 'pool, 'memory, S>
+{
+    fn held_blocks(&self) -> usize {
+        self.preemptor.pool.statistics().blocks_in_use
+    }
+
+    fn cached_blocks(&self) -> usize {
+        self.preemptor.pool.statistics().blocks_cached
+    }
+
+    fn drop_cached_prefixes(&mut self) -> usize {
+        self.preemptor.pool.drop_cached()
+    }
+
+    fn compress_inactive(&mut self) -> usize {
+        self.preemptor.compress_inactive(self.sequences)
+    }
+
+    fn preempt_one(&mut self) -> bool {
+        self.preemptor.preempt_lowest(self.sequences)
+    }
+
+    fn evict_unused_weights(&mut self) -> u64 {
+        self.weights.as_mut().map_or(0, |weights| weights.evict_unused())
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::serve::pressure::WeightsEvictor;
 use crate::{
     hil::SingleCpu,
     infer::synthetic::{SyntheticFormat, SyntheticSpec},
@@ -216,5 +217,152 @@ fn the_quota_bounds_one_request_and_leaves_room_for_the_others() {
     let (alone_text, alone_generated) = alone[0].as_ref().unwrap();
     assert!(alone_generated > generated, "without the quota it goes on");
     assert!(alone_text.starts_with(text.as_str()), "the quota cuts the answer, it does not change it");
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+}
+
+/// Model weights the pressure manager may evict: a real buffer of the weights pool.
+struct StagedWeights<'m>(Option<crate::mm::buffer::TensorBuffer<'m>>, u64);
+
+impl WeightsEvictor for StagedWeights<'_> {
+    fn evict_unused(&mut self) -> u64 {
+        self.0.take().map_or(0, |_| self.1)
+    }
+}
+
+/// One pass of `manager` over the batch, its actions appended to `events`.
+fn relieve_batch<'w, 'f: 'w, 'p, 'm>(
+    manager: &mut crate::serve::pressure::PressureManager,
+    preemptor: &mut Preemptor<'p, 'm>,
+    active: &mut [Entry<'w, 'f, 'p, 'm>],
+    weights: &mut dyn WeightsEvictor,
+    events: &mut Vec<crate::telemetry::PressureLevel>,
+) -> usize {
+    let mut relief = BatchRelief { preemptor, sequences: active, weights: Some(weights) };
+    manager.relieve(&mut relief, &mut |level| events.push(level))
+}
+
+#[test]
+fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
+    use crate::{
+        mm::tensor::TensorKind,
+        serve::pressure::{PressureManager, PressureThresholds},
+        telemetry::PressureLevel,
+    };
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let settings = GenerationSettings { max_tokens: 12, ..GenerationSettings::default() };
+    let prompts = ["hello there", "what is two plus two", "the quick brown fox"];
+    let budget = 56;
+    let pool = KvBlockPool::new(memory, floats, budget).unwrap();
+    let (expected, ..) = run_batch(&view, &pool, &prompts[..2], &settings, 128);
+
+    // Cached blocks: a finished sequence's, published.
+    {
+        let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+        let tokens = view.prompt_tokens("a cached conversation");
+        let mut generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
+        while let Ok(Step::Running(_)) = generation.step(&SingleCpu) {}
+        let history = generation.history().to_vec();
+        assert!(generation.kv_mut().publish(MODEL, &history) > 0);
+    }
+    let cached = pool.statistics().blocks_cached;
+    assert!(cached > 0);
+
+    // Three sequences through their prompts, none attaching the cache.
+    let mut preemptor = Preemptor::new(&pool, MODEL);
+    let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(order, prompt)| {
+            let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
+            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
+        })
+        .collect();
+    while active.iter().any(|entry| entry.generation.in_prompt()) {
+        for slot in 0..active.len() {
+            if active[slot].generation.in_prompt() {
+                assert_eq!(
+                    preemptor.step(&mut active, slot, &SingleCpu),
+                    Ok(SlotStep::Ran(Step::Running(String::new())))
+                );
+            }
+        }
+    }
+    let held = pool.statistics().blocks_in_use;
+    let cached = pool.statistics().blocks_cached;
+    assert!(held + cached >= budget * 85 / 100, "{held} + {cached} of {budget}");
+
+    // Mild pressure: dropping the cached prefixes is enough.
+    let mut manager = PressureManager::new(PressureThresholds::for_budget(budget));
+    let mut events = Vec::new();
+    let mut weights = StagedWeights(Some(memory.alloc(1 << 20, TensorKind::Weights).unwrap()), 1 << 20);
+    assert_eq!(relieve_batch(&mut manager, &mut preemptor, &mut active, &mut weights, &mut events), 1);
+    assert_eq!(events, [PressureLevel::DropCachedPrefixes]);
+    assert_eq!(pool.statistics().blocks_cached, 0);
+    assert_eq!(pool.statistics().blocks_in_use, held, "held blocks are untouched");
+
+    // Harder: with the third sequence inactive, it is compressed, then preempted.
+    preemptor.set_batch_limit(2);
+    let tight = PressureThresholds {
+        budget_blocks: budget,
+        relieve_blocks: 4,
+        preempt_blocks: 4,
+        reject_blocks: budget,
+    };
+    let mut manager = PressureManager::new(tight);
+    events.clear();
+    relieve_batch(&mut manager, &mut preemptor, &mut active, &mut weights, &mut events);
+    assert_eq!(events, [PressureLevel::CompressInactive, PressureLevel::Preempt]);
+    assert!(active[2].generation.is_preempted(), "the lowest-ranked sequence is preempted");
+    assert!(!active[0].generation.is_preempted() && !active[1].generation.is_preempted());
+
+    // Worst: weights go, and new requests are refused with a readable error.
+    let mut manager =
+        PressureManager::new(PressureThresholds { reject_blocks: 1, preempt_blocks: 1, ..tight });
+    events.clear();
+    relieve_batch(&mut manager, &mut preemptor, &mut active, &mut weights, &mut events);
+    assert_eq!(events, [PressureLevel::Preempt, PressureLevel::EvictUnusedWeights]);
+    let refused =
+        manager.admit(pool.statistics().blocks_in_use, &mut |level| events.push(level)).unwrap_err();
+    assert_eq!(events.last(), Some(&PressureLevel::RejectRequests));
+    assert!(alloc::format!("{refused}").starts_with("memory is full"), "{refused}");
+    assert_eq!(manager.counts().total(), 3);
+
+    // Every request still ends with its tokens; the two never compressed as before.
+    preemptor.set_batch_limit(usize::MAX);
+    let mut outcomes: Vec<Option<(String, usize)>> = alloc::vec![None; 3];
+    let mut rounds = 0;
+    while !active.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000);
+        let mut finished = Vec::new();
+        for slot in 0..active.len() {
+            match preemptor.step(&mut active, slot, &SingleCpu).unwrap() {
+                SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
+                SlotStep::Ran(Step::Finished(_, text)) => {
+                    let entry = &mut active[slot];
+                    entry.text.push_str(&text);
+                    let generated = entry.generation.statistics().generated_tokens;
+                    outcomes[entry.order as usize] = Some((core::mem::take(&mut entry.text), generated));
+                    finished.push(slot);
+                }
+                SlotStep::Waiting => {}
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            active.swap_remove(slot);
+        }
+    }
+    for (index, reference) in expected.iter().enumerate() {
+        assert_eq!(Some(reference.as_ref().unwrap()), outcomes[index].as_ref(), "request {index}");
+    }
+    assert!(outcomes[2].as_ref().is_some_and(|(_, generated)| *generated > 0));
+    let statistics = preemptor.statistics();
+    assert!(statistics.reattached_positions > 0, "a resumed sequence found its own blocks ({statistics:?})");
     assert_eq!(pool.statistics().blocks_in_use, 0);
 }
