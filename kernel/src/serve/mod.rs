@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod config;
 pub mod desk;
+pub mod governor;
 pub mod library;
 pub mod line;
 pub mod loader;

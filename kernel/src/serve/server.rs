@@ -7,10 +7,12 @@ use super::{
     chat::{Generation, GenerationSettings, ServedModel, Step},
     config::{self, CardConfig},
     desk::{CONTROL_BOUND_NS, ControlDesk, Input, ServingCpus},
+    governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH, step_traffic},
     library::{StagedLoad, list_models, load_model},
     loader::progress_line,
+    pressure::WeightsEvictor,
     protocol::{self, Event, Operation, Timings, Usage},
-    scheduler::{Preemptor, Scheduled, SlotStep},
+    scheduler::{BatchRelief, Preemptor, Scheduled, SlotStep},
 };
 use crate::{
     boot_info::BootInfo,
@@ -21,7 +23,7 @@ use crate::{
         kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
         layout::RegionKind,
     },
-    telemetry::{EventKind, PressureLevel, ShortName, TraceEvent, TraceRing},
+    telemetry::{ByteRate, EventKind, PressureLevel, ShortName, TraceEvent, TraceRing},
 };
 use alloc::{
     collections::VecDeque,
@@ -126,6 +128,10 @@ pub struct Server<'a, D: BlockDevice> {
     recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     last_swap_pause_ns: Option<(u64, u64)>,
+    /// Bandwidth, throttle and memory pressure (see [`Governor`]).
+    governor: Governor<'a>,
+    /// The hook that frees unused model weights under memory pressure, if one is set.
+    weights_evictor: Option<alloc::boxed::Box<dyn WeightsEvictor + 'a>>,
 }
 
 /// Bytes of a background load read between two rounds of tokens.
@@ -182,7 +188,19 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
+            governor: Governor::new(clock, SERVER_BANDWIDTH),
+            weights_evictor: None,
         }
+    }
+
+    /// Sets the hook the memory-pressure manager calls to evict model weights nothing uses.
+    pub fn set_weights_evictor(&mut self, evictor: alloc::boxed::Box<dyn WeightsEvictor + 'a>) {
+        self.weights_evictor = Some(evictor);
+    }
+
+    /// Bandwidth and memory-pressure facts, read-only (for `/stats`).
+    pub fn memory_statistics(&self) -> MemoryStatistics {
+        self.governor.statistics()
     }
 
     /// Adds an event to the trace ring (`/trace`).
@@ -644,6 +662,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.desk.latency().over_bound,
             CONTROL_BOUND_NS / 1_000_000,
         );
+        let memory = self.governor.statistics();
+        let _ = write!(
+            text,
+            "memory       {} now, {} peak; batch halved {}x; {} pressure actions ({} preemptions)\r\n",
+            ByteRate(memory.current_bandwidth),
+            ByteRate(memory.peak_bandwidth),
+            memory.throttle_level,
+            memory.pressure_events,
+            memory.preemptions
+        );
         text
     }
 
@@ -806,6 +834,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let capacity = config.context_length.min(quota).min(pool_positions);
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
         let mut preemptor = Preemptor::new(&pool, model_identity);
+        let thresholds = self.governor.track_pool(pool.limit_blocks());
+        preemptor.set_resume_limit(thresholds.preempt_blocks);
         let mut round_start = self.clock.now_ns();
         loop {
             // Admit waiting requests while the batch's model is still the active one and no
@@ -821,6 +851,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     continue;
                 }
                 let Some(request) = self.pending.remove(index) else { break };
+                if let Err(error) = self.governor.admit(pool.statistics().blocks_in_use) {
+                    self.trace(EventKind::PressureAction { level: PressureLevel::RejectRequests });
+                    self.reply_error(request.origin, &alloc::format!("{error}"));
+                    continue;
+                }
                 let Some(kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, capacity)
                 else {
                     self.reply_error(request.origin, "KV cache shape");
@@ -854,6 +889,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     .filter(|(pending, ..)| pending.origin == origin)
                     .for_each(|(_, generation, _)| generation.cancel());
             }
+            // Fewer sequences per round while bandwidth stays high; then memory pressure.
+            preemptor.set_batch_limit(self.governor.batch_limit(active.len()));
+            let weights =
+                self.weights_evictor.as_deref_mut().map(|evictor| evictor as &mut dyn WeightsEvictor);
+            let mut relief = BatchRelief { preemptor: &mut preemptor, sequences: &mut active, weights };
+            for level in self.governor.relieve(&mut relief) {
+                self.trace(EventKind::PressureAction { level });
+            }
             let mut finished = Vec::new();
             for slot in 0..active.len() {
                 let was_prompt = active[slot].1.in_prompt();
@@ -871,10 +914,18 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     Err(error) => Some(Err(error)),
                 };
                 for _ in preempted..preemptor.statistics().preemptions {
+                    self.governor.count_exhaustion_preemption();
                     self.trace(EventKind::PressureAction { level: PressureLevel::Preempt });
                 }
                 let Some(step) = step else { continue };
                 let (request, generation, first_token_ns) = &mut active[slot];
+                let position = generation.history().len();
+                self.governor.count_step(step_traffic(
+                    model.size() as u64,
+                    config.layers,
+                    config.kv_dim(),
+                    position,
+                ));
                 let now = self.clock.now_ns();
                 if !was_prompt && first_token_ns.is_none() {
                     *first_token_ns = Some(now);
