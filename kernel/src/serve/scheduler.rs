@@ -36,7 +36,7 @@ pub trait Scheduled<'weights, 'file, 'pool, 'memory> {
     fn generation(&self) -> &Generation<'weights, 'file, PagedKv<'pool, 'memory>>;
     /// The generation, to step or preempt.
     fn generation_mut(&mut self) -> &mut Generation<'weights, 'file, PagedKv<'pool, 'memory>>;
-    /// Its rank: lower runs first and is preempted last.
+    /// Its rank: lower runs first and is preempted last (ties go by position in the batch).
     fn priority(&self) -> u64;
 }
 
@@ -211,12 +211,12 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         sequences: &[S],
         slot: usize,
     ) -> Option<usize> {
-        let rank = sequences[slot].priority();
+        let rank = (sequences[slot].priority(), slot);
         sequences
             .iter()
             .enumerate()
             .filter(|&(index, sequence)| {
-                index != slot && sequence.priority() > rank && sequence.generation().kv().blocks_held() > 0
+                (sequence.priority(), index) > rank && sequence.generation().kv().blocks_held() > 0
             })
             .max_by_key(|&(index, sequence)| (sequence.priority(), index))
             .map(|(index, _)| index)
@@ -230,9 +230,9 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         sequences: &[S],
         slot: usize,
     ) -> bool {
-        let rank = sequences[slot].priority();
+        let rank = (sequences[slot].priority(), slot);
         let first_in_line = sequences.iter().enumerate().all(|(index, sequence)| {
-            index == slot || !sequence.generation().is_preempted() || sequence.priority() > rank
+            index == slot || !sequence.generation().is_preempted() || (sequence.priority(), index) > rank
         });
         if !first_in_line {
             return false;
@@ -243,7 +243,7 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
             let held = sequence.generation().kv().blocks_held();
             if index != slot {
                 others += held;
-                if sequence.priority() > rank {
+                if (sequence.priority(), index) > rank {
                     below += held;
                 }
             }

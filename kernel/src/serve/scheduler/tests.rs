@@ -366,3 +366,56 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     assert!(statistics.reattached_positions > 0, "a resumed sequence found its own blocks ({statistics:?})");
     assert_eq!(pool.statistics().blocks_in_use, 0);
 }
+
+#[test]
+fn equal_priorities_still_make_progress() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let settings = GenerationSettings { max_tokens: 30, ..GenerationSettings::default() };
+    let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (expected, ..) = run_batch(&view, &roomy, &PROMPTS, &settings, 128);
+    drop(roomy);
+    let tight = KvBlockPool::new(memory, floats, 128 / BLOCK_TOKENS * config.layers).unwrap();
+    let mut preemptor = Preemptor::new(&tight, MODEL);
+    let mut active: Vec<Entry<'_, '_, '_, '_>> = PROMPTS
+        .iter()
+        .map(|prompt| {
+            let kv = PagedKv::new(&tight, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
+            // Every request has the same rank: ties go by position in the batch.
+            Entry { order: 0, generation, text: String::new(), peak_blocks: 0 }
+        })
+        .collect();
+    let mut done = alloc::vec![None; PROMPTS.len()];
+    let mut rounds = 0;
+    while done.iter().any(Option::is_none) {
+        rounds += 1;
+        assert!(rounds < 10_000, "equal ranks never deadlock");
+        for slot in 0..active.len() {
+            if done[slot].is_some() {
+                continue;
+            }
+            match preemptor.step(&mut active, slot, &SingleCpu).unwrap() {
+                SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
+                SlotStep::Ran(Step::Finished(_, text)) => {
+                    let entry = &mut active[slot];
+                    entry.text.push_str(&text);
+                    entry.generation.kv_mut().truncate(0);
+                    done[slot] = Some((
+                        core::mem::take(&mut entry.text),
+                        entry.generation.statistics().generated_tokens,
+                    ));
+                }
+                SlotStep::Waiting => {}
+            }
+        }
+    }
+    assert!(preemptor.statistics().preemptions > 0);
+    for (index, reference) in expected.iter().enumerate() {
+        assert_eq!(Some(reference.as_ref().unwrap()), done[index].as_ref(), "request {index}");
+    }
+}
