@@ -71,6 +71,16 @@ impl InterruptConsole {
         self.transmit.interrupt(&self.transmitter);
     }
 
+    /// Whether the core may sleep until the next interrupt: nothing was received, and any
+    /// bytes still waiting to be sent have a transmit interrupt coming (a pump sets it up; it
+    /// is cheap when nothing waits). The idle loop's check, made with IRQs masked.
+    pub fn may_sleep(&self) -> bool {
+        if self.transmit.is_pending() {
+            self.transmit.pump(&self.transmitter);
+        }
+        self.ring.is_empty()
+    }
+
     /// Runs until `done` holds: core 0 sleeps until the next interrupt (the transmit
     /// interrupt makes progress), other cores spin.
     fn wait_until(done: impl Fn() -> bool) {

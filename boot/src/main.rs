@@ -34,7 +34,7 @@ fn main(info: &'static boot::BootInfo) -> ! {
     let mut server = Server::new(console, &storage::CLOCK, &cpus, memory, &Telemetry, info, volume);
     server.load_default();
     // Core 0 sleeps between received bytes: the UART interrupt wakes it.
-    server.run(|| boot::irq::idle_until(|| !console.ring().is_empty()))
+    server.run(|| boot::irq::idle_until(|| !console.may_sleep()))
 }
 
 fn halt(stage: &str, error: impl core::fmt::Display) -> ! {

@@ -49,6 +49,24 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         &mut self.kv
     }
 
+    /// The sequence's KV store, read-only.
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    /// Forgets every position after the first `length` (of the history and of the KV store),
+    /// so feeding continues at `length`.
+    pub fn rewind(&mut self, length: usize) {
+        self.history.truncate(length);
+        self.kv.truncate(length);
+    }
+
+    /// Records `token` as fed at the next position without computing it: its K/V rows are
+    /// already in the store (a cached prefix attached after [`Session::rewind`]).
+    pub fn push_cached(&mut self, token: u32) {
+        self.history.push(token);
+    }
+
     /// Tokens fed so far (the next position).
     pub fn position(&self) -> usize {
         self.history.len()

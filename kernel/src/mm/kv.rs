@@ -26,6 +26,7 @@ use crate::hil::{KvError, KvStore};
 use alloc::{collections::BTreeMap, vec::Vec};
 use core::ptr::NonNull;
 
+pub mod int8;
 #[cfg(test)]
 mod tests;
 pub mod two_level;
@@ -204,6 +205,18 @@ impl<'memory> KvBlockPool<'memory> {
             block_bytes: self.floats_per_block * 4,
             chunks: inner.chunks.len(),
         }
+    }
+
+    /// Most blocks held and cached at once (the budget given to [`KvBlockPool::new`]).
+    pub fn limit_blocks(&self) -> usize {
+        self.inner.lock().limit_blocks
+    }
+
+    /// Blocks a sequence could still take: the budget minus the blocks held (cached blocks
+    /// count as available, since taking a block evicts them).
+    pub fn available_blocks(&self) -> usize {
+        let inner = self.inner.lock();
+        inner.limit_blocks.saturating_sub(inner.in_use)
     }
 
     /// Counts of the prefix cache and of copy-on-write.
@@ -433,6 +446,16 @@ pub struct PagedKv<'pool, 'memory> {
     blocks: Vec<KvBlock<'pool, 'memory>>,
     /// Leading positions written in every layer (the most that may be published).
     filled: usize,
+    /// The blocks in int8 while the sequence waits (then `blocks` is empty).
+    compressed: Option<Compressed<'pool, 'memory>>,
+}
+
+/// A sequence's blocks compressed to int8 ([`int8`]): the codes of `count` blocks packed into
+/// pool blocks, and each block's two scales.
+struct Compressed<'pool, 'memory> {
+    packed: Vec<KvBlock<'pool, 'memory>>,
+    scales: Vec<[f32; 2]>,
+    count: usize,
 }
 
 impl<'pool, 'memory> PagedKv<'pool, 'memory> {
@@ -446,13 +469,107 @@ impl<'pool, 'memory> PagedKv<'pool, 'memory> {
         block_tokens: usize,
         capacity: usize,
     ) -> Option<Self> {
-        (block_tokens > 0 && pool.floats_per_block() == 2 * block_tokens * kv_dim && layers > 0)
-            .then(|| Self { pool, layers, kv_dim, block_tokens, capacity, blocks: Vec::new(), filled: 0 })
+        (block_tokens > 0 && pool.floats_per_block() == 2 * block_tokens * kv_dim && layers > 0).then(|| {
+            Self {
+                pool,
+                layers,
+                kv_dim,
+                block_tokens,
+                capacity,
+                blocks: Vec::new(),
+                filled: 0,
+                compressed: None,
+            }
+        })
     }
 
-    /// Blocks this sequence holds.
+    /// Blocks this sequence holds (packed ones, while compressed).
     pub fn blocks_held(&self) -> usize {
-        self.blocks.len()
+        self.blocks.len() + self.compressed.as_ref().map_or(0, |compressed| compressed.packed.len())
+    }
+
+    /// Whether the blocks are compressed to int8 ([`PagedKv::compress`]).
+    pub fn is_compressed(&self) -> bool {
+        self.compressed.is_some()
+    }
+
+    /// Compresses the blocks to int8 with a scale per block half ([`int8`]), four blocks into
+    /// one, for a sequence that waits; returns the blocks freed. Nothing happens (0) when the
+    /// cache is already compressed, empty, or shares a block with another table (a shared
+    /// block would not be freed). The next write decompresses, as [`PagedKv::decompress`].
+    pub fn compress(&mut self) -> Result<usize, KvError> {
+        if self.compressed.is_some()
+            || self.blocks.is_empty()
+            || self.blocks.iter().any(|block| block.references() > 1)
+        {
+            return Ok(0);
+        }
+        let floats = self.pool.floats_per_block();
+        let half = floats / 2;
+        let words_per_block = floats.div_ceil(4);
+        let before = self.blocks.len();
+        let mut codes = alloc::vec![0i8; floats];
+        let mut words = alloc::vec![0.0f32; words_per_block];
+        let mut staged = Vec::with_capacity(floats);
+        let mut compressed =
+            Compressed { packed: Vec::new(), scales: Vec::with_capacity(before), count: before };
+        // A packed block is taken once the blocks whose codes fill it are released, so this
+        // needs no free block.
+        for block in core::mem::take(&mut self.blocks) {
+            compressed.scales.push(int8::compress_block(&block, half, &mut codes));
+            int8::pack(&codes, &mut words);
+            staged.extend_from_slice(&words);
+            drop(block);
+            if staged.len() + words_per_block > floats {
+                compressed.packed.push(self.packed_block(&mut staged)?);
+            }
+        }
+        if !staged.is_empty() {
+            compressed.packed.push(self.packed_block(&mut staged)?);
+        }
+        let freed = before - compressed.packed.len();
+        self.compressed = Some(compressed);
+        Ok(freed)
+    }
+
+    /// A block holding `staged` (then emptied).
+    fn packed_block(&self, staged: &mut Vec<f32>) -> Result<KvBlock<'pool, 'memory>, KvError> {
+        let mut block = self.pool.alloc_for_overwrite()?;
+        block.make_mut()?[..staged.len()].copy_from_slice(staged);
+        staged.clear();
+        Ok(block)
+    }
+
+    /// Restores compressed blocks to f32 (values within half an int8 step of what they were).
+    /// On failure (no memory for the blocks) the cache stays compressed and intact.
+    pub fn decompress(&mut self) -> Result<(), KvError> {
+        let Some(compressed) = &self.compressed else { return Ok(()) };
+        let floats = self.pool.floats_per_block();
+        let words_per_block = floats.div_ceil(4);
+        let per_packed = (floats / words_per_block).max(1);
+        let mut codes = alloc::vec![0i8; floats];
+        let mut blocks = Vec::with_capacity(compressed.count);
+        for index in 0..compressed.count {
+            let packed = &compressed.packed[index / per_packed];
+            let start = index % per_packed * words_per_block;
+            int8::unpack(&packed[start..start + words_per_block], &mut codes);
+            let mut block = self.pool.alloc_for_overwrite()?;
+            int8::decompress_block(&codes, floats / 2, compressed.scales[index], block.make_mut()?);
+            blocks.push(block);
+        }
+        self.blocks = blocks;
+        self.compressed = None;
+        Ok(())
+    }
+
+    /// Blocks a sequence of `positions` positions holds (every layer).
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.block_tokens) * self.layers
+    }
+
+    /// Positions per block.
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens
     }
 
     /// Empties this cache, then attaches the cached blocks of the longest cached prefix of
@@ -500,7 +617,9 @@ impl<'pool, 'memory> PagedKv<'pool, 'memory> {
     /// [`PagedKv::with_prefix`]. Only blocks whose positions are all written are published;
     /// a token block already cached keeps its cached copy. Returns the blocks newly published.
     pub fn publish(&mut self, model: u64, tokens: &[u32]) -> usize {
-        let full = tokens.len().min(self.filled) / self.block_tokens;
+        // Compressed blocks are not published: their values are no longer exact.
+        let full =
+            if self.compressed.is_some() { 0 } else { tokens.len().min(self.filled) / self.block_tokens };
         let mut parent = self.root_hash(model);
         let mut published = 0usize;
         let mut inner = self.pool.inner.lock();
@@ -537,6 +656,11 @@ impl<'pool, 'memory> PagedKv<'pool, 'memory> {
             capacity: self.capacity,
             blocks: self.blocks.iter().map(KvBlock::share).collect(),
             filled: self.filled,
+            compressed: self.compressed.as_ref().map(|compressed| Compressed {
+                packed: compressed.packed.iter().map(KvBlock::share).collect(),
+                scales: compressed.scales.clone(),
+                count: compressed.count,
+            }),
         }
     }
 
@@ -573,6 +697,13 @@ fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
     tokens.iter().fold(mix(parent, tokens.len() as u64), |state, &token| mix(state, u64::from(token)))
 }
 
+/// Blocks of `floats_per_block` values that a KV region of `region_bytes` yields: whole
+/// chunks, each carved into whole blocks (a chunk's tail that no block fits is not counted).
+pub fn blocks_in_region(region_bytes: u64, floats_per_block: usize) -> usize {
+    let block_bytes = (floats_per_block as u64 * 4).max(1);
+    ((region_bytes / CHUNK_BYTES) * (CHUNK_BYTES / block_bytes)) as usize
+}
+
 /// Floats a block needs for `block_tokens` positions of `kv_dim` values (keys and values).
 pub fn floats_per_block(block_tokens: usize, kv_dim: usize) -> usize {
     2 * block_tokens * kv_dim
@@ -593,6 +724,7 @@ impl KvStore for PagedKv<'_, '_> {
 
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError> {
         crate::hil::check_write(self, layer, position, key, value)?;
+        self.decompress()?;
         let needed = (position / self.block_tokens + 1) * self.layers;
         while self.blocks.len() < needed {
             self.blocks.push(self.pool.alloc_for_overwrite()?);
@@ -621,6 +753,12 @@ impl KvStore for PagedKv<'_, '_> {
 
     fn truncate(&mut self, length: usize) {
         let keep = length.div_ceil(self.block_tokens) * self.layers;
+        if let Some(compressed) = &mut self.compressed {
+            compressed.count = compressed.count.min(keep);
+            if compressed.count == 0 {
+                self.compressed = None;
+            }
+        }
         // Last block first, so a finished sequence's tail reaches the LRU list before its
         // prefix and is evicted first.
         while self.blocks.len() > keep {

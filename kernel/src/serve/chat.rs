@@ -152,6 +152,14 @@ pub enum ChatError {
     },
     /// The forward pass failed (e.g. KV memory ran out).
     Inference(InferError),
+    /// The sequence needs more KV memory than the whole cache holds, even with every other
+    /// sequence preempted.
+    DoesNotFit {
+        /// Positions the sequence had reached.
+        positions: usize,
+        /// Positions the whole KV cache holds.
+        cache_positions: usize,
+    },
 }
 
 impl fmt::Display for ChatError {
@@ -162,6 +170,11 @@ impl fmt::Display for ChatError {
                 write!(formatter, "the message is {tokens} tokens but only {capacity} fit")
             }
             ChatError::Inference(error) => write!(formatter, "{error}"),
+            ChatError::DoesNotFit { positions, cache_positions } => write!(
+                formatter,
+                "the conversation needs KV memory for more than {positions} tokens, and the whole KV \
+                 cache holds {cache_positions}"
+            ),
         }
     }
 }
@@ -212,6 +225,8 @@ pub struct Generation<'weights, 'file, Store: KvStore> {
     decoder: StreamDecoder,
     statistics: TurnStatistics,
     cancelled: bool,
+    /// Preempted: its K/V released, waiting for [`Generation::reattach`].
+    preempted: bool,
 }
 
 impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
@@ -269,6 +284,7 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
             capacity,
             decoder: StreamDecoder::new(),
             cancelled: false,
+            preempted: false,
         })
     }
 
@@ -292,6 +308,53 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         self.session.kv_mut()
     }
 
+    /// The sequence's KV store, read-only.
+    pub fn kv(&self) -> &Store {
+        self.session.kv()
+    }
+
+    /// Releases the sequence's K/V so another sequence can use the memory (preemption by
+    /// recompute). `before(kv, tokens)` sees the store and the tokens whose rows it holds
+    /// first (to publish full blocks, say). Nothing else is lost: the tokens fed and the token
+    /// sampled next stay, and the next steps recompute the K/V from them before continuing
+    /// where the sequence stopped, without producing text.
+    pub fn preempt(&mut self, before: impl FnOnce(&mut Store, &[u32])) {
+        let fed = self.session.position();
+        before(self.session.kv_mut(), &self.history[..fed]);
+        self.session.rewind(0);
+        self.preempted = true;
+    }
+
+    /// Whether it was preempted and has not been given back its store
+    /// ([`Generation::reattach`]).
+    pub fn is_preempted(&self) -> bool {
+        self.preempted
+    }
+
+    /// Whether the sequence has K/V to recompute before it can go on (it was preempted).
+    pub fn recomputing(&self) -> bool {
+        self.session.position() < self.history.len()
+    }
+
+    /// Positions the sequence needs in its store to go on: the tokens fed, plus one.
+    pub fn positions_needed(&self) -> usize {
+        self.history.len() + 1
+    }
+
+    /// Resumes a preempted sequence: `attach(kv, tokens)` may fill the K/V of a cached prefix
+    /// of the tokens fed and return how many positions it filled, which are then not
+    /// recomputed.
+    pub fn reattach(&mut self, attach: impl FnOnce(&mut Store, &[u32]) -> usize) {
+        if !core::mem::take(&mut self.preempted) || self.history.is_empty() {
+            return;
+        }
+        // The store is empty since `preempt`; `attach` fills its first positions.
+        let cached = attach(self.session.kv_mut(), &self.history).min(self.history.len() - 1);
+        for &token in &self.history[..cached] {
+            self.session.push_cached(token);
+        }
+    }
+
     /// Whether it is still feeding its prompt.
     pub fn in_prompt(&self) -> bool {
         self.history.len() < self.prompt.len()
@@ -304,6 +367,7 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         Ok(Step::Finished(finish, text))
     }
 
+    /// Feeds `token`; on failure nothing has changed, so the step can be tried again.
     fn feed(&mut self, cpus: &dyn Cpus, token: u32) -> Result<(), ChatError> {
         let logits = self.session.feed(cpus, token).map_err(ChatError::Inference)?;
         self.history.push(token);
@@ -313,30 +377,45 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         Ok(())
     }
 
-    /// Runs one forward pass: the next prompt token, or the next generated token.
+    /// Runs one forward pass: a position being recomputed after preemption, the next prompt
+    /// token, or the next generated token. A step that fails (say, KV memory ran out) leaves
+    /// the generation as it was, so it can be tried again once memory is free.
     pub fn step(&mut self, cpus: &dyn Cpus) -> Result<Step, ChatError> {
         if self.cancelled {
             return self.finish(Finish::Cancelled);
+        }
+        let position = self.session.position();
+        if let Some(&token) = self.history.get(position) {
+            self.session.feed(cpus, token).map_err(ChatError::Inference)?;
+            return Ok(Step::Running(String::new()));
         }
         if let Some(&token) = self.prompt.get(self.history.len()) {
             self.feed(cpus, token)?;
             return Ok(Step::Running(String::new()));
         }
-        let Some(token) = self.next.take() else { return self.finish(Finish::Stop) };
-        self.statistics.generated_tokens += 1;
+        let Some(token) = self.next else { return self.finish(Finish::Stop) };
         if self.tokenizer.is_stop(token) {
+            self.next = None;
+            self.statistics.generated_tokens += 1;
             return self.finish(Finish::Stop);
         }
-        let mut text = String::new();
+        let last = self.statistics.generated_tokens + 1 >= self.max_tokens
+            || self.history.len() + 1 >= self.capacity;
         let previous = self.history.last().copied();
+        if last {
+            self.next = None;
+        } else {
+            self.feed(cpus, token)?;
+        }
+        self.statistics.generated_tokens += 1;
+        let mut text = String::new();
         self.decoder.push(&self.tokenizer.decode(previous, token), &mut text);
-        if self.statistics.generated_tokens >= self.max_tokens || self.history.len() + 1 >= self.capacity {
+        if last {
             let mut rest = String::new();
             self.decoder.finish(&mut rest);
             text.push_str(&rest);
             return Ok(Step::Finished(Finish::Length, text));
         }
-        self.feed(cpus, token)?;
         Ok(Step::Running(text))
     }
 }

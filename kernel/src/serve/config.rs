@@ -1,5 +1,5 @@
 //! `tessera.cfg`: a small `key = value` file at the root of the card that adjusts the kernel
-//! (for now: lowering the weights budget, so two models need not fit).
+//! (lowering the weights budget, so two models need not fit; the KV quota of one request).
 
 #![forbid(unsafe_code)]
 
@@ -14,7 +14,13 @@ pub const CONFIG_PATH: &str = "/tessera.cfg";
 pub struct CardConfig {
     /// Most bytes of model weights held at once (the board's budget when absent).
     pub weights_budget: Option<u64>,
+    /// Most positions (prompt plus answer) one request's KV may hold (the server's default
+    /// when absent).
+    pub kv_quota_tokens: Option<usize>,
 }
+
+/// Bounds of `kv_quota_tokens`.
+pub const KV_QUOTA_RANGE: core::ops::RangeInclusive<usize> = 16..=1 << 20;
 
 /// A line of the file that could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +60,15 @@ pub fn parse(text: &str) -> (CardConfig, Vec<ConfigProblem>) {
                     value.trim()
                 ))),
             },
+            "kv_quota_tokens" => match value.trim().parse::<usize>() {
+                Ok(tokens) if KV_QUOTA_RANGE.contains(&tokens) => config.kv_quota_tokens = Some(tokens),
+                _ => problems.push(problem(alloc::format!(
+                    "kv_quota_tokens must be a whole number of tokens from {} to {}, got {:?}",
+                    KV_QUOTA_RANGE.start(),
+                    KV_QUOTA_RANGE.end(),
+                    value.trim()
+                ))),
+            },
             other => problems.push(problem(alloc::format!("unknown key {other:?}"))),
         }
     }
@@ -74,6 +89,19 @@ mod tests {
         assert_eq!(lines, [4, 5, 6]);
         assert_eq!(problems[0].to_string(), "/tessera.cfg line 4: unknown key \"speed\"");
         assert_eq!(parse("").0, CardConfig::default());
+    }
+
+    #[test]
+    fn reads_the_kv_quota() {
+        let (config, problems) = parse("kv_quota_tokens = 256\n");
+        assert_eq!(config.kv_quota_tokens, Some(256));
+        assert!(problems.is_empty());
+        for bad in ["kv_quota_tokens = 8", "kv_quota_tokens = lots", "kv_quota_tokens = -1"] {
+            let (config, problems) = parse(bad);
+            assert_eq!(config.kv_quota_tokens, None, "{bad}");
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert!(problems[0].message.starts_with("kv_quota_tokens must be"), "{}", problems[0]);
+        }
     }
 
     proptest! {

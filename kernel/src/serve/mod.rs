@@ -3,11 +3,14 @@
 pub mod chat;
 pub mod config;
 pub mod desk;
+pub mod governor;
 pub mod library;
 pub mod line;
 pub mod loader;
+pub mod pressure;
 pub mod protocol;
 pub mod ring;
+pub mod scheduler;
 pub mod server;
 pub mod transmit;
 

@@ -7,9 +7,12 @@ use super::{
     chat::{Generation, GenerationSettings, ServedModel, Step},
     config::{self, CardConfig},
     desk::{CancelRequest, ControlDesk, Input, ServingCpus},
+    governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH, step_traffic},
     library::{StagedLoad, list_models, load_model},
     loader::progress_line,
+    pressure::WeightsEvictor,
     protocol::{self, Event, Operation, Timings, Usage},
+    scheduler::{BatchRelief, Preemptor, Scheduled, SlotStep},
 };
 use crate::{
     boot_info::BootInfo,
@@ -17,10 +20,10 @@ use crate::{
     hil::{BlockDevice, Clock, Console, Cpus, SingleCpu},
     mm::{
         buffer::{BackedMemory, TensorBuffer},
-        kv::{KvBlockPool, PagedKv, floats_per_block},
+        kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
         layout::RegionKind,
     },
-    telemetry::{self, EventKind, ShortName, TRACE},
+    telemetry::{self, ByteRate, EventKind, PressureLevel, ShortName, TRACE},
 };
 use alloc::{
     collections::VecDeque,
@@ -32,7 +35,8 @@ use core::fmt::Write;
 
 /// Positions per KV block.
 pub const KV_BLOCK_TOKENS: usize = 16;
-/// Most positions one conversation turn may use (its KV quota).
+/// Most positions one conversation turn may use (its KV quota) unless `tessera.cfg` sets
+/// `kv_quota_tokens`.
 pub const KV_QUOTA_TOKENS: usize = 1024;
 
 /// Facts the board measures that the console reports.
@@ -56,6 +60,23 @@ struct Pending {
     prompt: String,
     settings: GenerationSettings,
     arrived_ns: u64,
+}
+
+/// A running sequence of the batch: ranked by arrival, the earliest preempted last.
+impl<'w, 'f, 'p, 'm> Scheduled<'w, 'f, 'p, 'm>
+    for (Pending, Generation<'w, 'f, PagedKv<'p, 'm>>, Option<u64>)
+{
+    fn generation(&self) -> &Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &self.1
+    }
+
+    fn generation_mut(&mut self) -> &mut Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &mut self.1
+    }
+
+    fn priority(&self) -> u64 {
+        self.0.arrived_ns
+    }
 }
 
 /// The model being served, shared with the batches that use it (a batch keeps the model it
@@ -102,6 +123,10 @@ pub struct Server<'a, D: BlockDevice> {
     recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     last_swap_pause_ns: Option<(u64, u64)>,
+    /// Bandwidth, throttle and memory pressure (see [`Governor`]).
+    governor: Governor<'a>,
+    /// The hook that frees unused model weights under memory pressure, if one is set.
+    weights_evictor: Option<alloc::boxed::Box<dyn WeightsEvictor + 'a>>,
 }
 
 /// Bytes of a background load read between two rounds of tokens.
@@ -157,7 +182,25 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
+            governor: Governor::new(clock, SERVER_BANDWIDTH),
+            weights_evictor: None,
         }
+    }
+
+    /// Sets the hook the memory-pressure manager calls to evict model weights nothing uses.
+    pub fn set_weights_evictor(&mut self, evictor: alloc::boxed::Box<dyn WeightsEvictor + 'a>) {
+        self.weights_evictor = Some(evictor);
+    }
+
+    /// Counts an action of the memory-pressure manager (`/stats`) and traces it (`/trace`).
+    fn pressure_action(&self, level: PressureLevel) {
+        self.desk.counters().record_pressure(level);
+        telemetry::record(EventKind::PressureAction { level });
+    }
+
+    /// Bandwidth and memory-pressure facts, read-only (for `/stats`).
+    pub fn memory_statistics(&self) -> MemoryStatistics {
+        self.governor.statistics()
     }
 
     fn say(&self, text: &str) {
@@ -603,6 +646,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             counters.deadline_ns / 1_000_000,
             alloc::format!("{counters}").replace('\n', "\r\n"),
         );
+        let memory = self.governor.statistics();
+        let _ = write!(
+            text,
+            "bandwidth    {} now, {} peak (estimated per forward pass); batch halved {}x\r\n",
+            ByteRate(memory.current_bandwidth),
+            ByteRate(memory.peak_bandwidth),
+            memory.throttle_level,
+        );
         text
     }
 
@@ -753,10 +804,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let pool = match self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
             Some((_, pool)) => Arc::clone(pool),
             None => {
-                let kv_region = self.info.plan.region(RegionKind::KvCache).size as usize;
+                let kv_region = self.info.plan.region(RegionKind::KvCache).size;
                 // The old pool (and its cached blocks) goes once no batch uses it.
                 self.kv_pool = None;
-                match KvBlockPool::new(self.memory, block_floats, kv_region / (block_floats * 4)) {
+                match KvBlockPool::new(self.memory, block_floats, blocks_in_region(kv_region, block_floats)) {
                     Ok(pool) => {
                         let pool = Arc::new(pool);
                         self.kv_pool = Some((block_floats, Arc::clone(&pool)));
@@ -780,13 +831,21 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
                 (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
             });
-        let capacity = config.context_length.min(KV_QUOTA_TOKENS);
+        // The per-request quota; never more than the whole pool, so a request fits alone.
+        let pool_positions = pool.limit_blocks() / config.layers.max(1) * KV_BLOCK_TOKENS;
+        let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
+        let capacity = config.context_length.min(quota).min(pool_positions);
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
+        let mut preemptor = Preemptor::new(&pool, model_identity);
+        let thresholds = self.governor.track_pool(pool.limit_blocks());
+        preemptor.set_resume_limit(thresholds.preempt_blocks);
         let mut round_start = self.clock.now_ns();
         loop {
-            // Admit waiting requests while the batch's model is still the active one. Only one
-            // human answer streams at a time, so line-mode text never interleaves.
-            let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, &model));
+            // Admit waiting requests while the batch's model is still the active one and no
+            // preempted sequence waits for memory. Only one human answer streams at a time, so
+            // line-mode text never interleaves.
+            let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, &model))
+                && !preemptor.any_waiting(&active);
             let mut index = 0;
             while same_model && index < self.pending.len() {
                 let human_busy = active.iter().any(|(pending, ..)| pending.origin == Origin::Human);
@@ -795,6 +854,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     continue;
                 }
                 let Some(request) = self.pending.remove(index) else { break };
+                if let Err(error) = self.governor.admit(pool.statistics().blocks_in_use) {
+                    self.pressure_action(PressureLevel::RejectRequests);
+                    self.reply_error(request.origin, &alloc::format!("{error}"));
+                    continue;
+                }
                 let Some(kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, capacity)
                 else {
                     self.reply_error(request.origin, "KV cache shape");
@@ -828,9 +892,17 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     .filter(|(pending, ..)| pending.origin == origin)
                     .for_each(|(_, generation, _)| generation.cancel());
             }
+            // Fewer sequences per round while bandwidth stays high; then memory pressure.
+            preemptor.set_batch_limit(self.governor.batch_limit(active.len()));
+            let weights =
+                self.weights_evictor.as_deref_mut().map(|evictor| evictor as &mut dyn WeightsEvictor);
+            let mut relief = BatchRelief { preemptor: &mut preemptor, sequences: &mut active, weights };
+            for level in self.governor.relieve(&mut relief) {
+                self.pressure_action(level);
+            }
             let mut finished = Vec::new();
-            for (slot, (request, generation, first_token_ns)) in active.iter_mut().enumerate() {
-                let was_prompt = generation.in_prompt();
+            for slot in 0..active.len() {
+                let was_prompt = active[slot].1.in_prompt();
                 // The console is served at every matmul checkpoint of this forward pass.
                 let cpus = ServingCpus {
                     inner: self.cpus,
@@ -838,7 +910,25 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     console: self.console,
                     clock: self.clock,
                 };
-                let step = generation.step(&cpus);
+                let preempted = preemptor.statistics().preemptions;
+                let step = match preemptor.step(&mut active, slot, &cpus) {
+                    Ok(SlotStep::Waiting) => None,
+                    Ok(SlotStep::Ran(step)) => Some(Ok(step)),
+                    Err(error) => Some(Err(error)),
+                };
+                for _ in preempted..preemptor.statistics().preemptions {
+                    self.governor.count_exhaustion_preemption();
+                    self.pressure_action(PressureLevel::Preempt);
+                }
+                let Some(step) = step else { continue };
+                let (request, generation, first_token_ns) = &mut active[slot];
+                let position = generation.history().len();
+                self.governor.count_step(step_traffic(
+                    model.size() as u64,
+                    config.layers,
+                    config.kv_dim(),
+                    position,
+                ));
                 let now = self.clock.now_ns();
                 if !was_prompt && first_token_ns.is_none() {
                     *first_token_ns = Some(now);

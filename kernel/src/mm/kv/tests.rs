@@ -425,3 +425,124 @@ fn only_written_blocks_are_published_and_lookups_check_the_tokens() {
     assert_eq!(other.with_prefix(3, &[1, 2, 3]), 0);
     assert_eq!(other.blocks_held(), 0);
 }
+
+/// Single-head attention of `query` over the first `positions` rows of `layer`.
+fn attend(kv: &dyn KvStore, layer: usize, positions: usize, query: &[f32]) -> Vec<f32> {
+    let scale = 1.0 / (query.len() as f32).sqrt();
+    let mut scores: Vec<f32> = (0..positions)
+        .map(|position| kv.key(layer, position).iter().zip(query).map(|(k, q)| k * q).sum::<f32>() * scale)
+        .collect();
+    crate::infer::kernels::softmax(&mut scores);
+    let mut out = vec![0.0; query.len()];
+    for (position, weight) in scores.iter().enumerate() {
+        for (slot, value) in out.iter_mut().zip(kv.value(layer, position)) {
+            *slot += weight * value;
+        }
+    }
+    out
+}
+
+#[test]
+fn int8_compression_frees_blocks_and_stays_close() {
+    let spec = SyntheticSpec {
+        dim: 64,
+        hidden_dim: 96,
+        layers: 3,
+        heads: 4,
+        kv_heads: 2,
+        vocab_size: 300,
+        context_length: 128,
+        tied: true,
+        seed: 8,
+    };
+    let generated = spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap();
+    let model = ModelFile::parse(&generated.model).unwrap();
+    let config = model.weights.config;
+    let tokens: Vec<u32> = (0..100).map(|index| (index * 53 % 300) as u32).collect();
+    let memory = host_backed_memory(64 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(16, config.kv_dim()), 1000).unwrap();
+    let mut exact = PagedKv::new(&pool, config.layers, config.kv_dim(), 16, 128).unwrap();
+    let mut squeezed = PagedKv::new(&pool, config.layers, config.kv_dim(), 16, 128).unwrap();
+    let prefix = 90;
+    logits_with(&mut exact, &model, &tokens[..prefix]);
+    logits_with(&mut squeezed, &model, &tokens[..prefix]);
+    let held = squeezed.blocks_held();
+    assert_eq!(held, prefix.div_ceil(16) * config.layers);
+
+    let in_use = pool.statistics().blocks_in_use;
+    let freed = squeezed.compress().unwrap();
+    assert!(squeezed.is_compressed());
+    assert_eq!(freed, held - held.div_ceil(4), "four blocks pack into one");
+    assert_eq!(pool.statistics().blocks_in_use, in_use - freed, "accounting is exact");
+    assert_eq!(squeezed.compress().unwrap(), 0, "compressing twice does nothing");
+    assert_eq!(squeezed.publish(3, &tokens[..prefix]), 0, "inexact blocks are never published");
+
+    squeezed.decompress().unwrap();
+    assert!(!squeezed.is_compressed());
+    assert_eq!(squeezed.blocks_held(), held);
+    assert_eq!(pool.statistics().blocks_in_use, in_use);
+    let mut query_seed = 1u32;
+    for layer in 0..config.layers {
+        // The largest magnitude of a block's keys (or values), which sets its scale.
+        let largest = |values: bool, block: usize| {
+            (block * 16..(block * 16 + 16).min(prefix))
+                .flat_map(|position| {
+                    let row = if values { exact.value(layer, position) } else { exact.key(layer, position) };
+                    row.iter().map(|value| value.abs())
+                })
+                .fold(0.0f32, f32::max)
+        };
+        for position in 0..prefix {
+            let key_bound = largest(false, position / 16) / 127.0 * 0.5 + 1e-6;
+            let value_bound = largest(true, position / 16) / 127.0 * 0.5 + 1e-6;
+            for (a, b) in exact.key(layer, position).iter().zip(squeezed.key(layer, position)) {
+                assert!((a - b).abs() <= key_bound, "key {a} became {b} (bound {key_bound})");
+            }
+            for (a, b) in exact.value(layer, position).iter().zip(squeezed.value(layer, position)) {
+                assert!((a - b).abs() <= value_bound, "value {a} became {b} (bound {value_bound})");
+            }
+        }
+        let query: Vec<f32> = (0..config.kv_dim())
+            .map(|_| {
+                query_seed = query_seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (query_seed >> 16) as f32 / 32_768.0 - 1.0
+            })
+            .collect();
+        let reference = attend(&exact, layer, prefix, &query);
+        let approximate = attend(&squeezed, layer, prefix, &query);
+        let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+        for (a, b) in reference.iter().zip(&approximate) {
+            assert!((a - b).abs() <= 0.02 * scale, "attention output {a} became {b} in layer {layer}");
+        }
+    }
+    // The engine goes on from the decompressed cache with logits close to the exact ones.
+    let expected = logits_from(&mut exact, &model, &tokens, prefix);
+    squeezed.compress().unwrap();
+    let got = logits_from(&mut squeezed, &model, &tokens, prefix);
+    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 0.05 * scale, "logits moved by {worst} of {scale}");
+    drop((exact, squeezed));
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+}
+
+#[test]
+fn a_shared_cache_is_not_compressed_and_truncation_applies_to_compressed_blocks() {
+    let memory = host_backed_memory(64 * MIB);
+    let pool = KvBlockPool::new(memory, floats_per_block(4, 2), 64).unwrap();
+    let mut kv = PagedKv::new(&pool, 1, 2, 4, 64).unwrap();
+    for position in 0..20 {
+        let row = [position as f32, -(position as f32)];
+        kv.write(0, position, &row, &row).unwrap();
+    }
+    let fork = kv.fork();
+    assert_eq!(kv.compress().unwrap(), 0, "shared blocks stay");
+    drop(fork);
+    assert_eq!(kv.compress().unwrap(), 5 - 2);
+    kv.truncate(8);
+    kv.decompress().unwrap();
+    assert_eq!(kv.blocks_held(), 2);
+    assert!((kv.key(0, 7)[0] - 7.0).abs() <= 7.0 / 127.0 * 0.5 + 1e-6);
+    kv.truncate(0);
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+}

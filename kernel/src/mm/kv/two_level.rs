@@ -1,9 +1,12 @@
 //! Two-level (Jenga-style) KV pages for models that mix layer types, such as sliding-window and
 //! full-attention layers with different per-token sizes.
 //!
-//! Each layer group's KV for `block_tokens` positions is one small page. Large pages are
-//! blocks of a [`KvBlockPool`] sized to the least common multiple of the small-page sizes, so a
-//! large page splits exactly into small pages of any one group. A large page serves one group of
+//! Each layer group's KV for a number of positions (its page tokens, by default the same
+//! `block_tokens` for every group) is one small page. Large pages are blocks of a
+//! [`KvBlockPool`] sized to the least common multiple of the small-page sizes, so a large page
+//! splits exactly into small pages of any one group. [`aligned_page_tokens`] gives the smaller
+//! groups more positions per page so that every small page has the same size: a large page is
+//! then one small page, and no sequence keeps a partly used large page per group. A large page serves one group of
 //! one sequence: its small pages all belong to that sequence, and it returns to the pool whole
 //! when its last small page is released. Positions that fall out of a group's sliding window
 //! release their small pages as soon as a whole page is outside the window.
@@ -25,10 +28,35 @@ pub struct LayerGroup {
 /// Values in a large page for `groups` in pages of `block_tokens` positions: the least common
 /// multiple of the small-page sizes. `None` if a size is zero or the multiple overflows.
 pub fn large_page_floats(groups: &[LayerGroup], block_tokens: usize) -> Option<usize> {
-    groups.iter().try_fold(1usize, |multiple, group| {
-        let small = group.floats_per_token.checked_mul(block_tokens).filter(|&small| small > 0)?;
+    large_page_floats_for(groups, &alloc::vec![block_tokens; groups.len()])
+}
+
+/// Values in a large page for `groups` whose small pages hold `page_tokens[g]` positions of
+/// group `g`. `None` if a size is zero, the lengths differ or the multiple overflows.
+pub fn large_page_floats_for(groups: &[LayerGroup], page_tokens: &[usize]) -> Option<usize> {
+    if groups.len() != page_tokens.len() {
+        return None;
+    }
+    groups.iter().zip(page_tokens).try_fold(1usize, |multiple, (group, &tokens)| {
+        let small = group.floats_per_token.checked_mul(tokens).filter(|&small| small > 0)?;
         (multiple / greatest_common_divisor(multiple, small)).checked_mul(small)
     })
+}
+
+/// Positions per small page for each of `groups` so that all small pages are the size of the
+/// largest group's page of `block_tokens` positions: a group whose per-position size divides
+/// that page gets as many positions as fill it; any other group keeps `block_tokens`.
+pub fn aligned_page_tokens(groups: &[LayerGroup], block_tokens: usize) -> Vec<usize> {
+    let largest = groups.iter().map(|group| group.floats_per_token.saturating_mul(block_tokens)).max();
+    groups
+        .iter()
+        .map(|group| match largest {
+            Some(largest) if group.floats_per_token > 0 && largest % group.floats_per_token == 0 => {
+                largest / group.floats_per_token
+            }
+            _ => block_tokens,
+        })
+        .collect()
 }
 
 fn greatest_common_divisor(mut first: usize, mut second: usize) -> usize {
@@ -62,7 +90,8 @@ struct SmallPage {
 pub struct TwoLevelKv<'pool, 'memory> {
     pool: &'pool KvBlockPool<'memory>,
     groups: Vec<LayerGroup>,
-    block_tokens: usize,
+    /// Positions per small page, by group.
+    page_tokens: Vec<usize>,
     /// Large pages by index; `None` once returned to the pool (the index is reused).
     large: Vec<Option<LargePage<'pool, 'memory>>>,
     /// Group `g`'s small page for token block `b` is `tables[g][b]`.
@@ -78,13 +107,24 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
         groups: &[LayerGroup],
         block_tokens: usize,
     ) -> Option<Self> {
-        (block_tokens > 0
-            && !groups.is_empty()
-            && large_page_floats(groups, block_tokens) == Some(pool.floats_per_block()))
+        Self::with_page_tokens(pool, groups, &alloc::vec![block_tokens; groups.len()])
+    }
+
+    /// An empty cache for `groups` whose small pages hold `page_tokens[g]` positions of group
+    /// `g` (see [`aligned_page_tokens`]). The pool's blocks must be
+    /// [`large_page_floats_for`] values.
+    pub fn with_page_tokens(
+        pool: &'pool KvBlockPool<'memory>,
+        groups: &[LayerGroup],
+        page_tokens: &[usize],
+    ) -> Option<Self> {
+        (!groups.is_empty()
+            && page_tokens.iter().all(|&tokens| tokens > 0)
+            && large_page_floats_for(groups, page_tokens) == Some(pool.floats_per_block()))
         .then(|| Self {
             pool,
             groups: groups.to_vec(),
-            block_tokens,
+            page_tokens: page_tokens.to_vec(),
             large: Vec::new(),
             tables: groups.iter().map(|_| Vec::new()).collect(),
             length: 0,
@@ -99,9 +139,9 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
     /// Makes room for the next position in every group, then releases the small pages that
     /// fell wholly out of a sliding window. On running out of memory nothing is appended.
     pub fn append(&mut self) -> Result<(), KvError> {
-        let block = self.length / self.block_tokens;
         let mut taken = Vec::new();
         for group in 0..self.groups.len() {
+            let block = self.length / self.page_tokens[group];
             if self.tables[group].get(block).copied().flatten().is_some() {
                 continue;
             }
@@ -111,10 +151,10 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
                         self.tables[group].resize(block + 1, None);
                     }
                     self.tables[group][block] = Some(page);
-                    taken.push(group);
+                    taken.push((group, block));
                 }
                 Err(error) => {
-                    for group in taken {
+                    for (group, block) in taken {
                         if let Some(page) = self.tables[group][block].take() {
                             self.release_small(page);
                         }
@@ -127,7 +167,7 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
         for group in 0..self.groups.len() {
             let Some(window) = self.groups[group].window else { continue };
             // Blocks wholly before the first position still inside the window.
-            let outside = self.length.saturating_sub(window) / self.block_tokens;
+            let outside = self.length.saturating_sub(window) / self.page_tokens[group];
             for block in 0..outside.min(self.tables[group].len()) {
                 if let Some(page) = self.tables[group][block].take() {
                     self.release_small(page);
@@ -138,7 +178,7 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
     }
 
     /// The values of group `group` for the small page holding `position`, if it is held (in
-    /// range and inside the group's window). Position `p` is at `p % block_tokens` in it.
+    /// range and inside the group's window). Position `p` is at `p % page_tokens(group)` in it.
     pub fn page(&self, group: usize, position: usize) -> Option<&[f32]> {
         let page = self.small_page(group, position)?;
         let small = self.small_floats(group);
@@ -154,6 +194,11 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
         let large = self.large[page.large].as_mut()?;
         let start = page.slot as usize * small;
         large.block.make_mut().ok().map(|values| &mut values[start..start + small])
+    }
+
+    /// Positions per small page of `group`.
+    pub fn page_tokens(&self, group: usize) -> usize {
+        self.page_tokens[group]
     }
 
     /// Large pages held.
@@ -181,11 +226,11 @@ impl<'pool, 'memory> TwoLevelKv<'pool, 'memory> {
         if position >= self.length {
             return None;
         }
-        self.tables.get(group)?.get(position / self.block_tokens).copied().flatten()
+        self.tables.get(group)?.get(position / self.page_tokens[group]).copied().flatten()
     }
 
     fn small_floats(&self, group: usize) -> usize {
-        self.groups[group].floats_per_token * self.block_tokens
+        self.groups[group].floats_per_token * self.page_tokens[group]
     }
 
     /// A free small page of `group`: from one of this sequence's large pages of the group, or
@@ -241,6 +286,12 @@ mod tests {
         assert_eq!(large_page_floats(&[sliding, full], 16), Some(12_288), "3 sliding or 2 full pages");
         assert_eq!(large_page_floats(&[full], 16), Some(6_144));
         assert_eq!(large_page_floats(&[LayerGroup { floats_per_token: 0, window: None }], 16), None);
+        let aligned = aligned_page_tokens(&[sliding, full], 16);
+        assert_eq!(aligned, [24, 16], "24 sliding positions fill a 16-position full page");
+        assert_eq!(large_page_floats_for(&[sliding, full], &aligned), Some(6_144), "one small page");
+        let odd = LayerGroup { floats_per_token: 5, window: None };
+        assert_eq!(aligned_page_tokens(&[odd, full], 16), [16, 16], "5 does not divide 6144");
+        assert_eq!(large_page_floats_for(&[odd, full], &[16]), None);
     }
 
     proptest! {
@@ -252,6 +303,7 @@ mod tests {
             window in 1usize..40,
             block_tokens in 1usize..6,
             appends in 1usize..120,
+            aligned in any::<bool>(),
         ) {
             static MEMORY: std::sync::OnceLock<&'static crate::mm::buffer::BackedMemory> = std::sync::OnceLock::new();
             let memory = *MEMORY.get_or_init(|| host_backed_memory(16 * MIB));
@@ -259,24 +311,27 @@ mod tests {
                 LayerGroup { floats_per_token: 2, window: Some(window) },
                 LayerGroup { floats_per_token: 3, window: None },
             ];
-            let large = large_page_floats(&groups, block_tokens).unwrap();
+            let page_tokens =
+                if aligned { aligned_page_tokens(&groups, block_tokens) } else { alloc::vec![block_tokens; 2] };
+            let large = large_page_floats_for(&groups, &page_tokens).unwrap();
             let pool = KvBlockPool::new(memory, large, 10_000).unwrap();
-            let mut kv = TwoLevelKv::new(&pool, &groups, block_tokens).unwrap();
+            let mut kv = TwoLevelKv::with_page_tokens(&pool, &groups, &page_tokens).unwrap();
             for position in 0..appends {
                 kv.append().unwrap();
                 for group in 0..2 {
-                    let offset = position % block_tokens;
+                    let offset = position % page_tokens[group];
                     let page = kv.page_mut(group, position).unwrap();
                     page[offset * (group + 2)] = position as f32;
                 }
                 let length = position + 1;
                 for (group, layer_group) in groups.iter().enumerate() {
-                    let first_kept = layer_group.window.map_or(0, |window| length.saturating_sub(window) / block_tokens * block_tokens);
+                    let tokens = page_tokens[group];
+                    let first_kept = layer_group.window.map_or(0, |window| length.saturating_sub(window) / tokens * tokens);
                     for earlier in 0..length {
                         let page = kv.page(group, earlier);
                         prop_assert_eq!(page.is_some(), earlier >= first_kept, "group {} position {}", group, earlier);
                         if let Some(page) = page {
-                            prop_assert_eq!(page[earlier % block_tokens * (group + 2)], earlier as f32);
+                            prop_assert_eq!(page[earlier % tokens * (group + 2)], earlier as f32);
                         }
                     }
                 }
