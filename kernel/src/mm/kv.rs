@@ -22,7 +22,10 @@ use super::{
     buffer::{BackedMemory, TensorBuffer},
     tensor::TensorKind,
 };
-use crate::hil::{KvError, KvStore};
+use crate::{
+    hil::{KvError, KvStore},
+    telemetry::{self, EventKind},
+};
 use alloc::{collections::BTreeMap, vec::Vec};
 use core::ptr::NonNull;
 
@@ -233,6 +236,9 @@ impl<'memory> KvBlockPool<'memory> {
             inner.free.push(id);
             evicted += 1;
         }
+        if evicted > 0 {
+            telemetry::record(EventKind::KvEviction { blocks: evicted as u64 });
+        }
         evicted
     }
 
@@ -246,7 +252,7 @@ impl<'memory> PoolInner<'memory> {
     /// chunk, else the least recently used cached one.
     fn take(&mut self, memory: &'memory BackedMemory, floats_per_block: usize) -> Result<u32, KvError> {
         let id = if self.in_use + self.cache.unreferenced >= self.limit_blocks {
-            self.evict_head().ok_or(KvError::OutOfMemory)?
+            self.evict_for_take()?
         } else if let Some(id) = self.free.pop() {
             id
         } else if let Some(mut chunk) = self.new_chunk(memory, floats_per_block) {
@@ -263,7 +269,7 @@ impl<'memory> PoolInner<'memory> {
             self.chunks.push(chunk);
             self.free.pop().ok_or(KvError::OutOfMemory)?
         } else {
-            self.evict_head().ok_or(KvError::OutOfMemory)?
+            self.evict_for_take()?
         };
         self.blocks[id as usize].references = 1;
         self.in_use += 1;
@@ -325,6 +331,13 @@ impl<'memory> PoolInner<'memory> {
         self.unpublish(id);
         self.cache.statistics.evicted_blocks += 1;
         Some(id)
+    }
+
+    /// [`PoolInner::evict_head`] to make room for one new block, traced.
+    fn evict_for_take(&mut self) -> Result<u32, KvError> {
+        let id = self.evict_head().ok_or(KvError::OutOfMemory)?;
+        telemetry::record(EventKind::KvEviction { blocks: 1 });
+        Ok(id)
     }
 
     fn push_tail(&mut self, id: u32) {

@@ -10,6 +10,7 @@
 use super::buddy::BuddyAllocator;
 use super::error::MemError;
 use super::stats::{PoolCounters, PoolStatistics};
+use crate::telemetry::{self, EventKind, ShortName};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -246,6 +247,11 @@ impl<Source: PageSource> SlabDepot<Source> {
         let mut lists = self.lists.lock();
         lists.publish(tally);
         if lists.free[class].is_empty() {
+            // The slow path: a new slab from the page source.
+            telemetry::record(EventKind::AllocationSlowPath {
+                pool: ShortName::new(self.name),
+                bytes: u64::from(self.classes[class]),
+            });
             let slab = self.source.take_pages(SLAB_BYTES)?;
             let Some((slot, 0)) = self.slot_of(slab) else {
                 // The source broke its contract; hand the block back and report it.
@@ -578,6 +584,17 @@ mod tests {
             core.alloc(&depot, 4096),
             Err(MemError::OutOfMemory { pool: "slab", requested: 4096, .. })
         ));
+    }
+
+    #[test]
+    fn carving_a_new_slab_is_traced_as_a_slow_path() {
+        use crate::telemetry::{EventKind, TRACE};
+        let buddy = BuddyAllocator::new("activations", 0, 64 * 1024, 4096, 64 * 1024).unwrap();
+        let depot = SlabDepot::new("slab-traced", spin::Mutex::new(buddy), 16).unwrap();
+        let mut core = CoreSlab::new(&depot, 0);
+        core.alloc(&depot, 48).unwrap();
+        let slow = |event: &crate::telemetry::TraceEvent| matches!(event.kind, EventKind::AllocationSlowPath { pool, bytes: 48 } if pool.as_str() == "slab-traced");
+        assert!(TRACE.snapshot(TRACE.capacity()).iter().any(slow), "the first allocation carved a slab");
     }
 
     #[derive(Clone, Debug)]
