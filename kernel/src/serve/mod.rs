@@ -7,6 +7,7 @@ pub mod library;
 pub mod line;
 pub mod loader;
 pub mod protocol;
+pub mod retire;
 pub mod ring;
 pub mod server;
 

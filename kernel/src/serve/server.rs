@@ -10,6 +10,7 @@ use super::{
     library::{StagedLoad, list_models, load_model},
     loader::progress_line,
     protocol::{self, Event, Operation, Timings, Usage},
+    retire::Retired,
 };
 use crate::{
     boot_info::BootInfo,
@@ -103,14 +104,28 @@ pub struct Server<'a, D: BlockDevice> {
     kv_pool: Option<(usize, Arc<KvBlockPool<'a>>)>,
     /// Gaps between rounds of tokens while a background load ran, in ns.
     swap_gaps: Vec<u64>,
-    /// The most recent gaps between rounds with no load running, in ns.
+    /// The most recent [`RECENT_GAPS`] gaps between rounds with no load running, in ns.
     recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     last_swap_pause_ns: Option<(u64, u64)>,
+    /// Models replaced by a swap, freed a piece at a time between tokens.
+    retired: Retired<TensorBuffer<'a>>,
 }
 
-/// Bytes of a background load read between two rounds of tokens.
-pub const STAGE_BYTES: usize = 256 * 1024;
+/// Least time a background load may work between two rounds of tokens, in ns.
+pub const STAGE_SLICE_NS: u64 = 250_000;
+
+/// Gaps between rounds with no load running that the swap pause's median is taken over (the
+/// most recent ones: a gap grows with the sequence's length).
+pub const RECENT_GAPS: usize = 16;
+
+/// A background load may also take up to this fraction (1/N) of the median gap between rounds,
+/// so a slow model (seconds per token) still loads in a reasonable number of tokens.
+pub const STAGE_SLICE_FRACTION: u64 = 8;
+
+/// Time a background load works per call while nothing is generating, in ns (the console is
+/// polled between calls).
+pub const STAGE_IDLE_SLICE_NS: u64 = 20_000_000;
 
 /// Most requests waiting or running at once; more are refused with an error.
 pub const MAX_REQUESTS: usize = 16;
@@ -163,6 +178,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
+            retired: Retired::default(),
         }
     }
 
@@ -279,6 +295,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             Err(error) => self.load_failed(name, &error),
         }
+        // Nothing is generating: the replaced model can go at once.
+        self.retired.release_unheld();
     }
 
     /// Makes a loaded, validated model the active one and returns the name of the one it
@@ -294,7 +312,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             from: ShortName::new(old.as_deref().unwrap_or("")),
             to: ShortName::new(&model.name),
         });
-        self.model = Some(Arc::new(model));
+        if let Some(replaced) = self.model.replace(Arc::new(model)) {
+            self.retired.retire(replaced);
+        }
         self.statistics.loads += 1;
         old
     }
@@ -336,29 +356,57 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Reads the next piece of a background load; swaps the model in when it is complete.
-    fn advance_staging(&mut self, budget: usize) {
+    /// How long a background load may work between two rounds of tokens: at least
+    /// [`STAGE_SLICE_NS`], at most 1/[`STAGE_SLICE_FRACTION`] of the recent median gap.
+    fn stage_budget_ns(&self) -> u64 {
+        let mut recent: Vec<u64> = self.recent_gaps.iter().copied().collect();
+        recent.sort_unstable();
+        let median = recent.get(recent.len() / 2).copied().unwrap_or(0);
+        (median / STAGE_SLICE_FRACTION).max(STAGE_SLICE_NS)
+    }
+
+    /// Whether a hot-swap is under way: a model is being staged, or a replaced one can be
+    /// freed.
+    fn swap_in_progress(&self) -> bool {
+        self.staging.is_some() || self.retired.has_work()
+    }
+
+    /// Background work between two rounds of tokens, for about `budget_ns`. A staged model that
+    /// is ready is swapped in, and nothing else is done in that round: the swap is a pointer
+    /// exchange. Otherwise the replaced models are freed a piece at a time, then the staged
+    /// load advances (reading, validating, building the tokenizer, in small units).
+    fn background_work(&mut self, budget_ns: u64) {
+        if self.staging.as_ref().is_some_and(StagedLoad::is_ready) {
+            self.advance_staging(0);
+            return;
+        }
+        let deadline = self.clock.now_ns().saturating_add(budget_ns);
+        if self.retired.has_work() && self.retired.work(self.clock, deadline) {
+            return;
+        }
+        self.advance_staging(deadline.saturating_sub(self.clock.now_ns()));
+    }
+
+    /// Works on a background load for `budget_ns`, or swaps it in when it is ready.
+    fn advance_staging(&mut self, budget_ns: u64) {
         let (Some(staging), Ok(volume)) = (&mut self.staging, &mut self.volume) else { return };
-        let outcome = staging.advance(volume, budget);
+        let ready = staging.is_ready();
         let name = String::from(staging.name());
-        match outcome {
-            Ok(false) => {}
-            Ok(true) => {
-                let Some(staged) = self.staging.take() else { return };
-                match staged.finish() {
-                    Ok(model) => {
-                        let old = self.activate(model).unwrap_or_default();
-                        let message =
-                            alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
-                        self.say_line(&message);
-                    }
-                    Err(error) => self.load_failed(&name, &error),
-                }
-            }
-            Err(error) => {
+        if !ready {
+            if let Err(error) = staging.advance(volume, self.clock, budget_ns) {
                 self.staging = None;
                 self.load_failed(&name, &error);
             }
+            return;
+        }
+        let Some(staged) = self.staging.take() else { return };
+        match staged.finish() {
+            Ok(model) => {
+                let old = self.activate(model).unwrap_or_default();
+                let message = alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
+                self.say_line(&message);
+            }
+            Err(error) => self.load_failed(&name, &error),
         }
     }
 
@@ -367,14 +415,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// the gaps just before it (or of its own gaps, when none came before).
     fn record_round_gap(&mut self, gap_ns: u64, staging_before: bool) {
         if !staging_before {
-            if self.recent_gaps.len() == 64 {
+            if self.recent_gaps.len() == RECENT_GAPS {
                 self.recent_gaps.pop_front();
             }
             self.recent_gaps.push_back(gap_ns);
             return;
         }
         self.swap_gaps.push(gap_ns);
-        if self.staging.is_some() {
+        if self.swap_in_progress() {
             return;
         }
         let mut baseline: Vec<u64> = if self.recent_gaps.is_empty() {
@@ -909,8 +957,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 active.swap_remove(slot);
             }
             self.poll_console();
-            let staging_before = self.staging.is_some();
-            self.advance_staging(STAGE_BYTES);
+            let staging_before = self.swap_in_progress();
+            self.background_work(self.stage_budget_ns());
             let now = self.clock.now_ns();
             self.record_round_gap(now.saturating_sub(round_start), staging_before);
             round_start = now;
@@ -938,16 +986,19 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.serve_batch();
                 self.in_batch = false;
                 self.cancels.clear();
+                // No batch holds a replaced model any more.
+                self.retired.release_unheld();
             }
             // With nothing generating, a background load finishes at full speed.
             while self.staging.is_some() && self.pending.is_empty() {
-                self.advance_staging(4 << 20);
+                self.advance_staging(STAGE_IDLE_SLICE_NS);
                 if self.poll_console() {
                     self.say("> ");
                 }
             }
             if self.staging.is_none() {
                 self.swap_gaps.clear();
+                self.retired.release_unheld();
             }
             if handled {
                 self.say("> ");
