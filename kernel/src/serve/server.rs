@@ -415,6 +415,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// the gaps just before it (or of its own gaps, when none came before).
     fn record_round_gap(&mut self, gap_ns: u64, staging_before: bool) {
         if !staging_before {
+            // A swap whose last freeing happened outside a batch ends here.
+            self.report_swap_pause();
             if self.recent_gaps.len() == RECENT_GAPS {
                 self.recent_gaps.pop_front();
             }
@@ -422,7 +424,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return;
         }
         self.swap_gaps.push(gap_ns);
-        if self.swap_in_progress() {
+        if !self.swap_in_progress() {
+            self.report_swap_pause();
+        }
+    }
+
+    /// Reports the pause of the swap whose round gaps were recorded (if any): the longest of
+    /// them minus the median of the gaps just before it (or of its own, when none came before).
+    fn report_swap_pause(&mut self) {
+        if self.swap_gaps.is_empty() {
             return;
         }
         let mut baseline: Vec<u64> = if self.recent_gaps.is_empty() {
@@ -463,7 +473,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         match name {
             "help" => self.say(&HELP.replace('\n', "\r\n")),
             "models" => self.list(),
-            "load" if !argument.is_empty() && self.in_batch => self.stage(argument),
+            // With answers streaming or waiting, the model loads between tokens.
+            "load" if !argument.is_empty() && (self.in_batch || !self.pending.is_empty()) => {
+                self.stage(argument)
+            }
             "load" if !argument.is_empty() => self.load(argument),
             "load" => self.say_line("usage: /load FILE (see /models)"),
             "stats" => {
@@ -997,7 +1010,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 }
             }
             if self.staging.is_none() {
-                self.swap_gaps.clear();
+                // A swap that finished as its batch ended is reported with the gaps it had.
+                self.report_swap_pause();
                 self.retired.release_unheld();
             }
             if handled {
