@@ -104,7 +104,8 @@ pub struct Server<'a, D: BlockDevice> {
     kv_pool: Option<(usize, Arc<KvBlockPool<'a>>)>,
     /// Gaps between rounds of tokens while a background load ran, in ns.
     swap_gaps: Vec<u64>,
-    /// The most recent [`RECENT_GAPS`] gaps between rounds with no load running, in ns.
+    /// The most recent [`RECENT_GAPS`] gaps between rounds, less any load or swap work done in
+    /// them, in ns.
     recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     last_swap_pause_ns: Option<(u64, u64)>,
@@ -115,8 +116,8 @@ pub struct Server<'a, D: BlockDevice> {
 /// Least time a background load may work between two rounds of tokens, in ns.
 pub const STAGE_SLICE_NS: u64 = 250_000;
 
-/// Gaps between rounds with no load running that the swap pause's median is taken over (the
-/// most recent ones: a gap grows with the sequence's length).
+/// Gaps between rounds (less their load or swap work) that the swap pause's median is taken
+/// over: the most recent ones, since a gap grows with the sequence's length.
 pub const RECENT_GAPS: usize = 16;
 
 /// A background load may also take up to this fraction (1/N) of the median gap between rounds,
@@ -410,21 +411,23 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Records the gap since the previous round. Gaps while a background load runs are kept
-    /// apart; when the load is over, the swap pause is the longest of them minus the median of
-    /// the gaps just before it (or of its own gaps, when none came before).
-    fn record_round_gap(&mut self, gap_ns: u64, staging_before: bool) {
+    /// Records the gap since the previous round, `background_ns` of which went to a load or
+    /// swap. Gaps while a swap is under way are kept apart; the round without its background
+    /// work also counts as a plain gap (gaps grow with the sequence, so the median stays
+    /// current). When the swap is over, its pause is the longest of its gaps minus the median
+    /// of the recent plain gaps.
+    fn record_round_gap(&mut self, gap_ns: u64, background_ns: u64, staging_before: bool) {
         if !staging_before {
             // A swap whose last freeing happened outside a batch ends here.
             self.report_swap_pause();
-            if self.recent_gaps.len() == RECENT_GAPS {
-                self.recent_gaps.pop_front();
-            }
-            self.recent_gaps.push_back(gap_ns);
-            return;
+        } else {
+            self.swap_gaps.push(gap_ns);
         }
-        self.swap_gaps.push(gap_ns);
-        if !self.swap_in_progress() {
+        if self.recent_gaps.len() == RECENT_GAPS {
+            self.recent_gaps.pop_front();
+        }
+        self.recent_gaps.push_back(gap_ns.saturating_sub(background_ns));
+        if staging_before && !self.swap_in_progress() {
             self.report_swap_pause();
         }
     }
@@ -971,9 +974,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             self.poll_console();
             let staging_before = self.swap_in_progress();
+            let background_started = self.clock.now_ns();
             self.background_work(self.stage_budget_ns());
             let now = self.clock.now_ns();
-            self.record_round_gap(now.saturating_sub(round_start), staging_before);
+            let background_ns = now.saturating_sub(background_started);
+            self.record_round_gap(now.saturating_sub(round_start), background_ns, staging_before);
             round_start = now;
         }
     }
@@ -1016,7 +1021,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             if handled {
                 self.say("> ");
-            } else {
+            } else if self.pending.is_empty() && self.staging.is_none() {
+                // Requests a batch could not take (they wait for the model swapped in while it
+                // ran) are served next, without waiting for an interrupt.
                 relax();
             }
         }
