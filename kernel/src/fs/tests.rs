@@ -47,6 +47,16 @@ impl<'image> MemoryDevice<'image> {
         bytes
     }
 
+    /// Makes every read that touches `block` fail with `error` (for other modules' tests).
+    pub(crate) fn fail(&mut self, block: u64, error: BlockError) {
+        self.failing.insert(block, error);
+    }
+
+    /// Makes every block readable again.
+    pub(crate) fn heal(&mut self) {
+        self.failing.clear();
+    }
+
     /// Overwrites bytes at an absolute byte offset of the device.
     fn patch(&mut self, offset: u64, bytes: &[u8]) {
         for (index, byte) in bytes.iter().enumerate() {

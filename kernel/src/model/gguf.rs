@@ -458,6 +458,11 @@ impl<'a> GgufFile<'a> {
         }
     }
 
+    /// The whole file.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// Length of the file.
     pub fn file_size(&self) -> usize {
         self.bytes.len()

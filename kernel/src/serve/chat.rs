@@ -59,6 +59,19 @@ impl<Bytes: Deref<Target = [u8]>> ServedModel<Bytes> {
         Ok(Self { name: name.into(), bytes, length, tokenizer })
     }
 
+    /// A model whose first `length` bytes of `bytes` were already validated completely and
+    /// whose `tokenizer` was built from them (and checked against the vocabulary), as a staged
+    /// load does a slice at a time: nothing is parsed here, so making it is cheap.
+    pub(crate) fn from_validated(name: &str, bytes: Bytes, length: usize, tokenizer: Tokenizer) -> Self {
+        let length = length.min(bytes.len());
+        Self { name: name.into(), bytes, length, tokenizer }
+    }
+
+    /// The weights buffer and the tokenizer, taken apart (to free them in pieces).
+    pub(crate) fn into_parts(self) -> (Bytes, Tokenizer) {
+        (self.bytes, self.tokenizer)
+    }
+
     /// Bytes of the model file.
     pub fn size(&self) -> usize {
         self.length

@@ -9,15 +9,16 @@ use super::{
 };
 use crate::{
     fs::{FileLayout, FsError, Volume},
-    hil::BlockDevice,
+    hil::{BlockDevice, Clock},
+    infer::{Tokenizer, tokenizer::TokenizerBuild},
     mm::{
         MemError,
         buffer::{BackedMemory, TensorBuffer},
         tensor::{Pool, TensorKind},
     },
-    model::ModelError,
+    model::{ModelError, ModelErrorKind, ModelFile},
 };
-use alloc::{format, string::String, vec::Vec};
+use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::fmt;
 
 /// The folder models live in.
@@ -141,15 +142,37 @@ pub fn load_model<'memory, D: BlockDevice>(
     ServedModel::new(name, buffer, length, tokenizer.as_deref()).map_err(LibraryError::Invalid)
 }
 
-/// A model being read in the background: a bounded piece per call to
-/// [`StagedLoad::advance`], between generated tokens, into its own weights buffer, while the
-/// active model keeps serving. Nothing changes for the active model until it is complete and
-/// valid.
+/// Bytes read from the card in one unit of a staged load: 8 blocks, one CMD18 when the
+/// clusters are contiguous; about 0.2 ms at a real card's 20 MB/s, so a unit stays well inside
+/// the time a round may spend on a load.
+pub const STAGE_READ_BYTES: usize = 4 * 1024;
+
+/// Tokens or merges added to the tokenizer in one unit of a staged load.
+pub const STAGE_TOKENIZER_UNITS: usize = 64;
+
+/// Where a staged load is.
+enum Stage {
+    /// Reading the file into the weights buffer.
+    Reading,
+    /// The file is in; next: parse and check the header, tensor table and weights shapes.
+    Checking,
+    /// Building the tokenizer, a few tokens or merges per unit; the model's vocabulary size.
+    Tokenizer(Box<TokenizerBuild>, usize),
+    /// Validated, with its tokenizer: ready to swap in.
+    Ready(Tokenizer),
+}
+
+/// A model loaded in the background while the active one keeps serving: every piece of work
+/// (reading the card, validating the file, building the tokenizer) is cut into small units,
+/// and [`StagedLoad::advance`] does units until its time budget is spent, between generated
+/// tokens. When it is ready, [`StagedLoad::finish`] is only an assembly of finished parts, so
+/// the swap itself is a pointer exchange.
 pub struct StagedLoad<'memory> {
     name: String,
     layout: FileLayout,
     buffer: TensorBuffer<'memory>,
     done: u64,
+    stage: Stage,
 }
 
 impl<'memory> StagedLoad<'memory> {
@@ -168,7 +191,7 @@ impl<'memory> StagedLoad<'memory> {
         }
         let layout = file.layout();
         let buffer = weights_buffer(memory, budget, size)?;
-        Ok(Self { name: name.into(), layout, buffer, done: 0 })
+        Ok(Self { name: name.into(), layout, buffer, done: 0, stage: Stage::Reading })
     }
 
     /// The file name.
@@ -181,49 +204,113 @@ impl<'memory> StagedLoad<'memory> {
         (self.done, self.layout.size)
     }
 
-    /// Reads up to `budget` more bytes (rounded to whole blocks). Returns whether the whole
-    /// file is in.
+    /// Whether the model is read, validated and has its tokenizer.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.stage, Stage::Ready(_))
+    }
+
+    /// Does units of work until `budget_ns` of `clock` time has passed (at least one unit).
+    /// Returns whether the model is ready to swap in.
     pub fn advance<D: BlockDevice>(
         &mut self,
         volume: &mut Volume<D>,
-        budget: usize,
+        clock: &dyn Clock,
+        budget_ns: u64,
     ) -> Result<bool, LibraryError> {
-        let size = self.layout.size as usize;
-        if self.done as usize >= size {
-            return Ok(true);
+        let deadline = clock.now_ns().saturating_add(budget_ns);
+        loop {
+            if self.unit(volume)? {
+                return Ok(true);
+            }
+            if clock.now_ns() >= deadline {
+                return Ok(false);
+            }
         }
-        let start = self.done as usize;
-        let end = (start + budget.max(crate::hil::BLOCK_SIZE)).min(size);
-        let mut file = volume.reopen(&self.layout);
-        let read = file.read_at(self.done, &mut self.buffer[start..end]).map_err(LibraryError::Fs)?;
-        if read == 0 {
-            return Err(LibraryError::Load(LoadError::ShortRead {
-                read: self.done,
-                expected: self.layout.size,
-            }));
-        }
-        self.done += read as u64;
-        Ok(self.done as usize >= size)
     }
 
-    /// Validates the complete file and builds the model.
+    /// One bounded unit of work. Returns whether the model is ready.
+    fn unit<D: BlockDevice>(&mut self, volume: &mut Volume<D>) -> Result<bool, LibraryError> {
+        let length = self.layout.size as usize;
+        match &mut self.stage {
+            Stage::Reading => {
+                let start = self.done as usize;
+                let end = (start + STAGE_READ_BYTES).min(length);
+                let mut file = volume.reopen(&self.layout);
+                let read = file.read_at(self.done, &mut self.buffer[start..end]).map_err(LibraryError::Fs)?;
+                if read == 0 {
+                    return Err(LibraryError::Load(LoadError::ShortRead {
+                        read: self.done,
+                        expected: self.layout.size,
+                    }));
+                }
+                self.done += read as u64;
+                if self.done as usize >= length {
+                    self.stage = Stage::Checking;
+                }
+            }
+            Stage::Checking => {
+                let bytes = &self.buffer[..length];
+                if !bytes.starts_with(b"GGUF") {
+                    let mut magic = [0u8; 4];
+                    let head = &bytes[..bytes.len().min(4)];
+                    magic[..head.len()].copy_from_slice(head);
+                    let found = u32::from_le_bytes(magic);
+                    let kind = if self.name.to_ascii_lowercase().ends_with(".gguf") {
+                        ModelErrorKind::BadMagic { found }
+                    } else {
+                        ModelErrorKind::InvalidTokenizer(
+                            "only GGUF models (with their tokenizer) load in the background",
+                        )
+                    };
+                    return Err(LibraryError::Invalid(ModelError::new(0, kind)));
+                }
+                let file = ModelFile::parse(bytes).map_err(LibraryError::Invalid)?;
+                let vocab_size = file.config().vocab_size;
+                let Some(gguf) = &file.gguf else {
+                    return Err(LibraryError::Invalid(ModelError::new(
+                        0,
+                        ModelErrorKind::InvalidTokenizer("a GGUF file without its metadata"),
+                    )));
+                };
+                let build = TokenizerBuild::begin(gguf).map_err(LibraryError::Invalid)?;
+                self.stage = Stage::Tokenizer(Box::new(build), vocab_size);
+            }
+            Stage::Tokenizer(build, vocab_size) => {
+                let bytes = &self.buffer[..length];
+                if build.step(bytes, STAGE_TOKENIZER_UNITS).map_err(LibraryError::Invalid)? {
+                    let vocab_size = *vocab_size;
+                    let Stage::Tokenizer(build, _) = core::mem::replace(&mut self.stage, Stage::Checking)
+                    else {
+                        return Ok(false);
+                    };
+                    let tokenizer = build.finish().map_err(LibraryError::Invalid)?;
+                    if tokenizer.vocab_size() > vocab_size {
+                        return Err(LibraryError::Invalid(ModelError::new(
+                            0,
+                            ModelErrorKind::InvalidTokenizer(
+                                "the tokenizer has more tokens than the model's vocabulary",
+                            ),
+                        )));
+                    }
+                    self.stage = Stage::Ready(tokenizer);
+                }
+            }
+            Stage::Ready(_) => return Ok(true),
+        }
+        Ok(matches!(self.stage, Stage::Ready(_)))
+    }
+
+    /// The validated model, once [`StagedLoad::advance`] returned `true`: an assembly of the
+    /// finished parts, with nothing left to parse or build.
     pub fn finish(self) -> Result<ServedModel<TensorBuffer<'memory>>, LibraryError> {
-        if self.done < self.layout.size {
-            return Err(LibraryError::Load(LoadError::ShortRead {
-                read: self.done,
-                expected: self.layout.size,
-            }));
+        match self.stage {
+            Stage::Ready(tokenizer) => {
+                Ok(ServedModel::from_validated(&self.name, self.buffer, self.layout.size as usize, tokenizer))
+            }
+            _ => {
+                Err(LibraryError::Load(LoadError::ShortRead { read: self.done, expected: self.layout.size }))
+            }
         }
-        if !self.buffer.starts_with(b"GGUF") {
-            return Err(LibraryError::Invalid(crate::model::ModelError::new(
-                0,
-                crate::model::ModelErrorKind::InvalidTokenizer(
-                    "only GGUF models (with their tokenizer) load in the background",
-                ),
-            )));
-        }
-        ServedModel::new(&self.name, self.buffer, self.layout.size as usize, None)
-            .map_err(LibraryError::Invalid)
     }
 }
 
@@ -232,10 +319,32 @@ mod tests {
     use super::*;
     use crate::{
         fs::tests::fat_volume_with,
-        infer::synthetic::{SyntheticFormat, SyntheticSpec},
+        hil::{BlockError, SingleCpu},
+        infer::{
+            ContiguousKv,
+            synthetic::{SyntheticFormat, SyntheticSpec},
+        },
         mm::{buffer::tests::host_backed_memory, layout::MIB},
         model::TensorType,
+        serve::chat::{GenerationSettings, answer},
     };
+    use alloc::string::ToString;
+
+    /// A clock that moves 1 µs every time it is read.
+    #[derive(Default)]
+    struct TickingClock {
+        ticks: core::sync::atomic::AtomicU64,
+    }
+
+    impl Clock for TickingClock {
+        fn ticks(&self) -> u64 {
+            self.ticks.fetch_add(1000, core::sync::atomic::Ordering::Relaxed)
+        }
+
+        fn frequency_hz(&self) -> u64 {
+            1_000_000_000
+        }
+    }
 
     fn model_bytes(seed: u64) -> Vec<u8> {
         let spec = SyntheticSpec {
@@ -245,7 +354,7 @@ mod tests {
             heads: 4,
             kv_heads: 2,
             vocab_size: 320,
-            context_length: 64,
+            context_length: 256,
             tied: true,
             seed,
         };
@@ -267,16 +376,32 @@ mod tests {
             ["good.gguf", "bad.gguf"]
         );
 
+        // With no time budget every advance does exactly one bounded unit: a read of
+        // STAGE_READ_BYTES, the check of the whole file, or STAGE_TOKENIZER_UNITS tokens or
+        // merges.
+        let clock = TickingClock::default();
+        let gguf = crate::model::GgufFile::parse(&good).unwrap();
+        let entries = |key: &str| gguf.array(key).unwrap().unwrap().count;
+        let tokenizer_entries = entries("tokenizer.ggml.tokens") + entries("tokenizer.ggml.merges");
+        let expected_units = good.len().div_ceil(STAGE_READ_BYTES)
+            + 1
+            + tokenizer_entries.div_ceil(STAGE_TOKENIZER_UNITS)
+            + usize::from(tokenizer_entries.is_multiple_of(STAGE_TOKENIZER_UNITS));
         let mut staged = StagedLoad::begin(&mut volume, memory, None, "good.gguf").unwrap();
-        let mut steps = 0;
-        while !staged.advance(&mut volume, 4096).unwrap() {
-            steps += 1;
+        let mut units = 1;
+        while !staged.advance(&mut volume, &clock, 0).unwrap() {
+            units += 1;
         }
-        assert_eq!(steps, good.len().div_ceil(4096) - 1, "one bounded piece per step");
+        assert_eq!(units, expected_units, "one bounded unit per advance");
+        assert!(staged.is_ready());
         let staged = staged.finish().unwrap();
         let direct = load_model(&mut volume, memory, None, "good.gguf", |_, _| {}).unwrap();
         assert_eq!(staged.size(), direct.size());
         assert_eq!(staged.view().unwrap().file.config(), direct.view().unwrap().file.config());
+        let (staged_view, direct_view) = (staged.view().unwrap(), direct.view().unwrap());
+        assert_eq!(staged_view.prompt_tokens("hello there"), direct_view.prompt_tokens("hello there"));
+        assert_eq!(staged_view.tokenizer.vocab_size(), direct_view.tokenizer.vocab_size());
+        drop((staged_view, direct_view));
         drop((staged, direct));
 
         assert!(matches!(
@@ -284,8 +409,11 @@ mod tests {
             Err(LibraryError::Invalid(_))
         ));
         let mut bad_staged = StagedLoad::begin(&mut volume, memory, None, "bad.gguf").unwrap();
-        while !bad_staged.advance(&mut volume, 1 << 20).unwrap() {}
-        assert!(matches!(bad_staged.finish(), Err(LibraryError::Invalid(_))));
+        assert!(matches!(
+            bad_staged.advance(&mut volume, &clock, u64::MAX),
+            Err(LibraryError::Invalid(ModelError { kind: ModelErrorKind::BadMagic { .. }, .. }))
+        ));
+        drop(bad_staged);
         assert!(matches!(
             StagedLoad::begin(&mut volume, memory, None, "none.gguf"),
             Err(LibraryError::Fs(_))
@@ -303,5 +431,116 @@ mod tests {
             Err(LibraryError::NoMemory { .. })
         ));
         drop(one);
+    }
+
+    fn live_weights(memory: &BackedMemory) -> u64 {
+        memory.memory().statistics(Pool::Weights).counters.live_bytes
+    }
+
+    /// The first words of a greedy answer: a model that still serves gives the same ones.
+    fn greedy_answer(model: &ServedModel<TensorBuffer<'_>>) -> String {
+        let view = model.view().unwrap();
+        let config = view.file.config();
+        let mut kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap();
+        let settings = GenerationSettings { max_tokens: 6, ..GenerationSettings::default() };
+        let mut text = String::new();
+        answer(&view, &mut kv, &SingleCpu, "hello", &settings, |piece| text.push_str(piece), || false)
+            .unwrap();
+        text
+    }
+
+    /// Runs a staged load to its end with one unit per call, as the server does between tokens.
+    fn staged_to_end<'memory>(
+        volume: &mut Volume<crate::fs::tests::MemoryDevice<'static>>,
+        memory: &'memory BackedMemory,
+        budget: Option<u64>,
+        name: &str,
+    ) -> Result<ServedModel<TensorBuffer<'memory>>, LibraryError> {
+        let clock = TickingClock::default();
+        let mut staged = StagedLoad::begin(volume, memory, budget, name)?;
+        while !staged.advance(volume, &clock, 0)? {}
+        staged.finish()
+    }
+
+    #[test]
+    fn a_read_failure_at_any_block_of_a_load_is_a_typed_error_that_leaks_nothing() {
+        let (active_bytes, next_bytes) = (model_bytes(5), model_bytes(6));
+        let mut volume =
+            fat_volume_with(&[("/models/active.gguf", &active_bytes), ("/models/next.gguf", &next_bytes)]);
+        let memory = host_backed_memory(64 * MIB);
+        let baseline = live_weights(memory);
+        let active = load_model(&mut volume, memory, None, "active.gguf", |_, _| {}).unwrap();
+        let with_active = live_weights(memory);
+        let answer_before = greedy_answer(&active);
+        let blocks: Vec<u64> = volume
+            .open("/models/next.gguf")
+            .unwrap()
+            .extents()
+            .iter()
+            .flat_map(|extent| extent.first_block..extent.first_block + extent.block_count)
+            .collect();
+        assert_eq!(blocks.len(), next_bytes.len().div_ceil(crate::hil::BLOCK_SIZE));
+        let errors = [BlockError::Timeout, BlockError::DataError, BlockError::Refused(0x0008_0000)];
+        for (index, &block) in blocks.iter().enumerate() {
+            let error = errors[index % errors.len()];
+            volume.device_mut().fail(block, error);
+            let is_read_error = |result: &Result<_, LibraryError>| {
+                let read = match result {
+                    Err(LibraryError::Fs(read) | LibraryError::Load(LoadError::Fs(read))) => read,
+                    _ => return false,
+                };
+                matches!(read, FsError::Read { block: first, count, error: reported }
+                    if (*first..*first + *count).contains(&block) && *reported == error)
+            };
+            let staged = staged_to_end(&mut volume, memory, None, "next.gguf");
+            assert!(is_read_error(&staged), "block {block}: staged load gave {:?}", staged.err());
+            let direct = load_model(&mut volume, memory, None, "next.gguf", |_, _| {});
+            assert!(is_read_error(&direct), "block {block}: direct load gave {:?}", direct.err());
+            let message = direct.err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(message.contains(&alloc::format!("{error}")), "{message}");
+            assert_eq!(
+                live_weights(memory),
+                with_active,
+                "block {block}: the failed load returned its buffer"
+            );
+            volume.device_mut().heal();
+        }
+        assert_eq!(greedy_answer(&active), answer_before, "the active model serves as before");
+        // Healed, the same load succeeds, and serves its own answers.
+        let next = staged_to_end(&mut volume, memory, None, "next.gguf").unwrap();
+        assert_eq!(next.size(), next_bytes.len());
+        drop((next, active));
+        assert_eq!(live_weights(memory), baseline);
+    }
+
+    #[test]
+    fn not_enough_memory_for_two_models_keeps_the_first() {
+        let (first_bytes, second_bytes) = (model_bytes(5), model_bytes(6));
+        let mut volume =
+            fat_volume_with(&[("/models/first.gguf", &first_bytes), ("/models/second.gguf", &second_bytes)]);
+        let memory = host_backed_memory(64 * MIB);
+        let baseline = live_weights(memory);
+        // Room for one model and a half, as tessera.cfg's weights budget would set.
+        let budget = Some(first_bytes.len() as u64 * 3 / 2);
+        let first = staged_to_end(&mut volume, memory, budget, "first.gguf").unwrap();
+        let answer_before = greedy_answer(&first);
+        let held = live_weights(memory);
+        for result in [
+            staged_to_end(&mut volume, memory, budget, "second.gguf"),
+            load_model(&mut volume, memory, budget, "second.gguf", |_, _| {}),
+        ] {
+            let error = result.err().expect("two models do not fit");
+            assert!(
+                matches!(error, LibraryError::NoMemory { needed, .. } if needed == second_bytes.len() as u64)
+            );
+            assert!(error.to_string().starts_with("not enough weights memory for"), "{error}");
+            assert_eq!(live_weights(memory), held);
+        }
+        assert_eq!(greedy_answer(&first), answer_before);
+        drop(first);
+        // With the first one gone the second fits.
+        let second = staged_to_end(&mut volume, memory, budget, "second.gguf").unwrap();
+        drop(second);
+        assert_eq!(live_weights(memory), baseline);
     }
 }

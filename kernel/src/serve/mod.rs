@@ -9,6 +9,7 @@ pub mod line;
 pub mod loader;
 pub mod pressure;
 pub mod protocol;
+pub mod retire;
 pub mod ring;
 pub mod scheduler;
 pub mod server;

@@ -12,6 +12,7 @@ use super::{
     loader::progress_line,
     pressure::WeightsEvictor,
     protocol::{self, Event, Operation, Timings, Usage},
+    retire::Retired,
     scheduler::{BatchRelief, Preemptor, Scheduled, SlotStep},
 };
 use crate::{
@@ -119,7 +120,8 @@ pub struct Server<'a, D: BlockDevice> {
     kv_pool: Option<(usize, Arc<KvBlockPool<'a>>)>,
     /// Gaps between rounds of tokens while a background load ran, in ns.
     swap_gaps: Vec<u64>,
-    /// The most recent gaps between rounds with no load running, in ns.
+    /// The most recent [`RECENT_GAPS`] gaps between rounds, less any load or swap work done in
+    /// them, in ns.
     recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     last_swap_pause_ns: Option<(u64, u64)>,
@@ -127,10 +129,24 @@ pub struct Server<'a, D: BlockDevice> {
     governor: Governor<'a>,
     /// The hook that frees unused model weights under memory pressure, if one is set.
     weights_evictor: Option<alloc::boxed::Box<dyn WeightsEvictor + 'a>>,
+    /// Models replaced by a swap, freed a piece at a time between tokens.
+    retired: Retired<TensorBuffer<'a>>,
 }
 
-/// Bytes of a background load read between two rounds of tokens.
-pub const STAGE_BYTES: usize = 256 * 1024;
+/// Least time a background load may work between two rounds of tokens, in ns.
+pub const STAGE_SLICE_NS: u64 = 250_000;
+
+/// Gaps between rounds (less their load or swap work) that the swap pause's median is taken
+/// over: the most recent ones, since a gap grows with the sequence's length.
+pub const RECENT_GAPS: usize = 16;
+
+/// A background load may also take up to this fraction (1/N) of the median gap between rounds,
+/// so a slow model (seconds per token) still loads in a reasonable number of tokens.
+pub const STAGE_SLICE_FRACTION: u64 = 8;
+
+/// Time a background load works per call while nothing is generating, in ns (the console is
+/// polled between calls).
+pub const STAGE_IDLE_SLICE_NS: u64 = 20_000_000;
 
 /// Most requests waiting or running at once; more are refused with an error.
 pub const MAX_REQUESTS: usize = 16;
@@ -184,6 +200,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             last_swap_pause_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
             weights_evictor: None,
+            retired: Retired::default(),
         }
     }
 
@@ -307,6 +324,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             Err(error) => self.load_failed(name, &error),
         }
+        // Nothing is generating: the replaced model can go at once.
+        self.retired.release_unheld();
     }
 
     /// Makes a loaded, validated model the active one and returns the name of the one it
@@ -322,7 +341,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             from: ShortName::new(old.as_deref().unwrap_or("")),
             to: ShortName::new(&model.name),
         });
-        self.model = Some(Arc::new(model));
+        if let Some(replaced) = self.model.replace(Arc::new(model)) {
+            self.retired.retire(replaced);
+        }
         self.statistics.loads += 1;
         old
     }
@@ -364,45 +385,85 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Reads the next piece of a background load; swaps the model in when it is complete.
-    fn advance_staging(&mut self, budget: usize) {
+    /// How long a background load may work between two rounds of tokens: at least
+    /// [`STAGE_SLICE_NS`], at most 1/[`STAGE_SLICE_FRACTION`] of the recent median gap.
+    fn stage_budget_ns(&self) -> u64 {
+        let mut recent: Vec<u64> = self.recent_gaps.iter().copied().collect();
+        recent.sort_unstable();
+        let median = recent.get(recent.len() / 2).copied().unwrap_or(0);
+        (median / STAGE_SLICE_FRACTION).max(STAGE_SLICE_NS)
+    }
+
+    /// Whether a hot-swap is under way: a model is being staged, or a replaced one can be
+    /// freed.
+    fn swap_in_progress(&self) -> bool {
+        self.staging.is_some() || self.retired.has_work()
+    }
+
+    /// Background work between two rounds of tokens, for about `budget_ns`. A staged model that
+    /// is ready is swapped in, and nothing else is done in that round: the swap is a pointer
+    /// exchange. Otherwise the replaced models are freed a piece at a time, then the staged
+    /// load advances (reading, validating, building the tokenizer, in small units).
+    fn background_work(&mut self, budget_ns: u64) {
+        if self.staging.as_ref().is_some_and(StagedLoad::is_ready) {
+            self.advance_staging(0);
+            return;
+        }
+        let deadline = self.clock.now_ns().saturating_add(budget_ns);
+        if self.retired.has_work() && self.retired.work(self.clock, deadline) {
+            return;
+        }
+        self.advance_staging(deadline.saturating_sub(self.clock.now_ns()));
+    }
+
+    /// Works on a background load for `budget_ns`, or swaps it in when it is ready.
+    fn advance_staging(&mut self, budget_ns: u64) {
         let (Some(staging), Ok(volume)) = (&mut self.staging, &mut self.volume) else { return };
-        let outcome = staging.advance(volume, budget);
+        let ready = staging.is_ready();
         let name = String::from(staging.name());
-        match outcome {
-            Ok(false) => {}
-            Ok(true) => {
-                let Some(staged) = self.staging.take() else { return };
-                match staged.finish() {
-                    Ok(model) => {
-                        let old = self.activate(model).unwrap_or_default();
-                        let message =
-                            alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
-                        self.say_line(&message);
-                    }
-                    Err(error) => self.load_failed(&name, &error),
-                }
-            }
-            Err(error) => {
+        if !ready {
+            if let Err(error) = staging.advance(volume, self.clock, budget_ns) {
                 self.staging = None;
                 self.load_failed(&name, &error);
             }
+            return;
+        }
+        let Some(staged) = self.staging.take() else { return };
+        match staged.finish() {
+            Ok(model) => {
+                let old = self.activate(model).unwrap_or_default();
+                let message = alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
+                self.say_line(&message);
+            }
+            Err(error) => self.load_failed(&name, &error),
         }
     }
 
-    /// Records the gap since the previous round. Gaps while a background load runs are kept
-    /// apart; when the load is over, the swap pause is the longest of them minus the median of
-    /// the gaps just before it (or of its own gaps, when none came before).
-    fn record_round_gap(&mut self, gap_ns: u64, staging_before: bool) {
+    /// Records the gap since the previous round, `background_ns` of which went to a load or
+    /// swap. Gaps while a swap is under way are kept apart; the round without its background
+    /// work also counts as a plain gap (gaps grow with the sequence, so the median stays
+    /// current). When the swap is over, its pause is the longest of its gaps minus the median
+    /// of the recent plain gaps.
+    fn record_round_gap(&mut self, gap_ns: u64, background_ns: u64, staging_before: bool) {
         if !staging_before {
-            if self.recent_gaps.len() == 64 {
-                self.recent_gaps.pop_front();
-            }
-            self.recent_gaps.push_back(gap_ns);
-            return;
+            // A swap whose last freeing happened outside a batch ends here.
+            self.report_swap_pause();
+        } else {
+            self.swap_gaps.push(gap_ns);
         }
-        self.swap_gaps.push(gap_ns);
-        if self.staging.is_some() {
+        if self.recent_gaps.len() == RECENT_GAPS {
+            self.recent_gaps.pop_front();
+        }
+        self.recent_gaps.push_back(gap_ns.saturating_sub(background_ns));
+        if staging_before && !self.swap_in_progress() {
+            self.report_swap_pause();
+        }
+    }
+
+    /// Reports the pause of the swap whose round gaps were recorded (if any): the longest of
+    /// them minus the median of the gaps just before it (or of its own, when none came before).
+    fn report_swap_pause(&mut self) {
+        if self.swap_gaps.is_empty() {
             return;
         }
         let mut baseline: Vec<u64> = if self.recent_gaps.is_empty() {
@@ -443,7 +504,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         match name {
             "help" => self.say(&HELP.replace('\n', "\r\n")),
             "models" => self.list(),
-            "load" if !argument.is_empty() && self.in_batch => self.stage(argument),
+            // With answers streaming or waiting, the model loads between tokens.
+            "load" if !argument.is_empty() && (self.in_batch || !self.pending.is_empty()) => {
+                self.stage(argument)
+            }
             "load" if !argument.is_empty() => self.load(argument),
             "load" => self.say_line("usage: /load FILE (see /models)"),
             "stats" => {
@@ -998,10 +1062,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 active.swap_remove(slot);
             }
             self.poll_console();
-            let staging_before = self.staging.is_some();
-            self.advance_staging(STAGE_BYTES);
+            let staging_before = self.swap_in_progress();
+            let background_started = self.clock.now_ns();
+            self.background_work(self.stage_budget_ns());
             let now = self.clock.now_ns();
-            self.record_round_gap(now.saturating_sub(round_start), staging_before);
+            let background_ns = now.saturating_sub(background_started);
+            self.record_round_gap(now.saturating_sub(round_start), background_ns, staging_before);
             round_start = now;
         }
     }
@@ -1029,20 +1095,26 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.desk.set_generating(false);
                 self.in_batch = false;
                 self.cancels.clear();
+                // No batch holds a replaced model any more.
+                self.retired.release_unheld();
             }
             // With nothing generating, a background load finishes at full speed.
             while self.staging.is_some() && self.pending.is_empty() {
-                self.advance_staging(4 << 20);
+                self.advance_staging(STAGE_IDLE_SLICE_NS);
                 if self.poll_console() {
                     self.say("> ");
                 }
             }
             if self.staging.is_none() {
-                self.swap_gaps.clear();
+                // A swap that finished as its batch ended is reported with the gaps it had.
+                self.report_swap_pause();
+                self.retired.release_unheld();
             }
             if handled {
                 self.say("> ");
-            } else {
+            } else if self.pending.is_empty() && self.staging.is_none() {
+                // Requests a batch could not take (they wait for the model swapped in while it
+                // ran) are served next, without waiting for an interrupt.
                 relax();
             }
         }

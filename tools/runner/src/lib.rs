@@ -3,6 +3,7 @@
 
 pub mod device_tree;
 pub mod fixtures;
+pub mod report;
 
 use std::{
     io::{Read, Write},

@@ -57,6 +57,28 @@ struct TestSpec {
     /// A console script: each step sends text and/or waits for text in the output.
     #[serde(default)]
     step: Vec<Step>,
+    /// Play the steps from number `from` (counting from 1) to the end `times` times in all.
+    repeat: Option<Repeat>,
+    /// A summary to print from the output: `swap_pause` (the kernel's `swap pause:` lines).
+    report: Option<String>,
+}
+
+/// Repetition of the tail of a console script.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Repeat {
+    from: usize,
+    times: usize,
+}
+
+impl TestSpec {
+    /// The console script with its repeated tail played out.
+    fn script(&self) -> Vec<&Step> {
+        let Some(Repeat { from, times }) = &self.repeat else { return self.step.iter().collect() };
+        let split = from.saturating_sub(1).min(self.step.len());
+        let (head, tail) = self.step.split_at(split);
+        head.iter().chain((0..*times).flat_map(|_| tail.iter())).collect()
+    }
 }
 
 /// One step of a console script.
@@ -174,7 +196,7 @@ fn run_test(
     let mut session = Session::start(&spec.machine, image, qemu_args)?;
     let mut cursor = 0;
     let mut script = Ok(());
-    for (index, step) in spec.step.iter().enumerate() {
+    for (index, step) in spec.script().into_iter().enumerate() {
         if let Some(text) = &step.send
             && let Err(error) = session.send(text.as_bytes())
         {
@@ -288,6 +310,11 @@ fn run() -> Result<bool, String> {
         .filter(|spec| options.filter.as_ref().is_none_or(|filter| spec.name.contains(filter.as_str())))
         .filter(|spec| spec.bench == options.bench)
         .collect();
+    if let Some(spec) =
+        selected.iter().find(|spec| spec.report.as_deref().is_some_and(|report| report != "swap_pause"))
+    {
+        return Err(format!("{}: unknown report {:?} (known: swap_pause)", spec.name, spec.report));
+    }
     if options.list {
         for spec in &selected {
             println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
@@ -354,6 +381,11 @@ fn run() -> Result<bool, String> {
             Ok(()) => {
                 passed += 1;
                 println!("test {:<24} ... ok ({seconds:.1} s, {})", spec.name, spec.machine);
+                if spec.report.as_deref() == Some("swap_pause") {
+                    runner::report::swap_pause_table(&result.output)
+                        .iter()
+                        .for_each(|line| println!("{line}"));
+                }
                 if options.verbose {
                     println!("{}", result.output);
                 } else if spec.bench {

@@ -17,15 +17,21 @@ pub const TOKEN_TYPE_CONTROL: i32 = 3;
 /// GGUF token type of a user-defined token, also matched verbatim in text.
 pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
+/// Bytes GPT-2 does not print as themselves, as ranges in byte order: `0x00..=0x20`,
+/// `0x7f..=0xa0` and `0xad`. They are spelled U+0100 onwards, in this order.
+const UNPRINTABLE: [(u8, u8); 3] = [(0x00, 0x20), (0x7f, 0xa0), (0xad, 0xad)];
+
 /// The character GPT-2 uses to spell each byte: printable Latin-1 bytes stand for themselves,
 /// the others are moved to U+0100 onwards in byte order.
 pub fn byte_to_char(byte: u8) -> char {
-    let printable = |byte: u8| matches!(byte, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
-    if printable(byte) {
-        return char::from(byte);
+    let mut shifted = 0u32;
+    for (first, last) in UNPRINTABLE {
+        if (first..=last).contains(&byte) {
+            return char::from_u32(0x100 + shifted + u32::from(byte - first)).unwrap_or('?');
+        }
+        shifted += u32::from(last - first) + 1;
     }
-    let shifted = (0..byte).filter(|earlier| !printable(*earlier)).count() as u32;
-    char::from_u32(0x100 + shifted).unwrap_or('?')
+    char::from(byte)
 }
 
 /// The inverse of [`byte_to_char`].
@@ -35,7 +41,15 @@ pub fn char_to_byte(character: char) -> Option<u8> {
         let byte = code as u8;
         return (byte_to_char(byte) == character).then_some(byte);
     }
-    (0..=255u8).find(|byte| byte_to_char(*byte) == character)
+    let mut index = code - 0x100;
+    for (first, last) in UNPRINTABLE {
+        let count = u32::from(last - first) + 1;
+        if index < count {
+            return Some(first + index as u8);
+        }
+        index -= count;
+    }
+    None
 }
 
 /// A byte-level BPE vocabulary with its merges.
@@ -65,6 +79,108 @@ pub enum BpeError {
     TooManyTokens,
 }
 
+/// A [`BpeTokenizer`] built a piece at a time, so a loader can spread the work over many
+/// short slices: every token first ([`BpeBuilder::push_token`]), then every merge
+/// ([`BpeBuilder::push_merge`]), then [`BpeBuilder::finish`]. Each call does a bounded amount of
+/// work (one map insertion and the token's own bytes).
+#[derive(Clone, Debug)]
+pub struct BpeBuilder {
+    tokens: Vec<String>,
+    token_types: Vec<i32>,
+    ids: BTreeMap<String, u32>,
+    merges: BTreeMap<(u32, u32), (u32, u32)>,
+    merge_count: usize,
+    unknown: Option<u32>,
+    specials: Vec<(String, u32)>,
+    decoded: Vec<Vec<u8>>,
+    joined: String,
+}
+
+impl BpeBuilder {
+    /// An empty vocabulary whose tokens will have `token_types` (GGUF types, may be empty) and
+    /// whose unknown-byte token is `unknown`.
+    pub fn new(token_types: Vec<i32>, unknown: Option<u32>) -> Self {
+        Self {
+            tokens: Vec::new(),
+            token_types,
+            ids: BTreeMap::new(),
+            merges: BTreeMap::new(),
+            merge_count: 0,
+            unknown,
+            specials: Vec::new(),
+            decoded: Vec::new(),
+            joined: String::new(),
+        }
+    }
+
+    fn is_special(&self, id: usize) -> bool {
+        matches!(self.token_types.get(id), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED))
+    }
+
+    /// Tokens added so far.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Adds the next token (ids count up from 0). All tokens come before the first merge.
+    pub fn push_token(&mut self, token: String) -> Result<(), BpeError> {
+        let id = u32::try_from(self.tokens.len()).map_err(|_| BpeError::TooManyTokens)?;
+        let special = self.is_special(id as usize);
+        let decoded = if special {
+            token.as_bytes().to_vec()
+        } else {
+            let mapped: Option<Vec<u8>> = token.chars().map(char_to_byte).collect();
+            mapped.unwrap_or_else(|| token.as_bytes().to_vec())
+        };
+        if special && !token.is_empty() {
+            self.specials.push((token.clone(), id));
+        }
+        self.decoded.push(decoded);
+        self.ids.entry(token.clone()).or_insert(id);
+        self.tokens.push(token);
+        Ok(())
+    }
+
+    /// Adds the next merge ("left right"; earlier merges have priority).
+    pub fn push_merge(&mut self, merge: &str) -> Result<(), BpeError> {
+        let rank = self.merge_count;
+        let (left, right) = merge.split_once(' ').ok_or(BpeError::BadMerge(rank))?;
+        self.joined.clear();
+        self.joined.push_str(left);
+        self.joined.push_str(right);
+        let lookup = |text: &str| self.ids.get(text).copied().ok_or(BpeError::BadMerge(rank));
+        let key = (lookup(left)?, lookup(right)?);
+        let merged = lookup(&self.joined)?;
+        self.merges.entry(key).or_insert((rank as u32, merged));
+        self.merge_count += 1;
+        Ok(())
+    }
+
+    /// The finished tokenizer (the byte table and the specials' order: 256 lookups and a sort
+    /// of the special tokens).
+    pub fn finish(mut self) -> BpeTokenizer {
+        let mut byte_tokens = [None; 256];
+        let mut spelled = String::new();
+        for (byte, slot) in byte_tokens.iter_mut().enumerate() {
+            spelled.clear();
+            spelled.push(byte_to_char(byte as u8));
+            *slot = self.ids.get(&spelled).copied();
+        }
+        let unknown = self.unknown.filter(|id| (*id as usize) < self.tokens.len());
+        self.specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        BpeTokenizer {
+            tokens: self.tokens,
+            token_types: self.token_types,
+            ids: self.ids,
+            merges: self.merges,
+            byte_tokens,
+            unknown,
+            specials: self.specials,
+            decoded: self.decoded,
+        }
+    }
+}
+
 impl BpeTokenizer {
     /// Builds the tokenizer from the token strings, their GGUF types (may be empty), the
     /// merges ("left right", highest priority first) and the token standing for bytes that
@@ -75,56 +191,40 @@ impl BpeTokenizer {
         merges: impl Iterator<Item = &'s str>,
         unknown: Option<u32>,
     ) -> Result<Self, BpeError> {
-        if u32::try_from(tokens.len()).is_err() {
-            return Err(BpeError::TooManyTokens);
+        let mut builder = BpeBuilder::new(token_types, unknown);
+        for token in tokens {
+            builder.push_token(token)?;
         }
-        let mut ids = BTreeMap::new();
-        for (id, token) in tokens.iter().enumerate() {
-            ids.entry(token.clone()).or_insert(id as u32);
+        for merge in merges {
+            builder.push_merge(merge)?;
         }
-        let mut byte_tokens = [None; 256];
-        for (byte, slot) in byte_tokens.iter_mut().enumerate() {
-            let mut spelled = String::new();
-            spelled.push(byte_to_char(byte as u8));
-            *slot = ids.get(&spelled).copied();
-        }
-        let unknown = unknown.filter(|id| (*id as usize) < tokens.len());
-        let mut merge_table = BTreeMap::new();
-        let mut joined = String::new();
-        for (rank, merge) in merges.enumerate() {
-            let (left, right) = merge.split_once(' ').ok_or(BpeError::BadMerge(rank))?;
-            joined.clear();
-            joined.push_str(left);
-            joined.push_str(right);
-            let lookup = |text: &str| ids.get(text).copied().ok_or(BpeError::BadMerge(rank));
-            let key = (lookup(left)?, lookup(right)?);
-            merge_table.entry(key).or_insert((rank as u32, lookup(&joined)?));
-        }
-        let is_special = |id: usize| {
-            matches!(token_types.get(id), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED))
-        };
-        let mut specials: Vec<(String, u32)> = (0..tokens.len())
-            .filter(|&id| is_special(id) && !tokens[id].is_empty())
-            .map(|id| (tokens[id].clone(), id as u32))
-            .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let decoded = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, token)| {
-                if is_special(id) {
-                    return token.as_bytes().to_vec();
-                }
-                let mapped: Option<Vec<u8>> = token.chars().map(char_to_byte).collect();
-                mapped.unwrap_or_else(|| token.as_bytes().to_vec())
-            })
-            .collect();
-        Ok(Self { tokens, token_types, ids, merges: merge_table, byte_tokens, unknown, specials, decoded })
+        Ok(builder.finish())
     }
 
     /// Number of tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Frees up to `units` of the tokenizer's allocations (a token, a map entry, ...), so a
+    /// retired tokenizer can be taken apart in short slices. Returns whether nothing is left;
+    /// the tokenizer is unusable once this has been called.
+    pub fn shed(&mut self, units: usize) -> bool {
+        for _ in 0..units {
+            let freed = self.ids.pop_last().is_some()
+                || self.merges.pop_last().is_some()
+                || self.decoded.pop().is_some()
+                || self.tokens.pop().is_some()
+                || self.specials.pop().is_some();
+            if !freed {
+                return true;
+            }
+        }
+        self.ids.is_empty()
+            && self.merges.is_empty()
+            && self.decoded.is_empty()
+            && self.tokens.is_empty()
+            && self.specials.is_empty()
     }
 
     /// The token spelled exactly `text` (as stored in the vocabulary).
@@ -211,9 +311,20 @@ mod tests {
         assert_eq!(byte_to_char(b' '), 'Ġ');
         assert_eq!(byte_to_char(b'\n'), 'Ċ');
         assert_eq!(byte_to_char(b'a'), 'a');
+        // The definition: unprintable bytes are numbered in byte order from U+0100.
+        let printable = |byte: u8| matches!(byte, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
         for byte in 0..=255u8 {
+            let expected = if printable(byte) {
+                char::from(byte)
+            } else {
+                char::from_u32(0x100 + (0..byte).filter(|earlier| !printable(*earlier)).count() as u32)
+                    .unwrap()
+            };
+            assert_eq!(byte_to_char(byte), expected);
             assert_eq!(char_to_byte(byte_to_char(byte)), Some(byte));
         }
+        assert_eq!(char_to_byte('\u{144}'), None);
+        assert_eq!(char_to_byte('\u{7f}'), None);
     }
 
     fn small() -> BpeTokenizer {

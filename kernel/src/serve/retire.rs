@@ -1,0 +1,151 @@
+//! Models that were replaced by a hot-swap, freed a small piece at a time between tokens.
+//!
+//! Dropping a served model frees its weights buffer and every allocation of its tokenizer
+//! (tens of thousands for a real vocabulary); done in one go at a token boundary it would stall
+//! generation for that long. A replaced model is retired here instead: its weights go back to
+//! the pool as soon as no batch holds it, and its tokenizer is taken apart in bounded units
+//! within the time a round may spend on background work.
+
+#![forbid(unsafe_code)]
+
+use super::chat::ServedModel;
+use crate::{hil::Clock, infer::Tokenizer};
+use alloc::{sync::Arc, vec::Vec};
+use core::ops::Deref;
+
+/// Allocations of a retired tokenizer freed in one unit.
+pub const SHED_UNITS: usize = 64;
+
+/// Replaced models waiting to be freed.
+pub struct Retired<Bytes: Deref<Target = [u8]>> {
+    /// Models some batch may still use (each is freed once this is the last reference).
+    held: Vec<Arc<ServedModel<Bytes>>>,
+    /// Tokenizers of models whose weights are already freed.
+    shedding: Vec<Tokenizer>,
+}
+
+impl<Bytes: Deref<Target = [u8]>> Default for Retired<Bytes> {
+    fn default() -> Self {
+        Self { held: Vec::new(), shedding: Vec::new() }
+    }
+}
+
+impl<Bytes: Deref<Target = [u8]>> Retired<Bytes> {
+    /// Takes a replaced model; batches still using it keep it alive through their references.
+    pub fn retire(&mut self, model: Arc<ServedModel<Bytes>>) {
+        self.held.push(model);
+    }
+
+    /// Whether anything is waiting to be freed.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.shedding.is_empty()
+    }
+
+    /// Whether something can be freed now (a model no batch holds, or a tokenizer being taken
+    /// apart).
+    pub fn has_work(&self) -> bool {
+        !self.shedding.is_empty() || self.held.iter().any(|model| Arc::strong_count(model) == 1)
+    }
+
+    /// Retired models (held by a batch or being taken apart).
+    pub fn len(&self) -> usize {
+        self.held.len() + self.shedding.len()
+    }
+
+    /// Frees in bounded units (a weights buffer, or [`SHED_UNITS`] tokenizer allocations),
+    /// at least one, until `deadline_ns` of `clock` passes or nothing more can be freed now.
+    /// Returns whether any work was done.
+    pub fn work(&mut self, clock: &dyn Clock, deadline_ns: u64) -> bool {
+        let mut worked = false;
+        while !worked || clock.now_ns() < deadline_ns {
+            if let Some(index) = self.held.iter().position(|model| Arc::strong_count(model) == 1) {
+                let model = self.held.swap_remove(index);
+                if let Ok(model) = Arc::try_unwrap(model) {
+                    let (bytes, tokenizer) = model.into_parts();
+                    drop(bytes);
+                    self.shedding.push(tokenizer);
+                }
+            } else if let Some(tokenizer) = self.shedding.last_mut() {
+                if tokenizer.shed(SHED_UNITS) {
+                    self.shedding.pop();
+                }
+            } else {
+                break;
+            }
+            worked = true;
+        }
+        worked
+    }
+
+    /// Frees everything no batch holds at once (when nothing is generating).
+    pub fn release_unheld(&mut self) {
+        self.held.retain(|model| Arc::strong_count(model) > 1);
+        self.shedding.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        infer::synthetic::{SyntheticFormat, SyntheticSpec},
+        model::TensorType,
+    };
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// Moves 1 µs per read.
+    #[derive(Default)]
+    struct TickingClock(AtomicU64);
+
+    impl Clock for TickingClock {
+        fn ticks(&self) -> u64 {
+            self.0.fetch_add(1000, Ordering::Relaxed)
+        }
+
+        fn frequency_hz(&self) -> u64 {
+            1_000_000_000
+        }
+    }
+
+    fn model() -> ServedModel<Vec<u8>> {
+        let spec = SyntheticSpec {
+            dim: 64,
+            hidden_dim: 96,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            vocab_size: 320,
+            context_length: 64,
+            tied: true,
+            seed: 3,
+        };
+        let bytes = spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).unwrap().model;
+        let length = bytes.len();
+        ServedModel::new("m.gguf", bytes, length, None).unwrap()
+    }
+
+    #[test]
+    fn a_held_model_waits_and_a_free_one_is_taken_apart_in_bounded_units() {
+        let clock = TickingClock::default();
+        let mut retired = Retired::default();
+        let model = Arc::new(model());
+        let batch = Arc::clone(&model);
+        retired.retire(model);
+        // A batch still uses it: nothing can be freed.
+        assert!(!retired.has_work());
+        assert!(!retired.work(&clock, clock.now_ns() + 1_000_000));
+        assert_eq!(retired.len(), 1);
+        drop(batch);
+        assert!(retired.has_work());
+        // Each call with an already passed deadline does one unit: the weights first, then
+        // SHED_UNITS tokenizer allocations at a time.
+        let mut units = 0;
+        while !retired.is_empty() {
+            assert!(retired.work(&clock, 0));
+            units += 1;
+            assert!(units < 10_000);
+        }
+        assert!(units > 2, "the tokenizer came apart in several units, not one");
+        assert!(!retired.work(&clock, u64::MAX));
+    }
+}

@@ -1,0 +1,85 @@
+//! Summaries that benchmark console tests print from the kernel's output.
+
+/// One measured swap: the longest gap between token rounds while the new model was staged and
+/// the median gap before it, in ms, as the kernel's `swap pause:` line reports them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwapPause {
+    /// Longest gap between rounds during the load and swap, ms.
+    pub longest_ms: f64,
+    /// Median gap between rounds with no load running, ms.
+    pub median_ms: f64,
+}
+
+impl SwapPause {
+    /// The pause: longest gap minus median gap, ms.
+    pub fn pause_ms(&self) -> f64 {
+        self.longest_ms - self.median_ms
+    }
+}
+
+/// Every `swap pause: longest gap between tokens X ms, median Y ms, ...` line of `output`.
+pub fn swap_pauses(output: &str) -> Vec<SwapPause> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("swap pause: longest gap between tokens ").nth(1)?;
+            let (longest, rest) = rest.split_once(" ms, median ")?;
+            let (median, _) = rest.split_once(" ms")?;
+            Some(SwapPause {
+                longest_ms: longest.trim().parse().ok()?,
+                median_ms: median.trim().parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The value at quantile `q` (0-1) of sorted `values`, by the nearest-rank rule.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A markdown table of the swap pauses in `output` (count, median, p99 and max pause, and the
+/// median gap between rounds they are measured against).
+pub fn swap_pause_table(output: &str) -> Vec<String> {
+    let swaps = swap_pauses(output);
+    let mut pauses: Vec<f64> = swaps.iter().map(SwapPause::pause_ms).collect();
+    pauses.sort_by(f64::total_cmp);
+    let mut medians: Vec<f64> = swaps.iter().map(|swap| swap.median_ms).collect();
+    medians.sort_by(f64::total_cmp);
+    vec![
+        "| swaps | pause median | pause p99 | pause max | gap between rounds (median) |".to_string(),
+        "|---:|---:|---:|---:|---:|".to_string(),
+        format!(
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+            swaps.len(),
+            quantile(&pauses, 0.5),
+            quantile(&pauses, 0.99),
+            pauses.last().copied().unwrap_or(f64::NAN),
+            quantile(&medians, 0.5),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_swap_pause_lines_and_summarises_them() {
+        let output = "noise\r\nswap pause: longest gap between tokens 3.500 ms, median 3.000 ms, pause 0.500 ms\r\n\
+                      x swap pause: longest gap between tokens 4.000 ms, median 2.000 ms, pause 2.000 ms\r\n\
+                      swap pause: longest gap between tokens bad ms, median 2.000 ms\r\n";
+        let swaps = swap_pauses(output);
+        assert_eq!(swaps.len(), 2);
+        assert_eq!(swaps[1], SwapPause { longest_ms: 4.0, median_ms: 2.0 });
+        assert_eq!(swaps[0].pause_ms(), 0.5);
+        let table = swap_pause_table(output);
+        assert_eq!(table[2], "| 2 | 0.500 ms | 2.000 ms | 2.000 ms | 2.000 ms |");
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+    }
+}
