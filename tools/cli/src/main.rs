@@ -181,6 +181,8 @@ enum PrecisionArgument {
     Float,
     /// Activations quantized to 8 bits, integer dot products (llama.cpp-style, faster).
     Int8,
+    /// Activations quantized to 16 bits, integer dot products.
+    Int16,
 }
 
 impl From<PrecisionArgument> for Precision {
@@ -188,6 +190,7 @@ impl From<PrecisionArgument> for Precision {
         match argument {
             PrecisionArgument::Float => Precision::Float,
             PrecisionArgument::Int8 => Precision::Int8,
+            PrecisionArgument::Int16 => Precision::Int16,
         }
     }
 }
@@ -532,6 +535,7 @@ fn generate(
         match precision {
             Precision::Float => "float",
             Precision::Int8 => "int8",
+            Precision::Int16 => "int16",
         },
         threads,
         if threads == 1 { "" } else { "s" }
