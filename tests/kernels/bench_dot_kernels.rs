@@ -46,12 +46,23 @@ fn main(_info: &'static boot::BootInfo) -> ! {
         ("int8 activations", Input::Quantized(&quantized)),
         ("int16 activations", Input::Quantized16(&wide)),
     ];
-    // The NEON kernels timed here give the scalar kernels' bits.
-    for (name, input) in inputs {
-        for row in matrix.chunks_exact(row_bytes).take(16) {
-            let (simd, scalar) =
-                (dot(TensorType::Q4_1, row, input), dot_scalar(TensorType::Q4_1, row, input));
-            ensure!(simd.to_bits() == scalar.to_bits(), "{name}: NEON {simd} but scalar {scalar}");
+    // The NEON kernels give the scalar kernels' bits: on 16 rows of each quantized type (random
+    // codes, the scales above) at each precision.
+    for (tensor_type, block_bytes) in [(TensorType::Q8_0, 34), (TensorType::Q4_0, 18), (TensorType::Q4_1, 20)]
+    {
+        let mut rows: Vec<u8> =
+            (0..16 * COLUMNS / 32 * block_bytes).map(|_| random.next_u64() as u8).collect();
+        for block in rows.chunks_exact_mut(block_bytes) {
+            block[..4].copy_from_slice(&[0x00, 0x24, 0x00, 0xB0]);
+        }
+        for (name, input) in inputs {
+            for row in rows.chunks_exact(COLUMNS / 32 * block_bytes) {
+                let (simd, scalar) = (dot(tensor_type, row, input), dot_scalar(tensor_type, row, input));
+                ensure!(
+                    simd.to_bits() == scalar.to_bits(),
+                    "{tensor_type:?} {name}: NEON {simd} but scalar {scalar}"
+                );
+            }
         }
     }
     let clock = &bsp::arch::aarch64::timer::GenericTimer;
