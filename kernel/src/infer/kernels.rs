@@ -375,16 +375,19 @@ pub fn dot_q4_1_float(row: &[u8], x: &[f32]) -> f32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// Activations stay f32; weight blocks are expanded as they are read. Matches a
-    /// dequantize-then-multiply reference to float rounding.
-    #[default]
+    /// dequantize-then-multiply reference to float rounding. The fastest on x86_64 hosts
+    /// (AVX2), but about 3 times slower than `Int16` under QEMU, whose TCG emulates float
+    /// NEON in software helpers (docs/BENCHMARKS.md).
     Float,
     /// Activations are quantized to 8 bits per block of 32 and dotted in integers, as
-    /// llama.cpp does: faster, and off by the activation rounding (enough to change
-    /// SmolLM2-135M's greedy answers).
+    /// llama.cpp does: off by the activation rounding, enough to change SmolLM2-135M's
+    /// greedy answers.
     Int8,
     /// Activations are quantized to 16 bits per block of 32 and dotted in integers (exact
-    /// in i32): nearly as fast as `Int8` where float SIMD is slow (under QEMU's TCG), with
-    /// activation rounding 256 times finer.
+    /// in i32), then scaled in f32: within 0.01 of `Float`'s SmolLM2 logits, and under QEMU
+    /// nearly as fast as `Int8`. The default, so that the unikernel and the host CLI compute
+    /// the same bits.
+    #[default]
     Int16,
 }
 
