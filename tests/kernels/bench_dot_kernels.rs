@@ -1,8 +1,9 @@
 //! QEMU benchmark (not a test; `make bench`): how fast the emulated Cortex-A53 runs the
-//! quantized dot-product kernels at each activation precision, on SmolLM2-sized Q4_1 rows
-//! (576 columns, as its attention and FFN-input matrices have), on one core. QEMU's TCG
-//! translates integer NEON into host vector code but floating point through software helpers,
-//! so the ratio here decides which precision serves fastest under emulation.
+//! quantized dot-product kernels at each activation precision (float, int8 and int16), on
+//! SmolLM2-sized Q4_1 rows (576 columns, as its attention and FFN-input matrices have), on one
+//! core. QEMU's TCG translates integer NEON into host vector code but floating point through
+//! software helpers, so the ratios here decide which precision serves fastest under emulation.
+//! Before timing, it checks that the NEON kernels give the scalar kernels' bits on these rows.
 
 #![no_std]
 #![no_main]
@@ -12,7 +13,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use kernel::{
     hil::Clock,
-    infer::kernels::{Input, QuantizedVector, dot},
+    infer::kernels::{Input, QuantizedVector, dot, dot_scalar},
     model::TensorType,
     rand::SplitMix64,
 };
@@ -38,6 +39,32 @@ fn main(_info: &'static boot::BootInfo) -> ! {
     let x: Vec<f32> = (0..COLUMNS).map(|_| (random.next_u64() % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut quantized = QuantizedVector::with_capacity(COLUMNS);
     quantized.quantize(&x);
+    let mut wide = QuantizedVector::with_capacity(COLUMNS);
+    wide.quantize_wide(&x);
+    let inputs = [
+        ("float activations", Input::Float(&x)),
+        ("int8 activations", Input::Quantized(&quantized)),
+        ("int16 activations", Input::Quantized16(&wide)),
+    ];
+    // The NEON kernels give the scalar kernels' bits: on 16 rows of each quantized type (random
+    // codes, the scales above) at each precision.
+    for (tensor_type, block_bytes) in [(TensorType::Q8_0, 34), (TensorType::Q4_0, 18), (TensorType::Q4_1, 20)]
+    {
+        let mut rows: Vec<u8> =
+            (0..16 * COLUMNS / 32 * block_bytes).map(|_| random.next_u64() as u8).collect();
+        for block in rows.chunks_exact_mut(block_bytes) {
+            block[..4].copy_from_slice(&[0x00, 0x24, 0x00, 0xB0]);
+        }
+        for (name, input) in inputs {
+            for row in rows.chunks_exact(COLUMNS / 32 * block_bytes) {
+                let (simd, scalar) = (dot(tensor_type, row, input), dot_scalar(tensor_type, row, input));
+                ensure!(
+                    simd.to_bits() == scalar.to_bits(),
+                    "{tensor_type:?} {name}: NEON {simd} but scalar {scalar}"
+                );
+            }
+        }
+    }
     let clock = &bsp::arch::aarch64::timer::GenericTimer;
     let pass_ns = |input: Input<'_>| {
         let start = clock.now_ns();
@@ -48,21 +75,24 @@ fn main(_info: &'static boot::BootInfo) -> ! {
         (clock.now_ns() - start, total)
     };
     boot::println!("Q4_1 dot products, {ROWS} rows of {COLUMNS}, one core; best of 3 passes:");
-    let mut best = [u64::MAX; 2];
-    let mut totals = [0.0f32; 2];
+    let mut best = [u64::MAX; 3];
+    let mut totals = [0.0f32; 3];
     for _ in 0..3 {
-        for (slot, input) in [Input::Float(&x), Input::Quantized(&quantized)].into_iter().enumerate() {
+        for (slot, (_, input)) in inputs.into_iter().enumerate() {
             let (ns, total) = pass_ns(input);
             best[slot] = best[slot].min(ns);
             totals[slot] = total;
         }
     }
-    for (name, ns) in [("float activations", best[0]), ("int8 activations", best[1])] {
+    for ((name, _), ns) in inputs.iter().zip(best) {
         boot::println!("  {name:<18} {:>8} ns per row", ns / ROWS as u64);
     }
-    boot::println!("  float / int8 time: {:.2}", best[0] as f64 / best[1] as f64);
-    let relative = (totals[0] - totals[1]).abs() / totals[0].abs().max(1.0);
-    ensure!(relative < 0.05, "int8 sum {} strays from float sum {}", totals[1], totals[0]);
+    boot::println!("  float / int8 time:  {:.2}", best[0] as f64 / best[1] as f64);
+    boot::println!("  float / int16 time: {:.2}", best[0] as f64 / best[2] as f64);
+    boot::println!("  int16 / int8 time:  {:.2}", best[2] as f64 / best[1] as f64);
+    let relative = |total: f32| (totals[0] - total).abs() / totals[0].abs().max(1.0);
+    ensure!(relative(totals[1]) < 0.05, "int8 sum {} strays from float sum {}", totals[1], totals[0]);
+    ensure!(relative(totals[2]) < 0.001, "int16 sum {} strays from float sum {}", totals[2], totals[0]);
     boot::println!("dot kernels done");
     pass()
 }

@@ -79,7 +79,7 @@ pub struct State {
 }
 
 impl State {
-    /// Buffers for a model of `weights`' shape, at the default (float) precision.
+    /// Buffers for a model of `weights`' shape, at the default precision ([`Precision::Int16`]).
     pub fn new(weights: &Weights<'_>) -> Self {
         Self::with_precision(weights, Precision::default())
     }

@@ -74,12 +74,15 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Activations quantized to 8 bits in blocks of 32, each with a scale and the sum of its
-/// values (the sum serves Q4_1's minimum term).
+/// Activations quantized in blocks of 32, to 8 bits ([`Self::quantize`]) or 16 bits
+/// ([`Self::quantize_wide`]), each block with a scale and the sum of its values (the sum
+/// serves Q4_1's minimum term). The scales and sums are those of the latest quantization.
 #[derive(Clone, Debug, Default)]
 pub struct QuantizedVector {
     /// The 8-bit values.
     pub values: alloc::vec::Vec<i8>,
+    /// The 16-bit values.
+    pub wide_values: alloc::vec::Vec<i16>,
     /// One scale per block.
     pub scales: alloc::vec::Vec<f32>,
     /// One sum of values per block.
@@ -96,6 +99,7 @@ impl QuantizedVector {
         let blocks = length.div_ceil(BLOCK_VALUES);
         Self {
             values: alloc::vec![0; blocks * BLOCK_VALUES],
+            wide_values: alloc::vec![0; blocks * BLOCK_VALUES],
             scales: alloc::vec![0.0; blocks],
             sums: alloc::vec![0; blocks],
             scaled_sums: alloc::vec![0.0; blocks],
@@ -112,24 +116,43 @@ impl QuantizedVector {
         &self.block_sums[..blocks]
     }
 
-    /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity).
+    /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity) to 8 bits:
+    /// values in −127..=127, scale = max|x| / 127.
     pub fn quantize(&mut self, x: &[f32]) {
-        let blocks = x.chunks_exact(BLOCK_VALUES);
-        let outputs = self.values.chunks_exact_mut(BLOCK_VALUES);
-        let sums = self.sums.iter_mut().zip(&mut self.scaled_sums);
-        for (((block, out), scale), (sum, scaled_sum)) in blocks.zip(outputs).zip(&mut self.scales).zip(sums)
-        {
-            let maximum = block.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
-            *scale = maximum / 127.0;
-            let inverse = if maximum > 0.0 { 127.0 / maximum } else { 0.0 };
-            let mut total = 0i32;
-            for (out, value) in out.iter_mut().zip(block) {
-                *out = roundf(value * inverse) as i8;
-                total += i32::from(*out);
-            }
-            *sum = total;
-            *scaled_sum = *scale * total as f32;
+        let totals = (&mut self.scales[..], &mut self.sums[..], &mut self.scaled_sums[..]);
+        quantize_blocks(x, &mut self.values, totals, 127.0, |value| roundf(value) as i8);
+    }
+
+    /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity) to 16 bits:
+    /// values in −32767..=32767, scale = max|x| / 32767.
+    pub fn quantize_wide(&mut self, x: &[f32]) {
+        let totals = (&mut self.scales[..], &mut self.sums[..], &mut self.scaled_sums[..]);
+        quantize_blocks(x, &mut self.wide_values, totals, 32767.0, |value| roundf(value) as i16);
+    }
+}
+
+/// Quantizes each block of 32 of `x` into `outputs` with `round` (which gets values already
+/// scaled into −`largest`..=`largest`), filling each block's scale, sum and `scale × sum`.
+fn quantize_blocks<T: Copy + Into<i32>>(
+    x: &[f32],
+    outputs: &mut [T],
+    (scales, sums, scaled_sums): (&mut [f32], &mut [i32], &mut [f32]),
+    largest: f32,
+    round: impl Fn(f32) -> T,
+) {
+    let blocks = x.chunks_exact(BLOCK_VALUES).zip(outputs.chunks_exact_mut(BLOCK_VALUES));
+    let totals = scales.iter_mut().zip(sums.iter_mut().zip(scaled_sums));
+    for ((block, out), (scale, (sum, scaled_sum))) in blocks.zip(totals) {
+        let maximum = block.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
+        *scale = maximum / largest;
+        let inverse = if maximum > 0.0 { largest / maximum } else { 0.0 };
+        let mut total = 0i32;
+        for (out, value) in out.iter_mut().zip(block) {
+            *out = round(value * inverse);
+            total += (*out).into();
         }
+        *sum = total;
+        *scaled_sum = *scale * total as f32;
     }
 }
 
@@ -141,8 +164,10 @@ pub enum Input<'a> {
     /// Float activations with every block's [`block_sum_lanes`] computed once for all rows
     /// (Q4_1's minimum terms need them). Gives the same bits as `Float`.
     FloatSummed(&'a [f32], &'a [[f32; 8]]),
-    /// Activations quantized to 8 bits.
+    /// Activations quantized to 8 bits ([`QuantizedVector::quantize`]).
     Quantized(&'a QuantizedVector),
+    /// Activations quantized to 16 bits ([`QuantizedVector::quantize_wide`]).
+    Quantized16(&'a QuantizedVector),
 }
 
 /// The f16 at byte `at` of `bytes`, as f32.
@@ -185,20 +210,23 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// Integer products of one block's 32 codes with its 32 activations, summed into eight
-/// lanes of four consecutive elements (lane k holds elements 4k..4k+4), exactly.
-pub fn block_integer_lanes(codes: &[i32; 32], activations: &[i8]) -> [i32; 8] {
+/// Integer products of one block's 32 codes with its 32 activations (8 or 16 bits), summed
+/// into eight lanes of four consecutive elements (lane k holds elements 4k..4k+4), exactly:
+/// even at 16 bits a lane is at most 4 × 128 × 32767 < 2^24 in magnitude, and a whole block
+/// 32 × 128 × 32767 < 2^31.
+pub fn block_integer_lanes<T: Copy + Into<i32>>(codes: &[i32; 32], activations: &[T]) -> [i32; 8] {
     core::array::from_fn(|lane| {
-        (4 * lane..4 * lane + 4).map(|index| codes[index] * i32::from(activations[index])).sum()
+        (4 * lane..4 * lane + 4).map(|index| codes[index] * activations[index].into()).sum()
     })
 }
 
-/// Dot product of a row of blocks with 8-bit activations. Each block adds
-/// `weight scale × activation scale × integer lane` to an eight-lane accumulator; Q4_1's
-/// minimum terms (`minimum × activation scale × block sum`) gather in a separate scalar.
-/// The SIMD paths follow the same order.
-fn dot_blocks_int8(
+/// Dot product of a row of blocks with integer activations `values` (8 or 16 bits) whose
+/// scales and sums are `x`'s. Each block adds `weight scale × activation scale × integer
+/// lane` to an eight-lane accumulator; Q4_1's minimum terms (`minimum × activation scale ×
+/// block sum`) gather in a separate scalar. The SIMD paths follow the same order.
+fn dot_blocks_integer<T: Copy + Into<i32>>(
     row: &[u8],
+    values: &[T],
     x: &QuantizedVector,
     block_bytes: usize,
     codes: impl Fn(&[u8]) -> [i32; 32],
@@ -207,7 +235,7 @@ fn dot_blocks_int8(
     let mut accumulator = [0.0f32; 8];
     let mut minimum_total = 0.0f32;
     let blocks =
-        row.chunks_exact(block_bytes).zip(x.values.chunks_exact(32)).zip(x.scales.iter().zip(&x.scaled_sums));
+        row.chunks_exact(block_bytes).zip(values.chunks_exact(32)).zip(x.scales.iter().zip(&x.scaled_sums));
     for ((block, activations), (scale, scaled_sum)) in blocks {
         let lanes = block_integer_lanes(&codes(block), activations);
         let factor = half(block, 0) * scale;
@@ -221,19 +249,37 @@ fn dot_blocks_int8(
     reduce_lanes(accumulator) + minimum_total
 }
 
-/// Dot product of a Q8_0 row with quantized activations.
+/// Dot product of a row of `tensor_type` (Q8_0, Q4_0 or Q4_1; others yield 0) with integer
+/// activations `values` (`x.values` or `x.wide_values`).
+fn dot_integer<T: Copy + Into<i32>>(
+    tensor_type: TensorType,
+    row: &[u8],
+    values: &[T],
+    x: &QuantizedVector,
+) -> f32 {
+    match tensor_type {
+        TensorType::Q8_0 => dot_blocks_integer(row, values, x, 34, codes_q8_0, None),
+        TensorType::Q4_0 => dot_blocks_integer(row, values, x, 18, |block| codes_nibbles(block, 2, 8), None),
+        TensorType::Q4_1 => {
+            dot_blocks_integer(row, values, x, 20, |block| codes_nibbles(block, 4, 0), Some(2))
+        }
+        TensorType::F32 | TensorType::F16 => 0.0,
+    }
+}
+
+/// Dot product of a Q8_0 row with 8-bit activations.
 pub fn dot_q8_0(row: &[u8], x: &QuantizedVector) -> f32 {
-    dot_blocks_int8(row, x, 34, codes_q8_0, None)
+    dot_integer(TensorType::Q8_0, row, &x.values, x)
 }
 
-/// Dot product of a Q4_0 row with quantized activations.
+/// Dot product of a Q4_0 row with 8-bit activations.
 pub fn dot_q4_0(row: &[u8], x: &QuantizedVector) -> f32 {
-    dot_blocks_int8(row, x, 18, |block| codes_nibbles(block, 2, 8), None)
+    dot_integer(TensorType::Q4_0, row, &x.values, x)
 }
 
-/// Dot product of a Q4_1 row with quantized activations.
+/// Dot product of a Q4_1 row with 8-bit activations.
 pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
-    dot_blocks_int8(row, x, 20, |block| codes_nibbles(block, 4, 0), Some(2))
+    dot_integer(TensorType::Q4_1, row, &x.values, x)
 }
 
 /// Products `codes[i] × x[i]` of one block of 32, summed into eight lanes: lane j adds the
@@ -329,12 +375,20 @@ pub fn dot_q4_1_float(row: &[u8], x: &[f32]) -> f32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// Activations stay f32; weight blocks are expanded as they are read. Matches a
-    /// dequantize-then-multiply reference to float rounding.
-    #[default]
+    /// dequantize-then-multiply reference to float rounding. The fastest on x86_64 hosts
+    /// (AVX2), but about 3 times slower than `Int16` under QEMU, whose TCG emulates float
+    /// NEON in software helpers (docs/BENCHMARKS.md).
     Float,
     /// Activations are quantized to 8 bits per block of 32 and dotted in integers, as
-    /// llama.cpp does: faster, and off by the activation rounding.
+    /// llama.cpp does: off by the activation rounding, enough to change SmolLM2-135M's
+    /// greedy answers.
     Int8,
+    /// Activations are quantized to 16 bits per block of 32 and dotted in integers (exact
+    /// in i32), then scaled in f32: within 0.01 of `Float`'s SmolLM2 logits, and under QEMU
+    /// nearly as fast as `Int8`. The default, so that the unikernel and the host CLI compute
+    /// the same bits.
+    #[default]
+    Int16,
 }
 
 /// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
@@ -357,16 +411,14 @@ pub fn dot_scalar(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 
         (TensorType::Q8_0, Input::Float(x)) => dot_q8_0_float(row, x),
         (TensorType::Q4_0, Input::Float(x)) => dot_q4_0_float(row, x),
         (TensorType::Q4_1, Input::Float(x)) => dot_q4_1_float(row, x),
-        (TensorType::Q8_0, Input::Quantized(x)) => dot_q8_0(row, x),
-        (TensorType::Q4_0, Input::Quantized(x)) => dot_q4_0(row, x),
-        (TensorType::Q4_1, Input::Quantized(x)) => dot_q4_1(row, x),
-        (TensorType::F32 | TensorType::F16, Input::Quantized(_)) => 0.0,
+        (_, Input::Quantized(x)) => dot_integer(tensor_type, row, &x.values, x),
+        (_, Input::Quantized16(x)) => dot_integer(tensor_type, row, &x.wide_values, x),
     }
 }
 
 /// Whether rows of `tensor_type` take quantized input at `precision`.
 pub fn takes_quantized_input(tensor_type: TensorType, precision: Precision) -> bool {
-    precision == Precision::Int8
+    precision != Precision::Float
         && matches!(tensor_type, TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1)
 }
 
@@ -389,6 +441,13 @@ mod tests {
             for (index, value) in activations.iter_mut().enumerate() {
                 *value = f32::from(quantized.values[index]) * quantized.scales[index / 32];
             }
+            let mut wide = QuantizedVector::with_capacity(64);
+            wide.quantize_wide(&x);
+            let mut wide_activations = [0.0f32; 64];
+            for (index, value) in wide_activations.iter_mut().enumerate() {
+                *value = f32::from(wide.wide_values[index]) * wide.scales[index / 32];
+                prop_assert!((*value - x[index]).abs() <= wide.scales[index / 32] * 0.51, "half a step off at most");
+            }
             for tensor_type in [TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
                 let mut row = Vec::new();
                 quantize(tensor_type, &weights, &mut row);
@@ -397,7 +456,14 @@ mod tests {
                 let expected: f32 = dequantized.iter().zip(&activations).map(|(a, b)| a * b).sum();
                 let got = dot(tensor_type, &row, Input::Quantized(&quantized));
                 prop_assert!((got - expected).abs() <= 1e-3 * (1.0 + expected.abs()), "{tensor_type:?} {got} {expected}");
+                let expected: f32 = dequantized.iter().zip(&wide_activations).map(|(a, b)| a * b).sum();
+                let got = dot(tensor_type, &row, Input::Quantized16(&wide));
+                prop_assert!((got - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{tensor_type:?} int16 {got} {expected}");
                 let exact: f32 = dequantized.iter().zip(&x).map(|(a, b)| a * b).sum();
+                // Off from float activations by at most the activation rounding: half a step each.
+                let rounding: f32 =
+                    dequantized.iter().enumerate().map(|(index, a)| a.abs() * wide.scales[index / 32] * 0.5).sum();
+                prop_assert!((got - exact).abs() <= rounding + 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} int16 {got} vs float {exact}");
                 let got = dot(tensor_type, &row, Input::Float(&x));
                 prop_assert!((got - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} float {got} {exact}");
             }

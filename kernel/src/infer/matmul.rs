@@ -12,7 +12,8 @@ use crate::model::{Matrix, TensorType};
 pub const MAX_CORES: usize = 8;
 
 /// `out[row] = matrix.row(row) · x` for every row, split into one contiguous band of rows per
-/// core. At [`Precision::Int8`], `x` is first quantized into `scratch` for quantized matrices.
+/// core. At [`Precision::Int8`] and [`Precision::Int16`], `x` is first quantized into `scratch`
+/// for quantized matrices.
 pub fn matvec(
     cpus: &dyn Cpus,
     matrix: &Matrix<'_>,
@@ -22,8 +23,13 @@ pub fn matvec(
     out: &mut [f32],
 ) {
     let input = if takes_quantized_input(matrix.tensor_type, precision) {
-        scratch.quantize(x);
-        Input::Quantized(scratch)
+        if precision == Precision::Int16 {
+            scratch.quantize_wide(x);
+            Input::Quantized16(scratch)
+        } else {
+            scratch.quantize(x);
+            Input::Quantized(scratch)
+        }
     } else if matrix.tensor_type == TensorType::Q4_1 {
         Input::FloatSummed(x, scratch.sum_blocks(x))
     } else {
@@ -112,7 +118,7 @@ mod tests {
             quantize(tensor_type, &values, &mut data);
             let matrix = Matrix { tensor_type, rows: 37, columns: 64, data: &data };
             let mut scratch = QuantizedVector::with_capacity(64);
-            for precision in [Precision::Float, Precision::Int8] {
+            for precision in [Precision::Float, Precision::Int8, Precision::Int16] {
                 let mut single = vec![0.0; 37];
                 matvec(&SingleCpu, &matrix, &x, precision, &mut scratch, &mut single);
                 for cores in [2, 3, 4, 8, 12] {

@@ -61,6 +61,7 @@ fn decoding_allocates_nothing_per_token() {
         (SyntheticFormat::Gguf(TensorType::F32), Precision::Float),
         (SyntheticFormat::Gguf(TensorType::Q4_1), Precision::Float),
         (SyntheticFormat::Gguf(TensorType::Q8_0), Precision::Int8),
+        (SyntheticFormat::Gguf(TensorType::Q4_1), Precision::Int16),
     ] {
         let bytes = spec.generate(format).unwrap().model;
         let model = ModelFile::parse(&bytes).unwrap();
