@@ -125,6 +125,9 @@ pub struct Server<'a, D: BlockDevice> {
     recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     last_swap_pause_ns: Option<(u64, u64)>,
+    /// The board clock when the first token since power-on was generated (boot to first
+    /// token: the generic timer starts at zero with the board).
+    first_token_since_boot_ns: Option<u64>,
     /// Bandwidth, throttle and memory pressure (see [`Governor`]).
     governor: Governor<'a>,
     /// The hook that frees unused model weights under memory pressure, if one is set.
@@ -198,6 +201,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::new(),
             last_swap_pause_ns: None,
+            first_token_since_boot_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
             weights_evictor: None,
             retired: Retired::default(),
@@ -689,6 +693,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
              loads        {} ok, {} failed (old model kept)\r\nrejected     {} lines\r\n\
              interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
              swap pause   {}\r\n\
+             first token  {}\r\n\
              control      {answered} answered mid-generation or idle, {} over the {} ms bound\r\n{}",
             self.active_model().unwrap_or("(none)"),
             statistics.turns,
@@ -705,6 +710,13 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     median as f64 / 1e6
                 ),
                 None => "no swap during generation yet".to_string(),
+            },
+            match self.first_token_since_boot_ns {
+                Some(ns) => alloc::format!(
+                    "{:.3} s after power-on (boot, card, model load, first prompt)",
+                    ns as f64 / 1e9
+                ),
+                None => "none generated yet".to_string(),
             },
             counters.deadline_misses(),
             counters.deadline_ns / 1_000_000,
@@ -996,6 +1008,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 let now = self.clock.now_ns();
                 if !was_prompt && first_token_ns.is_none() {
                     *first_token_ns = Some(now);
+                    self.first_token_since_boot_ns.get_or_insert(now);
                 }
                 match step {
                     Ok(Step::Running(text)) => self.emit_text(request.origin, &text),
