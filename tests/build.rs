@@ -36,17 +36,7 @@ fn main() {
         );
     }
 
-    let spec = SyntheticSpec {
-        dim: 64,
-        hidden_dim: 96,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        vocab_size: 320,
-        context_length: 64,
-        tied: true,
-        seed: 21,
-    };
+    let spec = SyntheticSpec::tiny(64, 21);
     let model = spec.generate(SyntheticFormat::Gguf(TensorType::Q4_1)).expect("synthetic model").model;
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     std::fs::write(Path::new(&out).join("infer-fixture.gguf"), &model).expect("write the fixture");

@@ -45,6 +45,24 @@ pub struct SyntheticSpec {
     pub seed: u64,
 }
 
+impl SyntheticSpec {
+    /// The small model most tests use: 64 wide, a 96-wide feed-forward, 2 layers, 4 query and
+    /// 2 key/value heads, 320 tokens, tied embeddings.
+    pub const fn tiny(context_length: usize, seed: u64) -> Self {
+        Self {
+            dim: 64,
+            hidden_dim: 96,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            vocab_size: 320,
+            context_length,
+            tied: true,
+            seed,
+        }
+    }
+}
+
 /// The file format to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyntheticFormat {

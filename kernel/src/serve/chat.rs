@@ -473,17 +473,7 @@ mod tests {
     };
 
     fn synthetic(format: SyntheticFormat) -> (Vec<u8>, Option<Vec<u8>>) {
-        let spec = SyntheticSpec {
-            dim: 64,
-            hidden_dim: 96,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            vocab_size: 320,
-            context_length: 256,
-            tied: true,
-            seed: 3,
-        };
+        let spec = SyntheticSpec::tiny(256, 3);
         let model = spec.generate(format).unwrap();
         (model.model, model.tokenizer)
     }

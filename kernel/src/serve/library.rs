@@ -347,17 +347,7 @@ mod tests {
     }
 
     fn model_bytes(seed: u64) -> Vec<u8> {
-        let spec = SyntheticSpec {
-            dim: 64,
-            hidden_dim: 96,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            vocab_size: 320,
-            context_length: 256,
-            tied: true,
-            seed,
-        };
+        let spec = SyntheticSpec::tiny(256, seed);
         spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).unwrap().model
     }
 

@@ -108,17 +108,7 @@ mod tests {
     }
 
     fn model() -> ServedModel<Vec<u8>> {
-        let spec = SyntheticSpec {
-            dim: 64,
-            hidden_dim: 96,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            vocab_size: 320,
-            context_length: 64,
-            tied: true,
-            seed: 3,
-        };
+        let spec = SyntheticSpec::tiny(64, 3);
         let bytes = spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).unwrap().model;
         let length = bytes.len();
         ServedModel::new("m.gguf", bytes, length, None).unwrap()

@@ -17,17 +17,7 @@ const MODEL: u64 = 0x5eed;
 const BLOCK_TOKENS: usize = 16;
 
 fn served() -> ServedModel<Vec<u8>> {
-    let spec = SyntheticSpec {
-        dim: 64,
-        hidden_dim: 96,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        vocab_size: 320,
-        context_length: 256,
-        tied: true,
-        seed: 11,
-    };
+    let spec = SyntheticSpec::tiny(256, 11);
     let bytes = spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).unwrap().model;
     ServedModel::new("tiny.gguf", bytes.clone(), bytes.len(), None).unwrap()
 }
