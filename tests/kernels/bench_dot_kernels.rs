@@ -4,6 +4,8 @@
 //! core. QEMU's TCG translates integer NEON into host vector code but floating point through
 //! software helpers, so the ratios here decide which precision serves fastest under emulation.
 //! Before timing, it checks that the NEON kernels give the scalar kernels' bits on these rows.
+//! Run under `-icount` (the `bench_dot_instructions` entry), it also counts each path's
+//! instructions with the PMU.
 
 #![no_std]
 #![no_main]
@@ -90,6 +92,19 @@ fn main(_info: &'static boot::BootInfo) -> ! {
     boot::println!("  float / int8 time:  {:.2}", best[0] as f64 / best[1] as f64);
     boot::println!("  float / int16 time: {:.2}", best[0] as f64 / best[2] as f64);
     boot::println!("  int16 / int8 time:  {:.2}", best[2] as f64 / best[1] as f64);
+    // Under `-icount` the PMU counts instructions: what each path costs a real A53 in work,
+    // whatever TCG makes of it.
+    if systests::pmu::start_counting() {
+        boot::println!("instructions per row (PMU event 0x08 under -icount):");
+        for (name, input) in inputs {
+            let instructions = systests::pmu::count(|| {
+                for row in matrix.chunks_exact(row_bytes) {
+                    core::hint::black_box(dot(TensorType::Q4_1, row, input));
+                }
+            });
+            boot::println!("  {name:<18} {:>8}", instructions as usize / ROWS);
+        }
+    }
     let relative = |total: f32| (totals[0] - total).abs() / totals[0].abs().max(1.0);
     ensure!(relative(totals[1]) < 0.05, "int8 sum {} strays from float sum {}", totals[1], totals[0]);
     ensure!(relative(totals[2]) < 0.001, "int16 sum {} strays from float sum {}", totals[2], totals[0]);
