@@ -107,6 +107,12 @@ bench: deps
 	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
 	$(CARGO) run --release -q -p bench --bin kv-bench | tee docs/bench/kv-bench.md
 	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
+	@if python3 -c 'import llama_cpp' 2>/dev/null; then \
+	  $(CARGO) build --release -q -p cli && \
+	  python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md; \
+	else \
+	  echo "llama.cpp comparison skipped: pip install llama-cpp-python (a source build, about 15 minutes)"; \
+	fi
 
 check: fmt-check clippy
 

@@ -54,6 +54,7 @@ def main():
 
     rows = []
     for name, measure in [
+        ("tessera (int16, the default)", lambda: tessera_rate(args.tessera, args.model, args.tokens, "int16")),
         ("tessera (float activations)", lambda: tessera_rate(args.tessera, args.model, args.tokens, "float")),
         ("tessera (int8 activations)", lambda: tessera_rate(args.tessera, args.model, args.tokens, "int8")),
         ("llama.cpp", lambda: llamacpp_rate(args.model, args.tokens)),
