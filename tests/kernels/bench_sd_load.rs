@@ -2,8 +2,8 @@
 //! with one block per command (CMD17) against Tessera's runs of contiguous blocks (CMD18), both
 //! through Tessera's FAT32 reader, and through embedded-sdmmc 0.10 (the baseline: its volume
 //! manager reads one block per call through a one-block cache). Every pass reads the same first
-//! 32 MiB of the file into the same 1 MiB buffer. Times are the generic timer's, which under `-icount` is virtual
-//! time.
+//! 32 MiB of the file into the same 1 MiB buffer. Times are the generic timer's, which under
+//! `-icount` is virtual time.
 
 #![no_std]
 #![no_main]
