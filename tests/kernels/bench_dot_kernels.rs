@@ -86,23 +86,24 @@ fn main(_info: &'static boot::BootInfo) -> ! {
             totals[slot] = total;
         }
     }
+    boot::println!("| activations | ns per row (wall) | vs int16 |");
+    boot::println!("|---|---:|---:|");
     for ((name, _), ns) in inputs.iter().zip(best) {
-        boot::println!("  {name:<18} {:>8} ns per row", ns / ROWS as u64);
+        boot::println!("| {name} | {} | {:.2} |", ns / ROWS as u64, ns as f64 / best[2] as f64);
     }
-    boot::println!("  float / int8 time:  {:.2}", best[0] as f64 / best[1] as f64);
-    boot::println!("  float / int16 time: {:.2}", best[0] as f64 / best[2] as f64);
-    boot::println!("  int16 / int8 time:  {:.2}", best[2] as f64 / best[1] as f64);
     // Under `-icount` the PMU counts instructions: what each path costs a real A53 in work,
     // whatever TCG makes of it.
     if systests::pmu::start_counting() {
         boot::println!("instructions per row (PMU event 0x08 under -icount):");
+        boot::println!("| activations | instructions per row |");
+        boot::println!("|---|---:|");
         for (name, input) in inputs {
             let instructions = systests::pmu::count(|| {
                 for row in matrix.chunks_exact(row_bytes) {
                     core::hint::black_box(dot(TensorType::Q4_1, row, input));
                 }
             });
-            boot::println!("  {name:<18} {:>8}", instructions as usize / ROWS);
+            boot::println!("| {name} | {} |", instructions as usize / ROWS);
         }
     }
     let relative = |total: f32| (totals[0] - total).abs() / totals[0].abs().max(1.0);

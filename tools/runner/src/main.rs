@@ -389,10 +389,20 @@ fn run() -> Result<bool, String> {
                 if options.verbose {
                     println!("{}", result.output);
                 } else if spec.bench {
+                    // Table rows, and the console lines a script waited for (kernel8's answers),
+                    // unless a report already sums the run up.
+                    let awaited = |line: &str| {
+                        spec.report.is_none()
+                            && spec
+                                .step
+                                .iter()
+                                .filter_map(|step| step.wait_for.as_deref())
+                                .any(|text| line.contains(text))
+                    };
                     result
                         .output
                         .lines()
-                        .filter(|line| line.starts_with('|'))
+                        .filter(|line| line.starts_with('|') || awaited(line))
                         .for_each(|line| println!("{line}"));
                 }
             }
