@@ -29,21 +29,16 @@ fn logits_from(kv: &mut dyn KvStore, model: &ModelFile<'_>, tokens: &[u32], star
     all
 }
 
+/// A three-layer F32 GGUF model of 300 tokens (exact arithmetic, for comparing KV stores).
+fn three_layer_f32_model(context_length: usize, seed: u64) -> Vec<u8> {
+    let spec = SyntheticSpec { layers: 3, vocab_size: 300, ..SyntheticSpec::tiny(context_length, seed) };
+    spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap().model
+}
+
 #[test]
 fn paged_logits_equal_contiguous_for_every_block_size() {
-    let spec = SyntheticSpec {
-        dim: 64,
-        hidden_dim: 96,
-        layers: 3,
-        heads: 4,
-        kv_heads: 2,
-        vocab_size: 300,
-        context_length: 80,
-        tied: true,
-        seed: 5,
-    };
-    let generated = spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap();
-    let model = ModelFile::parse(&generated.model).unwrap();
+    let bytes = three_layer_f32_model(80, 5);
+    let model = ModelFile::parse(&bytes).unwrap();
     let config = model.weights.config;
     let tokens: Vec<u32> = (0..70).map(|index| (index * 37 % 300) as u32).collect();
     let mut contiguous = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap();
@@ -444,19 +439,8 @@ fn attend(kv: &dyn KvStore, layer: usize, positions: usize, query: &[f32]) -> Ve
 
 #[test]
 fn int8_compression_frees_blocks_and_stays_close() {
-    let spec = SyntheticSpec {
-        dim: 64,
-        hidden_dim: 96,
-        layers: 3,
-        heads: 4,
-        kv_heads: 2,
-        vocab_size: 300,
-        context_length: 128,
-        tied: true,
-        seed: 8,
-    };
-    let generated = spec.generate(SyntheticFormat::Gguf(TensorType::F32)).unwrap();
-    let model = ModelFile::parse(&generated.model).unwrap();
+    let bytes = three_layer_f32_model(128, 8);
+    let model = ModelFile::parse(&bytes).unwrap();
     let config = model.weights.config;
     let tokens: Vec<u32> = (0..100).map(|index| (index * 53 % 300) as u32).collect();
     let memory = host_backed_memory(64 * MIB);
