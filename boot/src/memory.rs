@@ -19,7 +19,7 @@ pub fn backed_memory(info: &BootInfo) -> Result<&'static BackedMemory, MemError>
     }
     let config = TensorMemoryConfig {
         cache_line: info.cache_line as u64,
-        cores: info.topology.cores(),
+        topology: info.topology,
         ..Default::default()
     };
     let memory = TensorMemory::new(&info.plan, config)?;

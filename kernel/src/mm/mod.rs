@@ -12,6 +12,7 @@
 //! - [`kv`]: the paged KV cache: fixed-size blocks carved from KV chunks, and per-sequence
 //!   block tables implementing `hil::KvStore`;
 //! - [`tensor`]: `TensorMemory`, which builds them all from a plan and routes by tensor kind;
+//!   the weights, KV and activation pools are per memory node of the topology;
 //! - [`stats`] and [`error`]: counters, histograms, the memory-map report, and `MemError`;
 //! - [`copy`]: `tensor_copy`, and `stage_copy`, which offloads large copies to a
 //!   `hil::CopyEngine` (the DMA engine) while the core computes; and [`buffer`]: owning buffers

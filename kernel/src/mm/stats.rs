@@ -41,6 +41,21 @@ impl PoolCounters {
         self.peak_reserved_bytes = self.peak_reserved_bytes.max(self.reserved_bytes);
     }
 
+    /// These counters plus `other`'s (peaks add up: an upper bound on the combined peak).
+    pub fn combined(&self, other: &PoolCounters) -> PoolCounters {
+        PoolCounters {
+            allocations: self.allocations + other.allocations,
+            frees: self.frees + other.frees,
+            failures: self.failures + other.failures,
+            bad_frees: self.bad_frees + other.bad_frees,
+            live_bytes: self.live_bytes + other.live_bytes,
+            reserved_bytes: self.reserved_bytes + other.reserved_bytes,
+            peak_live_bytes: self.peak_live_bytes + other.peak_live_bytes,
+            peak_reserved_bytes: self.peak_reserved_bytes + other.peak_reserved_bytes,
+            zeroed_bytes: self.zeroed_bytes + other.zeroed_bytes,
+        }
+    }
+
     /// Records a free of an allocation made with [`PoolCounters::record_allocation`].
     pub fn record_free(&mut self, live: u64, reserved: u64) {
         self.frees += 1;
@@ -67,6 +82,24 @@ pub struct PoolStatistics {
 }
 
 impl PoolStatistics {
+    /// A pool named `name` that manages nothing.
+    pub fn empty(name: &'static str) -> Self {
+        Self { name, base: 0, capacity: 0, counters: PoolCounters::default(), free_bytes: 0, largest_free: 0 }
+    }
+
+    /// Two pools of one kind (on different memory nodes) as one: sizes and counters add up,
+    /// the largest free block is the larger, and the range starts at the lower base.
+    pub fn combined(&self, other: &PoolStatistics) -> PoolStatistics {
+        PoolStatistics {
+            name: self.name,
+            base: self.base.min(other.base),
+            capacity: self.capacity + other.capacity,
+            counters: self.counters.combined(&other.counters),
+            free_bytes: self.free_bytes + other.free_bytes,
+            largest_free: self.largest_free.max(other.largest_free),
+        }
+    }
+
     /// External fragmentation in thousandths: `1000 × (1 − largest free ÷ total free)`;
     /// 0 when nothing is free.
     pub fn fragmentation_permille(&self) -> u64 {
@@ -161,36 +194,58 @@ pub struct PoolLatency {
 /// Width of the usage bar in the memory-map report, in characters.
 const BAR_WIDTH: u64 = 20;
 
-/// The memory map for the console: one line per pool with its range, usage bar, live,
-/// reserved and peak bytes, fragmentation and latency quantiles.
+/// One line of the memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapRow {
+    /// The pool (or one node's share of it).
+    pub statistics: PoolStatistics,
+    /// Its latency histograms.
+    pub latency: PoolLatency,
+    /// The memory node, when the row is one node's pool of several.
+    pub node: Option<usize>,
+}
+
+/// The memory map for the console: one line per pool (per node and pool on a board with
+/// several memory nodes) with its range, usage bar, live, reserved and peak bytes,
+/// fragmentation and latency quantiles.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryReport {
-    /// One entry per pool, in address order.
-    pub pools: Vec<(PoolStatistics, PoolLatency)>,
+    /// The lines, in address order of the pools.
+    pub rows: Vec<MapRow>,
     /// Cache-line size the pools align to.
     pub cache_line: u64,
+    /// Memory nodes.
+    pub nodes: usize,
 }
 
 impl fmt::Display for MemoryReport {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(formatter, "memory map (cache line {} B, one memory node)", self.cache_line)?;
+        let nodes = match self.nodes {
+            0 | 1 => alloc::string::String::from("one memory node"),
+            count => alloc::format!("{count} memory nodes, tensor pools per node"),
+        };
+        writeln!(formatter, "memory map (cache line {} B, {nodes})", self.cache_line)?;
         writeln!(
             formatter,
             "{:<12} {:<27} {:<22} {:>10} {:>10} {:>10} {:>6}  {:>9} {:>9}",
             "pool", "range", "usage", "live", "reserved", "peak", "frag", "alloc p99", "free p99"
         )?;
-        for (pool, latency) in &self.pools {
+        for MapRow { statistics: pool, latency, node } in &self.rows {
             let usage = pool.usage_permille();
             let filled = (usage * BAR_WIDTH).div_ceil(1000).min(BAR_WIDTH) as usize;
             let mut bar = [b'.'; BAR_WIDTH as usize];
             bar[..filled].fill(b'#');
             let bar = core::str::from_utf8(&bar).unwrap_or("");
             let range = alloc::format!("{:#011x}-{:#011x}", pool.base, pool.base + pool.capacity);
+            let name = match node {
+                Some(node) => alloc::format!("{}@{node}", pool.name),
+                None => alloc::string::String::from(pool.name),
+            };
             let fragmentation = pool.fragmentation_permille();
             writeln!(
                 formatter,
                 "{:<12} {:<27} [{bar}] {:>10} {:>10} {:>10} {:>3}.{}%  {:>9} {:>9}",
-                pool.name,
+                name,
                 range,
                 Bytes(pool.counters.live_bytes),
                 Bytes(pool.counters.reserved_bytes),
@@ -275,7 +330,8 @@ mod tests {
             free_bytes: 3 << 20,
             largest_free: 3 << 20,
         };
-        let report = MemoryReport { pools: alloc::vec![(pool, PoolLatency::default())], cache_line: 64 };
+        let row = MapRow { statistics: pool, latency: PoolLatency::default(), node: None };
+        let report = MemoryReport { rows: alloc::vec![row], cache_line: 64, nodes: 1 };
         let text = report.to_string();
         assert!(text.contains("[#####...............]"), "{text}");
         assert!(text.contains("weights"), "{text}");

@@ -7,15 +7,16 @@ use super::buddy::BuddyAllocator;
 use super::chunk::ChunkAllocator;
 use super::dma::DmaPool;
 use super::error::MemError;
-use super::layout::{BLOCK, MemoryPlan, RegionKind};
+use super::layout::{BLOCK, MemoryPlan, Region, RegionKind};
 use super::rt::RtPool;
-use super::slab::{CoreSlab, LARGEST_OBJECT, SlabDepot};
-use super::stats::{MemoryReport, PoolLatency, PoolStatistics};
+use super::slab::{CoreSlab, SlabDepot};
+use super::stats::{MapRow, MemoryReport, PoolLatency, PoolStatistics};
 use crate::hil::{Clock, Deadline};
+use crate::topology::Topology;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Bytes of a small page; buddy blocks and chunk granules are multiples of it.
 pub const PAGE: u64 = 4096;
@@ -57,12 +58,30 @@ pub enum Pool {
 }
 
 impl Pool {
+    /// The pool's name in reports and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Weights => "weights",
+            Pool::KvCache => "kv-cache",
+            Pool::Activations => "activations",
+            Pool::Slab => "slab",
+            Pool::Protocol => "protocol",
+            Pool::Dma => "dma",
+        }
+    }
+
     /// Every pool, in the order of the memory-map report.
     pub const ALL: [Pool; 6] =
         [Pool::Dma, Pool::Protocol, Pool::Weights, Pool::KvCache, Pool::Activations, Pool::Slab];
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether each memory node has its own pool of this kind (the protocol and DMA pools
+    /// are single).
+    pub fn per_node(self) -> bool {
+        !matches!(self, Pool::Protocol | Pool::Dma)
     }
 }
 
@@ -94,6 +113,8 @@ pub struct TensorHandle {
     kind: TensorKind,
     pool: Pool,
     page_size: PageSize,
+    /// The memory node whose pool holds it (0 for the single protocol and DMA pools).
+    node: u8,
     /// The shared count, made on the first [`TensorHandle::share`]; `None` means one owner,
     /// so the common unshared tensor costs no extra allocation.
     references: Option<Arc<AtomicU32>>,
@@ -130,6 +151,11 @@ impl TensorHandle {
         self.page_size
     }
 
+    /// The memory node whose pool holds it.
+    pub fn node(&self) -> usize {
+        usize::from(self.node)
+    }
+
     /// How many handles share the allocation.
     pub fn reference_count(&self) -> u32 {
         self.references.as_ref().map_or(1, |references| references.load(Ordering::Acquire))
@@ -164,51 +190,42 @@ impl fmt::Display for TensorHandle {
 pub struct TensorMemoryConfig {
     /// Cache-line size in bytes (boot reads it from CTR_EL0); every tensor is aligned to it.
     pub cache_line: u64,
-    /// Cores with their own slab cache.
-    pub cores: usize,
+    /// The cores (each gets its own slab caches) and the memory nodes they sit on (each gets
+    /// its own weights, KV and activation pools).
+    pub topology: Topology,
     /// Upper bound on the RT pool's block-table entries; the granule grows to fit.
     pub rt_table_entries: u64,
 }
 
 impl Default for TensorMemoryConfig {
     fn default() -> Self {
-        Self { cache_line: 64, cores: 4, rt_table_entries: 65536 }
+        Self { cache_line: 64, topology: Topology::from_mpidr(4), rt_table_entries: 65536 }
     }
 }
 
 type SharedBuddy = Arc<spin::Mutex<BuddyAllocator>>;
 
-/// The tensor memory manager: one pool per region, routed by [`TensorKind`].
-///
-/// Routing: weights → chunk; KV blocks → KV buddy; activations → slab below a page and the
-/// activations buddy from a page to 1 MiB; small objects → slab; protocol → RT pool; device
-/// buffers → DMA pool. Every pool is behind its own lock except the slab fast path, whose
-/// per-core caches are locked only by their own core (uncontended); each pool's own doc
-/// comment gives its invariants and time bounds.
+/// The pools of one memory node: its slice of the weights, KV-cache and activations regions.
 #[derive(Debug)]
-pub struct TensorMemory {
-    cache_line: u64,
+struct NodePools {
     weights: spin::Mutex<ChunkAllocator>,
     kv_cache: spin::Mutex<BuddyAllocator>,
     slab: SlabDepot<SharedBuddy>,
-    core_caches: Vec<spin::Mutex<CoreSlab>>,
-    protocol: spin::Mutex<RtPool>,
-    dma: spin::Mutex<DmaPool>,
-    latency: spin::Mutex<[PoolLatency; 6]>,
 }
 
-impl TensorMemory {
-    /// Builds every pool over the regions of `plan`.
-    pub fn new(plan: &MemoryPlan, config: TensorMemoryConfig) -> Result<Self, MemError> {
-        let cache_line = config.cache_line;
-        if !cache_line.is_power_of_two() || cache_line > PAGE {
-            return Err(MemError::BadAlignment { pool: "tensor", alignment: cache_line });
-        }
-        let cores = config.cores.max(1);
-        let weights = plan.region(RegionKind::Weights);
-        let kv_cache = plan.region(RegionKind::KvCache);
-        let activations = plan.region(RegionKind::Activations);
-        let protocol = plan.region(RegionKind::Protocol);
+impl NodePools {
+    /// The pools over slice `node` of `nodes` of each tensor region.
+    fn new(plan: &MemoryPlan, node: usize, nodes: usize, cache_line: u64) -> Result<Self, MemError> {
+        let weights = node_slice(plan.region(RegionKind::Weights), node, nodes, BLOCK, "weights")?;
+        let kv_cache =
+            node_slice(plan.region(RegionKind::KvCache), node, nodes, LARGEST_BUDDY_BLOCK, "kv-cache")?;
+        let activations = node_slice(
+            plan.region(RegionKind::Activations),
+            node,
+            nodes,
+            LARGEST_BUDDY_BLOCK,
+            "activations",
+        )?;
         let activations_buddy = BuddyAllocator::new(
             "activations",
             activations.base,
@@ -216,11 +233,7 @@ impl TensorMemory {
             PAGE,
             LARGEST_BUDDY_BLOCK,
         )?;
-        let slab = SlabDepot::new("slab", Arc::new(spin::Mutex::new(activations_buddy)), cache_line.max(16))?;
-        let core_caches = (0..cores).map(|core| spin::Mutex::new(CoreSlab::new(&slab, core))).collect();
-        let rt_granule = RtPool::granule_for(protocol.size, config.rt_table_entries, cache_line);
         Ok(Self {
-            cache_line,
             weights: spin::Mutex::new(ChunkAllocator::new("weights", weights.base, weights.size, PAGE)?),
             kv_cache: spin::Mutex::new(BuddyAllocator::new(
                 "kv-cache",
@@ -229,12 +242,119 @@ impl TensorMemory {
                 PAGE,
                 LARGEST_BUDDY_BLOCK,
             )?),
-            slab,
+            slab: SlabDepot::new("slab", Arc::new(spin::Mutex::new(activations_buddy)), cache_line.max(16))?,
+        })
+    }
+}
+
+/// Slice `node` of `nodes` of `region`: equal shares in address order, with inner boundaries
+/// rounded down to `alignment`. A board whose nodes are consecutive address ranges gets each
+/// node's share inside that node's memory; a single node gets the whole region.
+fn node_slice(
+    region: Region,
+    node: usize,
+    nodes: usize,
+    alignment: u64,
+    pool: &'static str,
+) -> Result<Region, MemError> {
+    let boundary = |index: usize| -> u64 {
+        match index {
+            0 => region.base,
+            index if index >= nodes => region.end(),
+            index => {
+                let share = (u128::from(region.size) * index as u128 / nodes as u128) as u64;
+                (region.base + share) & !(alignment - 1)
+            }
+        }
+    };
+    let (start, end) = (boundary(node).max(region.base), boundary(node + 1));
+    if end <= start || (nodes > 1 && end - start < alignment) {
+        return Err(MemError::UnusableRegion {
+            pool,
+            kind: region.kind,
+            reason: "too small to give every memory node a slice",
+        });
+    }
+    Ok(Region { kind: region.kind, base: start, size: end - start })
+}
+
+/// The tensor memory manager: pools over each region, routed by [`TensorKind`].
+///
+/// Routing: weights → chunk; KV blocks → KV buddy; activations → slab below a page and the
+/// activations buddy from a page to 1 MiB; small objects → slab; protocol → RT pool; device
+/// buffers → DMA pool. Every pool is behind its own lock except the slab fast path, whose
+/// per-core caches are locked only by their own core (uncontended); each pool's own doc
+/// comment gives its invariants and time bounds.
+///
+/// Per node: the weights, KV-cache and activations regions are split into one slice per
+/// memory node of the topology, each with its own pools. A request on core `c` is served from
+/// `c`'s node first and from the other nodes in order when that one is exhausted (counted in
+/// [`TensorMemory::remote_allocations`]); a handle remembers its node, so a release from any
+/// core returns the memory to the pool it came from. Each core keeps one slab cache per node.
+/// The protocol and DMA pools are single: they are small and device-bound. On a Raspberry Pi
+/// there is one node, and all of this is one set of pools.
+#[derive(Debug)]
+pub struct TensorMemory {
+    cache_line: u64,
+    nodes: Vec<NodePools>,
+    /// The node of each core.
+    core_nodes: Vec<usize>,
+    /// `core_caches[core * nodes + node]`: core `core`'s slab cache for node `node`'s depot.
+    core_caches: Vec<spin::Mutex<CoreSlab>>,
+    remote_allocations: AtomicU64,
+    protocol: spin::Mutex<RtPool>,
+    dma: spin::Mutex<DmaPool>,
+    latency: spin::Mutex<[PoolLatency; 6]>,
+}
+
+impl TensorMemory {
+    /// Builds every pool over the regions of `plan`, the tensor regions split per memory node.
+    pub fn new(plan: &MemoryPlan, config: TensorMemoryConfig) -> Result<Self, MemError> {
+        let cache_line = config.cache_line;
+        if !cache_line.is_power_of_two() || cache_line > PAGE {
+            return Err(MemError::BadAlignment { pool: "tensor", alignment: cache_line });
+        }
+        let topology = config.topology;
+        let node_count = topology.nodes().max(1);
+        let nodes = (0..node_count)
+            .map(|node| NodePools::new(plan, node, node_count, cache_line))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cores = topology.cores().max(1);
+        let core_nodes: Vec<usize> =
+            (0..cores).map(|core| topology.node_of(core).min(node_count - 1)).collect();
+        let core_caches = (0..cores)
+            .flat_map(|core| {
+                nodes.iter().map(move |pools| spin::Mutex::new(CoreSlab::new(&pools.slab, core)))
+            })
+            .collect();
+        let protocol = plan.region(RegionKind::Protocol);
+        let rt_granule = RtPool::granule_for(protocol.size, config.rt_table_entries, cache_line);
+        Ok(Self {
+            cache_line,
+            nodes,
+            core_nodes,
             core_caches,
+            remote_allocations: AtomicU64::new(0),
             protocol: spin::Mutex::new(RtPool::new("protocol", protocol.base, protocol.size, rt_granule)?),
             dma: spin::Mutex::new(DmaPool::new(plan.region(RegionKind::Dma), cache_line)?),
             latency: spin::Mutex::new([PoolLatency::default(); 6]),
         })
+    }
+
+    /// Memory nodes, each with its own weights, KV-cache and activation pools.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The memory node of core `core`.
+    pub fn node_of(&self, core: usize) -> Result<usize, MemError> {
+        self.core_nodes.get(core).copied().ok_or(MemError::NoSuchCore { core, cores: self.core_nodes.len() })
+    }
+
+    /// Allocations served from another node than the requesting core's, because its own was
+    /// exhausted.
+    pub fn remote_allocations(&self) -> u64 {
+        self.remote_allocations.load(Ordering::Relaxed)
     }
 
     /// The cache-line size every tensor is aligned to.
@@ -272,29 +392,60 @@ impl TensorMemory {
         self.alloc_on(0, size, kind)
     }
 
-    /// Allocates `size` bytes for a tensor of `kind` on core `core` (whose slab cache serves
-    /// small requests).
+    /// Allocates `size` bytes for a tensor of `kind` on core `core`: from the pools of the
+    /// core's memory node (whose slab cache on that core serves small requests), or of the
+    /// next node with room when they are exhausted.
     pub fn alloc_on(&self, core: usize, size: u64, kind: TensorKind) -> Result<TensorHandle, MemError> {
         if size == 0 {
             return Err(MemError::ZeroSize { pool: "tensor" });
         }
         let pool = self.route(size, kind);
         let alignment = self.alignment(size, kind);
-        let base = match pool {
-            Pool::Weights => self.weights.lock().alloc(size, alignment)?,
-            Pool::KvCache => self.kv_cache.lock().alloc(size)?,
-            Pool::Activations => self.slab.source().lock().alloc(size)?,
-            Pool::Slab => {
-                if size > LARGEST_OBJECT {
-                    return Err(MemError::TooLarge { pool: "slab", requested: size, limit: LARGEST_OBJECT });
-                }
-                self.core_cache(core)?.lock().alloc(&self.slab, size)?
-            }
-            Pool::Protocol => self.protocol.lock().alloc(size, alignment)?,
-            Pool::Dma => self.dma.lock().alloc(size, alignment)?,
-        };
         let page_size = if alignment >= BLOCK { PageSize::Size2MiB } else { PageSize::Size4KiB };
-        Ok(TensorHandle { base, size, kind, pool, page_size, references: None })
+        let handle = |base, node: usize| TensorHandle {
+            base,
+            size,
+            kind,
+            pool,
+            page_size,
+            node: node as u8,
+            references: None,
+        };
+        if !pool.per_node() {
+            return self.alloc_from_node(core, 0, pool, size, alignment).map(|base| handle(base, 0));
+        }
+        let local = self.node_of(core)?;
+        let first = self.alloc_from_node(core, local, pool, size, alignment);
+        if !matches!(first, Err(MemError::OutOfMemory { .. })) {
+            return first.map(|base| handle(base, local));
+        }
+        for node in (1..self.nodes.len()).map(|step| (local + step) % self.nodes.len()) {
+            if let Ok(base) = self.alloc_from_node(core, node, pool, size, alignment) {
+                self.remote_allocations.fetch_add(1, Ordering::Relaxed);
+                return Ok(handle(base, node));
+            }
+        }
+        first.map(|base| handle(base, local))
+    }
+
+    /// One allocation from pool `pool`: node `node`'s for the per-node pools.
+    fn alloc_from_node(
+        &self,
+        core: usize,
+        node: usize,
+        pool: Pool,
+        size: u64,
+        alignment: u64,
+    ) -> Result<u64, MemError> {
+        let pools = &self.nodes[node];
+        match pool {
+            Pool::Weights => pools.weights.lock().alloc(size, alignment),
+            Pool::KvCache => pools.kv_cache.lock().alloc(size),
+            Pool::Activations => pools.slab.source().lock().alloc(size),
+            Pool::Slab => self.core_cache(core, node)?.lock().alloc(&pools.slab, size),
+            Pool::Protocol => self.protocol.lock().alloc(size, alignment),
+            Pool::Dma => self.dma.lock().alloc(size, alignment),
+        }
     }
 
     /// Allocates a protocol buffer of `size` bytes from the RT pool, only if that finishes by
@@ -313,12 +464,15 @@ impl TensorMemory {
             kind: TensorKind::Protocol,
             pool: Pool::Protocol,
             page_size: PageSize::Size4KiB,
+            node: 0,
             references: None,
         })
     }
 
-    fn core_cache(&self, core: usize) -> Result<&spin::Mutex<CoreSlab>, MemError> {
-        self.core_caches.get(core).ok_or(MemError::NoSuchCore { core, cores: self.core_caches.len() })
+    /// Core `core`'s slab cache for node `node`.
+    fn core_cache(&self, core: usize, node: usize) -> Result<&spin::Mutex<CoreSlab>, MemError> {
+        self.node_of(core)?;
+        Ok(&self.core_caches[core * self.nodes.len() + node])
     }
 
     /// Drops one reference to `handle`'s allocation, on core 0. Returns the references left;
@@ -330,18 +484,20 @@ impl TensorMemory {
     /// Drops one reference to `handle`'s allocation on core `core`. Returns the references
     /// left; at zero the memory went back to its pool.
     pub fn release_on(&self, core: usize, handle: TensorHandle) -> Result<u32, MemError> {
-        let cache = if handle.pool == Pool::Slab { Some(self.core_cache(core)?) } else { None };
+        let node = usize::from(handle.node);
+        let cache = if handle.pool == Pool::Slab { Some(self.core_cache(core, node)?) } else { None };
         let left =
             handle.references.as_ref().map_or(0, |references| references.fetch_sub(1, Ordering::AcqRel) - 1);
         if left > 0 {
             return Ok(left);
         }
+        let pools = &self.nodes[node];
         match handle.pool {
-            Pool::Weights => self.weights.lock().free(handle.base).map(drop),
-            Pool::KvCache => self.kv_cache.lock().free(handle.base).map(drop),
-            Pool::Activations => self.slab.source().lock().free(handle.base).map(drop),
+            Pool::Weights => pools.weights.lock().free(handle.base).map(drop),
+            Pool::KvCache => pools.kv_cache.lock().free(handle.base).map(drop),
+            Pool::Activations => pools.slab.source().lock().free(handle.base).map(drop),
             Pool::Slab => match cache {
-                Some(cache) => cache.lock().free(&self.slab, handle.base).map(drop),
+                Some(cache) => cache.lock().free(&pools.slab, handle.base).map(drop),
                 None => Ok(()),
             },
             Pool::Protocol => self.protocol.lock().free(handle.base).map(drop),
@@ -390,35 +546,72 @@ impl TensorMemory {
     /// Moves every core's cached slab objects to the depot and returns empty slabs to the
     /// activations buddy. Returns the slabs released. Call it off the allocation path.
     pub fn reclaim(&self) -> u64 {
-        for cache in &self.core_caches {
-            cache.lock().drain(&self.slab);
+        let nodes = self.nodes.len();
+        for (index, cache) in self.core_caches.iter().enumerate() {
+            cache.lock().drain(&self.nodes[index % nodes].slab);
         }
-        self.slab.reclaim()
+        self.nodes.iter().map(|pools| pools.slab.reclaim()).sum()
     }
 
-    /// A snapshot of one pool.
+    /// A snapshot of one pool, summed over the memory nodes for the per-node pools (peaks are
+    /// then the sum of each node's peak).
     pub fn statistics(&self, pool: Pool) -> PoolStatistics {
+        if !pool.per_node() {
+            return self.node_statistics(0, pool);
+        }
+        (1..self.nodes.len()).fold(self.node_statistics(0, pool), |total, node| {
+            total.combined(&self.node_statistics(node, pool))
+        })
+    }
+
+    /// A snapshot of one pool on memory node `node` (the protocol and DMA pools are on every
+    /// node's list as themselves).
+    pub fn node_statistics(&self, node: usize, pool: Pool) -> PoolStatistics {
+        let Some(pools) = self.nodes.get(node) else {
+            return PoolStatistics::empty(pool.name());
+        };
         match pool {
-            Pool::Weights => self.weights.lock().statistics(),
-            Pool::KvCache => self.kv_cache.lock().statistics(),
-            Pool::Activations => self.slab.source().lock().statistics(),
+            Pool::Weights => pools.weights.lock().statistics(),
+            Pool::KvCache => pools.kv_cache.lock().statistics(),
+            Pool::Activations => pools.slab.source().lock().statistics(),
             Pool::Slab => {
-                let guards: Vec<_> = self.core_caches.iter().map(|cache| cache.lock()).collect();
+                let guards: Vec<_> = self
+                    .core_caches
+                    .iter()
+                    .skip(node)
+                    .step_by(self.nodes.len())
+                    .map(|cache| cache.lock())
+                    .collect();
                 let cores: Vec<&CoreSlab> = guards.iter().map(|guard| &**guard).collect();
-                self.slab.statistics(&cores)
+                pools.slab.statistics(&cores)
             }
             Pool::Protocol => self.protocol.lock().statistics(),
             Pool::Dma => self.dma.lock().statistics(),
         }
     }
 
-    /// The memory map with usage bars, for the console (`{}` prints it).
+    /// The memory map with usage bars, for the console (`{}` prints it): one row per pool,
+    /// and per node for the per-node pools when there are several nodes.
     pub fn report(&self) -> MemoryReport {
         let latency = *self.latency.lock();
-        MemoryReport {
-            pools: Pool::ALL.iter().map(|&pool| (self.statistics(pool), latency[pool.index()])).collect(),
-            cache_line: self.cache_line,
+        let nodes = self.nodes.len();
+        let mut rows = Vec::new();
+        for pool in Pool::ALL {
+            if pool.per_node() && nodes > 1 {
+                rows.extend((0..nodes).map(|node| MapRow {
+                    statistics: self.node_statistics(node, pool),
+                    latency: latency[pool.index()],
+                    node: Some(node),
+                }));
+            } else {
+                rows.push(MapRow {
+                    statistics: self.statistics(pool),
+                    latency: latency[pool.index()],
+                    node: None,
+                });
+            }
         }
+        MemoryReport { rows, cache_line: self.cache_line, nodes }
     }
 }
 
@@ -435,8 +628,23 @@ mod tests {
     }
 
     fn memory(cache_line: u64) -> TensorMemory {
-        TensorMemory::new(&small_plan(7), TensorMemoryConfig { cache_line, cores: 4, rt_table_entries: 4096 })
-            .unwrap()
+        memory_on_nodes(cache_line, 1)
+    }
+
+    /// Four cores; core `c` on node `c × nodes ÷ 4` (cores 0-1 and 2-3 for two nodes).
+    fn topology(nodes: usize) -> Topology {
+        let regs: Vec<[u8; 4]> = (0..4u32).map(u32::to_be_bytes).collect();
+        let node_ids: Vec<[u8; 4]> = (0..4).map(|core| ((core * nodes / 4) as u32).to_be_bytes()).collect();
+        let cpus = regs
+            .iter()
+            .zip(&node_ids)
+            .map(|(reg, node)| crate::topology::CpuNode { reg, numa_node_id: Some(node) });
+        Topology::from_device_tree(cpus, 1, []).unwrap()
+    }
+
+    fn memory_on_nodes(cache_line: u64, nodes: usize) -> TensorMemory {
+        let config = TensorMemoryConfig { cache_line, topology: topology(nodes), rt_table_entries: 4096 };
+        TensorMemory::new(&small_plan(7), config).unwrap()
     }
 
     #[test]
@@ -497,10 +705,10 @@ mod tests {
         assert_eq!(weights.reference_count(), 2);
         let base = weights.base();
         assert_eq!(memory.release(weights), Ok(1));
-        assert_eq!(memory.weights.lock().allocation(base), Some((10 * MIB, 10 * MIB)), "still live");
+        assert_eq!(memory.nodes[0].weights.lock().allocation(base), Some((10 * MIB, 10 * MIB)), "still live");
         assert_eq!(reader.reference_count(), 1);
         assert_eq!(memory.release(reader), Ok(0));
-        assert_eq!(memory.weights.lock().allocation(base), None);
+        assert_eq!(memory.nodes[0].weights.lock().allocation(base), None);
         assert_eq!(memory.statistics(Pool::Weights).counters.live_bytes, 0);
     }
 
@@ -615,6 +823,77 @@ mod tests {
         }
     }
 
+    #[test]
+    fn node_slices_tile_each_region() {
+        let region = Region { kind: RegionKind::Weights, base: 6 * MIB, size: 100 * MIB };
+        for nodes in 1..=4 {
+            let slices: Vec<Region> =
+                (0..nodes).map(|node| node_slice(region, node, nodes, BLOCK, "weights").unwrap()).collect();
+            assert_eq!(slices[0].base, region.base);
+            assert_eq!(slices[nodes - 1].end(), region.end());
+            for pair in slices.windows(2) {
+                assert_eq!(pair[0].end(), pair[1].base, "{nodes} nodes");
+                assert_eq!(pair[1].base % BLOCK, 0);
+            }
+        }
+        let tiny = Region { kind: RegionKind::KvCache, base: 0, size: 3 * MIB };
+        assert_eq!(
+            node_slice(tiny, 0, 4, MIB, "kv-cache").unwrap_err().to_string(),
+            "kv-cache: cannot use the kv-cache region: too small to give every memory node a slice"
+        );
+        let plan = small_plan(7);
+        let config = TensorMemoryConfig { topology: topology(4), ..Default::default() };
+        let built = TensorMemory::new(&plan, config).map(|memory| memory.node_count());
+        assert!(
+            matches!(built, Ok(4) | Err(MemError::UnusableRegion { .. })),
+            "four nodes either fit or are refused with a typed error: {built:?}"
+        );
+    }
+
+    #[test]
+    fn each_core_is_served_by_its_own_node_first() {
+        let plan = small_plan(7);
+        let memory = memory_on_nodes(64, 2);
+        assert_eq!((memory.node_count(), memory.node_of(2), memory.node_of(3)), (2, Ok(1), Ok(1)));
+        let weights = plan.region(RegionKind::Weights);
+        let middle = node_slice(weights, 1, 2, BLOCK, "weights").unwrap().base;
+        let near = memory.alloc_on(0, 3 * MIB, TensorKind::Weights).unwrap();
+        let far = memory.alloc_on(3, 3 * MIB, TensorKind::Weights).unwrap();
+        assert_eq!((near.node(), far.node()), (0, 1));
+        assert!(near.end() <= middle && far.base() >= middle, "{near} / {far}");
+        for kind in [TensorKind::KvCache, TensorKind::Activation, TensorKind::Small] {
+            let handle = memory.alloc_on(2, 2048, kind).unwrap();
+            assert_eq!(handle.node(), 1, "{handle}");
+            memory.release_on(0, handle).unwrap();
+        }
+        // Node 1's weights run out: core 2 is served from node 0, and it is counted.
+        let mut held = vec![near, far];
+        while memory.alloc_on(2, 4 * MIB, TensorKind::Weights).map(|handle| held.push(handle)).is_ok() {}
+        let nodes_used: std::collections::HashSet<usize> = held.iter().map(TensorHandle::node).collect();
+        assert_eq!(nodes_used.len(), 2);
+        assert!(memory.remote_allocations() > 0);
+        assert!(matches!(
+            memory.alloc_on(2, 4 * MIB, TensorKind::Weights),
+            Err(MemError::OutOfMemory { pool: "weights", .. })
+        ));
+        let text = memory.report().to_string();
+        assert!(text.contains("2 memory nodes, tensor pools per node"), "{text}");
+        assert!(
+            text.contains("weights@1") && text.contains("kv-cache@0") && text.contains("protocol "),
+            "{text}"
+        );
+        for (index, handle) in held.into_iter().enumerate() {
+            memory.release_on(index % 4, handle).unwrap();
+        }
+        memory.reclaim();
+        for pool in Pool::ALL {
+            assert_eq!(memory.statistics(pool).counters.reserved_bytes, 0, "{pool:?}");
+        }
+        let total = memory.statistics(Pool::Weights);
+        assert_eq!(total.capacity, weights.size);
+        assert_eq!(total.free_bytes, weights.size);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -664,20 +943,22 @@ mod tests {
 
         #[test]
         fn random_requests_never_overlap_and_account_exactly(
-            requests in proptest::collection::vec((kind(), 1u64..(3 << 20), any::<bool>()), 1..80),
+            requests in proptest::collection::vec((kind(), 1u64..(3 << 20), any::<bool>(), 0usize..4), 1..80),
             cache_line_log2 in 5u32..8,
+            nodes in 1usize..3,
         ) {
-            let memory = memory(1 << cache_line_log2);
+            let memory = memory_on_nodes(1 << cache_line_log2, nodes);
             let mut live: Vec<TensorHandle> = Vec::new();
-            for (kind, size, release_one) in requests {
+            for (kind, size, release_one, core) in requests {
                 let size = match kind {
                     TensorKind::Small => size % 4096 + 1,
                     TensorKind::Device => size % (64 * 1024) + 1,
                     TensorKind::KvCache | TensorKind::Activation => size % LARGEST_BUDDY_BLOCK + 1,
                     _ => size,
                 };
-                match memory.alloc(size, kind) {
+                match memory.alloc_on(core, size, kind) {
                     Ok(handle) => {
+                        prop_assert!(handle.node() < nodes);
                         prop_assert_eq!(handle.base() % memory.cache_line(), 0);
                         prop_assert_eq!(handle.base() % memory.alignment(size, kind), 0);
                         for other in &live {
@@ -690,7 +971,7 @@ mod tests {
                 }
                 if release_one && !live.is_empty() {
                     let handle = live.swap_remove(size as usize % live.len());
-                    prop_assert_eq!(memory.release(handle), Ok(0));
+                    prop_assert_eq!(memory.release_on(3 - core, handle), Ok(0));
                 }
                 for pool in [Pool::Weights, Pool::KvCache, Pool::Protocol, Pool::Dma] {
                     let expected: u64 = live.iter().filter(|handle| handle.pool() == pool).map(|handle| handle.size()).sum();
@@ -706,10 +987,12 @@ mod tests {
                 prop_assert_eq!(statistics.counters.reserved_bytes, 0, "{:?}", pool);
                 prop_assert_eq!(statistics.free_bytes, if pool == Pool::Slab { 0 } else { statistics.capacity });
             }
-            prop_assert_eq!(memory.weights.lock().free_block_count(), 1);
             prop_assert_eq!(memory.protocol.lock().block_count(), (1, 0));
-            let activations = memory.slab.source().lock();
-            prop_assert_eq!(activations.free_block_count(), activations.initial_block_count());
+            for pools in &memory.nodes {
+                prop_assert_eq!(pools.weights.lock().free_block_count(), 1);
+                let activations = pools.slab.source().lock();
+                prop_assert_eq!(activations.free_block_count(), activations.initial_block_count());
+            }
         }
     }
 }

@@ -367,7 +367,11 @@ impl OurTensorMemory {
     /// The manager over `plan` (the arena stands for RAM; the pools keep their metadata on
     /// the host heap and never touch the memory they manage).
     pub fn new(plan: &MemoryPlan, ids: usize) -> Self {
-        let config = TensorMemoryConfig { cache_line: 64, cores: 1, rt_table_entries: 65536 };
+        let config = TensorMemoryConfig {
+            cache_line: 64,
+            topology: kernel::topology::Topology::from_mpidr(1),
+            rt_table_entries: 65536,
+        };
         let memory = TensorMemory::new(plan, config).expect("tensor memory over the plan");
         Self { memory, table: (0..ids).map(|_| None).collect(), clock: None }
     }
