@@ -24,6 +24,13 @@ pub type Card = Sdhci<'static>;
 
 /// Brings the card up and mounts its FAT32 partition, or says why not.
 pub fn mount_card(memory: &'static BackedMemory) -> Result<Volume<Card>, alloc::string::String> {
+    let card = open_card(memory)?;
+    Volume::mount(card).map_err(|error| alloc::format!("SD card: {error}"))
+}
+
+/// Brings the card up (base clock from the mailbox, pins routed to the EMMC block, SDHCI
+/// initialisation) and prints what it found, or says why it failed.
+pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::String> {
     use alloc::format;
     let buffer = memory
         .alloc((BUFFER_WORDS * 4) as u64, TensorKind::Device)
@@ -44,5 +51,5 @@ pub fn mount_card(memory: &'static BackedMemory) -> Result<Volume<Card>, alloc::
         if info.four_bit_bus { 4 } else { 1 },
         info.clock_hz / 1_000_000
     );
-    Volume::mount(card).map_err(|error| format!("SD card: {error}"))
+    Ok(card)
 }

@@ -11,13 +11,7 @@
 extern crate alloc;
 
 use alloc::vec;
-use bsp::{
-    arch::aarch64::timer::GenericTimer,
-    board::{
-        rpi3::{mailbox::Mailbox, memory_map},
-        sdhci::{Sdhci, Variant},
-    },
-};
+use boot::storage::CLOCK;
 use core::{cell::RefCell, fmt, ops::ControlFlow};
 use embedded_sdmmc::{
     Block, BlockCount, BlockIdx, LfnBuffer, Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager,
@@ -25,7 +19,6 @@ use embedded_sdmmc::{
 use kernel::{
     fs::Volume,
     hil::{BLOCK_SIZE, BlockDevice, BlockError, Clock},
-    mm::layout::RegionKind,
 };
 use systests::{TEST_CONFIG, ensure, pass};
 
@@ -197,17 +190,10 @@ fn chunk_checksum(mut checksum: u64, chunk: &[u8]) -> u64 {
 }
 
 fn main(info: &'static boot::BootInfo) -> ! {
-    static CLOCK: GenericTimer = GenericTimer;
-    let dma = info.plan.region(RegionKind::Dma);
-    // SAFETY: the mailbox block; the DMA region's first page is free in this test.
-    let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, dma.base as *mut u32) };
-    let base_clock = mailbox.clock_rate(&CLOCK, Variant::Bcm2837Emmc.clock_id()).ok();
-    boot::console::gpio().route_emmc();
-    // SAFETY: the EMMC block is mapped as device memory and this is its only driver.
-    let card = match unsafe { Sdhci::new(Variant::Bcm2837Emmc, &CLOCK, base_clock) } {
-        Ok(card) => card,
-        Err(error) => systests::fail(format_args!("card init failed: {error}")),
-    };
+    let memory = boot::memory::backed_memory(info)
+        .unwrap_or_else(|error| systests::fail(format_args!("tensor memory: {error}")));
+    let card = boot::storage::open_card(memory)
+        .unwrap_or_else(|error| systests::fail(format_args!("card init failed: {error}")));
     let mut buffer = vec![0u8; CHUNK];
 
     let mut volume =

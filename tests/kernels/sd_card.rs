@@ -8,17 +8,7 @@
 extern crate alloc;
 
 use alloc::vec;
-use bsp::{
-    arch::aarch64::timer::GenericTimer,
-    board::{
-        rpi3::{mailbox::Mailbox, memory_map},
-        sdhci::{Sdhci, Variant},
-    },
-};
-use kernel::{
-    hil::{BLOCK_SIZE, BlockDevice, BlockError, pattern_block},
-    mm::layout::RegionKind,
-};
+use kernel::hil::{BLOCK_SIZE, BlockDevice, BlockError, pattern_block};
 use systests::{TEST_CONFIG, ensure, pass};
 
 boot::entry!(main, TEST_CONFIG);
@@ -35,17 +25,10 @@ fn check_pattern(first: u64, data: &[u8]) {
 }
 
 fn main(info: &'static boot::BootInfo) -> ! {
-    static CLOCK: GenericTimer = GenericTimer;
-    let dma = info.plan.region(RegionKind::Dma);
-    // SAFETY: the mailbox block; the DMA region's first page is free in this test.
-    let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, dma.base as *mut u32) };
-    let base_clock = mailbox.clock_rate(&CLOCK, Variant::Bcm2837Emmc.clock_id()).ok();
-    boot::console::gpio().route_emmc();
-    // SAFETY: the EMMC block is mapped as device memory and this is its only driver.
-    let mut card = match unsafe { Sdhci::new(Variant::Bcm2837Emmc, &CLOCK, base_clock) } {
-        Ok(card) => card,
-        Err(error) => systests::fail(format_args!("card init failed: {error}")),
-    };
+    let memory = boot::memory::backed_memory(info)
+        .unwrap_or_else(|error| systests::fail(format_args!("tensor memory: {error}")));
+    let mut card = boot::storage::open_card(memory)
+        .unwrap_or_else(|error| systests::fail(format_args!("card init failed: {error}")));
     let card_info = card.card();
     let blocks = card.block_count();
     boot::println!(

@@ -180,7 +180,7 @@ impl ControlDesk {
 
 /// The `/stats` text `report` followed by the console's byte counts as of now (when it counts
 /// them): the counts are read at answer time, so they include the line that asked.
-pub fn with_traffic(mut report: String, console: &dyn Console) -> String {
+fn with_traffic(mut report: String, console: &dyn Console) -> String {
     if let Some(traffic) = console.traffic() {
         let _ = write!(report, "{traffic}");
     }
