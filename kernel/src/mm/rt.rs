@@ -151,21 +151,21 @@ impl FreeLists {
         (block, entry)
     }
 
-    /// Takes the free block whose entry is `entry` off its list.
+    /// Takes a free block off its list, given its entry's two list links.
     #[inline(always)]
-    fn unlink(&mut self, blocks: &mut [BlockEntry], entry: BlockEntry) {
-        match blocks.get_mut(entry.previous_free as usize) {
-            Some(previous) => previous.next_free = entry.next_free,
+    fn unlink(&mut self, blocks: &mut [BlockEntry], previous_free: u32, next_free: u32) {
+        match blocks.get_mut(previous_free as usize) {
+            Some(previous) => previous.next_free = next_free,
             None => {
-                let class = entry.previous_free as usize & (LISTS - 1);
-                self.heads[class] = entry.next_free;
-                if entry.next_free == NONE {
+                let class = previous_free as usize & (LISTS - 1);
+                self.heads[class] = next_free;
+                if next_free == NONE {
                     self.unmark(class);
                 }
             }
         }
-        if let Some(next) = blocks.get_mut(entry.next_free as usize) {
-            next.previous_free = entry.previous_free;
+        if let Some(next) = blocks.get_mut(next_free as usize) {
+            next.previous_free = previous_free;
         }
     }
 }
@@ -273,16 +273,16 @@ impl RtPool {
 
     /// Allocates `size` bytes aligned to `alignment` (at least the granule). Returns the base.
     pub fn alloc(&mut self, size: u64, alignment: u64) -> Result<u64, MemError> {
-        let granule = self.granule();
         // Zero, or more than a live entry can record: the failure path sorts out which.
-        if size.wrapping_sub(1) >= u64::from(u32::MAX) || !alignment.is_power_of_two() {
+        if size.wrapping_sub(1) >= u64::from(u32::MAX) {
             return Err(self.refuse(size, alignment));
         }
-        // Above the granule: `alignment` and the granule are powers of two.
-        if alignment >> self.granule_shift > 1 {
+        // One test for a power of two no larger than the granule (0 wraps to a huge mask).
+        let mask = alignment.wrapping_sub(1);
+        if alignment & mask != 0 || mask >= self.granule() {
             return self.alloc_aligned(size, alignment);
         }
-        let needed = ((size + granule - 1) >> self.granule_shift) as u32;
+        let needed = ((size - 1) >> self.granule_shift) as u32 + 1;
         // A request past the pool finds no class either, so it needs no test of its own.
         let Some(class) = self.lists.find(class_at_least(needed)) else {
             return Err(self.refuse(size, alignment));
@@ -291,10 +291,14 @@ impl RtPool {
         Ok(self.carve(block, entry.size(), needed, size))
     }
 
-    /// The allocation path for an alignment above the granule: the search asks for enough
-    /// extra granules to align inside the block, and a free front part is split off.
+    /// The allocation path for an alignment above the granule (or not a power of two, which
+    /// is refused): the search asks for enough extra granules to align inside the block, and
+    /// a free front part is split off.
     #[inline(never)]
     fn alloc_aligned(&mut self, size: u64, alignment: u64) -> Result<u64, MemError> {
+        if !alignment.is_power_of_two() {
+            return Err(self.refuse(size, alignment));
+        }
         let shift = self.granule_shift;
         let needed = size.div_ceil(self.granule());
         let search = needed + (alignment >> shift) - 1;
@@ -423,16 +427,17 @@ impl RtPool {
         let offset = address.wrapping_sub(self.base);
         let index = offset >> self.granule_shift;
         // An address below the base wraps to an offset past the table.
-        let entry = match usize::try_from(index).ok().and_then(|index| self.blocks.get(index)) {
-            // Live blocks only: a size word of 0 starts no block, one with the flag is free.
-            Some(&entry)
-                if index << self.granule_shift == offset
-                    && entry.size_and_flag.wrapping_sub(1) < FREE_FLAG - 1 =>
-            {
-                entry
-            }
-            _ => return Err(self.refuse_free(address)),
-        };
+        let (index, entry) =
+            match usize::try_from(index).ok().and_then(|index| Some((index, self.blocks.get(index)?))) {
+                // Live blocks only: a size word of 0 starts no block, one with the flag is free.
+                Some((index, &entry))
+                    if (index as u64) << self.granule_shift == offset
+                        && entry.size_and_flag.wrapping_sub(1) < FREE_FLAG - 1 =>
+                {
+                    (index, entry)
+                }
+                _ => return Err(self.refuse_free(address)),
+            };
         let blocks = self.blocks.as_mut_slice();
         let block = index as u32;
         let size = entry.size_and_flag;
@@ -440,15 +445,15 @@ impl RtPool {
         if let Some(&next) = blocks.get((block + size) as usize)
             && next.is_free()
         {
-            self.lists.unlink(blocks, next);
+            self.lists.unlink(blocks, next.previous_free, next.next_free);
             blocks[(block + size) as usize].size_and_flag = 0;
             total += next.size();
         }
         if let Some(&previous) = blocks.get(entry.previous_physical as usize)
             && previous.is_free()
         {
-            self.lists.unlink(blocks, previous);
-            blocks[block as usize].size_and_flag = 0;
+            self.lists.unlink(blocks, previous.previous_free, previous.next_free);
+            blocks[index].size_and_flag = 0;
             start = entry.previous_physical;
             total += previous.size();
             previous_physical = previous.previous_physical;
