@@ -272,6 +272,7 @@ impl RtPool {
     }
 
     /// Allocates `size` bytes aligned to `alignment` (at least the granule). Returns the base.
+    #[inline]
     pub fn alloc(&mut self, size: u64, alignment: u64) -> Result<u64, MemError> {
         // Zero, or more than a live entry can record: the failure path sorts out which.
         if size.wrapping_sub(1) >= u64::from(u32::MAX) {
@@ -423,6 +424,7 @@ impl RtPool {
     /// caller had requested. A block freed twice is refused: as [`MemError::DoubleFree`]
     /// while it is still a free block of its own, or as [`MemError::ForeignFree`] once it
     /// has merged into a free neighbour (its address no longer starts a block).
+    #[inline]
     pub fn free(&mut self, address: u64) -> Result<u64, MemError> {
         let offset = address.wrapping_sub(self.base);
         let index = offset >> self.granule_shift;
