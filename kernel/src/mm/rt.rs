@@ -364,8 +364,9 @@ impl RtPool {
         if !alignment.is_power_of_two() {
             return MemError::BadAlignment { pool: self.name, alignment };
         }
-        let granules =
-            size.div_ceil(self.granule()) + (alignment.max(self.granule()) >> self.granule_shift) - 1;
+        // Saturating: a size near 2^64 with an alignment near 2^63 would overflow.
+        let padding = (alignment.max(self.granule()) >> self.granule_shift) - 1;
+        let granules = size.div_ceil(self.granule()).saturating_add(padding);
         if granules > self.blocks.len() as u64 || size > u64::from(u32::MAX) {
             return MemError::TooLarge { pool: self.name, requested: size, limit: self.capacity() };
         }
@@ -793,6 +794,38 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_request_or_free_gets_an_address_or_a_typed_error(
+            requests in proptest::collection::vec((any::<u64>(), any::<u64>(), 0u8..4), 1..64),
+            granule_log2 in 0u32..12,
+        ) {
+            let base = 0x4000_0000;
+            let mut pool = RtPool::new("protocol", base, 256 * 1024, 1 << granule_log2).unwrap();
+            for (size, alignment, shape) in requests {
+                // Half the alignments are powers of two, up to 2^63; half the sizes are small.
+                let alignment = if shape & 1 != 0 { 1 << (alignment % 64) } else { alignment };
+                let size = if shape & 2 != 0 { size % (64 * 1024) } else { size };
+                match pool.alloc(size, alignment) {
+                    Ok(address) => {
+                        prop_assert_eq!(address % alignment.max(pool.granule()), 0);
+                        prop_assert!(address >= base && address - base + size <= pool.capacity());
+                        prop_assert_eq!(pool.allocation(address).map(|(_, requested)| requested), Some(size));
+                    }
+                    Err(MemError::ZeroSize { .. }) => prop_assert_eq!(size, 0),
+                    Err(MemError::BadAlignment { .. }) => prop_assert!(!alignment.is_power_of_two()),
+                    Err(MemError::TooLarge { .. } | MemError::OutOfMemory { .. }) => {}
+                    Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                }
+                // A free of an arbitrary address is refused, or frees a live block.
+                let address = base.wrapping_add(size % (512 * 1024)).wrapping_sub(alignment % 4096);
+                match pool.free(address) {
+                    Ok(_) | Err(MemError::DoubleFree { .. } | MemError::ForeignFree { .. }) => {}
+                    Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                }
+                pool.check_invariants();
+            }
+        }
 
         #[test]
         fn random_traces_keep_every_invariant(
