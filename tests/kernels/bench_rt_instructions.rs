@@ -8,7 +8,7 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use core::{alloc::Layout, cell::RefCell, mem::MaybeUninit, ptr::NonNull};
+use core::{alloc::Layout, cell::RefCell, hint::black_box, mem::MaybeUninit, ptr::NonNull};
 use kernel::{
     mm::{layout::RegionKind, rt::RtPool},
     rand::SplitMix64,
@@ -43,15 +43,18 @@ fn replay(mut alloc: impl FnMut(usize) -> Option<u64>, mut free: impl FnMut(u64,
     let mut counts = Counts { alloc: Vec::new(), free: Vec::new() };
     for _ in 0..OPERATIONS {
         if live.len() < 32 || (live.len() < 96 && random.below(2) == 0) {
-            let size = 64usize << random.below(8);
+            // `black_box` on both sides of the counter read: the size is computed before
+            // counting starts, and the allocator cannot start its own work on it (its class
+            // mapping, say) before then.
+            let size = black_box(64usize << random.below(8));
             let mut result = None;
-            counts.alloc.push(count(|| result = alloc(size)));
+            counts.alloc.push(count(|| result = alloc(black_box(size))));
             if let Some(address) = result {
                 live.push((address, size));
             }
         } else {
-            let (address, size) = live.swap_remove(random.below(live.len() as u64) as usize);
-            counts.free.push(count(|| free(address, size)));
+            let (address, size) = black_box(live.swap_remove(random.below(live.len() as u64) as usize));
+            counts.free.push(count(|| free(black_box(address), size)));
         }
     }
     counts

@@ -10,6 +10,7 @@ use kernel::mm::rt::RtPool;
 use kernel::mm::slab::{CoreSlab, SlabDepot};
 use kernel::mm::tensor::{TensorHandle, TensorKind, TensorMemory, TensorMemoryConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::time::Instant;
 
@@ -311,22 +312,64 @@ impl Subject for OurChunk {
     }
 }
 
-/// Tessera's RT pool alone.
-pub struct OurRt {
-    /// The pool, public for the worst-case probes.
-    pub pool: RtPool,
-    table: Vec<u64>,
+/// An RT pool built once and lent to one replay at a time, as the kernel builds its pool
+/// once at boot and keeps it: a fresh pool per replay would have just written its whole block
+/// table (64 MiB at 1 GiB), so the trace's first touches of the table would miss cache and
+/// TLB in every replay, where rlsf's headers live in the arena, warm from the previous one.
+pub struct RtHome {
+    pool: RefCell<Option<RtPool>>,
 }
 
-impl OurRt {
-    /// An RT pool over `size` bytes of `arena` in blocks of `granule` bytes.
-    pub fn new(arena: &Arena, size: usize, granule: u64, ids: usize) -> Self {
+impl RtHome {
+    /// A pool over `size` bytes of `arena` in blocks of `granule` bytes.
+    pub fn new(arena: &Arena, size: usize, granule: u64) -> Self {
         let pool = RtPool::new("protocol", arena.base() as u64, size as u64, granule).expect("RT pool");
-        Self { pool, table: vec![0; ids] }
+        Self { pool: RefCell::new(Some(pool)) }
     }
 }
 
-impl Subject for OurRt {
+/// Tessera's RT pool alone: a fresh pool, or one lent by an [`RtHome`] and handed back when
+/// the replay ends, with its leftover blocks freed and checked to be one free block again,
+/// the state of a fresh pool.
+pub struct OurRt<'a> {
+    pool: RtPool,
+    /// Address of each live id, 0 for none (no block starts at 0: the arena is not there).
+    table: Vec<u64>,
+    home: Option<&'a RtHome>,
+}
+
+impl<'a> OurRt<'a> {
+    /// A fresh RT pool over `size` bytes of `arena` in blocks of `granule` bytes.
+    pub fn new(arena: &Arena, size: usize, granule: u64, ids: usize) -> Self {
+        let pool = RtPool::new("protocol", arena.base() as u64, size as u64, granule).expect("RT pool");
+        Self { pool, table: vec![0; ids], home: None }
+    }
+
+    /// The pool of `home`, for one replay.
+    pub fn lent(home: &'a RtHome, ids: usize) -> Self {
+        let pool = home.pool.borrow_mut().take().expect("the RT pool is lent to one replay at a time");
+        Self { pool, table: vec![0; ids], home: Some(home) }
+    }
+}
+
+impl Drop for OurRt<'_> {
+    fn drop(&mut self) {
+        let Some(home) = self.home else {
+            return;
+        };
+        for address in self.table.iter_mut().filter(|address| **address != 0) {
+            self.pool.free(std::mem::take(address)).expect("RT free of a leftover block");
+        }
+        let capacity = self.pool.capacity();
+        assert_eq!(self.pool.block_count(), (1, 0), "the lent RT pool is one free block again");
+        assert_eq!(self.pool.largest_free(), capacity);
+        assert_eq!(self.pool.statistics().counters.live_bytes, 0);
+        let empty = RtPool::new("spare", 0, 0, 1).expect("empty RT pool");
+        *home.pool.borrow_mut() = Some(std::mem::replace(&mut self.pool, empty));
+    }
+}
+
+impl Subject for OurRt<'_> {
     fn alloc(&mut self, id: u32, size: usize, alignment: usize, _kind: Kind) -> bool {
         match self.pool.alloc(size as u64, alignment as u64) {
             Ok(address) => {
@@ -338,7 +381,7 @@ impl Subject for OurRt {
     }
 
     fn free(&mut self, id: u32) {
-        self.pool.free(self.table[id as usize]).expect("RT free");
+        self.pool.free(std::mem::take(&mut self.table[id as usize])).expect("RT free");
     }
 }
 
