@@ -18,6 +18,9 @@ const FREE: u8 = 0x40;
 const LIVE: u8 = 0x80;
 /// Mask of the order in a state byte.
 const ORDER_MASK: u8 = 0x3f;
+/// Slots in the per-order arrays: orders are below 32 (`max_block ≤ 2^31`), so an order
+/// reduced modulo this indexes them without a bounds check.
+const ORDERS: usize = 32;
 
 /// Metadata of one minimum-size page: free-list links (meaningful on free block heads), the
 /// size a live block's caller asked for (on live block heads), and the page's state byte.
@@ -54,8 +57,8 @@ pub struct BuddyAllocator {
     page_count: u32,
     page_shift: u32,
     max_order: u32,
-    heads: Vec<u32>,
-    free_counts: Vec<u32>,
+    heads: [u32; ORDERS],
+    free_counts: [u32; ORDERS],
     nonempty: u32,
     pages: Vec<PageEntry>,
     free_bytes: u64,
@@ -99,8 +102,8 @@ impl BuddyAllocator {
             page_count: pages,
             page_shift,
             max_order,
-            heads: vec![NONE; max_order as usize + 1],
-            free_counts: vec![0; max_order as usize + 1],
+            heads: [NONE; ORDERS],
+            free_counts: [0; ORDERS],
             nonempty: 0,
             pages: vec![PageEntry { next: NONE, previous: NONE, requested: 0, state: 0 }; count],
             free_bytes: 0,
@@ -182,7 +185,7 @@ impl BuddyAllocator {
             });
         }
         let mut found = candidates.trailing_zeros();
-        let page = self.heads[found as usize];
+        let page = self.heads[found as usize % ORDERS];
         self.unlink(page, found);
         while found > order {
             found -= 1;
@@ -227,7 +230,8 @@ impl BuddyAllocator {
         let block = self.block_bytes(order);
         while order < self.max_order {
             let buddy = page ^ (1 << order);
-            if buddy >= self.page_count || self.pages[buddy as usize].state != FREE | order as u8 {
+            // One bounds check both guards the index and stops at the range's end.
+            if self.pages.get(buddy as usize).is_none_or(|entry| entry.state != FREE | order as u8) {
                 break;
             }
             self.unlink(buddy, order);
@@ -277,7 +281,7 @@ impl BuddyAllocator {
     /// largest request: for fragmentation they count together as one free extent. With no
     /// free maximal block, the largest free block is the extent.
     pub fn statistics(&self) -> PoolStatistics {
-        let maximal = u64::from(self.free_counts[self.max_order as usize]) * self.max_block();
+        let maximal = u64::from(self.free_counts[self.max_order as usize % ORDERS]) * self.max_block();
         PoolStatistics {
             name: self.name,
             base: self.base,
@@ -308,34 +312,50 @@ impl BuddyAllocator {
         count
     }
 
+    /// Puts the block of `order` at `page` at the head of its free list. Inlined: it runs
+    /// once per split level and once per free.
+    #[inline(always)]
     fn push_free(&mut self, page: u32, order: u32) {
-        let head = self.heads[order as usize];
-        self.pages[page as usize].next = head;
-        self.pages[page as usize].previous = NONE;
+        let slot = order as usize % ORDERS;
+        let head = self.heads[slot];
+        let entry = &mut self.pages[page as usize];
+        entry.next = head;
+        entry.previous = NONE;
+        entry.state = FREE | order as u8;
         if head != NONE {
             self.pages[head as usize].previous = page;
         }
-        self.heads[order as usize] = page;
-        self.free_counts[order as usize] += 1;
-        self.pages[page as usize].state = FREE | order as u8;
-        self.nonempty |= 1 << order;
+        self.heads[slot] = page;
+        self.free_counts[slot] += 1;
+        self.nonempty |= 1 << slot;
     }
 
+    /// Takes the free block of `order` at `page` off its list. Inlined: it runs once per
+    /// merge level and once per allocation.
+    ///
+    /// Taking off the head leaves the new head's `previous` stale instead of clearing it,
+    /// which saves a store to another page's entry on every level of a deep merge: the head
+    /// is recognised by `heads[order]`, and a `previous` is only read off a block that is
+    /// not the head, which [`BuddyAllocator::push_free`] sets whenever a block stops being
+    /// the head.
+    #[inline(always)]
     fn unlink(&mut self, page: u32, order: u32) {
-        let (next, previous) = (self.pages[page as usize].next, self.pages[page as usize].previous);
-        if previous == NONE {
-            self.heads[order as usize] = next;
+        let slot = order as usize % ORDERS;
+        let entry = &mut self.pages[page as usize];
+        let (next, previous) = (entry.next, entry.previous);
+        entry.state = 0;
+        if self.heads[slot] == page {
+            self.heads[slot] = next;
+            if next == NONE {
+                self.nonempty &= !(1 << slot);
+            }
         } else {
             self.pages[previous as usize].next = next;
+            if next != NONE {
+                self.pages[next as usize].previous = previous;
+            }
         }
-        if next != NONE {
-            self.pages[next as usize].previous = previous;
-        }
-        self.free_counts[order as usize] -= 1;
-        if self.heads[order as usize] == NONE {
-            self.nonempty &= !(1 << order);
-        }
-        self.pages[page as usize].state = 0;
+        self.free_counts[slot] -= 1;
     }
 
     /// Checks every invariant in the type's documentation; for tests.
@@ -365,19 +385,24 @@ impl BuddyAllocator {
             page += 1 << order;
         }
         for order in 0..=self.max_order {
-            let mut page = self.heads[order as usize];
+            let mut page = self.heads[order as usize % ORDERS];
             assert_eq!(page != NONE, self.nonempty & (1 << order) != 0);
             let mut previous = NONE;
             let mut count = 0;
             while page != NONE {
                 count += 1;
                 assert_eq!(self.pages[page as usize].state, FREE | order as u8);
-                assert_eq!(self.pages[page as usize].previous, previous);
+                if previous != NONE {
+                    assert_eq!(
+                        self.pages[page as usize].previous, previous,
+                        "only the head's link may be stale"
+                    );
+                }
                 assert!(core::mem::take(&mut owner[page as usize]), "page {page} listed twice");
                 previous = page;
                 page = self.pages[page as usize].next;
             }
-            assert_eq!(count, self.free_counts[order as usize], "free count of order {order}");
+            assert_eq!(count, self.free_counts[order as usize % ORDERS], "free count of order {order}");
         }
         assert_eq!(reserved, self.counters.reserved_bytes);
         assert_eq!(self.free_bytes + reserved, self.capacity());
@@ -486,8 +511,8 @@ mod tests {
                 }
                 let requested: u64 = live.iter().map(|&(_, size)| size).sum();
                 prop_assert_eq!(buddy.statistics().counters.live_bytes, requested);
+                buddy.check_invariants();
             }
-            buddy.check_invariants();
             for (address, size) in live {
                 prop_assert_eq!(buddy.free(address), Ok(size));
             }
