@@ -297,6 +297,27 @@ impl TensorMemory {
         Ok(TensorHandle { base, size, kind, pool, page_size, references: None })
     }
 
+    /// Allocates `size` bytes of weights placed in the weights region as `placement` says;
+    /// [`Placement::Apart`](super::chunk::Placement::Apart) puts a model staged for a hot-swap
+    /// at the end away from the live one, so the two never interleave.
+    pub fn alloc_weights_at(
+        &self,
+        size: u64,
+        placement: super::chunk::Placement,
+    ) -> Result<TensorHandle, MemError> {
+        let alignment = self.alignment(size, TensorKind::Weights);
+        let base = self.weights.lock().alloc_at(size, alignment, placement)?;
+        let page_size = if alignment >= BLOCK { PageSize::Size2MiB } else { PageSize::Size4KiB };
+        Ok(TensorHandle {
+            base,
+            size,
+            kind: TensorKind::Weights,
+            pool: Pool::Weights,
+            page_size,
+            references: None,
+        })
+    }
+
     /// Allocates a protocol buffer of `size` bytes from the RT pool, only if that finishes by
     /// `deadline` on `clock` (see [`RtPool::alloc_within`]); otherwise
     /// [`MemError::DeadlineMissed`] and nothing is allocated.

@@ -4,11 +4,11 @@
 use crate::trace::Kind;
 use kernel::hil::Clock;
 use kernel::mm::buddy::BuddyAllocator;
-use kernel::mm::chunk::ChunkAllocator;
+use kernel::mm::chunk::{ChunkAllocator, Placement};
 use kernel::mm::layout::MemoryPlan;
 use kernel::mm::rt::RtPool;
 use kernel::mm::slab::{CoreSlab, SlabDepot};
-use kernel::mm::tensor::{TensorHandle, TensorKind, TensorMemory, TensorMemoryConfig};
+use kernel::mm::tensor::{Pool, TensorHandle, TensorKind, TensorMemory, TensorMemoryConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
 use std::time::Instant;
@@ -280,6 +280,12 @@ impl Subject for OurBuddy {
     }
 }
 
+/// Where Tessera places a tensor of model generation `generation`: consecutive generations
+/// at opposite ends of the weights region (double-buffered hot-swap).
+fn generation_placement(generation: u32) -> Placement {
+    if generation.is_multiple_of(2) { Placement::Low } else { Placement::High }
+}
+
 /// Tessera's chunk allocator alone (weights).
 pub struct OurChunk {
     chunk: ChunkAllocator,
@@ -296,8 +302,12 @@ impl OurChunk {
 }
 
 impl Subject for OurChunk {
-    fn alloc(&mut self, id: u32, size: usize, alignment: usize, _kind: Kind) -> bool {
-        match self.chunk.alloc(size as u64, alignment as u64) {
+    fn alloc(&mut self, id: u32, size: usize, alignment: usize, kind: Kind) -> bool {
+        let placement = match kind {
+            Kind::Weights { generation } => generation_placement(generation),
+            _ => Placement::BestFit,
+        };
+        match self.chunk.alloc_at(size as u64, alignment as u64, placement) {
             Ok(address) => {
                 self.table[id as usize] = address;
                 true
@@ -380,16 +390,25 @@ impl OurTensorMemory {
 
 impl Subject for OurTensorMemory {
     fn alloc(&mut self, id: u32, size: usize, _alignment: usize, kind: Kind) -> bool {
-        let kind = match kind {
-            Kind::Weights => TensorKind::Weights,
+        let tensor_kind = match kind {
+            Kind::Weights { .. } => TensorKind::Weights,
             Kind::KvCache => TensorKind::KvCache,
             Kind::Activation => TensorKind::Activation,
             Kind::Small => TensorKind::Small,
             Kind::Protocol => TensorKind::Protocol,
         };
-        let result = match &self.clock {
-            Some(clock) => self.memory.alloc_timed(0, size as u64, kind, clock),
-            None => self.memory.alloc(size as u64, kind),
+        let result = match (kind, &self.clock) {
+            (Kind::Weights { generation }, None) => {
+                self.memory.alloc_weights_at(size as u64, generation_placement(generation))
+            }
+            (Kind::Weights { generation }, Some(clock)) => {
+                let start = clock.now_ns();
+                let result = self.memory.alloc_weights_at(size as u64, generation_placement(generation));
+                self.memory.record_latency(Pool::Weights, false, clock.now_ns().saturating_sub(start));
+                result
+            }
+            (_, Some(clock)) => self.memory.alloc_timed(0, size as u64, tensor_kind, clock),
+            (_, None) => self.memory.alloc(size as u64, tensor_kind),
         };
         match result {
             Ok(handle) => {
