@@ -52,6 +52,28 @@ impl BackedMemory {
         buffer.fill(0);
         Ok(buffer)
     }
+
+    /// An owning, zero-filled weights buffer placed in the weights region as `placement` says
+    /// (see [`TensorMemory::alloc_weights_at`]); timed like [`BackedMemory::alloc_on`].
+    pub fn alloc_weights_at(
+        &self,
+        size: u64,
+        placement: super::chunk::Placement,
+    ) -> Result<TensorBuffer<'_>, MemError> {
+        let handle = match board_time() {
+            Some(board) => {
+                let start = board.clock.now_ns();
+                let handle = self.memory.alloc_weights_at(size, placement);
+                let elapsed = board.clock.now_ns().saturating_sub(start);
+                self.memory.record_latency(super::tensor::Pool::Weights, false, elapsed);
+                handle?
+            }
+            None => self.memory.alloc_weights_at(size, placement)?,
+        };
+        let mut buffer = TensorBuffer { owner: self, core: 0, handle: ManuallyDrop::new(handle) };
+        buffer.fill(0);
+        Ok(buffer)
+    }
 }
 
 /// An allocation from a [`BackedMemory`] pool, usable as bytes (and, being cache-line
