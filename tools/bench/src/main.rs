@@ -382,7 +382,8 @@ fn main() {
     // Trace 2: LLM serving, on the Pi 3 boot plan for 1 GiB.
     let plan = pi3_plan(1 << 30).expect("Pi 3 plan");
     let budget = (plan.budget.llm + plan.budget.protocol) as usize;
-    let llm = trace::llm_serving(2, tokens, 8, tokens / 3, 120 * MIB);
+    let swap_every = tokens / 3;
+    let llm = trace::llm_serving(2, tokens, 8, swap_every, 120 * MIB);
     let ids = llm.ids;
     let mut results = Vec::new();
     let harness = harness_cost(&llm, replays);
@@ -393,8 +394,9 @@ fn main() {
     }
     print_table(
         &format!(
-            "LLM serving: {tokens} tokens, 8 sequences, 2 hot-swaps of 1–100 MiB weights (Tessera on the Pi 3 plan \
+            "LLM serving: {tokens} tokens, 8 sequences, {} hot-swaps of 1–100 MiB weights (Tessera on the Pi 3 plan \
              for 1 GiB; baselines get its LLM + protocol budget, {} MiB, as one arena)",
+            tokens / swap_every,
             budget / MIB
         ),
         &llm,
