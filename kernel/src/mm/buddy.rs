@@ -1,7 +1,8 @@
 //! Buddy allocator: power-of-two blocks from 4 KiB to 1 MiB (activations, KV blocks, slabs).
 //!
-//! Metadata is external: one 16-byte entry per 4 KiB page (state byte, free-list links,
-//! requested size), allocated once at construction. Nothing is written into the managed memory.
+//! Metadata is external: per 4 KiB page a state byte, in one dense array, and an 8-byte entry
+//! (free-list links, or a live block's requested size), allocated once at construction.
+//! Nothing is written into the managed memory.
 
 #![forbid(unsafe_code)]
 
@@ -18,16 +19,18 @@ const FREE: u8 = 0x40;
 const LIVE: u8 = 0x80;
 /// Mask of the order in a state byte.
 const ORDER_MASK: u8 = 0x3f;
+/// Slots in the per-order arrays: orders are below 32 (`max_block ≤ 2^31`), so an order
+/// reduced modulo this indexes them without a bounds check.
+const ORDERS: usize = 32;
 
-/// Metadata of one minimum-size page: free-list links (meaningful on free block heads), the
-/// size a live block's caller asked for (on live block heads), and the page's state byte.
-/// One entry per page keeps everything an operation touches on one cache line.
+/// The words of one minimum-size page. On a free block's head: its free-list links. On a live
+/// block's head, `next` holds the size its caller asked for (a live block is on no list).
+/// Elsewhere unused. The state bytes live apart, densely, so the buddy checks of a deep merge
+/// touch one or two cache lines.
 #[derive(Clone, Copy, Debug)]
-struct PageEntry {
+struct PageWords {
     next: u32,
     previous: u32,
-    requested: u32,
-    state: u8,
 }
 
 /// A binary buddy allocator over one address range.
@@ -54,10 +57,11 @@ pub struct BuddyAllocator {
     page_count: u32,
     page_shift: u32,
     max_order: u32,
-    heads: Vec<u32>,
-    free_counts: Vec<u32>,
+    heads: [u32; ORDERS],
+    free_counts: [u32; ORDERS],
     nonempty: u32,
-    pages: Vec<PageEntry>,
+    states: Vec<u8>,
+    words: Vec<PageWords>,
     free_bytes: u64,
     counters: PoolCounters,
 }
@@ -99,10 +103,11 @@ impl BuddyAllocator {
             page_count: pages,
             page_shift,
             max_order,
-            heads: vec![NONE; max_order as usize + 1],
-            free_counts: vec![0; max_order as usize + 1],
+            heads: [NONE; ORDERS],
+            free_counts: [0; ORDERS],
             nonempty: 0,
-            pages: vec![PageEntry { next: NONE, previous: NONE, requested: 0, state: 0 }; count],
+            states: vec![0; count],
+            words: vec![PageWords { next: NONE, previous: NONE }; count],
             free_bytes: 0,
             counters: PoolCounters::default(),
         };
@@ -182,14 +187,14 @@ impl BuddyAllocator {
             });
         }
         let mut found = candidates.trailing_zeros();
-        let page = self.heads[found as usize];
+        let page = self.heads[found as usize % ORDERS];
         self.unlink(page, found);
         while found > order {
             found -= 1;
             self.push_free(page + (1 << found), found);
         }
-        self.pages[page as usize].state = LIVE | order as u8;
-        self.pages[page as usize].requested = size as u32;
+        self.states[page as usize] = LIVE | order as u8;
+        self.words[page as usize].next = size as u32;
         let block = self.block_bytes(order);
         self.free_bytes -= block;
         self.counters.record_allocation(size, block);
@@ -213,7 +218,7 @@ impl BuddyAllocator {
             return Err(foreign);
         }
         let mut page = (offset >> self.page_shift) as u32;
-        let state = self.pages[page as usize].state;
+        let state = self.states[page as usize];
         if state & LIVE == 0 {
             return Err(if self.free_block_containing(page) {
                 MemError::DoubleFree { pool: self.name, address }
@@ -222,12 +227,13 @@ impl BuddyAllocator {
             });
         }
         let mut order = u32::from(state & ORDER_MASK);
-        let requested = u64::from(self.pages[page as usize].requested);
-        self.pages[page as usize].state = 0;
+        let requested = u64::from(self.words[page as usize].next);
+        self.states[page as usize] = 0;
         let block = self.block_bytes(order);
         while order < self.max_order {
             let buddy = page ^ (1 << order);
-            if buddy >= self.page_count || self.pages[buddy as usize].state != FREE | order as u8 {
+            // One bounds check both guards the index and stops at the range's end.
+            if self.states.get(buddy as usize).is_none_or(|&state| state != FREE | order as u8) {
                 break;
             }
             self.unlink(buddy, order);
@@ -245,7 +251,7 @@ impl BuddyAllocator {
     fn free_block_containing(&self, page: u32) -> bool {
         (0..=self.max_order).any(|order| {
             let head = page & !((1u32 << order) - 1);
-            self.pages[head as usize].state == FREE | order as u8
+            self.states[head as usize] == FREE | order as u8
         })
     }
 
@@ -256,9 +262,9 @@ impl BuddyAllocator {
             return None;
         }
         let page = (offset >> self.page_shift) as usize;
-        let state = self.pages[page].state;
+        let state = self.states[page];
         (state & LIVE != 0)
-            .then(|| (self.block_bytes(u32::from(state & ORDER_MASK)), u64::from(self.pages[page].requested)))
+            .then(|| (self.block_bytes(u32::from(state & ORDER_MASK)), u64::from(self.words[page].next)))
     }
 
     /// Bytes free.
@@ -277,7 +283,7 @@ impl BuddyAllocator {
     /// largest request: for fragmentation they count together as one free extent. With no
     /// free maximal block, the largest free block is the extent.
     pub fn statistics(&self) -> PoolStatistics {
-        let maximal = u64::from(self.free_counts[self.max_order as usize]) * self.max_block();
+        let maximal = u64::from(self.free_counts[self.max_order as usize % ORDERS]) * self.max_block();
         PoolStatistics {
             name: self.name,
             base: self.base,
@@ -308,34 +314,47 @@ impl BuddyAllocator {
         count
     }
 
+    /// Puts the block of `order` at `page` at the head of its free list. Inlined: it runs
+    /// once per split level and once per free.
+    #[inline(always)]
     fn push_free(&mut self, page: u32, order: u32) {
-        let head = self.heads[order as usize];
-        self.pages[page as usize].next = head;
-        self.pages[page as usize].previous = NONE;
+        let slot = order as usize % ORDERS;
+        let head = self.heads[slot];
+        self.words[page as usize] = PageWords { next: head, previous: NONE };
+        self.states[page as usize] = FREE | order as u8;
         if head != NONE {
-            self.pages[head as usize].previous = page;
+            self.words[head as usize].previous = page;
         }
-        self.heads[order as usize] = page;
-        self.free_counts[order as usize] += 1;
-        self.pages[page as usize].state = FREE | order as u8;
-        self.nonempty |= 1 << order;
+        self.heads[slot] = page;
+        self.free_counts[slot] += 1;
+        self.nonempty |= 1 << slot;
     }
 
+    /// Takes the free block of `order` at `page` off its list. Inlined: it runs once per
+    /// merge level and once per allocation.
+    ///
+    /// Taking off the head leaves the new head's `previous` stale instead of clearing it,
+    /// which saves a store to another page's entry on every level of a deep merge: the head
+    /// is recognised by `heads[order]`, and a `previous` is only read off a block that is
+    /// not the head, which [`BuddyAllocator::push_free`] sets whenever a block stops being
+    /// the head.
+    #[inline(always)]
     fn unlink(&mut self, page: u32, order: u32) {
-        let (next, previous) = (self.pages[page as usize].next, self.pages[page as usize].previous);
-        if previous == NONE {
-            self.heads[order as usize] = next;
+        let slot = order as usize % ORDERS;
+        let PageWords { next, previous } = self.words[page as usize];
+        self.states[page as usize] = 0;
+        if self.heads[slot] == page {
+            self.heads[slot] = next;
+            if next == NONE {
+                self.nonempty &= !(1 << slot);
+            }
         } else {
-            self.pages[previous as usize].next = next;
+            self.words[previous as usize].next = next;
+            if next != NONE {
+                self.words[next as usize].previous = previous;
+            }
         }
-        if next != NONE {
-            self.pages[next as usize].previous = previous;
-        }
-        self.free_counts[order as usize] -= 1;
-        if self.heads[order as usize] == NONE {
-            self.nonempty &= !(1 << order);
-        }
-        self.pages[page as usize].state = 0;
+        self.free_counts[slot] -= 1;
     }
 
     /// Checks every invariant in the type's documentation; for tests.
@@ -345,12 +364,12 @@ impl BuddyAllocator {
         let mut reserved = 0;
         let mut page = 0u32;
         while page < self.page_count {
-            let state = self.pages[page as usize].state;
+            let state = self.states[page as usize];
             assert!(state & (FREE | LIVE) != 0, "page {page} is not covered by a block head");
             let order = u32::from(state & ORDER_MASK);
             assert_eq!(page % (1 << order), 0, "block at page {page} misaligned for order {order}");
             for inner in page + 1..page + (1 << order) {
-                assert_eq!(self.pages[inner as usize].state, 0);
+                assert_eq!(self.states[inner as usize], 0);
             }
             owner[page as usize] = true;
             if state & LIVE != 0 {
@@ -358,26 +377,31 @@ impl BuddyAllocator {
             } else if order < self.max_order {
                 let buddy = page ^ (1 << order);
                 assert!(
-                    buddy >= self.page_count || self.pages[buddy as usize].state != state,
+                    buddy >= self.page_count || self.states[buddy as usize] != state,
                     "free buddies {page} and {buddy} were not merged"
                 );
             }
             page += 1 << order;
         }
         for order in 0..=self.max_order {
-            let mut page = self.heads[order as usize];
+            let mut page = self.heads[order as usize % ORDERS];
             assert_eq!(page != NONE, self.nonempty & (1 << order) != 0);
             let mut previous = NONE;
             let mut count = 0;
             while page != NONE {
                 count += 1;
-                assert_eq!(self.pages[page as usize].state, FREE | order as u8);
-                assert_eq!(self.pages[page as usize].previous, previous);
+                assert_eq!(self.states[page as usize], FREE | order as u8);
+                if previous != NONE {
+                    assert_eq!(
+                        self.words[page as usize].previous, previous,
+                        "only the head's link may be stale"
+                    );
+                }
                 assert!(core::mem::take(&mut owner[page as usize]), "page {page} listed twice");
                 previous = page;
-                page = self.pages[page as usize].next;
+                page = self.words[page as usize].next;
             }
-            assert_eq!(count, self.free_counts[order as usize], "free count of order {order}");
+            assert_eq!(count, self.free_counts[order as usize % ORDERS], "free count of order {order}");
         }
         assert_eq!(reserved, self.counters.reserved_bytes);
         assert_eq!(self.free_bytes + reserved, self.capacity());
@@ -486,8 +510,8 @@ mod tests {
                 }
                 let requested: u64 = live.iter().map(|&(_, size)| size).sum();
                 prop_assert_eq!(buddy.statistics().counters.live_bytes, requested);
+                buddy.check_invariants();
             }
-            buddy.check_invariants();
             for (address, size) in live {
                 prop_assert_eq!(buddy.free(address), Ok(size));
             }

@@ -6,6 +6,7 @@
 
 use super::{
     MemError,
+    chunk::Placement,
     tensor::{TensorHandle, TensorKind, TensorMemory},
 };
 use crate::hil::board_time;
@@ -41,12 +42,24 @@ impl BackedMemory {
     }
 
     /// Like [`BackedMemory::alloc`], on core `core` (whose slab cache serves small requests
-    /// and takes the buffer back when it is dropped). Timed into the pool's latency histogram
-    /// once boot has installed the board's clock.
+    /// and takes the buffer back when it is dropped).
     pub fn alloc_on(&self, core: usize, size: u64, kind: TensorKind) -> Result<TensorBuffer<'_>, MemError> {
+        self.alloc_placed(core, size, kind, Placement::BestFit)
+    }
+
+    /// Like [`BackedMemory::alloc_on`], with weights placed as `placement` says (see
+    /// [`TensorMemory::alloc_placed`]). Timed into the pool's latency histogram once boot has
+    /// installed the board's clock.
+    pub fn alloc_placed(
+        &self,
+        core: usize,
+        size: u64,
+        kind: TensorKind,
+        placement: Placement,
+    ) -> Result<TensorBuffer<'_>, MemError> {
         let handle = match board_time() {
-            Some(board) => self.memory.alloc_timed(core, size, kind, board.clock)?,
-            None => self.memory.alloc_on(core, size, kind)?,
+            Some(board) => self.memory.alloc_timed(core, size, kind, placement, board.clock)?,
+            None => self.memory.alloc_placed(core, size, kind, placement)?,
         };
         let mut buffer = TensorBuffer { owner: self, core, handle: ManuallyDrop::new(handle) };
         buffer.fill(0);

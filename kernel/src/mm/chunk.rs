@@ -16,12 +16,38 @@ struct Allocation {
     requested: u64,
 }
 
+/// Where in the range [`ChunkAllocator::alloc_at`] places a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Best fit by size, lowest address among equal sizes, at the bottom of the chosen block
+    /// (what [`ChunkAllocator::alloc`] does).
+    BestFit,
+    /// Packed from the bottom of the range upward: the lowest free block that fits among the
+    /// [`EXTREME_CANDIDATES`] lowest, at its bottom; failing that, best fit.
+    Low,
+    /// Packed from the top of the range downward: the highest free block that fits among the
+    /// [`EXTREME_CANDIDATES`] highest, at its top; failing that, best fit (highest address
+    /// among equal sizes), at the top of the chosen block.
+    High,
+    /// [`Placement::Low`] or [`Placement::High`], whichever end of the range touches the
+    /// larger free block (low on a tie). A model staged while another is live goes to the end
+    /// away from it, so the two never interleave and the free space between them stays one
+    /// block when either is freed (double-buffered hot-swap).
+    Apart,
+}
+
+/// How many free blocks at one end of the range [`Placement::Low`] and [`Placement::High`]
+/// look at before falling back to best fit; a constant, so placement stays O(log n).
+pub const EXTREME_CANDIDATES: usize = 4;
+
 /// An address-ordered, coalescing allocator for big blocks, with optional 2 MiB (or any
 /// power-of-two) alignment.
 ///
-/// Policy: best fit by size, lowest address among equal sizes; if the smallest fitting block
-/// cannot meet the alignment, the smallest block that is large enough for any alignment
-/// padding is taken instead, so no search goes past two look-ups.
+/// Policy ([`ChunkAllocator::alloc`]): best fit by size, lowest address among equal sizes;
+/// if the smallest fitting block cannot meet the alignment, the smallest block that is large
+/// enough for any alignment padding is taken instead, so no search goes past two look-ups.
+/// [`ChunkAllocator::alloc_at`] can instead pack a generation of blocks from either end of
+/// the range ([`Placement`]).
 ///
 /// Invariants (checked by the property tests):
 /// - every block, free or live, starts and ends on a multiple of the granule;
@@ -30,8 +56,8 @@ struct Allocation {
 /// - free bytes + reserved bytes = capacity;
 /// - a live block's base satisfies the alignment asked for it.
 ///
-/// Time bounds, for `n` free blocks and `m` live blocks: `alloc` O(log n), `free`
-/// O(log n + log m), statistics O(log n).
+/// Time bounds, for `n` free blocks and `m` live blocks: `alloc` and `alloc_at` O(log n),
+/// `free` O(log n + log m), statistics O(log n).
 #[derive(Debug)]
 pub struct ChunkAllocator {
     name: &'static str,
@@ -83,7 +109,12 @@ impl ChunkAllocator {
     /// Allocates `size` bytes whose base is a multiple of `alignment` (at least the granule).
     /// Returns the base address.
     pub fn alloc(&mut self, size: u64, alignment: u64) -> Result<u64, MemError> {
-        let result = self.carve(size, alignment);
+        self.alloc_at(size, alignment, Placement::BestFit)
+    }
+
+    /// Like [`ChunkAllocator::alloc`], placed as `placement` says.
+    pub fn alloc_at(&mut self, size: u64, alignment: u64, placement: Placement) -> Result<u64, MemError> {
+        let result = self.carve(size, alignment, placement);
         if result.is_err() {
             self.counters.failures += 1;
         }
@@ -105,7 +136,20 @@ impl ChunkAllocator {
         Ok(base)
     }
 
-    fn carve(&mut self, size: u64, alignment: u64) -> Result<u64, MemError> {
+    /// The end of the range that touches the larger free block: [`Placement::Low`] or
+    /// [`Placement::High`] (low on a tie, and when nothing is free).
+    pub fn roomier_end(&self) -> Placement {
+        let end = self.base + self.size;
+        let low = self.free_by_address.first_key_value().filter(|&(&base, _)| base == self.base);
+        let high = self.free_by_address.last_key_value().filter(|&(&base, &size)| base + size == end);
+        if high.map_or(0, |(_, &size)| size) > low.map_or(0, |(_, &size)| size) {
+            Placement::High
+        } else {
+            Placement::Low
+        }
+    }
+
+    fn carve(&mut self, size: u64, alignment: u64, placement: Placement) -> Result<u64, MemError> {
         let name = self.name;
         if size == 0 {
             return Err(MemError::ZeroSize { pool: name });
@@ -123,12 +167,39 @@ impl ChunkAllocator {
             align_up(free_base, alignment)
                 .is_some_and(|aligned| aligned + block_size <= free_base + free_size)
         };
-        // The smallest block that fits as is; failing that, the smallest block with room
-        // for the worst-case padding, which always fits.
-        let first = self.free_by_size.range((block_size, 0)..).next().copied().filter(fits);
-        let chosen = first.or_else(|| {
+        let placement = if placement == Placement::Apart { self.roomier_end() } else { placement };
+        let high = placement == Placement::High;
+        // Low and High: the first fitting block among the few at their end of the range.
+        let extreme = match placement {
+            Placement::Low => self
+                .free_by_address
+                .iter()
+                .take(EXTREME_CANDIDATES)
+                .map(|(&base, &size)| (size, base))
+                .find(fits),
+            Placement::High => self
+                .free_by_address
+                .iter()
+                .rev()
+                .take(EXTREME_CANDIDATES)
+                .map(|(&base, &size)| (size, base))
+                .find(fits),
+            Placement::BestFit | Placement::Apart => None,
+        };
+        // Best fit: the smallest block that fits as is; failing that, the smallest block with
+        // room for the worst-case padding, which always fits. Among equal sizes the lowest
+        // address, or the highest for High.
+        let smallest_from = |minimum: u64| {
+            let (size, base) = *self.free_by_size.range((minimum, 0)..).next()?;
+            if high {
+                self.free_by_size.range((size, base)..=(size, u64::MAX)).next_back().copied()
+            } else {
+                Some((size, base))
+            }
+        };
+        let chosen = extreme.or_else(|| smallest_from(block_size).filter(fits)).or_else(|| {
             let padded = block_size.checked_add(alignment - self.granule)?;
-            self.free_by_size.range((padded, 0)..).next().copied().filter(fits)
+            smallest_from(padded).filter(fits)
         });
         let Some((free_size, free_base)) = chosen else {
             return Err(MemError::OutOfMemory {
@@ -139,7 +210,11 @@ impl ChunkAllocator {
             });
         };
         self.remove_free(free_base, free_size);
-        let aligned = align_up(free_base, alignment).unwrap_or(free_base);
+        let aligned = if high {
+            (free_base + free_size - block_size) & !(alignment - 1)
+        } else {
+            align_up(free_base, alignment).unwrap_or(free_base)
+        };
         if aligned > free_base {
             self.insert_free(free_base, aligned - free_base);
         }
@@ -310,15 +385,82 @@ mod tests {
         assert_eq!(chunk.statistics().counters.failures, 5);
     }
 
+    #[test]
+    fn high_placement_packs_down_from_the_top() {
+        let mut chunk = ChunkAllocator::new("weights", 0, 64 * MIB, 4096).unwrap();
+        let first = chunk.alloc_at(3 * MIB, 2 * MIB, Placement::High).unwrap();
+        assert_eq!(first, 60 * MIB, "the highest 2 MiB boundary with room for 3 MiB");
+        let second = chunk.alloc_at(5 * MIB + 4096, 2 * MIB, Placement::High).unwrap();
+        assert_eq!(second, 54 * MIB);
+        // A small block fills the padding gap above the first block, not the bottom.
+        let small = chunk.alloc_at(MIB, 4096, Placement::High).unwrap();
+        assert_eq!(small, 63 * MIB);
+        let low = chunk.alloc_at(3 * MIB, 2 * MIB, Placement::Low).unwrap();
+        assert_eq!(low, 0);
+        chunk.check_invariants();
+        assert_eq!(chunk.allocation(second), Some((5 * MIB + 4096, 5 * MIB + 4096)));
+        for base in [first, second, small, low] {
+            chunk.free(base).unwrap();
+        }
+        assert_eq!(chunk.free_block_count(), 1);
+    }
+
+    #[test]
+    fn staged_generations_alternate_ends_and_leave_one_free_block() {
+        let mut chunk = ChunkAllocator::new("weights", 0x20_0000, 100 * MIB, 4096).unwrap();
+        assert_eq!(chunk.roomier_end(), Placement::Low, "a tie goes low");
+        let mut active = chunk.alloc_at(30 * MIB, 2 * MIB, Placement::Apart).unwrap();
+        assert_eq!(active, 0x20_0000);
+        for (model, expected_end) in [(40, Placement::High), (35, Placement::Low), (20, Placement::High)] {
+            assert_eq!(chunk.roomier_end(), expected_end);
+            let staged = chunk.alloc_at(model * MIB, 2 * MIB, Placement::Apart).unwrap();
+            match expected_end {
+                Placement::High => assert_eq!(staged + model * MIB, 0x20_0000 + 100 * MIB),
+                _ => assert_eq!(staged, 0x20_0000),
+            }
+            chunk.free(active).unwrap();
+            assert_eq!(chunk.free_block_count(), 1, "one model live, one free block");
+            assert_eq!(chunk.statistics().fragmentation_permille(), 0);
+            active = staged;
+        }
+        chunk.check_invariants();
+    }
+
+    #[test]
+    fn placements_fall_back_to_best_fit_and_fail_cleanly() {
+        let mut chunk = ChunkAllocator::new("weights", 0, 16 * MIB, 4096).unwrap();
+        let blocks: Vec<u64> = (0..16).map(|_| chunk.alloc(MIB, 4096).unwrap()).collect();
+        // Free holes of 1 MiB at the ends and one of 2 MiB in the middle.
+        for index in [0, 2, 4, 6, 11, 13, 15, 8, 9] {
+            chunk.free(blocks[index]).unwrap();
+        }
+        // The four free blocks at each end are 1 MiB: a 2 MiB request falls back to best fit.
+        assert_eq!(chunk.alloc_at(2 * MIB, 4096, Placement::High), Ok(8 * MIB));
+        assert_eq!(chunk.alloc_at(MIB, 4096, Placement::High), Ok(15 * MIB));
+        assert_eq!(chunk.alloc_at(MIB, 4096, Placement::Low), Ok(0));
+        assert!(matches!(
+            chunk.alloc_at(2 * MIB, 4096, Placement::Apart),
+            Err(MemError::OutOfMemory { largest_free, .. }) if largest_free == MIB
+        ));
+        chunk.check_invariants();
+    }
+
     #[derive(Clone, Debug)]
     enum Operation {
-        Alloc { size: u64, align_log2: u32 },
+        Alloc { size: u64, align_log2: u32, placement: Placement },
         Free { pick: usize },
     }
 
     fn operation() -> impl Strategy<Value = Operation> {
+        let placement = prop_oneof![
+            Just(Placement::BestFit),
+            Just(Placement::Low),
+            Just(Placement::High),
+            Just(Placement::Apart),
+        ];
         prop_oneof![
-            3 => (1u64..12 * MIB, 12u32..23).prop_map(|(size, align_log2)| Operation::Alloc { size, align_log2 }),
+            3 => (1u64..12 * MIB, 12u32..23, placement)
+                .prop_map(|(size, align_log2, placement)| Operation::Alloc { size, align_log2, placement }),
             2 => any::<usize>().prop_map(|pick| Operation::Free { pick }),
         ]
     }
@@ -336,9 +478,9 @@ mod tests {
             let mut live: Vec<(u64, u64)> = Vec::new();
             for operation in operations {
                 match operation {
-                    Operation::Alloc { size, align_log2 } => {
+                    Operation::Alloc { size, align_log2, placement } => {
                         let alignment = 1 << align_log2;
-                        match chunk.alloc(size, alignment) {
+                        match chunk.alloc_at(size, alignment, placement) {
                             Ok(address) => {
                                 prop_assert_eq!(address % alignment, 0);
                                 prop_assert!(chunk.contains(address, size));

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::buddy::BuddyAllocator;
-use super::chunk::ChunkAllocator;
+use super::chunk::{ChunkAllocator, Placement};
 use super::dma::DmaPool;
 use super::error::MemError;
 use super::layout::{BLOCK, MemoryPlan, Region, RegionKind};
@@ -205,6 +205,16 @@ impl Default for TensorMemoryConfig {
 
 type SharedBuddy = Arc<spin::Mutex<BuddyAllocator>>;
 
+/// One allocation request, routed.
+#[derive(Clone, Copy)]
+struct Request {
+    core: usize,
+    pool: Pool,
+    size: u64,
+    alignment: u64,
+    placement: Placement,
+}
+
 /// The pools of one memory node: its slice of the weights, KV-cache and activations regions.
 #[derive(Debug)]
 struct NodePools {
@@ -396,6 +406,19 @@ impl TensorMemory {
     /// core's memory node (whose slab cache on that core serves small requests), or of the
     /// next node with room when they are exhausted.
     pub fn alloc_on(&self, core: usize, size: u64, kind: TensorKind) -> Result<TensorHandle, MemError> {
+        self.alloc_placed(core, size, kind, Placement::BestFit)
+    }
+
+    /// Like [`TensorMemory::alloc_on`], with weights placed in their node's region as
+    /// `placement` says ([`Placement::Apart`] puts a model staged for a hot-swap at the end
+    /// away from the live one, so the two never interleave). Other kinds ignore `placement`.
+    pub fn alloc_placed(
+        &self,
+        core: usize,
+        size: u64,
+        kind: TensorKind,
+        placement: Placement,
+    ) -> Result<TensorHandle, MemError> {
         if size == 0 {
             return Err(MemError::ZeroSize { pool: "tensor" });
         }
@@ -411,16 +434,17 @@ impl TensorMemory {
             node: node as u8,
             references: None,
         };
+        let request = Request { core, pool, size, alignment, placement };
         if !pool.per_node() {
-            return self.alloc_from_node(core, 0, pool, size, alignment).map(|base| handle(base, 0));
+            return self.alloc_from_node(request, 0).map(|base| handle(base, 0));
         }
         let local = self.node_of(core)?;
-        let first = self.alloc_from_node(core, local, pool, size, alignment);
+        let first = self.alloc_from_node(request, local);
         if !matches!(first, Err(MemError::OutOfMemory { .. })) {
             return first.map(|base| handle(base, local));
         }
         for node in (1..self.nodes.len()).map(|step| (local + step) % self.nodes.len()) {
-            if let Ok(base) = self.alloc_from_node(core, node, pool, size, alignment) {
+            if let Ok(base) = self.alloc_from_node(request, node) {
                 self.remote_allocations.fetch_add(1, Ordering::Relaxed);
                 return Ok(handle(base, node));
             }
@@ -429,17 +453,11 @@ impl TensorMemory {
     }
 
     /// One allocation from pool `pool`: node `node`'s for the per-node pools.
-    fn alloc_from_node(
-        &self,
-        core: usize,
-        node: usize,
-        pool: Pool,
-        size: u64,
-        alignment: u64,
-    ) -> Result<u64, MemError> {
+    fn alloc_from_node(&self, request: Request, node: usize) -> Result<u64, MemError> {
+        let Request { core, pool, size, alignment, placement } = request;
         let pools = &self.nodes[node];
         match pool {
-            Pool::Weights => pools.weights.lock().alloc(size, alignment),
+            Pool::Weights => pools.weights.lock().alloc_at(size, alignment, placement),
             Pool::KvCache => pools.kv_cache.lock().alloc(size),
             Pool::Activations => pools.slab.source().lock().alloc(size),
             Pool::Slab => self.core_cache(core, node)?.lock().alloc(&pools.slab, size),
@@ -506,16 +524,17 @@ impl TensorMemory {
         Ok(0)
     }
 
-    /// [`TensorMemory::alloc_on`], timed on `clock` into the pool's allocation histogram.
+    /// [`TensorMemory::alloc_placed`], timed on `clock` into the pool's allocation histogram.
     pub fn alloc_timed(
         &self,
         core: usize,
         size: u64,
         kind: TensorKind,
+        placement: Placement,
         clock: &dyn Clock,
     ) -> Result<TensorHandle, MemError> {
         let start = clock.now_ns();
-        let result = self.alloc_on(core, size, kind);
+        let result = self.alloc_placed(core, size, kind, placement);
         let elapsed = clock.now_ns().saturating_sub(start);
         self.latency.lock()[self.route(size, kind).index()].alloc.record(elapsed);
         result

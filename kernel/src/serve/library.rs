@@ -14,6 +14,7 @@ use crate::{
     mm::{
         MemError,
         buffer::{BackedMemory, TensorBuffer},
+        chunk::Placement,
         tensor::{Pool, TensorKind},
     },
     model::{ModelError, ModelErrorKind, ModelFile},
@@ -78,7 +79,9 @@ pub fn list_models<D: BlockDevice>(volume: &mut Volume<D>) -> Result<Vec<ModelEn
 }
 
 /// A weights buffer of `size` bytes, within `budget` bytes of weights in all (`tessera.cfg`)
-/// when one is set.
+/// when one is set. It goes to the end of the weights region away from the model being
+/// served ([`Placement::Apart`]), so after the swap the old model's memory and the rest of the
+/// free space form one block, and the next model may be as large as all of it.
 fn weights_buffer(
     memory: &BackedMemory,
     budget: Option<u64>,
@@ -97,7 +100,9 @@ fn weights_buffer(
             return Err(LibraryError::NoMemory { needed: size, error });
         }
     }
-    memory.alloc(size, TensorKind::Weights).map_err(|error| LibraryError::NoMemory { needed: size, error })
+    memory
+        .alloc_placed(0, size, TensorKind::Weights, Placement::Apart)
+        .map_err(|error| LibraryError::NoMemory { needed: size, error })
 }
 
 /// Loads `/models/NAME` into a new weights buffer, reporting `progress(done, total)`, then
@@ -501,6 +506,50 @@ mod tests {
         assert_eq!(next.size(), next_bytes.len());
         drop((next, active));
         assert_eq!(live_weights(memory), baseline);
+    }
+
+    #[test]
+    fn hot_swaps_alternate_ends_and_keep_the_free_weights_memory_in_one_block() {
+        let models: Vec<Vec<u8>> = (7..10).map(model_bytes).collect();
+        let names = ["a.gguf", "b.gguf", "c.gguf"];
+        let files: Vec<(String, &[u8])> = names
+            .iter()
+            .zip(&models)
+            .map(|(name, bytes)| (alloc::format!("/models/{name}"), bytes.as_slice()))
+            .collect();
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(path, bytes)| (path.as_str(), *bytes)).collect();
+        let mut volume = fat_volume_with(&files);
+        let memory = host_backed_memory(64 * MIB);
+        let one_block = |memory: &BackedMemory| {
+            let statistics = memory.memory().statistics(Pool::Weights);
+            statistics.largest_free == statistics.free_bytes
+        };
+        // The base address of a model's weights buffer, keeping the model.
+        let base_of = |model: ServedModel<TensorBuffer<'static>>, name: &str| {
+            let length = model.size();
+            let (bytes, tokenizer) = model.into_parts();
+            let base = bytes.handle().base();
+            (ServedModel::from_validated(name, bytes, length, tokenizer), base)
+        };
+        let first = load_model(&mut volume, memory, None, names[0], |_, _| {}).unwrap();
+        let (mut active, mut active_base) = base_of(first, names[0]);
+        let expected = greedy_answer(&active);
+        let mut staged_high = true;
+        for name in &names[1..] {
+            let (staged, staged_base) =
+                base_of(staged_to_end(&mut volume, memory, None, name).unwrap(), name);
+            assert_eq!(staged_base > active_base, staged_high, "{name} is staged at the far end");
+            drop(core::mem::replace(&mut active, staged));
+            active_base = staged_base;
+            assert!(one_block(memory), "after swapping in {name} the free weights memory is one block");
+            staged_high = !staged_high;
+        }
+        assert_eq!(active.name, names[2]);
+        assert_ne!(greedy_answer(&active), String::new());
+        drop(active);
+        assert!(one_block(memory));
+        let again = load_model(&mut volume, memory, None, names[0], |_, _| {}).unwrap();
+        assert_eq!(greedy_answer(&again), expected, "a model loaded after the swaps serves as before");
     }
 
     #[test]

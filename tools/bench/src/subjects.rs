@@ -4,7 +4,7 @@
 use crate::trace::Kind;
 use kernel::hil::Clock;
 use kernel::mm::buddy::BuddyAllocator;
-use kernel::mm::chunk::ChunkAllocator;
+use kernel::mm::chunk::{ChunkAllocator, Placement};
 use kernel::mm::layout::MemoryPlan;
 use kernel::mm::rt::RtPool;
 use kernel::mm::slab::{CoreSlab, SlabDepot};
@@ -281,6 +281,12 @@ impl Subject for OurBuddy {
     }
 }
 
+/// Where Tessera places a tensor of model generation `generation`: consecutive generations
+/// at opposite ends of the weights region (double-buffered hot-swap).
+fn generation_placement(generation: u32) -> Placement {
+    if generation.is_multiple_of(2) { Placement::Low } else { Placement::High }
+}
+
 /// Tessera's chunk allocator alone (weights).
 pub struct OurChunk {
     chunk: ChunkAllocator,
@@ -297,8 +303,12 @@ impl OurChunk {
 }
 
 impl Subject for OurChunk {
-    fn alloc(&mut self, id: u32, size: usize, alignment: usize, _kind: Kind) -> bool {
-        match self.chunk.alloc(size as u64, alignment as u64) {
+    fn alloc(&mut self, id: u32, size: usize, alignment: usize, kind: Kind) -> bool {
+        let placement = match kind {
+            Kind::Weights { generation } => generation_placement(generation),
+            _ => Placement::BestFit,
+        };
+        match self.chunk.alloc_at(size as u64, alignment as u64, placement) {
             Ok(address) => {
                 self.table[id as usize] = address;
                 true
@@ -427,16 +437,20 @@ impl OurTensorMemory {
 
 impl Subject for OurTensorMemory {
     fn alloc(&mut self, id: u32, size: usize, _alignment: usize, kind: Kind) -> bool {
-        let kind = match kind {
-            Kind::Weights => TensorKind::Weights,
+        let tensor_kind = match kind {
+            Kind::Weights { .. } => TensorKind::Weights,
             Kind::KvCache => TensorKind::KvCache,
             Kind::Activation => TensorKind::Activation,
             Kind::Small => TensorKind::Small,
             Kind::Protocol => TensorKind::Protocol,
         };
+        let placement = match kind {
+            Kind::Weights { generation } => generation_placement(generation),
+            _ => Placement::BestFit,
+        };
         let result = match &self.clock {
-            Some(clock) => self.memory.alloc_timed(0, size as u64, kind, clock),
-            None => self.memory.alloc(size as u64, kind),
+            Some(clock) => self.memory.alloc_timed(0, size as u64, tensor_kind, placement, clock),
+            None => self.memory.alloc_placed(0, size as u64, tensor_kind, placement),
         };
         match result {
             Ok(handle) => {

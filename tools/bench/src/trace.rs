@@ -8,8 +8,13 @@ pub const MIB: usize = 1 << 20;
 /// What an allocation is for; Tessera routes by it, the baselines ignore it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Model weights.
-    Weights,
+    /// Model weights of the `generation`-th model loaded (0 for the first). A hot-swap stages
+    /// generation `g + 1` while `g` is live, then frees `g`; Tessera places consecutive
+    /// generations at opposite ends of the weights region.
+    Weights {
+        /// Which model the tensor belongs to.
+        generation: u32,
+    },
     /// A KV-cache block.
     KvCache,
     /// An activation tensor.
@@ -158,9 +163,10 @@ pub fn llm_serving(
 ) -> Trace {
     let mut random = SplitMix64::new(seed);
     let mut builder = Builder::new();
+    let mut generation = 0;
     let mut model: Vec<u32> = model_weights(&mut random, model_bytes)
         .into_iter()
-        .map(|size| builder.alloc(size, weight_alignment(size), Kind::Weights))
+        .map(|size| builder.alloc(size, weight_alignment(size), Kind::Weights { generation }))
         .collect();
     struct Sequence {
         length: usize,
@@ -209,9 +215,10 @@ pub fn llm_serving(
             *sequence = new_sequence(&mut random);
         }
         if swap_every > 0 && token % swap_every == swap_every - 1 {
+            generation += 1;
             let staged: Vec<u32> = model_weights(&mut random, model_bytes)
                 .into_iter()
-                .map(|size| builder.alloc(size, weight_alignment(size), Kind::Weights))
+                .map(|size| builder.alloc(size, weight_alignment(size), Kind::Weights { generation }))
                 .collect();
             for id in std::mem::replace(&mut model, staged) {
                 builder.free(id);
