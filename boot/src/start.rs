@@ -26,9 +26,10 @@ use core::{
 };
 use kernel::{
     boot_info::{BootInfo, MAX_MAP_ENTRIES, MapEntry, MemorySource, SeedSource},
+    devicetree::{self, DeviceTreeFacts},
     hil::{Clock, Rng},
     mm::layout::{BLOCK, MemoryPlan, RegionKind},
-    topology::{CpuNode, Topology, TopologyError},
+    topology::Topology,
 };
 use linked_list_allocator::LockedHeap;
 
@@ -323,12 +324,8 @@ fn copy_device_tree(address: usize, ram: u64) -> usize {
     length
 }
 
-/// What the device tree says: the RAM size, and the cores and memory nodes.
-struct DeviceTreeFacts {
-    memory: Option<u64>,
-    topology: Option<Result<Topology, TopologyError>>,
-}
-
+/// What the device tree copy says (RAM size, cores and memory nodes); nothing when there is
+/// none, or when it is malformed (with a warning saying why).
 fn parse_device_tree(length: usize) -> DeviceTreeFacts {
     let fallback = DeviceTreeFacts { memory: None, topology: None };
     if length == 0 {
@@ -336,29 +333,8 @@ fn parse_device_tree(length: usize) -> DeviceTreeFacts {
     }
     // SAFETY: written once by `copy_device_tree` before the MMU was on; read-only since.
     let bytes = unsafe { &DEVICE_TREE.get()[..length] };
-    let Ok(tree) = fdt::Fdt::new(bytes) else { return fallback };
-    let memory = tree
-        .find_node("/memory")
-        .and_then(|node| node.reg())
-        .and_then(|mut regions| regions.find(|region| region.starting_address.is_null()))
-        .and_then(|region| region.size);
-    // fdt 0.1.5's find_node("/cpus") returned None on the tree the device_tree test passes
-    // (observed; all_nodes lists it), so the node is found by walking them all.
-    let topology = tree.all_nodes().find(|node| node.name == "cpus").map(|cpus| {
-        let address_cells =
-            cpus.property("#address-cells").and_then(|property| property.as_usize()).unwrap_or(1);
-        let cpu_nodes =
-            cpus.children().filter(|node| node.name.split('@').next() == Some("cpu")).map(|node| CpuNode {
-                reg: node.property("reg").map_or(&[][..], |property| property.value),
-                numa_node_id: node.property("numa-node-id").map(|property| property.value),
-            });
-        let memory_nodes = tree
-            .all_nodes()
-            .filter(|node| {
-                node.property("device_type").and_then(|property| property.as_str()) == Some("memory")
-            })
-            .filter_map(|node| node.property("numa-node-id").map(|property| property.value));
-        Topology::from_device_tree(cpu_nodes, address_cells, memory_nodes)
-    });
-    DeviceTreeFacts { memory: memory.map(|size| size as u64), topology }
+    devicetree::facts(bytes).unwrap_or_else(|error| {
+        crate::println!("warning: device tree ignored ({error}); using the mailbox and MPIDR");
+        fallback
+    })
 }

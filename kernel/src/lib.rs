@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod boot_info;
+pub mod devicetree;
 pub mod fs;
 pub mod hil;
 pub mod infer;

@@ -43,6 +43,8 @@ struct TestSpec {
     sd_config: Option<String>,
     /// Pass a generated Raspberry Pi 3 device tree with this many bytes of ARM memory (`-dtb`).
     device_tree_memory: Option<u32>,
+    /// Nest this many levels of nodes under `/chosen` in that device tree.
+    device_tree_nesting: Option<usize>,
     #[serde(default = "default_machine")]
     machine: String,
     #[serde(default = "default_timeout")]
@@ -360,8 +362,11 @@ fn run() -> Result<bool, String> {
         }
         if let Some(memory) = spec.device_tree_memory {
             let blob = image_directory.join(format!("{}.dtb", spec.name));
-            std::fs::write(&blob, runner::device_tree::raspberry_pi_3(memory))
-                .map_err(|error| format!("{}: {error}", blob.display()))?;
+            let tree = match spec.device_tree_nesting {
+                Some(levels) => runner::device_tree::raspberry_pi_3_nested(memory, levels),
+                None => runner::device_tree::raspberry_pi_3(memory),
+            };
+            std::fs::write(&blob, tree).map_err(|error| format!("{}: {error}", blob.display()))?;
             qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
         let (result, script) = run_test(spec, &image, &qemu_args)?;
