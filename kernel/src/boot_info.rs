@@ -197,7 +197,7 @@ mod tests {
             "Raspberry Pi 3 Model B (revision 0xa02082)",
             "EL1 (entered at EL2)",
             "4 online",
-            "topology     4 cores, 1 memory node (MPIDR, no device tree): a single node, so no NUMA gain is claimed",
+            "topology     4 cores, 1 memory node (MPIDR, no usable device tree): a single node, so no NUMA gain is claimed",
             "64 bytes",
             "0x0000000000000009 (fixed)",
             "960 MiB ARM RAM (mailbox; no device tree at entry)",

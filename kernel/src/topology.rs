@@ -196,7 +196,7 @@ impl fmt::Display for Topology {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match self.source {
             TopologySource::DeviceTree => "device tree",
-            TopologySource::Mpidr => "MPIDR, no device tree",
+            TopologySource::Mpidr => "MPIDR, no usable device tree",
         };
         write!(formatter, "{} cores, {} memory node", self.cores, self.nodes)?;
         if self.nodes == 1 {
@@ -230,7 +230,7 @@ mod tests {
         );
         assert_eq!(
             Topology::from_mpidr(4).to_string(),
-            "4 cores, 1 memory node (MPIDR, no device tree): a single node, so no NUMA gain is claimed"
+            "4 cores, 1 memory node (MPIDR, no usable device tree): a single node, so no NUMA gain is claimed"
         );
     }
 
