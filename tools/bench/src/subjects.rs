@@ -281,10 +281,14 @@ impl Subject for OurBuddy {
     }
 }
 
-/// Where Tessera places a tensor of model generation `generation`: consecutive generations
-/// at opposite ends of the weights region (double-buffered hot-swap).
-fn generation_placement(generation: u32) -> Placement {
-    if generation.is_multiple_of(2) { Placement::Low } else { Placement::High }
+/// Where Tessera places an allocation of `kind`: consecutive model generations at opposite
+/// ends of the weights region (double-buffered hot-swap), everything else by best fit.
+fn placement_of(kind: Kind) -> Placement {
+    match kind {
+        Kind::Weights { generation } if generation.is_multiple_of(2) => Placement::Low,
+        Kind::Weights { .. } => Placement::High,
+        _ => Placement::BestFit,
+    }
 }
 
 /// Tessera's chunk allocator alone (weights).
@@ -304,11 +308,7 @@ impl OurChunk {
 
 impl Subject for OurChunk {
     fn alloc(&mut self, id: u32, size: usize, alignment: usize, kind: Kind) -> bool {
-        let placement = match kind {
-            Kind::Weights { generation } => generation_placement(generation),
-            _ => Placement::BestFit,
-        };
-        match self.chunk.alloc_at(size as u64, alignment as u64, placement) {
+        match self.chunk.alloc_at(size as u64, alignment as u64, placement_of(kind)) {
             Ok(address) => {
                 self.table[id as usize] = address;
                 true
@@ -444,10 +444,7 @@ impl Subject for OurTensorMemory {
             Kind::Small => TensorKind::Small,
             Kind::Protocol => TensorKind::Protocol,
         };
-        let placement = match kind {
-            Kind::Weights { generation } => generation_placement(generation),
-            _ => Placement::BestFit,
-        };
+        let placement = placement_of(kind);
         let result = match &self.clock {
             Some(clock) => self.memory.alloc_timed(0, size as u64, tensor_kind, placement, clock),
             None => self.memory.alloc_placed(0, size as u64, tensor_kind, placement),

@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn blob_has_valid_header_and_layout() {
         let blob = raspberry_pi_3(0x3C00_0000);
-        let word = |offset: usize| u32::from_be_bytes(blob[offset..offset + 4].try_into().unwrap());
+        let word = |offset: usize| word(&blob, offset);
         assert_eq!(word(0), MAGIC);
         assert_eq!(word(4) as usize, blob.len());
         assert_eq!(word(8) as usize + word(36) as usize, word(12) as usize, "strings follow the structure");
