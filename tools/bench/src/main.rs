@@ -361,7 +361,7 @@ fn main() {
     let timer = timer_cost();
     let (small_operations, tokens) = if quick { (40_000, 1_500) } else { (200_000, 6_000) };
     println!("# Tessera memory-pool benchmark\n");
-    println!("Command: `cargo run --release -p bench -- {}`", arguments[1..].join(" "));
+    println!("Command: `cargo run --release -p bench --bin mm-bench -- {}`", arguments[1..].join(" "));
     println!("Replays: {replays}; timer cost subtracted: {timer} ns per timed operation.");
 
     // Trace 1: random small objects.
