@@ -14,6 +14,7 @@ pub mod console;
 pub mod cpus;
 mod entry;
 pub mod exception;
+pub mod heap;
 pub mod irq;
 pub mod memory;
 mod panic;

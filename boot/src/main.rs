@@ -6,7 +6,10 @@
 
 use boot::{BootConfig, cpus::PiCpus, storage};
 use bsp::arch::aarch64::cpu;
-use kernel::serve::server::{BoardTelemetry, Server};
+use kernel::{
+    hil::{BoardTelemetry, HeapStatistics},
+    serve::server::Server,
+};
 
 boot::entry!(main, BootConfig { fixed_seed: None, semihosting: false });
 
@@ -17,6 +20,10 @@ impl BoardTelemetry for Telemetry {
     fn interrupts(&self) -> (u64, u64) {
         let statistics = boot::irq::statistics();
         (statistics.handled, statistics.longest_unserviced_ns)
+    }
+
+    fn heap(&self) -> HeapStatistics {
+        boot::heap::statistics()
     }
 }
 

@@ -25,5 +25,8 @@ pub fn backed_memory(info: &BootInfo) -> Result<&'static BackedMemory, MemError>
     let memory = TensorMemory::new(&info.plan, config)?;
     // SAFETY: boot mapped every region of the plan as read-write RAM for the rest of the run,
     // and nothing but these pools uses the tensor, protocol and DMA regions.
-    Ok(BACKED_MEMORY.call_once(|| unsafe { BackedMemory::new(memory) }))
+    let memory = BACKED_MEMORY.call_once(|| unsafe { BackedMemory::new(memory) });
+    // Allocation scopes on the serving path now take from these pools.
+    crate::heap::attach_pools(memory);
+    Ok(memory)
 }

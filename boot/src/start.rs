@@ -31,7 +31,6 @@ use kernel::{
     mm::layout::{BLOCK, MemoryPlan, RegionKind},
     topology::Topology,
 };
-use linked_list_allocator::LockedHeap;
 
 unsafe extern "Rust" {
     /// The configuration the binary chose with [`crate::entry!`].
@@ -82,10 +81,6 @@ impl<T> BootWritten<T> {
 /// The translation tables every core uses. Written by core 0 before any MMU is on.
 static TABLES: BootWritten<TranslationTables<LEVEL3_TABLES>> =
     BootWritten(UnsafeCell::new(TranslationTables::new()));
-
-/// The kernel heap (the tensor pools are separate).
-#[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
 
 /// Cores that have reached Rust with their MMU on.
 static CORES_ONLINE: AtomicUsize = AtomicUsize::new(0);
@@ -198,7 +193,7 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
 
     let heap = plan.region(RegionKind::Heap);
     // SAFETY: the heap region is mapped read-write, cacheable, and used by nothing else.
-    unsafe { HEAP.lock().init(heap.base as *mut u8, heap.size as usize) };
+    unsafe { crate::heap::init(heap.base, heap.size) };
 
     // Wait in `wfe`: a busy loop would starve the other cores when QEMU runs them in turn
     // (-icount). Each secondary sends an event as it reports in, and the timer's event stream

@@ -12,6 +12,7 @@ mod copy;
 mod cpus;
 mod kv;
 mod rng;
+mod telemetry;
 
 pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_block};
 pub use clock::{BoardTime, Clock, Deadline, board_time, install_board_time, ticks_to_ns};
@@ -20,3 +21,4 @@ pub use copy::{CopyConstraints, CopyEngine, CopyError, CopyRequest, CopyStatus, 
 pub use cpus::{Cpus, SingleCpu};
 pub use kv::{KvError, KvStore, check_write};
 pub use rng::{Rng, RngError};
+pub use telemetry::{BoardTelemetry, HeapStatistics};

@@ -135,6 +135,11 @@ impl BuddyAllocator {
         self.base
     }
 
+    /// Whether `address` lies inside the managed range.
+    pub fn contains(&self, address: u64) -> bool {
+        address.wrapping_sub(self.base) < self.capacity()
+    }
+
     /// Bytes managed.
     pub fn capacity(&self) -> u64 {
         u64::from(self.page_count) << self.page_shift

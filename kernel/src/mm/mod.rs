@@ -13,6 +13,8 @@
 //!   block tables implementing `hil::KvStore`;
 //! - [`tensor`]: `TensorMemory`, which builds them all from a plan and routes by tensor kind;
 //!   the weights, KV and activation pools are per memory node of the topology;
+//! - [`scope`]: typed allocation scopes, which route the serving path's `alloc` allocations
+//!   (`Vec`, `String`) to the slab, activations or RT pool instead of the global heap;
 //! - [`stats`] and [`error`]: counters, histograms, the memory-map report, and `MemError`;
 //! - [`copy`]: `tensor_copy`, and `stage_copy`, which offloads large copies to a
 //!   `hil::CopyEngine` (the DMA engine) while the core computes; and [`buffer`]: owning buffers
@@ -30,6 +32,7 @@ pub mod error;
 pub mod kv;
 pub mod layout;
 pub mod rt;
+pub mod scope;
 pub mod slab;
 pub mod stats;
 pub mod tensor;

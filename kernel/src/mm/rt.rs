@@ -271,6 +271,11 @@ impl RtPool {
         (self.blocks.len() as u64) << self.granule_shift
     }
 
+    /// Whether `address` lies inside the pool.
+    pub fn contains(&self, address: u64) -> bool {
+        address.wrapping_sub(self.base) < self.capacity()
+    }
+
     /// Allocates `size` bytes aligned to `alignment` (at least the granule). Returns the base.
     #[inline]
     pub fn alloc(&mut self, size: u64, alignment: u64) -> Result<u64, MemError> {

@@ -9,6 +9,7 @@ use super::dma::DmaPool;
 use super::error::MemError;
 use super::layout::{BLOCK, MemoryPlan, Region, RegionKind};
 use super::rt::RtPool;
+use super::scope;
 use super::slab::{CoreSlab, SlabDepot};
 use super::stats::{MapRow, MemoryReport, PoolLatency, PoolStatistics};
 use crate::hil::{Clock, Deadline};
@@ -419,6 +420,16 @@ impl TensorMemory {
         kind: TensorKind,
         placement: Placement,
     ) -> Result<TensorHandle, MemError> {
+        scope::guarded(|| self.alloc_unguarded(core, size, kind, placement))
+    }
+
+    fn alloc_unguarded(
+        &self,
+        core: usize,
+        size: u64,
+        kind: TensorKind,
+        placement: Placement,
+    ) -> Result<TensorHandle, MemError> {
         if size == 0 {
             return Err(MemError::ZeroSize { pool: "tensor" });
         }
@@ -475,7 +486,8 @@ impl TensorMemory {
         deadline: Deadline,
         clock: &dyn Clock,
     ) -> Result<TensorHandle, MemError> {
-        let base = self.protocol.lock().alloc_within(size, self.cache_line, deadline, clock)?;
+        let base =
+            scope::guarded(|| self.protocol.lock().alloc_within(size, self.cache_line, deadline, clock))?;
         Ok(TensorHandle {
             base,
             size,
@@ -485,6 +497,42 @@ impl TensorMemory {
             node: 0,
             references: None,
         })
+    }
+
+    /// Allocates `size` bytes for an allocation scope of `kind` on core `core` (see
+    /// [`super::scope`]): small and activation objects from the slab below a page and the
+    /// activations buddy above, protocol objects from the RT pool (every other kind is served
+    /// as an activation). Returns the address only; [`TensorMemory::release_address`] takes it
+    /// back.
+    pub fn alloc_address(&self, core: usize, size: u64, kind: TensorKind) -> Result<u64, MemError> {
+        let kind = if kind == TensorKind::Protocol { kind } else { TensorKind::Activation };
+        self.alloc_on(core, size, kind).map(|handle| handle.base)
+    }
+
+    /// Releases an allocation made by [`TensorMemory::alloc_address`] of `size` bytes at
+    /// `address`, found by its address (the protocol region, or a node's activations) and its
+    /// size (the slab below a page).
+    pub fn release_address(&self, core: usize, address: u64, size: u64) -> Result<(), MemError> {
+        let (pool, node) = if self.protocol.lock().contains(address) {
+            (Pool::Protocol, 0)
+        } else {
+            let node = self
+                .nodes
+                .iter()
+                .position(|pools| pools.slab.source().lock().contains(address))
+                .ok_or(MemError::ForeignFree { pool: "scope", address })?;
+            (self.route(size, TensorKind::Activation), node)
+        };
+        let handle = TensorHandle {
+            base: address,
+            size,
+            kind: TensorKind::Activation,
+            pool,
+            page_size: PageSize::Size4KiB,
+            node: node as u8,
+            references: None,
+        };
+        self.release_on(core, handle).map(drop)
     }
 
     /// Core `core`'s slab cache for node `node`.
@@ -502,6 +550,10 @@ impl TensorMemory {
     /// Drops one reference to `handle`'s allocation on core `core`. Returns the references
     /// left; at zero the memory went back to its pool.
     pub fn release_on(&self, core: usize, handle: TensorHandle) -> Result<u32, MemError> {
+        scope::guarded(|| self.release_unguarded(core, handle))
+    }
+
+    fn release_unguarded(&self, core: usize, handle: TensorHandle) -> Result<u32, MemError> {
         let node = usize::from(handle.node);
         let cache = if handle.pool == Pool::Slab { Some(self.core_cache(core, node)?) } else { None };
         let left =
@@ -565,6 +617,10 @@ impl TensorMemory {
     /// Moves every core's cached slab objects to the depot and returns empty slabs to the
     /// activations buddy. Returns the slabs released. Call it off the allocation path.
     pub fn reclaim(&self) -> u64 {
+        scope::guarded(|| self.reclaim_unguarded())
+    }
+
+    fn reclaim_unguarded(&self) -> u64 {
         let nodes = self.nodes.len();
         for (index, cache) in self.core_caches.iter().enumerate() {
             cache.lock().drain(&self.nodes[index % nodes].slab);
@@ -586,6 +642,10 @@ impl TensorMemory {
     /// A snapshot of one pool on memory node `node` (the protocol and DMA pools are on every
     /// node's list as themselves).
     pub fn node_statistics(&self, node: usize, pool: Pool) -> PoolStatistics {
+        scope::guarded(|| self.node_statistics_unguarded(node, pool))
+    }
+
+    fn node_statistics_unguarded(&self, node: usize, pool: Pool) -> PoolStatistics {
         let Some(pools) = self.nodes.get(node) else {
             return PoolStatistics::empty(pool.name());
         };

@@ -5,7 +5,7 @@
 //! ```text
 //! {"id":1,"op":"generate","prompt":"What is the capital of France?","max_tokens":32}
 //! {"id":2,"op":"stats"}      {"id":3,"op":"cancel","target":1}      {"id":4,"op":"models"}
-//! {"id":5,"op":"trace","max":16}
+//! {"id":5,"op":"trace","max":16}     {"id":6,"op":"mem"}
 //! ```
 //!
 //! Answers are records on their own lines, each naming the request:
@@ -13,6 +13,8 @@
 //! and timings, or `{"id":N,"event":"error","message":"..."}` for anything refused. A trace
 //! request gets one `{"id":5,"event":"trace","recorded":..,"dropped":..,"events":[..]}` record
 //! with the trace ring's most recent events, each `{"t_ms":..,"core":..,"kind":..,"detail":..}`.
+//! A mem request gets `{"id":6,"event":"mem","ram_bytes":..,"pools":[..],"heap":{..}}`: each
+//! pool's kind, capacity, live and peak bytes, allocations and failures, and the global heap's.
 
 #![forbid(unsafe_code)]
 
@@ -47,6 +49,8 @@ pub enum Operation {
     Stats,
     /// The models on the card.
     Models,
+    /// The memory pools and the heap.
+    Mem,
     /// The most recent events of the trace ring.
     Trace {
         /// Most events to return (default and limit: [`MAX_TRACE_EVENTS`]).
@@ -159,6 +163,15 @@ pub enum Event<'a> {
         /// The answer.
         text: &'a str,
     },
+    /// The memory pools and the global heap.
+    Mem {
+        /// Bytes of RAM the board has.
+        ram_bytes: u64,
+        /// Each pool, by kind.
+        pools: &'a [PoolEntry],
+        /// The global heap.
+        heap: HeapEntry,
+    },
     /// Recent events of the trace ring, oldest first.
     Trace {
         /// Events recorded since boot.
@@ -168,6 +181,36 @@ pub enum Event<'a> {
         /// The events.
         events: &'a [TraceEntry],
     },
+}
+
+/// One memory pool as the `mem` record reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolEntry {
+    /// What the pool holds: "weights", "kv", "activations", "small", "protocol" or "dma".
+    pub kind: &'static str,
+    /// Bytes the pool manages.
+    pub capacity_bytes: u64,
+    /// Bytes held by live allocations.
+    pub live_bytes: u64,
+    /// The most held at once.
+    pub peak_bytes: u64,
+    /// Allocations served since boot.
+    pub allocations: u64,
+    /// Allocations refused since boot.
+    pub failures: u64,
+}
+
+/// The global heap as the `mem` record reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HeapEntry {
+    /// Bytes the heap manages.
+    pub capacity_bytes: u64,
+    /// Bytes held by live allocations.
+    pub live_bytes: u64,
+    /// The most held at once.
+    pub peak_bytes: u64,
+    /// Allocations made since boot.
+    pub allocations: u64,
 }
 
 /// One trace event as machine mode reports it.
@@ -232,6 +275,7 @@ mod tests {
             Operation::Cancel { target: 1 }
         );
         assert_eq!(parse_request(r#"{"id":4,"op":"models"}"#).unwrap().operation, Operation::Models);
+        assert_eq!(parse_request(r#"{"id":4,"op":"mem"}"#).unwrap().operation, Operation::Mem);
         assert_eq!(
             parse_request(r#"{"id":5,"op":"trace"}"#).unwrap().operation,
             Operation::Trace { max: None }
@@ -266,6 +310,26 @@ mod tests {
         assert_eq!(value["events"][0]["t_ms"].as_f64(), Some(1.5));
         assert_eq!(value["events"][1]["kind"], "swap");
         assert_eq!(value["events"][1]["detail"], "a.gguf -> b.gguf");
+    }
+
+    #[test]
+    fn mem_records_list_pools_and_heap() {
+        let pools = [PoolEntry {
+            kind: "kv",
+            capacity_bytes: 100,
+            live_bytes: 40,
+            peak_bytes: 60,
+            allocations: 3,
+            failures: 1,
+        }];
+        let heap = HeapEntry { capacity_bytes: 16, live_bytes: 8, peak_bytes: 9, allocations: 2 };
+        let line = record(Some(6), &Event::Mem { ram_bytes: 1000, pools: &pools, heap });
+        let value: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!((value["event"].as_str(), value["ram_bytes"].as_u64()), (Some("mem"), Some(1000)));
+        assert_eq!(value["pools"][0]["kind"], "kv");
+        assert_eq!(value["pools"][0]["peak_bytes"], 60);
+        assert_eq!(value["pools"][0]["failures"], 1);
+        assert_eq!(value["heap"]["allocations"], 2);
     }
 
     #[test]

@@ -18,11 +18,13 @@ use super::{
 use crate::{
     boot_info::BootInfo,
     fs::Volume,
-    hil::{BlockDevice, Clock, Console, Cpus, SingleCpu},
+    hil::{BlockDevice, BoardTelemetry, Clock, Console, Cpus, SingleCpu},
     mm::{
         buffer::{BackedMemory, TensorBuffer},
+        error::Bytes,
         kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
         layout::RegionKind,
+        tensor::Pool,
     },
     telemetry::{self, ByteRate, EventKind, PressureLevel, ShortName, TRACE},
 };
@@ -39,12 +41,6 @@ pub const KV_BLOCK_TOKENS: usize = 16;
 /// Most positions one conversation turn may use (its KV quota) unless `tessera.cfg` sets
 /// `kv_quota_tokens`.
 pub const KV_QUOTA_TOKENS: usize = 1024;
-
-/// Facts the board measures that the console reports.
-pub trait BoardTelemetry {
-    /// Interrupts handled, and the longest time the UART interrupt stayed unserviced (ns).
-    fn interrupts(&self) -> (u64, u64);
-}
 
 /// Who asked for a generation, and so how its answer is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,8 +515,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.say(&report);
             }
             "mem" => {
-                let report = alloc::format!("{}", self.memory.memory().report()).replace('\n', "\r\n");
-                self.say(&report);
+                let heap = self.telemetry.heap();
+                let report = alloc::format!(
+                    "{}heap         {} of {} live, peak {}; {} allocations since power-on\n",
+                    self.memory.memory().report(),
+                    Bytes(heap.live_bytes),
+                    Bytes(heap.capacity_bytes),
+                    Bytes(heap.peak_bytes),
+                    heap.allocations
+                );
+                self.say(&report.replace('\n', "\r\n"));
             }
             "trace" => {
                 let events = TRACE.snapshot(32);
@@ -681,6 +685,32 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.say_line(&message);
     }
 
+    /// Each pool's figures for the `mem` record, by kind.
+    fn pool_entries(&self) -> Vec<protocol::PoolEntry> {
+        Pool::ALL
+            .iter()
+            .map(|&pool| {
+                let statistics = self.memory.memory().statistics(pool);
+                let counters = statistics.counters;
+                protocol::PoolEntry {
+                    kind: match pool {
+                        Pool::Weights => "weights",
+                        Pool::KvCache => "kv",
+                        Pool::Activations => "activations",
+                        Pool::Slab => "small",
+                        Pool::Protocol => "protocol",
+                        Pool::Dma => "dma",
+                    },
+                    capacity_bytes: statistics.capacity,
+                    live_bytes: counters.live_bytes,
+                    peak_bytes: counters.peak_live_bytes,
+                    allocations: counters.allocations,
+                    failures: counters.failures,
+                }
+            })
+            .collect()
+    }
+
     fn stats_report(&self) -> String {
         let statistics = &self.statistics;
         let counters = self.desk.counters().report();
@@ -777,6 +807,18 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 let entries: Vec<protocol::TraceEntry> = events.iter().map(Into::into).collect();
                 let event =
                     Event::Trace { recorded: TRACE.recorded(), dropped: TRACE.dropped(), events: &entries };
+                self.say(&protocol::record(Some(request.id), &event));
+            }
+            Operation::Mem => {
+                let pools = self.pool_entries();
+                let heap = self.telemetry.heap();
+                let heap = protocol::HeapEntry {
+                    capacity_bytes: heap.capacity_bytes,
+                    live_bytes: heap.live_bytes,
+                    peak_bytes: heap.peak_bytes,
+                    allocations: heap.allocations,
+                };
+                let event = Event::Mem { ram_bytes: self.info.plan.ram, pools: &pools, heap };
                 self.say(&protocol::record(Some(request.id), &event));
             }
             Operation::Models => {
