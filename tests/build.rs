@@ -54,10 +54,18 @@ fn main() {
     }
     let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).expect("KV");
     let mut session = Session::new(weights, kv);
-    let mut sampler = Sampler::new(SamplerConfig::default(), config.vocab_size);
+    let mut sampler = Sampler::new(SamplerConfig::default());
     let mut generated = Vec::new();
     session
-        .generate(&SingleCpu, &TOKENS[..4], &mut sampler, GENERATED, |_| false, |token| generated.push(token))
+        .generate(
+            &SingleCpu,
+            &mut state,
+            &TOKENS[..4],
+            &mut sampler,
+            GENERATED,
+            |_| false,
+            |token| generated.push(token),
+        )
         .expect("generate");
 
     let mut expected = String::new();

@@ -60,10 +60,12 @@ fn main(_info: &'static boot::BootInfo) -> ! {
     );
     let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).expect("KV");
     let mut session = Session::new(weights, kv);
-    let mut sampler = Sampler::new(SamplerConfig::default(), config.vocab_size);
+    let mut sampler = Sampler::new(SamplerConfig::default());
+    let mut state = State::new(weights);
     let mut generated = Vec::new();
     if let Err(error) = session.generate(
         &PiCpus::new(4),
+        &mut state,
         &expected::TOKENS[..4],
         &mut sampler,
         expected::GENERATED.len(),

@@ -11,8 +11,9 @@ use core::fmt;
 
 use super::kernels::{Precision, QuantizedVector, Rope, rmsnorm, softmax, swiglu};
 use super::matmul::matvec;
+use super::sampler::Sampler;
 use crate::hil::{Cpus, KvError, KvStore};
-use crate::model::Weights;
+use crate::model::{Config, Weights};
 
 /// Why a forward pass could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,11 @@ impl From<KvError> for InferError {
     }
 }
 
-/// Scratch buffers of one sequence's forward pass.
+/// Scratch buffers of a forward pass, and the sampler's candidates.
+///
+/// Nothing in it outlives a pass (the logits live until the next token is sampled), so the
+/// sequences of a batch share one: the server builds it from the activations pool when a
+/// batch starts and returns it when the batch ends.
 #[derive(Clone, Debug)]
 pub struct State {
     /// Residual stream (`dim`).
@@ -74,6 +79,8 @@ pub struct State {
     rope: Rope,
     /// Output logits (`vocab_size`).
     logits: Vec<f32>,
+    /// The sampler's candidates (`vocab_size`).
+    candidates: Vec<(u32, f32)>,
     /// How activations meet quantized weights.
     precision: Precision,
 }
@@ -107,8 +114,29 @@ impl State {
             quantized: QuantizedVector::with_capacity(config.dim.max(config.hidden_dim)),
             rope: Rope::new(config.head_dim(), config.rope_base),
             logits: vec![0.0; config.vocab_size],
+            candidates: Vec::with_capacity(config.vocab_size),
             precision,
         }
+    }
+
+    /// Bytes of scratch [`State::for_positions`] takes for a model of `config`'s shape at
+    /// `positions` positions (the figures of its buffers, not counting allocator rounding).
+    pub fn bytes_for(config: &Config, positions: usize) -> u64 {
+        let floats = 4 * config.dim
+            + 2 * config.kv_dim()
+            + 2 * config.dim
+            + positions.min(config.context_length)
+            + 2 * config.hidden_dim
+            + config.vocab_size
+            + config.head_dim();
+        let quantized = config.dim.max(config.hidden_dim).div_ceil(32) * (32 * 3 + 4 * 3 + 32);
+        (floats * 4 + config.vocab_size * 8 + quantized) as u64
+    }
+
+    /// Samples the next token from the last pass's logits with `sampler`, given the tokens so
+    /// far (the logits are changed in place).
+    pub fn sample(&mut self, sampler: &mut Sampler, history: &[u32]) -> u32 {
+        sampler.sample(&mut self.logits, history, &mut self.candidates)
     }
 
     /// The logits of the last forward pass.

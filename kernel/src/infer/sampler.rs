@@ -31,18 +31,18 @@ impl Default for SamplerConfig {
     }
 }
 
-/// A seeded sampler with its scratch space allocated once.
+/// A seeded sampler. Its scratch (one candidate per vocabulary entry) is the caller's, so a
+/// batch of sequences shares one (see [`super::State::sample`]).
 #[derive(Clone, Debug)]
 pub struct Sampler {
     config: SamplerConfig,
     random: SplitMix64,
-    candidates: Vec<(u32, f32)>,
 }
 
 impl Sampler {
-    /// A sampler for a vocabulary of `vocab_size` tokens.
-    pub fn new(config: SamplerConfig, vocab_size: usize) -> Self {
-        Self { config, random: SplitMix64::new(config.seed), candidates: Vec::with_capacity(vocab_size) }
+    /// A sampler.
+    pub fn new(config: SamplerConfig) -> Self {
+        Self { config, random: SplitMix64::new(config.seed) }
     }
 
     /// The configuration.
@@ -50,8 +50,9 @@ impl Sampler {
         &self.config
     }
 
-    /// Chooses a token from `logits` (modified in place), given the tokens so far.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    /// Chooses a token from `logits` (modified in place), given the tokens so far, using
+    /// `candidates` as scratch (it grows to the vocabulary once, when its capacity is less).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], candidates: &mut Vec<(u32, f32)>) -> u32 {
         let config = self.config;
         if config.repetition_penalty != 1.0 && config.repetition_penalty > 0.0 {
             let recent = &history[history.len().saturating_sub(config.penalty_window)..];
@@ -75,16 +76,15 @@ impl Sampler {
         logits.iter_mut().for_each(|logit| *logit /= config.temperature);
         softmax(logits);
 
-        self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(index, &probability)| (index as u32, probability)));
+        candidates.clear();
+        candidates.extend(logits.iter().enumerate().map(|(index, &probability)| (index as u32, probability)));
         let by_probability = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        let mut keep = self.candidates.len();
+        let mut keep = candidates.len();
         if config.top_k > 0 && config.top_k < keep {
-            self.candidates.select_nth_unstable_by(config.top_k - 1, by_probability);
+            candidates.select_nth_unstable_by(config.top_k - 1, by_probability);
             keep = config.top_k;
         }
-        let kept = &mut self.candidates[..keep];
+        let kept = &mut candidates[..keep];
         kept.sort_unstable_by(by_probability);
         if config.top_p < 1.0 {
             let mut cumulative = 0.0;
@@ -96,7 +96,7 @@ impl Sampler {
                 }
             }
         }
-        let kept = &self.candidates[..keep];
+        let kept = &candidates[..keep];
         let total: f32 = kept.iter().map(|candidate| candidate.1).sum();
         let target = self.random.next_f32() * total;
         let mut cumulative = 0.0;
@@ -127,20 +127,20 @@ mod tests {
 
     #[test]
     fn greedy_penalty_and_truncation() {
-        let mut sampler = Sampler::new(SamplerConfig::default(), 4);
-        assert_eq!(sampler.sample(&mut [0.1, 3.0, 2.9, -1.0], &[]), 1);
+        let mut sampler = Sampler::new(SamplerConfig::default());
+        assert_eq!(sampler.sample(&mut [0.1, 3.0, 2.9, -1.0], &[], &mut Vec::new()), 1);
         let penalised = SamplerConfig { repetition_penalty: 1.5, ..SamplerConfig::default() };
-        assert_eq!(Sampler::new(penalised, 4).sample(&mut [0.1, 3.0, 2.9, -1.0], &[1]), 2);
+        assert_eq!(Sampler::new(penalised).sample(&mut [0.1, 3.0, 2.9, -1.0], &[1], &mut Vec::new()), 2);
 
         let top_one = SamplerConfig { temperature: 1.0, top_k: 1, seed: 9, ..SamplerConfig::default() };
-        let mut sampler = Sampler::new(top_one, 4);
+        let mut sampler = Sampler::new(top_one);
         for _ in 0..20 {
-            assert_eq!(sampler.sample(&mut [0.1, 3.0, 2.9, -1.0], &[]), 1);
+            assert_eq!(sampler.sample(&mut [0.1, 3.0, 2.9, -1.0], &[], &mut Vec::new()), 1);
         }
         let nucleus = SamplerConfig { temperature: 1.0, top_p: 0.5, seed: 9, ..SamplerConfig::default() };
-        let mut sampler = Sampler::new(nucleus, 4);
+        let mut sampler = Sampler::new(nucleus);
         for _ in 0..20 {
-            assert_eq!(sampler.sample(&mut [0.0, 5.0, 0.0, 0.0], &[]), 1);
+            assert_eq!(sampler.sample(&mut [0.0, 5.0, 0.0, 0.0], &[], &mut Vec::new()), 1);
         }
     }
 
@@ -148,8 +148,8 @@ mod tests {
     fn seeded_sampling_repeats_and_covers() {
         let config = SamplerConfig { temperature: 1.0, seed: 42, ..SamplerConfig::default() };
         let draw = || {
-            let mut sampler = Sampler::new(config, 3);
-            (0..200).map(|_| sampler.sample(&mut [1.0, 1.0, 1.0], &[])).collect::<Vec<_>>()
+            let mut sampler = Sampler::new(config);
+            (0..200).map(|_| sampler.sample(&mut [1.0, 1.0, 1.0], &[], &mut Vec::new())).collect::<Vec<_>>()
         };
         let first = draw();
         assert_eq!(first, draw());

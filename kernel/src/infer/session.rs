@@ -1,12 +1,12 @@
-//! One sequence being generated: the forward-pass state, its KV cache, its position and
-//! history, and the prompt-then-sample loop.
+//! One sequence being generated: its KV cache, its position and history, and the
+//! prompt-then-sample loop. The forward pass's scratch ([`State`]) is the caller's, so the
+//! sequences of a batch share one.
 
 #![forbid(unsafe_code)]
 
 use alloc::vec::Vec;
 
 use super::forward::{InferError, State, forward};
-use super::kernels::Precision;
 use super::sampler::Sampler;
 use crate::hil::{Cpus, KvStore};
 use crate::model::Weights;
@@ -14,26 +14,21 @@ use crate::model::Weights;
 /// A sequence over `weights` whose keys and values live in `kv`.
 pub struct Session<'w, 'a, K: KvStore> {
     weights: &'w Weights<'a>,
-    state: State,
     kv: K,
     history: Vec<u32>,
 }
 
 impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
-    /// A new, empty sequence at the default precision.
+    /// A new, empty sequence.
     pub fn new(weights: &'w Weights<'a>, kv: K) -> Self {
-        Self::with_precision(weights, kv, Precision::default())
+        let positions = kv.capacity().min(weights.config.context_length);
+        Self { weights, kv, history: Vec::with_capacity(positions) }
     }
 
-    /// A new, empty sequence computing at `precision`.
-    pub fn with_precision(weights: &'w Weights<'a>, kv: K, precision: Precision) -> Self {
-        let positions = kv.capacity().min(weights.config.context_length);
-        Self {
-            weights,
-            state: State::for_positions(weights, precision, positions),
-            kv,
-            history: Vec::with_capacity(positions),
-        }
+    /// The positions the sequence can reach: its store's capacity, at most the context length
+    /// (a [`State`] for it needs this many).
+    pub fn positions(&self) -> usize {
+        self.kv.capacity().min(self.weights.config.context_length)
     }
 
     /// A sequence whose first `history.len()` positions are already in `kv` (a cached prompt
@@ -77,20 +72,23 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         &self.history
     }
 
-    /// Feeds `token` at the next position and returns the logits that follow it.
-    pub fn feed(&mut self, cpus: &dyn Cpus, token: u32) -> Result<&mut [f32], InferError> {
+    /// Feeds `token` at the next position through `state`, whose logits then follow it.
+    pub fn feed(&mut self, cpus: &dyn Cpus, state: &mut State, token: u32) -> Result<(), InferError> {
         let position = self.history.len();
-        forward(self.weights, &mut self.state, &mut self.kv, cpus, token, position)?;
+        forward(self.weights, state, &mut self.kv, cpus, token, position)?;
         self.history.push(token);
-        Ok(self.state.logits_mut())
+        Ok(())
     }
 
-    /// Feeds `prompt`, then samples up to `max_new` tokens, calling `on_token` with each one.
-    /// Stops early after a token for which `stop` is true (that token is reported too) or when
-    /// the context is full. Returns the number of tokens generated.
+    /// Feeds `prompt`, then samples up to `max_new` tokens, calling `on_token` with each one,
+    /// with `state` as the forward pass's scratch. Stops early after a token for which `stop`
+    /// is true (that token is reported too) or when the context is full. Returns the number of
+    /// tokens generated.
+    #[expect(clippy::too_many_arguments, reason = "the loop's inputs, each used once")]
     pub fn generate(
         &mut self,
         cpus: &dyn Cpus,
+        state: &mut State,
         prompt: &[u32],
         sampler: &mut Sampler,
         max_new: usize,
@@ -98,18 +96,18 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         mut on_token: impl FnMut(u32),
     ) -> Result<usize, InferError> {
         for &token in prompt {
-            self.feed(cpus, token)?;
+            self.feed(cpus, state, token)?;
         }
-        let capacity = self.kv.capacity().min(self.weights.config.context_length);
+        let capacity = self.positions();
         let mut generated = 0;
         while generated < max_new && !self.history.is_empty() {
-            let next = sampler.sample(self.state.logits_mut(), &self.history);
+            let next = state.sample(sampler, &self.history);
             generated += 1;
             on_token(next);
             if stop(next) || self.history.len() >= capacity {
                 break;
             }
-            self.feed(cpus, next)?;
+            self.feed(cpus, state, next)?;
         }
         Ok(generated)
     }

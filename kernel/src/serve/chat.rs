@@ -6,7 +6,7 @@
 use crate::{
     hil::{Cpus, KvStore},
     infer::{
-        InferError, Sampler, SamplerConfig, Session, Tokenizer,
+        InferError, Precision, Sampler, SamplerConfig, Session, State, Tokenizer,
         tokenizer::{
             StreamDecoder,
             chat::{self, Message, Role},
@@ -92,6 +92,12 @@ pub struct ModelView<'model> {
 }
 
 impl ModelView<'_> {
+    /// Forward-pass scratch for sequences of up to `positions` positions, at the default
+    /// precision (allocated wherever the caller's allocation scope says).
+    pub fn scratch(&self, positions: usize) -> State {
+        State::for_positions(&self.file.weights, Precision::default(), positions)
+    }
+
     /// Whether the model's tokenizer knows the ChatML markers (so chat gets the template).
     pub fn speaks_chatml(&self) -> bool {
         self.file.format == Format::Gguf && self.tokenizer.token_id("<|im_start|>").is_some()
@@ -284,7 +290,7 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         Ok(Self {
             session: Session::resume(weights, kv, history.clone()),
             tokenizer: model.tokenizer,
-            sampler: Sampler::new(config, weights.config.vocab_size),
+            sampler: Sampler::new(config),
             history,
             statistics: TurnStatistics {
                 prompt_tokens: tokens.len(),
@@ -381,29 +387,35 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
     }
 
     /// Feeds `token`; on failure nothing has changed, so the step can be tried again.
-    fn feed(&mut self, cpus: &dyn Cpus, token: u32) -> Result<(), ChatError> {
-        let logits = self.session.feed(cpus, token).map_err(ChatError::Inference)?;
+    fn feed(&mut self, cpus: &dyn Cpus, state: &mut State, token: u32) -> Result<(), ChatError> {
+        self.session.feed(cpus, state, token).map_err(ChatError::Inference)?;
         self.history.push(token);
         if self.history.len() >= self.prompt.len() {
-            self.next = Some(self.sampler.sample(logits, &self.history));
+            self.next = Some(state.sample(&mut self.sampler, &self.history));
         }
         Ok(())
     }
 
-    /// Runs one forward pass: a position being recomputed after preemption, the next prompt
-    /// token, or the next generated token. A step that fails (say, KV memory ran out) leaves
-    /// the generation as it was, so it can be tried again once memory is free.
-    pub fn step(&mut self, cpus: &dyn Cpus) -> Result<Step, ChatError> {
+    /// The positions the sequence can reach (what a [`State`] for it must hold).
+    pub fn positions(&self) -> usize {
+        self.session.positions()
+    }
+
+    /// Runs one forward pass through `state` (scratch the batch shares): a position being
+    /// recomputed after preemption, the next prompt token, or the next generated token. A step
+    /// that fails (say, KV memory ran out) leaves the generation as it was, so it can be tried
+    /// again once memory is free.
+    pub fn step(&mut self, cpus: &dyn Cpus, state: &mut State) -> Result<Step, ChatError> {
         if self.cancelled {
             return self.finish(Finish::Cancelled);
         }
         let position = self.session.position();
         if let Some(&token) = self.history.get(position) {
-            self.session.feed(cpus, token).map_err(ChatError::Inference)?;
+            self.session.feed(cpus, state, token).map_err(ChatError::Inference)?;
             return Ok(Step::Running(String::new()));
         }
         if let Some(&token) = self.prompt.get(self.history.len()) {
-            self.feed(cpus, token)?;
+            self.feed(cpus, state, token)?;
             return Ok(Step::Running(String::new()));
         }
         let Some(token) = self.next else { return self.finish(Finish::Stop) };
@@ -418,7 +430,7 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         if last {
             self.next = None;
         } else {
-            self.feed(cpus, token)?;
+            self.feed(cpus, state, token)?;
         }
         self.statistics.generated_tokens += 1;
         let mut text = String::new();
@@ -434,8 +446,8 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
 }
 
 /// Answers `prompt` with `model`, keeping K/V in `kv`, in one go: the single-sequence use of
-/// [`Generation`]. Text goes to `on_text` as it is produced; `cancelled` is asked before every
-/// step.
+/// [`Generation`], with scratch of its own. Text goes to `on_text` as it is produced;
+/// `cancelled` is asked before every step.
 pub fn answer(
     model: &ModelView<'_>,
     kv: &mut dyn KvStore,
@@ -446,11 +458,12 @@ pub fn answer(
     cancelled: impl Fn() -> bool,
 ) -> Result<TurnStatistics, ChatError> {
     let mut generation = Generation::new(model, kv, prompt, settings)?;
+    let mut state = model.scratch(generation.positions());
     loop {
         if cancelled() {
             generation.cancel();
         }
-        match generation.step(cpus)? {
+        match generation.step(cpus, &mut state)? {
             Step::Running(text) => on_text(&text),
             Step::Finished(_, text) => {
                 on_text(&text);
@@ -540,8 +553,9 @@ mod tests {
                 })
                 .unwrap();
             let mut text = String::new();
+            let mut state = view.scratch(generation.positions());
             loop {
-                match generation.step(&SingleCpu).unwrap() {
+                match generation.step(&SingleCpu, &mut state).unwrap() {
                     Step::Running(piece) => text.push_str(&piece),
                     Step::Finished(_, piece) => {
                         text.push_str(&piece);

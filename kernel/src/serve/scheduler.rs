@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     hil::{Cpus, KvError, KvStore},
-    infer::InferError,
+    infer::{InferError, State},
     mm::kv::{KvBlockPool, PagedKv},
 };
 
@@ -135,13 +135,15 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         sequences.iter().any(|sequence| sequence.generation().is_preempted())
     }
 
-    /// Runs one step of `sequences[slot]`: resumes it first if it is preempted and may go on
-    /// (else reports it waiting), and on KV exhaustion preempts as the module describes.
+    /// Runs one step of `sequences[slot]` through the batch's scratch `state`: resumes it
+    /// first if it is preempted and may go on (else reports it waiting), and on KV exhaustion
+    /// preempts as the module describes.
     pub fn step<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
         &mut self,
         sequences: &mut [S],
         slot: usize,
         cpus: &dyn Cpus,
+        state: &mut State,
     ) -> Result<SlotStep, ChatError> {
         if self.is_inactive(sequences, slot) {
             return Ok(SlotStep::Waiting);
@@ -161,7 +163,7 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
             self.statistics.reattached_positions += reattached as u64;
         }
         loop {
-            match sequences[slot].generation_mut().step(cpus) {
+            match sequences[slot].generation_mut().step(cpus, state) {
                 Err(ChatError::Inference(InferError::Kv(KvError::OutOfMemory))) => {}
                 other => return other.map(SlotStep::Ran),
             }

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    chat::{Generation, GenerationSettings, ServedModel, Step},
+    chat::{Generation, GenerationSettings, ModelView, ServedModel, Step},
     config::{self, CardConfig},
     desk::{CancelRequest, ControlDesk, Input, ServingCpus},
     governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH, step_traffic},
@@ -19,12 +19,14 @@ use crate::{
     boot_info::BootInfo,
     fs::Volume,
     hil::{BlockDevice, BoardTelemetry, Clock, Console, Cpus, SingleCpu},
+    infer::State,
     mm::{
         buffer::{BackedMemory, TensorBuffer},
         error::Bytes,
         kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
         layout::RegionKind,
-        tensor::Pool,
+        scope,
+        tensor::{Pool, TensorKind},
     },
     telemetry::{self, ByteRate, EventKind, PressureLevel, ShortName, TRACE},
 };
@@ -594,11 +596,18 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             let serving =
                 ServingCpus { inner: cpus, desk: &self.desk, console: self.console, clock: self.clock };
             let Ok(mut generation) = Generation::new(&view, kv, "Hello", &settings) else { return };
+            let mut state = match self.batch_scratch(&view, generation.positions()) {
+                Ok(state) => state,
+                Err(message) => {
+                    self.say_line(&alloc::format!("error: {message}"));
+                    return;
+                }
+            };
             // Each decoding step after the first runs one forward pass; time those.
             let (mut first, mut last, mut passes) = (None, 0, 0u32);
             loop {
                 let prompt = generation.in_prompt();
-                match generation.step(&serving) {
+                match generation.step(&serving, &mut state) {
                     Ok(Step::Running(_)) if !prompt => {
                         last = self.clock.now_ns();
                         if first.is_none() {
@@ -953,6 +962,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let pool_positions = pool.limit_blocks() / config.layers.max(1) * KV_BLOCK_TOKENS;
         let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
         let capacity = config.context_length.min(quota).min(pool_positions);
+        // The batch's scratch, shared by its sequences, from the activations pool.
+        let mut scratch = match self.batch_scratch(&view, capacity) {
+            Ok(scratch) => scratch,
+            Err(message) => {
+                while let Some(pending) = self.pending.pop_front() {
+                    self.reply_error(pending.origin, &message);
+                }
+                return;
+            }
+        };
         let mut active: Vec<(Pending, Generation<'_, '_, PagedKv<'_, '_>>, Option<u64>)> = Vec::new();
         let mut preemptor = Preemptor::new(&pool, model_identity);
         let thresholds = self.governor.track_pool(pool.limit_blocks());
@@ -1029,7 +1048,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     clock: self.clock,
                 };
                 let preempted = preemptor.statistics().preemptions;
-                let step = match preemptor.step(&mut active, slot, &cpus) {
+                let step = match preemptor.step(&mut active, slot, &cpus, &mut scratch) {
                     Ok(SlotStep::Waiting) => None,
                     Ok(SlotStep::Ran(step)) => Some(Ok(step)),
                     Err(error) => Some(Err(error)),
@@ -1125,6 +1144,23 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.record_round_gap(now.saturating_sub(round_start), background_ns, staging_before);
             round_start = now;
         }
+    }
+
+    /// The forward pass's scratch for sequences of up to `positions` positions of `view`'s
+    /// model, built in the activations pool; or why it does not fit there.
+    fn batch_scratch(&self, view: &ModelView<'_>, positions: usize) -> Result<State, String> {
+        let weights = &view.file.weights;
+        let needed = State::bytes_for(&weights.config, positions);
+        let activations = self.memory.memory().statistics(Pool::Activations);
+        // Each buffer rounds up to a power of two in the buddy allocator: at most twice.
+        if activations.free_bytes < 2 * needed {
+            return Err(alloc::format!(
+                "activations memory is full: a batch of this model needs {} of scratch and {} is free",
+                Bytes(2 * needed),
+                Bytes(activations.free_bytes)
+            ));
+        }
+        Ok(scope::with(TensorKind::Activation, || view.scratch(positions)))
     }
 
     fn emit_text(&self, origin: Origin, text: &str) {

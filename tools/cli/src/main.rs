@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
 use kernel::infer::tokenizer::StreamDecoder;
 use kernel::infer::tokenizer::chat::{self, Message, Role};
-use kernel::infer::{ContiguousKv, Precision, Sampler, SamplerConfig, Session};
+use kernel::infer::{ContiguousKv, Precision, Sampler, SamplerConfig, Session, State};
 use kernel::model::gguf::describe;
 use kernel::model::{Format, TensorType};
 
@@ -266,11 +266,12 @@ fn run(command: Command) -> Result<(), String> {
                 config.context_length.min(tokens.len().max(1)),
             )
             .ok_or("KV cache size overflows")?;
-            let mut session = Session::with_precision(weights, kv, precision.into());
+            let mut session = Session::new(weights, kv);
+            let mut state = State::for_positions(weights, precision.into(), session.positions());
             let mut bytes = Vec::with_capacity(tokens.len() * config.vocab_size * 4);
             for &token in &tokens {
-                let logits = session.feed(&cpus, token).map_err(|error| error.to_string())?;
-                logits.iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes()));
+                session.feed(&cpus, &mut state, token).map_err(|error| error.to_string())?;
+                state.logits().iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes()));
             }
             std::fs::write(&out, bytes).map_err(|error| format!("{}: {error}", out.display()))
         }
@@ -477,12 +478,13 @@ fn generate(
     }
     let capacity = config.context_length.min(prompt_tokens.len() + steps);
     let kv = ContiguousKv::new(config.layers, config.kv_dim(), capacity).ok_or("KV cache size overflows")?;
-    let mut session = Session::with_precision(weights, kv, precision);
-    let mut sampler = Sampler::new(sampler_config, config.vocab_size);
+    let mut state = State::for_positions(weights, precision, capacity);
+    let mut session = Session::new(weights, kv);
+    let mut sampler = Sampler::new(sampler_config);
 
     let started = Instant::now();
     for &token in &prompt_tokens {
-        session.feed(&cpus, token).map_err(|error| error.to_string())?;
+        session.feed(&cpus, &mut state, token).map_err(|error| error.to_string())?;
     }
     let prompt_time = started.elapsed();
 
@@ -494,6 +496,7 @@ fn generate(
     let decode_start = Instant::now();
     let outcome = session.generate(
         &cpus,
+        &mut state,
         &[],
         &mut sampler,
         steps,

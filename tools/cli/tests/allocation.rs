@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use kernel::hil::SingleCpu;
 use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
-use kernel::infer::{ContiguousKv, Precision, Sampler, SamplerConfig, Session};
+use kernel::infer::{ContiguousKv, Precision, Sampler, SamplerConfig, Session, State};
 use kernel::model::{ModelFile, TensorType};
 
 thread_local! {
@@ -66,7 +66,8 @@ fn decoding_allocates_nothing_per_token() {
         let bytes = spec.generate(format).unwrap().model;
         let model = ModelFile::parse(&bytes).unwrap();
         let kv = ContiguousKv::new(spec.layers, 32, spec.context_length).unwrap();
-        let mut session = Session::with_precision(&model.weights, kv, precision);
+        let mut state = State::for_positions(&model.weights, precision, spec.context_length);
+        let mut session = Session::new(&model.weights, kv);
         let sampling = SamplerConfig {
             temperature: 0.8,
             top_k: 40,
@@ -74,13 +75,13 @@ fn decoding_allocates_nothing_per_token() {
             repetition_penalty: 1.1,
             ..Default::default()
         };
-        let mut sampler = Sampler::new(sampling, spec.vocab_size);
-        session.feed(&SingleCpu, 1).unwrap();
+        let mut sampler = Sampler::new(sampling);
+        session.feed(&SingleCpu, &mut state, 1).unwrap();
         let before = allocations();
         let mut token = 1;
         for _ in 0..20 {
-            let logits = session.feed(&SingleCpu, token).unwrap();
-            token = sampler.sample(logits, &[token]);
+            session.feed(&SingleCpu, &mut state, token).unwrap();
+            token = state.sample(&mut sampler, &[token]);
         }
         assert_eq!(allocations(), before, "{format:?} at {precision:?} allocated while decoding");
         let probe = allocations();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kernel::hil::SingleCpu;
-use kernel::infer::{ContiguousKv, Session};
+use kernel::infer::{ContiguousKv, Session, State};
 use kernel::model::ModelFile;
 
 fn tessera(arguments: &[&str]) -> Output {
@@ -95,9 +95,11 @@ fn logits_file_matches_the_engine() {
     let config = file.weights.config;
     let mut session =
         Session::new(&file.weights, ContiguousKv::new(config.layers, config.kv_dim(), 4).unwrap());
+    let mut state = State::new(&file.weights);
     let mut expected = Vec::new();
     for token in [5, 299, 17, 17] {
-        expected.extend_from_slice(session.feed(&SingleCpu, token).unwrap());
+        session.feed(&SingleCpu, &mut state, token).unwrap();
+        expected.extend_from_slice(state.logits());
     }
     assert_eq!(written, expected);
     let threaded = directory.join("threaded.bin");

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 
 use kernel::hil::SingleCpu;
 use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
-use kernel::infer::{ContiguousKv, Precision, Session, Tokenizer};
+use kernel::infer::{ContiguousKv, Precision, Session, State, Tokenizer};
 use kernel::model::{GgufFile, ModelFile, TensorType};
 
 /// Largest difference allowed between an engine logit and the reference's.
@@ -172,11 +172,12 @@ impl Checks {
         let model = ModelFile::parse(&generated.model).unwrap_or_else(|error| fail_setup(&error.to_string()));
         let config = model.weights.config;
         let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).expect("small KV");
-        let mut session = Session::with_precision(&model.weights, kv, Precision::Float);
+        let mut session = Session::new(&model.weights, kv);
+        let mut state = State::for_positions(&model.weights, Precision::Float, session.positions());
         let mut engine = Vec::new();
         for &token in &tokens {
-            match session.feed(&SingleCpu, token) {
-                Ok(logits) => engine.extend_from_slice(logits),
+            match session.feed(&SingleCpu, &mut state, token) {
+                Ok(()) => engine.extend_from_slice(state.logits()),
                 Err(error) => return self.record(false, format!("logits {name}: engine failed: {error}")),
             }
         }

@@ -68,6 +68,7 @@ fn run_batch(
         .unwrap();
         active.push(Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 });
     }
+    let mut state = view.scratch(capacity);
     let mut outcomes: Vec<Option<Outcome>> = prompts.iter().map(|_| None).collect();
     let mut peaks = alloc::vec![0; prompts.len()];
     let mut rounds = 0;
@@ -76,7 +77,7 @@ fn run_batch(
         assert!(rounds < 10_000, "the batch makes progress");
         let mut finished = Vec::new();
         for slot in 0..active.len() {
-            let step = preemptor.step(&mut active, slot, &SingleCpu);
+            let step = preemptor.step(&mut active, slot, &SingleCpu, &mut state);
             let entry = &mut active[slot];
             entry.peak_blocks = entry.peak_blocks.max(entry.generation.kv().blocks_held());
             peaks[entry.order as usize] = entry.peak_blocks;
@@ -254,7 +255,8 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
         let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
         let tokens = view.prompt_tokens("a cached conversation");
         let mut generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
-        while let Ok(Step::Running(_)) = generation.step(&SingleCpu) {}
+        let mut state = view.scratch(128);
+        while let Ok(Step::Running(_)) = generation.step(&SingleCpu, &mut state) {}
         let history = generation.history().to_vec();
         assert!(generation.kv_mut().publish(MODEL, &history) > 0);
     }
@@ -262,6 +264,7 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     assert!(cached > 0);
 
     // Three sequences through their prompts, none attaching the cache.
+    let mut state = view.scratch(128);
     let mut preemptor = Preemptor::new(&pool, MODEL);
     let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
         .iter()
@@ -277,7 +280,7 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
         for slot in 0..active.len() {
             if active[slot].generation.in_prompt() {
                 assert_eq!(
-                    preemptor.step(&mut active, slot, &SingleCpu),
+                    preemptor.step(&mut active, slot, &SingleCpu, &mut state),
                     Ok(SlotStep::Ran(Step::Running(String::new())))
                 );
             }
@@ -332,7 +335,7 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
         assert!(rounds < 10_000);
         let mut finished = Vec::new();
         for slot in 0..active.len() {
-            match preemptor.step(&mut active, slot, &SingleCpu).unwrap() {
+            match preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap() {
                 SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
                 SlotStep::Ran(Step::Finished(_, text)) => {
                     let entry = &mut active[slot];
@@ -380,6 +383,7 @@ fn equal_priorities_still_make_progress() {
             Entry { order: 0, generation, text: String::new(), peak_blocks: 0 }
         })
         .collect();
+    let mut state = view.scratch(128);
     let mut done = alloc::vec![None; PROMPTS.len()];
     let mut rounds = 0;
     while done.iter().any(Option::is_none) {
@@ -389,7 +393,7 @@ fn equal_priorities_still_make_progress() {
             if done[slot].is_some() {
                 continue;
             }
-            match preemptor.step(&mut active, slot, &SingleCpu).unwrap() {
+            match preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap() {
                 SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
                 SlotStep::Ran(Step::Finished(_, text)) => {
                     let entry = &mut active[slot];
