@@ -100,6 +100,55 @@ struct Step {
     /// records of interleaved requests, whose order is not fixed).
     #[serde(default)]
     anywhere: bool,
+    /// Send `text` once for each number from `from` to `to`, with `{n}` replaced by it (many
+    /// requests at once).
+    send_each: Option<SendEach>,
+    /// Wait until every request id from `from` to `to` has a final record (`done` or
+    /// `error`).
+    final_records: Option<IdRange>,
+    /// Read a number from the output after this step's match and require it to be the same as
+    /// every earlier reading of the same name.
+    unchanged: Option<Unchanged>,
+}
+
+/// Numbered copies of one line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendEach {
+    from: u64,
+    to: u64,
+    text: String,
+}
+
+/// Request ids `from..=to`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdRange {
+    from: u64,
+    to: u64,
+}
+
+/// A number that must not move: found after each of the `after` markers in turn.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unchanged {
+    name: String,
+    after: Vec<String>,
+}
+
+/// The unsigned number that follows the `markers`, in order, in `text`.
+fn number_after(text: &str, markers: &[String]) -> Option<u64> {
+    let mut rest = text;
+    for marker in markers {
+        rest = &rest[rest.find(marker.as_str())? + marker.len()..];
+    }
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Whether request `id` has a final record in `output`.
+fn has_final_record(output: &str, id: u64) -> bool {
+    ["done", "error"].iter().any(|event| output.contains(&format!("{{\"id\":{id},\"event\":\"{event}\"")))
 }
 
 /// The name under which the `kernel8` image is known to the manifest.
@@ -198,7 +247,17 @@ fn run_test(
     let mut session = Session::start(&spec.machine, image, qemu_args)?;
     let mut cursor = 0;
     let mut script = Ok(());
+    let mut readings: BTreeMap<String, u64> = BTreeMap::new();
     for (index, step) in spec.script().into_iter().enumerate() {
+        let previous = cursor;
+        if let Some(each) = &step.send_each {
+            let lines: String =
+                (each.from..=each.to).map(|n| each.text.replace("{n}", &n.to_string())).collect();
+            if let Err(error) = session.send(lines.as_bytes()) {
+                script = Err(format!("step {}: {error}", index + 1));
+                break;
+            }
+        }
         if let Some(text) = &step.send
             && let Err(error) = session.send(text.as_bytes())
         {
@@ -224,6 +283,10 @@ fn run_test(
                 }
             }
         }
+        if let Err(error) = check_step_output(&mut session, step, previous, &mut readings) {
+            script = Err(format!("step {}: {error}", index + 1));
+            break;
+        }
     }
     let exits = spec.kernel.as_deref() != Some(KERNEL8);
     let result = if exits && script.is_ok() {
@@ -232,6 +295,52 @@ fn run_test(
         session.kill()
     };
     Ok((result, script))
+}
+
+/// The checks of a step on the output as a whole, after its send and wait: `final_records`,
+/// and `unchanged` (on the output from `cursor`, the match before this step's; it waits for
+/// the end of the line its number is on).
+fn check_step_output(
+    session: &mut Session,
+    step: &Step,
+    cursor: usize,
+    readings: &mut BTreeMap<String, u64>,
+) -> Result<(), String> {
+    let timeout = Duration::from_secs(step.timeout.unwrap_or(30));
+    if let Some(range) = &step.final_records {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let output = session.output();
+            let missing: Vec<u64> =
+                (range.from..=range.to).filter(|&id| !has_final_record(&output, id)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{} requests have no final record, the first {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(8)]
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if let (Some(unchanged), Some(text)) = (&step.unchanged, &step.wait_for) {
+        let from = if step.anywhere { 0 } else { cursor };
+        let start = session.wait_for(text, from, timeout)? - text.len();
+        session.wait_for("\n", start, timeout)?;
+        let output = session.output();
+        let value = number_after(&output[start..], &unchanged.after)
+            .ok_or_else(|| format!("no number after {:?} in the output", unchanged.after))?;
+        match readings.insert(unchanged.name.clone(), value) {
+            Some(earlier) if earlier != value => {
+                return Err(format!("{} moved from {earlier} to {value}", unchanged.name));
+            }
+            _ => println!("    {} = {value}", unchanged.name),
+        }
+    }
+    Ok(())
 }
 
 /// Writes a FAT32 SD image with `kernel` and `models`, as `make sdcard` does.
@@ -415,6 +524,12 @@ fn run() -> Result<bool, String> {
                 failed += 1;
                 println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
                 println!("---- console output (last 40 lines) ----\n{}\n----", tail(&result.output, 40));
+                let log = root.join("build/qemu-logs").join(format!("{}.log", spec.name));
+                let saved = std::fs::create_dir_all(root.join("build/qemu-logs"))
+                    .and_then(|()| std::fs::write(&log, &result.output));
+                if saved.is_ok() {
+                    println!("the whole console output is in {}", log.display());
+                }
             }
         }
     }
