@@ -9,7 +9,7 @@ use super::{
     chunk::Placement,
     tensor::{TensorHandle, TensorKind, TensorMemory},
 };
-use crate::hil::board_time;
+use crate::hil::{Clock, Deadline, board_time};
 use core::{
     mem::ManuallyDrop,
     ops::{Deref, DerefMut},
@@ -64,6 +64,20 @@ impl BackedMemory {
         let mut buffer = TensorBuffer { owner: self, core, handle: ManuallyDrop::new(handle) };
         buffer.fill(0);
         Ok(buffer)
+    }
+}
+
+impl BackedMemory {
+    /// A protocol-pool buffer of `size` bytes, only if the RT pool hands it out by `deadline`
+    /// (see [`TensorMemory::alloc_protocol_within`]). Not cleared: the caller writes it.
+    pub fn protocol_within(
+        &self,
+        size: u64,
+        deadline: Deadline,
+        clock: &dyn Clock,
+    ) -> Result<TensorBuffer<'_>, MemError> {
+        let handle = self.memory.alloc_protocol_within(size, deadline, clock)?;
+        Ok(TensorBuffer { owner: self, core: 0, handle: ManuallyDrop::new(handle) })
     }
 }
 

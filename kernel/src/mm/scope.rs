@@ -63,10 +63,22 @@ pub fn with<T>(kind: TensorKind, work: impl FnOnce() -> T) -> T {
     with_on(current_core(), kind, work)
 }
 
+/// Runs `work` outside any scope (its allocations come from the heap and are counted), then
+/// restores the scope that was in force: for work that is not serving, such as loading a
+/// model, inside a stretch that is.
+pub fn outside<T>(work: impl FnOnce() -> T) -> T {
+    swapped(current_core(), NONE, work)
+}
+
 /// [`with`] on core `core`.
 fn with_on<T>(core: usize, kind: TensorKind, work: impl FnOnce() -> T) -> T {
+    swapped(core, code(kind), work)
+}
+
+/// Runs `work` with `core`'s scope set to `code`, then restores it.
+fn swapped<T>(core: usize, code: u8, work: impl FnOnce() -> T) -> T {
     let Some(slot) = SCOPES.get(core) else { return work() };
-    let previous = slot.swap(code(kind), Ordering::Relaxed);
+    let previous = slot.swap(code, Ordering::Relaxed);
     let result = work();
     slot.store(previous, Ordering::Relaxed);
     result
@@ -217,6 +229,9 @@ mod tests {
         assert_eq!(inner, Some(TensorKind::Small));
         assert_eq!(innermost, Some(TensorKind::Protocol));
         assert_eq!(current(core), None);
+        let (outside, after) =
+            with_on(core, TensorKind::Small, || (swapped(core, NONE, || current(core)), current(core)));
+        assert_eq!((outside, after), (None, Some(TensorKind::Small)), "outside, then back in");
         assert_eq!(code(TensorKind::Weights), NONE, "weights never come from a scope");
     }
 

@@ -20,6 +20,10 @@ use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 pub const SLAB_BYTES: u64 = 16 * 1024;
 /// Objects a magazine holds.
 pub const MAGAZINE_CAPACITY: usize = 32;
+/// Slabs' worth of objects each class's depot list has room for from the start, so the
+/// lists (kept on the kernel heap) do not grow while serving until a class holds more than
+/// this many slabs of free objects at once.
+pub const DEPOT_RESERVED_SLABS: usize = 32;
 /// Every size class the slab can offer; a depot keeps those that are multiples of its
 /// alignment.
 pub const SIZE_CLASSES: [u32; 16] =
@@ -177,7 +181,12 @@ impl<Source: PageSource> SlabDepot<Source> {
             .map(|_| SlabSlot { class: AtomicU8::new(NO_CLASS), allocated: Default::default() })
             .collect();
         let lists = DepotLists {
-            free: vec![Vec::new(); classes.len()],
+            free: classes
+                .iter()
+                .map(|&class| {
+                    Vec::with_capacity(DEPOT_RESERVED_SLABS * (SLAB_BYTES / u64::from(class)) as usize)
+                })
+                .collect(),
             in_depot: vec![0; slot_count],
             slabs: 0,
             refills: 0,
@@ -326,13 +335,17 @@ impl<Source: PageSource> SlabDepot<Source> {
     /// extent. The peak of live bytes is sampled when a core exchanges with the depot, so it
     /// can trail the true peak by up to a magazine per core and class.
     pub fn statistics(&self, cores: &[&CoreSlab]) -> PoolStatistics {
+        self.statistics_visiting(|visit| cores.iter().for_each(|core| visit(core)))
+    }
+
+    /// Like [`SlabDepot::statistics`], for per-core caches reached one at a time (each behind
+    /// its own lock): `cores` calls its argument with each. Allocates nothing.
+    pub fn statistics_visiting(&self, cores: impl FnOnce(&mut dyn FnMut(&CoreSlab))) -> PoolStatistics {
         let (slabs, mut tally, peak) = {
             let lists = self.lists.lock();
             (lists.slabs, lists.published, lists.peak_live_bytes)
         };
-        for core in cores {
-            tally.add(&core.tally);
-        }
+        cores(&mut |core| tally.add(&core.tally));
         let live = tally.live_bytes.max(0) as u64;
         let (base, capacity) = self.source.range();
         let reserved = slabs * SLAB_BYTES;

@@ -653,17 +653,11 @@ impl TensorMemory {
             Pool::Weights => pools.weights.lock().statistics(),
             Pool::KvCache => pools.kv_cache.lock().statistics(),
             Pool::Activations => pools.slab.source().lock().statistics(),
-            Pool::Slab => {
-                let guards: Vec<_> = self
-                    .core_caches
-                    .iter()
-                    .skip(node)
-                    .step_by(self.nodes.len())
-                    .map(|cache| cache.lock())
-                    .collect();
-                let cores: Vec<&CoreSlab> = guards.iter().map(|guard| &**guard).collect();
-                pools.slab.statistics(&cores)
-            }
+            Pool::Slab => pools.slab.statistics_visiting(|visit| {
+                for cache in self.core_caches.iter().skip(node).step_by(self.nodes.len()) {
+                    visit(&cache.lock());
+                }
+            }),
             Pool::Protocol => self.protocol.lock().statistics(),
             Pool::Dma => self.dma.lock().statistics(),
         }

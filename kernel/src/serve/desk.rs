@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     hil::{Clock, Console, Cpus},
+    mm::{scope, tensor::TensorKind},
     telemetry::{Counters, ShortName},
 };
 use alloc::{collections::VecDeque, string::String, vec::Vec};
@@ -213,7 +214,8 @@ impl Cpus for ServingCpus<'_> {
     }
 
     fn checkpoint(&self) {
-        self.desk.service(self.console, self.clock);
+        // Lines read mid-pass are console objects, whatever the pass's own scope.
+        scope::with(TensorKind::Protocol, || self.desk.service(self.console, self.clock));
     }
 }
 

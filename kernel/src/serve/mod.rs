@@ -1,6 +1,9 @@
 //! Serving: the console loop, and the pieces of the console protocol.
 
+pub mod admission;
+mod batch;
 pub mod chat;
+mod commands;
 pub mod config;
 pub mod desk;
 pub mod governor;
@@ -9,10 +12,12 @@ pub mod line;
 pub mod loader;
 pub mod pressure;
 pub mod protocol;
+pub mod reply;
 pub mod retire;
 pub mod ring;
 pub mod scheduler;
 pub mod server;
+mod swap;
 pub mod transmit;
 
 /// Longest console line accepted, in bytes.

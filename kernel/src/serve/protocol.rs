@@ -20,7 +20,8 @@
 
 use crate::telemetry::TraceEvent;
 use alloc::string::String;
-use serde::{Deserialize, Serialize};
+use core::fmt::{self, Write};
+use serde::Deserialize;
 
 /// Longest prompt accepted in one request, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 4096;
@@ -112,7 +113,7 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
 }
 
 /// Token counts of a finished request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: usize,
@@ -123,7 +124,7 @@ pub struct Usage {
 }
 
 /// Times of a finished request, in milliseconds of the board's clock.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timings {
     /// From the request's arrival to its first generated token.
     pub first_token_ms: f64,
@@ -134,8 +135,7 @@ pub struct Timings {
 }
 
 /// One record sent back.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Event<'a> {
     /// A piece of generated text.
     Token {
@@ -184,7 +184,7 @@ pub enum Event<'a> {
 }
 
 /// One memory pool as the `mem` record reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolEntry {
     /// What the pool holds: "weights", "kv", "activations", "small", "protocol" or "dma".
     pub kind: &'static str,
@@ -201,7 +201,7 @@ pub struct PoolEntry {
 }
 
 /// The global heap as the `mem` record reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeapEntry {
     /// Bytes the heap manages.
     pub capacity_bytes: u64,
@@ -214,7 +214,7 @@ pub struct HeapEntry {
 }
 
 /// One trace event as machine mode reports it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TraceEntry {
     /// When, in milliseconds since boot.
     pub t_ms: f64,
@@ -237,18 +237,175 @@ impl From<&TraceEvent> for TraceEntry {
     }
 }
 
-#[derive(Serialize)]
-struct Record<'a> {
-    id: Option<u64>,
-    #[serde(flatten)]
-    event: &'a Event<'a>,
-}
-
 /// The JSON line (with CR LF) for `event` about request `id`.
 pub fn record(id: Option<u64>, event: &Event<'_>) -> String {
-    let mut line = serde_json::to_string(&Record { id, event }).unwrap_or_else(|_| String::from("{}"));
-    line.push_str("\r\n");
+    let mut line = String::new();
+    // Writing into a `String` cannot fail.
+    let _ = write_record(&mut line, id, event);
     line
+}
+
+/// Writes the JSON line (with CR LF) for `event` about request `id` to `out`; fails only when
+/// `out` does (a full fixed-size buffer, say).
+pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> fmt::Result {
+    out.write_str("{\"id\":")?;
+    match id {
+        Some(id) => write!(out, "{id}")?,
+        None => out.write_str("null")?,
+    }
+    let mut object = Object { out, first: false };
+    match event {
+        Event::Token { text } => {
+            object.string("event", "token")?.string("text", text)?;
+        }
+        Event::Done { usage, timings, finish, model } => {
+            object.string("event", "done")?;
+            object.key("usage")?;
+            Object::open(object.out)?
+                .number("prompt_tokens", usage.prompt_tokens)?
+                .number("cached_tokens", usage.cached_tokens)?
+                .number("completion_tokens", usage.completion_tokens)?
+                .close()?;
+            object.key("timings")?;
+            Object::open(object.out)?
+                .float("first_token_ms", timings.first_token_ms)?
+                .float("total_ms", timings.total_ms)?
+                .float("tokens_per_second", timings.tokens_per_second)?
+                .close()?;
+            object.string("finish", finish)?.string("model", model)?;
+        }
+        Event::Error { message } => {
+            object.string("event", "error")?.string("message", message)?;
+        }
+        Event::Info { text } => {
+            object.string("event", "info")?.string("text", text)?;
+        }
+        Event::Mem { ram_bytes, pools, heap } => {
+            object.string("event", "mem")?.number("ram_bytes", *ram_bytes)?.key("pools")?;
+            object.out.write_char('[')?;
+            for (index, pool) in pools.iter().enumerate() {
+                if index > 0 {
+                    object.out.write_char(',')?;
+                }
+                Object::open(object.out)?
+                    .string("kind", pool.kind)?
+                    .number("capacity_bytes", pool.capacity_bytes)?
+                    .number("live_bytes", pool.live_bytes)?
+                    .number("peak_bytes", pool.peak_bytes)?
+                    .number("allocations", pool.allocations)?
+                    .number("failures", pool.failures)?
+                    .close()?;
+            }
+            object.out.write_char(']')?;
+            object.key("heap")?;
+            Object::open(object.out)?
+                .number("capacity_bytes", heap.capacity_bytes)?
+                .number("live_bytes", heap.live_bytes)?
+                .number("peak_bytes", heap.peak_bytes)?
+                .number("allocations", heap.allocations)?
+                .close()?;
+        }
+        Event::Trace { recorded, dropped, events } => {
+            object.string("event", "trace")?.number("recorded", *recorded)?.number("dropped", *dropped)?;
+            object.key("events")?;
+            object.out.write_char('[')?;
+            for (index, entry) in events.iter().enumerate() {
+                if index > 0 {
+                    object.out.write_char(',')?;
+                }
+                Object::open(object.out)?
+                    .float("t_ms", entry.t_ms)?
+                    .number("core", entry.core)?
+                    .string("kind", entry.kind)?
+                    .string("detail", &entry.detail)?
+                    .close()?;
+            }
+            object.out.write_char(']')?;
+        }
+    }
+    out.write_str("}\r\n")
+}
+
+/// A JSON object being written: its members, comma-separated.
+struct Object<'w, 'o> {
+    out: &'w mut (dyn Write + 'o),
+    first: bool,
+}
+
+impl<'w, 'o> Object<'w, 'o> {
+    fn open(out: &'w mut (dyn Write + 'o)) -> Result<Self, fmt::Error> {
+        out.write_char('{')?;
+        Ok(Self { out, first: true })
+    }
+
+    fn key(&mut self, key: &str) -> Result<&mut Self, fmt::Error> {
+        if !self.first {
+            self.out.write_char(',')?;
+        }
+        self.first = false;
+        write!(self.out, "\"{key}\":")?;
+        Ok(self)
+    }
+
+    fn string(&mut self, key: &str, value: &str) -> Result<&mut Self, fmt::Error> {
+        self.key(key)?;
+        write_json_string(self.out, value)?;
+        Ok(self)
+    }
+
+    fn number(&mut self, key: &str, value: impl fmt::Display) -> Result<&mut Self, fmt::Error> {
+        self.key(key)?;
+        write!(self.out, "{value}")?;
+        Ok(self)
+    }
+
+    /// A float as JSON has it: the shortest text that reads back the same, `null` when it is
+    /// not finite.
+    fn float(&mut self, key: &str, value: f64) -> Result<&mut Self, fmt::Error> {
+        self.key(key)?;
+        let magnitude = value.abs();
+        if !value.is_finite() {
+            self.out.write_str("null")?;
+        } else if magnitude != 0.0 && !(1e-5..1e15).contains(&magnitude) {
+            write!(self.out, "{value:e}")?;
+        } else if value == libm::trunc(value) {
+            write!(self.out, "{value:.1}")?;
+        } else {
+            write!(self.out, "{value}")?;
+        }
+        Ok(self)
+    }
+
+    fn close(&mut self) -> fmt::Result {
+        self.out.write_char('}')
+    }
+}
+
+/// Writes `text` as a JSON string: quoted, with quotes, backslashes and control characters
+/// escaped.
+fn write_json_string(out: &mut dyn Write, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    let mut start = 0;
+    for (index, character) in text.char_indices() {
+        let escape = match character {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            character if (character as u32) < 0x20 => "",
+            _ => continue,
+        };
+        out.write_str(&text[start..index])?;
+        if escape.is_empty() {
+            write!(out, "\\u{:04x}", character as u32)?;
+        } else {
+            out.write_str(escape)?;
+        }
+        start = index + character.len_utf8();
+    }
+    out.write_str(&text[start..])?;
+    out.write_char('"')
 }
 
 #[cfg(test)]
@@ -369,6 +526,28 @@ mod tests {
     }
 
     proptest! {
+        /// Every text comes back from a JSON parser exactly as it went in, and every float
+        /// reads back the same.
+        #[test]
+        fn records_round_trip_through_a_json_parser(text in any::<String>(), value in any::<f64>()) {
+            let line = record(Some(3), &Event::Token { text: &text });
+            let parsed: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+            prop_assert_eq!(parsed["text"].as_str(), Some(text.as_str()));
+            let timings = Timings { first_token_ms: value, total_ms: 1.0, tokens_per_second: 0.5 };
+            let usage = Usage { prompt_tokens: 1, cached_tokens: 0, completion_tokens: 2 };
+            let done = record(None, &Event::Done { usage, timings, finish: "stop", model: &text });
+            let parsed: serde_json::Value = serde_json::from_str(done.trim_end()).unwrap();
+            // Read the number with Rust's own parser, which is exact (serde_json's default one
+            // may miss by an ulp at large exponents).
+            let number = done.split("\"first_token_ms\":").nth(1).and_then(|rest| rest.split(',').next());
+            if value.is_finite() {
+                prop_assert_eq!(number.map(str::parse::<f64>), Some(Ok(value)));
+            } else {
+                prop_assert!(parsed["timings"]["first_token_ms"].is_null());
+            }
+            prop_assert_eq!(parsed["timings"]["total_ms"].as_f64(), Some(1.0));
+        }
+
         #[test]
         fn arbitrary_lines_never_panic(line in ".{0,300}") {
             let _ = parse_request(&line);

@@ -1,0 +1,460 @@
+//! The batch: generations run here, token by token, until none is waiting or running.
+//!
+//! A batch keeps the model it started with. Each round it admits waiting requests whose KV
+//! need fits beside what its sequences reserved ([`super::admission`]), applies cancels, lets
+//! the memory-pressure manager act, advances every running sequence by one forward pass
+//! through the scratch the sequences share (made in the activations pool when the batch opens
+//! and returned when it closes), streams their text, and then serves the console and a slice
+//! of background loading before the next round.
+
+#![forbid(unsafe_code)]
+
+use super::{
+    admission::{KvReservations, Pending, kv_blocks_needed},
+    chat::{ChatError, Finish, Generation, ModelView, Step},
+    desk::ServingCpus,
+    governor::step_traffic,
+    pressure::WeightsEvictor,
+    protocol::{Event, Timings, Usage},
+    reply::Origin,
+    scheduler::{BatchRelief, Preemptor, Scheduled, SlotStep},
+    server::{KV_BLOCK_TOKENS, KV_QUOTA_TOKENS, Server, Shared},
+};
+use crate::{
+    hil::BlockDevice,
+    infer::State,
+    mm::{
+        error::Bytes,
+        kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
+        layout::RegionKind,
+        scope,
+        tensor::{Pool, TensorKind},
+    },
+    model::Config,
+    telemetry::{self, EventKind, PressureLevel},
+};
+use alloc::{string::String, sync::Arc, vec::Vec};
+
+/// A running sequence of the batch: the request, its generation and its KV reservation.
+pub(super) struct Sequence<'w, 'f, 'p, 'm> {
+    request: Pending,
+    generation: Generation<'w, 'f, PagedKv<'p, 'm>>,
+    first_token_ns: Option<u64>,
+    reserved_blocks: usize,
+}
+
+/// Ranked by arrival: the earliest is preempted last.
+impl<'w, 'f, 'p, 'm> Scheduled<'w, 'f, 'p, 'm> for Sequence<'w, 'f, 'p, 'm> {
+    fn generation(&self) -> &Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &self.generation
+    }
+
+    fn generation_mut(&mut self) -> &mut Generation<'w, 'f, PagedKv<'p, 'm>> {
+        &mut self.generation
+    }
+
+    fn priority(&self) -> u64 {
+        self.request.arrived_ns
+    }
+}
+
+/// What a batch runs on, and its sequences.
+pub(super) struct Batch<'b, 'm> {
+    model: &'b Shared<'m>,
+    view: &'b ModelView<'b>,
+    pool: &'b KvBlockPool<'m>,
+    config: Config,
+    /// The model's identity in the prefix cache.
+    identity: u64,
+    /// Positions one sequence may reach: the context, the quota and the whole cache.
+    capacity: usize,
+    /// The forward pass's scratch, shared by the sequences.
+    scratch: State,
+    reservations: KvReservations,
+    sequences: Vec<Sequence<'b, 'b, 'b, 'm>>,
+    preemptor: Preemptor<'b, 'm>,
+    /// Slots that finished this round.
+    finished: Vec<usize>,
+    round_start_ns: u64,
+}
+
+/// What became of a request the batch tried to admit.
+enum Admission {
+    /// It joined the batch.
+    Admitted,
+    /// It was refused with an error record.
+    Refused,
+    /// Its memory is not free yet: it waits, and so do the requests behind it.
+    Waits,
+}
+
+/// The identity of a model in the prefix cache: its name and size.
+fn model_identity(model: &Shared<'_>) -> u64 {
+    model
+        .name
+        .bytes()
+        .chain((model.size() as u64).to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Bytes of small objects one sequence of `capacity` positions holds beside its KV: its
+/// prompt and history token lists and its block tables.
+fn sequence_bytes(capacity: usize, layers: usize) -> u64 {
+    (2 * 4 * capacity + 8 * layers * capacity.div_ceil(KV_BLOCK_TOKENS) + 1024) as u64
+}
+
+impl<'a, D: BlockDevice> Server<'a, D> {
+    /// Runs generations until none is waiting or running: requests join the batch at token
+    /// boundaries (continuous batching) while the model they use is the active one, every
+    /// running sequence advances one token per round, and the console is answered between
+    /// rounds (so `/stats` and `/cancel` do not wait for an answer to end).
+    pub(super) fn serve_batch(&mut self) {
+        let Some(model) = self.model.clone() else {
+            return self.refuse_waiting("no model is loaded (see /models and /load)");
+        };
+        let view = match model.view() {
+            Ok(view) => view,
+            Err(error) => return self.refuse_waiting(&alloc::format!("{error}")),
+        };
+        let Some(pool) = self.kv_pool_for(&view) else { return };
+        let Some(mut batch) = self.open_batch(&model, &view, &pool) else { return };
+        while self.admit(&mut batch) {
+            self.apply_cancels(&mut batch);
+            self.relieve_pressure(&mut batch);
+            self.run_round(&mut batch);
+            self.between_rounds(&mut batch);
+        }
+    }
+
+    /// Ends every waiting request with `message`.
+    fn refuse_waiting(&mut self, message: &str) {
+        while let Some(pending) = self.pending.pop_front() {
+            self.reply_error(pending.origin, message);
+        }
+    }
+
+    /// The KV block pool for `view`'s model: the one kept from earlier batches when its blocks
+    /// have the right shape, else a new one over the KV region.
+    fn kv_pool_for(&mut self, view: &ModelView<'_>) -> Option<Arc<KvBlockPool<'a>>> {
+        let block_floats = floats_per_block(KV_BLOCK_TOKENS, view.file.config().kv_dim());
+        if let Some((_, pool)) = self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
+            return Some(Arc::clone(pool));
+        }
+        let kv_region = self.info.plan.region(RegionKind::KvCache).size;
+        // The old pool (and its cached blocks) goes once no batch uses it.
+        self.kv_pool = None;
+        match KvBlockPool::new(self.memory, block_floats, blocks_in_region(kv_region, block_floats)) {
+            Ok(pool) => {
+                let pool = Arc::new(pool);
+                self.kv_pool = Some((block_floats, Arc::clone(&pool)));
+                Some(pool)
+            }
+            Err(error) => {
+                self.refuse_waiting(&alloc::format!("KV cache: {error}"));
+                None
+            }
+        }
+    }
+
+    /// A batch over `model`, with its scratch from the activations pool; `None` (the waiting
+    /// requests refused with the reason) when the scratch does not fit.
+    fn open_batch<'b>(
+        &mut self,
+        model: &'b Shared<'a>,
+        view: &'b ModelView<'b>,
+        pool: &'b KvBlockPool<'a>,
+    ) -> Option<Batch<'b, 'a>> {
+        let config = *view.file.config();
+        // The per-request quota; never more than the whole pool, so a request fits alone.
+        let pool_positions = pool.limit_blocks() / config.layers.max(1) * KV_BLOCK_TOKENS;
+        let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
+        let capacity = config.context_length.min(quota).min(pool_positions);
+        let scratch = match self.batch_scratch(view, capacity) {
+            Ok(scratch) => scratch,
+            Err(message) => {
+                self.refuse_waiting(&message);
+                return None;
+            }
+        };
+        let identity = model_identity(model);
+        let mut preemptor = Preemptor::new(pool, identity);
+        let thresholds = self.governor.track_pool(pool.limit_blocks());
+        preemptor.set_resume_limit(thresholds.preempt_blocks);
+        Some(Batch {
+            model,
+            view,
+            pool,
+            config,
+            identity,
+            capacity,
+            scratch,
+            reservations: KvReservations::new(pool.limit_blocks()),
+            sequences: Vec::with_capacity(super::admission::MAX_WAITING),
+            preemptor,
+            finished: Vec::with_capacity(super::admission::MAX_WAITING),
+            round_start_ns: self.clock.now_ns(),
+        })
+    }
+
+    /// The forward pass's scratch for sequences of up to `positions` positions of `view`'s
+    /// model, built in the activations pool; or why it does not fit there.
+    pub(super) fn batch_scratch(&self, view: &ModelView<'_>, positions: usize) -> Result<State, String> {
+        let needed = State::bytes_for(view.file.config(), positions);
+        let activations = self.memory.memory().statistics(Pool::Activations);
+        // Each buffer rounds up to a power of two in the buddy allocator: at most twice.
+        if activations.free_bytes < 2 * needed {
+            return Err(alloc::format!(
+                "activations memory is full: a batch of this model needs {} of scratch and {} is free",
+                Bytes(2 * needed),
+                Bytes(activations.free_bytes)
+            ));
+        }
+        Ok(scope::with(TensorKind::Activation, || view.scratch(positions)))
+    }
+
+    /// Admits waiting requests, oldest first, while the batch's model is still the active one
+    /// and no preempted sequence waits for memory. Only one human answer streams at a time,
+    /// so line-mode text never interleaves. Returns whether the batch has sequences to run.
+    fn admit(&mut self, batch: &mut Batch<'_, 'a>) -> bool {
+        let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, batch.model));
+        if same_model && !batch.preemptor.any_waiting(&batch.sequences) {
+            let mut index = 0;
+            while let Some(request) = self.pending.get(index) {
+                let human_busy =
+                    batch.sequences.iter().any(|sequence| sequence.request.origin == Origin::Human);
+                if request.origin == Origin::Human && human_busy {
+                    index += 1;
+                    continue;
+                }
+                match self.admit_one(batch, index) {
+                    Admission::Admitted | Admission::Refused => {}
+                    Admission::Waits => break,
+                }
+            }
+        }
+        !batch.sequences.is_empty()
+    }
+
+    /// Tries to admit the waiting request at `index`: only when its KV need (prompt plus
+    /// `max_tokens`, capped by the quota) fits beside the batch's reservations, and its small
+    /// objects fit in the activations pool.
+    fn admit_one(&mut self, batch: &mut Batch<'_, 'a>, index: usize) -> Admission {
+        let view = batch.view;
+        let Some(request) = self.pending.get_mut(index) else { return Admission::Waits };
+        let prompt_tokens = request.tokens.get_or_insert_with(|| view.prompt_tokens(&request.prompt)).len();
+        let needed = kv_blocks_needed(
+            prompt_tokens,
+            request.settings.max_tokens,
+            batch.capacity,
+            KV_BLOCK_TOKENS,
+            batch.config.layers,
+        );
+        let small = sequence_bytes(batch.capacity, batch.config.layers);
+        let small_free = self.memory.memory().statistics(Pool::Activations).free_bytes;
+        if small > small_free && batch.sequences.is_empty() {
+            return self.refuse(index, "activations memory is full: no room for a request's token lists");
+        }
+        if small > small_free || !batch.reservations.reserve(needed) {
+            return Admission::Waits;
+        }
+        if let Err(error) = self.governor.admit(batch.pool.statistics().blocks_in_use) {
+            batch.reservations.release(needed);
+            self.pressure_action(PressureLevel::RejectRequests);
+            return self.refuse(index, &alloc::format!("{error}"));
+        }
+        let Some(request) = self.pending.remove(index) else { return Admission::Waits };
+        match self.start_generation(batch, &request) {
+            Ok(generation) => {
+                telemetry::record(EventKind::RequestAdmitted {
+                    id: request.origin.trace_id(),
+                    tokens: prompt_tokens as u32,
+                });
+                batch.sequences.push(Sequence {
+                    request,
+                    generation,
+                    first_token_ns: None,
+                    reserved_blocks: needed,
+                });
+                Admission::Admitted
+            }
+            Err(error) => {
+                batch.reservations.release(needed);
+                self.reply_error(request.origin, &alloc::format!("{error}"));
+                Admission::Refused
+            }
+        }
+    }
+
+    /// Ends the waiting request at `index` with `message`.
+    fn refuse(&mut self, index: usize, message: &str) -> Admission {
+        if let Some(request) = self.pending.remove(index) {
+            self.reply_error(request.origin, message);
+        }
+        Admission::Refused
+    }
+
+    /// The generation of an admitted request, attaching the cached prefix of its prompt.
+    fn start_generation<'b>(
+        &self,
+        batch: &Batch<'b, 'a>,
+        request: &Pending,
+    ) -> Result<Generation<'b, 'b, PagedKv<'b, 'a>>, ChatError> {
+        let config = &batch.config;
+        let Some(kv) =
+            PagedKv::new(batch.pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, batch.capacity)
+        else {
+            return Err(ChatError::PromptTooLong { tokens: 0, capacity: 0 });
+        };
+        let tokens = request.tokens.as_deref().unwrap_or_default();
+        let identity = batch.identity;
+        let attach = |kv: &mut PagedKv<'_, '_>, tokens: &[u32]| kv.with_prefix(identity, tokens);
+        Generation::with_cached_prefix(batch.view, kv, tokens, &request.settings, attach)
+    }
+
+    /// Applies the cancels noted since the last round.
+    fn apply_cancels(&mut self, batch: &mut Batch<'_, 'a>) {
+        while let Some(origin) = self.cancels.pop() {
+            batch
+                .sequences
+                .iter_mut()
+                .filter(|sequence| sequence.request.origin == origin)
+                .for_each(|sequence| sequence.generation.cancel());
+        }
+    }
+
+    /// Fewer sequences per round while bandwidth stays high; then the memory-pressure manager.
+    fn relieve_pressure(&mut self, batch: &mut Batch<'_, 'a>) {
+        batch.preemptor.set_batch_limit(self.governor.batch_limit(batch.sequences.len()));
+        let weights = self.weights_evictor.as_deref_mut().map(|evictor| evictor as &mut dyn WeightsEvictor);
+        let mut relief =
+            BatchRelief { preemptor: &mut batch.preemptor, sequences: &mut batch.sequences, weights };
+        for level in self.governor.relieve(&mut relief) {
+            self.pressure_action(level);
+        }
+    }
+
+    /// One forward pass for every running sequence, its text streamed; the sequences that
+    /// finished leave the batch and give back their reservations.
+    fn run_round(&mut self, batch: &mut Batch<'_, 'a>) {
+        for slot in 0..batch.sequences.len() {
+            let Some(step) = self.step_sequence(batch, slot) else { continue };
+            if self.deliver(batch, slot, step) {
+                batch.finished.push(slot);
+            }
+        }
+        while let Some(slot) = batch.finished.pop() {
+            let sequence = batch.sequences.swap_remove(slot);
+            batch.reservations.release(sequence.reserved_blocks);
+        }
+    }
+
+    /// Runs one step of the sequence in `slot` (unless it waits, preempted), counting the
+    /// bytes it moved and its first token.
+    fn step_sequence(&mut self, batch: &mut Batch<'_, 'a>, slot: usize) -> Option<Result<Step, ChatError>> {
+        let was_prompt = batch.sequences[slot].generation.in_prompt();
+        // The console is served at every matmul checkpoint of this forward pass.
+        let cpus =
+            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
+        let preempted = batch.preemptor.statistics().preemptions;
+        let step = match batch.preemptor.step(&mut batch.sequences, slot, &cpus, &mut batch.scratch) {
+            Ok(SlotStep::Waiting) => None,
+            Ok(SlotStep::Ran(step)) => Some(Ok(step)),
+            Err(error) => Some(Err(error)),
+        };
+        for _ in preempted..batch.preemptor.statistics().preemptions {
+            self.governor.count_exhaustion_preemption();
+            self.pressure_action(PressureLevel::Preempt);
+        }
+        let step = step?;
+        let sequence = &mut batch.sequences[slot];
+        let position = sequence.generation.history().len();
+        let config = &batch.config;
+        self.governor.count_step(step_traffic(
+            batch.model.size() as u64,
+            config.layers,
+            config.kv_dim(),
+            position,
+        ));
+        let now = self.clock.now_ns();
+        if !was_prompt && sequence.first_token_ns.is_none() {
+            sequence.first_token_ns = Some(now);
+            self.first_token_since_boot_ns.get_or_insert(now);
+        }
+        Some(step)
+    }
+
+    /// Sends what a step produced to its requester; returns whether the sequence finished.
+    fn deliver(&mut self, batch: &mut Batch<'_, 'a>, slot: usize, step: Result<Step, ChatError>) -> bool {
+        let origin = batch.sequences[slot].request.origin;
+        match step {
+            Ok(Step::Running(text)) => {
+                self.emit_text(origin, &text);
+                false
+            }
+            Ok(Step::Finished(finish, text)) => {
+                self.emit_text(origin, &text);
+                self.finish(batch, slot, finish);
+                true
+            }
+            Err(error) => {
+                self.reply_error(origin, &alloc::format!("{error}"));
+                true
+            }
+        }
+    }
+
+    /// A finished sequence: its full blocks become a cached prefix for later requests, its
+    /// figures are counted, and its requester gets the final record.
+    fn finish(&mut self, batch: &mut Batch<'_, 'a>, slot: usize, finish: Finish) {
+        let sequence = &mut batch.sequences[slot];
+        let history = sequence.generation.history().to_vec();
+        sequence.generation.kv_mut().publish(batch.identity, &history);
+        let statistics = sequence.generation.statistics();
+        let origin = sequence.request.origin;
+        telemetry::record(EventKind::RequestFinished {
+            id: origin.trace_id(),
+            tokens: statistics.generated_tokens as u32,
+        });
+        self.statistics.turns += 1;
+        let now = self.clock.now_ns();
+        let total = now.saturating_sub(sequence.request.arrived_ns);
+        let first = sequence.first_token_ns.unwrap_or(now).saturating_sub(sequence.request.arrived_ns);
+        self.desk.counters().record_generation(statistics.generated_tokens as u64, total);
+        self.desk.counters().record_request(total);
+        let event = Event::Done {
+            usage: Usage {
+                prompt_tokens: statistics.prompt_tokens,
+                cached_tokens: statistics.cached_tokens,
+                completion_tokens: statistics.generated_tokens,
+            },
+            timings: Timings {
+                first_token_ms: first as f64 / 1e6,
+                total_ms: total as f64 / 1e6,
+                tokens_per_second: statistics.generated_tokens as f64 / (total as f64 / 1e9).max(1e-9),
+            },
+            finish: finish.name(),
+            model: &batch.model.name,
+        };
+        self.reply(origin, &event);
+    }
+
+    fn emit_text(&self, origin: Origin, text: &str) {
+        if !text.is_empty() {
+            self.reply(origin, &Event::Token { text });
+        }
+    }
+
+    /// Between two rounds: the console, then a slice of background loading or freeing (made
+    /// outside the serving scopes: a model's bookkeeping), and the gap since the last round.
+    fn between_rounds(&mut self, batch: &mut Batch<'_, 'a>) {
+        self.poll_console();
+        let staging_before = self.swap_in_progress();
+        let background_started = self.clock.now_ns();
+        let budget = self.stage_budget_ns();
+        scope::outside(|| self.background_work(budget));
+        let now = self.clock.now_ns();
+        let background_ns = now.saturating_sub(background_started);
+        self.record_round_gap(now.saturating_sub(batch.round_start_ns), background_ns, staging_before);
+        batch.round_start_ns = now;
+    }
+}

@@ -1,0 +1,285 @@
+//! Loading models and hot-swapping them: `/tessera.cfg`, the foreground load at boot or on
+//! `/load` when nothing is generating, the background load (a piece between rounds of tokens)
+//! when something is, the swap at a token boundary, and the measure of its pause.
+//!
+//! Everything here runs outside the serving path's allocation scopes: a model's bookkeeping is
+//! made while it loads, on the counted heap.
+
+#![forbid(unsafe_code)]
+
+use super::{
+    chat::ServedModel,
+    config,
+    library::{StagedLoad, list_models, load_model},
+    loader::progress_line,
+    server::Server,
+};
+use crate::{
+    hil::BlockDevice,
+    mm::buffer::TensorBuffer,
+    telemetry::{self, EventKind, ShortName},
+};
+use alloc::{string::String, sync::Arc, vec::Vec};
+
+/// Least time a background load may work between two rounds of tokens, in ns.
+pub const STAGE_SLICE_NS: u64 = 250_000;
+
+/// Gaps between rounds (less their load or swap work) that the swap pause's median is taken
+/// over: the most recent ones, since a gap grows with the sequence's length.
+pub const RECENT_GAPS: usize = 16;
+
+/// A background load may also take up to this fraction (1/N) of the median gap between rounds,
+/// so a slow model (seconds per token) still loads in a reasonable number of tokens.
+pub const STAGE_SLICE_FRACTION: u64 = 8;
+
+/// Time a background load works per call while nothing is generating, in ns (the console is
+/// polled between calls).
+pub const STAGE_IDLE_SLICE_NS: u64 = 20_000_000;
+
+impl<'a, D: BlockDevice> Server<'a, D> {
+    /// Reads `/tessera.cfg` from the card, if there is one, and reports what it set and any
+    /// line it could not use.
+    pub fn read_card_config(&mut self) {
+        let Ok(volume) = &mut self.volume else { return };
+        let text = match volume.open(config::CONFIG_PATH) {
+            Ok(mut file) => {
+                let mut bytes = alloc::vec![0u8; file.size().min(64 * 1024) as usize];
+                match file.read_at(0, &mut bytes) {
+                    Ok(read) => String::from_utf8_lossy(&bytes[..read]).into_owned(),
+                    Err(error) => {
+                        let message = alloc::format!("{}: {error}; ignored", config::CONFIG_PATH);
+                        self.say_line(&message);
+                        return;
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        let (card_config, problems) = config::parse(&text);
+        for problem in problems {
+            let message = alloc::format!("{problem}; ignored");
+            self.say_line(&message);
+        }
+        if let Some(budget) = card_config.weights_budget {
+            let message = alloc::format!("{}: weights budget {} MiB", config::CONFIG_PATH, budget >> 20);
+            self.say_line(&message);
+        }
+        self.card_config = card_config;
+    }
+
+    /// Reads `/tessera.cfg`, then loads the first model in `/models` (or reports why there is
+    /// none).
+    pub fn load_default(&mut self) {
+        self.read_card_config();
+        let first = match &mut self.volume {
+            Ok(volume) => match list_models(volume) {
+                Ok(models) => models.into_iter().next().map(|entry| entry.name),
+                Err(error) => {
+                    let message = alloc::format!("cannot list /models: {error}");
+                    self.say_line(&message);
+                    return;
+                }
+            },
+            Err(reason) => {
+                let message = alloc::format!("no model: {reason}");
+                self.say_line(&message);
+                return;
+            }
+        };
+        match first {
+            Some(name) => self.load(&name),
+            None => self.say_line("no model files in /models on the card"),
+        }
+    }
+
+    /// Loads `/models/NAME` next to the active model and makes it active once it is valid.
+    /// On any failure the active model stays.
+    pub fn load(&mut self, name: &str) {
+        let (console, clock) = (self.console, self.clock);
+        let Ok(volume) = &mut self.volume else {
+            let message = alloc::format!("cannot load {name}: no card");
+            self.say_line(&message);
+            return;
+        };
+        telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
+        let started = clock.now_ns();
+        let mut last_drawn = 0;
+        let result = load_model(volume, self.memory, self.card_config.weights_budget, name, |done, total| {
+            let now = clock.now_ns();
+            if done == total || now - last_drawn > 200_000_000 {
+                last_drawn = now;
+                console.write_bytes(progress_line(name, done, total, now - started).as_bytes());
+            }
+        });
+        self.say("\r\n");
+        match result {
+            Ok(model) => {
+                let size = model.size();
+                let old = self.activate(model);
+                let replaces = old.map(|old| alloc::format!("; replaces {old}")).unwrap_or_default();
+                let message = alloc::format!("loaded {name} ({} MiB, validated){replaces}", size >> 20);
+                self.say_line(&message);
+            }
+            Err(error) => self.load_failed(name, &error),
+        }
+        // Nothing is generating: the replaced model can go at once.
+        self.retired.release_unheld();
+    }
+
+    /// Makes a loaded, validated model the active one and returns the name of the one it
+    /// replaces. Batches already running keep the old model until they end; its weights are
+    /// freed when the last of them lets go.
+    pub(super) fn activate(&mut self, model: ServedModel<TensorBuffer<'a>>) -> Option<String> {
+        let old = self.active_model().map(String::from);
+        telemetry::record(EventKind::LoadFinished {
+            model: ShortName::new(&model.name),
+            bytes: model.size() as u64,
+        });
+        telemetry::record(EventKind::ModelSwap {
+            from: ShortName::new(old.as_deref().unwrap_or("")),
+            to: ShortName::new(&model.name),
+        });
+        if let Some(replaced) = self.model.replace(Arc::new(model)) {
+            self.retired.retire(replaced);
+        }
+        self.statistics.loads += 1;
+        old
+    }
+
+    /// Reports a failed load; the active model is untouched and keeps serving.
+    pub(super) fn load_failed(&mut self, name: &str, error: &dyn core::fmt::Display) {
+        self.statistics.failed_loads += 1;
+        telemetry::record(EventKind::LoadFailed { model: ShortName::new(name) });
+        let keeping =
+            self.active_model().map(|name| alloc::format!("; still serving {name}")).unwrap_or_default();
+        let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
+        self.say_line(&message);
+    }
+
+    /// Starts loading `/models/NAME` in the background, a piece between rounds of tokens; the
+    /// active model swaps at a token boundary once the new one is complete and valid.
+    pub(super) fn stage(&mut self, name: &str) {
+        if let Some(staging) = &self.staging {
+            let message =
+                alloc::format!("error: already loading {}; try again when it is done", staging.name());
+            self.say_line(&message);
+            return;
+        }
+        let Ok(volume) = &mut self.volume else {
+            let message = alloc::format!("error: cannot load {name}: no card");
+            self.say_line(&message);
+            return;
+        };
+        match StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name) {
+            Ok(staged) => {
+                telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
+                let message =
+                    alloc::format!("loading {name} in the background; the current model keeps serving");
+                self.staging = Some(staged);
+                self.swap_gaps.clear();
+                self.say_line(&message);
+            }
+            Err(error) => self.load_failed(name, &error),
+        }
+    }
+
+    /// How long a background load may work between two rounds of tokens: at least
+    /// [`STAGE_SLICE_NS`], at most 1/[`STAGE_SLICE_FRACTION`] of the recent median gap.
+    pub(super) fn stage_budget_ns(&self) -> u64 {
+        let mut recent: Vec<u64> = self.recent_gaps.iter().copied().collect();
+        recent.sort_unstable();
+        let median = recent.get(recent.len() / 2).copied().unwrap_or(0);
+        (median / STAGE_SLICE_FRACTION).max(STAGE_SLICE_NS)
+    }
+
+    /// Whether a hot-swap is under way: a model is being staged, or a replaced one can be
+    /// freed.
+    pub(super) fn swap_in_progress(&self) -> bool {
+        self.staging.is_some() || self.retired.has_work()
+    }
+
+    /// Background work between two rounds of tokens, for about `budget_ns`. A staged model that
+    /// is ready is swapped in, and nothing else is done in that round: the swap is a pointer
+    /// exchange. Otherwise the replaced models are freed a piece at a time, then the staged
+    /// load advances (reading, validating, building the tokenizer, in small units).
+    pub(super) fn background_work(&mut self, budget_ns: u64) {
+        if self.staging.as_ref().is_some_and(StagedLoad::is_ready) {
+            self.advance_staging(0);
+            return;
+        }
+        let deadline = self.clock.now_ns().saturating_add(budget_ns);
+        if self.retired.has_work() && self.retired.work(self.clock, deadline) {
+            return;
+        }
+        self.advance_staging(deadline.saturating_sub(self.clock.now_ns()));
+    }
+
+    /// Works on a background load for `budget_ns`, or swaps it in when it is ready.
+    pub(super) fn advance_staging(&mut self, budget_ns: u64) {
+        let (Some(staging), Ok(volume)) = (&mut self.staging, &mut self.volume) else { return };
+        let ready = staging.is_ready();
+        let name = String::from(staging.name());
+        if !ready {
+            if let Err(error) = staging.advance(volume, self.clock, budget_ns) {
+                self.staging = None;
+                self.load_failed(&name, &error);
+            }
+            return;
+        }
+        let Some(staged) = self.staging.take() else { return };
+        match staged.finish() {
+            Ok(model) => {
+                let old = self.activate(model).unwrap_or_default();
+                let message = alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
+                self.say_line(&message);
+            }
+            Err(error) => self.load_failed(&name, &error),
+        }
+    }
+
+    /// Records the gap since the previous round, `background_ns` of which went to a load or
+    /// swap. Gaps while a swap is under way are kept apart; the round without its background
+    /// work also counts as a plain gap (gaps grow with the sequence, so the median stays
+    /// current). When the swap is over, its pause is the longest of its gaps minus the median
+    /// of the recent plain gaps.
+    pub(super) fn record_round_gap(&mut self, gap_ns: u64, background_ns: u64, staging_before: bool) {
+        if !staging_before {
+            // A swap whose last freeing happened outside a batch ends here.
+            self.report_swap_pause();
+        } else {
+            self.swap_gaps.push(gap_ns);
+        }
+        if self.recent_gaps.len() == RECENT_GAPS {
+            self.recent_gaps.pop_front();
+        }
+        self.recent_gaps.push_back(gap_ns.saturating_sub(background_ns));
+        if staging_before && !self.swap_in_progress() {
+            self.report_swap_pause();
+        }
+    }
+
+    /// Reports the pause of the swap whose round gaps were recorded (if any): the longest of
+    /// them minus the median of the gaps just before it (or of its own, when none came before).
+    pub(super) fn report_swap_pause(&mut self) {
+        if self.swap_gaps.is_empty() {
+            return;
+        }
+        let mut baseline: Vec<u64> = if self.recent_gaps.is_empty() {
+            self.swap_gaps.clone()
+        } else {
+            self.recent_gaps.iter().copied().collect()
+        };
+        baseline.sort_unstable();
+        let median = baseline[baseline.len() / 2];
+        let longest = self.swap_gaps.iter().copied().max().unwrap_or(median).max(median);
+        self.swap_gaps.clear();
+        self.last_swap_pause_ns = Some((longest, median));
+        let message = alloc::format!(
+            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms",
+            longest as f64 / 1e6,
+            median as f64 / 1e6,
+            (longest - median) as f64 / 1e6
+        );
+        self.say_line(&message);
+    }
+}
