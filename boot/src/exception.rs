@@ -1,14 +1,14 @@
 //! Exception vectors and the Rust handler: every register is saved on the exception stack
 //! (SP_EL1), so a fault, even a thread stack overflow, is diagnosed rather than hanging.
 
-use crate::{console, start};
+use crate::{console, cpus, start};
 use bsp::arch::aarch64::{
     cpu,
     exception_class::Syndrome,
     fault::{FaultReport, VectorKind},
 };
 use core::fmt::Write;
-use kernel::telemetry::{EventKind, TRACE};
+use kernel::telemetry::{CoreLoss, EventKind, TRACE};
 
 /// The registers saved on entry, in the layout the assembly below writes.
 #[repr(C)]
@@ -168,6 +168,11 @@ impl<const N: usize> FixedText<N> {
         Self { bytes: [0; N], length: 0 }
     }
 
+    /// Empties the buffer.
+    pub fn clear(&mut self) {
+        self.length = 0;
+    }
+
     /// The text so far.
     pub fn as_str(&self) -> &str {
         // Only whole `&str`s are copied in, cut at a character boundary.
@@ -196,14 +201,28 @@ impl<const N: usize> Write for FixedText<N> {
 /// Trace events a fault report ends with.
 const RECENT_EVENTS: usize = 8;
 
+/// Ends a fault, panic or lost-core report with the trace ring's last events (without
+/// allocating: the heap may be what broke).
+pub fn write_recent_events(text: &mut dyn Write) {
+    let _ = write!(text, "    last events (trace ring):\r\n");
+    TRACE.for_each_recent(RECENT_EVENTS, |event| {
+        let _ = write!(text, "    {event}\r\n");
+    });
+}
+
 extern "C" fn handle_exception(frame: &mut ExceptionFrame, index: u64) {
+    let core = cpu::core_id();
     if VectorKind::from_index(index) == VectorKind::Irq {
-        crate::irq::handle();
+        if core == 0 {
+            crate::irq::handle();
+        } else {
+            cpus::secondary_interrupt(frame.return_address, &mut frame.saved_state);
+        }
         return;
     }
     let image = start::kernel_image();
     let report = FaultReport {
-        core: cpu::core_id(),
+        core,
         vector: VectorKind::from_index(index),
         syndrome: Syndrome(frame.syndrome),
         fault_address: frame.fault_address,
@@ -212,16 +231,21 @@ extern "C" fn handle_exception(frame: &mut ExceptionFrame, index: u64) {
         registers: &frame.registers,
         image: &image,
     };
-    kernel::telemetry::record(EventKind::Exception { class: report.syndrome.class() });
-    let mut text = FixedText::<4096>::new();
-    let _ = write!(text, "{report}");
-    if (4..8).contains(&index) {
-        let _ = write!(text, "    (taken while already on the exception stack)\r\n");
+    let class = report.syndrome.class();
+    kernel::telemetry::record(EventKind::Exception { class });
+    let describe = |text: &mut dyn Write| {
+        let _ = write!(text, "{report}");
+        if (4..8).contains(&index) {
+            let _ = write!(text, "    (taken while already on the exception stack)\r\n");
+        }
+    };
+    // A secondary core is retired and the others carry on; core 0's fault stops the kernel.
+    if core != 0 {
+        cpus::retire(CoreLoss::Exception { class }, describe);
     }
-    let _ = write!(text, "    last events (trace ring):\r\n");
-    TRACE.for_each_recent(RECENT_EVENTS, |event| {
-        let _ = write!(text, "    {event}\r\n");
-    });
+    let mut text = FixedText::<4096>::new();
+    describe(&mut text);
+    write_recent_events(&mut text);
     console::write_unlocked(text.as_str().as_bytes());
     if let Some(hook) = FAULT_HOOK.get() {
         hook(&report, text.as_str());

@@ -287,6 +287,7 @@ fn release_secondaries() {
 pub extern "C" fn boot_secondary(core: usize) -> ! {
     // SAFETY: core 0 built the tables before releasing this core, and never changes them.
     unsafe { mmu::enable(tables_address()) };
+    cpus::report_in(core);
     CORES_ONLINE.fetch_add(1, Ordering::AcqRel);
     cpu::send_event();
     cpus::park(core)

@@ -3,6 +3,9 @@
 
 #![no_std]
 
+extern crate alloc;
+
+pub mod cores;
 pub mod pmu;
 
 use boot::BootConfig;

@@ -18,7 +18,10 @@ pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_blo
 pub use clock::{BoardTime, Clock, Deadline, board_time, install_board_time, ticks_to_ns};
 pub use console::{Console, ConsoleTraffic, ConsoleWriter};
 pub use copy::{CopyConstraints, CopyEngine, CopyError, CopyRequest, CopyStatus, check_request};
-pub use cpus::{Cpus, SingleCpu};
+pub use cpus::{
+    Cpus, HANG_GRACE_FACTOR, HANG_GRACE_MIN_NS, HangWatch, MAX_WORKERS, STOP_ANSWER_NS, SharesLost,
+    SingleCpu, WatchVerdict, WorkerMap,
+};
 pub use kv::{KvError, KvStore, check_write};
 pub use rng::{Rng, RngError};
 pub use telemetry::{BoardTelemetry, HeapStatistics};

@@ -42,20 +42,32 @@ pub fn matvec(
         return;
     }
     let band = rows.div_ceil(cores).max(1);
-    // Each core takes its own band out of its slot; the locks are never contended.
-    let mut bands = out[..rows].chunks_mut(band);
-    let slots: [Mutex<Option<&mut [f32]>>; MAX_CORES] = core::array::from_fn(|_| Mutex::new(bands.next()));
-    cpus.run_on_all(&|core| {
-        if let Some(slot) = slots.get(core)
-            && let Some(out) = slot.lock().as_deref_mut()
-        {
-            if core == 0 {
-                rows_with_checkpoints(cpus, matrix, input, 0, out);
-            } else {
-                rows_into(matrix, input, core * band, out);
+    let outcome = {
+        // Each core takes its own band out of its slot; the locks are never contended.
+        let mut bands = out[..rows].chunks_mut(band);
+        let slots: [Mutex<Option<&mut [f32]>>; MAX_CORES] =
+            core::array::from_fn(|_| Mutex::new(bands.next()));
+        cpus.try_run_on_all(&|core| {
+            if let Some(slot) = slots.get(core)
+                && let Some(out) = slot.lock().as_deref_mut()
+            {
+                if core == 0 {
+                    rows_with_checkpoints(cpus, matrix, input, 0, out);
+                } else {
+                    rows_into(matrix, input, core * band, out);
+                }
             }
+        })
+    };
+    // A core lost mid-product keeps its band's lock forever: core 0 recomputes that band here,
+    // straight into `out` (the same rows, the same bits).
+    if let Err(lost) = outcome {
+        for worker in lost.workers() {
+            let first = (worker * band).min(rows);
+            let end = (first + band).min(rows);
+            rows_with_checkpoints(cpus, matrix, input, first, &mut out[first..end]);
         }
-    });
+    }
 }
 
 /// Rows computed between two calls of [`Cpus::checkpoint`] on core 0.
@@ -106,6 +118,45 @@ mod tests {
             (0..self.0).for_each(job);
         }
         fn barrier(&self) {}
+    }
+
+    /// Runs each worker's job in turn, except `lost`'s, whose core "dies" before its share:
+    /// the run reports that share lost, as a board that lost a core would.
+    struct LosesWorker {
+        count: usize,
+        lost: usize,
+    }
+
+    impl Cpus for LosesWorker {
+        fn count(&self) -> usize {
+            self.count
+        }
+        fn run_on_all(&self, _job: &(dyn Fn(usize) + Sync)) {
+            unreachable!("matvec runs each share once and redoes lost ones")
+        }
+        fn try_run_on_all(&self, job: &(dyn Fn(usize) + Sync)) -> Result<(), crate::hil::SharesLost> {
+            (0..self.count).filter(|&worker| worker != self.lost).for_each(job);
+            Err(crate::hil::SharesLost::from_mask(1 << self.lost))
+        }
+        fn barrier(&self) {}
+    }
+
+    #[test]
+    fn a_band_lost_with_its_core_is_recomputed_on_core_zero() {
+        let mut random = crate::rand::SplitMix64::new(5);
+        let values: Vec<f32> = (0..37 * 64).map(|_| random.next_f32() - 0.5).collect();
+        let x: Vec<f32> = (0..64).map(|_| random.next_f32() - 0.5).collect();
+        let mut data = Vec::new();
+        quantize(TensorType::Q8_0, &values, &mut data);
+        let matrix = Matrix { tensor_type: TensorType::Q8_0, rows: 37, columns: 64, data: &data };
+        let mut scratch = QuantizedVector::with_capacity(64);
+        let mut single = vec![0.0; 37];
+        matvec(&SingleCpu, &matrix, &x, Precision::Float, &mut scratch, &mut single);
+        for (count, lost) in [(4, 2), (4, 3), (3, 1), (2, 1)] {
+            let mut split = vec![f32::NAN; 37];
+            matvec(&LosesWorker { count, lost }, &matrix, &x, Precision::Float, &mut scratch, &mut split);
+            assert_eq!(single, split, "worker {lost} of {count} lost");
+        }
     }
 
     #[test]

@@ -209,6 +209,10 @@ impl Cpus for ServingCpus<'_> {
         self.inner.run_on_all(job);
     }
 
+    fn try_run_on_all(&self, job: &(dyn Fn(usize) + Sync)) -> Result<(), crate::hil::SharesLost> {
+        self.inner.try_run_on_all(job)
+    }
+
     fn barrier(&self) {
         self.inner.barrier();
     }

@@ -152,6 +152,52 @@ impl PressureLevel {
     }
 }
 
+/// Why a core was lost (taken out of every later job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoreLoss {
+    /// It took a CPU exception.
+    Exception {
+        /// The exception class (ESR_EL1.EC).
+        class: u8,
+    },
+    /// It panicked.
+    Panic,
+    /// It stopped responding: it had not finished its share long after core 0 finished the
+    /// same piece of work.
+    Hang,
+}
+
+impl CoreLoss {
+    /// The cause as a word for the trace ring: the kind in the low byte, the class above it.
+    fn to_word(self) -> u64 {
+        match self {
+            Self::Exception { class } => 1 | u64::from(class) << 8,
+            Self::Panic => 2,
+            Self::Hang => 3,
+        }
+    }
+
+    /// The cause stored by [`CoreLoss::to_word`], or `None` for a word no cause encodes to.
+    fn from_word(word: u64) -> Option<Self> {
+        match (word & 0xFF, word >> 8) {
+            (1, class) => Some(Self::Exception { class: u8::try_from(class).ok()? }),
+            (2, 0) => Some(Self::Panic),
+            (3, 0) => Some(Self::Hang),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CoreLoss {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exception { class } => write!(formatter, "exception class {class:#04x}"),
+            Self::Panic => formatter.write_str("panic"),
+            Self::Hang => formatter.write_str("stopped responding"),
+        }
+    }
+}
+
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -222,6 +268,13 @@ pub enum EventKind {
         /// The action taken.
         level: PressureLevel,
     },
+    /// A core was lost: no job runs on it again, and the others carry on.
+    CoreLost {
+        /// The core lost (the event's own core is the one that recorded it).
+        core: u32,
+        /// Why.
+        cause: CoreLoss,
+    },
 }
 
 impl EventKind {
@@ -239,6 +292,7 @@ impl EventKind {
             Self::RequestAdmitted { .. } => "admit",
             Self::RequestFinished { .. } => "finish",
             Self::PressureAction { .. } => "pressure",
+            Self::CoreLost { .. } => "core-lost",
         }
     }
 }
@@ -259,6 +313,7 @@ impl fmt::Display for EventKind {
             Self::RequestAdmitted { id, tokens } => write!(formatter, "request {id}, {tokens} prompt tokens"),
             Self::RequestFinished { id, tokens } => write!(formatter, "request {id}, {tokens} tokens"),
             Self::PressureAction { level } => formatter.write_str(level.description()),
+            Self::CoreLost { core, cause } => write!(formatter, "core {core}: {cause}"),
         }
     }
 }
@@ -334,6 +389,10 @@ impl TraceEvent {
                 (10, tokens)
             }
             EventKind::PressureAction { level } => (11, level.index() as u32),
+            EventKind::CoreLost { core, cause } => {
+                words[2] = cause.to_word();
+                (12, core)
+            }
         };
         words[1] = tag | u64::from(self.core.min(MAX_CORE)) << 8 | u64::from(small) << 32;
         words
@@ -357,6 +416,7 @@ impl TraceEvent {
             9 => EventKind::RequestAdmitted { id: words[2], tokens: small },
             10 => EventKind::RequestFinished { id: words[2], tokens: small },
             11 => EventKind::PressureAction { level: *PressureLevel::ALL.get(small as usize)? },
+            12 => EventKind::CoreLost { core: small, cause: CoreLoss::from_word(words[2])? },
             _ => return None,
         };
         Some(Self { timestamp_ns: words[0], core, kind })
@@ -421,6 +481,12 @@ mod tests {
             (EventKind::RequestAdmitted { id: 7, tokens: 12 }, "request 7, 12 prompt tokens"),
             (EventKind::RequestFinished { id: 7, tokens: 40 }, "request 7, 40 tokens"),
             (EventKind::PressureAction { level: PressureLevel::Preempt }, "preempted a sequence"),
+            (
+                EventKind::CoreLost { core: 2, cause: CoreLoss::Exception { class: 0x25 } },
+                "core 2: exception class 0x25",
+            ),
+            (EventKind::CoreLost { core: 3, cause: CoreLoss::Panic }, "core 3: panic"),
+            (EventKind::CoreLost { core: 1, cause: CoreLoss::Hang }, "core 1: stopped responding"),
         ];
         for (kind, details) in cases {
             let line = TraceEvent::new(1_500_000, 3, kind).to_string();
@@ -440,7 +506,10 @@ mod tests {
     #[test]
     fn foreign_words_do_not_decode() {
         assert_eq!(TraceEvent::decode(&[0; EVENT_WORDS]), None, "tag 0 is no event");
-        assert_eq!(TraceEvent::decode(&[0, 12, 0, 0, 0, 0]), None, "unknown tag");
+        assert_eq!(TraceEvent::decode(&[0, 13, 0, 0, 0, 0]), None, "unknown tag");
+        assert_eq!(TraceEvent::decode(&[0, 12, 9, 0, 0, 0]), None, "unknown cause of a lost core");
+        assert_eq!(TraceEvent::decode(&[0, 12, 1 | 256 << 8, 0, 0, 0]), None, "cause class beyond a byte");
+        assert_eq!(TraceEvent::decode(&[0, 12, 2 | 1 << 8, 0, 0, 0]), None, "a panic carries no class");
         assert_eq!(TraceEvent::decode(&[0, 11 | 9 << 32, 0, 0, 0, 0]), None, "unknown pressure level");
         assert_eq!(TraceEvent::decode(&[0, 8 | 256 << 32, 0, 0, 0, 0]), None, "class beyond a byte");
         assert_eq!(TraceEvent::decode(&[0, 4, 0xFF, 0, 0, 0]), None, "name that is not UTF-8");
@@ -448,6 +517,14 @@ mod tests {
 
     fn short_name() -> impl Strategy<Value = ShortName> {
         "[a-z0-9_.é-]{0,20}".prop_map(|text| ShortName::new(&text))
+    }
+
+    fn core_loss() -> impl Strategy<Value = CoreLoss> {
+        prop_oneof![
+            any::<u8>().prop_map(|class| CoreLoss::Exception { class }),
+            Just(CoreLoss::Panic),
+            Just(CoreLoss::Hang),
+        ]
     }
 
     fn event_kind() -> impl Strategy<Value = EventKind> {
@@ -466,6 +543,7 @@ mod tests {
             (any::<u64>(), any::<u32>()).prop_map(|(id, tokens)| EventKind::RequestFinished { id, tokens }),
             prop::sample::select(PressureLevel::ALL.to_vec())
                 .prop_map(|level| EventKind::PressureAction { level }),
+            (any::<u32>(), core_loss()).prop_map(|(core, cause)| EventKind::CoreLost { core, cause }),
         ]
     }
 

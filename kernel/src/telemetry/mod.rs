@@ -29,7 +29,7 @@ mod trace;
 
 pub use bandwidth::{BANDWIDTH_WINDOW, BandwidthMonitor, BandwidthReport, BandwidthSettings, IntervalBytes};
 pub use counters::{CONTROL_DEADLINE_NS, CommandLatency, Counters, CountersReport, MAX_COMMANDS};
-pub use event::{EventKind, PressureLevel, SHORT_NAME_BYTES, ShortName, TraceEvent};
+pub use event::{CoreLoss, EventKind, PressureLevel, SHORT_NAME_BYTES, ShortName, TraceEvent};
 pub use format::{ByteRate, ByteSize, Duration};
 pub use histogram::{HISTOGRAM_BUCKETS, Histogram, HistogramSnapshot, bucket_ceiling, bucket_of};
 pub use trace::{TRACE_CAPACITY, TraceRing};
