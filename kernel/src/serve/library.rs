@@ -6,18 +6,18 @@
 use super::{
     chat::ServedModel,
     loader::{LoadError, read_whole},
+    prepare::{ModelLayout, Preparation, prepare_llama2c},
 };
 use crate::{
     fs::{FileLayout, FsError, Volume},
     hil::{BlockDevice, Clock},
-    infer::{Tokenizer, tokenizer::TokenizerBuild},
     mm::{
         MemError,
         buffer::{BackedMemory, TensorBuffer},
         chunk::Placement,
         tensor::{Pool, TensorKind},
     },
-    model::{ModelError, ModelErrorKind, ModelFile},
+    model::{ModelError, ModelErrorKind, llama2c::Checkpoint},
 };
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::fmt;
@@ -78,8 +78,31 @@ pub fn list_models<D: BlockDevice>(volume: &mut Volume<D>) -> Result<Vec<ModelEn
         .collect())
 }
 
-/// A weights buffer of `size` bytes, within `budget` bytes of weights in all (`tessera.cfg`)
-/// when one is set. It goes to the end of the weights region away from the model being
+impl From<ModelError> for LibraryError {
+    fn from(error: ModelError) -> Self {
+        LibraryError::Invalid(error)
+    }
+}
+
+/// Refuses `size` more bytes of weights when `budget` bytes of weights in all (`tessera.cfg`)
+/// would be exceeded.
+fn check_budget(memory: &BackedMemory, budget: Option<u64>, size: u64) -> Result<(), LibraryError> {
+    let Some(budget) = budget else { return Ok(()) };
+    let held = memory.memory().statistics(Pool::Weights).counters.reserved_bytes;
+    if held + size > budget {
+        let error = MemError::OutOfMemory {
+            pool: "weights budget (tessera.cfg)",
+            requested: size,
+            free: budget.saturating_sub(held),
+            largest_free: budget.saturating_sub(held),
+        };
+        return Err(LibraryError::NoMemory { needed: size, error });
+    }
+    Ok(())
+}
+
+/// A weights buffer of `size` bytes, within the budget, not cleared (the file is read into
+/// all of it that is used). It goes to the end of the weights region away from the model being
 /// served ([`Placement::Apart`]), so after the swap the old model's memory and the rest of the
 /// free space form one block, and the next model may be as large as all of it.
 fn weights_buffer(
@@ -87,26 +110,50 @@ fn weights_buffer(
     budget: Option<u64>,
     size: u64,
 ) -> Result<TensorBuffer<'_>, LibraryError> {
-    let statistics = memory.memory().statistics(Pool::Weights);
-    if let Some(budget) = budget {
-        let held = statistics.counters.reserved_bytes;
-        if held + size > budget {
-            let error = MemError::OutOfMemory {
-                pool: "weights budget (tessera.cfg)",
-                requested: size,
-                free: budget.saturating_sub(held),
-                largest_free: budget.saturating_sub(held),
-            };
-            return Err(LibraryError::NoMemory { needed: size, error });
-        }
-    }
+    check_budget(memory, budget, size)?;
     memory
-        .alloc_placed(0, size, TensorKind::Weights, Placement::Apart)
+        .alloc_uninit(0, size, TensorKind::Weights, Placement::Apart)
         .map_err(|error| LibraryError::NoMemory { needed: size, error })
 }
 
+/// The tables buffer (tensor index and tokenizer) of the model whose weights buffer starts at
+/// `weights_base`: `size` bytes of the weights pool, within the budget, not cleared (the
+/// preparation writes all it reads), at the same end of the region as the weights, so the two
+/// stay together and a swap still leaves one free block.
+fn tables_buffer(
+    memory: &BackedMemory,
+    budget: Option<u64>,
+    weights_base: u64,
+    size: usize,
+) -> Result<TensorBuffer<'_>, LibraryError> {
+    let size = size as u64;
+    check_budget(memory, budget, size)?;
+    let pool = memory.memory().statistics(Pool::Weights);
+    let upper_half = weights_base.saturating_sub(pool.base) >= pool.capacity / 2;
+    let placement = if upper_half { Placement::High } else { Placement::Low };
+    memory
+        .alloc_uninit(0, size, TensorKind::Weights, placement)
+        .map_err(|error| LibraryError::NoMemory { needed: size, error })
+}
+
+/// Refuses a file that is not GGUF but is named `.gguf`, as such (not as a broken checkpoint).
+fn check_magic(name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {
+    if bytes.starts_with(b"GGUF") {
+        return Ok(true);
+    }
+    if name.to_ascii_lowercase().ends_with(".gguf") {
+        let mut magic = [0u8; 4];
+        let head = &bytes[..bytes.len().min(4)];
+        magic[..head.len()].copy_from_slice(head);
+        let found = u32::from_le_bytes(magic);
+        return Err(LibraryError::Invalid(ModelError::new(0, ModelErrorKind::BadMagic { found })));
+    }
+    Ok(false)
+}
+
 /// Loads `/models/NAME` into a new weights buffer, reporting `progress(done, total)`, then
-/// validates it. A llama2.c checkpoint takes its tokenizer from `/models/tokenizer.bin`.
+/// validates it and builds its tables, in one go. A llama2.c checkpoint takes its tokenizer
+/// from `/models/tokenizer.bin`.
 pub fn load_model<'memory, D: BlockDevice>(
     volume: &mut Volume<D>,
     memory: &'memory BackedMemory,
@@ -122,29 +169,23 @@ pub fn load_model<'memory, D: BlockDevice>(
     }
     let mut buffer = weights_buffer(memory, budget, size)?;
     let length = read_whole(&mut file, &mut buffer, progress).map_err(LibraryError::Load)?;
-    let is_gguf = buffer.starts_with(b"GGUF");
-    if !is_gguf && name.to_ascii_lowercase().ends_with(".gguf") {
-        // A .gguf file without the GGUF magic is reported as such, not as a broken checkpoint.
-        let found = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
-        return Err(LibraryError::Invalid(crate::model::ModelError::new(
-            0,
-            crate::model::ModelErrorKind::BadMagic { found },
-        )));
-    }
     drop(file);
-    let tokenizer = if is_gguf {
-        None
+    let is_gguf = check_magic(name, &buffer[..length])?;
+    let weights_base = buffer.handle().base();
+    let mut allocate = |size| tables_buffer(memory, budget, weights_base, size);
+    let (tables, layout) = if is_gguf {
+        Preparation::run(&buffer[..length], &mut allocate)?
     } else {
         // Check the checkpoint itself first, so a corrupt file is reported as such rather
         // than as a missing tokenizer.
-        crate::model::ModelFile::parse(&buffer[..length]).map_err(LibraryError::Invalid)?;
+        Checkpoint::parse(&buffer[..length])?;
         let mut tokenizer =
             volume.open(&format!("{MODEL_DIRECTORY}/tokenizer.bin")).map_err(LibraryError::Fs)?;
         let mut bytes = alloc::vec![0; tokenizer.size() as usize];
         read_whole(&mut tokenizer, &mut bytes, |_, _| {}).map_err(LibraryError::Load)?;
-        Some(bytes)
+        prepare_llama2c(&buffer[..length], Some(&bytes), &mut allocate)?
     };
-    ServedModel::new(name, buffer, length, tokenizer.as_deref()).map_err(LibraryError::Invalid)
+    Ok(ServedModel::from_prepared(name, buffer, length, tables, layout))
 }
 
 /// Bytes read from the card in one unit of a staged load: 8 blocks, one CMD18 when the
@@ -152,32 +193,32 @@ pub fn load_model<'memory, D: BlockDevice>(
 /// the time a round may spend on a load.
 pub const STAGE_READ_BYTES: usize = 4 * 1024;
 
-/// Tokens or merges added to the tokenizer in one unit of a staged load.
-pub const STAGE_TOKENIZER_UNITS: usize = 64;
-
 /// Where a staged load is.
-enum Stage {
+enum Stage<'memory> {
     /// Reading the file into the weights buffer.
     Reading,
-    /// The file is in; next: parse and check the header, tensor table and weights shapes.
-    Checking,
-    /// Building the tokenizer, a few tokens or merges per unit; the model's vocabulary size.
-    Tokenizer(Box<TokenizerBuild>, usize),
-    /// Validated, with its tokenizer: ready to swap in.
-    Ready(Tokenizer),
+    /// Validating the file and building its tables, a unit at a time.
+    Preparing(Box<Preparation<TensorBuffer<'memory>>>),
+    /// Validated, with its tables buffer and their layout: ready to swap in.
+    Ready(Box<(TensorBuffer<'memory>, ModelLayout)>),
 }
 
 /// A model loaded in the background while the active one keeps serving: every piece of work
-/// (reading the card, validating the file, building the tokenizer) is cut into small units,
-/// and [`StagedLoad::advance`] does units until its time budget is spent, between generated
-/// tokens. When it is ready, [`StagedLoad::finish`] is only an assembly of finished parts, so
-/// the swap itself is a pointer exchange.
+/// (reading the card, validating the file, building the tensor index and the tokenizer) is
+/// cut into small units ([`STAGE_READ_BYTES`] read, [`super::prepare::STAGE_SCAN_BYTES`]
+/// validated, [`super::prepare::STAGE_TOKENIZER_UNITS`] tokens or merges added, a layer's shapes checked), and
+/// [`StagedLoad::advance`] does units until its time budget is spent, between generated
+/// tokens. Nothing walks or clears the whole file at once: the weights buffer is not
+/// zero-filled, since the file is read into it. When it is ready, [`StagedLoad::finish`] is
+/// only an assembly of finished parts, so the swap itself is a pointer exchange.
 pub struct StagedLoad<'memory> {
     name: String,
     layout: FileLayout,
+    memory: &'memory BackedMemory,
+    budget: Option<u64>,
     buffer: TensorBuffer<'memory>,
     done: u64,
-    stage: Stage,
+    stage: Stage<'memory>,
 }
 
 impl<'memory> StagedLoad<'memory> {
@@ -196,7 +237,7 @@ impl<'memory> StagedLoad<'memory> {
         }
         let layout = file.layout();
         let buffer = weights_buffer(memory, budget, size)?;
-        Ok(Self { name: name.into(), layout, buffer, done: 0, stage: Stage::Reading })
+        Ok(Self { name: name.into(), layout, memory, budget, buffer, done: 0, stage: Stage::Reading })
     }
 
     /// The file name.
@@ -209,7 +250,7 @@ impl<'memory> StagedLoad<'memory> {
         (self.done, self.layout.size)
     }
 
-    /// Whether the model is read, validated and has its tokenizer.
+    /// Whether the model is read, validated and has its tables.
     pub fn is_ready(&self) -> bool {
         matches!(self.stage, Stage::Ready(_))
     }
@@ -250,67 +291,48 @@ impl<'memory> StagedLoad<'memory> {
                 }
                 self.done += read as u64;
                 if self.done as usize >= length {
-                    self.stage = Stage::Checking;
-                }
-            }
-            Stage::Checking => {
-                let bytes = &self.buffer[..length];
-                if !bytes.starts_with(b"GGUF") {
-                    let mut magic = [0u8; 4];
-                    let head = &bytes[..bytes.len().min(4)];
-                    magic[..head.len()].copy_from_slice(head);
-                    let found = u32::from_le_bytes(magic);
-                    let kind = if self.name.to_ascii_lowercase().ends_with(".gguf") {
-                        ModelErrorKind::BadMagic { found }
-                    } else {
-                        ModelErrorKind::InvalidTokenizer(
-                            "only GGUF models (with their tokenizer) load in the background",
-                        )
-                    };
-                    return Err(LibraryError::Invalid(ModelError::new(0, kind)));
-                }
-                let file = ModelFile::parse(bytes).map_err(LibraryError::Invalid)?;
-                let vocab_size = file.config().vocab_size;
-                let Some(gguf) = &file.gguf else {
-                    return Err(LibraryError::Invalid(ModelError::new(
-                        0,
-                        ModelErrorKind::InvalidTokenizer("a GGUF file without its metadata"),
-                    )));
-                };
-                let build = TokenizerBuild::begin(gguf).map_err(LibraryError::Invalid)?;
-                self.stage = Stage::Tokenizer(Box::new(build), vocab_size);
-            }
-            Stage::Tokenizer(build, vocab_size) => {
-                let bytes = &self.buffer[..length];
-                if build.step(bytes, STAGE_TOKENIZER_UNITS).map_err(LibraryError::Invalid)? {
-                    let vocab_size = *vocab_size;
-                    let Stage::Tokenizer(build, _) = core::mem::replace(&mut self.stage, Stage::Checking)
-                    else {
-                        return Ok(false);
-                    };
-                    let tokenizer = build.finish().map_err(LibraryError::Invalid)?;
-                    if tokenizer.vocab_size() > vocab_size {
+                    if !check_magic(&self.name, &self.buffer[..length])? {
                         return Err(LibraryError::Invalid(ModelError::new(
                             0,
                             ModelErrorKind::InvalidTokenizer(
-                                "the tokenizer has more tokens than the model's vocabulary",
+                                "only GGUF models (with their tokenizer) load in the background",
                             ),
                         )));
                     }
-                    self.stage = Stage::Ready(tokenizer);
+                    self.stage = Stage::Preparing(Box::default());
+                }
+            }
+            Stage::Preparing(preparation) => {
+                let (memory, budget, weights_base) = (self.memory, self.budget, self.buffer.handle().base());
+                let mut allocate = |size| tables_buffer(memory, budget, weights_base, size);
+                if preparation.unit(&self.buffer[..length], &mut allocate)? {
+                    let Stage::Preparing(preparation) = core::mem::replace(&mut self.stage, Stage::Reading)
+                    else {
+                        return Ok(false);
+                    };
+                    let short = LoadError::ShortRead { read: self.done, expected: self.layout.size };
+                    let prepared = preparation.finish().ok_or(LibraryError::Load(short))?;
+                    self.stage = Stage::Ready(Box::new(prepared));
                 }
             }
             Stage::Ready(_) => return Ok(true),
         }
-        Ok(matches!(self.stage, Stage::Ready(_)))
+        Ok(self.is_ready())
     }
 
     /// The validated model, once [`StagedLoad::advance`] returned `true`: an assembly of the
     /// finished parts, with nothing left to parse or build.
     pub fn finish(self) -> Result<ServedModel<TensorBuffer<'memory>>, LibraryError> {
         match self.stage {
-            Stage::Ready(tokenizer) => {
-                Ok(ServedModel::from_validated(&self.name, self.buffer, self.layout.size as usize, tokenizer))
+            Stage::Ready(prepared) => {
+                let (tables, layout) = *prepared;
+                Ok(ServedModel::from_prepared(
+                    &self.name,
+                    self.buffer,
+                    self.layout.size as usize,
+                    tables,
+                    layout,
+                ))
             }
             _ => {
                 Err(LibraryError::Load(LoadError::ShortRead { read: self.done, expected: self.layout.size }))
@@ -332,6 +354,7 @@ mod tests {
         mm::{buffer::tests::host_backed_memory, layout::MIB},
         model::TensorType,
         serve::chat::{GenerationSettings, answer},
+        serve::prepare::STAGE_TOKENIZER_UNITS,
     };
     use alloc::string::ToString;
 
@@ -372,16 +395,19 @@ mod tests {
         );
 
         // With no time budget every advance does exactly one bounded unit: a read of
-        // STAGE_READ_BYTES, the check of the whole file, or STAGE_TOKENIZER_UNITS tokens or
-        // merges.
+        // STAGE_READ_BYTES, or one unit of the preparation (STAGE_SCAN_BYTES validated,
+        // STAGE_TOKENIZER_UNITS tokens or merges, a layer's shapes).
         let clock = TickingClock::default();
+        let mut preparation = Preparation::<Vec<u8>>::new();
+        let mut preparation_units = 1;
+        while !preparation.unit(&good, &mut |size| Ok::<_, ModelError>(alloc::vec![0; size])).unwrap() {
+            preparation_units += 1;
+        }
         let gguf = crate::model::GgufFile::parse(&good).unwrap();
         let entries = |key: &str| gguf.array(key).unwrap().unwrap().count;
         let tokenizer_entries = entries("tokenizer.ggml.tokens") + entries("tokenizer.ggml.merges");
-        let expected_units = good.len().div_ceil(STAGE_READ_BYTES)
-            + 1
-            + tokenizer_entries.div_ceil(STAGE_TOKENIZER_UNITS)
-            + usize::from(tokenizer_entries.is_multiple_of(STAGE_TOKENIZER_UNITS));
+        assert!(preparation_units > tokenizer_entries / STAGE_TOKENIZER_UNITS, "{preparation_units} units");
+        let expected_units = good.len().div_ceil(STAGE_READ_BYTES) + preparation_units;
         let mut staged = StagedLoad::begin(&mut volume, memory, None, "good.gguf").unwrap();
         let mut units = 1;
         while !staged.advance(&mut volume, &clock, 0).unwrap() {
@@ -527,9 +553,10 @@ mod tests {
         // The base address of a model's weights buffer, keeping the model.
         let base_of = |model: ServedModel<TensorBuffer<'static>>, name: &str| {
             let length = model.size();
-            let (bytes, tokenizer) = model.into_parts();
+            let layout = model.layout();
+            let (bytes, tables) = model.into_parts();
             let base = bytes.handle().base();
-            (ServedModel::from_validated(name, bytes, length, tokenizer), base)
+            (ServedModel::from_prepared(name, bytes, length, tables, layout), base)
         };
         let first = load_model(&mut volume, memory, None, names[0], |_, _| {}).unwrap();
         let (mut active, mut active_base) = base_of(first, names[0]);

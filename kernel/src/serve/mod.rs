@@ -10,6 +10,7 @@ pub mod governor;
 pub mod library;
 pub mod line;
 pub mod loader;
+pub mod prepare;
 pub mod pressure;
 pub mod protocol;
 pub mod reply;

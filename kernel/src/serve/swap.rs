@@ -2,8 +2,9 @@
 //! `/load` when nothing is generating, the background load (a piece between rounds of tokens)
 //! when something is, the swap at a token boundary, and the measure of its pause.
 //!
-//! Everything here runs outside the serving path's allocation scopes: a model's bookkeeping is
-//! made while it loads, on the counted heap.
+//! Everything here runs outside the serving path's allocation scopes. A model itself lives in
+//! two weights-pool buffers (its file, and its tables: tensor index and tokenizer); only a
+//! load's own transient state (the staged load, the file name) is on the counted heap.
 
 #![forbid(unsafe_code)]
 
@@ -200,8 +201,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
 
     /// Background work between two rounds of tokens, for about `budget_ns`. A staged model that
     /// is ready is swapped in, and nothing else is done in that round: the swap is a pointer
-    /// exchange. Otherwise the replaced models are freed a piece at a time, then the staged
-    /// load advances (reading, validating, building the tokenizer, in small units).
+    /// exchange. Otherwise the replaced models are freed a buffer at a time, then the staged
+    /// load advances (reading, validating, building the tensor index and the tokenizer, in
+    /// small units).
     pub(super) fn background_work(&mut self, budget_ns: u64) {
         if self.staging.as_ref().is_some_and(StagedLoad::is_ready) {
             self.advance_staging(0);
