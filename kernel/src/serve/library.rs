@@ -9,7 +9,7 @@ use super::{
     prepare::{ModelLayout, Preparation, prepare_llama2c},
 };
 use crate::{
-    fs::{FileLayout, FsError, Volume},
+    fs::{FileLayout, FsError, Opening, Volume},
     hil::{BlockDevice, Clock},
     mm::{
         MemError,
@@ -188,15 +188,48 @@ pub fn load_model<'memory, D: BlockDevice>(
     Ok(ServedModel::from_prepared(name, buffer, length, tables, layout))
 }
 
+/// The longest single unit of background work seen (a read, a validation step, a tokenizer
+/// step, a buffer freed, the swap itself), and what it was: what a swap's pause is made of
+/// beyond the time a round grants background work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LongestUnit {
+    /// Its duration, ns.
+    pub ns: u64,
+    /// What it was.
+    pub what: &'static str,
+}
+
+impl LongestUnit {
+    /// Counts a unit of `ns` doing `what`.
+    pub fn note(&mut self, ns: u64, what: &'static str) {
+        if ns > self.ns || self.what.is_empty() {
+            *self = Self { ns, what };
+        }
+    }
+
+    /// Counts the longest unit of `other` too.
+    pub fn merge(&mut self, other: LongestUnit) {
+        if !other.what.is_empty() {
+            self.note(other.ns, other.what);
+        }
+    }
+}
+
 /// Bytes read from the card in one unit of a staged load: 8 blocks, one CMD18 when the
 /// clusters are contiguous; about 0.2 ms at a real card's 20 MB/s, so a unit stays well inside
 /// the time a round may spend on a load.
 pub const STAGE_READ_BYTES: usize = 4 * 1024;
 
+/// Links of the file's cluster chain followed in one unit of a staged load (a large model's
+/// chain has tens of thousands).
+pub const STAGE_CHAIN_LINKS: usize = 64;
+
 /// Where a staged load is.
 enum Stage<'memory> {
+    /// Walking the file's cluster chain.
+    Opening(Box<Opening>),
     /// Reading the file into the weights buffer.
-    Reading,
+    Reading(Box<FileLayout>),
     /// Validating the file and building its tables, a unit at a time.
     Preparing(Box<Preparation<TensorBuffer<'memory>>>),
     /// Validated, with its tables buffer and their layout: ready to swap in.
@@ -213,31 +246,42 @@ enum Stage<'memory> {
 /// only an assembly of finished parts, so the swap itself is a pointer exchange.
 pub struct StagedLoad<'memory> {
     name: String,
-    layout: FileLayout,
+    /// The file's size.
+    size: u64,
     memory: &'memory BackedMemory,
     budget: Option<u64>,
     buffer: TensorBuffer<'memory>,
     done: u64,
     stage: Stage<'memory>,
+    longest_unit: LongestUnit,
 }
 
 impl<'memory> StagedLoad<'memory> {
-    /// Opens `/models/NAME` and reserves its weights buffer (GGUF only: a llama2.c model also
-    /// needs its tokenizer, which [`load_model`] handles).
+    /// Looks up `/models/NAME` and reserves its weights buffer (GGUF only: a llama2.c model
+    /// also needs its tokenizer, which [`load_model`] handles). Its cluster chain is walked by
+    /// later units.
     pub fn begin<D: BlockDevice>(
         volume: &mut Volume<D>,
         memory: &'memory BackedMemory,
         budget: Option<u64>,
         name: &str,
     ) -> Result<Self, LibraryError> {
-        let file = volume.open(&format!("{MODEL_DIRECTORY}/{name}")).map_err(LibraryError::Fs)?;
-        let size = file.size();
+        let opening = volume.begin_open(&format!("{MODEL_DIRECTORY}/{name}")).map_err(LibraryError::Fs)?;
+        let size = opening.size();
         if size == 0 {
             return Err(LibraryError::Load(LoadError::Empty));
         }
-        let layout = file.layout();
         let buffer = weights_buffer(memory, budget, size)?;
-        Ok(Self { name: name.into(), layout, memory, budget, buffer, done: 0, stage: Stage::Reading })
+        Ok(Self {
+            name: name.into(),
+            size,
+            memory,
+            budget,
+            buffer,
+            done: 0,
+            stage: Stage::Opening(Box::new(opening)),
+            longest_unit: LongestUnit::default(),
+        })
     }
 
     /// The file name.
@@ -247,7 +291,22 @@ impl<'memory> StagedLoad<'memory> {
 
     /// Bytes read so far, and the file size.
     pub fn progress(&self) -> (u64, u64) {
-        (self.done, self.layout.size)
+        (self.done, self.size)
+    }
+
+    /// The longest unit of work done so far.
+    pub fn longest_unit(&self) -> LongestUnit {
+        self.longest_unit
+    }
+
+    /// What the next unit of work is.
+    fn next_work(&self) -> &'static str {
+        match &self.stage {
+            Stage::Opening(_) => "walk the file's clusters",
+            Stage::Reading(_) => "read 4 KiB",
+            Stage::Preparing(preparation) => preparation.next_work(),
+            Stage::Ready(_) => "ready",
+        }
     }
 
     /// Whether the model is read, validated and has its tables.
@@ -265,10 +324,14 @@ impl<'memory> StagedLoad<'memory> {
     ) -> Result<bool, LibraryError> {
         let deadline = clock.now_ns().saturating_add(budget_ns);
         loop {
-            if self.unit(volume)? {
+            let (what, started) = (self.next_work(), clock.now_ns());
+            let ready = self.unit(volume)?;
+            let now = clock.now_ns();
+            self.longest_unit.note(now.saturating_sub(started), what);
+            if ready {
                 return Ok(true);
             }
-            if clock.now_ns() >= deadline {
+            if now >= deadline {
                 return Ok(false);
             }
         }
@@ -276,17 +339,25 @@ impl<'memory> StagedLoad<'memory> {
 
     /// One bounded unit of work. Returns whether the model is ready.
     fn unit<D: BlockDevice>(&mut self, volume: &mut Volume<D>) -> Result<bool, LibraryError> {
-        let length = self.layout.size as usize;
+        let length = self.size as usize;
         match &mut self.stage {
-            Stage::Reading => {
+            Stage::Opening(opening) => {
+                if let Some(layout) =
+                    volume.continue_open(opening, STAGE_CHAIN_LINKS).map_err(LibraryError::Fs)?
+                {
+                    self.stage = Stage::Reading(Box::new(layout));
+                }
+            }
+            Stage::Reading(layout) => {
                 let start = self.done as usize;
                 let end = (start + STAGE_READ_BYTES).min(length);
-                let mut file = volume.reopen(&self.layout);
-                let read = file.read_at(self.done, &mut self.buffer[start..end]).map_err(LibraryError::Fs)?;
+                let read = layout
+                    .read_at(volume, self.done, &mut self.buffer[start..end])
+                    .map_err(LibraryError::Fs)?;
                 if read == 0 {
                     return Err(LibraryError::Load(LoadError::ShortRead {
                         read: self.done,
-                        expected: self.layout.size,
+                        expected: self.size,
                     }));
                 }
                 self.done += read as u64;
@@ -306,13 +377,9 @@ impl<'memory> StagedLoad<'memory> {
                 let (memory, budget, weights_base) = (self.memory, self.budget, self.buffer.handle().base());
                 let mut allocate = |size| tables_buffer(memory, budget, weights_base, size);
                 if preparation.unit(&self.buffer[..length], &mut allocate)? {
-                    let Stage::Preparing(preparation) = core::mem::replace(&mut self.stage, Stage::Reading)
-                    else {
-                        return Ok(false);
-                    };
-                    let short = LoadError::ShortRead { read: self.done, expected: self.layout.size };
-                    let prepared = preparation.finish().ok_or(LibraryError::Load(short))?;
-                    self.stage = Stage::Ready(Box::new(prepared));
+                    let prepared = core::mem::take(&mut **preparation).finish();
+                    let short = LoadError::ShortRead { read: self.done, expected: self.size };
+                    self.stage = Stage::Ready(Box::new(prepared.ok_or(LibraryError::Load(short))?));
                 }
             }
             Stage::Ready(_) => return Ok(true),
@@ -326,17 +393,9 @@ impl<'memory> StagedLoad<'memory> {
         match self.stage {
             Stage::Ready(prepared) => {
                 let (tables, layout) = *prepared;
-                Ok(ServedModel::from_prepared(
-                    &self.name,
-                    self.buffer,
-                    self.layout.size as usize,
-                    tables,
-                    layout,
-                ))
+                Ok(ServedModel::from_prepared(&self.name, self.buffer, self.size as usize, tables, layout))
             }
-            _ => {
-                Err(LibraryError::Load(LoadError::ShortRead { read: self.done, expected: self.layout.size }))
-            }
+            _ => Err(LibraryError::Load(LoadError::ShortRead { read: self.done, expected: self.size })),
         }
     }
 }
@@ -394,8 +453,8 @@ mod tests {
             ["good.gguf", "bad.gguf"]
         );
 
-        // With no time budget every advance does exactly one bounded unit: a read of
-        // STAGE_READ_BYTES, or one unit of the preparation (STAGE_SCAN_BYTES validated,
+        // With no time budget every advance does exactly one bounded unit: STAGE_CHAIN_LINKS
+        // links of the cluster chain, a read of STAGE_READ_BYTES, or one unit of the preparation (STAGE_SCAN_BYTES validated,
         // STAGE_TOKENIZER_UNITS tokens or merges, a layer's shapes).
         let clock = TickingClock::default();
         let mut preparation = Preparation::<Vec<u8>>::new();
@@ -407,7 +466,9 @@ mod tests {
         let entries = |key: &str| gguf.array(key).unwrap().unwrap().count;
         let tokenizer_entries = entries("tokenizer.ggml.tokens") + entries("tokenizer.ggml.merges");
         assert!(preparation_units > tokenizer_entries / STAGE_TOKENIZER_UNITS, "{preparation_units} units");
-        let expected_units = good.len().div_ceil(STAGE_READ_BYTES) + preparation_units;
+        let clusters = (good.len() as u64).div_ceil(volume.layout().cluster_bytes()) as usize;
+        let expected_units =
+            clusters.div_ceil(STAGE_CHAIN_LINKS) + good.len().div_ceil(STAGE_READ_BYTES) + preparation_units;
         let mut staged = StagedLoad::begin(&mut volume, memory, None, "good.gguf").unwrap();
         let mut units = 1;
         while !staged.advance(&mut volume, &clock, 0).unwrap() {

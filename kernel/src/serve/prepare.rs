@@ -121,6 +121,19 @@ impl<T> Preparation<T> {
         }
     }
 
+    /// What the next unit of work is.
+    pub fn next_work(&self) -> &'static str {
+        match self.stage {
+            Stage::Metadata => "validate metadata",
+            Stage::Plan => "take the tables buffer",
+            Stage::Tensors => "validate tensors",
+            Stage::Config => "read the config",
+            Stage::Check(_) => "check a layer's shapes",
+            Stage::Tokenizer => self.build.as_ref().map_or("tokenizer", TokenizerBuild::next_work),
+            Stage::Ready => "ready",
+        }
+    }
+
     /// Whether the model is validated and its tables built.
     pub fn is_ready(&self) -> bool {
         matches!(self.stage, Stage::Ready)

@@ -7,7 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::chat::ServedModel;
+use super::{chat::ServedModel, library::LongestUnit};
 use crate::hil::Clock;
 use alloc::{sync::Arc, vec::Vec};
 use core::ops::Deref;
@@ -18,11 +18,13 @@ pub struct Retired<Bytes: Deref<Target = [u8]>> {
     held: Vec<Arc<ServedModel<Bytes>>>,
     /// Tables buffers of models whose weights are already freed.
     shedding: Vec<Bytes>,
+    /// The longest unit of freeing since [`Retired::take_longest_unit`].
+    longest_unit: LongestUnit,
 }
 
 impl<Bytes: Deref<Target = [u8]>> Default for Retired<Bytes> {
     fn default() -> Self {
-        Self { held: Vec::new(), shedding: Vec::new() }
+        Self { held: Vec::new(), shedding: Vec::new(), longest_unit: LongestUnit::default() }
     }
 }
 
@@ -54,21 +56,30 @@ impl<Bytes: Deref<Target = [u8]>> Retired<Bytes> {
     pub fn work(&mut self, clock: &dyn Clock, deadline_ns: u64) -> bool {
         let mut worked = false;
         while !worked || clock.now_ns() < deadline_ns {
-            if let Some(index) = self.held.iter().position(|model| Arc::strong_count(model) == 1) {
+            let started = clock.now_ns();
+            let what = if let Some(index) = self.held.iter().position(|model| Arc::strong_count(model) == 1) {
                 let model = self.held.swap_remove(index);
                 if let Ok(model) = Arc::try_unwrap(model) {
                     let (bytes, tables) = model.into_parts();
                     drop(bytes);
                     self.shedding.push(tables);
                 }
+                "free a model's weights"
             } else if let Some(tables) = self.shedding.pop() {
                 drop(tables);
+                "free a model's tables"
             } else {
                 break;
-            }
+            };
+            self.longest_unit.note(clock.now_ns().saturating_sub(started), what);
             worked = true;
         }
         worked
+    }
+
+    /// The longest unit of freeing since the last call, and starts counting again.
+    pub fn take_longest_unit(&mut self) -> LongestUnit {
+        core::mem::take(&mut self.longest_unit)
     }
 
     /// Frees everything no batch holds at once (when nothing is generating).

@@ -92,6 +92,8 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) recent_gaps: VecDeque<u64>,
     /// The last swap's pause: longest gap minus median gap during the load, in ns.
     pub(super) last_swap_pause_ns: Option<(u64, u64)>,
+    /// The longest unit of the swap under way (see [`super::library::LongestUnit`]).
+    pub(super) swap_longest_unit: super::library::LongestUnit,
     /// The board clock when the first token since power-on was generated (boot to first
     /// token: the generic timer starts at zero with the board).
     pub(super) first_token_since_boot_ns: Option<u64>,
@@ -137,6 +139,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             swap_gaps: Vec::new(),
             recent_gaps: VecDeque::with_capacity(super::swap::RECENT_GAPS),
             last_swap_pause_ns: None,
+            swap_longest_unit: super::library::LongestUnit::default(),
             first_token_since_boot_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
             weights_evictor: None,

@@ -171,13 +171,18 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.say_line(&message);
             return;
         };
-        match StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name) {
+        let started = self.clock.now_ns();
+        let begun = StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name);
+        let begin_ns = self.clock.now_ns().saturating_sub(started);
+        match begun {
             Ok(staged) => {
                 telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
                 let message =
                     alloc::format!("loading {name} in the background; the current model keeps serving");
                 self.staging = Some(staged);
                 self.swap_gaps.clear();
+                self.swap_longest_unit = super::library::LongestUnit::default();
+                self.swap_longest_unit.note(begin_ns, "look up the file");
                 self.say_line(&message);
             }
             Err(error) => self.load_failed(name, &error),
@@ -219,19 +224,23 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// Works on a background load for `budget_ns`, or swaps it in when it is ready.
     pub(super) fn advance_staging(&mut self, budget_ns: u64) {
         let (Some(staging), Ok(volume)) = (&mut self.staging, &mut self.volume) else { return };
-        let ready = staging.is_ready();
-        let name = String::from(staging.name());
-        if !ready {
-            if let Err(error) = staging.advance(volume, self.clock, budget_ns) {
+        if !staging.is_ready() {
+            let result = staging.advance(volume, self.clock, budget_ns);
+            self.swap_longest_unit.merge(staging.longest_unit());
+            if let Err(error) = result {
+                let name = String::from(staging.name());
                 self.staging = None;
                 self.load_failed(&name, &error);
             }
             return;
         }
         let Some(staged) = self.staging.take() else { return };
+        let started = self.clock.now_ns();
+        let name = String::from(staged.name());
         match staged.finish() {
             Ok(model) => {
                 let old = self.activate(model).unwrap_or_default();
+                self.swap_longest_unit.note(self.clock.now_ns().saturating_sub(started), "swap");
                 let message = alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
                 self.say_line(&message);
             }
@@ -261,7 +270,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// Reports the pause of the swap whose round gaps were recorded (if any): the longest of
-    /// them minus the median of the gaps just before it (or of its own, when none came before).
+    /// them minus the median of the gaps just before it (or of its own, when none came before),
+    /// and the longest single unit of its background work (loading, swapping, freeing).
     pub(super) fn report_swap_pause(&mut self) {
         if self.swap_gaps.is_empty() {
             return;
@@ -276,11 +286,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let longest = self.swap_gaps.iter().copied().max().unwrap_or(median).max(median);
         self.swap_gaps.clear();
         self.last_swap_pause_ns = Some((longest, median));
+        let mut unit = core::mem::take(&mut self.swap_longest_unit);
+        unit.merge(self.retired.take_longest_unit());
         let message = alloc::format!(
-            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms",
+            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms; longest unit {:.3} ms ({})",
             longest as f64 / 1e6,
             median as f64 / 1e6,
-            (longest - median) as f64 / 1e6
+            (longest - median) as f64 / 1e6,
+            unit.ns as f64 / 1e6,
+            unit.what
         );
         self.say_line(&message);
     }

@@ -217,6 +217,18 @@ impl TokenizerBuild {
         self.layout.total_bytes()
     }
 
+    /// What the next step works on.
+    pub fn next_work(&self) -> &'static str {
+        match self.stage {
+            Stage::Clear(_) => "clear the tokenizer's indexes",
+            Stage::Tokens => "add tokens",
+            Stage::Merges => "add merges",
+            Stage::Bytes => "find the byte tokens",
+            Stage::Specials { .. } => "sort the special tokens",
+            Stage::Done => "tokenizer done",
+        }
+    }
+
     /// Tokens in the vocabulary being built.
     pub fn vocab_size(&self) -> usize {
         self.layout.vocab_size
