@@ -271,7 +271,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
 
     /// Reports the pause of the swap whose round gaps were recorded (if any): the longest of
     /// them minus the median of the gaps just before it (or of its own, when none came before),
-    /// and the longest single unit of its background work (loading, swapping, freeing).
+    /// the longest single unit of its background work (loading, swapping, freeing), and how many
+    /// rounds of tokens the swap spanned.
     pub(super) fn report_swap_pause(&mut self) {
         if self.swap_gaps.is_empty() {
             return;
@@ -284,12 +285,13 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         baseline.sort_unstable();
         let median = baseline[baseline.len() / 2];
         let longest = self.swap_gaps.iter().copied().max().unwrap_or(median).max(median);
+        let rounds = self.swap_gaps.len();
         self.swap_gaps.clear();
         self.last_swap_pause_ns = Some((longest, median));
         let mut unit = core::mem::take(&mut self.swap_longest_unit);
         unit.merge(self.retired.take_longest_unit());
         let message = alloc::format!(
-            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms; longest unit {:.3} ms ({})",
+            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms; longest unit {:.3} ms ({}); {rounds} rounds",
             longest as f64 / 1e6,
             median as f64 / 1e6,
             (longest - median) as f64 / 1e6,
