@@ -88,6 +88,7 @@ fn main() {
     println!("| measure | figure |");
     println!("|---|---:|");
     println!("| build from the GGUF metadata (best of {TIMINGS}) | {:.1} ms |", build_seconds * 1e3);
+    println!("| tables (one buffer) | {} bytes |", tokenizer.tables_bytes());
     println!(
         "| encode, {} texts x {PASSES} ({} bytes, {} tokens) | {:.2} MB/s, {:.0} ns per token |",
         TEXTS.len(),
