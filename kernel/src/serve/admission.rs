@@ -16,6 +16,12 @@ use core::fmt;
 /// Requests that may wait for a place in the batch; more are refused.
 pub const MAX_WAITING: usize = 128;
 
+/// Most sequences a batch runs at once.
+pub const MAX_RUNNING: usize = 64;
+
+/// Most requests in flight: waiting and running.
+pub const MAX_IN_FLIGHT: usize = MAX_WAITING + MAX_RUNNING;
+
 /// A generation waiting for a place in the batch.
 pub struct Pending {
     /// Who asked.

@@ -26,7 +26,6 @@ use crate::{
     mm::{
         error::Bytes,
         kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
-        layout::RegionKind,
         scope,
         tensor::{Pool, TensorKind},
     },
@@ -34,6 +33,10 @@ use crate::{
     telemetry::{self, EventKind, PressureLevel},
 };
 use alloc::{string::String, sync::Arc, vec::Vec};
+
+/// Arena memory the KV cache leaves for the activations (the batch's scratch and the
+/// requests' larger objects).
+pub const ACTIVATIONS_HEADROOM: u64 = 8 << 20;
 
 /// A running sequence of the batch: the request, its generation and its KV reservation.
 pub(super) struct Sequence<'w, 'f, 'p, 'm> {
@@ -134,16 +137,17 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// The KV block pool for `view`'s model: the one kept from earlier batches when its blocks
-    /// have the right shape, else a new one over the KV region.
+    /// have the right shape (its budget brought up to date), else a new one.
     fn kv_pool_for(&mut self, view: &ModelView<'_>) -> Option<Arc<KvBlockPool<'a>>> {
         let block_floats = floats_per_block(KV_BLOCK_TOKENS, view.file.config().kv_dim());
+        let budget = blocks_in_region(self.kv_budget_bytes(), block_floats);
         if let Some((_, pool)) = self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
+            pool.set_limit(budget);
             return Some(Arc::clone(pool));
         }
-        let kv_region = self.info.plan.region(RegionKind::KvCache).size;
         // The old pool (and its cached blocks) goes once no batch uses it.
         self.kv_pool = None;
-        match KvBlockPool::new(self.memory, block_floats, blocks_in_region(kv_region, block_floats)) {
+        match KvBlockPool::new(self.memory, block_floats, budget) {
             Ok(pool) => {
                 let pool = Arc::new(pool);
                 self.kv_pool = Some((block_floats, Arc::clone(&pool)));
@@ -154,6 +158,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 None
             }
         }
+    }
+
+    /// The memory the KV cache may use now: what it holds, and the arena's free space less
+    /// [`ACTIVATIONS_HEADROOM`] for the batch's scratch. It grows into whatever the loaded
+    /// models leave free.
+    pub(super) fn kv_budget_bytes(&self) -> u64 {
+        let arena = self.memory.memory().arena();
+        (arena.kv_cache + arena.free).saturating_sub(ACTIVATIONS_HEADROOM)
     }
 
     /// A batch over `model`, with its scratch from the activations pool; `None` (the waiting
@@ -200,16 +212,23 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// model, built in the activations pool; or why it does not fit there.
     pub(super) fn batch_scratch(&self, view: &ModelView<'_>, positions: usize) -> Result<State, String> {
         let needed = State::bytes_for(view.file.config(), positions);
-        let activations = self.memory.memory().statistics(Pool::Activations);
+        let free = self.activations_available();
         // Each buffer rounds up to a power of two in the buddy allocator: at most twice.
-        if activations.free_bytes < 2 * needed {
+        if free < 2 * needed {
             return Err(alloc::format!(
                 "activations memory is full: a batch of this model needs {} of scratch and {} is free",
                 Bytes(2 * needed),
-                Bytes(activations.free_bytes)
+                Bytes(free)
             ));
         }
         Ok(scope::with(TensorKind::Activation, || view.scratch(positions)))
+    }
+
+    /// Bytes the activations can have now: their own free blocks, and the arena's free space
+    /// they can borrow.
+    fn activations_available(&self) -> u64 {
+        let memory = self.memory.memory();
+        memory.statistics(Pool::Activations).free_bytes + memory.arena().free
     }
 
     /// Admits waiting requests, oldest first, while the batch's model is still the active one
@@ -250,7 +269,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             batch.config.layers,
         );
         let small = sequence_bytes(batch.capacity, batch.config.layers);
-        let small_free = self.memory.memory().statistics(Pool::Activations).free_bytes;
+        let small_free = self.activations_available();
         if small > small_free && batch.sequences.is_empty() {
             return self.refuse(index, "activations memory is full: no room for a request's token lists");
         }

@@ -87,6 +87,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     live_bytes: heap.live_bytes,
                     peak_bytes: heap.peak_bytes,
                     allocations: heap.allocations,
+                    pool_metadata_bytes: heap.metadata_live_bytes,
                 };
                 let event = Event::Mem { ram_bytes: self.info.plan.ram, pools: &pools, heap };
                 self.reply(super::reply::Origin::Machine(id), &event);
@@ -109,12 +110,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     fn memory_map(&self) {
         let heap = self.telemetry.heap();
         let report = alloc::format!(
-            "{}heap         {} of {} live, peak {}; {} allocations since power-on\n",
+            "{}heap         {} of {} live, peak {}; {} allocations since power-on\n\
+             metadata     {} of {} live (the pools' own bookkeeping while serving)\n",
             self.memory.memory().report(),
             Bytes(heap.live_bytes),
             Bytes(heap.capacity_bytes),
             Bytes(heap.peak_bytes),
-            heap.allocations
+            heap.allocations,
+            Bytes(heap.metadata_live_bytes),
+            Bytes(heap.metadata_capacity_bytes),
         );
         self.say(&report.replace('\n', "\r\n"));
     }

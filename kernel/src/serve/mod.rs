@@ -22,3 +22,20 @@ pub mod transmit;
 
 /// Longest console line accepted, in bytes.
 pub const MAX_LINE: usize = 1024;
+
+/// Bytes of each of the console's two rings (receive and transmit), in the protocol pool.
+pub const CONSOLE_RING_BYTES: u64 = 16 * 1024;
+
+/// Protocol-pool bytes one request in flight may hold at once: its line, its parsed request
+/// and the record being rendered for it.
+const PROTOCOL_BYTES_PER_REQUEST: u64 = 2 * MAX_LINE as u64 + 512;
+
+/// Protocol-pool bytes of the largest answer to a command (a full trace, `/stats`, `/mem`).
+const PROTOCOL_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// The protocol (RT) pool's reserve: the two console rings, plus what every request that may
+/// be in flight (waiting or running) holds, plus one command's answer; times four.
+pub const PROTOCOL_RESERVE_BYTES: u64 = 4
+    * (2 * CONSOLE_RING_BYTES
+        + admission::MAX_IN_FLIGHT as u64 * PROTOCOL_BYTES_PER_REQUEST
+        + PROTOCOL_ANSWER_BYTES);

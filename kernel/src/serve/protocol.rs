@@ -211,6 +211,8 @@ pub struct HeapEntry {
     pub peak_bytes: u64,
     /// Allocations made since boot.
     pub allocations: u64,
+    /// Bytes in use in the pools' metadata pool (their own bookkeeping while serving).
+    pub pool_metadata_bytes: u64,
 }
 
 /// One trace event as machine mode reports it.
@@ -303,6 +305,7 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
                 .number("live_bytes", heap.live_bytes)?
                 .number("peak_bytes", heap.peak_bytes)?
                 .number("allocations", heap.allocations)?
+                .number("pool_metadata_bytes", heap.pool_metadata_bytes)?
                 .close()?;
         }
         Event::Trace { recorded, dropped, events } => {
@@ -479,7 +482,13 @@ mod tests {
             allocations: 3,
             failures: 1,
         }];
-        let heap = HeapEntry { capacity_bytes: 16, live_bytes: 8, peak_bytes: 9, allocations: 2 };
+        let heap = HeapEntry {
+            capacity_bytes: 16,
+            live_bytes: 8,
+            peak_bytes: 9,
+            allocations: 2,
+            pool_metadata_bytes: 64,
+        };
         let line = record(Some(6), &Event::Mem { ram_bytes: 1000, pools: &pools, heap });
         let value: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!((value["event"].as_str(), value["ram_bytes"].as_u64()), (Some("mem"), Some(1000)));

@@ -196,7 +196,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.statistics
     }
 
-    /// Handles one complete line: a machine-mode request, a command, or a chat message.
+    /// Handles one complete line: a machine-mode request, a command, or a chat message. Runs in
+    /// the caller's scope (the console's, from [`Server::poll_console`]); a load runs outside
+    /// it, and a request's own copy of its prompt is a small object.
     pub fn handle_line(&mut self, line: &str) {
         let line = line.trim();
         if line.is_empty() {
@@ -219,7 +221,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             "load" if !argument.is_empty() => scope::outside(|| self.load(argument)),
             "load" => self.say_line("usage: /load FILE (see /models)"),
-            _ => scope::with(TensorKind::Protocol, || self.command(name, argument)),
+            _ => self.command(name, argument),
         }
     }
 
@@ -237,7 +239,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     fn machine_request(&mut self, line: &str) {
-        let request = match scope::with(TensorKind::Protocol, || protocol::parse_request(line)) {
+        let request = match protocol::parse_request(line) {
             Ok(request) => request,
             Err(error) => {
                 self.statistics.rejected_lines += 1;
@@ -261,7 +263,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             // The desk answers these the moment their line is complete (see `ControlDesk`).
             Operation::Cancel { .. } | Operation::Stats => {}
-            operation => scope::with(TensorKind::Protocol, || self.machine_command(request.id, operation)),
+            operation => self.machine_command(request.id, operation),
         }
     }
 
@@ -304,32 +306,31 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// Reads whatever input waits and handles each complete line. Returns whether a line was
-    /// handled.
+    /// handled. Console work is made in the protocol pool's scope; what a line starts (a load,
+    /// a request) chooses its own (see [`Server::handle_line`]).
     pub(super) fn poll_console(&mut self) -> bool {
-        let mut handled = scope::with(TensorKind::Protocol, || {
+        scope::with(TensorKind::Protocol, || {
             self.replies.borrow_mut().settle(self.memory, self.console, self.clock);
             let snapshot = self.stats_report();
             self.desk.set_stats_snapshot(snapshot);
-            let handled = self.desk.service(self.console, self.clock);
+            let mut handled = self.desk.service(self.console, self.clock);
             self.apply_desk_notes();
-            handled
-        });
-        while let Some(input) = self.desk.next_input() {
-            handled = true;
-            match &input {
-                Input::Line(line) => {
-                    self.say("\r\n");
-                    self.handle_line(line);
-                }
-                Input::Refused(error) => {
-                    self.statistics.rejected_lines += 1;
-                    let message = alloc::format!("\r\nerror: {error}");
-                    self.say_line(&message);
+            while let Some(input) = self.desk.next_input() {
+                handled = true;
+                match input {
+                    Input::Line(line) => {
+                        self.say("\r\n");
+                        self.handle_line(&line);
+                    }
+                    Input::Refused(error) => {
+                        self.statistics.rejected_lines += 1;
+                        let message = alloc::format!("\r\nerror: {error}");
+                        self.say_line(&message);
+                    }
                 }
             }
-            scope::with(TensorKind::Protocol, || drop(input));
-        }
-        handled
+            handled
+        })
     }
 
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between

@@ -524,7 +524,7 @@ fn replay_mixed_contiguous(trace: &Trace) -> Outcome {
     outcome
 }
 
-/// Pools over a leaked, zeroed host arena of `size` bytes, most of it the KV region.
+/// Pools over a leaked, zeroed host arena of `size` bytes, most of it the LLM arena.
 fn host_memory(size: u64) -> &'static BackedMemory {
     let layout = std::alloc::Layout::from_size_align(size as usize, BLOCK as usize).expect("layout");
     // SAFETY: the size is non-zero and the alignment a power of two.
@@ -536,9 +536,8 @@ fn host_memory(size: u64) -> &'static BackedMemory {
         (RegionKind::Dma, BLOCK),
         (RegionKind::Heap, 0),
         (RegionKind::Protocol, small),
-        (RegionKind::Weights, small),
-        (RegionKind::KvCache, size - BLOCK - 3 * small),
-        (RegionKind::Activations, small),
+        (RegionKind::Small, small),
+        (RegionKind::Arena, size - BLOCK - 2 * small),
     ];
     let mut cursor = base;
     let regions = sizes.map(|(kind, bytes)| {
@@ -546,9 +545,13 @@ fn host_memory(size: u64) -> &'static BackedMemory {
         cursor += bytes;
         region
     });
-    let llm = size - BLOCK - small;
-    let plan =
-        MemoryPlan { regions, ram: size, budget: Budget { llm, protocol: small, system: BLOCK }, seed: 0 };
+    let llm = size - BLOCK - 2 * small;
+    let plan = MemoryPlan {
+        regions,
+        ram: size,
+        budget: Budget { llm, protocol: small, system: BLOCK + small },
+        seed: 0,
+    };
     let memory = TensorMemory::new(&plan, TensorMemoryConfig::default()).expect("pools over the arena");
     // SAFETY: the arena is leaked, so it stays mapped read-write for the life of the program,
     // and nothing but these pools uses it.

@@ -407,9 +407,7 @@ fn main() {
 
     // Like with like: the 4 KiB – 1 MiB part of the LLM trace, buddy against buddy.
     let blocks = trace::sizes_between(&llm, 4096, MIB, "LLM trace, 4 KiB – 1 MiB");
-    let kv_and_activations = (plan.region(kernel::mm::layout::RegionKind::KvCache).size
-        + plan.region(kernel::mm::layout::RegionKind::Activations).size)
-        as usize;
+    let kv_and_activations = plan.region(kernel::mm::layout::RegionKind::Arena).size as usize;
     let ids = blocks.ids;
     let mut results = Vec::new();
     let harness = harness_cost(&blocks, replays);
