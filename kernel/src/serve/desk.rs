@@ -3,7 +3,9 @@
 //! checkpoints). Control commands (`/stats`, `/cancel`, machine-mode `stats` and `cancel`) are
 //! answered on the spot, from a snapshot of the server's state or by noting the cancel for the
 //! server to apply at the next token boundary; every other line is queued for the server, in
-//! order. Each answer's wait, from the end of its line, goes into the serving counters.
+//! order. A line the reader refuses (noise: control characters; invalid UTF-8; too long) is
+//! queued as refused, for a short error, and is never taken for a prompt or a command. Each
+//! answer's wait, from the end of its line, goes into the serving counters.
 
 #![forbid(unsafe_code)]
 
@@ -290,6 +292,33 @@ mod tests {
         assert_eq!(timed, [("stats".into(), 1), ("cancel".into(), 0), ("status".into(), 1)]);
         assert!(report.commands[0].latency.max_ns > 0);
         assert!(desk.take_deadline_misses().is_empty());
+    }
+
+    #[test]
+    fn noise_is_refused_never_queued_as_a_line_and_not_echoed() {
+        let console = ScriptedConsole {
+            input: std::sync::Mutex::new(
+                b"hi\x1b[A there\r/sta\x00ts\r{\"id\":1,\"op\":\"stats\"\x07}\rok\r"
+                    .iter()
+                    .copied()
+                    .collect(),
+            ),
+            output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
+        };
+        let clock = StepClock(AtomicU64::new(0));
+        let desk = ControlDesk::new();
+        desk.set_stats_snapshot("turns 0\r\n".into());
+        assert!(desk.service(&console, &clock));
+        let noise = |control, offset| Some(Input::Refused(LineError::Noise { control, offset }));
+        assert_eq!(desk.next_input(), noise('\x1b', 2));
+        assert_eq!(desk.next_input(), noise('\0', 4), "a command with a control byte in it is noise");
+        assert_eq!(desk.next_input(), noise('\x07', 20), "so is a machine request");
+        assert_eq!(desk.next_input(), Some(Input::Line("ok".into())));
+        assert_eq!(desk.next_input(), None);
+        // Echoed: each line up to its first control byte, and nothing was answered.
+        assert_eq!(*console.output.lock().unwrap(), "hi/sta{\"id\":1,\"op\":\"stats\"ok");
+        assert_eq!(desk.counters().report().commands[0].latency.count(), 0);
     }
 
     #[test]
