@@ -15,7 +15,7 @@ mod rng;
 
 pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_block};
 pub use clock::{BoardTime, Clock, Deadline, board_time, install_board_time, ticks_to_ns};
-pub use console::{Console, ConsoleTraffic, ConsoleWriter};
+pub use console::{Console, ConsoleTraffic, ConsoleWriter, FlowControl};
 pub use copy::{CopyConstraints, CopyEngine, CopyError, CopyRequest, CopyStatus, check_request};
 pub use cpus::{Cpus, SingleCpu};
 pub use kv::{KvError, KvStore, check_write};
