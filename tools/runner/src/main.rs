@@ -1,7 +1,7 @@
 //! `qemu-runner`: builds the QEMU system tests in `tests/`, boots each in QEMU under a time
 //! limit, and prints one line per test and a closing `N passed, M failed` line.
 
-use runner::{Session, make_image, objcopy_binary};
+use runner::{Patience, Session, make_image, objcopy_binary};
 use serde::Deserialize;
 use std::{
     collections::BTreeMap,
@@ -89,12 +89,13 @@ impl TestSpec {
 struct Step {
     /// Bytes to type (TOML escapes such as `\r` work).
     send: Option<String>,
-    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included),
-    /// then a line end.
+    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included, never
+    /// Ctrl-A: see `runner::noise`), then a line end. Sent after `send`.
     send_noise: Option<usize>,
     /// Text that must appear in the output after the previous step's match.
     wait_for: Option<String>,
-    /// Seconds to wait for `wait_for` (default 30).
+    /// Seconds `wait_for` may go without any console output (default 30); the step may take
+    /// ten times that in all while output keeps coming.
     timeout: Option<u64>,
     /// Look for `wait_for` anywhere in the output, not only after the previous match (for
     /// records of interleaved requests, whose order is not fixed).
@@ -206,8 +207,7 @@ fn run_test(
             break;
         }
         if let Some(count) = step.send_noise {
-            let mut random = kernel::rand::SplitMix64::new(count as u64);
-            let mut noise: Vec<u8> = (0..count).map(|_| random.next_u64() as u8).collect();
+            let mut noise = runner::noise(count, count as u64);
             noise.extend_from_slice(b"\r");
             if let Err(error) = session.send(&noise) {
                 script = Err(format!("step {}: {error}", index + 1));
@@ -216,7 +216,8 @@ fn run_test(
         }
         if let Some(text) = &step.wait_for {
             let from = if step.anywhere { 0 } else { cursor };
-            match session.wait_for(text, from, Duration::from_secs(step.timeout.unwrap_or(30))) {
+            let patience = Patience::quiet_for(Duration::from_secs(step.timeout.unwrap_or(30)));
+            match session.wait_for(text, from, patience) {
                 Ok(end) => cursor = cursor.max(end),
                 Err(error) => {
                     script = Err(format!("step {}: {error}", index + 1));
