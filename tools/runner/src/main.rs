@@ -371,6 +371,8 @@ fn run() -> Result<bool, String> {
             qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
         let (result, script) = run_test(spec, &image, &qemu_args)?;
+        let log = image_directory.join(format!("{}.log", spec.name));
+        std::fs::write(&log, &result.output).map_err(|error| format!("{}: {error}", log.display()))?;
         let missing: Vec<&String> =
             spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
         let exits = kernel != KERNEL8;
@@ -415,7 +417,11 @@ fn run() -> Result<bool, String> {
             Err(reason) => {
                 failed += 1;
                 println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
-                println!("---- console output (last 40 lines) ----\n{}\n----", tail(&result.output, 40));
+                println!(
+                    "---- console output (last 40 lines; all of it in {}) ----\n{}\n----",
+                    log.display(),
+                    tail(&result.output, 40)
+                );
             }
         }
     }
