@@ -28,6 +28,12 @@ use spin::Mutex;
 /// How long a control command may wait for its answer.
 pub const CONTROL_BOUND_NS: u64 = 10_000_000;
 
+/// Most lines (or refusals) queued for the server. While this many wait, the desk reads no
+/// further: the input stays in the receive ring and, once that is full, in the UART, whose
+/// sender is held back (receive flow control), instead of piling up in memory. Control
+/// commands behind them wait for the server to take the queue (at the next token boundary).
+pub const MAX_QUEUED_INPUTS: usize = 64;
+
 /// A complete input line, or why a line was refused.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
@@ -114,11 +120,14 @@ impl ControlDesk {
         self.queued.lock().pop_front()
     }
 
-    /// Reads all waiting input: echoes typing, answers `/stats` and machine-mode `stats` at
-    /// once, and queues everything else. Returns whether any line was completed.
+    /// Reads waiting input until none is left or [`MAX_QUEUED_INPUTS`] wait for the server:
+    /// echoes typing, answers `/stats` and machine-mode `stats` at once, and queues everything
+    /// else. Returns whether any line was completed.
     pub fn service(&self, console: &dyn Console, clock: &dyn Clock) -> bool {
         let mut completed = false;
-        while let Some(byte) = console.read_byte() {
+        while self.queued.lock().len() < MAX_QUEUED_INPUTS
+            && let Some(byte) = console.read_byte()
+        {
             let mut reader = self.reader.lock();
             match reader.push(byte) {
                 LineEvent::Pending => {}
@@ -319,6 +328,38 @@ mod tests {
         // Echoed: each line up to its first control byte, and nothing was answered.
         assert_eq!(*console.output.lock().unwrap(), "hi/sta{\"id\":1,\"op\":\"stats\"ok");
         assert_eq!(desk.counters().report().commands[0].latency.count(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_leaves_the_input_unread_until_the_server_takes_it() {
+        let lines = MAX_QUEUED_INPUTS + 10;
+        let input: Vec<u8> = (0..lines).flat_map(|index| format!("line {index}\r").into_bytes()).collect();
+        let console = ScriptedConsole {
+            input: std::sync::Mutex::new(input.iter().copied().collect()),
+            output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
+        };
+        let clock = StepClock(AtomicU64::new(0));
+        let desk = ControlDesk::new();
+        assert!(desk.service(&console, &clock));
+        let unread = console.input.lock().unwrap().len();
+        assert_eq!(
+            unread,
+            (MAX_QUEUED_INPUTS..lines).map(|index| format!("line {index}\r").len()).sum::<usize>()
+        );
+        // Full: a second service reads nothing.
+        assert!(!desk.service(&console, &clock));
+        assert_eq!(console.input.lock().unwrap().len(), unread);
+        let mut taken = Vec::new();
+        while let Some(input) = desk.next_input() {
+            taken.push(input);
+        }
+        assert!(desk.service(&console, &clock));
+        while let Some(input) = desk.next_input() {
+            taken.push(input);
+        }
+        let expected: Vec<Input> = (0..lines).map(|index| Input::Line(format!("line {index}"))).collect();
+        assert_eq!(taken, expected, "every line, in order");
     }
 
     #[test]
