@@ -1,8 +1,10 @@
 //! `tessera.cfg`: a small `key = value` file at the root of the card that adjusts the kernel
-//! (lowering the weights budget, so two models need not fit; the KV quota of one request).
+//! (lowering the weights budget, so two models need not fit; the KV quota of one request; the
+//! console UART's hardware flow control).
 
 #![forbid(unsafe_code)]
 
+use crate::hil::{Console, FlowControl};
 use alloc::{string::String, vec::Vec};
 use core::fmt;
 
@@ -17,6 +19,9 @@ pub struct CardConfig {
     /// Most positions (prompt plus answer) one request's KV may hold (the server's default
     /// when absent).
     pub kv_quota_tokens: Option<usize>,
+    /// `uart_flow_control = rts_cts | none`: the console line's hardware flow control (none
+    /// when absent).
+    pub uart_flow_control: Option<FlowControl>,
 }
 
 /// Bounds of `kv_quota_tokens`.
@@ -69,16 +74,75 @@ pub fn parse(text: &str) -> (CardConfig, Vec<ConfigProblem>) {
                     value.trim()
                 ))),
             },
+            "uart_flow_control" => match value.trim() {
+                "rts_cts" => config.uart_flow_control = Some(FlowControl::RtsCts),
+                "none" => config.uart_flow_control = Some(FlowControl::None),
+                other => problems.push(problem(alloc::format!(
+                    "uart_flow_control must be rts_cts or none, got {other:?}"
+                ))),
+            },
             other => problems.push(problem(alloc::format!("unknown key {other:?}"))),
         }
     }
     (config, problems)
 }
 
+/// Applies the console settings of `config` to `console`; returns the line to report, if the
+/// file set any.
+pub fn apply_console_settings(config: &CardConfig, console: &dyn Console) -> Option<String> {
+    let flow_control = config.uart_flow_control?;
+    Some(match console.set_flow_control(flow_control) {
+        Ok(description) => alloc::format!("{CONFIG_PATH}: console {description}"),
+        Err(reason) => alloc::format!("{CONFIG_PATH}: uart_flow_control ignored: {reason}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reads_and_applies_the_uart_flow_control() {
+        assert_eq!(parse("uart_flow_control = rts_cts\n").0.uart_flow_control, Some(FlowControl::RtsCts));
+        assert_eq!(parse("uart_flow_control=none").0.uart_flow_control, Some(FlowControl::None));
+        let (config, problems) = parse("uart_flow_control = xon_xoff\n");
+        assert_eq!(config.uart_flow_control, None);
+        assert_eq!(
+            problems[0].to_string(),
+            "/tessera.cfg line 1: uart_flow_control must be rts_cts or none, got \"xon_xoff\""
+        );
+
+        /// A console that records the flow control asked for; it has RTS/CTS lines only.
+        struct Line(spin::Mutex<Vec<FlowControl>>);
+        impl Console for Line {
+            fn write_bytes(&self, _: &[u8]) {}
+            fn read_byte(&self) -> Option<u8> {
+                None
+            }
+            fn flush(&self) {}
+            fn set_flow_control(&self, flow_control: FlowControl) -> Result<&'static str, &'static str> {
+                self.0.lock().push(flow_control);
+                match flow_control {
+                    FlowControl::RtsCts => Ok("RTS/CTS on"),
+                    FlowControl::None => Err("wired for RTS/CTS"),
+                }
+            }
+        }
+        let line = Line(spin::Mutex::new(Vec::new()));
+        assert_eq!(apply_console_settings(&CardConfig::default(), &line), None);
+        let rts_cts = CardConfig { uart_flow_control: Some(FlowControl::RtsCts), ..CardConfig::default() };
+        assert_eq!(
+            apply_console_settings(&rts_cts, &line).as_deref(),
+            Some("/tessera.cfg: console RTS/CTS on")
+        );
+        let none = CardConfig { uart_flow_control: Some(FlowControl::None), ..CardConfig::default() };
+        assert_eq!(
+            apply_console_settings(&none, &line).as_deref(),
+            Some("/tessera.cfg: uart_flow_control ignored: wired for RTS/CTS")
+        );
+        assert_eq!(*line.0.lock(), [FlowControl::RtsCts, FlowControl::None]);
+    }
 
     #[test]
     fn reads_the_budget_and_reports_the_rest() {

@@ -64,6 +64,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             let message = alloc::format!("{}: weights budget {} MiB", config::CONFIG_PATH, budget >> 20);
             self.say_line(&message);
         }
+        if let Some(message) = config::apply_console_settings(&card_config, self.console) {
+            self.say_line(&message);
+        }
         self.card_config = card_config;
     }
 

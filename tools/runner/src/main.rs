@@ -1,7 +1,7 @@
 //! `qemu-runner`: builds the QEMU system tests in `tests/`, boots each in QEMU under a time
 //! limit, and prints one line per test and a closing `N passed, M failed` line.
 
-use runner::{Session, make_image, objcopy_binary};
+use runner::{Patience, Session, make_image, objcopy_binary};
 use serde::Deserialize;
 use std::{
     collections::BTreeMap,
@@ -89,12 +89,13 @@ impl TestSpec {
 struct Step {
     /// Bytes to type (TOML escapes such as `\r` work).
     send: Option<String>,
-    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included),
-    /// then a line end.
+    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included, never
+    /// Ctrl-A: see `runner::noise`), then a line end. Sent after `send`.
     send_noise: Option<usize>,
     /// Text that must appear in the output after the previous step's match.
     wait_for: Option<String>,
-    /// Seconds to wait for `wait_for` (default 30).
+    /// Seconds `wait_for` may go without any console output (default 30); the step may take
+    /// ten times that in all while output keeps coming.
     timeout: Option<u64>,
     /// Look for `wait_for` anywhere in the output, not only after the previous match (for
     /// records of interleaved requests, whose order is not fixed).
@@ -265,8 +266,7 @@ fn run_test(
             break;
         }
         if let Some(count) = step.send_noise {
-            let mut random = kernel::rand::SplitMix64::new(count as u64);
-            let mut noise: Vec<u8> = (0..count).map(|_| random.next_u64() as u8).collect();
+            let mut noise = runner::noise(count, count as u64);
             noise.extend_from_slice(b"\r");
             if let Err(error) = session.send(&noise) {
                 script = Err(format!("step {}: {error}", index + 1));
@@ -275,7 +275,8 @@ fn run_test(
         }
         if let Some(text) = &step.wait_for {
             let from = if step.anywhere { 0 } else { cursor };
-            match session.wait_for(text, from, Duration::from_secs(step.timeout.unwrap_or(30))) {
+            let patience = Patience::quiet_for(Duration::from_secs(step.timeout.unwrap_or(30)));
+            match session.wait_for(text, from, patience) {
                 Ok(end) => cursor = cursor.max(end),
                 Err(error) => {
                     script = Err(format!("step {}: {error}", index + 1));
@@ -306,9 +307,9 @@ fn check_step_output(
     cursor: usize,
     readings: &mut BTreeMap<String, u64>,
 ) -> Result<(), String> {
-    let timeout = Duration::from_secs(step.timeout.unwrap_or(30));
+    let patience = Patience::quiet_for(Duration::from_secs(step.timeout.unwrap_or(30)));
     if let Some(range) = &step.final_records {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + patience.limit;
         loop {
             let output = session.output();
             let missing: Vec<u64> =
@@ -328,8 +329,8 @@ fn check_step_output(
     }
     if let (Some(unchanged), Some(text)) = (&step.unchanged, &step.wait_for) {
         let from = if step.anywhere { 0 } else { cursor };
-        let start = session.wait_for(text, from, timeout)? - text.len();
-        session.wait_for("\n", start, timeout)?;
+        let start = session.wait_for(text, from, patience)? - text.len();
+        session.wait_for("\n", start, patience)?;
         let output = session.output();
         let value = number_after(&output[start..], &unchanged.after)
             .ok_or_else(|| format!("no number after {:?} in the output", unchanged.after))?;
@@ -479,6 +480,8 @@ fn run() -> Result<bool, String> {
             qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
         let (result, script) = run_test(spec, &image, &qemu_args)?;
+        let log = image_directory.join(format!("{}.log", spec.name));
+        std::fs::write(&log, &result.output).map_err(|error| format!("{}: {error}", log.display()))?;
         let missing: Vec<&String> =
             spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
         let exits = kernel != KERNEL8;
@@ -523,13 +526,11 @@ fn run() -> Result<bool, String> {
             Err(reason) => {
                 failed += 1;
                 println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
-                println!("---- console output (last 40 lines) ----\n{}\n----", tail(&result.output, 40));
-                let log = root.join("build/qemu-logs").join(format!("{}.log", spec.name));
-                let saved = std::fs::create_dir_all(root.join("build/qemu-logs"))
-                    .and_then(|()| std::fs::write(&log, &result.output));
-                if saved.is_ok() {
-                    println!("the whole console output is in {}", log.display());
-                }
+                println!(
+                    "---- console output (last 40 lines; all of it in {}) ----\n{}\n----",
+                    log.display(),
+                    tail(&result.output, 40)
+                );
             }
         }
     }
