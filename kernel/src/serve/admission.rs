@@ -153,6 +153,12 @@ impl KvReservations {
         fits
     }
 
+    /// Changes the blocks in the cache (the KV cache's budget follows the arena). Lowering it
+    /// below what is reserved takes nothing back; new reservations wait until it fits.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     /// Gives back `blocks` reserved earlier.
     pub fn release(&mut self, blocks: usize) {
         self.reserved = self.reserved.saturating_sub(blocks);

@@ -10,13 +10,16 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    admission::{KvReservations, Pending, kv_blocks_needed},
+    admission::{KvReservations, MAX_RUNNING, Pending, kv_blocks_needed},
     chat::{ChatError, Finish, Generation, ModelView, Step},
     desk::ServingCpus,
     governor::step_traffic,
+    library::StagedLoad,
+    pressure::Relief,
     pressure::WeightsEvictor,
     protocol::{Event, Timings, Usage},
     reply::Origin,
+    retire::Retired,
     scheduler::{BatchRelief, Preemptor, Scheduled, SlotStep},
     server::{KV_BLOCK_TOKENS, KV_QUOTA_TOKENS, Server, Shared},
 };
@@ -24,19 +27,40 @@ use crate::{
     hil::BlockDevice,
     infer::State,
     mm::{
+        buffer::{BackedMemory, TensorBuffer},
         error::Bytes,
         kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
+        layout::SEGMENT,
         scope,
         tensor::{Pool, TensorKind},
     },
     model::Config,
-    telemetry::{self, EventKind, PressureLevel},
+    telemetry::{self, EventKind, PressureLevel, ShortName},
 };
 use alloc::{string::String, sync::Arc, vec::Vec};
 
-/// Arena memory the KV cache leaves for the activations (the batch's scratch and the
-/// requests' larger objects).
-pub const ACTIVATIONS_HEADROOM: u64 = 8 << 20;
+/// The weights rung of the pressure ladder: a staged model is dropped (the active one keeps
+/// serving), or replaced models no batch holds are freed at once.
+struct ModelEvictor<'s, 'a> {
+    memory: &'a BackedMemory,
+    staging: &'s mut Option<StagedLoad<'a>>,
+    retired: &'s mut Retired<TensorBuffer<'a>>,
+    /// The staged model dropped, if one was.
+    dropped: Option<String>,
+}
+
+impl WeightsEvictor for ModelEvictor<'_, '_> {
+    fn evict_unused(&mut self) -> u64 {
+        let held = || self.memory.memory().statistics(Pool::Weights).counters.reserved_bytes;
+        let before = held();
+        if let Some(staged) = self.staging.take() {
+            self.dropped = Some(String::from(staged.name()));
+        } else {
+            self.retired.release_unheld();
+        }
+        before.saturating_sub(held())
+    }
+}
 
 /// A running sequence of the batch: the request, its generation and its KV reservation.
 pub(super) struct Sequence<'w, 'f, 'p, 'm> {
@@ -140,7 +164,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// have the right shape (its budget brought up to date), else a new one.
     fn kv_pool_for(&mut self, view: &ModelView<'_>) -> Option<Arc<KvBlockPool<'a>>> {
         let block_floats = floats_per_block(KV_BLOCK_TOKENS, view.file.config().kv_dim());
-        let budget = blocks_in_region(self.kv_budget_bytes(), block_floats);
+        let budget = blocks_in_region(self.kv_budget_bytes(view.file.config()), block_floats);
         if let Some((_, pool)) = self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
             pool.set_limit(budget);
             return Some(Arc::clone(pool));
@@ -160,12 +184,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// The memory the KV cache may use now: what it holds, and the arena's free space less
-    /// [`ACTIVATIONS_HEADROOM`] for the batch's scratch. It grows into whatever the loaded
-    /// models leave free.
-    pub(super) fn kv_budget_bytes(&self) -> u64 {
+    /// The memory the KV cache may use now with a model of `config`: what it holds, and the
+    /// arena's free space less room for the batch's scratch (twice its size, in whole
+    /// segments). It grows into whatever the loaded models leave free.
+    pub(super) fn kv_budget_bytes(&self, config: &Config) -> u64 {
+        let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
+        let scratch = State::bytes_for(config, config.context_length.min(quota));
+        let headroom = (2 * scratch).div_ceil(SEGMENT).max(1) * SEGMENT;
         let arena = self.memory.memory().arena();
-        (arena.kv_cache + arena.free).saturating_sub(ACTIVATIONS_HEADROOM)
+        (arena.kv_cache + arena.free).saturating_sub(headroom)
     }
 
     /// A batch over `model`, with its scratch from the activations pool; `None` (the waiting
@@ -236,7 +263,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// so line-mode text never interleaves. Returns whether the batch has sequences to run.
     fn admit(&mut self, batch: &mut Batch<'_, 'a>) -> bool {
         let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, batch.model));
-        if same_model && !batch.preemptor.any_waiting(&batch.sequences) {
+        // While a staged model waits for room, the KV cache shrinks: nobody new joins.
+        let open = same_model && self.room_wanted.is_none() && batch.sequences.len() < MAX_RUNNING;
+        if open && !batch.preemptor.any_waiting(&batch.sequences) {
             let mut index = 0;
             while let Some(request) = self.pending.get(index) {
                 let human_busy =
@@ -246,6 +275,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     continue;
                 }
                 match self.admit_one(batch, index) {
+                    Admission::Admitted if batch.sequences.len() >= MAX_RUNNING => break,
                     Admission::Admitted | Admission::Refused => {}
                     Admission::Waits => break,
                 }
@@ -341,14 +371,78 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Fewer sequences per round while bandwidth stays high; then the memory-pressure manager.
+    /// The KV budget brought up to date with the arena; room made for a staged model that
+    /// waits for it; fewer sequences per round while bandwidth stays high; then the
+    /// memory-pressure manager, whose weights rung drops a staged model or frees a replaced
+    /// one before any request is refused.
     fn relieve_pressure(&mut self, batch: &mut Batch<'_, 'a>) {
+        if self.room_wanted.is_some() {
+            self.make_room(batch);
+        }
+        self.update_kv_budget(batch);
         batch.preemptor.set_batch_limit(self.governor.batch_limit(batch.sequences.len()));
-        let weights = self.weights_evictor.as_deref_mut().map(|evictor| evictor as &mut dyn WeightsEvictor);
-        let mut relief =
-            BatchRelief { preemptor: &mut batch.preemptor, sequences: &mut batch.sequences, weights };
-        for level in self.governor.relieve(&mut relief) {
+        // Models are dropped only for requests that would otherwise be refused.
+        let requests_wait = !self.pending.is_empty();
+        let mut evictor = ModelEvictor {
+            memory: self.memory,
+            staging: &mut self.staging,
+            retired: &mut self.retired,
+            dropped: None,
+        };
+        let mut relief = BatchRelief {
+            preemptor: &mut batch.preemptor,
+            sequences: &mut batch.sequences,
+            weights: requests_wait.then_some(&mut evictor as &mut dyn WeightsEvictor),
+        };
+        let levels = self.governor.relieve(&mut relief);
+        let dropped = evictor.dropped.take();
+        for level in levels {
             self.pressure_action(level);
+        }
+        if let Some(name) = dropped {
+            self.statistics.failed_loads += 1;
+            self.swap_gaps.clear();
+            telemetry::record(EventKind::LoadFailed { model: ShortName::new(&name) });
+            let message = alloc::format!(
+                "error: the background load of {name} was dropped: its memory is needed by the requests (try again when they finish)"
+            );
+            self.say_line(&message);
+        }
+    }
+
+    /// Sets the KV cache's budget to what the arena gives it now (only what it holds while a
+    /// staged model waits for room), with the admission limit and pressure thresholds to match.
+    fn update_kv_budget(&mut self, batch: &mut Batch<'_, 'a>) {
+        let blocks = if self.room_wanted.is_some() {
+            batch.pool.statistics().blocks_in_use
+        } else {
+            blocks_in_region(self.kv_budget_bytes(&batch.config), batch.pool.floats_per_block())
+        };
+        if blocks != batch.pool.limit_blocks() {
+            batch.pool.set_limit(blocks);
+            batch.reservations.set_limit(blocks);
+            let thresholds = self.governor.track_pool(blocks);
+            batch.preemptor.set_resume_limit(thresholds.preempt_blocks);
+        }
+    }
+
+    /// Makes room for the staged model that waits for it, mildest first: the prefix cache,
+    /// then the KV chunks and arena segments left free, and when that is not enough, one
+    /// running sequence preempted per round (it recomputes its K/V later). The load starts as
+    /// soon as it fits; if the last sequence holding KV memory is all that remains, it waits
+    /// for the batch to end.
+    fn make_room(&mut self, batch: &mut Batch<'_, 'a>) {
+        let Some(name) = self.room_wanted.clone() else { return };
+        batch.pool.drop_cached();
+        batch.pool.release_free_chunks();
+        self.memory.memory().reclaim_segments();
+        if scope::outside(|| self.stage(&name)).is_ok() {
+            return;
+        }
+        let mut relief =
+            BatchRelief { preemptor: &mut batch.preemptor, sequences: &mut batch.sequences, weights: None };
+        if relief.preempt_one() {
+            self.pressure_action(PressureLevel::Preempt);
         }
     }
 

@@ -17,6 +17,7 @@ use crate::{
     mm::{
         error::Bytes,
         kv::{KvBlockPool, PagedKv, floats_per_block},
+        layout::SEGMENT,
         scope,
         tensor::{Pool, TensorKind},
     },
@@ -89,7 +90,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     allocations: heap.allocations,
                     pool_metadata_bytes: heap.metadata_live_bytes,
                 };
-                let event = Event::Mem { ram_bytes: self.info.plan.ram, pools: &pools, heap };
+                let event = Event::Mem {
+                    ram_bytes: self.info.plan.ram,
+                    pools: &pools,
+                    heap,
+                    arena: self.arena_entry(),
+                };
                 self.reply(super::reply::Origin::Machine(id), &event);
             }
             Operation::Models => {
@@ -106,13 +112,44 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// `/mem`: the memory map, and the global heap.
+    /// The arena's figures: its free space, how far the KV cache may grow next to the loaded
+    /// models, and the largest model it can hold alone.
+    fn arena_entry(&self) -> protocol::ArenaEntry {
+        let arena = self.memory.memory().arena();
+        let set_aside = self.set_aside.as_ref().map_or(0, |handle| handle.size());
+        let capacity = arena.capacity - set_aside;
+        let kv_capacity = match self.model.as_ref().map(|model| model.view()) {
+            Some(Ok(view)) => self.kv_budget_bytes(view.file.config()),
+            _ => arena.kv_cache + arena.free,
+        };
+        protocol::ArenaEntry {
+            capacity_bytes: capacity,
+            free_bytes: arena.free,
+            largest_free_bytes: arena.largest_free,
+            kv_capacity_bytes: kv_capacity,
+            largest_model_bytes: capacity.saturating_sub(2 * SEGMENT),
+        }
+    }
+
+    /// `/mem`: the memory map, the LLM arena, and the global heap.
     fn memory_map(&self) {
+        let arena = self.arena_entry();
+        let shares = self.memory.memory().arena();
         let heap = self.telemetry.heap();
         let report = alloc::format!(
-            "{}heap         {} of {} live, peak {}; {} allocations since power-on\n\
+            "{}llm arena    {}: weights {}, KV cache {}, activations {}, free {} (largest block {}); \
+             the KV cache may grow to {}, a model alone may be {}\n\
+             heap         {} of {} live, peak {}; {} allocations since power-on\n\
              metadata     {} of {} live (the pools' own bookkeeping while serving)\n",
             self.memory.memory().report(),
+            Bytes(arena.capacity_bytes),
+            Bytes(shares.weights.saturating_sub(self.set_aside.as_ref().map_or(0, |handle| handle.size()))),
+            Bytes(shares.kv_cache),
+            Bytes(shares.activations),
+            Bytes(arena.free_bytes),
+            Bytes(arena.largest_free_bytes),
+            Bytes(arena.kv_capacity_bytes),
+            Bytes(arena.largest_model_bytes),
             Bytes(heap.live_bytes),
             Bytes(heap.capacity_bytes),
             Bytes(heap.peak_bytes),

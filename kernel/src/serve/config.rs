@@ -1,6 +1,7 @@
 //! `tessera.cfg`: a small `key = value` file at the root of the card that adjusts the kernel
-//! (lowering the weights budget, so two models need not fit; the KV quota of one request; the
-//! console UART's hardware flow control).
+//! (lowering the weights budget, so two models need not fit; limiting the LLM arena, as a
+//! smaller board would have it; the KV quota of one request; the console UART's hardware flow
+//! control).
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,9 @@ pub struct CardConfig {
     /// `uart_flow_control = rts_cts | none`: the console line's hardware flow control (none
     /// when absent).
     pub uart_flow_control: Option<FlowControl>,
+    /// `arena_limit_mib = N`: the most of the LLM arena to use, in bytes (the rest is set
+    /// aside at boot, as if the board had less RAM); the whole arena when absent.
+    pub arena_limit: Option<u64>,
 }
 
 /// Bounds of `kv_quota_tokens`.
@@ -62,6 +66,13 @@ pub fn parse(text: &str) -> (CardConfig, Vec<ConfigProblem>) {
                 Ok(mib) if (1..=1 << 20).contains(&mib) => config.weights_budget = Some(mib << 20),
                 _ => problems.push(problem(alloc::format!(
                     "weights_budget_mib must be a whole number of MiB from 1, got {:?}",
+                    value.trim()
+                ))),
+            },
+            "arena_limit_mib" => match value.trim().parse::<u64>() {
+                Ok(mib) if (8..=1 << 20).contains(&mib) => config.arena_limit = Some(mib << 20),
+                _ => problems.push(problem(alloc::format!(
+                    "arena_limit_mib must be a whole number of MiB from 8, got {:?}",
                     value.trim()
                 ))),
             },
@@ -165,6 +176,16 @@ mod tests {
             assert_eq!(config.kv_quota_tokens, None, "{bad}");
             assert_eq!(problems.len(), 1, "{bad}");
             assert!(problems[0].message.starts_with("kv_quota_tokens must be"), "{}", problems[0]);
+        }
+    }
+
+    #[test]
+    fn reads_the_arena_limit() {
+        assert_eq!(parse("arena_limit_mib = 24\n").0.arena_limit, Some(24 << 20));
+        for bad in ["arena_limit_mib = 4", "arena_limit_mib = half"] {
+            let (config, problems) = parse(bad);
+            assert_eq!(config.arena_limit, None, "{bad}");
+            assert!(problems[0].message.starts_with("arena_limit_mib must be"), "{}", problems[0]);
         }
     }
 

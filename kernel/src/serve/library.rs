@@ -78,6 +78,10 @@ pub fn list_models<D: BlockDevice>(volume: &mut Volume<D>) -> Result<Vec<ModelEn
         .collect())
 }
 
+/// The pool named in the error of a load refused by the weights budget of `tessera.cfg` (not
+/// by the memory itself).
+pub const WEIGHTS_BUDGET_POOL: &str = "weights budget (tessera.cfg)";
+
 /// A weights buffer of `size` bytes, within `budget` bytes of weights in all (`tessera.cfg`)
 /// when one is set. It goes to the end of the weights region away from the model being
 /// served ([`Placement::Apart`]), so after the swap the old model's memory and the rest of the
@@ -92,7 +96,7 @@ fn weights_buffer(
         let held = statistics.counters.reserved_bytes;
         if held + size > budget {
             let error = MemError::OutOfMemory {
-                pool: "weights budget (tessera.cfg)",
+                pool: WEIGHTS_BUDGET_POOL,
                 requested: size,
                 free: budget.saturating_sub(held),
                 largest_free: budget.saturating_sub(held),
@@ -100,9 +104,13 @@ fn weights_buffer(
             return Err(LibraryError::NoMemory { needed: size, error });
         }
     }
-    memory
-        .alloc_placed(0, size, TensorKind::Weights, Placement::Apart)
-        .map_err(|error| LibraryError::NoMemory { needed: size, error })
+    let placed = || memory.alloc_placed(0, size, TensorKind::Weights, Placement::Apart);
+    // Segments the KV cache and the activations hold but do not use go back to the arena.
+    let retry = |error| match error {
+        MemError::OutOfMemory { .. } if memory.memory().reclaim_segments() > 0 => placed(),
+        error => Err(error),
+    };
+    placed().or_else(retry).map_err(|error| LibraryError::NoMemory { needed: size, error })
 }
 
 /// Loads `/models/NAME` into a new weights buffer, reporting `progress(done, total)`, then

@@ -20,7 +20,6 @@ use super::{
     desk::{CancelRequest, ControlDesk, Input},
     governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH},
     library::StagedLoad,
-    pressure::WeightsEvictor,
     protocol::{self, Event, Operation, Timings, Usage},
     reply::{Replies, ReplyStatistics},
     retire::Retired,
@@ -29,7 +28,12 @@ use crate::{
     boot_info::BootInfo,
     fs::Volume,
     hil::{BlockDevice, BoardTelemetry, Clock, Console, Cpus},
-    mm::{buffer::BackedMemory, buffer::TensorBuffer, kv::KvBlockPool, scope, tensor::TensorKind},
+    mm::{
+        buffer::{BackedMemory, TensorBuffer},
+        kv::KvBlockPool,
+        scope,
+        tensor::{TensorHandle, TensorKind},
+    },
     telemetry::{self, EventKind, PressureLevel},
 };
 use alloc::{collections::VecDeque, string::String, sync::Arc, vec::Vec};
@@ -81,6 +85,10 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) desk: ControlDesk,
     pub(super) in_batch: bool,
     pub(super) staging: Option<StagedLoad<'a>>,
+    /// A model to stage once the KV cache has given back room for it.
+    pub(super) room_wanted: Option<String>,
+    /// The part of the arena `tessera.cfg`'s `arena_limit_mib` sets aside, held for good.
+    pub(super) set_aside: Option<TensorHandle>,
     pub(super) card_config: CardConfig,
     /// The KV block pool, kept across batches so cached prompt prefixes outlive requests, with
     /// the block size (in floats) it was made for.
@@ -97,8 +105,6 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) first_token_since_boot_ns: Option<u64>,
     /// Bandwidth, throttle and memory pressure (see [`Governor`]).
     pub(super) governor: Governor<'a>,
-    /// The hook that frees unused model weights under memory pressure, if one is set.
-    pub(super) weights_evictor: Option<alloc::boxed::Box<dyn WeightsEvictor + 'a>>,
     /// Models replaced by a swap, freed a piece at a time between tokens.
     pub(super) retired: Retired<TensorBuffer<'a>>,
     /// The renderer, with the requests owed an error record.
@@ -132,6 +138,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             desk: ControlDesk::new(),
             in_batch: false,
             staging: None,
+            room_wanted: None,
+            set_aside: None,
             card_config: CardConfig::default(),
             kv_pool: None,
             swap_gaps: Vec::new(),
@@ -139,15 +147,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             last_swap_pause_ns: None,
             first_token_since_boot_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
-            weights_evictor: None,
             retired: Retired::default(),
             replies: RefCell::new(Replies::new()),
         }
-    }
-
-    /// Sets the hook the memory-pressure manager calls to evict model weights nothing uses.
-    pub fn set_weights_evictor(&mut self, evictor: alloc::boxed::Box<dyn WeightsEvictor + 'a>) {
-        self.weights_evictor = Some(evictor);
     }
 
     /// Counts an action of the memory-pressure manager (`/stats`) and traces it (`/trace`).
@@ -217,7 +219,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         match name {
             // With answers streaming or waiting, the model loads between tokens.
             "load" if !argument.is_empty() && (self.in_batch || !self.pending.is_empty()) => {
-                scope::outside(|| self.stage(argument))
+                // A load that waits for room is retried between rounds (see `make_room`).
+                let _ = scope::outside(|| self.stage(argument));
             }
             "load" if !argument.is_empty() => scope::outside(|| self.load(argument)),
             "load" => self.say_line("usage: /load FILE (see /models)"),
@@ -348,6 +351,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.cancels.clear();
                 // No batch holds a replaced model any more.
                 self.retired.release_unheld();
+                // A load that waited for room gets it now, or fails for good.
+                if let Some(name) = self.room_wanted.take() {
+                    let _ = scope::outside(|| self.stage(&name));
+                }
             }
             // With nothing generating, a background load finishes at full speed.
             while self.staging.is_some() && self.pending.is_empty() {

@@ -32,6 +32,7 @@ const BULK_BYTES: usize = 32 << 20;
 /// The bytes of the fixture called `name`:
 /// - `tiny-q8.gguf`, `tiny-q4.gguf`: synthetic llama models (Q8_0 seed 7, Q4_1 seed 9);
 /// - `medium-a.gguf`, `medium-b.gguf`: larger synthetic Q8_0 models of about 1.5 MiB each;
+/// - `large-a.gguf`: a synthetic Q8_0 model of about 5.7 MiB;
 /// - `bulk-wrong-magic.gguf`: 32 MiB that are not a model (magic `FUGG`, zeros after): the
 ///   kernel reads all of it, seconds under QEMU without reading the console, then refuses it;
 /// - `truncated.gguf`, `wrong-magic.gguf`, `empty.gguf`, `offsets-past-end.gguf`,
@@ -44,6 +45,7 @@ pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
         "tiny-q4.gguf" => tiny(TensorType::Q4_1, 9),
         "medium-a.gguf" => synthetic(256, 512, TensorType::Q8_0, 11),
         "medium-b.gguf" => synthetic(256, 512, TensorType::Q8_0, 12),
+        "large-a.gguf" => synthetic(512, 1024, TensorType::Q8_0, 13),
         "bulk-wrong-magic.gguf" => {
             let mut bytes = vec![0u8; BULK_BYTES];
             bytes[..4].copy_from_slice(b"FUGG");
