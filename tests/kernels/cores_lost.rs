@@ -110,11 +110,13 @@ fn greedy_tokens(cpus: &dyn Cpus) -> Vec<u32> {
     let config = weights.config;
     let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).expect("KV");
     let mut session = Session::new(weights, kv);
-    let mut sampler = Sampler::new(SamplerConfig::default(), config.vocab_size);
+    let mut state = State::new(weights);
+    let mut sampler = Sampler::new(SamplerConfig::default());
     let mut generated = Vec::new();
     let steps = expected::GENERATED.len();
     if let Err(error) = session.generate(
         cpus,
+        &mut state,
         &expected::TOKENS[..4],
         &mut sampler,
         steps,
