@@ -13,7 +13,7 @@ use super::{
     admission::{KvReservations, Pending, kv_blocks_needed},
     chat::{ChatError, Finish, Generation, ModelView, Step},
     desk::ServingCpus,
-    governor::step_traffic,
+    governor::PassTraffic,
     pressure::WeightsEvictor,
     protocol::{Event, Timings, Usage},
     reply::Origin,
@@ -322,9 +322,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Fewer sequences per round while bandwidth stays high; then the memory-pressure manager.
+    /// The memory-pressure manager.
     fn relieve_pressure(&mut self, batch: &mut Batch<'_, 'a>) {
-        batch.preemptor.set_batch_limit(self.governor.batch_limit(batch.sequences.len()));
         let weights = self.weights_evictor.as_deref_mut().map(|evictor| evictor as &mut dyn WeightsEvictor);
         let mut relief =
             BatchRelief { preemptor: &mut batch.preemptor, sequences: &mut batch.sequences, weights };
@@ -348,14 +347,22 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Runs one step of the sequence in `slot` (unless it waits, preempted), counting the
-    /// bytes it moved and its first token.
+    /// Runs one step of the sequence in `slot` (unless it waits, preempted), within the
+    /// bandwidth cap, counting the bytes its forward pass moved and its first token.
     fn step_sequence(&mut self, batch: &mut Batch<'_, 'a>, slot: usize) -> Option<Result<Step, ChatError>> {
-        let was_prompt = batch.sequences[slot].generation.in_prompt();
+        let generation = &batch.sequences[slot].generation;
+        let (was_prompt, position_before) = (generation.in_prompt(), generation.position());
+        let traffic = PassTraffic::of(&batch.view.file.weights);
+        // Under a bandwidth cap the pass waits, the console served meanwhile, until the cap
+        // allows it (its position is at most the tokens it has).
+        while self.governor.must_wait(traffic.at(generation.history().len())) {
+            self.poll_console();
+        }
         // The console is served at every matmul checkpoint of this forward pass.
         let cpus =
             ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
         let preempted = batch.preemptor.statistics().preemptions;
+        let started = self.clock.ticks();
         let step = match batch.preemptor.step(&mut batch.sequences, slot, &cpus, &mut batch.scratch) {
             Ok(SlotStep::Waiting) => None,
             Ok(SlotStep::Ran(step)) => Some(Ok(step)),
@@ -367,14 +374,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
         let step = step?;
         let sequence = &mut batch.sequences[slot];
-        let position = sequence.generation.history().len();
-        let config = &batch.config;
-        self.governor.count_step(step_traffic(
-            batch.model.size() as u64,
-            config.layers,
-            config.kv_dim(),
-            position,
-        ));
+        // A step that ran a forward pass (not one that only finished) moved the position on.
+        let position = sequence.generation.position();
+        if position > position_before {
+            self.governor.count_pass(traffic.at(position - 1), started, self.clock.ticks());
+        }
         let now = self.clock.now_ns();
         if !was_prompt && sequence.first_token_ns.is_none() {
             sequence.first_token_ns = Some(now);

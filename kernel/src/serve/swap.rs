@@ -64,6 +64,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             let message = alloc::format!("{}: weights budget {} MiB", config::CONFIG_PATH, budget >> 20);
             self.say_line(&message);
         }
+        if let Some(cap) = card_config.bandwidth_cap_mbps {
+            self.governor.set_cap_megabytes(Some(cap));
+            self.say_line(&alloc::format!("{}: bandwidth cap {cap} MB/s", config::CONFIG_PATH));
+        }
         self.card_config = card_config;
     }
 
