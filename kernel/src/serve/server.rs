@@ -95,7 +95,7 @@ pub struct Server<'a, D: BlockDevice> {
     /// The board clock when the first token since power-on was generated (boot to first
     /// token: the generic timer starts at zero with the board).
     pub(super) first_token_since_boot_ns: Option<u64>,
-    /// Bandwidth, throttle and memory pressure (see [`Governor`]).
+    /// Bandwidth, its cap and memory pressure (see [`Governor`]).
     pub(super) governor: Governor<'a>,
     /// The hook that frees unused model weights under memory pressure, if one is set.
     pub(super) weights_evictor: Option<alloc::boxed::Box<dyn WeightsEvictor + 'a>>,
