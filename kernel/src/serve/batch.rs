@@ -350,12 +350,20 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// Runs one step of the sequence in `slot` (unless it waits, preempted), within the
     /// bandwidth cap, counting the bytes its forward pass moved and its first token.
     fn step_sequence(&mut self, batch: &mut Batch<'_, 'a>, slot: usize) -> Option<Result<Step, ChatError>> {
-        let generation = &batch.sequences[slot].generation;
-        let (was_prompt, position_before) = (generation.in_prompt(), generation.position());
         let traffic = PassTraffic::of(&batch.view.file.weights);
+        let sequence = &mut batch.sequences[slot];
+        let (was_prompt, position_before) = (sequence.generation.in_prompt(), sequence.generation.position());
         // Under a bandwidth cap the pass waits, the console served meanwhile, until the cap
-        // allows it (its position is at most the tokens it has).
-        while self.governor.must_wait(traffic.at(generation.history().len())) {
+        // allows it (its position is at most the tokens it has); a cancel noted meanwhile ends
+        // the sequence without it.
+        loop {
+            if self.cancels.contains(&sequence.request.origin) {
+                sequence.generation.cancel();
+                break;
+            }
+            if !self.governor.must_wait(traffic.at(sequence.generation.history().len())) {
+                break;
+            }
             self.poll_console();
         }
         // The console is served at every matmul checkpoint of this forward pass.
