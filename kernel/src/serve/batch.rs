@@ -13,7 +13,7 @@ use super::{
     admission::{KvReservations, MAX_RUNNING, Pending, kv_blocks_needed},
     chat::{ChatError, Finish, Generation, ModelView, Step},
     desk::ServingCpus,
-    governor::step_traffic,
+    governor::PassTraffic,
     library::StagedLoad,
     pressure::Relief,
     pressure::WeightsEvictor,
@@ -380,7 +380,6 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.make_room(batch);
         }
         self.update_kv_budget(batch);
-        batch.preemptor.set_batch_limit(self.governor.batch_limit(batch.sequences.len()));
         // Models are dropped only for requests that would otherwise be refused.
         let requests_wait = !self.pending.is_empty();
         let mut evictor = ModelEvictor {
@@ -410,14 +409,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Sets the KV cache's budget to what the arena gives it now (only what it holds while a
-    /// staged model waits for room), with the admission limit and pressure thresholds to match.
+    /// Sets the KV cache's budget to what the arena gives it now, with the admission limit and
+    /// pressure thresholds to match.
     fn update_kv_budget(&mut self, batch: &mut Batch<'_, 'a>) {
-        let blocks = if self.room_wanted.is_some() {
-            batch.pool.statistics().blocks_in_use
-        } else {
-            blocks_in_region(self.kv_budget_bytes(&batch.config), batch.pool.floats_per_block())
-        };
+        let blocks = blocks_in_region(self.kv_budget_bytes(&batch.config), batch.pool.floats_per_block());
         if blocks != batch.pool.limit_blocks() {
             batch.pool.set_limit(blocks);
             batch.reservations.set_limit(blocks);
@@ -428,9 +423,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
 
     /// Makes room for the staged model that waits for it, mildest first: the prefix cache,
     /// then the KV chunks and arena segments left free, and when that is not enough, one
-    /// running sequence preempted per round (it recomputes its K/V later). The load starts as
-    /// soon as it fits; if the last sequence holding KV memory is all that remains, it waits
-    /// for the batch to end.
+    /// running sequence preempted per round (it recomputes its K/V later; no request joins
+    /// meanwhile). The load starts as soon as it fits; if the last sequence holding KV memory
+    /// is all that stands in its way, it starts when the batch ends.
     fn make_room(&mut self, batch: &mut Batch<'_, 'a>) {
         let Some(name) = self.room_wanted.clone() else { return };
         batch.pool.drop_cached();
@@ -461,14 +456,30 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Runs one step of the sequence in `slot` (unless it waits, preempted), counting the
-    /// bytes it moved and its first token.
+    /// Runs one step of the sequence in `slot` (unless it waits, preempted), within the
+    /// bandwidth cap, counting the bytes its forward pass moved and its first token.
     fn step_sequence(&mut self, batch: &mut Batch<'_, 'a>, slot: usize) -> Option<Result<Step, ChatError>> {
-        let was_prompt = batch.sequences[slot].generation.in_prompt();
+        let traffic = PassTraffic::of(&batch.view.file.weights);
+        let sequence = &mut batch.sequences[slot];
+        let (was_prompt, position_before) = (sequence.generation.in_prompt(), sequence.generation.position());
+        // Under a bandwidth cap the pass waits, the console served meanwhile, until the cap
+        // allows it (its position is at most the tokens it has); a cancel noted meanwhile ends
+        // the sequence without it.
+        loop {
+            if self.cancels.contains(&sequence.request.origin) {
+                sequence.generation.cancel();
+                break;
+            }
+            if !self.governor.must_wait(traffic.at(sequence.generation.history().len())) {
+                break;
+            }
+            self.poll_console();
+        }
         // The console is served at every matmul checkpoint of this forward pass.
         let cpus =
             ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
         let preempted = batch.preemptor.statistics().preemptions;
+        let started = self.clock.ticks();
         let step = match batch.preemptor.step(&mut batch.sequences, slot, &cpus, &mut batch.scratch) {
             Ok(SlotStep::Waiting) => None,
             Ok(SlotStep::Ran(step)) => Some(Ok(step)),
@@ -480,14 +491,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
         let step = step?;
         let sequence = &mut batch.sequences[slot];
-        let position = sequence.generation.history().len();
-        let config = &batch.config;
-        self.governor.count_step(step_traffic(
-            batch.model.size() as u64,
-            config.layers,
-            config.kv_dim(),
-            position,
-        ));
+        // A step that ran a forward pass (not one that only finished) moved the position on.
+        let position = sequence.generation.position();
+        if position > position_before {
+            self.governor.count_pass(traffic.at(position - 1), started, self.clock.ticks());
+        }
         let now = self.clock.now_ns();
         if !was_prompt && sequence.first_token_ns.is_none() {
             sequence.first_token_ns = Some(now);

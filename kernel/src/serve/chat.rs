@@ -350,6 +350,11 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         self.preempted
     }
 
+    /// Positions whose K/V the store holds: the position of the next forward pass.
+    pub fn position(&self) -> usize {
+        self.session.position()
+    }
+
     /// Whether the sequence has K/V to recompute before it can go on (it was preempted).
     pub fn recomputing(&self) -> bool {
         self.session.position() < self.history.len()

@@ -7,6 +7,7 @@
 
 use super::{
     chat::{Generation, GenerationSettings, Step},
+    config::parse_bandwidth_cap,
     desk::ServingCpus,
     library::list_models,
     protocol::{self, Event, Operation},
@@ -21,7 +22,7 @@ use crate::{
         scope,
         tensor::{Pool, TensorKind},
     },
-    telemetry::{ByteRate, TRACE},
+    telemetry::TRACE,
 };
 use alloc::{
     string::{String, ToString},
@@ -37,7 +38,7 @@ Type a message and press Enter to chat with the active model. Commands:
   /stats                tokens/s, turns, interrupts, errors
   /mem                  memory map with pool usage, and the global heap
   /trace                recent events: loads, swaps, requests, slow commands
-  /set NAME VALUE       temperature, top_p, seed or max_tokens
+  /set NAME VALUE       temperature, top_p, seed, max_tokens, or bandwidth_cap MB/s (0 or off: none)
   /reset                generation settings back to their defaults
   /bench                decode speed of the active model on one core and on all cores
   /cancel               (while an answer streams) stop it
@@ -300,6 +301,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 .ok()
                 .filter(|v| (1..=4096).contains(v))
                 .map(|v| settings.max_tokens = v),
+            "bandwidth_cap" => parse_bandwidth_cap(value).map(|cap| self.governor.set_cap_megabytes(cap)),
             _ => None,
         };
         let message = match outcome {
@@ -307,7 +309,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             None => {
                 self.statistics.rejected_lines += 1;
                 alloc::format!(
-                    "error: /set takes temperature 0-5, top_p (0,1], seed N or max_tokens 1-4096; got {argument:?}"
+                    "error: /set takes temperature 0-5, top_p (0,1], seed N, max_tokens 1-4096 or bandwidth_cap MBPS (0 or off: none); got {argument:?}"
                 )
             }
         };
@@ -381,14 +383,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             counters.deadline_ns / 1_000_000,
             alloc::format!("{counters}").replace('\n', "\r\n"),
         );
-        let memory = self.governor.statistics();
-        let _ = write!(
-            text,
-            "bandwidth    {} now, {} peak (estimated per forward pass); batch halved {}x\r\n",
-            ByteRate(memory.current_bandwidth),
-            ByteRate(memory.peak_bandwidth),
-            memory.throttle_level,
-        );
+        let bandwidth = alloc::format!("{}", self.governor.statistics().bandwidth);
+        text.push_str(&bandwidth.replace('\n', "\r\n"));
         text
     }
 }

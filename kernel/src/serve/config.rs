@@ -1,7 +1,7 @@
 //! `tessera.cfg`: a small `key = value` file at the root of the card that adjusts the kernel
 //! (lowering the weights budget, so two models need not fit; limiting the LLM arena, as a
 //! smaller board would have it; the KV quota of one request; the console UART's hardware flow
-//! control).
+//! control; a memory-bandwidth cap).
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,22 @@ pub struct CardConfig {
     /// `arena_limit_mib = N`: the most of the LLM arena to use, in bytes (the rest is set
     /// aside at boot, as if the board had less RAM); the whole arena when absent.
     pub arena_limit: Option<u64>,
+    /// The most MB/s (10^6 bytes per second) forward passes may move, sustained
+    /// (`bandwidth_cap_mbps`; no cap when absent, 0 or `off`).
+    pub bandwidth_cap_mbps: Option<u64>,
+}
+
+/// Bounds of a bandwidth cap in MB/s.
+pub const BANDWIDTH_CAP_RANGE: core::ops::RangeInclusive<u64> = 1..=1_000_000;
+
+/// Reads a bandwidth cap in MB/s, as `tessera.cfg` and `/set bandwidth_cap` take it:
+/// `Some(None)` for `0` or `off` (no cap), `Some(Some(n))` for a whole number in
+/// [`BANDWIDTH_CAP_RANGE`], `None` for anything else.
+pub fn parse_bandwidth_cap(text: &str) -> Option<Option<u64>> {
+    match text.trim() {
+        "off" | "0" => Some(None),
+        number => number.parse::<u64>().ok().filter(|cap| BANDWIDTH_CAP_RANGE.contains(cap)).map(Some),
+    }
 }
 
 /// Bounds of `kv_quota_tokens`.
@@ -90,6 +106,14 @@ pub fn parse(text: &str) -> (CardConfig, Vec<ConfigProblem>) {
                 "none" => config.uart_flow_control = Some(FlowControl::None),
                 other => problems.push(problem(alloc::format!(
                     "uart_flow_control must be rts_cts or none, got {other:?}"
+                ))),
+            },
+            "bandwidth_cap_mbps" => match parse_bandwidth_cap(value) {
+                Some(cap) => config.bandwidth_cap_mbps = cap,
+                None => problems.push(problem(alloc::format!(
+                    "bandwidth_cap_mbps must be a whole number of MB/s from 1 to {} (0 or off: no cap), got {:?}",
+                    BANDWIDTH_CAP_RANGE.end(),
+                    value.trim()
                 ))),
             },
             other => problems.push(problem(alloc::format!("unknown key {other:?}"))),
@@ -187,6 +211,23 @@ mod tests {
             assert_eq!(config.arena_limit, None, "{bad}");
             assert!(problems[0].message.starts_with("arena_limit_mib must be"), "{}", problems[0]);
         }
+    }
+
+    #[test]
+    fn reads_the_bandwidth_cap() {
+        assert_eq!(parse("bandwidth_cap_mbps = 250\n").0.bandwidth_cap_mbps, Some(250));
+        for off in ["bandwidth_cap_mbps = 0", "bandwidth_cap_mbps = off"] {
+            let (config, problems) = parse(off);
+            assert_eq!((config.bandwidth_cap_mbps, problems.len()), (None, 0), "{off}");
+        }
+        for bad in ["bandwidth_cap_mbps = fast", "bandwidth_cap_mbps = -5", "bandwidth_cap_mbps = 1000001"] {
+            let (config, problems) = parse(bad);
+            assert_eq!(config.bandwidth_cap_mbps, None, "{bad}");
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert!(problems[0].message.starts_with("bandwidth_cap_mbps must be"), "{}", problems[0]);
+        }
+        assert_eq!(parse_bandwidth_cap(" 12 "), Some(Some(12)));
+        assert_eq!(parse_bandwidth_cap(""), None);
     }
 
     proptest! {

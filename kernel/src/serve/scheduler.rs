@@ -17,6 +17,14 @@
 //! its prompt and the tokens it already produced (steps that produce no text), and it goes on
 //! where it stopped. The forward pass is deterministic, so its tokens are the same as without
 //! the preemption.
+//!
+//! Before preempting, the memory-pressure manager compresses waiting sequences' K/V to int8
+//! ([`Preemptor::compress_waiting`]): the sequences the batch limit keeps out of the round,
+//! then, while the KV cache stays over the manager's threshold, the lowest-ranked running
+//! ones, never the highest-ranked. A sequence compressed that way waits (its blocks packed four
+//! into one) until decompressing it keeps the blocks held under the threshold, or until no
+//! sequence ranks above it; its next step then decompresses it (values within half an int8
+//! step, so its later tokens may differ slightly) and it goes on.
 
 #![forbid(unsafe_code)]
 
@@ -72,6 +80,24 @@ pub struct Preemptor<'pool, 'memory> {
     batch_limit: usize,
     /// Most blocks held after a preempted sequence resumes (unless nothing else holds any).
     resume_limit: usize,
+    /// Blocks held under which a sequence compressed under memory pressure may decompress
+    /// (unless no sequence ranks above it).
+    decompress_limit: usize,
+}
+
+/// A sequence's rank: its priority, then its slot (lower runs first).
+type Rank = (u64, usize);
+
+fn rank_of<'w, 'f: 'w, 'p, 'm: 'p, S: Scheduled<'w, 'f, 'p, 'm>>(sequences: &[S], slot: usize) -> Rank {
+    (sequences[slot].priority(), slot)
+}
+
+/// The rank of the first sequence in line: the highest-ranked one not preempted.
+fn first_in_line<'w, 'f: 'w, 'p, 'm: 'p, S: Scheduled<'w, 'f, 'p, 'm>>(sequences: &[S]) -> Option<Rank> {
+    (0..sequences.len())
+        .filter(|&slot| !sequences[slot].generation().is_preempted())
+        .map(|slot| rank_of(sequences, slot))
+        .min()
 }
 
 impl<'pool, 'memory> Preemptor<'pool, 'memory> {
@@ -85,11 +111,13 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
             statistics: PreemptionStatistics::default(),
             batch_limit: usize::MAX,
             resume_limit,
+            decompress_limit: resume_limit,
         }
     }
 
     /// Runs at most `limit` sequences per round (at least one): the highest-ranked of those
-    /// not preempted; the others wait, inactive (the bandwidth throttle's hook).
+    /// not preempted; the others wait, inactive (a hook for scheduling policies: the server runs
+    /// every sequence each round and paces passes by bandwidth instead).
     pub fn set_batch_limit(&mut self, limit: usize) {
         self.batch_limit = limit.max(1);
     }
@@ -106,23 +134,50 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         self.resume_limit = blocks;
     }
 
-    /// Whether `sequences[slot]` is inactive: not preempted, but ranked past the batch limit.
+    /// Whether `sequences[slot]` is inactive: not preempted, but ranked past the batch limit
+    /// (counting only the sequences ahead of it that may run: neither preempted nor waiting
+    /// compressed).
     pub fn is_inactive<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
         &self,
         sequences: &[S],
         slot: usize,
     ) -> bool {
-        let sequence = &sequences[slot];
-        if sequence.generation().is_preempted() {
+        if sequences[slot].generation().is_preempted() {
             return false;
         }
-        let key = (sequence.priority(), slot);
-        let ahead = sequences
-            .iter()
-            .enumerate()
-            .filter(|&(index, other)| !other.generation().is_preempted() && (other.priority(), index) < key)
+        let first = first_in_line(sequences);
+        let key = rank_of(sequences, slot);
+        let ahead = (0..sequences.len())
+            .filter(|&index| {
+                !sequences[index].generation().is_preempted()
+                    && rank_of(sequences, index) < key
+                    && !self.waits_compressed(sequences, index, first)
+            })
             .count();
         ahead >= self.batch_limit
+    }
+
+    /// Whether `sequences[slot]` waits compressed: its K/V is in int8, decompressing it now
+    /// would bring the blocks held to the limit it was compressed for, and it is not the first
+    /// in line (`first`), which always runs.
+    fn waits_compressed<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &self,
+        sequences: &[S],
+        slot: usize,
+        first: Option<Rank>,
+    ) -> bool {
+        let generation = sequences[slot].generation();
+        if !generation.kv().is_compressed()
+            || generation.is_preempted()
+            || first == Some(rank_of(sequences, slot))
+        {
+            return false;
+        }
+        let kv = generation.kv();
+        let extra = kv.blocks_for(generation.positions_needed()).saturating_sub(kv.blocks_held());
+        let available = self.pool.available_blocks();
+        let held = self.pool.limit_blocks().saturating_sub(available);
+        available < extra || held + extra >= self.decompress_limit
     }
 
     /// Counts so far.
@@ -145,11 +200,17 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         cpus: &dyn Cpus,
         state: &mut State,
     ) -> Result<SlotStep, ChatError> {
-        if self.is_inactive(sequences, slot) {
+        let first = first_in_line(sequences);
+        if self.is_inactive(sequences, slot) || self.waits_compressed(sequences, slot, first) {
             return Ok(SlotStep::Waiting);
         }
         if sequences[slot].generation().is_preempted() {
-            let running = sequences.iter().filter(|sequence| !sequence.generation().is_preempted()).count();
+            let running = (0..sequences.len())
+                .filter(|&index| {
+                    !sequences[index].generation().is_preempted()
+                        && !self.waits_compressed(sequences, index, first)
+                })
+                .count();
             if running >= self.batch_limit || !self.may_resume(sequences, slot) {
                 return Ok(SlotStep::Waiting);
             }
@@ -276,17 +337,38 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         true
     }
 
-    /// Compresses the KV of inactive sequences to int8; returns the blocks freed.
-    pub fn compress_inactive<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+    /// Compresses the KV of waiting sequences to int8 (the pressure manager's second action)
+    /// and returns the blocks freed: every sequence the batch limit keeps out of the round,
+    /// then, lowest-ranked first, running ones (never the first in line) while the blocks held
+    /// and cached stay at or over `target_blocks`. Those wait compressed until decompressing
+    /// them keeps the blocks held under `target_blocks` (see the module).
+    pub fn compress_waiting<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
         &mut self,
         sequences: &mut [S],
+        target_blocks: usize,
     ) -> usize {
-        let mut freed = 0;
-        for slot in 0..sequences.len() {
-            if self.is_inactive(sequences, slot) {
-                // A failure leaves the sequence as it was (uncompressed).
-                freed += sequences[slot].generation_mut().kv_mut().compress().unwrap_or(0);
+        self.decompress_limit = target_blocks;
+        let inactive: alloc::vec::Vec<usize> =
+            (0..sequences.len()).filter(|&slot| self.is_inactive(sequences, slot)).collect();
+        // A failure leaves the sequence as it was (uncompressed).
+        let compress = |sequence: &mut S| sequence.generation_mut().kv_mut().compress().unwrap_or(0);
+        let mut freed: usize = inactive.iter().map(|&slot| compress(&mut sequences[slot])).sum();
+        let first = first_in_line(sequences);
+        let mut running: alloc::vec::Vec<usize> = (0..sequences.len())
+            .filter(|&slot| {
+                let generation = sequences[slot].generation();
+                !generation.is_preempted()
+                    && !generation.kv().is_compressed()
+                    && first != Some(rank_of(sequences, slot))
+            })
+            .collect();
+        running.sort_by_key(|&slot| core::cmp::Reverse(rank_of(sequences, slot)));
+        for slot in running {
+            let statistics = self.pool.statistics();
+            if statistics.blocks_in_use + statistics.blocks_cached < target_blocks {
+                break;
             }
+            freed += compress(&mut sequences[slot]);
         }
         freed
     }
@@ -318,8 +400,8 @@ impl<'w, 'f: 'w, 'pool, 'memory, S: Scheduled<'w, 'f, 'pool, 'memory>> Relief
         self.preemptor.pool.drop_cached()
     }
 
-    fn compress_inactive(&mut self) -> usize {
-        self.preemptor.compress_inactive(self.sequences)
+    fn compress_waiting(&mut self, target_blocks: usize) -> usize {
+        self.preemptor.compress_waiting(self.sequences, target_blocks)
     }
 
     fn preempt_one(&mut self) -> bool {

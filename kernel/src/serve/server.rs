@@ -103,7 +103,7 @@ pub struct Server<'a, D: BlockDevice> {
     /// The board clock when the first token since power-on was generated (boot to first
     /// token: the generic timer starts at zero with the board).
     pub(super) first_token_since_boot_ns: Option<u64>,
-    /// Bandwidth, throttle and memory pressure (see [`Governor`]).
+    /// Bandwidth, its cap and memory pressure (see [`Governor`]).
     pub(super) governor: Governor<'a>,
     /// Models replaced by a swap, freed a piece at a time between tokens.
     pub(super) retired: Retired<TensorBuffer<'a>>,

@@ -72,6 +72,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         if let Some(limit) = card_config.arena_limit {
             self.limit_arena(limit);
         }
+        if let Some(cap) = card_config.bandwidth_cap_mbps {
+            self.governor.set_cap_megabytes(Some(cap));
+            self.say_line(&alloc::format!("{}: bandwidth cap {cap} MB/s", config::CONFIG_PATH));
+        }
         self.card_config = card_config;
     }
 

@@ -97,6 +97,8 @@ struct Step {
     /// Seconds `wait_for` may go without any console output (default 30); the step may take
     /// ten times that in all while output keeps coming.
     timeout: Option<u64>,
+    /// Wait for `wait_for` this many times, one after another (default once).
+    times: Option<usize>,
     /// Look for `wait_for` anywhere in the output, not only after the previous match (for
     /// records of interleaved requests, whose order is not fixed).
     #[serde(default)]
@@ -110,6 +112,20 @@ struct Step {
     /// Read a number from the output after this step's match and require it to be the same as
     /// every earlier reading of the same name.
     unchanged: Option<Unchanged>,
+    /// Read a decimal number from the output after this step's match and require it to lie
+    /// within bounds.
+    bound: Option<Bound>,
+}
+
+/// A decimal number that must lie within `at_least..=at_most`: found after each of the
+/// `after` markers in turn.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bound {
+    name: String,
+    after: Vec<String>,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
 }
 
 /// Numbered copies of one line.
@@ -145,6 +161,17 @@ fn number_after(text: &str, markers: &[String]) -> Option<u64> {
     }
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// The decimal number (digits and a point) that follows the `markers`, in order, in `text`.
+fn decimal_after(text: &str, markers: &[String]) -> Option<f64> {
+    let mut rest = text;
+    for marker in markers {
+        rest = &rest[rest.find(marker.as_str())? + marker.len()..];
+    }
+    let number: String =
+        rest.chars().take_while(|character| character.is_ascii_digit() || *character == '.').collect();
+    number.parse().ok()
 }
 
 /// Whether request `id` has a final record in `output`.
@@ -274,14 +301,22 @@ fn run_test(
             }
         }
         if let Some(text) = &step.wait_for {
-            let from = if step.anywhere { 0 } else { cursor };
             let patience = Patience::quiet_for(Duration::from_secs(step.timeout.unwrap_or(30)));
-            match session.wait_for(text, from, patience) {
-                Ok(end) => cursor = cursor.max(end),
-                Err(error) => {
-                    script = Err(format!("step {}: {error}", index + 1));
-                    break;
+            let mut from = if step.anywhere { 0 } else { cursor };
+            for _ in 0..step.times.unwrap_or(1) {
+                match session.wait_for(text, from, patience) {
+                    Ok(end) => {
+                        cursor = cursor.max(end);
+                        from = end;
+                    }
+                    Err(error) => {
+                        script = Err(format!("step {}: {error}", index + 1));
+                        break;
+                    }
                 }
+            }
+            if script.is_err() {
+                break;
             }
         }
         if let Err(error) = check_step_output(&mut session, step, previous, &mut readings) {
@@ -299,8 +334,8 @@ fn run_test(
 }
 
 /// The checks of a step on the output as a whole, after its send and wait: `final_records`,
-/// and `unchanged` (on the output from `cursor`, the match before this step's; it waits for
-/// the end of the line its number is on).
+/// `unchanged` and `bound` (on the output from `cursor`, the match before this step's; each
+/// waits for the end of the line its number is on).
 fn check_step_output(
     session: &mut Session,
     step: &Step,
@@ -327,12 +362,10 @@ fn check_step_output(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    let from = if step.anywhere { 0 } else { cursor };
     if let (Some(unchanged), Some(text)) = (&step.unchanged, &step.wait_for) {
-        let from = if step.anywhere { 0 } else { cursor };
-        let start = session.wait_for(text, from, patience)? - text.len();
-        session.wait_for("\n", start, patience)?;
-        let output = session.output();
-        let value = number_after(&output[start..], &unchanged.after)
+        let matched = matched_line(session, text, from, patience)?;
+        let value = number_after(&matched, &unchanged.after)
             .ok_or_else(|| format!("no number after {:?} in the output", unchanged.after))?;
         match readings.insert(unchanged.name.clone(), value) {
             Some(earlier) if earlier != value => {
@@ -341,7 +374,31 @@ fn check_step_output(
             _ => println!("    {} = {value}", unchanged.name),
         }
     }
+    if let (Some(bound), Some(text)) = (&step.bound, &step.wait_for) {
+        let matched = matched_line(session, text, from, patience)?;
+        let value = decimal_after(&matched, &bound.after)
+            .ok_or_else(|| format!("no number after {:?} in the output", bound.after))?;
+        let low = bound.at_least.unwrap_or(f64::NEG_INFINITY);
+        let high = bound.at_most.unwrap_or(f64::INFINITY);
+        if !(low..=high).contains(&value) {
+            return Err(format!("{} is {value}, outside {low}..={high}", bound.name));
+        }
+        println!("    {} = {value} (within {low}..={high})", bound.name);
+    }
     Ok(())
+}
+
+/// The output from the first match of `text` at or after `from` to the end of the line it is
+/// on (waiting for that line to end).
+fn matched_line(
+    session: &mut Session,
+    text: &str,
+    from: usize,
+    patience: Patience,
+) -> Result<String, String> {
+    let start = session.wait_for(text, from, patience)? - text.len();
+    let end = session.wait_for("\n", start, patience)?;
+    Ok(session.output()[start..end].to_string())
 }
 
 /// Writes a FAT32 SD image with `kernel` and `models`, as `make sdcard` does.
@@ -546,5 +603,22 @@ fn main() -> ExitCode {
             eprintln!("qemu-runner: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decimal_is_read_after_its_markers() {
+        let line = "bandwidth    now 26.5 MB/s (23.9 MB/s read), sustained 19.3 MB/s over 320.0 ms";
+        let after = |markers: &[&str]| {
+            decimal_after(line, &markers.iter().map(|marker| marker.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(after(&["sustained "]), Some(19.3));
+        assert_eq!(after(&["now "]), Some(26.5));
+        assert_eq!(after(&["(", "), "]), None, "no number right after the last marker");
+        assert_eq!(after(&["missing"]), None);
     }
 }
