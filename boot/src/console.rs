@@ -1,7 +1,7 @@
 //! The boot console: PL011 UART0 on GPIO 14/15, shared by every core, and `print!`; and the
 //! GPIO controller that routes its pins. Once interrupt-driven, receive has flow control: when
 //! the receive ring is full the bytes stay in the UART, whose receive interrupts are masked
-//! until the console loop has made room (`kernel::serve::ring::ReceiveFlow`).
+//! until the console loop has made room (`kernel::console::ring::ReceiveFlow`).
 
 use bsp::{
     arch::aarch64::{cpu, timer::GenericTimer},
@@ -13,12 +13,12 @@ use bsp::{
 };
 use core::sync::atomic::AtomicU8;
 use kernel::{
-    hil::{Clock, Console, ConsoleTraffic, FlowControl},
-    mm::{MemError, buffer::BackedMemory, tensor::TensorKind},
-    serve::{
+    console::{
         ring::{ByteRing, Flow, ReceiveFlow},
         transmit::TransmitQueue,
     },
+    hil::{Clock, Console, ConsoleTraffic, FlowControl},
+    mm::{MemError, buffer::BackedMemory, tensor::TensorKind},
 };
 
 // SAFETY: the addresses are the BCM2837's GPIO and UART0 blocks, mapped as device memory from
@@ -53,13 +53,13 @@ pub fn uart() -> &'static Pl011Uart {
 }
 
 /// Bytes of protocol-pool memory for the receive ring (the protocol reserve counts it).
-const RECEIVE_RING_BYTES: u64 = kernel::serve::CONSOLE_RING_BYTES;
+const RECEIVE_RING_BYTES: u64 = kernel::console::CONSOLE_RING_BYTES;
 /// Room the console loop makes in a full receive ring before the UART's receive interrupts are
 /// unmasked again (a quarter of the ring: a held-back sender resumes in bursts, not a byte at
 /// a time).
 const RECEIVE_RESUME_ROOM: usize = RECEIVE_RING_BYTES as usize / 4;
 /// Bytes of protocol-pool memory for the transmit ring (the protocol reserve counts it).
-const TRANSMIT_RING_BYTES: u64 = kernel::serve::CONSOLE_RING_BYTES;
+const TRANSMIT_RING_BYTES: u64 = kernel::console::CONSOLE_RING_BYTES;
 
 /// The console once it is interrupt-driven: reads come from the ring the receive interrupt
 /// fills (with flow control); writes go into a transmit ring that the transmit interrupt

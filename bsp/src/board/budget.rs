@@ -76,7 +76,7 @@ const fn row(name: &'static str, ram_mib: u64, system_mib: u64) -> BudgetRow {
 }
 
 // The protocol reserve, sized from its need, is a few MiB (it was 120 MiB of 960).
-const _: () = assert!(PROTOCOL_RESERVE_BYTES > 4 * 2 * kernel::serve::CONSOLE_RING_BYTES);
+const _: () = assert!(PROTOCOL_RESERVE_BYTES > 4 * 2 * kernel::console::CONSOLE_RING_BYTES);
 const _: () = assert!(PROTOCOL_RESERVE_BYTES < 8 * MIB);
 
 /// The budget table: the system share per board class.

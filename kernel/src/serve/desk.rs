@@ -11,10 +11,10 @@
 
 use super::{
     MAX_LINE,
-    line::{LineError, LineEvent, LineReader},
     protocol::{self, Event},
 };
 use crate::{
+    console::line::{LineError, LineEvent, LineReader},
     hil::{Clock, Console, Cpus},
     mm::{scope, tensor::TensorKind},
     telemetry::{Counters, ShortName},

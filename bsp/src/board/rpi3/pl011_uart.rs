@@ -2,13 +2,13 @@
 //!
 //! Implements [`kernel::hil::Console`]. Interrupt-driven receive ([`Pl011Uart::receive_byte`],
 //! [`Pl011Uart::set_receive_interrupts`]) and transmit ([`Pl011Transmitter`], driven by
-//! [`kernel::serve::transmit::TransmitQueue`]) build on the same registers. The interrupt mask
+//! [`kernel::console::transmit::TransmitQueue`]) build on the same registers. The interrupt mask
 //! is shared by both, from any core and from the interrupt handler, so it is only written
 //! through [`InterruptMask`].
 
 use crate::mmio::Mmio;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use kernel::{hil::Console, serve::transmit::TransmitFifo};
+use kernel::hil::{Console, TransmitFifo};
 use spin::Mutex;
 use tock_registers::{
     interfaces::{Readable, Writeable},
