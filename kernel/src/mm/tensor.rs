@@ -275,14 +275,14 @@ impl NodePools {
     /// Lock order: the buddy, then the arena.
     fn buddy_alloc(&self, buddy: &spin::Mutex<BuddyAllocator>, size: u64) -> Result<u64, MemError> {
         let mut buddy = buddy.lock();
-        match buddy.alloc(size) {
-            Err(MemError::OutOfMemory { .. }) => {
-                let segment = self.arena.lock().alloc_at(SEGMENT, SEGMENT, Placement::High)?;
-                buddy.donate(segment)?;
-                buddy.alloc(size)
-            }
-            other => other,
+        // Borrow first when no free block is large enough, so only a real failure is counted.
+        if buddy.largest_free() < size.max(PAGE).next_power_of_two()
+            && size <= SEGMENT
+            && let Ok(segment) = self.arena.lock().alloc_at(SEGMENT, SEGMENT, Placement::High)
+        {
+            buddy.donate(segment)?;
         }
+        buddy.alloc(size)
     }
 
     /// Gives the arena back every wholly free segment of the KV-cache and activations
