@@ -465,14 +465,22 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn run() -> Result<bool, String> {
-    let Some(options) = parse_options()? else { return Ok(true) };
-    let root = workspace_root();
+/// Reads and parses `tests/qemu-tests.toml` under `root`; returns it with its path.
+fn read_manifest(root: &Path) -> Result<(Manifest, PathBuf), String> {
     let manifest_path = root.join("tests/qemu-tests.toml");
     let manifest_text = std::fs::read_to_string(&manifest_path)
         .map_err(|error| format!("cannot read {}: {error}", manifest_path.display()))?;
     let manifest: Manifest =
         toml::from_str(&manifest_text).map_err(|error| format!("{}: {error}", manifest_path.display()))?;
+    Ok((manifest, manifest_path))
+}
+
+/// The tests of `manifest` that `options` selects (by name filter, and benchmarks or tests);
+/// a selected test with an unknown report is an error.
+fn select_tests<'manifest>(
+    manifest: &'manifest Manifest,
+    options: &Options,
+) -> Result<Vec<&'manifest TestSpec>, String> {
     let selected: Vec<&TestSpec> = manifest
         .test
         .iter()
@@ -484,30 +492,45 @@ fn run() -> Result<bool, String> {
     {
         return Err(format!("{}: unknown report {:?} (known: swap_pause)", spec.name, spec.report));
     }
-    if options.list {
-        for spec in &selected {
-            println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
-        }
-        return Ok(true);
-    }
-    eprintln!("building the QEMU test kernels...");
-    let kernels = build_kernels(&root)?;
-    let booted =
-        |name: &String| manifest.test.iter().any(|spec| spec.kernel.as_ref().unwrap_or(&spec.name) == name);
-    if let Some(orphan) = kernels.keys().find(|name| *name != KERNEL8 && !booted(name)) {
-        return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
-    }
-    let objcopy = objcopy_binary()?;
-    let image_directory = root.join("target/qemu-tests");
-    std::fs::create_dir_all(&image_directory)
-        .map_err(|error| format!("{}: {error}", image_directory.display()))?;
+    Ok(selected)
+}
 
-    let (mut passed, mut failed) = (0, 0);
-    for spec in selected {
-        let kernel = spec.kernel.as_ref().unwrap_or(&spec.name);
-        let elf = kernels.get(kernel).ok_or_else(|| format!("no test kernel named {kernel} was built"))?;
-        let image = image_directory.join(format!("{}.img", spec.name));
-        make_image(&objcopy, elf, &image)?;
+/// What every test run needs once the kernels are built.
+struct Setup {
+    /// The workspace root.
+    root: PathBuf,
+    /// Each built kernel's ELF, by name.
+    kernels: BTreeMap<String, PathBuf>,
+    /// The objcopy that turns an ELF into a raw image.
+    objcopy: PathBuf,
+    /// Where images, SD cards, device trees and logs are written (`target/qemu-tests`).
+    image_directory: PathBuf,
+}
+
+impl Setup {
+    /// Builds the kernels, checks that every test kernel has an entry in `manifest` (at
+    /// `manifest_path`), finds objcopy and makes the image directory.
+    fn prepare(root: PathBuf, manifest: &Manifest, manifest_path: &Path) -> Result<Self, String> {
+        eprintln!("building the QEMU test kernels...");
+        let kernels = build_kernels(&root)?;
+        let booted = |name: &String| {
+            manifest.test.iter().any(|spec| spec.kernel.as_ref().unwrap_or(&spec.name) == name)
+        };
+        if let Some(orphan) = kernels.keys().find(|name| *name != KERNEL8 && !booted(name)) {
+            return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
+        }
+        let objcopy = objcopy_binary()?;
+        let image_directory = root.join("target/qemu-tests");
+        std::fs::create_dir_all(&image_directory)
+            .map_err(|error| format!("{}: {error}", image_directory.display()))?;
+        Ok(Self { root, kernels, objcopy, image_directory })
+    }
+
+    /// QEMU's arguments for `spec`, booting `image`: its own, then the SD card (a pattern
+    /// image, or a FAT32 image with its models and config) and the device tree it asks for,
+    /// each written here first.
+    fn qemu_arguments(&self, spec: &TestSpec, image: &Path) -> Result<Vec<String>, String> {
+        let image_directory = &self.image_directory;
         let mut qemu_args = spec.qemu_args.clone();
         if let Some(size) = &spec.sd_pattern {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
@@ -517,14 +540,14 @@ fn run() -> Result<bool, String> {
         if let Some(models) = &spec.sd_models {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
             let model_paths =
-                runner::fixtures::write_models(&root, &image_directory.join(&spec.name), models)?;
+                runner::fixtures::write_models(&self.root, &image_directory.join(&spec.name), models)?;
             let mut files = Vec::new();
             if let Some(text) = &spec.sd_config {
                 let path = image_directory.join(&spec.name).join("tessera.cfg");
                 std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
                 files.push((path, "/tessera.cfg".to_string()));
             }
-            write_sd_image(&sd_image, &image, model_paths, files)?;
+            write_sd_image(&sd_image, image, model_paths, files)?;
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
         }
         if let Some(memory) = spec.device_tree_memory {
@@ -536,59 +559,108 @@ fn run() -> Result<bool, String> {
             std::fs::write(&blob, tree).map_err(|error| format!("{}: {error}", blob.display()))?;
             qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
+        Ok(qemu_args)
+    }
+
+    /// Makes `spec`'s image and SD card, boots it, keeps its log, judges it and prints its
+    /// line; returns whether it passed.
+    fn run_one(&self, spec: &TestSpec, verbose: bool) -> Result<bool, String> {
+        let kernel = spec.kernel.as_ref().unwrap_or(&spec.name);
+        let elf =
+            self.kernels.get(kernel).ok_or_else(|| format!("no test kernel named {kernel} was built"))?;
+        let image = self.image_directory.join(format!("{}.img", spec.name));
+        make_image(&self.objcopy, elf, &image)?;
+        let qemu_args = self.qemu_arguments(spec, &image)?;
         let (result, script) = run_test(spec, &image, &qemu_args)?;
-        let log = image_directory.join(format!("{}.log", spec.name));
+        let log = self.image_directory.join(format!("{}.log", spec.name));
         std::fs::write(&log, &result.output).map_err(|error| format!("{}: {error}", log.display()))?;
-        let missing: Vec<&String> =
-            spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
-        let exits = kernel != KERNEL8;
-        let verdict = match (script, result.exit_code, missing.is_empty()) {
-            (Err(reason), _, _) => Err(reason),
-            (Ok(()), Some(0), true) => Ok(()),
-            (Ok(()), None, true) if !exits => Ok(()),
-            (Ok(()), Some(0) | None, false) => Err(format!("output lacks {missing:?}")),
-            (Ok(()), Some(code), _) => Err(format!("exit status {code}")),
-            (Ok(()), None, _) => Err(format!("timed out after {} s", spec.timeout)),
-        };
         let seconds = result.elapsed.as_secs_f64();
-        match verdict {
+        match verdict(spec, kernel != KERNEL8, &result, script) {
             Ok(()) => {
-                passed += 1;
                 println!("test {:<24} ... ok ({seconds:.1} s, {})", spec.name, spec.machine);
-                if spec.report.as_deref() == Some("swap_pause") {
-                    runner::report::swap_pause_table(&result.output)
-                        .iter()
-                        .for_each(|line| println!("{line}"));
-                }
-                if options.verbose {
-                    println!("{}", result.output);
-                } else if spec.bench {
-                    // Table rows, and the console lines a script waited for (kernel8's answers),
-                    // unless a report already sums the run up.
-                    let awaited = |line: &str| {
-                        spec.report.is_none()
-                            && spec
-                                .step
-                                .iter()
-                                .filter_map(|step| step.wait_for.as_deref())
-                                .any(|text| line.contains(text))
-                    };
-                    result
-                        .output
-                        .lines()
-                        .filter(|line| line.starts_with('|') || awaited(line))
-                        .for_each(|line| println!("{line}"));
-                }
+                print_passed_output(spec, &result.output, verbose);
+                Ok(true)
             }
             Err(reason) => {
-                failed += 1;
                 println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
                 println!(
                     "---- console output (last 40 lines; all of it in {}) ----\n{}\n----",
                     log.display(),
                     tail(&result.output, 40)
                 );
+                Ok(false)
             }
+        }
+    }
+}
+
+/// Whether a run of `spec` passed: its script succeeded, the output holds every expected
+/// text, and the kernel exited with 0 (or, for one that never `exits` by itself, was
+/// stopped after its script); otherwise why not.
+fn verdict(
+    spec: &TestSpec,
+    exits: bool,
+    result: &runner::RunResult,
+    script: Result<(), String>,
+) -> Result<(), String> {
+    let missing: Vec<&String> =
+        spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
+    match (script, result.exit_code, missing.is_empty()) {
+        (Err(reason), _, _) => Err(reason),
+        (Ok(()), Some(0), true) => Ok(()),
+        (Ok(()), None, true) if !exits => Ok(()),
+        (Ok(()), Some(0) | None, false) => Err(format!("output lacks {missing:?}")),
+        (Ok(()), Some(code), _) => Err(format!("exit status {code}")),
+        (Ok(()), None, _) => Err(format!("timed out after {} s", spec.timeout)),
+    }
+}
+
+/// What a passed test prints after its line: its report, then all of its `output` when
+/// `verbose`, or for a benchmark its table rows and the console lines its script waited for.
+fn print_passed_output(spec: &TestSpec, output: &str, verbose: bool) {
+    if spec.report.as_deref() == Some("swap_pause") {
+        runner::report::swap_pause_table(output).iter().for_each(|line| println!("{line}"));
+    }
+    if verbose {
+        println!("{output}");
+    } else if spec.bench {
+        // Table rows, and the console lines a script waited for (kernel8's answers),
+        // unless a report already sums the run up.
+        let awaited = |line: &str| {
+            spec.report.is_none()
+                && spec
+                    .step
+                    .iter()
+                    .filter_map(|step| step.wait_for.as_deref())
+                    .any(|text| line.contains(text))
+        };
+        output
+            .lines()
+            .filter(|line| line.starts_with('|') || awaited(line))
+            .for_each(|line| println!("{line}"));
+    }
+}
+
+/// Runs the selected tests (or lists them) and prints the `N passed, M failed` line; returns
+/// whether every test passed.
+fn run() -> Result<bool, String> {
+    let Some(options) = parse_options()? else { return Ok(true) };
+    let root = workspace_root();
+    let (manifest, manifest_path) = read_manifest(&root)?;
+    let selected = select_tests(&manifest, &options)?;
+    if options.list {
+        for spec in &selected {
+            println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
+        }
+        return Ok(true);
+    }
+    let setup = Setup::prepare(root, &manifest, &manifest_path)?;
+    let (mut passed, mut failed) = (0, 0);
+    for spec in selected {
+        if setup.run_one(spec, options.verbose)? {
+            passed += 1;
+        } else {
+            failed += 1;
         }
     }
     println!("{passed} passed, {failed} failed");

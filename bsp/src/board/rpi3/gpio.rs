@@ -56,7 +56,7 @@ register_bitfields! {
 
 register_structs! {
     /// GPIO register block.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => _function_select0),
         (0x04 => GPFSEL1: ReadWrite<u32, GPFSEL1::Register>),

@@ -98,7 +98,7 @@ register_bitfields! {
 
 register_structs! {
     /// PL011 register block.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => DR: ReadWrite<u32, DR::Register>),
         (0x04 => _reserved0),

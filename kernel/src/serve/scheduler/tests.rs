@@ -232,6 +232,92 @@ fn relieve_batch<'w, 'f: 'w, 'p, 'm>(
     manager.relieve(&mut relief, &mut |level| events.push(level))
 }
 
+/// Runs one conversation over `pool` to its end, alone, and publishes its K/V as a cached
+/// prefix (so the pool holds cached blocks that no running sequence uses).
+fn publish_a_finished_conversation(
+    view: &ModelView<'_>,
+    pool: &KvBlockPool<'_>,
+    settings: &GenerationSettings,
+) {
+    let config = *view.file.config();
+    let kv = PagedKv::new(pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+    let tokens = view.prompt_tokens("a cached conversation");
+    let mut generation = Generation::with_cached_prefix(view, kv, &tokens, settings, |_, _| 0).unwrap();
+    let mut state = view.scratch(128);
+    while let Ok(Step::Running(_)) = generation.step(&SingleCpu, &mut state) {}
+    let history = generation.history().to_vec();
+    assert!(generation.kv_mut().publish(MODEL, &history) > 0);
+}
+
+/// Starts `prompts` over `pool` (none attaching a cached prefix) and steps them, slot by
+/// slot, until every one is through its prompt; each step must run and emit no text.
+fn start_through_prompts<'w, 'f: 'w, 'p, 'm>(
+    view: &'w ModelView<'f>,
+    pool: &'p KvBlockPool<'m>,
+    preemptor: &mut Preemptor<'p, 'm>,
+    state: &mut crate::infer::State,
+    prompts: &[&str],
+    settings: &GenerationSettings,
+) -> Vec<Entry<'w, 'f, 'p, 'm>> {
+    let config = *view.file.config();
+    let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(order, prompt)| {
+            let kv = PagedKv::new(pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let generation = Generation::with_cached_prefix(view, kv, &tokens, settings, |_, _| 0).unwrap();
+            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
+        })
+        .collect();
+    while active.iter().any(|entry| entry.generation.in_prompt()) {
+        for slot in 0..active.len() {
+            if active[slot].generation.in_prompt() {
+                assert_eq!(
+                    preemptor.step(&mut active, slot, &SingleCpu, state),
+                    Ok(SlotStep::Ran(Step::Running(String::new())))
+                );
+            }
+        }
+    }
+    active
+}
+
+/// Steps every sequence of `active`, round by round, until all have finished (every step must
+/// succeed), and returns each one's text and generated tokens in order of arrival, for
+/// `requests` requests.
+fn finish_all<'w, 'f: 'w, 'p, 'm>(
+    preemptor: &mut Preemptor<'p, 'm>,
+    active: &mut Vec<Entry<'w, 'f, 'p, 'm>>,
+    state: &mut crate::infer::State,
+    requests: usize,
+) -> Vec<Option<(String, usize)>> {
+    let mut outcomes: Vec<Option<(String, usize)>> = alloc::vec![None; requests];
+    let mut rounds = 0;
+    while !active.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000);
+        let mut finished = Vec::new();
+        for slot in 0..active.len() {
+            match preemptor.step(active, slot, &SingleCpu, state).unwrap() {
+                SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
+                SlotStep::Ran(Step::Finished(_, text)) => {
+                    let entry = &mut active[slot];
+                    entry.text.push_str(&text);
+                    let generated = entry.generation.statistics().generated_tokens;
+                    outcomes[entry.order as usize] = Some((core::mem::take(&mut entry.text), generated));
+                    finished.push(slot);
+                }
+                SlotStep::Waiting => {}
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            active.swap_remove(slot);
+        }
+    }
+    outcomes
+}
+
 #[test]
 fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     use crate::{
@@ -251,41 +337,13 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     let (expected, ..) = run_batch(&view, &pool, &prompts[..2], &settings, 128);
 
     // Cached blocks: a finished sequence's, published.
-    {
-        let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
-        let tokens = view.prompt_tokens("a cached conversation");
-        let mut generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
-        let mut state = view.scratch(128);
-        while let Ok(Step::Running(_)) = generation.step(&SingleCpu, &mut state) {}
-        let history = generation.history().to_vec();
-        assert!(generation.kv_mut().publish(MODEL, &history) > 0);
-    }
-    let cached = pool.statistics().blocks_cached;
-    assert!(cached > 0);
+    publish_a_finished_conversation(&view, &pool, &settings);
+    assert!(pool.statistics().blocks_cached > 0);
 
     // Three sequences through their prompts, none attaching the cache.
     let mut state = view.scratch(128);
     let mut preemptor = Preemptor::new(&pool, MODEL);
-    let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
-        .iter()
-        .enumerate()
-        .map(|(order, prompt)| {
-            let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
-            let tokens = view.prompt_tokens(prompt);
-            let generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
-            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
-        })
-        .collect();
-    while active.iter().any(|entry| entry.generation.in_prompt()) {
-        for slot in 0..active.len() {
-            if active[slot].generation.in_prompt() {
-                assert_eq!(
-                    preemptor.step(&mut active, slot, &SingleCpu, &mut state),
-                    Ok(SlotStep::Ran(Step::Running(String::new())))
-                );
-            }
-        }
-    }
+    let mut active = start_through_prompts(&view, &pool, &mut preemptor, &mut state, &prompts, &settings);
     let held = pool.statistics().blocks_in_use;
     let cached = pool.statistics().blocks_cached;
     assert!(held + cached >= budget * 85 / 100, "{held} + {cached} of {budget}");
@@ -343,29 +401,7 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     // Every request still ends with its tokens, as before: the compressed ones were preempted,
     // and recompute their K/V exactly.
     preemptor.set_batch_limit(usize::MAX);
-    let mut outcomes: Vec<Option<(String, usize)>> = alloc::vec![None; 3];
-    let mut rounds = 0;
-    while !active.is_empty() {
-        rounds += 1;
-        assert!(rounds < 10_000);
-        let mut finished = Vec::new();
-        for slot in 0..active.len() {
-            match preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap() {
-                SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
-                SlotStep::Ran(Step::Finished(_, text)) => {
-                    let entry = &mut active[slot];
-                    entry.text.push_str(&text);
-                    let generated = entry.generation.statistics().generated_tokens;
-                    outcomes[entry.order as usize] = Some((core::mem::take(&mut entry.text), generated));
-                    finished.push(slot);
-                }
-                SlotStep::Waiting => {}
-            }
-        }
-        for slot in finished.into_iter().rev() {
-            active.swap_remove(slot);
-        }
-    }
+    let outcomes = finish_all(&mut preemptor, &mut active, &mut state, prompts.len());
     for (index, reference) in expected.iter().enumerate() {
         assert_eq!(Some(reference.as_ref().unwrap()), outcomes[index].as_ref(), "request {index}");
     }
