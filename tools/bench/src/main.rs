@@ -10,8 +10,7 @@ mod subjects;
 mod trace;
 
 use bsp::board::budget::{BoardModel, scaled_budget};
-use kernel::mm::layout::SEGMENT;
-use kernel::mm::layout::MemoryPlan;
+use kernel::mm::layout::{MemoryPlan, RegionKind, SEGMENT};
 use kernel::mm::tensor::Pool;
 use std::time::Instant;
 use subjects::{
@@ -850,10 +849,16 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     utilization_table(arena, llm, None);
     let ids = llm.ids;
     let report = |name: &str, size: Option<usize>| utilization_row(name, llm, size, arena.size());
-    // Tessera: the region split is the boot policy's, so the search scales the board's RAM
-    // and counts the bytes of the regions the trace uses (weights, KV, activations, protocol).
+    // Tessera: the plan is the boot policy's, so the search scales the board's RAM and counts
+    // the bytes of the regions the trace uses (the arena, the protocol and small-object
+    // regions).
     let tessera_plan = |ram_mib: usize| pi3_plan((ram_mib * MIB) as u64);
-    let used = |plan: &MemoryPlan| (plan.budget.llm + plan.budget.protocol) as usize;
+    let used = |plan: &MemoryPlan| {
+        [RegionKind::Arena, RegionKind::Protocol, RegionKind::Small]
+            .map(|kind| plan.region(kind).size as usize)
+            .iter()
+            .sum::<usize>()
+    };
     let fits = |ram_mib: usize| {
         tessera_plan(ram_mib)
             .is_some_and(|plan| run(&mut OurTensorMemory::new(&plan, ids), llm, None, 0) == 0)
@@ -864,8 +869,14 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
         if fits(middle) { high = middle } else { low = middle }
     }
     let smallest_plan = tessera_plan(high).expect("plan");
-    report("tessera TensorMemory (LLM + protocol regions)", Some(used(&smallest_plan) / MIB));
-    println!("\nTessera's smallest board: {high} MiB of RAM; its region split is fixed by the budget table.");
+    report(
+        "tessera TensorMemory (arena, protocol and small-object regions)",
+        Some(used(&smallest_plan) / MIB),
+    );
+    println!(
+        "\nTessera's smallest board: {high} MiB of RAM (the budget table fixes its system share and protocol \
+         reserve; the LLM arena takes the rest)."
+    );
 
     // The weights alone (the operations of 1 MiB and more): the chunk allocator against the
     // baselines on equal terms, each with one arena.
@@ -923,10 +934,13 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
          arena lent them, so the third column, also over every operation, counts their fragmentation as \
          none while the arena has a free segment to lend, since none of their requests is larger):\n"
     );
-    println!("| pool | peak fragmentation | peak over every operation | counting the arena's free segments |");
+    println!(
+        "| pool | peak fragmentation | peak over every operation | counting the arena's free segments |"
+    );
     println!("|---|---:|---:|---:|");
     for (value, pool) in peak.iter().zip(Pool::ALL) {
-        let [sampled, every, effective] = value.map(|permille| format!("{}.{}%", permille / 10, permille % 10));
+        let [sampled, every, effective] =
+            value.map(|permille| format!("{}.{}%", permille / 10, permille % 10));
         println!("| {pool:?} | {sampled} | {every} | {effective} |");
     }
     println!("\nMemory map at the busiest sampled moment of the trace:\n\n```\n{}```", busiest.1);
