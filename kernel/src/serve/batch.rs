@@ -189,7 +189,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// segments). It grows into whatever the loaded models leave free.
     pub(super) fn kv_budget_bytes(&self, config: &Config) -> u64 {
         let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
-        let scratch = State::bytes_for(config, config.context_length.min(quota));
+        let scratch = State::bytes_for(config, config.context_length.min(quota), 1);
         let headroom = (2 * scratch).div_ceil(SEGMENT).max(1) * SEGMENT;
         let arena = self.memory.memory().arena();
         (arena.kv_cache + arena.free).saturating_sub(headroom)
@@ -238,7 +238,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// The forward pass's scratch for sequences of up to `positions` positions of `view`'s
     /// model, built in the activations pool; or why it does not fit there.
     pub(super) fn batch_scratch(&self, view: &ModelView<'_>, positions: usize) -> Result<State, String> {
-        let needed = State::bytes_for(view.file.config(), positions);
+        let needed = State::bytes_for(view.file.config(), positions, 1);
         let free = self.activations_available();
         // Each buffer rounds up to a power of two in the buddy allocator: at most twice.
         if free < 2 * needed {
