@@ -11,8 +11,9 @@
 
 use super::{
     admission::{KvReservations, MAX_RUNNING, Pending, kv_blocks_needed},
-    chat::{ChatError, Finish, Generation, ModelView, Step},
+    chat::{ChatError, Finish, ModelView, Step},
     desk::ServingCpus,
+    generation::Generation,
     governor::PassTraffic,
     library::StagedLoad,
     pressure::Relief,
@@ -25,7 +26,7 @@ use super::{
 };
 use crate::{
     hil::BlockDevice,
-    infer::State,
+    infer::{Precision, State},
     mm::{
         buffer::{BackedMemory, TensorBuffer},
         error::Bytes,
@@ -38,6 +39,18 @@ use crate::{
     telemetry::{self, EventKind, PressureLevel, ShortName},
 };
 use alloc::{string::String, sync::Arc, vec::Vec};
+
+/// Most prompt tokens (or recomputed positions) one sequence feeds in one pass: chunks of a
+/// long prompt interleave with the other sequences' decoding rows.
+pub const PREFILL_CHUNK: usize = 16;
+
+/// Rows of a batch's scratch for a model of `config`: the most sequences that run at once,
+/// each a decoding row, plus one prompt chunk; fewer when a buffer of that many rows would
+/// pass the largest block of the activations pool (one segment).
+fn scratch_rows(config: &Config) -> usize {
+    let widest = config.dim.max(config.hidden_dim).max(1) * 4;
+    (MAX_RUNNING + PREFILL_CHUNK).min(SEGMENT as usize / widest).max(1)
+}
 
 /// The weights rung of the pressure ladder: a staged model is dropped (the active one keeps
 /// serving), or replaced models no batch holds are freed at once.
@@ -189,7 +202,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// segments). It grows into whatever the loaded models leave free.
     pub(super) fn kv_budget_bytes(&self, config: &Config) -> u64 {
         let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
-        let scratch = State::bytes_for(config, config.context_length.min(quota), 1);
+        let scratch = State::bytes_for(config, config.context_length.min(quota), scratch_rows(config));
         let headroom = (2 * scratch).div_ceil(SEGMENT).max(1) * SEGMENT;
         let arena = self.memory.memory().arena();
         (arena.kv_cache + arena.free).saturating_sub(headroom)
@@ -238,7 +251,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// The forward pass's scratch for sequences of up to `positions` positions of `view`'s
     /// model, built in the activations pool; or why it does not fit there.
     pub(super) fn batch_scratch(&self, view: &ModelView<'_>, positions: usize) -> Result<State, String> {
-        let needed = State::bytes_for(view.file.config(), positions, 1);
+        let config = view.file.config();
+        let rows = scratch_rows(config);
+        let needed = State::bytes_for(config, positions, rows);
         let free = self.activations_available();
         // Each buffer rounds up to a power of two in the buddy allocator: at most twice.
         if free < 2 * needed {
@@ -248,7 +263,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 Bytes(free)
             ));
         }
-        Ok(scope::with(TensorKind::Activation, || view.scratch(positions)))
+        Ok(scope::with(TensorKind::Activation, || {
+            State::for_batch(config, Precision::default(), positions, rows)
+        }))
     }
 
     /// Bytes the activations can have now: their own free blocks, and the arena's free space
@@ -441,11 +458,37 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// One forward pass for every running sequence, its text streamed; the sequences that
-    /// finished leave the batch and give back their reservations.
+    /// One round: one forward pass over the weights for every sequence that runs (decoding
+    /// rows and prompt chunks together), each token's text sent as soon as it is sampled; the
+    /// sequences that finished leave the batch and give back their reservations.
     fn run_round(&mut self, batch: &mut Batch<'_, 'a>) {
-        for slot in 0..batch.sequences.len() {
-            let Some(step) = self.step_sequence(batch, slot) else { continue };
+        self.wait_for_bandwidth(batch);
+        let positions_before: Vec<usize> =
+            batch.sequences.iter().map(|sequence| sequence.generation.position()).collect();
+        // The console is served at every matmul checkpoint of this forward pass.
+        let cpus =
+            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
+        let preempted = batch.preemptor.statistics().preemptions;
+        let started = self.clock.ticks();
+        let outcomes = batch.preemptor.round(&mut batch.sequences, &cpus, &mut batch.scratch, PREFILL_CHUNK);
+        let ended = self.clock.ticks();
+        for _ in preempted..batch.preemptor.statistics().preemptions {
+            self.governor.count_exhaustion_preemption();
+            self.pressure_action(PressureLevel::Preempt);
+        }
+        self.count_round_traffic(batch, &positions_before, started, ended);
+        for (slot, outcome) in outcomes.into_iter().enumerate() {
+            let step = match outcome {
+                Ok(SlotStep::Waiting) => continue,
+                Ok(SlotStep::Ran(step)) => Ok(step),
+                Err(error) => Err(error),
+            };
+            let sequence = &mut batch.sequences[slot];
+            if sequence.first_token_ns.is_none() && sequence.generation.statistics().generated_tokens > 0 {
+                let now = self.clock.now_ns();
+                sequence.first_token_ns = Some(now);
+                self.first_token_since_boot_ns.get_or_insert(now);
+            }
             if self.deliver(batch, slot, step) {
                 batch.finished.push(slot);
             }
@@ -456,52 +499,41 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Runs one step of the sequence in `slot` (unless it waits, preempted), within the
-    /// bandwidth cap, counting the bytes its forward pass moved and its first token.
-    fn step_sequence(&mut self, batch: &mut Batch<'_, 'a>, slot: usize) -> Option<Result<Step, ChatError>> {
+    /// Under a bandwidth cap, the round waits, the console served meanwhile, until the cap
+    /// allows the pass it is about to run (its rows counted at the tokens each sequence may
+    /// feed); a cancel noted meanwhile is applied, and ends that answer without a pass.
+    fn wait_for_bandwidth(&mut self, batch: &mut Batch<'_, 'a>) {
         let traffic = PassTraffic::of(&batch.view.file.weights);
-        let sequence = &mut batch.sequences[slot];
-        let (was_prompt, position_before) = (sequence.generation.in_prompt(), sequence.generation.position());
-        // Under a bandwidth cap the pass waits, the console served meanwhile, until the cap
-        // allows it (its position is at most the tokens it has); a cancel noted meanwhile ends
-        // the sequence without it.
         loop {
-            if self.cancels.contains(&sequence.request.origin) {
-                sequence.generation.cancel();
-                break;
+            for sequence in batch.sequences.iter_mut() {
+                if self.cancels.contains(&sequence.request.origin) {
+                    sequence.generation.cancel();
+                }
             }
-            if !self.governor.must_wait(traffic.at(sequence.generation.history().len())) {
-                break;
+            let rows = batch.sequences.iter().flat_map(|sequence| {
+                let generation = &sequence.generation;
+                let position = generation.position();
+                position..position + generation.rows_wanted(PREFILL_CHUNK)
+            });
+            if !self.governor.must_wait(traffic.rows(rows)) {
+                return;
             }
             self.poll_console();
         }
-        // The console is served at every matmul checkpoint of this forward pass.
-        let cpus =
-            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
-        let preempted = batch.preemptor.statistics().preemptions;
-        let started = self.clock.ticks();
-        let step = match batch.preemptor.step(&mut batch.sequences, slot, &cpus, &mut batch.scratch) {
-            Ok(SlotStep::Waiting) => None,
-            Ok(SlotStep::Ran(step)) => Some(Ok(step)),
-            Err(error) => Some(Err(error)),
+    }
+
+    /// Counts the bytes the round's pass moved (the rows each sequence fed) over the time it
+    /// took.
+    fn count_round_traffic(&self, batch: &Batch<'_, 'a>, before: &[usize], started: u64, ended: u64) {
+        let traffic = PassTraffic::of(&batch.view.file.weights);
+        let fed = |(sequence, &before): (&Sequence<'_, '_, '_, 'a>, &usize)| {
+            let after = sequence.generation.position();
+            if after > before { before..after } else { 0..0 }
         };
-        for _ in preempted..batch.preemptor.statistics().preemptions {
-            self.governor.count_exhaustion_preemption();
-            self.pressure_action(PressureLevel::Preempt);
+        if batch.sequences.iter().zip(before).map(fed).any(|rows| !rows.is_empty()) {
+            let rows = batch.sequences.iter().zip(before).flat_map(fed);
+            self.governor.count_pass(traffic.rows(rows), started, ended);
         }
-        let step = step?;
-        let sequence = &mut batch.sequences[slot];
-        // A step that ran a forward pass (not one that only finished) moved the position on.
-        let position = sequence.generation.position();
-        if position > position_before {
-            self.governor.count_pass(traffic.at(position - 1), started, self.clock.ticks());
-        }
-        let now = self.clock.now_ns();
-        if !was_prompt && sequence.first_token_ns.is_none() {
-            sequence.first_token_ns = Some(now);
-            self.first_token_since_boot_ns.get_or_insert(now);
-        }
-        Some(step)
     }
 
     /// Sends what a step produced to its requester; returns whether the sequence finished.

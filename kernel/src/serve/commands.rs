@@ -6,9 +6,10 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    chat::{Generation, GenerationSettings, Step},
+    chat::{GenerationSettings, Step},
     config::parse_bandwidth_cap,
     desk::ServingCpus,
+    generation::Generation,
     library::list_models,
     protocol::{self, Event, Operation},
     server::{KV_BLOCK_TOKENS, KV_QUOTA_TOKENS, Server},

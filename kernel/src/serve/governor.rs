@@ -82,14 +82,22 @@ impl PassTraffic {
         }
     }
 
-    /// Bytes the pass at `position` reads and writes.
+    /// Bytes the pass of one row at `position` reads and writes.
     pub fn at(&self, position: usize) -> IntervalBytes {
-        let attended = position as u64 + 1;
-        let scores = 2 * attended * self.scores_per_position;
-        IntervalBytes {
-            read: self.weights + attended * self.kv_position + self.activations.read + scores,
-            written: self.kv_position + self.activations.written + scores,
-        }
+        self.rows(core::iter::once(position))
+    }
+
+    /// Bytes a pass of rows at `positions` (of one sequence or several) reads and writes: the
+    /// weights once, and for each row its K/V, activations and attention scores.
+    pub fn rows(&self, positions: impl IntoIterator<Item = usize>) -> IntervalBytes {
+        positions.into_iter().fold(IntervalBytes { read: self.weights, written: 0 }, |total, position| {
+            let attended = position as u64 + 1;
+            let scores = 2 * attended * self.scores_per_position;
+            IntervalBytes {
+                read: total.read + attended * self.kv_position + self.activations.read + scores,
+                written: total.written + self.kv_position + self.activations.written + scores,
+            }
+        })
     }
 }
 

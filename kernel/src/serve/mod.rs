@@ -6,6 +6,7 @@ pub mod chat;
 mod commands;
 pub mod config;
 pub mod desk;
+pub mod generation;
 pub mod governor;
 pub mod library;
 pub mod loader;

@@ -29,14 +29,16 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    chat::{ChatError, Generation, Step},
+    chat::{ChatError, Finish, Step},
+    generation::Generation,
     pressure::{Relief, WeightsEvictor},
 };
 use crate::{
     hil::{Cpus, KvError, KvStore},
-    infer::{InferError, State},
+    infer::{InferError, State, forward::forward_batch},
     mm::kv::{KvBlockPool, PagedKv},
 };
+use alloc::vec::Vec;
 
 /// A sequence of the batch as the scheduler sees it.
 pub trait Scheduled<'weights, 'file, 'pool, 'memory> {
@@ -55,6 +57,42 @@ pub enum SlotStep {
     Ran(Step),
     /// The sequence is preempted and waits for memory (or was preempted by this step).
     Waiting,
+}
+
+/// What a sequence that ran out of KV memory does next.
+enum Exhaustion {
+    /// Another sequence was preempted: try again.
+    Retry,
+    /// It preempted itself and waits.
+    Waits,
+    /// It ends: it does not fit even alone.
+    Refused(ChatError),
+}
+
+/// Runs one pass over the sequences given rows (by slot); on failure, the slot of the
+/// sequence that failed and why.
+fn run_pass<'w, 'f: 'w, 'p, 'm: 'p, S: Scheduled<'w, 'f, 'p, 'm>>(
+    sequences: &mut [S],
+    rows: &[usize],
+    cpus: &dyn Cpus,
+    state: &mut State,
+) -> Result<(), (usize, ChatError)> {
+    let slots: Vec<usize> = (0..rows.len()).filter(|&slot| rows[slot] > 0).collect();
+    let Some(&first) = slots.first() else { return Ok(()) };
+    let weights = sequences[first].generation().weights();
+    let (mut passes, mut samplings): (Vec<_>, Vec<_>) = sequences
+        .iter_mut()
+        .zip(rows)
+        .filter(|&(_, &count)| count > 0)
+        .map(|(sequence, &count)| {
+            let part = sequence.generation_mut().pass_part(count);
+            (part.sequence, part.sampling)
+        })
+        .unzip();
+    forward_batch(weights, state, &mut passes, cpus, |index, logits, candidates| {
+        samplings[index].take(logits, candidates);
+    })
+    .map_err(|failure| (slots[failure.sequence], ChatError::Inference(failure.error)))
 }
 
 /// Counts of preemption.
@@ -204,52 +242,172 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         if self.is_inactive(sequences, slot) || self.waits_compressed(sequences, slot, first) {
             return Ok(SlotStep::Waiting);
         }
-        if sequences[slot].generation().is_preempted() {
-            let running = (0..sequences.len())
-                .filter(|&index| {
-                    !sequences[index].generation().is_preempted()
-                        && !self.waits_compressed(sequences, index, first)
-                })
-                .count();
-            if running >= self.batch_limit || !self.may_resume(sequences, slot) {
-                return Ok(SlotStep::Waiting);
-            }
-            let model = self.model;
-            let mut reattached = 0;
-            sequences[slot].generation_mut().reattach(|kv, tokens| {
-                reattached = kv.with_prefix(model, tokens);
-                reattached
-            });
-            self.statistics.resumptions += 1;
-            self.statistics.reattached_positions += reattached as u64;
+        if sequences[slot].generation().is_preempted() && !self.resume(sequences, slot, first) {
+            return Ok(SlotStep::Waiting);
         }
         loop {
             match sequences[slot].generation_mut().step(cpus, state) {
                 Err(ChatError::Inference(InferError::Kv(KvError::OutOfMemory))) => {}
                 other => return other.map(SlotStep::Ran),
             }
-            if let Some(victim) = self.victim(sequences, slot) {
-                self.preempt(&mut sequences[victim]);
+            match self.resolve_exhaustion(sequences, slot) {
+                Exhaustion::Retry => {}
+                Exhaustion::Waits => return Ok(SlotStep::Waiting),
+                Exhaustion::Refused(error) => return Err(error),
+            }
+        }
+    }
+
+    /// What a sequence that ran out of KV memory does: preempt the lowest-ranked sequence
+    /// below it that holds blocks and try again; else, while others hold blocks, preempt
+    /// itself and wait; else end, since it does not fit even alone (its blocks go back at
+    /// once).
+    fn resolve_exhaustion<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        slot: usize,
+    ) -> Exhaustion {
+        if let Some(victim) = self.victim(sequences, slot) {
+            self.preempt(&mut sequences[victim]);
+            return Exhaustion::Retry;
+        }
+        let others_hold = sequences
+            .iter()
+            .enumerate()
+            .any(|(index, sequence)| index != slot && sequence.generation().kv().blocks_held() > 0);
+        if others_hold {
+            self.preempt(&mut sequences[slot]);
+            return Exhaustion::Waits;
+        }
+        self.statistics.refused += 1;
+        let generation = sequences[slot].generation_mut();
+        let positions = generation.positions_needed() - 1;
+        generation.kv_mut().truncate(0);
+        Exhaustion::Refused(ChatError::DoesNotFit {
+            positions,
+            cache_positions: self.cache_positions(generation),
+        })
+    }
+
+    /// Runs one round: every sequence that may run this round feeds its rows into one forward
+    /// pass over the weights (decoding sequences one row each, first; then the prompts and
+    /// the K/V recomputed after a preemption, at most `chunk` rows each, while the scratch
+    /// has rows), and takes its logits. Returns each sequence's outcome, by slot: its step,
+    /// or that it waits (not in this round: inactive, preempted, out of rows, or preempted by
+    /// this round). On KV exhaustion it preempts as the module describes and runs the pass
+    /// again without the sequences that left it.
+    pub fn round<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        cpus: &dyn Cpus,
+        state: &mut State,
+        chunk: usize,
+    ) -> Vec<Result<SlotStep, ChatError>> {
+        let mut outcomes: Vec<Option<Result<SlotStep, ChatError>>> = sequences.iter().map(|_| None).collect();
+        let mut rows = self.plan_round(sequences, state.rows(), chunk.max(1), &mut outcomes);
+        while rows.iter().any(|&rows| rows > 0) {
+            match run_pass(sequences, &rows, cpus, state) {
+                Ok(()) => {
+                    for (slot, &count) in rows.iter().enumerate().filter(|&(_, &count)| count > 0) {
+                        let step = sequences[slot].generation_mut().commit(count);
+                        outcomes[slot] = Some(Ok(SlotStep::Ran(step)));
+                    }
+                    break;
+                }
+                Err((slot, ChatError::Inference(InferError::Kv(KvError::OutOfMemory)))) => {
+                    match self.resolve_exhaustion(sequences, slot) {
+                        Exhaustion::Retry => {}
+                        Exhaustion::Waits => rows[slot] = 0,
+                        Exhaustion::Refused(error) => {
+                            rows[slot] = 0;
+                            outcomes[slot] = Some(Err(error));
+                        }
+                    }
+                    // Whoever was preempted to make room is out of this pass.
+                    for (slot, count) in rows.iter_mut().enumerate() {
+                        if sequences[slot].generation().is_preempted() {
+                            *count = 0;
+                        }
+                    }
+                }
+                Err((slot, error)) => {
+                    rows[slot] = 0;
+                    outcomes[slot] = Some(Err(error));
+                }
+            }
+        }
+        outcomes.into_iter().map(|outcome| outcome.unwrap_or(Ok(SlotStep::Waiting))).collect()
+    }
+
+    /// Who runs this round and with how many rows (by slot; 0 for those that wait), resuming
+    /// the preempted sequences that may go on; a cancelled sequence's outcome is its end,
+    /// with no pass.
+    fn plan_round<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        capacity: usize,
+        chunk: usize,
+        outcomes: &mut [Option<Result<SlotStep, ChatError>>],
+    ) -> Vec<usize> {
+        let first = first_in_line(sequences);
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&slot| rank_of(sequences, slot));
+        let mut runs = alloc::vec![false; sequences.len()];
+        for &slot in &order {
+            if self.is_inactive(sequences, slot) || self.waits_compressed(sequences, slot, first) {
                 continue;
             }
-            let others_hold = sequences
-                .iter()
-                .enumerate()
-                .any(|(index, sequence)| index != slot && sequence.generation().kv().blocks_held() > 0);
-            if others_hold {
-                self.preempt(&mut sequences[slot]);
-                return Ok(SlotStep::Waiting);
+            if sequences[slot].generation().is_cancelled() {
+                outcomes[slot] =
+                    Some(Ok(SlotStep::Ran(sequences[slot].generation_mut().finish(Finish::Cancelled))));
+                continue;
             }
-            self.statistics.refused += 1;
-            let generation = sequences[slot].generation_mut();
-            let positions = generation.positions_needed() - 1;
-            // It ends here: its blocks go back at once.
-            generation.kv_mut().truncate(0);
-            return Err(ChatError::DoesNotFit {
-                positions,
-                cache_positions: self.cache_positions(generation),
-            });
+            if sequences[slot].generation().is_preempted() && !self.resume(sequences, slot, first) {
+                continue;
+            }
+            runs[slot] = true;
         }
+        // Decoding rows first, one each; then chunks of prompts and recomputations.
+        let mut rows = alloc::vec![0; sequences.len()];
+        let mut left = capacity;
+        for decoding in [true, false] {
+            for &slot in order.iter().filter(|&&slot| runs[slot]) {
+                let wanted = sequences[slot].generation().rows_wanted(chunk);
+                if (wanted == 1) == decoding && rows[slot] == 0 {
+                    rows[slot] = wanted.min(left);
+                    left -= rows[slot];
+                }
+            }
+        }
+        rows
+    }
+
+    /// Resumes preempted `sequences[slot]` if it may go on: the round has room and its blocks
+    /// are free or held by sequences ranked below it. Returns whether it resumed.
+    fn resume<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        slot: usize,
+        first: Option<Rank>,
+    ) -> bool {
+        let running = (0..sequences.len())
+            .filter(|&index| {
+                !sequences[index].generation().is_preempted()
+                    && !self.waits_compressed(sequences, index, first)
+            })
+            .count();
+        if running >= self.batch_limit || !self.may_resume(sequences, slot) {
+            return false;
+        }
+        let model = self.model;
+        let mut reattached = 0;
+        sequences[slot].generation_mut().reattach(|kv, tokens| {
+            reattached = kv.with_prefix(model, tokens);
+            reattached
+        });
+        self.statistics.resumptions += 1;
+        self.statistics.reattached_positions += reattached as u64;
+        true
     }
 
     /// Positions the whole pool holds for sequences shaped like `generation`'s.

@@ -56,6 +56,19 @@ fn run_batch(
     settings: &GenerationSettings,
     capacity: usize,
 ) -> (Vec<Outcome>, PreemptionStatistics, Vec<usize>) {
+    run_batch_with(view, pool, prompts, settings, capacity, None)
+}
+
+/// Like [`run_batch`]; with `chunk`, every round is one pass for all the sequences
+/// ([`Preemptor::round`], prompts fed `chunk` tokens a pass) instead of a pass per sequence.
+fn run_batch_with(
+    view: &ModelView<'_>,
+    pool: &KvBlockPool<'_>,
+    prompts: &[&str],
+    settings: &GenerationSettings,
+    capacity: usize,
+    chunk: Option<usize>,
+) -> (Vec<Outcome>, PreemptionStatistics, Vec<usize>) {
     let config = *view.file.config();
     let mut preemptor = Preemptor::new(pool, MODEL);
     let mut active = Vec::new();
@@ -76,8 +89,15 @@ fn run_batch(
         rounds += 1;
         assert!(rounds < 10_000, "the batch makes progress");
         let mut finished = Vec::new();
+        let mut steps = match chunk {
+            Some(chunk) => preemptor.round(&mut active, &SingleCpu, &mut state, chunk),
+            None => Vec::new(),
+        };
         for slot in 0..active.len() {
-            let step = preemptor.step(&mut active, slot, &SingleCpu, &mut state);
+            let step = match chunk {
+                Some(_) => core::mem::replace(&mut steps[slot], Ok(SlotStep::Waiting)),
+                None => preemptor.step(&mut active, slot, &SingleCpu, &mut state),
+            };
             let entry = &mut active[slot];
             entry.peak_blocks = entry.peak_blocks.max(entry.generation.kv().blocks_held());
             peaks[entry.order as usize] = entry.peak_blocks;
@@ -145,6 +165,31 @@ fn preemption_by_recompute_changes_no_token() {
     assert_eq!(statistics.blocks_in_use, 0, "every block came back");
     assert!(statistics.blocks_cached <= tight_blocks);
     assert_eq!(tight.available_blocks(), tight_blocks);
+}
+
+/// One pass per round for all the sequences (prompt chunks beside decoding rows) gives every
+/// request the same tokens as a pass per sequence, with room to spare and under preemption.
+#[test]
+fn one_pass_per_round_changes_no_token() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let settings = GenerationSettings { max_tokens: 40, ..GenerationSettings::default() };
+    let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (expected, ..) = run_batch(&view, &roomy, &PROMPTS, &settings, 128);
+    roomy.drop_cached();
+    for chunk in [1, 5, 16] {
+        let (outcomes, statistics, _) = run_batch_with(&view, &roomy, &PROMPTS, &settings, 128, Some(chunk));
+        assert_eq!(outcomes, expected, "chunks of {chunk}");
+        assert_eq!(statistics.preemptions, 0);
+        roomy.drop_cached();
+    }
+    let tight = KvBlockPool::new(memory, floats, 2 * config.layers * 128 / BLOCK_TOKENS).unwrap();
+    let (outcomes, statistics, _) = run_batch_with(&view, &tight, &PROMPTS, &settings, 128, Some(8));
+    assert_eq!(outcomes, expected, "under preemption");
+    assert!(statistics.preemptions > 0, "{statistics:?}");
 }
 
 #[test]
@@ -273,10 +318,14 @@ fn start_through_prompts<'w, 'f: 'w, 'p, 'm>(
     while active.iter().any(|entry| entry.generation.in_prompt()) {
         for slot in 0..active.len() {
             if active[slot].generation.in_prompt() {
-                assert_eq!(
-                    preemptor.step(&mut active, slot, &SingleCpu, state),
-                    Ok(SlotStep::Ran(Step::Running(String::new())))
-                );
+                // Prompt chunks give no text, but the pass that ends the prompt samples the
+                // first token and gives its text at once.
+                let Ok(SlotStep::Ran(Step::Running(text))) =
+                    preemptor.step(&mut active, slot, &SingleCpu, state)
+                else {
+                    panic!("a prompt step runs");
+                };
+                active[slot].text.push_str(&text);
             }
         }
     }
@@ -435,8 +484,11 @@ fn a_preempted_sequence_reattaches_its_own_cached_blocks() {
     let mut state = view.scratch(128);
     while active.iter().any(|entry| entry.generation.in_prompt()) {
         for slot in 0..active.len() {
-            if active[slot].generation.in_prompt() {
-                preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap();
+            if active[slot].generation.in_prompt()
+                && let SlotStep::Ran(Step::Running(text)) =
+                    preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap()
+            {
+                active[slot].text.push_str(&text);
             }
         }
     }
