@@ -26,7 +26,10 @@ use super::{
 };
 use crate::{
     hil::BlockDevice,
-    infer::{Precision, State},
+    infer::{
+        Precision, State,
+        forward::{PassSequence, forward_batch},
+    },
     mm::{
         buffer::{BackedMemory, TensorBuffer},
         error::Bytes,
@@ -164,6 +167,40 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.run_round(&mut batch);
             self.between_rounds(&mut batch);
         }
+    }
+
+    /// Computes the K/V of the prompt prefix every request of the active model shares (its
+    /// chat template and system prompt, up to the user's words) and publishes its full blocks
+    /// in the prefix cache, so the first request already finds it there. Called when a model
+    /// becomes active with nothing generating.
+    pub(super) fn warm_prefix_cache(&mut self) {
+        let Some(model) = self.model.clone() else { return };
+        let Ok(view) = model.view() else { return };
+        let (first, second) = (view.prompt_tokens("a"), view.prompt_tokens("b"));
+        let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+        let prefix = &first[..shared];
+        if prefix.len() < KV_BLOCK_TOKENS {
+            return;
+        }
+        let Some(pool) = self.kv_pool_for(&view) else { return };
+        let config = *view.file.config();
+        let Some(mut kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, prefix.len())
+        else {
+            return;
+        };
+        let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
+        let chunk = state.rows();
+        let mut fed = 0;
+        while fed < prefix.len() {
+            let tokens = &prefix[fed..(fed + chunk).min(prefix.len())];
+            let mut sequences = [PassSequence { kv: &mut kv, tokens, start: fed, logits: false }];
+            if forward_batch(&view.file.weights, &mut state, &mut sequences, self.cpus, |_, _, _| {}).is_err()
+            {
+                return;
+            }
+            fed += tokens.len();
+        }
+        kv.publish(model_identity(&model), prefix);
     }
 
     /// Ends every waiting request with `message`.

@@ -87,6 +87,9 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) staging: Option<StagedLoad<'a>>,
     /// A model to stage once the KV cache has given back room for it.
     pub(super) room_wanted: Option<String>,
+    /// The active model's shared prompt prefix is not yet in the prefix cache (see
+    /// `warm_prefix_cache`; done when nothing is generating).
+    pub(super) prefix_cold: bool,
     /// The part of the arena `tessera.cfg`'s `arena_limit_mib` sets aside, held for good.
     pub(super) set_aside: Option<TensorHandle>,
     pub(super) card_config: CardConfig,
@@ -139,6 +142,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             in_batch: false,
             staging: None,
             room_wanted: None,
+            prefix_cold: false,
             set_aside: None,
             card_config: CardConfig::default(),
             kv_pool: None,
@@ -342,6 +346,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
         loop {
             let handled = self.poll_console();
+            if core::mem::take(&mut self.prefix_cold) {
+                scope::with(TensorKind::Small, || self.warm_prefix_cache());
+            }
             if !self.pending.is_empty() {
                 self.in_batch = true;
                 self.desk.set_generating(true);

@@ -155,6 +155,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             from: ShortName::new(old.as_deref().unwrap_or("")),
             to: ShortName::new(&model.name),
         });
+        self.prefix_cold = true;
         if let Some(replaced) = self.model.replace(Arc::new(model)) {
             self.retired.retire(replaced);
         }
