@@ -1,8 +1,10 @@
 //! The boot console: PL011 UART0 on GPIO 14/15, shared by every core, and `print!`; and the
-//! GPIO controller that routes its pins.
+//! GPIO controller that routes its pins. Once interrupt-driven, receive has flow control: when
+//! the receive ring is full the bytes stay in the UART, whose receive interrupts are masked
+//! until the console loop has made room (`kernel::console::ring::ReceiveFlow`).
 
 use bsp::{
-    arch::aarch64::cpu,
+    arch::aarch64::{cpu, timer::GenericTimer},
     board::rpi3::{
         gpio::Gpio,
         memory_map,
@@ -11,9 +13,12 @@ use bsp::{
 };
 use core::sync::atomic::AtomicU8;
 use kernel::{
-    hil::{Clock, Console, ConsoleTraffic},
+    console::{
+        ring::{ByteRing, Flow, ReceiveFlow},
+        transmit::TransmitQueue,
+    },
+    hil::{Clock, Console, ConsoleTraffic, FlowControl},
     mm::{MemError, buffer::BackedMemory, tensor::TensorKind},
-    serve::{ring::ByteRing, transmit::TransmitQueue},
 };
 
 // SAFETY: the addresses are the BCM2837's GPIO and UART0 blocks, mapped as device memory from
@@ -47,23 +52,63 @@ pub fn uart() -> &'static Pl011Uart {
     &UART
 }
 
-/// Bytes of protocol-pool memory for the receive ring.
-const RECEIVE_RING_BYTES: u64 = 16 * 1024;
-/// Bytes of protocol-pool memory for the transmit ring.
-const TRANSMIT_RING_BYTES: u64 = 16 * 1024;
+/// Bytes of protocol-pool memory for the receive ring (the protocol reserve counts it).
+const RECEIVE_RING_BYTES: u64 = kernel::console::CONSOLE_RING_BYTES;
+/// Room the console loop makes in a full receive ring before the UART's receive interrupts are
+/// unmasked again (a quarter of the ring: a held-back sender resumes in bursts, not a byte at
+/// a time).
+const RECEIVE_RESUME_ROOM: usize = RECEIVE_RING_BYTES as usize / 4;
+/// Bytes of protocol-pool memory for the transmit ring (the protocol reserve counts it).
+const TRANSMIT_RING_BYTES: u64 = kernel::console::CONSOLE_RING_BYTES;
 
 /// The console once it is interrupt-driven: reads come from the ring the receive interrupt
-/// fills; writes go into a transmit ring that the transmit interrupt empties into the UART.
+/// fills (with flow control); writes go into a transmit ring that the transmit interrupt
+/// empties into the UART.
+///
+/// Receive runs on core 0 only: the interrupt handler is the producer and core 0's console
+/// loop the consumer. The handler masks the receive interrupts when the ring is full; the
+/// loop, after a read that leaves enough room, takes what waits in the UART and unmasks them,
+/// with IRQs masked meanwhile so that the handler cannot run in between.
 pub struct InterruptConsole {
-    ring: &'static ByteRing<'static>,
+    receive: &'static ReceiveFlow<'static>,
     transmit: TransmitQueue<'static>,
-    transmitter: Pl011Transmitter,
+    transmitter: Pl011Transmitter<'static>,
 }
 
 impl InterruptConsole {
     /// The receive ring (for telemetry: bytes received, dropped, high water).
     pub fn ring(&self) -> &'static ByteRing<'static> {
-        self.ring
+        self.receive.ring()
+    }
+
+    /// From the UART interrupt handler: takes received bytes into the ring while it has room,
+    /// and masks the receive interrupts when it is full (the rest stays in the UART).
+    pub(crate) fn receive_interrupt(&self) {
+        if self.receive.is_paused() {
+            return;
+        }
+        UART.acknowledge_receive();
+        if self.receive.fill(|| UART.receive_byte(), GenericTimer.now_ns()) == Flow::Paused {
+            UART.set_receive_interrupts(false);
+        }
+    }
+
+    /// From the console loop on core 0: when the receive side is paused and the ring has room
+    /// again, takes what waits in the UART (its interrupt may not be raised again for bytes
+    /// already there) and unmasks the receive interrupts unless the ring filled again.
+    fn resume_receive(&self) {
+        if cpu::core_id() != 0 || !self.receive.resume_due() {
+            return;
+        }
+        crate::irq::without_interrupts(|| {
+            if !self.receive.resume_due() {
+                return;
+            }
+            UART.acknowledge_receive();
+            if self.receive.resume(|| UART.receive_byte(), GenericTimer.now_ns()) == Some(Flow::Open) {
+                UART.set_receive_interrupts(true);
+            }
+        });
     }
 
     /// From the UART interrupt handler: refills the transmit FIFO.
@@ -78,7 +123,9 @@ impl InterruptConsole {
         if self.transmit.is_pending() {
             self.transmit.pump(&self.transmitter);
         }
-        self.ring.is_empty()
+        // A paused receive side with an empty ring resumes here, before the core sleeps.
+        self.resume_receive();
+        self.receive.ring().is_empty()
     }
 
     /// Runs until `done` holds: core 0 sleeps until the next interrupt (the transmit
@@ -107,7 +154,9 @@ impl Console for InterruptConsole {
     }
 
     fn read_byte(&self) -> Option<u8> {
-        self.ring.pop()
+        let byte = self.receive.pop();
+        self.resume_receive();
+        byte
     }
 
     fn flush(&self) {
@@ -119,19 +168,39 @@ impl Console for InterruptConsole {
     }
 
     fn line_end_ns(&self) -> Option<u64> {
-        Some(self.ring.line_end_ns())
+        Some(self.ring().line_end_ns())
     }
 
     fn traffic(&self) -> Option<ConsoleTraffic> {
         let transmit = self.transmit.statistics();
+        let ring = self.ring();
         Some(ConsoleTraffic {
-            received: self.ring.received() as u64,
-            dropped: self.ring.overflowed() as u64,
-            receive_high_water: self.ring.high_water() as u64,
+            received: ring.received() as u64,
+            dropped: ring.overflowed() as u64 + UART.overruns(),
+            receive_high_water: ring.high_water() as u64,
+            receive_pauses: self.receive.pauses(),
             sent: transmit.sent,
             transmit_interrupts: crate::irq::statistics().transmit,
             transmit_waits: transmit.waits,
         })
+    }
+
+    /// RTS/CTS on GPIO 16/17. The line is drained first: the UART is disabled for a moment
+    /// while its control register changes.
+    fn set_flow_control(&self, flow_control: FlowControl) -> Result<&'static str, &'static str> {
+        self.flush();
+        match flow_control {
+            FlowControl::RtsCts => {
+                GPIO.route_uart0_flow_control();
+                UART.set_hardware_flow_control(true);
+                Ok("RTS/CTS flow control on (GPIO 16 CTS0, GPIO 17 RTS0)")
+            }
+            FlowControl::None => {
+                UART.set_hardware_flow_control(false);
+                GPIO.release_uart0_flow_control();
+                Ok("without hardware flow control")
+            }
+        }
     }
 }
 
@@ -161,16 +230,16 @@ pub fn start_interrupt_console(memory: &'static BackedMemory) -> Result<&'static
     }
     let receive = protocol_cells(memory, RECEIVE_RING_BYTES)?;
     let transmit = protocol_cells(memory, TRANSMIT_RING_BYTES)?;
-    static RING: spin::Once<ByteRing<'static>> = spin::Once::new();
-    let ring = RING.call_once(|| ByteRing::new(receive));
+    static RECEIVE: spin::Once<ReceiveFlow<'static>> = spin::Once::new();
+    let receive = RECEIVE.call_once(|| ReceiveFlow::new(ByteRing::new(receive), RECEIVE_RESUME_ROOM));
     // Everything printed so far has left before output goes through the transmit ring.
     UART.flush();
     let console = INTERRUPT_CONSOLE.call_once(|| InterruptConsole {
-        ring,
+        receive,
         transmit: TransmitQueue::new(ByteRing::new(transmit)),
         transmitter: UART.transmitter(),
     });
-    crate::irq::enable_console_interrupts(ring);
+    crate::irq::enable_console_interrupts();
     Ok(console)
 }
 

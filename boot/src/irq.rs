@@ -1,6 +1,7 @@
-//! Interrupts on core 0: the PL011 receive interrupt fills the console's receive ring, the
-//! transmit interrupt empties its transmit ring into the UART, and the time interrupts stay
-//! unserviced is measured.
+//! Interrupts on core 0: the PL011 receive interrupt fills the console's receive ring (and
+//! masks itself when the ring is full, leaving bytes in the UART), the transmit interrupt
+//! empties its transmit ring into the UART, and the time interrupts stay unserviced is
+//! measured.
 //!
 //! Core 0 runs with IRQs unmasked once [`enable_console_interrupts`] has run; the secondaries
 //! keep them masked and only use the mailbox interrupt to leave `wfi`.
@@ -14,7 +15,7 @@ use bsp::{
     },
 };
 use core::sync::atomic::{AtomicU64, Ordering};
-use kernel::{hil::Clock, serve::ring::ByteRing};
+use kernel::hil::Clock;
 
 // SAFETY: the BCM2835 interrupt controller block, mapped as device memory; see
 // `InterruptController::new` for concurrent use.
@@ -22,8 +23,6 @@ static CONTROLLER: InterruptController =
     unsafe { InterruptController::new(memory_map::INTERRUPT_CONTROLLER) };
 // SAFETY: the BCM2836 local block; boot's `cpus` module uses only per-core mailbox registers.
 static LOCAL: LocalInterrupts = unsafe { LocalInterrupts::new(memory_map::LOCAL_PERIPHERALS) };
-
-static RECEIVE_RING: spin::Once<&'static ByteRing<'static>> = spin::Once::new();
 
 /// IRQs handled.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
@@ -45,10 +44,10 @@ pub struct IrqStatistics {
     pub longest_unserviced_ns: u64,
 }
 
-/// Routes the UART receive interrupt to core 0, lets received bytes go into `ring`, and
-/// unmasks IRQs on this core (which must be core 0).
-pub fn enable_console_interrupts(ring: &'static ByteRing<'static>) {
-    RECEIVE_RING.call_once(|| ring);
+/// Routes the UART interrupt to core 0, unmasks the UART's receive interrupts (received bytes
+/// go to the interrupt console's ring, which must be in place) and IRQs on this core (which
+/// must be core 0).
+pub fn enable_console_interrupts() {
     LOCAL.route_peripherals_to(0);
     crate::console::uart().enable_receive_interrupts();
     CONTROLLER.enable(PeripheralIrq::UART);
@@ -73,19 +72,16 @@ pub fn without_interrupts<T>(work: impl FnOnce() -> T) -> T {
 /// The IRQ handler, called from the exception vector with IRQs masked.
 pub fn handle() {
     let start = GenericTimer.ticks();
-    if LOCAL.irq_source(0) & SOURCE_PERIPHERAL != 0 && CONTROLLER.is_pending(PeripheralIrq::UART) {
-        let ring = RECEIVE_RING.get();
-        let now_ns = GenericTimer.now_ns();
-        crate::console::uart().drain_receive(|byte| {
-            if let Some(ring) = ring {
-                ring.push_stamped(byte, now_ns);
-            }
-        });
+    if LOCAL.irq_source(0) & SOURCE_PERIPHERAL != 0
+        && CONTROLLER.is_pending(PeripheralIrq::UART)
+        && let Some(console) = crate::console::interrupt_console()
+    {
+        // Takes nothing while receive is paused (its interrupts are masked then; this runs for
+        // the transmit interrupt).
+        console.receive_interrupt();
         if crate::console::uart().transmit_pending() {
             TRANSMIT_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-            if let Some(console) = crate::console::interrupt_console() {
-                console.transmit_interrupt();
-            }
+            console.transmit_interrupt();
         }
     }
     HANDLED.fetch_add(1, Ordering::Relaxed);

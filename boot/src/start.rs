@@ -8,7 +8,7 @@ use bsp::{
         kernel_map::{KernelImage, kernel_mappings},
         mmu,
         timer::GenericTimer,
-        translation::{Access, MemoryType, TranslationTables},
+        translation::{Access, Mapping, MemoryType, TranslationTables},
     },
     board::{
         budget::{BoardModel, scaled_budget},
@@ -29,7 +29,7 @@ use kernel::{
     devicetree::{self, DeviceTreeFacts},
     hil::{Clock, Rng},
     mm::layout::{BLOCK, MemoryPlan, RegionKind},
-    topology::Topology,
+    topology::{Topology, TopologyError},
 };
 
 unsafe extern "Rust" {
@@ -64,7 +64,7 @@ unsafe impl<T> Sync for BootWritten<T> {}
 impl<T> BootWritten<T> {
     /// # Safety
     /// Only core 0, during boot, while no other reference exists.
-    #[allow(clippy::mut_from_ref)]
+    #[expect(clippy::mut_from_ref, reason = "a static written at boot; the caller promises exclusive access")]
     unsafe fn get_mut(&self) -> &mut T {
         // SAFETY: the caller guarantees exclusive access.
         unsafe { &mut *self.0.get() }
@@ -144,36 +144,9 @@ fn fail(stage: &str, error: impl core::fmt::Debug) -> ! {
 pub extern "C" fn boot_primary(device_tree: usize) -> ! {
     let clock = &GenericTimer;
     let image = kernel_image();
-    // The DMA region starts at the first 2 MiB boundary after the image (see MemoryPlan) and
-    // is the mailbox buffer's home both now and after the MMU is on.
-    let dma_base = image.end().div_ceil(BLOCK) * BLOCK;
-    // SAFETY: the mailbox block is at its fixed address; the buffer is the first page of the
-    // DMA region, used by nothing else, and coherent because the MMU (and so the cache) is off
-    // now and the region is mapped non-cacheable later.
-    let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, dma_base as *mut u32) };
-    let uart_clock = mailbox.clock_rate(clock, CLOCK_UART).unwrap_or(48_000_000);
-    console::init(clock, uart_clock);
-    let revision =
-        mailbox.board_revision(clock).unwrap_or_else(|error| fail("reading the board revision", error));
-    let (ram_base, ram_size) =
-        mailbox.arm_memory(clock).unwrap_or_else(|error| fail("reading ARM memory", error));
-    if ram_base != 0 {
-        fail("reading ARM memory", "ARM memory does not start at 0");
-    }
-    let ram = u64::from(ram_size);
+    let (revision, ram) = probe_board(clock, &image);
     let device_tree_length = copy_device_tree(device_tree, ram);
-
-    let (seed, seed_source) = match config().fixed_seed {
-        Some(seed) => (seed, SeedSource::Fixed),
-        None => {
-            // SAFETY: the RNG block at its fixed address; only boot uses it.
-            let rng = unsafe { HardwareRng::new(memory_map::RNG, clock) };
-            match rng.next_u64() {
-                Ok(seed) => (seed, SeedSource::Hardware),
-                Err(_) => (clock.ticks(), SeedSource::TimerFallback),
-            }
-        }
-    };
+    let (seed, seed_source) = boot_seed(clock);
     let model = BoardModel::from_revision(revision);
     let (row, budget) = scaled_budget(model, ram);
     let plan = MemoryPlan::new(ram, budget, image.end(), seed)
@@ -195,50 +168,10 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
     // SAFETY: the heap region is mapped read-write, cacheable, and used by nothing else.
     unsafe { crate::heap::init(heap.base, heap.size) };
 
-    // Wait in `wfe`: a busy loop would starve the other cores when QEMU runs them in turn
-    // (-icount). Each secondary sends an event as it reports in, and the timer's event stream
-    // bounds every wait even if one never does.
-    cpu::enable_event_stream();
-    let deadline = clock.deadline_after_us(500_000);
-    while CORES_ONLINE.load(Ordering::Acquire) < CORE_COUNT && !deadline.passed(clock) {
-        cpu::wait_for_event();
-    }
+    wait_for_secondaries(clock);
     let facts = parse_device_tree(device_tree_length);
     let cores_online = CORES_ONLINE.load(Ordering::Acquire);
-    let topology = match facts.topology {
-        Some(Ok(topology)) if topology.cores() >= cores_online => topology,
-        Some(Ok(topology)) => {
-            crate::println!(
-                "warning: device tree lists {} cpus but {cores_online} came online; using MPIDR",
-                topology.cores()
-            );
-            Topology::from_mpidr(cores_online)
-        }
-        Some(Err(error)) => {
-            crate::println!("warning: device tree topology rejected ({error}); using MPIDR");
-            Topology::from_mpidr(cores_online)
-        }
-        None => Topology::from_mpidr(cores_online),
-    };
-    let mut map_entries = [None; MAX_MAP_ENTRIES];
-    for (slot, mapping) in map_entries.iter_mut().zip(mappings.as_slice()) {
-        *slot = Some(MapEntry {
-            name: mapping.name,
-            base: mapping.base,
-            size: mapping.size,
-            memory: match mapping.memory {
-                MemoryType::Device => "device",
-                MemoryType::WriteBack => "normal WB",
-                MemoryType::NonCacheable => "normal NC",
-            },
-            access: match mapping.access {
-                Access::ReadExecute => "RX",
-                Access::ReadOnly => "RO",
-                Access::ReadWrite => "RW",
-            },
-            granule: mapping.granule.label(),
-        });
-    }
+    let topology = choose_topology(facts.topology, cores_online);
     // Trace events and pool latency histograms read the generic timer and the core number.
     kernel::hil::install_board_time(&GenericTimer, || cpu::core_id() as u32);
     let info = BOOT_INFO.call_once(|| BootInfo {
@@ -259,7 +192,7 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
         device_tree: device_tree_length > 0,
         budget_row: row.name,
         plan,
-        mappings: map_entries,
+        mappings: map_entries(mappings.as_slice()),
     });
     if let Some(memory) = facts.memory.filter(|&memory| memory != ram) {
         crate::println!(
@@ -268,6 +201,101 @@ pub extern "C" fn boot_primary(device_tree: usize) -> ! {
     }
     // SAFETY: the binary defines `__tessera_main` with `entry!`.
     unsafe { __tessera_main(info) }
+}
+
+/// Asks the firmware, through the mailbox, for the UART clock (and starts the console with
+/// it), the board revision and the ARM memory; returns the revision and the RAM size. Boot
+/// fails when the revision or the memory cannot be read, or memory does not start at 0.
+fn probe_board(clock: &GenericTimer, image: &KernelImage) -> (u32, u64) {
+    // The DMA region starts at the first 2 MiB boundary after the image (see MemoryPlan) and
+    // is the mailbox buffer's home both now and after the MMU is on.
+    let dma_base = image.end().div_ceil(BLOCK) * BLOCK;
+    // SAFETY: the mailbox block is at its fixed address; the buffer is the first page of the
+    // DMA region, used by nothing else, and coherent because the MMU (and so the cache) is off
+    // now and the region is mapped non-cacheable later.
+    let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, dma_base as *mut u32) };
+    let uart_clock = mailbox.clock_rate(clock, CLOCK_UART).unwrap_or(48_000_000);
+    console::init(clock, uart_clock);
+    let revision =
+        mailbox.board_revision(clock).unwrap_or_else(|error| fail("reading the board revision", error));
+    let (ram_base, ram_size) =
+        mailbox.arm_memory(clock).unwrap_or_else(|error| fail("reading ARM memory", error));
+    if ram_base != 0 {
+        fail("reading ARM memory", "ARM memory does not start at 0");
+    }
+    (revision, u64::from(ram_size))
+}
+
+/// The seed of every randomized layout and sampler: the binary's fixed seed if it has one,
+/// else the hardware RNG's, else (when the RNG fails) the timer's count.
+fn boot_seed(clock: &GenericTimer) -> (u64, SeedSource) {
+    match config().fixed_seed {
+        Some(seed) => (seed, SeedSource::Fixed),
+        None => {
+            // SAFETY: the RNG block at its fixed address; only boot uses it.
+            let rng = unsafe { HardwareRng::new(memory_map::RNG, clock) };
+            match rng.next_u64() {
+                Ok(seed) => (seed, SeedSource::Hardware),
+                Err(_) => (clock.ticks(), SeedSource::TimerFallback),
+            }
+        }
+    }
+}
+
+/// Waits until every core is online, or half a second has passed.
+fn wait_for_secondaries(clock: &GenericTimer) {
+    // Wait in `wfe`: a busy loop would starve the other cores when QEMU runs them in turn
+    // (-icount). Each secondary sends an event as it reports in, and the timer's event stream
+    // bounds every wait even if one never does.
+    cpu::enable_event_stream();
+    let deadline = clock.deadline_after_us(500_000);
+    while CORES_ONLINE.load(Ordering::Acquire) < CORE_COUNT && !deadline.passed(clock) {
+        cpu::wait_for_event();
+    }
+}
+
+/// The device tree's topology when it has one that covers the `cores_online`; otherwise (with
+/// a warning when the tree's was refused or too small) the topology MPIDR gives.
+fn choose_topology(from_tree: Option<Result<Topology, TopologyError>>, cores_online: usize) -> Topology {
+    match from_tree {
+        Some(Ok(topology)) if topology.cores() >= cores_online => topology,
+        Some(Ok(topology)) => {
+            crate::println!(
+                "warning: device tree lists {} cpus but {cores_online} came online; using MPIDR",
+                topology.cores()
+            );
+            Topology::from_mpidr(cores_online)
+        }
+        Some(Err(error)) => {
+            crate::println!("warning: device tree topology rejected ({error}); using MPIDR");
+            Topology::from_mpidr(cores_online)
+        }
+        None => Topology::from_mpidr(cores_online),
+    }
+}
+
+/// The boot banner's view of `mappings`: name, range, memory type, access and granule.
+fn map_entries(mappings: &[Mapping]) -> [Option<MapEntry>; MAX_MAP_ENTRIES] {
+    let mut map_entries = [None; MAX_MAP_ENTRIES];
+    for (slot, mapping) in map_entries.iter_mut().zip(mappings) {
+        *slot = Some(MapEntry {
+            name: mapping.name,
+            base: mapping.base,
+            size: mapping.size,
+            memory: match mapping.memory {
+                MemoryType::Device => "device",
+                MemoryType::WriteBack => "normal WB",
+                MemoryType::NonCacheable => "normal NC",
+            },
+            access: match mapping.access {
+                Access::ReadExecute => "RX",
+                Access::ReadOnly => "RO",
+                Access::ReadWrite => "RW",
+            },
+            granule: mapping.granule.label(),
+        });
+    }
+    map_entries
 }
 
 /// Writes `_start` into the firmware spin table for cores 1-3 (page 0, reachable only while

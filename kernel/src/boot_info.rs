@@ -129,7 +129,7 @@ impl fmt::Display for Banner<'_> {
         writeln!(formatter, "  memory       {} MiB ARM RAM ({memory_source})", info.plan.ram / MIB)?;
         writeln!(
             formatter,
-            "  budget       row {}: LLM {} MiB, protocol {} MiB, system {} MiB",
+            "  budget       row {}: LLM arena {} MiB, protocol {} MiB, system {} MiB",
             info.budget_row,
             budget.llm / MIB,
             budget.protocol / MIB,
@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn banner_names_every_field() {
-        let budget = Budget { llm: 562 * MIB, protocol: 120 * MIB, system: 278 * MIB };
+        let budget = Budget::reserving(960 * MIB, 72 * MIB, 4 * MIB);
         let plan = MemoryPlan::new(960 * MIB, budget, 0x1A_0000, 9).unwrap();
         let mut mappings = [None; MAX_MAP_ENTRIES];
         mappings[0] = Some(MapEntry {
@@ -201,7 +201,7 @@ mod tests {
             "64 bytes",
             "0x0000000000000009 (fixed)",
             "960 MiB ARM RAM (mailbox; no device tree at entry)",
-            "LLM 562 MiB, protocol 120 MiB, system 278 MiB",
+            "LLM arena 884 MiB, protocol 4 MiB, system 72 MiB",
             "kernel text        0x00080000 - 0x00090000       64 KiB   normal WB RX  4K",
         ] {
             assert!(text.contains(expected), "banner lacks {expected:?}:\n{text}");

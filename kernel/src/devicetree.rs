@@ -120,9 +120,21 @@ fn padded(length: usize) -> usize {
     length.next_multiple_of(4)
 }
 
-/// A checked, rebuilt copy of the tree in `bytes`: header, an empty memory-reservation map,
-/// the structure block without `NOP`s, and the strings block.
-pub fn canonical(bytes: &[u8]) -> Result<Vec<u8>, DeviceTreeError> {
+/// The parts of a tree's header that the rebuild needs, each block already bounds-checked.
+struct Blocks<'tree> {
+    /// The structure block.
+    structure: &'tree [u8],
+    /// The strings block.
+    strings: &'tree [u8],
+    /// Where the strings block starts in the tree (for error offsets).
+    strings_offset: usize,
+    /// The header's `boot_cpuid_phys`, copied as it is.
+    boot_cpuid: u32,
+}
+
+/// Checks the header of the tree in `bytes` (magic, version, sizes, alignment) and returns
+/// its structure and strings blocks.
+fn read_header(bytes: &[u8]) -> Result<Blocks<'_>, DeviceTreeError> {
     let header =
         |index: usize| word(bytes, index * 4).ok_or(DeviceTreeError::Header("shorter than 40 bytes"));
     if header(0)? != MAGIC {
@@ -149,67 +161,100 @@ pub fn canonical(bytes: &[u8]) -> Result<Vec<u8>, DeviceTreeError> {
     }
     let structure = block(structure_offset, structure_size)?;
     let strings = block(strings_offset, strings_size)?;
+    Ok(Blocks { structure, strings, strings_offset, boot_cpuid: header(7)? })
+}
 
-    let mut out = Vec::with_capacity(HEADER_BYTES + 16 + structure.len() + strings.len());
-    out.resize(HEADER_BYTES + 16, 0);
-    let structure_start = out.len();
-    // Per open node: whether a child has started (no more properties then).
-    let mut has_child = [false; MAX_DEPTH + 1];
-    let mut depth = 0;
-    let mut root_closed = false;
-    let mut at = 0;
-    loop {
-        let token = word(structure, at).ok_or(DeviceTreeError::Truncated { offset: at })?;
-        match token {
-            NOP => at += 4,
-            BEGIN_NODE if !root_closed => {
-                if depth == MAX_DEPTH {
-                    return Err(DeviceTreeError::TooDeep { offset: at });
+/// The walk over a structure block that checks each token and appends the kept ones to `out`.
+struct StructureCopy<'tree, 'out> {
+    /// The tree's blocks.
+    blocks: &'tree Blocks<'tree>,
+    /// The rebuilt tree so far.
+    out: &'out mut Vec<u8>,
+    /// Per open node: whether a child has started (no more properties then).
+    has_child: [bool; MAX_DEPTH + 1],
+    /// How many nodes are open.
+    depth: usize,
+    /// Whether the root node has ended (only `END` may follow).
+    root_closed: bool,
+}
+
+impl StructureCopy<'_, '_> {
+    /// Copies every token of the structure block up to and including `END`, without `NOP`s.
+    fn run(&mut self) -> Result<(), DeviceTreeError> {
+        let structure = self.blocks.structure;
+        let mut at = 0;
+        loop {
+            let token = word(structure, at).ok_or(DeviceTreeError::Truncated { offset: at })?;
+            at = match token {
+                NOP => at + 4,
+                BEGIN_NODE if !self.root_closed => self.begin_node(at)?,
+                END_NODE if self.depth > 0 => {
+                    self.depth -= 1;
+                    self.root_closed = self.depth == 0;
+                    self.out.extend_from_slice(&END_NODE.to_be_bytes());
+                    at + 4
                 }
-                let name = c_string(structure, at + 4).ok_or(DeviceTreeError::BadName { offset: at + 4 })?;
-                has_child[depth] = true;
-                depth += 1;
-                has_child[depth] = false;
-                let length = padded(name.len() + 1);
-                out.extend_from_slice(&structure[at..at + 4]);
-                out.extend_from_slice(name.as_bytes());
-                out.resize(out.len() + length - name.len(), 0);
-                at += 4 + length;
-            }
-            END_NODE if depth > 0 => {
-                depth -= 1;
-                root_closed = depth == 0;
-                out.extend_from_slice(&END_NODE.to_be_bytes());
-                at += 4;
-            }
-            PROPERTY if depth > 0 => {
-                if has_child[depth] {
-                    return Err(DeviceTreeError::PropertyAfterChild { offset: at });
+                PROPERTY if self.depth > 0 => self.property(at)?,
+                END if self.root_closed => {
+                    self.out.extend_from_slice(&END.to_be_bytes());
+                    return Ok(());
                 }
-                let truncated = DeviceTreeError::Truncated { offset: at };
-                let length = word(structure, at + 4).ok_or(truncated)? as usize;
-                let name_offset = word(structure, at + 8).ok_or(truncated)? as usize;
-                let end =
-                    (at + 12).checked_add(length).filter(|&end| end <= structure.len()).ok_or(truncated)?;
-                let name = c_string(strings, name_offset)
-                    .ok_or(DeviceTreeError::BadName { offset: strings_offset + name_offset })?;
-                if matches!(name, "#address-cells" | "#size-cells") && length != 4 {
-                    return Err(DeviceTreeError::BadCellCount { offset: at });
-                }
-                out.extend_from_slice(&structure[at..end]);
-                out.resize(out.len() + padded(length) - length, 0);
-                at += 12 + padded(length);
-            }
-            END if root_closed => {
-                out.extend_from_slice(&END.to_be_bytes());
-                break;
-            }
-            token => return Err(DeviceTreeError::BadToken { offset: at, token }),
+                token => return Err(DeviceTreeError::BadToken { offset: at, token }),
+            };
         }
     }
-    let structure_bytes = out.len() - structure_start;
-    let strings_start = out.len();
-    out.extend_from_slice(strings);
+
+    /// Opens the node whose `BEGIN_NODE` token is at `at`, copies it with its name, and
+    /// returns the offset of the next token.
+    fn begin_node(&mut self, at: usize) -> Result<usize, DeviceTreeError> {
+        let structure = self.blocks.structure;
+        if self.depth == MAX_DEPTH {
+            return Err(DeviceTreeError::TooDeep { offset: at });
+        }
+        let name = c_string(structure, at + 4).ok_or(DeviceTreeError::BadName { offset: at + 4 })?;
+        self.has_child[self.depth] = true;
+        self.depth += 1;
+        self.has_child[self.depth] = false;
+        let length = padded(name.len() + 1);
+        self.out.extend_from_slice(&structure[at..at + 4]);
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.resize(self.out.len() + length - name.len(), 0);
+        Ok(at + 4 + length)
+    }
+
+    /// Checks the property whose `PROP` token is at `at` (it comes before any child, its value
+    /// lies inside the block, its name is a string, cell counts are one cell), copies it, and
+    /// returns the offset of the next token.
+    fn property(&mut self, at: usize) -> Result<usize, DeviceTreeError> {
+        let Blocks { structure, strings, strings_offset, .. } = *self.blocks;
+        if self.has_child[self.depth] {
+            return Err(DeviceTreeError::PropertyAfterChild { offset: at });
+        }
+        let truncated = DeviceTreeError::Truncated { offset: at };
+        let length = word(structure, at + 4).ok_or(truncated)? as usize;
+        let name_offset = word(structure, at + 8).ok_or(truncated)? as usize;
+        let end = (at + 12).checked_add(length).filter(|&end| end <= structure.len()).ok_or(truncated)?;
+        let name = c_string(strings, name_offset)
+            .ok_or(DeviceTreeError::BadName { offset: strings_offset + name_offset })?;
+        if matches!(name, "#address-cells" | "#size-cells") && length != 4 {
+            return Err(DeviceTreeError::BadCellCount { offset: at });
+        }
+        self.out.extend_from_slice(&structure[at..end]);
+        self.out.resize(self.out.len() + padded(length) - length, 0);
+        Ok(at + 12 + padded(length))
+    }
+}
+
+/// Writes the version-17 header at the front of `out`, a rebuilt tree whose structure block
+/// starts at `structure_start` and whose strings block (of `strings_size` bytes) follows
+/// the structure block at `strings_start`.
+fn write_header(
+    out: &mut [u8],
+    structure_start: usize,
+    strings_start: usize,
+    strings_size: usize,
+    boot_cpuid: u32,
+) {
     let fields = [
         MAGIC,
         out.len() as u32,
@@ -218,13 +263,33 @@ pub fn canonical(bytes: &[u8]) -> Result<Vec<u8>, DeviceTreeError> {
         HEADER_BYTES as u32,
         17,
         16,
-        header(7)?,
-        strings.len() as u32,
-        structure_bytes as u32,
+        boot_cpuid,
+        strings_size as u32,
+        (strings_start - structure_start) as u32,
     ];
     for (slot, field) in out.chunks_exact_mut(4).zip(fields) {
         slot.copy_from_slice(&field.to_be_bytes());
     }
+}
+
+/// A checked, rebuilt copy of the tree in `bytes`: header, an empty memory-reservation map,
+/// the structure block without `NOP`s, and the strings block.
+pub fn canonical(bytes: &[u8]) -> Result<Vec<u8>, DeviceTreeError> {
+    let blocks = read_header(bytes)?;
+    let mut out = Vec::with_capacity(HEADER_BYTES + 16 + blocks.structure.len() + blocks.strings.len());
+    out.resize(HEADER_BYTES + 16, 0);
+    let structure_start = out.len();
+    StructureCopy {
+        blocks: &blocks,
+        out: &mut out,
+        has_child: [false; MAX_DEPTH + 1],
+        depth: 0,
+        root_closed: false,
+    }
+    .run()?;
+    let strings_start = out.len();
+    out.extend_from_slice(blocks.strings);
+    write_header(&mut out, structure_start, strings_start, blocks.strings.len(), blocks.boot_cpuid);
     Ok(out)
 }
 

@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod boot_info;
+pub mod console;
 pub mod devicetree;
 pub mod fs;
 pub mod hil;

@@ -110,8 +110,8 @@ fn greedy_tokens(cpus: &dyn Cpus) -> Vec<u32> {
     let config = weights.config;
     let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).expect("KV");
     let mut session = Session::new(weights, kv);
-    let mut state = State::new(weights);
     let mut sampler = Sampler::new(SamplerConfig::default());
+    let mut state = State::new(weights);
     let mut generated = Vec::new();
     let steps = expected::GENERATED.len();
     if let Err(error) = session.generate(

@@ -20,7 +20,7 @@ use kernel::{
         buffer::{BackedMemory, TensorBuffer},
         copy::{Fallback, OFFLOAD_MIN_BYTES, stage_copy},
         layout::RegionKind,
-        tensor::TensorKind,
+        tensor::{TensorHandle, TensorKind},
     },
     rand::SplitMix64,
 };
@@ -71,11 +71,27 @@ fn engine_copy(engine: &mut DmaEngine<'_>, destination: &mut [u8], source: &[u8]
 fn main(info: &'static boot::BootInfo) -> ! {
     let memory = boot::memory::backed_memory(info).unwrap_or_else(|error| fail(format_args!("{error}")));
     let cache_line = info.cache_line as u64;
-    let clock = &GenericTimer;
     let control_block = memory
         .memory()
         .alloc(32, TensorKind::Device)
         .unwrap_or_else(|error| fail(format_args!("no control block: {error}")));
+    let mut engine = set_up_engine(info, &control_block, &GenericTimer);
+    engine_copies(&mut engine, memory, cache_line);
+    refused_requests(&mut engine, memory);
+    staged_copies(&mut engine, memory, cache_line);
+    copy_beside_compute(&mut engine, memory);
+    boot::println!("DMA copies verified");
+    pass()
+}
+
+/// Checks that bad setups (a misaligned control block, a channel that does not exist) are
+/// refused with typed errors, then sets the engine up on `control_block`, which must lie in
+/// the DMA region, and checks that it starts idle.
+fn set_up_engine<'clock>(
+    info: &'static boot::BootInfo,
+    control_block: &TensorHandle,
+    clock: &'clock GenericTimer,
+) -> DmaEngine<'clock> {
     let dma_region = info.plan.region(RegionKind::Dma);
     ensure!(dma_region.contains(control_block.base()), "control block outside the DMA region");
     let uncached = dma_region.base..dma_region.end();
@@ -93,28 +109,42 @@ fn main(info: &'static boot::BootInfo) -> ! {
     ensure!(matches!(no_channel, Err(DmaSetupError::NoSuchChannel(15))), "channel 15 accepted");
 
     // SAFETY: DMA_BASE is the engine, mapped as device memory by boot; nothing else drives a
-    // DMA channel; the control block is 32 bytes of the non-cacheable DMA region, owned here.
+    // DMA channel; the control block is 32 bytes of the non-cacheable DMA region, owned by the
+    // caller for as long as the engine lives.
     let mut engine = unsafe {
-        DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base(), clock, cache_line, uncached)
+        DmaEngine::new(
+            DMA_BASE,
+            DEFAULT_CHANNEL,
+            control_block.base(),
+            clock,
+            info.cache_line as u64,
+            uncached,
+        )
     }
     .unwrap_or_else(|error| fail(format_args!("DMA setup: {error:?}")));
     ensure!(engine.poll() == Err(CopyError::Idle), "an idle engine reported a copy");
+    engine
+}
 
-    // 1. The engine alone, 64 B to 4 MiB, every byte checked and the guard line after it.
+/// The engine alone, 64 B to 4 MiB, every byte checked and the guard line after it.
+fn engine_copies(engine: &mut DmaEngine<'_>, memory: &BackedMemory, cache_line: u64) {
     let mut sizes = Vec::new();
     for (index, length) in [64usize, 4096, 65536, 1 << 20, 4 << 20].into_iter().enumerate() {
         let mut source = alloc(memory, length as u64);
         let mut destination = alloc(memory, length as u64 + cache_line);
         fill_random(&mut source, index as u64 + 1);
         destination.fill(GUARD);
-        engine_copy(&mut engine, &mut destination, &source, length);
+        engine_copy(engine, &mut destination, &source, length);
         ensure!(destination[..length] == source[..], "{length}-byte engine copy differs");
         ensure!(destination[length..].iter().all(|&byte| byte == GUARD), "{length}-byte copy overran");
         sizes.push(length);
     }
     boot::println!("engine copies of {sizes:?} bytes verified byte for byte");
+}
 
-    // 2. Refused requests: typed errors, and the engine stays usable.
+/// Refused requests: typed errors, and the engine stays usable (and refuses a second copy
+/// while one is in flight).
+fn refused_requests(engine: &mut DmaEngine<'_>, memory: &BackedMemory) {
     let mut buffer = alloc(memory, 8192);
     let base = buffer.as_mut_ptr() as u64;
     let refused = [
@@ -142,70 +172,86 @@ fn main(info: &'static boot::BootInfo) -> ! {
     ensure!(busy == Err(CopyError::Busy), "a second copy was accepted while one was in flight: {busy:?}");
     ensure!(engine.wait().is_ok(), "waiting for the copy failed");
     ensure!(second.iter().all(|&byte| byte == 0x3C), "copy after refusals differs");
-    drop(buffer);
+}
 
-    // 3. stage_copy across alignments: the engine takes the aligned middle when the source
-    // can follow the destination's alignment, the core the rest; the data is exact either way.
+/// stage_copy across alignments: the engine takes the aligned middle when the source can
+/// follow the destination's alignment, the core the rest; the data is exact either way. A
+/// copy too short for the engine is the core's.
+fn staged_copies(engine: &mut DmaEngine<'_>, memory: &BackedMemory, cache_line: u64) {
     let source_length = 3 * OFFLOAD_MIN_BYTES + 200;
     let mut source = alloc(memory, source_length as u64);
     fill_random(&mut source, 99);
     let (mut offloaded, mut on_core) = (0, 0);
     for destination_offset in [0usize, 1, 4, 60, 64] {
         for source_offset in [0usize, 1, 4, 60] {
-            let length = 2 * OFFLOAD_MIN_BYTES + 3 * source_offset + destination_offset + 13;
-            let mut destination = alloc(memory, (length + destination_offset + 128) as u64);
-            destination.fill(GUARD);
-            let staged = stage_copy(
-                Some(&mut engine),
-                destination,
-                destination_offset,
-                &source[source_offset..][..length],
-            );
-            let (destination, report) = staged.finish();
-            let copied = &destination[destination_offset..destination_offset + length];
-            ensure!(
-                copied == &source[source_offset..source_offset + length],
-                "staged copy ({destination_offset}, {source_offset}) differs"
-            );
-            ensure!(
-                destination[..destination_offset].iter().all(|&byte| byte == GUARD)
-                    && destination[destination_offset + length..].iter().all(|&byte| byte == GUARD),
-                "staged copy ({destination_offset}, {source_offset}) wrote outside its range"
-            );
-            ensure!(report.engine_bytes + report.cpu_bytes == length, "bytes unaccounted: {report:?}");
-            // The engine's part is usable exactly when the source is 4-byte aligned at the
-            // first whole destination line.
-            let head = (cache_line as usize
-                - (destination.as_ptr() as usize + destination_offset) % cache_line as usize)
-                % cache_line as usize;
-            let source_aligned = (source.as_ptr() as usize + source_offset + head).is_multiple_of(4);
-            if source_aligned {
-                ensure!(report.engine_bytes > 0 && report.fallback.is_none(), "not offloaded: {report:?}");
+            if staged_copy(engine, memory, cache_line, &source, destination_offset, source_offset) {
                 offloaded += 1;
             } else {
-                ensure!(
-                    matches!(
-                        report.fallback,
-                        Some(Fallback::Refused(CopyError::Misaligned { which: "source", .. }))
-                    ),
-                    "misaligned source not refused: {report:?}"
-                );
                 on_core += 1;
             }
         }
     }
-    let short = stage_copy(Some(&mut engine), alloc(memory, 4096), 0, &source[..4096]).finish();
+    let short = stage_copy(Some(engine), alloc(memory, 4096), 0, &source[..4096]).finish();
     ensure!(short.1.fallback == Some(Fallback::Short) && short.0[..] == source[..4096], "short copy");
     boot::println!(
         "staged copies: {offloaded} offloaded, {on_core} refused as misaligned and copied by the core"
     );
+}
 
-    // 4. Overlap: stage 4 MiB of "weights" and compute on other data meanwhile.
+/// One staged copy out of `source` at `source_offset` to a fresh buffer at
+/// `destination_offset`: the data exact, the guard bytes around it untouched, every byte
+/// accounted for, and the engine used exactly when the source is aligned for it. Returns
+/// whether the engine took part.
+fn staged_copy(
+    engine: &mut DmaEngine<'_>,
+    memory: &BackedMemory,
+    cache_line: u64,
+    source: &[u8],
+    destination_offset: usize,
+    source_offset: usize,
+) -> bool {
+    let length = 2 * OFFLOAD_MIN_BYTES + 3 * source_offset + destination_offset + 13;
+    let mut destination = alloc(memory, (length + destination_offset + 128) as u64);
+    destination.fill(GUARD);
+    let staged =
+        stage_copy(Some(engine), destination, destination_offset, &source[source_offset..][..length]);
+    let (destination, report) = staged.finish();
+    let copied = &destination[destination_offset..destination_offset + length];
+    ensure!(
+        copied == &source[source_offset..source_offset + length],
+        "staged copy ({destination_offset}, {source_offset}) differs"
+    );
+    ensure!(
+        destination[..destination_offset].iter().all(|&byte| byte == GUARD)
+            && destination[destination_offset + length..].iter().all(|&byte| byte == GUARD),
+        "staged copy ({destination_offset}, {source_offset}) wrote outside its range"
+    );
+    ensure!(report.engine_bytes + report.cpu_bytes == length, "bytes unaccounted: {report:?}");
+    // The engine's part is usable exactly when the source is 4-byte aligned at the
+    // first whole destination line.
+    let head = (cache_line as usize
+        - (destination.as_ptr() as usize + destination_offset) % cache_line as usize)
+        % cache_line as usize;
+    let source_aligned = (source.as_ptr() as usize + source_offset + head).is_multiple_of(4);
+    if source_aligned {
+        ensure!(report.engine_bytes > 0 && report.fallback.is_none(), "not offloaded: {report:?}");
+    } else {
+        ensure!(
+            matches!(report.fallback, Some(Fallback::Refused(CopyError::Misaligned { which: "source", .. }))),
+            "misaligned source not refused: {report:?}"
+        );
+    }
+    source_aligned
+}
+
+/// Overlap: stage 4 MiB of "weights" and compute a checksum of other data meanwhile; both
+/// come out exact.
+fn copy_beside_compute(engine: &mut DmaEngine<'_>, memory: &BackedMemory) {
     let mut weights = alloc(memory, 4 * MIB);
     fill_random(&mut weights, 7);
     let mut activations = alloc(memory, MIB);
     fill_random(&mut activations, 8);
-    let mut staged = stage_copy(Some(&mut engine), alloc(memory, 4 * MIB), 0, &weights);
+    let mut staged = stage_copy(Some(engine), alloc(memory, 4 * MIB), 0, &weights);
     let mut checksum = 0u64;
     let mut finished_during_compute = false;
     for (round, chunk) in activations.chunks(4096).enumerate() {
@@ -227,6 +273,4 @@ fn main(info: &'static boot::BootInfo) -> ! {
         "4 MiB staged by DMA while the core computed (engine done {} the compute ended)",
         if finished_during_compute { "before" } else { "after" }
     );
-    boot::println!("DMA copies verified");
-    pass()
 }

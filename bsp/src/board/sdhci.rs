@@ -131,7 +131,7 @@ register_bitfields! {
 
 register_structs! {
     /// SDHCI register block.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => ARG2: ReadWrite<u32>),
         (0x04 => BLKSIZECNT: ReadWrite<u32, BLKSIZECNT::Register>),

@@ -26,6 +26,24 @@ pub trait Console: Sync {
     fn traffic(&self) -> Option<ConsoleTraffic> {
         None
     }
+
+    /// Switches the line's hardware flow control. Returns what was set up, in a few words, or
+    /// why it cannot be (the default: this console has none).
+    fn set_flow_control(&self, _flow_control: FlowControl) -> Result<&'static str, &'static str> {
+        Err("this console has no hardware flow control")
+    }
+}
+
+/// Hardware flow control on a serial line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlowControl {
+    /// None: when the kernel stops reading, the UART's FIFO fills and further bytes are lost
+    /// in the UART (counted as dropped).
+    #[default]
+    None,
+    /// RTS/CTS: the UART drops RTS while its receive FIFO is at its level, so the sender waits,
+    /// and sends only while CTS is asserted.
+    RtsCts,
 }
 
 /// Bytes through an interrupt-driven console.
@@ -33,10 +51,13 @@ pub trait Console: Sync {
 pub struct ConsoleTraffic {
     /// Bytes the receive interrupt took from the UART.
     pub received: u64,
-    /// Of those, bytes dropped because the receive ring was full.
+    /// Bytes lost: dropped because the receive ring was full, or overrun in the UART (each
+    /// overrun the UART flags counts one).
     pub dropped: u64,
     /// The most received bytes ever waiting at once.
     pub receive_high_water: u64,
+    /// Times the receive ring filled and the sender was held back (receive flow control).
+    pub receive_pauses: u64,
     /// Bytes handed to the UART by the transmit path.
     pub sent: u64,
     /// Interrupts the transmit FIFO raised.
@@ -50,11 +71,12 @@ impl fmt::Display for ConsoleTraffic {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             formatter,
-            "console rx   {} bytes, {} dropped, at most {} waiting\r\n\
+            "console rx   {} bytes, {} dropped, at most {} waiting, sender held back {} times\r\n\
              console tx   {} bytes, {} transmit interrupts, {} waits for a full ring\r\n",
             self.received,
             self.dropped,
             self.receive_high_water,
+            self.receive_pauses,
             self.sent,
             self.transmit_interrupts,
             self.transmit_waits
@@ -70,4 +92,18 @@ impl fmt::Write for ConsoleWriter<'_> {
         self.0.write_bytes(text.as_bytes());
         Ok(())
     }
+}
+
+/// The transmit side of a UART, as the pump drives it.
+pub trait TransmitFifo {
+    /// Whether the FIFO can take another byte now.
+    fn has_room(&self) -> bool;
+    /// Puts one byte into the FIFO (only called when [`TransmitFifo::has_room`] said so).
+    fn put(&self, byte: u8);
+    /// Clears the transmit interrupt, before the pump refills the FIFO.
+    fn acknowledge(&self);
+    /// Enables (`true`) or masks the transmit interrupt.
+    fn interrupt_on_room(&self, enabled: bool);
+    /// Most bytes the FIFO holds: the pump moves at most this many per call.
+    fn depth(&self) -> usize;
 }

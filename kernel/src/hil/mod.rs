@@ -16,7 +16,7 @@ mod telemetry;
 
 pub use block::{BLOCK_SIZE, BlockDevice, BlockError, check_transfer, pattern_block};
 pub use clock::{BoardTime, Clock, Deadline, board_time, install_board_time, ticks_to_ns};
-pub use console::{Console, ConsoleTraffic, ConsoleWriter};
+pub use console::{Console, ConsoleTraffic, ConsoleWriter, FlowControl, TransmitFifo};
 pub use copy::{CopyConstraints, CopyEngine, CopyError, CopyRequest, CopyStatus, check_request};
 pub use cpus::{
     Cpus, HANG_GRACE_FACTOR, HANG_GRACE_MIN_NS, HangWatch, MAX_WORKERS, STOP_ANSWER_NS, SharesLost,

@@ -15,6 +15,10 @@ pub struct HeapStatistics {
     pub allocations: u64,
     /// Allocations released since boot.
     pub frees: u64,
+    /// Bytes of the pools' metadata pool (the pools' own bookkeeping while serving).
+    pub metadata_capacity_bytes: u64,
+    /// Of those, bytes in use.
+    pub metadata_live_bytes: u64,
 }
 
 /// The board's measurements, as the server reads them for `/stats`, `/mem` and the `mem`

@@ -22,16 +22,36 @@ pub fn matvec(
     scratch: &mut QuantizedVector,
     out: &mut [f32],
 ) {
-    let input = if takes_quantized_input(matrix.tensor_type, precision) {
-        if precision == Precision::Int16 {
-            scratch.quantize_wide(x);
-            Input::Quantized16(scratch)
-        } else {
-            scratch.quantize(x);
-            Input::Quantized(scratch)
+    prepare_input(x, precision, scratch);
+    matvec_prepared(cpus, matrix, x, precision, scratch, out);
+}
+
+/// Prepares `x` once for every matrix it will meet at `precision`: quantized to 8 or 16 bits,
+/// or (in float) with its block sums, into `scratch`.
+pub fn prepare_input(x: &[f32], precision: Precision, scratch: &mut QuantizedVector) {
+    match precision {
+        Precision::Int16 => scratch.quantize_wide(x),
+        Precision::Int8 => scratch.quantize(x),
+        Precision::Float => {
+            scratch.sum_blocks(x);
         }
+    }
+}
+
+/// Like [`matvec`], for an `x` that [`prepare_input`] already prepared into `scratch` (the
+/// same bits: a projection of the same input reuses its quantization).
+pub fn matvec_prepared(
+    cpus: &dyn Cpus,
+    matrix: &Matrix<'_>,
+    x: &[f32],
+    precision: Precision,
+    scratch: &QuantizedVector,
+    out: &mut [f32],
+) {
+    let input = if takes_quantized_input(matrix.tensor_type, precision) {
+        if precision == Precision::Int16 { Input::Quantized16(scratch) } else { Input::Quantized(scratch) }
     } else if matrix.tensor_type == TensorType::Q4_1 {
-        Input::FloatSummed(x, scratch.sum_blocks(x))
+        Input::FloatSummed(x, &scratch.block_sums[..(x.len() / 32).min(scratch.block_sums.len())])
     } else {
         Input::Float(x)
     };

@@ -92,6 +92,37 @@ const CORPUS: &[&str] = &[
     "The model reads tokens, one at a time, and writes the next one.",
 ];
 
+/// The special tokens, after the learned ones: the first is BOS, the last EOS.
+const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Every weight of a synthetic model, as drawn (one vector per layer for the per-layer ones).
+struct SyntheticWeights {
+    /// Token embedding, vocabulary × dim.
+    embedding: Vec<f32>,
+    /// Attention RMS-norm weights.
+    attention_norms: Vec<Vec<f32>>,
+    /// Query projections.
+    query: Vec<Vec<f32>>,
+    /// Key projections.
+    key: Vec<Vec<f32>>,
+    /// Value projections.
+    value: Vec<Vec<f32>>,
+    /// Attention output projections.
+    output: Vec<Vec<f32>>,
+    /// Feed-forward RMS-norm weights.
+    ffn_norms: Vec<Vec<f32>>,
+    /// Feed-forward gate projections.
+    gate: Vec<Vec<f32>>,
+    /// Feed-forward down projections.
+    down: Vec<Vec<f32>>,
+    /// Feed-forward up projections.
+    up: Vec<Vec<f32>>,
+    /// Final RMS-norm weights.
+    final_norm: Vec<f32>,
+    /// The separate classifier, when the embedding is not tied.
+    classifier: Option<Vec<f32>>,
+}
+
 /// Values with a uniform spread of ±`scale`.
 fn draw(random: &mut SplitMix64, count: usize, scale: f32) -> Vec<f32> {
     (0..count).map(|_| (random.next_f32() * 2.0 - 1.0) * scale).collect()
@@ -186,6 +217,26 @@ impl SyntheticSpec {
     /// Generates the model in `format`.
     pub fn generate(&self, format: SyntheticFormat) -> Result<SyntheticModel, &'static str> {
         self.validate(format)?;
+        let weights = self.draw_weights();
+        let merges = learn_merges(self.vocab_size - 256 - SPECIALS.len(), self.seed);
+        Ok(match format {
+            SyntheticFormat::Llama2c => SyntheticModel {
+                model: self.llama2c_checkpoint(&weights),
+                tokenizer: Some(llama2c_tokenizer(self.vocab_size, &merges)),
+            },
+            SyntheticFormat::Gguf(matrix_type) => {
+                let mut writer = GgufWriter::new();
+                self.write_gguf_hyperparameters(&mut writer);
+                self.write_gguf_tokenizer(&mut writer, &merges);
+                self.write_gguf_tensors(&mut writer, &weights, matrix_type);
+                SyntheticModel { model: writer.finish(), tokenizer: None }
+            }
+        })
+    }
+
+    /// Draws every weight from the seed, in llama2.c's tensor order (so both formats of one
+    /// seed hold the same values).
+    fn draw_weights(&self) -> SyntheticWeights {
         let mut random = SplitMix64::new(self.seed);
         let (dim, hidden, layers, vocab) = (self.dim, self.hidden_dim, self.layers, self.vocab_size);
         let kv_dim = self.kv_heads * (dim / self.heads);
@@ -206,131 +257,165 @@ impl SyntheticSpec {
         let up = per_layer(&mut random, hidden * dim, input_scale);
         let final_norm = draw_norm(&mut random, dim);
         let classifier = if self.tied { None } else { Some(draw(&mut random, vocab * dim, input_scale)) };
+        SyntheticWeights {
+            embedding,
+            attention_norms,
+            query,
+            key,
+            value,
+            output,
+            ffn_norms,
+            gate,
+            down,
+            up,
+            final_norm,
+            classifier,
+        }
+    }
 
-        // Tokenizer: bytes, learned merges, then the specials.
-        let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-        let merges = learn_merges(vocab - 256 - specials.len(), self.seed);
+    /// A llama2.c checkpoint: the seven-field header, then every tensor as little-endian f32
+    /// (with the zeroed legacy RoPE block before a separate classifier).
+    fn llama2c_checkpoint(&self, weights: &SyntheticWeights) -> Vec<u8> {
+        let mut model = Vec::new();
+        let vocab = self.vocab_size;
+        let vocab_field = if self.tied { vocab as i32 } else { -(vocab as i32) };
+        for field in [
+            self.dim as i32,
+            self.hidden_dim as i32,
+            self.layers as i32,
+            self.heads as i32,
+            self.kv_heads as i32,
+            vocab_field,
+            self.context_length as i32,
+        ] {
+            model.extend_from_slice(&field.to_le_bytes());
+        }
+        let mut put =
+            |values: &[f32]| values.iter().for_each(|value| model.extend_from_slice(&value.to_le_bytes()));
+        put(&weights.embedding);
+        for group in [
+            &weights.attention_norms,
+            &weights.query,
+            &weights.key,
+            &weights.value,
+            &weights.output,
+            &weights.ffn_norms,
+            &weights.gate,
+            &weights.down,
+            &weights.up,
+        ] {
+            group.iter().for_each(|values| put(values));
+        }
+        put(&weights.final_norm);
+        put(&alloc::vec![0.0; self.context_length * (self.dim / self.heads)]);
+        if let Some(classifier) = &weights.classifier {
+            put(classifier);
+        }
+        model
+    }
 
-        match format {
-            SyntheticFormat::Llama2c => {
-                let mut model = Vec::new();
-                let vocab_field = if self.tied { vocab as i32 } else { -(vocab as i32) };
-                for field in [
-                    dim as i32,
-                    hidden as i32,
-                    layers as i32,
-                    self.heads as i32,
-                    self.kv_heads as i32,
-                    vocab_field,
-                    self.context_length as i32,
-                ] {
-                    model.extend_from_slice(&field.to_le_bytes());
-                }
-                let mut put = |values: &[f32]| {
-                    values.iter().for_each(|value| model.extend_from_slice(&value.to_le_bytes()))
-                };
-                put(&embedding);
-                for group in [&attention_norms, &query, &key, &value, &output, &ffn_norms, &gate, &down, &up]
-                {
-                    group.iter().for_each(|values| put(values));
-                }
-                put(&final_norm);
-                put(&alloc::vec![0.0; self.context_length * (dim / self.heads)]);
-                if let Some(classifier) = &classifier {
-                    put(classifier);
-                }
-                Ok(SyntheticModel { model, tokenizer: Some(llama2c_tokenizer(vocab, &merges)) })
+    /// Writes the GGUF metadata that describes the architecture and its shape.
+    fn write_gguf_hyperparameters(&self, writer: &mut GgufWriter) {
+        let string = |text: &str| WriteValue::String(text.into());
+        let count = |value: usize| WriteValue::U32(value as u32);
+        writer
+            .metadata("general.architecture", string("llama"))
+            .metadata("general.name", string("tessera synthetic"))
+            .metadata("general.alignment", WriteValue::U32(32))
+            .metadata("llama.context_length", count(self.context_length))
+            .metadata("llama.embedding_length", count(self.dim))
+            .metadata("llama.block_count", count(self.layers))
+            .metadata("llama.feed_forward_length", count(self.hidden_dim))
+            .metadata("llama.attention.head_count", count(self.heads))
+            .metadata("llama.attention.head_count_kv", count(self.kv_heads))
+            .metadata("llama.rope.freq_base", WriteValue::F32(10_000.0))
+            .metadata("llama.attention.layer_norm_rms_epsilon", WriteValue::F32(1e-5))
+            .metadata("llama.rope.dimension_count", count(self.dim / self.heads));
+    }
+
+    /// Writes the GGUF tokenizer metadata: the 256 byte tokens, the learned `merges`, unused
+    /// fillers up to the vocabulary, then the specials (the first is BOS, the last EOS).
+    fn write_gguf_tokenizer(&self, writer: &mut GgufWriter, merges: &[(String, String)]) {
+        let vocab = self.vocab_size;
+        let string = |text: &str| WriteValue::String(text.into());
+        let count = |value: usize| WriteValue::U32(value as u32);
+        let mut tokens: Vec<String> = (0..=255u8).map(|byte| String::from(byte_to_char(byte))).collect();
+        tokens.extend(merges.iter().map(|(left, right)| format!("{left}{right}")));
+        // When the corpus runs out of pairs, unused tokens fill the vocabulary.
+        let learned = tokens.len();
+        while tokens.len() < vocab - SPECIALS.len() {
+            tokens.push(format!("<|unused{}|>", tokens.len() - learned));
+        }
+        tokens.extend(SPECIALS.iter().map(|special| String::from(*special)));
+        let types: Vec<WriteValue> = (0..tokens.len())
+            .map(|id| {
+                WriteValue::I32(match id {
+                    id if id >= vocab - SPECIALS.len() => TOKEN_TYPE_CONTROL,
+                    id if id >= learned => TOKEN_TYPE_UNUSED,
+                    _ => 1,
+                })
+            })
+            .collect();
+        writer
+            .metadata("tokenizer.ggml.model", string("gpt2"))
+            .metadata("tokenizer.ggml.pre", string("smollm"))
+            .metadata(
+                "tokenizer.ggml.tokens",
+                WriteValue::Array(ValueType::String, tokens.iter().map(|token| string(token)).collect()),
+            )
+            .metadata("tokenizer.ggml.token_type", WriteValue::Array(ValueType::I32, types))
+            .metadata(
+                "tokenizer.ggml.merges",
+                WriteValue::Array(
+                    ValueType::String,
+                    merges.iter().map(|(left, right)| string(&format!("{left} {right}"))).collect(),
+                ),
+            )
+            .metadata("tokenizer.ggml.bos_token_id", count(vocab - 3))
+            .metadata("tokenizer.ggml.eos_token_id", count(vocab - 1));
+    }
+
+    /// Writes every tensor under its GGUF name: matrices and the embedding as `matrix_type`,
+    /// norms as F32.
+    fn write_gguf_tensors(
+        &self,
+        writer: &mut GgufWriter,
+        weights: &SyntheticWeights,
+        matrix_type: TensorType,
+    ) {
+        let encode = |tensor_type: TensorType, values: &[f32]| {
+            let mut bytes = Vec::new();
+            quantize(tensor_type, values, &mut bytes);
+            bytes
+        };
+        let kv_dim = self.kv_heads * (self.dim / self.heads);
+        let (d, h, k, v) = (self.dim as u64, self.hidden_dim as u64, kv_dim as u64, self.vocab_size as u64);
+        writer.tensor("token_embd.weight", &[d, v], matrix_type, encode(matrix_type, &weights.embedding));
+        for layer in 0..self.layers {
+            let name = |suffix: &str| format!("blk.{layer}.{suffix}.weight");
+            let tensors: [(&str, &[f32], &[u64], TensorType); 9] = [
+                ("attn_norm", &weights.attention_norms[layer], &[d], TensorType::F32),
+                ("attn_q", &weights.query[layer], &[d, d], matrix_type),
+                ("attn_k", &weights.key[layer], &[d, k], matrix_type),
+                ("attn_v", &weights.value[layer], &[d, k], matrix_type),
+                ("attn_output", &weights.output[layer], &[d, d], matrix_type),
+                ("ffn_norm", &weights.ffn_norms[layer], &[d], TensorType::F32),
+                ("ffn_gate", &weights.gate[layer], &[d, h], matrix_type),
+                ("ffn_down", &weights.down[layer], &[h, d], matrix_type),
+                ("ffn_up", &weights.up[layer], &[d, h], matrix_type),
+            ];
+            for (suffix, values, dimensions, tensor_type) in tensors {
+                writer.tensor(&name(suffix), dimensions, tensor_type, encode(tensor_type, values));
             }
-            SyntheticFormat::Gguf(matrix_type) => {
-                let mut writer = GgufWriter::new();
-                let string = |text: &str| WriteValue::String(text.into());
-                let count = |value: usize| WriteValue::U32(value as u32);
-                writer
-                    .metadata("general.architecture", string("llama"))
-                    .metadata("general.name", string("tessera synthetic"))
-                    .metadata("general.alignment", WriteValue::U32(32))
-                    .metadata("llama.context_length", count(self.context_length))
-                    .metadata("llama.embedding_length", count(dim))
-                    .metadata("llama.block_count", count(layers))
-                    .metadata("llama.feed_forward_length", count(hidden))
-                    .metadata("llama.attention.head_count", count(self.heads))
-                    .metadata("llama.attention.head_count_kv", count(self.kv_heads))
-                    .metadata("llama.rope.freq_base", WriteValue::F32(10_000.0))
-                    .metadata("llama.attention.layer_norm_rms_epsilon", WriteValue::F32(1e-5))
-                    .metadata("llama.rope.dimension_count", count(dim / self.heads));
-                let mut tokens: Vec<String> =
-                    (0..=255u8).map(|byte| String::from(byte_to_char(byte))).collect();
-                tokens.extend(merges.iter().map(|(left, right)| format!("{left}{right}")));
-                // When the corpus runs out of pairs, unused tokens fill the vocabulary.
-                let learned = tokens.len();
-                while tokens.len() < vocab - specials.len() {
-                    tokens.push(format!("<|unused{}|>", tokens.len() - learned));
-                }
-                tokens.extend(specials.iter().map(|special| String::from(*special)));
-                let types: Vec<WriteValue> = (0..tokens.len())
-                    .map(|id| {
-                        WriteValue::I32(match id {
-                            id if id >= vocab - specials.len() => TOKEN_TYPE_CONTROL,
-                            id if id >= learned => TOKEN_TYPE_UNUSED,
-                            _ => 1,
-                        })
-                    })
-                    .collect();
-                writer
-                    .metadata("tokenizer.ggml.model", string("gpt2"))
-                    .metadata("tokenizer.ggml.pre", string("smollm"))
-                    .metadata(
-                        "tokenizer.ggml.tokens",
-                        WriteValue::Array(
-                            ValueType::String,
-                            tokens.iter().map(|token| string(token)).collect(),
-                        ),
-                    )
-                    .metadata("tokenizer.ggml.token_type", WriteValue::Array(ValueType::I32, types))
-                    .metadata(
-                        "tokenizer.ggml.merges",
-                        WriteValue::Array(
-                            ValueType::String,
-                            merges.iter().map(|(left, right)| string(&format!("{left} {right}"))).collect(),
-                        ),
-                    )
-                    .metadata("tokenizer.ggml.bos_token_id", count(vocab - 3))
-                    .metadata("tokenizer.ggml.eos_token_id", count(vocab - 1));
-                let encode = |tensor_type: TensorType, values: &[f32]| {
-                    let mut bytes = Vec::new();
-                    quantize(tensor_type, values, &mut bytes);
-                    bytes
-                };
-                let (d, h, k, v) = (dim as u64, hidden as u64, kv_dim as u64, vocab as u64);
-                writer.tensor("token_embd.weight", &[d, v], matrix_type, encode(matrix_type, &embedding));
-                for layer in 0..layers {
-                    let name = |suffix: &str| format!("blk.{layer}.{suffix}.weight");
-                    let tensors: [(&str, &[f32], &[u64], TensorType); 9] = [
-                        ("attn_norm", &attention_norms[layer], &[d], TensorType::F32),
-                        ("attn_q", &query[layer], &[d, d], matrix_type),
-                        ("attn_k", &key[layer], &[d, k], matrix_type),
-                        ("attn_v", &value[layer], &[d, k], matrix_type),
-                        ("attn_output", &output[layer], &[d, d], matrix_type),
-                        ("ffn_norm", &ffn_norms[layer], &[d], TensorType::F32),
-                        ("ffn_gate", &gate[layer], &[d, h], matrix_type),
-                        ("ffn_down", &down[layer], &[h, d], matrix_type),
-                        ("ffn_up", &up[layer], &[d, h], matrix_type),
-                    ];
-                    for (suffix, values, dimensions, tensor_type) in tensors {
-                        writer.tensor(&name(suffix), dimensions, tensor_type, encode(tensor_type, values));
-                    }
-                }
-                writer.tensor(
-                    "output_norm.weight",
-                    &[d],
-                    TensorType::F32,
-                    encode(TensorType::F32, &final_norm),
-                );
-                if let Some(classifier) = &classifier {
-                    writer.tensor("output.weight", &[d, v], matrix_type, encode(matrix_type, classifier));
-                }
-                Ok(SyntheticModel { model: writer.finish(), tokenizer: None })
-            }
+        }
+        writer.tensor(
+            "output_norm.weight",
+            &[d],
+            TensorType::F32,
+            encode(TensorType::F32, &weights.final_norm),
+        );
+        if let Some(classifier) = &weights.classifier {
+            writer.tensor("output.weight", &[d, v], matrix_type, encode(matrix_type, classifier));
         }
     }
 }

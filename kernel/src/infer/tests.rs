@@ -164,3 +164,75 @@ proptest! {
         prop_assert_eq!(decode_all(score, &ids[1..], Some(1)), text);
     }
 }
+
+/// A batched pass gives every row the bits a pass of its own gives it: a prompt fed as one
+/// chunk (causal within itself), beside another sequence decoding, yields the same last
+/// logits and the same stored keys and values as feeding every token alone, at every
+/// precision and for every format.
+#[test]
+fn batched_passes_equal_one_token_passes() {
+    use super::{
+        Precision,
+        forward::{PassSequence, forward_batch},
+    };
+    use crate::hil::KvStore;
+    let spec = spec(4, 2, false);
+    for (format, precision) in [
+        (SyntheticFormat::Gguf(TensorType::F32), Precision::Float),
+        (SyntheticFormat::Gguf(TensorType::Q4_1), Precision::Float),
+        (SyntheticFormat::Gguf(TensorType::Q8_0), Precision::Int8),
+        (SyntheticFormat::Gguf(TensorType::Q4_1), Precision::Int16),
+    ] {
+        let bytes = spec.generate(format).unwrap().model;
+        let model = ModelFile::parse(&bytes).unwrap();
+        let weights = &model.weights;
+        let config = weights.config;
+        let new_kv = || ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap();
+        // One token at a time: A's prompt, and B's three tokens.
+        let mut single = State::with_precision(weights, precision);
+        let (mut alone_a, mut alone_b) = (new_kv(), new_kv());
+        let mut expected_a = Vec::new();
+        for (position, &token) in TOKENS.iter().enumerate() {
+            expected_a =
+                forward(weights, &mut single, &mut alone_a, &TakeTurns(3), token, position).unwrap().to_vec();
+        }
+        let mut expected_b = Vec::new();
+        for (position, &token) in [5u32, 6, 7].iter().enumerate() {
+            expected_b =
+                forward(weights, &mut single, &mut alone_b, &TakeTurns(3), token, position).unwrap().to_vec();
+        }
+        // Batched: B's first two tokens alone, then A's whole prompt beside B's third token.
+        let mut batch = State::for_batch(&config, precision, config.context_length, 8);
+        let (mut kv_a, mut kv_b) = (new_kv(), new_kv());
+        let mut sequences = [PassSequence { kv: &mut kv_b, tokens: &[5, 6], start: 0, logits: false }];
+        forward_batch(weights, &mut batch, &mut sequences, &TakeTurns(3), |_, _, _| {
+            panic!("no logits wanted")
+        })
+        .unwrap();
+        let mut got: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut sequences = [
+            PassSequence { kv: &mut kv_a, tokens: &TOKENS, start: 0, logits: true },
+            PassSequence { kv: &mut kv_b, tokens: &[7], start: 2, logits: true },
+        ];
+        forward_batch(weights, &mut batch, &mut sequences, &TakeTurns(3), |index, logits, _| {
+            got.push((index, logits.to_vec()))
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![(0, expected_a.clone()), (1, expected_b.clone())],
+            "{format:?} at {precision:?}"
+        );
+        for layer in 0..config.layers {
+            for position in 0..TOKENS.len() {
+                assert_eq!(kv_a.key(layer, position), alone_a.key(layer, position));
+                assert_eq!(kv_a.value(layer, position), alone_a.value(layer, position));
+            }
+        }
+        // A pass larger than the scratch, or past a store's end, is refused and changes nothing.
+        let mut small = State::for_batch(&config, precision, config.context_length, 2);
+        let mut sequences = [PassSequence { kv: &mut kv_a, tokens: &TOKENS, start: 6, logits: true }];
+        let refused = forward_batch(weights, &mut small, &mut sequences, &SingleCpu, |_, _, _| {});
+        assert!(matches!(refused, Err(super::forward::PassError { sequence: 0, .. })), "{refused:?}");
+    }
+}

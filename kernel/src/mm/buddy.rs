@@ -62,14 +62,45 @@ pub struct BuddyAllocator {
     nonempty: u32,
     states: Vec<u8>,
     words: Vec<PageWords>,
+    /// Per maximal block of the range (a segment): whether the allocator owns it.
+    owned: Vec<bool>,
+    owned_bytes: u64,
     free_bytes: u64,
     counters: PoolCounters,
 }
 
 impl BuddyAllocator {
     /// A buddy allocator named `name` over `[base, base + size)` with blocks from
-    /// `min_block` to `max_block` bytes (powers of two, `max_block ≤ 2 GiB`).
+    /// `min_block` to `max_block` bytes (powers of two, `max_block ≤ 2 GiB`), owning all of it.
     pub fn new(
+        name: &'static str,
+        base: u64,
+        size: u64,
+        min_block: u64,
+        max_block: u64,
+    ) -> Result<Self, MemError> {
+        let mut allocator = Self::owning_nothing(name, base, size, min_block, max_block)?;
+        allocator.owned.fill(true);
+        allocator.owned_bytes = u64::from(allocator.page_count) << allocator.page_shift;
+        // Cover the range with the largest aligned blocks that fit.
+        let mut page = 0u32;
+        while page < allocator.page_count {
+            let mut order = allocator.max_order.min(page.trailing_zeros());
+            while page + (1 << order) > allocator.page_count {
+                order -= 1;
+            }
+            allocator.push_free(page, order);
+            allocator.free_bytes += allocator.block_bytes(order);
+            page += 1 << order;
+        }
+        Ok(allocator)
+    }
+
+    /// Like [`BuddyAllocator::new`], owning none of the range yet: memory arrives one maximal
+    /// block (a segment) at a time through [`BuddyAllocator::donate`], and a segment that is
+    /// wholly free leaves through [`BuddyAllocator::take_free_segment`]. Its metadata covers
+    /// the whole range from the start, so neither allocates.
+    pub fn owning_nothing(
         name: &'static str,
         base: u64,
         size: u64,
@@ -97,7 +128,7 @@ impl BuddyAllocator {
         let end = base.saturating_add(size) & !(min_block - 1);
         let pages = (end.saturating_sub(start) >> page_shift) as u32;
         let count = pages as usize;
-        let mut allocator = Self {
+        Ok(Self {
             name,
             base: start.min(end),
             page_count: pages,
@@ -108,21 +139,49 @@ impl BuddyAllocator {
             nonempty: 0,
             states: vec![0; count],
             words: vec![PageWords { next: NONE, previous: NONE }; count],
+            owned: vec![false; count.div_ceil(1 << max_order)],
+            owned_bytes: 0,
             free_bytes: 0,
             counters: PoolCounters::default(),
-        };
-        // Cover the range with the largest aligned blocks that fit.
-        let mut page = 0u32;
-        while page < pages {
-            let mut order = max_order.min(page.trailing_zeros());
-            while page + (1 << order) > pages {
-                order -= 1;
-            }
-            allocator.push_free(page, order);
-            allocator.free_bytes += allocator.block_bytes(order);
-            page += 1 << order;
+        })
+    }
+
+    /// Takes ownership of the segment (one maximal block) at `address`: it becomes one free
+    /// block. O(1).
+    pub fn donate(&mut self, address: u64) -> Result<(), MemError> {
+        let foreign = MemError::ForeignFree { pool: self.name, address };
+        let offset = address.checked_sub(self.base).ok_or(foreign)?;
+        let segment = (offset / self.max_block()) as usize;
+        let pages = 1u64 << self.max_order;
+        if offset % self.max_block() != 0 || (segment as u64 + 1) * pages > u64::from(self.page_count) {
+            return Err(foreign);
         }
-        Ok(allocator)
+        if core::mem::replace(&mut self.owned[segment], true) {
+            return Err(MemError::DoubleFree { pool: self.name, address });
+        }
+        self.push_free((segment as u64 * pages) as u32, self.max_order);
+        self.free_bytes += self.max_block();
+        self.owned_bytes += self.max_block();
+        Ok(())
+    }
+
+    /// Gives up a segment that is wholly free (a free maximal block), if there is one, and
+    /// returns its address. O(1).
+    pub fn take_free_segment(&mut self) -> Option<u64> {
+        let page = self.heads[self.max_order as usize % ORDERS];
+        if page == NONE {
+            return None;
+        }
+        self.unlink(page, self.max_order);
+        self.owned[(page >> self.max_order) as usize] = false;
+        self.free_bytes -= self.max_block();
+        self.owned_bytes -= self.max_block();
+        Some(self.base + (u64::from(page) << self.page_shift))
+    }
+
+    /// The whole range the allocator may ever own, as `(base, size)`.
+    pub fn span(&self) -> (u64, u64) {
+        (self.base, u64::from(self.page_count) << self.page_shift)
     }
 
     /// The pool's name.
@@ -135,14 +194,15 @@ impl BuddyAllocator {
         self.base
     }
 
-    /// Whether `address` lies inside the managed range.
+    /// Whether `address` lies inside the range the allocator spans.
     pub fn contains(&self, address: u64) -> bool {
-        address.wrapping_sub(self.base) < self.capacity()
+        address.wrapping_sub(self.base) < self.span().1
     }
 
-    /// Bytes managed.
+    /// Bytes owned (all of the range for [`BuddyAllocator::new`]; the donated segments for
+    /// [`BuddyAllocator::owning_nothing`]).
     pub fn capacity(&self) -> u64 {
-        u64::from(self.page_count) << self.page_shift
+        self.owned_bytes
     }
 
     /// The smallest block, in bytes.
@@ -368,7 +428,23 @@ impl BuddyAllocator {
         let mut owner = vec![false; self.page_count as usize];
         let mut reserved = 0;
         let mut page = 0u32;
+        let segment_pages = 1u32 << self.max_order;
+        let mut owned = 0;
         while page < self.page_count {
+            if !self.owned[(page / segment_pages) as usize] {
+                let end = (page + segment_pages).min(self.page_count);
+                assert!(
+                    (page..end).all(|inner| self.states[inner as usize] == 0),
+                    "an unowned page is in use"
+                );
+                page = end;
+                continue;
+            }
+            if page.is_multiple_of(segment_pages) {
+                owned += self
+                    .block_bytes(self.max_order)
+                    .min(u64::from(self.page_count - page) << self.page_shift);
+            }
             let state = self.states[page as usize];
             assert!(state & (FREE | LIVE) != 0, "page {page} is not covered by a block head");
             let order = u32::from(state & ORDER_MASK);
@@ -409,6 +485,7 @@ impl BuddyAllocator {
             assert_eq!(count, self.free_counts[order as usize % ORDERS], "free count of order {order}");
         }
         assert_eq!(reserved, self.counters.reserved_bytes);
+        assert_eq!(owned, self.owned_bytes, "owned bytes are the owned segments");
         assert_eq!(self.free_bytes + reserved, self.capacity());
     }
 }
@@ -463,10 +540,50 @@ mod tests {
         buddy.check_invariants();
     }
 
+    #[test]
+    fn segments_are_donated_and_taken_back_whole() {
+        let mut buddy =
+            BuddyAllocator::owning_nothing("kv-cache", 0x4000_0000, 8 * MIB, 4 * KIB, 2 * MIB).unwrap();
+        assert_eq!((buddy.capacity(), buddy.free_bytes()), (0, 0));
+        assert!(matches!(buddy.alloc(4 * KIB), Err(MemError::OutOfMemory { .. })), "owns nothing yet");
+        assert_eq!(buddy.span(), (0x4000_0000, 8 * MIB));
+        buddy.donate(0x4000_0000 + 4 * MIB).unwrap();
+        assert_eq!(
+            buddy.donate(0x4000_0000 + 4 * MIB),
+            Err(MemError::DoubleFree { pool: "kv-cache", address: 0x4040_0000 })
+        );
+        assert!(
+            matches!(buddy.donate(0x4000_0000 + MIB), Err(MemError::ForeignFree { .. })),
+            "not a segment start"
+        );
+        assert!(
+            matches!(buddy.donate(0x4000_0000 + 8 * MIB), Err(MemError::ForeignFree { .. })),
+            "past the end"
+        );
+        let small = buddy.alloc(4 * KIB).unwrap();
+        assert!((0x4040_0000..0x4060_0000).contains(&small), "from the donated segment");
+        buddy.check_invariants();
+        assert_eq!(buddy.take_free_segment(), None, "its only segment is in use");
+        buddy.donate(0x4000_0000).unwrap();
+        assert_eq!(buddy.take_free_segment(), Some(0x4000_0000), "the free one goes back");
+        buddy.free(small).unwrap();
+        assert_eq!(buddy.take_free_segment(), Some(0x4040_0000));
+        assert_eq!((buddy.capacity(), buddy.free_bytes()), (0, 0));
+        buddy.check_invariants();
+    }
+
     #[derive(Clone, Debug)]
     enum Operation {
         Alloc(u64),
         Free(usize),
+    }
+
+    #[derive(Clone, Debug)]
+    enum SegmentOperation {
+        Alloc(u64),
+        Free(usize),
+        Donate(u64),
+        Take,
     }
 
     proptest! {
@@ -523,6 +640,60 @@ mod tests {
             buddy.check_invariants();
             prop_assert_eq!(buddy.free_block_count(), buddy.initial_block_count());
             prop_assert_eq!(buddy.free_bytes(), buddy.capacity());
+        }
+
+        /// Segments donated and taken back among allocations: every allocation lies in an
+        /// owned segment, a segment comes back only when wholly free, and the owned bytes are
+        /// always the donated less the taken.
+        #[test]
+        fn donated_segments_keep_every_invariant(
+            operations in proptest::collection::vec(
+                prop_oneof![
+                    3 => (1u64..=2 * MIB).prop_map(SegmentOperation::Alloc),
+                    2 => any::<usize>().prop_map(SegmentOperation::Free),
+                    1 => (0u64..8).prop_map(SegmentOperation::Donate),
+                    1 => Just(SegmentOperation::Take),
+                ],
+                1..200,
+            ),
+        ) {
+            let base = 0x4000_0000;
+            let mut buddy = BuddyAllocator::owning_nothing("activations", base, 16 * MIB, 4 * KIB, 2 * MIB).unwrap();
+            let mut owned: Vec<u64> = Vec::new();
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for operation in operations {
+                match operation {
+                    SegmentOperation::Alloc(size) => {
+                        if let Ok(address) = buddy.alloc(size) {
+                            let segment = address & !(2 * MIB - 1);
+                            prop_assert!(owned.contains(&segment), "{address:#x} outside the owned segments");
+                            live.push((address, size));
+                        }
+                    }
+                    SegmentOperation::Free(pick) => {
+                        if !live.is_empty() {
+                            let (address, size) = live.swap_remove(pick % live.len());
+                            prop_assert_eq!(buddy.free(address), Ok(size));
+                        }
+                    }
+                    SegmentOperation::Donate(index) => {
+                        let segment = base + index * 2 * MIB;
+                        let result = buddy.donate(segment);
+                        prop_assert_eq!(result.is_ok(), !owned.contains(&segment));
+                        if result.is_ok() {
+                            owned.push(segment);
+                        }
+                    }
+                    SegmentOperation::Take => {
+                        if let Some(segment) = buddy.take_free_segment() {
+                            prop_assert!(live.iter().all(|&(address, _)| address & !(2 * MIB - 1) != segment));
+                            owned.retain(|&other| other != segment);
+                        }
+                    }
+                }
+                prop_assert_eq!(buddy.capacity(), owned.len() as u64 * 2 * MIB);
+                buddy.check_invariants();
+            }
         }
     }
 }

@@ -188,9 +188,8 @@ pub(crate) mod tests {
             (RegionKind::Dma, BLOCK),
             (RegionKind::Heap, 0),
             (RegionKind::Protocol, eighth),
-            (RegionKind::Weights, 3 * eighth),
-            (RegionKind::KvCache, 2 * eighth),
-            (RegionKind::Activations, eighth),
+            (RegionKind::Small, eighth),
+            (RegionKind::Arena, size - BLOCK - 2 * eighth),
         ];
         let mut cursor = base;
         let regions = kinds.map(|(kind, bytes)| {
@@ -201,7 +200,7 @@ pub(crate) mod tests {
         let plan = MemoryPlan {
             regions,
             ram: size,
-            budget: Budget { llm: 6 * eighth, protocol: eighth, system: size - 7 * eighth },
+            budget: Budget { llm: size - BLOCK - 2 * eighth, protocol: eighth, system: BLOCK + eighth },
             seed: 0,
         };
         let memory = TensorMemory::new(&plan, TensorMemoryConfig::default()).unwrap();

@@ -34,8 +34,9 @@ pub mod int8;
 mod tests;
 pub mod two_level;
 
-/// Bytes of one chunk that blocks are carved from (the buddy allocator's largest block).
-pub const CHUNK_BYTES: u64 = super::tensor::LARGEST_BUDDY_BLOCK;
+/// Bytes of one chunk that blocks are carved from (half an arena segment, so the KV cache's
+/// buddy allocator can give a segment back as soon as both its halves are free).
+pub const CHUNK_BYTES: u64 = super::layout::SEGMENT / 2;
 
 /// No block: the end of the LRU list.
 const NO_BLOCK: u32 = u32::MAX;
@@ -61,7 +62,9 @@ pub struct KvBlockPool<'memory> {
 }
 
 struct PoolInner<'memory> {
-    chunks: Vec<TensorBuffer<'memory>>,
+    /// The chunks, by slot; slot `i` holds blocks `i × per_chunk ..` (a released chunk leaves
+    /// its slot empty, and the next chunk taken fills it with the same block numbers).
+    chunks: Vec<Option<TensorBuffer<'memory>>>,
     blocks: Vec<BlockEntry>,
     free: Vec<u32>,
     /// Blocks with a reference count above zero.
@@ -206,8 +209,37 @@ impl<'memory> KvBlockPool<'memory> {
             blocks_free: inner.free.len(),
             blocks_cached: inner.cache.unreferenced,
             block_bytes: self.floats_per_block * 4,
-            chunks: inner.chunks.len(),
+            chunks: inner.chunks.iter().flatten().count(),
         }
+    }
+
+    /// Sets the most blocks held and cached at once (the KV budget), as the memory the KV
+    /// cache may use changes. Lowering it below what is held takes nothing away: new blocks
+    /// then come from the prefix cache, or are refused.
+    pub fn set_limit(&self, limit_blocks: usize) {
+        self.inner.lock().limit_blocks = limit_blocks.min(NO_BLOCK as usize);
+    }
+
+    /// Gives every chunk whose blocks are all free back to the KV cache's memory pool (so
+    /// the arena can take it back); returns the chunks released. O(blocks); off the token
+    /// path.
+    pub fn release_free_chunks(&self) -> usize {
+        let per_chunk = CHUNK_BYTES as usize / (self.floats_per_block * 4);
+        let mut inner = self.inner.lock();
+        let mut released = 0;
+        for slot in 0..inner.chunks.len() {
+            let ids = slot * per_chunk..(slot + 1) * per_chunk;
+            let idle = inner.chunks[slot].is_some()
+                && inner.blocks[ids.clone()]
+                    .iter()
+                    .all(|entry| entry.references == 0 && entry.published.is_none());
+            if idle {
+                inner.free.retain(|id| !ids.contains(&(*id as usize)));
+                inner.chunks[slot] = None;
+                released += 1;
+            }
+        }
+        released
     }
 
     /// Most blocks held and cached at once (the budget given to [`KvBlockPool::new`]).
@@ -256,17 +288,26 @@ impl<'memory> PoolInner<'memory> {
         } else if let Some(id) = self.free.pop() {
             id
         } else if let Some(mut chunk) = self.new_chunk(memory, floats_per_block) {
-            for block in chunk.as_f32_mut().chunks_exact_mut(floats_per_block) {
-                self.free.push(self.blocks.len() as u32);
-                self.blocks.push(BlockEntry {
+            let slot = self.chunks.iter().position(Option::is_none).unwrap_or(self.chunks.len());
+            let first = slot * (CHUNK_BYTES as usize / (floats_per_block * 4));
+            for (index, block) in chunk.as_f32_mut().chunks_exact_mut(floats_per_block).enumerate() {
+                let entry = BlockEntry {
                     address: NonNull::from(block).cast(),
                     references: 0,
                     published: None,
                     previous: NO_BLOCK,
                     next: NO_BLOCK,
-                });
+                };
+                match self.blocks.get_mut(first + index) {
+                    Some(old) => *old = entry,
+                    None => self.blocks.push(entry),
+                }
+                self.free.push((first + index) as u32);
             }
-            self.chunks.push(chunk);
+            match self.chunks.get_mut(slot) {
+                Some(empty) => *empty = Some(chunk),
+                None => self.chunks.push(Some(chunk)),
+            }
             self.free.pop().ok_or(KvError::OutOfMemory)?
         } else {
             self.evict_for_take()?

@@ -2,14 +2,19 @@
 //!
 //! The plan is made once at boot, before the MMU is on, and is plain data from then on. All
 //! regions are 2 MiB-aligned so they map as 2 MiB blocks, except the kernel image region,
-//! which boot maps in 4 KiB pages. Tensor regions (weights, KV, activations) each start at a
-//! random 2 MiB step inside their share of the slack, so no address is the same on two boots
-//! unless the seed is.
+//! which boot maps in 4 KiB pages.
+//!
+//! The board's budget fixes what is reserved: the system share (kernel, DMA, heap, the
+//! small-object pool and at most [`MAX_SLACK`] of layout slack) and the protocol reserve.
+//! Everything else is one LLM arena: the weights chunk allocator owns it and lends it in
+//! [`SEGMENT`]s to the KV cache and the activations as they need it (see `mm::tensor`). The
+//! arena starts at a random 2 MiB step inside the slack, so its addresses differ from boot to
+//! boot unless the seed is fixed.
 //!
 //! ```text
 //! 0 ─ kernel image, stacks, page tables (4 KiB pages, page 0 unmapped)
-//!   ─ DMA (non-cacheable) ─ heap ─ protocol (RT pool)
-//!   ─ [slack] weights [slack] KV cache [slack] activations [slack] ─ end of ARM RAM
+//!   ─ DMA (non-cacheable) ─ heap ─ protocol (RT pool) ─ small objects (slab)
+//!   ─ [slack] LLM arena: weights, KV cache, activations [slack] ─ end of ARM RAM
 //! ```
 
 #![forbid(unsafe_code)]
@@ -21,10 +26,32 @@ use core::fmt;
 pub const MIB: u64 = 1 << 20;
 /// The large mapping granule: every region boundary is a multiple of this.
 pub const BLOCK: u64 = 2 * MIB;
+/// The unit the arena lends to the KV cache and the activations.
+pub const SEGMENT: u64 = BLOCK;
 /// Size of the DMA region (mailbox buffers, DMA control blocks, staging buffers).
 pub const DMA_BYTES: u64 = 2 * MIB;
-/// Size of the kernel heap (`alloc` for the kernel's own small needs).
-pub const HEAP_BYTES: u64 = 16 * MIB;
+/// Size of the small-object region (the slab caches' slabs).
+pub const SMALL_BYTES: u64 = 16 * MIB;
+/// Most RAM left unmapped to randomize where the arena starts.
+pub const MAX_SLACK: u64 = 32 * MIB;
+/// The heap's size before the metadata of the allocators that span the arena.
+pub const HEAP_BASE_BYTES: u64 = 12 * MIB;
+
+/// The heap for an arena of `arena` bytes: [`HEAP_BASE_BYTES`] for the kernel's own
+/// bookkeeping, plus the metadata of the two buddy allocators that span the arena (the KV
+/// cache's and the activations': 9 bytes per 4 KiB page each), in 2 MiB blocks.
+pub fn heap_bytes_for(arena: u64) -> u64 {
+    (HEAP_BASE_BYTES + arena / 4096 * 18).div_ceil(BLOCK) * BLOCK
+}
+
+/// The least system share that plans cleanly on `ram` bytes with a kernel image of up to
+/// [`KERNEL_ALLOWANCE`]: the kernel, DMA, heap and small-object regions and the most slack.
+pub fn system_need(ram: u64) -> u64 {
+    KERNEL_ALLOWANCE + DMA_BYTES + heap_bytes_for(ram) + SMALL_BYTES + MAX_SLACK
+}
+
+/// Room for the kernel image, stacks and tables that [`system_need`] assumes.
+pub const KERNEL_ALLOWANCE: u64 = 4 * MIB;
 
 /// What a region of RAM is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,28 +60,25 @@ pub enum RegionKind {
     Kernel,
     /// Device-visible, non-cacheable buffers.
     Dma,
-    /// The kernel's own heap.
+    /// The kernel's own heap (boot-time bookkeeping).
     Heap,
     /// Console protocol buffers (real-time pool), isolated from tensor pressure.
     Protocol,
-    /// Model weights (chunk allocator).
-    Weights,
-    /// KV cache blocks (buddy allocator).
-    KvCache,
-    /// Activations and scratch tensors (buddy allocator).
-    Activations,
+    /// Small objects (slab caches).
+    Small,
+    /// The LLM arena: weights, and the KV cache and activations it lends memory to.
+    Arena,
 }
 
 impl RegionKind {
     /// Every kind, in address order.
-    pub const ALL: [RegionKind; 7] = [
+    pub const ALL: [RegionKind; 6] = [
         RegionKind::Kernel,
         RegionKind::Dma,
         RegionKind::Heap,
         RegionKind::Protocol,
-        RegionKind::Weights,
-        RegionKind::KvCache,
-        RegionKind::Activations,
+        RegionKind::Small,
+        RegionKind::Arena,
     ];
 
     /// A short lowercase name for tables.
@@ -64,9 +88,8 @@ impl RegionKind {
             RegionKind::Dma => "dma",
             RegionKind::Heap => "heap",
             RegionKind::Protocol => "protocol",
-            RegionKind::Weights => "weights",
-            RegionKind::KvCache => "kv-cache",
-            RegionKind::Activations => "activations",
+            RegionKind::Small => "small",
+            RegionKind::Arena => "llm arena",
         }
     }
 
@@ -78,7 +101,7 @@ impl RegionKind {
 
     /// Whether the region holds tensors and so gets a randomized start.
     pub fn is_tensor(self) -> bool {
-        matches!(self, RegionKind::Weights | RegionKind::KvCache | RegionKind::Activations)
+        self == RegionKind::Arena
     }
 }
 
@@ -105,34 +128,30 @@ impl Region {
     }
 }
 
-/// How a board's RAM is divided: LLM tensors, protocol reserve, and everything else.
+/// How a board's RAM is divided: the LLM arena, the protocol reserve, and the system share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
-    /// Bytes for weights, KV cache and activations together.
+    /// Bytes for weights, KV cache and activations together (the arena, at least).
     pub llm: u64,
     /// Bytes reserved for the console protocol (RT pool).
     pub protocol: u64,
-    /// Bytes for the kernel, heap, DMA and slack.
+    /// Bytes for the kernel, DMA, heap, small objects and layout slack.
     pub system: u64,
 }
 
 impl Budget {
+    /// The budget of `ram` bytes that reserves `system` and `protocol` bytes (each rounded up
+    /// to [`BLOCK`]) and gives the rest to the LLM arena.
+    pub fn reserving(ram: u64, system: u64, protocol: u64) -> Budget {
+        let round = |bytes: u64| bytes.div_ceil(BLOCK) * BLOCK;
+        let protocol = round(protocol);
+        let llm = ram.saturating_sub(round(system) + protocol) / BLOCK * BLOCK;
+        Budget { llm, protocol, system: ram.saturating_sub(llm + protocol) }
+    }
+
     /// Total bytes the budget covers.
     pub fn total(&self) -> u64 {
         self.llm + self.protocol + self.system
-    }
-
-    /// Scales a budget written for `reference_ram` bytes to `detected_ram` bytes. LLM and
-    /// protocol shares are rounded down to [`BLOCK`]; the system share takes the rest, so the
-    /// result always sums to exactly `detected_ram`.
-    pub fn scaled_to(&self, reference_ram: u64, detected_ram: u64) -> Budget {
-        let scale = |bytes: u64| -> u64 {
-            let exact = u128::from(bytes) * u128::from(detected_ram) / u128::from(reference_ram.max(1));
-            (exact as u64) / BLOCK * BLOCK
-        };
-        let llm = scale(self.llm);
-        let protocol = scale(self.protocol);
-        Budget { llm, protocol, system: detected_ram.saturating_sub(llm + protocol) }
     }
 }
 
@@ -146,7 +165,7 @@ pub enum PlanError {
         /// Bytes of RAM detected.
         ram: u64,
     },
-    /// The kernel, DMA region and heap do not fit in the system share.
+    /// The kernel, DMA region, heap and small objects do not fit in the system share.
     SystemShareTooSmall {
         /// Bytes they need.
         needed: u64,
@@ -163,7 +182,7 @@ impl fmt::Display for PlanError {
             }
             PlanError::SystemShareTooSmall { needed, available } => write!(
                 formatter,
-                "kernel, DMA and heap need {} MiB but the system share is {} MiB",
+                "kernel, DMA, heap and small objects need {} MiB but the system share is {} MiB",
                 needed.div_ceil(MIB),
                 available / MIB
             ),
@@ -175,56 +194,50 @@ impl fmt::Display for PlanError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
     /// The regions, one per [`RegionKind`], in the order of [`RegionKind::ALL`].
-    pub regions: [Region; 7],
+    pub regions: [Region; 6],
     /// Bytes of ARM RAM detected.
     pub ram: u64,
     /// The budget the plan follows.
     pub budget: Budget,
-    /// The seed that placed the tensor regions.
+    /// The seed that placed the arena.
     pub seed: u64,
 }
 
 impl MemoryPlan {
     /// Plans the regions of `ram` bytes of RAM starting at address 0, whose first
-    /// `kernel_end` bytes hold the kernel image. `seed` places the tensor regions.
+    /// `kernel_end` bytes hold the kernel image. `seed` places the arena.
+    ///
+    /// The fixed regions come first; the system share's remainder is slack, of which at most
+    /// [`MAX_SLACK`] stays unmapped (the rest joins the arena), and the arena starts at a
+    /// random 2 MiB step inside it.
     pub fn new(ram: u64, budget: Budget, kernel_end: u64, seed: u64) -> Result<MemoryPlan, PlanError> {
         if budget.total() != ram {
             return Err(PlanError::BudgetMismatch { budget: budget.total(), ram });
         }
         let kernel_size = kernel_end.div_ceil(BLOCK) * BLOCK;
-        let fixed = kernel_size + DMA_BYTES + HEAP_BYTES;
+        // The heap is sized for the largest arena the plan could make.
+        let heap =
+            heap_bytes_for(ram.saturating_sub(kernel_size + DMA_BYTES + SMALL_BYTES + budget.protocol));
+        let fixed = kernel_size + DMA_BYTES + heap + SMALL_BYTES;
         if fixed > budget.system {
             return Err(PlanError::SystemShareTooSmall { needed: fixed, available: budget.system });
         }
-        let weights = budget.llm / 2 / BLOCK * BLOCK;
-        let kv_cache = budget.llm * 3 / 10 / BLOCK * BLOCK;
-        let activations = budget.llm - weights - kv_cache;
+        let slack = (budget.system - fixed).min(MAX_SLACK) / BLOCK * BLOCK;
+        let arena = ram - fixed - budget.protocol - slack;
 
-        let mut regions = [Region { kind: RegionKind::Kernel, base: 0, size: kernel_size }; 7];
+        let mut regions = [Region { kind: RegionKind::Kernel, base: 0, size: kernel_size }; 6];
         let mut cursor = kernel_size;
-        for (slot, (kind, size)) in regions[1..4].iter_mut().zip([
+        for (slot, (kind, size)) in regions[1..5].iter_mut().zip([
             (RegionKind::Dma, DMA_BYTES),
-            (RegionKind::Heap, HEAP_BYTES),
+            (RegionKind::Heap, heap),
             (RegionKind::Protocol, budget.protocol),
+            (RegionKind::Small, SMALL_BYTES),
         ]) {
             *slot = Region { kind, base: cursor, size };
             cursor += size;
         }
-
-        // What is left after the fixed regions and the tensors is slack, shared evenly among
-        // the three tensor regions; each starts at a random block inside its share.
-        let slack_blocks = (ram - cursor - budget.llm) / BLOCK;
-        let share = slack_blocks / 3;
-        let mut random = SplitMix64::new(seed);
-        for (slot, (kind, size)) in regions[4..].iter_mut().zip([
-            (RegionKind::Weights, weights),
-            (RegionKind::KvCache, kv_cache),
-            (RegionKind::Activations, activations),
-        ]) {
-            let offset = random.below(share + 1) * BLOCK;
-            *slot = Region { kind, base: cursor + offset, size };
-            cursor += size + share * BLOCK;
-        }
+        let offset = SplitMix64::new(seed).below(slack / BLOCK + 1) * BLOCK;
+        regions[5] = Region { kind: RegionKind::Arena, base: cursor + offset, size: arena };
         Ok(MemoryPlan { regions, ram, budget, seed })
     }
 
@@ -244,7 +257,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const PI3_ROW: Budget = Budget { llm: 600 * MIB, protocol: 128 * MIB, system: 296 * MIB };
+    /// The Pi 3 row: 72 MiB of system share and 6 MiB of protocol reserve.
+    fn pi3(ram: u64) -> Budget {
+        Budget::reserving(ram, 72 * MIB, 6 * MIB)
+    }
 
     fn check_plan(plan: &MemoryPlan, kernel_end: u64) {
         let mut previous_end = 0;
@@ -258,41 +274,47 @@ mod tests {
         assert!(previous_end <= plan.ram, "plan runs past RAM");
         assert!(plan.region(RegionKind::Kernel).end() >= kernel_end);
         assert_eq!(plan.region(RegionKind::Protocol).size, plan.budget.protocol);
-        let llm: u64 = plan.regions[4..].iter().map(|region| region.size).sum();
-        assert_eq!(llm, plan.budget.llm, "tensor regions use the whole LLM budget");
+        assert!(plan.region(RegionKind::Arena).size >= plan.budget.llm, "the arena has the LLM budget");
+        assert!(
+            plan.slack() <= MAX_SLACK,
+            "at most {} MiB unmapped, not {}",
+            MAX_SLACK / MIB,
+            plan.slack() / MIB
+        );
+        assert!(plan.region(RegionKind::Heap).size >= heap_bytes_for(plan.region(RegionKind::Arena).size));
     }
 
     #[test]
     fn qemu_raspi3b_plan() {
         let ram = 960 * MIB;
-        let budget = PI3_ROW.scaled_to(1024 * MIB, ram);
+        let budget = pi3(ram);
         assert_eq!(budget.total(), ram);
-        assert_eq!(budget.llm, 562 * MIB);
-        assert_eq!(budget.protocol, 120 * MIB);
+        assert_eq!((budget.llm, budget.protocol, budget.system), (882 * MIB, 6 * MIB, 72 * MIB));
         let plan = MemoryPlan::new(ram, budget, 0x1A_0000, 42).unwrap();
         check_plan(&plan, 0x1A_0000);
         assert_eq!(plan.region(RegionKind::Dma).base, 2 * MIB);
-        assert_eq!(plan.region(RegionKind::Weights).size, 280 * MIB);
+        assert_eq!(plan.region(RegionKind::Heap).size, 18 * MIB);
+        assert!(plan.region(RegionKind::Arena).size >= 882 * MIB);
+        assert!(plan.region(RegionKind::Arena).size * 10 >= ram * 9, "over 90% of RAM is the arena");
     }
 
     #[test]
-    fn seed_moves_tensor_regions_only() {
-        let budget = PI3_ROW.scaled_to(1024 * MIB, 960 * MIB);
+    fn seed_moves_the_arena_only() {
+        let budget = pi3(960 * MIB);
         let bases = |seed| {
             let plan = MemoryPlan::new(960 * MIB, budget, MIB, seed).unwrap();
             plan.regions.map(|region| region.base)
         };
         assert_eq!(bases(1), bases(1), "same seed, same layout");
-        let distinct: std::collections::HashSet<_> = (0..16).map(bases).collect();
-        assert!(distinct.len() > 8, "seeds give varied layouts");
-        assert!(distinct.iter().all(|b| b[..4] == bases(0)[..4]), "fixed regions never move");
+        let distinct: std::collections::HashSet<_> = (0..64).map(bases).collect();
+        assert!(distinct.len() > 8, "seeds give varied layouts ({})", distinct.len());
+        assert!(distinct.iter().all(|b| b[..5] == bases(0)[..5]), "fixed regions never move");
     }
 
     #[test]
     fn errors_are_reported() {
-        let budget = PI3_ROW;
         assert_eq!(
-            MemoryPlan::new(960 * MIB, budget, MIB, 0),
+            MemoryPlan::new(960 * MIB, pi3(1024 * MIB), MIB, 0),
             Err(PlanError::BudgetMismatch { budget: 1024 * MIB, ram: 960 * MIB })
         );
         let tight = Budget { llm: 8 * MIB, protocol: 2 * MIB, system: 10 * MIB };
@@ -304,13 +326,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_scaled_budget_plans_cleanly(
+        fn any_budget_plans_cleanly(
             ram_blocks in 128u64..4096,
+            system_blocks in 20u64..80,
             kernel_end in 0x8_0000u64..8 * MIB,
             seed in any::<u64>(),
         ) {
             let ram = ram_blocks * BLOCK;
-            let budget = PI3_ROW.scaled_to(1024 * MIB, ram);
+            let budget = Budget::reserving(ram, system_blocks * BLOCK, 6 * MIB);
             prop_assert_eq!(budget.total(), ram);
             match MemoryPlan::new(ram, budget, kernel_end, seed) {
                 Ok(plan) => check_plan(&plan, kernel_end),

@@ -10,9 +10,10 @@
 //! - [`TensorKind::Small`]: the core's slab cache below a page, the activations buddy above;
 //! - [`TensorKind::Activation`]: the same routing (scratch tensors that are not sized ahead);
 //! - [`TensorKind::Protocol`]: the RT pool;
-//! - outside any scope, inside the allocator itself (a pool growing its own bookkeeping), or
-//!   for an alignment or size no pool serves: the global heap, where it is counted
-//!   ([`HeapCounters`]), so a test can show that serving leaves the heap alone.
+//! - inside the allocator itself (a pool growing its own bookkeeping): the board's metadata
+//!   pool, which no pool operation locks, so no pool lock is ever taken twice;
+//! - outside any scope, or for an alignment or size no pool serves: the global heap, where
+//!   it is counted ([`HeapCounters`]), so a test can show that serving leaves the heap alone.
 //!
 //! A release finds its pool from the address alone (see `TensorMemory::release_address`), so
 //! an object may be freed in any scope. Scopes nest; each core has its own.
@@ -194,6 +195,7 @@ impl HeapCounters {
             peak_bytes: self.peak.load(Ordering::Relaxed),
             allocations: self.allocations.load(Ordering::Relaxed),
             frees: self.frees.load(Ordering::Relaxed),
+            ..HeapStatistics::default()
         }
     }
 }
@@ -250,7 +252,8 @@ mod tests {
                 live_bytes: 200,
                 peak_bytes: 500,
                 allocations: 2,
-                frees: 1
+                frees: 1,
+                ..HeapStatistics::default()
             }
         );
         assert!(enter(6), "a core outside the allocator enters");

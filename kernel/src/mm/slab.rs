@@ -51,7 +51,7 @@ pub trait PageSource: Sync + Send {
 impl PageSource for spin::Mutex<BuddyAllocator> {
     fn range(&self) -> (u64, u64) {
         let buddy = self.lock();
-        (buddy.base(), buddy.capacity())
+        buddy.span()
     }
 
     fn take_pages(&self, bytes: u64) -> Result<u64, MemError> {

@@ -7,11 +7,11 @@ use super::buddy::BuddyAllocator;
 use super::chunk::{ChunkAllocator, Placement};
 use super::dma::DmaPool;
 use super::error::MemError;
-use super::layout::{BLOCK, MemoryPlan, Region, RegionKind};
+use super::layout::{BLOCK, MemoryPlan, Region, RegionKind, SEGMENT};
 use super::rt::RtPool;
 use super::scope;
 use super::slab::{CoreSlab, SlabDepot};
-use super::stats::{MapRow, MemoryReport, PoolLatency, PoolStatistics};
+use super::stats::{MapRow, MemoryReport, PoolCounters, PoolLatency, PoolStatistics};
 use crate::hil::{Clock, Deadline};
 use crate::topology::Topology;
 use alloc::sync::Arc;
@@ -21,8 +21,10 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Bytes of a small page; buddy blocks and chunk granules are multiples of it.
 pub const PAGE: u64 = 4096;
-/// The largest buddy block (activations and KV blocks).
-pub const LARGEST_BUDDY_BLOCK: u64 = 1 << 20;
+/// The largest buddy block of the KV cache and the activations: one arena segment.
+pub const LARGEST_BUDDY_BLOCK: u64 = SEGMENT;
+/// The largest block of the small-object region's buddy allocator (the slabs' source).
+pub const LARGEST_SLAB_SOURCE_BLOCK: u64 = 1 << 20;
 
 /// What a tensor is for; it decides the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,6 +41,23 @@ pub enum TensorKind {
     Protocol,
     /// A device-visible buffer: the non-cacheable DMA pool.
     Device,
+}
+
+/// The LLM arena as a whole (see [`TensorMemory::arena`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaStatistics {
+    /// Bytes of the arena.
+    pub capacity: u64,
+    /// Bytes neither weights nor lent.
+    pub free: u64,
+    /// The largest free block: the largest model that fits now, without reclaiming.
+    pub largest_free: u64,
+    /// Bytes the weights hold.
+    pub weights: u64,
+    /// Bytes lent to the KV cache.
+    pub kv_cache: u64,
+    /// Bytes lent to the activations.
+    pub activations: u64,
 }
 
 /// The pool that served an allocation.
@@ -216,45 +235,81 @@ struct Request {
     placement: Placement,
 }
 
-/// The pools of one memory node: its slice of the weights, KV-cache and activations regions.
+/// The pools of one memory node: its slice of the LLM arena, and of the small-object region.
+///
+/// The arena's chunk allocator owns the slice: model weights are its own allocations, and it
+/// lends [`SEGMENT`]s to the KV-cache and activations buddy allocators, which span the whole
+/// slice but own only the segments lent to them. A buddy that runs out borrows a segment
+/// (from the high end of the arena, so weights packed from the low end stay contiguous);
+/// [`TensorMemory::reclaim_segments`] takes wholly free segments back.
 #[derive(Debug)]
 struct NodePools {
-    weights: spin::Mutex<ChunkAllocator>,
+    arena: spin::Mutex<ChunkAllocator>,
     kv_cache: spin::Mutex<BuddyAllocator>,
+    activations: spin::Mutex<BuddyAllocator>,
+    /// Counters of the weights alone (the arena's own also count the segments it lent).
+    weights: spin::Mutex<PoolCounters>,
     slab: SlabDepot<SharedBuddy>,
 }
 
 impl NodePools {
-    /// The pools over slice `node` of `nodes` of each tensor region.
+    /// The pools over slice `node` of `nodes` of the arena and of the small-object region.
     fn new(plan: &MemoryPlan, node: usize, nodes: usize, cache_line: u64) -> Result<Self, MemError> {
-        let weights = node_slice(plan.region(RegionKind::Weights), node, nodes, BLOCK, "weights")?;
-        let kv_cache =
-            node_slice(plan.region(RegionKind::KvCache), node, nodes, LARGEST_BUDDY_BLOCK, "kv-cache")?;
-        let activations = node_slice(
-            plan.region(RegionKind::Activations),
-            node,
-            nodes,
-            LARGEST_BUDDY_BLOCK,
-            "activations",
-        )?;
-        let activations_buddy = BuddyAllocator::new(
-            "activations",
-            activations.base,
-            activations.size,
-            PAGE,
-            LARGEST_BUDDY_BLOCK,
-        )?;
+        let arena = node_slice(plan.region(RegionKind::Arena), node, nodes, SEGMENT, "arena")?;
+        let small =
+            node_slice(plan.region(RegionKind::Small), node, nodes, LARGEST_SLAB_SOURCE_BLOCK, "small")?;
+        let spanning = |name| BuddyAllocator::owning_nothing(name, arena.base, arena.size, PAGE, SEGMENT);
+        let small_buddy =
+            BuddyAllocator::new("small", small.base, small.size, PAGE, LARGEST_SLAB_SOURCE_BLOCK)?;
         Ok(Self {
-            weights: spin::Mutex::new(ChunkAllocator::new("weights", weights.base, weights.size, PAGE)?),
-            kv_cache: spin::Mutex::new(BuddyAllocator::new(
-                "kv-cache",
-                kv_cache.base,
-                kv_cache.size,
-                PAGE,
-                LARGEST_BUDDY_BLOCK,
-            )?),
-            slab: SlabDepot::new("slab", Arc::new(spin::Mutex::new(activations_buddy)), cache_line.max(16))?,
+            arena: spin::Mutex::new(ChunkAllocator::new("weights", arena.base, arena.size, PAGE)?),
+            kv_cache: spin::Mutex::new(spanning("kv-cache")?),
+            activations: spin::Mutex::new(spanning("activations")?),
+            weights: spin::Mutex::new(PoolCounters::default()),
+            slab: SlabDepot::new("slab", Arc::new(spin::Mutex::new(small_buddy)), cache_line.max(16))?,
         })
+    }
+
+    /// An allocation of `size` bytes from `buddy` (this node's KV-cache or activations
+    /// allocator), borrowing a segment from the arena when it has no block large enough.
+    /// Lock order: the buddy, then the arena.
+    fn buddy_alloc(&self, buddy: &spin::Mutex<BuddyAllocator>, size: u64) -> Result<u64, MemError> {
+        let mut buddy = buddy.lock();
+        // Borrow first when no free block is large enough, so only a real failure is counted.
+        if buddy.largest_free() < size.max(PAGE).next_power_of_two()
+            && size <= SEGMENT
+            && let Ok(segment) = self.arena.lock().alloc_at(SEGMENT, SEGMENT, Placement::High)
+        {
+            buddy.donate(segment)?;
+        }
+        buddy.alloc(size)
+    }
+
+    /// Gives the arena back every wholly free segment of the KV-cache and activations
+    /// allocators; returns the bytes given back.
+    fn reclaim_segments(&self) -> u64 {
+        let mut returned = 0;
+        for buddy in [&self.kv_cache, &self.activations] {
+            let mut buddy = buddy.lock();
+            while let Some(segment) = buddy.take_free_segment() {
+                // The arena lent this segment, so taking it back cannot fail.
+                let _ = self.arena.lock().free(segment);
+                returned += SEGMENT;
+            }
+        }
+        returned
+    }
+
+    /// The weights' figures: the arena's free space, the weights' own counters, and as
+    /// capacity what the weights could hold now (the arena less the segments it lent).
+    fn weights_statistics(&self) -> PoolStatistics {
+        let lent = self.kv_cache.lock().capacity() + self.activations.lock().capacity();
+        let arena = self.arena.lock().statistics();
+        PoolStatistics {
+            capacity: arena.capacity.saturating_sub(lent),
+            counters: *self.weights.lock(),
+            ..arena
+        }
     }
 }
 
@@ -468,9 +523,14 @@ impl TensorMemory {
         let Request { core, pool, size, alignment, placement } = request;
         let pools = &self.nodes[node];
         match pool {
-            Pool::Weights => pools.weights.lock().alloc_at(size, alignment, placement),
-            Pool::KvCache => pools.kv_cache.lock().alloc(size),
-            Pool::Activations => pools.slab.source().lock().alloc(size),
+            Pool::Weights => {
+                let base = pools.arena.lock().alloc_at(size, alignment, placement)?;
+                let block = pools.arena.lock().allocation(base).map_or(size, |(block, _)| block);
+                pools.weights.lock().record_allocation(size, block);
+                Ok(base)
+            }
+            Pool::KvCache => pools.buddy_alloc(&pools.kv_cache, size),
+            Pool::Activations => pools.buddy_alloc(&pools.activations, size),
             Pool::Slab => self.core_cache(core, node)?.lock().alloc(&pools.slab, size),
             Pool::Protocol => self.protocol.lock().alloc(size, alignment),
             Pool::Dma => self.dma.lock().alloc(size, alignment),
@@ -519,7 +579,9 @@ impl TensorMemory {
             let node = self
                 .nodes
                 .iter()
-                .position(|pools| pools.slab.source().lock().contains(address))
+                .position(|pools| {
+                    pools.slab.source().lock().contains(address) || pools.activations.lock().contains(address)
+                })
                 .ok_or(MemError::ForeignFree { pool: "scope", address })?;
             (self.route(size, TensorKind::Activation), node)
         };
@@ -563,9 +625,14 @@ impl TensorMemory {
         }
         let pools = &self.nodes[node];
         match handle.pool {
-            Pool::Weights => pools.weights.lock().free(handle.base).map(drop),
+            Pool::Weights => {
+                let block = pools.arena.lock().allocation(handle.base).map(|(block, _)| block);
+                let requested = pools.arena.lock().free(handle.base)?;
+                pools.weights.lock().record_free(requested, block.unwrap_or(requested));
+                Ok(())
+            }
             Pool::KvCache => pools.kv_cache.lock().free(handle.base).map(drop),
-            Pool::Activations => pools.slab.source().lock().free(handle.base).map(drop),
+            Pool::Activations => pools.activations.lock().free(handle.base).map(drop),
             Pool::Slab => match cache {
                 Some(cache) => cache.lock().free(&pools.slab, handle.base).map(drop),
                 None => Ok(()),
@@ -614,8 +681,34 @@ impl TensorMemory {
         if free { histograms.free.record(duration_ns) } else { histograms.alloc.record(duration_ns) }
     }
 
+    /// Gives the arena back every wholly free segment the KV cache and the activations hold
+    /// (on every node), so weights can use it; returns the bytes given back. O(segments
+    /// returned).
+    pub fn reclaim_segments(&self) -> u64 {
+        scope::guarded(|| self.nodes.iter().map(NodePools::reclaim_segments).sum())
+    }
+
+    /// The arena of every node together: its capacity, free bytes and largest free block
+    /// (counting segments lent but wholly free as lent), and the bytes the KV cache and the
+    /// activations own.
+    pub fn arena(&self) -> ArenaStatistics {
+        scope::guarded(|| {
+            self.nodes.iter().fold(ArenaStatistics::default(), |total, pools| {
+                let arena = pools.arena.lock().statistics();
+                ArenaStatistics {
+                    capacity: total.capacity + arena.capacity,
+                    free: total.free + arena.free_bytes,
+                    largest_free: total.largest_free.max(arena.largest_free),
+                    weights: total.weights + pools.weights.lock().reserved_bytes,
+                    kv_cache: total.kv_cache + pools.kv_cache.lock().capacity(),
+                    activations: total.activations + pools.activations.lock().capacity(),
+                }
+            })
+        })
+    }
+
     /// Moves every core's cached slab objects to the depot and returns empty slabs to the
-    /// activations buddy. Returns the slabs released. Call it off the allocation path.
+    /// small-object buddy. Returns the slabs released. Call it off the allocation path.
     pub fn reclaim(&self) -> u64 {
         scope::guarded(|| self.reclaim_unguarded())
     }
@@ -650,9 +743,9 @@ impl TensorMemory {
             return PoolStatistics::empty(pool.name());
         };
         match pool {
-            Pool::Weights => pools.weights.lock().statistics(),
+            Pool::Weights => pools.weights_statistics(),
             Pool::KvCache => pools.kv_cache.lock().statistics(),
-            Pool::Activations => pools.slab.source().lock().statistics(),
+            Pool::Activations => pools.activations.lock().statistics(),
             Pool::Slab => pools.slab.statistics_visiting(|visit| {
                 for cache in self.core_caches.iter().skip(node).step_by(self.nodes.len()) {
                     visit(&cache.lock());
@@ -695,9 +788,9 @@ mod tests {
     use alloc::string::ToString;
     use proptest::prelude::*;
 
+    /// 160 MiB: a 96 MiB arena (64 MiB plus the slack past 32 MiB), 8 MiB of protocol.
     fn small_plan(seed: u64) -> MemoryPlan {
-        let budget = Budget { llm: 64 * MIB, protocol: 8 * MIB, system: 56 * MIB };
-        MemoryPlan::new(128 * MIB, budget, MIB, seed).unwrap()
+        MemoryPlan::new(160 * MIB, Budget::reserving(160 * MIB, 88 * MIB, 8 * MIB), MIB, seed).unwrap()
     }
 
     fn memory(cache_line: u64) -> TensorMemory {
@@ -725,12 +818,12 @@ mod tests {
         let plan = small_plan(7);
         let memory = memory(64);
         let cases = [
-            (TensorKind::Weights, 5 * MIB, RegionKind::Weights, Pool::Weights, 2 * MIB),
-            (TensorKind::Weights, 100 * 1024, RegionKind::Weights, Pool::Weights, PAGE),
-            (TensorKind::KvCache, 48 * 1024, RegionKind::KvCache, Pool::KvCache, 64 * 1024),
-            (TensorKind::Activation, 300 * 1024, RegionKind::Activations, Pool::Activations, 512 * 1024),
-            (TensorKind::Activation, 1000, RegionKind::Activations, Pool::Slab, 64),
-            (TensorKind::Small, 24, RegionKind::Activations, Pool::Slab, 64),
+            (TensorKind::Weights, 5 * MIB, RegionKind::Arena, Pool::Weights, 2 * MIB),
+            (TensorKind::Weights, 100 * 1024, RegionKind::Arena, Pool::Weights, PAGE),
+            (TensorKind::KvCache, 48 * 1024, RegionKind::Arena, Pool::KvCache, 64 * 1024),
+            (TensorKind::Activation, 300 * 1024, RegionKind::Arena, Pool::Activations, 512 * 1024),
+            (TensorKind::Activation, 1000, RegionKind::Small, Pool::Slab, 64),
+            (TensorKind::Small, 24, RegionKind::Small, Pool::Slab, 64),
             (TensorKind::Protocol, 1500, RegionKind::Protocol, Pool::Protocol, 64),
             (TensorKind::Device, 36, RegionKind::Dma, Pool::Dma, 64),
         ];
@@ -755,7 +848,7 @@ mod tests {
         );
         let error = memory.alloc(8192, TensorKind::Small).unwrap_err();
         assert_eq!(error.to_string(), "slab: 8.0 KiB requested but this pool hands out at most 4.0 KiB");
-        let error = memory.alloc(2 * MIB, TensorKind::KvCache).unwrap_err();
+        let error = memory.alloc(4 * MIB, TensorKind::KvCache).unwrap_err();
         assert!(matches!(error, MemError::TooLarge { pool: "kv-cache", .. }), "{error}");
         let error = memory.alloc(1 << 40, TensorKind::Weights).unwrap_err();
         assert!(matches!(error, MemError::TooLarge { pool: "weights", .. }), "{error}");
@@ -778,10 +871,10 @@ mod tests {
         assert_eq!(weights.reference_count(), 2);
         let base = weights.base();
         assert_eq!(memory.release(weights), Ok(1));
-        assert_eq!(memory.nodes[0].weights.lock().allocation(base), Some((10 * MIB, 10 * MIB)), "still live");
+        assert_eq!(memory.nodes[0].arena.lock().allocation(base), Some((10 * MIB, 10 * MIB)), "still live");
         assert_eq!(reader.reference_count(), 1);
         assert_eq!(memory.release(reader), Ok(0));
-        assert_eq!(memory.nodes[0].weights.lock().allocation(base), None);
+        assert_eq!(memory.nodes[0].arena.lock().allocation(base), None);
         assert_eq!(memory.statistics(Pool::Weights).counters.live_bytes, 0);
     }
 
@@ -800,10 +893,6 @@ mod tests {
                 }
             }
         }
-        assert!(matches!(
-            memory.alloc(64, TensorKind::Small),
-            Err(MemError::OutOfMemory { pool: "slab", .. })
-        ));
         let buffer = memory.alloc(4096, TensorKind::Protocol).unwrap();
         assert_eq!(buffer.pool(), Pool::Protocol);
         for handle in held.into_iter().chain([buffer]) {
@@ -846,7 +935,7 @@ mod tests {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
         assert!(text.contains("16.0 MiB"), "{text}");
-        assert!(text.contains("[##########..........]"), "weights fill 16 of 32 MiB:\n{text}");
+        assert!(text.contains("[####................]"), "weights fill 16 of 96 MiB:\n{text}");
         assert!(text.contains("1500 ns"), "{text}");
         memory.release(weights).unwrap();
     }
@@ -897,8 +986,39 @@ mod tests {
     }
 
     #[test]
+    fn the_arena_lends_segments_and_takes_them_back() {
+        let plan = small_plan(3);
+        let memory = memory(64);
+        let arena = plan.region(RegionKind::Arena);
+        // KV blocks borrow a segment from the high end; weights cannot use it meanwhile.
+        let kv = memory.alloc(MIB, TensorKind::KvCache).unwrap();
+        assert!(kv.base() >= arena.end() - SEGMENT, "{kv}");
+        assert_eq!(memory.statistics(Pool::KvCache).capacity, SEGMENT);
+        assert_eq!(memory.statistics(Pool::Weights).capacity, arena.size - SEGMENT);
+        let whole = memory.alloc(arena.size, TensorKind::Weights);
+        assert!(matches!(whole, Err(MemError::OutOfMemory { .. })), "the segment is lent");
+        let activations = memory.alloc(64 * 1024, TensorKind::Activation).unwrap();
+        assert_eq!(memory.arena().kv_cache + memory.arena().activations, 2 * SEGMENT);
+        // A segment in use stays lent; a free one goes back.
+        memory.release(activations).unwrap();
+        assert_eq!(memory.reclaim_segments(), SEGMENT);
+        assert_eq!(memory.reclaim_segments(), 0);
+        memory.release(kv).unwrap();
+        assert_eq!(memory.reclaim_segments(), SEGMENT);
+        let whole = memory.alloc(arena.size, TensorKind::Weights).unwrap();
+        assert_eq!(memory.arena().largest_free, 0);
+        assert!(matches!(memory.alloc(MIB, TensorKind::KvCache), Err(MemError::OutOfMemory { .. })));
+        memory.release(whole).unwrap();
+        let statistics = memory.arena();
+        assert_eq!(
+            (statistics.free, statistics.largest_free, statistics.weights),
+            (arena.size, arena.size, 0)
+        );
+    }
+
+    #[test]
     fn node_slices_tile_each_region() {
-        let region = Region { kind: RegionKind::Weights, base: 6 * MIB, size: 100 * MIB };
+        let region = Region { kind: RegionKind::Arena, base: 6 * MIB, size: 100 * MIB };
         for nodes in 1..=4 {
             let slices: Vec<Region> =
                 (0..nodes).map(|node| node_slice(region, node, nodes, BLOCK, "weights").unwrap()).collect();
@@ -909,10 +1029,10 @@ mod tests {
                 assert_eq!(pair[1].base % BLOCK, 0);
             }
         }
-        let tiny = Region { kind: RegionKind::KvCache, base: 0, size: 3 * MIB };
+        let tiny = Region { kind: RegionKind::Arena, base: 0, size: 3 * MIB };
         assert_eq!(
-            node_slice(tiny, 0, 4, MIB, "kv-cache").unwrap_err().to_string(),
-            "kv-cache: cannot use the kv-cache region: too small to give every memory node a slice"
+            node_slice(tiny, 0, 4, MIB, "arena").unwrap_err().to_string(),
+            "arena: cannot use the llm arena region: too small to give every memory node a slice"
         );
         let plan = small_plan(7);
         let config = TensorMemoryConfig { topology: topology(4), ..Default::default() };
@@ -928,8 +1048,8 @@ mod tests {
         let plan = small_plan(7);
         let memory = memory_on_nodes(64, 2);
         assert_eq!((memory.node_count(), memory.node_of(2), memory.node_of(3)), (2, Ok(1), Ok(1)));
-        let weights = plan.region(RegionKind::Weights);
-        let middle = node_slice(weights, 1, 2, BLOCK, "weights").unwrap().base;
+        let weights = plan.region(RegionKind::Arena);
+        let middle = node_slice(weights, 1, 2, BLOCK, "arena").unwrap().base;
         let near = memory.alloc_on(0, 3 * MIB, TensorKind::Weights).unwrap();
         let far = memory.alloc_on(3, 3 * MIB, TensorKind::Weights).unwrap();
         assert_eq!((near.node(), far.node()), (0, 1));
@@ -959,6 +1079,7 @@ mod tests {
             memory.release_on(index % 4, handle).unwrap();
         }
         memory.reclaim();
+        memory.reclaim_segments();
         for pool in Pool::ALL {
             assert_eq!(memory.statistics(pool).counters.reserved_bytes, 0, "{pool:?}");
         }
@@ -973,8 +1094,7 @@ mod tests {
         #[test]
         fn every_scaled_pi3_plan_builds_and_serves_each_kind(ram_blocks in 64u64..1024, seed in any::<u64>()) {
             let ram = ram_blocks * 2 * MIB;
-            let reference = Budget { llm: 600 * MIB, protocol: 128 * MIB, system: 296 * MIB };
-            let budget = reference.scaled_to(1024 * MIB, ram);
+            let budget = Budget::reserving(ram, crate::mm::layout::system_need(ram), 4 * MIB);
             let Ok(plan) = MemoryPlan::new(ram, budget, MIB, seed) else {
                 return Ok(());
             };
@@ -1055,6 +1175,7 @@ mod tests {
                 prop_assert_eq!(memory.release(handle), Ok(0));
             }
             memory.reclaim();
+            memory.reclaim_segments();
             for pool in Pool::ALL {
                 let statistics = memory.statistics(pool);
                 prop_assert_eq!(statistics.counters.reserved_bytes, 0, "{:?}", pool);
@@ -1062,9 +1183,10 @@ mod tests {
             }
             prop_assert_eq!(memory.protocol.lock().block_count(), (1, 0));
             for pools in &memory.nodes {
-                prop_assert_eq!(pools.weights.lock().free_block_count(), 1);
-                let activations = pools.slab.source().lock();
-                prop_assert_eq!(activations.free_block_count(), activations.initial_block_count());
+                prop_assert_eq!(pools.arena.lock().free_block_count(), 1, "every segment came back");
+                prop_assert_eq!(pools.kv_cache.lock().capacity() + pools.activations.lock().capacity(), 0);
+                let small = pools.slab.source().lock();
+                prop_assert_eq!(small.free_block_count(), small.initial_block_count());
             }
         }
     }

@@ -16,6 +16,12 @@ use core::fmt;
 /// Requests that may wait for a place in the batch; more are refused.
 pub const MAX_WAITING: usize = 128;
 
+/// Most sequences a batch runs at once.
+pub const MAX_RUNNING: usize = 64;
+
+/// Most requests in flight: waiting and running.
+pub const MAX_IN_FLIGHT: usize = MAX_WAITING + MAX_RUNNING;
+
 /// A generation waiting for a place in the batch.
 pub struct Pending {
     /// Who asked.
@@ -145,6 +151,12 @@ impl KvReservations {
             self.reserved += blocks;
         }
         fits
+    }
+
+    /// Changes the blocks in the cache (the KV cache's budget follows the arena). Lowering it
+    /// below what is reserved takes nothing back; new reservations wait until it fits.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     /// Gives back `blocks` reserved earlier.

@@ -10,30 +10,73 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    admission::{KvReservations, Pending, kv_blocks_needed},
-    chat::{ChatError, Finish, Generation, ModelView, Step},
+    admission::{KvReservations, MAX_RUNNING, Pending, kv_blocks_needed},
+    chat::{ChatError, Finish, ModelView, Step},
     desk::ServingCpus,
-    governor::step_traffic,
+    generation::Generation,
+    governor::PassTraffic,
+    library::StagedLoad,
+    pressure::Relief,
     pressure::WeightsEvictor,
     protocol::{Event, Timings, Usage},
     reply::Origin,
+    retire::Retired,
     scheduler::{BatchRelief, Preemptor, Scheduled, SlotStep},
     server::{KV_BLOCK_TOKENS, KV_QUOTA_TOKENS, Server, Shared},
 };
 use crate::{
     hil::BlockDevice,
-    infer::State,
+    infer::{
+        Precision, State,
+        forward::{PassSequence, forward_batch},
+    },
     mm::{
+        buffer::{BackedMemory, TensorBuffer},
         error::Bytes,
         kv::{KvBlockPool, PagedKv, blocks_in_region, floats_per_block},
-        layout::RegionKind,
+        layout::SEGMENT,
         scope,
         tensor::{Pool, TensorKind},
     },
     model::Config,
-    telemetry::{self, EventKind, PressureLevel},
+    telemetry::{self, EventKind, PressureLevel, ShortName},
 };
 use alloc::{string::String, sync::Arc, vec::Vec};
+
+/// Most prompt tokens (or recomputed positions) one sequence feeds in one pass: chunks of a
+/// long prompt interleave with the other sequences' decoding rows.
+pub const PREFILL_CHUNK: usize = 16;
+
+/// Rows of a batch's scratch for a model of `config`: the most sequences that run at once,
+/// each a decoding row, plus one prompt chunk; fewer when a buffer of that many rows would
+/// pass the largest block of the activations pool (one segment).
+fn scratch_rows(config: &Config) -> usize {
+    let widest = config.dim.max(config.hidden_dim).max(1) * 4;
+    (MAX_RUNNING + PREFILL_CHUNK).min(SEGMENT as usize / widest).max(1)
+}
+
+/// The weights rung of the pressure ladder: a staged model is dropped (the active one keeps
+/// serving), or replaced models no batch holds are freed at once.
+struct ModelEvictor<'s, 'a> {
+    memory: &'a BackedMemory,
+    staging: &'s mut Option<StagedLoad<'a>>,
+    retired: &'s mut Retired<TensorBuffer<'a>>,
+    /// The staged model dropped, if one was.
+    dropped: Option<String>,
+}
+
+impl WeightsEvictor for ModelEvictor<'_, '_> {
+    fn evict_unused(&mut self) -> u64 {
+        let held = || self.memory.memory().statistics(Pool::Weights).counters.reserved_bytes;
+        let before = held();
+        if let Some(staged) = self.staging.take() {
+            self.dropped = Some(String::from(staged.name()));
+        } else {
+            self.retired.release_unheld();
+        }
+        before.saturating_sub(held())
+    }
+}
 
 /// A running sequence of the batch: the request, its generation and its KV reservation.
 pub(super) struct Sequence<'w, 'f, 'p, 'm> {
@@ -126,6 +169,40 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
+    /// Computes the K/V of the prompt prefix every request of the active model shares (its
+    /// chat template and system prompt, up to the user's words) and publishes its full blocks
+    /// in the prefix cache, so the first request already finds it there. Called when a model
+    /// becomes active with nothing generating.
+    pub(super) fn warm_prefix_cache(&mut self) {
+        let Some(model) = self.model.clone() else { return };
+        let Ok(view) = model.view() else { return };
+        let (first, second) = (view.prompt_tokens("a"), view.prompt_tokens("b"));
+        let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
+        let prefix = &first[..shared];
+        if prefix.len() < KV_BLOCK_TOKENS {
+            return;
+        }
+        let Some(pool) = self.kv_pool_for(&view) else { return };
+        let config = *view.file.config();
+        let Some(mut kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, prefix.len())
+        else {
+            return;
+        };
+        let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
+        let chunk = state.rows();
+        let mut fed = 0;
+        while fed < prefix.len() {
+            let tokens = &prefix[fed..(fed + chunk).min(prefix.len())];
+            let mut sequences = [PassSequence { kv: &mut kv, tokens, start: fed, logits: false }];
+            if forward_batch(&view.file.weights, &mut state, &mut sequences, self.cpus, |_, _, _| {}).is_err()
+            {
+                return;
+            }
+            fed += tokens.len();
+        }
+        kv.publish(model_identity(&model), prefix);
+    }
+
     /// Ends every waiting request with `message`.
     fn refuse_waiting(&mut self, message: &str) {
         while let Some(pending) = self.pending.pop_front() {
@@ -134,16 +211,17 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// The KV block pool for `view`'s model: the one kept from earlier batches when its blocks
-    /// have the right shape, else a new one over the KV region.
+    /// have the right shape (its budget brought up to date), else a new one.
     fn kv_pool_for(&mut self, view: &ModelView<'_>) -> Option<Arc<KvBlockPool<'a>>> {
         let block_floats = floats_per_block(KV_BLOCK_TOKENS, view.file.config().kv_dim());
+        let budget = blocks_in_region(self.kv_budget_bytes(view.file.config()), block_floats);
         if let Some((_, pool)) = self.kv_pool.as_ref().filter(|(floats, _)| *floats == block_floats) {
+            pool.set_limit(budget);
             return Some(Arc::clone(pool));
         }
-        let kv_region = self.info.plan.region(RegionKind::KvCache).size;
         // The old pool (and its cached blocks) goes once no batch uses it.
         self.kv_pool = None;
-        match KvBlockPool::new(self.memory, block_floats, blocks_in_region(kv_region, block_floats)) {
+        match KvBlockPool::new(self.memory, block_floats, budget) {
             Ok(pool) => {
                 let pool = Arc::new(pool);
                 self.kv_pool = Some((block_floats, Arc::clone(&pool)));
@@ -154,6 +232,17 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 None
             }
         }
+    }
+
+    /// The memory the KV cache may use now with a model of `config`: what it holds, and the
+    /// arena's free space less room for the batch's scratch (twice its size, in whole
+    /// segments). It grows into whatever the loaded models leave free.
+    pub(super) fn kv_budget_bytes(&self, config: &Config) -> u64 {
+        let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
+        let scratch = State::bytes_for(config, config.context_length.min(quota), scratch_rows(config));
+        let headroom = (2 * scratch).div_ceil(SEGMENT).max(1) * SEGMENT;
+        let arena = self.memory.memory().arena();
+        (arena.kv_cache + arena.free).saturating_sub(headroom)
     }
 
     /// A batch over `model`, with its scratch from the activations pool; `None` (the waiting
@@ -199,17 +288,28 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// The forward pass's scratch for sequences of up to `positions` positions of `view`'s
     /// model, built in the activations pool; or why it does not fit there.
     pub(super) fn batch_scratch(&self, view: &ModelView<'_>, positions: usize) -> Result<State, String> {
-        let needed = State::bytes_for(view.file.config(), positions);
-        let activations = self.memory.memory().statistics(Pool::Activations);
+        let config = view.file.config();
+        let rows = scratch_rows(config);
+        let needed = State::bytes_for(config, positions, rows);
+        let free = self.activations_available();
         // Each buffer rounds up to a power of two in the buddy allocator: at most twice.
-        if activations.free_bytes < 2 * needed {
+        if free < 2 * needed {
             return Err(alloc::format!(
                 "activations memory is full: a batch of this model needs {} of scratch and {} is free",
                 Bytes(2 * needed),
-                Bytes(activations.free_bytes)
+                Bytes(free)
             ));
         }
-        Ok(scope::with(TensorKind::Activation, || view.scratch(positions)))
+        Ok(scope::with(TensorKind::Activation, || {
+            State::for_batch(config, Precision::default(), positions, rows)
+        }))
+    }
+
+    /// Bytes the activations can have now: their own free blocks, and the arena's free space
+    /// they can borrow.
+    fn activations_available(&self) -> u64 {
+        let memory = self.memory.memory();
+        memory.statistics(Pool::Activations).free_bytes + memory.arena().free
     }
 
     /// Admits waiting requests, oldest first, while the batch's model is still the active one
@@ -217,7 +317,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// so line-mode text never interleaves. Returns whether the batch has sequences to run.
     fn admit(&mut self, batch: &mut Batch<'_, 'a>) -> bool {
         let same_model = self.model.as_ref().is_some_and(|current| Arc::ptr_eq(current, batch.model));
-        if same_model && !batch.preemptor.any_waiting(&batch.sequences) {
+        // While a staged model waits for room, the KV cache shrinks: nobody new joins.
+        let open = same_model && self.room_wanted.is_none() && batch.sequences.len() < MAX_RUNNING;
+        if open && !batch.preemptor.any_waiting(&batch.sequences) {
             let mut index = 0;
             while let Some(request) = self.pending.get(index) {
                 let human_busy =
@@ -227,6 +329,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     continue;
                 }
                 match self.admit_one(batch, index) {
+                    Admission::Admitted if batch.sequences.len() >= MAX_RUNNING => break,
                     Admission::Admitted | Admission::Refused => {}
                     Admission::Waits => break,
                 }
@@ -250,7 +353,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             batch.config.layers,
         );
         let small = sequence_bytes(batch.capacity, batch.config.layers);
-        let small_free = self.memory.memory().statistics(Pool::Activations).free_bytes;
+        let small_free = self.activations_available();
         if small > small_free && batch.sequences.is_empty() {
             return self.refuse(index, "activations memory is full: no room for a request's token lists");
         }
@@ -322,22 +425,107 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Fewer sequences per round while bandwidth stays high; then the memory-pressure manager.
+    /// The KV budget brought up to date with the arena; room made for a staged model that
+    /// waits for it; fewer sequences per round while bandwidth stays high; then the
+    /// memory-pressure manager, whose weights rung drops a staged model or frees a replaced
+    /// one before any request is refused.
     fn relieve_pressure(&mut self, batch: &mut Batch<'_, 'a>) {
-        batch.preemptor.set_batch_limit(self.governor.batch_limit(batch.sequences.len()));
-        let weights = self.weights_evictor.as_deref_mut().map(|evictor| evictor as &mut dyn WeightsEvictor);
-        let mut relief =
-            BatchRelief { preemptor: &mut batch.preemptor, sequences: &mut batch.sequences, weights };
-        for level in self.governor.relieve(&mut relief) {
+        if self.room_wanted.is_some() {
+            self.make_room(batch);
+        }
+        self.update_kv_budget(batch);
+        // Models are dropped only for requests that would otherwise be refused.
+        let requests_wait = !self.pending.is_empty();
+        let mut evictor = ModelEvictor {
+            memory: self.memory,
+            staging: &mut self.staging,
+            retired: &mut self.retired,
+            dropped: None,
+        };
+        let mut relief = BatchRelief {
+            preemptor: &mut batch.preemptor,
+            sequences: &mut batch.sequences,
+            weights: requests_wait.then_some(&mut evictor as &mut dyn WeightsEvictor),
+        };
+        let levels = self.governor.relieve(&mut relief);
+        let dropped = evictor.dropped.take();
+        for level in levels {
             self.pressure_action(level);
+        }
+        if let Some(name) = dropped {
+            self.statistics.failed_loads += 1;
+            self.swap_gaps.clear();
+            telemetry::record(EventKind::LoadFailed { model: ShortName::new(&name) });
+            let message = alloc::format!(
+                "error: the background load of {name} was dropped: its memory is needed by the requests (try again when they finish)"
+            );
+            self.say_line(&message);
         }
     }
 
-    /// One forward pass for every running sequence, its text streamed; the sequences that
-    /// finished leave the batch and give back their reservations.
+    /// Sets the KV cache's budget to what the arena gives it now, with the admission limit and
+    /// pressure thresholds to match.
+    fn update_kv_budget(&mut self, batch: &mut Batch<'_, 'a>) {
+        let blocks = blocks_in_region(self.kv_budget_bytes(&batch.config), batch.pool.floats_per_block());
+        if blocks != batch.pool.limit_blocks() {
+            batch.pool.set_limit(blocks);
+            batch.reservations.set_limit(blocks);
+            let thresholds = self.governor.track_pool(blocks);
+            batch.preemptor.set_resume_limit(thresholds.preempt_blocks);
+        }
+    }
+
+    /// Makes room for the staged model that waits for it, mildest first: the prefix cache,
+    /// then the KV chunks and arena segments left free, and when that is not enough, one
+    /// running sequence preempted per round (it recomputes its K/V later; no request joins
+    /// meanwhile). The load starts as soon as it fits; if the last sequence holding KV memory
+    /// is all that stands in its way, it starts when the batch ends.
+    fn make_room(&mut self, batch: &mut Batch<'_, 'a>) {
+        let Some(name) = self.room_wanted.clone() else { return };
+        batch.pool.drop_cached();
+        batch.pool.release_free_chunks();
+        self.memory.memory().reclaim_segments();
+        if scope::outside(|| self.stage(&name)).is_ok() {
+            return;
+        }
+        let mut relief =
+            BatchRelief { preemptor: &mut batch.preemptor, sequences: &mut batch.sequences, weights: None };
+        if relief.preempt_one() {
+            self.pressure_action(PressureLevel::Preempt);
+        }
+    }
+
+    /// One round: one forward pass over the weights for every sequence that runs (decoding
+    /// rows and prompt chunks together), each token's text sent as soon as it is sampled; the
+    /// sequences that finished leave the batch and give back their reservations.
     fn run_round(&mut self, batch: &mut Batch<'_, 'a>) {
-        for slot in 0..batch.sequences.len() {
-            let Some(step) = self.step_sequence(batch, slot) else { continue };
+        self.wait_for_bandwidth(batch);
+        let positions_before: Vec<usize> =
+            batch.sequences.iter().map(|sequence| sequence.generation.position()).collect();
+        // The console is served at every matmul checkpoint of this forward pass.
+        let cpus =
+            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
+        let preempted = batch.preemptor.statistics().preemptions;
+        let started = self.clock.ticks();
+        let outcomes = batch.preemptor.round(&mut batch.sequences, &cpus, &mut batch.scratch, PREFILL_CHUNK);
+        let ended = self.clock.ticks();
+        for _ in preempted..batch.preemptor.statistics().preemptions {
+            self.governor.count_exhaustion_preemption();
+            self.pressure_action(PressureLevel::Preempt);
+        }
+        self.count_round_traffic(batch, &positions_before, started, ended);
+        for (slot, outcome) in outcomes.into_iter().enumerate() {
+            let step = match outcome {
+                Ok(SlotStep::Waiting) => continue,
+                Ok(SlotStep::Ran(step)) => Ok(step),
+                Err(error) => Err(error),
+            };
+            let sequence = &mut batch.sequences[slot];
+            if sequence.first_token_ns.is_none() && sequence.generation.statistics().generated_tokens > 0 {
+                let now = self.clock.now_ns();
+                sequence.first_token_ns = Some(now);
+                self.first_token_since_boot_ns.get_or_insert(now);
+            }
             if self.deliver(batch, slot, step) {
                 batch.finished.push(slot);
             }
@@ -348,39 +536,41 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Runs one step of the sequence in `slot` (unless it waits, preempted), counting the
-    /// bytes it moved and its first token.
-    fn step_sequence(&mut self, batch: &mut Batch<'_, 'a>, slot: usize) -> Option<Result<Step, ChatError>> {
-        let was_prompt = batch.sequences[slot].generation.in_prompt();
-        // The console is served at every matmul checkpoint of this forward pass.
-        let cpus =
-            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
-        let preempted = batch.preemptor.statistics().preemptions;
-        let step = match batch.preemptor.step(&mut batch.sequences, slot, &cpus, &mut batch.scratch) {
-            Ok(SlotStep::Waiting) => None,
-            Ok(SlotStep::Ran(step)) => Some(Ok(step)),
-            Err(error) => Some(Err(error)),
+    /// Under a bandwidth cap, the round waits, the console served meanwhile, until the cap
+    /// allows the pass it is about to run (its rows counted at the tokens each sequence may
+    /// feed); a cancel noted meanwhile is applied, and ends that answer without a pass.
+    fn wait_for_bandwidth(&mut self, batch: &mut Batch<'_, 'a>) {
+        let traffic = PassTraffic::of(&batch.view.file.weights);
+        loop {
+            for sequence in batch.sequences.iter_mut() {
+                if self.cancels.contains(&sequence.request.origin) {
+                    sequence.generation.cancel();
+                }
+            }
+            let rows = batch.sequences.iter().flat_map(|sequence| {
+                let generation = &sequence.generation;
+                let position = generation.position();
+                position..position + generation.rows_wanted(PREFILL_CHUNK)
+            });
+            if !self.governor.must_wait(traffic.rows(rows)) {
+                return;
+            }
+            self.poll_console();
+        }
+    }
+
+    /// Counts the bytes the round's pass moved (the rows each sequence fed) over the time it
+    /// took.
+    fn count_round_traffic(&self, batch: &Batch<'_, 'a>, before: &[usize], started: u64, ended: u64) {
+        let traffic = PassTraffic::of(&batch.view.file.weights);
+        let fed = |(sequence, &before): (&Sequence<'_, '_, '_, 'a>, &usize)| {
+            let after = sequence.generation.position();
+            if after > before { before..after } else { 0..0 }
         };
-        for _ in preempted..batch.preemptor.statistics().preemptions {
-            self.governor.count_exhaustion_preemption();
-            self.pressure_action(PressureLevel::Preempt);
+        if batch.sequences.iter().zip(before).map(fed).any(|rows| !rows.is_empty()) {
+            let rows = batch.sequences.iter().zip(before).flat_map(fed);
+            self.governor.count_pass(traffic.rows(rows), started, ended);
         }
-        let step = step?;
-        let sequence = &mut batch.sequences[slot];
-        let position = sequence.generation.history().len();
-        let config = &batch.config;
-        self.governor.count_step(step_traffic(
-            batch.model.size() as u64,
-            config.layers,
-            config.kv_dim(),
-            position,
-        ));
-        let now = self.clock.now_ns();
-        if !was_prompt && sequence.first_token_ns.is_none() {
-            sequence.first_token_ns = Some(now);
-            self.first_token_since_boot_ns.get_or_insert(now);
-        }
-        Some(step)
     }
 
     /// Sends what a step produced to its requester; returns whether the sequence finished.

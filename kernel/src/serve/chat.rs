@@ -1,5 +1,6 @@
 //! A served model and one chat turn with it: the prompt in the model's chat template, the
-//! generation loop over any [`KvStore`], and text streamed as whole UTF-8 characters.
+//! settings, outcomes and errors of a turn, and [`answer`], one turn in one go over any
+//! [`KvStore`] (the generation itself is [`super::generation`]).
 
 #![forbid(unsafe_code)]
 
@@ -7,16 +8,16 @@ use super::prepare::{ModelLayout, Preparation, prepare_llama2c};
 use crate::{
     hil::{Cpus, KvStore},
     infer::{
-        InferError, Precision, Sampler, SamplerConfig, Session, State, Tokenizer,
-        tokenizer::{
-            StreamDecoder,
-            chat::{self, Message, Role},
-        },
+        InferError, Precision, State, Tokenizer,
+        tokenizer::chat::{self, Message, Role},
     },
     model::{Config, Format, ModelError, Weights},
 };
 use alloc::{string::String, vec::Vec};
 use core::{fmt, ops::Deref};
+
+/// Rows of the scratch [`ModelView::scratch`] makes.
+pub const SCRATCH_ROWS: usize = 16;
 
 /// A model ready to serve: the loaded file, validated once, and its tables (the tensor index
 /// and the tokenizer, see [`super::prepare`]), built once from it. `Bytes` is a weights-pool
@@ -129,10 +130,11 @@ pub struct ModelView<'model> {
 }
 
 impl ModelView<'_> {
-    /// Forward-pass scratch for sequences of up to `positions` positions, at the default
-    /// precision (allocated wherever the caller's allocation scope says).
+    /// Forward-pass scratch for sequences of up to `positions` positions and passes of up to
+    /// [`SCRATCH_ROWS`] rows (a prompt fed 16 tokens a pass), at the default precision
+    /// (allocated wherever the caller's allocation scope says).
     pub fn scratch(&self, positions: usize) -> State {
-        State::for_positions(&self.file.weights, Precision::default(), positions)
+        State::for_batch(self.file.config(), Precision::default(), positions, SCRATCH_ROWS)
     }
 
     /// Whether the model's tokenizer knows the ChatML markers (so chat gets the template).
@@ -260,226 +262,11 @@ impl Finish {
 /// What one [`Generation::step`] produced.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    /// A prompt token was fed, or a token generated whose text is given (may be empty while
-    /// a UTF-8 character is incomplete).
+    /// Prompt tokens were fed (no text), or a token was generated, whose text is given (may
+    /// be empty while a UTF-8 character is incomplete).
     Running(String),
     /// The generation ended; the text is whatever the decoder still held.
     Finished(Finish, String),
-}
-
-/// One sequence being answered, advanced one forward pass at a time, so a scheduler can
-/// interleave several at token boundaries and answer the console between them.
-pub struct Generation<'weights, 'file, Store: KvStore> {
-    session: Session<'weights, 'file, Store>,
-    tokenizer: &'weights Tokenizer<&'file [u8]>,
-    sampler: Sampler,
-    prompt: Vec<u32>,
-    history: Vec<u32>,
-    next: Option<u32>,
-    max_tokens: usize,
-    capacity: usize,
-    decoder: StreamDecoder,
-    statistics: TurnStatistics,
-    cancelled: bool,
-    /// Preempted: its K/V released, waiting for [`Generation::reattach`].
-    preempted: bool,
-}
-
-impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
-    /// A generation answering `prompt` with `model`, its K/V in `kv`.
-    pub fn new(
-        model: &'weights ModelView<'file>,
-        kv: Store,
-        prompt: &str,
-        settings: &GenerationSettings,
-    ) -> Result<Self, ChatError> {
-        Self::with_cached_prefix(model, kv, &model.prompt_tokens(prompt), settings, |_, _| 0)
-    }
-
-    /// Like [`Generation::new`] for already tokenized `tokens`; `attach(kv, tokens)` may fill
-    /// the K/V of a cached prefix of them and return how many positions it filled, which are
-    /// then not computed again.
-    pub fn with_cached_prefix(
-        model: &'weights ModelView<'file>,
-        mut kv: Store,
-        tokens: &[u32],
-        settings: &GenerationSettings,
-        attach: impl FnOnce(&mut Store, &[u32]) -> usize,
-    ) -> Result<Self, ChatError> {
-        let tokens = tokens.to_vec();
-        if tokens.is_empty() {
-            return Err(ChatError::EmptyPrompt);
-        }
-        let capacity = kv.capacity().min(model.file.config().context_length);
-        if tokens.len() >= capacity {
-            return Err(ChatError::PromptTooLong { tokens: tokens.len(), capacity });
-        }
-        let weights = &model.file.weights;
-        let config = SamplerConfig {
-            temperature: settings.temperature,
-            top_p: settings.top_p,
-            seed: settings.seed,
-            ..SamplerConfig::default()
-        };
-        // Never the whole prompt: the last prompt token is always computed, for its logits.
-        let cached = attach(&mut kv, &tokens).min(tokens.len() - 1);
-        let history = tokens[..cached].to_vec();
-        Ok(Self {
-            session: Session::resume(weights, kv, history.clone()),
-            tokenizer: &model.tokenizer,
-            sampler: Sampler::new(config),
-            history,
-            statistics: TurnStatistics {
-                prompt_tokens: tokens.len(),
-                cached_tokens: cached,
-                ..TurnStatistics::default()
-            },
-            prompt: tokens,
-            next: None,
-            max_tokens: settings.max_tokens,
-            capacity,
-            decoder: StreamDecoder::new(),
-            cancelled: false,
-            preempted: false,
-        })
-    }
-
-    /// Asks the generation to stop at its next step.
-    pub fn cancel(&mut self) {
-        self.cancelled = true;
-    }
-
-    /// Counts so far.
-    pub fn statistics(&self) -> TurnStatistics {
-        self.statistics
-    }
-
-    /// The tokens of the sequence so far (prompt, then generated).
-    pub fn history(&self) -> &[u32] {
-        &self.history
-    }
-
-    /// The sequence's KV store (to publish its blocks when it ends).
-    pub fn kv_mut(&mut self) -> &mut Store {
-        self.session.kv_mut()
-    }
-
-    /// The sequence's KV store, read-only.
-    pub fn kv(&self) -> &Store {
-        self.session.kv()
-    }
-
-    /// Releases the sequence's K/V so another sequence can use the memory (preemption by
-    /// recompute). `before(kv, tokens)` sees the store and the tokens whose rows it holds
-    /// first (to publish full blocks, say). Nothing else is lost: the tokens fed and the token
-    /// sampled next stay, and the next steps recompute the K/V from them before continuing
-    /// where the sequence stopped, without producing text.
-    pub fn preempt(&mut self, before: impl FnOnce(&mut Store, &[u32])) {
-        let fed = self.session.position();
-        before(self.session.kv_mut(), &self.history[..fed]);
-        self.session.rewind(0);
-        self.preempted = true;
-    }
-
-    /// Whether it was preempted and has not been given back its store
-    /// ([`Generation::reattach`]).
-    pub fn is_preempted(&self) -> bool {
-        self.preempted
-    }
-
-    /// Whether the sequence has K/V to recompute before it can go on (it was preempted).
-    pub fn recomputing(&self) -> bool {
-        self.session.position() < self.history.len()
-    }
-
-    /// Positions the sequence needs in its store to go on: the tokens fed, plus one.
-    pub fn positions_needed(&self) -> usize {
-        self.history.len() + 1
-    }
-
-    /// Resumes a preempted sequence: `attach(kv, tokens)` may fill the K/V of a cached prefix
-    /// of the tokens fed and return how many positions it filled, which are then not
-    /// recomputed.
-    pub fn reattach(&mut self, attach: impl FnOnce(&mut Store, &[u32]) -> usize) {
-        if !core::mem::take(&mut self.preempted) || self.history.is_empty() {
-            return;
-        }
-        // The store is empty since `preempt`; `attach` fills its first positions.
-        let cached = attach(self.session.kv_mut(), &self.history).min(self.history.len() - 1);
-        for &token in &self.history[..cached] {
-            self.session.push_cached(token);
-        }
-    }
-
-    /// Whether it is still feeding its prompt.
-    pub fn in_prompt(&self) -> bool {
-        self.history.len() < self.prompt.len()
-    }
-
-    fn finish(&mut self, finish: Finish) -> Result<Step, ChatError> {
-        let mut text = String::new();
-        self.decoder.finish(&mut text);
-        self.statistics.cancelled = finish == Finish::Cancelled;
-        Ok(Step::Finished(finish, text))
-    }
-
-    /// Feeds `token`; on failure nothing has changed, so the step can be tried again.
-    fn feed(&mut self, cpus: &dyn Cpus, state: &mut State, token: u32) -> Result<(), ChatError> {
-        self.session.feed(cpus, state, token).map_err(ChatError::Inference)?;
-        self.history.push(token);
-        if self.history.len() >= self.prompt.len() {
-            self.next = Some(state.sample(&mut self.sampler, &self.history));
-        }
-        Ok(())
-    }
-
-    /// The positions the sequence can reach (what a [`State`] for it must hold).
-    pub fn positions(&self) -> usize {
-        self.session.positions()
-    }
-
-    /// Runs one forward pass through `state` (scratch the batch shares): a position being
-    /// recomputed after preemption, the next prompt token, or the next generated token. A step
-    /// that fails (say, KV memory ran out) leaves the generation as it was, so it can be tried
-    /// again once memory is free.
-    pub fn step(&mut self, cpus: &dyn Cpus, state: &mut State) -> Result<Step, ChatError> {
-        if self.cancelled {
-            return self.finish(Finish::Cancelled);
-        }
-        let position = self.session.position();
-        if let Some(&token) = self.history.get(position) {
-            self.session.feed(cpus, state, token).map_err(ChatError::Inference)?;
-            return Ok(Step::Running(String::new()));
-        }
-        if let Some(&token) = self.prompt.get(self.history.len()) {
-            self.feed(cpus, state, token)?;
-            return Ok(Step::Running(String::new()));
-        }
-        let Some(token) = self.next else { return self.finish(Finish::Stop) };
-        if self.tokenizer.is_stop(token) {
-            self.next = None;
-            self.statistics.generated_tokens += 1;
-            return self.finish(Finish::Stop);
-        }
-        let last = self.statistics.generated_tokens + 1 >= self.max_tokens
-            || self.history.len() + 1 >= self.capacity;
-        let previous = self.history.last().copied();
-        if last {
-            self.next = None;
-        } else {
-            self.feed(cpus, state, token)?;
-        }
-        self.statistics.generated_tokens += 1;
-        let mut text = String::new();
-        self.decoder.push(self.tokenizer.decode(previous, token), &mut text);
-        if last {
-            let mut rest = String::new();
-            self.decoder.finish(&mut rest);
-            text.push_str(&rest);
-            return Ok(Step::Finished(Finish::Length, text));
-        }
-        Ok(Step::Running(text))
-    }
 }
 
 /// Answers `prompt` with `model`, keeping K/V in `kv`, in one go: the single-sequence use of
@@ -494,7 +281,7 @@ pub fn answer(
     mut on_text: impl FnMut(&str),
     cancelled: impl Fn() -> bool,
 ) -> Result<TurnStatistics, ChatError> {
-    let mut generation = Generation::new(model, kv, prompt, settings)?;
+    let mut generation = super::generation::Generation::new(model, kv, prompt, settings)?;
     let mut state = model.scratch(generation.positions());
     loop {
         if cancelled() {
@@ -520,6 +307,7 @@ mod tests {
             synthetic::{SyntheticFormat, SyntheticSpec},
         },
         model::TensorType,
+        serve::generation::Generation,
     };
 
     fn synthetic(format: SyntheticFormat) -> (Vec<u8>, Option<Vec<u8>>) {

@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    chat::{Generation, GenerationSettings, Step},
+    chat::{GenerationSettings, Step},
+    config::parse_bandwidth_cap,
     desk::ServingCpus,
+    generation::Generation,
     library::list_models,
     protocol::{self, Event, Operation},
     server::{KV_BLOCK_TOKENS, KV_QUOTA_TOKENS, Server},
@@ -17,10 +19,11 @@ use crate::{
     mm::{
         error::Bytes,
         kv::{KvBlockPool, PagedKv, floats_per_block},
+        layout::SEGMENT,
         scope,
         tensor::{Pool, TensorKind},
     },
-    telemetry::{ByteRate, TRACE},
+    telemetry::TRACE,
 };
 use alloc::{
     string::{String, ToString},
@@ -36,7 +39,7 @@ Type a message and press Enter to chat with the active model. Commands:
   /stats                tokens/s, turns, interrupts, errors
   /mem                  memory map with pool usage, and the global heap
   /trace                recent events: loads, swaps, requests, slow commands
-  /set NAME VALUE       temperature, top_p, seed or max_tokens
+  /set NAME VALUE       temperature, top_p, seed, max_tokens, or bandwidth_cap MB/s (0 or off: none)
   /reset                generation settings back to their defaults
   /bench                decode speed of the active model on one core and on all cores
   /cancel               (while an answer streams) stop it
@@ -87,8 +90,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     live_bytes: heap.live_bytes,
                     peak_bytes: heap.peak_bytes,
                     allocations: heap.allocations,
+                    pool_metadata_bytes: heap.metadata_live_bytes,
                 };
-                let event = Event::Mem { ram_bytes: self.info.plan.ram, pools: &pools, heap };
+                let event = Event::Mem {
+                    ram_bytes: self.info.plan.ram,
+                    pools: &pools,
+                    heap,
+                    arena: self.arena_entry(),
+                };
                 self.reply(super::reply::Origin::Machine(id), &event);
             }
             Operation::Models => {
@@ -105,16 +114,50 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// `/mem`: the memory map, and the global heap.
+    /// The arena's figures: its free space, how far the KV cache may grow next to the loaded
+    /// models, and the largest model it can hold alone.
+    fn arena_entry(&self) -> protocol::ArenaEntry {
+        let arena = self.memory.memory().arena();
+        let set_aside = self.set_aside.as_ref().map_or(0, |handle| handle.size());
+        let capacity = arena.capacity - set_aside;
+        let kv_capacity = match self.model.as_ref().map(|model| model.view()) {
+            Some(Ok(view)) => self.kv_budget_bytes(view.file.config()),
+            _ => arena.kv_cache + arena.free,
+        };
+        protocol::ArenaEntry {
+            capacity_bytes: capacity,
+            free_bytes: arena.free,
+            largest_free_bytes: arena.largest_free,
+            kv_capacity_bytes: kv_capacity,
+            largest_model_bytes: capacity.saturating_sub(2 * SEGMENT),
+        }
+    }
+
+    /// `/mem`: the memory map, the LLM arena, and the global heap.
     fn memory_map(&self) {
+        let arena = self.arena_entry();
+        let shares = self.memory.memory().arena();
         let heap = self.telemetry.heap();
         let report = alloc::format!(
-            "{}heap         {} of {} live, peak {}; {} allocations since power-on\n",
+            "{}llm arena    {}: weights {}, KV cache {}, activations {}, free {} (largest block {}); \
+             the KV cache may grow to {}, a model alone may be {}\n\
+             heap         {} of {} live, peak {}; {} allocations since power-on\n\
+             metadata     {} of {} live (the pools' own bookkeeping while serving)\n",
             self.memory.memory().report(),
+            Bytes(arena.capacity_bytes),
+            Bytes(shares.weights.saturating_sub(self.set_aside.as_ref().map_or(0, |handle| handle.size()))),
+            Bytes(shares.kv_cache),
+            Bytes(shares.activations),
+            Bytes(arena.free_bytes),
+            Bytes(arena.largest_free_bytes),
+            Bytes(arena.kv_capacity_bytes),
+            Bytes(arena.largest_model_bytes),
             Bytes(heap.live_bytes),
             Bytes(heap.capacity_bytes),
             Bytes(heap.peak_bytes),
-            heap.allocations
+            heap.allocations,
+            Bytes(heap.metadata_live_bytes),
+            Bytes(heap.metadata_capacity_bytes),
         );
         self.say(&report.replace('\n', "\r\n"));
     }
@@ -259,6 +302,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 .ok()
                 .filter(|v| (1..=4096).contains(v))
                 .map(|v| settings.max_tokens = v),
+            "bandwidth_cap" => parse_bandwidth_cap(value).map(|cap| self.governor.set_cap_megabytes(cap)),
             _ => None,
         };
         let message = match outcome {
@@ -266,7 +310,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             None => {
                 self.statistics.rejected_lines += 1;
                 alloc::format!(
-                    "error: /set takes temperature 0-5, top_p (0,1], seed N or max_tokens 1-4096; got {argument:?}"
+                    "error: /set takes temperature 0-5, top_p (0,1], seed N, max_tokens 1-4096 or bandwidth_cap MBPS (0 or off: none); got {argument:?}"
                 )
             }
         };
@@ -340,14 +384,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             counters.deadline_ns / 1_000_000,
             alloc::format!("{counters}").replace('\n', "\r\n"),
         );
-        let memory = self.governor.statistics();
-        let _ = write!(
-            text,
-            "bandwidth    {} now, {} peak (estimated per forward pass); batch halved {}x\r\n",
-            ByteRate(memory.current_bandwidth),
-            ByteRate(memory.peak_bandwidth),
-            memory.throttle_level,
-        );
+        let bandwidth = alloc::format!("{}", self.governor.statistics().bandwidth);
+        text.push_str(&bandwidth.replace('\n', "\r\n"));
         text
     }
 }

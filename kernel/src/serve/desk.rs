@@ -3,16 +3,18 @@
 //! checkpoints). Control commands (`/stats`, `/cancel`, machine-mode `stats` and `cancel`) are
 //! answered on the spot, from a snapshot of the server's state or by noting the cancel for the
 //! server to apply at the next token boundary; every other line is queued for the server, in
-//! order. Each answer's wait, from the end of its line, goes into the serving counters.
+//! order. A line the reader refuses (noise: control characters; invalid UTF-8; too long) is
+//! queued as refused, for a short error, and is never taken for a prompt or a command. Each
+//! answer's wait, from the end of its line, goes into the serving counters.
 
 #![forbid(unsafe_code)]
 
 use super::{
     MAX_LINE,
-    line::{LineError, LineEvent, LineReader},
     protocol::{self, Event},
 };
 use crate::{
+    console::line::{LineError, LineEvent, LineReader},
     hil::{Clock, Console, Cpus},
     mm::{scope, tensor::TensorKind},
     telemetry::{Counters, ShortName},
@@ -26,6 +28,12 @@ use spin::Mutex;
 
 /// How long a control command may wait for its answer.
 pub const CONTROL_BOUND_NS: u64 = 10_000_000;
+
+/// Most lines (or refusals) queued for the server. While this many wait, the desk reads no
+/// further: the input stays in the receive ring and, once that is full, in the UART, whose
+/// sender is held back (receive flow control), instead of piling up in memory. Control
+/// commands behind them wait for the server to take the queue (at the next token boundary).
+pub const MAX_QUEUED_INPUTS: usize = 64;
 
 /// A complete input line, or why a line was refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,11 +121,14 @@ impl ControlDesk {
         self.queued.lock().pop_front()
     }
 
-    /// Reads all waiting input: echoes typing, answers `/stats` and machine-mode `stats` at
-    /// once, and queues everything else. Returns whether any line was completed.
+    /// Reads waiting input until none is left or [`MAX_QUEUED_INPUTS`] wait for the server:
+    /// echoes typing, answers `/stats` and machine-mode `stats` at once, and queues everything
+    /// else. Returns whether any line was completed.
     pub fn service(&self, console: &dyn Console, clock: &dyn Clock) -> bool {
         let mut completed = false;
-        while let Some(byte) = console.read_byte() {
+        while self.queued.lock().len() < MAX_QUEUED_INPUTS
+            && let Some(byte) = console.read_byte()
+        {
             let mut reader = self.reader.lock();
             match reader.push(byte) {
                 LineEvent::Pending => {}
@@ -296,6 +307,65 @@ mod tests {
         assert_eq!(timed, [("stats".into(), 1), ("cancel".into(), 0), ("status".into(), 1)]);
         assert!(report.commands[0].latency.max_ns > 0);
         assert!(desk.take_deadline_misses().is_empty());
+    }
+
+    #[test]
+    fn noise_is_refused_never_queued_as_a_line_and_not_echoed() {
+        let console = ScriptedConsole {
+            input: std::sync::Mutex::new(
+                b"hi\x1b[A there\r/sta\x00ts\r{\"id\":1,\"op\":\"stats\"\x07}\rok\r"
+                    .iter()
+                    .copied()
+                    .collect(),
+            ),
+            output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
+        };
+        let clock = StepClock(AtomicU64::new(0));
+        let desk = ControlDesk::new();
+        desk.set_stats_snapshot("turns 0\r\n".into());
+        assert!(desk.service(&console, &clock));
+        let noise = |control, offset| Some(Input::Refused(LineError::Noise { control, offset }));
+        assert_eq!(desk.next_input(), noise('\x1b', 2));
+        assert_eq!(desk.next_input(), noise('\0', 4), "a command with a control byte in it is noise");
+        assert_eq!(desk.next_input(), noise('\x07', 20), "so is a machine request");
+        assert_eq!(desk.next_input(), Some(Input::Line("ok".into())));
+        assert_eq!(desk.next_input(), None);
+        // Echoed: each line up to its first control byte, and nothing was answered.
+        assert_eq!(*console.output.lock().unwrap(), "hi/sta{\"id\":1,\"op\":\"stats\"ok");
+        assert_eq!(desk.counters().report().commands[0].latency.count(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_leaves_the_input_unread_until_the_server_takes_it() {
+        let lines = MAX_QUEUED_INPUTS + 10;
+        let input: Vec<u8> = (0..lines).flat_map(|index| format!("line {index}\r").into_bytes()).collect();
+        let console = ScriptedConsole {
+            input: std::sync::Mutex::new(input.iter().copied().collect()),
+            output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
+        };
+        let clock = StepClock(AtomicU64::new(0));
+        let desk = ControlDesk::new();
+        assert!(desk.service(&console, &clock));
+        let unread = console.input.lock().unwrap().len();
+        assert_eq!(
+            unread,
+            (MAX_QUEUED_INPUTS..lines).map(|index| format!("line {index}\r").len()).sum::<usize>()
+        );
+        // Full: a second service reads nothing.
+        assert!(!desk.service(&console, &clock));
+        assert_eq!(console.input.lock().unwrap().len(), unread);
+        let mut taken = Vec::new();
+        while let Some(input) = desk.next_input() {
+            taken.push(input);
+        }
+        assert!(desk.service(&console, &clock));
+        while let Some(input) = desk.next_input() {
+            taken.push(input);
+        }
+        let expected: Vec<Input> = (0..lines).map(|index| Input::Line(format!("line {index}"))).collect();
+        assert_eq!(taken, expected, "every line, in order");
     }
 
     #[test]

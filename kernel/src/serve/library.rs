@@ -84,6 +84,10 @@ impl From<ModelError> for LibraryError {
     }
 }
 
+/// The pool named in the error of a load refused by the weights budget of `tessera.cfg` (not
+/// by the memory itself).
+pub const WEIGHTS_BUDGET_POOL: &str = "weights budget (tessera.cfg)";
+
 /// Refuses `size` more bytes of weights when `budget` bytes of weights in all (`tessera.cfg`)
 /// would be exceeded.
 fn check_budget(memory: &BackedMemory, budget: Option<u64>, size: u64) -> Result<(), LibraryError> {
@@ -91,7 +95,7 @@ fn check_budget(memory: &BackedMemory, budget: Option<u64>, size: u64) -> Result
     let held = memory.memory().statistics(Pool::Weights).counters.reserved_bytes;
     if held + size > budget {
         let error = MemError::OutOfMemory {
-            pool: "weights budget (tessera.cfg)",
+            pool: WEIGHTS_BUDGET_POOL,
             requested: size,
             free: budget.saturating_sub(held),
             largest_free: budget.saturating_sub(held),
@@ -99,6 +103,22 @@ fn check_budget(memory: &BackedMemory, budget: Option<u64>, size: u64) -> Result
         return Err(LibraryError::NoMemory { needed: size, error });
     }
     Ok(())
+}
+
+/// A weights-pool buffer of `size` bytes at `placement`, not cleared (see
+/// [`BackedMemory::alloc_uninit`]); when the arena has no room, the segments the KV cache and
+/// the activations hold but do not use go back to it and the allocation is tried once more.
+fn uninit_weights(
+    memory: &BackedMemory,
+    size: u64,
+    placement: Placement,
+) -> Result<TensorBuffer<'_>, LibraryError> {
+    let allocate = || memory.alloc_uninit(0, size, TensorKind::Weights, placement);
+    let retry = |error| match error {
+        MemError::OutOfMemory { .. } if memory.memory().reclaim_segments() > 0 => allocate(),
+        error => Err(error),
+    };
+    allocate().or_else(retry).map_err(|error| LibraryError::NoMemory { needed: size, error })
 }
 
 /// A weights buffer of `size` bytes, within the budget, not cleared (the file is read into
@@ -111,9 +131,7 @@ fn weights_buffer(
     size: u64,
 ) -> Result<TensorBuffer<'_>, LibraryError> {
     check_budget(memory, budget, size)?;
-    memory
-        .alloc_uninit(0, size, TensorKind::Weights, Placement::Apart)
-        .map_err(|error| LibraryError::NoMemory { needed: size, error })
+    uninit_weights(memory, size, Placement::Apart)
 }
 
 /// The tables buffer (tensor index and tokenizer) of the model whose weights buffer starts at
@@ -131,9 +149,7 @@ fn tables_buffer(
     let pool = memory.memory().statistics(Pool::Weights);
     let upper_half = weights_base.saturating_sub(pool.base) >= pool.capacity / 2;
     let placement = if upper_half { Placement::High } else { Placement::Low };
-    memory
-        .alloc_uninit(0, size, TensorKind::Weights, placement)
-        .map_err(|error| LibraryError::NoMemory { needed: size, error })
+    uninit_weights(memory, size, placement)
 }
 
 /// Refuses a file that is not GGUF but is named `.gguf`, as such (not as a broken checkpoint).

@@ -1,7 +1,9 @@
 //! The memory-pressure manager: when the KV blocks in use and cached pass a threshold of the
 //! board's KV budget, it acts, mildest first, and stops as soon as use is back under it:
 //! 1. drop cached prefix blocks no sequence holds;
-//! 2. compress the KV of inactive sequences (waiting, not in this round's batch) to int8;
+//! 2. compress the KV of waiting sequences to int8: those out of the round's batch, then, while
+//!    use stays over the threshold, the lowest-ranked running ones (never the first), which
+//!    then wait, compressed, until decompressing them fits under it again;
 //! 3. preempt a sequence (it recomputes its K/V later, see [`super::scheduler`]);
 //! 4. evict model weights that nothing uses (a staged or an old model), through a
 //!    [`WeightsEvictor`] hook the model-loading code provides;
@@ -26,7 +28,7 @@ use core::fmt;
 pub struct PressureThresholds {
     /// Blocks of the budget.
     pub budget_blocks: usize,
-    /// Blocks held and cached at or above which cached prefixes are dropped and inactive
+    /// Blocks held and cached at or above which cached prefixes are dropped and waiting
     /// sequences compressed.
     pub relieve_blocks: usize,
     /// Blocks held at or above which a sequence is preempted (and a preempted one does not
@@ -56,8 +58,11 @@ pub trait Relief {
     fn cached_blocks(&self) -> usize;
     /// Drops the cached prefix blocks; returns how many.
     fn drop_cached_prefixes(&mut self) -> usize;
-    /// Compresses the KV of inactive sequences to int8; returns the blocks freed.
-    fn compress_inactive(&mut self) -> usize;
+    /// Compresses the KV of waiting sequences to int8 until the blocks held and cached are
+    /// under `target_blocks`: first those out of the round's batch, then the lowest-ranked
+    /// running ones (never the highest-ranked), which wait compressed until decompressing them
+    /// keeps the blocks held under `target_blocks`. Returns the blocks freed.
+    fn compress_waiting(&mut self, target_blocks: usize) -> usize;
     /// Preempts one sequence (never the only one holding blocks); returns whether it did.
     fn preempt_one(&mut self) -> bool;
     /// Evicts model weights nothing uses; returns the bytes freed.
@@ -150,7 +155,9 @@ impl PressureManager {
         if relief.drop_cached_prefixes() > 0 {
             self.took(PressureLevel::DropCachedPrefixes, record);
         }
-        if over(relief) >= self.thresholds.relieve_blocks && relief.compress_inactive() > 0 {
+        if over(relief) >= self.thresholds.relieve_blocks
+            && relief.compress_waiting(self.thresholds.relieve_blocks) > 0
+        {
             self.took(PressureLevel::CompressInactive, record);
         }
         if relief.held_blocks() >= self.thresholds.preempt_blocks && relief.preempt_one() {

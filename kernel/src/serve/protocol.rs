@@ -13,8 +13,10 @@
 //! and timings, or `{"id":N,"event":"error","message":"..."}` for anything refused. A trace
 //! request gets one `{"id":5,"event":"trace","recorded":..,"dropped":..,"events":[..]}` record
 //! with the trace ring's most recent events, each `{"t_ms":..,"core":..,"kind":..,"detail":..}`.
-//! A mem request gets `{"id":6,"event":"mem","ram_bytes":..,"pools":[..],"heap":{..}}`: each
-//! pool's kind, capacity, live and peak bytes, allocations and failures, and the global heap's.
+//! A mem request gets `{"id":6,"event":"mem","ram_bytes":..,"pools":[..],"heap":{..},
+//! "arena":{..}}`: each pool's kind, capacity, live and peak bytes, allocations and failures;
+//! the global heap's; and the LLM arena's free space, how far the KV cache may grow next to
+//! the loaded models, and the largest model it can hold.
 
 #![forbid(unsafe_code)]
 
@@ -171,6 +173,8 @@ pub enum Event<'a> {
         pools: &'a [PoolEntry],
         /// The global heap.
         heap: HeapEntry,
+        /// The LLM arena the weights, the KV cache and the activations share.
+        arena: ArenaEntry,
     },
     /// Recent events of the trace ring, oldest first.
     Trace {
@@ -200,6 +204,22 @@ pub struct PoolEntry {
     pub failures: u64,
 }
 
+/// The LLM arena as the `mem` record reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaEntry {
+    /// Bytes of the arena (less any `arena_limit_mib` sets aside).
+    pub capacity_bytes: u64,
+    /// Bytes free: neither weights nor lent to the KV cache or the activations.
+    pub free_bytes: u64,
+    /// The largest free block.
+    pub largest_free_bytes: u64,
+    /// Bytes the KV cache may grow to now, next to the loaded models.
+    pub kv_capacity_bytes: u64,
+    /// The largest model the arena can hold alone (with room for one batch's scratch and
+    /// KV).
+    pub largest_model_bytes: u64,
+}
+
 /// The global heap as the `mem` record reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeapEntry {
@@ -211,6 +231,8 @@ pub struct HeapEntry {
     pub peak_bytes: u64,
     /// Allocations made since boot.
     pub allocations: u64,
+    /// Bytes in use in the pools' metadata pool (their own bookkeeping while serving).
+    pub pool_metadata_bytes: u64,
 }
 
 /// One trace event as machine mode reports it.
@@ -280,7 +302,7 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
         Event::Info { text } => {
             object.string("event", "info")?.string("text", text)?;
         }
-        Event::Mem { ram_bytes, pools, heap } => {
+        Event::Mem { ram_bytes, pools, heap, arena } => {
             object.string("event", "mem")?.number("ram_bytes", *ram_bytes)?.key("pools")?;
             object.out.write_char('[')?;
             for (index, pool) in pools.iter().enumerate() {
@@ -303,6 +325,15 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
                 .number("live_bytes", heap.live_bytes)?
                 .number("peak_bytes", heap.peak_bytes)?
                 .number("allocations", heap.allocations)?
+                .number("pool_metadata_bytes", heap.pool_metadata_bytes)?
+                .close()?;
+            object.key("arena")?;
+            Object::open(object.out)?
+                .number("capacity_bytes", arena.capacity_bytes)?
+                .number("free_bytes", arena.free_bytes)?
+                .number("largest_free_bytes", arena.largest_free_bytes)?
+                .number("kv_capacity_bytes", arena.kv_capacity_bytes)?
+                .number("largest_model_bytes", arena.largest_model_bytes)?
                 .close()?;
         }
         Event::Trace { recorded, dropped, events } => {
@@ -479,14 +510,28 @@ mod tests {
             allocations: 3,
             failures: 1,
         }];
-        let heap = HeapEntry { capacity_bytes: 16, live_bytes: 8, peak_bytes: 9, allocations: 2 };
-        let line = record(Some(6), &Event::Mem { ram_bytes: 1000, pools: &pools, heap });
+        let heap = HeapEntry {
+            capacity_bytes: 16,
+            live_bytes: 8,
+            peak_bytes: 9,
+            allocations: 2,
+            pool_metadata_bytes: 64,
+        };
+        let arena = ArenaEntry {
+            capacity_bytes: 900,
+            free_bytes: 500,
+            largest_free_bytes: 400,
+            kv_capacity_bytes: 450,
+            largest_model_bytes: 800,
+        };
+        let line = record(Some(6), &Event::Mem { ram_bytes: 1000, pools: &pools, heap, arena });
         let value: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!((value["event"].as_str(), value["ram_bytes"].as_u64()), (Some("mem"), Some(1000)));
         assert_eq!(value["pools"][0]["kind"], "kv");
         assert_eq!(value["pools"][0]["peak_bytes"], 60);
         assert_eq!(value["pools"][0]["failures"], 1);
         assert_eq!(value["heap"]["allocations"], 2);
+        assert_eq!(value["arena"]["kv_capacity_bytes"], 450);
     }
 
     #[test]

@@ -17,18 +17,28 @@
 //! its prompt and the tokens it already produced (steps that produce no text), and it goes on
 //! where it stopped. The forward pass is deterministic, so its tokens are the same as without
 //! the preemption.
+//!
+//! Before preempting, the memory-pressure manager compresses waiting sequences' K/V to int8
+//! ([`Preemptor::compress_waiting`]): the sequences the batch limit keeps out of the round,
+//! then, while the KV cache stays over the manager's threshold, the lowest-ranked running
+//! ones, never the highest-ranked. A sequence compressed that way waits (its blocks packed four
+//! into one) until decompressing it keeps the blocks held under the threshold, or until no
+//! sequence ranks above it; its next step then decompresses it (values within half an int8
+//! step, so its later tokens may differ slightly) and it goes on.
 
 #![forbid(unsafe_code)]
 
 use super::{
-    chat::{ChatError, Generation, Step},
+    chat::{ChatError, Finish, Step},
+    generation::Generation,
     pressure::{Relief, WeightsEvictor},
 };
 use crate::{
     hil::{Cpus, KvError, KvStore},
-    infer::{InferError, State},
+    infer::{InferError, State, forward::forward_batch},
     mm::kv::{KvBlockPool, PagedKv},
 };
+use alloc::vec::Vec;
 
 /// A sequence of the batch as the scheduler sees it.
 pub trait Scheduled<'weights, 'file, 'pool, 'memory> {
@@ -47,6 +57,42 @@ pub enum SlotStep {
     Ran(Step),
     /// The sequence is preempted and waits for memory (or was preempted by this step).
     Waiting,
+}
+
+/// What a sequence that ran out of KV memory does next.
+enum Exhaustion {
+    /// Another sequence was preempted: try again.
+    Retry,
+    /// It preempted itself and waits.
+    Waits,
+    /// It ends: it does not fit even alone.
+    Refused(ChatError),
+}
+
+/// Runs one pass over the sequences given rows (by slot); on failure, the slot of the
+/// sequence that failed and why.
+fn run_pass<'w, 'f: 'w, 'p, 'm: 'p, S: Scheduled<'w, 'f, 'p, 'm>>(
+    sequences: &mut [S],
+    rows: &[usize],
+    cpus: &dyn Cpus,
+    state: &mut State,
+) -> Result<(), (usize, ChatError)> {
+    let slots: Vec<usize> = (0..rows.len()).filter(|&slot| rows[slot] > 0).collect();
+    let Some(&first) = slots.first() else { return Ok(()) };
+    let weights = sequences[first].generation().weights();
+    let (mut passes, mut samplings): (Vec<_>, Vec<_>) = sequences
+        .iter_mut()
+        .zip(rows)
+        .filter(|&(_, &count)| count > 0)
+        .map(|(sequence, &count)| {
+            let part = sequence.generation_mut().pass_part(count);
+            (part.sequence, part.sampling)
+        })
+        .unzip();
+    forward_batch(weights, state, &mut passes, cpus, |index, logits, candidates| {
+        samplings[index].take(logits, candidates);
+    })
+    .map_err(|failure| (slots[failure.sequence], ChatError::Inference(failure.error)))
 }
 
 /// Counts of preemption.
@@ -72,6 +118,24 @@ pub struct Preemptor<'pool, 'memory> {
     batch_limit: usize,
     /// Most blocks held after a preempted sequence resumes (unless nothing else holds any).
     resume_limit: usize,
+    /// Blocks held under which a sequence compressed under memory pressure may decompress
+    /// (unless no sequence ranks above it).
+    decompress_limit: usize,
+}
+
+/// A sequence's rank: its priority, then its slot (lower runs first).
+type Rank = (u64, usize);
+
+fn rank_of<'w, 'f: 'w, 'p, 'm: 'p, S: Scheduled<'w, 'f, 'p, 'm>>(sequences: &[S], slot: usize) -> Rank {
+    (sequences[slot].priority(), slot)
+}
+
+/// The rank of the first sequence in line: the highest-ranked one not preempted.
+fn first_in_line<'w, 'f: 'w, 'p, 'm: 'p, S: Scheduled<'w, 'f, 'p, 'm>>(sequences: &[S]) -> Option<Rank> {
+    (0..sequences.len())
+        .filter(|&slot| !sequences[slot].generation().is_preempted())
+        .map(|slot| rank_of(sequences, slot))
+        .min()
 }
 
 impl<'pool, 'memory> Preemptor<'pool, 'memory> {
@@ -85,11 +149,13 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
             statistics: PreemptionStatistics::default(),
             batch_limit: usize::MAX,
             resume_limit,
+            decompress_limit: resume_limit,
         }
     }
 
     /// Runs at most `limit` sequences per round (at least one): the highest-ranked of those
-    /// not preempted; the others wait, inactive (the bandwidth throttle's hook).
+    /// not preempted; the others wait, inactive (a hook for scheduling policies: the server runs
+    /// every sequence each round and paces passes by bandwidth instead).
     pub fn set_batch_limit(&mut self, limit: usize) {
         self.batch_limit = limit.max(1);
     }
@@ -106,23 +172,50 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         self.resume_limit = blocks;
     }
 
-    /// Whether `sequences[slot]` is inactive: not preempted, but ranked past the batch limit.
+    /// Whether `sequences[slot]` is inactive: not preempted, but ranked past the batch limit
+    /// (counting only the sequences ahead of it that may run: neither preempted nor waiting
+    /// compressed).
     pub fn is_inactive<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
         &self,
         sequences: &[S],
         slot: usize,
     ) -> bool {
-        let sequence = &sequences[slot];
-        if sequence.generation().is_preempted() {
+        if sequences[slot].generation().is_preempted() {
             return false;
         }
-        let key = (sequence.priority(), slot);
-        let ahead = sequences
-            .iter()
-            .enumerate()
-            .filter(|&(index, other)| !other.generation().is_preempted() && (other.priority(), index) < key)
+        let first = first_in_line(sequences);
+        let key = rank_of(sequences, slot);
+        let ahead = (0..sequences.len())
+            .filter(|&index| {
+                !sequences[index].generation().is_preempted()
+                    && rank_of(sequences, index) < key
+                    && !self.waits_compressed(sequences, index, first)
+            })
             .count();
         ahead >= self.batch_limit
+    }
+
+    /// Whether `sequences[slot]` waits compressed: its K/V is in int8, decompressing it now
+    /// would bring the blocks held to the limit it was compressed for, and it is not the first
+    /// in line (`first`), which always runs.
+    fn waits_compressed<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &self,
+        sequences: &[S],
+        slot: usize,
+        first: Option<Rank>,
+    ) -> bool {
+        let generation = sequences[slot].generation();
+        if !generation.kv().is_compressed()
+            || generation.is_preempted()
+            || first == Some(rank_of(sequences, slot))
+        {
+            return false;
+        }
+        let kv = generation.kv();
+        let extra = kv.blocks_for(generation.positions_needed()).saturating_sub(kv.blocks_held());
+        let available = self.pool.available_blocks();
+        let held = self.pool.limit_blocks().saturating_sub(available);
+        available < extra || held + extra >= self.decompress_limit
     }
 
     /// Counts so far.
@@ -145,50 +238,176 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         cpus: &dyn Cpus,
         state: &mut State,
     ) -> Result<SlotStep, ChatError> {
-        if self.is_inactive(sequences, slot) {
+        let first = first_in_line(sequences);
+        if self.is_inactive(sequences, slot) || self.waits_compressed(sequences, slot, first) {
             return Ok(SlotStep::Waiting);
         }
-        if sequences[slot].generation().is_preempted() {
-            let running = sequences.iter().filter(|sequence| !sequence.generation().is_preempted()).count();
-            if running >= self.batch_limit || !self.may_resume(sequences, slot) {
-                return Ok(SlotStep::Waiting);
-            }
-            let model = self.model;
-            let mut reattached = 0;
-            sequences[slot].generation_mut().reattach(|kv, tokens| {
-                reattached = kv.with_prefix(model, tokens);
-                reattached
-            });
-            self.statistics.resumptions += 1;
-            self.statistics.reattached_positions += reattached as u64;
+        if sequences[slot].generation().is_preempted() && !self.resume(sequences, slot, first) {
+            return Ok(SlotStep::Waiting);
         }
         loop {
             match sequences[slot].generation_mut().step(cpus, state) {
                 Err(ChatError::Inference(InferError::Kv(KvError::OutOfMemory))) => {}
                 other => return other.map(SlotStep::Ran),
             }
-            if let Some(victim) = self.victim(sequences, slot) {
-                self.preempt(&mut sequences[victim]);
+            match self.resolve_exhaustion(sequences, slot) {
+                Exhaustion::Retry => {}
+                Exhaustion::Waits => return Ok(SlotStep::Waiting),
+                Exhaustion::Refused(error) => return Err(error),
+            }
+        }
+    }
+
+    /// What a sequence that ran out of KV memory does: preempt the lowest-ranked sequence
+    /// below it that holds blocks and try again; else, while others hold blocks, preempt
+    /// itself and wait; else end, since it does not fit even alone (its blocks go back at
+    /// once).
+    fn resolve_exhaustion<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        slot: usize,
+    ) -> Exhaustion {
+        if let Some(victim) = self.victim(sequences, slot) {
+            self.preempt(&mut sequences[victim]);
+            return Exhaustion::Retry;
+        }
+        let others_hold = sequences
+            .iter()
+            .enumerate()
+            .any(|(index, sequence)| index != slot && sequence.generation().kv().blocks_held() > 0);
+        if others_hold {
+            self.preempt(&mut sequences[slot]);
+            return Exhaustion::Waits;
+        }
+        self.statistics.refused += 1;
+        let generation = sequences[slot].generation_mut();
+        let positions = generation.positions_needed() - 1;
+        generation.kv_mut().truncate(0);
+        Exhaustion::Refused(ChatError::DoesNotFit {
+            positions,
+            cache_positions: self.cache_positions(generation),
+        })
+    }
+
+    /// Runs one round: every sequence that may run this round feeds its rows into one forward
+    /// pass over the weights (decoding sequences one row each, first; then the prompts and
+    /// the K/V recomputed after a preemption, at most `chunk` rows each, while the scratch
+    /// has rows), and takes its logits. Returns each sequence's outcome, by slot: its step,
+    /// or that it waits (not in this round: inactive, preempted, out of rows, or preempted by
+    /// this round). On KV exhaustion it preempts as the module describes and runs the pass
+    /// again without the sequences that left it.
+    pub fn round<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        cpus: &dyn Cpus,
+        state: &mut State,
+        chunk: usize,
+    ) -> Vec<Result<SlotStep, ChatError>> {
+        let mut outcomes: Vec<Option<Result<SlotStep, ChatError>>> = sequences.iter().map(|_| None).collect();
+        let mut rows = self.plan_round(sequences, state.rows(), chunk.max(1), &mut outcomes);
+        while rows.iter().any(|&rows| rows > 0) {
+            match run_pass(sequences, &rows, cpus, state) {
+                Ok(()) => {
+                    for (slot, &count) in rows.iter().enumerate().filter(|&(_, &count)| count > 0) {
+                        let step = sequences[slot].generation_mut().commit(count);
+                        outcomes[slot] = Some(Ok(SlotStep::Ran(step)));
+                    }
+                    break;
+                }
+                Err((slot, ChatError::Inference(InferError::Kv(KvError::OutOfMemory)))) => {
+                    match self.resolve_exhaustion(sequences, slot) {
+                        Exhaustion::Retry => {}
+                        Exhaustion::Waits => rows[slot] = 0,
+                        Exhaustion::Refused(error) => {
+                            rows[slot] = 0;
+                            outcomes[slot] = Some(Err(error));
+                        }
+                    }
+                    // Whoever was preempted to make room is out of this pass.
+                    for (slot, count) in rows.iter_mut().enumerate() {
+                        if sequences[slot].generation().is_preempted() {
+                            *count = 0;
+                        }
+                    }
+                }
+                Err((slot, error)) => {
+                    rows[slot] = 0;
+                    outcomes[slot] = Some(Err(error));
+                }
+            }
+        }
+        outcomes.into_iter().map(|outcome| outcome.unwrap_or(Ok(SlotStep::Waiting))).collect()
+    }
+
+    /// Who runs this round and with how many rows (by slot; 0 for those that wait), resuming
+    /// the preempted sequences that may go on; a cancelled sequence's outcome is its end,
+    /// with no pass.
+    fn plan_round<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        capacity: usize,
+        chunk: usize,
+        outcomes: &mut [Option<Result<SlotStep, ChatError>>],
+    ) -> Vec<usize> {
+        let first = first_in_line(sequences);
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&slot| rank_of(sequences, slot));
+        let mut runs = alloc::vec![false; sequences.len()];
+        for &slot in &order {
+            if self.is_inactive(sequences, slot) || self.waits_compressed(sequences, slot, first) {
                 continue;
             }
-            let others_hold = sequences
-                .iter()
-                .enumerate()
-                .any(|(index, sequence)| index != slot && sequence.generation().kv().blocks_held() > 0);
-            if others_hold {
-                self.preempt(&mut sequences[slot]);
-                return Ok(SlotStep::Waiting);
+            if sequences[slot].generation().is_cancelled() {
+                outcomes[slot] =
+                    Some(Ok(SlotStep::Ran(sequences[slot].generation_mut().finish(Finish::Cancelled))));
+                continue;
             }
-            self.statistics.refused += 1;
-            let generation = sequences[slot].generation_mut();
-            let positions = generation.positions_needed() - 1;
-            // It ends here: its blocks go back at once.
-            generation.kv_mut().truncate(0);
-            return Err(ChatError::DoesNotFit {
-                positions,
-                cache_positions: self.cache_positions(generation),
-            });
+            if sequences[slot].generation().is_preempted() && !self.resume(sequences, slot, first) {
+                continue;
+            }
+            runs[slot] = true;
         }
+        // Decoding rows first, one each; then chunks of prompts and recomputations.
+        let mut rows = alloc::vec![0; sequences.len()];
+        let mut left = capacity;
+        for decoding in [true, false] {
+            for &slot in order.iter().filter(|&&slot| runs[slot]) {
+                let wanted = sequences[slot].generation().rows_wanted(chunk);
+                if (wanted == 1) == decoding && rows[slot] == 0 {
+                    rows[slot] = wanted.min(left);
+                    left -= rows[slot];
+                }
+            }
+        }
+        rows
+    }
+
+    /// Resumes preempted `sequences[slot]` if it may go on: the round has room and its blocks
+    /// are free or held by sequences ranked below it. Returns whether it resumed.
+    fn resume<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+        &mut self,
+        sequences: &mut [S],
+        slot: usize,
+        first: Option<Rank>,
+    ) -> bool {
+        let running = (0..sequences.len())
+            .filter(|&index| {
+                !sequences[index].generation().is_preempted()
+                    && !self.waits_compressed(sequences, index, first)
+            })
+            .count();
+        if running >= self.batch_limit || !self.may_resume(sequences, slot) {
+            return false;
+        }
+        let model = self.model;
+        let mut reattached = 0;
+        sequences[slot].generation_mut().reattach(|kv, tokens| {
+            reattached = kv.with_prefix(model, tokens);
+            reattached
+        });
+        self.statistics.resumptions += 1;
+        self.statistics.reattached_positions += reattached as u64;
+        true
     }
 
     /// Positions the whole pool holds for sequences shaped like `generation`'s.
@@ -276,17 +495,38 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
         true
     }
 
-    /// Compresses the KV of inactive sequences to int8; returns the blocks freed.
-    pub fn compress_inactive<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
+    /// Compresses the KV of waiting sequences to int8 (the pressure manager's second action)
+    /// and returns the blocks freed: every sequence the batch limit keeps out of the round,
+    /// then, lowest-ranked first, running ones (never the first in line) while the blocks held
+    /// and cached stay at or over `target_blocks`. Those wait compressed until decompressing
+    /// them keeps the blocks held under `target_blocks` (see the module).
+    pub fn compress_waiting<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
         &mut self,
         sequences: &mut [S],
+        target_blocks: usize,
     ) -> usize {
-        let mut freed = 0;
-        for slot in 0..sequences.len() {
-            if self.is_inactive(sequences, slot) {
-                // A failure leaves the sequence as it was (uncompressed).
-                freed += sequences[slot].generation_mut().kv_mut().compress().unwrap_or(0);
+        self.decompress_limit = target_blocks;
+        let inactive: alloc::vec::Vec<usize> =
+            (0..sequences.len()).filter(|&slot| self.is_inactive(sequences, slot)).collect();
+        // A failure leaves the sequence as it was (uncompressed).
+        let compress = |sequence: &mut S| sequence.generation_mut().kv_mut().compress().unwrap_or(0);
+        let mut freed: usize = inactive.iter().map(|&slot| compress(&mut sequences[slot])).sum();
+        let first = first_in_line(sequences);
+        let mut running: alloc::vec::Vec<usize> = (0..sequences.len())
+            .filter(|&slot| {
+                let generation = sequences[slot].generation();
+                !generation.is_preempted()
+                    && !generation.kv().is_compressed()
+                    && first != Some(rank_of(sequences, slot))
+            })
+            .collect();
+        running.sort_by_key(|&slot| core::cmp::Reverse(rank_of(sequences, slot)));
+        for slot in running {
+            let statistics = self.pool.statistics();
+            if statistics.blocks_in_use + statistics.blocks_cached < target_blocks {
+                break;
             }
+            freed += compress(&mut sequences[slot]);
         }
         freed
     }
@@ -318,8 +558,8 @@ impl<'w, 'f: 'w, 'pool, 'memory, S: Scheduled<'w, 'f, 'pool, 'memory>> Relief
         self.preemptor.pool.drop_cached()
     }
 
-    fn compress_inactive(&mut self) -> usize {
-        self.preemptor.compress_inactive(self.sequences)
+    fn compress_waiting(&mut self, target_blocks: usize) -> usize {
+        self.preemptor.compress_waiting(self.sequences, target_blocks)
     }
 
     fn preempt_one(&mut self) -> bool {

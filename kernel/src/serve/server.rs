@@ -20,7 +20,6 @@ use super::{
     desk::{CancelRequest, ControlDesk, Input},
     governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH},
     library::StagedLoad,
-    pressure::WeightsEvictor,
     protocol::{self, Event, Operation, Timings, Usage},
     reply::{Replies, ReplyStatistics},
     retire::Retired,
@@ -29,7 +28,12 @@ use crate::{
     boot_info::BootInfo,
     fs::Volume,
     hil::{BlockDevice, BoardTelemetry, Clock, Console, Cpus},
-    mm::{buffer::BackedMemory, buffer::TensorBuffer, kv::KvBlockPool, scope, tensor::TensorKind},
+    mm::{
+        buffer::{BackedMemory, TensorBuffer},
+        kv::KvBlockPool,
+        scope,
+        tensor::{TensorHandle, TensorKind},
+    },
     telemetry::{self, EventKind, PressureLevel},
 };
 use alloc::{collections::VecDeque, string::String, sync::Arc, vec::Vec};
@@ -81,6 +85,13 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) desk: ControlDesk,
     pub(super) in_batch: bool,
     pub(super) staging: Option<StagedLoad<'a>>,
+    /// A model to stage once the KV cache has given back room for it.
+    pub(super) room_wanted: Option<String>,
+    /// The active model's shared prompt prefix is not yet in the prefix cache (see
+    /// `warm_prefix_cache`; done when nothing is generating).
+    pub(super) prefix_cold: bool,
+    /// The part of the arena `tessera.cfg`'s `arena_limit_mib` sets aside, held for good.
+    pub(super) set_aside: Option<TensorHandle>,
     pub(super) card_config: CardConfig,
     /// The KV block pool, kept across batches so cached prompt prefixes outlive requests, with
     /// the block size (in floats) it was made for.
@@ -97,10 +108,8 @@ pub struct Server<'a, D: BlockDevice> {
     /// The board clock when the first token since power-on was generated (boot to first
     /// token: the generic timer starts at zero with the board).
     pub(super) first_token_since_boot_ns: Option<u64>,
-    /// Bandwidth, throttle and memory pressure (see [`Governor`]).
+    /// Bandwidth, its cap and memory pressure (see [`Governor`]).
     pub(super) governor: Governor<'a>,
-    /// The hook that frees unused model weights under memory pressure, if one is set.
-    pub(super) weights_evictor: Option<alloc::boxed::Box<dyn WeightsEvictor + 'a>>,
     /// Models replaced by a swap, freed a piece at a time between tokens.
     pub(super) retired: Retired<TensorBuffer<'a>>,
     /// The renderer, with the requests owed an error record.
@@ -134,6 +143,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             desk: ControlDesk::new(),
             in_batch: false,
             staging: None,
+            room_wanted: None,
+            prefix_cold: false,
+            set_aside: None,
             card_config: CardConfig::default(),
             kv_pool: None,
             swap_gaps: Vec::new(),
@@ -142,15 +154,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             swap_longest_unit: super::library::LongestUnit::default(),
             first_token_since_boot_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
-            weights_evictor: None,
             retired: Retired::default(),
             replies: RefCell::new(Replies::new()),
         }
-    }
-
-    /// Sets the hook the memory-pressure manager calls to evict model weights nothing uses.
-    pub fn set_weights_evictor(&mut self, evictor: alloc::boxed::Box<dyn WeightsEvictor + 'a>) {
-        self.weights_evictor = Some(evictor);
     }
 
     /// Counts an action of the memory-pressure manager (`/stats`) and traces it (`/trace`).
@@ -199,7 +205,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.statistics
     }
 
-    /// Handles one complete line: a machine-mode request, a command, or a chat message.
+    /// Handles one complete line: a machine-mode request, a command, or a chat message. Runs in
+    /// the caller's scope (the console's, from [`Server::poll_console`]); a load runs outside
+    /// it, and a request's own copy of its prompt is a small object.
     pub fn handle_line(&mut self, line: &str) {
         let line = line.trim();
         if line.is_empty() {
@@ -218,11 +226,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         match name {
             // With answers streaming or waiting, the model loads between tokens.
             "load" if !argument.is_empty() && (self.in_batch || !self.pending.is_empty()) => {
-                scope::outside(|| self.stage(argument))
+                // A load that waits for room is retried between rounds (see `make_room`).
+                let _ = scope::outside(|| self.stage(argument));
             }
             "load" if !argument.is_empty() => scope::outside(|| self.load(argument)),
             "load" => self.say_line("usage: /load FILE (see /models)"),
-            _ => scope::with(TensorKind::Protocol, || self.command(name, argument)),
+            _ => self.command(name, argument),
         }
     }
 
@@ -240,7 +249,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     fn machine_request(&mut self, line: &str) {
-        let request = match scope::with(TensorKind::Protocol, || protocol::parse_request(line)) {
+        let request = match protocol::parse_request(line) {
             Ok(request) => request,
             Err(error) => {
                 self.statistics.rejected_lines += 1;
@@ -264,7 +273,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             // The desk answers these the moment their line is complete (see `ControlDesk`).
             Operation::Cancel { .. } | Operation::Stats => {}
-            operation => scope::with(TensorKind::Protocol, || self.machine_command(request.id, operation)),
+            operation => self.machine_command(request.id, operation),
         }
     }
 
@@ -307,32 +316,31 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// Reads whatever input waits and handles each complete line. Returns whether a line was
-    /// handled.
+    /// handled. Console work is made in the protocol pool's scope; what a line starts (a load,
+    /// a request) chooses its own (see [`Server::handle_line`]).
     pub(super) fn poll_console(&mut self) -> bool {
-        let mut handled = scope::with(TensorKind::Protocol, || {
+        scope::with(TensorKind::Protocol, || {
             self.replies.borrow_mut().settle(self.memory, self.console, self.clock);
             let snapshot = self.stats_report();
             self.desk.set_stats_snapshot(snapshot);
-            let handled = self.desk.service(self.console, self.clock);
+            let mut handled = self.desk.service(self.console, self.clock);
             self.apply_desk_notes();
-            handled
-        });
-        while let Some(input) = self.desk.next_input() {
-            handled = true;
-            match &input {
-                Input::Line(line) => {
-                    self.say("\r\n");
-                    self.handle_line(line);
-                }
-                Input::Refused(error) => {
-                    self.statistics.rejected_lines += 1;
-                    let message = alloc::format!("\r\nerror: {error}");
-                    self.say_line(&message);
+            while let Some(input) = self.desk.next_input() {
+                handled = true;
+                match input {
+                    Input::Line(line) => {
+                        self.say("\r\n");
+                        self.handle_line(&line);
+                    }
+                    Input::Refused(error) => {
+                        self.statistics.rejected_lines += 1;
+                        let message = alloc::format!("\r\nerror: {error}");
+                        self.say_line(&message);
+                    }
                 }
             }
-            scope::with(TensorKind::Protocol, || drop(input));
-        }
-        handled
+            handled
+        })
     }
 
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between
@@ -341,6 +349,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
         loop {
             let handled = self.poll_console();
+            if core::mem::take(&mut self.prefix_cold) {
+                scope::with(TensorKind::Small, || self.warm_prefix_cache());
+            }
             if !self.pending.is_empty() {
                 self.in_batch = true;
                 self.desk.set_generating(true);
@@ -350,6 +361,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.cancels.clear();
                 // No batch holds a replaced model any more.
                 self.retired.release_unheld();
+                // A load that waited for room gets it now, or fails for good.
+                if let Some(name) = self.room_wanted.take() {
+                    let _ = scope::outside(|| self.stage(&name));
+                }
             }
             // With nothing generating, a background load finishes at full speed.
             while self.staging.is_some() && self.pending.is_empty() {

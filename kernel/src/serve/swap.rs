@@ -11,13 +11,15 @@
 use super::{
     chat::ServedModel,
     config,
-    library::{StagedLoad, list_models, load_model},
+    library::{LibraryError, StagedLoad, WEIGHTS_BUDGET_POOL, list_models, load_model},
     loader::progress_line,
     server::Server,
 };
 use crate::{
     hil::BlockDevice,
-    mm::buffer::TensorBuffer,
+    mm::{
+        MemError, buffer::TensorBuffer, chunk::Placement, error::Bytes, layout::SEGMENT, tensor::TensorKind,
+    },
     telemetry::{self, EventKind, ShortName},
 };
 use alloc::{string::String, sync::Arc, vec::Vec};
@@ -65,6 +67,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             let message = alloc::format!("{}: weights budget {} MiB", config::CONFIG_PATH, budget >> 20);
             self.say_line(&message);
         }
+        if let Some(message) = config::apply_console_settings(&card_config, self.console) {
+            self.say_line(&message);
+        }
+        if let Some(limit) = card_config.arena_limit {
+            self.limit_arena(limit);
+        }
+        if let Some(cap) = card_config.bandwidth_cap_mbps {
+            self.governor.set_cap_megabytes(Some(cap));
+            self.say_line(&alloc::format!("{}: bandwidth cap {cap} MB/s", config::CONFIG_PATH));
+        }
         self.card_config = card_config;
     }
 
@@ -97,12 +109,16 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// On any failure the active model stays.
     pub fn load(&mut self, name: &str) {
         let (console, clock) = (self.console, self.clock);
-        let Ok(volume) = &mut self.volume else {
+        if self.volume.is_err() {
             let message = alloc::format!("cannot load {name}: no card");
             self.say_line(&message);
             return;
-        };
+        }
         telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
+        // Nothing is generating: the KV cache gives the arena back all it can (its cached
+        // prefixes belong to the model being replaced, or to one the new model may not be).
+        self.free_kv_for_weights();
+        let Ok(volume) = &mut self.volume else { return };
         let started = clock.now_ns();
         let mut last_drawn = 0;
         let result = load_model(volume, self.memory, self.card_config.weights_budget, name, |done, total| {
@@ -140,6 +156,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             from: ShortName::new(old.as_deref().unwrap_or("")),
             to: ShortName::new(&model.name),
         });
+        self.prefix_cold = true;
         if let Some(replaced) = self.model.replace(Arc::new(model)) {
             self.retired.retire(replaced);
         }
@@ -158,18 +175,25 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// Starts loading `/models/NAME` in the background, a piece between rounds of tokens; the
-    /// active model swaps at a token boundary once the new one is complete and valid.
-    pub(super) fn stage(&mut self, name: &str) {
+    /// active model swaps at a token boundary once the new one is complete and valid. When the
+    /// arena has no room for it while a batch runs, the KV cache is asked to make room
+    /// ([`Server::room_wanted`]) and `Err` says the load waits for it; otherwise the load has
+    /// started or failed (and said why).
+    pub(super) fn stage(&mut self, name: &str) -> Result<(), ()> {
         if let Some(staging) = &self.staging {
             let message =
                 alloc::format!("error: already loading {}; try again when it is done", staging.name());
             self.say_line(&message);
-            return;
+            return Ok(());
+        }
+        if !self.in_batch {
+            // Nothing is generating: no sequence holds KV memory the load could need.
+            self.free_kv_for_weights();
         }
         let Ok(volume) = &mut self.volume else {
             let message = alloc::format!("error: cannot load {name}: no card");
             self.say_line(&message);
-            return;
+            return Ok(());
         };
         let started = self.clock.now_ns();
         let begun = StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name);
@@ -180,13 +204,67 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 let message =
                     alloc::format!("loading {name} in the background; the current model keeps serving");
                 self.staging = Some(staged);
+                self.room_wanted = None;
                 self.swap_gaps.clear();
                 self.swap_longest_unit = super::library::LongestUnit::default();
                 self.swap_longest_unit.note(begin_ns, "look up the file");
                 self.say_line(&message);
+                Ok(())
             }
-            Err(error) => self.load_failed(name, &error),
+            Err(LibraryError::NoMemory { needed, error: MemError::OutOfMemory { pool, .. } })
+                if pool != WEIGHTS_BUDGET_POOL && self.in_batch =>
+            {
+                if self.room_wanted.is_none() {
+                    let message = alloc::format!(
+                        "making room for {name} ({}): the KV cache gives memory back while the current model keeps serving",
+                        Bytes(needed)
+                    );
+                    self.room_wanted = Some(String::from(name));
+                    self.say_line(&message);
+                }
+                Err(())
+            }
+            Err(error) => {
+                self.room_wanted = None;
+                self.load_failed(name, &error);
+                Ok(())
+            }
         }
+    }
+
+    /// Sets aside all of the arena but `limit` bytes (from its high end, before anything is
+    /// loaded), as if the board had that much less RAM.
+    fn limit_arena(&mut self, limit: u64) {
+        let capacity = self.memory.memory().arena().capacity;
+        let aside = capacity.saturating_sub(limit) / SEGMENT * SEGMENT;
+        if aside == 0 || self.set_aside.is_some() {
+            return;
+        }
+        let message = match self.memory.memory().alloc_placed(0, aside, TensorKind::Weights, Placement::High)
+        {
+            Ok(handle) => {
+                self.set_aside = Some(handle);
+                alloc::format!(
+                    "{}: LLM arena limited to {} ({} of {} set aside)",
+                    config::CONFIG_PATH,
+                    Bytes(capacity - aside),
+                    Bytes(aside),
+                    Bytes(capacity)
+                )
+            }
+            Err(error) => alloc::format!("{}: arena_limit_mib not applied: {error}", config::CONFIG_PATH),
+        };
+        self.say_line(&message);
+    }
+
+    /// Gives the arena back every bit of KV memory no sequence holds: the prefix cache, the
+    /// chunks left empty, and the segments left free. Returns the bytes the arena got back.
+    pub(super) fn free_kv_for_weights(&mut self) -> u64 {
+        if let Some((_, pool)) = &self.kv_pool {
+            pool.drop_cached();
+            pool.release_free_chunks();
+        }
+        self.memory.memory().reclaim_segments()
     }
 
     /// How long a background load may work between two rounds of tokens: at least

@@ -1,33 +1,33 @@
-//! The memory-bandwidth monitor: bytes that compute kernels read and write, per interval of a
-//! [`Clock`], with current and peak bandwidth over a rolling window, and the throttle hook the
-//! scheduler asks for its batch size.
+//! The memory-bandwidth monitor: the bytes each forward pass really moves, spread over the
+//! board-clock time the pass took and counted per interval of a [`Clock`]; the current,
+//! sustained (window mean) and peak rates `/stats` shows; and the bandwidth cap the server
+//! paces its passes by.
+//!
+//! A pass's bytes are booked against the time it ran, not against the moment it ended: a pass
+//! of `B` bytes from tick `s` to tick `e` puts `B × overlap / (e − s)` bytes in every interval
+//! it overlaps. Passes run one after another on core 0, so an interval never holds more bytes
+//! than the passes in it moved, and its rate never exceeds the fastest of those passes'
+//! rates: the peak is bounded by the truth (within one byte per pass and interval of rounding,
+//! for reads and for writes).
 
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::format::{ByteRate, Duration};
+use super::format::Duration;
 use crate::hil::Clock;
 
-/// Intervals the rolling window keeps by default.
-pub const BANDWIDTH_WINDOW: usize = 16;
+/// Intervals the rolling window keeps by default (320 ms of 10 ms intervals in the server).
+pub const BANDWIDTH_WINDOW: usize = 32;
 
-/// Most halvings the throttle applies (a batch of 2^16 would still drop to 1).
-const MAX_THROTTLE_LEVEL: u32 = 16;
-
-/// How the monitor measures and when it throttles.
+/// How the monitor measures, and the cap it starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BandwidthSettings {
     /// Length of one interval in microseconds.
     pub interval_us: u64,
-    /// Bandwidth (read + write, bytes/s) above which an interval counts as saturated.
-    pub threshold_bytes_per_second: u64,
-    /// Consecutive saturated intervals that halve the batch (again, for each further run).
-    pub intervals_above: u32,
-    /// Consecutive intervals at or below the threshold that restore the full batch.
-    pub intervals_below: u32,
+    /// The most bytes per second the passes may move, sustained (`None`: no cap).
+    pub cap_bytes_per_second: Option<u64>,
 }
 
-/// Bytes read and written in one interval.
+/// Bytes read and written: by one forward pass, or in one interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IntervalBytes {
     /// Bytes read.
@@ -37,54 +37,155 @@ pub struct IntervalBytes {
 }
 
 impl IntervalBytes {
-    fn total(self) -> u64 {
+    /// Bytes read and written.
+    pub fn total(self) -> u64 {
         self.read.saturating_add(self.written)
+    }
+
+    fn add(&mut self, other: IntervalBytes) {
+        self.read = self.read.saturating_add(other.read);
+        self.written = self.written.saturating_add(other.written);
     }
 }
 
-/// The completed intervals and the throttle's state, behind the monitor's lock.
-struct Window<const WINDOW: usize> {
-    /// A ring of the last completed intervals; `completed` counts all of them.
-    intervals: [IntervalBytes; WINDOW],
-    completed: u64,
-    peak_ever: u64,
-    /// Bytes of all completed intervals.
-    total: IntervalBytes,
-    above_run: u32,
-    below_run: u32,
+/// One pass's bytes laid evenly over its ticks, `start..start + duration` (`duration > 0`).
+struct Spread {
+    bytes: IntervalBytes,
+    start: u64,
+    duration: u64,
 }
 
-/// Counts kernel memory traffic per interval and turns sustained saturation into a smaller
-/// batch.
+impl Spread {
+    /// `bytes × (tick − start) / duration`, rounded down.
+    fn share(bytes: u64, elapsed: u64, duration: u64) -> u64 {
+        (u128::from(bytes) * u128::from(elapsed) / u128::from(duration)) as u64
+    }
+
+    /// Bytes of the pass up to `tick` (within the pass).
+    fn up_to(&self, tick: u64) -> IntervalBytes {
+        let elapsed = tick.saturating_sub(self.start).min(self.duration);
+        IntervalBytes {
+            read: Self::share(self.bytes.read, elapsed, self.duration),
+            written: Self::share(self.bytes.written, elapsed, self.duration),
+        }
+    }
+
+    /// Bytes of the pass between `from` and `to` (the differences telescope, so the pieces of
+    /// a pass add up to its bytes exactly).
+    fn between(&self, from: u64, to: u64) -> IntervalBytes {
+        let (low, high) = (self.up_to(from), self.up_to(to));
+        IntervalBytes { read: high.read - low.read, written: high.written - low.written }
+    }
+
+    /// The most bytes any `ticks` long stretch of the pass can get: the exact share, rounded
+    /// up, for reads and for writes.
+    fn most_per(&self, ticks: u64) -> u64 {
+        let ceiling =
+            |bytes: u64| (u128::from(bytes) * u128::from(ticks)).div_ceil(u128::from(self.duration)) as u64;
+        ceiling(self.bytes.read).saturating_add(ceiling(self.bytes.written))
+    }
+}
+
+/// Intervals, totals, the cap and the pacing counts, behind the monitor's lock.
+struct Ledger<const WINDOW: usize> {
+    /// The settled intervals `open − WINDOW .. open`, each at index `interval % WINDOW`.
+    settled: [IntervalBytes; WINDOW],
+    /// The interval the last pass ended in: the next pass may still add to it. Every interval
+    /// before it is final.
+    open: u64,
+    /// Bytes in the open interval so far.
+    open_bytes: IntervalBytes,
+    /// Tick at which the last pass ended (the next one starts no earlier).
+    last_end: u64,
+    /// Bytes of the busiest settled interval.
+    peak_settled: u64,
+    /// Bytes of all settled intervals.
+    total_settled: IntervalBytes,
+    /// Passes recorded.
+    passes: u64,
+    /// The cap in bytes per second.
+    cap: Option<u64>,
+    /// Earliest tick the next pass may start at under the cap (the long-run pace).
+    ready_at: u64,
+    /// Tick at which the pause under way began.
+    pause_started: Option<u64>,
+    /// Passes that waited for the cap.
+    pauses: u64,
+    /// Ticks spent waiting for the cap, pauses under way excluded.
+    paused_ticks: u64,
+}
+
+impl<const WINDOW: usize> Ledger<WINDOW> {
+    /// Bytes of `interval` as known now (0 for intervals after the open one).
+    fn bytes_of(&self, interval: u64) -> IntervalBytes {
+        match interval.cmp(&self.open) {
+            core::cmp::Ordering::Less => self.settled[(interval % WINDOW as u64) as usize],
+            core::cmp::Ordering::Equal => self.open_bytes,
+            core::cmp::Ordering::Greater => IntervalBytes::default(),
+        }
+    }
+
+    /// Makes `interval` final with `bytes`.
+    fn settle(&mut self, interval: u64, bytes: IntervalBytes) {
+        self.settled[(interval % WINDOW as u64) as usize] = bytes;
+        self.peak_settled = self.peak_settled.max(bytes.total());
+        self.total_settled.add(bytes);
+    }
+
+    /// Settles the open interval and the idle ones after it, up to `interval`, which opens.
+    fn open_at(&mut self, interval: u64) {
+        if interval <= self.open {
+            return;
+        }
+        self.settle(self.open, self.open_bytes);
+        // Idle intervals: only those the window still shows need their slot cleared.
+        for idle in (self.open + 1).max(interval.saturating_sub(WINDOW as u64))..interval {
+            self.settled[(idle % WINDOW as u64) as usize] = IntervalBytes::default();
+        }
+        self.open = interval;
+        self.open_bytes = IntervalBytes::default();
+    }
+
+    /// Bytes of the `WINDOW` intervals that end with `last` (fewer at the start).
+    fn window_total(&self, last: u64) -> u64 {
+        let first = (last + 1).saturating_sub(WINDOW as u64);
+        (first..=last).map(|interval| self.bytes_of(interval).total()).fold(0, u64::saturating_add)
+    }
+}
+
+/// Counts the bytes forward passes move, spread over their own time, and paces passes under a
+/// bandwidth cap.
 ///
 /// Invariants and bounds:
-/// - [`BandwidthMonitor::record_read`] and [`BandwidthMonitor::record_write`] are lock-free and
-///   allocate nothing: a clock read, a compare and one atomic add. Closing an interval takes
-///   the window lock with `try_lock` only, so no caller ever waits for it.
-/// - An interval closes on the first call after its end. Bytes recorded before that call count
-///   in the interval that closes; intervals that passed with no call count as idle.
-/// - The throttle level only changes when an interval closes: `intervals_above` consecutive
-///   saturated intervals raise it by one (halving the batch), `intervals_below` consecutive
-///   unsaturated ones reset it to 0.
+/// - Passes are recorded in the order they ran and do not overlap (core 0 runs them one after
+///   another; a pass recorded as starting before the previous one ended is taken to start at
+///   that end). Every interval before the one the last pass ended in is then final.
+/// - The bytes of the intervals add up to the bytes recorded, exactly, read and written apart.
+/// - An interval holds at most, for each pass that overlaps it, the pass's rate times the
+///   overlap, plus one byte of rounding each for reads and writes: so the peak rate is at most
+///   the fastest pass's rate (bytes / duration) plus two bytes per pass per interval.
+/// - Under a cap, [`BandwidthMonitor::pace`] lets a pass start only when the `WINDOW`
+///   intervals ending with the current one plus the pass stay within `cap × WINDOW` intervals,
+///   and when the passes before it, at the cap's rate, are done (the long-run pace). Every
+///   window of `WINDOW` intervals then moves at most the cap's share, as long as no pass moves
+///   more than a whole window's share (such a pass waits for an idle window and runs alone).
+/// - Every method takes the monitor's lock for at most `WINDOW + 2` intervals' arithmetic and
+///   allocates nothing. The serving loop on core 0 is the one caller; not for interrupt
+///   handlers.
 pub struct BandwidthMonitor<'clock, const WINDOW: usize = BANDWIDTH_WINDOW> {
     clock: &'clock dyn Clock,
-    settings: BandwidthSettings,
     interval_ticks: u64,
-    read: AtomicU64,
-    written: AtomicU64,
-    /// Tick at which the open interval ends.
-    interval_end: AtomicU64,
-    throttle_level: AtomicU32,
-    window: spin::Mutex<Window<WINDOW>>,
+    /// Tick at which interval 0 starts.
+    origin: u64,
+    ledger: spin::Mutex<Ledger<WINDOW>>,
 }
 
 impl<const WINDOW: usize> fmt::Debug for BandwidthMonitor<'_, WINDOW> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("BandwidthMonitor")
-            .field("settings", &self.settings)
             .field("interval_ticks", &self.interval_ticks)
-            .field("throttle_level", &self.throttle_level())
+            .field("cap", &self.cap())
             .finish_non_exhaustive()
     }
 }
@@ -96,105 +197,129 @@ impl<'clock, const WINDOW: usize> BandwidthMonitor<'clock, WINDOW> {
         let interval_ticks =
             (u128::from(settings.interval_us) * u128::from(clock.frequency_hz()) / 1_000_000).max(1);
         let interval_ticks = u64::try_from(interval_ticks).unwrap_or(u64::MAX);
+        let origin = clock.ticks();
         Self {
             clock,
-            settings,
             interval_ticks,
-            read: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-            interval_end: AtomicU64::new(clock.ticks().saturating_add(interval_ticks)),
-            throttle_level: AtomicU32::new(0),
-            window: spin::Mutex::new(Window {
-                intervals: [IntervalBytes::default(); WINDOW],
-                completed: 0,
-                peak_ever: 0,
-                total: IntervalBytes::default(),
-                above_run: 0,
-                below_run: 0,
+            origin,
+            ledger: spin::Mutex::new(Ledger {
+                settled: [IntervalBytes::default(); WINDOW],
+                open: 0,
+                open_bytes: IntervalBytes::default(),
+                last_end: origin,
+                peak_settled: 0,
+                total_settled: IntervalBytes::default(),
+                passes: 0,
+                cap: settings.cap_bytes_per_second.filter(|&cap| cap > 0),
+                ready_at: 0,
+                pause_started: None,
+                pauses: 0,
+                paused_ticks: 0,
             }),
         }
     }
 
-    /// Counts `bytes` a kernel read.
-    pub fn record_read(&self, bytes: u64) {
-        self.poll();
-        self.read.fetch_add(bytes, Ordering::Relaxed);
+    /// The interval `tick` falls in.
+    fn interval_of(&self, tick: u64) -> u64 {
+        tick.saturating_sub(self.origin) / self.interval_ticks
     }
 
-    /// Counts `bytes` a kernel wrote.
-    pub fn record_write(&self, bytes: u64) {
-        self.poll();
-        self.written.fetch_add(bytes, Ordering::Relaxed);
+    /// The tick at which `interval` starts.
+    fn start_of(&self, interval: u64) -> u64 {
+        self.origin.saturating_add(interval.saturating_mul(self.interval_ticks))
     }
 
-    /// The batch to run instead of `wanted_batch` (what the scheduler would run unthrottled):
-    /// halved once per throttle level, never below 1 (0 stays 0).
-    pub fn suggested_batch(&self, wanted_batch: usize) -> usize {
-        self.poll();
-        if wanted_batch == 0 {
-            return 0;
-        }
-        (wanted_batch >> self.throttle_level()).max(1)
-    }
-
-    /// How many times the batch is halved now.
-    pub fn throttle_level(&self) -> u32 {
-        self.throttle_level.load(Ordering::Relaxed)
-    }
-
-    /// Closes the open interval, and any that passed since, once the clock is past its end.
-    /// Returns at once when it is not, or when another core is closing it.
-    pub fn poll(&self) {
-        let now = self.clock.ticks();
-        if now < self.interval_end.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(mut window) = self.window.try_lock() else {
-            return;
-        };
-        let end = self.interval_end.load(Ordering::Acquire);
-        if now < end {
-            return;
-        }
-        let elapsed = (now - end) / self.interval_ticks + 1;
-        let closed = IntervalBytes {
-            read: self.read.swap(0, Ordering::Relaxed),
-            written: self.written.swap(0, Ordering::Relaxed),
-        };
-        self.close(&mut window, closed);
-        // Intervals with no call at all were idle; the window and the runs only need so many.
-        let idle_needed = WINDOW as u64 + u64::from(self.settings.intervals_below);
-        for _ in 1..elapsed.min(idle_needed + 1) {
-            self.close(&mut window, IntervalBytes::default());
-        }
-        window.completed += (elapsed - 1).saturating_sub(idle_needed);
-        let next_end = end.saturating_add(elapsed.saturating_mul(self.interval_ticks));
-        self.interval_end.store(next_end, Ordering::Release);
-    }
-
-    /// Appends one completed interval and steps the throttle.
-    fn close(&self, window: &mut Window<WINDOW>, bytes: IntervalBytes) {
-        window.intervals[(window.completed % WINDOW as u64) as usize] = bytes;
-        window.completed += 1;
-        let rate = self.rate(bytes.total());
-        window.peak_ever = window.peak_ever.max(rate);
-        window.total.read = window.total.read.saturating_add(bytes.read);
-        window.total.written = window.total.written.saturating_add(bytes.written);
-        let level = self.throttle_level.load(Ordering::Relaxed);
-        if rate > self.settings.threshold_bytes_per_second {
-            window.below_run = 0;
-            window.above_run += 1;
-            if window.above_run >= self.settings.intervals_above.max(1) {
-                window.above_run = 0;
-                self.throttle_level.store((level + 1).min(MAX_THROTTLE_LEVEL), Ordering::Relaxed);
-            }
+    /// Counts a forward pass that moved `bytes` from tick `start` to tick `end`, spreading its
+    /// bytes over the intervals it ran in.
+    pub fn record_pass(&self, bytes: IntervalBytes, start: u64, end: u64) {
+        let mut ledger = self.ledger.lock();
+        let start = start.max(ledger.last_end);
+        let end = end.max(start);
+        let (first, last) = (self.interval_of(start), self.interval_of(end));
+        ledger.open_at(first);
+        if first == last {
+            ledger.open_bytes.add(bytes);
         } else {
-            window.above_run = 0;
-            window.below_run = window.below_run.saturating_add(1);
-            if window.below_run >= self.settings.intervals_below.max(1) {
-                self.throttle_level.store(0, Ordering::Relaxed);
-            }
+            self.spread(&mut ledger, Spread { bytes, start, duration: end - start }, first, last);
         }
+        ledger.last_end = end;
+        ledger.passes += 1;
+        if let Some(cap) = ledger.cap {
+            let pace =
+                (u128::from(bytes.total()) * u128::from(self.clock.frequency_hz())).div_ceil(u128::from(cap));
+            let pace = u64::try_from(pace).unwrap_or(u64::MAX);
+            ledger.ready_at = ledger.ready_at.max(start).saturating_add(pace);
+        }
+    }
+
+    /// Books a pass that runs from the open interval `first` into `last`: every interval but
+    /// the last becomes final. Intervals too old for the window only add to the totals and
+    /// the peak, so a pass that ran for hours costs no more than one that ran for a window.
+    fn spread(&self, ledger: &mut Ledger<WINDOW>, spread: Spread, first: u64, last: u64) {
+        let mut open_bytes = ledger.open_bytes;
+        open_bytes.add(spread.between(spread.start, self.start_of(first + 1)));
+        ledger.settle(first, open_bytes);
+        let kept_from = (first + 1).max(last.saturating_sub(WINDOW as u64));
+        if kept_from > first + 1 {
+            let skipped = spread.between(self.start_of(first + 1), self.start_of(kept_from));
+            ledger.total_settled.add(skipped);
+            ledger.peak_settled = ledger.peak_settled.max(spread.most_per(self.interval_ticks));
+        }
+        for interval in kept_from..last {
+            let bytes = spread.between(self.start_of(interval), self.start_of(interval + 1));
+            ledger.settle(interval, bytes);
+        }
+        ledger.open = last;
+        ledger.open_bytes = spread.between(self.start_of(last), spread.start + spread.duration);
+    }
+
+    /// Sets the cap in bytes per second (`None` or 0 removes it). The long-run pace starts
+    /// afresh under the new cap.
+    pub fn set_cap(&self, cap: Option<u64>) {
+        let mut ledger = self.ledger.lock();
+        ledger.cap = cap.filter(|&cap| cap > 0);
+        ledger.ready_at = 0;
+    }
+
+    /// The cap in bytes per second.
+    pub fn cap(&self) -> Option<u64> {
+        self.ledger.lock().cap
+    }
+
+    /// Bytes the cap allows per window of `WINDOW` intervals.
+    fn window_budget(&self, cap: u64) -> u64 {
+        let ticks = u128::from(self.interval_ticks) * WINDOW as u128;
+        let budget = u128::from(cap) * ticks / u128::from(self.clock.frequency_hz().max(1));
+        u64::try_from(budget).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the next pass, which will move `next`, must wait for the cap now. The caller
+    /// asks again (serving the console meanwhile) until it may run; the waits are counted as
+    /// one pause per pass. Always false without a cap.
+    pub fn pace(&self, next: IntervalBytes) -> bool {
+        let now = self.clock.ticks();
+        let mut ledger = self.ledger.lock();
+        let waits = match ledger.cap {
+            None => false,
+            Some(cap) => {
+                let budget = self.window_budget(cap);
+                let used = ledger.window_total(self.interval_of(now).max(ledger.open));
+                let fits = if next.total() > budget { used == 0 } else { used + next.total() <= budget };
+                now < ledger.ready_at || !fits
+            }
+        };
+        match (waits, ledger.pause_started) {
+            (true, None) => {
+                ledger.pause_started = Some(now);
+                ledger.pauses += 1;
+            }
+            (false, Some(started)) => {
+                ledger.paused_ticks = ledger.paused_ticks.saturating_add(now.saturating_sub(started));
+                ledger.pause_started = None;
+            }
+            _ => {}
+        }
+        waits
     }
 
     /// `bytes` in one interval, as bytes per second.
@@ -204,40 +329,51 @@ impl<'clock, const WINDOW: usize> BandwidthMonitor<'clock, WINDOW> {
         u64::try_from(rate).unwrap_or(u64::MAX)
     }
 
-    /// Bandwidth now: current, peak and mean over the window. Takes the window lock (waiting
-    /// for it), so call it from the console, not from an interrupt handler.
+    /// Bandwidth now: the last completed interval, the window's peak and mean, and since the
+    /// start. Intervals a pass under way has run in count once it ends.
     pub fn report(&self) -> BandwidthReport {
-        self.poll();
-        let window = self.window.lock();
-        let held = window.completed.min(WINDOW as u64) as usize;
-        let latest = (window.completed + WINDOW as u64 - 1) % WINDOW as u64;
-        let current = if held == 0 { IntervalBytes::default() } else { window.intervals[latest as usize] };
-        let totals = window.intervals[..held].iter().map(|bytes| bytes.total());
-        let (peak, sum) =
-            totals.fold((0, 0u128), |(peak, sum), total| (peak.max(total), sum + u128::from(total)));
-        let mean = if held == 0 { 0 } else { (sum / held as u128) as u64 };
+        let now = self.clock.ticks();
+        let ledger = self.ledger.lock();
+        let completed = self.interval_of(now).max(ledger.open);
+        let held = completed.min(WINDOW as u64);
+        let window = (completed - held..completed).map(|interval| ledger.bytes_of(interval));
+        let (peak, sum) = window.fold((0, 0u128), |(peak, sum), bytes| {
+            (bytes.total().max(peak), sum + u128::from(bytes.total()))
+        });
+        // Before the monitor started nothing moved: the mean is always over the whole window.
+        let mean = (sum / WINDOW as u128) as u64;
+        let current = if completed == 0 { IntervalBytes::default() } else { ledger.bytes_of(completed - 1) };
+        let mut total = ledger.total_settled;
+        total.add(ledger.open_bytes);
+        let ongoing = ledger.pause_started.map_or(0, |started| now.saturating_sub(started));
+        let frequency = self.clock.frequency_hz();
         BandwidthReport {
-            interval_ns: crate::hil::ticks_to_ns(self.interval_ticks, self.clock.frequency_hz()),
-            intervals: held,
-            completed: window.completed,
+            interval_ns: crate::hil::ticks_to_ns(self.interval_ticks, frequency),
+            window_ns: crate::hil::ticks_to_ns(self.interval_ticks.saturating_mul(WINDOW as u64), frequency),
+            intervals: held as usize,
+            completed,
             current_read: self.rate(current.read),
             current_written: self.rate(current.written),
             current: self.rate(current.total()),
             peak: self.rate(peak),
-            mean: self.rate(mean),
-            peak_ever: window.peak_ever,
-            total: window.total,
-            threshold: self.settings.threshold_bytes_per_second,
-            throttle_level: self.throttle_level(),
+            sustained: self.rate(mean),
+            peak_ever: self.rate(ledger.peak_settled.max(ledger.open_bytes.total())),
+            total,
+            passes: ledger.passes,
+            cap: ledger.cap,
+            pauses: ledger.pauses,
+            paused_ns: crate::hil::ticks_to_ns(ledger.paused_ticks.saturating_add(ongoing), frequency),
         }
     }
 }
 
 /// Bandwidth at one moment, in bytes per second; `Display` renders the `/stats` lines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BandwidthReport {
     /// Length of one interval.
     pub interval_ns: u64,
+    /// Length of the window.
+    pub window_ns: u64,
     /// Completed intervals in the window (at most its size).
     pub intervals: usize,
     /// Completed intervals since the monitor started.
@@ -250,265 +386,61 @@ pub struct BandwidthReport {
     pub current: u64,
     /// The busiest interval in the window.
     pub peak: u64,
-    /// The mean over the window.
-    pub mean: u64,
+    /// The mean over the window (the intervals before the monitor started count as idle):
+    /// the sustained rate the cap bounds.
+    pub sustained: u64,
     /// The busiest interval since the monitor started.
     pub peak_ever: u64,
-    /// Bytes moved in all completed intervals.
+    /// Bytes moved by the passes recorded.
     pub total: IntervalBytes,
-    /// The throttle threshold.
-    pub threshold: u64,
-    /// Halvings the throttle applies now.
-    pub throttle_level: u32,
+    /// Forward passes recorded.
+    pub passes: u64,
+    /// The cap.
+    pub cap: Option<u64>,
+    /// Passes that waited for the cap.
+    pub pauses: u64,
+    /// Time they waited, in all.
+    pub paused_ns: u64,
+}
+
+/// A rate in decimal megabytes per second with one decimal (`12.3 MB/s`): the unit of the
+/// cap, `/set bandwidth_cap MBPS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Megabytes(pub u64);
+
+impl fmt::Display for Megabytes {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths = self.0 / 100_000;
+        write!(formatter, "{}.{} MB/s", tenths / 10, tenths % 10)
+    }
 }
 
 impl fmt::Display for BandwidthReport {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             formatter,
-            "bandwidth   now  {:>12}  ({} read, {} written)",
-            ByteRate(self.current),
-            ByteRate(self.current_read),
-            ByteRate(self.current_written)
+            "bandwidth    now {} ({} read), sustained {} over {}, peak {}; {} passes moved {}.{} MB, each over its own time",
+            Megabytes(self.current),
+            Megabytes(self.current_read),
+            Megabytes(self.sustained),
+            Duration(self.window_ns),
+            Megabytes(self.peak_ever),
+            self.passes,
+            self.total.total() / 1_000_000,
+            self.total.total() / 100_000 % 10,
         )?;
-        writeln!(
-            formatter,
-            "            peak {:>12}  (last {} x {}; {} since start)",
-            ByteRate(self.peak),
-            self.intervals,
-            Duration(self.interval_ns),
-            ByteRate(self.peak_ever)
-        )?;
-        writeln!(formatter, "            mean {:>12}", ByteRate(self.mean))?;
-        match self.throttle_level {
-            0 => writeln!(formatter, "throttle    off  (batch halves above {})", ByteRate(self.threshold)),
-            level => writeln!(
+        match self.cap {
+            Some(cap) => writeln!(
                 formatter,
-                "throttle    batch / {}  (above {})",
-                1u64 << level,
-                ByteRate(self.threshold)
+                "cap          {} sustained; {} passes waited for it, {} in all",
+                Megabytes(cap),
+                self.pauses,
+                Duration(self.paused_ns)
             ),
+            None => writeln!(formatter, "cap          none (/set bandwidth_cap MBPS sets one)"),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use alloc::string::ToString;
-    use alloc::vec::Vec;
-    use proptest::prelude::*;
-
-    /// A clock that moves only when told to: 1 MHz, so one tick is a microsecond.
-    struct FakeClock {
-        ticks: AtomicU64,
-    }
-
-    impl FakeClock {
-        fn new() -> Self {
-            Self { ticks: AtomicU64::new(1000) }
-        }
-
-        fn advance(&self, ticks: u64) {
-            self.ticks.fetch_add(ticks, Ordering::Relaxed);
-        }
-    }
-
-    impl Clock for FakeClock {
-        fn ticks(&self) -> u64 {
-            self.ticks.load(Ordering::Relaxed)
-        }
-
-        fn frequency_hz(&self) -> u64 {
-            1_000_000
-        }
-    }
-
-    /// 1 ms intervals (1000 ticks); saturated above 1 MB/s (1000 bytes per interval).
-    const SETTINGS: BandwidthSettings = BandwidthSettings {
-        interval_us: 1000,
-        threshold_bytes_per_second: 1_000_000,
-        intervals_above: 3,
-        intervals_below: 2,
-    };
-
-    /// Runs one whole interval that moves `bytes` (split between reads and writes).
-    fn interval<const WINDOW: usize>(clock: &FakeClock, monitor: &BandwidthMonitor<'_, WINDOW>, bytes: u64) {
-        monitor.record_read(bytes / 2);
-        monitor.record_write(bytes - bytes / 2);
-        clock.advance(1000);
-        monitor.poll();
-    }
-
-    #[test]
-    fn nothing_counts_before_the_first_interval_ends() {
-        let clock = FakeClock::new();
-        let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
-        monitor.record_read(5000);
-        clock.advance(999);
-        let report = monitor.report();
-        assert_eq!((report.completed, report.intervals, report.current, report.peak), (0, 0, 0, 0));
-        clock.advance(1);
-        let report = monitor.report();
-        assert_eq!((report.completed, report.current, report.current_read), (1, 5_000_000, 5_000_000));
-        assert_eq!(report.interval_ns, 1_000_000);
-    }
-
-    #[test]
-    fn current_and_peak_roll_with_the_window() {
-        let clock = FakeClock::new();
-        let monitor = BandwidthMonitor::<3>::new(&clock, SETTINGS);
-        interval(&clock, &monitor, 900);
-        interval(&clock, &monitor, 300);
-        let report = monitor.report();
-        assert_eq!((report.current, report.peak, report.mean), (300_000, 900_000, 600_000));
-        assert_eq!((report.current_read, report.current_written), (150_000, 150_000));
-        interval(&clock, &monitor, 100);
-        interval(&clock, &monitor, 200);
-        let report = monitor.report();
-        assert_eq!((report.current, report.peak, report.intervals), (200_000, 300_000, 3), "900 rolled out");
-        assert_eq!((report.peak_ever, report.completed), (900_000, 4));
-    }
-
-    #[test]
-    fn idle_intervals_count_as_zero() {
-        let clock = FakeClock::new();
-        let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
-        monitor.record_write(800);
-        clock.advance(2500);
-        monitor.record_write(40);
-        let report = monitor.report();
-        assert_eq!((report.completed, report.current, report.peak), (2, 0, 800_000), "one busy, one idle");
-        clock.advance(500);
-        let report = monitor.report();
-        assert_eq!(
-            (report.completed, report.current),
-            (3, 40_000),
-            "the late write lands in the third interval"
-        );
-        clock.advance(1_000_000);
-        let report = monitor.report();
-        assert_eq!(
-            (report.completed, report.intervals, report.peak, report.peak_ever),
-            (1003, 4, 0, 800_000)
-        );
-    }
-
-    #[test]
-    fn throttle_halves_after_sustained_saturation_and_restores() {
-        let clock = FakeClock::new();
-        let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
-        assert_eq!(monitor.suggested_batch(8), 8);
-        interval(&clock, &monitor, 5000);
-        interval(&clock, &monitor, 5000);
-        assert_eq!(monitor.suggested_batch(8), 8, "two saturated intervals are not enough");
-        interval(&clock, &monitor, 1000);
-        assert_eq!(monitor.suggested_batch(8), 8, "exactly at the threshold is not above it");
-        for _ in 0..3 {
-            interval(&clock, &monitor, 1001);
-        }
-        assert_eq!(
-            (monitor.suggested_batch(8), monitor.suggested_batch(1), monitor.suggested_batch(0)),
-            (4, 1, 0)
-        );
-        for _ in 0..3 {
-            interval(&clock, &monitor, 5000);
-        }
-        assert_eq!(monitor.suggested_batch(8), 2, "a further run halves again");
-        assert!(monitor.report().to_string().contains("batch / 4"));
-        interval(&clock, &monitor, 10);
-        assert_eq!(monitor.suggested_batch(8), 2, "one quiet interval of the two needed");
-        interval(&clock, &monitor, 5000);
-        interval(&clock, &monitor, 10);
-        assert_eq!(monitor.suggested_batch(8), 2, "the quiet run restarted");
-        interval(&clock, &monitor, 10);
-        assert_eq!(monitor.suggested_batch(8), 8, "restored");
-    }
-
-    #[test]
-    fn four_threads_lose_no_bytes_across_interval_closes() {
-        const PER_THREAD: u64 = 2000;
-        let clock = FakeClock::new();
-        let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
-        std::thread::scope(|scope| {
-            for thread in 0..4 {
-                let monitor = &monitor;
-                scope.spawn(move || {
-                    for step in 0..PER_THREAD {
-                        if thread % 2 == 0 { monitor.record_read(3) } else { monitor.record_write(step % 7) }
-                    }
-                });
-            }
-            // Intervals close while the threads record.
-            for _ in 0..50 {
-                clock.advance(400);
-                monitor.poll();
-                std::thread::yield_now();
-            }
-        });
-        clock.advance(1000);
-        let report = monitor.report();
-        let written_per_thread: u64 = (0..PER_THREAD).map(|step| step % 7).sum();
-        assert_eq!(report.total, IntervalBytes { read: 2 * 3 * PER_THREAD, written: 2 * written_per_thread });
-        assert_eq!(report.completed, 21, "1000 + 50 x 400 + 1000 ticks from a boundary at 2000");
-    }
-
-    #[test]
-    fn report_reads_at_a_glance() {
-        let clock = FakeClock::new();
-        let monitor = BandwidthMonitor::<4>::new(&clock, SETTINGS);
-        interval(&clock, &monitor, 3 << 20);
-        interval(&clock, &monitor, 1 << 20);
-        let expected = "\
-bandwidth   now  1000.0 MiB/s  (500.0 MiB/s read, 500.0 MiB/s written)
-            peak    2.9 GiB/s  (last 2 x 1.0 ms; 2.9 GiB/s since start)
-            mean    1.9 GiB/s
-throttle    off  (batch halves above 976.5 KiB/s)
-";
-        assert_eq!(monitor.report().to_string(), expected);
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-        /// Against a plain model: a list of per-interval totals and a throttle stepped by hand.
-        #[test]
-        fn matches_a_reference_model(steps in prop::collection::vec((0u64..3000, 1u64..4), 1..40)) {
-            let clock = FakeClock::new();
-            let monitor = BandwidthMonitor::<5>::new(&clock, SETTINGS);
-            let mut totals: Vec<u64> = Vec::new();
-            let (mut level, mut above, mut below) = (0u32, 0, 0);
-            for (bytes, intervals) in steps {
-                monitor.record_read(bytes);
-                clock.advance(intervals * 1000);
-                let closed = core::iter::once(bytes).chain(core::iter::repeat_n(0, intervals as usize - 1));
-                for total in closed {
-                    totals.push(total);
-                    if total * 1000 > SETTINGS.threshold_bytes_per_second {
-                        below = 0;
-                        above += 1;
-                        if above == SETTINGS.intervals_above {
-                            above = 0;
-                            level = (level + 1).min(MAX_THROTTLE_LEVEL);
-                        }
-                    } else {
-                        above = 0;
-                        below += 1;
-                        if below >= SETTINGS.intervals_below {
-                            level = 0;
-                        }
-                    }
-                }
-                let report = monitor.report();
-                let window = &totals[totals.len().saturating_sub(5)..];
-                prop_assert_eq!(report.completed, totals.len() as u64);
-                prop_assert_eq!(report.current, totals.last().unwrap() * 1000);
-                prop_assert_eq!(report.peak, window.iter().max().unwrap() * 1000);
-                prop_assert_eq!(report.peak_ever, totals.iter().max().unwrap() * 1000);
-                prop_assert_eq!(report.total.read, totals.iter().sum::<u64>());
-                prop_assert_eq!(report.throttle_level, level);
-                prop_assert_eq!(monitor.suggested_batch(1 << 10), ((1usize << 10) >> level).max(1));
-            }
-        }
-    }
-}
+mod tests;

@@ -1,10 +1,11 @@
 //! Telemetry: the trace ring of typed events, serving counters with latency histograms, and the
-//! memory-bandwidth monitor with its batch throttle. Read by `/stats`, `/trace` and machine mode.
+//! memory-bandwidth monitor with its bandwidth cap. Read by `/stats`, `/trace` and machine mode.
 //!
 //! Everything that records (`TraceRing::record`, `Histogram::record`, the `Counters::record_*`
-//! methods, `BandwidthMonitor::record_read`/`record_write`/`suggested_batch`) is lock-free and
-//! allocates nothing, so any core and any interrupt handler may call it. Reading (snapshots and
-//! reports) may allocate or wait for a lock, and belongs to the console.
+//! methods) is lock-free and allocates nothing, so any core and any interrupt handler may call
+//! it. The bandwidth monitor allocates nothing but takes a short lock: core 0's serving loop
+//! records and paces its forward passes with it. Reading (snapshots and reports) may allocate or
+//! wait for a lock, and belongs to the console.
 //!
 //! ```text
 //! static TRACE: TraceRing = TraceRing::new();
@@ -27,7 +28,9 @@ mod format;
 mod histogram;
 mod trace;
 
-pub use bandwidth::{BANDWIDTH_WINDOW, BandwidthMonitor, BandwidthReport, BandwidthSettings, IntervalBytes};
+pub use bandwidth::{
+    BANDWIDTH_WINDOW, BandwidthMonitor, BandwidthReport, BandwidthSettings, IntervalBytes, Megabytes,
+};
 pub use counters::{CONTROL_DEADLINE_NS, CommandLatency, Counters, CountersReport, MAX_COMMANDS};
 pub use event::{CoreLoss, EventKind, PressureLevel, SHORT_NAME_BYTES, ShortName, TraceEvent};
 pub use format::{ByteRate, ByteSize, Duration};

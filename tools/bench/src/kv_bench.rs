@@ -524,7 +524,7 @@ fn replay_mixed_contiguous(trace: &Trace) -> Outcome {
     outcome
 }
 
-/// Pools over a leaked, zeroed host arena of `size` bytes, most of it the KV region.
+/// Pools over a leaked, zeroed host arena of `size` bytes, most of it the LLM arena.
 fn host_memory(size: u64) -> &'static BackedMemory {
     let layout = std::alloc::Layout::from_size_align(size as usize, BLOCK as usize).expect("layout");
     // SAFETY: the size is non-zero and the alignment a power of two.
@@ -536,9 +536,8 @@ fn host_memory(size: u64) -> &'static BackedMemory {
         (RegionKind::Dma, BLOCK),
         (RegionKind::Heap, 0),
         (RegionKind::Protocol, small),
-        (RegionKind::Weights, small),
-        (RegionKind::KvCache, size - BLOCK - 3 * small),
-        (RegionKind::Activations, small),
+        (RegionKind::Small, small),
+        (RegionKind::Arena, size - BLOCK - 2 * small),
     ];
     let mut cursor = base;
     let regions = sizes.map(|(kind, bytes)| {
@@ -546,9 +545,13 @@ fn host_memory(size: u64) -> &'static BackedMemory {
         cursor += bytes;
         region
     });
-    let llm = size - BLOCK - small;
-    let plan =
-        MemoryPlan { regions, ram: size, budget: Budget { llm, protocol: small, system: BLOCK }, seed: 0 };
+    let llm = size - BLOCK - 2 * small;
+    let plan = MemoryPlan {
+        regions,
+        ram: size,
+        budget: Budget { llm, protocol: small, system: BLOCK + small },
+        seed: 0,
+    };
     let memory = TensorMemory::new(&plan, TensorMemoryConfig::default()).expect("pools over the arena");
     // SAFETY: the arena is leaked, so it stays mapped read-write for the life of the program,
     // and nothing but these pools uses it.
@@ -660,13 +663,32 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "missed" }
 }
 
-fn main() {
-    let memory = host_memory(64 * MIB);
-    let traces = [
-        independent_trace("ShareGPT-like", 1000, SHAREGPT_PROMPT, SHAREGPT_OUTPUT, SEED),
-        independent_trace("Alpaca-like", 4000, ALPACA_PROMPT, ALPACA_OUTPUT, SEED + 1),
-        shared_system_trace(2000, SEED + 2),
-    ];
+/// The ShareGPT-like figures at the default block size that the targets check.
+struct ShareGptFigures {
+    /// KV waste of the paged cache.
+    waste: f64,
+    /// Mean concurrent sequences over the contiguous baseline's.
+    ratio: f64,
+}
+
+/// The mixed sliding-window figures the closing paragraph and the targets use.
+struct MixedFigures {
+    /// KV waste of uniform pages.
+    uniform_waste: f64,
+    /// KV waste of two-level pages.
+    unaligned_waste: f64,
+    /// KV waste of aligned two-level pages.
+    aligned_waste: f64,
+    /// Wasted positions' worth of both groups per running sequence, two-level pages.
+    unaligned_waste_per_sequence: f64,
+    /// Wasted positions' worth per running sequence, aligned two-level pages.
+    aligned_waste_per_sequence: f64,
+    /// Used positions' worth per running sequence, aligned two-level pages.
+    aligned_used_per_sequence: f64,
+}
+
+/// The report's title, the setup every replay shares, and the table of `traces`.
+fn print_setup(traces: &[Trace]) {
     println!("# kv-bench: paged KV cache against contiguous 2048-token slots\n");
     println!("Command: `cargo run --release -p bench --bin kv-bench` (prints this report).\n");
     println!(
@@ -683,7 +705,7 @@ fn main() {
     println!("## Workloads\n");
     println!("| workload | distribution | mean prompt | mean output |");
     println!("| --- | --- | --- | --- |");
-    for trace in &traces {
+    for trace in traces {
         println!(
             "| {} | {} | {:.1} | {:.1} |",
             trace.name,
@@ -692,7 +714,11 @@ fn main() {
             trace.mean_output()
         );
     }
+}
 
+/// Waste and concurrency on each of `traces`: the contiguous baseline, then the paged cache at
+/// 8, 16 and 32 positions a block; then what the chunk tails add.
+fn waste_and_concurrency(memory: &'static BackedMemory, traces: &[Trace]) -> ShareGptFigures {
     println!("\n## Waste and concurrency\n");
     println!(
         "KV waste: reserved but unused token slots over reserved slots, averaged over time. Concurrency: \
@@ -702,10 +728,9 @@ fn main() {
         "| workload | KV cache | block | KV waste | mean concurrent | max concurrent | × baseline (mean) | preemptions | steps to drain |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut sharegpt_waste = f64::NAN;
-    let mut sharegpt_ratio = f64::NAN;
+    let mut sharegpt = ShareGptFigures { waste: f64::NAN, ratio: f64::NAN };
     let mut carved_bytes = 0;
-    for trace in &traces[..2] {
+    for trace in traces {
         let baseline = replay_contiguous(trace);
         println!(
             "| {} | contiguous 2048 | — | {:.1}% | {:.1} | {} | 1.00 | 0 | {} |",
@@ -719,8 +744,7 @@ fn main() {
             let paged = replay_paged(memory, trace, block_tokens, false);
             let ratio = paged.mean_concurrent() / baseline.mean_concurrent();
             if trace.name == "ShareGPT-like" && block_tokens == DEFAULT_BLOCK_TOKENS {
-                sharegpt_waste = paged.waste();
-                sharegpt_ratio = ratio;
+                sharegpt = ShareGptFigures { waste: paged.waste(), ratio };
                 carved_bytes = paged.chunk_bytes;
             }
             println!(
@@ -750,7 +774,12 @@ fn main() {
         "\nPreemptions come from admitting on the prompt alone (as vLLM does): decoding sequences later \
          outgrow the free blocks and the newest is recomputed; every request still completes."
     );
+    sharegpt
+}
 
+/// Prefix sharing on the `shared` system-prompt trace: the contiguous baseline, then the paged
+/// cache with sharing off and on.
+fn prefix_sharing(memory: &'static BackedMemory, shared: &Trace) {
     println!("\n## Prefix sharing (shared system prompt, block {DEFAULT_BLOCK_TOKENS})\n");
     println!(
         "Hit rate: prompt positions found in the prefix cache over prompt positions looked up (the last \
@@ -763,7 +792,6 @@ fn main() {
         "| KV cache | mean concurrent | max concurrent | × baseline (mean) | prefix hit rate | copy-on-write copies | blocks published | blocks evicted | preemptions | steps to drain |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let shared = &traces[2];
     let baseline = replay_contiguous(shared);
     println!(
         "| contiguous 2048 | {:.1} | {} | 1.00 | — | — | — | — | 0 | {} |",
@@ -792,8 +820,20 @@ fn main() {
             paged.total_steps
         );
     }
+}
 
+/// The mixed sliding-window model on `trace`: what the four designs are, their table, and
+/// the paragraph that reads it.
+fn mixed_sliding_window(memory: &'static BackedMemory, trace: &Trace) -> MixedFigures {
     println!("\n## Mixed sliding-window model (ShareGPT-like trace, block {DEFAULT_BLOCK_TOKENS})\n");
+    print_mixed_designs();
+    let figures = mixed_table(memory, trace);
+    print_mixed_reading(&figures);
+    figures
+}
+
+/// What the mixed model's groups are and how each design pages them.
+fn print_mixed_designs() {
     let large = large_page_floats_for(&MIXED_GROUPS, &mixed_page_tokens(false)).expect("large page");
     let aligned_tokens = mixed_page_tokens(true);
     let aligned_large = large_page_floats_for(&MIXED_GROUPS, &aligned_tokens).expect("large page");
@@ -815,36 +855,44 @@ fn main() {
         aligned_tokens[0],
         aligned_tokens[1],
     );
+}
+
+/// Replays `trace` on the contiguous baseline, uniform pages, two-level pages and aligned
+/// two-level pages, and prints one row for each.
+fn mixed_table(memory: &'static BackedMemory, trace: &Trace) -> MixedFigures {
     println!(
         "| KV cache | KV waste | mean concurrent | max concurrent | × baseline (mean) | preemptions | steps to drain |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let mixed_baseline = replay_mixed_contiguous(&traces[0]);
+    let mixed_baseline = replay_mixed_contiguous(trace);
     let baseline_concurrent = mixed_baseline.mean_concurrent();
-    let mut mixed_waste = f64::NAN;
-    let mut unaligned_waste = f64::NAN;
-    let mut uniform_waste = f64::NAN;
-    let (mut mixed_waste_per_sequence, mut mixed_used_per_sequence) = (f64::NAN, f64::NAN);
-    let mut unaligned_waste_per_sequence = f64::NAN;
+    let mut figures = MixedFigures {
+        uniform_waste: f64::NAN,
+        unaligned_waste: f64::NAN,
+        aligned_waste: f64::NAN,
+        unaligned_waste_per_sequence: f64::NAN,
+        aligned_waste_per_sequence: f64::NAN,
+        aligned_used_per_sequence: f64::NAN,
+    };
     for (name, outcome) in [
         ("contiguous 2048", mixed_baseline),
-        ("uniform pages", replay_mixed(memory, &traces[0], None)),
-        ("two-level pages", replay_mixed(memory, &traces[0], Some(false))),
-        ("two-level pages, aligned", replay_mixed(memory, &traces[0], Some(true))),
+        ("uniform pages", replay_mixed(memory, trace, None)),
+        ("two-level pages", replay_mixed(memory, trace, Some(false))),
+        ("two-level pages, aligned", replay_mixed(memory, trace, Some(true))),
     ] {
         let per_sequence =
             |floats: u64| floats as f64 / outcome.concurrent_sum as f64 / mixed_floats_per_token() as f64;
         if name == "two-level pages" {
-            unaligned_waste = outcome.waste();
-            unaligned_waste_per_sequence = per_sequence(outcome.reserved_slots - outcome.used_slots);
+            figures.unaligned_waste = outcome.waste();
+            figures.unaligned_waste_per_sequence = per_sequence(outcome.reserved_slots - outcome.used_slots);
         }
         if name == "two-level pages, aligned" {
-            mixed_waste = outcome.waste();
-            mixed_waste_per_sequence = per_sequence(outcome.reserved_slots - outcome.used_slots);
-            mixed_used_per_sequence = per_sequence(outcome.used_slots);
+            figures.aligned_waste = outcome.waste();
+            figures.aligned_waste_per_sequence = per_sequence(outcome.reserved_slots - outcome.used_slots);
+            figures.aligned_used_per_sequence = per_sequence(outcome.used_slots);
         }
         if name == "uniform pages" {
-            uniform_waste = outcome.waste();
+            figures.uniform_waste = outcome.waste();
         }
         println!(
             "| {name} | {:.2}% | {:.1} | {} | {:.2} | {} | {} |",
@@ -856,7 +904,12 @@ fn main() {
             outcome.total_steps
         );
     }
+    figures
+}
 
+/// The paragraph that reads the mixed table: how far two-level pages get and why no design
+/// with these pages reaches 1%.
+fn print_mixed_reading(figures: &MixedFigures) {
     println!(
         "\nTwo-level pages cut the waste of the uniform design by a factor of {:.1} ({:.1} with aligned \
          pages), but miss the 1% target. Each sequence keeps a constant overhead per group: a partly \
@@ -869,15 +922,20 @@ fn main() {
          near 1% on these sequence lengths (for the same reason the single-group paged cache above needs \
          8-position blocks to go below 1%). Jenga's 0.04% is measured on long contexts, \
          where that constant is negligible.",
-        uniform_waste / unaligned_waste,
-        uniform_waste / mixed_waste,
-        unaligned_waste_per_sequence,
-        mixed_waste_per_sequence,
-        mixed_used_per_sequence,
+        figures.uniform_waste / figures.unaligned_waste,
+        figures.uniform_waste / figures.aligned_waste,
+        figures.unaligned_waste_per_sequence,
+        figures.aligned_waste_per_sequence,
+        figures.aligned_used_per_sequence,
         half_page_positions(&mixed_page_tokens(false)),
         100.0 * half_page_positions(&mixed_page_tokens(false))
-            / (half_page_positions(&mixed_page_tokens(false)) + mixed_used_per_sequence),
+            / (half_page_positions(&mixed_page_tokens(false)) + figures.aligned_used_per_sequence),
     );
+}
+
+/// The table of block allocation and release latencies on the host; returns the mean of
+/// allocation for overwrite.
+fn block_allocation(memory: &'static BackedMemory) -> f64 {
     println!("\n## Block allocation and release on the host\n");
     println!(
         "Warm pool of {DEFAULT_BLOCK_TOKENS} × {KV_DIM} × 2-float blocks (24 KiB). Mean: batches of 512 \
@@ -892,21 +950,24 @@ fn main() {
             latency.mean, latency.median, latency.p99, latency.maximum
         );
     }
+    latencies[0].1.mean
+}
 
+/// The targets, each with its result and whether it was met.
+fn print_targets(sharegpt: &ShareGptFigures, alloc_mean: f64, mixed_waste: f64) {
     println!("\n## Targets\n");
     println!("| measure | target | result | verdict |");
     println!("| --- | --- | --- | --- |");
     println!(
         "| KV waste on ShareGPT-like traces (block {DEFAULT_BLOCK_TOKENS}) | < 2% (vLLM < 4%) | {:.2}% | {} |",
-        100.0 * sharegpt_waste,
-        verdict(sharegpt_waste < 0.02)
+        100.0 * sharegpt.waste,
+        verdict(sharegpt.waste < 0.02)
     );
     println!(
         "| concurrent sequences, ShareGPT-like (block {DEFAULT_BLOCK_TOKENS}) | ≥ 2.5× contiguous | {:.2}× | {} |",
-        sharegpt_ratio,
-        verdict(sharegpt_ratio >= 2.5)
+        sharegpt.ratio,
+        verdict(sharegpt.ratio >= 2.5)
     );
-    let alloc_mean = latencies[0].1.mean;
     println!(
         "| block allocation, mean on the host | ≤ 100 ns | {alloc_mean:.1} ns | {} |",
         verdict(alloc_mean <= 100.0)
@@ -916,4 +977,19 @@ fn main() {
         100.0 * mixed_waste,
         verdict(mixed_waste < 0.01)
     );
+}
+
+fn main() {
+    let memory = host_memory(64 * MIB);
+    let traces = [
+        independent_trace("ShareGPT-like", 1000, SHAREGPT_PROMPT, SHAREGPT_OUTPUT, SEED),
+        independent_trace("Alpaca-like", 4000, ALPACA_PROMPT, ALPACA_OUTPUT, SEED + 1),
+        shared_system_trace(2000, SEED + 2),
+    ];
+    print_setup(&traces);
+    let sharegpt = waste_and_concurrency(memory, &traces[..2]);
+    prefix_sharing(memory, &traces[2]);
+    let mixed = mixed_sliding_window(memory, &traces[0]);
+    let alloc_mean = block_allocation(memory);
+    print_targets(&sharegpt, alloc_mean, mixed.aligned_waste);
 }

@@ -10,7 +10,7 @@ mod subjects;
 mod trace;
 
 use bsp::board::budget::{BoardModel, scaled_budget};
-use kernel::mm::layout::MemoryPlan;
+use kernel::mm::layout::{MemoryPlan, RegionKind, SEGMENT};
 use kernel::mm::tensor::Pool;
 use std::time::Instant;
 use subjects::{
@@ -335,108 +335,144 @@ fn forced<State>(
         .unwrap_or(0)
 }
 
-fn main() {
-    let arguments: Vec<String> = std::env::args().collect();
-    let quick = arguments.iter().any(|argument| argument == "--quick");
-    let replays = arguments
-        .iter()
-        .position(|argument| argument == "--replays")
-        .and_then(|index| arguments.get(index + 1)?.parse().ok())
-        .unwrap_or(5usize)
-        .max(5);
-    let plots = arguments
-        .iter()
-        .position(|argument| argument == "--plots")
-        .and_then(|index| arguments.get(index + 1))
-        .map(std::path::PathBuf::from);
-    let plot = |file: &str, title: &str, results: &[Measured]| {
-        if let Some(directory) = &plots {
-            let path = directory.join(file);
-            match write_plot(&path, title, results) {
+/// The command line: `[--quick] [--replays N] [--plots DIRECTORY]`.
+struct Options {
+    /// The words after the program's name, as given (echoed in the report's command line).
+    given: Vec<String>,
+    /// Shorter traces.
+    quick: bool,
+    /// Replays per measurement (at least 5).
+    replays: usize,
+    /// Where to write the SVG plots, if anywhere.
+    plots: Option<std::path::PathBuf>,
+}
+
+impl Options {
+    /// Reads the options from the process's arguments.
+    fn parse() -> Self {
+        let arguments: Vec<String> = std::env::args().collect();
+        let quick = arguments.iter().any(|argument| argument == "--quick");
+        let replays = arguments
+            .iter()
+            .position(|argument| argument == "--replays")
+            .and_then(|index| arguments.get(index + 1)?.parse().ok())
+            .unwrap_or(5usize)
+            .max(5);
+        let plots = arguments
+            .iter()
+            .position(|argument| argument == "--plots")
+            .and_then(|index| arguments.get(index + 1))
+            .map(std::path::PathBuf::from);
+        Options { given: arguments[1..].to_vec(), quick, replays, plots }
+    }
+}
+
+/// What every latency table of one run shares.
+struct Bench<'a> {
+    /// The memory every allocator is built over.
+    arena: &'a Arena,
+    /// Replays per measurement.
+    replays: usize,
+    /// The timer's own cost, subtracted from every timed operation.
+    timer: u64,
+    /// Where to write the SVG plots, if anywhere.
+    plots: Option<&'a std::path::Path>,
+}
+
+impl Bench<'_> {
+    /// Measures `ours` and then each of `baselines` on `trace`, prints the table under `title`,
+    /// and writes its plot to `plot_file` when plots are asked for.
+    fn compare<'f>(
+        &self,
+        title: &str,
+        (plot_file, plot_title): (&str, &str),
+        trace: &Trace,
+        (our_name, mut ours): (&'static str, Factory<'f>),
+        baselines: impl IntoIterator<Item = (&'static str, Factory<'f>)>,
+    ) {
+        let mut results = Vec::new();
+        let harness = harness_cost(trace, self.replays);
+        results.push(measure(our_name, &mut ours, trace, self.replays, self.timer, harness));
+        for (name, mut factory) in baselines {
+            results.push(measure(name, &mut factory, trace, self.replays, self.timer, harness));
+        }
+        print_table(title, trace, &results, harness);
+        if let Some(directory) = self.plots {
+            let path = directory.join(plot_file);
+            match write_plot(&path, plot_title, &results) {
                 Ok(()) => println!("\nPlot: `{}`", path.display()),
                 Err(error) => eprintln!("cannot write {}: {error}", path.display()),
             }
         }
-    };
-    let timer = timer_cost();
-    let (small_operations, tokens) = if quick { (40_000, 1_500) } else { (200_000, 6_000) };
-    println!("# Tessera memory-pool benchmark\n");
-    println!("Command: `cargo run --release -p bench --bin mm-bench -- {}`", arguments[1..].join(" "));
-    println!("Replays: {replays}; timer cost subtracted: {timer} ns per timed operation.");
-
-    // Trace 1: random small objects.
-    let small = trace::small_objects(1, small_operations, 4000);
-    let arena = Arena::new(1 << 30);
-    let mut results = Vec::new();
-    let ids = small.ids;
-    let harness = harness_cost(&small, replays);
-    let mut ours: Factory<'_> =
-        Box::new(|| Box::new(OurSlab::new(&arena, 64 * MIB, ids)) as Box<dyn Subject>);
-    results.push(measure("tessera slab", &mut ours, &small, replays, timer, harness));
-    for (name, mut factory) in baselines(&arena, 64 * MIB, ids) {
-        results.push(measure(name, &mut factory, &small, replays, timer, harness));
     }
-    print_table("Random small objects (16 B – 4 KiB)", &small, &results, harness);
-    plot("mm-small-objects.svg", "Random small objects: latency distribution", &results);
 
-    // Trace 2: LLM serving, on the Pi 3 boot plan for 1 GiB.
-    let plan = pi3_plan(1 << 30).expect("Pi 3 plan");
-    let budget = (plan.budget.llm + plan.budget.protocol) as usize;
-    let swap_every = tokens / 3;
-    let llm = trace::llm_serving(2, tokens, 8, swap_every, 120 * MIB);
-    let ids = llm.ids;
-    let mut results = Vec::new();
-    let harness = harness_cost(&llm, replays);
-    let mut ours: Factory<'_> = Box::new(|| Box::new(OurTensorMemory::new(&plan, ids)) as Box<dyn Subject>);
-    results.push(measure("tessera TensorMemory", &mut ours, &llm, replays, timer, harness));
-    for (name, mut factory) in baselines(&arena, budget, ids) {
-        results.push(measure(name, &mut factory, &llm, replays, timer, harness));
+    /// Trace 1: random small objects, the slab against the baselines.
+    fn small_objects(&self, operations: usize) {
+        let small = trace::small_objects(1, operations, 4000);
+        let (arena, ids) = (self.arena, small.ids);
+        let ours: Factory<'_> =
+            Box::new(move || Box::new(OurSlab::new(arena, 64 * MIB, ids)) as Box<dyn Subject>);
+        self.compare(
+            "Random small objects (16 B – 4 KiB)",
+            ("mm-small-objects.svg", "Random small objects: latency distribution"),
+            &small,
+            ("tessera slab", ours),
+            baselines(arena, 64 * MIB, ids),
+        );
     }
-    print_table(
-        &format!(
-            "LLM serving: {tokens} tokens, 8 sequences, {} hot-swaps of 1–100 MiB weights (Tessera on the Pi 3 plan \
-             for 1 GiB; baselines get its LLM + protocol budget, {} MiB, as one arena)",
-            tokens / swap_every,
-            budget / MIB
-        ),
-        &llm,
-        &results,
-        harness,
-    );
-    plot("mm-llm-serving.svg", "LLM serving trace: latency distribution", &results);
 
-    // Like with like: the 4 KiB – 1 MiB part of the LLM trace, buddy against buddy.
-    let blocks = trace::sizes_between(&llm, 4096, MIB, "LLM trace, 4 KiB – 1 MiB");
-    let kv_and_activations = (plan.region(kernel::mm::layout::RegionKind::KvCache).size
-        + plan.region(kernel::mm::layout::RegionKind::Activations).size)
-        as usize;
-    let ids = blocks.ids;
-    let mut results = Vec::new();
-    let harness = harness_cost(&blocks, replays);
-    let mut ours: Factory<'_> =
-        Box::new(|| Box::new(OurBuddy::new(&arena, kv_and_activations, ids)) as Box<dyn Subject>);
-    results.push(measure("tessera buddy", &mut ours, &blocks, replays, timer, harness));
-    for (name, mut factory) in baselines(&arena, kv_and_activations, ids).into_iter().take(3) {
-        results.push(measure(name, &mut factory, &blocks, replays, timer, harness));
+    /// Trace 2: LLM serving over `tokens` tokens, Tessera's tensor memory on `plan` against
+    /// the baselines given its LLM and protocol budget as one arena. Returns the trace.
+    fn llm_serving(&self, plan: &MemoryPlan, tokens: usize) -> Trace {
+        let budget = (plan.budget.llm + plan.budget.protocol) as usize;
+        let swap_every = tokens / 3;
+        let llm = trace::llm_serving(2, tokens, 8, swap_every, 120 * MIB);
+        let ids = llm.ids;
+        let ours: Factory<'_> =
+            Box::new(move || Box::new(OurTensorMemory::new(plan, ids)) as Box<dyn Subject>);
+        self.compare(
+            &format!(
+                "LLM serving: {tokens} tokens, 8 sequences, {} hot-swaps of 1–100 MiB weights (Tessera on the Pi 3 plan \
+                 for 1 GiB; baselines get its LLM + protocol budget, {} MiB, as one arena)",
+                tokens / swap_every,
+                budget / MIB
+            ),
+            ("mm-llm-serving.svg", "LLM serving trace: latency distribution"),
+            &llm,
+            ("tessera TensorMemory", ours),
+            baselines(self.arena, budget, ids),
+        );
+        llm
     }
-    print_table(
-        &format!(
-            "Buddy comparison: the 4 KiB – 1 MiB operations of the LLM trace ({} MiB arena)",
-            kv_and_activations / MIB
-        ),
-        &blocks,
-        &results,
-        harness,
-    );
-    plot("mm-buddy.svg", "4 KiB – 1 MiB operations: latency distribution", &results);
 
-    // The RT pool across heap sizes.
-    println!("\n### RT pool across heap sizes\n");
-    // More replays than elsewhere: the maxima are the point here, and the minimum over more
-    // replays filters out more of the host's preemptions, for both allocators alike.
-    let rt_replays = replays.max(20);
-    println!(
-        "Protocol-like trace (64 B – 8 KiB, about 64 live buffers). ns, min over {rt_replays} replays per operation. \
+    /// Like with like: the 4 KiB – 1 MiB part of the `llm` trace, our buddy against the
+    /// buddy-like baselines over the arena region of `plan`.
+    fn buddy(&self, llm: &Trace, plan: &MemoryPlan) {
+        let blocks = trace::sizes_between(llm, 4096, MIB, "LLM trace, 4 KiB – 1 MiB");
+        let kv_and_activations = plan.region(kernel::mm::layout::RegionKind::Arena).size as usize;
+        let (arena, ids) = (self.arena, blocks.ids);
+        let ours: Factory<'_> =
+            Box::new(move || Box::new(OurBuddy::new(arena, kv_and_activations, ids)) as Box<dyn Subject>);
+        self.compare(
+            &format!(
+                "Buddy comparison: the 4 KiB – 1 MiB operations of the LLM trace ({} MiB arena)",
+                kv_and_activations / MIB
+            ),
+            ("mm-buddy.svg", "4 KiB – 1 MiB operations: latency distribution"),
+            &blocks,
+            ("tessera buddy", ours),
+            baselines(arena, kv_and_activations, ids).into_iter().take(3),
+        );
+    }
+
+    /// The RT pool across heap sizes against rlsf, on a protocol-like trace of `operations`.
+    fn rt_pool_sweep(&self, operations: usize) {
+        println!("\n### RT pool across heap sizes\n");
+        // More replays than elsewhere: the maxima are the point here, and the minimum over more
+        // replays filters out more of the host's preemptions, for both allocators alike.
+        let rt_replays = self.replays.max(20);
+        println!(
+            "Protocol-like trace (64 B – 8 KiB, about 64 live buffers). ns, min over {rt_replays} replays per operation. \
 The RT pool uses one {RT_GRANULE}-byte granule at every size (its block table grows to 16 bytes per \
 granule: 64 MiB at 1 GiB), so only the heap size changes. As in the kernel, where the pool is built \
 once at boot, Tessera's pool is built once per heap size and lent to every replay; after each replay \
@@ -444,38 +480,60 @@ its leftover blocks are freed and it is checked to be one free block again, the 
 rlsf gets a new `Tlsf` over the same arena each replay, its block headers warm in the arena from the \
 replay before. The last two columns build a new RT pool for every replay instead: its block table, \
 just written whole, has pushed the entries the trace touches out of cache and TLB.\n"
-    );
-    println!(
-        "| heap | tessera RT alloc p99 | alloc max | free p99 | free max | rlsf alloc p99 | alloc max | free p99 | free max | new RT pool per replay: alloc max | free max |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let protocol = rt_trace(3, if quick { 20_000 } else { 100_000 });
-    for heap in [MIB, 16 * MIB, 256 * MIB, 1024 * MIB] {
-        let ids = protocol.ids;
-        let home = RtHome::new(&arena, heap, RT_GRANULE);
-        let mut ours: Factory<'_> = Box::new(|| Box::new(OurRt::lent(&home, ids)) as Box<dyn Subject>);
-        let mine = measure("tessera RT", &mut ours, &protocol, rt_replays, timer, 0.0);
-        let mut theirs: Factory<'_> =
-            Box::new(|| Box::new(Baseline::new(rlsf(&arena, heap), ids)) as Box<dyn Subject>);
-        let reference = measure("rlsf", &mut theirs, &protocol, rt_replays, timer, 0.0);
-        let mut fresh: Factory<'_> =
-            Box::new(|| Box::new(OurRt::new(&arena, heap, RT_GRANULE, ids)) as Box<dyn Subject>);
-        let cold = measure("tessera RT, new pool per replay", &mut fresh, &protocol, rt_replays, timer, 0.0);
-        println!(
-            "| {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            heap / MIB,
-            mine.alloc.p99,
-            mine.alloc.max,
-            mine.free.p99,
-            mine.free.max,
-            reference.alloc.p99,
-            reference.alloc.max,
-            reference.free.p99,
-            reference.free.max,
-            cold.alloc.max,
-            cold.free.max,
         );
+        println!(
+            "| heap | tessera RT alloc p99 | alloc max | free p99 | free max | rlsf alloc p99 | alloc max | free p99 | free max | new RT pool per replay: alloc max | free max |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let protocol = rt_trace(3, operations);
+        let (arena, timer) = (self.arena, self.timer);
+        for heap in [MIB, 16 * MIB, 256 * MIB, 1024 * MIB] {
+            let ids = protocol.ids;
+            let home = RtHome::new(arena, heap, RT_GRANULE);
+            let mut ours: Factory<'_> = Box::new(|| Box::new(OurRt::lent(&home, ids)) as Box<dyn Subject>);
+            let mine = measure("tessera RT", &mut ours, &protocol, rt_replays, timer, 0.0);
+            let mut theirs: Factory<'_> =
+                Box::new(|| Box::new(Baseline::new(rlsf(arena, heap), ids)) as Box<dyn Subject>);
+            let reference = measure("rlsf", &mut theirs, &protocol, rt_replays, timer, 0.0);
+            let mut fresh: Factory<'_> =
+                Box::new(|| Box::new(OurRt::new(arena, heap, RT_GRANULE, ids)) as Box<dyn Subject>);
+            let cold =
+                measure("tessera RT, new pool per replay", &mut fresh, &protocol, rt_replays, timer, 0.0);
+            println!(
+                "| {} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                heap / MIB,
+                mine.alloc.p99,
+                mine.alloc.max,
+                mine.free.p99,
+                mine.free.max,
+                reference.alloc.p99,
+                reference.alloc.max,
+                reference.free.p99,
+                reference.free.max,
+                cold.alloc.max,
+                cold.free.max,
+            );
+        }
     }
+}
+
+fn main() {
+    let options = Options::parse();
+    let (quick, replays) = (options.quick, options.replays);
+    let timer = timer_cost();
+    let (small_operations, tokens) = if quick { (40_000, 1_500) } else { (200_000, 6_000) };
+    println!("# Tessera memory-pool benchmark\n");
+    println!("Command: `cargo run --release -p bench --bin mm-bench -- {}`", options.given.join(" "));
+    println!("Replays: {replays}; timer cost subtracted: {timer} ns per timed operation.");
+
+    let arena = Arena::new(1 << 30);
+    let bench = Bench { arena: &arena, replays, timer, plots: options.plots.as_deref() };
+    bench.small_objects(small_operations);
+    // On the Pi 3 boot plan for 1 GiB.
+    let plan = pi3_plan(1 << 30).expect("Pi 3 plan");
+    let llm = bench.llm_serving(&plan, tokens);
+    bench.buddy(&llm, &plan);
+    bench.rt_pool_sweep(if quick { 20_000 } else { 100_000 });
 
     forced_worst_cases(&arena, replays.max(50), timer);
     utilization(&arena, &llm, &plan);
@@ -498,12 +556,36 @@ fn rt_trace(seed: u64, operations: usize) -> Trace {
     small
 }
 
+/// Tessera's RT pool built once over the arena (as the kernel's is, at boot), with the block
+/// a forced case left behind, so each replay can bring it back to the prepared state.
+struct KeptRtPool {
+    /// The pool.
+    pool: std::cell::RefCell<kernel::mm::rt::RtPool>,
+    /// The block the last replay left allocated, if any.
+    leftover: std::cell::Cell<Option<u64>>,
+}
+
+impl KeptRtPool {
+    /// Builds the pool over `heap` bytes of `arena` with `granule`-byte granules.
+    fn new(arena: &Arena, heap: usize, granule: u64) -> Self {
+        let pool = kernel::mm::rt::RtPool::new("rt", arena.base() as u64, heap as u64, granule).unwrap();
+        KeptRtPool { pool: std::cell::RefCell::new(pool), leftover: std::cell::Cell::new(None) }
+    }
+
+    /// The pool brought back to one free block (the leftover block freed, then checked).
+    fn reset(&self) -> std::cell::RefMut<'_, kernel::mm::rt::RtPool> {
+        let mut pool = self.pool.borrow_mut();
+        if let Some(address) = self.leftover.take() {
+            pool.free(address).expect("leftover RT block");
+        }
+        assert_eq!(pool.block_count(), (1, 0), "the kept RT pool is one free block again");
+        pool
+    }
+}
+
+/// The forced worst cases, one table row each: a small request from one huge free block, a
+/// free that merges both neighbours, the deepest buddy split and merge, and a slab refill.
 fn forced_worst_cases(arena: &Arena, replays: usize, timer: u64) {
-    use kernel::mm::buddy::BuddyAllocator;
-    use kernel::mm::rt::RtPool;
-    use kernel::mm::slab::{CoreSlab, SlabDepot};
-    use std::alloc::Layout;
-    use subjects::Raw;
     println!("\n### Forced worst cases\n");
     println!(
         "One operation on a freshly prepared state; ns, min over {replays} replays. Tessera's RT pool is \
@@ -513,10 +595,24 @@ and built new for each replay (its block table just written).\n"
     println!("| case | tessera | rlsf | talc | buddy_system_allocator | linked_list_allocator |");
     println!("|---|---:|---:|---:|---:|---:|");
     let heap = 256 * MIB;
-    let small = Layout::from_size_align(64, 64).unwrap();
-    let page = Layout::from_size_align(4096, 4096).unwrap();
-    // A small request when the only free block is huge.
-    let granule = RtPool::granule_for(heap as u64, 65536, 64);
+    let granule = kernel::mm::rt::RtPool::granule_for(heap as u64, 65536, 64);
+    let kept = forced_small_from_one_huge_block(arena, replays, timer, heap, granule);
+    forced_free_merging_both_neighbours(arena, replays, timer, heap, granule, &kept);
+    forced_deepest_buddy_split_and_merge(arena, replays, timer);
+    forced_slab_refill(arena, replays, timer);
+}
+
+/// A 64 B request when the only free block is `heap` bytes: on a new RT pool, on one built
+/// once (returned, for the next case), and on each baseline.
+fn forced_small_from_one_huge_block(
+    arena: &Arena,
+    replays: usize,
+    timer: u64,
+    heap: usize,
+    granule: u64,
+) -> KeptRtPool {
+    use kernel::mm::rt::RtPool;
+    let small = std::alloc::Layout::from_size_align(64, 64).unwrap();
     let ours = forced(
         replays,
         timer,
@@ -527,24 +623,9 @@ and built new for each replay (its block table just written).\n"
     );
     // The same on a pool built once, as the kernel's is, and reset to the prepared state
     // before each replay (its leftover block freed, then checked to be one free block).
-    let kept = std::cell::RefCell::new(RtPool::new("rt", arena.base() as u64, heap as u64, granule).unwrap());
-    let leftover = std::cell::Cell::new(None);
-    let reset = |pool: &mut RtPool| {
-        if let Some(address) = leftover.take() {
-            pool.free(address).expect("leftover RT block");
-        }
-        assert_eq!(pool.block_count(), (1, 0), "the kept RT pool is one free block again");
-    };
-    let ours_kept = forced(
-        replays,
-        timer,
-        || {
-            let mut pool = kept.borrow_mut();
-            reset(&mut pool);
-            pool
-        },
-        |pool| leftover.set(Some(pool.alloc(64, 64).unwrap())),
-    );
+    let kept = KeptRtPool::new(arena, heap, granule);
+    let ours_kept =
+        forced(replays, timer, || kept.reset(), |pool| kept.leftover.set(Some(pool.alloc(64, 64).unwrap())));
     let raw = |make: &dyn Fn() -> Box<dyn RawBox>| forced(replays, timer, make, |state| state.touch(small));
     println!(
         "| 64 B from one free {} MiB block | {ours_kept} (RT pool built once; {ours} new) | {} | {} | {} | {} |",
@@ -554,7 +635,21 @@ and built new for each replay (its block table just written).\n"
         raw(&|| Box::new(buddy_system(arena, heap))),
         raw(&|| Box::new(linked_list(arena, heap))),
     );
-    // A free that merges with free blocks on both sides.
+    kept
+}
+
+/// A free whose block has free neighbours on both sides (4 KiB blocks): on a new RT pool, on
+/// the `kept` one, and on each baseline over `heap` bytes.
+fn forced_free_merging_both_neighbours(
+    arena: &Arena,
+    replays: usize,
+    timer: u64,
+    heap: usize,
+    granule: u64,
+    kept: &KeptRtPool,
+) {
+    use kernel::mm::rt::RtPool;
+    let page = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
     let merge_ours = forced(
         replays,
         timer,
@@ -573,12 +668,11 @@ and built new for each replay (its block table just written).\n"
         replays,
         timer,
         || {
-            let mut pool = kept.borrow_mut();
-            reset(&mut pool);
+            let mut pool = kept.reset();
             let blocks: Vec<u64> = (0..4).map(|_| pool.alloc(4096, 64).unwrap()).collect();
             pool.free(blocks[0]).unwrap();
             pool.free(blocks[2]).unwrap();
-            leftover.set(Some(blocks[3]));
+            kept.leftover.set(Some(blocks[3]));
             (pool, blocks[1])
         },
         |(pool, middle)| {
@@ -606,7 +700,14 @@ and built new for each replay (its block table just written).\n"
         merge(&|| Box::new(buddy_system(arena, heap))),
         merge(&|| Box::new(linked_list(arena, heap))),
     );
-    // The deepest split and merge: 4 KiB out of one maximal block, and back.
+}
+
+/// The deepest split and merge: 4 KiB out of one maximal 1 MiB block, and back, on our buddy
+/// and on buddy_system_allocator.
+fn forced_deepest_buddy_split_and_merge(arena: &Arena, replays: usize, timer: u64) {
+    use kernel::mm::buddy::BuddyAllocator;
+    use subjects::Raw;
+    let page = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
     let fresh_buddy = || BuddyAllocator::new("b", arena.base() as u64, MIB as u64, 4096, MIB as u64).unwrap();
     let split_ours = forced(replays, timer, fresh_buddy, |buddy| {
         buddy.alloc(4096).unwrap();
@@ -646,7 +747,12 @@ and built new for each replay (its block table just written).\n"
         "| deepest split: 4 KiB from a free 1 MiB block | {split_ours} (buddy) | | | {split_theirs} | |"
     );
     println!("| deepest merge: 4 KiB back into 1 MiB | {merge_ours} (buddy) | | | {merge_theirs} | |");
-    // A slab refill: the first allocation of a class carves a new slab.
+}
+
+/// A slab refill: the first allocation of a class carves a new slab.
+fn forced_slab_refill(arena: &Arena, replays: usize, timer: u64) {
+    use kernel::mm::buddy::BuddyAllocator;
+    use kernel::mm::slab::{CoreSlab, SlabDepot};
     let refill = forced(
         replays,
         timer,
@@ -743,10 +849,16 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     utilization_table(arena, llm, None);
     let ids = llm.ids;
     let report = |name: &str, size: Option<usize>| utilization_row(name, llm, size, arena.size());
-    // Tessera: the region split is the boot policy's, so the search scales the board's RAM
-    // and counts the bytes of the regions the trace uses (weights, KV, activations, protocol).
+    // Tessera: the plan is the boot policy's, so the search scales the board's RAM and counts
+    // the bytes of the regions the trace uses (the arena, the protocol and small-object
+    // regions).
     let tessera_plan = |ram_mib: usize| pi3_plan((ram_mib * MIB) as u64);
-    let used = |plan: &MemoryPlan| (plan.budget.llm + plan.budget.protocol) as usize;
+    let used = |plan: &MemoryPlan| {
+        [RegionKind::Arena, RegionKind::Protocol, RegionKind::Small]
+            .map(|kind| plan.region(kind).size as usize)
+            .iter()
+            .sum::<usize>()
+    };
     let fits = |ram_mib: usize| {
         tessera_plan(ram_mib)
             .is_some_and(|plan| run(&mut OurTensorMemory::new(&plan, ids), llm, None, 0) == 0)
@@ -757,8 +869,14 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
         if fits(middle) { high = middle } else { low = middle }
     }
     let smallest_plan = tessera_plan(high).expect("plan");
-    report("tessera TensorMemory (LLM + protocol regions)", Some(used(&smallest_plan) / MIB));
-    println!("\nTessera's smallest board: {high} MiB of RAM; its region split is fixed by the budget table.");
+    report(
+        "tessera TensorMemory (arena, protocol and small-object regions)",
+        Some(used(&smallest_plan) / MIB),
+    );
+    println!(
+        "\nTessera's smallest board: {high} MiB of RAM (the budget table fixes its system share and protocol \
+         reserve; the LLM arena takes the rest)."
+    );
 
     // The weights alone (the operations of 1 MiB and more): the chunk allocator against the
     // baselines on equal terms, each with one arena.
@@ -775,8 +893,7 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
     // Peak fragmentation of each Tessera pool during the trace on the 1 GiB plan.
     // Every operation is timed on the host clock into the pools' own histograms.
     let mut ours = OurTensorMemory::timed(plan, ids);
-    let mut peak = [0u64; 6];
-    let mut peak_every = [0u64; 6];
+    let mut peak = [[0u64; 3]; 6];
     let mut busiest = (0u64, String::new());
     let mut live = vec![false; ids];
     for (index, operation) in llm.operations.iter().enumerate() {
@@ -790,32 +907,41 @@ fn utilization(arena: &Arena, llm: &Trace, plan: &MemoryPlan) {
                 }
             }
         }
-        for (slot, pool) in peak_every.iter_mut().zip(Pool::ALL) {
-            *slot = (*slot).max(ours.memory.statistics(pool).fragmentation_permille());
+        let sampled = index % 64 == 0;
+        let arena_has_segment = ours.memory.arena().largest_free >= SEGMENT;
+        let mut reserved = 0;
+        for (slot, pool) in peak.iter_mut().zip(Pool::ALL) {
+            let statistics = ours.memory.statistics(pool);
+            let own = statistics.fragmentation_permille();
+            // A KV or activations request is at most one segment, which the arena lends.
+            let lent = matches!(pool, Pool::KvCache | Pool::Activations);
+            let effective = if lent && arena_has_segment { 0 } else { own };
+            slot[1] = slot[1].max(own);
+            slot[2] = slot[2].max(effective);
+            if sampled {
+                slot[0] = slot[0].max(own);
+                reserved += if pool == Pool::Slab { 0 } else { statistics.counters.reserved_bytes };
+            }
         }
-        if index % 64 == 0 {
-            let mut reserved = 0;
-            for (slot, pool) in peak.iter_mut().zip(Pool::ALL) {
-                let statistics = ours.memory.statistics(pool);
-                *slot = (*slot).max(statistics.fragmentation_permille());
-                if pool != Pool::Slab {
-                    reserved += statistics.counters.reserved_bytes;
-                }
-            }
-            if reserved > busiest.0 {
-                busiest = (reserved, ours.memory.report().to_string());
-            }
+        if sampled && reserved > busiest.0 {
+            busiest = (reserved, ours.memory.report().to_string());
         }
     }
     println!(
         "\nPeak fragmentation (1 − largest free ÷ total free, sampled every 64 operations, Pi 3 plan for 1 GiB; \
-         the last column takes every operation, including the moments inside a hot-swap while the old \
-         model's tensors are freed one by one):\n"
+         the second column takes every operation, including the moments inside a hot-swap while the old \
+         model's tensors are freed one by one; the KV cache and the activations own only the segments the \
+         arena lent them, so the third column, also over every operation, counts their fragmentation as \
+         none while the arena has a free segment to lend, since none of their requests is larger):\n"
     );
-    println!("| pool | peak fragmentation | peak over every operation |");
-    println!("|---|---:|---:|");
-    for ((value, every), pool) in peak.iter().zip(&peak_every).zip(Pool::ALL) {
-        println!("| {pool:?} | {}.{}% | {}.{}% |", value / 10, value % 10, every / 10, every % 10);
+    println!(
+        "| pool | peak fragmentation | peak over every operation | counting the arena's free segments |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (value, pool) in peak.iter().zip(Pool::ALL) {
+        let [sampled, every, effective] =
+            value.map(|permille| format!("{}.{}%", permille / 10, permille % 10));
+        println!("| {pool:?} | {sampled} | {every} | {effective} |");
     }
     println!("\nMemory map at the busiest sampled moment of the trace:\n\n```\n{}```", busiest.1);
     ours.memory.reclaim();

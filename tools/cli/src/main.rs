@@ -214,6 +214,18 @@ enum ModelFormat {
     GgufQ4_1,
 }
 
+impl From<ModelFormat> for SyntheticFormat {
+    fn from(format: ModelFormat) -> Self {
+        match format {
+            ModelFormat::Llama2c => SyntheticFormat::Llama2c,
+            ModelFormat::GgufF32 => SyntheticFormat::Gguf(TensorType::F32),
+            ModelFormat::GgufQ8_0 => SyntheticFormat::Gguf(TensorType::Q8_0),
+            ModelFormat::GgufQ4_0 => SyntheticFormat::Gguf(TensorType::Q4_0),
+            ModelFormat::GgufQ4_1 => SyntheticFormat::Gguf(TensorType::Q4_1),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match run(Arguments::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,56 +236,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one command: each arm hands its options to the function that does the work.
 fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Console { socket, device, prompt, max_tokens, timeout } => {
-            let (reader, writer) = console::connect(socket.as_deref(), device.as_deref())?;
-            let inputs: Box<dyn Iterator<Item = String>> = if prompt.is_empty() {
-                Box::new(std::io::stdin().lines().map_while(Result::ok))
-            } else {
-                Box::new(prompt.into_iter())
-            };
-            let mut stdout = std::io::stdout();
-            console::converse(
-                reader,
-                writer,
-                inputs,
-                max_tokens,
-                &mut stdout,
-                std::time::Duration::from_secs(timeout),
-            )
-        }
+        Command::Console { socket, device, prompt, max_tokens, timeout } => converse(
+            socket.as_deref(),
+            device.as_deref(),
+            prompt,
+            max_tokens,
+            std::time::Duration::from_secs(timeout),
+        ),
         Command::Inspect { model, tokenizer } => inspect(&model, tokenizer.as_deref()),
-        Command::Tokenize { model, text, tokenizer } => {
-            let loaded = Loaded::read(&model, tokenizer.as_deref())?;
-            let (file, tokenizer) = loaded.parse_with_tokenizer()?;
-            drop(file);
-            let mut ids = Vec::new();
-            tokenizer.encode(&text, &mut ids);
-            let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-            println!("{}", line.join(" "));
-            Ok(())
-        }
+        Command::Tokenize { model, text, tokenizer } => tokenize(&model, tokenizer.as_deref(), &text),
         Command::Logits { model, tokenizer: _, tokens, out, precision, threads } => {
-            let cpus = HostThreads::new(threads);
-            let loaded = Loaded::read(&model, None)?;
-            let file = loaded.parse()?;
-            let weights = &file.weights;
-            let config = weights.config;
-            let kv = ContiguousKv::new(
-                config.layers,
-                config.kv_dim(),
-                config.context_length.min(tokens.len().max(1)),
-            )
-            .ok_or("KV cache size overflows")?;
-            let mut session = Session::new(weights, kv);
-            let mut state = State::for_positions(weights, precision.into(), session.positions());
-            let mut bytes = Vec::with_capacity(tokens.len() * config.vocab_size * 4);
-            for &token in &tokens {
-                session.feed(&cpus, &mut state, token).map_err(|error| error.to_string())?;
-                state.logits().iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes()));
-            }
-            std::fs::write(&out, bytes).map_err(|error| format!("{}: {error}", out.display()))
+            write_logits(&model, &tokens, &out, precision.into(), threads)
         }
         Command::Generate {
             model,
@@ -323,27 +299,85 @@ fn run(command: Command) -> Result<(), String> {
                 tied: !untied,
                 seed,
             };
-            let format = match format {
-                ModelFormat::Llama2c => SyntheticFormat::Llama2c,
-                ModelFormat::GgufF32 => SyntheticFormat::Gguf(TensorType::F32),
-                ModelFormat::GgufQ8_0 => SyntheticFormat::Gguf(TensorType::Q8_0),
-                ModelFormat::GgufQ4_0 => SyntheticFormat::Gguf(TensorType::Q4_0),
-                ModelFormat::GgufQ4_1 => SyntheticFormat::Gguf(TensorType::Q4_1),
-            };
-            let generated = spec.generate(format)?;
-            let write = |path: &Path, bytes: &[u8]| {
-                std::fs::write(path, bytes).map_err(|error| format!("{}: {error}", path.display()))
-            };
-            write(&out, &generated.model)?;
-            println!("wrote {} ({} bytes)", out.display(), generated.model.len());
-            if let Some(tokenizer) = generated.tokenizer {
-                let path = load::tokenizer_path_for(&out);
-                write(&path, &tokenizer)?;
-                println!("wrote {} ({} bytes)", path.display(), tokenizer.len());
-            }
-            Ok(())
+            gen_model(&out, &spec, format.into())
         }
     }
+}
+
+/// Connects to a running Tessera (QEMU's serial `socket` or a serial `device`) and sends each
+/// of `prompts` (or, when there are none, each line of standard input) as a request, printing
+/// the answers as they stream back.
+fn converse(
+    socket: Option<&Path>,
+    device: Option<&Path>,
+    prompts: Vec<String>,
+    max_tokens: usize,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let (reader, writer) = console::connect(socket, device)?;
+    let inputs: Box<dyn Iterator<Item = String>> = if prompts.is_empty() {
+        Box::new(std::io::stdin().lines().map_while(Result::ok))
+    } else {
+        Box::new(prompts.into_iter())
+    };
+    let mut stdout = std::io::stdout();
+    console::converse(reader, writer, inputs, max_tokens, &mut stdout, timeout)
+}
+
+/// Prints the token ids of `text` under the model's tokenizer, space-separated.
+fn tokenize(model: &Path, tokenizer: Option<&Path>, text: &str) -> Result<(), String> {
+    let loaded = Loaded::read(model, tokenizer)?;
+    let (file, tokenizer) = loaded.parse_with_tokenizer()?;
+    drop(file);
+    let mut ids = Vec::new();
+    tokenizer.encode(text, &mut ids);
+    let line: Vec<String> = ids.iter().map(u32::to_string).collect();
+    println!("{}", line.join(" "));
+    Ok(())
+}
+
+/// Feeds `tokens` one per position from 0 and writes every position's logits to `out` as
+/// little-endian f32.
+fn write_logits(
+    model: &Path,
+    tokens: &[u32],
+    out: &Path,
+    precision: Precision,
+    threads: usize,
+) -> Result<(), String> {
+    let cpus = HostThreads::new(threads);
+    let loaded = Loaded::read(model, None)?;
+    let file = loaded.parse()?;
+    let weights = &file.weights;
+    let config = weights.config;
+    let kv =
+        ContiguousKv::new(config.layers, config.kv_dim(), config.context_length.min(tokens.len().max(1)))
+            .ok_or("KV cache size overflows")?;
+    let mut session = Session::new(weights, kv);
+    let mut state = State::for_positions(weights, precision, session.positions());
+    let mut bytes = Vec::with_capacity(tokens.len() * config.vocab_size * 4);
+    for &token in tokens {
+        session.feed(&cpus, &mut state, token).map_err(|error| error.to_string())?;
+        state.logits().iter().for_each(|value| bytes.extend_from_slice(&value.to_le_bytes()));
+    }
+    std::fs::write(out, bytes).map_err(|error| format!("{}: {error}", out.display()))
+}
+
+/// Generates the model `spec` describes in `format`, writes it to `out` (and a llama2.c
+/// tokenizer next to it), and says what it wrote.
+fn gen_model(out: &Path, spec: &SyntheticSpec, format: SyntheticFormat) -> Result<(), String> {
+    let generated = spec.generate(format)?;
+    let write = |path: &Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).map_err(|error| format!("{}: {error}", path.display()))
+    };
+    write(out, &generated.model)?;
+    println!("wrote {} ({} bytes)", out.display(), generated.model.len());
+    if let Some(tokenizer) = generated.tokenizer {
+        let path = load::tokenizer_path_for(out);
+        write(&path, &tokenizer)?;
+        println!("wrote {} ({} bytes)", path.display(), tokenizer.len());
+    }
+    Ok(())
 }
 
 fn inspect(model: &Path, tokenizer: Option<&Path>) -> Result<(), String> {
@@ -443,7 +477,7 @@ fn inspect(model: &Path, tokenizer: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "one argument per option of the generate command")]
 fn generate(
     model: &Path,
     tokenizer: Option<&Path>,

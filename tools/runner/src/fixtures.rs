@@ -26,9 +26,15 @@ fn synthetic(dim: usize, hidden_dim: usize, tensor_type: TensorType, seed: u64) 
     spec.generate(SyntheticFormat::Gguf(tensor_type)).map(|model| model.model).map_err(str::to_string)
 }
 
+/// Size of `bulk-wrong-magic.gguf`.
+const BULK_BYTES: usize = 32 << 20;
+
 /// The bytes of the fixture called `name`:
 /// - `tiny-q8.gguf`, `tiny-q4.gguf`: synthetic llama models (Q8_0 seed 7, Q4_1 seed 9);
 /// - `medium-a.gguf`, `medium-b.gguf`: larger synthetic Q8_0 models of about 1.5 MiB each;
+/// - `large-a.gguf`: a synthetic Q8_0 model of about 5.7 MiB;
+/// - `bulk-wrong-magic.gguf`: 32 MiB that are not a model (magic `FUGG`, zeros after): the
+///   kernel reads all of it, seconds under QEMU without reading the console, then refuses it;
 /// - `truncated.gguf`, `wrong-magic.gguf`, `empty.gguf`, `offsets-past-end.gguf`,
 ///   `absurd-dimensions.gguf`, `tokenizer-out-of-range.gguf`: hostile files derived from
 ///   `tiny-q8.gguf`;
@@ -41,6 +47,12 @@ pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
         "tiny-q4.gguf" => tiny(TensorType::Q4_1, 9),
         "medium-a.gguf" => synthetic(256, 512, TensorType::Q8_0, 11),
         "medium-b.gguf" => synthetic(256, 512, TensorType::Q8_0, 12),
+        "large-a.gguf" => synthetic(512, 1024, TensorType::Q8_0, 13),
+        "bulk-wrong-magic.gguf" => {
+            let mut bytes = vec![0u8; BULK_BYTES];
+            bytes[..4].copy_from_slice(b"FUGG");
+            Ok(bytes)
+        }
         "truncated.gguf" => tiny(TensorType::Q8_0, 7).map(|bytes| bytes[..bytes.len() / 2].to_vec()),
         "wrong-magic.gguf" => tiny(TensorType::Q8_0, 7).map(|mut bytes| {
             bytes[..4].copy_from_slice(b"FUGG");

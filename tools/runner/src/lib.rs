@@ -8,8 +8,8 @@ pub mod report;
 use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -65,11 +65,49 @@ pub struct RunResult {
     pub elapsed: Duration,
 }
 
+/// The byte `noise` never sends: Ctrl-A, QEMU's escape key where the serial line shares stdio
+/// with its monitor (`-serial mon:stdio`, `-nographic`). On a session's plain `-serial stdio`
+/// pipe no byte is special (every one of the 256 values arrives and is counted by `/stats`),
+/// but a flood meant for any console should not contain it.
+pub const NOISE_EXCLUDED: u8 = 0x01;
+
+/// `count` seeded pseudo-random bytes (binary noise: control bytes, line ends and invalid
+/// UTF-8 included), never [`NOISE_EXCLUDED`].
+pub fn noise(count: usize, seed: u64) -> Vec<u8> {
+    let mut random = kernel::rand::SplitMix64::new(seed);
+    core::iter::repeat_with(|| random.next_u64() as u8)
+        .filter(|&byte| byte != NOISE_EXCLUDED)
+        .take(count)
+        .collect()
+}
+
+/// How long [`Session::wait_for`] waits: for the text, as long as the guest keeps producing
+/// output, but no longer than `quiet` without any, nor `limit` in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// Longest time without a single byte of output.
+    pub quiet: Duration,
+    /// Longest time in all.
+    pub limit: Duration,
+}
+
+impl Patience {
+    /// `quiet` without output, and ten times that in all: a loaded host slows the guest down
+    /// but does not silence it, so only a stall or a runaway fails.
+    pub fn quiet_for(quiet: Duration) -> Self {
+        Self { quiet, limit: quiet * 10 }
+    }
+}
+
 /// A running QEMU whose serial console is this process's pipe: input can be sent while the
-/// output is collected in the background (QEMU stalls the guest when nobody reads).
+/// output is collected in the background (QEMU stalls the guest when nobody reads). Input goes
+/// through a writer thread, so a guest that stops reading (flow control holds the sender back)
+/// never blocks the runner: only its waits are bounded.
 pub struct Session {
     child: Child,
-    stdin: Option<ChildStdin>,
+    input: Option<mpsc::Sender<Vec<u8>>>,
+    writer: Option<thread::JoinHandle<()>>,
+    input_error: Arc<Mutex<Option<String>>>,
     output: Arc<Mutex<Vec<u8>>>,
     readers: Vec<thread::JoinHandle<()>>,
     start: Instant,
@@ -93,6 +131,20 @@ impl Session {
                 format!("cannot start {qemu}: {error} (is qemu-system-arm installed? `make deps`)")
             })?;
         let output = Arc::new(Mutex::new(Vec::new()));
+        let input_error = Arc::new(Mutex::new(None));
+        let (input, queued) = mpsc::channel::<Vec<u8>>();
+        let writer = child.stdin.take().map(|mut stdin| {
+            let input_error = Arc::clone(&input_error);
+            thread::spawn(move || {
+                for bytes in queued {
+                    if let Err(error) = stdin.write_all(&bytes).and_then(|()| stdin.flush()) {
+                        *input_error.lock().expect("input error lock") =
+                            Some(format!("writing to QEMU: {error}"));
+                        return;
+                    }
+                }
+            })
+        });
         let readers = [
             child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
             child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
@@ -112,7 +164,7 @@ impl Session {
             })
         })
         .collect();
-        Ok(Session { stdin: child.stdin.take(), child, output, readers, start: Instant::now() })
+        Ok(Session { child, input: Some(input), writer, input_error, output, readers, start: Instant::now() })
     }
 
     /// Everything received so far.
@@ -125,34 +177,49 @@ impl Session {
         self.output.lock().expect("output lock").len()
     }
 
-    /// Sends bytes to the serial console.
+    /// Queues bytes for the serial console, after those sent before; they reach the guest as
+    /// fast as it takes them.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let stdin = self.stdin.as_mut().ok_or("QEMU's input is closed")?;
-        stdin
-            .write_all(bytes)
-            .and_then(|()| stdin.flush())
-            .map_err(|error| format!("writing to QEMU: {error}"))
+        if let Some(error) = self.input_error.lock().expect("input error lock").clone() {
+            return Err(error);
+        }
+        let input = self.input.as_ref().ok_or("QEMU's input is closed")?;
+        input.send(bytes.to_vec()).map_err(|_| "QEMU's input is closed".to_string())
     }
 
-    /// Waits until `text` appears in the output at or after byte `from`; returns the offset
-    /// just past it.
-    pub fn wait_for(&mut self, text: &str, from: usize, timeout: Duration) -> Result<usize, String> {
-        let deadline = Instant::now() + timeout;
+    /// Waits until `text` appears in the output at or after byte `from`, for as long as
+    /// `patience` allows; returns the offset just past it.
+    pub fn wait_for(&mut self, text: &str, from: usize, patience: Patience) -> Result<usize, String> {
+        let start = Instant::now();
+        let (mut seen, mut last_output) = (self.output_length(), start);
+        // Where the next search starts: bytes before it hold no match that ends in them.
+        let mut searched = from;
         loop {
             {
                 let output = self.output.lock().expect("output lock");
-                if let Some(position) = output
-                    .get(from..)
-                    .and_then(|tail| tail.windows(text.len()).position(|window| window == text.as_bytes()))
-                {
-                    return Ok(from + position + text.len());
+                if let Some(position) = find(output.get(searched..).unwrap_or_default(), text.as_bytes()) {
+                    return Ok(searched + position + text.len());
+                }
+                searched = searched.max(output.len().saturating_sub(text.len().saturating_sub(1)));
+                if output.len() != seen {
+                    (seen, last_output) = (output.len(), Instant::now());
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("QEMU exited ({status}) before {text:?} appeared"));
             }
-            if Instant::now() > deadline {
-                return Err(format!("{text:?} did not appear within {} s", timeout.as_secs()));
+            if last_output.elapsed() > patience.quiet {
+                return Err(format!(
+                    "{text:?} did not appear: no output for {} s ({:.0} s in this step)",
+                    patience.quiet.as_secs(),
+                    start.elapsed().as_secs_f64()
+                ));
+            }
+            if start.elapsed() > patience.limit {
+                return Err(format!(
+                    "{text:?} did not appear within {} s, though output kept coming",
+                    patience.limit.as_secs()
+                ));
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -160,7 +227,7 @@ impl Session {
 
     /// Waits at most `timeout` for QEMU to exit, killing it then.
     pub fn finish(mut self, timeout: Duration) -> Result<RunResult, String> {
-        drop(self.stdin.take());
+        drop(self.input.take());
         let exit_code = loop {
             if let Some(status) =
                 self.child.try_wait().map_err(|error| format!("waiting for QEMU: {error}"))?
@@ -186,9 +253,43 @@ impl Session {
 
     fn collect(mut self, exit_code: Option<i32>) -> RunResult {
         let elapsed = self.start.elapsed();
-        self.readers.drain(..).for_each(|reader| {
-            let _ = reader.join();
+        // QEMU is gone: a write still pending fails, and the writer ends.
+        drop(self.input.take());
+        self.readers.drain(..).chain(self.writer.take()).for_each(|thread| {
+            let _ = thread.join();
         });
         RunResult { exit_code, output: self.output(), elapsed }
+    }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_seeded_and_has_no_ctrl_a() {
+        let bytes = noise(65_536, 65_536);
+        assert_eq!(bytes.len(), 65_536);
+        assert_eq!(bytes, noise(65_536, 65_536));
+        assert!(!bytes.contains(&NOISE_EXCLUDED));
+        // Still noise: line ends, other control bytes and bytes that are not UTF-8.
+        for byte in [b'\r', b'\n', 0x00, 0x1B, 0x03, 0xFF] {
+            assert!(bytes.contains(&byte), "{byte:#04x}");
+        }
+    }
+
+    #[test]
+    fn find_matches_anywhere() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"", b""), Some(0));
     }
 }

@@ -1,7 +1,7 @@
 //! `qemu-runner`: builds the QEMU system tests in `tests/`, boots each in QEMU under a time
 //! limit, and prints one line per test and a closing `N passed, M failed` line.
 
-use runner::{Session, make_image, objcopy_binary};
+use runner::{Patience, Session, make_image, objcopy_binary};
 use serde::Deserialize;
 use std::{
     collections::BTreeMap,
@@ -89,13 +89,16 @@ impl TestSpec {
 struct Step {
     /// Bytes to type (TOML escapes such as `\r` work).
     send: Option<String>,
-    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included),
-    /// then a line end.
+    /// Send this many seeded pseudo-random bytes (binary noise, invalid UTF-8 included, never
+    /// Ctrl-A: see `runner::noise`), then a line end. Sent after `send`.
     send_noise: Option<usize>,
     /// Text that must appear in the output after the previous step's match.
     wait_for: Option<String>,
-    /// Seconds to wait for `wait_for` (default 30).
+    /// Seconds `wait_for` may go without any console output (default 30); the step may take
+    /// ten times that in all while output keeps coming.
     timeout: Option<u64>,
+    /// Wait for `wait_for` this many times, one after another (default once).
+    times: Option<usize>,
     /// Look for `wait_for` anywhere in the output, not only after the previous match (for
     /// records of interleaved requests, whose order is not fixed).
     #[serde(default)]
@@ -109,6 +112,20 @@ struct Step {
     /// Read a number from the output after this step's match and require it to be the same as
     /// every earlier reading of the same name.
     unchanged: Option<Unchanged>,
+    /// Read a decimal number from the output after this step's match and require it to lie
+    /// within bounds.
+    bound: Option<Bound>,
+}
+
+/// A decimal number that must lie within `at_least..=at_most`: found after each of the
+/// `after` markers in turn.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bound {
+    name: String,
+    after: Vec<String>,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
 }
 
 /// Numbered copies of one line.
@@ -144,6 +161,17 @@ fn number_after(text: &str, markers: &[String]) -> Option<u64> {
     }
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// The decimal number (digits and a point) that follows the `markers`, in order, in `text`.
+fn decimal_after(text: &str, markers: &[String]) -> Option<f64> {
+    let mut rest = text;
+    for marker in markers {
+        rest = &rest[rest.find(marker.as_str())? + marker.len()..];
+    }
+    let number: String =
+        rest.chars().take_while(|character| character.is_ascii_digit() || *character == '.').collect();
+    number.parse().ok()
 }
 
 /// Whether request `id` has a final record in `output`.
@@ -265,8 +293,7 @@ fn run_test(
             break;
         }
         if let Some(count) = step.send_noise {
-            let mut random = kernel::rand::SplitMix64::new(count as u64);
-            let mut noise: Vec<u8> = (0..count).map(|_| random.next_u64() as u8).collect();
+            let mut noise = runner::noise(count, count as u64);
             noise.extend_from_slice(b"\r");
             if let Err(error) = session.send(&noise) {
                 script = Err(format!("step {}: {error}", index + 1));
@@ -274,13 +301,22 @@ fn run_test(
             }
         }
         if let Some(text) = &step.wait_for {
-            let from = if step.anywhere { 0 } else { cursor };
-            match session.wait_for(text, from, Duration::from_secs(step.timeout.unwrap_or(30))) {
-                Ok(end) => cursor = cursor.max(end),
-                Err(error) => {
-                    script = Err(format!("step {}: {error}", index + 1));
-                    break;
+            let patience = Patience::quiet_for(Duration::from_secs(step.timeout.unwrap_or(30)));
+            let mut from = if step.anywhere { 0 } else { cursor };
+            for _ in 0..step.times.unwrap_or(1) {
+                match session.wait_for(text, from, patience) {
+                    Ok(end) => {
+                        cursor = cursor.max(end);
+                        from = end;
+                    }
+                    Err(error) => {
+                        script = Err(format!("step {}: {error}", index + 1));
+                        break;
+                    }
                 }
+            }
+            if script.is_err() {
+                break;
             }
         }
         if let Err(error) = check_step_output(&mut session, step, previous, &mut readings) {
@@ -298,17 +334,17 @@ fn run_test(
 }
 
 /// The checks of a step on the output as a whole, after its send and wait: `final_records`,
-/// and `unchanged` (on the output from `cursor`, the match before this step's; it waits for
-/// the end of the line its number is on).
+/// `unchanged` and `bound` (on the output from `cursor`, the match before this step's; each
+/// waits for the end of the line its number is on).
 fn check_step_output(
     session: &mut Session,
     step: &Step,
     cursor: usize,
     readings: &mut BTreeMap<String, u64>,
 ) -> Result<(), String> {
-    let timeout = Duration::from_secs(step.timeout.unwrap_or(30));
+    let patience = Patience::quiet_for(Duration::from_secs(step.timeout.unwrap_or(30)));
     if let Some(range) = &step.final_records {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + patience.limit;
         loop {
             let output = session.output();
             let missing: Vec<u64> =
@@ -326,12 +362,10 @@ fn check_step_output(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    let from = if step.anywhere { 0 } else { cursor };
     if let (Some(unchanged), Some(text)) = (&step.unchanged, &step.wait_for) {
-        let from = if step.anywhere { 0 } else { cursor };
-        let start = session.wait_for(text, from, timeout)? - text.len();
-        session.wait_for("\n", start, timeout)?;
-        let output = session.output();
-        let value = number_after(&output[start..], &unchanged.after)
+        let matched = matched_line(session, text, from, patience)?;
+        let value = number_after(&matched, &unchanged.after)
             .ok_or_else(|| format!("no number after {:?} in the output", unchanged.after))?;
         match readings.insert(unchanged.name.clone(), value) {
             Some(earlier) if earlier != value => {
@@ -340,7 +374,31 @@ fn check_step_output(
             _ => println!("    {} = {value}", unchanged.name),
         }
     }
+    if let (Some(bound), Some(text)) = (&step.bound, &step.wait_for) {
+        let matched = matched_line(session, text, from, patience)?;
+        let value = decimal_after(&matched, &bound.after)
+            .ok_or_else(|| format!("no number after {:?} in the output", bound.after))?;
+        let low = bound.at_least.unwrap_or(f64::NEG_INFINITY);
+        let high = bound.at_most.unwrap_or(f64::INFINITY);
+        if !(low..=high).contains(&value) {
+            return Err(format!("{} is {value}, outside {low}..={high}", bound.name));
+        }
+        println!("    {} = {value} (within {low}..={high})", bound.name);
+    }
     Ok(())
+}
+
+/// The output from the first match of `text` at or after `from` to the end of the line it is
+/// on (waiting for that line to end).
+fn matched_line(
+    session: &mut Session,
+    text: &str,
+    from: usize,
+    patience: Patience,
+) -> Result<String, String> {
+    let start = session.wait_for(text, from, patience)? - text.len();
+    let end = session.wait_for("\n", start, patience)?;
+    Ok(session.output()[start..end].to_string())
 }
 
 /// Writes a FAT32 SD image with `kernel` and `models`, as `make sdcard` does.
@@ -407,14 +465,22 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn run() -> Result<bool, String> {
-    let Some(options) = parse_options()? else { return Ok(true) };
-    let root = workspace_root();
+/// Reads and parses `tests/qemu-tests.toml` under `root`; returns it with its path.
+fn read_manifest(root: &Path) -> Result<(Manifest, PathBuf), String> {
     let manifest_path = root.join("tests/qemu-tests.toml");
     let manifest_text = std::fs::read_to_string(&manifest_path)
         .map_err(|error| format!("cannot read {}: {error}", manifest_path.display()))?;
     let manifest: Manifest =
         toml::from_str(&manifest_text).map_err(|error| format!("{}: {error}", manifest_path.display()))?;
+    Ok((manifest, manifest_path))
+}
+
+/// The tests of `manifest` that `options` selects (by name filter, and benchmarks or tests);
+/// a selected test with an unknown report is an error.
+fn select_tests<'manifest>(
+    manifest: &'manifest Manifest,
+    options: &Options,
+) -> Result<Vec<&'manifest TestSpec>, String> {
     let selected: Vec<&TestSpec> = manifest
         .test
         .iter()
@@ -426,30 +492,45 @@ fn run() -> Result<bool, String> {
     {
         return Err(format!("{}: unknown report {:?} (known: swap_pause)", spec.name, spec.report));
     }
-    if options.list {
-        for spec in &selected {
-            println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
-        }
-        return Ok(true);
-    }
-    eprintln!("building the QEMU test kernels...");
-    let kernels = build_kernels(&root)?;
-    let booted =
-        |name: &String| manifest.test.iter().any(|spec| spec.kernel.as_ref().unwrap_or(&spec.name) == name);
-    if let Some(orphan) = kernels.keys().find(|name| *name != KERNEL8 && !booted(name)) {
-        return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
-    }
-    let objcopy = objcopy_binary()?;
-    let image_directory = root.join("target/qemu-tests");
-    std::fs::create_dir_all(&image_directory)
-        .map_err(|error| format!("{}: {error}", image_directory.display()))?;
+    Ok(selected)
+}
 
-    let (mut passed, mut failed) = (0, 0);
-    for spec in selected {
-        let kernel = spec.kernel.as_ref().unwrap_or(&spec.name);
-        let elf = kernels.get(kernel).ok_or_else(|| format!("no test kernel named {kernel} was built"))?;
-        let image = image_directory.join(format!("{}.img", spec.name));
-        make_image(&objcopy, elf, &image)?;
+/// What every test run needs once the kernels are built.
+struct Setup {
+    /// The workspace root.
+    root: PathBuf,
+    /// Each built kernel's ELF, by name.
+    kernels: BTreeMap<String, PathBuf>,
+    /// The objcopy that turns an ELF into a raw image.
+    objcopy: PathBuf,
+    /// Where images, SD cards, device trees and logs are written (`target/qemu-tests`).
+    image_directory: PathBuf,
+}
+
+impl Setup {
+    /// Builds the kernels, checks that every test kernel has an entry in `manifest` (at
+    /// `manifest_path`), finds objcopy and makes the image directory.
+    fn prepare(root: PathBuf, manifest: &Manifest, manifest_path: &Path) -> Result<Self, String> {
+        eprintln!("building the QEMU test kernels...");
+        let kernels = build_kernels(&root)?;
+        let booted = |name: &String| {
+            manifest.test.iter().any(|spec| spec.kernel.as_ref().unwrap_or(&spec.name) == name)
+        };
+        if let Some(orphan) = kernels.keys().find(|name| *name != KERNEL8 && !booted(name)) {
+            return Err(format!("test kernel {orphan} has no entry in {}", manifest_path.display()));
+        }
+        let objcopy = objcopy_binary()?;
+        let image_directory = root.join("target/qemu-tests");
+        std::fs::create_dir_all(&image_directory)
+            .map_err(|error| format!("{}: {error}", image_directory.display()))?;
+        Ok(Self { root, kernels, objcopy, image_directory })
+    }
+
+    /// QEMU's arguments for `spec`, booting `image`: its own, then the SD card (a pattern
+    /// image, or a FAT32 image with its models and config) and the device tree it asks for,
+    /// each written here first.
+    fn qemu_arguments(&self, spec: &TestSpec, image: &Path) -> Result<Vec<String>, String> {
+        let image_directory = &self.image_directory;
         let mut qemu_args = spec.qemu_args.clone();
         if let Some(size) = &spec.sd_pattern {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
@@ -459,14 +540,14 @@ fn run() -> Result<bool, String> {
         if let Some(models) = &spec.sd_models {
             let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
             let model_paths =
-                runner::fixtures::write_models(&root, &image_directory.join(&spec.name), models)?;
+                runner::fixtures::write_models(&self.root, &image_directory.join(&spec.name), models)?;
             let mut files = Vec::new();
             if let Some(text) = &spec.sd_config {
                 let path = image_directory.join(&spec.name).join("tessera.cfg");
                 std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
                 files.push((path, "/tessera.cfg".to_string()));
             }
-            write_sd_image(&sd_image, &image, model_paths, files)?;
+            write_sd_image(&sd_image, image, model_paths, files)?;
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
         }
         if let Some(memory) = spec.device_tree_memory {
@@ -478,59 +559,108 @@ fn run() -> Result<bool, String> {
             std::fs::write(&blob, tree).map_err(|error| format!("{}: {error}", blob.display()))?;
             qemu_args.extend(["-dtb".to_string(), blob.display().to_string()]);
         }
+        Ok(qemu_args)
+    }
+
+    /// Makes `spec`'s image and SD card, boots it, keeps its log, judges it and prints its
+    /// line; returns whether it passed.
+    fn run_one(&self, spec: &TestSpec, verbose: bool) -> Result<bool, String> {
+        let kernel = spec.kernel.as_ref().unwrap_or(&spec.name);
+        let elf =
+            self.kernels.get(kernel).ok_or_else(|| format!("no test kernel named {kernel} was built"))?;
+        let image = self.image_directory.join(format!("{}.img", spec.name));
+        make_image(&self.objcopy, elf, &image)?;
+        let qemu_args = self.qemu_arguments(spec, &image)?;
         let (result, script) = run_test(spec, &image, &qemu_args)?;
-        let missing: Vec<&String> =
-            spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
-        let exits = kernel != KERNEL8;
-        let verdict = match (script, result.exit_code, missing.is_empty()) {
-            (Err(reason), _, _) => Err(reason),
-            (Ok(()), Some(0), true) => Ok(()),
-            (Ok(()), None, true) if !exits => Ok(()),
-            (Ok(()), Some(0) | None, false) => Err(format!("output lacks {missing:?}")),
-            (Ok(()), Some(code), _) => Err(format!("exit status {code}")),
-            (Ok(()), None, _) => Err(format!("timed out after {} s", spec.timeout)),
-        };
+        let log = self.image_directory.join(format!("{}.log", spec.name));
+        std::fs::write(&log, &result.output).map_err(|error| format!("{}: {error}", log.display()))?;
         let seconds = result.elapsed.as_secs_f64();
-        match verdict {
+        match verdict(spec, kernel != KERNEL8, &result, script) {
             Ok(()) => {
-                passed += 1;
                 println!("test {:<24} ... ok ({seconds:.1} s, {})", spec.name, spec.machine);
-                if spec.report.as_deref() == Some("swap_pause") {
-                    runner::report::swap_pause_table(&result.output)
-                        .iter()
-                        .for_each(|line| println!("{line}"));
-                }
-                if options.verbose {
-                    println!("{}", result.output);
-                } else if spec.bench {
-                    // Table rows, and the console lines a script waited for (kernel8's answers),
-                    // unless a report already sums the run up.
-                    let awaited = |line: &str| {
-                        spec.report.is_none()
-                            && spec
-                                .step
-                                .iter()
-                                .filter_map(|step| step.wait_for.as_deref())
-                                .any(|text| line.contains(text))
-                    };
-                    result
-                        .output
-                        .lines()
-                        .filter(|line| line.starts_with('|') || awaited(line))
-                        .for_each(|line| println!("{line}"));
-                }
+                print_passed_output(spec, &result.output, verbose);
+                Ok(true)
             }
             Err(reason) => {
-                failed += 1;
                 println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
-                println!("---- console output (last 40 lines) ----\n{}\n----", tail(&result.output, 40));
-                let log = root.join("build/qemu-logs").join(format!("{}.log", spec.name));
-                let saved = std::fs::create_dir_all(root.join("build/qemu-logs"))
-                    .and_then(|()| std::fs::write(&log, &result.output));
-                if saved.is_ok() {
-                    println!("the whole console output is in {}", log.display());
-                }
+                println!(
+                    "---- console output (last 40 lines; all of it in {}) ----\n{}\n----",
+                    log.display(),
+                    tail(&result.output, 40)
+                );
+                Ok(false)
             }
+        }
+    }
+}
+
+/// Whether a run of `spec` passed: its script succeeded, the output holds every expected
+/// text, and the kernel exited with 0 (or, for one that never `exits` by itself, was
+/// stopped after its script); otherwise why not.
+fn verdict(
+    spec: &TestSpec,
+    exits: bool,
+    result: &runner::RunResult,
+    script: Result<(), String>,
+) -> Result<(), String> {
+    let missing: Vec<&String> =
+        spec.expect.iter().filter(|text| !result.output.contains(text.as_str())).collect();
+    match (script, result.exit_code, missing.is_empty()) {
+        (Err(reason), _, _) => Err(reason),
+        (Ok(()), Some(0), true) => Ok(()),
+        (Ok(()), None, true) if !exits => Ok(()),
+        (Ok(()), Some(0) | None, false) => Err(format!("output lacks {missing:?}")),
+        (Ok(()), Some(code), _) => Err(format!("exit status {code}")),
+        (Ok(()), None, _) => Err(format!("timed out after {} s", spec.timeout)),
+    }
+}
+
+/// What a passed test prints after its line: its report, then all of its `output` when
+/// `verbose`, or for a benchmark its table rows and the console lines its script waited for.
+fn print_passed_output(spec: &TestSpec, output: &str, verbose: bool) {
+    if spec.report.as_deref() == Some("swap_pause") {
+        runner::report::swap_pause_table(output).iter().for_each(|line| println!("{line}"));
+    }
+    if verbose {
+        println!("{output}");
+    } else if spec.bench {
+        // Table rows, and the console lines a script waited for (kernel8's answers),
+        // unless a report already sums the run up.
+        let awaited = |line: &str| {
+            spec.report.is_none()
+                && spec
+                    .step
+                    .iter()
+                    .filter_map(|step| step.wait_for.as_deref())
+                    .any(|text| line.contains(text))
+        };
+        output
+            .lines()
+            .filter(|line| line.starts_with('|') || awaited(line))
+            .for_each(|line| println!("{line}"));
+    }
+}
+
+/// Runs the selected tests (or lists them) and prints the `N passed, M failed` line; returns
+/// whether every test passed.
+fn run() -> Result<bool, String> {
+    let Some(options) = parse_options()? else { return Ok(true) };
+    let root = workspace_root();
+    let (manifest, manifest_path) = read_manifest(&root)?;
+    let selected = select_tests(&manifest, &options)?;
+    if options.list {
+        for spec in &selected {
+            println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
+        }
+        return Ok(true);
+    }
+    let setup = Setup::prepare(root, &manifest, &manifest_path)?;
+    let (mut passed, mut failed) = (0, 0);
+    for spec in selected {
+        if setup.run_one(spec, options.verbose)? {
+            passed += 1;
+        } else {
+            failed += 1;
         }
     }
     println!("{passed} passed, {failed} failed");
@@ -545,5 +675,22 @@ fn main() -> ExitCode {
             eprintln!("qemu-runner: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decimal_is_read_after_its_markers() {
+        let line = "bandwidth    now 26.5 MB/s (23.9 MB/s read), sustained 19.3 MB/s over 320.0 ms";
+        let after = |markers: &[&str]| {
+            decimal_after(line, &markers.iter().map(|marker| marker.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(after(&["sustained "]), Some(19.3));
+        assert_eq!(after(&["now "]), Some(26.5));
+        assert_eq!(after(&["(", "), "]), None, "no number right after the last marker");
+        assert_eq!(after(&["missing"]), None);
     }
 }

@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn stacks_have_guards_and_everything_maps() {
         let image = image();
-        let budget = Budget { llm: 562 * MIB, protocol: 120 * MIB, system: 278 * MIB };
+        let budget = Budget::reserving(960 * MIB, 72 * MIB, 4 * MIB);
         let plan = MemoryPlan::new(960 * MIB, budget, image.end(), 3).unwrap();
         let device = Mapping {
             name: "mmio",
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(image.stack_part(image.end()), None);
         let dma = plan.region(RegionKind::Dma);
         assert_eq!(tables.translate(0x200_0000, dma.base).unwrap().memory, MemoryType::NonCacheable);
-        let weights = plan.region(RegionKind::Weights);
-        assert_eq!(tables.translate(0x200_0000, weights.end() - 1).unwrap().memory, MemoryType::WriteBack);
+        let arena = plan.region(RegionKind::Arena);
+        assert_eq!(tables.translate(0x200_0000, arena.end() - 1).unwrap().memory, MemoryType::WriteBack);
     }
 }

@@ -123,7 +123,7 @@ register_bitfields! {
 
 register_structs! {
     /// One channel's registers. TI to NEXTCONBK mirror the control block being run.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub ChannelRegisters {
         (0x00 => CS: ReadWrite<u32, CS::Register>),
         (0x04 => CONBLK_AD: ReadWrite<u32>),
@@ -142,7 +142,7 @@ register_structs! {
 register_structs! {
     /// The block of channels 0-14 with the global interrupt status and enable registers
     /// (channel 15 sits elsewhere and is not used).
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x000 => CHANNELS: [ChannelRegisters; CHANNELS]),
         (0xF00 => _reserved0),

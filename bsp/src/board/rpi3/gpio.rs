@@ -1,4 +1,5 @@
-//! BCM2837 GPIO: function select and pull control, as far as the UART needs them.
+//! BCM2837 GPIO: function select and pull control, as far as the UART (and its RTS/CTS lines)
+//! and the SD card need them.
 
 use crate::mmio::Mmio;
 use kernel::hil::Clock;
@@ -12,6 +13,10 @@ register_bitfields! {
     u32,
     /// Function select for GPIO 10-19.
     GPFSEL1 [
+        /// Pin 17 function (UART0 RTS on ALT3).
+        FSEL17 OFFSET(21) NUMBITS(3) [Input = 0b000, Output = 0b001, AltFunc3 = 0b111],
+        /// Pin 16 function (UART0 CTS on ALT3).
+        FSEL16 OFFSET(18) NUMBITS(3) [Input = 0b000, Output = 0b001, AltFunc3 = 0b111],
         /// Pin 15 function.
         FSEL15 OFFSET(15) NUMBITS(3) [Input = 0b000, Output = 0b001, AltFunc0 = 0b100],
         /// Pin 14 function.
@@ -51,7 +56,7 @@ register_bitfields! {
 
 register_structs! {
     /// GPIO register block.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => _function_select0),
         (0x04 => GPFSEL1: ReadWrite<u32, GPFSEL1::Register>),
@@ -91,6 +96,19 @@ impl Gpio {
                 + GPFSEL5::FSEL52::AltFunc3
                 + GPFSEL5::FSEL53::AltFunc3,
         );
+    }
+
+    /// Routes UART0's flow-control lines: GPIO 16 as CTS0 and GPIO 17 as RTS0 (ALT3), as on the
+    /// Pi 3's 40-pin header (pins 36 and 11). Pulls stay as the firmware set them: the reset
+    /// pull-down on GPIO 16 reads as CTS asserted (active low) when nothing is connected, so
+    /// transmit still flows with the line unwired.
+    pub fn route_uart0_flow_control(&self) {
+        self.registers.GPFSEL1.modify(GPFSEL1::FSEL16::AltFunc3 + GPFSEL1::FSEL17::AltFunc3);
+    }
+
+    /// Gives GPIO 16 and 17 back as inputs (flow control off).
+    pub fn release_uart0_flow_control(&self) {
+        self.registers.GPFSEL1.modify(GPFSEL1::FSEL16::Input + GPFSEL1::FSEL17::Input);
     }
 
     /// Routes PL011 UART0 to GPIO 14 (TXD) and 15 (RXD) with pulls off.

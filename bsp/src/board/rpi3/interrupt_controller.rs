@@ -10,7 +10,7 @@ use tock_registers::{
 
 register_structs! {
     /// Interrupt controller register block.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => BASIC_PENDING: ReadOnly<u32>),
         (0x04 => PENDING: [ReadOnly<u32>; 2]),

@@ -9,7 +9,7 @@ use tock_registers::{
 
 register_structs! {
     /// The local peripheral block (only the registers Tessera uses are named).
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => _control),
         (0x0C => GPU_INTERRUPT_ROUTING: ReadWrite<u32>),

@@ -25,7 +25,7 @@ register_bitfields! {
 
 register_structs! {
     /// Mailbox 0 (VideoCore to ARM) and mailbox 1 (ARM to VideoCore) registers.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => READ: ReadOnly<u32>),
         (0x04 => _reserved0),

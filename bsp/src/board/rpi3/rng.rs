@@ -31,7 +31,7 @@ register_bitfields! {
 
 register_structs! {
     /// RNG register block.
-    #[allow(non_snake_case)]
+    #[expect(non_snake_case, reason = "fields carry the register names of the datasheet, in upper case")]
     pub Registers {
         (0x00 => CTRL: ReadWrite<u32, CTRL::Register>),
         (0x04 => STATUS: ReadWrite<u32, STATUS::Register>),

@@ -56,6 +56,19 @@ fn run_batch(
     settings: &GenerationSettings,
     capacity: usize,
 ) -> (Vec<Outcome>, PreemptionStatistics, Vec<usize>) {
+    run_batch_with(view, pool, prompts, settings, capacity, None)
+}
+
+/// Like [`run_batch`]; with `chunk`, every round is one pass for all the sequences
+/// ([`Preemptor::round`], prompts fed `chunk` tokens a pass) instead of a pass per sequence.
+fn run_batch_with(
+    view: &ModelView<'_>,
+    pool: &KvBlockPool<'_>,
+    prompts: &[&str],
+    settings: &GenerationSettings,
+    capacity: usize,
+    chunk: Option<usize>,
+) -> (Vec<Outcome>, PreemptionStatistics, Vec<usize>) {
     let config = *view.file.config();
     let mut preemptor = Preemptor::new(pool, MODEL);
     let mut active = Vec::new();
@@ -76,8 +89,15 @@ fn run_batch(
         rounds += 1;
         assert!(rounds < 10_000, "the batch makes progress");
         let mut finished = Vec::new();
+        let mut steps = match chunk {
+            Some(chunk) => preemptor.round(&mut active, &SingleCpu, &mut state, chunk),
+            None => Vec::new(),
+        };
         for slot in 0..active.len() {
-            let step = preemptor.step(&mut active, slot, &SingleCpu, &mut state);
+            let step = match chunk {
+                Some(_) => core::mem::replace(&mut steps[slot], Ok(SlotStep::Waiting)),
+                None => preemptor.step(&mut active, slot, &SingleCpu, &mut state),
+            };
             let entry = &mut active[slot];
             entry.peak_blocks = entry.peak_blocks.max(entry.generation.kv().blocks_held());
             peaks[entry.order as usize] = entry.peak_blocks;
@@ -145,6 +165,31 @@ fn preemption_by_recompute_changes_no_token() {
     assert_eq!(statistics.blocks_in_use, 0, "every block came back");
     assert!(statistics.blocks_cached <= tight_blocks);
     assert_eq!(tight.available_blocks(), tight_blocks);
+}
+
+/// One pass per round for all the sequences (prompt chunks beside decoding rows) gives every
+/// request the same tokens as a pass per sequence, with room to spare and under preemption.
+#[test]
+fn one_pass_per_round_changes_no_token() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let settings = GenerationSettings { max_tokens: 40, ..GenerationSettings::default() };
+    let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (expected, ..) = run_batch(&view, &roomy, &PROMPTS, &settings, 128);
+    roomy.drop_cached();
+    for chunk in [1, 5, 16] {
+        let (outcomes, statistics, _) = run_batch_with(&view, &roomy, &PROMPTS, &settings, 128, Some(chunk));
+        assert_eq!(outcomes, expected, "chunks of {chunk}");
+        assert_eq!(statistics.preemptions, 0);
+        roomy.drop_cached();
+    }
+    let tight = KvBlockPool::new(memory, floats, 2 * config.layers * 128 / BLOCK_TOKENS).unwrap();
+    let (outcomes, statistics, _) = run_batch_with(&view, &tight, &PROMPTS, &settings, 128, Some(8));
+    assert_eq!(outcomes, expected, "under preemption");
+    assert!(statistics.preemptions > 0, "{statistics:?}");
 }
 
 #[test]
@@ -232,6 +277,96 @@ fn relieve_batch<'w, 'f: 'w, 'p, 'm>(
     manager.relieve(&mut relief, &mut |level| events.push(level))
 }
 
+/// Runs one conversation over `pool` to its end, alone, and publishes its K/V as a cached
+/// prefix (so the pool holds cached blocks that no running sequence uses).
+fn publish_a_finished_conversation(
+    view: &ModelView<'_>,
+    pool: &KvBlockPool<'_>,
+    settings: &GenerationSettings,
+) {
+    let config = *view.file.config();
+    let kv = PagedKv::new(pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+    let tokens = view.prompt_tokens("a cached conversation");
+    let mut generation = Generation::with_cached_prefix(view, kv, &tokens, settings, |_, _| 0).unwrap();
+    let mut state = view.scratch(128);
+    while let Ok(Step::Running(_)) = generation.step(&SingleCpu, &mut state) {}
+    let history = generation.history().to_vec();
+    assert!(generation.kv_mut().publish(MODEL, &history) > 0);
+}
+
+/// Starts `prompts` over `pool` (none attaching a cached prefix) and steps them, slot by
+/// slot, until every one is through its prompt; each step must run and emit no text.
+fn start_through_prompts<'w, 'f: 'w, 'p, 'm>(
+    view: &'w ModelView<'f>,
+    pool: &'p KvBlockPool<'m>,
+    preemptor: &mut Preemptor<'p, 'm>,
+    state: &mut crate::infer::State,
+    prompts: &[&str],
+    settings: &GenerationSettings,
+) -> Vec<Entry<'w, 'f, 'p, 'm>> {
+    let config = *view.file.config();
+    let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(order, prompt)| {
+            let kv = PagedKv::new(pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let generation = Generation::with_cached_prefix(view, kv, &tokens, settings, |_, _| 0).unwrap();
+            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
+        })
+        .collect();
+    while active.iter().any(|entry| entry.generation.in_prompt()) {
+        for slot in 0..active.len() {
+            if active[slot].generation.in_prompt() {
+                // Prompt chunks give no text, but the pass that ends the prompt samples the
+                // first token and gives its text at once.
+                let Ok(SlotStep::Ran(Step::Running(text))) =
+                    preemptor.step(&mut active, slot, &SingleCpu, state)
+                else {
+                    panic!("a prompt step runs");
+                };
+                active[slot].text.push_str(&text);
+            }
+        }
+    }
+    active
+}
+
+/// Steps every sequence of `active`, round by round, until all have finished (every step must
+/// succeed), and returns each one's text and generated tokens in order of arrival, for
+/// `requests` requests.
+fn finish_all<'w, 'f: 'w, 'p, 'm>(
+    preemptor: &mut Preemptor<'p, 'm>,
+    active: &mut Vec<Entry<'w, 'f, 'p, 'm>>,
+    state: &mut crate::infer::State,
+    requests: usize,
+) -> Vec<Option<(String, usize)>> {
+    let mut outcomes: Vec<Option<(String, usize)>> = alloc::vec![None; requests];
+    let mut rounds = 0;
+    while !active.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000);
+        let mut finished = Vec::new();
+        for slot in 0..active.len() {
+            match preemptor.step(active, slot, &SingleCpu, state).unwrap() {
+                SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
+                SlotStep::Ran(Step::Finished(_, text)) => {
+                    let entry = &mut active[slot];
+                    entry.text.push_str(&text);
+                    let generated = entry.generation.statistics().generated_tokens;
+                    outcomes[entry.order as usize] = Some((core::mem::take(&mut entry.text), generated));
+                    finished.push(slot);
+                }
+                SlotStep::Waiting => {}
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            active.swap_remove(slot);
+        }
+    }
+    outcomes
+}
+
 #[test]
 fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     use crate::{
@@ -251,41 +386,13 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     let (expected, ..) = run_batch(&view, &pool, &prompts[..2], &settings, 128);
 
     // Cached blocks: a finished sequence's, published.
-    {
-        let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
-        let tokens = view.prompt_tokens("a cached conversation");
-        let mut generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
-        let mut state = view.scratch(128);
-        while let Ok(Step::Running(_)) = generation.step(&SingleCpu, &mut state) {}
-        let history = generation.history().to_vec();
-        assert!(generation.kv_mut().publish(MODEL, &history) > 0);
-    }
-    let cached = pool.statistics().blocks_cached;
-    assert!(cached > 0);
+    publish_a_finished_conversation(&view, &pool, &settings);
+    assert!(pool.statistics().blocks_cached > 0);
 
     // Three sequences through their prompts, none attaching the cache.
     let mut state = view.scratch(128);
     let mut preemptor = Preemptor::new(&pool, MODEL);
-    let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
-        .iter()
-        .enumerate()
-        .map(|(order, prompt)| {
-            let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
-            let tokens = view.prompt_tokens(prompt);
-            let generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
-            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
-        })
-        .collect();
-    while active.iter().any(|entry| entry.generation.in_prompt()) {
-        for slot in 0..active.len() {
-            if active[slot].generation.in_prompt() {
-                assert_eq!(
-                    preemptor.step(&mut active, slot, &SingleCpu, &mut state),
-                    Ok(SlotStep::Ran(Step::Running(String::new())))
-                );
-            }
-        }
-    }
+    let mut active = start_through_prompts(&view, &pool, &mut preemptor, &mut state, &prompts, &settings);
     let held = pool.statistics().blocks_in_use;
     let cached = pool.statistics().blocks_cached;
     assert!(held + cached >= budget * 85 / 100, "{held} + {cached} of {budget}");
@@ -299,11 +406,15 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     assert_eq!(pool.statistics().blocks_cached, 0);
     assert_eq!(pool.statistics().blocks_in_use, held, "held blocks are untouched");
 
-    // Harder: with the third sequence inactive, it is compressed, then preempted.
+    // Harder: with the third sequence inactive, it is compressed, then preempted. Relief aims
+    // just under what compressing it leaves (so no running sequence is compressed too), and
+    // preemption starts far below that.
     preemptor.set_batch_limit(2);
+    let third = active[2].generation.kv().blocks_held();
+    let left = pool.statistics().blocks_in_use - (third - third.div_ceil(4));
     let tight = PressureThresholds {
         budget_blocks: budget,
-        relieve_blocks: 4,
+        relieve_blocks: left + 1,
         preempt_blocks: 4,
         reject_blocks: budget,
     };
@@ -313,51 +424,105 @@ fn the_pressure_manager_acts_mildest_first_and_no_request_is_lost() {
     assert_eq!(events, [PressureLevel::CompressInactive, PressureLevel::Preempt]);
     assert!(active[2].generation.is_preempted(), "the lowest-ranked sequence is preempted");
     assert!(!active[0].generation.is_preempted() && !active[1].generation.is_preempted());
+    assert!(!active[1].generation.kv().is_compressed(), "relief stopped once under its target");
 
-    // Worst: weights go, and new requests are refused with a readable error.
-    let mut manager =
-        PressureManager::new(PressureThresholds { reject_blocks: 1, preempt_blocks: 1, ..tight });
+    // Worst: the second sequence is compressed and preempted too (never the first), weights
+    // go, and new requests are refused with a readable error.
+    let mut manager = PressureManager::new(PressureThresholds {
+        relieve_blocks: 4,
+        reject_blocks: 1,
+        preempt_blocks: 1,
+        ..tight
+    });
     events.clear();
     relieve_batch(&mut manager, &mut preemptor, &mut active, &mut weights, &mut events);
-    assert_eq!(events, [PressureLevel::Preempt, PressureLevel::EvictUnusedWeights]);
+    assert_eq!(
+        events,
+        [PressureLevel::CompressInactive, PressureLevel::Preempt, PressureLevel::EvictUnusedWeights]
+    );
+    assert!(active[1].generation.is_preempted() && !active[0].generation.kv().is_compressed());
     let refused =
         manager.admit(pool.statistics().blocks_in_use, &mut |level| events.push(level)).unwrap_err();
     assert_eq!(events.last(), Some(&PressureLevel::RejectRequests));
     assert!(alloc::format!("{refused}").starts_with("memory is full"), "{refused}");
-    assert_eq!(manager.counts().total(), 3);
+    assert_eq!(manager.counts().total(), 4);
 
-    // Every request still ends with its tokens; the two never compressed as before.
+    // Every request still ends with its tokens, as before: the compressed ones were preempted,
+    // and recompute their K/V exactly.
     preemptor.set_batch_limit(usize::MAX);
-    let mut outcomes: Vec<Option<(String, usize)>> = alloc::vec![None; 3];
-    let mut rounds = 0;
-    while !active.is_empty() {
-        rounds += 1;
-        assert!(rounds < 10_000);
-        let mut finished = Vec::new();
+    let outcomes = finish_all(&mut preemptor, &mut active, &mut state, prompts.len());
+    for (index, reference) in expected.iter().enumerate() {
+        assert_eq!(Some(reference.as_ref().unwrap()), outcomes[index].as_ref(), "request {index}");
+    }
+    assert!(outcomes[2].as_ref().is_some_and(|(_, generated)| *generated > 0));
+    assert_eq!(preemptor.statistics().resumptions, 2);
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+}
+
+#[test]
+fn a_preempted_sequence_reattaches_its_own_cached_blocks() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let settings = GenerationSettings { max_tokens: 12, ..GenerationSettings::default() };
+    let pool = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let (expected, ..) = run_batch(&view, &pool, &PROMPTS[..2], &settings, 128);
+    pool.drop_cached();
+    let mut preemptor = Preemptor::new(&pool, MODEL);
+    let mut active: Vec<Entry<'_, '_, '_, '_>> = PROMPTS[..2]
+        .iter()
+        .enumerate()
+        .map(|(order, prompt)| {
+            let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |_, _| 0).unwrap();
+            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
+        })
+        .collect();
+    let mut state = view.scratch(128);
+    while active.iter().any(|entry| entry.generation.in_prompt()) {
         for slot in 0..active.len() {
+            if active[slot].generation.in_prompt()
+                && let SlotStep::Ran(Step::Running(text)) =
+                    preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap()
+            {
+                active[slot].text.push_str(&text);
+            }
+        }
+    }
+    // The manager's preemption: the later request's full blocks go to the prefix cache, where
+    // nothing needs the memory, so it finds them when it resumes.
+    assert!(preemptor.preempt_lowest(&mut active));
+    assert!(active[1].generation.is_preempted() && pool.statistics().blocks_cached > 0);
+    let mut outcomes = alloc::vec![None; 2];
+    while outcomes.iter().any(Option::is_none) {
+        for slot in 0..active.len() {
+            if outcomes[slot].is_some() {
+                continue;
+            }
             match preemptor.step(&mut active, slot, &SingleCpu, &mut state).unwrap() {
                 SlotStep::Ran(Step::Running(text)) => active[slot].text.push_str(&text),
                 SlotStep::Ran(Step::Finished(_, text)) => {
                     let entry = &mut active[slot];
                     entry.text.push_str(&text);
                     let generated = entry.generation.statistics().generated_tokens;
-                    outcomes[entry.order as usize] = Some((core::mem::take(&mut entry.text), generated));
-                    finished.push(slot);
+                    outcomes[slot] = Some(Ok((core::mem::take(&mut entry.text), generated)));
                 }
                 SlotStep::Waiting => {}
             }
         }
-        for slot in finished.into_iter().rev() {
-            active.swap_remove(slot);
-        }
     }
-    for (index, reference) in expected.iter().enumerate() {
-        assert_eq!(Some(reference.as_ref().unwrap()), outcomes[index].as_ref(), "request {index}");
-    }
-    assert!(outcomes[2].as_ref().is_some_and(|(_, generated)| *generated > 0));
     let statistics = preemptor.statistics();
-    assert!(statistics.reattached_positions > 0, "a resumed sequence found its own blocks ({statistics:?})");
-    assert_eq!(pool.statistics().blocks_in_use, 0);
+    assert_eq!(statistics.resumptions, 1);
+    assert!(
+        statistics.reattached_positions >= BLOCK_TOKENS as u64,
+        "it found its own blocks ({statistics:?})"
+    );
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        assert_eq!(outcome.unwrap(), expected[index], "request {index} has the same tokens");
+    }
 }
 
 #[test]
@@ -412,4 +577,182 @@ fn equal_priorities_still_make_progress() {
     for (index, reference) in expected.iter().enumerate() {
         assert_eq!(Some(reference.as_ref().unwrap()), done[index].as_ref(), "request {index}");
     }
+}
+
+/// Logits of every forward pass of one sequence, by position.
+type LogitsByPosition = Vec<Option<Vec<f32>>>;
+
+/// Steps `slot` once and, when a forward pass ran, keeps its logits under its position.
+fn step_keeping_logits<'w, 'f: 'w, 'p, 'm>(
+    preemptor: &mut Preemptor<'p, 'm>,
+    active: &mut [Entry<'w, 'f, 'p, 'm>],
+    slot: usize,
+    state: &mut crate::infer::State,
+    logits: &mut LogitsByPosition,
+) -> SlotStep {
+    let before = active[slot].generation.position();
+    let step = preemptor.step(active, slot, &SingleCpu, state).unwrap();
+    let after = active[slot].generation.position();
+    if after > before {
+        if logits.len() < after {
+            logits.resize(after, None);
+        }
+        logits[after - 1] = Some(state.logits().to_vec());
+    }
+    step
+}
+
+/// What a batch run under the pressure manager did, per request in order of arrival.
+struct PressuredRun {
+    histories: Vec<Vec<u32>>,
+    logits: Vec<LogitsByPosition>,
+    /// The position each request was at when it was compressed, if it was.
+    compressed_at: Vec<Option<usize>>,
+    /// Rounds each request waited while compressed.
+    waited_compressed: Vec<usize>,
+    events: Vec<crate::telemetry::PressureLevel>,
+    /// The most blocks held as a round began (where the manager looks).
+    most_held: usize,
+}
+
+/// Runs `prompts` as one batch over `pool`, every one in every round (no batch limit), with
+/// the pressure manager acting at `thresholds` before each round.
+fn run_pressured(
+    view: &ModelView<'_>,
+    pool: &KvBlockPool<'_>,
+    prompts: &[&str],
+    settings: &GenerationSettings,
+    thresholds: crate::serve::pressure::PressureThresholds,
+) -> PressuredRun {
+    let config = *view.file.config();
+    let mut preemptor = Preemptor::new(pool, MODEL);
+    assert_eq!(preemptor.batch_limit(), usize::MAX, "no throttle");
+    preemptor.set_resume_limit(thresholds.preempt_blocks);
+    let mut manager = crate::serve::pressure::PressureManager::new(thresholds);
+    let mut active: Vec<Entry<'_, '_, '_, '_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(order, prompt)| {
+            let kv = PagedKv::new(pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 128).unwrap();
+            let tokens = view.prompt_tokens(prompt);
+            let generation = Generation::with_cached_prefix(view, kv, &tokens, settings, |_, _| 0).unwrap();
+            Entry { order: order as u64, generation, text: String::new(), peak_blocks: 0 }
+        })
+        .collect();
+    let mut state = view.scratch(128);
+    let mut run = PressuredRun {
+        histories: alloc::vec![Vec::new(); prompts.len()],
+        logits: alloc::vec![Vec::new(); prompts.len()],
+        compressed_at: alloc::vec![None; prompts.len()],
+        waited_compressed: alloc::vec![0; prompts.len()],
+        events: Vec::new(),
+        most_held: 0,
+    };
+    let mut rounds = 0;
+    while !active.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000, "the batch makes progress");
+        let mut relief = BatchRelief { preemptor: &mut preemptor, sequences: &mut active, weights: None };
+        manager.relieve(&mut relief, &mut |level| run.events.push(level));
+        run.most_held = run.most_held.max(pool.statistics().blocks_in_use);
+        for entry in &active {
+            let order = entry.order as usize;
+            if entry.generation.kv().is_compressed() && run.compressed_at[order].is_none() {
+                run.compressed_at[order] = Some(entry.generation.position());
+                assert!(order > 0, "the first in line is never compressed");
+            }
+        }
+        let mut finished = Vec::new();
+        for slot in 0..active.len() {
+            let order = active[slot].order as usize;
+            let was_compressed = active[slot].generation.kv().is_compressed();
+            match step_keeping_logits(&mut preemptor, &mut active, slot, &mut state, &mut run.logits[order]) {
+                SlotStep::Ran(Step::Finished(..)) => {
+                    run.histories[order] = active[slot].generation.history().to_vec();
+                    finished.push(slot);
+                }
+                SlotStep::Waiting if was_compressed => run.waited_compressed[order] += 1,
+                _ => {}
+            }
+        }
+        for slot in finished.into_iter().rev() {
+            active.swap_remove(slot);
+        }
+    }
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+    run
+}
+
+#[test]
+fn memory_pressure_compresses_waiting_sequences_without_a_throttle() {
+    use crate::serve::pressure::PressureThresholds;
+    use crate::telemetry::PressureLevel;
+    let model = served();
+    let view = model.view().unwrap();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, view.file.config().kv_dim());
+    let settings = GenerationSettings { max_tokens: 24, temperature: 0.0, ..GenerationSettings::default() };
+    let prompts = ["hello there", "what is two plus two", "the quick brown fox"];
+
+    // Unpressured: the most blocks the batch holds as a round begins, and each answer with
+    // every pass's logits.
+    let roomy = KvBlockPool::new(memory, floats, 4096).unwrap();
+    let expected = run_pressured(&view, &roomy, &prompts, &settings, PressureThresholds::for_budget(1 << 20));
+    assert!(expected.events.is_empty() && expected.compressed_at.iter().all(Option::is_none));
+    drop(roomy);
+
+    // A budget the batch fills to 90% at its largest: past the relief threshold (85%), under
+    // preemption (95%).
+    let budget = expected.most_held * 100 / 90;
+    let pool = KvBlockPool::new(memory, floats, budget).unwrap();
+    let run = run_pressured(&view, &pool, &prompts, &settings, PressureThresholds::for_budget(budget));
+    assert!(
+        run.events.contains(&PressureLevel::CompressInactive),
+        "compression ran under memory pressure ({:?})",
+        run.events
+    );
+    let compressed: Vec<usize> =
+        (0..prompts.len()).filter(|&order| run.compressed_at[order].is_some()).collect();
+    assert!(!compressed.is_empty());
+    assert!(
+        compressed.iter().any(|&order| run.waited_compressed[order] > 0),
+        "a compressed sequence waited for memory ({:?})",
+        run.waited_compressed
+    );
+
+    // Every answer: the same tokens as unpressured, or the same until a near-tie; and every pass
+    // within the tolerance of the int8 tests (5% of the largest logit).
+    let mut compared_after_compression = 0;
+    for order in 0..prompts.len() {
+        let (history, reference_history) = (&run.histories[order], &expected.histories[order]);
+        let agree = history.iter().zip(reference_history).take_while(|(a, b)| a == b).count();
+        for position in 0..agree.min(run.logits[order].len()) {
+            let (Some(got), Some(want)) = (&run.logits[order][position], &expected.logits[order][position])
+            else {
+                continue;
+            };
+            let scale = want.iter().fold(0.0f32, |largest, value| largest.max(value.abs()));
+            let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(
+                worst <= 0.05 * scale,
+                "request {order} position {position}: logits moved by {worst} of {scale}"
+            );
+            if run.compressed_at[order].is_some_and(|at| position >= at) {
+                compared_after_compression += 1;
+            }
+        }
+        if agree < history.len().min(reference_history.len()) {
+            // The answers part at a token whose logits were nearly tied unpressured.
+            let mut sorted = expected.logits[order][agree - 1].clone().unwrap();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let scale = sorted[0].abs().max(sorted[sorted.len() - 1].abs());
+            assert!(
+                sorted[0] - sorted[1] <= 0.1 * scale,
+                "request {order} parted at {agree} without a near-tie"
+            );
+        } else {
+            assert_eq!(history.len(), reference_history.len(), "request {order}");
+        }
+    }
+    assert!(compared_after_compression > 0, "passes after a compression were compared");
 }

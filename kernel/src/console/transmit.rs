@@ -20,22 +20,9 @@
 #![forbid(unsafe_code)]
 
 use super::ring::ByteRing;
+use crate::hil::TransmitFifo;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
-
-/// The transmit side of a UART, as the pump drives it.
-pub trait TransmitFifo {
-    /// Whether the FIFO can take another byte now.
-    fn has_room(&self) -> bool;
-    /// Puts one byte into the FIFO (only called when [`TransmitFifo::has_room`] said so).
-    fn put(&self, byte: u8);
-    /// Clears the transmit interrupt, before the pump refills the FIFO.
-    fn acknowledge(&self);
-    /// Enables (`true`) or masks the transmit interrupt.
-    fn interrupt_on_room(&self, enabled: bool);
-    /// Most bytes the FIFO holds: the pump moves at most this many per call.
-    fn depth(&self) -> usize;
-}
 
 /// What the transmit path has done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
