@@ -18,6 +18,7 @@ pub mod retire;
 pub mod scheduler;
 pub mod server;
 mod swap;
+pub mod swap_cost;
 
 /// Longest console line accepted, in bytes.
 pub const MAX_LINE: usize = 1024;
