@@ -366,10 +366,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             unserviced_ns as f64 / 1e6,
             match self.swap_gaps.last() {
                 Some(cost) => alloc::format!(
-                    "{:.3} ms (last swap: longest gap between tokens {:.3} ms minus loading rounds' median {:.3} ms); load tax {:.3}x over {} rounds",
+                    "{:.3} ms (last swap: most swap work in a round {:.3} ms minus loading rounds' median {:.3} ms); load tax {:.3}x over {} rounds",
                     cost.stall_ns() as f64 / 1e6,
-                    cost.longest_gap_ns as f64 / 1e6,
-                    cost.loading_gap_ns as f64 / 1e6,
+                    cost.longest_work_ns as f64 / 1e6,
+                    cost.loading_work_ns as f64 / 1e6,
                     cost.tax(),
                     cost.load_rounds
                 ),

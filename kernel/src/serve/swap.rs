@@ -203,6 +203,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.staging = Some(staged);
                 self.room_wanted = None;
                 self.swap_gaps.clear();
+                if self.in_batch {
+                    self.swap_gaps.add_outside_work(begin_ns);
+                }
                 self.swap_longest_unit = super::library::LongestUnit::default();
                 self.swap_longest_unit.note(begin_ns, "look up the file");
                 self.say_line(&message);
@@ -341,17 +344,21 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// Reports the cost of the swap whose rounds were recorded (if any, see
-    /// [`super::swap_cost`]): its stall against a loading round, the load's throughput tax
-    /// and duration in rounds, the swap round's work, the longest single unit of its
-    /// background work (loading, swapping, freeing) and the rounds of tokens it spanned.
+    /// [`super::swap_cost`]): its stall against a loading round (from the rounds' swap work,
+    /// and from their gaps), the load's throughput tax and duration in rounds, the swap
+    /// round's work, the longest single unit of its work (loading, swapping, freeing) and the
+    /// rounds of tokens it spanned.
     pub(super) fn report_swap_cost(&mut self) {
         let Some(cost) = self.swap_gaps.finish() else { return };
         let mut unit = core::mem::take(&mut self.swap_longest_unit);
         unit.merge(self.retired.take_longest_unit());
         let milliseconds = |ns: u64| ns as f64 / 1e6;
         let message = alloc::format!(
-            "swap stall: {:.3} ms (longest gap between tokens {:.3} ms, loading rounds' median {:.3} ms); load {} rounds, {:.3} ms of work, tax {:.3}x (idle rounds' median {:.3} ms); swap round {:.3} ms; longest unit {:.3} ms ({}); {} rounds",
+            "swap stall: {:.3} ms (most swap work in a round {:.3} ms, loading rounds' median {:.3} ms); by gaps {:.3} ms (longest {:.3} ms, loading rounds' median {:.3} ms); load {} rounds, {:.3} ms of work, tax {:.3}x (idle median {:.3} ms); swap round {:.3} ms; longest unit {:.3} ms ({}); {} rounds",
             milliseconds(cost.stall_ns()),
+            milliseconds(cost.longest_work_ns),
+            milliseconds(cost.loading_work_ns),
+            milliseconds(cost.gap_stall_ns()),
             milliseconds(cost.longest_gap_ns),
             milliseconds(cost.loading_gap_ns),
             cost.load_rounds,

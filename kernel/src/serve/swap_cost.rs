@@ -1,24 +1,31 @@
 //! What a hot-swap costs the rounds of tokens it spans: its stall and its load's throughput tax.
 //!
 //! A background load works between rounds for a slice of time (see `swap.rs`), so while it
-//! runs every round is longer by about that slice. Two figures say what a swap costs:
-//! - the **stall**: the longest gap between rounds during the swap minus the median gap of the
-//!   rounds that carried load work, i.e. how much longer the worst round was than a loading
-//!   round (a unit of work that overran the slice, the round that swapped the model in, a
-//!   buffer freed): what a reader of the stream sees as a hitch;
-//! - the **throughput tax**: the loading rounds' median gap over the median gap of the rounds
-//!   before the swap, with the number of rounds the load took: what generation pays for the
+//! runs every round is longer by about that slice. Each round's swap work is timed: the units
+//! of the staged load, the swap itself, the buffers of the replaced model freed, and the
+//! lookup that starts a load. Two figures say what a swap costs:
+//! - the **stall**: the most swap work any round did minus the median swap work of the rounds
+//!   that carried load work, i.e. how much longer the worst round was than a loading round
+//!   because of the swap (a unit of work that overran the slice, the lookup, the round that
+//!   swapped the model in, a buffer freed): what a reader of the stream sees as a hitch. It is
+//!   taken from the work, not from the rounds' gaps, because a gap also holds the pass, which
+//!   changes with the batch (a prompt chunk of 16 rows when a request joins, a finished
+//!   sequence's KV published) and grows with the sequences' length; the gap-based figure, the
+//!   longest gap minus the loading rounds' median gap, is kept beside it;
+//! - the **throughput tax**: the loading rounds' median gap over the median gap of the recent
+//!   rounds less their swap work (the rounds before the swap, and the swap's own rounds without
+//!   their swap work), with the number of rounds the load took: what generation pays for the
 //!   load, spread evenly.
 //!
-//! Earlier figures called the longest gap minus the idle rounds' median the swap's pause;
-//! [`SwapCost::pause_ns`] keeps it, for comparison (it is the stall plus one slice).
+//! Earlier figures called the longest gap minus that idle median the swap's pause;
+//! [`SwapCost::pause_ns`] keeps it, for comparison (it is about the stall plus one slice).
 
 #![forbid(unsafe_code)]
 
 use alloc::{collections::VecDeque, vec::Vec};
 
-/// Gaps between rounds the medians before a swap are taken over: the most recent ones, since
-/// a gap grows with the sequence's length.
+/// Gaps between rounds the idle median is taken over: the most recent ones, since a gap grows
+/// with the sequence's length.
 pub const RECENT_GAPS: usize = 16;
 
 /// What a round's background work was.
@@ -49,12 +56,16 @@ struct Round {
 pub struct SwapCost {
     /// Rounds the swap spanned.
     pub rounds: usize,
+    /// The most swap work one of them did, ns.
+    pub longest_work_ns: u64,
+    /// Median swap work of the rounds that carried load work (0 when none did), ns.
+    pub loading_work_ns: u64,
     /// The longest gap between rounds among them, ns.
     pub longest_gap_ns: u64,
     /// Median gap of the rounds that carried load work (the idle median when none did), ns.
     pub loading_gap_ns: u64,
-    /// Median gap of the most recent rounds before the swap, with no swap under way (when
-    /// there were none, of the swap's own rounds less their background work), ns.
+    /// Median gap of the most recent rounds less their swap work (the rounds before the swap
+    /// have none), ns.
     pub idle_gap_ns: u64,
     /// Rounds that carried load work: the load's duration in rounds.
     pub load_rounds: usize,
@@ -66,8 +77,16 @@ pub struct SwapCost {
 }
 
 impl SwapCost {
-    /// The stall: how much longer the longest round was than the median loading round, ns.
+    /// The stall: how much more swap work the worst round did than the median loading
+    /// round, ns.
     pub fn stall_ns(&self) -> u64 {
+        self.longest_work_ns.saturating_sub(self.loading_work_ns)
+    }
+
+    /// The longest gap minus the loading rounds' median gap, ns: the stall as the gaps show
+    /// it, with the changes of the pass (a prompt chunk, a finished sequence, longer
+    /// sequences) that the swap did not cause.
+    pub fn gap_stall_ns(&self) -> u64 {
         self.longest_gap_ns.saturating_sub(self.loading_gap_ns)
     }
 
@@ -80,8 +99,8 @@ impl SwapCost {
         self.loading_gap_ns as f64 / self.idle_gap_ns as f64
     }
 
-    /// The longest gap minus the idle rounds' median: what earlier figures called the pause
-    /// (the stall plus a loading round's slice), ns.
+    /// The longest gap minus the idle median: what earlier figures called the pause (about
+    /// the stall plus a loading round's slice), ns.
     pub fn pause_ns(&self) -> u64 {
         self.longest_gap_ns.saturating_sub(self.idle_gap_ns)
     }
@@ -93,12 +112,12 @@ impl SwapCost {
 pub struct SwapGaps {
     /// Rounds of the swap under way.
     rounds: Vec<Round>,
-    /// The most recent gaps with no swap under way, ns.
-    idle: VecDeque<u64>,
-    /// The most recent gaps less their background work, ns.
+    /// The most recent gaps less their swap work, ns.
     recent: VecDeque<u64>,
     /// What the current round's background work is.
     work: RoundWork,
+    /// Swap work done in the current round outside its background work, ns.
+    outside_ns: u64,
     /// The figures of the last swap reported.
     last: Option<SwapCost>,
 }
@@ -108,9 +127,9 @@ impl SwapGaps {
     pub fn new() -> Self {
         Self {
             rounds: Vec::new(),
-            idle: VecDeque::with_capacity(RECENT_GAPS),
             recent: VecDeque::with_capacity(RECENT_GAPS),
             work: RoundWork::Nothing,
+            outside_ns: 0,
             last: None,
         }
     }
@@ -121,23 +140,29 @@ impl SwapGaps {
         self.work = work;
     }
 
-    /// Records the round that just ended: `gap_ns` since the previous one, `work_ns` of it
-    /// background work, `swap_under_way` whether a swap was (then the round is one of the
+    /// Counts `ns` of swap work done in the current round outside its background work (a
+    /// load's lookup, started from the console).
+    pub fn add_outside_work(&mut self, ns: u64) {
+        self.outside_ns = self.outside_ns.saturating_add(ns);
+    }
+
+    /// Records the round that just ended: `gap_ns` since the previous one, `background_ns` of
+    /// it background work, `swap_under_way` whether a swap was (then the round is one of the
     /// swap's).
-    pub fn record(&mut self, gap_ns: u64, work_ns: u64, swap_under_way: bool) {
+    pub fn record(&mut self, gap_ns: u64, background_ns: u64, swap_under_way: bool) {
         let work = core::mem::take(&mut self.work);
+        let work_ns = background_ns.saturating_add(core::mem::take(&mut self.outside_ns)).min(gap_ns);
         if swap_under_way {
             self.rounds.push(Round { gap_ns, work_ns, work });
-        } else {
-            push_recent(&mut self.idle, gap_ns);
         }
-        push_recent(&mut self.recent, gap_ns.saturating_sub(work_ns));
+        push_recent(&mut self.recent, gap_ns - work_ns);
     }
 
     /// Forgets the rounds of the swap under way (its load was dropped).
     pub fn clear(&mut self) {
         self.rounds.clear();
         self.work = RoundWork::Nothing;
+        self.outside_ns = 0;
     }
 
     /// Whether rounds of a swap were recorded since the last [`SwapGaps::finish`].
@@ -145,8 +170,8 @@ impl SwapGaps {
         !self.rounds.is_empty()
     }
 
-    /// Median of the recent gaps less their background work, ns (0 before any round): what a
-    /// round takes without a load, for cutting the load's slice.
+    /// Median of the recent gaps less their swap work, ns (0 before any round): what a round
+    /// takes without a load, for cutting the load's slice.
     pub fn recent_median_ns(&self) -> u64 {
         median(self.recent.iter().copied().collect()).unwrap_or(0)
     }
@@ -157,14 +182,12 @@ impl SwapGaps {
             return None;
         }
         let rounds = core::mem::take(&mut self.rounds);
-        let idle_gap_ns = median(self.idle.iter().copied().collect())
-            .or_else(|| {
-                median(rounds.iter().map(|round| round.gap_ns.saturating_sub(round.work_ns)).collect())
-            })
-            .unwrap_or(0);
+        let idle_gap_ns = self.recent_median_ns();
         let loading: Vec<&Round> = rounds.iter().filter(|round| round.work == RoundWork::Load).collect();
         let cost = SwapCost {
             rounds: rounds.len(),
+            longest_work_ns: rounds.iter().map(|round| round.work_ns).max().unwrap_or(0),
+            loading_work_ns: median(loading.iter().map(|round| round.work_ns).collect()).unwrap_or(0),
             longest_gap_ns: rounds.iter().map(|round| round.gap_ns).max().unwrap_or(0),
             loading_gap_ns: median(loading.iter().map(|round| round.gap_ns).collect()).unwrap_or(idle_gap_ns),
             idle_gap_ns,
@@ -220,7 +243,10 @@ mod tests {
         let mut gaps = SwapGaps::new();
         rounds(&mut gaps, 20, 400 * MS, 0, RoundWork::Nothing);
         assert_eq!((gaps.finish(), gaps.recent_median_ns()), (None, 400 * MS));
-        rounds(&mut gaps, 10, 450 * MS, 50 * MS, RoundWork::Load);
+        // The lookup that starts the load, from the console, in the first loading round.
+        gaps.add_outside_work(MS / 10);
+        rounds(&mut gaps, 1, 450 * MS + MS / 10, 50 * MS, RoundWork::Load);
+        rounds(&mut gaps, 9, 450 * MS, 50 * MS, RoundWork::Load);
         // The last loading round ends early; the swap round does only the exchange.
         rounds(&mut gaps, 1, 420 * MS, 20 * MS, RoundWork::Load);
         rounds(&mut gaps, 1, 400 * MS + 10_000, 10_000, RoundWork::Swap);
@@ -231,33 +257,42 @@ mod tests {
             cost,
             SwapCost {
                 rounds: 14,
-                longest_gap_ns: 450 * MS,
+                longest_work_ns: 50 * MS + MS / 10,
+                loading_work_ns: 50 * MS,
+                longest_gap_ns: 450 * MS + MS / 10,
                 loading_gap_ns: 450 * MS,
                 idle_gap_ns: 400 * MS,
                 load_rounds: 11,
-                load_work_ns: 520 * MS,
+                load_work_ns: 520 * MS + MS / 10,
                 swap_work_ns: 10_000,
             }
         );
-        assert_eq!((cost.stall_ns(), cost.pause_ns()), (0, 50 * MS));
+        assert_eq!(
+            (cost.stall_ns(), cost.gap_stall_ns(), cost.pause_ns()),
+            (MS / 10, MS / 10, 50 * MS + MS / 10)
+        );
         assert!((cost.tax() - 1.125).abs() < 1e-9);
         assert_eq!((gaps.last(), gaps.has_rounds(), gaps.finish()), (Some(cost), false, None));
-        // The slice is cut from gaps less their work: loading rounds count as 400 ms.
+        // The slice is cut from gaps less their swap work: loading rounds count as 400 ms.
         assert_eq!(gaps.recent_median_ns(), 400 * MS);
     }
 
     #[test]
-    fn a_round_longer_than_the_loading_rounds_is_the_stall() {
+    fn a_unit_that_overruns_the_slice_is_the_stall_and_a_longer_pass_is_not() {
         let mut gaps = SwapGaps::new();
         rounds(&mut gaps, 16, 2 * MS, 0, RoundWork::Nothing);
         rounds(&mut gaps, 4, 2 * MS + 250_000, 250_000, RoundWork::Load);
         // A unit that overran the slice by 3 ms.
         rounds(&mut gaps, 1, 5 * MS + 250_000, 3_250_000, RoundWork::Load);
+        // A request joined: its prompt chunk makes the pass 8 ms longer.
+        rounds(&mut gaps, 1, 10 * MS + 250_000, 250_000, RoundWork::Load);
         rounds(&mut gaps, 1, 2 * MS + 5_000, 5_000, RoundWork::Swap);
         let cost = gaps.finish().unwrap();
-        assert_eq!((cost.stall_ns(), cost.load_rounds, cost.rounds), (3 * MS, 5, 6));
-        assert_eq!((cost.loading_gap_ns, cost.idle_gap_ns, cost.pause_ns()), (2_250_000, 2 * MS, 3_250_000));
-        assert_eq!(cost.load_work_ns, 4 * 250_000 + 3_250_000);
+        assert_eq!((cost.stall_ns(), cost.load_rounds, cost.rounds), (3 * MS, 6, 7));
+        assert_eq!((cost.loading_work_ns, cost.longest_work_ns), (250_000, 3_250_000));
+        assert_eq!((cost.loading_gap_ns, cost.idle_gap_ns), (2_250_000, 2 * MS));
+        assert_eq!((cost.gap_stall_ns(), cost.pause_ns()), (8 * MS, 8_250_000));
+        assert_eq!(cost.load_work_ns, 5 * 250_000 + 3_250_000);
     }
 
     #[test]
@@ -272,18 +307,22 @@ mod tests {
         rounds(&mut gaps, 2, 2 * MS + 7_000, 7_000, RoundWork::Free);
         let cost = gaps.finish().unwrap();
         assert_eq!((cost.load_rounds, cost.tax(), cost.loading_gap_ns), (0, 1.0, cost.idle_gap_ns));
-        assert_eq!(cost.stall_ns(), cost.longest_gap_ns - cost.idle_gap_ns);
+        assert_eq!((cost.loading_work_ns, cost.stall_ns()), (0, 7_000));
     }
 
     #[test]
     fn a_dropped_load_leaves_no_figures_and_old_gaps_age_out() {
         let mut gaps = SwapGaps::new();
+        gaps.add_outside_work(MS);
         rounds(&mut gaps, 5, 9 * MS, MS, RoundWork::Load);
         gaps.clear();
         assert_eq!(gaps.finish(), None);
         rounds(&mut gaps, RECENT_GAPS, MS, 0, RoundWork::Nothing);
         assert_eq!(gaps.recent_median_ns(), MS);
-        rounds(&mut gaps, 2, 4 * MS, 0, RoundWork::Load);
-        assert_eq!(gaps.finish().unwrap().idle_gap_ns, MS);
+        // Work is never counted beyond its round's gap.
+        gaps.add_outside_work(9 * MS);
+        rounds(&mut gaps, 1, 4 * MS, MS, RoundWork::Load);
+        let cost = gaps.finish().unwrap();
+        assert_eq!((cost.longest_work_ns, cost.idle_gap_ns, cost.tax()), (4 * MS, MS, 4.0));
     }
 }

@@ -1,13 +1,19 @@
 //! Summaries that benchmark console tests print from the kernel's output.
 
 /// One measured hot-swap, as the kernel's `swap stall:` line reports it (all times in ms):
-/// the stall (the longest gap between token rounds during the swap minus the loading rounds'
-/// median gap) and the load's throughput tax (the loading rounds' median gap over the idle
-/// rounds').
+/// the stall (the most swap work a round did minus the loading rounds' median swap work; also
+/// from the gaps: the longest gap between token rounds minus the loading rounds' median gap)
+/// and the load's throughput tax (the loading rounds' median gap over the idle median).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SwapCost {
     /// The stall, ms.
     pub stall_ms: f64,
+    /// The most swap work one round did, ms.
+    pub longest_work_ms: f64,
+    /// Median swap work of the rounds that carried load work, ms.
+    pub loading_work_ms: f64,
+    /// The longest gap minus the loading rounds' median gap, ms.
+    pub gap_stall_ms: f64,
     /// Longest gap between rounds during the swap, ms.
     pub longest_ms: f64,
     /// Median gap of the rounds that carried load work, ms.
@@ -16,13 +22,13 @@ pub struct SwapCost {
     pub load_rounds: usize,
     /// Background work of those rounds in all, ms.
     pub load_work_ms: f64,
-    /// The throughput tax: loading rounds' median gap over idle rounds'.
+    /// The throughput tax: loading rounds' median gap over the idle median.
     pub tax: f64,
-    /// Median gap of the rounds before the swap, ms.
+    /// Median gap of the recent rounds less their swap work, ms.
     pub idle_ms: f64,
     /// Work of the round that swapped the model in, ms.
     pub swap_round_ms: f64,
-    /// The longest single unit of the swap's background work, ms, and what it was.
+    /// The longest single unit of the swap's work, ms, and what it was.
     pub longest_unit: (f64, String),
     /// Rounds of tokens the swap spanned.
     pub rounds: usize,
@@ -45,12 +51,15 @@ fn field<'text, T: std::str::FromStr>(text: &'text str, separator: &str) -> Opti
 /// The swap of one `swap stall: ...` line, if `line` holds one.
 fn swap_cost(line: &str) -> Option<SwapCost> {
     let rest = line.split("swap stall: ").nth(1)?;
-    let (stall_ms, rest) = field(rest, " ms (longest gap between tokens ")?;
+    let (stall_ms, rest) = field(rest, " ms (most swap work in a round ")?;
+    let (longest_work_ms, rest) = field(rest, " ms, loading rounds' median ")?;
+    let (loading_work_ms, rest) = field(rest, " ms); by gaps ")?;
+    let (gap_stall_ms, rest) = field(rest, " ms (longest ")?;
     let (longest_ms, rest) = field(rest, " ms, loading rounds' median ")?;
     let (loading_ms, rest) = field(rest, " ms); load ")?;
     let (load_rounds, rest) = field(rest, " rounds, ")?;
     let (load_work_ms, rest) = field(rest, " ms of work, tax ")?;
-    let (tax, rest) = field(rest, "x (idle rounds' median ")?;
+    let (tax, rest) = field(rest, "x (idle median ")?;
     let (idle_ms, rest) = field(rest, " ms); swap round ")?;
     let (swap_round_ms, rest) = field(rest, " ms; longest unit ")?;
     let (unit_ms, rest) = field(rest, " ms (")?;
@@ -58,6 +67,9 @@ fn swap_cost(line: &str) -> Option<SwapCost> {
     let rounds = rest.trim_end().strip_suffix(" rounds")?.parse().ok()?;
     Some(SwapCost {
         stall_ms,
+        longest_work_ms,
+        loading_work_ms,
+        gap_stall_ms,
         longest_ms,
         loading_ms,
         load_rounds,
@@ -92,10 +104,11 @@ fn sorted(swaps: &[SwapCost], value: impl Fn(&SwapCost) -> f64) -> Vec<f64> {
 }
 
 /// Two markdown tables of the swaps in `output`. The stall: its median, p99 and max, the
-/// swap round's work (max) and the longest single unit of background work over all the swaps.
-/// The load: the idle and loading rounds' median gaps and the tax (medians over the swaps),
-/// the tax's max, the load's rounds and work, the rounds a swap spanned, and the longest gap
-/// minus the idle median (what earlier figures called the pause).
+/// loading rounds' swap work (median), the stall by gaps (median and max), the swap round's
+/// work (max) and the longest single unit of work over all the swaps. The load: the idle and
+/// loading rounds' median gaps and the tax (medians over the swaps), the tax's max, the
+/// load's rounds and work, the rounds a swap spanned, and the longest gap minus the idle
+/// median (what earlier figures called the pause).
 pub fn swap_cost_tables(output: &str) -> Vec<String> {
     let swaps = swap_costs(output);
     let stalls = sorted(&swaps, |swap| swap.stall_ms);
@@ -107,14 +120,18 @@ pub fn swap_cost_tables(output: &str) -> Vec<String> {
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map_or_else(|| "-".to_string(), |(milliseconds, what)| format!("{milliseconds:.3} ms ({what})"));
     vec![
-        "| swaps | stall median | stall p99 | stall max | swap round's work (max) | longest unit |".to_string(),
-        "|---:|---:|---:|---:|---:|---|".to_string(),
+        "| swaps | stall median | stall p99 | stall max | loading round's swap work (median) | stall by gaps (median, max) | swap round's work (max) | longest unit |"
+            .to_string(),
+        "|---:|---:|---:|---:|---:|---:|---:|---|".to_string(),
         format!(
-            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {longest_unit} |",
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms, {:.3} ms | {:.3} ms | {longest_unit} |",
             swaps.len(),
             quantile(&stalls, 0.5),
             quantile(&stalls, 0.99),
             stalls.last().copied().unwrap_or(f64::NAN),
+            median(|swap| swap.loading_work_ms),
+            median(|swap| swap.gap_stall_ms),
+            max(|swap| swap.gap_stall_ms),
             max(|swap| swap.swap_round_ms),
         ),
         String::new(),
@@ -143,15 +160,18 @@ mod tests {
     #[test]
     fn reads_swap_stall_lines_and_summarises_them() {
         let output = "noise\r\n\
-            swap stall: 0.010 ms (longest gap between tokens 2.260 ms, loading rounds' median 2.250 ms); load 4 rounds, 1.000 ms of work, tax 1.125x (idle rounds' median 2.000 ms); swap round 0.005 ms; longest unit 0.042 ms (add merges (64)); 6 rounds\r\n\
-            x swap stall: 3.000 ms (longest gap between tokens 5.250 ms, loading rounds' median 2.250 ms); load 6 rounds, 4.250 ms of work, tax 1.500x (idle rounds' median 1.500 ms); swap round 0.007 ms; longest unit 3.000 ms (read 4 KiB); 8 rounds\r\n\
-            swap stall: bad ms (longest gap between tokens 2.000 ms\r\n";
+            swap stall: 0.010 ms (most swap work in a round 0.260 ms, loading rounds' median 0.250 ms); by gaps 0.010 ms (longest 2.260 ms, loading rounds' median 2.250 ms); load 4 rounds, 1.000 ms of work, tax 1.125x (idle median 2.000 ms); swap round 0.005 ms; longest unit 0.042 ms (add merges (64)); 6 rounds\r\n\
+            x swap stall: 3.000 ms (most swap work in a round 3.250 ms, loading rounds' median 0.250 ms); by gaps 8.000 ms (longest 10.250 ms, loading rounds' median 2.250 ms); load 6 rounds, 4.250 ms of work, tax 1.500x (idle median 1.500 ms); swap round 0.007 ms; longest unit 3.000 ms (read 4 KiB); 8 rounds\r\n\
+            swap stall: bad ms (most swap work in a round 2.000 ms\r\n";
         let swaps = swap_costs(output);
         assert_eq!(swaps.len(), 2);
         assert_eq!(
             swaps[0],
             SwapCost {
                 stall_ms: 0.01,
+                longest_work_ms: 0.26,
+                loading_work_ms: 0.25,
+                gap_stall_ms: 0.01,
                 longest_ms: 2.26,
                 loading_ms: 2.25,
                 load_rounds: 4,
@@ -163,12 +183,15 @@ mod tests {
                 rounds: 6,
             }
         );
-        assert!((swaps[1].pause_ms() - 3.75).abs() < 1e-9);
+        assert!((swaps[1].pause_ms() - 8.75).abs() < 1e-9);
         let tables = swap_cost_tables(output);
-        assert_eq!(tables[2], "| 2 | 0.010 ms | 3.000 ms | 3.000 ms | 0.007 ms | 3.000 ms (read 4 KiB) |");
+        assert_eq!(
+            tables[2],
+            "| 2 | 0.010 ms | 3.000 ms | 3.000 ms | 0.250 ms | 0.010 ms, 8.000 ms | 0.007 ms | 3.000 ms (read 4 KiB) |"
+        );
         assert_eq!(
             tables[6],
-            "| 1.500 ms | 2.250 ms | 1.125x | 1.500x | 4 | 1.000 ms | 6 | 0.260 ms, 3.750 ms |"
+            "| 1.500 ms | 2.250 ms | 1.125x | 1.500x | 4 | 1.000 ms | 6 | 0.260 ms, 8.750 ms |"
         );
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
