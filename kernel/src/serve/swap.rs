@@ -269,9 +269,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
 
     /// How long a background load may work between two rounds of tokens: at least
     /// [`STAGE_SLICE_NS`], at most 1/[`STAGE_SLICE_FRACTION`] of the recent median gap (less
-    /// the background work done in those rounds).
-    pub(super) fn stage_budget_ns(&self) -> u64 {
-        (self.swap_gaps.recent_median_ns() / STAGE_SLICE_FRACTION).max(STAGE_SLICE_NS)
+    /// the swap work done in those rounds), the same for every round of a swap once the
+    /// recent gaps are known (see [`super::swap_cost::SwapGaps::slice_ns`]).
+    pub(super) fn stage_budget_ns(&mut self) -> u64 {
+        let under_way = self.swap_in_progress();
+        self.swap_gaps.slice_ns(STAGE_SLICE_NS, STAGE_SLICE_FRACTION, under_way)
     }
 
     /// Whether a hot-swap is under way: a model is being staged, or a replaced one can be

@@ -118,6 +118,8 @@ pub struct SwapGaps {
     work: RoundWork,
     /// Swap work done in the current round outside its background work, ns.
     outside_ns: u64,
+    /// The load's slice, fixed for the swap under way, ns.
+    slice_ns: Option<u64>,
     /// The figures of the last swap reported.
     last: Option<SwapCost>,
 }
@@ -130,6 +132,7 @@ impl SwapGaps {
             recent: VecDeque::with_capacity(RECENT_GAPS),
             work: RoundWork::Nothing,
             outside_ns: 0,
+            slice_ns: None,
             last: None,
         }
     }
@@ -163,6 +166,27 @@ impl SwapGaps {
         self.rounds.clear();
         self.work = RoundWork::Nothing;
         self.outside_ns = 0;
+        self.slice_ns = None;
+    }
+
+    /// The time a round may give the swap's work: 1/`fraction` of the recent median gap less
+    /// swap work, at least `floor_ns`. While a swap is under way (`swap_under_way`) it is
+    /// fixed as soon as [`RECENT_GAPS`] gaps are known, so every loading round gets the same
+    /// slice: taken afresh each round, it would follow the median as the rounds before the
+    /// load (a longer sequence's, a prompt's) leave the window, and loading rounds would differ
+    /// by an eighth of that.
+    pub fn slice_ns(&mut self, floor_ns: u64, fraction: u64, swap_under_way: bool) -> u64 {
+        if !swap_under_way {
+            self.slice_ns = None;
+        }
+        if let Some(slice) = self.slice_ns {
+            return slice;
+        }
+        let slice = (self.recent_median_ns() / fraction.max(1)).max(floor_ns);
+        if swap_under_way && self.recent.len() == RECENT_GAPS {
+            self.slice_ns = Some(slice);
+        }
+        slice
     }
 
     /// Whether rounds of a swap were recorded since the last [`SwapGaps::finish`].
@@ -182,6 +206,7 @@ impl SwapGaps {
             return None;
         }
         let rounds = core::mem::take(&mut self.rounds);
+        self.slice_ns = None;
         let idle_gap_ns = self.recent_median_ns();
         let loading: Vec<&Round> = rounds.iter().filter(|round| round.work == RoundWork::Load).collect();
         let cost = SwapCost {
@@ -308,6 +333,28 @@ mod tests {
         let cost = gaps.finish().unwrap();
         assert_eq!((cost.load_rounds, cost.tax(), cost.loading_gap_ns), (0, 1.0, cost.idle_gap_ns));
         assert_eq!((cost.loading_work_ns, cost.stall_ns()), (0, 7_000));
+    }
+
+    #[test]
+    fn a_swap_keeps_the_slice_it_started_with_once_the_recent_gaps_are_known() {
+        let mut gaps = SwapGaps::new();
+        // Before any round: the floor, not fixed while fewer than RECENT_GAPS gaps are known.
+        assert_eq!(gaps.slice_ns(MS / 4, 8, true), MS / 4);
+        rounds(&mut gaps, RECENT_GAPS / 2, 80 * MS, 0, RoundWork::Nothing);
+        assert_eq!(gaps.slice_ns(MS / 4, 8, true), 10 * MS);
+        rounds(&mut gaps, RECENT_GAPS, 96 * MS, 0, RoundWork::Nothing);
+        assert_eq!(gaps.slice_ns(MS / 4, 8, false), 12 * MS);
+        // The swap starts: its slice stays while shorter rounds replace the longer ones.
+        assert_eq!(gaps.slice_ns(MS / 4, 8, true), 12 * MS);
+        rounds(&mut gaps, RECENT_GAPS, 92 * MS, 12 * MS, RoundWork::Load);
+        assert_eq!((gaps.recent_median_ns(), gaps.slice_ns(MS / 4, 8, true)), (80 * MS, 12 * MS));
+        // The next swap takes its own.
+        assert!(gaps.finish().is_some());
+        assert_eq!(gaps.slice_ns(MS / 4, 8, true), 10 * MS);
+        gaps.clear();
+        rounds(&mut gaps, 1, 40 * MS, 0, RoundWork::Nothing);
+        assert_eq!(gaps.slice_ns(MS / 4, 8, false), 10 * MS);
+        assert_eq!(gaps.slice_ns(MS / 4, 0, false), 80 * MS);
     }
 
     #[test]
