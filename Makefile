@@ -102,17 +102,19 @@ test-reference: toolchain
 test-qemu: deps $(DEFAULT_MODEL)
 	$(CARGO) run --release -q -p runner --bin qemu-runner
 
+# The llama.cpp build `make bench` compares against (pinned; built from source by pip).
+LLAMA_CPP_PYTHON := 0.3.36
+
 bench: deps
 	@mkdir -p docs/bench
 	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
 	$(CARGO) run --release -q -p bench --bin kv-bench | tee docs/bench/kv-bench.md
 	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
-	@if python3 -c 'import llama_cpp' 2>/dev/null; then \
-	  $(CARGO) build --release -q -p cli && \
-	  python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md; \
-	else \
-	  echo "llama.cpp comparison skipped: pip install llama-cpp-python (a source build, about 15 minutes)"; \
-	fi
+	@python3 -c 'import llama_cpp' 2>/dev/null || { \
+	  echo "installing llama-cpp-python $(LLAMA_CPP_PYTHON) for the llama.cpp comparison (a source build, about 15 minutes)"; \
+	  python3 -m pip install --quiet --disable-pip-version-check llama-cpp-python==$(LLAMA_CPP_PYTHON); }
+	$(CARGO) build --release -q -p cli
+	python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md
 
 check: fmt-check clippy
 

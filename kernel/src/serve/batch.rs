@@ -55,6 +55,11 @@ fn scratch_rows(config: &Config) -> usize {
     (MAX_RUNNING + PREFILL_CHUNK).min(SEGMENT as usize / widest).max(1)
 }
 
+/// Tokens the batch's sequences have sampled so far.
+fn sampled_tokens(batch: &Batch<'_, '_>) -> u64 {
+    batch.sequences.iter().map(|sequence| sequence.generation.statistics().generated_tokens as u64).sum()
+}
+
 /// The weights rung of the pressure ladder: a staged model is dropped (the active one keeps
 /// serving), or replaced models no batch holds are freed at once.
 struct ModelEvictor<'s, 'a> {
@@ -506,6 +511,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let cpus =
             ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
         let preempted = batch.preemptor.statistics().preemptions;
+        let sampled_before = sampled_tokens(batch);
         let started = self.clock.ticks();
         let outcomes = batch.preemptor.round(&mut batch.sequences, &cpus, &mut batch.scratch, PREFILL_CHUNK);
         let ended = self.clock.ticks();
@@ -514,6 +520,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.pressure_action(PressureLevel::Preempt);
         }
         self.count_round_traffic(batch, &positions_before, started, ended);
+        let rows: usize = batch
+            .sequences
+            .iter()
+            .zip(&positions_before)
+            .map(|(sequence, before)| sequence.generation.position().saturating_sub(*before))
+            .sum();
+        if rows > 0 {
+            self.desk.counters().record_pass(rows as u64, sampled_tokens(batch) - sampled_before);
+        }
         for (slot, outcome) in outcomes.into_iter().enumerate() {
             let step = match outcome {
                 Ok(SlotStep::Waiting) => continue,
