@@ -23,7 +23,7 @@ HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --a
 AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
 	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
-.PHONY: help deps toolchain qemu-installed build model sdcard run qemu gdb test test-host test-reference test-qemu bench check clippy fmt fmt-check doc clean
+.PHONY: help deps toolchain qemu-installed build model sdcard run qemu gdb test test-host test-premmu test-reference test-qemu bench check clippy fmt fmt-check doc clean
 
 help:
 	@echo "Tessera make targets:"
@@ -34,6 +34,7 @@ help:
 	@echo "  make model      fetch SmolLM2-135M-Instruct (sha256-pinned) into $(BUILD)/models/"
 	@echo "  make sdcard     write $(SDCARD): kernel8.img, config.txt and MODEL under /models"
 	@echo "  make test-host  host unit, property and integration tests"
+	@echo "  make test-premmu  kernel8's pre-MMU code (.text.premmu and what it calls) holds no exclusive or atomic instruction"
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
 	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
 	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; QEMU instruction counts (docs/BENCHMARKS.md)"
@@ -91,10 +92,16 @@ gdb: deps build
 	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
 	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
 
-test: deps check test-host test-reference test-qemu
+test: deps check test-host test-premmu test-reference test-qemu
 
 test-host: toolchain
 	$(CARGO) test --workspace --exclude boot --exclude systests
+
+# Disassembles kernel8's pre-MMU code with the toolchain's llvm-objdump and fails on any
+# load/store-exclusive or atomic instruction (they cannot complete with the MMU off on a real
+# Cortex-A53; QEMU's always do).
+test-premmu: build
+	$(CARGO) run --release -q -p runner --bin premmu-check -- $(KERNEL_ELF)
 
 test-reference: toolchain
 	tools/reference/check.sh

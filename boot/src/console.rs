@@ -32,14 +32,10 @@ pub fn gpio() -> &'static Gpio {
     &GPIO
 }
 
-/// Routes UART0 to its pins and programs 115200 8N1 from a UART clock of `clock_hz`.
-pub fn init(clock: &dyn Clock, clock_hz: u32) {
-    GPIO.route_uart0(clock);
-    UART.init(clock_hz);
-}
-
 /// The console: polled until [`start_interrupt_console`] has run, interrupt-driven after, so
-/// everything printed leaves in the order it was written.
+/// everything printed leaves in the order it was written. The pre-MMU stage has routed and
+/// programmed the UART already (`premmu`, through a lock-free handle); this locked driver is
+/// only used once the MMU is on.
 pub fn console() -> &'static dyn Console {
     match INTERRUPT_CONSOLE.get() {
         Some(console) => console,

@@ -176,7 +176,9 @@ impl Gpio {
         self.registers.GPFSEL3.modify(GPFSEL3::FSEL32::Input + GPFSEL3::FSEL33::Input);
         self.registers.GPFSEL1.modify(GPFSEL1::FSEL14::AltFunc0 + GPFSEL1::FSEL15::AltFunc0);
         self.apply_pull(clock, GPPUD::PUD::Off, || {
-            self.registers.GPPUDCLK0.write(GPPUDCLK0::PUDCLK14::AssertClock + GPPUDCLK0::PUDCLK15::AssertClock);
+            self.registers
+                .GPPUDCLK0
+                .write(GPPUDCLK0::PUDCLK14::AssertClock + GPPUDCLK0::PUDCLK15::AssertClock);
         });
         self.registers.GPPUDCLK0.set(0);
     }
