@@ -17,6 +17,7 @@ mod entry;
 pub mod exception;
 mod handoff;
 pub mod heap;
+mod interrupts;
 pub mod irq;
 pub mod memory;
 mod panic;
