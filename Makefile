@@ -43,7 +43,7 @@ help:
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
 	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
 	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; QEMU instruction counts (docs/BENCHMARKS.md)"
-	@echo "  make qemu       like run, without rebuilding"
+	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
 	@echo "  make fmt        format the code (fmt-check only checks)"
@@ -102,9 +102,10 @@ sdcard: build $(MODEL) $(if $(FIRMWARE),firmware)
 
 run: deps sdcard qemu
 
+# Boots through cargo's aarch64-unknown-none runner (.cargo/config.toml: qemu-runner --boot).
 qemu: qemu-installed
-	@echo ">> booting $(KERNEL_IMG) on QEMU $(MACHINE); quit with Ctrl-A X"
-	$(QEMU) $(QEMU_ARGS) -serial mon:stdio
+	@echo ">> booting kernel8 on QEMU $(MACHINE) with $(SDCARD); quit with Ctrl-A X"
+	$(CARGO) run -q --release --target $(TARGET) -p boot --bin kernel8 -- --machine $(MACHINE) --sd $(SDCARD)
 
 gdb: deps build
 	@command -v gdb-multiarch >/dev/null || { echo "gdb-multiarch is missing: apt-get install gdb-multiarch"; exit 1; }
