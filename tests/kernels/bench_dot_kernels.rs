@@ -15,7 +15,8 @@ extern crate alloc;
 use alloc::vec::Vec;
 use kernel::{
     hil::Clock,
-    infer::kernels::{Input, QuantizedVector, dot, dot_scalar},
+    infer::kernels::{Input, QuantizedVector, dot_scalar},
+    infer::matmul::dot,
     model::TensorType,
     rand::SplitMix64,
 };

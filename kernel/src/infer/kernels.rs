@@ -391,13 +391,6 @@ pub enum Precision {
     Int16,
 }
 
-/// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
-/// CPU has ([`super::simd`] when available, the scalar kernels otherwise; both give the same
-/// bits).
-pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
-    super::simd::dot(tensor_type, row, input).unwrap_or_else(|| dot_scalar(tensor_type, row, input))
-}
-
 /// Dot product of one encoded row of `tensor_type` with `input`, on the scalar path.
 /// Quantized input only serves quantized types; float types given quantized input yield 0.
 pub fn dot_scalar(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
@@ -454,23 +447,23 @@ mod tests {
                 let mut dequantized = [0.0f32; 64];
                 dequantize(tensor_type, &row, &mut dequantized);
                 let expected: f32 = dequantized.iter().zip(&activations).map(|(a, b)| a * b).sum();
-                let got = dot(tensor_type, &row, Input::Quantized(&quantized));
+                let got = dot_scalar(tensor_type, &row, Input::Quantized(&quantized));
                 prop_assert!((got - expected).abs() <= 1e-3 * (1.0 + expected.abs()), "{tensor_type:?} {got} {expected}");
                 let expected: f32 = dequantized.iter().zip(&wide_activations).map(|(a, b)| a * b).sum();
-                let got = dot(tensor_type, &row, Input::Quantized16(&wide));
+                let got = dot_scalar(tensor_type, &row, Input::Quantized16(&wide));
                 prop_assert!((got - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{tensor_type:?} int16 {got} {expected}");
                 let exact: f32 = dequantized.iter().zip(&x).map(|(a, b)| a * b).sum();
                 // Off from float activations by at most the activation rounding: half a step each.
                 let rounding: f32 =
                     dequantized.iter().enumerate().map(|(index, a)| a.abs() * wide.scales[index / 32] * 0.5).sum();
                 prop_assert!((got - exact).abs() <= rounding + 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} int16 {got} vs float {exact}");
-                let got = dot(tensor_type, &row, Input::Float(&x));
+                let got = dot_scalar(tensor_type, &row, Input::Float(&x));
                 prop_assert!((got - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} float {got} {exact}");
             }
             let mut row = Vec::new();
             quantize(TensorType::F32, &weights, &mut row);
             let expected: f64 = weights.iter().zip(&x).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
-            prop_assert!((f64::from(dot(TensorType::F32, &row, Input::Float(&x))) - expected).abs() < 1e-3);
+            prop_assert!((f64::from(dot_scalar(TensorType::F32, &row, Input::Float(&x))) - expected).abs() < 1e-3);
         }
     }
 

@@ -70,6 +70,13 @@ pub fn matvec(
     }
 }
 
+/// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
+/// CPU has ([`super::simd`] when available, the scalar kernels otherwise; both give the same
+/// bits).
+pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
+    super::simd::dot(tensor_type, row, input).unwrap_or_else(|| dot_scalar(tensor_type, row, input))
+}
+
 /// Rows computed between two calls of [`Cpus::checkpoint`] on core 0.
 pub const CHECKPOINT_ROWS: usize = 64;
 
