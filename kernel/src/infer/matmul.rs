@@ -1,9 +1,13 @@
-//! Matrix-vector products split by rows across the cores of a [`Cpus`], with no allocation.
+//! Products on the fastest path this CPU has: matrix-vector products split by rows across
+//! the cores of a [`Cpus`], and the matrix × N-vectors kernel a core runs on its share of
+//! rows ([`rows_multi`]). Each picks [`super::simd`] when it has a path and the scalar
+//! kernels of [`super::kernels`] otherwise; both give the same bits. Nothing here allocates.
 
 #![forbid(unsafe_code)]
 
 use spin::Mutex;
 
+pub use super::kernels::{BatchInput, QuantizedRows, ShapeError};
 use super::kernels::{Input, Precision, QuantizedVector, dot_scalar, takes_quantized_input};
 use crate::hil::Cpus;
 use crate::model::{Matrix, TensorType};
@@ -25,10 +29,10 @@ pub fn matvec(
     let input = if takes_quantized_input(matrix.tensor_type, precision) {
         if precision == Precision::Int16 {
             scratch.quantize_wide(x);
-            Input::Quantized16(scratch)
+            Input::Quantized16(scratch.int16())
         } else {
             scratch.quantize(x);
-            Input::Quantized(scratch)
+            Input::Quantized(scratch.int8())
         }
     } else if matrix.tensor_type == TensorType::Q4_1 {
         Input::FloatSummed(x, scratch.sum_blocks(x))
@@ -103,6 +107,59 @@ pub fn rows_into(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut 
     for (index, out) in out.iter_mut().enumerate() {
         *out = dot_scalar(matrix.tensor_type, matrix.row(first + index), input);
     }
+}
+
+/// Rows `first_row .. first_row + count` of `matrix` times the N vectors of `input` (N =
+/// [`BatchInput::rows`], 1 to 32 in practice, any number allowed), on one core: the share of
+/// rows a core takes in a batched pass (prefill chunks, decode rounds).
+///
+/// Layout: row by row, N values per row. The value of matrix row `first_row + r` for vector
+/// `j` goes to `out[r × N + j]`, so a band of rows writes one contiguous piece of `out`
+/// (`count × N` values; `out` may be longer, the rest is left alone).
+///
+/// For quantized matrices at [`Precision::Int8`] and [`Precision::Int16`] each weight block is
+/// loaded and unpacked once for all N vectors ([`super::simd::rows_multi`]); other
+/// combinations (float precision, F32 and F16 matrices) take the single-vector kernel once
+/// per vector. Either way each value has the bits of [`dot`] of that row with
+/// [`BatchInput::input`]`(j)`, so N = 1 gives exactly [`matvec`]'s result.
+///
+/// Errors when `input`'s vectors are not as long as the matrix's rows, when the rows run past
+/// the matrix, or when `out` is shorter than `count × N`.
+pub fn rows_multi(
+    matrix: &Matrix<'_>,
+    input: BatchInput<'_>,
+    first_row: usize,
+    count: usize,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    if input.columns() != matrix.columns {
+        return Err(ShapeError::ColumnsDiffer { matrix: matrix.columns, input: input.columns() });
+    }
+    if first_row.checked_add(count).is_none_or(|end| end > matrix.rows) {
+        return Err(ShapeError::RowsOutOfRange { first: first_row, count, rows: matrix.rows });
+    }
+    let vectors = input.rows();
+    let needed = count.saturating_mul(vectors);
+    if out.len() < needed {
+        return Err(ShapeError::OutputTooShort { needed, length: out.len() });
+    }
+    if needed == 0 {
+        return Ok(());
+    }
+    let out = &mut out[..needed];
+    if super::simd::rows_multi(matrix, input, first_row, out) {
+        return Ok(());
+    }
+    let tensor_type = matrix.tensor_type;
+    for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
+        let row = matrix.row(first_row + index);
+        for (vector, output) in outputs.iter_mut().enumerate() {
+            if let Some(vector_input) = input.input(vector, tensor_type) {
+                *output = dot(tensor_type, row, vector_input);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

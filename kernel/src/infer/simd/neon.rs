@@ -1,10 +1,22 @@
-//! The NEON row dot products (aarch64): the twins of the scalar kernels in `kernels`, bit for
-//! bit.
+//! The NEON kernels (aarch64): row dot products and the matrix × N-vectors product, each
+//! the twin of its scalar kernel in `kernels`, bit for bit.
+//!
+//! The integer dot products take the weight type and the activation width as type
+//! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
+//! two blocks per step through `chunks_exact`, with no branch or slice check inside. Weight
+//! scales become f32 with the hardware's `fcvtl`, in the same assembly block as the loads.
+//!
+//! Loads and stores are inline assembly, not `vld1q_*`: the `aarch64-unknown-none` target
+//! builds with `+strict-align`, where LLVM splits a 128-bit access it cannot prove 16-byte
+//! aligned into one access per element. The core itself allows unaligned access to normal
+//! memory (SCTLR_ELx.A is clear: Tessera's MMU setup leaves it so, as Linux does), so
+//! `ldr`/`ldp`/`ld1` at any address inside the slice read correctly.
 
 use core::arch::aarch64::*;
+use core::arch::asm;
 
-use super::{Width, block_count};
-use crate::infer::kernels::{Input, QuantizedVector, half};
+use crate::infer::kernels::{BatchInput, Input, Quantized, half};
+use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
 use libm::fmaf;
 
@@ -18,6 +30,12 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
         }
     };
     match (matrix.tensor_type, input) {
+        (TensorType::Q8_0, Input::Quantized(x)) => each_row::<Q8_0, Eight>(matrix, x, first, out),
+        (TensorType::Q4_0, Input::Quantized(x)) => each_row::<Q4_0, Eight>(matrix, x, first, out),
+        (TensorType::Q4_1, Input::Quantized(x)) => each_row::<Q4_1, Eight>(matrix, x, first, out),
+        (TensorType::Q8_0, Input::Quantized16(x)) => each_row::<Q8_0, Sixteen>(matrix, x, first, out),
+        (TensorType::Q4_0, Input::Quantized16(x)) => each_row::<Q4_0, Sixteen>(matrix, x, first, out),
+        (TensorType::Q4_1, Input::Quantized16(x)) => each_row::<Q4_1, Sixteen>(matrix, x, first, out),
         (TensorType::F32, Input::Float(x)) => each(out, &|row| dot_f32(row, x)),
         (TensorType::Q8_0, Input::Float(x)) => {
             each(out, &|row| dot_float_blocks(row, x, 34, codes_q8_0, None))
@@ -33,14 +51,6 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
             each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, sums))
         }
         (_, Input::FloatSummed(x, _)) => return rows(matrix, Input::Float(x), first, out),
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
-            let tensor_type = matrix.tensor_type;
-            each(out, &|row| dot_integer(tensor_type, row, x, Width::Eight))
-        }
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized16(x)) => {
-            let tensor_type = matrix.tensor_type;
-            each(out, &|row| dot_integer(tensor_type, row, x, Width::Sixteen))
-        }
         _ => return false,
     }
     true
@@ -50,6 +60,12 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
 #[target_feature(enable = "neon")]
 pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
     Some(match (tensor_type, input) {
+        (TensorType::Q8_0, Input::Quantized(x)) => dot_integer::<Q8_0, Eight>(row, x),
+        (TensorType::Q4_0, Input::Quantized(x)) => dot_integer::<Q4_0, Eight>(row, x),
+        (TensorType::Q4_1, Input::Quantized(x)) => dot_integer::<Q4_1, Eight>(row, x),
+        (TensorType::Q8_0, Input::Quantized16(x)) => dot_integer::<Q8_0, Sixteen>(row, x),
+        (TensorType::Q4_0, Input::Quantized16(x)) => dot_integer::<Q4_0, Sixteen>(row, x),
+        (TensorType::Q4_1, Input::Quantized16(x)) => dot_integer::<Q4_1, Sixteen>(row, x),
         (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
         (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
         (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
@@ -58,54 +74,43 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32>
             dot_float_blocks(row, x, 20, codes_q4_1, Some((2, Some(sums.as_flattened()))))
         }
         (_, Input::FloatSummed(x, _)) => return dot(tensor_type, row, Input::Float(x)),
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
-            dot_integer(tensor_type, row, x, Width::Eight)
-        }
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized16(x)) => {
-            dot_integer(tensor_type, row, x, Width::Sixteen)
-        }
         _ => return None,
     })
 }
 
-/// Eight lanes as two registers: lanes 0..4 and 4..8.
-type Lanes = (float32x4_t, float32x4_t);
-
-/// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
+/// Rows `first ..` of `matrix` times every vector of `input` into `out` (`out[r × N + j]`),
+/// for quantized matrices at an integer precision; `false` (nothing written) otherwise, or
+/// when the shapes do not fit (the caller checked them, so that does not happen).
 #[target_feature(enable = "neon")]
-fn reduce(lanes: Lanes) -> f32 {
-    let quad = vaddq_f32(lanes.0, lanes.1);
-    let pair = vadd_f32(vget_low_f32(quad), vget_high_f32(quad));
-    vget_lane_f32::<0>(pair) + vget_lane_f32::<1>(pair)
+pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out: &mut [f32]) -> bool {
+    let vectors = input.rows();
+    match (matrix.tensor_type, input.int8(), input.int16()) {
+        (TensorType::Q8_0, Some(x), _) => multi_integer::<Q8_0, Eight>(matrix, x, vectors, first, out),
+        (TensorType::Q4_0, Some(x), _) => multi_integer::<Q4_0, Eight>(matrix, x, vectors, first, out),
+        (TensorType::Q4_1, Some(x), _) => multi_integer::<Q4_1, Eight>(matrix, x, vectors, first, out),
+        (TensorType::Q8_0, _, Some(x)) => multi_integer::<Q8_0, Sixteen>(matrix, x, vectors, first, out),
+        (TensorType::Q4_0, _, Some(x)) => multi_integer::<Q4_0, Sixteen>(matrix, x, vectors, first, out),
+        (TensorType::Q4_1, _, Some(x)) => multi_integer::<Q4_1, Sixteen>(matrix, x, vectors, first, out),
+        _ => false,
+    }
 }
 
-/// `lanes + a × b`, fused.
-#[target_feature(enable = "neon")]
-fn multiply_add(lanes: Lanes, a: Lanes, b: Lanes) -> Lanes {
-    (vfmaq_f32(lanes.0, a.0, b.0), vfmaq_f32(lanes.1, a.1, b.1))
-}
-
-#[target_feature(enable = "neon")]
-fn zero() -> Lanes {
-    (vdupq_n_f32(0.0), vdupq_n_f32(0.0))
-}
-
-// Loads are `ld1` in assembly, not `vld1q_*`: the `aarch64-unknown-none` target builds with
-// `+strict-align`, where LLVM splits a 128-bit load it cannot prove 16-byte aligned into
-// one load per element (sixteen `ldrb` for bytes). `ld1` needs only element alignment.
+// ---------------------------------------------------------------------------------------
+// Loads.
 
 /// Sixteen bytes at `address`.
 ///
 /// # Safety
 /// `address` must point to 16 readable bytes.
+#[inline]
 #[target_feature(enable = "neon")]
-unsafe fn ld1_16b(address: *const u8) -> uint8x16_t {
+unsafe fn load_16(address: *const u8) -> uint8x16_t {
     let value: uint8x16_t;
-    // SAFETY: the caller guarantees 16 readable bytes; `ld1` of byte elements needs no
-    // alignment, only reads them and writes the output register.
+    // SAFETY: the caller guarantees 16 readable bytes; the load only reads them and writes
+    // the output register (unaligned access is allowed, see the module notes).
     unsafe {
-        core::arch::asm!(
-            "ld1 {{{value:v}.16b}}, [{address}]",
+        asm!(
+            "ldr {value:q}, [{address}]",
             value = out(vreg) value,
             address = in(reg) address,
             options(nostack, readonly, preserves_flags)
@@ -114,85 +119,677 @@ unsafe fn ld1_16b(address: *const u8) -> uint8x16_t {
     value
 }
 
-/// Sixteen bytes from `bytes[at..at + 16]`.
+/// Four floats at `address`.
+///
+/// # Safety
+/// `address` must point to 4 readable floats.
+#[inline]
 #[target_feature(enable = "neon")]
-fn load_16(bytes: &[u8], at: usize) -> uint8x16_t {
-    let chunk = &bytes[at..at + 16];
-    // SAFETY: `chunk` is 16 readable bytes.
-    unsafe { ld1_16b(chunk.as_ptr()) }
-}
-
-/// Eight 16-bit values from `values[at..at + 8]`.
-#[target_feature(enable = "neon")]
-fn load_8_i16(values: &[i16], at: usize) -> int16x8_t {
-    let chunk = &values[at..at + 8];
-    let value: int16x8_t;
-    // SAFETY: `chunk` is 8 readable i16, 2-byte aligned as every `i16` is, which is all
-    // `ld1` of 16-bit elements needs; it only reads them and writes the output register.
-    unsafe {
-        core::arch::asm!(
-            "ld1 {{{value:v}.8h}}, [{address}]",
-            value = out(vreg) value,
-            address = in(reg) chunk.as_ptr(),
-            options(nostack, readonly, preserves_flags)
-        );
-    }
-    value
-}
-
-/// Sixteen signed bytes from `values[at..at + 16]`.
-#[target_feature(enable = "neon")]
-fn load_16_signed(values: &[i8], at: usize) -> int8x16_t {
-    let chunk = &values[at..at + 16];
-    // SAFETY: `chunk` is 16 readable bytes (an `i8` is one byte).
-    vreinterpretq_s8_u8(unsafe { ld1_16b(chunk.as_ptr().cast()) })
-}
-
-/// Four floats from `values[at..at + 4]`.
-#[target_feature(enable = "neon")]
-fn load_4_f32(values: &[f32], at: usize) -> float32x4_t {
-    let chunk = &values[at..at + 4];
+unsafe fn load_4_f32(address: *const f32) -> float32x4_t {
     let value: float32x4_t;
-    // SAFETY: `chunk` is 4 readable floats, 4-byte aligned as every `f32` is, which is all
-    // `ld1` of 32-bit elements needs; it only reads them and writes the output register.
+    // SAFETY: the caller guarantees 16 readable bytes; `ld1` only reads them and writes the
+    // output register.
     unsafe {
-        core::arch::asm!(
+        asm!(
             "ld1 {{{value:v}.4s}}, [{address}]",
             value = out(vreg) value,
-            address = in(reg) chunk.as_ptr(),
+            address = in(reg) address,
             options(nostack, readonly, preserves_flags)
         );
     }
     value
 }
 
-/// Eight floats from `bytes[at..at + 32]` (little-endian), loaded as bytes.
+/// The block scales of two consecutive blocks, `[scale 0, scaled sum 0, scale 1, scaled sum
+/// 1]`.
+///
+/// # Safety
+/// `scales` must point to two readable `[f32; 2]`.
+#[inline]
 #[target_feature(enable = "neon")]
-fn load_f32_bytes(bytes: &[u8], at: usize) -> Lanes {
-    (vreinterpretq_f32_u8(load_16(bytes, at)), vreinterpretq_f32_u8(load_16(bytes, at + 16)))
+unsafe fn load_scale_pair(scales: *const [f32; 2]) -> float32x4_t {
+    let value: float32x4_t;
+    // SAFETY: the caller guarantees 16 readable bytes; the load only reads them.
+    unsafe {
+        asm!(
+            "ldr {value:q}, [{address}]",
+            value = out(vreg) value,
+            address = in(reg) scales,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    value
 }
 
-/// Eight floats from `values[at..at + 8]`.
+/// The block scales of one block, `[scale, scaled sum, 0, 0]`.
+///
+/// # Safety
+/// `scales` must point to one readable `[f32; 2]`.
+#[inline]
 #[target_feature(enable = "neon")]
-fn load_f32(values: &[f32], at: usize) -> Lanes {
-    (load_4_f32(values, at), load_4_f32(values, at + 4))
+unsafe fn load_scale_one(scales: *const [f32; 2]) -> float32x4_t {
+    let value: float32x4_t;
+    // SAFETY: the caller guarantees 8 readable bytes; loading a D register reads only them
+    // and clears the upper half of the vector.
+    unsafe {
+        asm!(
+            "ldr {value:d}, [{address}]",
+            value = out(vreg) value,
+            address = in(reg) scales,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    value
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight formats: two blocks (or one) loaded, scales converted, codes unpacked to bytes.
+
+/// A quantized weight format as the integer kernels load it.
+trait Format {
+    /// Bytes per block of 32.
+    const BLOCK_BYTES: usize;
+    /// Whether blocks carry a minimum (Q4_1).
+    const MINIMUM: bool;
+
+    /// Two consecutive blocks at `pair`: `[scale 0, minimum 0, scale 1, minimum 1]` as f32
+    /// (minimums 0 for formats without), and each block's codes as signed bytes (elements
+    /// 0..16 then 16..32 of the first block, then of the second).
+    ///
+    /// # Safety
+    /// `pair` must point to `2 × BLOCK_BYTES` readable bytes.
+    unsafe fn load_pair(pair: *const u8) -> (float32x4_t, [int8x16_t; 4]);
+
+    /// One block: `[scale, minimum, 0, 0]` and its codes.
+    ///
+    /// # Safety
+    /// `block` must point to `BLOCK_BYTES` readable bytes.
+    unsafe fn load_one(block: *const u8) -> (float32x4_t, [int8x16_t; 2]);
+}
+
+/// Q8_0: `d: f16, q: [i8; 32]`.
+struct Q8_0;
+/// Q4_0: `d: f16, q: [u8; 16]` (nibble − 8).
+struct Q4_0;
+/// Q4_1: `d: f16, m: f16, q: [u8; 16]`.
+struct Q4_1;
+
+/// Sixteen packed bytes as nibbles: low nibbles (elements 0..16) and high ones (16..32).
+#[inline]
+#[target_feature(enable = "neon")]
+fn nibbles(packed: uint8x16_t) -> (int8x16_t, int8x16_t) {
+    (vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0f))), vreinterpretq_s8_u8(vshrq_n_u8::<4>(packed)))
+}
+
+/// Q4_0's nibbles less 8.
+#[inline]
+#[target_feature(enable = "neon")]
+fn nibbles_less_8(packed: uint8x16_t) -> (int8x16_t, int8x16_t) {
+    let (low, high) = nibbles(packed);
+    (vsubq_s8(low, vdupq_n_s8(8)), vsubq_s8(high, vdupq_n_s8(8)))
+}
+
+impl Format for Q8_0 {
+    const BLOCK_BYTES: usize = 34;
+    const MINIMUM: bool = false;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_pair(pair: *const u8) -> (float32x4_t, [int8x16_t; 4]) {
+        let (scales, c0, c1, c2, c3): (float32x4_t, uint8x16_t, uint8x16_t, uint8x16_t, uint8x16_t);
+        // SAFETY: the caller guarantees 68 readable bytes: the loads read bytes 0..2 and
+        // 2..34 (first block), 34..36 and 36..68 (second block), through a copy of the
+        // address that the post-indexed loads advance; `fcvtl` converts the two f16 scales
+        // (half lanes 0 and 2, the others cleared by the first load) exactly.
+        unsafe {
+            asm!(
+                "ldr {scales:h}, [{address}], #2",
+                "ldp {c0:q}, {c1:q}, [{address}], #32",
+                "ld1 {{{scales:v}.h}}[2], [{address}], #2",
+                "ldp {c2:q}, {c3:q}, [{address}]",
+                "fcvtl {scales:v}.4s, {scales:v}.4h",
+                address = inout(reg) pair => _,
+                scales = out(vreg) scales,
+                c0 = out(vreg) c0,
+                c1 = out(vreg) c1,
+                c2 = out(vreg) c2,
+                c3 = out(vreg) c3,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        (scales, [c0, c1, c2, c3].map(|code| vreinterpretq_s8_u8(code)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_one(block: *const u8) -> (float32x4_t, [int8x16_t; 2]) {
+        let (scales, low, high): (float32x4_t, uint8x16_t, uint8x16_t);
+        // SAFETY: the caller guarantees 34 readable bytes: the loads read bytes 0..2, 2..18
+        // and 18..34.
+        unsafe {
+            asm!(
+                "ldr {scales:h}, [{address}]",
+                "ldur {low:q}, [{address}, #2]",
+                "ldur {high:q}, [{address}, #18]",
+                "fcvtl {scales:v}.4s, {scales:v}.4h",
+                address = in(reg) block,
+                scales = out(vreg) scales,
+                low = out(vreg) low,
+                high = out(vreg) high,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        (scales, [vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high)])
+    }
+}
+
+impl Format for Q4_0 {
+    const BLOCK_BYTES: usize = 18;
+    const MINIMUM: bool = false;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_pair(pair: *const u8) -> (float32x4_t, [int8x16_t; 4]) {
+        let (scales, first, second): (float32x4_t, uint8x16_t, uint8x16_t);
+        // SAFETY: the caller guarantees 36 readable bytes: the loads read bytes 0..2, 2..18,
+        // 18..20 and 20..36, through a copy of the address that the post-indexed loads
+        // advance.
+        unsafe {
+            asm!(
+                "ldr {scales:h}, [{address}], #2",
+                "ldr {first:q}, [{address}], #16",
+                "ld1 {{{scales:v}.h}}[2], [{address}], #2",
+                "ldr {second:q}, [{address}]",
+                "fcvtl {scales:v}.4s, {scales:v}.4h",
+                address = inout(reg) pair => _,
+                scales = out(vreg) scales,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        let ((low_0, high_0), (low_1, high_1)) = (nibbles_less_8(first), nibbles_less_8(second));
+        (scales, [low_0, high_0, low_1, high_1])
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_one(block: *const u8) -> (float32x4_t, [int8x16_t; 2]) {
+        let (scales, packed): (float32x4_t, uint8x16_t);
+        // SAFETY: the caller guarantees 18 readable bytes: the loads read bytes 0..2 and 2..18.
+        unsafe {
+            asm!(
+                "ldr {scales:h}, [{address}]",
+                "ldur {packed:q}, [{address}, #2]",
+                "fcvtl {scales:v}.4s, {scales:v}.4h",
+                address = in(reg) block,
+                scales = out(vreg) scales,
+                packed = out(vreg) packed,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        let (low, high) = nibbles_less_8(packed);
+        (scales, [low, high])
+    }
+}
+
+impl Format for Q4_1 {
+    const BLOCK_BYTES: usize = 20;
+    const MINIMUM: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_pair(pair: *const u8) -> (float32x4_t, [int8x16_t; 4]) {
+        let (scales, first, second): (float32x4_t, uint8x16_t, uint8x16_t);
+        // SAFETY: the caller guarantees 40 readable bytes: the loads read bytes 0..4 (scale
+        // and minimum), 4..20, 20..24 and 24..40, through a copy of the address that the
+        // post-indexed loads advance; `fcvtl` converts the four f16 exactly.
+        unsafe {
+            asm!(
+                "ldr {scales:s}, [{address}], #4",
+                "ldr {first:q}, [{address}], #16",
+                "ld1 {{{scales:v}.s}}[1], [{address}], #4",
+                "ldr {second:q}, [{address}]",
+                "fcvtl {scales:v}.4s, {scales:v}.4h",
+                address = inout(reg) pair => _,
+                scales = out(vreg) scales,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        let ((low_0, high_0), (low_1, high_1)) = (nibbles(first), nibbles(second));
+        (scales, [low_0, high_0, low_1, high_1])
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load_one(block: *const u8) -> (float32x4_t, [int8x16_t; 2]) {
+        let (scales, packed): (float32x4_t, uint8x16_t);
+        // SAFETY: the caller guarantees 20 readable bytes: the loads read bytes 0..4 and 4..20.
+        unsafe {
+            asm!(
+                "ldr {scales:s}, [{address}]",
+                "ldur {packed:q}, [{address}, #4]",
+                "fcvtl {scales:v}.4s, {scales:v}.4h",
+                address = in(reg) block,
+                scales = out(vreg) scales,
+                packed = out(vreg) packed,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        let (low, high) = nibbles(packed);
+        (scales, [low, high])
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
+
+/// The width of quantized activations, as the integer kernels multiply them.
+trait Width {
+    /// `i8` or `i16`.
+    type Element: Copy;
+    /// One block's codes made ready for [`Self::lanes`] (widened once, for every vector).
+    type Codes: Copy;
+
+    /// A block's codes (elements 0..16 in `low`, 16..32 in `high`) made ready.
+    ///
+    /// # Safety
+    /// None beyond NEON, which every aarch64 build has (an `unsafe fn` so that it may enable it).
+    unsafe fn prepare(low: int8x16_t, high: int8x16_t) -> Self::Codes;
+
+    /// The four integer lanes of one block: `codes` times the 32 activations at `values`,
+    /// element e added to lane (e / 2) mod 4, exactly.
+    ///
+    /// # Safety
+    /// `values` must point to 32 readable elements.
+    unsafe fn lanes(codes: Self::Codes, values: *const Self::Element) -> int32x4_t;
+}
+
+/// 8-bit activations.
+struct Eight;
+/// 16-bit activations.
+struct Sixteen;
+
+impl Width for Eight {
+    type Element = i8;
+    type Codes = (int8x16_t, int8x16_t);
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn prepare(low: int8x16_t, high: int8x16_t) -> Self::Codes {
+        (low, high)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn lanes((low, high): Self::Codes, values: *const i8) -> int32x4_t {
+        let (first, second): (int8x16_t, int8x16_t);
+        // SAFETY: the caller guarantees 32 readable bytes; `ldp` reads only them.
+        unsafe {
+            asm!(
+                "ldp {first:q}, {second:q}, [{address}]",
+                address = in(reg) values,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        // i16 lane i of `near` is e(i) + e(16 + i), of `far` e(8 + i) + e(24 + i): at most
+        // 2 × 128 × 127 in magnitude (activations stay within −127..=127), so no overflow.
+        let near =
+            vmlal_s8(vmull_s8(vget_low_s8(low), vget_low_s8(first)), vget_low_s8(high), vget_low_s8(second));
+        let far = vmlal_high_s8(vmull_high_s8(low, first), high, second);
+        // Adjacent i16 lanes added into i32: lane k gets elements 2k, 2k+1 (+16), then
+        // 8+2k, 9+2k (+16).
+        vpadalq_s16(vpaddlq_s16(near), far)
+    }
+}
+
+impl Width for Sixteen {
+    type Element = i16;
+    type Codes = [int16x8_t; 4];
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn prepare(low: int8x16_t, high: int8x16_t) -> Self::Codes {
+        [vmovl_s8(vget_low_s8(low)), vmovl_high_s8(low), vmovl_s8(vget_low_s8(high)), vmovl_high_s8(high)]
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn lanes(codes: Self::Codes, values: *const i16) -> int32x4_t {
+        let (a0, a1, a2, a3): (int16x8_t, int16x8_t, int16x8_t, int16x8_t);
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the two `ldp` read bytes
+        // 0..32 and 32..64.
+        unsafe {
+            asm!(
+                "ldp {a0:q}, {a1:q}, [{address}]",
+                "ldp {a2:q}, {a3:q}, [{address}, #32]",
+                address = in(reg) values,
+                a0 = out(vreg) a0,
+                a1 = out(vreg) a1,
+                a2 = out(vreg) a2,
+                a3 = out(vreg) a3,
+                options(nostack, readonly, preserves_flags)
+            );
+        }
+        // i32 lane i of `low` sums elements 8g + i over the groups g, of `high` 8g + 4 + i
+        // (each product at most 128 × 32767); adjacent lanes then pair up.
+        let low = vmull_s16(vget_low_s16(codes[0]), vget_low_s16(a0));
+        let low = vmlal_s16(low, vget_low_s16(codes[1]), vget_low_s16(a1));
+        let low = vmlal_s16(low, vget_low_s16(codes[2]), vget_low_s16(a2));
+        let low = vmlal_s16(low, vget_low_s16(codes[3]), vget_low_s16(a3));
+        let high = vmull_high_s16(codes[0], a0);
+        let high = vmlal_high_s16(high, codes[1], a1);
+        let high = vmlal_high_s16(high, codes[2], a2);
+        let high = vmlal_high_s16(high, codes[3], a3);
+        vpaddq_s32(low, high)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Integer dot products (mirroring `kernels::dot_blocks_integer`).
+
+/// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
+/// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
+#[derive(Clone, Copy)]
+struct Sums {
+    lanes: float32x4_t,
+    minimums: float32x4_t,
+}
+
+impl Sums {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn new() -> Self {
+        Self { lanes: vdupq_n_f32(0.0), minimums: vdupq_n_f32(0.0) }
+    }
+
+    /// The dot product: (lane 0 + lane 2) + (lane 1 + lane 3), plus (even + odd minimum
+    /// terms) for Q4_1.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn finish<F: Format>(self) -> f32 {
+        let halves = vadd_f32(vget_low_f32(self.lanes), vget_high_f32(self.lanes));
+        let total = vpadds_f32(halves);
+        if F::MINIMUM {
+            total + (vgetq_lane_f32::<1>(self.minimums) + vgetq_lane_f32::<3>(self.minimums))
+        } else {
+            total
+        }
+    }
+
+    /// Adds a pair of blocks: `weight_scales` and codes from [`Format::load_pair`], the
+    /// activations at `values` (64) and their block scales at `scales` (2).
+    ///
+    /// # Safety
+    /// `values` must point to 64 readable elements and `scales` to two block scales.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair<F: Format, W: Width>(
+        &mut self,
+        weight_scales: float32x4_t,
+        codes: (W::Codes, W::Codes),
+        values: *const W::Element,
+        scales: *const [f32; 2],
+    ) {
+        // SAFETY: the caller guarantees two block scales at `scales`.
+        let activation_scales = unsafe { load_scale_pair(scales) };
+        let factors = vmulq_f32(weight_scales, activation_scales);
+        if F::MINIMUM {
+            self.minimums = vfmaq_f32(self.minimums, weight_scales, activation_scales);
+        }
+        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
+        let (first, second) = unsafe { (W::lanes(codes.0, values), W::lanes(codes.1, values.add(32))) };
+        self.lanes = vfmaq_laneq_f32::<0>(self.lanes, vcvtq_f32_s32(first), factors);
+        self.lanes = vfmaq_laneq_f32::<2>(self.lanes, vcvtq_f32_s32(second), factors);
+    }
+
+    /// Adds one block (the last of an odd count, so an even block).
+    ///
+    /// # Safety
+    /// `values` must point to 32 readable elements and `scales` to one block scale.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_one<F: Format, W: Width>(
+        &mut self,
+        weight_scales: float32x4_t,
+        codes: W::Codes,
+        values: *const W::Element,
+        scales: *const [f32; 2],
+    ) {
+        // SAFETY: the caller guarantees one block scale at `scales`.
+        let activation_scales = unsafe { load_scale_one(scales) };
+        let factors = vmulq_f32(weight_scales, activation_scales);
+        if F::MINIMUM {
+            // Only lanes 0 and 1, so the odd blocks' lane 3 keeps its exact bits.
+            let even = vfma_f32(
+                vget_low_f32(self.minimums),
+                vget_low_f32(weight_scales),
+                vget_low_f32(activation_scales),
+            );
+            self.minimums = vcombine_f32(even, vget_high_f32(self.minimums));
+        }
+        // SAFETY: the caller guarantees 32 readable elements.
+        let lanes = unsafe { W::lanes(codes, values) };
+        self.lanes = vfmaq_laneq_f32::<0>(self.lanes, vcvtq_f32_s32(lanes), factors);
+    }
+}
+
+/// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
+fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) -> usize {
+    (row_bytes / block_bytes).min(x.values.len() / BLOCK_VALUES).min(x.block_scales.len())
+}
+
+/// Dot product of a row of `F` blocks with activations of width `W`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) -> f32 {
+    let blocks = common_blocks(row.len(), F::BLOCK_BYTES, &x);
+    let pairs = blocks / 2;
+    let mut sums = Sums::new();
+    let row_pairs = row[..pairs * 2 * F::BLOCK_BYTES].chunks_exact(2 * F::BLOCK_BYTES);
+    let value_pairs = x.values[..pairs * 2 * BLOCK_VALUES].chunks_exact(2 * BLOCK_VALUES);
+    let scale_pairs = x.block_scales[..pairs * 2].chunks_exact(2);
+    for ((pair, values), scales) in row_pairs.zip(value_pairs).zip(scale_pairs) {
+        // SAFETY: `chunks_exact` gives `pair` 2 × BLOCK_BYTES bytes, `values` 64 elements
+        // and `scales` two block scales.
+        unsafe {
+            let (weight_scales, codes) = F::load_pair(pair.as_ptr());
+            let codes = (W::prepare(codes[0], codes[1]), W::prepare(codes[2], codes[3]));
+            sums.add_pair::<F, W>(weight_scales, codes, values.as_ptr(), scales.as_ptr());
+        }
+    }
+    if blocks % 2 == 1 {
+        let last = blocks - 1;
+        let block = &row[last * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES];
+        let values = &x.values[last * BLOCK_VALUES..blocks * BLOCK_VALUES];
+        // SAFETY: the slices hold one block, its 32 activations and its block scale.
+        unsafe {
+            let (weight_scales, codes) = F::load_one(block.as_ptr());
+            let codes = W::prepare(codes[0], codes[1]);
+            sums.add_one::<F, W>(weight_scales, codes, values.as_ptr(), &x.block_scales[last]);
+        }
+    }
+    sums.finish::<F>()
+}
+
+/// Rows `first ..` of `matrix` dotted with `x` into `out`, one row after another.
+#[inline]
+#[target_feature(enable = "neon")]
+fn each_row<F: Format, W: Width>(
+    matrix: &Matrix<'_>,
+    x: Quantized<'_, W::Element>,
+    first: usize,
+    out: &mut [f32],
+) {
+    for (index, out) in out.iter_mut().enumerate() {
+        *out = dot_integer::<F, W>(matrix.row(first + index), x);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Matrix × N vectors: each pair of weight blocks is loaded and unpacked once, then meets
+// every vector.
+
+/// Vectors whose running sums one pass over a row keeps; more vectors take further passes.
+const GROUP: usize = 32;
+
+/// Rows `first ..` of `matrix` times the `vectors` vectors of `x` (one after another,
+/// `matrix.columns` values each) into `out[r × vectors + j]`; `false` (nothing written) if the
+/// activations or a row are shorter than the matrix's columns.
+fn multi_integer<F: Format, W: Width>(
+    matrix: &Matrix<'_>,
+    x: Quantized<'_, W::Element>,
+    vectors: usize,
+    first: usize,
+    out: &mut [f32],
+) -> bool {
+    let blocks = matrix.columns / BLOCK_VALUES;
+    let rows = out.len().checked_div(vectors).unwrap_or(0);
+    let rows_fit = (first..first + rows).all(|row| matrix.row(row).len() >= blocks * F::BLOCK_BYTES);
+    if x.values.len() < vectors * blocks * BLOCK_VALUES
+        || x.block_scales.len() < vectors * blocks
+        || !rows_fit
+    {
+        return false;
+    }
+    for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
+        let row = matrix.row(first + index);
+        for (group, outputs) in outputs.chunks_mut(GROUP).enumerate() {
+            let start = group * GROUP * blocks;
+            // SAFETY: the checks above: the row holds `blocks` blocks, and the group's
+            // vectors (`outputs.len()` of them from vector `group × GROUP`) have `blocks`
+            // blocks of values and scales each, inside `x`.
+            unsafe {
+                row_times_group::<F, W>(
+                    row.as_ptr(),
+                    blocks,
+                    x.values.as_ptr().add(start * BLOCK_VALUES),
+                    x.block_scales.as_ptr().add(start),
+                    outputs,
+                );
+            }
+        }
+    }
+    true
+}
+
+/// One row of `blocks` blocks at `row` times `out.len()` (at most [`GROUP`]) vectors whose
+/// values and block scales start at `values` and `scales` (`blocks` blocks per vector), into
+/// `out`.
+///
+/// # Safety
+/// `row` must point to `blocks × F::BLOCK_BYTES` readable bytes, `values` to `out.len() ×
+/// blocks × 32` readable elements and `scales` to `out.len() × blocks` block scales.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn row_times_group<F: Format, W: Width>(
+    row: *const u8,
+    blocks: usize,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+    out: &mut [f32],
+) {
+    let mut group = [Sums::new(); GROUP];
+    let group = &mut group[..out.len().min(GROUP)];
+    for pair in 0..blocks / 2 {
+        let block = 2 * pair;
+        // SAFETY: blocks `block` and `block + 1` are inside the row.
+        let (weight_scales, codes) = unsafe { F::load_pair(row.add(block * F::BLOCK_BYTES)) };
+        // SAFETY: NEON is all `prepare` needs.
+        let codes = unsafe { (W::prepare(codes[0], codes[1]), W::prepare(codes[2], codes[3])) };
+        for (vector, sums) in group.iter_mut().enumerate() {
+            let at = vector * blocks + block;
+            // SAFETY: the vector's blocks `block` and `block + 1` are inside its values and
+            // scales.
+            unsafe {
+                sums.add_pair::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
+            };
+        }
+    }
+    if blocks % 2 == 1 {
+        let block = blocks - 1;
+        // SAFETY: block `block` is inside the row.
+        let (weight_scales, codes) = unsafe { F::load_one(row.add(block * F::BLOCK_BYTES)) };
+        // SAFETY: NEON is all `prepare` needs.
+        let codes = unsafe { W::prepare(codes[0], codes[1]) };
+        for (vector, sums) in group.iter_mut().enumerate() {
+            let at = vector * blocks + block;
+            // SAFETY: the vector's block `block` is inside its values and scales.
+            unsafe {
+                sums.add_one::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
+            };
+        }
+    }
+    for (sums, out) in group.iter().zip(out) {
+        *out = sums.finish::<F>();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Float activations (mirroring `kernels::dot_f32` and `kernels::dot_blocks_float`).
+
+/// Eight lanes as two registers: lanes 0..4 and 4..8.
+type Lanes = (float32x4_t, float32x4_t);
+
+/// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn reduce(lanes: Lanes) -> f32 {
+    let quad = vaddq_f32(lanes.0, lanes.1);
+    let pair = vadd_f32(vget_low_f32(quad), vget_high_f32(quad));
+    vget_lane_f32::<0>(pair) + vget_lane_f32::<1>(pair)
+}
+
+/// `lanes + a × b`, fused.
+#[inline]
+#[target_feature(enable = "neon")]
+fn multiply_add(lanes: Lanes, a: Lanes, b: Lanes) -> Lanes {
+    (vfmaq_f32(lanes.0, a.0, b.0), vfmaq_f32(lanes.1, a.1, b.1))
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn zero() -> Lanes {
+    (vdupq_n_f32(0.0), vdupq_n_f32(0.0))
+}
+
+/// Eight floats at `address`.
+///
+/// # Safety
+/// `address` must point to 8 readable floats.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn load_f32(address: *const f32) -> Lanes {
+    // SAFETY: the caller guarantees 8 readable floats: 4 at each address.
+    unsafe { (load_4_f32(address), load_4_f32(address.add(4))) }
 }
 
 #[target_feature(enable = "neon")]
 fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-    let groups = (row.len() / 32).min(x.len() / 8);
     let mut lanes = zero();
-    for group in 0..groups {
-        lanes = multiply_add(lanes, load_f32_bytes(row, group * 32), load_f32(x, group * 8));
+    let mut row_groups = row.chunks_exact(32);
+    let mut x_groups = x.chunks_exact(8);
+    for (bytes, values) in (&mut row_groups).zip(&mut x_groups) {
+        // SAFETY: `chunks_exact` gives 32 bytes and 8 floats.
+        let (weights, values) = unsafe {
+            let weights = (load_16(bytes.as_ptr()), load_16(bytes.as_ptr().add(16)));
+            ((vreinterpretq_f32_u8(weights.0), vreinterpretq_f32_u8(weights.1)), load_f32(values.as_ptr()))
+        };
+        lanes = multiply_add(lanes, weights, values);
     }
     let mut total = reduce(lanes);
-    for (bytes, value) in row[groups * 32..].chunks_exact(4).zip(&x[groups * 8..]) {
+    for (bytes, value) in row_groups.remainder().chunks_exact(4).zip(x_groups.remainder()) {
         total = fmaf(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), *value, total);
     }
     total
 }
 
 /// Eight signed byte codes as eight floats.
+#[inline]
 #[target_feature(enable = "neon")]
 fn widen_signed(bytes: int8x8_t) -> Lanes {
     let wide = vmovl_s8(bytes);
@@ -200,6 +797,7 @@ fn widen_signed(bytes: int8x8_t) -> Lanes {
 }
 
 /// The 32 codes of a block (elements 0..16 in `low`, 16..32 in `high`) as four groups.
+#[inline]
 #[target_feature(enable = "neon")]
 fn widen(low: int8x16_t, high: int8x16_t) -> [Lanes; 4] {
     [
@@ -210,40 +808,54 @@ fn widen(low: int8x16_t, high: int8x16_t) -> [Lanes; 4] {
     ]
 }
 
+/// The codes of a Q8_0 block.
+///
+/// # Safety
+/// `block` must hold 34 bytes.
+#[inline]
 #[target_feature(enable = "neon")]
-fn codes_q8_0(block: &[u8]) -> [Lanes; 4] {
-    widen(vreinterpretq_s8_u8(load_16(block, 2)), vreinterpretq_s8_u8(load_16(block, 18)))
-}
-
-/// Nibbles packed from byte `start`: low nibbles are elements 0..16, high ones 16..32.
-#[target_feature(enable = "neon")]
-fn nibbles(block: &[u8], start: usize) -> (uint8x16_t, uint8x16_t) {
-    let packed = load_16(block, start);
-    (vandq_u8(packed, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(packed))
-}
-
-#[target_feature(enable = "neon")]
-fn codes_q4_0(block: &[u8]) -> [Lanes; 4] {
-    let (low, high) = nibbles(block, 2);
-    let eight = vdupq_n_s8(8);
-    widen(vsubq_s8(vreinterpretq_s8_u8(low), eight), vsubq_s8(vreinterpretq_s8_u8(high), eight))
-}
-
-#[target_feature(enable = "neon")]
-fn codes_q4_1(block: &[u8]) -> [Lanes; 4] {
-    let (low, high) = nibbles(block, 4);
+unsafe fn codes_q8_0(block: &[u8]) -> [Lanes; 4] {
+    // SAFETY: the caller guarantees 34 bytes: 2..18 and 18..34 are read.
+    let (low, high) = unsafe { (load_16(block.as_ptr().add(2)), load_16(block.as_ptr().add(18))) };
     widen(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
 }
 
-/// `lanes + scale × values`, fused.
+/// The codes of a Q4_0 block.
+///
+/// # Safety
+/// `block` must hold 18 bytes.
+#[inline]
 #[target_feature(enable = "neon")]
-fn add_scaled(lanes: Lanes, scale: f32, values: Lanes) -> Lanes {
+unsafe fn codes_q4_0(block: &[u8]) -> [Lanes; 4] {
+    // SAFETY: the caller guarantees 18 bytes: 2..18 are read.
+    let (low, high) = nibbles_less_8(unsafe { load_16(block.as_ptr().add(2)) });
+    widen(low, high)
+}
+
+/// The codes of a Q4_1 block.
+///
+/// # Safety
+/// `block` must hold 20 bytes.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn codes_q4_1(block: &[u8]) -> [Lanes; 4] {
+    // SAFETY: the caller guarantees 20 bytes: 4..20 are read.
+    let (low, high) = nibbles(unsafe { load_16(block.as_ptr().add(4)) });
+    widen(low, high)
+}
+
+/// `lanes + scale × values`, fused.
+#[inline]
+#[target_feature(enable = "neon")]
+fn add_scaled_lanes(lanes: Lanes, scale: f32, values: Lanes) -> Lanes {
     let scale = vdupq_n_f32(scale);
     (vfmaq_f32(lanes.0, scale, values.0), vfmaq_f32(lanes.1, scale, values.1))
 }
 
-/// Float-activation dot product over blocks; `minimum` locates the Q4_1 minimum and may
-/// bring the blocks' sum lanes (flattened). Mirrors `kernels::dot_blocks_float`.
+/// Float-activation dot product over blocks of `block_bytes`, whose codes `codes` expands;
+/// `minimum` locates the Q4_1 minimum and may bring the blocks' sum lanes (flattened).
+/// Mirrors `kernels::dot_blocks_float`.
+#[inline]
 #[target_feature(enable = "neon")]
 fn dot_float_blocks(
     row: &[u8],
@@ -254,98 +866,27 @@ fn dot_float_blocks(
 ) -> f32 {
     let mut accumulator = zero();
     for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
-        // SAFETY: `codes` is one of this module's NEON functions, and NEON is enabled here.
-        let codes = unsafe { codes(block) };
-        let values: [Lanes; 4] = core::array::from_fn(|group| load_f32(values, group * 8));
+        // SAFETY: `codes` reads a block of `block_bytes` bytes, which `chunks_exact` gives;
+        // `values` holds 32 floats, 8 read per group.
+        let (codes, values) = unsafe {
+            let values: [Lanes; 4] = core::array::from_fn(|group| load_f32(values.as_ptr().add(group * 8)));
+            (codes(block), values)
+        };
         let mut products = zero();
         for (code, value) in codes.into_iter().zip(values) {
             products = multiply_add(products, code, value);
         }
-        accumulator = add_scaled(accumulator, half(block, 0), products);
+        accumulator = add_scaled_lanes(accumulator, half(block, 0), products);
         if let Some((at, precomputed)) = minimum {
-            let sums = match precomputed {
-                Some(sums) if sums.len() >= index * 8 + 8 => load_f32(sums, index * 8),
-                _ => values
+            let sums = match precomputed.and_then(|sums| sums.get(index * 8..index * 8 + 8)) {
+                // SAFETY: `get` gave eight floats.
+                Some(sums) => unsafe { load_f32(sums.as_ptr()) },
+                None => values
                     .iter()
                     .fold(zero(), |sums, value| (vaddq_f32(sums.0, value.0), vaddq_f32(sums.1, value.1))),
             };
-            accumulator = add_scaled(accumulator, half(block, at), sums);
+            accumulator = add_scaled_lanes(accumulator, half(block, at), sums);
         }
     }
     reduce(accumulator)
-}
-
-/// Thirty-two signed codes (`low`: elements 0..16, `high`: 16..32) times 32 activations,
-/// summed exactly into eight i32 lanes of four consecutive elements (two registers).
-#[target_feature(enable = "neon")]
-fn integer_lanes(low: int8x16_t, high: int8x16_t, activations: &[i8]) -> (int32x4_t, int32x4_t) {
-    let (first, second) = (load_16_signed(activations, 0), load_16_signed(activations, 16));
-    let pairs = |codes: int8x16_t, values: int8x16_t| {
-        (
-            vpaddlq_s16(vmull_s8(vget_low_s8(codes), vget_low_s8(values))),
-            vpaddlq_s16(vmull_s8(vget_high_s8(codes), vget_high_s8(values))),
-        )
-    };
-    let (pairs_0, pairs_1) = pairs(low, first);
-    let (pairs_2, pairs_3) = pairs(high, second);
-    (vpaddq_s32(pairs_0, pairs_1), vpaddq_s32(pairs_2, pairs_3))
-}
-
-/// Thirty-two signed codes (`low`: elements 0..16, `high`: 16..32) times 32 16-bit
-/// activations, summed exactly into eight i32 lanes of four consecutive elements.
-#[target_feature(enable = "neon")]
-fn wide_integer_lanes(low: int8x16_t, high: int8x16_t, activations: &[i16]) -> (int32x4_t, int32x4_t) {
-    let values: [int16x8_t; 4] = core::array::from_fn(|group| load_8_i16(activations, group * 8));
-    let codes = [
-        vmovl_s8(vget_low_s8(low)),
-        vmovl_s8(vget_high_s8(low)),
-        vmovl_s8(vget_low_s8(high)),
-        vmovl_s8(vget_high_s8(high)),
-    ];
-    // Products of eight elements (each at most 128 × 32767), added in adjacent pairs.
-    let pairs: [int32x4_t; 4] = core::array::from_fn(|group| {
-        let (codes, values) = (codes[group], values[group]);
-        vpaddq_s32(
-            vmull_s16(vget_low_s16(codes), vget_low_s16(values)),
-            vmull_s16(vget_high_s16(codes), vget_high_s16(values)),
-        )
-    });
-    (vpaddq_s32(pairs[0], pairs[1]), vpaddq_s32(pairs[2], pairs[3]))
-}
-
-/// Mirrors `kernels::dot_blocks_integer` at either width.
-#[target_feature(enable = "neon")]
-fn dot_integer(tensor_type: TensorType, row: &[u8], x: &QuantizedVector, width: Width) -> f32 {
-    let block_bytes = tensor_type.block_bytes();
-    let mut accumulator = zero();
-    let mut minimum_total = 0.0f32;
-    for index in 0..block_count(row.len(), block_bytes, x, width) {
-        let block = &row[index * block_bytes..(index + 1) * block_bytes];
-        let scale = x.scales[index];
-        let (low, high) = match tensor_type {
-            TensorType::Q8_0 => {
-                (vreinterpretq_s8_u8(load_16(block, 2)), vreinterpretq_s8_u8(load_16(block, 18)))
-            }
-            TensorType::Q4_0 => {
-                let (low, high) = nibbles(block, 2);
-                let eight = vdupq_n_s8(8);
-                (vsubq_s8(vreinterpretq_s8_u8(low), eight), vsubq_s8(vreinterpretq_s8_u8(high), eight))
-            }
-            _ => {
-                let (low, high) = nibbles(block, 4);
-                minimum_total = fmaf(half(block, 2), x.scaled_sums[index], minimum_total);
-                (vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(high))
-            }
-        };
-        let lanes = match width {
-            Width::Eight => integer_lanes(low, high, &x.values[index * 32..index * 32 + 32]),
-            Width::Sixteen => wide_integer_lanes(low, high, &x.wide_values[index * 32..]),
-        };
-        let factor = vdupq_n_f32(half(block, 0) * scale);
-        accumulator = (
-            vfmaq_f32(accumulator.0, factor, vcvtq_f32_s32(lanes.0)),
-            vfmaq_f32(accumulator.1, factor, vcvtq_f32_s32(lanes.1)),
-        );
-    }
-    reduce(accumulator) + minimum_total
 }

@@ -1,12 +1,16 @@
-//! The AVX2 row dot products (x86_64; F16C and FMA beside AVX2): the twins of the scalar
-//! kernels in `kernels`, bit for bit.
+//! The AVX2 kernels (x86_64; F16C and FMA beside AVX2): row dot products and the matrix ×
+//! N-vectors product, each the twin of its scalar kernel in `kernels`, bit for bit.
+//!
+//! The integer dot products take the weight type and the activation width as type
+//! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
+//! two blocks per step through `chunks_exact`, with no branch or slice check inside. Weight
+//! scales become f32 with F16C.
 
 use core::arch::x86_64::*;
 
-use super::{Width, block_count};
-use crate::infer::kernels::{Input, QuantizedVector};
+use crate::infer::kernels::{BatchInput, Input, Quantized};
+use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
-use libm::fmaf;
 
 /// Whether the CPU has AVX2, F16C and FMA (every AVX2 CPU so far has both).
 pub fn has_avx2() -> bool {
@@ -32,6 +36,12 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
         }
     };
     match (matrix.tensor_type, input) {
+        (TensorType::Q8_0, Input::Quantized(x)) => each_row::<Q8_0, Eight>(matrix, x, first, out),
+        (TensorType::Q4_0, Input::Quantized(x)) => each_row::<Q4_0, Eight>(matrix, x, first, out),
+        (TensorType::Q4_1, Input::Quantized(x)) => each_row::<Q4_1, Eight>(matrix, x, first, out),
+        (TensorType::Q8_0, Input::Quantized16(x)) => each_row::<Q8_0, Sixteen>(matrix, x, first, out),
+        (TensorType::Q4_0, Input::Quantized16(x)) => each_row::<Q4_0, Sixteen>(matrix, x, first, out),
+        (TensorType::Q4_1, Input::Quantized16(x)) => each_row::<Q4_1, Sixteen>(matrix, x, first, out),
         (TensorType::F32, Input::Float(x)) => each(out, &|row| dot_f32(row, x)),
         (TensorType::Q8_0, Input::Float(x)) => {
             each(out, &|row| dot_float_blocks(row, x, 34, codes_q8_0, None))
@@ -47,14 +57,6 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
             each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, sums))
         }
         (_, Input::FloatSummed(x, _)) => return rows(matrix, Input::Float(x), first, out),
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
-            let tensor_type = matrix.tensor_type;
-            each(out, &|row| dot_integer(row, x, tensor_type, Width::Eight))
-        }
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized16(x)) => {
-            let tensor_type = matrix.tensor_type;
-            each(out, &|row| dot_integer(row, x, tensor_type, Width::Sixteen))
-        }
         _ => return false,
     }
     true
@@ -64,6 +66,12 @@ pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]
 #[target_feature(enable = "avx2,f16c,fma")]
 pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
     Some(match (tensor_type, input) {
+        (TensorType::Q8_0, Input::Quantized(x)) => dot_integer::<Q8_0, Eight>(row, x),
+        (TensorType::Q4_0, Input::Quantized(x)) => dot_integer::<Q4_0, Eight>(row, x),
+        (TensorType::Q4_1, Input::Quantized(x)) => dot_integer::<Q4_1, Eight>(row, x),
+        (TensorType::Q8_0, Input::Quantized16(x)) => dot_integer::<Q8_0, Sixteen>(row, x),
+        (TensorType::Q4_0, Input::Quantized16(x)) => dot_integer::<Q4_0, Sixteen>(row, x),
+        (TensorType::Q4_1, Input::Quantized16(x)) => dot_integer::<Q4_1, Sixteen>(row, x),
         (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
         (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
         (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
@@ -72,15 +80,553 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32>
             dot_float_blocks(row, x, 20, codes_q4_1, Some((2, Some(sums.as_flattened()))))
         }
         (_, Input::FloatSummed(x, _)) => return dot(tensor_type, row, Input::Float(x)),
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized(x)) => {
-            dot_integer(row, x, tensor_type, Width::Eight)
-        }
-        (TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1, Input::Quantized16(x)) => {
-            dot_integer(row, x, tensor_type, Width::Sixteen)
-        }
         _ => return None,
     })
 }
+
+/// Rows `first ..` of `matrix` times every vector of `input` into `out` (`out[r × N + j]`),
+/// for quantized matrices at an integer precision; `false` (nothing written) otherwise, or
+/// when the shapes do not fit (the caller checked them, so that does not happen).
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out: &mut [f32]) -> bool {
+    let vectors = input.rows();
+    match (matrix.tensor_type, input.int8(), input.int16()) {
+        (TensorType::Q8_0, Some(x), _) => multi_integer::<Q8_0, Eight>(matrix, x, vectors, first, out),
+        (TensorType::Q4_0, Some(x), _) => multi_integer::<Q4_0, Eight>(matrix, x, vectors, first, out),
+        (TensorType::Q4_1, Some(x), _) => multi_integer::<Q4_1, Eight>(matrix, x, vectors, first, out),
+        (TensorType::Q8_0, _, Some(x)) => multi_integer::<Q8_0, Sixteen>(matrix, x, vectors, first, out),
+        (TensorType::Q4_0, _, Some(x)) => multi_integer::<Q4_0, Sixteen>(matrix, x, vectors, first, out),
+        (TensorType::Q4_1, _, Some(x)) => multi_integer::<Q4_1, Sixteen>(matrix, x, vectors, first, out),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight formats.
+
+/// The little-endian u16 at `address`.
+///
+/// # Safety
+/// `address` must point to 2 readable bytes.
+#[inline]
+unsafe fn read_u16(address: *const u8) -> i32 {
+    // SAFETY: the caller guarantees 2 readable bytes; the read is unaligned.
+    i32::from(unsafe { address.cast::<u16>().read_unaligned() })
+}
+
+/// The little-endian u32 at `address`.
+///
+/// # Safety
+/// `address` must point to 4 readable bytes.
+#[inline]
+unsafe fn read_u32(address: *const u8) -> i32 {
+    // SAFETY: the caller guarantees 4 readable bytes; the read is unaligned.
+    unsafe { address.cast::<i32>().read_unaligned() }
+}
+
+/// A quantized weight format as the integer kernels load it.
+trait Format {
+    /// Bytes per block of 32.
+    const BLOCK_BYTES: usize;
+    /// Whether blocks carry a minimum (Q4_1).
+    const MINIMUM: bool;
+    /// Whether codes may be negative (the 8-bit product then moves their signs onto the
+    /// activations, as `maddubs` multiplies unsigned by signed bytes).
+    const SIGNED: bool;
+
+    /// Two consecutive blocks' `[scale 0, minimum 0, scale 1, minimum 1]` as f32
+    /// (minimums 0 for formats without).
+    ///
+    /// # Safety
+    /// `pair` must point to `2 × BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn scales_pair(pair: *const u8) -> __m128;
+
+    /// One block's `[scale, minimum, 0, 0]`.
+    ///
+    /// # Safety
+    /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn scales_one(block: *const u8) -> __m128;
+
+    /// The block's 32 codes as bytes, in element order.
+    ///
+    /// # Safety
+    /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn codes(block: *const u8) -> __m256i;
+}
+
+/// Q8_0: `d: f16, q: [i8; 32]`.
+struct Q8_0;
+/// Q4_0: `d: f16, q: [u8; 16]` (nibble − 8).
+struct Q4_0;
+/// Q4_1: `d: f16, m: f16, q: [u8; 16]`.
+struct Q4_1;
+
+/// Sixteen packed bytes at `address` as 32 nibbles: low nibbles are elements 0..16, high
+/// ones 16..32.
+///
+/// # Safety
+/// `address` must point to 16 readable bytes; AVX2 present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn nibbles(address: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
+    let packed = unsafe { _mm_loadu_si128(address.cast()) };
+    let mask = _mm_set1_epi8(0x0f);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(packed), mask), _mm_and_si128(packed, mask))
+}
+
+/// The scales of two blocks without minimums: f16 at bytes 0 and `block_bytes`, converted
+/// into f32 lanes 0 and 2.
+///
+/// # Safety
+/// `pair` must point to `2 × block_bytes` readable bytes; F16C present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn scale_halves(pair: *const u8, block_bytes: usize) -> __m128 {
+    // SAFETY: the caller guarantees both blocks' first two bytes.
+    let (first, second) = unsafe { (read_u16(pair), read_u16(pair.add(block_bytes))) };
+    _mm_cvtph_ps(_mm_insert_epi16::<2>(_mm_cvtsi32_si128(first), second))
+}
+
+impl Format for Q8_0 {
+    const BLOCK_BYTES: usize = 34;
+    const MINIMUM: bool = false;
+    const SIGNED: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn scales_pair(pair: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees 68 readable bytes.
+        unsafe { scale_halves(pair, Self::BLOCK_BYTES) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn scales_one(block: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees 34 readable bytes.
+        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u16(block) }))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn codes(block: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 34 readable bytes: 2..34 are read, unaligned.
+        unsafe { _mm256_loadu_si256(block.add(2).cast()) }
+    }
+}
+
+impl Format for Q4_0 {
+    const BLOCK_BYTES: usize = 18;
+    const MINIMUM: bool = false;
+    const SIGNED: bool = true;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn scales_pair(pair: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees 36 readable bytes.
+        unsafe { scale_halves(pair, Self::BLOCK_BYTES) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn scales_one(block: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees 18 readable bytes.
+        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u16(block) }))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn codes(block: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 18 readable bytes: 2..18 are read.
+        _mm256_sub_epi8(unsafe { nibbles(block.add(2)) }, _mm256_set1_epi8(8))
+    }
+}
+
+impl Format for Q4_1 {
+    const BLOCK_BYTES: usize = 20;
+    const MINIMUM: bool = true;
+    const SIGNED: bool = false;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn scales_pair(pair: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees 40 readable bytes: 0..4 and 20..24 are read.
+        let (first, second) = unsafe { (read_u32(pair), read_u32(pair.add(20))) };
+        _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(first), second))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn scales_one(block: *const u8) -> __m128 {
+        // SAFETY: the caller guarantees 20 readable bytes: 0..4 are read.
+        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u32(block) }))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn codes(block: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 20 readable bytes: 4..20 are read.
+        unsafe { nibbles(block.add(4)) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
+
+/// The width of quantized activations, as the integer kernels multiply them.
+trait Width {
+    /// `i8` or `i16`.
+    type Element: Copy;
+    /// One block's codes made ready for [`Self::lanes`] (once, for every vector).
+    type Codes: Copy;
+
+    /// A block's 32 codes (bytes in element order) made ready.
+    ///
+    /// # Safety
+    /// AVX2, F16C and FMA present.
+    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes;
+
+    /// The four integer lanes of one block: `codes` times the 32 activations at `values`,
+    /// element e added to lane (e / 2) mod 4, exactly.
+    ///
+    /// # Safety
+    /// `values` must point to 32 readable elements; AVX2, F16C and FMA present.
+    unsafe fn lanes<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m128i;
+}
+
+/// 8-bit activations.
+struct Eight;
+/// 16-bit activations.
+struct Sixteen;
+
+impl Width for Eight {
+    type Element = i8;
+    /// The codes' magnitudes and the codes themselves (whose signs move onto the
+    /// activations).
+    type Codes = (__m256i, __m256i);
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes {
+        if F::SIGNED { (_mm256_sign_epi8(codes, codes), codes) } else { (codes, codes) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn lanes<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m128i {
+        // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
+        let activations = unsafe { _mm256_loadu_si256(values.cast()) };
+        let activations = if F::SIGNED { _mm256_sign_epi8(activations, codes) } else { activations };
+        // i16 lane q = elements 2q and 2q+1 (at most 2 × 128 × 127: no saturation, as the
+        // activations stay within −127..=127).
+        let pairs = _mm256_maddubs_epi16(magnitudes, activations);
+        // Within each half, i16 lanes reordered 0, 4, 1, 5, 2, 6, 3, 7, so that `madd`
+        // adds lanes q and q + 4: i32 lane p then holds elements 2p, 2p+1, 2p+8, 2p+9.
+        let order = _mm256_setr_epi8(
+            0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6,
+            7, 14, 15,
+        );
+        let quads = _mm256_madd_epi16(_mm256_shuffle_epi8(pairs, order), _mm256_set1_epi16(1));
+        _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256::<1>(quads))
+    }
+}
+
+impl Width for Sixteen {
+    type Element = i16;
+    /// The codes widened to 16 bits: elements 0..16, then 16..32.
+    type Codes = [__m256i; 2];
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes {
+        [
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(codes)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(codes)),
+        ]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn lanes<F: Format>(codes: Self::Codes, values: *const i16) -> __m128i {
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the loads are unaligned.
+        let (first, second) =
+            unsafe { (_mm256_loadu_si256(values.cast()), _mm256_loadu_si256(values.add(16).cast())) };
+        // i32 lane r = elements 2r, 2r+1 and 16+2r, 17+2r (each product at most 128 × 32767);
+        // the halves then add lanes r and r + 4.
+        let pairs = _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second));
+        _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256::<1>(pairs))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Integer dot products (mirroring `kernels::dot_blocks_integer`).
+
+/// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
+/// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
+#[derive(Clone, Copy)]
+struct Sums {
+    lanes: __m128,
+    minimums: __m128,
+}
+
+impl Sums {
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    fn new() -> Self {
+        Self { lanes: _mm_setzero_ps(), minimums: _mm_setzero_ps() }
+    }
+
+    /// The dot product: (lane 0 + lane 2) + (lane 1 + lane 3), plus (even + odd minimum
+    /// terms) for Q4_1.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    fn finish<F: Format>(self) -> f32 {
+        let halves = _mm_add_ps(self.lanes, _mm_movehl_ps(self.lanes, self.lanes));
+        let total = _mm_cvtss_f32(_mm_add_ss(halves, _mm_movehdup_ps(halves)));
+        if F::MINIMUM {
+            let odd = _mm_movehl_ps(self.minimums, self.minimums);
+            let (even, odd) =
+                (_mm_cvtss_f32(_mm_movehdup_ps(self.minimums)), _mm_cvtss_f32(_mm_movehdup_ps(odd)));
+            total + (even + odd)
+        } else {
+            total
+        }
+    }
+
+    /// Adds `lanes` scaled by lane `LANE` of `factors`, fused.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    fn add_lanes<const LANE: i32>(&mut self, lanes: __m128i, factors: __m128) {
+        self.lanes = _mm_fmadd_ps(_mm_permute_ps::<LANE>(factors), _mm_cvtepi32_ps(lanes), self.lanes);
+    }
+
+    /// Adds a pair of blocks: `weight_scales` from [`Format::scales_pair`], prepared codes,
+    /// the activations at `values` (64) and their block scales at `scales` (2).
+    ///
+    /// # Safety
+    /// `values` must point to 64 readable elements and `scales` to two block scales.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn add_pair<F: Format, W: Width>(
+        &mut self,
+        weight_scales: __m128,
+        codes: (W::Codes, W::Codes),
+        values: *const W::Element,
+        scales: *const [f32; 2],
+    ) {
+        // SAFETY: the caller guarantees two block scales (16 bytes); the load is unaligned.
+        let activation_scales = unsafe { _mm_loadu_ps(scales.cast()) };
+        let factors = _mm_mul_ps(weight_scales, activation_scales);
+        if F::MINIMUM {
+            self.minimums = _mm_fmadd_ps(weight_scales, activation_scales, self.minimums);
+        }
+        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
+        let (first, second) =
+            unsafe { (W::lanes::<F>(codes.0, values), W::lanes::<F>(codes.1, values.add(32))) };
+        self.add_lanes::<0b00_00_00_00>(first, factors);
+        self.add_lanes::<0b10_10_10_10>(second, factors);
+    }
+
+    /// Adds one block (the last of an odd count, so an even block).
+    ///
+    /// # Safety
+    /// `values` must point to 32 readable elements and `scales` to one block scale.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn add_one<F: Format, W: Width>(
+        &mut self,
+        weight_scales: __m128,
+        codes: W::Codes,
+        values: *const W::Element,
+        scales: *const [f32; 2],
+    ) {
+        // SAFETY: the caller guarantees one block scale.
+        let [scale, scaled_sum] = unsafe { scales.read() };
+        let activation_scales = _mm_setr_ps(scale, scaled_sum, 0.0, 0.0);
+        let factors = _mm_mul_ps(weight_scales, activation_scales);
+        if F::MINIMUM {
+            // Only lanes 0 and 1 change, so the odd blocks' lane 3 keeps its exact bits.
+            let sums = _mm_fmadd_ps(weight_scales, activation_scales, self.minimums);
+            self.minimums = _mm_blend_ps::<0b0011>(self.minimums, sums);
+        }
+        // SAFETY: the caller guarantees 32 readable elements.
+        let lanes = unsafe { W::lanes::<F>(codes, values) };
+        self.add_lanes::<0b00_00_00_00>(lanes, factors);
+    }
+}
+
+/// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
+fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) -> usize {
+    (row_bytes / block_bytes).min(x.values.len() / BLOCK_VALUES).min(x.block_scales.len())
+}
+
+/// Dot product of a row of `F` blocks with activations of width `W`.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) -> f32 {
+    let blocks = common_blocks(row.len(), F::BLOCK_BYTES, &x);
+    let pairs = blocks / 2;
+    let mut sums = Sums::new();
+    let row_pairs = row[..pairs * 2 * F::BLOCK_BYTES].chunks_exact(2 * F::BLOCK_BYTES);
+    let value_pairs = x.values[..pairs * 2 * BLOCK_VALUES].chunks_exact(2 * BLOCK_VALUES);
+    let scale_pairs = x.block_scales[..pairs * 2].chunks_exact(2);
+    for ((pair, values), scales) in row_pairs.zip(value_pairs).zip(scale_pairs) {
+        // SAFETY: `chunks_exact` gives `pair` 2 × BLOCK_BYTES bytes, `values` 64 elements
+        // and `scales` two block scales.
+        unsafe {
+            let weight_scales = F::scales_pair(pair.as_ptr());
+            let codes = (
+                W::prepare::<F>(F::codes(pair.as_ptr())),
+                W::prepare::<F>(F::codes(pair.as_ptr().add(F::BLOCK_BYTES))),
+            );
+            sums.add_pair::<F, W>(weight_scales, codes, values.as_ptr(), scales.as_ptr());
+        }
+    }
+    if blocks % 2 == 1 {
+        let last = blocks - 1;
+        let block = &row[last * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES];
+        let values = &x.values[last * BLOCK_VALUES..blocks * BLOCK_VALUES];
+        // SAFETY: the slices hold one block, its 32 activations and its block scale.
+        unsafe {
+            let codes = W::prepare::<F>(F::codes(block.as_ptr()));
+            sums.add_one::<F, W>(
+                F::scales_one(block.as_ptr()),
+                codes,
+                values.as_ptr(),
+                &x.block_scales[last],
+            );
+        }
+    }
+    sums.finish::<F>()
+}
+
+/// Rows `first ..` of `matrix` dotted with `x` into `out`, one row after another.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn each_row<F: Format, W: Width>(
+    matrix: &Matrix<'_>,
+    x: Quantized<'_, W::Element>,
+    first: usize,
+    out: &mut [f32],
+) {
+    for (index, out) in out.iter_mut().enumerate() {
+        *out = dot_integer::<F, W>(matrix.row(first + index), x);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Matrix × N vectors: each pair of weight blocks is loaded and unpacked once, then meets
+// every vector.
+
+/// Vectors whose running sums one pass over a row keeps; more vectors take further passes.
+const GROUP: usize = 32;
+
+/// Rows `first ..` of `matrix` times the `vectors` vectors of `x` (one after another,
+/// `matrix.columns` values each) into `out[r × vectors + j]`; `false` (nothing written) if the
+/// activations or a row are shorter than the matrix's columns.
+#[target_feature(enable = "avx2,f16c,fma")]
+fn multi_integer<F: Format, W: Width>(
+    matrix: &Matrix<'_>,
+    x: Quantized<'_, W::Element>,
+    vectors: usize,
+    first: usize,
+    out: &mut [f32],
+) -> bool {
+    let blocks = matrix.columns / BLOCK_VALUES;
+    let rows = out.len().checked_div(vectors).unwrap_or(0);
+    let rows_fit = (first..first + rows).all(|row| matrix.row(row).len() >= blocks * F::BLOCK_BYTES);
+    if x.values.len() < vectors * blocks * BLOCK_VALUES
+        || x.block_scales.len() < vectors * blocks
+        || !rows_fit
+    {
+        return false;
+    }
+    for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
+        let row = matrix.row(first + index);
+        for (group, outputs) in outputs.chunks_mut(GROUP).enumerate() {
+            let start = group * GROUP * blocks;
+            // SAFETY: the checks above: the row holds `blocks` blocks, and the group's
+            // vectors (`outputs.len()` of them from vector `group × GROUP`) have `blocks`
+            // blocks of values and scales each, inside `x`.
+            unsafe {
+                row_times_group::<F, W>(
+                    row.as_ptr(),
+                    blocks,
+                    x.values.as_ptr().add(start * BLOCK_VALUES),
+                    x.block_scales.as_ptr().add(start),
+                    outputs,
+                );
+            }
+        }
+    }
+    true
+}
+
+/// One row of `blocks` blocks at `row` times `out.len()` (at most [`GROUP`]) vectors whose
+/// values and block scales start at `values` and `scales` (`blocks` blocks per vector), into
+/// `out`.
+///
+/// # Safety
+/// `row` must point to `blocks × F::BLOCK_BYTES` readable bytes, `values` to `out.len() ×
+/// blocks × 32` readable elements and `scales` to `out.len() × blocks` block scales.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn row_times_group<F: Format, W: Width>(
+    row: *const u8,
+    blocks: usize,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+    out: &mut [f32],
+) {
+    let mut group = [Sums::new(); GROUP];
+    let group = &mut group[..out.len().min(GROUP)];
+    for pair in 0..blocks / 2 {
+        let block = 2 * pair;
+        // SAFETY: blocks `block` and `block + 1` are inside the row.
+        let (weight_scales, codes) = unsafe {
+            let address = row.add(block * F::BLOCK_BYTES);
+            let codes =
+                (W::prepare::<F>(F::codes(address)), W::prepare::<F>(F::codes(address.add(F::BLOCK_BYTES))));
+            (F::scales_pair(address), codes)
+        };
+        for (vector, sums) in group.iter_mut().enumerate() {
+            let at = vector * blocks + block;
+            // SAFETY: the vector's blocks `block` and `block + 1` are inside its values and
+            // scales.
+            unsafe {
+                sums.add_pair::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
+            };
+        }
+    }
+    if blocks % 2 == 1 {
+        let block = blocks - 1;
+        // SAFETY: block `block` is inside the row.
+        let (weight_scales, codes) = unsafe {
+            let address = row.add(block * F::BLOCK_BYTES);
+            (F::scales_one(address), W::prepare::<F>(F::codes(address)))
+        };
+        for (vector, sums) in group.iter_mut().enumerate() {
+            let at = vector * blocks + block;
+            // SAFETY: the vector's block `block` is inside its values and scales.
+            unsafe {
+                sums.add_one::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
+            };
+        }
+    }
+    for (sums, out) in group.iter().zip(out) {
+        *out = sums.finish::<F>();
+    }
+}
+
+/// `a × b + c` rounded once, by the FMA unit.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn fused(a: f32, b: f32, c: f32) -> f32 {
+    _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Float activations (mirroring `kernels::dot_f32` and `kernels::dot_blocks_float`).
 
 /// Sums the eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)), like `reduce_lanes`.
 #[target_feature(enable = "avx2,f16c,fma")]
@@ -114,14 +660,6 @@ fn load_16(bytes: &[u8], at: usize) -> __m128i {
     unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }
 }
 
-/// Thirty-two bytes from `bytes[at..at + 32]`.
-#[target_feature(enable = "avx2,f16c,fma")]
-fn load_32(bytes: &[u8], at: usize) -> __m256i {
-    let chunk = &bytes[at..at + 32];
-    // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
-    unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
-}
-
 #[target_feature(enable = "avx2,f16c,fma")]
 fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     let groups = (row.len() / 32).min(x.len() / 8);
@@ -131,7 +669,7 @@ fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     }
     let mut total = reduce(lanes);
     for (bytes, value) in row[groups * 32..].chunks_exact(4).zip(&x[groups * 8..]) {
-        total = fmaf(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), *value, total);
+        total = fused(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), *value, total);
     }
     total
 }
@@ -156,7 +694,7 @@ fn codes_q8_0(block: &[u8]) -> [__m256; 4] {
 
 /// Nibbles packed from byte `start`: low nibbles are elements 0..16, high ones 16..32.
 #[target_feature(enable = "avx2,f16c,fma")]
-fn nibbles(block: &[u8], start: usize) -> (__m128i, __m128i) {
+fn float_nibbles(block: &[u8], start: usize) -> (__m128i, __m128i) {
     let packed = load_16(block, start);
     let mask = _mm_set1_epi8(0x0f);
     (_mm_and_si128(packed, mask), _mm_and_si128(_mm_srli_epi16::<4>(packed), mask))
@@ -164,14 +702,14 @@ fn nibbles(block: &[u8], start: usize) -> (__m128i, __m128i) {
 
 #[target_feature(enable = "avx2,f16c,fma")]
 fn codes_q4_0(block: &[u8]) -> [__m256; 4] {
-    let (low, high) = nibbles(block, 2);
+    let (low, high) = float_nibbles(block, 2);
     let eight = _mm_set1_epi8(8);
     widen(_mm_sub_epi8(low, eight), _mm_sub_epi8(high, eight), true)
 }
 
 #[target_feature(enable = "avx2,f16c,fma")]
 fn codes_q4_1(block: &[u8]) -> [__m256; 4] {
-    let (low, high) = nibbles(block, 4);
+    let (low, high) = float_nibbles(block, 4);
     widen(low, high, false)
 }
 
@@ -185,12 +723,6 @@ fn broadcast_half(bytes: &[u8], at: usize) -> __m256 {
 #[target_feature(enable = "avx2,f16c,fma")]
 fn convert_half(bytes: &[u8], at: usize) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]))))
-}
-
-/// The f16 at byte `at` of `bytes`, as f32.
-#[target_feature(enable = "avx2,f16c,fma")]
-fn half(bytes: &[u8], at: usize) -> f32 {
-    _mm_cvtss_f32(convert_half(bytes, at))
 }
 
 /// Float-activation dot product over blocks of `block_bytes` bytes, whose codes `codes`
@@ -223,79 +755,4 @@ fn dot_float_blocks(
         }
     }
     reduce(accumulator)
-}
-
-/// Thirty-two signed codes times thirty-two signed activations, summed exactly into
-/// eight i32 lanes of four consecutive elements.
-#[target_feature(enable = "avx2,f16c,fma")]
-fn signed_lanes(codes: __m256i, activations: __m256i) -> __m256i {
-    // maddubs multiplies unsigned by signed: |code| × (activation with the code's sign).
-    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(activations, codes));
-    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-}
-
-/// Thirty-two codes in 0..=15 times thirty-two signed activations, in eight i32 lanes.
-#[target_feature(enable = "avx2,f16c,fma")]
-fn unsigned_lanes(codes: __m256i, activations: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(codes, activations), _mm256_set1_epi16(1))
-}
-
-/// Thirty-two signed codes (bytes) times thirty-two 16-bit activations, summed exactly
-/// into eight i32 lanes of four consecutive elements.
-#[target_feature(enable = "avx2,f16c,fma")]
-fn wide_lanes(codes: __m256i, activations: &[i16]) -> __m256i {
-    let chunk = &activations[..32];
-    // SAFETY: `chunk` is 32 readable i16 (64 bytes), so both 32-byte loads stay inside it;
-    // the loads are unaligned.
-    let (first, second) = unsafe {
-        (_mm256_loadu_si256(chunk.as_ptr().cast()), _mm256_loadu_si256(chunk.as_ptr().add(16).cast()))
-    };
-    // madd: i32 lane j = the products of elements 2j and 2j+1 (at most 2 × 128 × 32767).
-    let low = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(codes)), first);
-    let high = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(codes)), second);
-    // hadd works within 128-bit halves, giving elements (0..4, 4..8, 16..20, 20..24 |
-    // 8..12, 12..16, 24..28, 28..32); the permute puts the 64-bit pairs back in order.
-    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(low, high))
-}
-
-/// Mirrors `kernels::dot_blocks_integer` at either width.
-#[target_feature(enable = "avx2,f16c,fma")]
-fn dot_integer(row: &[u8], x: &QuantizedVector, tensor_type: TensorType, width: Width) -> f32 {
-    let block_bytes = tensor_type.block_bytes();
-    let mut accumulator = _mm256_setzero_ps();
-    let mut minimum_total = 0.0f32;
-    for index in 0..block_count(row.len(), block_bytes, x, width) {
-        let block = &row[index * block_bytes..(index + 1) * block_bytes];
-        let scale = x.scales[index];
-        let (codes, unsigned) = match tensor_type {
-            TensorType::Q8_0 => (load_32(block, 2), false),
-            TensorType::Q4_0 => {
-                let (low, high) = nibbles(block, 2);
-                (_mm256_sub_epi8(_mm256_set_m128i(high, low), _mm256_set1_epi8(8)), false)
-            }
-            _ => {
-                let (low, high) = nibbles(block, 4);
-                // A fused multiply-add in hardware, rounded once like `fmaf` (which on x86_64
-                // is a call through a function pointer: a fifth of SmolLM2 int8 decode time).
-                minimum_total = _mm_cvtss_f32(_mm_fmadd_ss(
-                    convert_half(block, 2),
-                    _mm_set_ss(x.scaled_sums[index]),
-                    _mm_set_ss(minimum_total),
-                ));
-                (_mm256_set_m128i(high, low), true)
-            }
-        };
-        let lanes = match width {
-            Width::Eight => {
-                let chunk = &x.values[index * 32..index * 32 + 32];
-                // SAFETY: `chunk` is 32 readable bytes; the load is unaligned.
-                let activations = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-                if unsigned { unsigned_lanes(codes, activations) } else { signed_lanes(codes, activations) }
-            }
-            Width::Sixteen => wide_lanes(codes, &x.wide_values[index * 32..]),
-        };
-        accumulator =
-            _mm256_fmadd_ps(_mm256_set1_ps(half(block, 0) * scale), _mm256_cvtepi32_ps(lanes), accumulator);
-    }
-    reduce(accumulator) + minimum_total
 }
