@@ -8,7 +8,8 @@
 //!   fastest under emulation.
 //! - Instructions (the `bench_dot_instructions` entry, under `-icount`, PMU event 0x08):
 //!   per row for Q8_0, Q4_0 and Q4_1 at each precision, NEON against the scalar kernels in
-//!   the same run; and the matrix × N-vectors kernel per row per vector at N = 1, 8 and 32.
+//!   the same run; the matrix × N-vectors kernel per row per vector at N = 1, 8 and 32; and
+//!   SwiGLU and the attention vector kernels per element.
 //!
 //! Before timing, it checks that the NEON kernels give the scalar kernels' bits on these rows
 //! (the `simd_kernels` test checks every kernel on random cases).
@@ -24,7 +25,7 @@ use kernel::{
     hil::Clock,
     infer::{
         Precision,
-        kernels::{Input, QuantizedRows, QuantizedVector, dot_scalar},
+        kernels::{self, Input, QuantizedRows, QuantizedVector, dot_scalar},
         matmul::{self, dot},
     },
     model::{Matrix, TensorType},
@@ -195,6 +196,43 @@ fn count_rows_multi(random: &mut SplitMix64) {
     }
 }
 
+/// Instructions per element of SwiGLU (1536 values, SmolLM2's FFN width) and of an attention
+/// query-key dot product and value sum (64 values, its head width), NEON against scalar.
+fn count_vector_kernels(random: &mut SplitMix64) {
+    let gate: Vec<f32> = (0..ROWS).map(|_| random.next_f32() * 8.0 - 4.0).collect();
+    let up: Vec<f32> = (0..ROWS).map(|_| random.next_f32() * 2.0 - 1.0).collect();
+    let count = |operation: &mut dyn FnMut()| systests::pmu::count(operation);
+    let mut values = gate.clone();
+    let neon_swiglu = count(&mut || matmul::swiglu(&mut values, &up));
+    let mut values = gate.clone();
+    let scalar_swiglu = count(&mut || kernels::swiglu(&mut values, &up));
+    let (query, key) = (&gate[..64], &up[..64]);
+    let neon_dot = count(&mut || {
+        core::hint::black_box(matmul::dot_floats(core::hint::black_box(query), key));
+    });
+    let scalar_dot = count(&mut || {
+        core::hint::black_box(kernels::dot_floats(core::hint::black_box(query), key));
+    });
+    let mut out = vec![0.0f32; 64];
+    let neon_sum = count(&mut || matmul::add_scaled(core::hint::black_box(&mut out), 0.25, key));
+    let scalar_sum = count(&mut || kernels::add_scaled(core::hint::black_box(&mut out), 0.25, key));
+    boot::println!("vector kernels: instructions per element");
+    boot::println!("| kernel | NEON | scalar | NEON / scalar |");
+    boot::println!("|---|---:|---:|---:|");
+    for (name, neon, scalar, elements) in [
+        ("SwiGLU (1536)", neon_swiglu, scalar_swiglu, ROWS),
+        ("attention q.k (64)", neon_dot, scalar_dot, 64),
+        ("attention value sum (64)", neon_sum, scalar_sum, 64),
+    ] {
+        boot::println!(
+            "| {name} | {:.2} | {:.2} | {:.3} |",
+            neon as f64 / elements as f64,
+            scalar as f64 / elements as f64,
+            neon as f64 / scalar as f64
+        );
+    }
+}
+
 fn main(_info: &'static boot::BootInfo) -> ! {
     let mut random = SplitMix64::new(7);
     let matrix = random_rows(&mut random, ROWS, 20);
@@ -206,6 +244,7 @@ fn main(_info: &'static boot::BootInfo) -> ! {
     if systests::pmu::start_counting() {
         count_dots(&mut random, &activations);
         count_rows_multi(&mut random);
+        count_vector_kernels(&mut random);
     }
     let relative = |total: f32| (totals[0] - total).abs() / totals[0].abs().max(1.0);
     ensure!(relative(totals[1]) < 0.05, "int8 sum {} strays from float sum {}", totals[1], totals[0]);

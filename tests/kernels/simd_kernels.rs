@@ -1,7 +1,8 @@
 //! QEMU test: every NEON kernel against its scalar twin, bit for bit, on seeded random cases
 //! (the host tests check AVX2 the same way with proptest): row dot products of Q8_0, Q4_0,
 //! Q4_1 and F32 at each precision, with odd block counts and every code value; the matrix ×
-//! N-vectors kernel at N = 1 to 33 against its scalar reference and against each vector alone.
+//! N-vectors kernel at N = 1 to 33 against its scalar reference and against each vector alone;
+//! SwiGLU (and its exponential's edges), attention dot products and scaled sums.
 
 #![no_std]
 #![no_main]
@@ -13,7 +14,7 @@ use alloc::vec::Vec;
 use kernel::{
     infer::{
         Precision,
-        kernels::{Input, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar},
+        kernels::{self, Input, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar},
         matmul, simd,
     },
     model::{Matrix, TensorType, quant::quantize},
@@ -134,11 +135,46 @@ fn check_rows_multi(random: &mut SplitMix64) -> usize {
     checks
 }
 
+/// SwiGLU, dot products of float vectors and scaled sums, at every length 0..=40.
+fn check_vector_kernels(random: &mut SplitMix64) -> usize {
+    let mut checks = 0;
+    for length in 0..=40 {
+        let gate = uniform(random, length, 30.0);
+        let up = uniform(random, length, 4.0);
+        let (mut neon, mut scalar) = (gate.clone(), gate.clone());
+        ensure!(simd::swiglu(&mut neon, &up), "no NEON SwiGLU");
+        kernels::swiglu(&mut scalar, &up);
+        ensure!(bits(&neon) == bits(&scalar), "SwiGLU of {length}: {neon:?} vs {scalar:?}");
+        let (neon, scalar) = (simd::dot_floats(&gate, &up), kernels::dot_floats(&gate, &up));
+        ensure!(neon.map(f32::to_bits) == Some(scalar.to_bits()), "dot of {length}: {neon:?} vs {scalar}");
+        let weight = random.next_f32() - 0.5;
+        let (mut neon, mut scalar) = (gate.clone(), gate);
+        ensure!(simd::add_scaled(&mut neon, weight, &up), "no NEON add_scaled");
+        kernels::add_scaled(&mut scalar, weight, &up);
+        ensure!(bits(&neon) == bits(&scalar), "scaled sum of {length}");
+        checks += 3;
+    }
+    let edges =
+        [-1000.0, -88.5, -87.33, -87.0, -0.0, 0.0, 0.5, 87.33, 88.37, 88.5, 1000.0, f32::MAX, f32::MIN];
+    let up = [1.5; 13];
+    let (mut neon, mut scalar) = (edges, edges);
+    ensure!(simd::swiglu(&mut neon, &up), "no NEON SwiGLU");
+    kernels::swiglu(&mut scalar, &up);
+    ensure!(bits(&neon) == bits(&scalar), "SwiGLU at the exponential's edges: {neon:?} vs {scalar:?}");
+    let mut not_a_number = [f32::NAN; 4];
+    ensure!(simd::swiglu(&mut not_a_number, &[1.0; 4]), "no NEON SwiGLU");
+    ensure!(not_a_number.iter().all(|value| value.is_nan()), "SwiGLU of NaN: {not_a_number:?}");
+    checks + 2
+}
+
 fn main(_info: &'static boot::BootInfo) -> ! {
     ensure!(simd::instruction_set() == Some("NEON"), "no NEON path");
     let mut random = SplitMix64::new(0x51_4D_D0);
     let dots = check_dots(&mut random);
     let products = check_rows_multi(&mut random);
-    boot::println!("NEON equals scalar: {dots} row dot products, {products} matrix x N-vector products");
+    let vector_kernels = check_vector_kernels(&mut random);
+    boot::println!(
+        "NEON equals scalar: {dots} row dot products, {products} matrix x N-vector products, {vector_kernels} vector kernels"
+    );
     pass()
 }

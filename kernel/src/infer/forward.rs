@@ -9,8 +9,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::kernels::{Precision, QuantizedVector, Rope, rmsnorm, softmax, swiglu};
-use super::matmul::matvec;
+use super::kernels::{Precision, QuantizedVector, Rope, rmsnorm, softmax};
+use super::matmul::{accumulate_values, attention_scores, matvec, swiglu};
 use super::sampler::Sampler;
 use crate::hil::{Cpus, KvError, KvStore};
 use crate::model::{Config, Weights};
@@ -228,16 +228,9 @@ fn attend(
     let scores = &mut scores[..=position];
     for (head, (query, out)) in query.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
         let kv_range = (head / group) * head_dim..(head / group + 1) * head_dim;
-        for (past, score) in scores.iter_mut().enumerate() {
-            let key = &kv.key(layer, past)[kv_range.clone()];
-            *score = query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
-        }
+        attention_scores(query, |past| &kv.key(layer, past)[kv_range.clone()], scale, scores);
         softmax(scores);
-        out.fill(0.0);
-        for (past, weight) in scores.iter().enumerate() {
-            let value = &kv.value(layer, past)[kv_range.clone()];
-            out.iter_mut().zip(value).for_each(|(out, value)| *out += weight * value);
-        }
+        accumulate_values(scores, |past| &kv.value(layer, past)[kv_range.clone()], out);
     }
 }
 

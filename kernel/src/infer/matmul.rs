@@ -1,7 +1,8 @@
 //! Products on the fastest path this CPU has: matrix-vector products split by rows across
-//! the cores of a [`Cpus`], and the matrix × N-vectors kernel a core runs on its share of
-//! rows ([`rows_multi`]). Each picks [`super::simd`] when it has a path and the scalar
-//! kernels of [`super::kernels`] otherwise; both give the same bits. Nothing here allocates.
+//! the cores of a [`Cpus`], the matrix × N-vectors kernel a core runs on its share of rows
+//! ([`rows_multi`]), and the vector kernels of the forward pass (SwiGLU, attention scores and
+//! value sums). Each picks [`super::simd`] when it has a path and the scalar kernels of
+//! [`super::kernels`] otherwise; both give the same bits. Nothing here allocates.
 
 #![forbid(unsafe_code)]
 
@@ -160,6 +161,45 @@ pub fn rows_multi(
         }
     }
     Ok(())
+}
+
+/// `gate = silu(gate) × up`, the SwiGLU activation, on the fastest path (the bits of
+/// [`super::kernels::swiglu`]).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    if !super::simd::swiglu(gate, up) {
+        super::kernels::swiglu(gate, up);
+    }
+}
+
+/// Dot product of two float vectors on the fastest path (the bits of
+/// [`super::kernels::dot_floats`]).
+pub fn dot_floats(a: &[f32], b: &[f32]) -> f32 {
+    super::simd::dot_floats(a, b).unwrap_or_else(|| super::kernels::dot_floats(a, b))
+}
+
+/// `out[i] = weight × values[i] + out[i]`, fused, on the fastest path (the bits of
+/// [`super::kernels::add_scaled`]).
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) {
+    if !super::simd::add_scaled(out, weight, values) {
+        super::kernels::add_scaled(out, weight, values);
+    }
+}
+
+/// One attention head's scores: `scores[p] = (query · key(p)) × scale` for every position
+/// `p` of `scores` ([`dot_floats`] over the head's values).
+pub fn attention_scores<'k>(query: &[f32], key: impl Fn(usize) -> &'k [f32], scale: f32, scores: &mut [f32]) {
+    for (position, score) in scores.iter_mut().enumerate() {
+        *score = dot_floats(query, key(position)) * scale;
+    }
+}
+
+/// One attention head's output: `out = Σ weights[p] × value(p)` over the positions of
+/// `weights`, from zero, position by position ([`add_scaled`]).
+pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (position, weight) in weights.iter().enumerate() {
+        add_scaled(out, *weight, value(position));
+    }
 }
 
 #[cfg(test)]

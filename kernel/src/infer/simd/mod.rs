@@ -79,5 +79,20 @@ pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out:
     on_this_cpu!(rows_multi(matrix, input, first, out), false)
 }
 
+/// `gate = silu(gate) × up` on this CPU's SIMD path; `false` (nothing done) without one.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) -> bool {
+    on_this_cpu!(swiglu(gate, up), false)
+}
+
+/// Dot product of two float vectors on this CPU's SIMD path, or `None` without one.
+pub fn dot_floats(a: &[f32], b: &[f32]) -> Option<f32> {
+    on_this_cpu!(dot_floats(a, b), None)
+}
+
+/// `out[i] = weight × values[i] + out[i]` on this CPU's SIMD path; `false` without one.
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
+    on_this_cpu!(add_scaled(out, weight, values), false)
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! The NEON kernels (aarch64): row dot products and the matrix × N-vectors product, each
-//! the twin of its scalar kernel in `kernels`, bit for bit.
+//! The NEON kernels (aarch64): row dot products, the matrix × N-vectors product, SwiGLU and
+//! the attention vector operations, each the twin of its scalar kernel in `kernels`, bit for
+//! bit.
 //!
 //! The integer dot products take the weight type and the activation width as type
 //! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
@@ -15,7 +16,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use crate::infer::kernels::{BatchInput, Input, Quantized, half};
+use crate::infer::kernels::{BatchInput, Input, Quantized, exponential, half};
 use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
 use libm::fmaf;
@@ -138,6 +139,24 @@ unsafe fn load_4_f32(address: *const f32) -> float32x4_t {
         );
     }
     value
+}
+
+/// Stores four floats at `address`.
+///
+/// # Safety
+/// `address` must point to 4 writable floats that nothing else accesses meanwhile.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn store_4_f32(address: *mut f32, value: float32x4_t) {
+    // SAFETY: the caller guarantees 16 writable bytes; `st1` writes only them.
+    unsafe {
+        asm!(
+            "st1 {{{value:v}.4s}}, [{address}]",
+            value = in(vreg) value,
+            address = in(reg) address,
+            options(nostack, preserves_flags)
+        );
+    }
 }
 
 /// The block scales of two consecutive blocks, `[scale 0, scaled sum 0, scale 1, scaled sum
@@ -727,6 +746,90 @@ unsafe fn row_times_group<F: Format, W: Width>(
     for (sums, out) in group.iter().zip(out) {
         *out = sums.finish::<F>();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// SwiGLU and the attention vector operations.
+
+/// e^x on four lanes, the operations of `kernels::exponential` one for one.
+#[inline]
+#[target_feature(enable = "neon")]
+fn exponential_4(x: float32x4_t) -> float32x4_t {
+    use crate::infer::kernels::{
+        EXPONENT_HIGHEST, EXPONENT_LOWEST, EXPONENTIAL_COEFFICIENTS as COEFFICIENTS, LN_2_HIGH, LN_2_LOW,
+        LOG2_E, ROUNDING_SHIFTER,
+    };
+    // fmax/fmin return NaN for a NaN lane, as the scalar clamp does.
+    let clamped = vminq_f32(vmaxq_f32(x, vdupq_n_f32(EXPONENT_LOWEST)), vdupq_n_f32(EXPONENT_HIGHEST));
+    let shifter = vdupq_n_f32(ROUNDING_SHIFTER);
+    let shifted = vfmaq_f32(shifter, clamped, vdupq_n_f32(LOG2_E));
+    let whole = vsubq_f32(shifted, shifter);
+    let reduced = vfmsq_f32(clamped, whole, vdupq_n_f32(LN_2_HIGH));
+    let reduced = vfmsq_f32(reduced, whole, vdupq_n_f32(LN_2_LOW));
+    let mut polynomial = vdupq_n_f32(COEFFICIENTS[0]);
+    for coefficient in &COEFFICIENTS[1..] {
+        polynomial = vfmaq_f32(vdupq_n_f32(*coefficient), polynomial, reduced);
+    }
+    let exponent = vaddq_u32(vshlq_n_u32::<23>(vreinterpretq_u32_f32(shifted)), vdupq_n_u32(127 << 23));
+    vmulq_f32(polynomial, vreinterpretq_f32_u32(exponent))
+}
+
+/// `gate = silu(gate) × up`, as `kernels::swiglu`; always `true` (done).
+#[target_feature(enable = "neon")]
+pub fn swiglu(gate: &mut [f32], up: &[f32]) -> bool {
+    let length = gate.len().min(up.len());
+    let (gate, up) = (&mut gate[..length], &up[..length]);
+    let mut gate_groups = gate.chunks_exact_mut(4);
+    let mut up_groups = up.chunks_exact(4);
+    for (gates, ups) in (&mut gate_groups).zip(&mut up_groups) {
+        // SAFETY: `chunks_exact` gives four floats in each.
+        unsafe {
+            let values = load_4_f32(gates.as_ptr());
+            let silu = vdivq_f32(values, vaddq_f32(vdupq_n_f32(1.0), exponential_4(vnegq_f32(values))));
+            store_4_f32(gates.as_mut_ptr(), vmulq_f32(silu, load_4_f32(ups.as_ptr())));
+        }
+    }
+    for (gate, up) in gate_groups.into_remainder().iter_mut().zip(up_groups.remainder()) {
+        *gate = *gate / (1.0 + exponential(-*gate)) * up;
+    }
+    true
+}
+
+/// Dot product of two float vectors, as `kernels::dot_floats`; always `Some`.
+#[target_feature(enable = "neon")]
+pub fn dot_floats(a: &[f32], b: &[f32]) -> Option<f32> {
+    let mut lanes = zero();
+    let mut a_groups = a.chunks_exact(8);
+    let mut b_groups = b.chunks_exact(8);
+    for (a_group, b_group) in (&mut a_groups).zip(&mut b_groups) {
+        // SAFETY: `chunks_exact` gives eight floats in each.
+        let (a, b) = unsafe { (load_f32(a_group.as_ptr()), load_f32(b_group.as_ptr())) };
+        lanes = multiply_add(lanes, a, b);
+    }
+    let mut total = reduce(lanes);
+    for (a, b) in a_groups.remainder().iter().zip(b_groups.remainder()) {
+        total = fmaf(*a, *b, total);
+    }
+    Some(total)
+}
+
+/// `out[i] = weight × values[i] + out[i]`, fused, as `kernels::add_scaled`; always `true`.
+#[target_feature(enable = "neon")]
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
+    let mut out_groups = out.chunks_exact_mut(4);
+    let mut value_groups = values.chunks_exact(4);
+    let weight_lanes = vdupq_n_f32(weight);
+    for (outs, values) in (&mut out_groups).zip(&mut value_groups) {
+        // SAFETY: `chunks_exact` gives four floats in each.
+        unsafe {
+            let sum = vfmaq_f32(load_4_f32(outs.as_ptr()), load_4_f32(values.as_ptr()), weight_lanes);
+            store_4_f32(outs.as_mut_ptr(), sum);
+        }
+    }
+    for (out, value) in out_groups.into_remainder().iter_mut().zip(value_groups.remainder()) {
+        *out = fmaf(weight, *value, *out);
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::infer::kernels::{
-    QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar, takes_quantized_input,
+    self, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar, takes_quantized_input,
 };
 use crate::infer::{Precision, matmul};
 use crate::model::quant::quantize;
@@ -122,6 +122,65 @@ proptest! {
         }
     }
 
+    #[test]
+    fn simd_swiglu_and_attention_kernels_equal_the_scalar_ones(
+        gate in proptest::collection::vec(-30.0f32..30.0, 0..41),
+        up in proptest::collection::vec(-4.0f32..4.0, 41),
+        weight in -2.0f32..2.0,
+    ) {
+        let length = gate.len();
+        let up = &up[..length];
+        let mut scalar = gate.clone();
+        kernels::swiglu(&mut scalar, up);
+        let mut simd = gate.clone();
+        if swiglu(&mut simd, up) {
+            prop_assert_eq!(simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), scalar.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+        check(dot_floats(&gate, up), kernels::dot_floats(&gate, up), &"dot_floats")?;
+        let mut scalar = gate.clone();
+        kernels::add_scaled(&mut scalar, weight, up);
+        let mut simd = gate.clone();
+        if add_scaled(&mut simd, weight, up) {
+            prop_assert_eq!(simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), scalar.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn simd_swiglu_matches_at_the_exponential_s_edges() {
+    // Beyond the clamp on both sides, at zero and its sign, at the extremes, and NaN.
+    let gate = [
+        -1000.0,
+        -88.5,
+        -87.33,
+        -87.0,
+        -1.0e-30,
+        -0.0,
+        0.0,
+        1.0e-30,
+        0.5,
+        87.33,
+        88.37,
+        88.5,
+        1000.0,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    let up = [1.5f32; 18];
+    let mut scalar = gate;
+    kernels::swiglu(&mut scalar, &up);
+    let mut simd = gate;
+    assert!(swiglu(&mut simd, &up) || instruction_set().is_none());
+    for ((simd, scalar), gate) in simd.iter().zip(scalar).zip(gate) {
+        if scalar.is_nan() {
+            assert!(simd.is_nan(), "silu({gate}) gives NaN on the scalar path only");
+        } else {
+            assert_eq!(simd.to_bits(), scalar.to_bits(), "silu({gate}): {simd} vs {scalar}");
+        }
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The AVX2 kernels (x86_64; F16C and FMA beside AVX2): row dot products and the matrix ×
-//! N-vectors product, each the twin of its scalar kernel in `kernels`, bit for bit.
+//! The AVX2 kernels (x86_64; F16C and FMA beside AVX2): row dot products, the matrix ×
+//! N-vectors product, SwiGLU and the attention vector operations, each the twin of its
+//! scalar kernel in `kernels`, bit for bit.
 //!
 //! The integer dot products take the weight type and the activation width as type
 //! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
@@ -8,7 +9,10 @@
 
 use core::arch::x86_64::*;
 
-use crate::infer::kernels::{BatchInput, Input, Quantized};
+use crate::infer::kernels::{
+    BatchInput, EXPONENT_HIGHEST, EXPONENT_LOWEST, EXPONENTIAL_COEFFICIENTS, Input, LN_2_HIGH, LN_2_LOW,
+    LOG2_E, Quantized, ROUNDING_SHIFTER, exponential,
+};
 use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
 
@@ -618,11 +622,98 @@ unsafe fn row_times_group<F: Format, W: Width>(
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// SwiGLU and the attention vector operations.
+
+/// e^x on eight lanes, the operations of `kernels::exponential` one for one.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn exponential_8(x: __m256) -> __m256 {
+    // max_ps/min_ps return their second operand when either is NaN: NaN stays NaN, as in
+    // the scalar clamp.
+    let clamped =
+        _mm256_min_ps(_mm256_set1_ps(EXPONENT_HIGHEST), _mm256_max_ps(_mm256_set1_ps(EXPONENT_LOWEST), x));
+    let shifter = _mm256_set1_ps(ROUNDING_SHIFTER);
+    let shifted = _mm256_fmadd_ps(clamped, _mm256_set1_ps(LOG2_E), shifter);
+    let whole = _mm256_sub_ps(shifted, shifter);
+    let reduced = _mm256_fnmadd_ps(whole, _mm256_set1_ps(LN_2_HIGH), clamped);
+    let reduced = _mm256_fnmadd_ps(whole, _mm256_set1_ps(LN_2_LOW), reduced);
+    let mut polynomial = _mm256_set1_ps(EXPONENTIAL_COEFFICIENTS[0]);
+    for coefficient in &EXPONENTIAL_COEFFICIENTS[1..] {
+        polynomial = _mm256_fmadd_ps(polynomial, reduced, _mm256_set1_ps(*coefficient));
+    }
+    let exponent =
+        _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(shifted)), _mm256_set1_epi32(127 << 23));
+    _mm256_mul_ps(polynomial, _mm256_castsi256_ps(exponent))
+}
+
+/// `gate = silu(gate) × up`, as `kernels::swiglu`; always `true` (done).
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn swiglu(gate: &mut [f32], up: &[f32]) -> bool {
+    let length = gate.len().min(up.len());
+    let (gate, up) = (&mut gate[..length], &up[..length]);
+    let mut gate_groups = gate.chunks_exact_mut(8);
+    let mut up_groups = up.chunks_exact(8);
+    for (gates, ups) in (&mut gate_groups).zip(&mut up_groups) {
+        // SAFETY: `chunks_exact` gives eight floats in each; the loads and the store are
+        // unaligned.
+        unsafe {
+            let values = _mm256_loadu_ps(gates.as_ptr());
+            let negated = _mm256_xor_ps(values, _mm256_set1_ps(-0.0));
+            let silu = _mm256_div_ps(values, _mm256_add_ps(_mm256_set1_ps(1.0), exponential_8(negated)));
+            _mm256_storeu_ps(gates.as_mut_ptr(), _mm256_mul_ps(silu, _mm256_loadu_ps(ups.as_ptr())));
+        }
+    }
+    for (gate, up) in gate_groups.into_remainder().iter_mut().zip(up_groups.remainder()) {
+        *gate = *gate / (1.0 + exponential(-*gate)) * up;
+    }
+    true
+}
+
 /// `a × b + c` rounded once, by the FMA unit.
 #[inline]
 #[target_feature(enable = "avx2,f16c,fma")]
 fn fused(a: f32, b: f32, c: f32) -> f32 {
     _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)))
+}
+
+/// Dot product of two float vectors, as `kernels::dot_floats`; always `Some`.
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn dot_floats(a: &[f32], b: &[f32]) -> Option<f32> {
+    let mut lanes = _mm256_setzero_ps();
+    let mut a_groups = a.chunks_exact(8);
+    let mut b_groups = b.chunks_exact(8);
+    for (a_group, b_group) in (&mut a_groups).zip(&mut b_groups) {
+        // SAFETY: `chunks_exact` gives eight floats in each; the loads are unaligned.
+        let (a, b) = unsafe { (_mm256_loadu_ps(a_group.as_ptr()), _mm256_loadu_ps(b_group.as_ptr())) };
+        lanes = _mm256_fmadd_ps(a, b, lanes);
+    }
+    let mut total = reduce(lanes);
+    for (a, b) in a_groups.remainder().iter().zip(b_groups.remainder()) {
+        total = fused(*a, *b, total);
+    }
+    Some(total)
+}
+
+/// `out[i] = weight × values[i] + out[i]`, fused, as `kernels::add_scaled`; always `true`.
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
+    let mut out_groups = out.chunks_exact_mut(8);
+    let mut value_groups = values.chunks_exact(8);
+    let weights = _mm256_set1_ps(weight);
+    for (outs, values) in (&mut out_groups).zip(&mut value_groups) {
+        // SAFETY: `chunks_exact` gives eight floats in each; the loads and the store are
+        // unaligned.
+        unsafe {
+            let sum =
+                _mm256_fmadd_ps(weights, _mm256_loadu_ps(values.as_ptr()), _mm256_loadu_ps(outs.as_ptr()));
+            _mm256_storeu_ps(outs.as_mut_ptr(), sum);
+        }
+    }
+    for (out, value) in out_groups.into_remainder().iter_mut().zip(value_groups.remainder()) {
+        *out = fused(weight, *value, *out);
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------------------
