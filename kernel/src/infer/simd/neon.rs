@@ -444,25 +444,36 @@ impl Width for Eight {
     #[inline]
     #[target_feature(enable = "neon")]
     unsafe fn lanes((low, high): Self::Codes, values: *const i8) -> int32x4_t {
-        let (first, second): (int8x16_t, int8x16_t);
-        // SAFETY: the caller guarantees 32 readable bytes; `ldp` reads only them.
+        let lanes: int32x4_t;
+        // i16 lane i of `near` is e(i) + e(16 + i), of `far` e(8 + i) + e(24 + i): at most
+        // 2 × 128 × 127 in magnitude (activations stay within −127..=127), so no overflow.
+        // `saddlp` then adds adjacent i16 lanes of `near` into i32 lane k (elements 2k, 2k+1,
+        // 2k+16, 2k+17) and `sadalp` those of `far` (2k+8, 2k+9, 2k+24, 2k+25).
+        // One assembly block, so that the compiler cannot trade `smull2` for `ext` + `smull`
+        // when it hoists the codes' halves out of a loop over vectors.
+        // SAFETY: the caller guarantees 32 readable bytes at `values`; `ldp` reads only
+        // them, and the rest works on registers (`out` registers never alias the inputs).
         unsafe {
             asm!(
                 "ldp {first:q}, {second:q}, [{address}]",
+                "smull {near:v}.8h, {low:v}.8b, {first:v}.8b",
+                "smull2 {far:v}.8h, {low:v}.16b, {first:v}.16b",
+                "smlal {near:v}.8h, {high:v}.8b, {second:v}.8b",
+                "smlal2 {far:v}.8h, {high:v}.16b, {second:v}.16b",
+                "saddlp {lanes:v}.4s, {near:v}.8h",
+                "sadalp {lanes:v}.4s, {far:v}.8h",
                 address = in(reg) values,
-                first = out(vreg) first,
-                second = out(vreg) second,
-                options(nostack, readonly, preserves_flags)
+                low = in(vreg) low,
+                high = in(vreg) high,
+                first = out(vreg) _,
+                second = out(vreg) _,
+                near = out(vreg) _,
+                far = out(vreg) _,
+                lanes = out(vreg) lanes,
+                options(pure, nostack, readonly, preserves_flags)
             );
         }
-        // i16 lane i of `near` is e(i) + e(16 + i), of `far` e(8 + i) + e(24 + i): at most
-        // 2 × 128 × 127 in magnitude (activations stay within −127..=127), so no overflow.
-        let near =
-            vmlal_s8(vmull_s8(vget_low_s8(low), vget_low_s8(first)), vget_low_s8(high), vget_low_s8(second));
-        let far = vmlal_high_s8(vmull_high_s8(low, first), high, second);
-        // Adjacent i16 lanes added into i32: lane k gets elements 2k, 2k+1 (+16), then
-        // 8+2k, 9+2k (+16).
-        vpadalq_s16(vpaddlq_s16(near), far)
+        lanes
     }
 }
 
@@ -479,32 +490,42 @@ impl Width for Sixteen {
     #[inline]
     #[target_feature(enable = "neon")]
     unsafe fn lanes(codes: Self::Codes, values: *const i16) -> int32x4_t {
-        let (a0, a1, a2, a3): (int16x8_t, int16x8_t, int16x8_t, int16x8_t);
-        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the two `ldp` read bytes
-        // 0..32 and 32..64.
+        let lanes: int32x4_t;
+        // i32 lane i of `low` sums elements 8g + i over the groups g, of `high` 8g + 4 + i
+        // (each product at most 128 × 32767); `addp` then pairs adjacent lanes: lane k gets
+        // elements 2k, 2k+1, 2k+8, 2k+9, ... as `kernels::integer_lane` says. One assembly
+        // block for the reason given in `Eight::lanes`.
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `values`; the two `ldp`
+        // read bytes 0..32 and 32..64, and the rest works on registers (`out` registers
+        // never alias the inputs).
         unsafe {
             asm!(
                 "ldp {a0:q}, {a1:q}, [{address}]",
                 "ldp {a2:q}, {a3:q}, [{address}, #32]",
+                "smull {low:v}.4s, {c0:v}.4h, {a0:v}.4h",
+                "smull2 {high:v}.4s, {c0:v}.8h, {a0:v}.8h",
+                "smlal {low:v}.4s, {c1:v}.4h, {a1:v}.4h",
+                "smlal2 {high:v}.4s, {c1:v}.8h, {a1:v}.8h",
+                "smlal {low:v}.4s, {c2:v}.4h, {a2:v}.4h",
+                "smlal2 {high:v}.4s, {c2:v}.8h, {a2:v}.8h",
+                "smlal {low:v}.4s, {c3:v}.4h, {a3:v}.4h",
+                "smlal2 {high:v}.4s, {c3:v}.8h, {a3:v}.8h",
+                "addp {low:v}.4s, {low:v}.4s, {high:v}.4s",
                 address = in(reg) values,
-                a0 = out(vreg) a0,
-                a1 = out(vreg) a1,
-                a2 = out(vreg) a2,
-                a3 = out(vreg) a3,
-                options(nostack, readonly, preserves_flags)
+                c0 = in(vreg) codes[0],
+                c1 = in(vreg) codes[1],
+                c2 = in(vreg) codes[2],
+                c3 = in(vreg) codes[3],
+                a0 = out(vreg) _,
+                a1 = out(vreg) _,
+                a2 = out(vreg) _,
+                a3 = out(vreg) _,
+                high = out(vreg) _,
+                low = out(vreg) lanes,
+                options(pure, nostack, readonly, preserves_flags)
             );
         }
-        // i32 lane i of `low` sums elements 8g + i over the groups g, of `high` 8g + 4 + i
-        // (each product at most 128 × 32767); adjacent lanes then pair up.
-        let low = vmull_s16(vget_low_s16(codes[0]), vget_low_s16(a0));
-        let low = vmlal_s16(low, vget_low_s16(codes[1]), vget_low_s16(a1));
-        let low = vmlal_s16(low, vget_low_s16(codes[2]), vget_low_s16(a2));
-        let low = vmlal_s16(low, vget_low_s16(codes[3]), vget_low_s16(a3));
-        let high = vmull_high_s16(codes[0], a0);
-        let high = vmlal_high_s16(high, codes[1], a1);
-        let high = vmlal_high_s16(high, codes[2], a2);
-        let high = vmlal_high_s16(high, codes[3], a3);
-        vpaddq_s32(low, high)
+        lanes
     }
 }
 
@@ -659,6 +680,12 @@ const GROUP: usize = 32;
 /// Rows `first ..` of `matrix` times the `vectors` vectors of `x` (one after another,
 /// `matrix.columns` values each) into `out[r × vectors + j]`; `false` (nothing written) if the
 /// activations or a row are shorter than the matrix's columns.
+///
+/// One vector takes the single-vector loop (the same operations in the same order, with
+/// its sums in registers); more take [`rows_times_vectors`] with room for the running sums
+/// of 4, 8, 16 or [`GROUP`] vectors, the least that holds them, so that a small batch does
+/// not clear and finish room for 32.
+#[target_feature(enable = "neon")]
 fn multi_integer<F: Format, W: Width>(
     matrix: &Matrix<'_>,
     x: Quantized<'_, W::Element>,
@@ -675,15 +702,44 @@ fn multi_integer<F: Format, W: Width>(
     {
         return false;
     }
+    // SAFETY: the checks above are what `rows_times_vectors` requires.
+    unsafe {
+        match vectors {
+            0 => {}
+            1 => each_row::<F, W>(matrix, x, first, out),
+            2..=4 => rows_times_vectors::<F, W, 4>(matrix, x, vectors, first, out),
+            5..=8 => rows_times_vectors::<F, W, 8>(matrix, x, vectors, first, out),
+            9..=16 => rows_times_vectors::<F, W, 16>(matrix, x, vectors, first, out),
+            _ => rows_times_vectors::<F, W, GROUP>(matrix, x, vectors, first, out),
+        }
+    }
+    true
+}
+
+/// [`multi_integer`]'s loop over rows, for `vectors` ≥ 1 vectors taken `ROOM` at a time.
+///
+/// # Safety
+/// Rows `first .. first + out.len() / vectors` of `matrix` hold `matrix.columns / 32`
+/// blocks each, and `x` holds that many blocks of values and scales for each of `vectors`
+/// vectors.
+#[target_feature(enable = "neon")]
+unsafe fn rows_times_vectors<F: Format, W: Width, const ROOM: usize>(
+    matrix: &Matrix<'_>,
+    x: Quantized<'_, W::Element>,
+    vectors: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    let blocks = matrix.columns / BLOCK_VALUES;
     for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
         let row = matrix.row(first + index);
-        for (group, outputs) in outputs.chunks_mut(GROUP).enumerate() {
-            let start = group * GROUP * blocks;
-            // SAFETY: the checks above: the row holds `blocks` blocks, and the group's
-            // vectors (`outputs.len()` of them from vector `group × GROUP`) have `blocks`
+        for (group, outputs) in outputs.chunks_mut(ROOM).enumerate() {
+            let start = group * ROOM * blocks;
+            // SAFETY: the caller's promise: the row holds `blocks` blocks, and the group's
+            // vectors (`outputs.len()` of them from vector `group × ROOM`) have `blocks`
             // blocks of values and scales each, inside `x`.
             unsafe {
-                row_times_group::<F, W>(
+                row_times_group::<F, W, ROOM>(
                     row.as_ptr(),
                     blocks,
                     x.values.as_ptr().add(start * BLOCK_VALUES),
@@ -693,10 +749,9 @@ fn multi_integer<F: Format, W: Width>(
             }
         }
     }
-    true
 }
 
-/// One row of `blocks` blocks at `row` times `out.len()` (at most [`GROUP`]) vectors whose
+/// One row of `blocks` blocks at `row` times `out.len()` (at most `ROOM`) vectors whose
 /// values and block scales start at `values` and `scales` (`blocks` blocks per vector), into
 /// `out`.
 ///
@@ -705,15 +760,15 @@ fn multi_integer<F: Format, W: Width>(
 /// blocks × 32` readable elements and `scales` to `out.len() × blocks` block scales.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn row_times_group<F: Format, W: Width>(
+unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
     row: *const u8,
     blocks: usize,
     values: *const W::Element,
     scales: *const [f32; 2],
     out: &mut [f32],
 ) {
-    let mut group = [Sums::new(); GROUP];
-    let group = &mut group[..out.len().min(GROUP)];
+    let mut group = [Sums::new(); ROOM];
+    let group = &mut group[..out.len().min(ROOM)];
     for pair in 0..blocks / 2 {
         let block = 2 * pair;
         // SAFETY: blocks `block` and `block + 1` are inside the row.
