@@ -285,4 +285,46 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn rows_multi_refuses_shapes_that_do_not_fit() {
+        let mut random = crate::rand::SplitMix64::new(9);
+        let values: Vec<f32> = (0..6 * 64).map(|_| random.next_f32() - 0.5).collect();
+        let x: Vec<f32> = (0..3 * 64).map(|_| random.next_f32() - 0.5).collect();
+        let mut data = Vec::new();
+        quantize(TensorType::Q4_1, &values, &mut data);
+        let matrix = Matrix { tensor_type: TensorType::Q4_1, rows: 6, columns: 64, data: &data };
+        let mut prepared = QuantizedRows::with_capacity(3, 64, Precision::Int16);
+        let input = prepared.quantize(&x, 64).expect("fits");
+        let mut out = vec![f32::NAN; 6 * 3];
+        assert_eq!(
+            rows_multi(&matrix, input, 4, 3, &mut out),
+            Err(ShapeError::RowsOutOfRange { first: 4, count: 3, rows: 6 })
+        );
+        assert_eq!(
+            rows_multi(&matrix, input, usize::MAX, 2, &mut out),
+            Err(ShapeError::RowsOutOfRange { first: usize::MAX, count: 2, rows: 6 })
+        );
+        assert_eq!(
+            rows_multi(&matrix, input, 0, 6, &mut out[..17]),
+            Err(ShapeError::OutputTooShort { needed: 18, length: 17 })
+        );
+        let narrow = Matrix { tensor_type: TensorType::Q4_1, rows: 12, columns: 32, data: &data };
+        assert_eq!(
+            rows_multi(&narrow, input, 0, 1, &mut out),
+            Err(ShapeError::ColumnsDiffer { matrix: 32, input: 64 })
+        );
+        assert!(out.iter().all(|value| value.is_nan()), "a refused product writes nothing");
+        // No rows: nothing to do, nothing written.
+        assert_eq!(rows_multi(&matrix, input, 6, 0, &mut out), Ok(()));
+        assert!(out.iter().all(|value| value.is_nan()));
+        // A matrix whose data stops short of its rows (a broken view): no SIMD read past the
+        // data; the missing rows come out as empty dot products.
+        let short =
+            Matrix { tensor_type: TensorType::Q4_1, rows: 6, columns: 64, data: &data[..data.len() / 2] };
+        assert!(!super::super::simd::rows_multi(&short, input, 0, &mut out));
+        rows_multi(&short, input, 0, 6, &mut out).expect("the shapes are what the view claims");
+        assert!(out[9..].iter().all(|value| *value == 0.0));
+        assert!(out[..9].iter().all(|value| value.is_finite()));
+    }
 }

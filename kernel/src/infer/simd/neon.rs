@@ -695,7 +695,9 @@ fn multi_integer<F: Format, W: Width>(
 ) -> bool {
     let blocks = matrix.columns / BLOCK_VALUES;
     let rows = out.len().checked_div(vectors).unwrap_or(0);
-    let rows_fit = (first..first + rows).all(|row| matrix.row(row).len() >= blocks * F::BLOCK_BYTES);
+    // Rows are all `row_bytes` long, or empty past the data's end: the last one tells.
+    let last_fits = |last: usize| matrix.row(last).len() >= blocks * F::BLOCK_BYTES;
+    let rows_fit = rows == 0 || first.checked_add(rows - 1).is_some_and(last_fits);
     if x.values.len() < vectors * blocks * BLOCK_VALUES
         || x.block_scales.len() < vectors * blocks
         || !rows_fit

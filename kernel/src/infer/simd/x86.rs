@@ -528,6 +528,11 @@ const GROUP: usize = 32;
 /// Rows `first ..` of `matrix` times the `vectors` vectors of `x` (one after another,
 /// `matrix.columns` values each) into `out[r × vectors + j]`; `false` (nothing written) if the
 /// activations or a row are shorter than the matrix's columns.
+///
+/// One vector takes the single-vector loop (the same operations in the same order, with
+/// its sums in registers); more take [`rows_times_vectors`] with room for the running sums
+/// of 4, 8, 16 or [`GROUP`] vectors, the least that holds them, so that a small batch does
+/// not clear and finish room for 32.
 #[target_feature(enable = "avx2,f16c,fma")]
 fn multi_integer<F: Format, W: Width>(
     matrix: &Matrix<'_>,
@@ -538,22 +543,53 @@ fn multi_integer<F: Format, W: Width>(
 ) -> bool {
     let blocks = matrix.columns / BLOCK_VALUES;
     let rows = out.len().checked_div(vectors).unwrap_or(0);
-    let rows_fit = (first..first + rows).all(|row| matrix.row(row).len() >= blocks * F::BLOCK_BYTES);
+    // Rows are all `row_bytes` long, or empty past the data's end: the last one tells.
+    let last_fits = |last: usize| matrix.row(last).len() >= blocks * F::BLOCK_BYTES;
+    let rows_fit = rows == 0 || first.checked_add(rows - 1).is_some_and(last_fits);
     if x.values.len() < vectors * blocks * BLOCK_VALUES
         || x.block_scales.len() < vectors * blocks
         || !rows_fit
     {
         return false;
     }
+    // SAFETY: the checks above are what `rows_times_vectors` requires.
+    unsafe {
+        match vectors {
+            0 => {}
+            1 => each_row::<F, W>(matrix, x, first, out),
+            2..=4 => rows_times_vectors::<F, W, 4>(matrix, x, vectors, first, out),
+            5..=8 => rows_times_vectors::<F, W, 8>(matrix, x, vectors, first, out),
+            9..=16 => rows_times_vectors::<F, W, 16>(matrix, x, vectors, first, out),
+            _ => rows_times_vectors::<F, W, GROUP>(matrix, x, vectors, first, out),
+        }
+    }
+    true
+}
+
+/// [`multi_integer`]'s loop over rows, for `vectors` ≥ 1 vectors taken `ROOM` at a time.
+///
+/// # Safety
+/// Rows `first .. first + out.len() / vectors` of `matrix` hold `matrix.columns / 32`
+/// blocks each, and `x` holds that many blocks of values and scales for each of `vectors`
+/// vectors; AVX2, F16C and FMA present.
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn rows_times_vectors<F: Format, W: Width, const ROOM: usize>(
+    matrix: &Matrix<'_>,
+    x: Quantized<'_, W::Element>,
+    vectors: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    let blocks = matrix.columns / BLOCK_VALUES;
     for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
         let row = matrix.row(first + index);
-        for (group, outputs) in outputs.chunks_mut(GROUP).enumerate() {
-            let start = group * GROUP * blocks;
-            // SAFETY: the checks above: the row holds `blocks` blocks, and the group's
-            // vectors (`outputs.len()` of them from vector `group × GROUP`) have `blocks`
+        for (group, outputs) in outputs.chunks_mut(ROOM).enumerate() {
+            let start = group * ROOM * blocks;
+            // SAFETY: the caller's promise: the row holds `blocks` blocks, and the group's
+            // vectors (`outputs.len()` of them from vector `group × ROOM`) have `blocks`
             // blocks of values and scales each, inside `x`.
             unsafe {
-                row_times_group::<F, W>(
+                row_times_group::<F, W, ROOM>(
                     row.as_ptr(),
                     blocks,
                     x.values.as_ptr().add(start * BLOCK_VALUES),
@@ -563,10 +599,9 @@ fn multi_integer<F: Format, W: Width>(
             }
         }
     }
-    true
 }
 
-/// One row of `blocks` blocks at `row` times `out.len()` (at most [`GROUP`]) vectors whose
+/// One row of `blocks` blocks at `row` times `out.len()` (at most `ROOM`) vectors whose
 /// values and block scales start at `values` and `scales` (`blocks` blocks per vector), into
 /// `out`.
 ///
@@ -575,15 +610,15 @@ fn multi_integer<F: Format, W: Width>(
 /// blocks × 32` readable elements and `scales` to `out.len() × blocks` block scales.
 #[inline]
 #[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn row_times_group<F: Format, W: Width>(
+unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
     row: *const u8,
     blocks: usize,
     values: *const W::Element,
     scales: *const [f32; 2],
     out: &mut [f32],
 ) {
-    let mut group = [Sums::new(); GROUP];
-    let group = &mut group[..out.len().min(GROUP)];
+    let mut group = [Sums::new(); ROOM];
+    let group = &mut group[..out.len().min(ROOM)];
     for pair in 0..blocks / 2 {
         let block = 2 * pair;
         // SAFETY: blocks `block` and `block + 1` are inside the row.
