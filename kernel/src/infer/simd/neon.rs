@@ -16,7 +16,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use crate::infer::kernels::{BatchInput, Input, Quantized, exponential, half};
+use crate::infer::kernels::{BatchInput, Input, Quantized, exponential};
 use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
 use libm::fmaf;
@@ -175,6 +175,27 @@ unsafe fn load_scale_pair(scales: *const [f32; 2]) -> float32x4_t {
             value = out(vreg) value,
             address = in(reg) scales,
             options(nostack, readonly, preserves_flags)
+        );
+    }
+    value
+}
+
+/// The f16 at byte `at` of `bytes` as f32, converted by the hardware's `fcvt` (exactly, as
+/// `kernels::half` does in software).
+#[inline]
+#[target_feature(enable = "neon")]
+fn load_half(bytes: &[u8], at: usize) -> f32 {
+    let half = &bytes[at..at + 2];
+    let value: f32;
+    // SAFETY: `half` is 2 readable bytes; `ldr` of an H register reads only them, and `fcvt`
+    // works on registers.
+    unsafe {
+        asm!(
+            "ldr {value:h}, [{address}]",
+            "fcvt {value:s}, {value:h}",
+            address = in(reg) half.as_ptr(),
+            value = out(vreg) value,
+            options(pure, nostack, readonly, preserves_flags)
         );
     }
     value
@@ -1036,7 +1057,7 @@ fn dot_float_blocks(
         for (code, value) in codes.into_iter().zip(values) {
             products = multiply_add(products, code, value);
         }
-        accumulator = add_scaled_lanes(accumulator, half(block, 0), products);
+        accumulator = add_scaled_lanes(accumulator, load_half(block, 0), products);
         if let Some((at, precomputed)) = minimum {
             let sums = match precomputed.and_then(|sums| sums.get(index * 8..index * 8 + 8)) {
                 // SAFETY: `get` gave eight floats.
@@ -1045,7 +1066,7 @@ fn dot_float_blocks(
                     .iter()
                     .fold(zero(), |sums, value| (vaddq_f32(sums.0, value.0), vaddq_f32(sums.1, value.1))),
             };
-            accumulator = add_scaled_lanes(accumulator, half(block, at), sums);
+            accumulator = add_scaled_lanes(accumulator, load_half(block, at), sums);
         }
     }
     reduce(accumulator)
