@@ -42,7 +42,7 @@ help:
 	@echo "  make test-card  make sdcard, then check its boot partition with mtools (firmware, config.txt, kernel8.img)"
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
 	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
-	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; QEMU instruction counts (docs/BENCHMARKS.md)"
+	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; host compute kernels; QEMU instruction counts (docs/BENCHMARKS.md)"
 	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
@@ -140,6 +140,10 @@ bench: deps
 	@mkdir -p docs/bench
 	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
 	$(CARGO) run --release -q -p bench --bin kv-bench | tee docs/bench/kv-bench.md
+	@command -v valgrind >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
+	  || { echo ">> installing valgrind (kernel-bench counts instructions with callgrind)"; \
+	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } || true
+	$(CARGO) run --release -q -p bench --bin kernel-bench | tee docs/bench/kernel-bench.md
 	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
 	@python3 -c 'import llama_cpp' 2>/dev/null || { \
 	  echo "installing llama-cpp-python $(LLAMA_CPP_PYTHON) for the llama.cpp comparison (a source build, about 15 minutes)"; \

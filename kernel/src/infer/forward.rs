@@ -185,7 +185,10 @@ impl State {
             + config.vocab_size * (1 + rows.min(LOGIT_ROWS))
             + config.head_dim();
         let places = rows * core::mem::size_of::<RowPlace>();
-        (floats * 4 + config.vocab_size * 8 + places + Prepared::bytes_for(rows, dim.max(hidden))) as u64
+        (floats * 4
+            + config.vocab_size * 8
+            + places
+            + Prepared::bytes_for(rows, dim.max(hidden), Precision::Int16)) as u64
     }
 
     /// Rows a pass may hold.

@@ -31,8 +31,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::{Mutex, RwLock};
 
 use super::forward::PassSequence;
-use super::kernels::{Input, Precision, QuantizedVector, rmsnorm, softmax, swiglu, takes_quantized_input};
-use super::matmul::{MAX_CORES, prepare_input, rows_into};
+use super::kernels::{BatchInput, Precision, QuantizedRows, rmsnorm, softmax};
+use super::matmul::{MAX_CORES, accumulate_values, attention_scores, rows_multi, swiglu};
 use crate::hil::Cpus;
 use crate::mm::handout::Handout;
 use crate::model::{Config, LayerWeights, Matrix, Vector};
@@ -45,14 +45,13 @@ pub const PIECE_ROWS: usize = 16;
 pub struct Lost;
 
 /// Activation rows prepared once for every matrix of a phase that reads them: the floats,
-/// and each row quantized (or, in float precision, with its block sums).
+/// and their quantization (or, in float precision, their block sums) in a [`QuantizedRows`].
 #[derive(Clone, Debug)]
 pub struct Prepared {
     rows: usize,
     columns: usize,
     floats: Vec<f32>,
-    quantized: Vec<QuantizedVector>,
-    precision: Precision,
+    quantized: QuantizedRows,
 }
 
 impl Prepared {
@@ -62,19 +61,13 @@ impl Prepared {
             rows: 0,
             columns: 0,
             floats: vec![0.0; rows * columns],
-            quantized: (0..rows).map(|_| QuantizedVector::with_capacity(columns)).collect(),
-            precision,
+            quantized: QuantizedRows::with_capacity(rows, columns, precision),
         }
     }
 
-    /// Bytes [`Prepared::new`] takes.
-    pub fn bytes_for(rows: usize, columns: usize) -> usize {
-        rows * (columns * 4 + columns.div_ceil(32) * (32 * 3 + 4 * 3 + 32))
-    }
-
-    /// The precision rows are prepared at.
-    pub fn precision(&self) -> Precision {
-        self.precision
+    /// Bytes [`Prepared::new`] takes (int16, the widest precision, is the most).
+    pub fn bytes_for(rows: usize, columns: usize, precision: Precision) -> usize {
+        rows * columns * 4 + QuantizedRows::bytes_for(rows, columns, precision)
     }
 
     /// Rows of the current phase.
@@ -83,36 +76,25 @@ impl Prepared {
     }
 
     /// Sets `rows` rows of `columns` values, row `r` written by `fill(r, row)`, and prepares
-    /// each for the matrices that will read it.
+    /// them for the matrices that will read them. More rows or columns than the room made by
+    /// [`Prepared::new`] is a caller's bug (the pass checks its rows first).
     pub fn set(&mut self, rows: usize, columns: usize, mut fill: impl FnMut(usize, &mut [f32])) {
+        let floats = &mut self.floats[..rows * columns];
+        for (row, values) in floats.chunks_exact_mut(columns).enumerate() {
+            fill(row, values);
+        }
         self.rows = rows;
         self.columns = columns;
-        let precision = self.precision;
-        let rows_floats = self.floats[..rows * columns].chunks_exact_mut(columns);
-        for (row, (floats, quantized)) in rows_floats.zip(&mut self.quantized).enumerate() {
-            fill(row, floats);
-            prepare_input(floats, precision, quantized);
+        if let Err(error) = self.quantized.quantize(floats, columns) {
+            unreachable!("a pass's rows fit its scratch: {error}");
         }
     }
 
-    /// Row `row` as the input of a product with a matrix of `tensor_type` (the same input
-    /// [`super::matmul::matvec`] builds).
-    fn input(&self, row: usize, tensor_type: crate::model::TensorType) -> Input<'_> {
-        let floats = &self.floats[row * self.columns..(row + 1) * self.columns];
-        let quantized = &self.quantized[row];
-        if takes_quantized_input(tensor_type, self.precision) {
-            if self.precision == Precision::Int16 {
-                Input::Quantized16(quantized)
-            } else {
-                Input::Quantized(quantized)
-            }
-        } else if tensor_type == crate::model::TensorType::Q4_1 {
-            Input::FloatSummed(
-                floats,
-                &quantized.block_sums[..(floats.len() / 32).min(quantized.block_sums.len())],
-            )
-        } else {
-            Input::Float(floats)
+    /// The prepared rows, as the product kernels read them.
+    fn batch(&self) -> BatchInput<'_> {
+        match self.quantized.prepared(&self.floats[..self.rows * self.columns], self.columns) {
+            Ok(batch) => batch,
+            Err(error) => unreachable!("the rows were prepared: {error}"),
         }
     }
 }
@@ -122,31 +104,24 @@ impl Prepared {
 pub fn product_piece(fused: &[&Matrix<'_>], prepared: &Prepared, first: usize, out: &mut [f32]) {
     let vectors = prepared.rows.max(1);
     let count = out.len() / vectors;
-    let mut column = [0.0f32; PIECE_ROWS];
-    let mut offset = 0;
-    let mut done = 0;
+    let batch = prepared.batch();
+    let (mut offset, mut done) = (0, 0);
     for matrix in fused {
-        let (start, end) = (first + done, first + count);
+        let start = first + done;
+        if done == count {
+            break;
+        }
         if start >= offset + matrix.rows {
             offset += matrix.rows;
             continue;
         }
-        let rows = (end.min(offset + matrix.rows)).saturating_sub(start);
-        for vector in 0..prepared.rows {
-            let input = prepared.input(vector, matrix.tensor_type);
-            for band in (0..rows).step_by(PIECE_ROWS) {
-                let length = PIECE_ROWS.min(rows - band);
-                rows_into(matrix, input, start - offset + band, &mut column[..length]);
-                for (row, value) in column[..length].iter().enumerate() {
-                    out[(done + band + row) * vectors + vector] = *value;
-                }
-            }
+        let rows = (first + count).min(offset + matrix.rows) - start;
+        let piece = &mut out[done * vectors..(done + rows) * vectors];
+        if let Err(error) = rows_multi(matrix, batch, start - offset, rows, piece) {
+            unreachable!("a model's matrices fit their activations: {error}");
         }
         done += rows;
         offset += matrix.rows;
-        if done == count {
-            break;
-        }
     }
 }
 
@@ -232,16 +207,9 @@ impl AttentionInput<'_, '_, '_> {
         let kv_range = kv_head * head_dim..(kv_head + 1) * head_dim;
         let scale = 1.0 / libm::sqrtf(head_dim as f32);
         let scores = &mut scores[..=place.position];
-        for (past, score) in scores.iter_mut().enumerate() {
-            let key = &store.key(self.layer, past)[kv_range.clone()];
-            *score = query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
-        }
+        attention_scores(query, |past| &store.key(self.layer, past)[kv_range.clone()], scale, scores);
         softmax(scores);
-        out.fill(0.0);
-        for (past, weight) in scores.iter().enumerate() {
-            let value = &store.value(self.layer, past)[kv_range.clone()];
-            out.iter_mut().zip(value).for_each(|(out, value)| *out += weight * value);
-        }
+        accumulate_values(scores, |past| &store.value(self.layer, past)[kv_range.clone()], out);
     }
 }
 
