@@ -70,8 +70,8 @@ impl Rope {
 /// Lower bound of [`exponential`]'s argument: below it e^x is no longer a normal f32
 /// (−126 × ln 2 ≈ −87.34), and the result stays at about 1.2e-38.
 pub const EXPONENT_LOWEST: f32 = -87.33;
-/// Upper bound of [`exponential`]'s argument: 127.5 × ln 2 (≈ 88.38, e^x ≈ 2.4e38), so the
-/// power of two stays a finite f32.
+/// Upper bound of [`exponential`]'s computed range: 127.5 × ln 2 (≈ 88.38, e^x ≈ 2.4e38), so
+/// the power of two stays a finite f32. Above it the result is infinity.
 pub const EXPONENT_HIGHEST: f32 = 88.37;
 /// 1.5 × 2^23: adding it to a number below 2^22 in magnitude rounds that number to the
 /// nearest integer (ties to even) and leaves the integer in the low mantissa bits.
@@ -92,10 +92,14 @@ pub const EXPONENTIAL_COEFFICIENTS: [f32; 8] =
 /// SIMD paths repeat one for one, so that they give the same bits: x is clamped to
 /// [−87.33, 88.37]; n = x · log2(e) rounded to the nearest integer; r = x − n · ln 2 (in two
 /// fused steps); e^r by Horner's rule over [`EXPONENTIAL_COEFFICIENTS`] (fused
-/// multiply-adds); the result is e^r × 2^n, 2^n built from n's bits. Beyond the clamp the
-/// result saturates (about 2.4e38 above, 1.2e-38 below) rather than reaching infinity or 0;
-/// NaN gives NaN.
+/// multiply-adds); the result is e^r × 2^n, 2^n built from n's bits. Above 88.37 the result
+/// is infinity, as `expf`'s is above 88.72 (so SiLU of a gate below −88.37 is −0 rather than
+/// a subnormal, which x86 cores multiply through slow microcode); below −87.33 it stays at
+/// about 1.2e-38 rather than reaching 0 or a subnormal. NaN gives NaN.
 pub fn exponential(x: f32) -> f32 {
+    if x > EXPONENT_HIGHEST {
+        return f32::INFINITY;
+    }
     // NaN passes through `clamp` as NaN.
     let clamped = x.clamp(EXPONENT_LOWEST, EXPONENT_HIGHEST);
     let shifted = fmaf(clamped, LOG2_E, ROUNDING_SHIFTER);
@@ -909,9 +913,11 @@ mod tests {
         }
         // Measured: 0.87 ulps at most.
         assert!(worst <= 1.0, "exponential is {worst} ulps off");
-        // Saturation instead of infinity and zero; NaN stays NaN.
-        assert_eq!(exponential(1000.0), exponential(EXPONENT_HIGHEST));
-        assert!(exponential(1000.0).is_finite() && exponential(1000.0) > 2.0e38);
+        // Infinity above the range, saturation instead of zero below; NaN stays NaN.
+        assert!(exponential(EXPONENT_HIGHEST).is_finite() && exponential(EXPONENT_HIGHEST) > 2.0e38);
+        assert_eq!(exponential(88.38), f32::INFINITY);
+        assert_eq!(exponential(1000.0), f32::INFINITY);
+        assert_eq!(exponential(f32::INFINITY), f32::INFINITY);
         assert!(exponential(-1000.0) > 0.0 && exponential(-1000.0) < 1.2e-38);
         assert!(exponential(f32::NAN).is_nan());
         assert_eq!(exponential(0.0), 1.0);

@@ -1,7 +1,7 @@
 //! SIMD kernels: NEON on aarch64, AVX2 on x86_64 (detected at run time with `std`, fixed at
 //! compile time without; F16C and FMA are required beside AVX2). The one module of `infer`
 //! allowed `unsafe`, and the one place that picks an instruction set: every entry point
-//! below goes through [`on_this_cpu!`] once per call (once per band of rows for the
+//! below goes through `on_this_cpu!` once per call (once per band of rows for the
 //! products), and returns `None`/`false` when this CPU or this combination has no SIMD path,
 //! so that the caller ([`super::matmul`]) falls back to the scalar kernel.
 //!

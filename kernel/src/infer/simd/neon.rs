@@ -849,7 +849,9 @@ fn exponential_4(x: float32x4_t) -> float32x4_t {
         polynomial = vfmaq_f32(vdupq_n_f32(*coefficient), polynomial, reduced);
     }
     let exponent = vaddq_u32(vshlq_n_u32::<23>(vreinterpretq_u32_f32(shifted)), vdupq_n_u32(127 << 23));
-    vmulq_f32(polynomial, vreinterpretq_f32_u32(exponent))
+    let result = vmulq_f32(polynomial, vreinterpretq_f32_u32(exponent));
+    // Infinity above the range (a NaN lane compares false and stays NaN).
+    vbslq_f32(vcgtq_f32(x, vdupq_n_f32(EXPONENT_HIGHEST)), vdupq_n_f32(f32::INFINITY), result)
 }
 
 /// `gate = silu(gate) × up`, as `kernels::swiglu`; always `true` (done).

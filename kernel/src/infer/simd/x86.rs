@@ -679,7 +679,10 @@ fn exponential_8(x: __m256) -> __m256 {
     }
     let exponent =
         _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(shifted)), _mm256_set1_epi32(127 << 23));
-    _mm256_mul_ps(polynomial, _mm256_castsi256_ps(exponent))
+    let result = _mm256_mul_ps(polynomial, _mm256_castsi256_ps(exponent));
+    // Infinity above the range (the ordered comparison is false for NaN, which stays NaN).
+    let above = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(EXPONENT_HIGHEST));
+    _mm256_blendv_ps(result, _mm256_set1_ps(f32::INFINITY), above)
 }
 
 /// `gate = silu(gate) × up`, as `kernels::swiglu`; always `true` (done).
