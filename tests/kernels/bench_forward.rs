@@ -4,6 +4,11 @@
 //! the card into the weights pool, as kernel8 reads it. Under `-icount shift=0` the PMU counts
 //! instructions retired (event 0x08); its counter is 32 bits, so a count past 2^32 is
 //! completed from the generic timer, which then counts instructions too (1 ns each).
+//!
+//! It ends with a projection per board: decode tokens/s from the measured instructions per
+//! token at the board's clock on all four cores (one instruction per cycle per core, perfect
+//! scaling: an optimistic compute bound), from the bytes a decode pass moves at the board's
+//! DRAM read bandwidth, and the lower of the two.
 
 #![no_std]
 #![no_main]
@@ -20,6 +25,7 @@ use kernel::{
     },
     mm::tensor::TensorKind,
     model::ModelFile,
+    serve::governor::PassTraffic,
 };
 use systests::{TEST_CONFIG, ensure, pass};
 
@@ -52,6 +58,32 @@ fn instructions(operation: impl FnOnce()) -> u64 {
     let elapsed = CLOCK.now_ns() - before_ns;
     let wraps = (elapsed.saturating_sub(counted) + (1 << 31)) >> 32;
     counted + (wraps << 32)
+}
+
+/// The boards: name, cores, clock in GHz, DRAM read bandwidth in GB/s (docs/BENCHMARKS.md).
+const BOARDS: [(&str, u32, f64, f64); 4] = [
+    ("Zero 2 W (4x Cortex-A53, 1.0 GHz)", 4, 1.0, 2.2),
+    ("3B+ (4x Cortex-A53, 1.4 GHz)", 4, 1.4, 2.2),
+    ("4B (4x Cortex-A72, 1.5 GHz)", 4, 1.5, 4.0),
+    ("5 (4x Cortex-A76, 2.4 GHz)", 4, 2.4, 10.0),
+];
+
+/// Prints the projection table for `instructions` per decoded token and `bytes` moved per
+/// decode pass.
+fn project(instructions: u64, bytes: u64) {
+    boot::println!(
+        "projection: {instructions} instructions and {:.1} MB per decoded token (1 instruction per cycle per core):",
+        bytes as f64 / 1e6
+    );
+    boot::println!("| board | compute bound, tokens/s | bandwidth bound, tokens/s | projected | binds |");
+    boot::println!("|---|---:|---:|---:|---|");
+    for (name, cores, ghz, gbps) in BOARDS {
+        let compute = f64::from(cores) * ghz * 1e9 / instructions as f64;
+        let bandwidth = gbps * 1e9 / bytes as f64;
+        let (projected, binds) =
+            if compute < bandwidth { (compute, "compute") } else { (bandwidth, "bandwidth") };
+        boot::println!("| {name} | {compute:.1} | {bandwidth:.1} | {projected:.1} | {binds} |");
+    }
 }
 
 fn main(info: &'static boot::BootInfo) -> ! {
@@ -121,6 +153,7 @@ fn main(info: &'static boot::BootInfo) -> ! {
     for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
         boot::println!("prefill T = {chunk}: {:.3}x decode", per_token[slot] as f64 / per_token[3] as f64);
     }
+    project(per_token[3], PassTraffic::of(weights).at(prompt.len()).total());
     boot::println!("forward instructions done");
     pass()
 }

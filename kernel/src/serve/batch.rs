@@ -187,6 +187,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         if prefix.len() < KV_BLOCK_TOKENS {
             return;
         }
+        // Only full blocks are published: the rest would be computed for nothing.
+        let prefix = &prefix[..prefix.len() / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
         let Some(pool) = self.kv_pool_for(&view) else { return };
         let config = *view.file.config();
         let Some(mut kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, prefix.len())
@@ -194,16 +196,13 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return;
         };
         let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
-        let chunk = state.rows();
-        let mut fed = 0;
-        while fed < prefix.len() {
-            let tokens = &prefix[fed..(fed + chunk).min(prefix.len())];
-            let mut sequences = [PassSequence { kv: &mut kv, tokens, start: fed, logits: false }];
+        for (index, tokens) in prefix.chunks(state.rows()).enumerate() {
+            let start = index * state.rows();
+            let mut sequences = [PassSequence { kv: &mut kv, tokens, start, logits: false }];
             if forward_batch(&view.file.weights, &mut state, &mut sequences, self.cpus, |_, _, _| {}).is_err()
             {
                 return;
             }
-            fed += tokens.len();
         }
         kv.publish(model_identity(&model), prefix);
     }
