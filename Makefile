@@ -135,6 +135,9 @@ test-qemu: deps $(DEFAULT_MODEL)
 
 # The llama.cpp build `make bench` compares against (pinned; built from source by pip).
 LLAMA_CPP_PYTHON := 0.3.36
+# Built for AVX2 with FMA and F16C, the instructions Tessera's host kernels use: a native build
+# on a host with AMX or AVX-512 crashed in its first eval here (the VM does not enable AMX).
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
 
 bench: deps
 	@mkdir -p docs/bench
@@ -147,7 +150,8 @@ bench: deps
 	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
 	@python3 -c 'import llama_cpp' 2>/dev/null || { \
 	  echo "installing llama-cpp-python $(LLAMA_CPP_PYTHON) for the llama.cpp comparison (a source build, about 15 minutes)"; \
-	  python3 -m pip install --quiet --disable-pip-version-check llama-cpp-python==$(LLAMA_CPP_PYTHON); }
+	  CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" python3 -m pip install --quiet --disable-pip-version-check \
+	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON); }
 	$(CARGO) build --release -q -p cli
 	python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md
 
