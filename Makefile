@@ -151,7 +151,7 @@ bench: deps
 	@python3 -c 'import llama_cpp' 2>/dev/null || { \
 	  echo "installing llama-cpp-python $(LLAMA_CPP_PYTHON) for the llama.cpp comparison (a source build, about 15 minutes)"; \
 	  CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" python3 -m pip install --quiet --disable-pip-version-check \
-	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON); }
+	    --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON); }
 	$(CARGO) build --release -q -p cli
 	python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md
 
