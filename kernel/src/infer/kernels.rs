@@ -381,18 +381,7 @@ impl QuantizedRows {
     /// Rows whose length is not a multiple of 32 are kept as floats only (no quantized
     /// matrix has such rows). Returns the batch the product kernels read.
     pub fn quantize<'a>(&'a mut self, x: &'a [f32], columns: usize) -> Result<BatchInput<'a>, ShapeError> {
-        if columns == 0 || !x.len().is_multiple_of(columns) {
-            return Err(ShapeError::NotWholeRows { length: x.len(), columns });
-        }
-        let rows = x.len() / columns;
-        if rows > self.capacity_rows || columns > self.capacity_columns {
-            return Err(ShapeError::OverCapacity {
-                rows,
-                columns,
-                capacity_rows: self.capacity_rows,
-                capacity_columns: self.capacity_columns,
-            });
-        }
+        let rows = self.rows_of(x, columns)?;
         if columns.is_multiple_of(BLOCK_VALUES) {
             let blocks = rows * columns / BLOCK_VALUES;
             match self.precision {
@@ -420,10 +409,8 @@ impl QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// The batch the latest [`Self::quantize`] prepared, read again: `x` must be the same rows
-    /// it was given (a mismatch gives wrong products, nothing worse), so several cores can
-    /// read one preparation.
-    pub fn prepared<'a>(&'a self, x: &'a [f32], columns: usize) -> Result<BatchInput<'a>, ShapeError> {
+    /// How many rows of `columns` values `x` holds, if they are whole rows within the room.
+    fn rows_of(&self, x: &[f32], columns: usize) -> Result<usize, ShapeError> {
         if columns == 0 || !x.len().is_multiple_of(columns) {
             return Err(ShapeError::NotWholeRows { length: x.len(), columns });
         }
@@ -436,6 +423,14 @@ impl QuantizedRows {
                 capacity_columns: self.capacity_columns,
             });
         }
+        Ok(rows)
+    }
+
+    /// The batch the latest [`Self::quantize`] prepared, read again: `x` must be the same rows
+    /// it was given (a mismatch gives wrong products, nothing worse), so several cores can
+    /// read one preparation.
+    pub fn prepared<'a>(&'a self, x: &'a [f32], columns: usize) -> Result<BatchInput<'a>, ShapeError> {
+        let rows = self.rows_of(x, columns)?;
         Ok(BatchInput { floats: x, rows, columns, prepared: self })
     }
 }
