@@ -167,7 +167,7 @@ fn count_rows_multi(random: &mut SplitMix64) {
     boot::println!("| activations | N | rows_multi | N single-vector rows | ratio |");
     boot::println!("|---|---:|---:|---:|---:|");
     for (name, precision) in [("int16", Precision::Int16), ("int8", Precision::Int8)] {
-        for vectors in [1, 8, 32] {
+        for vectors in [1, 8, 16, 32] {
             let x: Vec<f32> = (0..vectors * COLUMNS).map(|_| random.next_f32() * 2.0 - 1.0).collect();
             let mut prepared = QuantizedRows::with_capacity(vectors, COLUMNS, precision);
             let Ok(input) = prepared.quantize(&x, COLUMNS) else { systests::fail(format_args!("shapes")) };

@@ -445,6 +445,18 @@ trait Width {
     /// # Safety
     /// `values` must point to 32 readable elements.
     unsafe fn lanes(codes: Self::Codes, values: *const Self::Element) -> int32x4_t;
+
+    /// [`Self::lanes`] of two consecutive blocks: `codes.0` times the 32 activations at
+    /// `values`, `codes.1` times the 32 after them.
+    ///
+    /// # Safety
+    /// `values` must point to 64 readable elements.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn pair_lanes(codes: (Self::Codes, Self::Codes), values: *const Self::Element) -> (int32x4_t, int32x4_t) {
+        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
+        unsafe { (Self::lanes(codes.0, values), Self::lanes(codes.1, values.add(32))) }
+    }
 }
 
 /// 8-bit activations.
@@ -516,37 +528,90 @@ impl Width for Sixteen {
         // (each product at most 128 × 32767); `addp` then pairs adjacent lanes: lane k gets
         // elements 2k, 2k+1, 2k+8, 2k+9, ... as `kernels::integer_lane` says. One assembly
         // block for the reason given in `Eight::lanes`.
-        // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `values`; the two `ldp`
-        // read bytes 0..32 and 32..64, and the rest works on registers (`out` registers
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `values`; the `ld1` of
+        // four registers reads bytes 0..64, and the rest works on registers (`out` registers
         // never alias the inputs).
         unsafe {
             asm!(
-                "ldp {a0:q}, {a1:q}, [{address}]",
-                "ldp {a2:q}, {a3:q}, [{address}, #32]",
-                "smull {low:v}.4s, {c0:v}.4h, {a0:v}.4h",
-                "smull2 {high:v}.4s, {c0:v}.8h, {a0:v}.8h",
-                "smlal {low:v}.4s, {c1:v}.4h, {a1:v}.4h",
-                "smlal2 {high:v}.4s, {c1:v}.8h, {a1:v}.8h",
-                "smlal {low:v}.4s, {c2:v}.4h, {a2:v}.4h",
-                "smlal2 {high:v}.4s, {c2:v}.8h, {a2:v}.8h",
-                "smlal {low:v}.4s, {c3:v}.4h, {a3:v}.4h",
-                "smlal2 {high:v}.4s, {c3:v}.8h, {a3:v}.8h",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}]",
+                "smull {low:v}.4s, {c0:v}.4h, v28.4h",
+                "smull2 {high:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {low:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {high:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {low:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {high:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {low:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {high:v}.4s, {c3:v}.8h, v31.8h",
                 "addp {low:v}.4s, {low:v}.4s, {high:v}.4s",
                 address = in(reg) values,
                 c0 = in(vreg) codes[0],
                 c1 = in(vreg) codes[1],
                 c2 = in(vreg) codes[2],
                 c3 = in(vreg) codes[3],
-                a0 = out(vreg) _,
-                a1 = out(vreg) _,
-                a2 = out(vreg) _,
-                a3 = out(vreg) _,
+                out("v28") _,
+                out("v29") _,
+                out("v30") _,
+                out("v31") _,
                 high = out(vreg) _,
                 low = out(vreg) lanes,
                 options(pure, nostack, readonly, preserves_flags)
             );
         }
         lanes
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn pair_lanes(codes: (Self::Codes, Self::Codes), values: *const i16) -> (int32x4_t, int32x4_t) {
+        let (first, second): (int32x4_t, int32x4_t);
+        let ([c0, c1, c2, c3], [c4, c5, c6, c7]) = codes;
+        // `Self::lanes` for each block, with one post-indexed address for both loads.
+        // SAFETY: the caller guarantees 64 readable i16 (128 bytes) at `values`; the two `ld1`
+        // of four registers read bytes 0..64 and 64..128 through a copy of the address, and
+        // the rest works on registers (`out` registers never alias the inputs).
+        unsafe {
+            asm!(
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}], #64",
+                "smull {low_0:v}.4s, {c0:v}.4h, v28.4h",
+                "smull2 {high_0:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {low_0:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {high_0:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {low_0:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {high_0:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {low_0:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {high_0:v}.4s, {c3:v}.8h, v31.8h",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}]",
+                "smull {low_1:v}.4s, {c4:v}.4h, v28.4h",
+                "smull2 {high_1:v}.4s, {c4:v}.8h, v28.8h",
+                "smlal {low_1:v}.4s, {c5:v}.4h, v29.4h",
+                "smlal2 {high_1:v}.4s, {c5:v}.8h, v29.8h",
+                "smlal {low_1:v}.4s, {c6:v}.4h, v30.4h",
+                "smlal2 {high_1:v}.4s, {c6:v}.8h, v30.8h",
+                "smlal {low_1:v}.4s, {c7:v}.4h, v31.4h",
+                "smlal2 {high_1:v}.4s, {c7:v}.8h, v31.8h",
+                "addp {low_0:v}.4s, {low_0:v}.4s, {high_0:v}.4s",
+                "addp {low_1:v}.4s, {low_1:v}.4s, {high_1:v}.4s",
+                address = inout(reg) values => _,
+                c0 = in(vreg) c0,
+                c1 = in(vreg) c1,
+                c2 = in(vreg) c2,
+                c3 = in(vreg) c3,
+                c4 = in(vreg) c4,
+                c5 = in(vreg) c5,
+                c6 = in(vreg) c6,
+                c7 = in(vreg) c7,
+                out("v28") _,
+                out("v29") _,
+                out("v30") _,
+                out("v31") _,
+                high_0 = out(vreg) _,
+                high_1 = out(vreg) _,
+                low_0 = out(vreg) first,
+                low_1 = out(vreg) second,
+                options(pure, nostack, readonly, preserves_flags)
+            );
+        }
+        (first, second)
     }
 }
 
@@ -602,8 +667,8 @@ impl Sums {
         if F::MINIMUM {
             self.minimums = vfmaq_f32(self.minimums, weight_scales, activation_scales);
         }
-        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
-        let (first, second) = unsafe { (W::lanes(codes.0, values), W::lanes(codes.1, values.add(32))) };
+        // SAFETY: the caller guarantees 64 readable elements.
+        let (first, second) = unsafe { W::pair_lanes(codes, values) };
         self.lanes = vfmaq_laneq_f32::<0>(self.lanes, vcvtq_f32_s32(first), factors);
         self.lanes = vfmaq_laneq_f32::<2>(self.lanes, vcvtq_f32_s32(second), factors);
     }
