@@ -453,7 +453,10 @@ trait Width {
     /// `values` must point to 64 readable elements.
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn pair_lanes(codes: (Self::Codes, Self::Codes), values: *const Self::Element) -> (int32x4_t, int32x4_t) {
+    unsafe fn pair_lanes(
+        codes: (Self::Codes, Self::Codes),
+        values: *const Self::Element,
+    ) -> (int32x4_t, int32x4_t) {
         // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
         unsafe { (Self::lanes(codes.0, values), Self::lanes(codes.1, values.add(32))) }
     }
