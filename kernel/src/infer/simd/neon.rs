@@ -427,7 +427,7 @@ impl Format for Q4_1 {
 // Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
 
 /// The width of quantized activations, as the integer kernels multiply them.
-trait Width {
+trait Width: Sized {
     /// `i8` or `i16`.
     type Element: Copy;
     /// One block's codes made ready for [`Self::lanes`] (widened once, for every vector).
@@ -459,6 +459,32 @@ trait Width {
     ) -> (int32x4_t, int32x4_t) {
         // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
         unsafe { (Self::lanes(codes.0, values), Self::lanes(codes.1, values.add(32))) }
+    }
+
+    /// Adds a pair of weight blocks (`weight_scales` and `codes`) to the sums of every vector
+    /// of `group`: vector j's activations for the pair start at `values + j × blocks × 32`,
+    /// its block scales at `scales + j × blocks`, as [`Sums::add_pair`] does for each.
+    ///
+    /// # Safety
+    /// For every vector of `group`, 64 elements at its `values` and two block scales at its
+    /// `scales` must be readable.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair_to_group<F: Format>(
+        group: &mut [Sums],
+        weight_scales: float32x4_t,
+        codes: (Self::Codes, Self::Codes),
+        values: *const Self::Element,
+        scales: *const [f32; 2],
+        blocks: usize,
+    ) {
+        for (vector, sums) in group.iter_mut().enumerate() {
+            let at = vector * blocks;
+            // SAFETY: the caller guarantees the vector's 64 values and two block scales.
+            unsafe {
+                sums.add_pair::<F, Self>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
+            };
+        }
     }
 }
 
@@ -616,6 +642,100 @@ impl Width for Sixteen {
         }
         (first, second)
     }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair_to_group<F: Format>(
+        group: &mut [Sums],
+        weight_scales: float32x4_t,
+        codes: (Self::Codes, Self::Codes),
+        values: *const i16,
+        scales: *const [f32; 2],
+        blocks: usize,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let ([c0, c1, c2, c3], [c4, c5, c6, c7]) = codes;
+        // From the first block of one vector to that of the next, less the 64 bytes that the
+        // first load advances; and from one vector's block scales to the next's.
+        let value_step = blocks * BLOCK_VALUES * 2 - 64;
+        let scale_step = blocks * 8;
+        // `Sums::add_pair` for each vector in turn, the same operations in the same order:
+        // `Self::pair_lanes`, `factors = weight scales × activation scales`, the lanes' two
+        // fused multiply-adds by factors 0 and 2, and the minimums' fused multiply-add
+        // (computed for every format; only Q4_1's `Sums::finish` reads it). `Sums` is
+        // `repr(C)`: lanes at byte 0, minimums at 16.
+        // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 128 readable
+        // bytes of values and 16 of block scales at the addresses that the post-indexed
+        // loads step through; `sums` walks `group`'s `Sums` (32 bytes each), which the
+        // exclusive borrow lets the block read and write. The loop runs `group.len()` ≥ 1
+        // times; `out` registers never alias the inputs.
+        unsafe {
+            asm!(
+                "2:",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], #64",
+                "smull {low_0:v}.4s, {c0:v}.4h, v28.4h",
+                "smull2 {high_0:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {low_0:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {high_0:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {low_0:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {high_0:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {low_0:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {high_0:v}.4s, {c3:v}.8h, v31.8h",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], {value_step}",
+                "smull {low_1:v}.4s, {c4:v}.4h, v28.4h",
+                "smull2 {high_1:v}.4s, {c4:v}.8h, v28.8h",
+                "smlal {low_1:v}.4s, {c5:v}.4h, v29.4h",
+                "smlal2 {high_1:v}.4s, {c5:v}.8h, v29.8h",
+                "smlal {low_1:v}.4s, {c6:v}.4h, v30.4h",
+                "smlal2 {high_1:v}.4s, {c6:v}.8h, v30.8h",
+                "smlal {low_1:v}.4s, {c7:v}.4h, v31.4h",
+                "smlal2 {high_1:v}.4s, {c7:v}.8h, v31.8h",
+                "ld1 {{{activation:v}.4s}}, [{scales}], {scale_step}",
+                "ldp {lanes:q}, {minimums:q}, [{sums}]",
+                "addp {low_0:v}.4s, {low_0:v}.4s, {high_0:v}.4s",
+                "addp {low_1:v}.4s, {low_1:v}.4s, {high_1:v}.4s",
+                "fmul {factors:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "fmla {minimums:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "scvtf {low_0:v}.4s, {low_0:v}.4s",
+                "scvtf {low_1:v}.4s, {low_1:v}.4s",
+                "fmla {lanes:v}.4s, {low_0:v}.4s, {factors:v}.s[0]",
+                "fmla {lanes:v}.4s, {low_1:v}.4s, {factors:v}.s[2]",
+                "stp {lanes:q}, {minimums:q}, [{sums}], #32",
+                "subs {count}, {count}, #1",
+                "b.ne 2b",
+                values = inout(reg) values => _,
+                scales = inout(reg) scales => _,
+                sums = inout(reg) group.as_mut_ptr() => _,
+                count = inout(reg) group.len() => _,
+                value_step = in(reg) value_step,
+                scale_step = in(reg) scale_step,
+                weight = in(vreg) weight_scales,
+                c0 = in(vreg) c0,
+                c1 = in(vreg) c1,
+                c2 = in(vreg) c2,
+                c3 = in(vreg) c3,
+                c4 = in(vreg) c4,
+                c5 = in(vreg) c5,
+                c6 = in(vreg) c6,
+                c7 = in(vreg) c7,
+                out("v28") _,
+                out("v29") _,
+                out("v30") _,
+                out("v31") _,
+                low_0 = out(vreg) _,
+                high_0 = out(vreg) _,
+                low_1 = out(vreg) _,
+                high_1 = out(vreg) _,
+                activation = out(vreg) _,
+                factors = out(vreg) _,
+                lanes = out(vreg) _,
+                minimums = out(vreg) _,
+                options(nostack)
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -624,6 +744,7 @@ impl Width for Sixteen {
 /// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
 /// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct Sums {
     lanes: float32x4_t,
     minimums: float32x4_t,
@@ -866,14 +987,18 @@ unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
         let (weight_scales, codes) = unsafe { F::load_pair(row.add(block * F::BLOCK_BYTES)) };
         // SAFETY: NEON is all `prepare` needs.
         let codes = unsafe { (W::prepare(codes[0], codes[1]), W::prepare(codes[2], codes[3])) };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's blocks `block` and `block + 1` are inside its values and
-            // scales.
-            unsafe {
-                sums.add_pair::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
-        }
+        // SAFETY: each vector's blocks `block` and `block + 1` are inside its values and
+        // scales.
+        unsafe {
+            W::add_pair_to_group::<F>(
+                group,
+                weight_scales,
+                codes,
+                values.add(block * BLOCK_VALUES),
+                scales.add(block),
+                blocks,
+            )
+        };
     }
     if blocks % 2 == 1 {
         let block = blocks - 1;
