@@ -537,6 +537,84 @@ impl Width for Eight {
         }
         lanes
     }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair_to_group<F: Format>(
+        group: &mut [Sums],
+        weight_scales: float32x4_t,
+        codes: (Self::Codes, Self::Codes),
+        values: *const i8,
+        scales: *const [f32; 2],
+        blocks: usize,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let ((c0, c1), (c2, c3)) = codes;
+        // As in `Sixteen::add_pair_to_group`, with `Self::lanes` for each block.
+        let value_step = blocks * BLOCK_VALUES - 32;
+        let scale_step = blocks * 8;
+        // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 64 readable
+        // bytes of values and 16 of block scales at the addresses that the post-indexed
+        // loads step through; `sums` walks `group`'s `Sums` (32 bytes each, `repr(C)`),
+        // which the exclusive borrow lets the block read and write. The loop runs
+        // `group.len()` ≥ 1 times; `out` registers never alias the inputs.
+        unsafe {
+            asm!(
+                "2:",
+                "ld1 {{v28.16b, v29.16b}}, [{values}], #32",
+                "smull {near_0:v}.8h, {c0:v}.8b, v28.8b",
+                "smull2 {far_0:v}.8h, {c0:v}.16b, v28.16b",
+                "smlal {near_0:v}.8h, {c1:v}.8b, v29.8b",
+                "smlal2 {far_0:v}.8h, {c1:v}.16b, v29.16b",
+                "ld1 {{v28.16b, v29.16b}}, [{values}], {value_step}",
+                "smull {near_1:v}.8h, {c2:v}.8b, v28.8b",
+                "smull2 {far_1:v}.8h, {c2:v}.16b, v28.16b",
+                "smlal {near_1:v}.8h, {c3:v}.8b, v29.8b",
+                "smlal2 {far_1:v}.8h, {c3:v}.16b, v29.16b",
+                "ld1 {{{activation:v}.4s}}, [{scales}], {scale_step}",
+                "ldp {lanes:q}, {minimums:q}, [{sums}]",
+                "saddlp {first:v}.4s, {near_0:v}.8h",
+                "sadalp {first:v}.4s, {far_0:v}.8h",
+                "saddlp {second:v}.4s, {near_1:v}.8h",
+                "sadalp {second:v}.4s, {far_1:v}.8h",
+                "fmul {factors:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "fmla {minimums:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "scvtf {first:v}.4s, {first:v}.4s",
+                "scvtf {second:v}.4s, {second:v}.4s",
+                "fmla {lanes:v}.4s, {first:v}.4s, {factors:v}.s[0]",
+                "fmla {lanes:v}.4s, {second:v}.4s, {factors:v}.s[2]",
+                "stp {lanes:q}, {minimums:q}, [{sums}], #32",
+                "subs {count}, {count}, #1",
+                "b.ne 2b",
+                values = inout(reg) values => _,
+                scales = inout(reg) scales => _,
+                sums = inout(reg) group.as_mut_ptr() => _,
+                count = inout(reg) group.len() => _,
+                value_step = in(reg) value_step,
+                scale_step = in(reg) scale_step,
+                weight = in(vreg) weight_scales,
+                c0 = in(vreg) c0,
+                c1 = in(vreg) c1,
+                c2 = in(vreg) c2,
+                c3 = in(vreg) c3,
+                out("v28") _,
+                out("v29") _,
+                near_0 = out(vreg) _,
+                far_0 = out(vreg) _,
+                near_1 = out(vreg) _,
+                far_1 = out(vreg) _,
+                first = out(vreg) _,
+                second = out(vreg) _,
+                activation = out(vreg) _,
+                factors = out(vreg) _,
+                lanes = out(vreg) _,
+                minimums = out(vreg) _,
+                options(nostack)
+            );
+        }
+    }
 }
 
 impl Width for Sixteen {
