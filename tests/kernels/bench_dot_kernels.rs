@@ -8,8 +8,8 @@
 //!   fastest under emulation.
 //! - Instructions (the `bench_dot_instructions` entry, under `-icount`, PMU event 0x08):
 //!   per row for Q8_0, Q4_0 and Q4_1 at each precision, NEON against the scalar kernels in
-//!   the same run; the matrix × N-vectors kernel per row per vector at N = 1, 8 and 32; and
-//!   SwiGLU and the attention vector kernels per element.
+//!   the same run; the matrix × N-vectors kernel per row per vector at N = 1, 8, 16 and 32;
+//!   and SwiGLU and the attention vector kernels per element.
 //!
 //! Before timing, it checks that the NEON kernels give the scalar kernels' bits on these rows
 //! (the `simd_kernels` test checks every kernel on random cases).
@@ -158,8 +158,8 @@ fn count_dots(random: &mut SplitMix64, activations: &Activations) {
     }
 }
 
-/// Instructions per row per vector of the matrix × N-vectors kernel on Q4_1 rows, at N = 1,
-/// 8 and 32, against N single-vector products of the same rows.
+/// Instructions per row per vector of the matrix × N-vectors kernel on Q4_1 rows, at N = 1, 8,
+/// 16 and 32, against N single-vector products of the same rows.
 fn count_rows_multi(random: &mut SplitMix64) {
     let data = random_rows(random, COUNTED_ROWS, 20);
     let matrix = Matrix { tensor_type: TensorType::Q4_1, rows: COUNTED_ROWS, columns: COLUMNS, data: &data };
@@ -167,7 +167,7 @@ fn count_rows_multi(random: &mut SplitMix64) {
     boot::println!("| activations | N | rows_multi | N single-vector rows | ratio |");
     boot::println!("|---|---:|---:|---:|---:|");
     for (name, precision) in [("int16", Precision::Int16), ("int8", Precision::Int8)] {
-        for vectors in [1, 8, 32] {
+        for vectors in [1, 8, 16, 32] {
             let x: Vec<f32> = (0..vectors * COLUMNS).map(|_| random.next_f32() * 2.0 - 1.0).collect();
             let mut prepared = QuantizedRows::with_capacity(vectors, COLUMNS, precision);
             let Ok(input) = prepared.quantize(&x, COLUMNS) else { systests::fail(format_args!("shapes")) };

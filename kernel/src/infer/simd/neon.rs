@@ -427,7 +427,7 @@ impl Format for Q4_1 {
 // Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
 
 /// The width of quantized activations, as the integer kernels multiply them.
-trait Width {
+trait Width: Sized {
     /// `i8` or `i16`.
     type Element: Copy;
     /// One block's codes made ready for [`Self::lanes`] (widened once, for every vector).
@@ -445,6 +445,47 @@ trait Width {
     /// # Safety
     /// `values` must point to 32 readable elements.
     unsafe fn lanes(codes: Self::Codes, values: *const Self::Element) -> int32x4_t;
+
+    /// [`Self::lanes`] of two consecutive blocks: `codes.0` times the 32 activations at
+    /// `values`, `codes.1` times the 32 after them.
+    ///
+    /// # Safety
+    /// `values` must point to 64 readable elements.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn pair_lanes(
+        codes: (Self::Codes, Self::Codes),
+        values: *const Self::Element,
+    ) -> (int32x4_t, int32x4_t) {
+        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
+        unsafe { (Self::lanes(codes.0, values), Self::lanes(codes.1, values.add(32))) }
+    }
+
+    /// Adds a pair of weight blocks (`weight_scales` and `codes`) to the sums of every vector
+    /// of `group`: vector j's activations for the pair start at `values + j × blocks × 32`,
+    /// its block scales at `scales + j × blocks`, as [`Sums::add_pair`] does for each.
+    ///
+    /// # Safety
+    /// For every vector of `group`, 64 elements at its `values` and two block scales at its
+    /// `scales` must be readable.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair_to_group<F: Format>(
+        group: &mut [Sums],
+        weight_scales: float32x4_t,
+        codes: (Self::Codes, Self::Codes),
+        values: *const Self::Element,
+        scales: *const [f32; 2],
+        blocks: usize,
+    ) {
+        for (vector, sums) in group.iter_mut().enumerate() {
+            let at = vector * blocks;
+            // SAFETY: the caller guarantees the vector's 64 values and two block scales.
+            unsafe {
+                sums.add_pair::<F, Self>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
+            };
+        }
+    }
 }
 
 /// 8-bit activations.
@@ -496,6 +537,84 @@ impl Width for Eight {
         }
         lanes
     }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair_to_group<F: Format>(
+        group: &mut [Sums],
+        weight_scales: float32x4_t,
+        codes: (Self::Codes, Self::Codes),
+        values: *const i8,
+        scales: *const [f32; 2],
+        blocks: usize,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let ((c0, c1), (c2, c3)) = codes;
+        // As in `Sixteen::add_pair_to_group`, with `Self::lanes` for each block.
+        let value_step = blocks * BLOCK_VALUES - 32;
+        let scale_step = blocks * 8;
+        // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 64 readable
+        // bytes of values and 16 of block scales at the addresses that the post-indexed
+        // loads step through; `sums` walks `group`'s `Sums` (32 bytes each, `repr(C)`),
+        // which the exclusive borrow lets the block read and write. The loop runs
+        // `group.len()` ≥ 1 times; `out` registers never alias the inputs.
+        unsafe {
+            asm!(
+                "2:",
+                "ld1 {{v28.16b, v29.16b}}, [{values}], #32",
+                "smull {near_0:v}.8h, {c0:v}.8b, v28.8b",
+                "smull2 {far_0:v}.8h, {c0:v}.16b, v28.16b",
+                "smlal {near_0:v}.8h, {c1:v}.8b, v29.8b",
+                "smlal2 {far_0:v}.8h, {c1:v}.16b, v29.16b",
+                "ld1 {{v28.16b, v29.16b}}, [{values}], {value_step}",
+                "smull {near_1:v}.8h, {c2:v}.8b, v28.8b",
+                "smull2 {far_1:v}.8h, {c2:v}.16b, v28.16b",
+                "smlal {near_1:v}.8h, {c3:v}.8b, v29.8b",
+                "smlal2 {far_1:v}.8h, {c3:v}.16b, v29.16b",
+                "ld1 {{{activation:v}.4s}}, [{scales}], {scale_step}",
+                "ldp {lanes:q}, {minimums:q}, [{sums}]",
+                "saddlp {first:v}.4s, {near_0:v}.8h",
+                "sadalp {first:v}.4s, {far_0:v}.8h",
+                "saddlp {second:v}.4s, {near_1:v}.8h",
+                "sadalp {second:v}.4s, {far_1:v}.8h",
+                "fmul {factors:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "fmla {minimums:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "scvtf {first:v}.4s, {first:v}.4s",
+                "scvtf {second:v}.4s, {second:v}.4s",
+                "fmla {lanes:v}.4s, {first:v}.4s, {factors:v}.s[0]",
+                "fmla {lanes:v}.4s, {second:v}.4s, {factors:v}.s[2]",
+                "stp {lanes:q}, {minimums:q}, [{sums}], #32",
+                "subs {count}, {count}, #1",
+                "b.ne 2b",
+                values = inout(reg) values => _,
+                scales = inout(reg) scales => _,
+                sums = inout(reg) group.as_mut_ptr() => _,
+                count = inout(reg) group.len() => _,
+                value_step = in(reg) value_step,
+                scale_step = in(reg) scale_step,
+                weight = in(vreg) weight_scales,
+                c0 = in(vreg) c0,
+                c1 = in(vreg) c1,
+                c2 = in(vreg) c2,
+                c3 = in(vreg) c3,
+                out("v28") _,
+                out("v29") _,
+                near_0 = out(vreg) _,
+                far_0 = out(vreg) _,
+                near_1 = out(vreg) _,
+                far_1 = out(vreg) _,
+                first = out(vreg) _,
+                second = out(vreg) _,
+                activation = out(vreg) _,
+                factors = out(vreg) _,
+                lanes = out(vreg) _,
+                minimums = out(vreg) _,
+                options(nostack)
+            );
+        }
+    }
 }
 
 impl Width for Sixteen {
@@ -516,37 +635,184 @@ impl Width for Sixteen {
         // (each product at most 128 × 32767); `addp` then pairs adjacent lanes: lane k gets
         // elements 2k, 2k+1, 2k+8, 2k+9, ... as `kernels::integer_lane` says. One assembly
         // block for the reason given in `Eight::lanes`.
-        // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `values`; the two `ldp`
-        // read bytes 0..32 and 32..64, and the rest works on registers (`out` registers
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `values`; the `ld1` of
+        // four registers reads bytes 0..64, and the rest works on registers (`out` registers
         // never alias the inputs).
         unsafe {
             asm!(
-                "ldp {a0:q}, {a1:q}, [{address}]",
-                "ldp {a2:q}, {a3:q}, [{address}, #32]",
-                "smull {low:v}.4s, {c0:v}.4h, {a0:v}.4h",
-                "smull2 {high:v}.4s, {c0:v}.8h, {a0:v}.8h",
-                "smlal {low:v}.4s, {c1:v}.4h, {a1:v}.4h",
-                "smlal2 {high:v}.4s, {c1:v}.8h, {a1:v}.8h",
-                "smlal {low:v}.4s, {c2:v}.4h, {a2:v}.4h",
-                "smlal2 {high:v}.4s, {c2:v}.8h, {a2:v}.8h",
-                "smlal {low:v}.4s, {c3:v}.4h, {a3:v}.4h",
-                "smlal2 {high:v}.4s, {c3:v}.8h, {a3:v}.8h",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}]",
+                "smull {low:v}.4s, {c0:v}.4h, v28.4h",
+                "smull2 {high:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {low:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {high:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {low:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {high:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {low:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {high:v}.4s, {c3:v}.8h, v31.8h",
                 "addp {low:v}.4s, {low:v}.4s, {high:v}.4s",
                 address = in(reg) values,
                 c0 = in(vreg) codes[0],
                 c1 = in(vreg) codes[1],
                 c2 = in(vreg) codes[2],
                 c3 = in(vreg) codes[3],
-                a0 = out(vreg) _,
-                a1 = out(vreg) _,
-                a2 = out(vreg) _,
-                a3 = out(vreg) _,
+                out("v28") _,
+                out("v29") _,
+                out("v30") _,
+                out("v31") _,
                 high = out(vreg) _,
                 low = out(vreg) lanes,
                 options(pure, nostack, readonly, preserves_flags)
             );
         }
         lanes
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn pair_lanes(codes: (Self::Codes, Self::Codes), values: *const i16) -> (int32x4_t, int32x4_t) {
+        let (first, second): (int32x4_t, int32x4_t);
+        let ([c0, c1, c2, c3], [c4, c5, c6, c7]) = codes;
+        // `Self::lanes` for each block, with one post-indexed address for both loads.
+        // SAFETY: the caller guarantees 64 readable i16 (128 bytes) at `values`; the two `ld1`
+        // of four registers read bytes 0..64 and 64..128 through a copy of the address, and
+        // the rest works on registers (`out` registers never alias the inputs).
+        unsafe {
+            asm!(
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}], #64",
+                "smull {low_0:v}.4s, {c0:v}.4h, v28.4h",
+                "smull2 {high_0:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {low_0:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {high_0:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {low_0:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {high_0:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {low_0:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {high_0:v}.4s, {c3:v}.8h, v31.8h",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}]",
+                "smull {low_1:v}.4s, {c4:v}.4h, v28.4h",
+                "smull2 {high_1:v}.4s, {c4:v}.8h, v28.8h",
+                "smlal {low_1:v}.4s, {c5:v}.4h, v29.4h",
+                "smlal2 {high_1:v}.4s, {c5:v}.8h, v29.8h",
+                "smlal {low_1:v}.4s, {c6:v}.4h, v30.4h",
+                "smlal2 {high_1:v}.4s, {c6:v}.8h, v30.8h",
+                "smlal {low_1:v}.4s, {c7:v}.4h, v31.4h",
+                "smlal2 {high_1:v}.4s, {c7:v}.8h, v31.8h",
+                "addp {low_0:v}.4s, {low_0:v}.4s, {high_0:v}.4s",
+                "addp {low_1:v}.4s, {low_1:v}.4s, {high_1:v}.4s",
+                address = inout(reg) values => _,
+                c0 = in(vreg) c0,
+                c1 = in(vreg) c1,
+                c2 = in(vreg) c2,
+                c3 = in(vreg) c3,
+                c4 = in(vreg) c4,
+                c5 = in(vreg) c5,
+                c6 = in(vreg) c6,
+                c7 = in(vreg) c7,
+                out("v28") _,
+                out("v29") _,
+                out("v30") _,
+                out("v31") _,
+                high_0 = out(vreg) _,
+                high_1 = out(vreg) _,
+                low_0 = out(vreg) first,
+                low_1 = out(vreg) second,
+                options(pure, nostack, readonly, preserves_flags)
+            );
+        }
+        (first, second)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn add_pair_to_group<F: Format>(
+        group: &mut [Sums],
+        weight_scales: float32x4_t,
+        codes: (Self::Codes, Self::Codes),
+        values: *const i16,
+        scales: *const [f32; 2],
+        blocks: usize,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let ([c0, c1, c2, c3], [c4, c5, c6, c7]) = codes;
+        // From the first block of one vector to that of the next, less the 64 bytes that the
+        // first load advances; and from one vector's block scales to the next's.
+        let value_step = blocks * BLOCK_VALUES * 2 - 64;
+        let scale_step = blocks * 8;
+        // `Sums::add_pair` for each vector in turn, the same operations in the same order:
+        // `Self::pair_lanes`, `factors = weight scales × activation scales`, the lanes' two
+        // fused multiply-adds by factors 0 and 2, and the minimums' fused multiply-add
+        // (computed for every format; only Q4_1's `Sums::finish` reads it). `Sums` is
+        // `repr(C)`: lanes at byte 0, minimums at 16.
+        // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 128 readable
+        // bytes of values and 16 of block scales at the addresses that the post-indexed
+        // loads step through; `sums` walks `group`'s `Sums` (32 bytes each), which the
+        // exclusive borrow lets the block read and write. The loop runs `group.len()` ≥ 1
+        // times; `out` registers never alias the inputs.
+        unsafe {
+            asm!(
+                "2:",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], #64",
+                "smull {low_0:v}.4s, {c0:v}.4h, v28.4h",
+                "smull2 {high_0:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {low_0:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {high_0:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {low_0:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {high_0:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {low_0:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {high_0:v}.4s, {c3:v}.8h, v31.8h",
+                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], {value_step}",
+                "smull {low_1:v}.4s, {c4:v}.4h, v28.4h",
+                "smull2 {high_1:v}.4s, {c4:v}.8h, v28.8h",
+                "smlal {low_1:v}.4s, {c5:v}.4h, v29.4h",
+                "smlal2 {high_1:v}.4s, {c5:v}.8h, v29.8h",
+                "smlal {low_1:v}.4s, {c6:v}.4h, v30.4h",
+                "smlal2 {high_1:v}.4s, {c6:v}.8h, v30.8h",
+                "smlal {low_1:v}.4s, {c7:v}.4h, v31.4h",
+                "smlal2 {high_1:v}.4s, {c7:v}.8h, v31.8h",
+                "ld1 {{{activation:v}.4s}}, [{scales}], {scale_step}",
+                "ldp {lanes:q}, {minimums:q}, [{sums}]",
+                "addp {low_0:v}.4s, {low_0:v}.4s, {high_0:v}.4s",
+                "addp {low_1:v}.4s, {low_1:v}.4s, {high_1:v}.4s",
+                "fmul {factors:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "fmla {minimums:v}.4s, {weight:v}.4s, {activation:v}.4s",
+                "scvtf {low_0:v}.4s, {low_0:v}.4s",
+                "scvtf {low_1:v}.4s, {low_1:v}.4s",
+                "fmla {lanes:v}.4s, {low_0:v}.4s, {factors:v}.s[0]",
+                "fmla {lanes:v}.4s, {low_1:v}.4s, {factors:v}.s[2]",
+                "stp {lanes:q}, {minimums:q}, [{sums}], #32",
+                "subs {count}, {count}, #1",
+                "b.ne 2b",
+                values = inout(reg) values => _,
+                scales = inout(reg) scales => _,
+                sums = inout(reg) group.as_mut_ptr() => _,
+                count = inout(reg) group.len() => _,
+                value_step = in(reg) value_step,
+                scale_step = in(reg) scale_step,
+                weight = in(vreg) weight_scales,
+                c0 = in(vreg) c0,
+                c1 = in(vreg) c1,
+                c2 = in(vreg) c2,
+                c3 = in(vreg) c3,
+                c4 = in(vreg) c4,
+                c5 = in(vreg) c5,
+                c6 = in(vreg) c6,
+                c7 = in(vreg) c7,
+                out("v28") _,
+                out("v29") _,
+                out("v30") _,
+                out("v31") _,
+                low_0 = out(vreg) _,
+                high_0 = out(vreg) _,
+                low_1 = out(vreg) _,
+                high_1 = out(vreg) _,
+                activation = out(vreg) _,
+                factors = out(vreg) _,
+                lanes = out(vreg) _,
+                minimums = out(vreg) _,
+                options(nostack)
+            );
+        }
     }
 }
 
@@ -556,6 +822,7 @@ impl Width for Sixteen {
 /// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
 /// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct Sums {
     lanes: float32x4_t,
     minimums: float32x4_t,
@@ -602,8 +869,8 @@ impl Sums {
         if F::MINIMUM {
             self.minimums = vfmaq_f32(self.minimums, weight_scales, activation_scales);
         }
-        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
-        let (first, second) = unsafe { (W::lanes(codes.0, values), W::lanes(codes.1, values.add(32))) };
+        // SAFETY: the caller guarantees 64 readable elements.
+        let (first, second) = unsafe { W::pair_lanes(codes, values) };
         self.lanes = vfmaq_laneq_f32::<0>(self.lanes, vcvtq_f32_s32(first), factors);
         self.lanes = vfmaq_laneq_f32::<2>(self.lanes, vcvtq_f32_s32(second), factors);
     }
@@ -798,14 +1065,18 @@ unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
         let (weight_scales, codes) = unsafe { F::load_pair(row.add(block * F::BLOCK_BYTES)) };
         // SAFETY: NEON is all `prepare` needs.
         let codes = unsafe { (W::prepare(codes[0], codes[1]), W::prepare(codes[2], codes[3])) };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's blocks `block` and `block + 1` are inside its values and
-            // scales.
-            unsafe {
-                sums.add_pair::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
-        }
+        // SAFETY: each vector's blocks `block` and `block + 1` are inside its values and
+        // scales.
+        unsafe {
+            W::add_pair_to_group::<F>(
+                group,
+                weight_scales,
+                codes,
+                values.add(block * BLOCK_VALUES),
+                scales.add(block),
+                blocks,
+            )
+        };
     }
     if blocks % 2 == 1 {
         let block = blocks - 1;
