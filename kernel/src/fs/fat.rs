@@ -147,37 +147,82 @@ impl FatWindow {
         first_cluster: u32,
         keep_clusters: u64,
     ) -> Result<Chain, FsError> {
+        let mut walk = ChainWalk::new(first_cluster, keep_clusters);
+        loop {
+            if let Some(chain) = self.walk_on(device, layout, path, &mut walk, usize::MAX)? {
+                return Ok(chain);
+            }
+        }
+    }
+
+    /// Follows up to `links` more links of `walk` (at least one). Returns the chain once its end
+    /// is reached, with the checks of [`FatWindow::walk`].
+    pub fn walk_on<D: BlockDevice>(
+        &mut self,
+        device: &mut D,
+        layout: &Layout,
+        path: &str,
+        walk: &mut ChainWalk,
+        links: usize,
+    ) -> Result<Option<Chain>, FsError> {
         let broken = |cluster: u32, value: u32, fault: ChainFault| FsError::BrokenChain {
             path: String::from(path),
             cluster,
             value,
             fault,
         };
-        if !layout.is_valid_cluster(first_cluster) {
-            let fault = if first_cluster == 0 { ChainFault::Free } else { ChainFault::OutsideFat };
-            return Err(broken(0, first_cluster, fault));
+        if walk.count == 0 && !layout.is_valid_cluster(walk.cluster) {
+            let fault = if walk.cluster == 0 { ChainFault::Free } else { ChainFault::OutsideFat };
+            return Err(broken(0, walk.cluster, fault));
         }
-        let mut runs: Vec<ClusterRun> = Vec::new();
-        let mut cluster = first_cluster;
-        let mut count: u64 = 0;
-        loop {
-            count += 1;
-            if count > layout.cluster_count {
+        for _ in 0..links.max(1) {
+            walk.count += 1;
+            if walk.count > layout.cluster_count {
                 return Err(FsError::ChainLoop { path: String::from(path), limit: layout.cluster_count });
             }
-            if count <= keep_clusters {
-                match runs.last_mut() {
+            let cluster = walk.cluster;
+            if walk.count <= walk.keep_clusters {
+                match walk.runs.last_mut() {
                     Some(run) if u64::from(run.first_cluster) + run.cluster_count == u64::from(cluster) => {
                         run.cluster_count += 1;
                     }
-                    _ => runs.push(ClusterRun { first_cluster: cluster, cluster_count: 1 }),
+                    _ => walk.runs.push(ClusterRun { first_cluster: cluster, cluster_count: 1 }),
                 }
             }
             match self.link(device, layout, cluster)? {
-                Link::Next(next) => cluster = next,
-                Link::End => return Ok(Chain { runs, cluster_count: count }),
+                Link::Next(next) => walk.cluster = next,
+                Link::End => {
+                    let runs = core::mem::take(&mut walk.runs);
+                    return Ok(Some(Chain { runs, cluster_count: walk.count }));
+                }
                 Link::Broken(value, fault) => return Err(broken(cluster, value, fault)),
             }
         }
+        Ok(None)
+    }
+}
+
+/// A cluster chain being walked a bounded number of links at a time
+/// ([`FatWindow::walk_on`]), so a large file can be opened in pieces.
+#[derive(Clone, Debug)]
+pub struct ChainWalk {
+    /// The cluster whose link is read next.
+    cluster: u32,
+    /// Clusters visited so far.
+    count: u64,
+    /// Clusters whose runs are kept.
+    keep_clusters: u64,
+    runs: Vec<ClusterRun>,
+}
+
+impl ChainWalk {
+    /// A walk from `first_cluster` keeping the runs of the first `keep_clusters` clusters.
+    pub fn new(first_cluster: u32, keep_clusters: u64) -> Self {
+        Self { cluster: first_cluster, count: 0, keep_clusters, runs: Vec::new() }
+    }
+
+    /// Clusters visited so far.
+    pub fn clusters_walked(&self) -> u64 {
+        self.count
     }
 }

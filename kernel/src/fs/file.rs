@@ -28,7 +28,8 @@ impl Extent {
 }
 
 /// Where an opened file lies, kept without borrowing the volume, so a long read can be spread
-/// over time (a model staged between generated tokens) and resumed with [`Volume::reopen`].
+/// over time (a model staged between generated tokens) and resumed with [`FileLayout::read_at`]
+/// or [`Volume::reopen`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileLayout {
     /// The path it was opened with.
@@ -114,37 +115,62 @@ impl<'volume, D: BlockDevice> File<'volume, D> {
     /// `buffer.len()` or less at the end of the file, 0 at or past the end. Bytes of `buffer`
     /// past the returned count are unspecified.
     pub fn read_at(&mut self, offset: u64, buffer: &mut [u8]) -> Result<usize, FsError> {
-        if offset >= self.size {
-            return Ok(0);
-        }
-        let length = (buffer.len() as u64).min(self.size - offset) as usize;
-        let mut done = 0;
-        let mut bounce = [0u8; BLOCK_SIZE];
-        while done < length {
-            let position = offset + done as u64;
-            let index = self.extents.partition_point(|extent| extent.end_offset() <= position);
-            // The extents cover the whole size (checked at open), so this always finds one.
-            let Some(extent) = self.extents.get(index).copied() else { return Ok(done) };
-            let block_in_extent = (position - extent.file_offset) / BLOCK_SIZE as u64;
-            let block = extent.first_block + block_in_extent;
-            let within_block = (position % BLOCK_SIZE as u64) as usize;
-            let wanted = length - done;
-            if within_block == 0 {
-                let space_blocks = ((buffer.len() - done) / BLOCK_SIZE) as u64;
-                let wanted_blocks = wanted.div_ceil(BLOCK_SIZE) as u64;
-                let blocks = space_blocks.min(wanted_blocks).min(extent.block_count - block_in_extent);
-                if blocks > 0 {
-                    let bytes = blocks as usize * BLOCK_SIZE;
-                    read_blocks(&mut self.volume.device, block, &mut buffer[done..done + bytes])?;
-                    done += bytes.min(wanted);
-                    continue;
-                }
-            }
-            read_blocks(&mut self.volume.device, block, &mut bounce)?;
-            let take = (BLOCK_SIZE - within_block).min(wanted);
-            buffer[done..done + take].copy_from_slice(&bounce[within_block..within_block + take]);
-            done += take;
-        }
-        Ok(length)
+        read_extents_at(&mut self.volume.device, &self.extents, self.size, offset, buffer)
     }
+}
+
+impl FileLayout {
+    /// Reads from `offset` of the file into `buffer`, like [`File::read_at`], from `volume`
+    /// (the volume the layout was taken from).
+    pub fn read_at<D: BlockDevice>(
+        &self,
+        volume: &mut Volume<D>,
+        offset: u64,
+        buffer: &mut [u8],
+    ) -> Result<usize, FsError> {
+        read_extents_at(&mut volume.device, &self.extents, self.size, offset, buffer)
+    }
+}
+
+/// Reads from `offset` of a file of `size` bytes lying in `extents` into `buffer` (see
+/// [`File::read_at`]).
+fn read_extents_at<D: BlockDevice>(
+    device: &mut D,
+    extents: &[Extent],
+    size: u64,
+    offset: u64,
+    buffer: &mut [u8],
+) -> Result<usize, FsError> {
+    if offset >= size {
+        return Ok(0);
+    }
+    let length = (buffer.len() as u64).min(size - offset) as usize;
+    let mut done = 0;
+    let mut bounce = [0u8; BLOCK_SIZE];
+    while done < length {
+        let position = offset + done as u64;
+        let index = extents.partition_point(|extent| extent.end_offset() <= position);
+        // The extents cover the whole size (checked at open), so this always finds one.
+        let Some(extent) = extents.get(index).copied() else { return Ok(done) };
+        let block_in_extent = (position - extent.file_offset) / BLOCK_SIZE as u64;
+        let block = extent.first_block + block_in_extent;
+        let within_block = (position % BLOCK_SIZE as u64) as usize;
+        let wanted = length - done;
+        if within_block == 0 {
+            let space_blocks = ((buffer.len() - done) / BLOCK_SIZE) as u64;
+            let wanted_blocks = wanted.div_ceil(BLOCK_SIZE) as u64;
+            let blocks = space_blocks.min(wanted_blocks).min(extent.block_count - block_in_extent);
+            if blocks > 0 {
+                let bytes = blocks as usize * BLOCK_SIZE;
+                read_blocks(device, block, &mut buffer[done..done + bytes])?;
+                done += bytes.min(wanted);
+                continue;
+            }
+        }
+        read_blocks(device, block, &mut bounce)?;
+        let take = (BLOCK_SIZE - within_block).min(wanted);
+        buffer[done..done + take].copy_from_slice(&bounce[within_block..within_block + take]);
+        done += take;
+    }
+    Ok(length)
 }

@@ -7,6 +7,9 @@
 //! [`Volume::list`] look up paths case-insensitively by long or 8.3 name. [`Volume::open`] walks a
 //! file's whole cluster chain once, checking every link, and gives a [`File`] that knows its
 //! [`Extent`]s; [`File::read_chunk`] then streams it in chunks of the caller's size.
+//! [`Volume::begin_open`] and [`Volume::continue_open`] do the same walk a bounded number of
+//! links at a time, and [`FileLayout::read_at`] reads an opened file later without a `File`, so
+//! a model loads in small pieces between generated tokens.
 //!
 //! Nothing here panics on any bytes the device returns: every offset is bounds-checked, every
 //! chain walk is bounded by the volume's cluster count, and every failure is an [`FsError`] whose
@@ -34,4 +37,4 @@ pub use layout::{
     FAT32_MAX_CLUSTERS, FAT32_MIN_CLUSTERS, Layout, PARTITION_TYPE_FAT32_CHS, PARTITION_TYPE_FAT32_LBA,
     Partition, find_fat32_partition,
 };
-pub use volume::{Entries, Volume};
+pub use volume::{Entries, Opening, Volume};

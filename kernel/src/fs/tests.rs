@@ -452,6 +452,49 @@ fn fs_truncated_and_broken_chains_are_detected() {
     assert!(error.to_string().contains("points to a cluster outside the FAT (0x0ff00000)"), "{error}");
 }
 
+/// Opens `path` one link of its chain per call, counting the calls.
+fn open_in_pieces(
+    volume: &mut Volume<MemoryDevice<'static>>,
+    path: &str,
+) -> Result<(FileLayout, usize), FsError> {
+    let mut opening = volume.begin_open(path)?;
+    let mut calls = 1;
+    loop {
+        if let Some(layout) = volume.continue_open(&mut opening, 1)? {
+            return Ok((layout, calls));
+        }
+        calls += 1;
+    }
+}
+
+#[test]
+fn fs_opening_in_pieces_gives_what_open_gives() {
+    let mut volume = mount_base();
+    for (path, bytes) in base_files() {
+        let (layout, calls) = open_in_pieces(&mut volume, path).unwrap();
+        let whole = volume.open(path).unwrap().layout();
+        assert_eq!(layout, whole, "{path}");
+        let clusters = (bytes.len() as u64).div_ceil(volume.layout().cluster_bytes()) as usize;
+        assert_eq!(calls, clusters.max(1), "{path}: one link per call");
+        let mut read = vec![0u8; bytes.len()];
+        assert_eq!(layout.read_at(&mut volume, 0, &mut read).unwrap(), bytes.len());
+        assert_eq!(read, bytes, "{path} read through its layout");
+    }
+    // Broken chains fail the same way, whichever way the file is opened.
+    let model = mount_base().find(MODEL_PATH).unwrap().first_cluster();
+    let fragmented = mount_base().find(FRAGMENTED_PATH).unwrap().first_cluster();
+    for (entries, path) in [
+        (vec![(model + 3, model)], MODEL_PATH),
+        (vec![(fragmented + 1, 0x0FFF_FFFF)], FRAGMENTED_PATH),
+        (vec![(model, 0)], MODEL_PATH),
+        (vec![(model, 0x0FF0_0000)], MODEL_PATH),
+    ] {
+        let mut volume = with_fat_entries(&entries);
+        let whole = volume.open(path).unwrap_err();
+        assert_eq!(open_in_pieces(&mut volume, path).unwrap_err(), whole);
+    }
+}
+
 /// Byte offset on the device of the 32-byte slot of the short entry named `short_name` in the
 /// root directory.
 fn root_slot_offset(volume: &mut Volume<MemoryDevice<'static>>, short_name: &[u8; 11]) -> u64 {

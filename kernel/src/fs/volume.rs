@@ -6,10 +6,32 @@ use alloc::vec::Vec;
 
 use super::directory::{DirectoryCursor, DirectoryEntry, ENTRY_SIZE, MAX_DIRECTORY_ENTRIES};
 use super::error::FsError;
-use super::fat::{FatWindow, read_blocks};
+use super::fat::{ChainWalk, FatWindow, read_blocks};
 use super::file::{Extent, File, FileLayout};
 use super::layout::{Layout, find_fat32_partition};
 use crate::hil::{BLOCK_SIZE, BlockDevice};
+
+/// A file being opened a piece of its cluster chain at a time ([`Volume::begin_open`]).
+#[derive(Clone, Debug)]
+pub struct Opening {
+    path: String,
+    size: u64,
+    /// Clusters the size needs.
+    needed: u64,
+    walk: ChainWalk,
+}
+
+impl Opening {
+    /// The file's size in bytes (from its directory entry).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Clusters of its chain walked so far.
+    pub fn clusters_walked(&self) -> u64 {
+        self.walk.clusters_walked()
+    }
+}
 
 /// A FAT32 volume found through the MBR of a block device.
 ///
@@ -111,39 +133,73 @@ impl<D: BlockDevice> Volume<D> {
     /// Opens the file at `path`, walking and checking its whole cluster chain: it must end,
     /// within the volume's cluster count, and cover the file's size.
     pub fn open(&mut self, path: &str) -> Result<File<'_, D>, FsError> {
+        let mut opening = self.begin_open(path)?;
+        loop {
+            if let Some(layout) = self.continue_open(&mut opening, usize::MAX)? {
+                return Ok(File::new(self, layout.path, layout.size, layout.extents));
+            }
+        }
+    }
+
+    /// Starts opening the file at `path` a piece at a time: looks it up; the chain is walked by
+    /// [`Volume::continue_open`], so a large file's chain (tens of thousands of links) is
+    /// never walked at once.
+    pub fn begin_open(&mut self, path: &str) -> Result<Opening, FsError> {
         let entry = self.find(path)?;
         if entry.is_directory() {
             return Err(FsError::IsADirectory { path: String::from(path) });
         }
         let size = entry.size();
+        let needed = size.div_ceil(self.layout.cluster_bytes());
+        Ok(Opening {
+            path: String::from(path),
+            size,
+            needed,
+            walk: ChainWalk::new(entry.first_cluster(), needed),
+        })
+    }
+
+    /// Follows up to `links` more links of `opening`'s cluster chain (at least one). Returns
+    /// the file's layout once the chain is walked and checked, as [`Volume::open`] checks it.
+    pub fn continue_open(
+        &mut self,
+        opening: &mut Opening,
+        links: usize,
+    ) -> Result<Option<FileLayout>, FsError> {
+        if opening.size == 0 {
+            let path = core::mem::take(&mut opening.path);
+            return Ok(Some(FileLayout { path, size: 0, extents: Vec::new() }));
+        }
+        let Some(chain) =
+            self.fat.walk_on(&mut self.device, &self.layout, &opening.path, &mut opening.walk, links)?
+        else {
+            return Ok(None);
+        };
+        if chain.cluster_count < opening.needed {
+            return Err(FsError::ChainTooShort {
+                path: opening.path.clone(),
+                clusters: chain.cluster_count,
+                needed: opening.needed,
+            });
+        }
         let mut extents = Vec::new();
-        if size > 0 {
-            let needed = size.div_ceil(self.layout.cluster_bytes());
-            let chain = self.fat.walk(&mut self.device, &self.layout, path, entry.first_cluster(), needed)?;
-            if chain.cluster_count < needed {
-                return Err(FsError::ChainTooShort {
-                    path: String::from(path),
-                    clusters: chain.cluster_count,
-                    needed,
-                });
-            }
-            let mut blocks_left = size.div_ceil(BLOCK_SIZE as u64);
-            let mut file_offset = 0;
-            for run in chain.runs {
-                let block_count = (run.cluster_count * self.layout.blocks_per_cluster).min(blocks_left);
-                extents.push(Extent {
-                    file_offset,
-                    first_block: self.layout.cluster_first_block(run.first_cluster),
-                    block_count,
-                });
-                file_offset += block_count * BLOCK_SIZE as u64;
-                blocks_left -= block_count;
-                if blocks_left == 0 {
-                    break;
-                }
+        let mut blocks_left = opening.size.div_ceil(BLOCK_SIZE as u64);
+        let mut file_offset = 0;
+        for run in chain.runs {
+            let block_count = (run.cluster_count * self.layout.blocks_per_cluster).min(blocks_left);
+            extents.push(Extent {
+                file_offset,
+                first_block: self.layout.cluster_first_block(run.first_cluster),
+                block_count,
+            });
+            file_offset += block_count * BLOCK_SIZE as u64;
+            blocks_left -= block_count;
+            if blocks_left == 0 {
+                break;
             }
         }
-        Ok(File::new(self, String::from(path), size, extents))
+        let path = core::mem::take(&mut opening.path);
+        Ok(Some(FileLayout { path, size: opening.size, extents }))
     }
 
     /// A cursor over the directory whose chain starts at `first_cluster`, after checking that

@@ -118,7 +118,7 @@ fn decode_all(tokenizer: &Tokenizer, ids: &[u32], previous: Option<u32>) -> Stri
     let mut text = String::new();
     let mut previous = previous;
     for &id in ids {
-        decoder.push(&tokenizer.decode(previous, id), &mut text);
+        decoder.push(tokenizer.decode(previous, id), &mut text);
         previous = Some(id);
     }
     decoder.finish(&mut text);

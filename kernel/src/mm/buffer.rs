@@ -57,13 +57,36 @@ impl BackedMemory {
         kind: TensorKind,
         placement: Placement,
     ) -> Result<TensorBuffer<'_>, MemError> {
+        let mut buffer = self.alloc_uninit(core, size, kind, placement)?;
+        buffer.fill(0);
+        Ok(buffer)
+    }
+
+    /// Like [`BackedMemory::alloc_placed`], without the zero-fill: the buffer holds whatever
+    /// its memory held last (an earlier owner's bytes). For a buffer its owner writes in full
+    /// before it reads any of it, such as a model file streamed into its weights buffer: a
+    /// 93 MiB model would otherwise be written twice, the first time in one uninterruptible
+    /// fill.
+    ///
+    /// Why this is sound behind a safe API: a buffer's bytes are reached only through the
+    /// address its pool handed out, and [`BackedMemory::new`]'s contract makes every such byte
+    /// plain, mapped RAM that holds some value whatever happened there before (no Rust
+    /// allocation the compiler can see spans it). Skipping the fill can therefore show stale
+    /// bytes, never undefined ones. The callers keep the rule anyway: the staged model load
+    /// writes every byte of the file before it validates or reads any, and the model's table
+    /// builders write every byte of their tables before a view reads them.
+    pub fn alloc_uninit(
+        &self,
+        core: usize,
+        size: u64,
+        kind: TensorKind,
+        placement: Placement,
+    ) -> Result<TensorBuffer<'_>, MemError> {
         let handle = match board_time() {
             Some(board) => self.memory.alloc_timed(core, size, kind, placement, board.clock)?,
             None => self.memory.alloc_placed(core, size, kind, placement)?,
         };
-        let mut buffer = TensorBuffer { owner: self, core, handle: ManuallyDrop::new(handle) };
-        buffer.fill(0);
-        Ok(buffer)
+        Ok(TensorBuffer { owner: self, core, handle: ManuallyDrop::new(handle) })
     }
 }
 

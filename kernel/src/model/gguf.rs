@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use super::error::{ModelError, ModelErrorKind};
 use super::quant::TensorType;
 use super::reader::Reader;
+use super::scan::GgufScan;
 use super::tensor::TensorView;
 
 /// "GGUF" read as a little-endian u32.
@@ -19,7 +20,7 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// Most dimensions a GGUF tensor may have.
 pub const MAX_DIMENSIONS: usize = 4;
 /// Deepest nesting of arrays inside arrays that the parser accepts.
-const MAX_ARRAY_DEPTH: u32 = 3;
+pub(crate) const MAX_ARRAY_DEPTH: u32 = 3;
 
 /// A metadata value type code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +75,7 @@ impl ValueType {
     }
 
     /// The smallest encoding of one value of this type, in bytes.
-    fn minimum_size(self) -> u64 {
+    pub(crate) fn minimum_size(self) -> u64 {
         match self {
             Self::U8 | Self::I8 | Self::Bool => 1,
             Self::U16 | Self::I16 => 2,
@@ -172,6 +173,17 @@ pub struct Array<'a> {
 }
 
 impl<'a> Array<'a> {
+    /// An array of `count` elements of `element_type` encoded in `bytes`, which start at
+    /// `offset` in the file; the elements must have been checked already (by a scan).
+    pub(crate) fn checked(element_type: ValueType, count: usize, bytes: &'a [u8], offset: usize) -> Self {
+        Self { element_type, count, bytes, offset }
+    }
+
+    /// Bytes of the encoded elements (for strings: their lengths and their text).
+    pub fn byte_length(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Iterates over the elements. The bytes were validated at parse time, so iteration
     /// yields exactly `count` values.
     pub fn iter(&self) -> impl Iterator<Item = Value<'a>> + '_ {
@@ -244,7 +256,7 @@ fn read_string<'a>(reader: &mut Reader<'a>) -> Result<&'a str, ModelError> {
 }
 
 /// Reads one value of `value_type`. `base` is the offset of the reader's buffer in the file.
-fn read_value<'a>(
+pub(crate) fn read_value<'a>(
     reader: &mut Reader<'a>,
     value_type: ValueType,
     depth: u32,
@@ -295,37 +307,18 @@ fn read_value<'a>(
 }
 
 impl<'a> GgufFile<'a> {
-    /// Parses and validates a whole GGUF file held in `bytes`.
+    /// Parses and validates a whole GGUF file held in `bytes`: every check of a
+    /// [`GgufScan`], then every tensor name must be unique.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ModelError> {
-        let mut reader = Reader::new(bytes);
-        let magic = reader.u32()?;
-        if magic != GGUF_MAGIC {
-            return Err(ModelError::new(0, ModelErrorKind::BadMagic { found: magic }));
-        }
-        let version = reader.u32()?;
-        if version != 3 {
-            return Err(ModelError::new(4, ModelErrorKind::UnsupportedVersion(version)));
-        }
-        let tensor_count = reader.u64()?;
+        let mut tensors: Vec<TensorInfo<'a>> = Vec::new();
+        let scan = GgufScan::run(bytes, &mut |tensor, _| {
+            tensors.push(tensor);
+            Ok(())
+        })?;
+        // Validated: the entries are read again as values, for the tools that list them.
+        let mut reader = Reader::at(bytes, 16);
         let metadata_count = reader.u64()?;
-        // Each metadata entry takes at least 13 bytes and each tensor info at least 24, so a
-        // count larger than the file allows is rejected before anything is allocated.
-        let remaining = reader.remaining() as u64;
-        if metadata_count > remaining / 13 {
-            return Err(ModelError::new(
-                16,
-                ModelErrorKind::TooLarge { what: "metadata count", value: metadata_count },
-            ));
-        }
-        if tensor_count > remaining / 24 {
-            return Err(ModelError::new(
-                8,
-                ModelErrorKind::TooLarge { what: "tensor count", value: tensor_count },
-            ));
-        }
-
         let mut metadata = Vec::with_capacity(metadata_count.min(256) as usize);
-        let mut alignment = DEFAULT_ALIGNMENT;
         for _ in 0..metadata_count {
             let offset = reader.position();
             let key = read_string(&mut reader)?;
@@ -333,45 +326,9 @@ impl<'a> GgufFile<'a> {
             let value_type = ValueType::from_code(code)
                 .ok_or_else(|| reader.error(ModelErrorKind::UnknownValueType(code)))?;
             let value = read_value(&mut reader, value_type, 0, 0)?;
-            if key == "general.alignment" {
-                alignment = match value {
-                    Value::U32(value) if value.is_power_of_two() => value.into(),
-                    Value::U32(value) => {
-                        return Err(ModelError::new(offset, ModelErrorKind::BadAlignment(value.into())));
-                    }
-                    _ => return Err(ModelError::new(offset, ModelErrorKind::WrongKeyType(key.to_string()))),
-                };
-            }
             metadata.push(MetadataEntry { key, value, offset });
         }
-
-        let mut tensors: Vec<TensorInfo<'a>> = Vec::with_capacity(tensor_count.min(1024) as usize);
-        for _ in 0..tensor_count {
-            tensors.push(read_tensor_info(&mut reader)?);
-        }
-
-        let header_end = reader.position() as u64;
-        let data_offset = header_end
-            .checked_next_multiple_of(alignment)
-            .filter(|offset| *offset <= bytes.len() as u64)
-            .ok_or_else(|| {
-                reader.error(ModelErrorKind::Truncated { needed: alignment, available: reader.remaining() })
-            })? as usize;
-
-        for tensor in &mut tensors {
-            let relative = tensor.offset as u64;
-            let name = || tensor.name.to_string();
-            if !relative.is_multiple_of(alignment) {
-                return Err(ModelError::new(data_offset, ModelErrorKind::MisalignedTensor { name: name() }));
-            }
-            let end = (data_offset as u64)
-                .checked_add(relative)
-                .and_then(|start| start.checked_add(tensor.size as u64));
-            if end.is_none_or(|end| end > bytes.len() as u64) {
-                return Err(ModelError::new(data_offset, ModelErrorKind::TensorOutOfBounds { name: name() }));
-            }
-            tensor.offset += data_offset;
-        }
+        let data_offset = scan.data_offset();
         let mut sorted: Vec<&str> = tensors.iter().map(|tensor| tensor.name).collect();
         sorted.sort_unstable();
         if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
@@ -380,7 +337,7 @@ impl<'a> GgufFile<'a> {
                 ModelErrorKind::DuplicateTensor { name: pair[0].to_string() },
             ));
         }
-        Ok(Self { version, alignment, metadata, tensors, data_offset, bytes })
+        Ok(Self { version: 3, alignment: scan.alignment(), metadata, tensors, data_offset, bytes })
     }
 
     /// The value of a metadata key.
@@ -395,50 +352,27 @@ impl<'a> GgufFile<'a> {
 
     /// A string value, or `None` when absent; an error when present with another type.
     pub fn string(&self, key: &str) -> Result<Option<&'a str>, ModelError> {
-        self.typed(key, Value::as_str)
+        MetadataSource::string(self, key)
     }
 
     /// A non-negative integer value, or `None` when absent; an error when of another type.
     pub fn unsigned(&self, key: &str) -> Result<Option<u64>, ModelError> {
-        self.typed(key, Value::as_u64)
+        MetadataSource::unsigned(self, key)
     }
 
     /// A float value, or `None` when absent; an error when of another type.
     pub fn float(&self, key: &str) -> Result<Option<f64>, ModelError> {
-        self.typed(key, Value::as_f64)
+        MetadataSource::float(self, key)
     }
 
     /// An array value, or `None` when absent; an error when of another type.
-    pub fn array(&self, key: &str) -> Result<Option<&Array<'a>>, ModelError> {
-        match self.entry(key) {
-            None => Ok(None),
-            Some(entry) => {
-                entry.value.as_array().map(Some).ok_or_else(|| {
-                    ModelError::new(entry.offset, ModelErrorKind::WrongKeyType(key.to_string()))
-                })
-            }
-        }
-    }
-
-    fn typed<T>(
-        &self,
-        key: &str,
-        convert: impl Fn(&Value<'a>) -> Option<T>,
-    ) -> Result<Option<T>, ModelError> {
-        match self.entry(key) {
-            None => Ok(None),
-            Some(entry) => convert(&entry.value)
-                .map(Some)
-                .ok_or_else(|| ModelError::new(entry.offset, ModelErrorKind::WrongKeyType(key.to_string()))),
-        }
+    pub fn array(&self, key: &str) -> Result<Option<Array<'a>>, ModelError> {
+        MetadataSource::array(self, key)
     }
 
     /// A required non-negative integer that fits `usize`.
     pub fn required_usize(&self, key: &str) -> Result<usize, ModelError> {
-        let value = self
-            .unsigned(key)?
-            .ok_or_else(|| ModelError::new(0, ModelErrorKind::MissingKey(key.to_string())))?;
-        usize::try_from(value).map_err(|_| ModelError::new(0, ModelErrorKind::WrongKeyType(key.to_string())))
+        MetadataSource::required_usize(self, key)
     }
 
     /// The view of a tensor by name.
@@ -469,7 +403,87 @@ impl<'a> GgufFile<'a> {
     }
 }
 
-fn read_tensor_info<'a>(reader: &mut Reader<'a>) -> Result<TensorInfo<'a>, ModelError> {
+/// Where metadata values are looked up by key: a parsed [`GgufFile`], or the entries a
+/// [`GgufScan`] remembered ([`super::scan::ScannedMetadata`]). The typed readers say what a
+/// key holds, or that it holds something else.
+pub trait MetadataSource<'a> {
+    /// The value of `key` and the offset of its entry, when present.
+    fn lookup(&self, key: &str) -> Result<Option<(usize, Value<'a>)>, ModelError>;
+
+    /// A value converted by `convert`, or `None` when absent; an error when present with a
+    /// type `convert` refuses.
+    fn typed<T>(&self, key: &str, convert: impl Fn(&Value<'a>) -> Option<T>) -> Result<Option<T>, ModelError>
+    where
+        Self: Sized,
+    {
+        match self.lookup(key)? {
+            None => Ok(None),
+            Some((offset, value)) => convert(&value)
+                .map(Some)
+                .ok_or_else(|| ModelError::new(offset, ModelErrorKind::WrongKeyType(key.to_string()))),
+        }
+    }
+
+    /// A string value, or `None` when absent; an error when present with another type.
+    fn string(&self, key: &str) -> Result<Option<&'a str>, ModelError>
+    where
+        Self: Sized,
+    {
+        self.typed(key, Value::as_str)
+    }
+
+    /// A non-negative integer value, or `None` when absent; an error when of another type.
+    fn unsigned(&self, key: &str) -> Result<Option<u64>, ModelError>
+    where
+        Self: Sized,
+    {
+        self.typed(key, Value::as_u64)
+    }
+
+    /// A float value, or `None` when absent; an error when of another type.
+    fn float(&self, key: &str) -> Result<Option<f64>, ModelError>
+    where
+        Self: Sized,
+    {
+        self.typed(key, Value::as_f64)
+    }
+
+    /// An array value, or `None` when absent; an error when of another type.
+    fn array(&self, key: &str) -> Result<Option<Array<'a>>, ModelError>
+    where
+        Self: Sized,
+    {
+        self.typed(key, |value| value.as_array().cloned())
+    }
+
+    /// A required non-negative integer that fits `usize`.
+    fn required_usize(&self, key: &str) -> Result<usize, ModelError>
+    where
+        Self: Sized,
+    {
+        let value = self
+            .unsigned(key)?
+            .ok_or_else(|| ModelError::new(0, ModelErrorKind::MissingKey(key.to_string())))?;
+        usize::try_from(value).map_err(|_| ModelError::new(0, ModelErrorKind::WrongKeyType(key.to_string())))
+    }
+
+    /// Whether `key` holds the boolean `true`.
+    fn is_true(&self, key: &str) -> Result<bool, ModelError>
+    where
+        Self: Sized,
+    {
+        Ok(matches!(self.lookup(key)?, Some((_, Value::Bool(true)))))
+    }
+}
+
+impl<'a> MetadataSource<'a> for GgufFile<'a> {
+    fn lookup(&self, key: &str) -> Result<Option<(usize, Value<'a>)>, ModelError> {
+        Ok(self.entry(key).map(|entry| (entry.offset, entry.value.clone())))
+    }
+}
+
+/// Reads and checks one tensor info (its offset still relative to the data section).
+pub(crate) fn read_tensor_info<'a>(reader: &mut Reader<'a>) -> Result<TensorInfo<'a>, ModelError> {
     let start = reader.position();
     let name = read_string(reader)?;
     let bad = |kind| ModelError::new(start, kind);

@@ -9,9 +9,11 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod index;
 pub mod llama2c;
 pub mod quant;
 pub mod reader;
+pub mod scan;
 pub mod tensor;
 pub mod weights;
 pub mod write;

@@ -2,13 +2,12 @@
 //! checkpoint, with every shape checked against the config.
 
 use alloc::format;
-use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use super::config::Config;
 use super::error::{ModelError, ModelErrorKind};
-use super::gguf::GgufFile;
-use super::quant::TensorType;
+use super::gguf::{GgufFile, MetadataSource};
+use super::index::{GgufTensors, TensorSource};
 use super::tensor::Matrix;
 
 /// A vector of little-endian f32 values (norm weights).
@@ -75,45 +74,38 @@ pub struct Weights<'a> {
     pub classifier: Matrix<'a>,
 }
 
-fn wrong(offset: usize, name: &str, expected: &'static str) -> ModelError {
-    ModelError::new(offset, ModelErrorKind::WrongTensor { name: name.to_string(), expected })
-}
-
-/// Reads the llama config from GGUF metadata.
-pub fn gguf_config(file: &GgufFile<'_>) -> Result<Config, ModelError> {
-    let architecture = file
-        .string("general.architecture")?
-        .ok_or_else(|| ModelError::new(0, ModelErrorKind::MissingKey("general.architecture".into())))?;
-    if architecture != "llama" {
-        let offset = file.entry("general.architecture").map_or(0, |entry| entry.offset);
-        return Err(ModelError::new(offset, ModelErrorKind::InvalidConfig("architecture is not llama")));
-    }
+/// Reads the llama config from GGUF metadata; `embedding_rows` is the token embedding's second
+/// dimension, the vocabulary size when the metadata gives none (`None`: there is no embedding).
+pub fn gguf_config<'a>(
+    metadata: &impl MetadataSource<'a>,
+    embedding_rows: Option<usize>,
+) -> Result<Config, ModelError> {
+    check_architecture(metadata)?;
     let key = |name: &str| format!("llama.{name}");
-    let dim = file.required_usize(&key("embedding_length"))?;
-    let heads = file.required_usize(&key("attention.head_count"))?;
-    let vocab_from_embedding = file
-        .tensor("token_embd.weight")
-        .map(|tensor| tensor.dimensions[1])
+    let dim = metadata.required_usize(&key("embedding_length"))?;
+    let heads = metadata.required_usize(&key("attention.head_count"))?;
+    let vocab_from_embedding = embedding_rows
         .ok_or_else(|| ModelError::new(0, ModelErrorKind::MissingTensor("token_embd.weight".into())))?;
     let config = Config {
         dim,
-        hidden_dim: file.required_usize(&key("feed_forward_length"))?,
-        layers: file.required_usize(&key("block_count"))?,
+        hidden_dim: metadata.required_usize(&key("feed_forward_length"))?,
+        layers: metadata.required_usize(&key("block_count"))?,
         heads,
-        kv_heads: match file.unsigned(&key("attention.head_count_kv"))? {
+        kv_heads: match metadata.unsigned(&key("attention.head_count_kv"))? {
             Some(value) => usize::try_from(value).unwrap_or(0),
             None => heads,
         },
-        vocab_size: match file.unsigned(&key("vocab_size"))? {
+        vocab_size: match metadata.unsigned(&key("vocab_size"))? {
             Some(value) => usize::try_from(value).unwrap_or(0),
             None => vocab_from_embedding,
         },
-        context_length: file.required_usize(&key("context_length"))?,
-        rope_base: file.float(&key("rope.freq_base"))?.unwrap_or(10_000.0) as f32,
-        norm_epsilon: file.float(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32,
+        context_length: metadata.required_usize(&key("context_length"))?,
+        rope_base: metadata.float(&key("rope.freq_base"))?.unwrap_or(10_000.0) as f32,
+        norm_epsilon: metadata.float(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32,
     };
-    config.validate(file.entry(&key("embedding_length")).map_or(0, |entry| entry.offset))?;
-    if let Some(rope_dims) = file.unsigned(&key("rope.dimension_count"))?
+    let offset = metadata.lookup(&key("embedding_length"))?.map_or(0, |(offset, _)| offset);
+    config.validate(offset)?;
+    if let Some(rope_dims) = metadata.unsigned(&key("rope.dimension_count"))?
         && rope_dims != config.head_dim() as u64
     {
         return Err(ModelError::new(0, ModelErrorKind::InvalidConfig("partial RoPE is not supported")));
@@ -121,49 +113,29 @@ pub fn gguf_config(file: &GgufFile<'_>) -> Result<Config, ModelError> {
     Ok(config)
 }
 
+/// Checks that the metadata describes a llama model.
+pub fn check_architecture<'a>(metadata: &impl MetadataSource<'a>) -> Result<(), ModelError> {
+    let architecture = metadata
+        .string("general.architecture")?
+        .ok_or_else(|| ModelError::new(0, ModelErrorKind::MissingKey("general.architecture".into())))?;
+    if architecture != "llama" {
+        let offset = metadata.lookup("general.architecture")?.map_or(0, |(offset, _)| offset);
+        return Err(ModelError::new(offset, ModelErrorKind::InvalidConfig("architecture is not llama")));
+    }
+    Ok(())
+}
+
 impl<'a> Weights<'a> {
     /// Builds the weights of a llama GGUF file, checking every tensor's shape.
     pub fn from_gguf(file: &GgufFile<'a>) -> Result<Self, ModelError> {
-        let config = gguf_config(file)?;
-        let matrix = |name: &str, rows: usize, columns: usize| -> Result<Matrix<'a>, ModelError> {
-            let tensor = file.tensor(name).ok_or_else(|| {
-                ModelError::new(file.data_offset, ModelErrorKind::MissingTensor(name.into()))
-            })?;
-            let offset = file.tensors.iter().find(|info| info.name == name).map_or(0, |info| info.offset);
-            if tensor.dimension_count > 2 || tensor.dimensions[0] != columns || tensor.dimensions[1] != rows {
-                return Err(wrong(offset, name, "of the shape the config implies"));
-            }
-            Ok(tensor.matrix())
-        };
-        let vector = |name: &str| -> Result<Vector<'a>, ModelError> {
-            let view = matrix(name, 1, config.dim)?;
-            if view.tensor_type != TensorType::F32 {
-                return Err(wrong(0, name, "an F32 vector"));
-            }
-            Ok(Vector { data: view.data })
-        };
-        let (dim, hidden, kv_dim) = (config.dim, config.hidden_dim, config.kv_dim());
-        let token_embedding = matrix("token_embd.weight", config.vocab_size, dim)?;
-        let mut layers = Vec::with_capacity(config.layers.min(1024));
-        for layer in 0..config.layers {
-            let name = |suffix: &str| -> String { format!("blk.{layer}.{suffix}.weight") };
-            layers.push(LayerWeights {
-                attention_norm: vector(&name("attn_norm"))?,
-                query: matrix(&name("attn_q"), dim, dim)?,
-                key: matrix(&name("attn_k"), kv_dim, dim)?,
-                value: matrix(&name("attn_v"), kv_dim, dim)?,
-                output: matrix(&name("attn_output"), dim, dim)?,
-                ffn_norm: vector(&name("ffn_norm"))?,
-                gate: matrix(&name("ffn_gate"), hidden, dim)?,
-                down: matrix(&name("ffn_down"), dim, hidden)?,
-                up: matrix(&name("ffn_up"), hidden, dim)?,
-            });
+        let embedding_rows = file.tensor("token_embd.weight").map(|tensor| tensor.dimensions[1]);
+        let config = gguf_config(file, embedding_rows)?;
+        let tensors = GgufTensors { file, layers: config.layers };
+        let mut step = 0;
+        while !tensors.check(&config, step, file.data_offset)? {
+            step += 1;
         }
-        let classifier = match file.tensor("output.weight") {
-            Some(_) => matrix("output.weight", config.vocab_size, dim)?,
-            None => token_embedding,
-        };
-        Ok(Self { config, token_embedding, layers, final_norm: vector("output_norm.weight")?, classifier })
+        tensors.weights(file.bytes(), config)
     }
 
     /// Bytes of weights read per token (all matrices once, the embedding row aside).

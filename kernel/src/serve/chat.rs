@@ -4,13 +4,14 @@
 
 #![forbid(unsafe_code)]
 
+use super::prepare::{ModelLayout, Preparation, prepare_llama2c};
 use crate::{
     hil::{Cpus, KvStore},
     infer::{
         InferError, Precision, State, Tokenizer,
         tokenizer::chat::{self, Message, Role},
     },
-    model::{Format, ModelError, ModelErrorKind, ModelFile},
+    model::{Config, Format, ModelError, Weights},
 };
 use alloc::{string::String, vec::Vec};
 use core::{fmt, ops::Deref};
@@ -18,59 +19,65 @@ use core::{fmt, ops::Deref};
 /// Rows of the scratch [`ModelView::scratch`] makes.
 pub const SCRATCH_ROWS: usize = 16;
 
-/// A model ready to serve: the loaded bytes (validated once), and the tokenizer built from
-/// them. `Bytes` is a weights-pool buffer in the kernel and a `Vec<u8>` on the host.
+/// A model ready to serve: the loaded file, validated once, and its tables (the tensor index
+/// and the tokenizer, see [`super::prepare`]), built once from it. `Bytes` is a weights-pool
+/// buffer in the kernel, so a model is two buffers of the weights pool, freed with it; on the
+/// host it is a `Vec<u8>`.
 pub struct ServedModel<Bytes: Deref<Target = [u8]>> {
     /// The file name it was loaded from.
     pub name: String,
     bytes: Bytes,
     length: usize,
-    tokenizer: Tokenizer,
+    tables: Bytes,
+    layout: ModelLayout,
 }
 
-impl<Bytes: Deref<Target = [u8]>> ServedModel<Bytes> {
-    /// Validates the first `length` bytes of `bytes` (the file; a pool buffer may be longer)
-    /// completely (header, every tensor's offset and size, the tokenizer) and builds the
-    /// tokenizer. `tokenizer_file` is llama2.c's `tokenizer.bin`; GGUF files carry their own.
+impl ServedModel<Vec<u8>> {
+    /// Validates the first `length` bytes of `bytes` (the file; a buffer may be longer)
+    /// completely (header, every tensor's offset and size, the tokenizer) and builds its tables.
+    /// `tokenizer_file` is llama2.c's `tokenizer.bin`; GGUF files carry their own.
     pub fn new(
         name: &str,
-        bytes: Bytes,
+        bytes: Vec<u8>,
         length: usize,
         tokenizer_file: Option<&[u8]>,
     ) -> Result<Self, ModelError> {
         let length = length.min(bytes.len());
-        let file = ModelFile::parse(&bytes[..length])?;
-        let tokenizer = match (&file.gguf, tokenizer_file) {
-            (Some(gguf), _) => Tokenizer::from_gguf(gguf)?,
-            (None, Some(tokenizer)) => Tokenizer::from_llama2c(tokenizer, file.config().vocab_size)?,
-            (None, None) => {
-                return Err(ModelError::new(
-                    0,
-                    ModelErrorKind::InvalidTokenizer("llama2.c models need tokenizer.bin"),
-                ));
-            }
+        let file = &bytes[..length];
+        let mut allocate = |size| Ok::<_, ModelError>(alloc::vec![0; size]);
+        let (tables, layout) = if file.starts_with(b"GGUF") {
+            Preparation::run(file, &mut allocate)?
+        } else {
+            prepare_llama2c(file, tokenizer_file, &mut allocate)?
         };
-        if tokenizer.vocab_size() > file.config().vocab_size {
-            return Err(ModelError::new(
-                0,
-                ModelErrorKind::InvalidTokenizer("the tokenizer has more tokens than the model's vocabulary"),
-            ));
-        }
-        drop(file);
-        Ok(Self { name: name.into(), bytes, length, tokenizer })
+        Ok(Self::from_prepared(name, bytes, length, tables, layout))
     }
+}
 
-    /// A model whose first `length` bytes of `bytes` were already validated completely and
-    /// whose `tokenizer` was built from them (and checked against the vocabulary), as a staged
-    /// load does a slice at a time: nothing is parsed here, so making it is cheap.
-    pub(crate) fn from_validated(name: &str, bytes: Bytes, length: usize, tokenizer: Tokenizer) -> Self {
+impl<Bytes: Deref<Target = [u8]>> ServedModel<Bytes> {
+    /// A model whose first `length` bytes of `bytes` were validated completely and whose
+    /// `tables` were built from them as `layout` says (see [`super::prepare`]): nothing is
+    /// parsed here, so making it is cheap.
+    pub(crate) fn from_prepared(
+        name: &str,
+        bytes: Bytes,
+        length: usize,
+        tables: Bytes,
+        layout: ModelLayout,
+    ) -> Self {
         let length = length.min(bytes.len());
-        Self { name: name.into(), bytes, length, tokenizer }
+        Self { name: name.into(), bytes, length, tables, layout }
     }
 
-    /// The weights buffer and the tokenizer, taken apart (to free them in pieces).
-    pub(crate) fn into_parts(self) -> (Bytes, Tokenizer) {
-        (self.bytes, self.tokenizer)
+    /// The weights buffer and the tables buffer, taken apart (to free them one at a time).
+    pub(crate) fn into_parts(self) -> (Bytes, Bytes) {
+        (self.bytes, self.tables)
+    }
+
+    /// Where the model's parts lie in its tables.
+    #[cfg(test)]
+    pub(crate) fn layout(&self) -> ModelLayout {
+        self.layout
     }
 
     /// Bytes of the model file.
@@ -78,18 +85,48 @@ impl<Bytes: Deref<Target = [u8]>> ServedModel<Bytes> {
         self.length
     }
 
-    /// The parsed views over the bytes (cheap: the header and tensor table only).
+    /// Bytes of the model's tables (tensor index and tokenizer).
+    pub fn tables_size(&self) -> usize {
+        self.layout.tables_bytes()
+    }
+
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &Config {
+        &self.layout.config
+    }
+
+    /// The views a batch works with: the weights from the tensor index (one allocation, the
+    /// table of layers) and the tokenizer over its tables. Nothing is parsed.
     pub fn view(&self) -> Result<ModelView<'_>, ModelError> {
-        Ok(ModelView { file: ModelFile::parse(&self.bytes[..self.length])?, tokenizer: &self.tokenizer })
+        let weights = self.layout.weights(&self.bytes[..self.length], &self.tables)?;
+        Ok(ModelView {
+            file: ModelWeights { format: self.layout.format, weights },
+            tokenizer: self.layout.tokenizer(&self.tables),
+        })
     }
 }
 
-/// A served model's parsed file and tokenizer, for one turn.
+/// A served model's weights, as a view of its file.
+pub struct ModelWeights<'model> {
+    /// The file's format.
+    pub format: Format,
+    /// The weights.
+    pub weights: Weights<'model>,
+}
+
+impl ModelWeights<'_> {
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &Config {
+        &self.weights.config
+    }
+}
+
+/// A served model's weights and tokenizer, for one batch.
 pub struct ModelView<'model> {
-    /// The parsed file.
-    pub file: ModelFile<'model>,
+    /// The weights.
+    pub file: ModelWeights<'model>,
     /// The tokenizer.
-    pub tokenizer: &'model Tokenizer,
+    pub tokenizer: Tokenizer<&'model [u8]>,
 }
 
 impl ModelView<'_> {

@@ -354,7 +354,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             "model        {}\r\nturns        {} on {} cores\r\n\
              loads        {} ok, {} failed (old model kept)\r\nrejected     {} lines\r\n\
              interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
-             swap pause   {}\r\n\
+             swap stall   {}\r\n\
              first token  {}\r\n\
              control      {answered} answered mid-generation or idle, {} over the {} ms bound\r\n{}",
             self.active_model().unwrap_or("(none)"),
@@ -364,12 +364,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             statistics.failed_loads,
             statistics.rejected_lines,
             unserviced_ns as f64 / 1e6,
-            match self.last_swap_pause_ns {
-                Some((longest, median)) => alloc::format!(
-                    "{:.3} ms (longest gap between tokens {:.3} ms minus median {:.3} ms, last swap)",
-                    (longest - median) as f64 / 1e6,
-                    longest as f64 / 1e6,
-                    median as f64 / 1e6
+            match self.swap_gaps.last() {
+                Some(cost) => alloc::format!(
+                    "{:.3} ms (last swap: most swap work in a round {:.3} ms minus loading rounds' median {:.3} ms); load tax {:.3}x over {} rounds",
+                    cost.stall_ns() as f64 / 1e6,
+                    cost.longest_work_ns as f64 / 1e6,
+                    cost.loading_work_ns as f64 / 1e6,
+                    cost.tax(),
+                    cost.load_rounds
                 ),
                 None => "no swap during generation yet".to_string(),
             },

@@ -27,7 +27,7 @@ use alloc::{string::String, vec::Vec};
 pub struct Generation<'weights, 'file, Store: KvStore> {
     weights: &'weights Weights<'file>,
     kv: Store,
-    tokenizer: &'weights Tokenizer,
+    tokenizer: &'weights Tokenizer<&'file [u8]>,
     sampler: Sampler,
     /// Every token known: the prompt, then the generated ones (the last perhaps not fed).
     tokens: Vec<u32>,
@@ -109,7 +109,7 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         Ok(Self {
             weights: &model.file.weights,
             kv,
-            tokenizer: model.tokenizer,
+            tokenizer: &model.tokenizer,
             sampler: Sampler::new(config),
             tokens: all,
             prompt_length: tokens.len(),
@@ -239,7 +239,7 @@ impl<'weights, 'file, Store: KvStore> Generation<'weights, 'file, Store> {
         let previous = self.tokens.last().copied();
         self.tokens.push(token);
         let mut text = String::new();
-        self.decoder.push(&self.tokenizer.decode(previous, token), &mut text);
+        self.decoder.push(self.tokenizer.decode(previous, token), &mut text);
         if self.statistics.generated_tokens >= self.max_tokens || self.tokens.len() >= self.capacity {
             self.decoder.finish(&mut text);
             return Step::Finished(Finish::Length, text);

@@ -6,18 +6,18 @@
 use super::{
     chat::ServedModel,
     loader::{LoadError, read_whole},
+    prepare::{ModelLayout, Preparation, prepare_llama2c},
 };
 use crate::{
-    fs::{FileLayout, FsError, Volume},
+    fs::{FileLayout, FsError, Opening, Volume},
     hil::{BlockDevice, Clock},
-    infer::{Tokenizer, tokenizer::TokenizerBuild},
     mm::{
         MemError,
         buffer::{BackedMemory, TensorBuffer},
         chunk::Placement,
         tensor::{Pool, TensorKind},
     },
-    model::{ModelError, ModelErrorKind, ModelFile},
+    model::{ModelError, ModelErrorKind, llama2c::Checkpoint},
 };
 use alloc::{boxed::Box, format, string::String, vec::Vec};
 use core::fmt;
@@ -78,12 +78,51 @@ pub fn list_models<D: BlockDevice>(volume: &mut Volume<D>) -> Result<Vec<ModelEn
         .collect())
 }
 
+impl From<ModelError> for LibraryError {
+    fn from(error: ModelError) -> Self {
+        LibraryError::Invalid(error)
+    }
+}
+
 /// The pool named in the error of a load refused by the weights budget of `tessera.cfg` (not
 /// by the memory itself).
 pub const WEIGHTS_BUDGET_POOL: &str = "weights budget (tessera.cfg)";
 
-/// A weights buffer of `size` bytes, within `budget` bytes of weights in all (`tessera.cfg`)
-/// when one is set. It goes to the end of the weights region away from the model being
+/// Refuses `size` more bytes of weights when `budget` bytes of weights in all (`tessera.cfg`)
+/// would be exceeded.
+fn check_budget(memory: &BackedMemory, budget: Option<u64>, size: u64) -> Result<(), LibraryError> {
+    let Some(budget) = budget else { return Ok(()) };
+    let held = memory.memory().statistics(Pool::Weights).counters.reserved_bytes;
+    if held + size > budget {
+        let error = MemError::OutOfMemory {
+            pool: WEIGHTS_BUDGET_POOL,
+            requested: size,
+            free: budget.saturating_sub(held),
+            largest_free: budget.saturating_sub(held),
+        };
+        return Err(LibraryError::NoMemory { needed: size, error });
+    }
+    Ok(())
+}
+
+/// A weights-pool buffer of `size` bytes at `placement`, not cleared (see
+/// [`BackedMemory::alloc_uninit`]); when the arena has no room, the segments the KV cache and
+/// the activations hold but do not use go back to it and the allocation is tried once more.
+fn uninit_weights(
+    memory: &BackedMemory,
+    size: u64,
+    placement: Placement,
+) -> Result<TensorBuffer<'_>, LibraryError> {
+    let allocate = || memory.alloc_uninit(0, size, TensorKind::Weights, placement);
+    let retry = |error| match error {
+        MemError::OutOfMemory { .. } if memory.memory().reclaim_segments() > 0 => allocate(),
+        error => Err(error),
+    };
+    allocate().or_else(retry).map_err(|error| LibraryError::NoMemory { needed: size, error })
+}
+
+/// A weights buffer of `size` bytes, within the budget, not cleared (the file is read into
+/// all of it that is used). It goes to the end of the weights region away from the model being
 /// served ([`Placement::Apart`]), so after the swap the old model's memory and the rest of the
 /// free space form one block, and the next model may be as large as all of it.
 fn weights_buffer(
@@ -91,30 +130,46 @@ fn weights_buffer(
     budget: Option<u64>,
     size: u64,
 ) -> Result<TensorBuffer<'_>, LibraryError> {
-    let statistics = memory.memory().statistics(Pool::Weights);
-    if let Some(budget) = budget {
-        let held = statistics.counters.reserved_bytes;
-        if held + size > budget {
-            let error = MemError::OutOfMemory {
-                pool: WEIGHTS_BUDGET_POOL,
-                requested: size,
-                free: budget.saturating_sub(held),
-                largest_free: budget.saturating_sub(held),
-            };
-            return Err(LibraryError::NoMemory { needed: size, error });
-        }
+    check_budget(memory, budget, size)?;
+    uninit_weights(memory, size, Placement::Apart)
+}
+
+/// The tables buffer (tensor index and tokenizer) of the model whose weights buffer starts at
+/// `weights_base`: `size` bytes of the weights pool, within the budget, not cleared (the
+/// preparation writes all it reads), at the same end of the region as the weights, so the two
+/// stay together and a swap still leaves one free block.
+fn tables_buffer(
+    memory: &BackedMemory,
+    budget: Option<u64>,
+    weights_base: u64,
+    size: usize,
+) -> Result<TensorBuffer<'_>, LibraryError> {
+    let size = size as u64;
+    check_budget(memory, budget, size)?;
+    let pool = memory.memory().statistics(Pool::Weights);
+    let upper_half = weights_base.saturating_sub(pool.base) >= pool.capacity / 2;
+    let placement = if upper_half { Placement::High } else { Placement::Low };
+    uninit_weights(memory, size, placement)
+}
+
+/// Refuses a file that is not GGUF but is named `.gguf`, as such (not as a broken checkpoint).
+fn check_magic(name: &str, bytes: &[u8]) -> Result<bool, LibraryError> {
+    if bytes.starts_with(b"GGUF") {
+        return Ok(true);
     }
-    let placed = || memory.alloc_placed(0, size, TensorKind::Weights, Placement::Apart);
-    // Segments the KV cache and the activations hold but do not use go back to the arena.
-    let retry = |error| match error {
-        MemError::OutOfMemory { .. } if memory.memory().reclaim_segments() > 0 => placed(),
-        error => Err(error),
-    };
-    placed().or_else(retry).map_err(|error| LibraryError::NoMemory { needed: size, error })
+    if name.to_ascii_lowercase().ends_with(".gguf") {
+        let mut magic = [0u8; 4];
+        let head = &bytes[..bytes.len().min(4)];
+        magic[..head.len()].copy_from_slice(head);
+        let found = u32::from_le_bytes(magic);
+        return Err(LibraryError::Invalid(ModelError::new(0, ModelErrorKind::BadMagic { found })));
+    }
+    Ok(false)
 }
 
 /// Loads `/models/NAME` into a new weights buffer, reporting `progress(done, total)`, then
-/// validates it. A llama2.c checkpoint takes its tokenizer from `/models/tokenizer.bin`.
+/// validates it and builds its tables, in one go. A llama2.c checkpoint takes its tokenizer
+/// from `/models/tokenizer.bin`.
 pub fn load_model<'memory, D: BlockDevice>(
     volume: &mut Volume<D>,
     memory: &'memory BackedMemory,
@@ -130,29 +185,50 @@ pub fn load_model<'memory, D: BlockDevice>(
     }
     let mut buffer = weights_buffer(memory, budget, size)?;
     let length = read_whole(&mut file, &mut buffer, progress).map_err(LibraryError::Load)?;
-    let is_gguf = buffer.starts_with(b"GGUF");
-    if !is_gguf && name.to_ascii_lowercase().ends_with(".gguf") {
-        // A .gguf file without the GGUF magic is reported as such, not as a broken checkpoint.
-        let found = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
-        return Err(LibraryError::Invalid(crate::model::ModelError::new(
-            0,
-            crate::model::ModelErrorKind::BadMagic { found },
-        )));
-    }
     drop(file);
-    let tokenizer = if is_gguf {
-        None
+    let is_gguf = check_magic(name, &buffer[..length])?;
+    let weights_base = buffer.handle().base();
+    let mut allocate = |size| tables_buffer(memory, budget, weights_base, size);
+    let (tables, layout) = if is_gguf {
+        Preparation::run(&buffer[..length], &mut allocate)?
     } else {
         // Check the checkpoint itself first, so a corrupt file is reported as such rather
         // than as a missing tokenizer.
-        crate::model::ModelFile::parse(&buffer[..length]).map_err(LibraryError::Invalid)?;
+        Checkpoint::parse(&buffer[..length])?;
         let mut tokenizer =
             volume.open(&format!("{MODEL_DIRECTORY}/tokenizer.bin")).map_err(LibraryError::Fs)?;
         let mut bytes = alloc::vec![0; tokenizer.size() as usize];
         read_whole(&mut tokenizer, &mut bytes, |_, _| {}).map_err(LibraryError::Load)?;
-        Some(bytes)
+        prepare_llama2c(&buffer[..length], Some(&bytes), &mut allocate)?
     };
-    ServedModel::new(name, buffer, length, tokenizer.as_deref()).map_err(LibraryError::Invalid)
+    Ok(ServedModel::from_prepared(name, buffer, length, tables, layout))
+}
+
+/// The longest single unit of background work seen (a read, a validation step, a tokenizer
+/// step, a buffer freed, the swap itself), and what it was: what a swap's pause is made of
+/// beyond the time a round grants background work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LongestUnit {
+    /// Its duration, ns.
+    pub ns: u64,
+    /// What it was.
+    pub what: &'static str,
+}
+
+impl LongestUnit {
+    /// Counts a unit of `ns` doing `what`.
+    pub fn note(&mut self, ns: u64, what: &'static str) {
+        if ns > self.ns || self.what.is_empty() {
+            *self = Self { ns, what };
+        }
+    }
+
+    /// Counts the longest unit of `other` too.
+    pub fn merge(&mut self, other: LongestUnit) {
+        if !other.what.is_empty() {
+            self.note(other.ns, other.what);
+        }
+    }
 }
 
 /// Bytes read from the card in one unit of a staged load: 8 blocks, one CMD18 when the
@@ -160,51 +236,68 @@ pub fn load_model<'memory, D: BlockDevice>(
 /// the time a round may spend on a load.
 pub const STAGE_READ_BYTES: usize = 4 * 1024;
 
-/// Tokens or merges added to the tokenizer in one unit of a staged load.
-pub const STAGE_TOKENIZER_UNITS: usize = 64;
+/// Links of the file's cluster chain followed in one unit of a staged load (a large model's
+/// chain has tens of thousands).
+pub const STAGE_CHAIN_LINKS: usize = 64;
 
 /// Where a staged load is.
-enum Stage {
+enum Stage<'memory> {
+    /// Walking the file's cluster chain.
+    Opening(Box<Opening>),
     /// Reading the file into the weights buffer.
-    Reading,
-    /// The file is in; next: parse and check the header, tensor table and weights shapes.
-    Checking,
-    /// Building the tokenizer, a few tokens or merges per unit; the model's vocabulary size.
-    Tokenizer(Box<TokenizerBuild>, usize),
-    /// Validated, with its tokenizer: ready to swap in.
-    Ready(Tokenizer),
+    Reading(Box<FileLayout>),
+    /// Validating the file and building its tables, a unit at a time.
+    Preparing(Box<Preparation<TensorBuffer<'memory>>>),
+    /// Validated, with its tables buffer and their layout: ready to swap in.
+    Ready(Box<(TensorBuffer<'memory>, ModelLayout)>),
 }
 
 /// A model loaded in the background while the active one keeps serving: every piece of work
-/// (reading the card, validating the file, building the tokenizer) is cut into small units,
-/// and [`StagedLoad::advance`] does units until its time budget is spent, between generated
-/// tokens. When it is ready, [`StagedLoad::finish`] is only an assembly of finished parts, so
-/// the swap itself is a pointer exchange.
+/// (reading the card, validating the file, building the tensor index and the tokenizer) is
+/// cut into small units ([`STAGE_READ_BYTES`] read, [`super::prepare::STAGE_SCAN_BYTES`]
+/// validated, [`super::prepare::STAGE_TOKENIZER_UNITS`] tokens or merges added, a layer's shapes checked), and
+/// [`StagedLoad::advance`] does units until its time budget is spent, between generated
+/// tokens. Nothing walks or clears the whole file at once: the weights buffer is not
+/// zero-filled, since the file is read into it. When it is ready, [`StagedLoad::finish`] is
+/// only an assembly of finished parts, so the swap itself is a pointer exchange.
 pub struct StagedLoad<'memory> {
     name: String,
-    layout: FileLayout,
+    /// The file's size.
+    size: u64,
+    memory: &'memory BackedMemory,
+    budget: Option<u64>,
     buffer: TensorBuffer<'memory>,
     done: u64,
-    stage: Stage,
+    stage: Stage<'memory>,
+    longest_unit: LongestUnit,
 }
 
 impl<'memory> StagedLoad<'memory> {
-    /// Opens `/models/NAME` and reserves its weights buffer (GGUF only: a llama2.c model also
-    /// needs its tokenizer, which [`load_model`] handles).
+    /// Looks up `/models/NAME` and reserves its weights buffer (GGUF only: a llama2.c model
+    /// also needs its tokenizer, which [`load_model`] handles). Its cluster chain is walked by
+    /// later units.
     pub fn begin<D: BlockDevice>(
         volume: &mut Volume<D>,
         memory: &'memory BackedMemory,
         budget: Option<u64>,
         name: &str,
     ) -> Result<Self, LibraryError> {
-        let file = volume.open(&format!("{MODEL_DIRECTORY}/{name}")).map_err(LibraryError::Fs)?;
-        let size = file.size();
+        let opening = volume.begin_open(&format!("{MODEL_DIRECTORY}/{name}")).map_err(LibraryError::Fs)?;
+        let size = opening.size();
         if size == 0 {
             return Err(LibraryError::Load(LoadError::Empty));
         }
-        let layout = file.layout();
         let buffer = weights_buffer(memory, budget, size)?;
-        Ok(Self { name: name.into(), layout, buffer, done: 0, stage: Stage::Reading })
+        Ok(Self {
+            name: name.into(),
+            size,
+            memory,
+            budget,
+            buffer,
+            done: 0,
+            stage: Stage::Opening(Box::new(opening)),
+            longest_unit: LongestUnit::default(),
+        })
     }
 
     /// The file name.
@@ -214,10 +307,25 @@ impl<'memory> StagedLoad<'memory> {
 
     /// Bytes read so far, and the file size.
     pub fn progress(&self) -> (u64, u64) {
-        (self.done, self.layout.size)
+        (self.done, self.size)
     }
 
-    /// Whether the model is read, validated and has its tokenizer.
+    /// The longest unit of work done so far.
+    pub fn longest_unit(&self) -> LongestUnit {
+        self.longest_unit
+    }
+
+    /// What the next unit of work is.
+    fn next_work(&self) -> &'static str {
+        match &self.stage {
+            Stage::Opening(_) => "walk the file's clusters",
+            Stage::Reading(_) => "read 4 KiB",
+            Stage::Preparing(preparation) => preparation.next_work(),
+            Stage::Ready(_) => "ready",
+        }
+    }
+
+    /// Whether the model is read, validated and has its tables.
     pub fn is_ready(&self) -> bool {
         matches!(self.stage, Stage::Ready(_))
     }
@@ -232,10 +340,14 @@ impl<'memory> StagedLoad<'memory> {
     ) -> Result<bool, LibraryError> {
         let deadline = clock.now_ns().saturating_add(budget_ns);
         loop {
-            if self.unit(volume)? {
+            let (what, started) = (self.next_work(), clock.now_ns());
+            let ready = self.unit(volume)?;
+            let now = clock.now_ns();
+            self.longest_unit.note(now.saturating_sub(started), what);
+            if ready {
                 return Ok(true);
             }
-            if clock.now_ns() >= deadline {
+            if now >= deadline {
                 return Ok(false);
             }
         }
@@ -243,86 +355,63 @@ impl<'memory> StagedLoad<'memory> {
 
     /// One bounded unit of work. Returns whether the model is ready.
     fn unit<D: BlockDevice>(&mut self, volume: &mut Volume<D>) -> Result<bool, LibraryError> {
-        let length = self.layout.size as usize;
+        let length = self.size as usize;
         match &mut self.stage {
-            Stage::Reading => {
+            Stage::Opening(opening) => {
+                if let Some(layout) =
+                    volume.continue_open(opening, STAGE_CHAIN_LINKS).map_err(LibraryError::Fs)?
+                {
+                    self.stage = Stage::Reading(Box::new(layout));
+                }
+            }
+            Stage::Reading(layout) => {
                 let start = self.done as usize;
                 let end = (start + STAGE_READ_BYTES).min(length);
-                let mut file = volume.reopen(&self.layout);
-                let read = file.read_at(self.done, &mut self.buffer[start..end]).map_err(LibraryError::Fs)?;
+                let read = layout
+                    .read_at(volume, self.done, &mut self.buffer[start..end])
+                    .map_err(LibraryError::Fs)?;
                 if read == 0 {
                     return Err(LibraryError::Load(LoadError::ShortRead {
                         read: self.done,
-                        expected: self.layout.size,
+                        expected: self.size,
                     }));
                 }
                 self.done += read as u64;
                 if self.done as usize >= length {
-                    self.stage = Stage::Checking;
-                }
-            }
-            Stage::Checking => {
-                let bytes = &self.buffer[..length];
-                if !bytes.starts_with(b"GGUF") {
-                    let mut magic = [0u8; 4];
-                    let head = &bytes[..bytes.len().min(4)];
-                    magic[..head.len()].copy_from_slice(head);
-                    let found = u32::from_le_bytes(magic);
-                    let kind = if self.name.to_ascii_lowercase().ends_with(".gguf") {
-                        ModelErrorKind::BadMagic { found }
-                    } else {
-                        ModelErrorKind::InvalidTokenizer(
-                            "only GGUF models (with their tokenizer) load in the background",
-                        )
-                    };
-                    return Err(LibraryError::Invalid(ModelError::new(0, kind)));
-                }
-                let file = ModelFile::parse(bytes).map_err(LibraryError::Invalid)?;
-                let vocab_size = file.config().vocab_size;
-                let Some(gguf) = &file.gguf else {
-                    return Err(LibraryError::Invalid(ModelError::new(
-                        0,
-                        ModelErrorKind::InvalidTokenizer("a GGUF file without its metadata"),
-                    )));
-                };
-                let build = TokenizerBuild::begin(gguf).map_err(LibraryError::Invalid)?;
-                self.stage = Stage::Tokenizer(Box::new(build), vocab_size);
-            }
-            Stage::Tokenizer(build, vocab_size) => {
-                let bytes = &self.buffer[..length];
-                if build.step(bytes, STAGE_TOKENIZER_UNITS).map_err(LibraryError::Invalid)? {
-                    let vocab_size = *vocab_size;
-                    let Stage::Tokenizer(build, _) = core::mem::replace(&mut self.stage, Stage::Checking)
-                    else {
-                        return Ok(false);
-                    };
-                    let tokenizer = build.finish().map_err(LibraryError::Invalid)?;
-                    if tokenizer.vocab_size() > vocab_size {
+                    if !check_magic(&self.name, &self.buffer[..length])? {
                         return Err(LibraryError::Invalid(ModelError::new(
                             0,
                             ModelErrorKind::InvalidTokenizer(
-                                "the tokenizer has more tokens than the model's vocabulary",
+                                "only GGUF models (with their tokenizer) load in the background",
                             ),
                         )));
                     }
-                    self.stage = Stage::Ready(tokenizer);
+                    self.stage = Stage::Preparing(Box::default());
+                }
+            }
+            Stage::Preparing(preparation) => {
+                let (memory, budget, weights_base) = (self.memory, self.budget, self.buffer.handle().base());
+                let mut allocate = |size| tables_buffer(memory, budget, weights_base, size);
+                if preparation.unit(&self.buffer[..length], &mut allocate)? {
+                    let prepared = core::mem::take(&mut **preparation).finish();
+                    let short = LoadError::ShortRead { read: self.done, expected: self.size };
+                    self.stage = Stage::Ready(Box::new(prepared.ok_or(LibraryError::Load(short))?));
                 }
             }
             Stage::Ready(_) => return Ok(true),
         }
-        Ok(matches!(self.stage, Stage::Ready(_)))
+        Ok(self.is_ready())
     }
 
     /// The validated model, once [`StagedLoad::advance`] returned `true`: an assembly of the
     /// finished parts, with nothing left to parse or build.
     pub fn finish(self) -> Result<ServedModel<TensorBuffer<'memory>>, LibraryError> {
         match self.stage {
-            Stage::Ready(tokenizer) => {
-                Ok(ServedModel::from_validated(&self.name, self.buffer, self.layout.size as usize, tokenizer))
+            Stage::Ready(prepared) => {
+                let (tables, layout) = *prepared;
+                Ok(ServedModel::from_prepared(&self.name, self.buffer, self.size as usize, tables, layout))
             }
-            _ => {
-                Err(LibraryError::Load(LoadError::ShortRead { read: self.done, expected: self.layout.size }))
-            }
+            _ => Err(LibraryError::Load(LoadError::ShortRead { read: self.done, expected: self.size })),
         }
     }
 }
@@ -340,6 +429,7 @@ mod tests {
         mm::{buffer::tests::host_backed_memory, layout::MIB},
         model::TensorType,
         serve::chat::{GenerationSettings, answer},
+        serve::prepare::STAGE_TOKENIZER_UNITS,
     };
     use alloc::string::ToString;
 
@@ -379,17 +469,22 @@ mod tests {
             ["good.gguf", "bad.gguf"]
         );
 
-        // With no time budget every advance does exactly one bounded unit: a read of
-        // STAGE_READ_BYTES, the check of the whole file, or STAGE_TOKENIZER_UNITS tokens or
-        // merges.
+        // With no time budget every advance does exactly one bounded unit: STAGE_CHAIN_LINKS
+        // links of the cluster chain, a read of STAGE_READ_BYTES, or one unit of the preparation (STAGE_SCAN_BYTES validated,
+        // STAGE_TOKENIZER_UNITS tokens or merges, a layer's shapes).
         let clock = TickingClock::default();
+        let mut preparation = Preparation::<Vec<u8>>::new();
+        let mut preparation_units = 1;
+        while !preparation.unit(&good, &mut |size| Ok::<_, ModelError>(alloc::vec![0; size])).unwrap() {
+            preparation_units += 1;
+        }
         let gguf = crate::model::GgufFile::parse(&good).unwrap();
         let entries = |key: &str| gguf.array(key).unwrap().unwrap().count;
         let tokenizer_entries = entries("tokenizer.ggml.tokens") + entries("tokenizer.ggml.merges");
-        let expected_units = good.len().div_ceil(STAGE_READ_BYTES)
-            + 1
-            + tokenizer_entries.div_ceil(STAGE_TOKENIZER_UNITS)
-            + usize::from(tokenizer_entries.is_multiple_of(STAGE_TOKENIZER_UNITS));
+        assert!(preparation_units > tokenizer_entries / STAGE_TOKENIZER_UNITS, "{preparation_units} units");
+        let clusters = (good.len() as u64).div_ceil(volume.layout().cluster_bytes()) as usize;
+        let expected_units =
+            clusters.div_ceil(STAGE_CHAIN_LINKS) + good.len().div_ceil(STAGE_READ_BYTES) + preparation_units;
         let mut staged = StagedLoad::begin(&mut volume, memory, None, "good.gguf").unwrap();
         let mut units = 1;
         while !staged.advance(&mut volume, &clock, 0).unwrap() {
@@ -535,9 +630,10 @@ mod tests {
         // The base address of a model's weights buffer, keeping the model.
         let base_of = |model: ServedModel<TensorBuffer<'static>>, name: &str| {
             let length = model.size();
-            let (bytes, tokenizer) = model.into_parts();
+            let layout = model.layout();
+            let (bytes, tables) = model.into_parts();
             let base = bytes.handle().base();
-            (ServedModel::from_validated(name, bytes, length, tokenizer), base)
+            (ServedModel::from_prepared(name, bytes, length, tables, layout), base)
         };
         let first = load_model(&mut volume, memory, None, names[0], |_, _| {}).unwrap();
         let (mut active, mut active_base) = base_of(first, names[0]);

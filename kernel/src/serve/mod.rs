@@ -10,6 +10,7 @@ pub mod generation;
 pub mod governor;
 pub mod library;
 pub mod loader;
+pub mod prepare;
 pub mod pressure;
 pub mod protocol;
 pub mod reply;
@@ -17,6 +18,7 @@ pub mod retire;
 pub mod scheduler;
 pub mod server;
 mod swap;
+pub mod swap_cost;
 
 /// Longest console line accepted, in bytes.
 pub const MAX_LINE: usize = 1024;

@@ -1,32 +1,30 @@
-//! Models that were replaced by a hot-swap, freed a small piece at a time between tokens.
+//! Models that were replaced by a hot-swap, freed a piece at a time between tokens.
 //!
-//! Dropping a served model frees its weights buffer and every allocation of its tokenizer
-//! (tens of thousands for a real vocabulary); done in one go at a token boundary it would stall
-//! generation for that long. A replaced model is retired here instead: its weights go back to
-//! the pool as soon as no batch holds it, and its tokenizer is taken apart in bounded units
-//! within the time a round may spend on background work.
+//! A served model is two buffers of the weights pool: its file and its tables (tensor index
+//! and tokenizer). A replaced model is retired here: as soon as no batch holds it, its buffers
+//! go back to the pool one per unit of work (a buffer's release is one chunk-allocator
+//! operation), within the time a round may spend on background work.
 
 #![forbid(unsafe_code)]
 
-use super::chat::ServedModel;
-use crate::{hil::Clock, infer::Tokenizer};
+use super::{chat::ServedModel, library::LongestUnit};
+use crate::hil::Clock;
 use alloc::{sync::Arc, vec::Vec};
 use core::ops::Deref;
-
-/// Allocations of a retired tokenizer freed in one unit.
-pub const SHED_UNITS: usize = 64;
 
 /// Replaced models waiting to be freed.
 pub struct Retired<Bytes: Deref<Target = [u8]>> {
     /// Models some batch may still use (each is freed once this is the last reference).
     held: Vec<Arc<ServedModel<Bytes>>>,
-    /// Tokenizers of models whose weights are already freed.
-    shedding: Vec<Tokenizer>,
+    /// Tables buffers of models whose weights are already freed.
+    shedding: Vec<Bytes>,
+    /// The longest unit of freeing since [`Retired::take_longest_unit`].
+    longest_unit: LongestUnit,
 }
 
 impl<Bytes: Deref<Target = [u8]>> Default for Retired<Bytes> {
     fn default() -> Self {
-        Self { held: Vec::new(), shedding: Vec::new() }
+        Self { held: Vec::new(), shedding: Vec::new(), longest_unit: LongestUnit::default() }
     }
 }
 
@@ -41,8 +39,8 @@ impl<Bytes: Deref<Target = [u8]>> Retired<Bytes> {
         self.held.is_empty() && self.shedding.is_empty()
     }
 
-    /// Whether something can be freed now (a model no batch holds, or a tokenizer being taken
-    /// apart).
+    /// Whether something can be freed now (a model no batch holds, or the tables of one whose
+    /// weights went first).
     pub fn has_work(&self) -> bool {
         !self.shedding.is_empty() || self.held.iter().any(|model| Arc::strong_count(model) == 1)
     }
@@ -52,29 +50,36 @@ impl<Bytes: Deref<Target = [u8]>> Retired<Bytes> {
         self.held.len() + self.shedding.len()
     }
 
-    /// Frees in bounded units (a weights buffer, or [`SHED_UNITS`] tokenizer allocations),
-    /// at least one, until `deadline_ns` of `clock` passes or nothing more can be freed now.
-    /// Returns whether any work was done.
+    /// Frees in bounded units (a weights buffer, or a tables buffer), at least one, until
+    /// `deadline_ns` of `clock` passes or nothing more can be freed now. Returns whether any
+    /// work was done.
     pub fn work(&mut self, clock: &dyn Clock, deadline_ns: u64) -> bool {
         let mut worked = false;
         while !worked || clock.now_ns() < deadline_ns {
-            if let Some(index) = self.held.iter().position(|model| Arc::strong_count(model) == 1) {
+            let started = clock.now_ns();
+            let what = if let Some(index) = self.held.iter().position(|model| Arc::strong_count(model) == 1) {
                 let model = self.held.swap_remove(index);
                 if let Ok(model) = Arc::try_unwrap(model) {
-                    let (bytes, tokenizer) = model.into_parts();
+                    let (bytes, tables) = model.into_parts();
                     drop(bytes);
-                    self.shedding.push(tokenizer);
+                    self.shedding.push(tables);
                 }
-            } else if let Some(tokenizer) = self.shedding.last_mut() {
-                if tokenizer.shed(SHED_UNITS) {
-                    self.shedding.pop();
-                }
+                "free a model's weights"
+            } else if let Some(tables) = self.shedding.pop() {
+                drop(tables);
+                "free a model's tables"
             } else {
                 break;
-            }
+            };
+            self.longest_unit.note(clock.now_ns().saturating_sub(started), what);
             worked = true;
         }
         worked
+    }
+
+    /// The longest unit of freeing since the last call, and starts counting again.
+    pub fn take_longest_unit(&mut self) -> LongestUnit {
+        core::mem::take(&mut self.longest_unit)
     }
 
     /// Frees everything no batch holds at once (when nothing is generating).
@@ -128,14 +133,14 @@ mod tests {
         drop(batch);
         assert!(retired.has_work());
         // Each call with an already passed deadline does one unit: the weights first, then
-        // SHED_UNITS tokenizer allocations at a time.
+        // the tables.
         let mut units = 0;
         while !retired.is_empty() {
             assert!(retired.work(&clock, 0));
             units += 1;
-            assert!(units < 10_000);
+            assert!(units <= 2);
         }
-        assert!(units > 2, "the tokenizer came apart in several units, not one");
+        assert_eq!(units, 2, "the weights and the tables, one unit each");
         assert!(!retired.work(&clock, u64::MAX));
     }
 }

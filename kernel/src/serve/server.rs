@@ -23,6 +23,7 @@ use super::{
     protocol::{self, Event, Operation, Timings, Usage},
     reply::{Replies, ReplyStatistics},
     retire::Retired,
+    swap_cost::SwapGaps,
 };
 use crate::{
     boot_info::BootInfo,
@@ -36,7 +37,7 @@ use crate::{
     },
     telemetry::{self, EventKind, PressureLevel},
 };
-use alloc::{collections::VecDeque, string::String, sync::Arc, vec::Vec};
+use alloc::{string::String, sync::Arc, vec::Vec};
 use core::cell::RefCell;
 
 pub use super::reply::Origin;
@@ -96,13 +97,11 @@ pub struct Server<'a, D: BlockDevice> {
     /// The KV block pool, kept across batches so cached prompt prefixes outlive requests, with
     /// the block size (in floats) it was made for.
     pub(super) kv_pool: Option<(usize, Arc<KvBlockPool<'a>>)>,
-    /// Gaps between rounds of tokens while a background load ran, in ns.
-    pub(super) swap_gaps: Vec<u64>,
-    /// The most recent [`super::swap::RECENT_GAPS`] gaps between rounds, less any load or swap
-    /// work done in them, in ns.
-    pub(super) recent_gaps: VecDeque<u64>,
-    /// The last swap's pause: longest gap minus median gap during the load, in ns.
-    pub(super) last_swap_pause_ns: Option<(u64, u64)>,
+    /// Gaps between rounds of tokens: those of the swap under way with the work each round
+    /// did, and the recent ones (what a swap costs, see [`super::swap_cost`]).
+    pub(super) swap_gaps: SwapGaps,
+    /// The longest unit of the swap under way (see [`super::library::LongestUnit`]).
+    pub(super) swap_longest_unit: super::library::LongestUnit,
     /// The board clock when the first token since power-on was generated (boot to first
     /// token: the generic timer starts at zero with the board).
     pub(super) first_token_since_boot_ns: Option<u64>,
@@ -146,9 +145,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             set_aside: None,
             card_config: CardConfig::default(),
             kv_pool: None,
-            swap_gaps: Vec::new(),
-            recent_gaps: VecDeque::with_capacity(super::swap::RECENT_GAPS),
-            last_swap_pause_ns: None,
+            swap_gaps: SwapGaps::new(),
+            swap_longest_unit: super::library::LongestUnit::default(),
             first_token_since_boot_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
             retired: Retired::default(),
@@ -379,7 +377,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
             if self.staging.is_none() {
                 // A swap that finished as its batch ended is reported with the gaps it had.
-                self.report_swap_pause();
+                self.report_swap_cost();
                 self.retired.release_unheld();
             }
             if handled {

@@ -2,8 +2,9 @@
 //! `/load` when nothing is generating, the background load (a piece between rounds of tokens)
 //! when something is, the swap at a token boundary, and the measure of its pause.
 //!
-//! Everything here runs outside the serving path's allocation scopes: a model's bookkeeping is
-//! made while it loads, on the counted heap.
+//! Everything here runs outside the serving path's allocation scopes. A model itself lives in
+//! two weights-pool buffers (its file, and its tables: tensor index and tokenizer); only a
+//! load's own transient state (the staged load, the file name) is on the counted heap.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ use super::{
     library::{LibraryError, StagedLoad, WEIGHTS_BUDGET_POOL, list_models, load_model},
     loader::progress_line,
     server::Server,
+    swap_cost::RoundWork,
 };
 use crate::{
     hil::BlockDevice,
@@ -21,14 +23,10 @@ use crate::{
     },
     telemetry::{self, EventKind, ShortName},
 };
-use alloc::{string::String, sync::Arc, vec::Vec};
+use alloc::{string::String, sync::Arc};
 
 /// Least time a background load may work between two rounds of tokens, in ns.
 pub const STAGE_SLICE_NS: u64 = 250_000;
-
-/// Gaps between rounds (less their load or swap work) that the swap pause's median is taken
-/// over: the most recent ones, since a gap grows with the sequence's length.
-pub const RECENT_GAPS: usize = 16;
 
 /// A background load may also take up to this fraction (1/N) of the median gap between rounds,
 /// so a slow model (seconds per token) still loads in a reasonable number of tokens.
@@ -194,7 +192,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.say_line(&message);
             return Ok(());
         };
-        match StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name) {
+        let started = self.clock.now_ns();
+        let begun = StagedLoad::begin(volume, self.memory, self.card_config.weights_budget, name);
+        let begin_ns = self.clock.now_ns().saturating_sub(started);
+        match begun {
             Ok(staged) => {
                 telemetry::record(EventKind::LoadStarted { model: ShortName::new(name) });
                 let message =
@@ -202,6 +203,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.staging = Some(staged);
                 self.room_wanted = None;
                 self.swap_gaps.clear();
+                if self.in_batch {
+                    self.swap_gaps.add_outside_work(begin_ns);
+                }
+                self.swap_longest_unit = super::library::LongestUnit::default();
+                self.swap_longest_unit.note(begin_ns, "look up the file");
                 self.say_line(&message);
                 Ok(())
             }
@@ -262,12 +268,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// How long a background load may work between two rounds of tokens: at least
-    /// [`STAGE_SLICE_NS`], at most 1/[`STAGE_SLICE_FRACTION`] of the recent median gap.
-    pub(super) fn stage_budget_ns(&self) -> u64 {
-        let mut recent: Vec<u64> = self.recent_gaps.iter().copied().collect();
-        recent.sort_unstable();
-        let median = recent.get(recent.len() / 2).copied().unwrap_or(0);
-        (median / STAGE_SLICE_FRACTION).max(STAGE_SLICE_NS)
+    /// [`STAGE_SLICE_NS`], at most 1/[`STAGE_SLICE_FRACTION`] of the recent median gap (less
+    /// the swap work done in those rounds), the same for every round of a swap once the
+    /// recent gaps are known (see [`super::swap_cost::SwapGaps::slice_ns`]).
+    pub(super) fn stage_budget_ns(&mut self) -> u64 {
+        let under_way = self.swap_in_progress();
+        self.swap_gaps.slice_ns(STAGE_SLICE_NS, STAGE_SLICE_FRACTION, under_way)
     }
 
     /// Whether a hot-swap is under way: a model is being staged, or a replaced one can be
@@ -278,16 +284,22 @@ impl<'a, D: BlockDevice> Server<'a, D> {
 
     /// Background work between two rounds of tokens, for about `budget_ns`. A staged model that
     /// is ready is swapped in, and nothing else is done in that round: the swap is a pointer
-    /// exchange. Otherwise the replaced models are freed a piece at a time, then the staged
-    /// load advances (reading, validating, building the tokenizer, in small units).
+    /// exchange. Otherwise the replaced models are freed a buffer at a time, then the staged
+    /// load advances (reading, validating, building the tensor index and the tokenizer, in
+    /// small units).
     pub(super) fn background_work(&mut self, budget_ns: u64) {
         if self.staging.as_ref().is_some_and(StagedLoad::is_ready) {
+            self.swap_gaps.note_work(RoundWork::Swap);
             self.advance_staging(0);
             return;
         }
         let deadline = self.clock.now_ns().saturating_add(budget_ns);
         if self.retired.has_work() && self.retired.work(self.clock, deadline) {
+            self.swap_gaps.note_work(RoundWork::Free);
             return;
+        }
+        if self.staging.is_some() {
+            self.swap_gaps.note_work(RoundWork::Load);
         }
         self.advance_staging(deadline.saturating_sub(self.clock.now_ns()));
     }
@@ -295,19 +307,23 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// Works on a background load for `budget_ns`, or swaps it in when it is ready.
     pub(super) fn advance_staging(&mut self, budget_ns: u64) {
         let (Some(staging), Ok(volume)) = (&mut self.staging, &mut self.volume) else { return };
-        let ready = staging.is_ready();
-        let name = String::from(staging.name());
-        if !ready {
-            if let Err(error) = staging.advance(volume, self.clock, budget_ns) {
+        if !staging.is_ready() {
+            let result = staging.advance(volume, self.clock, budget_ns);
+            self.swap_longest_unit.merge(staging.longest_unit());
+            if let Err(error) = result {
+                let name = String::from(staging.name());
                 self.staging = None;
                 self.load_failed(&name, &error);
             }
             return;
         }
         let Some(staged) = self.staging.take() else { return };
+        let started = self.clock.now_ns();
+        let name = String::from(staged.name());
         match staged.finish() {
             Ok(model) => {
                 let old = self.activate(model).unwrap_or_default();
+                self.swap_longest_unit.note(self.clock.now_ns().saturating_sub(started), "swap");
                 let message = alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
                 self.say_line(&message);
             }
@@ -315,48 +331,46 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Records the gap since the previous round, `background_ns` of which went to a load or
-    /// swap. Gaps while a swap is under way are kept apart; the round without its background
-    /// work also counts as a plain gap (gaps grow with the sequence, so the median stays
-    /// current). When the swap is over, its pause is the longest of its gaps minus the median
-    /// of the recent plain gaps.
+    /// Records the gap since the previous round, `background_ns` of which went to a load,
+    /// swap or freeing. Gaps while a swap is under way are the swap's; when it is over, its
+    /// cost is reported.
     pub(super) fn record_round_gap(&mut self, gap_ns: u64, background_ns: u64, staging_before: bool) {
         if !staging_before {
             // A swap whose last freeing happened outside a batch ends here.
-            self.report_swap_pause();
-        } else {
-            self.swap_gaps.push(gap_ns);
+            self.report_swap_cost();
         }
-        if self.recent_gaps.len() == RECENT_GAPS {
-            self.recent_gaps.pop_front();
-        }
-        self.recent_gaps.push_back(gap_ns.saturating_sub(background_ns));
+        self.swap_gaps.record(gap_ns, background_ns, staging_before);
         if staging_before && !self.swap_in_progress() {
-            self.report_swap_pause();
+            self.report_swap_cost();
         }
     }
 
-    /// Reports the pause of the swap whose round gaps were recorded (if any): the longest of
-    /// them minus the median of the gaps just before it (or of its own, when none came before).
-    pub(super) fn report_swap_pause(&mut self) {
-        if self.swap_gaps.is_empty() {
-            return;
-        }
-        let mut baseline: Vec<u64> = if self.recent_gaps.is_empty() {
-            self.swap_gaps.clone()
-        } else {
-            self.recent_gaps.iter().copied().collect()
-        };
-        baseline.sort_unstable();
-        let median = baseline[baseline.len() / 2];
-        let longest = self.swap_gaps.iter().copied().max().unwrap_or(median).max(median);
-        self.swap_gaps.clear();
-        self.last_swap_pause_ns = Some((longest, median));
+    /// Reports the cost of the swap whose rounds were recorded (if any, see
+    /// [`super::swap_cost`]): its stall against a loading round (from the rounds' swap work,
+    /// and from their gaps), the load's throughput tax and duration in rounds, the swap
+    /// round's work, the longest single unit of its work (loading, swapping, freeing) and the
+    /// rounds of tokens it spanned.
+    pub(super) fn report_swap_cost(&mut self) {
+        let Some(cost) = self.swap_gaps.finish() else { return };
+        let mut unit = core::mem::take(&mut self.swap_longest_unit);
+        unit.merge(self.retired.take_longest_unit());
+        let milliseconds = |ns: u64| ns as f64 / 1e6;
         let message = alloc::format!(
-            "swap pause: longest gap between tokens {:.3} ms, median {:.3} ms, pause {:.3} ms",
-            longest as f64 / 1e6,
-            median as f64 / 1e6,
-            (longest - median) as f64 / 1e6
+            "swap stall: {:.3} ms (most swap work in a round {:.3} ms, loading rounds' median {:.3} ms); by gaps {:.3} ms (longest {:.3} ms, loading rounds' median {:.3} ms); load {} rounds, {:.3} ms of work, tax {:.3}x (idle median {:.3} ms); swap round {:.3} ms; longest unit {:.3} ms ({}); {} rounds",
+            milliseconds(cost.stall_ns()),
+            milliseconds(cost.longest_work_ns),
+            milliseconds(cost.loading_work_ns),
+            milliseconds(cost.gap_stall_ns()),
+            milliseconds(cost.longest_gap_ns),
+            milliseconds(cost.loading_gap_ns),
+            cost.load_rounds,
+            milliseconds(cost.load_work_ns),
+            cost.tax(),
+            milliseconds(cost.idle_gap_ns),
+            milliseconds(cost.swap_work_ns),
+            milliseconds(unit.ns),
+            unit.what,
+            cost.rounds,
         );
         self.say_line(&message);
     }

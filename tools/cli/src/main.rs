@@ -541,7 +541,7 @@ fn generate(
             generated.push(token);
             if !tokenizer.is_stop(token) {
                 text.clear();
-                decoder.push(&tokenizer.decode(previous, token), &mut text);
+                decoder.push(tokenizer.decode(previous, token), &mut text);
                 let _ = stdout.write_all(text.as_bytes());
                 let _ = stdout.flush();
             }

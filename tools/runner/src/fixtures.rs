@@ -39,6 +39,8 @@ const BULK_BYTES: usize = 32 << 20;
 ///   `absurd-dimensions.gguf`, `tokenizer-out-of-range.gguf`: hostile files derived from
 ///   `tiny-q8.gguf`;
 /// - anything else is a path relative to the workspace root (e.g. a model in build/models/).
+///
+/// A test may put a fixture on the card under another name (see [`fixture_and_file_name`]).
 pub fn model_bytes(root: &Path, name: &str) -> Result<Vec<u8>, String> {
     match name {
         "tiny-q8.gguf" => tiny(TensorType::Q8_0, 7),
@@ -88,17 +90,62 @@ fn patch_u32(mut bytes: Vec<u8>, key: &str, value: u32) -> Result<Vec<u8>, Strin
     Ok(bytes)
 }
 
-/// Writes each fixture of `names` into `directory` under its file name, returning the paths.
+/// A fixture name as a test lists it, split into the fixture and the file name it gets on
+/// the card: `FIXTURE=NAME` puts fixture `FIXTURE` (say, a model in build/models/) on the card
+/// as `NAME` (so one file can be there twice); a plain `FIXTURE` keeps its own file name.
+pub fn fixture_and_file_name(entry: &str) -> Result<(&str, &str), String> {
+    let (fixture, file_name) = match entry.split_once('=') {
+        Some((fixture, file_name)) => (fixture, file_name),
+        None => (entry, Path::new(entry).file_name().and_then(|name| name.to_str()).unwrap_or("")),
+    };
+    let plain =
+        !file_name.is_empty() && !file_name.contains(['/', '\\']) && file_name != "." && file_name != "..";
+    if fixture.is_empty() || !plain {
+        return Err(format!("bad model name {entry}"));
+    }
+    Ok((fixture, file_name))
+}
+
+/// Writes each fixture of `names` into `directory` under its file name (see
+/// [`fixture_and_file_name`]), returning the paths.
 pub fn write_models(root: &Path, directory: &Path, names: &[String]) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(directory).map_err(|error| format!("{}: {error}", directory.display()))?;
     names
         .iter()
-        .map(|name| {
-            let bytes = model_bytes(root, name)?;
-            let file_name = Path::new(name).file_name().ok_or_else(|| format!("bad model name {name}"))?;
+        .map(|entry| {
+            let (fixture, file_name) = fixture_and_file_name(entry)?;
+            let bytes = model_bytes(root, fixture)?;
             let path = directory.join(file_name);
             std::fs::write(&path, bytes).map_err(|error| format!("{}: {error}", path.display()))?;
             Ok(path)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixture_can_take_another_name_on_the_card() {
+        assert_eq!(fixture_and_file_name("tiny-q8.gguf"), Ok(("tiny-q8.gguf", "tiny-q8.gguf")));
+        assert_eq!(
+            fixture_and_file_name("build/models/m.gguf=copy.gguf"),
+            Ok(("build/models/m.gguf", "copy.gguf"))
+        );
+        assert_eq!(fixture_and_file_name("build/models/m.gguf"), Ok(("build/models/m.gguf", "m.gguf")));
+        for bad in ["=copy.gguf", "m.gguf=", "m.gguf=a/b.gguf", "m.gguf=..", ""] {
+            assert!(fixture_and_file_name(bad).is_err(), "{bad}");
+        }
+        let directory = std::env::temp_dir().join(format!("tessera-fixtures-{}", std::process::id()));
+        let paths = write_models(
+            Path::new("."),
+            &directory,
+            &["tiny-q8.gguf".to_string(), "tiny-q8.gguf=again.gguf".to_string()],
+        )
+        .unwrap();
+        assert_eq!(paths, [directory.join("tiny-q8.gguf"), directory.join("again.gguf")]);
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), std::fs::read(&paths[1]).unwrap());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
 }

@@ -69,7 +69,7 @@ struct TestSpec {
     step: Vec<Step>,
     /// Play the steps from number `from` (counting from 1) to the end `times` times in all.
     repeat: Option<Repeat>,
-    /// A summary to print from the output: `swap_pause` (the kernel's `swap pause:` lines).
+    /// A summary to print from the output: `swap_cost` (the kernel's `swap stall:` lines).
     report: Option<String>,
 }
 
@@ -496,9 +496,9 @@ fn select_tests<'manifest>(
         .filter(|spec| spec.bench == options.bench)
         .collect();
     if let Some(spec) =
-        selected.iter().find(|spec| spec.report.as_deref().is_some_and(|report| report != "swap_pause"))
+        selected.iter().find(|spec| spec.report.as_deref().is_some_and(|report| report != "swap_cost"))
     {
-        return Err(format!("{}: unknown report {:?} (known: swap_pause)", spec.name, spec.report));
+        return Err(format!("{}: unknown report {:?} (known: swap_cost)", spec.name, spec.report));
     }
     Ok(selected)
 }
@@ -626,8 +626,8 @@ fn verdict(
 /// What a passed test prints after its line: its report, then all of its `output` when
 /// `verbose`, or for a benchmark its table rows and the console lines its script waited for.
 fn print_passed_output(spec: &TestSpec, output: &str, verbose: bool) {
-    if spec.report.as_deref() == Some("swap_pause") {
-        runner::report::swap_pause_table(output).iter().for_each(|line| println!("{line}"));
+    if spec.report.as_deref() == Some("swap_cost") {
+        runner::report::swap_cost_tables(output).iter().for_each(|line| println!("{line}"));
     }
     if verbose {
         println!("{output}");

@@ -1,273 +1,203 @@
 //! Tokenizers: llama2.c's score-based merges and GPT-2-style byte-level BPE from GGUF
 //! metadata, behind one [`Tokenizer`] type; plus the chat template and streaming decoding.
+//!
+//! A tokenizer is a view over its flat tables ([`tables`]): one byte buffer holding the
+//! vocabulary, its indexes and its merges, with no allocation per token. On the host the
+//! buffer is a `Vec<u8>`; in the kernel it is a weights-pool buffer that lives and dies with
+//! its model. The tables are built in bounded steps ([`build::TokenizerBuild`]).
 
 #![forbid(unsafe_code)]
 
 pub mod bpe;
+pub mod build;
 pub mod chat;
 pub mod pretokenize;
 pub mod score;
 pub mod stream;
+pub mod tables;
 
-use alloc::boxed::Box;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Deref;
 
-use crate::model::gguf::{GgufFile, Value};
+use crate::model::ModelError;
+use crate::model::gguf::GgufFile;
 use crate::model::llama2c::TokenizerFile;
-use crate::model::reader::Reader;
-use crate::model::{ModelError, ModelErrorKind};
-pub use bpe::{BpeBuilder, BpeTokenizer};
-pub use score::ScoreTokenizer;
+pub use build::TokenizerBuild;
 pub use stream::StreamDecoder;
+use tables::{FLAG_CONTROL, Tables};
+pub use tables::{TablesLayout, TokenizerKind};
 
-/// A model's tokenizer.
+/// A model's tokenizer: its tables (`Vec<u8>` on the host, a pool buffer or a borrowed slice
+/// in the kernel) and where each table lies in them.
 #[derive(Clone, Debug)]
-pub enum Tokenizer {
-    /// llama2.c's `tokenizer.bin`.
-    Score(ScoreTokenizer),
-    /// Byte-level BPE from GGUF metadata.
-    Bpe {
-        /// The vocabulary and merges.
-        tokenizer: Box<BpeTokenizer>,
-        /// Beginning-of-sequence token, when the model has one.
-        bos: Option<u32>,
-        /// End-of-sequence token, when the model has one.
-        eos: Option<u32>,
-        /// Whether a prompt starts with BOS (`tokenizer.ggml.add_bos_token`).
-        add_bos: bool,
-    },
+pub struct Tokenizer<T: Deref<Target = [u8]> = Vec<u8>> {
+    tables: T,
+    layout: TablesLayout,
 }
 
 impl Tokenizer {
     /// Reads a llama2.c `tokenizer.bin` for a vocabulary of `vocab_size`.
     pub fn from_llama2c(bytes: &[u8], vocab_size: usize) -> Result<Self, ModelError> {
         let file = TokenizerFile::parse(bytes, vocab_size)?;
-        Ok(Tokenizer::Score(ScoreTokenizer::new(
-            file.tokens.iter().map(|token| token.to_vec()).collect(),
-            file.scores,
-        )))
+        let layout = build::plan_score(&file.tokens)?;
+        build::build_score(&file.tokens, &file.scores, layout, alloc::vec![0; layout.total_bytes()])
     }
 
     /// Builds the tokenizer stored in GGUF metadata (`tokenizer.ggml.*`, model `gpt2`).
     pub fn from_gguf(file: &GgufFile<'_>) -> Result<Self, ModelError> {
         let mut build = TokenizerBuild::begin(file)?;
-        while !build.step(file.bytes(), usize::MAX)? {}
-        build.finish()
+        let mut tables = alloc::vec![0; build.tables_bytes()];
+        while !build.step(file.bytes(), &mut tables, usize::MAX)? {}
+        build.finish(tables)
+    }
+}
+
+impl<T: Deref<Target = [u8]>> Tokenizer<T> {
+    /// The tokenizer whose tables, laid out as `layout`, are in `tables` (written by a build).
+    pub fn from_parts(tables: T, layout: TablesLayout) -> Self {
+        Self { tables, layout }
+    }
+
+    /// Where the tables lie, and the tokenizer's numbers.
+    pub fn layout(&self) -> &TablesLayout {
+        &self.layout
+    }
+
+    /// The buffer the tables are in.
+    pub fn into_tables(self) -> T {
+        self.tables
+    }
+
+    /// The same tokenizer over a borrowed view of the tables.
+    pub fn borrowed(&self) -> Tokenizer<&[u8]> {
+        Tokenizer { tables: &self.tables, layout: self.layout }
+    }
+
+    fn view(&self) -> Tables<'_> {
+        Tables { bytes: &self.tables, layout: &self.layout }
     }
 
     /// Number of tokens.
     pub fn vocab_size(&self) -> usize {
-        match self {
-            Tokenizer::Score(tokenizer) => tokenizer.vocab_size(),
-            Tokenizer::Bpe { tokenizer, .. } => tokenizer.vocab_size(),
-        }
+        self.layout.vocab_size
     }
 
-    /// Frees up to `units` of a retired tokenizer's allocations; returns whether it is empty
-    /// (a llama2.c tokenizer is left whole for its drop). The tokenizer is unusable afterwards.
-    pub fn shed(&mut self, units: usize) -> bool {
-        match self {
-            Tokenizer::Score(_) => true,
-            Tokenizer::Bpe { tokenizer, .. } => tokenizer.shed(units),
-        }
+    /// Bytes of the tables.
+    pub fn tables_bytes(&self) -> usize {
+        self.layout.total_bytes()
     }
 
     /// Appends the tokens of `text` to `out` (no BOS).
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
-        match self {
-            Tokenizer::Score(tokenizer) => tokenizer.encode(text, out),
-            Tokenizer::Bpe { tokenizer, .. } => tokenizer.encode(text, out),
+        match self.layout.kind {
+            TokenizerKind::Score => score::encode(self.view(), text, out),
+            TokenizerKind::Bpe => bpe::encode(self.view(), self.layout.unknown, text, out),
         }
     }
 
     /// The bytes token `id` contributes to the text when it follows `previous`.
-    pub fn decode(&self, previous: Option<u32>, id: u32) -> Vec<u8> {
-        match self {
-            Tokenizer::Score(tokenizer) => tokenizer.decode(previous, id),
-            Tokenizer::Bpe { tokenizer, .. } => tokenizer.decode(id).to_vec(),
+    pub fn decode(&self, previous: Option<u32>, id: u32) -> &[u8] {
+        match self.layout.kind {
+            TokenizerKind::Score => score::decode(self.view(), previous, id),
+            TokenizerKind::Bpe => self.view().decoded(id),
         }
     }
 
     /// The beginning-of-sequence token.
     pub fn bos(&self) -> Option<u32> {
-        match self {
-            Tokenizer::Score(_) => Some(score::BOS),
-            Tokenizer::Bpe { bos, .. } => *bos,
-        }
+        self.layout.bos
     }
 
     /// Whether a plain (non-chat) prompt starts with BOS.
     pub fn adds_bos(&self) -> bool {
-        match self {
-            Tokenizer::Score(_) => true,
-            Tokenizer::Bpe { add_bos, bos, .. } => *add_bos && bos.is_some(),
-        }
+        self.layout.add_bos && self.layout.bos.is_some()
     }
 
     /// The token as the vocabulary spells it (GPT-2 byte characters for BPE), for display.
     pub fn spelling(&self, id: u32) -> Option<String> {
-        match self {
-            Tokenizer::Score(tokenizer) => Some(String::from_utf8_lossy(tokenizer.bytes(id)).into_owned()),
-            Tokenizer::Bpe { tokenizer, .. } => tokenizer.spelling(id).map(String::from),
-        }
+        ((id as usize) < self.layout.vocab_size)
+            .then(|| String::from_utf8_lossy(self.view().spelling(id)).into_owned())
     }
 
     /// The end-of-sequence token.
     pub fn eos(&self) -> Option<u32> {
-        match self {
-            Tokenizer::Score(_) => Some(score::EOS),
-            Tokenizer::Bpe { eos, .. } => *eos,
-        }
+        self.layout.eos
     }
 
-    /// The token spelled exactly `text`, such as `<|im_end|>`.
+    /// The token spelled exactly `text`, such as `<|im_start|>`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        match self {
-            Tokenizer::Score(tokenizer) => tokenizer.token_id(text.as_bytes()),
-            Tokenizer::Bpe { tokenizer, .. } => tokenizer.token_id(text),
-        }
+        self.view().find(&[text.as_bytes()])
+    }
+
+    /// Whether token `id` is a control token.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.view().flags(id) & FLAG_CONTROL != 0
     }
 
     /// Whether generation should stop after `id`: end of sequence, or the end of a chat turn.
     pub fn is_stop(&self, id: u32) -> bool {
-        Some(id) == self.eos() || Some(id) == self.token_id(chat::MESSAGE_END)
+        Some(id) == self.layout.eos || Some(id) == self.layout.message_end
     }
 }
 
-/// Strings of a GGUF array still to be read: where the next one starts and how many are left.
-#[derive(Clone, Copy, Debug)]
-struct StringRun {
-    position: usize,
-    left: usize,
-    /// Offset of the array in the file, for errors.
-    offset: usize,
-}
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{
+        gguf::ValueType,
+        write::{GgufWriter, WriteValue},
+    };
+    use alloc::string::ToString;
 
-impl StringRun {
-    /// The next string of `bytes` (the file the run was taken from), or `None` at the end.
-    fn next<'a>(&mut self, bytes: &'a [u8]) -> Result<Option<&'a str>, ModelError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        let mut reader = Reader::at(bytes, self.position);
-        let length = reader.u64()?;
-        let text = core::str::from_utf8(reader.take(length)?)
-            .map_err(|_| ModelError::new(self.position, ModelErrorKind::InvalidUtf8))?;
-        self.position = reader.position();
-        self.left -= 1;
-        Ok(Some(text))
-    }
-}
-
-/// A GGUF file's tokenizer built a bounded piece at a time ([`TokenizerBuild::step`]), so a
-/// model loading in the background never holds up token generation for the whole build. It
-/// keeps no reference to the file: each step is handed the same bytes again.
-#[derive(Clone, Debug)]
-pub struct TokenizerBuild {
-    builder: BpeBuilder,
-    tokens: StringRun,
-    merges: StringRun,
-    bos: Option<u64>,
-    eos: Option<u64>,
-    add_bos: bool,
-}
-
-impl TokenizerBuild {
-    /// Checks the tokenizer metadata of `file` (model `gpt2`, the arrays' types, the token
-    /// types) and prepares the build.
-    pub fn begin(file: &GgufFile<'_>) -> Result<Self, ModelError> {
-        let invalid =
-            |offset: usize, reason| ModelError::new(offset, ModelErrorKind::InvalidTokenizer(reason));
-        let missing = |key: &str| ModelError::new(0, ModelErrorKind::MissingKey(key.to_string()));
-        let model = file.string("tokenizer.ggml.model")?.ok_or_else(|| missing("tokenizer.ggml.model"))?;
-        if model != "gpt2" {
-            return Err(invalid(0, "only the gpt2 (byte-level BPE) tokenizer model is supported"));
-        }
-        let strings = |key: &str, reason| -> Result<StringRun, ModelError> {
-            let array = file.array(key)?.ok_or_else(|| missing(key))?;
-            if array.element_type != crate::model::gguf::ValueType::String {
-                return Err(invalid(array.offset(), reason));
-            }
-            Ok(StringRun { position: array.offset(), left: array.count, offset: array.offset() })
+    /// A GGUF file holding only a gpt2 tokenizer: `tokens` with `types` (may be empty),
+    /// `merges` and the unknown token.
+    pub(crate) fn tokenizer_file(
+        tokens: &[String],
+        types: &[i32],
+        merges: &[&str],
+        unknown: Option<u32>,
+    ) -> Vec<u8> {
+        let strings = |items: &mut dyn Iterator<Item = String>| {
+            WriteValue::Array(ValueType::String, items.map(WriteValue::String).collect())
         };
-        let tokens = strings("tokenizer.ggml.tokens", "tokens are not strings")?;
-        let token_types: Vec<i32> = match file.array("tokenizer.ggml.token_type")? {
-            Some(types) => types
-                .iter()
-                .map(|value| match value {
-                    Value::I32(value) => Some(value),
-                    other => other.as_u64().and_then(|value| i32::try_from(value).ok()),
-                })
-                .collect::<Option<Vec<i32>>>()
-                .ok_or_else(|| invalid(types.offset(), "token types are not integers"))?,
-            None => Vec::new(),
-        };
-        let merges = strings("tokenizer.ggml.merges", "merges are not strings")?;
-        let unknown = file.unsigned("tokenizer.ggml.unknown_token_id")?.and_then(|id| u32::try_from(id).ok());
-        let bos = file.unsigned("tokenizer.ggml.bos_token_id")?;
-        let eos = file.unsigned("tokenizer.ggml.eos_token_id")?;
-        let add_bos = matches!(file.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
-        Ok(Self { builder: BpeBuilder::new(token_types, unknown), tokens, merges, bos, eos, add_bos })
+        let mut writer = GgufWriter::new();
+        writer.metadata("tokenizer.ggml.model", WriteValue::String("gpt2".into()));
+        writer.metadata("tokenizer.ggml.tokens", strings(&mut tokens.iter().cloned()));
+        if !types.is_empty() {
+            writer.metadata(
+                "tokenizer.ggml.token_type",
+                WriteValue::Array(
+                    ValueType::I32,
+                    types.iter().map(|&value| WriteValue::I32(value)).collect(),
+                ),
+            );
+        }
+        writer.metadata("tokenizer.ggml.merges", strings(&mut merges.iter().map(|merge| merge.to_string())));
+        if let Some(unknown) = unknown {
+            writer.metadata("tokenizer.ggml.unknown_token_id", WriteValue::U32(unknown));
+        }
+        writer.finish()
     }
 
-    /// Adds up to `units` more tokens or merges, read from `bytes` (the file `begin` was given).
-    /// Returns whether every token and merge is in.
-    pub fn step(&mut self, bytes: &[u8], units: usize) -> Result<bool, ModelError> {
-        let bad_merge = |offset: usize, error| {
-            ModelError::new(
-                offset,
-                ModelErrorKind::InvalidTokenizer(match error {
-                    bpe::BpeError::BadMerge(_) => "a merge names unknown tokens",
-                    bpe::BpeError::TooManyTokens => "too many tokens",
-                }),
-            )
-        };
-        for _ in 0..units {
-            if let Some(token) = self.tokens.next(bytes)? {
-                let offset = self.tokens.offset;
-                self.builder.push_token(String::from(token)).map_err(|error| bad_merge(offset, error))?;
-            } else if let Some(merge) = self.merges.next(bytes)? {
-                let offset = self.merges.offset;
-                self.builder.push_merge(merge).map_err(|error| bad_merge(offset, error))?;
-            } else {
-                return Ok(true);
-            }
-        }
-        Ok(self.tokens.left == 0 && self.merges.left == 0)
+    /// [`tokenizer_file`]'s tokenizer, or why it was refused.
+    pub(crate) fn try_tokenizer_with(
+        tokens: &[String],
+        types: &[i32],
+        merges: &[&str],
+        unknown: Option<u32>,
+    ) -> Result<Tokenizer, ModelError> {
+        let bytes = tokenizer_file(tokens, types, merges, unknown);
+        Tokenizer::from_gguf(&GgufFile::parse(&bytes)?)
     }
 
-    /// Tokens and merges still to add.
-    pub fn remaining(&self) -> usize {
-        self.tokens.left + self.merges.left
-    }
-
-    /// The finished tokenizer, once [`TokenizerBuild::step`] has returned `true`; checks the
-    /// special tokens against the vocabulary.
-    pub fn finish(self) -> Result<Tokenizer, ModelError> {
-        if self.remaining() > 0 {
-            return Err(ModelError::new(
-                self.tokens.offset,
-                ModelErrorKind::InvalidTokenizer("the tokenizer build was not completed"),
-            ));
-        }
-        let tokenizer = self.builder.finish();
-        let special = |id: Option<u64>| -> Result<Option<u32>, ModelError> {
-            match id {
-                None => Ok(None),
-                Some(id) => match u32::try_from(id) {
-                    Ok(id) if (id as usize) < tokenizer.vocab_size() => Ok(Some(id)),
-                    _ => Err(ModelError::new(
-                        0,
-                        ModelErrorKind::InvalidTokenizer(
-                            "a special token id is past the end of the vocabulary",
-                        ),
-                    )),
-                },
-            }
-        };
-        let bos = special(self.bos)?;
-        let eos = special(self.eos)?;
-        Ok(Tokenizer::Bpe { tokenizer: Box::new(tokenizer), bos, eos, add_bos: self.add_bos })
+    /// [`tokenizer_file`]'s tokenizer.
+    pub(crate) fn tokenizer_with(
+        tokens: &[String],
+        types: &[i32],
+        merges: &[&str],
+        unknown: Option<u32>,
+    ) -> Tokenizer {
+        try_tokenizer_with(tokens, types, merges, unknown).unwrap()
     }
 }

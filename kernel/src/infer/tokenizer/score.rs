@@ -1,10 +1,12 @@
 //! llama2.c's tokenizer: characters (or their bytes as `<0xXX>` tokens) merged pairwise,
-//! the pair whose merged token has the highest score first.
+//! the pair whose merged token has the highest score first, over the tokenizer's flat tables
+//! ([`super::tables`]).
 
 #![forbid(unsafe_code)]
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+
+use super::tables::Tables;
 
 /// Token id of `<s>` in llama2.c vocabularies.
 pub const BOS: u32 = 1;
@@ -13,100 +15,75 @@ pub const EOS: u32 = 2;
 /// Byte `b` is token `b + BYTE_OFFSET` when a character has no token of its own.
 pub const BYTE_OFFSET: u32 = 3;
 
-/// A score-based vocabulary.
-#[derive(Clone, Debug)]
-pub struct ScoreTokenizer {
-    tokens: Vec<Vec<u8>>,
-    scores: Vec<f32>,
-    ids: BTreeMap<Vec<u8>, u32>,
-}
-
-impl ScoreTokenizer {
-    /// Builds the tokenizer from each token's bytes and score.
-    pub fn new(tokens: Vec<Vec<u8>>, scores: Vec<f32>) -> Self {
-        let mut ids = BTreeMap::new();
-        for (id, token) in tokens.iter().enumerate() {
-            ids.entry(token.clone()).or_insert(id as u32);
-        }
-        Self { tokens, scores, ids }
+/// Every byte value once, so a `<0xXX>` token decodes to a slice of it.
+static BYTE_VALUES: [u8; 256] = {
+    let mut values = [0u8; 256];
+    let mut index = 0;
+    while index < 256 {
+        values[index] = index as u8;
+        index += 1;
     }
+    values
+};
 
-    /// Number of tokens.
-    pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+/// Appends the tokens of `text` to `out`, with llama2.c's leading-space convention and no
+/// BOS, using the vocabulary and scores of `tables`.
+pub fn encode(tables: Tables<'_>, text: &str, out: &mut Vec<u32>) {
+    if text.is_empty() {
+        return;
     }
-
-    /// The token whose bytes are `bytes`.
-    pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
-        self.ids.get(bytes).copied()
+    let mut symbols = Vec::new();
+    if let Some(space) = tables.find(&[b" "]) {
+        symbols.push(space);
     }
-
-    /// Appends the tokens of `text` to `out`, with llama2.c's leading-space convention and no
-    /// BOS.
-    pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
-        if text.is_empty() {
-            return;
+    let mut buffer = [0u8; 4];
+    for character in text.chars() {
+        let bytes = character.encode_utf8(&mut buffer).as_bytes();
+        match tables.find(&[bytes]) {
+            Some(id) => symbols.push(id),
+            None => symbols.extend(bytes.iter().map(|&byte| u32::from(byte) + BYTE_OFFSET)),
         }
-        let mut symbols = Vec::new();
-        if let Some(space) = self.token_id(b" ") {
-            symbols.push(space);
-        }
-        let mut buffer = [0u8; 4];
-        for character in text.chars() {
-            let bytes = character.encode_utf8(&mut buffer).as_bytes();
-            match self.token_id(bytes) {
-                Some(id) => symbols.push(id),
-                None => symbols.extend(bytes.iter().map(|&byte| u32::from(byte) + BYTE_OFFSET)),
-            }
-        }
-        let mut joined = Vec::new();
-        loop {
-            let mut best: Option<(f32, usize, u32)> = None;
-            for (at, pair) in symbols.windows(2).enumerate() {
-                joined.clear();
-                joined.extend_from_slice(self.bytes(pair[0]));
-                joined.extend_from_slice(self.bytes(pair[1]));
-                if let Some(id) = self.token_id(&joined) {
-                    let score = self.scores[id as usize];
-                    if best.is_none_or(|(best_score, ..)| score > best_score) {
-                        best = Some((score, at, id));
-                    }
+    }
+    loop {
+        let mut best: Option<(f32, usize, u32)> = None;
+        for (at, pair) in symbols.windows(2).enumerate() {
+            if let Some(id) = tables.find(&[tables.spelling(pair[0]), tables.spelling(pair[1])]) {
+                let score = tables.score(id);
+                if best.is_none_or(|(best_score, ..)| score > best_score) {
+                    best = Some((score, at, id));
                 }
             }
-            let Some((_, at, id)) = best else { break };
-            symbols[at] = id;
-            symbols.remove(at + 1);
         }
-        out.extend_from_slice(&symbols);
+        let Some((_, at, id)) = best else { break };
+        symbols[at] = id;
+        symbols.remove(at + 1);
     }
+    out.extend_from_slice(&symbols);
+}
 
-    /// The stored bytes of token `id`.
-    pub fn bytes(&self, id: u32) -> &[u8] {
-        self.tokens.get(id as usize).map_or(&[], Vec::as_slice)
+/// The bytes token `id` stands for after `previous`: `<0xXX>` becomes the byte, and the
+/// leading space of the first word after BOS is dropped.
+pub fn decode<'t>(tables: Tables<'t>, previous: Option<u32>, id: u32) -> &'t [u8] {
+    let mut piece = tables.spelling(id);
+    if previous == Some(BOS) && piece.first() == Some(&b' ') {
+        piece = &piece[1..];
     }
-
-    /// The bytes token `id` stands for after `previous`: `<0xXX>` becomes the byte, and the
-    /// leading space of the first word after BOS is dropped.
-    pub fn decode(&self, previous: Option<u32>, id: u32) -> Vec<u8> {
-        let mut piece = self.bytes(id);
-        if previous == Some(BOS) && piece.first() == Some(&b' ') {
-            piece = &piece[1..];
-        }
-        if piece.len() == 6
-            && piece.starts_with(b"<0x")
-            && piece.ends_with(b">")
-            && let Some(byte) =
-                core::str::from_utf8(&piece[3..5]).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            return alloc::vec![byte];
-        }
-        piece.to_vec()
+    if piece.len() == 6
+        && piece.starts_with(b"<0x")
+        && piece.ends_with(b">")
+        && let Some(byte) =
+            core::str::from_utf8(&piece[3..5]).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok())
+    {
+        let byte = usize::from(byte);
+        return &BYTE_VALUES[byte..byte + 1];
     }
+    piece
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::Tokenizer;
     use alloc::format;
     use alloc::vec;
 
@@ -117,17 +94,25 @@ mod tests {
         for piece in [" ", "a", "b", " a", "ab", " ab"] {
             tokens.push(piece.as_bytes().to_vec());
         }
-        let mut scores = vec![0.0; tokens.len()];
+        let mut scores = vec![0.0f32; tokens.len()];
         let count = scores.len();
         scores[count - 3] = 1.0; // " a"
         scores[count - 2] = 5.0; // "ab"
         scores[count - 1] = 2.0; // " ab"
-        let tokenizer = ScoreTokenizer::new(tokens, scores);
+        let mut file = (tokens.len() as u32).to_le_bytes().to_vec();
+        for (token, score) in tokens.iter().zip(&scores) {
+            file.extend_from_slice(&score.to_le_bytes());
+            file.extend_from_slice(&(token.len() as i32).to_le_bytes());
+            file.extend_from_slice(token);
+        }
+        let tokenizer = Tokenizer::from_llama2c(&file, tokens.len()).unwrap();
         let mut ids = Vec::new();
         tokenizer.encode("ab\u{e9}", &mut ids);
         // "ab" merges first, then " " + "ab"; é has no token and becomes its two bytes.
         assert_eq!(ids, [count as u32 - 1, 0xc3 + BYTE_OFFSET, 0xa9 + BYTE_OFFSET]);
         assert_eq!(tokenizer.decode(Some(BOS), count as u32 - 1), b"ab");
         assert_eq!(tokenizer.decode(Some(5), 0xc3 + BYTE_OFFSET), [0xc3]);
+        assert_eq!(tokenizer.token_id("ab"), Some(count as u32 - 2));
+        assert_eq!(tokenizer.spelling(count as u32 - 1).as_deref(), Some(" ab"));
     }
 }
