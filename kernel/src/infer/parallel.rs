@@ -70,11 +70,6 @@ impl Prepared {
         rows * columns * 4 + QuantizedRows::bytes_for(rows, columns, precision)
     }
 
-    /// Rows of the current phase.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Sets `rows` rows of `columns` values, row `r` written by `fill(r, row)`, and prepares
     /// them for the matrices that will read them. More rows or columns than the room made by
     /// [`Prepared::new`] is a caller's bug (the pass checks its rows first).
