@@ -1,8 +1,8 @@
 # Tessera: build, run and test the unikernel. `make help` lists the targets.
 #
 # Every target first makes sure the machine has what it needs (`make deps`): the pinned Rust
-# toolchain with the aarch64-unknown-none target (from rust-toolchain.toml) and QEMU
-# (Debian's qemu-system-arm, installed with apt-get when running as root).
+# toolchain with the aarch64-unknown-none target (from rust-toolchain.toml), QEMU (Debian's
+# qemu-system-arm) and mtools (the card check), installed with apt-get when running as root.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
@@ -17,13 +17,16 @@ MACHINE     ?= raspi3b
 DEFAULT_MODEL := $(BUILD)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL       ?= $(DEFAULT_MODEL)
 SDCARD      := $(BUILD)/sdcard.img
+# The Raspberry Pi firmware put on the card (Debian's raspi-firmware, fetched once into
+# build/firmware/); `make sdcard FIRMWARE=` makes a card without it, which boots only in QEMU.
+FIRMWARE    ?= $(BUILD)/firmware/boot
 QEMU_ARGS   := -M $(MACHINE) -kernel $(KERNEL_IMG) -display none -drive file=$(SDCARD),if=sd,format=raw
 CARGO       := cargo
 HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --all-targets -- -D warnings
 AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
 	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
-.PHONY: help deps toolchain qemu-installed build model sdcard run qemu gdb test test-host test-reference test-qemu bench check clippy fmt fmt-check doc clean
+.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu bench check clippy fmt fmt-check doc clean
 
 help:
 	@echo "Tessera make targets:"
@@ -32,19 +35,22 @@ help:
 	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests"
 	@echo "  make build      build $(KERNEL_IMG)"
 	@echo "  make model      fetch SmolLM2-135M-Instruct (sha256-pinned) into $(BUILD)/models/"
-	@echo "  make sdcard     write $(SDCARD): kernel8.img, config.txt and MODEL under /models"
+	@echo "  make sdcard     write $(SDCARD): the Pi firmware, config.txt, kernel8.img and MODEL under /models"
+	@echo "  make firmware   fetch Debian's raspi-firmware (sha256-pinned) into $(FIRMWARE)"
 	@echo "  make test-host  host unit, property and integration tests"
+	@echo "  make test-premmu  kernel8's pre-MMU code (.text.premmu and what it calls) holds no exclusive or atomic instruction"
+	@echo "  make test-card  make sdcard, then check its boot partition with mtools (firmware, config.txt, kernel8.img)"
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
 	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
-	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; QEMU instruction counts (docs/BENCHMARKS.md)"
-	@echo "  make qemu       like run, without rebuilding"
+	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; host compute kernels; QEMU instruction counts (docs/BENCHMARKS.md)"
+	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
 	@echo "  make fmt        format the code (fmt-check only checks)"
 	@echo "  make doc        build the API documentation"
-	@echo "  make deps       install what is missing: Rust toolchain/target/components, QEMU"
+	@echo "  make deps       install what is missing: Rust toolchain/target/components, QEMU, mtools"
 
-deps: toolchain qemu-installed
+deps: toolchain qemu-installed mtools-installed
 
 toolchain:
 	@if ! rustup target list --installed 2>/dev/null | grep -q '^$(TARGET)$$' \
@@ -63,6 +69,16 @@ qemu-installed:
 	  fi; \
 	fi
 
+mtools-installed:
+	@if ! command -v mdir >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo ">> installing mtools (the card check reads the image with mdir) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mtools >/dev/null; \
+	  else \
+	    echo "error: mdir is missing. Install it with: sudo apt-get install mtools"; exit 1; \
+	  fi; \
+	fi
+
 build: toolchain
 	$(CARGO) build -p boot --bin kernel8 --target $(TARGET) --release
 	@mkdir -p $(BUILD)
@@ -77,24 +93,39 @@ model:
 $(DEFAULT_MODEL):
 	@tools/reference/fetch_smollm2.sh >/dev/null
 
-sdcard: build $(MODEL)
-	$(CARGO) run --release -q -p sdimage --bin tessera-sdimage -- $(SDCARD) --kernel $(KERNEL_IMG) --model $(MODEL)
+firmware:
+	@tools/sdimage/fetch-firmware.sh $(BUILD)
+
+sdcard: build $(MODEL) $(if $(FIRMWARE),firmware)
+	$(CARGO) run --release -q -p sdimage --bin tessera-sdimage -- $(SDCARD) --kernel $(KERNEL_IMG) --model $(MODEL) \
+	  $(if $(FIRMWARE),--firmware $(FIRMWARE))
 
 run: deps sdcard qemu
 
+# Boots through cargo's aarch64-unknown-none runner (.cargo/config.toml: qemu-runner --boot).
 qemu: qemu-installed
-	@echo ">> booting $(KERNEL_IMG) on QEMU $(MACHINE); quit with Ctrl-A X"
-	$(QEMU) $(QEMU_ARGS) -serial mon:stdio
+	@echo ">> booting kernel8 on QEMU $(MACHINE) with $(SDCARD); quit with Ctrl-A X"
+	$(CARGO) run -q --release --target $(TARGET) -p boot --bin kernel8 -- --machine $(MACHINE) --sd $(SDCARD)
 
 gdb: deps build
 	@command -v gdb-multiarch >/dev/null || { echo "gdb-multiarch is missing: apt-get install gdb-multiarch"; exit 1; }
 	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
 	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
 
-test: deps check test-host test-reference test-qemu
+test: deps check test-host test-premmu test-card test-reference test-qemu
 
 test-host: toolchain
 	$(CARGO) test --workspace --exclude boot --exclude systests
+
+# Disassembles kernel8's pre-MMU code with the toolchain's llvm-objdump and fails on any
+# load/store-exclusive or atomic instruction (they cannot complete with the MMU off on a real
+# Cortex-A53; QEMU's always do).
+test-premmu: build
+	$(CARGO) run --release -q -p runner --bin premmu-check -- $(KERNEL_ELF)
+
+# The card `make sdcard` writes, read back with mtools as a person would check it.
+test-card: mtools-installed sdcard
+	tools/sdimage/check-card.sh $(SDCARD) $(KERNEL_IMG)
 
 test-reference: toolchain
 	tools/reference/check.sh
@@ -102,17 +133,27 @@ test-reference: toolchain
 test-qemu: deps $(DEFAULT_MODEL)
 	$(CARGO) run --release -q -p runner --bin qemu-runner
 
+# The llama.cpp build `make bench` compares against (pinned; built from source by pip).
+LLAMA_CPP_PYTHON := 0.3.36
+# Built for AVX2 with FMA and F16C, the instructions Tessera's host kernels use: a native build
+# on a host with AMX or AVX-512 crashed in its first eval here (the VM does not enable AMX).
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+
 bench: deps
 	@mkdir -p docs/bench
 	$(CARGO) run --release -q -p bench --bin mm-bench -- --plots docs/bench | tee docs/bench/mm-bench.md
 	$(CARGO) run --release -q -p bench --bin kv-bench | tee docs/bench/kv-bench.md
+	@command -v valgrind >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
+	  || { echo ">> installing valgrind (kernel-bench counts instructions with callgrind)"; \
+	       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; } || true
+	$(CARGO) run --release -q -p bench --bin kernel-bench | tee docs/bench/kernel-bench.md
 	$(CARGO) run --release -q -p runner --bin qemu-runner -- --bench | tee docs/bench/qemu-bench.md
-	@if python3 -c 'import llama_cpp' 2>/dev/null; then \
-	  $(CARGO) build --release -q -p cli && \
-	  python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md; \
-	else \
-	  echo "llama.cpp comparison skipped: pip install llama-cpp-python (a source build, about 15 minutes)"; \
-	fi
+	@python3 -c 'import llama_cpp' 2>/dev/null || { \
+	  echo "installing llama-cpp-python $(LLAMA_CPP_PYTHON) for the llama.cpp comparison (a source build, about 15 minutes)"; \
+	  CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" python3 -m pip install --quiet --disable-pip-version-check \
+	    --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON); }
+	$(CARGO) build --release -q -p cli
+	python3 tools/reference/bench_llamacpp.py | tee docs/bench/llamacpp-bench.md
 
 check: fmt-check clippy
 

@@ -3,6 +3,7 @@
 //! the receive ring is full the bytes stay in the UART, whose receive interrupts are masked
 //! until the console loop has made room (`kernel::console::ring::ReceiveFlow`).
 
+use crate::interrupts;
 use bsp::{
     arch::aarch64::{cpu, timer::GenericTimer},
     board::rpi3::{
@@ -11,7 +12,7 @@ use bsp::{
         pl011_uart::{Pl011Transmitter, Pl011Uart},
     },
 };
-use core::sync::atomic::AtomicU8;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use kernel::{
     console::{
         ring::{ByteRing, Flow, ReceiveFlow},
@@ -32,14 +33,10 @@ pub fn gpio() -> &'static Gpio {
     &GPIO
 }
 
-/// Routes UART0 to its pins and programs 115200 8N1 from a UART clock of `clock_hz`.
-pub fn init(clock: &dyn Clock, clock_hz: u32) {
-    GPIO.route_uart0(clock);
-    UART.init(clock_hz);
-}
-
 /// The console: polled until [`start_interrupt_console`] has run, interrupt-driven after, so
-/// everything printed leaves in the order it was written.
+/// everything printed leaves in the order it was written. The pre-MMU stage has routed and
+/// programmed the UART already (`premmu`, through a lock-free handle); this locked driver is
+/// only used once the MMU is on.
 pub fn console() -> &'static dyn Console {
     match INTERRUPT_CONSOLE.get() {
         Some(console) => console,
@@ -83,7 +80,7 @@ impl InterruptConsole {
 
     /// From the UART interrupt handler: takes received bytes into the ring while it has room,
     /// and masks the receive interrupts when it is full (the rest stays in the UART).
-    pub(crate) fn receive_interrupt(&self) {
+    fn receive_interrupt(&self) {
         if self.receive.is_paused() {
             return;
         }
@@ -100,7 +97,7 @@ impl InterruptConsole {
         if cpu::core_id() != 0 || !self.receive.resume_due() {
             return;
         }
-        crate::irq::without_interrupts(|| {
+        interrupts::without_interrupts(|| {
             if !self.receive.resume_due() {
                 return;
             }
@@ -112,7 +109,7 @@ impl InterruptConsole {
     }
 
     /// From the UART interrupt handler: refills the transmit FIFO.
-    pub(crate) fn transmit_interrupt(&self) {
+    fn transmit_interrupt(&self) {
         self.transmit.interrupt(&self.transmitter);
     }
 
@@ -133,7 +130,7 @@ impl InterruptConsole {
     fn wait_until(done: impl Fn() -> bool) {
         if cpu::core_id() == 0 {
             while !done() {
-                crate::irq::idle_until(&done);
+                interrupts::idle_until(&done);
             }
         } else {
             while !done() {
@@ -180,7 +177,7 @@ impl Console for InterruptConsole {
             receive_high_water: ring.high_water() as u64,
             receive_pauses: self.receive.pauses(),
             sent: transmit.sent,
-            transmit_interrupts: crate::irq::statistics().transmit,
+            transmit_interrupts: transmit_interrupts(),
             transmit_waits: transmit.waits,
         })
     }
@@ -205,11 +202,6 @@ impl Console for InterruptConsole {
 }
 
 static INTERRUPT_CONSOLE: spin::Once<InterruptConsole> = spin::Once::new();
-
-/// The interrupt-driven console, once started.
-pub(crate) fn interrupt_console() -> Option<&'static InterruptConsole> {
-    INTERRUPT_CONSOLE.get()
-}
 
 /// `bytes` bytes of protocol (RT) memory for a ring, kept for the life of the kernel.
 fn protocol_cells(memory: &'static BackedMemory, bytes: u64) -> Result<&'static [AtomicU8], MemError> {
@@ -239,8 +231,29 @@ pub fn start_interrupt_console(memory: &'static BackedMemory) -> Result<&'static
         transmit: TransmitQueue::new(ByteRing::new(transmit)),
         transmitter: UART.transmitter(),
     });
-    crate::irq::enable_console_interrupts();
+    UART.enable_receive_interrupts();
+    interrupts::route_uart_to_core0();
     Ok(console)
+}
+
+/// UART interrupts that found the transmit interrupt pending.
+static TRANSMIT_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+
+/// The UART's interrupt, from the IRQ handler on core 0: takes received bytes into the receive
+/// ring (nothing while receive is paused: its interrupts are masked then, and this runs for the
+/// transmit interrupt) and refills the transmit FIFO when the transmit interrupt is pending.
+pub fn on_uart_interrupt() {
+    let Some(console) = INTERRUPT_CONSOLE.get() else { return };
+    console.receive_interrupt();
+    if UART.transmit_pending() {
+        TRANSMIT_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+        console.transmit_interrupt();
+    }
+}
+
+/// UART interrupts so far that refilled the transmit FIFO.
+pub fn transmit_interrupts() -> u64 {
+    TRANSMIT_INTERRUPTS.load(Ordering::Relaxed)
 }
 
 /// Writes without taking the console lock, for fault and panic reports.

@@ -35,6 +35,17 @@ static LOCAL: LocalInterrupts = unsafe { LocalInterrupts::new(memory_map::LOCAL_
 const RING_JOB: u32 = 1 << 0;
 /// Doorbell bit: stop now, the deadline for the share has passed.
 const RING_STOP: u32 = 1 << 1;
+/// Doorbell bit: the barrier this core sleeps at has opened.
+const RING_BARRIER: u32 = 1 << 2;
+
+/// `wfe` rounds a secondary waits at a barrier before it sleeps in `wfi` instead. On a board
+/// `wfe` sleeps until the opening core's event (or the 33 µs event stream), so this bounds the
+/// wait without doorbells; under QEMU `wfe` returns at once, and a vCPU that kept polling would
+/// take host time from the cores still working.
+const BARRIER_SPINS: u32 = 64;
+
+/// Secondaries asleep in `wfi` at a barrier: the core that opens it rings their doorbells.
+static BARRIER_SLEEPERS: AtomicU32 = AtomicU32::new(0);
 
 type Job = &'static (dyn Fn(usize) + Sync);
 
@@ -154,12 +165,47 @@ impl Cpus for PiCpus {
             with_watch(|watch| watch.hang.next_piece(GenericTimer.ticks()));
             leader
         } else {
-            BARRIER.wait(WORKER[core].load(Ordering::Acquire), cpu::wait_for_event)
+            // Read before arriving: the barrier cannot open without this core.
+            let generation = BARRIER.generation();
+            let mut spins = 0;
+            BARRIER.wait(WORKER[core].load(Ordering::Acquire), || {
+                if spins < BARRIER_SPINS {
+                    spins += 1;
+                    cpu::wait_for_event();
+                } else {
+                    sleep_at_barrier(core, generation);
+                }
+            })
         };
         if leader {
-            cpu::send_event();
+            wake_barrier();
         }
     }
+}
+
+/// After the barrier opened (a last arrival, or a departure that completed the set): wakes the
+/// cores waiting at it, those in `wfe` by an event and those asleep in `wfi` by their doorbells.
+fn wake_barrier() {
+    cpu::send_event();
+    let sleepers = BARRIER_SLEEPERS.load(Ordering::SeqCst);
+    for sleeper in (1..CORE_COUNT).filter(|sleeper| sleepers & 1 << sleeper != 0) {
+        LOCAL.ring(sleeper, RING_BARRIER);
+    }
+}
+
+/// Sleeps in `wfi` until the barrier passes `generation` (its opener rings this core's
+/// doorbell) or another interrupt comes. Interrupts are masked from before the sleeper's mark
+/// to after the sleep: a doorbell rung after the check stays pending and ends the `wfi` (then
+/// the unmask takes it), and the opener, which reads the sleepers after moving the generation,
+/// sees the mark of every core whose check saw the old one.
+fn sleep_at_barrier(core: usize, generation: usize) {
+    close_interrupts();
+    BARRIER_SLEEPERS.fetch_or(1 << core, Ordering::SeqCst);
+    if BARRIER.generation() == generation {
+        cpu::wait_for_interrupt();
+    }
+    BARRIER_SLEEPERS.fetch_and(!(1 << core), Ordering::SeqCst);
+    open_interrupts();
 }
 
 /// Hands each mapped secondary its share of run `generation` and rings its doorbell. Returns
@@ -244,8 +290,10 @@ fn give_up(core: usize, generation: u64, worker: Option<usize>, grace_ns: u64) {
     if !ROSTER.lose_if_running(core, generation) {
         return;
     }
-    if let Some(worker) = worker {
-        BARRIER.leave(worker);
+    if let Some(worker) = worker
+        && BARRIER.leave(worker)
+    {
+        wake_barrier();
     }
     kernel::telemetry::record(EventKind::CoreLost { core: core as u32, cause: CoreLoss::Hang });
     if let Some(mut text) = REPORTS[core].try_lock() {
@@ -327,6 +375,11 @@ pub fn secondary_interrupt(return_address: u64, saved_state: &mut u64) {
             );
         });
     }
+    // A barrier bit is only a wake-up: the share goes on with interrupts open, so the stop
+    // doorbell still reaches it.
+    if rung & !RING_BARRIER == 0 {
+        return;
+    }
     // A job bit is only a wake-up (the idle loop reads the roster). SPSR_EL1.I: the
     // interrupted code resumes with IRQs masked.
     *saved_state |= 1 << 7;
@@ -348,9 +401,10 @@ pub fn retire(cause: CoreLoss, describe: impl FnOnce(&mut dyn Write)) -> ! {
         }
     }
     match ROSTER.lose(core) {
-        Some(CoreState::Running { .. }) => {
-            BARRIER.leave(WORKER[core].load(Ordering::Acquire));
+        Some(CoreState::Running { .. }) if BARRIER.leave(WORKER[core].load(Ordering::Acquire)) => {
+            wake_barrier();
         }
+        Some(CoreState::Running { .. }) => {}
         Some(_) => {
             // Lost between runs: no run will print this, so print it now.
             REPORTED.fetch_or(1 << core, Ordering::AcqRel);

@@ -1,27 +1,21 @@
 //! `_start`: the first instructions. Parks secondaries until released, drops EL3/EL2 to EL1,
-//! enables FP/SIMD, sets each core's two stacks and the vector table, zeroes BSS (core 0),
-//! and enters Rust.
+//! enables FP/SIMD, sets each core's two stacks and the vector table, zeroes BSS (core 0), and
+//! runs the boot stages in order: on core 0 the pre-MMU stage (`premmu::prepare_primary`), the
+//! MMU switch (`premmu::enable_mmu`) and `start::boot_primary_after_mmu`; on a secondary the MMU switch
+//! and `start::boot_secondary_after_mmu`. The cells it shares with Rust are in `handoff`.
 
+use crate::handoff::{ENTRY_LEVEL, RELEASE};
 use bsp::arch::aarch64::{
     cpu::CORE_COUNT,
     kernel_map::{CORE_STACKS_BYTES, CoreStacks, EXCEPTION_STACK_BYTES, GUARD_BYTES, THREAD_STACK_BYTES},
 };
-use core::{mem::MaybeUninit, sync::atomic::AtomicU32};
+use core::mem::MaybeUninit;
 
 /// Every core's stacks and guard pages. The `.stacks` section is never loaded or zeroed; only
 /// `_start` touches this, by address.
 #[used]
 #[unsafe(link_section = ".stacks")]
 static mut STACKS: MaybeUninit<[CoreStacks; CORE_COUNT]> = MaybeUninit::uninit();
-
-/// Set by core 0 once the translation tables are built; secondaries wait for it in `_start`.
-/// In `.data`, not `.bss`, because secondaries may read it before core 0 zeroes BSS.
-#[unsafe(link_section = ".data.boot")]
-pub static RELEASE: AtomicU32 = AtomicU32::new(0);
-
-/// The exception level core 0 was entered at. In `.data` for the same reason as `RELEASE`.
-#[unsafe(link_section = ".data.boot")]
-pub static ENTRY_LEVEL: AtomicU32 = AtomicU32::new(0);
 
 /// Offset of the thread stack's top from the start of a core's stack area.
 const THREAD_TOP: usize = GUARD_BYTES + THREAD_STACK_BYTES;
@@ -117,10 +111,13 @@ _start:
     stp     xzr, xzr, [x1], #16
     b       6b
 8:  mov     x0, x20
+    bl      {prepare}                   // pre-MMU stage: no locks, no atomics
+    bl      {enable_mmu}
     bl      {primary}
     b       9f
 
-7:  mov     x0, x19
+7:  bl      {enable_mmu}
+    mov     x0, x19
     bl      {secondary}
 9:  wfe
     b       9b
@@ -129,6 +126,8 @@ _start:
     entry_level = sym ENTRY_LEVEL,
     core_stacks = const CORE_STACKS_BYTES,
     thread_top = const THREAD_TOP,
-    primary = sym crate::start::boot_primary,
-    secondary = sym crate::start::boot_secondary,
+    prepare = sym crate::premmu::prepare_primary,
+    enable_mmu = sym crate::premmu::enable_mmu,
+    primary = sym crate::start::boot_primary_after_mmu,
+    secondary = sym crate::start::boot_secondary_after_mmu,
 );

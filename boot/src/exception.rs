@@ -211,6 +211,9 @@ pub fn write_recent_events(text: &mut dyn Write) {
 }
 
 extern "C" fn handle_exception(frame: &mut ExceptionFrame, index: u64) {
+    if !crate::premmu::mmu_is_on() {
+        crate::premmu::report_exception(frame.syndrome, frame.return_address, frame.fault_address);
+    }
     let core = cpu::core_id();
     if VectorKind::from_index(index) == VectorKind::Irq {
         if core == 0 {

@@ -1,9 +1,10 @@
 //! Tessera boot: the entry point and the place where everything is wired together.
 //!
 //! `_start` parks secondaries, drops to EL1, turns FP/SIMD on, sets per-core stacks with guard
-//! pages and the exception vectors, and zeroes BSS; [`start`] probes the board, plans memory,
-//! builds the translation tables, wakes the secondaries and turns the MMU on. A binary (the
-//! `kernel8` image or a QEMU test kernel) supplies its main function and configuration with
+//! pages and the exception vectors, and zeroes BSS; [`premmu`] probes the board, plans memory,
+//! builds the translation tables and wakes the secondaries, with no lock and no atomic, and
+//! turns each core's MMU on; [`start`] finishes on core 0 and hands over to the binary. A binary
+//! (the `kernel8` image or a QEMU test kernel) supplies its main function and configuration with
 //! [`entry!`].
 
 #![no_std]
@@ -14,10 +15,13 @@ pub mod console;
 pub mod cpus;
 mod entry;
 pub mod exception;
+mod handoff;
 pub mod heap;
+mod interrupts;
 pub mod irq;
 pub mod memory;
 mod panic;
+pub mod premmu;
 pub mod start;
 pub mod storage;
 

@@ -1,9 +1,11 @@
-//! The SD card as a mounted FAT32 volume: mailbox clock query, pin routing, SDHCI bring-up.
+//! The SD card as a mounted FAT32 volume: mailbox clock query, pin routing (the SD pins to the
+//! EMMC controller, and on boards with WiFi the WiFi pins away from it), SDHCI bring-up.
 
 use crate::console;
 use bsp::{
     arch::aarch64::timer::GenericTimer,
     board::{
+        budget::BoardModel,
         rpi3::{
             mailbox::{BUFFER_WORDS, Mailbox},
             memory_map,
@@ -39,7 +41,12 @@ pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::S
     let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, buffer.as_ptr() as *mut u32) };
     let base_clock = mailbox.clock_rate(&CLOCK, Variant::Bcm2837Emmc.clock_id()).ok();
     drop(buffer);
-    console::gpio().route_emmc();
+    let gpio = console::gpio();
+    let model = crate::start::BOOT_INFO.get().map(|info| BoardModel::from_revision(info.board_revision));
+    if model.is_some_and(BoardModel::wifi_on_emmc_pins) {
+        gpio.release_wifi_sdio_pins();
+    }
+    gpio.route_emmc(&CLOCK);
     // SAFETY: the EMMC block is mapped as device memory and this is its only driver.
     let card = unsafe { Sdhci::new(Variant::Bcm2837Emmc, &CLOCK, base_clock) }
         .map_err(|error| format!("SD card: {error}"))?;
@@ -51,5 +58,8 @@ pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::S
         if info.four_bit_bus { 4 } else { 1 },
         info.clock_hz / 1_000_000
     );
+    if !info.card_detected {
+        crate::println!("sd card: the card-detect bit never set; the card answered anyway");
+    }
     Ok(card)
 }

@@ -73,6 +73,12 @@ impl SpinBarrier {
         unpack(self.sets.load(Ordering::Acquire)).1
     }
 
+    /// The number of rounds completed so far: a participant that has not arrived yet reads
+    /// the number its coming wait will wait on.
+    pub fn generation(&self) -> usize {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// The participants and the arrivals, read together (one consistent view).
     pub fn snapshot(&self) -> (u32, u32) {
         unpack(self.sets.load(Ordering::Acquire))

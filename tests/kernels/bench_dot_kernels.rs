@@ -1,22 +1,34 @@
-//! QEMU benchmark (not a test; `make bench`): how fast the emulated Cortex-A53 runs the
-//! quantized dot-product kernels at each activation precision (float, int8 and int16), on
-//! SmolLM2-sized Q4_1 rows (576 columns, as its attention and FFN-input matrices have), on one
-//! core. QEMU's TCG translates integer NEON into host vector code but floating point through
-//! software helpers, so the ratios here decide which precision serves fastest under emulation.
-//! Before timing, it checks that the NEON kernels give the scalar kernels' bits on these rows.
-//! Run under `-icount` (the `bench_dot_instructions` entry), it also counts each path's
-//! instructions with the PMU.
+//! QEMU benchmark (not a test; `make bench`): the compute kernels on the emulated Cortex-A53,
+//! one core, on SmolLM2-sized rows (576 columns, as its attention and FFN-input matrices
+//! have).
+//!
+//! - Wall time (the `bench_dot_kernels` entry, without `-icount`): Q4_1 rows at each
+//!   activation precision. QEMU's TCG translates integer NEON into host vector code but
+//!   floating point through software helpers, so these ratios decide which precision serves
+//!   fastest under emulation.
+//! - Instructions (the `bench_dot_instructions` entry, under `-icount`, PMU event 0x08):
+//!   per row for Q8_0, Q4_0 and Q4_1 at each precision, NEON against the scalar kernels in
+//!   the same run; the matrix × N-vectors kernel per row per vector at N = 1, 8, 16 and 32;
+//!   and SwiGLU and the attention vector kernels per element.
+//!
+//! Before timing, it checks that the NEON kernels give the scalar kernels' bits on these rows
+//! (the `simd_kernels` test checks every kernel on random cases).
 
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use alloc::vec;
 use alloc::vec::Vec;
 use kernel::{
     hil::Clock,
-    infer::kernels::{Input, QuantizedVector, dot, dot_scalar},
-    model::TensorType,
+    infer::{
+        Precision,
+        kernels::{self, Input, QuantizedRows, QuantizedVector, dot_scalar},
+        matmul::{self, dot},
+    },
+    model::{Matrix, TensorType},
     rand::SplitMix64,
 };
 use systests::{TEST_CONFIG, ensure, pass};
@@ -27,37 +39,55 @@ boot::entry!(main, TEST_CONFIG);
 const COLUMNS: usize = 576;
 /// Rows per timed pass (SmolLM2's FFN width).
 const ROWS: usize = 1536;
-/// Bytes per Q4_1 block of 32 values: f16 scale, f16 minimum, 16 bytes of nibbles.
-const BLOCK_BYTES: usize = 20;
+/// Rows per instruction count (counts repeat exactly, so fewer rows suffice).
+const COUNTED_ROWS: usize = 128;
+/// The quantized types, with their block sizes.
+const TYPES: [(TensorType, usize); 3] =
+    [(TensorType::Q8_0, 34), (TensorType::Q4_0, 18), (TensorType::Q4_1, 20)];
 
-fn main(_info: &'static boot::BootInfo) -> ! {
-    let mut random = SplitMix64::new(7);
-    let row_bytes = COLUMNS / 32 * BLOCK_BYTES;
-    let mut matrix: Vec<u8> = (0..ROWS * row_bytes).map(|_| random.next_u64() as u8).collect();
-    for block in matrix.chunks_exact_mut(BLOCK_BYTES) {
-        // Scale 1/64 and minimum -1/8 as f16, like trained weights' magnitudes.
+/// `rows` random rows of `block_bytes`-byte blocks whose scales (and Q4_1 minimums) are 1/64
+/// and −1/8 as f16, like trained weights' magnitudes.
+fn random_rows(random: &mut SplitMix64, rows: usize, block_bytes: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> =
+        (0..rows * COLUMNS / 32 * block_bytes).map(|_| random.next_u64() as u8).collect();
+    for block in bytes.chunks_exact_mut(block_bytes) {
         block[..4].copy_from_slice(&[0x00, 0x24, 0x00, 0xB0]);
     }
-    let x: Vec<f32> = (0..COLUMNS).map(|_| (random.next_u64() % 2001) as f32 / 1000.0 - 1.0).collect();
-    let mut quantized = QuantizedVector::with_capacity(COLUMNS);
-    quantized.quantize(&x);
-    let mut wide = QuantizedVector::with_capacity(COLUMNS);
-    wide.quantize_wide(&x);
-    let inputs = [
-        ("float activations", Input::Float(&x)),
-        ("int8 activations", Input::Quantized(&quantized)),
-        ("int16 activations", Input::Quantized16(&wide)),
-    ];
-    // The NEON kernels give the scalar kernels' bits: on 16 rows of each quantized type (random
-    // codes, the scales above) at each precision.
-    for (tensor_type, block_bytes) in [(TensorType::Q8_0, 34), (TensorType::Q4_0, 18), (TensorType::Q4_1, 20)]
-    {
-        let mut rows: Vec<u8> =
-            (0..16 * COLUMNS / 32 * block_bytes).map(|_| random.next_u64() as u8).collect();
-        for block in rows.chunks_exact_mut(block_bytes) {
-            block[..4].copy_from_slice(&[0x00, 0x24, 0x00, 0xB0]);
-        }
-        for (name, input) in inputs {
+    bytes
+}
+
+/// The three inputs of one activation vector: floats, 8-bit and 16-bit quantized.
+struct Activations {
+    x: Vec<f32>,
+    quantized: QuantizedVector,
+    wide: QuantizedVector,
+}
+
+impl Activations {
+    fn new(random: &mut SplitMix64) -> Self {
+        let x: Vec<f32> = (0..COLUMNS).map(|_| (random.next_u64() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let mut quantized = QuantizedVector::with_capacity(COLUMNS);
+        quantized.quantize(&x);
+        let mut wide = QuantizedVector::with_capacity(COLUMNS);
+        wide.quantize_wide(&x);
+        Self { x, quantized, wide }
+    }
+
+    /// Each input with its name.
+    fn inputs(&self) -> [(&'static str, Input<'_>); 3] {
+        [
+            ("float", Input::Float(&self.x)),
+            ("int8", Input::Quantized(self.quantized.int8())),
+            ("int16", Input::Quantized16(self.wide.int16())),
+        ]
+    }
+}
+
+/// The NEON kernels give the scalar kernels' bits on 16 rows of each type at each precision.
+fn check_bits(random: &mut SplitMix64, activations: &Activations) {
+    for (tensor_type, block_bytes) in TYPES {
+        let rows = random_rows(random, 16, block_bytes);
+        for (name, input) in activations.inputs() {
             for row in rows.chunks_exact(COLUMNS / 32 * block_bytes) {
                 let (simd, scalar) = (dot(tensor_type, row, input), dot_scalar(tensor_type, row, input));
                 ensure!(
@@ -67,7 +97,13 @@ fn main(_info: &'static boot::BootInfo) -> ! {
             }
         }
     }
+}
+
+/// Wall time of a pass over `ROWS` Q4_1 rows at each precision, best of 3; returns the sums
+/// of the products, which the precisions must roughly agree on.
+fn wall_time(matrix: &[u8], activations: &Activations) -> [f32; 3] {
     let clock = &bsp::arch::aarch64::timer::GenericTimer;
+    let row_bytes = COLUMNS / 32 * 20;
     let pass_ns = |input: Input<'_>| {
         let start = clock.now_ns();
         let mut total = 0.0f32;
@@ -80,7 +116,7 @@ fn main(_info: &'static boot::BootInfo) -> ! {
     let mut best = [u64::MAX; 3];
     let mut totals = [0.0f32; 3];
     for _ in 0..3 {
-        for (slot, (_, input)) in inputs.into_iter().enumerate() {
+        for (slot, (_, input)) in activations.inputs().into_iter().enumerate() {
             let (ns, total) = pass_ns(input);
             best[slot] = best[slot].min(ns);
             totals[slot] = total;
@@ -88,23 +124,127 @@ fn main(_info: &'static boot::BootInfo) -> ! {
     }
     boot::println!("| activations | ns per row (wall) | vs int16 |");
     boot::println!("|---|---:|---:|");
-    for ((name, _), ns) in inputs.iter().zip(best) {
+    for ((name, _), ns) in activations.inputs().iter().zip(best) {
         boot::println!("| {name} | {} | {:.2} |", ns / ROWS as u64, ns as f64 / best[2] as f64);
     }
+    totals
+}
+
+/// Instructions per row of each type at each precision, NEON and scalar.
+fn count_dots(random: &mut SplitMix64, activations: &Activations) {
+    boot::println!("instructions per {COLUMNS}-column row (PMU event 0x08 under -icount):");
+    boot::println!("| type | activations | NEON | scalar | NEON / scalar | NEON per block |");
+    boot::println!("|---|---|---:|---:|---:|---:|");
+    for (tensor_type, block_bytes) in TYPES {
+        let rows = random_rows(random, COUNTED_ROWS, block_bytes);
+        let row_bytes = COLUMNS / 32 * block_bytes;
+        for (name, input) in activations.inputs() {
+            let per_row = |dot: fn(TensorType, &[u8], Input<'_>) -> f32| {
+                let instructions = systests::pmu::count(|| {
+                    for row in rows.chunks_exact(row_bytes) {
+                        core::hint::black_box(dot(tensor_type, core::hint::black_box(row), input));
+                    }
+                });
+                instructions as usize / COUNTED_ROWS
+            };
+            let (neon, scalar) = (per_row(dot), per_row(dot_scalar));
+            boot::println!(
+                "| {} | {name} | {neon} | {scalar} | {:.3} | {:.1} |",
+                tensor_type.name(),
+                neon as f64 / scalar as f64,
+                neon as f64 / (COLUMNS / 32) as f64
+            );
+        }
+    }
+}
+
+/// Instructions per row per vector of the matrix × N-vectors kernel on Q4_1 rows, at N = 1, 8,
+/// 16 and 32, against N single-vector products of the same rows.
+fn count_rows_multi(random: &mut SplitMix64) {
+    let data = random_rows(random, COUNTED_ROWS, 20);
+    let matrix = Matrix { tensor_type: TensorType::Q4_1, rows: COUNTED_ROWS, columns: COLUMNS, data: &data };
+    boot::println!("matrix x N vectors, Q4_1 rows of {COLUMNS}: instructions per row per vector");
+    boot::println!("| activations | N | rows_multi | N single-vector rows | ratio |");
+    boot::println!("|---|---:|---:|---:|---:|");
+    for (name, precision) in [("int16", Precision::Int16), ("int8", Precision::Int8)] {
+        for vectors in [1, 8, 16, 32] {
+            let x: Vec<f32> = (0..vectors * COLUMNS).map(|_| random.next_f32() * 2.0 - 1.0).collect();
+            let mut prepared = QuantizedRows::with_capacity(vectors, COLUMNS, precision);
+            let Ok(input) = prepared.quantize(&x, COLUMNS) else { systests::fail(format_args!("shapes")) };
+            let mut out = vec![0.0f32; COUNTED_ROWS * vectors];
+            let batched = systests::pmu::count(|| {
+                let result = matmul::rows_multi(&matrix, input, 0, COUNTED_ROWS, &mut out);
+                core::hint::black_box(result).ok();
+            });
+            let mut band = vec![0.0f32; COUNTED_ROWS];
+            let single = systests::pmu::count(|| {
+                for vector in 0..vectors {
+                    if let Some(single) = input.input(vector, TensorType::Q4_1) {
+                        matmul::rows_into(&matrix, single, 0, &mut band);
+                        core::hint::black_box(&mut band);
+                    }
+                }
+            });
+            let per = |instructions: u32| instructions as usize / (COUNTED_ROWS * vectors);
+            boot::println!(
+                "| {name} | {vectors} | {} | {} | {:.3} |",
+                per(batched),
+                per(single),
+                batched as f64 / single as f64
+            );
+        }
+    }
+}
+
+/// Instructions per element of SwiGLU (1536 values, SmolLM2's FFN width) and of an attention
+/// query-key dot product and value sum (64 values, its head width), NEON against scalar.
+fn count_vector_kernels(random: &mut SplitMix64) {
+    let gate: Vec<f32> = (0..ROWS).map(|_| random.next_f32() * 8.0 - 4.0).collect();
+    let up: Vec<f32> = (0..ROWS).map(|_| random.next_f32() * 2.0 - 1.0).collect();
+    let count = |operation: &mut dyn FnMut()| systests::pmu::count(operation);
+    let mut values = gate.clone();
+    let neon_swiglu = count(&mut || matmul::swiglu(&mut values, &up));
+    let mut values = gate.clone();
+    let scalar_swiglu = count(&mut || kernels::swiglu(&mut values, &up));
+    let (query, key) = (&gate[..64], &up[..64]);
+    let neon_dot = count(&mut || {
+        core::hint::black_box(matmul::dot_floats(core::hint::black_box(query), key));
+    });
+    let scalar_dot = count(&mut || {
+        core::hint::black_box(kernels::dot_floats(core::hint::black_box(query), key));
+    });
+    let mut out = vec![0.0f32; 64];
+    let neon_sum = count(&mut || matmul::add_scaled(core::hint::black_box(&mut out), 0.25, key));
+    let scalar_sum = count(&mut || kernels::add_scaled(core::hint::black_box(&mut out), 0.25, key));
+    boot::println!("vector kernels: instructions per element");
+    boot::println!("| kernel | NEON | scalar | NEON / scalar |");
+    boot::println!("|---|---:|---:|---:|");
+    for (name, neon, scalar, elements) in [
+        ("SwiGLU (1536)", neon_swiglu, scalar_swiglu, ROWS),
+        ("attention q.k (64)", neon_dot, scalar_dot, 64),
+        ("attention value sum (64)", neon_sum, scalar_sum, 64),
+    ] {
+        boot::println!(
+            "| {name} | {:.2} | {:.2} | {:.3} |",
+            neon as f64 / elements as f64,
+            scalar as f64 / elements as f64,
+            neon as f64 / scalar as f64
+        );
+    }
+}
+
+fn main(_info: &'static boot::BootInfo) -> ! {
+    let mut random = SplitMix64::new(7);
+    let matrix = random_rows(&mut random, ROWS, 20);
+    let activations = Activations::new(&mut random);
+    check_bits(&mut random, &activations);
+    let totals = wall_time(&matrix, &activations);
     // Under `-icount` the PMU counts instructions: what each path costs a real A53 in work,
     // whatever TCG makes of it.
     if systests::pmu::start_counting() {
-        boot::println!("instructions per row (PMU event 0x08 under -icount):");
-        boot::println!("| activations | instructions per row |");
-        boot::println!("|---|---:|");
-        for (name, input) in inputs {
-            let instructions = systests::pmu::count(|| {
-                for row in matrix.chunks_exact(row_bytes) {
-                    core::hint::black_box(dot(TensorType::Q4_1, row, input));
-                }
-            });
-            boot::println!("| {name} | {} |", instructions as usize / ROWS);
-        }
+        count_dots(&mut random, &activations);
+        count_rows_multi(&mut random);
+        count_vector_kernels(&mut random);
     }
     let relative = |total: f32| (totals[0] - total).abs() / totals[0].abs().max(1.0);
     ensure!(relative(totals[1]) < 0.05, "int8 sum {} strays from float sum {}", totals[1], totals[0]);

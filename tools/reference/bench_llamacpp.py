@@ -2,8 +2,8 @@
 """Host benchmark: Tessera's `tessera generate` against llama.cpp (PyPI `llama-cpp-python`) on
 the same GGUF and prompt, single-threaded, greedy, side by side in one run.
 
-Reports decode tokens/s of each (prompt processing excluded) and the ratio
-tessera / llama.cpp. Run from the repository root after `cargo build --release -p cli`:
+Reports, for each, decode tokens/s (prompt excluded) after a short prompt, and prompt
+processing tokens/s on a prompt of about 130 tokens, with the ratios tessera / llama.cpp. Run from the repository root after `cargo build --release -p cli`:
 
   python3 tools/reference/bench_llamacpp.py [MODEL] [--tessera PATH] [--tokens N] [--runs R]
 """
@@ -16,18 +16,57 @@ from pathlib import Path
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
+# About 130 tokens of plain prose, for prompt processing.
+LONG_PROMPT = (
+    "The harbour town woke slowly that spring. Fishermen mended their nets on the stone quay "
+    "while the bakers opened their shutters and the smell of bread drifted over the water. "
+    "Children ran between the stalls of the market, where farmers from the hills sold cheese, "
+    "apples and wool. An old lighthouse keeper, who had watched the sea for forty years, "
+    "climbed the hill each morning to count the boats leaving the bay. He kept a notebook of "
+    "every storm, every wreck and every rescue, and the young sailors came to him for advice "
+    "before they set out. One morning he saw a ship he did not know, with grey sails and no "
+    "flag, waiting just beyond the rocks."
+)
 
-def tessera_rate(binary, model, tokens, precision):
-    """Decode tokens/s that `tessera generate` reports."""
+
+def tessera_run(binary, model, prompt, tokens, precision):
+    """The prompt and decode tokens/s that `tessera generate` reports, and the tokens of each."""
     result = subprocess.run(
-        [binary, "generate", model, "--prompt", PROMPT, "--steps", str(tokens), "--threads", "1",
+        [binary, "generate", model, "--prompt", prompt, "--steps", str(tokens), "--threads", "1",
          "--precision", precision],
         capture_output=True, text=True, check=True,
     )
-    match = re.search(r"generated: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", result.stderr)
+    match = re.search(
+        r"prompt: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\); "
+        r"generated: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)",
+        result.stderr,
+    )
     if not match:
         raise RuntimeError(f"unexpected tessera output: {result.stderr}")
-    return float(match.group(2)), int(match.group(1))
+    return float(match.group(2)), int(match.group(1)), float(match.group(4)), int(match.group(3))
+
+
+def tessera_rate(binary, model, tokens, precision):
+    """Decode tokens/s of `tessera generate` after the short prompt."""
+    _, _, rate, count = tessera_run(binary, model, PROMPT, tokens, precision)
+    return rate, count
+
+
+def tessera_prompt_rate(binary, model, precision):
+    """Prompt processing tokens/s of `tessera generate` on the long prompt."""
+    rate, count, _, _ = tessera_run(binary, model, LONG_PROMPT, 1, precision)
+    return rate, count
+
+
+def llamacpp_prompt_rate(model):
+    """Prompt processing tokens/s of llama.cpp: one eval of the long prompt's tokens."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model, n_threads=1, n_threads_batch=1, n_ctx=512, n_batch=512, verbose=False)
+    tokens = llm.tokenize(LONG_PROMPT.encode(), add_bos=False)
+    started = time.perf_counter()
+    llm.eval(tokens)
+    return len(tokens) / (time.perf_counter() - started), len(tokens)
 
 
 def llamacpp_rate(model, tokens):
@@ -52,22 +91,33 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    rows = []
-    for name, measure in [
-        ("tessera (int16, the default)", lambda: tessera_rate(args.tessera, args.model, args.tokens, "int16")),
-        ("tessera (float activations)", lambda: tessera_rate(args.tessera, args.model, args.tokens, "float")),
-        ("tessera (int8 activations)", lambda: tessera_rate(args.tessera, args.model, args.tokens, "int8")),
-        ("llama.cpp", lambda: llamacpp_rate(args.model, args.tokens)),
+    engines = [
+        ("tessera (int16, the default)", "int16"),
+        ("tessera (float activations)", "float"),
+        ("tessera (int8 activations)", "int8"),
+        ("llama.cpp", None),
+    ]
+    for title, tessera_measure, llamacpp_measure in [
+        ("decode", lambda precision: tessera_rate(args.tessera, args.model, args.tokens, precision),
+         lambda: llamacpp_rate(args.model, args.tokens)),
+        ("prompt processing", lambda precision: tessera_prompt_rate(args.tessera, args.model, precision),
+         lambda: llamacpp_prompt_rate(args.model)),
     ]:
-        # Interleaving would be fairer on a noisy machine; the best of R runs is reported.
-        results = [measure() for _ in range(args.runs)]
-        rows.append((name, max(rate for rate, _ in results), results[0][1]))
-
-    reference = rows[-1][1]
-    print(f"model {args.model}, prompt {PROMPT!r}, 1 thread, greedy, best of {args.runs}")
-    print(f"{'engine':<30} {'tokens':>7} {'decode tokens/s':>16} {'vs llama.cpp':>13}")
-    for name, rate, count in rows:
-        print(f"{name:<30} {count:>7} {rate:>16.1f} {rate / reference:>12.2f}x")
+        rows = []
+        for name, precision in engines:
+            if precision is None:
+                measure = llamacpp_measure
+            else:
+                measure = lambda: tessera_measure(precision)  # noqa: E731
+            # Interleaving would be fairer on a noisy machine; the best of R runs is reported.
+            results = [measure() for _ in range(args.runs)]
+            rows.append((name, max(rate for rate, _ in results), results[0][1]))
+        reference = rows[-1][1]
+        print(f"{title}: model {args.model}, 1 thread, greedy, best of {args.runs}")
+        print(f"{'engine':<30} {'tokens':>7} {'tokens/s':>10} {'vs llama.cpp':>13}")
+        for name, rate, count in rows:
+            print(f"{name:<30} {count:>7} {rate:>10.1f} {rate / reference:>12.2f}x")
+        print()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,13 @@ impl BoardModel {
         }
     }
 
+    /// Whether the firmware leaves the EMMC controller on the WiFi chip's SDIO pins (GPIO
+    /// 34-39), which the SD driver must release: the 3B, 3A+ and 3B+, as Circle lists them.
+    /// The Zero 2 W also has WiFi, but no reference releases its pins, so neither does Tessera.
+    pub fn wifi_on_emmc_pins(self) -> bool {
+        matches!(self, BoardModel::Pi3B | BoardModel::Pi3APlus | BoardModel::Pi3BPlus)
+    }
+
     /// The model's name.
     pub fn name(self) -> &'static str {
         match self {

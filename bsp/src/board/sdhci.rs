@@ -186,8 +186,19 @@ const IDENTIFICATION_HZ: u32 = 400_000;
 const TRANSFER_HZ: u32 = 25_000_000;
 /// Longest wait for one command or one data block.
 const COMMAND_TIMEOUT_US: u64 = 500_000;
-/// Longest time ACMD41 may keep reporting busy.
-const POWER_UP_TIMEOUT_US: u64 = 1_000_000;
+/// Longest wait for the card-detect bit after the controller reset (Circle waits 500 ms too).
+/// A card whose detect bit never sets is tried anyway, as bztsrc's driver does: the detect line
+/// is not wired the same on every board.
+const CARD_DETECT_TIMEOUT_US: u64 = 500_000;
+/// Settling time around an SD clock change: after stopping the clock, after the new divider is
+/// stable, and after starting it again (Circle waits 2 ms at each of these points).
+const CLOCK_SETTLE_US: u64 = 2_000;
+/// Longest time ACMD41 may keep reporting busy. The SD specification gives a card 1 s from
+/// the first ACMD41; slow cards take longer, and the references allow more (bztsrc six tries
+/// 1 s apart, Circle retries every 500 ms without a limit), so Tessera allows 3 s.
+const POWER_UP_TIMEOUT_US: u64 = 3_000_000;
+/// Pause between ACMD41 tries while the card reports busy.
+const POWER_UP_POLL_US: u64 = 10_000;
 /// Tries per transfer before giving up.
 const RETRIES: u32 = 3;
 /// Blocks per multi-block command (the block count register has 16 bits).
@@ -243,6 +254,9 @@ pub struct CardInfo {
     pub four_bit_bus: bool,
     /// The transfer clock in Hz.
     pub clock_hz: u32,
+    /// Whether the controller's card-detect bit was set: when it was not, the card was tried
+    /// anyway (and answered, or the driver would have returned [`InitError::NoCard`]).
+    pub card_detected: bool,
 }
 
 /// Counters of what the driver did, for telemetry and benchmarks.
@@ -295,12 +309,20 @@ impl<'clock> Sdhci<'clock> {
                 relative_address: 0,
                 four_bit_bus: false,
                 clock_hz: 0,
+                card_detected: false,
             },
             max_blocks_per_command: MAX_BLOCKS_PER_COMMAND,
             counters: TransferCounters::default(),
         };
-        driver.initialise(base_clock_hz)?;
-        Ok(driver)
+        match driver.initialise(base_clock_hz) {
+            Ok(()) => Ok(driver),
+            // A card that never raised the detect bit and then failed to answer is most likely
+            // not there.
+            Err(InitError::Command { .. } | InitError::PowerUpTimeout) if !driver.card.card_detected => {
+                Err(InitError::NoCard)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// What the card is.
@@ -331,9 +353,8 @@ impl<'clock> Sdhci<'clock> {
         if !self.wait(|registers| !registers.CONTROL1.is_set(CONTROL1::SRST_HC), COMMAND_TIMEOUT_US) {
             return Err(InitError::ControllerTimeout);
         }
-        if !self.wait(|registers| registers.STATUS.is_set(STATUS::CARD_INSERTED), 10_000) {
-            return Err(InitError::NoCard);
-        }
+        self.card.card_detected =
+            self.wait(|registers| registers.STATUS.is_set(STATUS::CARD_INSERTED), CARD_DETECT_TIMEOUT_US);
         // Status bits only latch when their mask bit is set; no interrupt line is used.
         registers.IRPT_MASK.set(u32::MAX);
         registers.IRPT_EN.set(0);
@@ -361,7 +382,7 @@ impl<'clock> Sdhci<'clock> {
             if deadline.passed(self.clock) {
                 return Err(InitError::PowerUpTimeout);
             }
-            self.clock.delay_us(1_000);
+            self.clock.delay_us(POWER_UP_POLL_US);
         };
         self.card.high_capacity = ocr & sd::OCR_HIGH_CAPACITY != 0;
         self.command(sd::ALL_SEND_CID, 0).map_err(|error| InitError::Command { index: 2, error })?;
@@ -394,10 +415,20 @@ impl<'clock> Sdhci<'clock> {
         Ok(())
     }
 
-    /// Programs the SD clock to at most `target_hz` from `base_hz` (10-bit divided clock).
+    /// Programs the SD clock to at most `target_hz` from `base_hz` (10-bit divided clock):
+    /// waits for the command and data lines to be idle, stops the clock, lets it settle, writes
+    /// the divider, waits for the internal clock to be stable, lets it settle, starts the SD
+    /// clock and lets it settle again.
     fn set_clock(&mut self, base_hz: u32, target_hz: u32) -> Result<(), InitError> {
         let registers = &self.registers;
+        let idle = |registers: &Registers| {
+            !registers.STATUS.is_set(STATUS::CMD_INHIBIT) && !registers.STATUS.is_set(STATUS::DAT_INHIBIT)
+        };
+        if !self.wait(idle, COMMAND_TIMEOUT_US) {
+            return Err(InitError::ControllerTimeout);
+        }
         registers.CONTROL1.modify(CONTROL1::CLK_EN::CLEAR);
+        self.clock.delay_us(CLOCK_SETTLE_US);
         // SD clock = base / (2 * divisor); divisor 0 means undivided.
         let divisor = base_hz.div_ceil(2 * target_hz).min(0x3FF);
         registers.CONTROL1.modify(
@@ -409,8 +440,9 @@ impl<'clock> Sdhci<'clock> {
         if !self.wait(|registers| registers.CONTROL1.is_set(CONTROL1::CLK_STABLE), COMMAND_TIMEOUT_US) {
             return Err(InitError::ControllerTimeout);
         }
+        self.clock.delay_us(CLOCK_SETTLE_US);
         registers.CONTROL1.modify(CONTROL1::CLK_EN::SET);
-        self.clock.delay_us(100);
+        self.clock.delay_us(CLOCK_SETTLE_US);
         self.card.clock_hz = if divisor == 0 { base_hz } else { base_hz / (2 * divisor) };
         Ok(())
     }

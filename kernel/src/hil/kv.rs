@@ -73,8 +73,9 @@ pub fn check_write(
 /// Per-sequence storage of attention keys and values.
 ///
 /// A row is `kv_dim()` values: all KV heads of one layer at one position. Positions are written
-/// in order, each layer once per position, before they are read.
-pub trait KvStore {
+/// in order, each layer once per position, before they are read. A store is `Sync`: the cores
+/// of a forward pass read it at once (attention, a head per core).
+pub trait KvStore: Sync {
     /// Values per row: number of KV heads × head size.
     fn kv_dim(&self) -> usize;
 

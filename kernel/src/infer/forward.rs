@@ -9,11 +9,19 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::kernels::{Precision, QuantizedVector, Rope, rmsnorm, softmax, swiglu};
-use super::matmul::{matvec, matvec_prepared};
+use core::sync::atomic::AtomicBool;
+
+use spin::{Mutex, RwLock};
+
+use super::kernels::{Precision, Rope, rmsnorm};
+use super::parallel::{
+    self, AttentionInput, LayerJob, LayerOutputs, LeadRows, Lost, Prepared, RowPlace, gather_column,
+    normalize_into, product_handout, run_products,
+};
 use super::sampler::Sampler;
 use crate::hil::{Cpus, KvError, KvStore};
-use crate::model::{Config, Weights};
+use crate::mm::handout::Handout;
+use crate::model::{Config, LayerWeights, Weights};
 
 /// Why a forward pass could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +35,8 @@ pub enum InferError {
     },
     /// The KV store refused the row (context full, out of memory, ...).
     Kv(KvError),
+    /// Every try of the pass lost a core.
+    CoresLost,
     /// A pass was given more rows than its scratch holds.
     TooManyRows {
         /// Rows asked for.
@@ -43,6 +53,7 @@ impl fmt::Display for InferError {
                 write!(formatter, "token {token} is outside the vocabulary of {vocab_size}")
             }
             InferError::Kv(error) => write!(formatter, "KV cache: {error}"),
+            InferError::CoresLost => write!(formatter, "the cores running the pass were lost"),
             InferError::TooManyRows { rows, capacity } => {
                 write!(formatter, "a pass of {rows} rows, but its scratch holds {capacity}")
             }
@@ -61,43 +72,57 @@ impl From<KvError> for InferError {
 ///
 /// Nothing in it outlives a pass (the logits live until the next token is sampled), so the
 /// sequences of a batch share one: the server builds it from the activations pool when a
-/// batch starts and returns it when the batch ends. Each buffer holds one row per token of the
-/// pass, one after another.
+/// batch starts and returns it when the batch ends. Row-wise buffers hold one row per token
+/// of the pass, one after another; products hold one row per matrix row, one value per token
+/// row ([`super::parallel`]).
 #[derive(Clone, Debug)]
 pub struct State {
     /// Rows a pass may hold.
     rows: usize,
     /// Residual stream (`rows × dim`).
     residual: Vec<f32>,
-    /// Normalised input of the current sub-layer (`rows × dim`).
-    normed: Vec<f32>,
-    /// Queries (`rows × dim`).
+    /// The rows the current phase's matrices read, prepared once.
+    prepared: Prepared,
+    /// Queries, keys and values as products (`(dim + 2 kv_dim) × rows`).
+    qkv: Vec<f32>,
+    /// Rotated queries (`rows × dim`).
     query: Vec<f32>,
-    /// Keys of the rows' positions (`rows × kv_dim`).
+    /// Rotated keys of the rows' positions (`kv_dim`), one row at a time.
     key: Vec<f32>,
-    /// Values of the rows' positions (`rows × kv_dim`).
+    /// Values of the rows' positions (`kv_dim`), one row at a time.
     value: Vec<f32>,
     /// Attention outputs, all heads (`rows × dim`).
     attention: Vec<f32>,
-    /// Outputs of a projection back to `dim` (`rows × dim`).
-    projected: Vec<f32>,
-    /// Attention scores over positions (`context_length`), one row at a time.
+    /// The attention output projection (`dim × rows`).
+    attention_out: Vec<f32>,
+    /// Gate and up projections (`2 hidden_dim × rows`).
+    gate_up: Vec<f32>,
+    /// The down projection (`dim × rows`).
+    ffn_out: Vec<f32>,
+    /// One row's up projection during SwiGLU (`hidden_dim`).
+    up_row: Vec<f32>,
+    /// Each core's attention scores over positions (`MAX_CORES × positions`).
     scores: Vec<f32>,
-    /// SwiGLU gates (`rows × hidden_dim`).
-    gate: Vec<f32>,
-    /// SwiGLU up projections (`rows × hidden_dim`).
-    up: Vec<f32>,
-    /// Each row's activations quantized for the quantized matrices, once per phase.
-    quantized: Vec<QuantizedVector>,
+    /// Positions a pass may reach.
+    positions: usize,
+    /// Each row's sequence and position.
+    places: Vec<RowPlace>,
     /// RoPE angles of the current row's position.
     rope: Rope,
+    /// The classifier's products for up to [`LOGIT_ROWS`] sequences (`vocab_size × rows`).
+    logits_group: Vec<f32>,
     /// Output logits (`vocab_size`), of one sequence at a time.
     logits: Vec<f32>,
     /// The sampler's candidates (`vocab_size`).
     candidates: Vec<(u32, f32)>,
-    /// How activations meet quantized weights.
-    precision: Precision,
 }
+
+/// Most sequences whose logits one classifier product computes (their products take
+/// `LOGIT_ROWS × vocab_size` floats).
+pub const LOGIT_ROWS: usize = 8;
+
+/// Most times a pass runs again after losing a core.
+const RETRIES: usize = super::matmul::MAX_CORES;
 
 impl State {
     /// Buffers for one row of a model of `weights`' shape, at the default precision
@@ -121,25 +146,28 @@ impl State {
     /// round) at most `positions` positions in.
     pub fn for_batch(config: &Config, precision: Precision, positions: usize, rows: usize) -> Self {
         let rows = rows.max(1);
+        let positions = positions.min(config.context_length);
+        let (dim, kv_dim, hidden) = (config.dim, config.kv_dim(), config.hidden_dim);
         Self {
             rows,
-            residual: vec![0.0; rows * config.dim],
-            normed: vec![0.0; rows * config.dim],
-            query: vec![0.0; rows * config.dim],
-            key: vec![0.0; rows * config.kv_dim()],
-            value: vec![0.0; rows * config.kv_dim()],
-            attention: vec![0.0; rows * config.dim],
-            projected: vec![0.0; rows * config.dim],
-            scores: vec![0.0; positions.min(config.context_length)],
-            gate: vec![0.0; rows * config.hidden_dim],
-            up: vec![0.0; rows * config.hidden_dim],
-            quantized: (0..rows)
-                .map(|_| QuantizedVector::with_capacity(config.dim.max(config.hidden_dim)))
-                .collect(),
+            residual: vec![0.0; rows * dim],
+            prepared: Prepared::new(rows, dim.max(hidden), precision),
+            qkv: vec![0.0; (dim + 2 * kv_dim) * rows],
+            query: vec![0.0; rows * dim],
+            key: vec![0.0; kv_dim],
+            value: vec![0.0; kv_dim],
+            attention: vec![0.0; rows * dim],
+            attention_out: vec![0.0; dim * rows],
+            gate_up: vec![0.0; 2 * hidden * rows],
+            ffn_out: vec![0.0; dim * rows],
+            up_row: vec![0.0; hidden],
+            scores: vec![0.0; parallel::scores_len(positions)],
+            positions,
+            places: Vec::with_capacity(rows),
             rope: Rope::new(config.head_dim(), config.rope_base),
+            logits_group: vec![0.0; config.vocab_size * rows.min(LOGIT_ROWS)],
             logits: vec![0.0; config.vocab_size],
             candidates: Vec::with_capacity(config.vocab_size),
-            precision,
         }
     }
 
@@ -147,11 +175,20 @@ impl State {
     /// `positions` positions and `rows` rows (the figures of its buffers, not counting
     /// allocator rounding).
     pub fn bytes_for(config: &Config, positions: usize, rows: usize) -> u64 {
-        let per_row = 5 * config.dim + 2 * config.kv_dim() + 2 * config.hidden_dim;
-        let floats =
-            rows * per_row + positions.min(config.context_length) + config.vocab_size + config.head_dim();
-        let quantized = config.dim.max(config.hidden_dim).div_ceil(32) * (32 * 3 + 4 * 3 + 32);
-        (floats * 4 + config.vocab_size * 8 + rows * quantized) as u64
+        let rows = rows.max(1);
+        let (dim, kv_dim, hidden) = (config.dim, config.kv_dim(), config.hidden_dim);
+        let per_row = 7 * dim + 2 * kv_dim + 2 * hidden;
+        let floats = rows * per_row
+            + 2 * kv_dim
+            + hidden
+            + parallel::scores_len(positions.min(config.context_length))
+            + config.vocab_size * (1 + rows.min(LOGIT_ROWS))
+            + config.head_dim();
+        let places = rows * core::mem::size_of::<RowPlace>();
+        (floats * 4
+            + config.vocab_size * 8
+            + places
+            + Prepared::bytes_for(rows, dim.max(hidden), Precision::Int16)) as u64
     }
 
     /// Rows a pass may hold.
@@ -216,15 +253,16 @@ pub fn forward<'s>(
 }
 
 /// Runs every sequence's tokens through the model in one pass over the weights: each weight
-/// matrix meets all the pass's rows at once (each row's activations quantized once per
-/// phase), each row attends to its own sequence's positions up to its own (so a prompt chunk
-/// is causal within itself), and the classifier runs only for the last row of each sequence
-/// that wants logits, handing them to `on_logits(sequence, logits, candidates)` before the
-/// next sequence's overwrite them.
+/// matrix meets all the pass's rows at once (each row's activations prepared once per phase),
+/// each row attends to its own sequence's positions up to its own (so a prompt chunk is causal
+/// within itself), and the classifier runs only for the last row of each sequence that wants
+/// logits, handing them to `on_logits(sequence, logits, candidates)` one sequence at a time.
+/// Every layer is one job on all of `cpus` ([`super::parallel`]).
 ///
 /// On failure (a token outside the vocabulary, a position past a store's capacity, a store
 /// out of memory) no sequence has advanced: the rows written to its store are written again
-/// by the next pass at the same positions.
+/// by the next pass at the same positions. A pass that loses a core runs again over the
+/// cores left.
 pub fn forward_batch(
     weights: &Weights<'_>,
     state: &mut State,
@@ -233,68 +271,157 @@ pub fn forward_batch(
     mut on_logits: impl FnMut(usize, &mut [f32], &mut Vec<(u32, f32)>),
 ) -> Result<(), PassError> {
     let rows = check_pass(weights, state, sequences)?;
-    let config = &weights.config;
-    let (dim, kv_dim, hidden) = (config.dim, config.kv_dim(), config.hidden_dim);
-    let s = state;
-    for (row, &token) in sequences.iter().flat_map(|sequence| sequence.tokens).enumerate() {
-        weights.token_embedding.dequantize_row(token as usize, &mut s.residual[row * dim..(row + 1) * dim]);
+    let interrupted = PassError { sequence: 0, error: InferError::CoresLost };
+    let mut tries = 0..=RETRIES;
+    while run_layers(weights, state, sequences, cpus, rows)?.is_err() {
+        tries.next().ok_or(interrupted)?;
     }
-    for (layer_index, layer) in weights.layers.iter().enumerate() {
-        // Attention: project, rotate, remember K/V, attend over every position so far.
-        normalize_rows(&mut s.normed, &s.residual, layer.attention_norm, config.norm_epsilon, rows, dim);
-        let input = &s.normed[..rows * dim];
-        project(cpus, &layer.query, input, dim, s.precision, &mut s.quantized, &mut s.query);
-        project_again(cpus, &layer.key, input, dim, s.precision, &s.quantized, &mut s.key);
-        project_again(cpus, &layer.value, input, dim, s.precision, &s.quantized, &mut s.value);
-        rotate_rows(&mut s.rope, sequences, &mut s.query, &mut s.key, dim, kv_dim);
-        write_keys_and_values(sequences, layer_index, &s.key, &s.value, kv_dim)?;
-        attend_rows(sequences, layer_index, config, &s.query, &mut s.scores, &mut s.attention);
-        project(
-            cpus,
-            &layer.output,
-            &s.attention[..rows * dim],
-            dim,
-            s.precision,
-            &mut s.quantized,
-            &mut s.projected,
-        );
-        add(&mut s.residual[..rows * dim], &s.projected[..rows * dim]);
-
-        // Feed-forward: SwiGLU.
-        normalize_rows(&mut s.normed, &s.residual, layer.ffn_norm, config.norm_epsilon, rows, dim);
-        let input = &s.normed[..rows * dim];
-        project(cpus, &layer.gate, input, dim, s.precision, &mut s.quantized, &mut s.gate);
-        project_again(cpus, &layer.up, input, dim, s.precision, &s.quantized, &mut s.up);
-        swiglu(&mut s.gate[..rows * hidden], &s.up[..rows * hidden]);
-        project(
-            cpus,
-            &layer.down,
-            &s.gate[..rows * hidden],
-            hidden,
-            s.precision,
-            &mut s.quantized,
-            &mut s.projected,
-        );
-        add(&mut s.residual[..rows * dim], &s.projected[..rows * dim]);
-    }
-    // The classifier, for the last row of each sequence that wants logits.
-    let mut last = 0;
-    for (index, sequence) in sequences.iter().enumerate() {
-        last += sequence.tokens.len();
-        if !sequence.logits {
-            continue;
+    let mut wanting =
+        sequences.iter().enumerate().filter(|(_, sequence)| sequence.logits).map(|(index, _)| {
+            let last = sequences[..=index].iter().map(|sequence| sequence.tokens.len()).sum::<usize>() - 1;
+            (index, last)
+        });
+    loop {
+        let mut group = [(0usize, 0usize); LOGIT_ROWS];
+        let count = group.iter_mut().zip(&mut wanting).map(|(slot, wanted)| *slot = wanted).count();
+        if count == 0 {
+            return Ok(());
         }
-        let row = last - 1;
-        rmsnorm(
-            &mut s.normed[..dim],
-            &s.residual[row * dim..(row + 1) * dim],
-            weights.final_norm,
-            config.norm_epsilon,
-        );
-        matvec(cpus, &weights.classifier, &s.normed[..dim], s.precision, &mut s.quantized[0], &mut s.logits);
-        on_logits(index, &mut s.logits, &mut s.candidates);
+        let group = &group[..count];
+        let mut tries = 0..=RETRIES;
+        while classify(weights, state, group, cpus).is_err() {
+            tries.next().ok_or(interrupted)?;
+        }
+        for (member, &(index, _)) in group.iter().enumerate() {
+            gather_column(&mut state.logits, &state.logits_group, member, count);
+            on_logits(index, &mut state.logits, &mut state.candidates);
+        }
+    }
+}
+
+/// Every layer of a pass; `Ok(Err(Lost))` when a core was lost (the pass runs again).
+fn run_layers(
+    weights: &Weights<'_>,
+    state: &mut State,
+    sequences: &mut [PassSequence<'_, '_>],
+    cpus: &dyn Cpus,
+    rows: usize,
+) -> Result<Result<(), Lost>, PassError> {
+    let config = &weights.config;
+    let dim = config.dim;
+    state.places.clear();
+    for (index, sequence) in sequences.iter().enumerate() {
+        let positions = sequence.start..sequence.start + sequence.tokens.len();
+        state.places.extend(positions.map(|position| RowPlace { sequence: index, position }));
+    }
+    for (row, &token) in sequences.iter().flat_map(|sequence| sequence.tokens).enumerate() {
+        weights
+            .token_embedding
+            .dequantize_row(token as usize, &mut state.residual[row * dim..(row + 1) * dim]);
+    }
+    let Some(first) = weights.layers.first() else { return Ok(Ok(())) };
+    normalize_into(&mut state.prepared, &state.residual[..rows * dim], first.attention_norm, config);
+    let fused = [&first.query, &first.key, &first.value];
+    if run_products(cpus, &product_handout(&mut state.qkv, &fused, rows), &fused, &state.prepared).is_err() {
+        return Ok(Err(Lost));
+    }
+    for (index, layer) in weights.layers.iter().enumerate() {
+        store_keys_and_values(state, sequences, index, config, rows)?;
+        let next = weights.layers.get(index + 1);
+        if run_layer(state, sequences, cpus, config, (index, layer, next), rows).is_err() {
+            return Ok(Err(Lost));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// One layer as one job on every core (`layer`: its index, weights and the next layer's).
+fn run_layer(
+    state: &mut State,
+    sequences: &[PassSequence<'_, '_>],
+    cpus: &dyn Cpus,
+    config: &Config,
+    (index, layer, next): (usize, &LayerWeights<'_>, Option<&LayerWeights<'_>>),
+    rows: usize,
+) -> Result<(), Lost> {
+    let (dim, hidden) = (config.dim, config.hidden_dim);
+    let s = state;
+    let job = LayerJob {
+        cpus,
+        config,
+        layer,
+        next,
+        attention: AttentionInput {
+            config,
+            layer: index,
+            query: &s.query[..rows * dim],
+            places: &s.places,
+            sequences,
+        },
+        outputs: LayerOutputs {
+            scores: Handout::new(&mut s.scores, s.positions.max(1)),
+            attention: Handout::new(&mut s.attention[..rows * dim], config.head_dim()),
+            attention_out: product_handout(&mut s.attention_out, &[&layer.output], rows),
+            gate_up: product_handout(&mut s.gate_up, &[&layer.gate, &layer.up], rows),
+            ffn_out: product_handout(&mut s.ffn_out, &[&layer.down], rows),
+            qkv: next.map(|next| product_handout(&mut s.qkv, &[&next.query, &next.key, &next.value], rows)),
+        },
+        prepared: RwLock::new(&mut s.prepared),
+        lead: Mutex::new(LeadRows {
+            residual: &mut s.residual[..rows * dim],
+            up_row: &mut s.up_row[..hidden],
+        }),
+        abandoned: AtomicBool::new(false),
+    };
+    job.run()
+}
+
+/// Takes the rows' queries, keys and values out of the q|k|v product, rotates queries and
+/// keys by RoPE at each row's position, and stores keys and values in the rows' sequences.
+fn store_keys_and_values(
+    state: &mut State,
+    sequences: &mut [PassSequence<'_, '_>],
+    layer: usize,
+    config: &Config,
+    rows: usize,
+) -> Result<(), PassError> {
+    let (dim, kv_dim) = (config.dim, config.kv_dim());
+    let (queries, rest) = state.qkv[..(dim + 2 * kv_dim) * rows].split_at(dim * rows);
+    let (keys, values) = rest.split_at(kv_dim * rows);
+    for (row, place) in state.places.iter().enumerate() {
+        let query = &mut state.query[row * dim..(row + 1) * dim];
+        gather_column(query, queries, row, rows);
+        gather_column(&mut state.key, keys, row, rows);
+        gather_column(&mut state.value, values, row, rows);
+        state.rope.set_position(place.position);
+        state.rope.rotate(query);
+        state.rope.rotate(&mut state.key);
+        sequences[place.sequence]
+            .kv
+            .write(layer, place.position, &state.key, &state.value)
+            .map_err(|error| PassError { sequence: place.sequence, error: error.into() })?;
     }
     Ok(())
+}
+
+/// The final norm and the classifier for `group`'s rows (sequence index, row), into the
+/// state's logits group (`vocab_size × group.len()`).
+fn classify(
+    weights: &Weights<'_>,
+    state: &mut State,
+    group: &[(usize, usize)],
+    cpus: &dyn Cpus,
+) -> Result<(), Lost> {
+    let config = &weights.config;
+    let dim = config.dim;
+    let residual = &state.residual;
+    state.prepared.set(group.len(), dim, |member, out| {
+        let row = group[member].1;
+        rmsnorm(out, &residual[row * dim..(row + 1) * dim], weights.final_norm, config.norm_epsilon);
+    });
+    let fused = [&weights.classifier];
+    let handout = product_handout(&mut state.logits_group, &fused, group.len());
+    run_products(cpus, &handout, &fused, &state.prepared)
 }
 
 /// Checks a pass before it runs; returns its rows.
@@ -310,7 +437,7 @@ fn check_pass(
         if let Some(&token) = sequence.tokens.iter().find(|&&token| token as usize >= config.vocab_size) {
             return Err(fail(InferError::TokenOutOfRange { token, vocab_size: config.vocab_size }));
         }
-        let capacity = config.context_length.min(sequence.kv.capacity()).min(state.scores.len());
+        let capacity = config.context_length.min(sequence.kv.capacity()).min(state.positions);
         let end = sequence.start + sequence.tokens.len();
         if end > capacity || sequence.tokens.is_empty() {
             let position = end.saturating_sub(1).max(capacity);
@@ -327,149 +454,4 @@ fn check_pass(
         });
     }
     Ok(rows)
-}
-
-/// RMS-normalises each of `rows` rows of `dim` values of `x` into `out`.
-fn normalize_rows(
-    out: &mut [f32],
-    x: &[f32],
-    weight: crate::model::Vector<'_>,
-    epsilon: f32,
-    rows: usize,
-    dim: usize,
-) {
-    for (out, x) in out[..rows * dim].chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-        rmsnorm(out, x, weight, epsilon);
-    }
-}
-
-/// `out` row i = `matrix · input` row i, for every row of `input` (`width` values each); each
-/// row's activations are quantized once, into `quantized`, for this and the projections of
-/// the same input that follow ([`project_again`]).
-fn project(
-    cpus: &dyn Cpus,
-    matrix: &crate::model::Matrix<'_>,
-    input: &[f32],
-    width: usize,
-    precision: Precision,
-    quantized: &mut [QuantizedVector],
-    out: &mut [f32],
-) {
-    for ((x, scratch), out) in
-        input.chunks_exact(width).zip(quantized.iter_mut()).zip(out.chunks_exact_mut(matrix.rows))
-    {
-        matvec(cpus, matrix, x, precision, scratch, out);
-    }
-}
-
-/// Like [`project`], reusing the activations [`project`] quantized for the same input.
-fn project_again(
-    cpus: &dyn Cpus,
-    matrix: &crate::model::Matrix<'_>,
-    input: &[f32],
-    width: usize,
-    precision: Precision,
-    quantized: &[QuantizedVector],
-    out: &mut [f32],
-) {
-    for ((x, scratch), out) in input.chunks_exact(width).zip(quantized).zip(out.chunks_exact_mut(matrix.rows))
-    {
-        matvec_prepared(cpus, matrix, x, precision, scratch, out);
-    }
-}
-
-/// Rotates each row's query and key by RoPE at the row's position.
-fn rotate_rows(
-    rope: &mut Rope,
-    sequences: &[PassSequence<'_, '_>],
-    query: &mut [f32],
-    key: &mut [f32],
-    dim: usize,
-    kv_dim: usize,
-) {
-    let positions =
-        sequences.iter().flat_map(|sequence| sequence.start..sequence.start + sequence.tokens.len());
-    for ((position, query), key) in
-        positions.zip(query.chunks_exact_mut(dim)).zip(key.chunks_exact_mut(kv_dim))
-    {
-        rope.set_position(position);
-        rope.rotate(query);
-        rope.rotate(key);
-    }
-}
-
-/// Stores every row's key and value at its position in its sequence's store.
-fn write_keys_and_values(
-    sequences: &mut [PassSequence<'_, '_>],
-    layer: usize,
-    keys: &[f32],
-    values: &[f32],
-    kv_dim: usize,
-) -> Result<(), PassError> {
-    let mut rows = keys.chunks_exact(kv_dim).zip(values.chunks_exact(kv_dim));
-    for (index, sequence) in sequences.iter_mut().enumerate() {
-        for (position, (key, value)) in (sequence.start..).zip((&mut rows).take(sequence.tokens.len())) {
-            sequence
-                .kv
-                .write(layer, position, key, value)
-                .map_err(|error| PassError { sequence: index, error: error.into() })?;
-        }
-    }
-    Ok(())
-}
-
-/// Each row attends over its own sequence's positions up to its own.
-fn attend_rows(
-    sequences: &[PassSequence<'_, '_>],
-    layer: usize,
-    config: &Config,
-    query: &[f32],
-    scores: &mut [f32],
-    attention: &mut [f32],
-) {
-    let dim = config.dim;
-    let mut rows = query.chunks_exact(dim).zip(attention.chunks_exact_mut(dim));
-    for sequence in sequences {
-        for (position, (query, out)) in (sequence.start..).zip((&mut rows).take(sequence.tokens.len())) {
-            let group = config.heads / config.kv_heads;
-            attend(query, &*sequence.kv, layer, position, config.head_dim(), group, scores, out);
-        }
-    }
-}
-
-/// Grouped-query attention of every query head over positions `0..=position` of `layer`.
-/// Query head h reads KV head h / `group`.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one argument per input of llama2.c's attention loop; a struct would hide what it reads"
-)]
-fn attend(
-    query: &[f32],
-    kv: &dyn KvStore,
-    layer: usize,
-    position: usize,
-    head_dim: usize,
-    group: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let scale = 1.0 / libm::sqrtf(head_dim as f32);
-    let scores = &mut scores[..=position];
-    for (head, (query, out)) in query.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
-        let kv_range = (head / group) * head_dim..(head / group + 1) * head_dim;
-        for (past, score) in scores.iter_mut().enumerate() {
-            let key = &kv.key(layer, past)[kv_range.clone()];
-            *score = query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
-        }
-        softmax(scores);
-        out.fill(0.0);
-        for (past, weight) in scores.iter().enumerate() {
-            let value = &kv.value(layer, past)[kv_range.clone()];
-            out.iter_mut().zip(value).for_each(|(out, value)| *out += weight * value);
-        }
-    }
-}
-
-fn add(residual: &mut [f32], delta: &[f32]) {
-    residual.iter_mut().zip(delta).for_each(|(residual, delta)| *residual += delta);
 }

@@ -7,7 +7,7 @@
 use libm::{cosf, expf, fmaf, powf, roundf, sinf, sqrtf};
 
 use crate::model::quant::{BLOCK_VALUES, f16_to_f32};
-use crate::model::{TensorType, Vector};
+use crate::model::{Matrix, TensorType, Vector};
 
 /// `out = x / rms(x) * weight`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32) {
@@ -67,28 +67,114 @@ impl Rope {
     }
 }
 
-/// `gate = silu(gate) × up`, the SwiGLU activation.
+/// Lower bound of [`exponential`]'s argument: below it e^x is no longer a normal f32
+/// (−126 × ln 2 ≈ −87.34), and the result stays at about 1.2e-38.
+pub const EXPONENT_LOWEST: f32 = -87.33;
+/// Upper bound of [`exponential`]'s computed range: 127.5 × ln 2 (≈ 88.38, e^x ≈ 2.4e38), so
+/// the power of two stays a finite f32. Above it the result is infinity.
+pub const EXPONENT_HIGHEST: f32 = 88.37;
+/// 1.5 × 2^23: adding it to a number below 2^22 in magnitude rounds that number to the
+/// nearest integer (ties to even) and leaves the integer in the low mantissa bits.
+pub const ROUNDING_SHIFTER: f32 = 12_582_912.0;
+/// log2(e).
+pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
+/// ln 2 as the nearest f32, and what it leaves out: together they reduce the argument to
+/// well under an ulp of error.
+pub const LN_2_HIGH: f32 = core::f32::consts::LN_2;
+/// `ln 2 − LN_2_HIGH`.
+pub const LN_2_LOW: f32 = -1.904_654_3e-9;
+/// Taylor coefficients 1/k! of e^r for k = 7 down to 0: on |r| ≤ ln 2 / 2 the truncation
+/// error is below 5e-9, well under the rounding of the Horner steps.
+pub const EXPONENTIAL_COEFFICIENTS: [f32; 8] =
+    [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+
+/// e^x to within an ulp (checked against f64 in the tests), in operations the
+/// SIMD paths repeat one for one, so that they give the same bits: x is clamped to
+/// [−87.33, 88.37]; n = x · log2(e) rounded to the nearest integer; r = x − n · ln 2 (in two
+/// fused steps); e^r by Horner's rule over [`EXPONENTIAL_COEFFICIENTS`] (fused
+/// multiply-adds); the result is e^r × 2^n, 2^n built from n's bits. Above 88.37 the result
+/// is infinity, as `expf`'s is above 88.72 (so SiLU of a gate below −88.37 is −0 rather than
+/// a subnormal, which x86 cores multiply through slow microcode); below −87.33 it stays at
+/// about 1.2e-38 rather than reaching 0 or a subnormal. NaN gives NaN.
+pub fn exponential(x: f32) -> f32 {
+    if x > EXPONENT_HIGHEST {
+        return f32::INFINITY;
+    }
+    // NaN passes through `clamp` as NaN.
+    let clamped = x.clamp(EXPONENT_LOWEST, EXPONENT_HIGHEST);
+    let shifted = fmaf(clamped, LOG2_E, ROUNDING_SHIFTER);
+    let whole = shifted - ROUNDING_SHIFTER;
+    let reduced = fmaf(-whole, LN_2_LOW, fmaf(-whole, LN_2_HIGH, clamped));
+    let mut polynomial = EXPONENTIAL_COEFFICIENTS[0];
+    for coefficient in &EXPONENTIAL_COEFFICIENTS[1..] {
+        polynomial = fmaf(polynomial, reduced, *coefficient);
+    }
+    polynomial * power_of_two(shifted)
+}
+
+/// 2^n for the n that [`ROUNDING_SHIFTER`] left in `shifted`'s low mantissa bits: shifted
+/// left by 23, the shifter's own bits fall off the top and n lands in the exponent field.
+pub fn power_of_two(shifted: f32) -> f32 {
+    f32::from_bits((shifted.to_bits() << 23).wrapping_add(127 << 23))
+}
+
+/// `gate = silu(gate) × up`, the SwiGLU activation, with silu(g) = g / (1 + e^−g) and e^−g
+/// from [`exponential`]; the SIMD paths give the same bits.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (gate, up) in gate.iter_mut().zip(up) {
-        *gate = *gate / (1.0 + expf(-*gate)) * up;
+        *gate = *gate / (1.0 + exponential(-*gate)) * up;
     }
 }
 
+/// Dot product of two float vectors (an attention query and key) in eight interleaved lanes
+/// of fused multiply-adds, reduced by [`reduce_lanes`]; elements past the last whole eight
+/// are added one by one at the end. The SIMD paths keep the same order.
+pub fn dot_floats(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut a_groups = a.chunks_exact(8);
+    let mut b_groups = b.chunks_exact(8);
+    for (a_group, b_group) in (&mut a_groups).zip(&mut b_groups) {
+        for ((lane, a), b) in lanes.iter_mut().zip(a_group).zip(b_group) {
+            *lane = fmaf(*a, *b, *lane);
+        }
+    }
+    let mut total = reduce_lanes(lanes);
+    for (a, b) in a_groups.remainder().iter().zip(b_groups.remainder()) {
+        total = fmaf(*a, *b, total);
+    }
+    total
+}
+
+/// `out[i] = weight × values[i] + out[i]`, fused (an attention value row added with its
+/// weight); every element stands alone, so the SIMD paths give the same bits.
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) {
+    for (out, value) in out.iter_mut().zip(values) {
+        *out = fmaf(weight, *value, *out);
+    }
+}
+
+/// One activation vector quantized to integers `T` (8 or 16 bits) in blocks of 32, as the
+/// integer kernels read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Quantized<'a, T> {
+    /// The values, 32 per block.
+    pub values: &'a [T],
+    /// Per block: `[scale, scale × sum of the block's values]` (the second serves Q4_1's
+    /// minimum term).
+    pub block_scales: &'a [[f32; 2]],
+}
+
 /// Activations quantized in blocks of 32, to 8 bits ([`Self::quantize`]) or 16 bits
-/// ([`Self::quantize_wide`]), each block with a scale and the sum of its values (the sum
-/// serves Q4_1's minimum term). The scales and sums are those of the latest quantization.
+/// ([`Self::quantize_wide`]), each block with its scale and `scale × sum of its values`; the
+/// block scales are those of the latest quantization.
 #[derive(Clone, Debug, Default)]
 pub struct QuantizedVector {
-    /// The 8-bit values.
+    /// The 8-bit values, in −127..=127.
     pub values: alloc::vec::Vec<i8>,
-    /// The 16-bit values.
+    /// The 16-bit values, in −32767..=32767.
     pub wide_values: alloc::vec::Vec<i16>,
-    /// One scale per block.
-    pub scales: alloc::vec::Vec<f32>,
-    /// One sum of values per block.
-    pub sums: alloc::vec::Vec<i32>,
-    /// One `scale × sum` per block.
-    pub scaled_sums: alloc::vec::Vec<f32>,
+    /// Per block: `[scale, scale × sum of values]`.
+    pub block_scales: alloc::vec::Vec<[f32; 2]>,
     /// Float activations' [`block_sum_lanes`] per block, filled by [`Self::sum_blocks`].
     pub block_sums: alloc::vec::Vec<[f32; 8]>,
 }
@@ -100,49 +186,62 @@ impl QuantizedVector {
         Self {
             values: alloc::vec![0; blocks * BLOCK_VALUES],
             wide_values: alloc::vec![0; blocks * BLOCK_VALUES],
-            scales: alloc::vec![0.0; blocks],
-            sums: alloc::vec![0; blocks],
-            scaled_sums: alloc::vec![0.0; blocks],
+            block_scales: alloc::vec![[0.0; 2]; blocks],
             block_sums: alloc::vec![[0.0; 8]; blocks],
         }
     }
 
     /// Computes [`block_sum_lanes`] of every block of `x` into `block_sums` and returns them.
     pub fn sum_blocks(&mut self, x: &[f32]) -> &[[f32; 8]] {
-        let blocks = (x.len() / BLOCK_VALUES).min(self.block_sums.len());
-        for (sums, values) in self.block_sums.iter_mut().zip(x.chunks_exact(BLOCK_VALUES)) {
-            *sums = block_sum_lanes(values);
-        }
+        let blocks = sum_blocks(x, &mut self.block_sums);
         &self.block_sums[..blocks]
     }
 
     /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity) to 8 bits:
     /// values in −127..=127, scale = max|x| / 127.
     pub fn quantize(&mut self, x: &[f32]) {
-        let totals = (&mut self.scales[..], &mut self.sums[..], &mut self.scaled_sums[..]);
-        quantize_blocks(x, &mut self.values, totals, 127.0, |value| roundf(value) as i8);
+        quantize_blocks(x, &mut self.values, &mut self.block_scales, 127.0, |value| roundf(value) as i8);
     }
 
     /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity) to 16 bits:
     /// values in −32767..=32767, scale = max|x| / 32767.
     pub fn quantize_wide(&mut self, x: &[f32]) {
-        let totals = (&mut self.scales[..], &mut self.sums[..], &mut self.scaled_sums[..]);
-        quantize_blocks(x, &mut self.wide_values, totals, 32767.0, |value| roundf(value) as i16);
+        quantize_blocks(x, &mut self.wide_values, &mut self.block_scales, 32767.0, |value| {
+            roundf(value) as i16
+        });
+    }
+
+    /// The 8-bit values of the latest [`Self::quantize`].
+    pub fn int8(&self) -> Quantized<'_, i8> {
+        Quantized { values: &self.values, block_scales: &self.block_scales }
+    }
+
+    /// The 16-bit values of the latest [`Self::quantize_wide`].
+    pub fn int16(&self) -> Quantized<'_, i16> {
+        Quantized { values: &self.wide_values, block_scales: &self.block_scales }
     }
 }
 
+/// Fills `sums` with [`block_sum_lanes`] of each whole block of `x`; returns the blocks done.
+fn sum_blocks(x: &[f32], sums: &mut [[f32; 8]]) -> usize {
+    let blocks = (x.len() / BLOCK_VALUES).min(sums.len());
+    for (sums, values) in sums.iter_mut().zip(x.chunks_exact(BLOCK_VALUES)) {
+        *sums = block_sum_lanes(values);
+    }
+    blocks
+}
+
 /// Quantizes each block of 32 of `x` into `outputs` with `round` (which gets values already
-/// scaled into −`largest`..=`largest`), filling each block's scale, sum and `scale × sum`.
+/// scaled into −`largest`..=`largest`), filling each block's scale and `scale × sum`.
 fn quantize_blocks<T: Copy + Into<i32>>(
     x: &[f32],
     outputs: &mut [T],
-    (scales, sums, scaled_sums): (&mut [f32], &mut [i32], &mut [f32]),
+    block_scales: &mut [[f32; 2]],
     largest: f32,
     round: impl Fn(f32) -> T,
 ) {
     let blocks = x.chunks_exact(BLOCK_VALUES).zip(outputs.chunks_exact_mut(BLOCK_VALUES));
-    let totals = scales.iter_mut().zip(sums.iter_mut().zip(scaled_sums));
-    for ((block, out), (scale, (sum, scaled_sum))) in blocks.zip(totals) {
+    for ((block, out), [scale, scaled_sum]) in blocks.zip(block_scales) {
         let maximum = block.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
         *scale = maximum / largest;
         let inverse = if maximum > 0.0 { largest / maximum } else { 0.0 };
@@ -151,8 +250,280 @@ fn quantize_blocks<T: Copy + Into<i32>>(
             *out = round(value * inverse);
             total += (*out).into();
         }
-        *sum = total;
         *scaled_sum = *scale * total as f32;
+    }
+}
+
+/// Why activation rows and a matrix (or an output buffer) do not fit together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShapeError {
+    /// The activations are not whole rows of `columns` values (or `columns` is 0).
+    NotWholeRows {
+        /// Values given.
+        length: usize,
+        /// Values per row.
+        columns: usize,
+    },
+    /// More rows or columns than [`QuantizedRows::with_capacity`] made room for.
+    OverCapacity {
+        /// Rows given.
+        rows: usize,
+        /// Columns given.
+        columns: usize,
+        /// Rows of room.
+        capacity_rows: usize,
+        /// Columns of room.
+        capacity_columns: usize,
+    },
+    /// The matrix's rows are not as long as the activation rows.
+    ColumnsDiffer {
+        /// Values per matrix row.
+        matrix: usize,
+        /// Values per activation row.
+        input: usize,
+    },
+    /// The requested matrix rows run past its end.
+    RowsOutOfRange {
+        /// First row requested.
+        first: usize,
+        /// Rows requested.
+        count: usize,
+        /// Rows the matrix has.
+        rows: usize,
+    },
+    /// The output buffer is shorter than rows × vectors.
+    OutputTooShort {
+        /// Values the product writes.
+        needed: usize,
+        /// Values the buffer holds.
+        length: usize,
+    },
+}
+
+impl core::fmt::Display for ShapeError {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::NotWholeRows { length, columns } => {
+                write!(formatter, "{length} activations are not whole rows of {columns}")
+            }
+            Self::OverCapacity { rows, columns, capacity_rows, capacity_columns } => write!(
+                formatter,
+                "{rows} rows of {columns} exceed the room for {capacity_rows} rows of {capacity_columns}"
+            ),
+            Self::ColumnsDiffer { matrix, input } => {
+                write!(formatter, "matrix rows of {matrix} values meet activation rows of {input}")
+            }
+            Self::RowsOutOfRange { first, count, rows } => {
+                write!(formatter, "rows {first}..{} of a matrix of {rows} rows", first.saturating_add(count))
+            }
+            Self::OutputTooShort { needed, length } => {
+                write!(formatter, "the product writes {needed} values into a buffer of {length}")
+            }
+        }
+    }
+}
+
+/// Up to a fixed number of activation rows (the N vectors of a matrix × N-vectors product:
+/// prompt positions of a prefill chunk, or one row per sequence of a decode round),
+/// prepared once for products with every matrix that reads them: quantized at
+/// [`Precision::Int8`] and [`Precision::Int16`], block sums at [`Precision::Float`] (for
+/// Q4_1 rows). Allocated once by [`Self::with_capacity`]; [`Self::quantize`] allocates
+/// nothing. Rows are stored one after another (row j's values at `j × columns`, its block
+/// scales at `j × columns / 32`).
+#[derive(Clone, Debug)]
+pub struct QuantizedRows {
+    precision: Precision,
+    capacity_rows: usize,
+    capacity_columns: usize,
+    values: alloc::vec::Vec<i8>,
+    wide_values: alloc::vec::Vec<i16>,
+    block_scales: alloc::vec::Vec<[f32; 2]>,
+    block_sums: alloc::vec::Vec<[f32; 8]>,
+}
+
+impl QuantizedRows {
+    /// Room for `rows` rows of up to `columns` values at `precision` (only what that
+    /// precision needs is allocated).
+    pub fn with_capacity(rows: usize, columns: usize, precision: Precision) -> Self {
+        let values = rows * columns.div_ceil(BLOCK_VALUES) * BLOCK_VALUES;
+        let blocks = rows * columns.div_ceil(BLOCK_VALUES);
+        let quantized = |width: Precision| if precision == width { values } else { 0 };
+        Self {
+            precision,
+            capacity_rows: rows,
+            capacity_columns: columns,
+            values: alloc::vec![0; quantized(Precision::Int8)],
+            wide_values: alloc::vec![0; quantized(Precision::Int16)],
+            block_scales: alloc::vec![[0.0; 2]; if precision == Precision::Float { 0 } else { blocks }],
+            block_sums: alloc::vec![[0.0; 8]; if precision == Precision::Float { blocks } else { 0 }],
+        }
+    }
+
+    /// Bytes [`Self::with_capacity`] allocates for `rows` rows of `columns` at `precision`.
+    pub fn bytes_for(rows: usize, columns: usize, precision: Precision) -> usize {
+        let blocks = rows * columns.div_ceil(BLOCK_VALUES);
+        blocks
+            * match precision {
+                Precision::Float => 32,
+                Precision::Int8 => 32 + 8,
+                Precision::Int16 => 64 + 8,
+            }
+    }
+
+    /// The precision these rows are prepared at.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Prepares the rows of `x` (rows of `columns` values one after another) for products:
+    /// quantizes each row at this precision (as [`QuantizedVector::quantize`] or
+    /// [`QuantizedVector::quantize_wide`] would), or at [`Precision::Float`] sums its blocks.
+    /// Rows whose length is not a multiple of 32 are kept as floats only (no quantized
+    /// matrix has such rows). Returns the batch the product kernels read.
+    pub fn quantize<'a>(&'a mut self, x: &'a [f32], columns: usize) -> Result<BatchInput<'a>, ShapeError> {
+        let rows = self.rows_of(x, columns)?;
+        if columns.is_multiple_of(BLOCK_VALUES) {
+            let blocks = rows * columns / BLOCK_VALUES;
+            match self.precision {
+                Precision::Float => {
+                    sum_blocks(x, &mut self.block_sums[..blocks]);
+                }
+                Precision::Int8 => quantize_blocks(
+                    x,
+                    &mut self.values[..rows * columns],
+                    &mut self.block_scales[..blocks],
+                    127.0,
+                    |value| roundf(value) as i8,
+                ),
+                Precision::Int16 => quantize_blocks(
+                    x,
+                    &mut self.wide_values[..rows * columns],
+                    &mut self.block_scales[..blocks],
+                    32767.0,
+                    |value| roundf(value) as i16,
+                ),
+            }
+        }
+        Ok(BatchInput { floats: x, rows, columns, prepared: self })
+    }
+}
+
+impl QuantizedRows {
+    /// How many rows of `columns` values `x` holds, if they are whole rows within the room.
+    fn rows_of(&self, x: &[f32], columns: usize) -> Result<usize, ShapeError> {
+        if columns == 0 || !x.len().is_multiple_of(columns) {
+            return Err(ShapeError::NotWholeRows { length: x.len(), columns });
+        }
+        let rows = x.len() / columns;
+        if rows > self.capacity_rows || columns > self.capacity_columns {
+            return Err(ShapeError::OverCapacity {
+                rows,
+                columns,
+                capacity_rows: self.capacity_rows,
+                capacity_columns: self.capacity_columns,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// The batch the latest [`Self::quantize`] prepared, read again: `x` must be the same rows
+    /// it was given (a mismatch gives wrong products, nothing worse), so several cores can
+    /// read one preparation.
+    pub fn prepared<'a>(&'a self, x: &'a [f32], columns: usize) -> Result<BatchInput<'a>, ShapeError> {
+        let rows = self.rows_of(x, columns)?;
+        Ok(BatchInput { floats: x, rows, columns, prepared: self })
+    }
+}
+
+/// N activation rows ready for a matrix × N-vectors product, as [`QuantizedRows::quantize`]
+/// prepared them: the floats (for F32 and F16 matrices) and their quantization or block
+/// sums (for Q8_0, Q4_0 and Q4_1 matrices).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchInput<'a> {
+    floats: &'a [f32],
+    rows: usize,
+    columns: usize,
+    prepared: &'a QuantizedRows,
+}
+
+impl<'a> BatchInput<'a> {
+    /// The number of vectors, N.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per vector.
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The precision the vectors meet quantized matrices at.
+    pub fn precision(&self) -> Precision {
+        self.prepared.precision
+    }
+
+    /// The float vectors, one after another.
+    pub fn floats(&self) -> &'a [f32] {
+        self.floats
+    }
+
+    /// Blocks per vector (whole blocks of 32; 0 when rows are not whole blocks).
+    fn blocks(&self) -> usize {
+        if self.columns.is_multiple_of(BLOCK_VALUES) { self.columns / BLOCK_VALUES } else { 0 }
+    }
+
+    /// All vectors' 8-bit quantization (values and block scales one vector after another),
+    /// when prepared at [`Precision::Int8`].
+    pub fn int8(&self) -> Option<Quantized<'a, i8>> {
+        let prepared: &'a QuantizedRows = self.prepared;
+        (prepared.precision == Precision::Int8).then(|| Quantized {
+            values: &prepared.values[..self.rows * self.blocks() * BLOCK_VALUES],
+            block_scales: &prepared.block_scales[..self.rows * self.blocks()],
+        })
+    }
+
+    /// All vectors' 16-bit quantization, when prepared at [`Precision::Int16`].
+    pub fn int16(&self) -> Option<Quantized<'a, i16>> {
+        let prepared: &'a QuantizedRows = self.prepared;
+        (prepared.precision == Precision::Int16).then(|| Quantized {
+            values: &prepared.wide_values[..self.rows * self.blocks() * BLOCK_VALUES],
+            block_scales: &prepared.block_scales[..self.rows * self.blocks()],
+        })
+    }
+
+    /// All vectors' block sums, when prepared at [`Precision::Float`].
+    pub fn block_sums(&self) -> Option<&'a [[f32; 8]]> {
+        let prepared: &'a QuantizedRows = self.prepared;
+        (prepared.precision == Precision::Float).then(|| &prepared.block_sums[..self.rows * self.blocks()])
+    }
+
+    /// Vector `index` as the single-vector input that rows of `tensor_type` take (the same
+    /// one [`super::matmul::matvec`] would build), or `None` past the last vector.
+    pub fn input(&self, index: usize, tensor_type: TensorType) -> Option<Input<'a>> {
+        if index >= self.rows {
+            return None;
+        }
+        let floats = &self.floats[index * self.columns..(index + 1) * self.columns];
+        let blocks = self.blocks();
+        let values = index * blocks * BLOCK_VALUES..(index + 1) * blocks * BLOCK_VALUES;
+        let scales = index * blocks..(index + 1) * blocks;
+        if !takes_quantized_input(tensor_type, self.precision()) {
+            return Some(match (tensor_type, self.block_sums()) {
+                (TensorType::Q4_1, Some(sums)) => Input::FloatSummed(floats, &sums[scales]),
+                _ => Input::Float(floats),
+            });
+        }
+        Some(match (self.int8(), self.int16()) {
+            (Some(all), _) => Input::Quantized(Quantized {
+                values: &all.values[values],
+                block_scales: &all.block_scales[scales],
+            }),
+            (_, Some(all)) => Input::Quantized16(Quantized {
+                values: &all.values[values],
+                block_scales: &all.block_scales[scales],
+            }),
+            (None, None) => Input::Float(floats),
+        })
     }
 }
 
@@ -165,9 +536,9 @@ pub enum Input<'a> {
     /// (Q4_1's minimum terms need them). Gives the same bits as `Float`.
     FloatSummed(&'a [f32], &'a [[f32; 8]]),
     /// Activations quantized to 8 bits ([`QuantizedVector::quantize`]).
-    Quantized(&'a QuantizedVector),
+    Quantized(Quantized<'a, i8>),
     /// Activations quantized to 16 bits ([`QuantizedVector::quantize_wide`]).
-    Quantized16(&'a QuantizedVector),
+    Quantized16(Quantized<'a, i16>),
 }
 
 /// The f16 at byte `at` of `bytes`, as f32.
@@ -199,7 +570,12 @@ pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
 /// Sums eight lanes as ((0+4)+(2+6)) + ((1+5)+(3+7)).
 pub fn reduce_lanes(lanes: [f32; 8]) -> f32 {
     let quad = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
-    (quad[0] + quad[2]) + (quad[1] + quad[3])
+    reduce_quad(quad)
+}
+
+/// Sums four lanes as (0+2) + (1+3).
+pub fn reduce_quad(lanes: [f32; 4]) -> f32 {
+    (lanes[0] + lanes[2]) + (lanes[1] + lanes[3])
 }
 
 /// Dot product of an F16 row with `x`.
@@ -210,76 +586,92 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// Integer products of one block's 32 codes with its 32 activations (8 or 16 bits), summed
-/// into eight lanes of four consecutive elements (lane k holds elements 4k..4k+4), exactly:
-/// even at 16 bits a lane is at most 4 × 128 × 32767 < 2^24 in magnitude, and a whole block
-/// 32 × 128 × 32767 < 2^31.
-pub fn block_integer_lanes<T: Copy + Into<i32>>(codes: &[i32; 32], activations: &[T]) -> [i32; 8] {
-    core::array::from_fn(|lane| {
-        (4 * lane..4 * lane + 4).map(|index| codes[index] * activations[index].into()).sum()
-    })
+/// The integer lane element `index` (0..32) of a block adds to: (index / 2) mod 4. Lane k
+/// thus gathers elements 2k, 2k+1, 2k+8, 2k+9, 2k+16, 2k+17, 2k+24 and 2k+25, the grouping
+/// NEON's widening multiply-accumulates and AVX2's pairwise multiply-adds both reach cheaply.
+pub fn integer_lane(index: usize) -> usize {
+    (index / 2) % 4
 }
 
-/// Dot product of a row of blocks with integer activations `values` (8 or 16 bits) whose
-/// scales and sums are `x`'s. Each block adds `weight scale × activation scale × integer
-/// lane` to an eight-lane accumulator; Q4_1's minimum terms (`minimum × activation scale ×
-/// block sum`) gather in a separate scalar. The SIMD paths follow the same order.
-fn dot_blocks_integer<T: Copy + Into<i32>>(
-    row: &[u8],
-    values: &[T],
-    x: &QuantizedVector,
+/// Integer products of one block's 32 codes with its 32 activations (8 or 16 bits), summed
+/// into four lanes by [`integer_lane`], exactly: a lane is at most 8 × 128 × 32767 < 2^31
+/// in magnitude. (For 4-bit codes it stays below 2^24, so the conversion to f32 is exact
+/// too; Q8_0 lanes at 16 bits may round there, identically on every path.)
+pub fn block_integer_lanes<T: Copy + Into<i32>>(codes: &[i32; 32], activations: &[T]) -> [i32; 4] {
+    let mut lanes = [0i32; 4];
+    for (index, (code, value)) in codes.iter().zip(activations).enumerate() {
+        lanes[integer_lane(index)] += code * (*value).into();
+    }
+    lanes
+}
+
+/// Where a quantized weight format keeps the parts the integer kernels read.
+#[derive(Clone, Copy)]
+struct IntegerFormat {
+    /// Bytes per block of 32.
     block_bytes: usize,
-    codes: impl Fn(&[u8]) -> [i32; 32],
+    /// The block's 32 codes.
+    codes: fn(&[u8]) -> [i32; 32],
+    /// Byte offset of the f16 minimum (Q4_1).
     minimum_at: Option<usize>,
-) -> f32 {
-    let mut accumulator = [0.0f32; 8];
-    let mut minimum_total = 0.0f32;
-    let blocks =
-        row.chunks_exact(block_bytes).zip(values.chunks_exact(32)).zip(x.scales.iter().zip(&x.scaled_sums));
-    for ((block, activations), (scale, scaled_sum)) in blocks {
-        let lanes = block_integer_lanes(&codes(block), activations);
+}
+
+/// The integer kernels' view of `tensor_type`, if it is quantized.
+fn integer_format(tensor_type: TensorType) -> Option<IntegerFormat> {
+    match tensor_type {
+        TensorType::Q8_0 => Some(IntegerFormat { block_bytes: 34, codes: codes_q8_0, minimum_at: None }),
+        TensorType::Q4_0 => Some(IntegerFormat { block_bytes: 18, codes: codes_q4_0, minimum_at: None }),
+        TensorType::Q4_1 => Some(IntegerFormat { block_bytes: 20, codes: codes_q4_1, minimum_at: Some(2) }),
+        TensorType::F32 | TensorType::F16 => None,
+    }
+}
+
+/// Dot product of a row of blocks with integer activations (8 or 16 bits), the order every
+/// SIMD path follows:
+/// - each block's [`block_integer_lanes`], converted to f32, are added to a four-lane
+///   accumulator with one fused multiply-add each, by `weight scale × activation scale`
+///   (one f32 product);
+/// - Q4_1's minimum terms (`minimum × activation scale × block sum`) gather by fused
+///   multiply-adds in two scalars, one for even blocks and one for odd blocks;
+/// - the result is [`reduce_quad`] of the accumulator, plus (even + odd) for Q4_1.
+fn dot_blocks_integer<T: Copy + Into<i32>>(row: &[u8], x: Quantized<'_, T>, format: IntegerFormat) -> f32 {
+    let mut accumulator = [0.0f32; 4];
+    let mut minimums = [0.0f32; 2];
+    let blocks = row.chunks_exact(format.block_bytes).zip(x.values.chunks_exact(32)).zip(x.block_scales);
+    for (index, ((block, activations), [scale, scaled_sum])) in blocks.enumerate() {
+        let lanes = block_integer_lanes(&(format.codes)(block), activations);
         let factor = half(block, 0) * scale;
         for (accumulator, lane) in accumulator.iter_mut().zip(lanes) {
             *accumulator = fmaf(factor, lane as f32, *accumulator);
         }
-        if let Some(at) = minimum_at {
-            minimum_total = fmaf(half(block, at), *scaled_sum, minimum_total);
+        if let Some(at) = format.minimum_at {
+            let minimum = &mut minimums[index % 2];
+            *minimum = fmaf(half(block, at), *scaled_sum, *minimum);
         }
     }
-    reduce_lanes(accumulator) + minimum_total
+    let total = reduce_quad(accumulator);
+    if format.minimum_at.is_some() { total + (minimums[0] + minimums[1]) } else { total }
 }
 
 /// Dot product of a row of `tensor_type` (Q8_0, Q4_0 or Q4_1; others yield 0) with integer
-/// activations `values` (`x.values` or `x.wide_values`).
-fn dot_integer<T: Copy + Into<i32>>(
-    tensor_type: TensorType,
-    row: &[u8],
-    values: &[T],
-    x: &QuantizedVector,
-) -> f32 {
-    match tensor_type {
-        TensorType::Q8_0 => dot_blocks_integer(row, values, x, 34, codes_q8_0, None),
-        TensorType::Q4_0 => dot_blocks_integer(row, values, x, 18, |block| codes_nibbles(block, 2, 8), None),
-        TensorType::Q4_1 => {
-            dot_blocks_integer(row, values, x, 20, |block| codes_nibbles(block, 4, 0), Some(2))
-        }
-        TensorType::F32 | TensorType::F16 => 0.0,
-    }
+/// activations.
+fn dot_integer<T: Copy + Into<i32>>(tensor_type: TensorType, row: &[u8], x: Quantized<'_, T>) -> f32 {
+    integer_format(tensor_type).map_or(0.0, |format| dot_blocks_integer(row, x, format))
 }
 
 /// Dot product of a Q8_0 row with 8-bit activations.
 pub fn dot_q8_0(row: &[u8], x: &QuantizedVector) -> f32 {
-    dot_integer(TensorType::Q8_0, row, &x.values, x)
+    dot_integer(TensorType::Q8_0, row, x.int8())
 }
 
 /// Dot product of a Q4_0 row with 8-bit activations.
 pub fn dot_q4_0(row: &[u8], x: &QuantizedVector) -> f32 {
-    dot_integer(TensorType::Q4_0, row, &x.values, x)
+    dot_integer(TensorType::Q4_0, row, x.int8())
 }
 
 /// Dot product of a Q4_1 row with 8-bit activations.
 pub fn dot_q4_1(row: &[u8], x: &QuantizedVector) -> f32 {
-    dot_integer(TensorType::Q4_1, row, &x.values, x)
+    dot_integer(TensorType::Q4_1, row, x.int8())
 }
 
 /// Products `codes[i] × x[i]` of one block of 32, summed into eight lanes: lane j adds the
@@ -356,6 +748,16 @@ fn codes_nibbles(block: &[u8], start: usize, offset: i32) -> [i32; 32] {
     })
 }
 
+/// The 32 codes of a Q4_0 block (nibbles − 8).
+fn codes_q4_0(block: &[u8]) -> [i32; 32] {
+    codes_nibbles(block, 2, 8)
+}
+
+/// The 32 codes of a Q4_1 block (nibbles).
+fn codes_q4_1(block: &[u8]) -> [i32; 32] {
+    codes_nibbles(block, 4, 0)
+}
+
 /// Dot product of a Q8_0 row with float activations.
 pub fn dot_q8_0_float(row: &[u8], x: &[f32]) -> f32 {
     dot_blocks_float(row, x, 34, codes_q8_0, None)
@@ -363,12 +765,12 @@ pub fn dot_q8_0_float(row: &[u8], x: &[f32]) -> f32 {
 
 /// Dot product of a Q4_0 row with float activations.
 pub fn dot_q4_0_float(row: &[u8], x: &[f32]) -> f32 {
-    dot_blocks_float(row, x, 18, |block| codes_nibbles(block, 2, 8), None)
+    dot_blocks_float(row, x, 18, codes_q4_0, None)
 }
 
 /// Dot product of a Q4_1 row with float activations.
 pub fn dot_q4_1_float(row: &[u8], x: &[f32]) -> f32 {
-    dot_blocks_float(row, x, 20, |block| codes_nibbles(block, 4, 0), Some((2, None)))
+    dot_blocks_float(row, x, 20, codes_q4_1, Some((2, None)))
 }
 
 /// How activations meet quantized weights.
@@ -391,19 +793,12 @@ pub enum Precision {
     Int16,
 }
 
-/// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
-/// CPU has ([`super::simd`] when available, the scalar kernels otherwise; both give the same
-/// bits).
-pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
-    super::simd::dot(tensor_type, row, input).unwrap_or_else(|| dot_scalar(tensor_type, row, input))
-}
-
 /// Dot product of one encoded row of `tensor_type` with `input`, on the scalar path.
 /// Quantized input only serves quantized types; float types given quantized input yield 0.
 pub fn dot_scalar(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
     match (tensor_type, input) {
         (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
-            dot_blocks_float(row, x, 20, |block| codes_nibbles(block, 4, 0), Some((2, Some(sums))))
+            dot_blocks_float(row, x, 20, codes_q4_1, Some((2, Some(sums))))
         }
         (_, Input::FloatSummed(x, _)) => dot_scalar(tensor_type, row, Input::Float(x)),
         (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
@@ -411,8 +806,8 @@ pub fn dot_scalar(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 
         (TensorType::Q8_0, Input::Float(x)) => dot_q8_0_float(row, x),
         (TensorType::Q4_0, Input::Float(x)) => dot_q4_0_float(row, x),
         (TensorType::Q4_1, Input::Float(x)) => dot_q4_1_float(row, x),
-        (_, Input::Quantized(x)) => dot_integer(tensor_type, row, &x.values, x),
-        (_, Input::Quantized16(x)) => dot_integer(tensor_type, row, &x.wide_values, x),
+        (_, Input::Quantized(x)) => dot_integer(tensor_type, row, x),
+        (_, Input::Quantized16(x)) => dot_integer(tensor_type, row, x),
     }
 }
 
@@ -422,8 +817,29 @@ pub fn takes_quantized_input(tensor_type: TensorType, precision: Precision) -> b
         && matches!(tensor_type, TensorType::Q8_0 | TensorType::Q4_0 | TensorType::Q4_1)
 }
 
+/// Rows `first .. first + out.len() / N` of `matrix` times the N vectors of `input`, on the
+/// scalar path: the value of row `first + r` for vector `j` goes to `out[r × N + j]`, and is
+/// [`dot_scalar`] of that row with [`BatchInput::input`]`(j)`. The reference of the SIMD
+/// matrix × N-vectors kernels; [`super::matmul::rows_multi`] checks the shapes first.
+pub fn rows_multi_scalar(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out: &mut [f32]) {
+    let vectors = input.rows();
+    if vectors == 0 {
+        return;
+    }
+    for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
+        let row = matrix.row(first + index);
+        for (vector, output) in outputs.iter_mut().enumerate() {
+            if let Some(vector_input) = input.input(vector, matrix.tensor_type) {
+                *output = dot_scalar(matrix.tensor_type, row, vector_input);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use crate::model::quant::{dequantize, quantize};
     use alloc::vec::Vec;
@@ -439,14 +855,14 @@ mod tests {
             quantized.quantize(&x);
             let mut activations = [0.0f32; 64];
             for (index, value) in activations.iter_mut().enumerate() {
-                *value = f32::from(quantized.values[index]) * quantized.scales[index / 32];
+                *value = f32::from(quantized.values[index]) * quantized.block_scales[index / 32][0];
             }
             let mut wide = QuantizedVector::with_capacity(64);
             wide.quantize_wide(&x);
             let mut wide_activations = [0.0f32; 64];
             for (index, value) in wide_activations.iter_mut().enumerate() {
-                *value = f32::from(wide.wide_values[index]) * wide.scales[index / 32];
-                prop_assert!((*value - x[index]).abs() <= wide.scales[index / 32] * 0.51, "half a step off at most");
+                *value = f32::from(wide.wide_values[index]) * wide.block_scales[index / 32][0];
+                prop_assert!((*value - x[index]).abs() <= wide.block_scales[index / 32][0] * 0.51, "half a step off at most");
             }
             for tensor_type in [TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
                 let mut row = Vec::new();
@@ -454,24 +870,112 @@ mod tests {
                 let mut dequantized = [0.0f32; 64];
                 dequantize(tensor_type, &row, &mut dequantized);
                 let expected: f32 = dequantized.iter().zip(&activations).map(|(a, b)| a * b).sum();
-                let got = dot(tensor_type, &row, Input::Quantized(&quantized));
+                let got = dot_scalar(tensor_type, &row, Input::Quantized(quantized.int8()));
                 prop_assert!((got - expected).abs() <= 1e-3 * (1.0 + expected.abs()), "{tensor_type:?} {got} {expected}");
                 let expected: f32 = dequantized.iter().zip(&wide_activations).map(|(a, b)| a * b).sum();
-                let got = dot(tensor_type, &row, Input::Quantized16(&wide));
+                let got = dot_scalar(tensor_type, &row, Input::Quantized16(wide.int16()));
                 prop_assert!((got - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{tensor_type:?} int16 {got} {expected}");
                 let exact: f32 = dequantized.iter().zip(&x).map(|(a, b)| a * b).sum();
                 // Off from float activations by at most the activation rounding: half a step each.
                 let rounding: f32 =
-                    dequantized.iter().enumerate().map(|(index, a)| a.abs() * wide.scales[index / 32] * 0.5).sum();
+                    dequantized.iter().enumerate().map(|(index, a)| a.abs() * wide.block_scales[index / 32][0] * 0.5).sum();
                 prop_assert!((got - exact).abs() <= rounding + 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} int16 {got} vs float {exact}");
-                let got = dot(tensor_type, &row, Input::Float(&x));
+                let got = dot_scalar(tensor_type, &row, Input::Float(&x));
                 prop_assert!((got - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "{tensor_type:?} float {got} {exact}");
             }
             let mut row = Vec::new();
             quantize(TensorType::F32, &weights, &mut row);
             let expected: f64 = weights.iter().zip(&x).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
-            prop_assert!((f64::from(dot(TensorType::F32, &row, Input::Float(&x))) - expected).abs() < 1e-3);
+            prop_assert!((f64::from(dot_scalar(TensorType::F32, &row, Input::Float(&x))) - expected).abs() < 1e-3);
         }
+    }
+
+    #[test]
+    fn exponential_is_within_an_ulp_of_the_exact_value() {
+        let mut worst = 0.0f64;
+        // Every 997th f32 bit pattern across the whole clamped range, both signs.
+        for bits in (0u32..=0x42B0_0000).step_by(997) {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                if !(EXPONENT_LOWEST..=EXPONENT_HIGHEST).contains(&x) {
+                    continue;
+                }
+                let exact = f64::from(x).exp();
+                let got = f64::from(exponential(x));
+                // Error in units of the last place of the exact value.
+                let ulp = f64::from(f32::EPSILON) * 2f64.powi(exact.log2().floor() as i32);
+                worst = worst.max((got - exact).abs() / ulp);
+            }
+        }
+        // Measured: 0.87 ulps at most.
+        assert!(worst <= 1.0, "exponential is {worst} ulps off");
+        // Infinity above the range, saturation instead of zero below; NaN stays NaN.
+        assert!(exponential(EXPONENT_HIGHEST).is_finite() && exponential(EXPONENT_HIGHEST) > 2.0e38);
+        assert_eq!(exponential(88.38), f32::INFINITY);
+        assert_eq!(exponential(1000.0), f32::INFINITY);
+        assert_eq!(exponential(f32::INFINITY), f32::INFINITY);
+        assert!(exponential(-1000.0) > 0.0 && exponential(-1000.0) < 1.2e-38);
+        assert!(exponential(f32::NAN).is_nan());
+        assert_eq!(exponential(0.0), 1.0);
+        // SwiGLU: silu(g) = g / (1 + e^-g) against f64.
+        let mut gate = [-20.0f32, -3.0, -0.5, 0.0, 0.5, 3.0, 20.0];
+        let expected = gate.map(|g| f64::from(g) / (1.0 + (-f64::from(g)).exp()) * 2.0);
+        swiglu(&mut gate, &[2.0; 7]);
+        for (got, expected) in gate.iter().zip(expected) {
+            assert!(
+                (f64::from(*got) - expected).abs() <= 1e-6 * (1.0 + expected.abs()),
+                "{got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantized_rows_quantize_each_row_as_a_vector_would() {
+        let mut random = crate::rand::SplitMix64::new(11);
+        let (rows, columns) = (3, 64);
+        let x: Vec<f32> = (0..rows * columns).map(|_| random.next_f32() * 4.0 - 2.0).collect();
+        for precision in [Precision::Int8, Precision::Int16, Precision::Float] {
+            let mut batch = QuantizedRows::with_capacity(4, 96, precision);
+            let input = batch.quantize(&x, columns).expect("fits");
+            assert_eq!((input.rows(), input.columns(), input.precision()), (rows, columns, precision));
+            for (index, row) in x.chunks_exact(columns).enumerate() {
+                let mut single = QuantizedVector::with_capacity(columns);
+                let expected = match precision {
+                    Precision::Int8 => {
+                        single.quantize(row);
+                        Input::Quantized(single.int8())
+                    }
+                    Precision::Int16 => {
+                        single.quantize_wide(row);
+                        Input::Quantized16(single.int16())
+                    }
+                    Precision::Float => Input::FloatSummed(row, single.sum_blocks(row)),
+                };
+                let got = input.input(index, TensorType::Q4_1).expect("a row of the batch");
+                assert_eq!(
+                    alloc::format!("{got:?}"),
+                    alloc::format!("{expected:?}"),
+                    "{precision:?} row {index}"
+                );
+                let float = input.input(index, TensorType::F32).expect("a row of the batch");
+                assert!(matches!(float, Input::Float(values) if values == row));
+            }
+            assert!(input.input(rows, TensorType::Q4_1).is_none());
+        }
+        let mut batch = QuantizedRows::with_capacity(2, 64, Precision::Int16);
+        assert_eq!(
+            batch.quantize(&x, 64).err(),
+            Some(ShapeError::OverCapacity { rows: 3, columns: 64, capacity_rows: 2, capacity_columns: 64 })
+        );
+        assert_eq!(
+            batch.quantize(&x[..100], 64).err(),
+            Some(ShapeError::NotWholeRows { length: 100, columns: 64 })
+        );
+        assert_eq!(batch.quantize(&x, 0).err(), Some(ShapeError::NotWholeRows { length: 192, columns: 0 }));
+        assert_eq!(
+            batch.quantize(&x[..96], 96).err(),
+            Some(ShapeError::OverCapacity { rows: 1, columns: 96, capacity_rows: 2, capacity_columns: 64 })
+        );
+        assert!(QuantizedRows::bytes_for(2, 64, Precision::Int16) >= 2 * 64 * 2);
     }
 
     #[test]

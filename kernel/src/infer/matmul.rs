@@ -1,9 +1,14 @@
-//! Matrix-vector products split by rows across the cores of a [`Cpus`], with no allocation.
+//! Products on the fastest path this CPU has: matrix-vector products split by rows across
+//! the cores of a [`Cpus`], the matrix × N-vectors kernel a core runs on its share of rows
+//! ([`rows_multi`]), and the vector kernels of the forward pass (SwiGLU, attention scores and
+//! value sums). Each picks [`super::simd`] when it has a path and the scalar kernels of
+//! [`super::kernels`] otherwise; both give the same bits. Nothing here allocates.
 
 #![forbid(unsafe_code)]
 
 use spin::Mutex;
 
+pub use super::kernels::{BatchInput, QuantizedRows, ShapeError};
 use super::kernels::{Input, Precision, QuantizedVector, dot_scalar, takes_quantized_input};
 use crate::hil::Cpus;
 use crate::model::{Matrix, TensorType};
@@ -22,36 +27,16 @@ pub fn matvec(
     scratch: &mut QuantizedVector,
     out: &mut [f32],
 ) {
-    prepare_input(x, precision, scratch);
-    matvec_prepared(cpus, matrix, x, precision, scratch, out);
-}
-
-/// Prepares `x` once for every matrix it will meet at `precision`: quantized to 8 or 16 bits,
-/// or (in float) with its block sums, into `scratch`.
-pub fn prepare_input(x: &[f32], precision: Precision, scratch: &mut QuantizedVector) {
-    match precision {
-        Precision::Int16 => scratch.quantize_wide(x),
-        Precision::Int8 => scratch.quantize(x),
-        Precision::Float => {
-            scratch.sum_blocks(x);
-        }
-    }
-}
-
-/// Like [`matvec`], for an `x` that [`prepare_input`] already prepared into `scratch` (the
-/// same bits: a projection of the same input reuses its quantization).
-pub fn matvec_prepared(
-    cpus: &dyn Cpus,
-    matrix: &Matrix<'_>,
-    x: &[f32],
-    precision: Precision,
-    scratch: &QuantizedVector,
-    out: &mut [f32],
-) {
     let input = if takes_quantized_input(matrix.tensor_type, precision) {
-        if precision == Precision::Int16 { Input::Quantized16(scratch) } else { Input::Quantized(scratch) }
+        if precision == Precision::Int16 {
+            scratch.quantize_wide(x);
+            Input::Quantized16(scratch.int16())
+        } else {
+            scratch.quantize(x);
+            Input::Quantized(scratch.int8())
+        }
     } else if matrix.tensor_type == TensorType::Q4_1 {
-        Input::FloatSummed(x, &scratch.block_sums[..(x.len() / 32).min(scratch.block_sums.len())])
+        Input::FloatSummed(x, scratch.sum_blocks(x))
     } else {
         Input::Float(x)
     };
@@ -90,6 +75,13 @@ pub fn matvec_prepared(
     }
 }
 
+/// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
+/// CPU has ([`super::simd`] when available, the scalar kernels otherwise; both give the same
+/// bits).
+pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
+    super::simd::dot(tensor_type, row, input).unwrap_or_else(|| dot_scalar(tensor_type, row, input))
+}
+
 /// Rows computed between two calls of [`Cpus::checkpoint`] on core 0.
 pub const CHECKPOINT_ROWS: usize = 64;
 
@@ -115,6 +107,98 @@ pub fn rows_into(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut 
     }
     for (index, out) in out.iter_mut().enumerate() {
         *out = dot_scalar(matrix.tensor_type, matrix.row(first + index), input);
+    }
+}
+
+/// Rows `first_row .. first_row + count` of `matrix` times the N vectors of `input` (N =
+/// [`BatchInput::rows`], 1 to 32 in practice, any number allowed), on one core: the share of
+/// rows a core takes in a batched pass (prefill chunks, decode rounds).
+///
+/// Layout: row by row, N values per row. The value of matrix row `first_row + r` for vector
+/// `j` goes to `out[r × N + j]`, so a band of rows writes one contiguous piece of `out`
+/// (`count × N` values; `out` may be longer, the rest is left alone).
+///
+/// For quantized matrices at [`Precision::Int8`] and [`Precision::Int16`] each weight block is
+/// loaded and unpacked once for all N vectors ([`super::simd::rows_multi`]); other
+/// combinations (float precision, F32 and F16 matrices) take the single-vector kernel once
+/// per vector. Either way each value has the bits of [`dot`] of that row with
+/// [`BatchInput::input`]`(j)`, so N = 1 gives exactly [`matvec`]'s result.
+///
+/// Errors when `input`'s vectors are not as long as the matrix's rows, when the rows run past
+/// the matrix, or when `out` is shorter than `count × N`.
+pub fn rows_multi(
+    matrix: &Matrix<'_>,
+    input: BatchInput<'_>,
+    first_row: usize,
+    count: usize,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    if input.columns() != matrix.columns {
+        return Err(ShapeError::ColumnsDiffer { matrix: matrix.columns, input: input.columns() });
+    }
+    if first_row.checked_add(count).is_none_or(|end| end > matrix.rows) {
+        return Err(ShapeError::RowsOutOfRange { first: first_row, count, rows: matrix.rows });
+    }
+    let vectors = input.rows();
+    let needed = count.saturating_mul(vectors);
+    if out.len() < needed {
+        return Err(ShapeError::OutputTooShort { needed, length: out.len() });
+    }
+    if needed == 0 {
+        return Ok(());
+    }
+    let out = &mut out[..needed];
+    if super::simd::rows_multi(matrix, input, first_row, out) {
+        return Ok(());
+    }
+    let tensor_type = matrix.tensor_type;
+    for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
+        let row = matrix.row(first_row + index);
+        for (vector, output) in outputs.iter_mut().enumerate() {
+            if let Some(vector_input) = input.input(vector, tensor_type) {
+                *output = dot(tensor_type, row, vector_input);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `gate = silu(gate) × up`, the SwiGLU activation, on the fastest path (the bits of
+/// [`super::kernels::swiglu`]).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    if !super::simd::swiglu(gate, up) {
+        super::kernels::swiglu(gate, up);
+    }
+}
+
+/// Dot product of two float vectors on the fastest path (the bits of
+/// [`super::kernels::dot_floats`]).
+pub fn dot_floats(a: &[f32], b: &[f32]) -> f32 {
+    super::simd::dot_floats(a, b).unwrap_or_else(|| super::kernels::dot_floats(a, b))
+}
+
+/// `out[i] = weight × values[i] + out[i]`, fused, on the fastest path (the bits of
+/// [`super::kernels::add_scaled`]).
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) {
+    if !super::simd::add_scaled(out, weight, values) {
+        super::kernels::add_scaled(out, weight, values);
+    }
+}
+
+/// One attention head's scores: `scores[p] = (query · key(p)) × scale` for every position
+/// `p` of `scores` ([`dot_floats`] over the head's values).
+pub fn attention_scores<'k>(query: &[f32], key: impl Fn(usize) -> &'k [f32], scale: f32, scores: &mut [f32]) {
+    for (position, score) in scores.iter_mut().enumerate() {
+        *score = dot_floats(query, key(position)) * scale;
+    }
+}
+
+/// One attention head's output: `out = Σ weights[p] × value(p)` over the positions of
+/// `weights`, from zero, position by position ([`add_scaled`]).
+pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (position, weight) in weights.iter().enumerate() {
+        add_scaled(out, *weight, value(position));
     }
 }
 
@@ -200,5 +284,47 @@ mod tests {
                 assert!(single.iter().any(|value| *value != 0.0));
             }
         }
+    }
+
+    #[test]
+    fn rows_multi_refuses_shapes_that_do_not_fit() {
+        let mut random = crate::rand::SplitMix64::new(9);
+        let values: Vec<f32> = (0..6 * 64).map(|_| random.next_f32() - 0.5).collect();
+        let x: Vec<f32> = (0..3 * 64).map(|_| random.next_f32() - 0.5).collect();
+        let mut data = Vec::new();
+        quantize(TensorType::Q4_1, &values, &mut data);
+        let matrix = Matrix { tensor_type: TensorType::Q4_1, rows: 6, columns: 64, data: &data };
+        let mut prepared = QuantizedRows::with_capacity(3, 64, Precision::Int16);
+        let input = prepared.quantize(&x, 64).expect("fits");
+        let mut out = vec![f32::NAN; 6 * 3];
+        assert_eq!(
+            rows_multi(&matrix, input, 4, 3, &mut out),
+            Err(ShapeError::RowsOutOfRange { first: 4, count: 3, rows: 6 })
+        );
+        assert_eq!(
+            rows_multi(&matrix, input, usize::MAX, 2, &mut out),
+            Err(ShapeError::RowsOutOfRange { first: usize::MAX, count: 2, rows: 6 })
+        );
+        assert_eq!(
+            rows_multi(&matrix, input, 0, 6, &mut out[..17]),
+            Err(ShapeError::OutputTooShort { needed: 18, length: 17 })
+        );
+        let narrow = Matrix { tensor_type: TensorType::Q4_1, rows: 12, columns: 32, data: &data };
+        assert_eq!(
+            rows_multi(&narrow, input, 0, 1, &mut out),
+            Err(ShapeError::ColumnsDiffer { matrix: 32, input: 64 })
+        );
+        assert!(out.iter().all(|value| value.is_nan()), "a refused product writes nothing");
+        // No rows: nothing to do, nothing written.
+        assert_eq!(rows_multi(&matrix, input, 6, 0, &mut out), Ok(()));
+        assert!(out.iter().all(|value| value.is_nan()));
+        // A matrix whose data stops short of its rows (a broken view): no SIMD read past the
+        // data; the missing rows come out as empty dot products.
+        let short =
+            Matrix { tensor_type: TensorType::Q4_1, rows: 6, columns: 64, data: &data[..data.len() / 2] };
+        assert!(!super::super::simd::rows_multi(&short, input, 0, &mut out));
+        rows_multi(&short, input, 0, 6, &mut out).expect("the shapes are what the view claims");
+        assert!(out[9..].iter().all(|value| *value == 0.0));
+        assert!(out[..9].iter().all(|value| value.is_finite()));
     }
 }

@@ -7,6 +7,7 @@ pub mod forward;
 pub mod kernels;
 pub mod kv;
 pub mod matmul;
+pub mod parallel;
 pub mod sampler;
 pub mod session;
 pub mod simd;

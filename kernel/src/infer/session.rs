@@ -6,7 +6,7 @@
 
 use alloc::vec::Vec;
 
-use super::forward::{InferError, State, forward};
+use super::forward::{InferError, PassSequence, State, forward, forward_batch};
 use super::sampler::Sampler;
 use crate::hil::{Cpus, KvStore};
 use crate::model::Weights;
@@ -80,6 +80,29 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         Ok(())
     }
 
+    /// Feeds `tokens` in passes of as many rows as `state` holds (each chunk attends causally
+    /// within itself); the classifier runs only after the last, whose logits `state` then
+    /// holds. The same logits, bit for bit, as feeding one token at a time.
+    pub fn feed_prompt(
+        &mut self,
+        cpus: &dyn Cpus,
+        state: &mut State,
+        tokens: &[u32],
+    ) -> Result<(), InferError> {
+        let chunk = state.rows().max(1);
+        let mut fed = 0;
+        for piece in tokens.chunks(chunk) {
+            fed += piece.len();
+            let start = self.history.len();
+            let mut sequences =
+                [PassSequence { kv: &mut self.kv, tokens: piece, start, logits: fed == tokens.len() }];
+            forward_batch(self.weights, state, &mut sequences, cpus, |_, _, _| {})
+                .map_err(|failure| failure.error)?;
+            self.history.extend_from_slice(piece);
+        }
+        Ok(())
+    }
+
     /// Feeds `prompt`, then samples up to `max_new` tokens, calling `on_token` with each one,
     /// with `state` as the forward pass's scratch. Stops early after a token for which `stop`
     /// is true (that token is reported too) or when the context is full. Returns the number of
@@ -95,9 +118,7 @@ impl<'w, 'a, K: KvStore> Session<'w, 'a, K> {
         stop: impl Fn(u32) -> bool,
         mut on_token: impl FnMut(u32),
     ) -> Result<usize, InferError> {
-        for &token in prompt {
-            self.feed(cpus, state, token)?;
-        }
+        self.feed_prompt(cpus, state, prompt)?;
         let capacity = self.positions();
         let mut generated = 0;
         while generated < max_new && !self.history.is_empty() {

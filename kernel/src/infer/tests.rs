@@ -9,9 +9,10 @@ use alloc::vec::Vec;
 
 use proptest::prelude::*;
 
+use super::forward::{PassSequence, forward_batch};
 use super::synthetic::{SyntheticFormat, SyntheticSpec};
 use super::tokenizer::StreamDecoder;
-use super::{ContiguousKv, State, Tokenizer, forward};
+use super::{ContiguousKv, Precision, State, Tokenizer, forward};
 use crate::hil::{Cpus, SingleCpu};
 use crate::model::{ModelFile, TensorType};
 
@@ -171,10 +172,6 @@ proptest! {
 /// precision and for every format.
 #[test]
 fn batched_passes_equal_one_token_passes() {
-    use super::{
-        Precision,
-        forward::{PassSequence, forward_batch},
-    };
     use crate::hil::KvStore;
     let spec = spec(4, 2, false);
     for (format, precision) in [
@@ -234,5 +231,177 @@ fn batched_passes_equal_one_token_passes() {
         let mut sequences = [PassSequence { kv: &mut kv_a, tokens: &TOKENS, start: 6, logits: true }];
         let refused = forward_batch(weights, &mut small, &mut sequences, &SingleCpu, |_, _, _| {});
         assert!(matches!(refused, Err(super::forward::PassError { sequence: 0, .. })), "{refused:?}");
+    }
+}
+
+std::thread_local! {
+    /// Whether this thread is the worker a [`Team`] run has doomed.
+    static DOOMED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    /// This thread's worker index in the current [`Team`] run.
+    static WORKER: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Host threads as cores, one of which can be lost: in run `doomed_run`, the last worker
+/// panics at its first attention read or barrier, whichever comes first (a core that faults
+/// mid-job, holding its piece). The run reports it lost and the team goes on without it, as
+/// the board does.
+struct Team {
+    count: core::sync::atomic::AtomicUsize,
+    barrier: crate::sync::SpinBarrier,
+    runs: core::sync::atomic::AtomicUsize,
+    doomed_run: usize,
+}
+
+impl Team {
+    fn new(count: usize, doomed_run: usize) -> Self {
+        Self {
+            count: count.into(),
+            barrier: crate::sync::SpinBarrier::new(count),
+            runs: 0.into(),
+            doomed_run,
+        }
+    }
+
+    fn doom_check() {
+        if DOOMED.with(core::cell::Cell::get) {
+            panic!("the doomed worker faults");
+        }
+    }
+}
+
+impl Cpus for Team {
+    fn count(&self) -> usize {
+        self.count.load(core::sync::atomic::Ordering::Acquire)
+    }
+    fn run_on_all(&self, job: &(dyn Fn(usize) + Sync)) {
+        while self.try_run_on_all(job).is_err() {}
+    }
+    fn try_run_on_all(&self, job: &(dyn Fn(usize) + Sync)) -> Result<(), crate::hil::SharesLost> {
+        use core::sync::atomic::{AtomicU32, Ordering};
+        let count = self.count();
+        let run = self.runs.fetch_add(1, Ordering::AcqRel);
+        self.barrier.set_participants(count);
+        let lost = AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for worker in 1..count {
+                let lost = &lost;
+                scope.spawn(move || {
+                    WORKER.with(|cell| cell.set(worker));
+                    DOOMED.with(|cell| cell.set(run == self.doomed_run && worker + 1 == count));
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(worker)));
+                    DOOMED.with(|cell| cell.set(false));
+                    if outcome.is_err() {
+                        lost.fetch_or(1 << worker, Ordering::AcqRel);
+                        self.barrier.leave(worker);
+                    }
+                });
+            }
+            WORKER.with(|cell| cell.set(0));
+            job(0);
+        });
+        let lost = lost.into_inner();
+        if lost == 0 {
+            return Ok(());
+        }
+        self.count.fetch_sub(lost.count_ones() as usize, Ordering::AcqRel);
+        Err(crate::hil::SharesLost::from_mask(lost))
+    }
+    fn barrier(&self) {
+        Team::doom_check();
+        self.barrier.wait(WORKER.with(core::cell::Cell::get), core::hint::spin_loop);
+    }
+}
+
+/// A store whose reads fault on a [`Team`]'s doomed worker.
+struct Faulty(ContiguousKv);
+
+impl crate::hil::KvStore for Faulty {
+    fn kv_dim(&self) -> usize {
+        self.0.kv_dim()
+    }
+    fn layers(&self) -> usize {
+        self.0.layers()
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+    fn write(
+        &mut self,
+        layer: usize,
+        position: usize,
+        key: &[f32],
+        value: &[f32],
+    ) -> Result<(), crate::hil::KvError> {
+        self.0.write(layer, position, key, value)
+    }
+    fn key(&self, layer: usize, position: usize) -> &[f32] {
+        Team::doom_check();
+        self.0.key(layer, position)
+    }
+    fn value(&self, layer: usize, position: usize) -> &[f32] {
+        self.0.value(layer, position)
+    }
+    fn truncate(&mut self, length: usize) {
+        self.0.truncate(length);
+    }
+}
+
+/// Logits of two sequences fed together (a prompt beside another's decode row), on `cpus`.
+fn batched_logits(bytes: &[u8], precision: Precision, cpus: &dyn Cpus) -> Vec<(usize, Vec<f32>)> {
+    let model = ModelFile::parse(bytes).unwrap();
+    let weights = &model.weights;
+    let config = weights.config;
+    let new_kv = || Faulty(ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).unwrap());
+    let mut state = State::for_batch(&config, precision, config.context_length, 8);
+    let (mut kv_a, mut kv_b) = (new_kv(), new_kv());
+    let mut sequences = [PassSequence { kv: &mut kv_b, tokens: &[5, 6], start: 0, logits: true }];
+    let mut got = Vec::new();
+    forward_batch(weights, &mut state, &mut sequences, cpus, |index, logits, _| {
+        got.push((index, logits.to_vec()))
+    })
+    .unwrap();
+    let mut sequences = [
+        PassSequence { kv: &mut kv_a, tokens: &TOKENS, start: 0, logits: true },
+        PassSequence { kv: &mut kv_b, tokens: &[7], start: 2, logits: true },
+    ];
+    forward_batch(weights, &mut state, &mut sequences, cpus, |index, logits, _| {
+        got.push((index, logits.to_vec()))
+    })
+    .unwrap();
+    got
+}
+
+#[test]
+fn threads_through_the_whole_pass_give_the_bits_of_one_core() {
+    let spec = SyntheticSpec { layers: 3, ..spec(4, 2, false) };
+    for (format, precision) in [
+        (SyntheticFormat::Gguf(TensorType::Q4_1), Precision::Int16),
+        (SyntheticFormat::Gguf(TensorType::Q8_0), Precision::Int8),
+        (SyntheticFormat::Gguf(TensorType::F32), Precision::Float),
+    ] {
+        let bytes = spec.generate(format).unwrap().model;
+        let expected = batched_logits(&bytes, precision, &SingleCpu);
+        assert_eq!(expected.len(), 3);
+        for threads in [2, 4] {
+            let team = Team::new(threads, usize::MAX);
+            assert_eq!(batched_logits(&bytes, precision, &team), expected, "{format:?} on {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn a_core_lost_mid_layer_costs_a_rerun_not_a_wrong_token() {
+    let bytes = spec(4, 2, false).generate(SyntheticFormat::Gguf(TensorType::Q4_1)).unwrap().model;
+    let expected = batched_logits(&bytes, Precision::Int16, &SingleCpu);
+    // Each pass's runs: the first q|k|v product, a job per layer (two), the classifier. Doom
+    // a worker in each layer job of both passes.
+    for doomed_run in [1, 2, 5, 6] {
+        let team = Team::new(4, doomed_run);
+        assert_eq!(
+            batched_logits(&bytes, Precision::Int16, &team),
+            expected,
+            "core lost in run {doomed_run}"
+        );
+        assert_eq!(team.count(), 3, "the doomed core of run {doomed_run} is gone");
     }
 }

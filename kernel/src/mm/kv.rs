@@ -472,6 +472,12 @@ impl<'pool, 'memory> KvBlock<'pool, 'memory> {
     }
 }
 
+// SAFETY: through `&KvBlock` a core can only read the block's values (`Deref`) or touch the
+// pool's bookkeeping under its lock (`share`, `references`); the values are written only
+// through `make_mut`, which takes `&mut self` and writes a block no other handle holds. So
+// handles read from several cores at once (attention, a head per core) never see a write.
+unsafe impl Sync for KvBlock<'_, '_> {}
+
 impl core::ops::Deref for KvBlock<'_, '_> {
     type Target = [f32];
 

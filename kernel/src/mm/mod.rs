@@ -18,10 +18,13 @@
 //! - [`stats`] and [`error`]: counters, histograms, the memory-map report, and `MemError`;
 //! - [`copy`]: `tensor_copy`, and `stage_copy`, which offloads large copies to a
 //!   `hil::CopyEngine` (the DMA engine) while the core computes; and [`buffer`]: owning buffers
-//!   over pools whose regions are real RAM. These two are the only code here that touches the memory itself.
+//!   over pools whose regions are real RAM. These two are the only code here that touches the memory itself;
+//! - [`handout`]: a buffer the cores of a parallel run fill in disjoint pieces and then read
+//!   whole (the forward pass's outputs), the one other module with `unsafe`.
 //!
 //! Every allocator manages address ranges with metadata on the kernel heap, so all of it but
-//! [`copy`] and [`buffer`] is safe Rust and runs on the host without the memory it describes.
+//! [`copy`], [`buffer`] and [`handout`] is safe Rust and runs on the host without the memory it
+//! describes.
 
 pub mod buddy;
 pub mod buffer;
@@ -29,6 +32,7 @@ pub mod chunk;
 pub mod copy;
 pub mod dma;
 pub mod error;
+pub mod handout;
 pub mod kv;
 pub mod layout;
 pub mod rt;

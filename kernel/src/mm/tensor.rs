@@ -105,21 +105,31 @@ impl Pool {
     }
 }
 
-/// The size of the mapping a tensor sits in, Hermit style.
+/// A page size, Hermit style: the granule of a mapping (4 KiB level-3 pages or 2 MiB level-2
+/// blocks), and so the size of the mapping a tensor sits in. The one page-size type of the
+/// project: bsp's translation tables use it too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageSize {
-    /// Inside 4 KiB-granular allocations.
+    /// 4 KiB pages (tensors inside 4 KiB-granular allocations).
     Size4KiB,
-    /// A run of whole 2 MiB blocks.
+    /// 2 MiB blocks (tensors in a run of whole blocks).
     Size2MiB,
 }
 
 impl PageSize {
     /// Bytes in one page of this size.
-    pub fn bytes(self) -> u64 {
+    pub const fn bytes(self) -> u64 {
         match self {
             PageSize::Size4KiB => PAGE,
             PageSize::Size2MiB => BLOCK,
+        }
+    }
+
+    /// A short label for tables ("4K", "2M").
+    pub fn label(self) -> &'static str {
+        match self {
+            PageSize::Size4KiB => "4K",
+            PageSize::Size2MiB => "2M",
         }
     }
 }

@@ -55,6 +55,11 @@ fn scratch_rows(config: &Config) -> usize {
     (MAX_RUNNING + PREFILL_CHUNK).min(SEGMENT as usize / widest).max(1)
 }
 
+/// Tokens the batch's sequences have sampled so far.
+fn sampled_tokens(batch: &Batch<'_, '_>) -> u64 {
+    batch.sequences.iter().map(|sequence| sequence.generation.statistics().generated_tokens as u64).sum()
+}
+
 /// The weights rung of the pressure ladder: a staged model is dropped (the active one keeps
 /// serving), or replaced models no batch holds are freed at once.
 struct ModelEvictor<'s, 'a> {
@@ -182,6 +187,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         if prefix.len() < KV_BLOCK_TOKENS {
             return;
         }
+        // Only full blocks are published: the rest would be computed for nothing.
+        let prefix = &prefix[..prefix.len() / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
         let Some(pool) = self.kv_pool_for(&view) else { return };
         let config = *view.file.config();
         let Some(mut kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, prefix.len())
@@ -189,16 +196,13 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return;
         };
         let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
-        let chunk = state.rows();
-        let mut fed = 0;
-        while fed < prefix.len() {
-            let tokens = &prefix[fed..(fed + chunk).min(prefix.len())];
-            let mut sequences = [PassSequence { kv: &mut kv, tokens, start: fed, logits: false }];
+        for (index, tokens) in prefix.chunks(state.rows()).enumerate() {
+            let start = index * state.rows();
+            let mut sequences = [PassSequence { kv: &mut kv, tokens, start, logits: false }];
             if forward_batch(&view.file.weights, &mut state, &mut sequences, self.cpus, |_, _, _| {}).is_err()
             {
                 return;
             }
-            fed += tokens.len();
         }
         kv.publish(model_identity(&model), prefix);
     }
@@ -506,6 +510,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let cpus =
             ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
         let preempted = batch.preemptor.statistics().preemptions;
+        let sampled_before = sampled_tokens(batch);
         let started = self.clock.ticks();
         let outcomes = batch.preemptor.round(&mut batch.sequences, &cpus, &mut batch.scratch, PREFILL_CHUNK);
         let ended = self.clock.ticks();
@@ -514,6 +519,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.pressure_action(PressureLevel::Preempt);
         }
         self.count_round_traffic(batch, &positions_before, started, ended);
+        let rows: usize = batch
+            .sequences
+            .iter()
+            .zip(&positions_before)
+            .map(|(sequence, before)| sequence.generation.position().saturating_sub(*before))
+            .sum();
+        if rows > 0 {
+            self.desk.counters().record_pass(rows as u64, sampled_tokens(batch) - sampled_before);
+        }
         for (slot, outcome) in outcomes.into_iter().enumerate() {
             let step = match outcome {
                 Ok(SlotStep::Waiting) => continue,

@@ -338,15 +338,22 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         })
     }
 
+    /// Warms the prefix cache of a model that has just become active.
+    fn warm_if_cold(&mut self) {
+        if core::mem::take(&mut self.prefix_cold) {
+            scope::with(TensorKind::Small, || self.warm_prefix_cache());
+        }
+    }
+
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between
     /// console polls. `relax` is called when nothing is waiting.
     pub fn run(mut self, relax: impl Fn()) -> ! {
+        // The boot model's shared prompt prefix is computed before the prompt appears.
+        self.warm_if_cold();
         self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
         loop {
             let handled = self.poll_console();
-            if core::mem::take(&mut self.prefix_cold) {
-                scope::with(TensorKind::Small, || self.warm_prefix_cache());
-            }
+            self.warm_if_cold();
             if !self.pending.is_empty() {
                 self.in_batch = true;
                 self.desk.set_generating(true);

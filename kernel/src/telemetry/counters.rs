@@ -25,6 +25,9 @@ pub struct Counters {
     deadline_ns: u64,
     tokens: AtomicU64,
     generation_ns: AtomicU64,
+    passes: AtomicU64,
+    pass_rows: AtomicU64,
+    pass_tokens: AtomicU64,
     request_latency: Histogram,
     command_names: [ShortName; MAX_COMMANDS],
     command_count: usize,
@@ -49,6 +52,9 @@ impl Counters {
             deadline_ns,
             tokens: AtomicU64::new(0),
             generation_ns: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+            pass_rows: AtomicU64::new(0),
+            pass_tokens: AtomicU64::new(0),
             request_latency: Histogram::new(),
             command_names,
             command_count: commands.len(),
@@ -62,6 +68,14 @@ impl Counters {
     pub fn record_generation(&self, tokens: u64, elapsed_ns: u64) {
         self.tokens.fetch_add(tokens, Ordering::Relaxed);
         self.generation_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+    }
+
+    /// Counts one pass over the weights that fed `rows` token rows (prompt chunks, decode
+    /// rows) and sampled `tokens` tokens.
+    pub fn record_pass(&self, rows: u64, tokens: u64) {
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.pass_rows.fetch_add(rows, Ordering::Relaxed);
+        self.pass_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
     /// Counts one finished request that took `latency_ns` from arrival to its last token.
@@ -109,6 +123,9 @@ impl Counters {
         CountersReport {
             tokens: self.tokens.load(Ordering::Relaxed),
             generation_ns: self.generation_ns.load(Ordering::Relaxed),
+            passes: self.passes.load(Ordering::Relaxed),
+            pass_rows: self.pass_rows.load(Ordering::Relaxed),
+            pass_tokens: self.pass_tokens.load(Ordering::Relaxed),
             request_latency: self.request_latency.snapshot(),
             commands,
             deadline_ns: self.deadline_ns,
@@ -135,6 +152,12 @@ pub struct CountersReport {
     pub tokens: u64,
     /// Time spent generating them.
     pub generation_ns: u64,
+    /// Passes over the weights.
+    pub passes: u64,
+    /// Token rows those passes fed.
+    pub pass_rows: u64,
+    /// Tokens those passes sampled.
+    pub pass_tokens: u64,
     /// Request latency, arrival to last token.
     pub request_latency: HistogramSnapshot,
     /// One row per command in the table, then `other` when any command outside it was timed.
@@ -149,6 +172,11 @@ impl CountersReport {
     /// Tokens per second of generation time, 0 before any.
     pub fn tokens_per_second(&self) -> f64 {
         if self.generation_ns == 0 { 0.0 } else { self.tokens as f64 * 1e9 / self.generation_ns as f64 }
+    }
+
+    /// Tokens sampled per pass over the weights (0 before any pass).
+    pub fn tokens_per_pass(&self) -> f64 {
+        if self.passes == 0 { 0.0 } else { self.pass_tokens as f64 / self.passes as f64 }
     }
 
     /// Control answers that missed the deadline, over all commands.
@@ -197,6 +225,13 @@ impl fmt::Display for CountersReport {
             self.tokens_per_second(),
             self.tokens,
             Duration(self.generation_ns)
+        )?;
+        writeln!(
+            formatter,
+            "passes      {} over the weights: {:.2} rows, {:.2} tokens per pass",
+            self.passes,
+            if self.passes == 0 { 0.0 } else { self.pass_rows as f64 / self.passes as f64 },
+            self.tokens_per_pass()
         )?;
         let deadline = alloc::format!("over {}", Duration(self.deadline_ns));
         writeln!(
@@ -265,6 +300,8 @@ mod tests {
     fn report_reads_at_a_glance() {
         let counters = Counters::new(&["stats", "cancel"], CONTROL_DEADLINE_NS);
         counters.record_generation(1234, 5_678_000_000);
+        counters.record_pass(20, 1);
+        counters.record_pass(4, 4);
         for latency_ms in [900, 1100, 4000] {
             counters.record_request(latency_ms * 1_000_000);
         }
@@ -274,6 +311,7 @@ mod tests {
         let text = counters.report().to_string();
         let expected = "\
 generation  217.3 tokens/s  (1234 tokens in 5.6 s)
+passes      2 over the weights: 12.00 rows, 2.50 tokens per pass
 latency              count       p50       p99       max over 10.0 ms
   request                3     2.1 s     4.0 s     4.0 s            -
   /stats                 2  131.0 us   12.0 ms   12.0 ms            1

@@ -20,6 +20,10 @@ use kernel::infer::{ContiguousKv, Precision, Sampler, SamplerConfig, Session, St
 use kernel::model::gguf::describe;
 use kernel::model::{Format, TensorType};
 
+/// Prompt positions `generate` feeds per forward pass (each weight block is unpacked once for
+/// all of them; see docs/BENCHMARKS.md for how the size was chosen).
+const PREFILL_CHUNK: usize = 32;
+
 use load::Loaded;
 use threads::HostThreads;
 
@@ -512,14 +516,12 @@ fn generate(
     }
     let capacity = config.context_length.min(prompt_tokens.len() + steps);
     let kv = ContiguousKv::new(config.layers, config.kv_dim(), capacity).ok_or("KV cache size overflows")?;
-    let mut state = State::for_positions(weights, precision, capacity);
+    let mut state = State::for_batch(&config, precision, capacity, PREFILL_CHUNK);
     let mut session = Session::new(weights, kv);
     let mut sampler = Sampler::new(sampler_config);
 
     let started = Instant::now();
-    for &token in &prompt_tokens {
-        session.feed(&cpus, &mut state, token).map_err(|error| error.to_string())?;
-    }
+    session.feed_prompt(&cpus, &mut state, &prompt_tokens).map_err(|error| error.to_string())?;
     let prompt_time = started.elapsed();
 
     let mut decoder = StreamDecoder::new();

@@ -3,6 +3,7 @@
 
 pub mod device_tree;
 pub mod fixtures;
+pub mod premmu;
 pub mod report;
 
 use std::{
@@ -21,6 +22,13 @@ pub fn qemu_binary() -> String {
 
 /// The `rust-objcopy` of the active toolchain (from the llvm-tools component).
 pub fn objcopy_binary() -> Result<PathBuf, String> {
+    llvm_tool("rust-objcopy")
+}
+
+/// The path of `name` (`rust-objcopy`, `llvm-objdump`, ...) among the llvm-tools component's
+/// programs in the active toolchain's sysroot (`lib/rustlib/<host>/bin`), found through rustc
+/// itself so it works on a fresh machine without anything on the PATH.
+pub fn llvm_tool(name: &str) -> Result<PathBuf, String> {
     let output = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -32,7 +40,7 @@ pub fn objcopy_binary() -> Result<PathBuf, String> {
         .lines()
         .find_map(|line| line.strip_prefix("host: ").map(str::to_string))
         .ok_or("rustc -vV printed no host triple")?;
-    let path = Path::new(&sysroot).join("lib/rustlib").join(host).join("bin/rust-objcopy");
+    let path = Path::new(&sysroot).join("lib/rustlib").join(host).join("bin").join(name);
     if path.exists() {
         Ok(path)
     } else {

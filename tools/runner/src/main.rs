@@ -15,12 +15,20 @@ qemu-runner: build and run Tessera's QEMU system tests
 
 USAGE:
     qemu-runner [--filter TEXT] [--list] [--verbose]
+    qemu-runner --boot ELF [--machine MACHINE] [--sd IMAGE] [QEMU ARGUMENTS...]
 
 OPTIONS:
     --filter TEXT   run only tests whose name contains TEXT
     --list          list the tests and their settings, then exit
     --bench         run the QEMU benchmarks instead of the tests, printing their tables
     --verbose       print every test's console output, not only failures'
+    --boot ELF      boot one aarch64 ELF (kernel8 or a test kernel) in QEMU with its serial
+                    console on this terminal and semihosting on, and exit with QEMU's exit
+                    code (a test kernel's verdict); quit an interactive kernel with Ctrl-A X.
+                    This is the aarch64-unknown-none runner of .cargo/config.toml, so
+                    `cargo run --target aarch64-unknown-none -p boot --release` boots kernel8.
+                    --machine picks the QEMU machine (default raspi3b), --sd attaches a card
+                    image; any other argument goes to QEMU as it is.
     -h, --help      print this help
 
 Tests are the [[test]] kernels of the `systests` package (tests/kernels/); their QEMU
@@ -667,7 +675,72 @@ fn run() -> Result<bool, String> {
     Ok(failed == 0)
 }
 
+/// What `--boot` was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+struct BootRequest {
+    elf: PathBuf,
+    machine: String,
+    sd: Option<PathBuf>,
+    qemu_args: Vec<String>,
+}
+
+/// Parses the arguments that follow `--boot`.
+fn parse_boot(arguments: &[String]) -> Result<BootRequest, String> {
+    let (elf, rest) = arguments.split_first().ok_or("--boot needs the ELF to boot")?;
+    let mut request =
+        BootRequest { elf: PathBuf::from(elf), machine: default_machine(), sd: None, qemu_args: Vec::new() };
+    let mut rest = rest.iter();
+    while let Some(argument) = rest.next() {
+        match argument.as_str() {
+            "--machine" => request.machine = rest.next().ok_or("--machine needs a value")?.clone(),
+            "--sd" => request.sd = Some(PathBuf::from(rest.next().ok_or("--sd needs an image")?)),
+            _ => request.qemu_args.push(argument.clone()),
+        }
+    }
+    Ok(request)
+}
+
+/// Boots `request.elf` in QEMU with the serial console and semihosting on this terminal (one
+/// multiplexed character device, so Ctrl-A X quits) and returns QEMU's exit code.
+fn boot(request: &BootRequest) -> Result<u8, String> {
+    if !request.elf.is_file() {
+        return Err(format!("{} is not a file", request.elf.display()));
+    }
+    let directory = workspace_root().join("target/qemu-boot");
+    std::fs::create_dir_all(&directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+    let name = request.elf.file_name().and_then(|name| name.to_str()).unwrap_or("kernel");
+    let image = directory.join(format!("{name}.img"));
+    make_image(&objcopy_binary()?, &request.elf, &image)?;
+    let mut qemu = Command::new(runner::qemu_binary());
+    qemu.args(["-M", &request.machine, "-display", "none", "-kernel"]).arg(&image).args([
+        "-chardev",
+        "stdio,id=console,mux=on",
+        "-serial",
+        "chardev:console",
+        "-semihosting-config",
+        "enable=on,target=native,chardev=console",
+        "-monitor",
+        "none",
+    ]);
+    if let Some(sd) = &request.sd {
+        qemu.args(["-drive", &format!("file={},if=sd,format=raw", sd.display())]);
+    }
+    qemu.args(&request.qemu_args);
+    let status = qemu.status().map_err(|error| format!("cannot run {}: {error}", runner::qemu_binary()))?;
+    Ok(status.code().map_or(1, |code| code.clamp(0, 255) as u8))
+}
+
 fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    if arguments.first().map(String::as_str) == Some("--boot") {
+        return match parse_boot(&arguments[1..]).and_then(|request| boot(&request)) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("qemu-runner --boot: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -681,6 +754,26 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_arguments_parse() {
+        let arguments: Vec<String> =
+            ["k.elf", "--sd", "card.img", "-icount", "shift=0", "--machine", "raspi3ap"]
+                .map(String::from)
+                .to_vec();
+        assert_eq!(
+            parse_boot(&arguments).unwrap(),
+            BootRequest {
+                elf: PathBuf::from("k.elf"),
+                machine: "raspi3ap".to_string(),
+                sd: Some(PathBuf::from("card.img")),
+                qemu_args: vec!["-icount".to_string(), "shift=0".to_string()],
+            }
+        );
+        assert_eq!(parse_boot(&["k.elf".to_string()]).unwrap().machine, "raspi3b");
+        assert!(parse_boot(&[]).is_err());
+        assert!(parse_boot(&["k.elf".to_string(), "--sd".to_string()]).unwrap_err().contains("--sd"));
+    }
 
     #[test]
     fn a_decimal_is_read_after_its_markers() {

@@ -13,10 +13,12 @@ usage: tessera-sdimage OUT.img --kernel KERNEL8.IMG [options]
 options:
   --kernel PATH       the kernel image, written as /kernel8.img (required)
   --config PATH       written as /config.txt; without it a default is written:
-                        arm_64bit=1, kernel=kernel8.img, enable_uart=1
+                        arm_64bit=1, kernel=kernel8.img, kernel_address=0x80000,
+                        enable_uart=1, init_uart_clock=48000000 (each with a comment)
   --model PATH        a model, written as /models/<its file name>; repeatable
   --firmware DIR      every file of DIR (and its subfolders) at the root, e.g.
                         bootcode.bin, start.elf and fixup.dat for a real Pi
+                        (make sdcard fetches them: tools/sdimage/fetch-firmware.sh)
   --file SRC:DEST     any file, written at DEST in the image; repeatable
   --size SIZE         image size, a power of two of at least 64M, e.g. 256M or 4G
                         (suffixes K, M, G, T); images are sparse, so a 4G image

@@ -16,8 +16,25 @@ pub const SECTOR_BYTES: u64 = 512;
 pub const MINIMUM_IMAGE_BYTES: u64 = 64 << 20;
 /// Largest image accepted.
 pub const MAXIMUM_IMAGE_BYTES: u64 = 1 << 40;
-/// The config.txt written when none is given.
-pub const DEFAULT_CONFIG: &str = "arm_64bit=1\nkernel=kernel8.img\nenable_uart=1\n";
+/// The config.txt written when none is given: what the Raspberry Pi firmware needs to start
+/// kernel8 on a Pi 3, 3+, Zero 2 W or 4, each setting with a comment above it (the firmware
+/// takes `#` lines as comments; a comment after a value on the same line is not documented to
+/// work, so there is none).
+pub const DEFAULT_CONFIG: &str = "\
+# Tessera: the Raspberry Pi firmware (start.elf, start4.elf) reads this file at power-on.
+# Start the ARM cores in AArch64 (64-bit) state.
+arm_64bit=1
+# The image to load: Tessera's kernel, a raw binary with no arm64 header.
+kernel=kernel8.img
+# Load it at 0x80000, where kernel8 is linked (64-bit kernels otherwise load at 0x200000).
+kernel_address=0x80000
+# Turn the console UART on and hold the core clock steady; kernel8 routes its PL011 UART0 to
+# GPIO 14 (TXD, pin 8) and 15 (RXD, pin 10) itself, at 115200 8N1.
+enable_uart=1
+# The PL011's input clock. kernel8 asks the firmware for it and computes its baud divisors from
+# the answer, falling back to 48 MHz if the mailbox does not answer; this makes that exact.
+init_uart_clock=48000000
+";
 
 /// Where a file's bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,6 +317,35 @@ mod tests {
 
     fn entry(destination: &str, size: u64) -> Entry {
         Entry { destination: destination.to_string(), source: Source::Bytes(Vec::new()), size }
+    }
+
+    #[test]
+    fn the_default_config_boots_kernel8_and_explains_every_setting() {
+        let lines: Vec<&str> = DEFAULT_CONFIG.lines().collect();
+        for setting in [
+            "arm_64bit=1",
+            "kernel=kernel8.img",
+            "kernel_address=0x80000",
+            "enable_uart=1",
+            "init_uart_clock=48000000",
+        ] {
+            let index =
+                lines.iter().position(|line| *line == setting).unwrap_or_else(|| panic!("{setting} missing"));
+            assert!(index > 0 && lines[index - 1].starts_with('#'), "{setting} has no comment above it");
+        }
+        // Every line is a comment or one of those settings: no comment after a value.
+        for line in &lines {
+            assert!(line.starts_with('#') || !line.contains('#'), "{line}");
+        }
+        // init_uart_clock matches the driver's fallback clock (its divisors for 115200 baud).
+        assert_eq!(bsp_free_divisors(48_000_000), (26, 3));
+    }
+
+    /// The PL011's divisors for 115200 baud from `clock_hz` (the formula of bsp's
+    /// `baud_divisors`, which this host tool cannot link), rounded to nearest 1/64.
+    fn bsp_free_divisors(clock_hz: u64) -> (u64, u64) {
+        let sixty_fourths = (clock_hz * 4 + 115_200 / 2) / 115_200;
+        (sixty_fourths / 64, sixty_fourths % 64)
     }
 
     #[test]

@@ -17,32 +17,8 @@ pub const LEVEL1_SPAN: u64 = 1 << 30;
 /// Size of the virtual (and physical) address space: 32 bits.
 pub const ADDRESS_SPACE: u64 = 1 << 32;
 
-/// A mapping granule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageSize {
-    /// 4 KiB level-3 pages.
-    Size4KiB,
-    /// 2 MiB level-2 blocks.
-    Size2MiB,
-}
-
-impl PageSize {
-    /// Bytes in one page of this size.
-    pub const fn bytes(self) -> u64 {
-        match self {
-            PageSize::Size4KiB => 4096,
-            PageSize::Size2MiB => 2 << 20,
-        }
-    }
-
-    /// A short label for tables.
-    pub fn label(self) -> &'static str {
-        match self {
-            PageSize::Size4KiB => "4K",
-            PageSize::Size2MiB => "2M",
-        }
-    }
-}
+/// The granule of a mapping: the project's one page-size type, from the kernel's memory manager.
+pub use kernel::mm::tensor::PageSize;
 
 /// Memory type, as an index into MAIR_EL1 (see [`MAIR_VALUE`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -226,17 +226,7 @@ impl Pl011Uart {
 
     /// Programs 115200 8N1 with FIFOs from the UART's input clock, without flow control.
     pub fn init(&self, clock_hz: u32) {
-        let registers = self.registers.lock();
-        while registers.FR.is_set(FR::BUSY) {
-            core::hint::spin_loop();
-        }
-        registers.CR.set(0);
-        registers.ICR.write(ICR::ALL::SET);
-        let (integer, fraction) = baud_divisors(clock_hz, BAUD_RATE);
-        registers.IBRD.write(IBRD::BAUD_DIVINT.val(integer));
-        registers.FBRD.write(FBRD::BAUD_DIVFRAC.val(fraction));
-        registers.LCR_H.write(LCR_H::WLEN::EightBit + LCR_H::FEN::FifosEnabled);
-        registers.CR.write(CR::UARTEN::Enabled + CR::TXE::Enabled + CR::RXE::Enabled);
+        configure(&self.registers.lock(), clock_hz);
     }
 
     /// Turns RTS/CTS hardware flow control on or off (the pins are routed separately: GPIO 16
@@ -356,6 +346,51 @@ impl TransmitFifo for Pl011Transmitter<'_> {
 
     fn depth(&self) -> usize {
         FIFO_DEPTH
+    }
+}
+
+/// Programs 115200 8N1 with FIFOs from a UART clock of `clock_hz`, without flow control, once
+/// the line is idle. Plain register writes: no lock, no atomics.
+fn configure(registers: &Registers, clock_hz: u32) {
+    while registers.FR.is_set(FR::BUSY) {
+        core::hint::spin_loop();
+    }
+    registers.CR.set(0);
+    registers.ICR.write(ICR::ALL::SET);
+    let (integer, fraction) = baud_divisors(clock_hz, BAUD_RATE);
+    registers.IBRD.write(IBRD::BAUD_DIVINT.val(integer));
+    registers.FBRD.write(FBRD::BAUD_DIVFRAC.val(fraction));
+    registers.LCR_H.write(LCR_H::WLEN::EightBit + LCR_H::FEN::FifosEnabled);
+    registers.CR.write(CR::UARTEN::Enabled + CR::TXE::Enabled + CR::RXE::Enabled);
+}
+
+/// UART0 before the MMU and caches are on: plain register access, with no lock and no atomic
+/// anywhere (a load/store-exclusive pair needs cacheable memory on a Cortex-A53, and with the
+/// MMU off every access is Device memory). Boot's early console and its pre-MMU failure and
+/// panic reports write through it; once the MMU is on, [`Pl011Uart`] takes over the same block.
+pub struct EarlyUart {
+    registers: Mmio<Registers>,
+}
+
+impl EarlyUart {
+    /// A handle to the block at `base`.
+    ///
+    /// # Safety
+    /// `base` must be the PL011 block, reachable as device memory (with the MMU off, every
+    /// address is), and nothing else may drive the UART while this handle is used.
+    pub const unsafe fn new(base: usize) -> Self {
+        // SAFETY: forwarded from the caller.
+        Self { registers: unsafe { Mmio::new(base) } }
+    }
+
+    /// Programs 115200 8N1 from a UART clock of `clock_hz`.
+    pub fn init(&self, clock_hz: u32) {
+        configure(&self.registers, clock_hz);
+    }
+
+    /// Writes `bytes`, waiting for room in the transmit FIFO.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        bytes.iter().for_each(|&byte| put(&self.registers, byte));
     }
 }
 

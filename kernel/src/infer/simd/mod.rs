@@ -1,0 +1,98 @@
+//! SIMD kernels: NEON on aarch64, AVX2 on x86_64 (detected at run time with `std`, fixed at
+//! compile time without; F16C and FMA are required beside AVX2). The one module of `infer`
+//! allowed `unsafe`, and the one place that picks an instruction set: every entry point
+//! below goes through `on_this_cpu!` once per call (once per band of rows for the
+//! products), and returns `None`/`false` when this CPU or this combination has no SIMD path,
+//! so that the caller ([`super::matmul`]) falls back to the scalar kernel.
+//!
+//! Each path reproduces its scalar twin in [`super::kernels`] bit for bit: products are
+//! accumulated with fused multiply-adds (`libm::fmaf` in the scalar kernels, which rounds
+//! once like the hardware) in the scalar kernels' lane order and reduced in the same tree,
+//! and integer block sums are exact. Property tests check every path against the scalar
+//! one: AVX2 in the host tests, NEON in the `simd_kernels` QEMU test.
+//!
+//! Audit notes: the only unsafe operations are vector loads and stores, and calls into
+//! `#[target_feature]` functions. Every load or store reaches inside a slice whose length
+//! was checked before (`chunks_exact` gives whole blocks; the matrix × N-vectors kernels
+//! check every row and the activations' length once up front), and feature-gated functions
+//! are called only after the feature was detected (or is enabled for the whole build).
+
+use super::kernels::{BatchInput, Input};
+use crate::model::{Matrix, TensorType};
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+/// Calls `function(arguments)` of this CPU's SIMD module and returns its result, or
+/// evaluates to `otherwise` when there is none.
+macro_rules! on_this_cpu {
+    ($function:ident($($argument:expr),*), $otherwise:expr) => {{
+        #[cfg(target_arch = "aarch64")]
+        if cfg!(target_feature = "neon") {
+            // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
+            return unsafe { neon::$function($($argument),*) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx2() {
+            // SAFETY: AVX2, F16C and FMA were detected on this CPU just above.
+            return unsafe { x86::$function($($argument),*) };
+        }
+        let _ = ($($argument,)*);
+        $otherwise
+    }};
+}
+
+/// The SIMD instruction set in use, if any.
+pub fn instruction_set() -> Option<&'static str> {
+    #[cfg(target_arch = "aarch64")]
+    if cfg!(target_feature = "neon") {
+        return Some("NEON");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        return Some("AVX2");
+    }
+    None
+}
+
+/// The dot product of `row` with `input` on this CPU's SIMD path, or `None` when there is no
+/// SIMD path for this CPU or this combination (the caller then uses the scalar kernel).
+/// Rows and inputs must be whole blocks, as [`crate::model::Matrix`] rows are.
+pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+    on_this_cpu!(dot(tensor_type, row, input), None)
+}
+
+/// Computes rows `first .. first + out.len()` of `matrix · input` on this CPU's SIMD path.
+/// Returns `false`, writing nothing, when there is no SIMD path for this CPU or combination.
+/// Choosing the path once per band of rows keeps the per-row cost to the dot product itself.
+pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
+    on_this_cpu!(rows(matrix, input, first, out), false)
+}
+
+/// Rows `first .. first + out.len() / N` of `matrix` times the N vectors of `input`, into
+/// `out[r × N + j]`, each weight block unpacked once for all N, on this CPU's SIMD path:
+/// quantized matrices at an integer precision. Returns `false`, writing nothing, otherwise.
+pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out: &mut [f32]) -> bool {
+    on_this_cpu!(rows_multi(matrix, input, first, out), false)
+}
+
+/// `gate = silu(gate) × up` on this CPU's SIMD path; `false` (nothing done) without one.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) -> bool {
+    on_this_cpu!(swiglu(gate, up), false)
+}
+
+/// Dot product of two float vectors on this CPU's SIMD path, or `None` without one.
+pub fn dot_floats(a: &[f32], b: &[f32]) -> Option<f32> {
+    on_this_cpu!(dot_floats(a, b), None)
+}
+
+/// `out[i] = weight × values[i] + out[i]` on this CPU's SIMD path; `false` without one.
+pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
+    on_this_cpu!(add_scaled(out, weight, values), false)
+}
+
+#[cfg(test)]
+mod tests;

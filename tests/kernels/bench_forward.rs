@@ -1,0 +1,159 @@
+//! QEMU benchmark: whole-token instruction counts of SmolLM2's forward pass on one core, for
+//! decoding (one row per pass, with the classifier) and for prefill in chunks of T = 1, 8 and
+//! 32 prompt positions per pass (the classifier only after the last). The model is read off
+//! the card into the weights pool, as kernel8 reads it. Under `-icount shift=0` the PMU counts
+//! instructions retired (event 0x08); its counter is 32 bits, so a count past 2^32 is
+//! completed from the generic timer, which then counts instructions too (1 ns each).
+//!
+//! It ends with a projection per board: decode tokens/s from the measured instructions per
+//! token at the board's clock on all four cores (one instruction per cycle per core, perfect
+//! scaling: an optimistic compute bound), from the bytes a decode pass moves at the board's
+//! DRAM read bandwidth, and the lower of the two.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use boot::storage::CLOCK;
+use kernel::{
+    fs::Volume,
+    hil::{Clock, SingleCpu},
+    infer::{
+        ContiguousKv, Precision, State,
+        forward::{PassSequence, forward_batch},
+    },
+    mm::tensor::TensorKind,
+    model::ModelFile,
+    serve::governor::PassTraffic,
+};
+use systests::{TEST_CONFIG, ensure, pass};
+
+boot::entry!(main, TEST_CONFIG);
+
+/// The model the runner puts on the card.
+const MODEL: &str = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Bytes read per call of the file reader.
+const CHUNK: usize = 1 << 20;
+
+/// Positions the KV cache holds: the longest prefill plus the decode steps.
+const POSITIONS: usize = 48;
+
+/// Decode steps measured (after a 32-token prompt).
+const DECODE_STEPS: usize = 4;
+
+/// Prompt tokens: the id of every fifth vocabulary entry from 1000, a stand-in for text (the
+/// work of a pass does not depend on which tokens it gets).
+fn prompt_token(index: usize) -> u32 {
+    1000 + 5 * index as u32
+}
+
+/// Instructions `operation` takes: the PMU's 32-bit count, plus the multiple of 2^32 that
+/// brings it nearest the generic timer's count.
+fn instructions(operation: impl FnOnce()) -> u64 {
+    let (before_ns, before) = (CLOCK.now_ns(), systests::pmu::read_instructions());
+    operation();
+    let counted = u64::from(systests::pmu::read_instructions().wrapping_sub(before));
+    let elapsed = CLOCK.now_ns() - before_ns;
+    let wraps = (elapsed.saturating_sub(counted) + (1 << 31)) >> 32;
+    counted + (wraps << 32)
+}
+
+/// The boards: name, cores, clock in GHz, DRAM read bandwidth in GB/s (docs/BENCHMARKS.md).
+const BOARDS: [(&str, u32, f64, f64); 4] = [
+    ("Zero 2 W (4x Cortex-A53, 1.0 GHz)", 4, 1.0, 2.2),
+    ("3B+ (4x Cortex-A53, 1.4 GHz)", 4, 1.4, 2.2),
+    ("4B (4x Cortex-A72, 1.5 GHz)", 4, 1.5, 4.0),
+    ("5 (4x Cortex-A76, 2.4 GHz)", 4, 2.4, 10.0),
+];
+
+/// Prints the projection table for `instructions` per decoded token and `bytes` moved per
+/// decode pass.
+fn project(instructions: u64, bytes: u64) {
+    boot::println!(
+        "projection: {instructions} instructions and {:.1} MB per decoded token (1 instruction per cycle per core):",
+        bytes as f64 / 1e6
+    );
+    boot::println!("| board | compute bound, tokens/s | bandwidth bound, tokens/s | projected | binds |");
+    boot::println!("|---|---:|---:|---:|---|");
+    for (name, cores, ghz, gbps) in BOARDS {
+        let compute = f64::from(cores) * ghz * 1e9 / instructions as f64;
+        let bandwidth = gbps * 1e9 / bytes as f64;
+        let (projected, binds) =
+            if compute < bandwidth { (compute, "compute") } else { (bandwidth, "bandwidth") };
+        boot::println!("| {name} | {compute:.1} | {bandwidth:.1} | {projected:.1} | {binds} |");
+    }
+}
+
+fn main(info: &'static boot::BootInfo) -> ! {
+    ensure!(systests::pmu::start_counting(), "the PMU does not count instructions: run under -icount");
+    let memory = boot::memory::backed_memory(info)
+        .unwrap_or_else(|error| systests::fail(format_args!("tensor memory: {error}")));
+    let card = boot::storage::open_card(memory)
+        .unwrap_or_else(|error| systests::fail(format_args!("card init failed: {error}")));
+    let mut volume =
+        Volume::mount(card).unwrap_or_else(|error| systests::fail(format_args!("mount: {error}")));
+    let mut file =
+        volume.open(MODEL).unwrap_or_else(|error| systests::fail(format_args!("{MODEL}: {error}")));
+    let size = file.size();
+    let mut bytes = memory
+        .alloc(size, TensorKind::Weights)
+        .unwrap_or_else(|error| systests::fail(format_args!("weights buffer: {error}")));
+    let mut offset = 0;
+    while offset < size {
+        let end = (offset + CHUNK as u64).min(size);
+        let read = file
+            .read_at(offset, &mut bytes[offset as usize..end as usize])
+            .unwrap_or_else(|error| systests::fail(format_args!("read at {offset}: {error}")));
+        ensure!(read > 0, "the file ended early at {offset}");
+        offset += read as u64;
+    }
+    let model =
+        ModelFile::parse(&bytes).unwrap_or_else(|error| systests::fail(format_args!("{MODEL}: {error}")));
+    let weights = &model.weights;
+    let config = weights.config;
+    let precision = Precision::default();
+    let mut state = State::for_batch(&config, precision, POSITIONS, 32);
+    let new_kv = || {
+        ContiguousKv::new(config.layers, config.kv_dim(), POSITIONS)
+            .unwrap_or_else(|| systests::fail(format_args!("KV cache of {POSITIONS} positions")))
+    };
+    let prompt: alloc::vec::Vec<u32> = (0..32).map(prompt_token).collect();
+    let mut run = |kv: &mut ContiguousKv, tokens: &[u32], start: usize, logits: bool| {
+        let mut sequences = [PassSequence { kv, tokens, start, logits }];
+        instructions(|| {
+            forward_batch(weights, &mut state, &mut sequences, &SingleCpu, |_, _, _| {})
+                .unwrap_or_else(|error| systests::fail(format_args!("pass: {:?}", error.error)));
+        })
+    };
+    boot::println!(
+        "SmolLM2 forward pass on one core, {precision:?} activations (PMU event 0x08 under -icount):"
+    );
+    boot::println!("| pass | instructions per token |");
+    boot::println!("|---|---:|");
+    let mut per_token = [0u64; 4];
+    for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
+        let mut kv = new_kv();
+        let mut total = 0;
+        for (index, tokens) in prompt.chunks(chunk).enumerate() {
+            let last = (index + 1) * chunk >= prompt.len();
+            total += run(&mut kv, tokens, index * chunk, last);
+        }
+        per_token[slot] = total / prompt.len() as u64;
+        boot::println!("| prefill, T = {chunk} | {} |", per_token[slot]);
+    }
+    let mut kv = new_kv();
+    run(&mut kv, &prompt, 0, true);
+    let decode: u64 = (0..DECODE_STEPS)
+        .map(|step| run(&mut kv, &[prompt_token(40 + step)], prompt.len() + step, true))
+        .sum();
+    per_token[3] = decode / DECODE_STEPS as u64;
+    boot::println!("| decode | {} |", per_token[3]);
+    for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
+        boot::println!("prefill T = {chunk}: {:.3}x decode", per_token[slot] as f64 / per_token[3] as f64);
+    }
+    project(per_token[3], PassTraffic::of(weights).at(prompt.len()).total());
+    boot::println!("forward instructions done");
+    pass()
+}
