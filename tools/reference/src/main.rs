@@ -4,7 +4,9 @@
 //! - Logits: synthetic llama2.c and GGUF models (multi-head, grouped-query and multi-query,
 //!   tied and untied, F32 and quantized) run a fixed token stream through the engine and
 //!   through `reference.py` (numpy, float64); every logit of every position must agree
-//!   within 1e-4.
+//!   within 1e-4, fed one token per pass and in batched passes of every shape in
+//!   `PASS_SHAPES` (prompt chunks of T tokens, B sequences per pass, chunks beside decode
+//!   rows).
 //! - Tokenizer: a varied corpus is tokenized by the engine's byte-level BPE and by
 //!   `tokenizer_reference.py` (the PyPI `tokenizers` package built from the same GGUF
 //!   vocabulary and merges); the ids must be identical. Runs on a synthetic vocabulary and,
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use kernel::hil::SingleCpu;
+use kernel::infer::forward::{PassSequence, forward_batch};
 use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
 use kernel::infer::{ContiguousKv, Precision, Session, State, Tokenizer};
 use kernel::model::{GgufFile, ModelFile, TensorType};
@@ -127,6 +130,84 @@ fn logit_cases() -> Vec<(&'static str, SyntheticSpec, SyntheticFormat)> {
     ]
 }
 
+/// Tokens in each stream fed to the engine and the reference.
+const STREAM_TOKENS: usize = 24;
+
+/// Most sequences sharing a pass in [`PASS_SHAPES`].
+const MAX_SEQUENCES: usize = 4;
+
+/// Batched pass shapes checked against the reference: prompt chunk length T and sequences per
+/// pass B. Odd-numbered sequences feed one token per pass (as decoding rows do) beside the
+/// even ones' chunks, so prompt chunks and decode rows share passes.
+const PASS_SHAPES: &[(usize, usize)] = &[(1, 2), (3, 1), (8, 1), (24, 1), (8, 2), (5, 3), (32, 4)];
+
+/// Token stream `stream` of a model: a fixed pattern, shifted per stream.
+fn token_stream(spec: &SyntheticSpec, stream: usize) -> Vec<u32> {
+    let vocab = spec.vocab_size as u32;
+    (0..STREAM_TOKENS as u32).map(|index| (index * 37 + 5 + 11 * stream as u32) % vocab).collect()
+}
+
+/// Every position's logits of `tokens`, fed one token per pass.
+fn one_at_a_time(model: &ModelFile<'_>, tokens: &[u32]) -> Result<Vec<f32>, String> {
+    let config = model.weights.config;
+    let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).ok_or("KV size")?;
+    let mut session = Session::new(&model.weights, kv);
+    let mut state = State::for_positions(&model.weights, Precision::Float, session.positions());
+    let mut logits = Vec::new();
+    for &token in tokens {
+        session.feed(&SingleCpu, &mut state, token).map_err(|error| error.to_string())?;
+        logits.extend_from_slice(state.logits());
+    }
+    Ok(logits)
+}
+
+/// The logits after each pass of every stream in `streams`, fed together: stream s gives each
+/// pass its next `chunk` tokens (s even) or its next one (s odd), and asks for the logits of
+/// the last. Returns `(stream, position, logits)` for every pass's every stream.
+fn batched(
+    model: &ModelFile<'_>,
+    streams: &[Vec<u32>],
+    chunk: usize,
+) -> Result<Vec<(usize, usize, Vec<f32>)>, String> {
+    let config = model.weights.config;
+    let mut stores = Vec::new();
+    for _ in streams {
+        stores
+            .push(ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).ok_or("KV size")?);
+    }
+    let step = |stream: usize| if stream.is_multiple_of(2) { chunk } else { 1 };
+    let rows = (0..streams.len()).map(step).sum();
+    let mut state = State::for_batch(&config, Precision::Float, config.context_length, rows);
+    let mut fed = vec![0usize; streams.len()];
+    let mut found = Vec::new();
+    loop {
+        let mut members = Vec::new();
+        let mut sequences = Vec::new();
+        for (stream, kv) in stores.iter_mut().enumerate() {
+            let start = fed[stream];
+            let end = (start + step(stream)).min(streams[stream].len());
+            if start < end {
+                members.push((stream, end - 1));
+                sequences.push(PassSequence {
+                    kv,
+                    tokens: &streams[stream][start..end],
+                    start,
+                    logits: true,
+                });
+                fed[stream] = end;
+            }
+        }
+        if sequences.is_empty() {
+            return Ok(found);
+        }
+        forward_batch(&model.weights, &mut state, &mut sequences, &SingleCpu, |index, logits, _| {
+            let (stream, position) = members[index];
+            found.push((stream, position, logits.to_vec()));
+        })
+        .map_err(|failure| format!("sequence {}: {}", failure.sequence, failure.error))?;
+    }
+}
+
 struct Checks {
     python: String,
     scripts: PathBuf,
@@ -164,58 +245,97 @@ impl Checks {
         Ok(output.stdout)
     }
 
+    /// The logits check of one synthetic model: the numpy reference for every stream, then the
+    /// engine one token at a time and in every pass shape of [`PASS_SHAPES`].
     fn logits(&mut self, name: &str, spec: &SyntheticSpec, format: SyntheticFormat) {
         let generated = spec.generate(format).unwrap_or_else(|error| fail_setup(error));
         let path = self.work.join(format!("{}.model", name.replace(' ', "-")));
         write(&path, &generated.model);
-        let tokens: Vec<u32> = (0..24u32).map(|index| (index * 37 + 5) % spec.vocab_size as u32).collect();
         let model = ModelFile::parse(&generated.model).unwrap_or_else(|error| fail_setup(&error.to_string()));
-        let config = model.weights.config;
-        let kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length).expect("small KV");
-        let mut session = Session::new(&model.weights, kv);
-        let mut state = State::for_positions(&model.weights, Precision::Float, session.positions());
-        let mut engine = Vec::new();
-        for &token in &tokens {
-            match session.feed(&SingleCpu, &mut state, token) {
-                Ok(()) => engine.extend_from_slice(state.logits()),
-                Err(error) => return self.record(false, format!("logits {name}: engine failed: {error}")),
+        let streams: Vec<Vec<u32>> = (0..MAX_SEQUENCES).map(|stream| token_stream(spec, stream)).collect();
+        let mut references = Vec::new();
+        for (stream, tokens) in streams.iter().enumerate() {
+            match self.reference(&path, &path.with_extension(format!("reference-{stream}.bin")), tokens) {
+                Ok(reference) => references.push(reference),
+                Err(error) => return self.record(false, format!("logits {name}: {error}")),
             }
         }
-        let out = path.with_extension("reference.bin");
+        let vocab = model.weights.config.vocab_size;
+        let engine = match one_at_a_time(&model, &streams[0]) {
+            Ok(engine) => engine,
+            Err(error) => return self.record(false, format!("logits {name}: engine failed: {error}")),
+        };
+        let compared: Vec<(usize, usize, &[f32])> =
+            engine.chunks_exact(vocab).enumerate().map(|(position, logits)| (0, position, logits)).collect();
+        let shape = format!("one token at a time, {} positions x {vocab} vocab", streams[0].len());
+        self.compare(name, &shape, &compared, &references, vocab);
+        for &(chunk, sequences) in PASS_SHAPES {
+            let plural = if sequences == 1 { "" } else { "s" };
+            let shape = format!("chunks of {chunk}, {sequences} sequence{plural} per pass");
+            match batched(&model, &streams[..sequences], chunk) {
+                Ok(found) => {
+                    let compared: Vec<(usize, usize, &[f32])> = found
+                        .iter()
+                        .map(|(stream, position, logits)| (*stream, *position, logits.as_slice()))
+                        .collect();
+                    self.compare(name, &shape, &compared, &references, vocab);
+                }
+                Err(error) => self.record(false, format!("logits {name}, {shape}: engine failed: {error}")),
+            }
+        }
+    }
+
+    /// Every position's logits of `tokens` through `model` by `reference.py`, which writes
+    /// them to `out`.
+    fn reference(&self, model: &Path, out: &Path, tokens: &[u32]) -> Result<Vec<f32>, String> {
         let token_list: Vec<String> = tokens.iter().map(u32::to_string).collect();
         let arguments = [
-            path.to_str().unwrap_or(""),
+            model.to_str().unwrap_or(""),
             "--tokens",
             &token_list.join(","),
             "--out",
             out.to_str().unwrap_or(""),
         ];
-        if let Err(error) = self.python("reference.py", &arguments, None) {
-            return self.record(false, format!("logits {name}: {error}"));
-        }
-        let reference: Vec<f32> = std::fs::read(&out)
+        self.python("reference.py", &arguments, None)?;
+        Ok(std::fs::read(out)
             .unwrap_or_default()
             .chunks_exact(4)
             .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-            .collect();
-        if reference.len() != engine.len() {
-            return self.record(
-                false,
-                format!(
-                    "logits {name}: {} reference values, {} engine values",
-                    reference.len(),
-                    engine.len()
-                ),
-            );
+            .collect())
+    }
+
+    /// Records whether every engine logit vector `(stream, position, logits)` agrees with the
+    /// reference of its stream at its position within [`TOLERANCE`].
+    fn compare(
+        &mut self,
+        name: &str,
+        shape: &str,
+        compared: &[(usize, usize, &[f32])],
+        references: &[Vec<f32>],
+        vocab: usize,
+    ) {
+        let mut difference = 0.0f32;
+        let mut spread = 0.0f32;
+        for &(stream, position, logits) in compared {
+            let Some(reference) = references[stream].get(position * vocab..(position + 1) * vocab) else {
+                return self
+                    .record(false, format!("logits {name}, {shape}: no reference at position {position}"));
+            };
+            if logits.len() != vocab {
+                return self.record(
+                    false,
+                    format!("logits {name}, {shape}: {} logits, vocab {vocab}", logits.len()),
+                );
+            }
+            let worst = logits.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            difference = difference.max(worst);
+            spread = reference.iter().fold(spread, |acc, value| acc.max(value.abs()));
         }
-        let difference = engine.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        let spread = reference.iter().fold(0.0f32, |acc, value| acc.max(value.abs()));
         self.record(
-            difference <= TOLERANCE && spread > 0.1,
+            !compared.is_empty() && difference <= TOLERANCE && spread > 0.1,
             format!(
-                "logits {name} ({} positions x {} vocab): max |engine - reference| = {difference:.2e}, max |logit| = {spread:.2}",
-                tokens.len(),
-                config.vocab_size
+                "logits {name} ({shape}; {} vectors): max |engine - reference| = {difference:.2e}, max |logit| = {spread:.2}",
+                compared.len()
             ),
         );
     }
