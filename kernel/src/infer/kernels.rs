@@ -497,8 +497,8 @@ impl<'a> BatchInput<'a> {
         (prepared.precision == Precision::Float).then(|| &prepared.block_sums[..self.rows * self.blocks()])
     }
 
-    /// Vector `index` as the single-vector input that rows of `tensor_type` take (the same
-    /// one [`super::matmul::matvec`] would build), or `None` past the last vector.
+    /// Vector `index` as the single-vector input that rows of `tensor_type` take, or `None`
+    /// past the last vector.
     pub fn input(&self, index: usize, tensor_type: TensorType) -> Option<Input<'a>> {
         if index >= self.rows {
             return None;

@@ -1,103 +1,22 @@
-//! Products on the fastest path this CPU has: matrix-vector products split by rows across
-//! the cores of a [`Cpus`], the matrix × N-vectors kernel a core runs on its share of rows
-//! ([`rows_multi`]), and the vector kernels of the forward pass (SwiGLU, attention scores and
-//! value sums). Each picks [`super::simd`] when it has a path and the scalar kernels of
+//! Products on the fastest path this CPU has: the matrix × N-vectors kernel a core runs on
+//! its share of a pass's rows ([`rows_multi`]; [`super::parallel`] hands the shares out),
+//! and the vector kernels of the forward pass (SwiGLU, attention scores and value sums). Each picks [`super::simd`] when it has a path and the scalar kernels of
 //! [`super::kernels`] otherwise; both give the same bits. Nothing here allocates.
 
 #![forbid(unsafe_code)]
 
-use spin::Mutex;
-
 pub use super::kernels::{BatchInput, QuantizedRows, ShapeError};
-use super::kernels::{Input, Precision, QuantizedVector, dot_scalar, takes_quantized_input};
-use crate::hil::Cpus;
+use super::kernels::{Input, dot_scalar};
 use crate::model::{Matrix, TensorType};
 
 /// Most cores a product is split across; any further cores stay idle.
 pub const MAX_CORES: usize = 8;
-
-/// `out[row] = matrix.row(row) · x` for every row, split into one contiguous band of rows per
-/// core. At [`Precision::Int8`] and [`Precision::Int16`], `x` is first quantized into `scratch`
-/// for quantized matrices.
-pub fn matvec(
-    cpus: &dyn Cpus,
-    matrix: &Matrix<'_>,
-    x: &[f32],
-    precision: Precision,
-    scratch: &mut QuantizedVector,
-    out: &mut [f32],
-) {
-    let input = if takes_quantized_input(matrix.tensor_type, precision) {
-        if precision == Precision::Int16 {
-            scratch.quantize_wide(x);
-            Input::Quantized16(scratch.int16())
-        } else {
-            scratch.quantize(x);
-            Input::Quantized(scratch.int8())
-        }
-    } else if matrix.tensor_type == TensorType::Q4_1 {
-        Input::FloatSummed(x, scratch.sum_blocks(x))
-    } else {
-        Input::Float(x)
-    };
-    let rows = matrix.rows.min(out.len());
-    let cores = cpus.count().clamp(1, MAX_CORES);
-    if cores == 1 {
-        rows_with_checkpoints(cpus, matrix, input, 0, &mut out[..rows]);
-        return;
-    }
-    let band = rows.div_ceil(cores).max(1);
-    let outcome = {
-        // Each core takes its own band out of its slot; the locks are never contended.
-        let mut bands = out[..rows].chunks_mut(band);
-        let slots: [Mutex<Option<&mut [f32]>>; MAX_CORES] =
-            core::array::from_fn(|_| Mutex::new(bands.next()));
-        cpus.try_run_on_all(&|core| {
-            if let Some(slot) = slots.get(core)
-                && let Some(out) = slot.lock().as_deref_mut()
-            {
-                if core == 0 {
-                    rows_with_checkpoints(cpus, matrix, input, 0, out);
-                } else {
-                    rows_into(matrix, input, core * band, out);
-                }
-            }
-        })
-    };
-    // A core lost mid-product keeps its band's lock forever: core 0 recomputes that band here,
-    // straight into `out` (the same rows, the same bits).
-    if let Err(lost) = outcome {
-        for worker in lost.workers() {
-            let first = (worker * band).min(rows);
-            let end = (first + band).min(rows);
-            rows_with_checkpoints(cpus, matrix, input, first, &mut out[first..end]);
-        }
-    }
-}
 
 /// Dot product of one encoded row of `tensor_type` with `input`, on the fastest path this
 /// CPU has ([`super::simd`] when available, the scalar kernels otherwise; both give the same
 /// bits).
 pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> f32 {
     super::simd::dot(tensor_type, row, input).unwrap_or_else(|| dot_scalar(tensor_type, row, input))
-}
-
-/// Rows computed between two calls of [`Cpus::checkpoint`] on core 0.
-pub const CHECKPOINT_ROWS: usize = 64;
-
-/// Like [`rows_into`], in pieces of [`CHECKPOINT_ROWS`] with a checkpoint after each (the
-/// same rows, the same bits).
-fn rows_with_checkpoints(
-    cpus: &dyn Cpus,
-    matrix: &Matrix<'_>,
-    input: Input<'_>,
-    first: usize,
-    out: &mut [f32],
-) {
-    for (index, piece) in out.chunks_mut(CHECKPOINT_ROWS).enumerate() {
-        rows_into(matrix, input, first + index * CHECKPOINT_ROWS, piece);
-        cpus.checkpoint();
-    }
 }
 
 /// Computes rows `first .. first + out.len()` of the product into `out`.
@@ -122,7 +41,7 @@ pub fn rows_into(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut 
 /// loaded and unpacked once for all N vectors ([`super::simd::rows_multi`]); other
 /// combinations (float precision, F32 and F16 matrices) take the single-vector kernel once
 /// per vector. Either way each value has the bits of [`dot`] of that row with
-/// [`BatchInput::input`]`(j)`, so N = 1 gives exactly [`matvec`]'s result.
+/// [`BatchInput::input`]`(j)`, so N = 1 gives exactly [`rows_into`]'s result.
 ///
 /// Errors when `input`'s vectors are not as long as the matrix's rows, when the rows run past
 /// the matrix, or when `out` is shorter than `count × N`.
@@ -205,86 +124,11 @@ pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hil::SingleCpu;
+    use crate::infer::Precision;
     use crate::model::TensorType;
     use crate::model::quant::quantize;
     use alloc::vec;
     use alloc::vec::Vec;
-
-    /// Runs each core's job in turn on the calling thread.
-    struct TakeTurns(usize);
-
-    impl Cpus for TakeTurns {
-        fn count(&self) -> usize {
-            self.0
-        }
-        fn run_on_all(&self, job: &(dyn Fn(usize) + Sync)) {
-            (0..self.0).for_each(job);
-        }
-        fn barrier(&self) {}
-    }
-
-    /// Runs each worker's job in turn, except `lost`'s, whose core "dies" before its share:
-    /// the run reports that share lost, as a board that lost a core would.
-    struct LosesWorker {
-        count: usize,
-        lost: usize,
-    }
-
-    impl Cpus for LosesWorker {
-        fn count(&self) -> usize {
-            self.count
-        }
-        fn run_on_all(&self, _job: &(dyn Fn(usize) + Sync)) {
-            unreachable!("matvec runs each share once and redoes lost ones")
-        }
-        fn try_run_on_all(&self, job: &(dyn Fn(usize) + Sync)) -> Result<(), crate::hil::SharesLost> {
-            (0..self.count).filter(|&worker| worker != self.lost).for_each(job);
-            Err(crate::hil::SharesLost::from_mask(1 << self.lost))
-        }
-        fn barrier(&self) {}
-    }
-
-    #[test]
-    fn a_band_lost_with_its_core_is_recomputed_on_core_zero() {
-        let mut random = crate::rand::SplitMix64::new(5);
-        let values: Vec<f32> = (0..37 * 64).map(|_| random.next_f32() - 0.5).collect();
-        let x: Vec<f32> = (0..64).map(|_| random.next_f32() - 0.5).collect();
-        let mut data = Vec::new();
-        quantize(TensorType::Q8_0, &values, &mut data);
-        let matrix = Matrix { tensor_type: TensorType::Q8_0, rows: 37, columns: 64, data: &data };
-        let mut scratch = QuantizedVector::with_capacity(64);
-        let mut single = vec![0.0; 37];
-        matvec(&SingleCpu, &matrix, &x, Precision::Float, &mut scratch, &mut single);
-        for (count, lost) in [(4, 2), (4, 3), (3, 1), (2, 1)] {
-            let mut split = vec![f32::NAN; 37];
-            matvec(&LosesWorker { count, lost }, &matrix, &x, Precision::Float, &mut scratch, &mut split);
-            assert_eq!(single, split, "worker {lost} of {count} lost");
-        }
-    }
-
-    #[test]
-    fn split_products_equal_single_core() {
-        let mut random = crate::rand::SplitMix64::new(3);
-        let values: Vec<f32> = (0..37 * 64).map(|_| random.next_f32() - 0.5).collect();
-        let x: Vec<f32> = (0..64).map(|_| random.next_f32() - 0.5).collect();
-        for tensor_type in [TensorType::F32, TensorType::Q8_0, TensorType::Q4_1] {
-            let mut data = Vec::new();
-            quantize(tensor_type, &values, &mut data);
-            let matrix = Matrix { tensor_type, rows: 37, columns: 64, data: &data };
-            let mut scratch = QuantizedVector::with_capacity(64);
-            for precision in [Precision::Float, Precision::Int8, Precision::Int16] {
-                let mut single = vec![0.0; 37];
-                matvec(&SingleCpu, &matrix, &x, precision, &mut scratch, &mut single);
-                for cores in [2, 3, 4, 8, 12] {
-                    let mut split = vec![0.0; 37];
-                    matvec(&TakeTurns(cores), &matrix, &x, precision, &mut scratch, &mut split);
-                    assert_eq!(single, split, "{tensor_type:?} on {cores} cores");
-                }
-                assert!(single.iter().any(|value| *value != 0.0));
-            }
-        }
-    }
 
     #[test]
     fn rows_multi_refuses_shapes_that_do_not_fit() {

@@ -98,7 +98,7 @@ impl Activations {
         Self { x, quantized, wide, summed }
     }
 
-    /// Each precision's input for rows of `tensor_type`, as `matvec` builds it.
+    /// Each precision's input for rows of `tensor_type`, as a single-vector product takes it.
     fn inputs(&self, tensor_type: TensorType) -> [(&'static str, Input<'_>); 3] {
         let float = if tensor_type == TensorType::Q4_1 {
             Input::FloatSummed(&self.x, &self.summed.block_sums[..COLUMNS / 32])
