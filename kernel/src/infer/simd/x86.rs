@@ -174,9 +174,11 @@ struct Q4_1;
 #[target_feature(enable = "avx2,f16c,fma")]
 unsafe fn nibbles(address: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
-    let packed = unsafe { _mm_loadu_si128(address.cast()) };
-    let mask = _mm_set1_epi8(0x0f);
-    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(packed), mask), _mm_and_si128(packed, mask))
+    let packed = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(address.cast()) });
+    // The upper copy shifted right by 4, so that each of its bytes' low nibble is the
+    // byte's high nibble: one load, one variable shift and one mask for the 32 codes.
+    let shifted = _mm256_srlv_epi64(packed, _mm256_setr_epi64x(0, 0, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
 /// The scales of two blocks without minimums: f16 at bytes 0 and `block_bytes`, converted
