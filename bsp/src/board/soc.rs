@@ -86,6 +86,15 @@ impl Soc {
         }
     }
 
+    /// The crystal that drives the generic timer: 19.2 MHz on the BCM2837, 54 MHz on the
+    /// BCM2711 (the rate their firmware programs into CNTFRQ_EL0).
+    pub const fn crystal_hz(self) -> u64 {
+        match self {
+            Soc::Bcm2837 => 19_200_000,
+            Soc::Bcm2711 => super::rpi4::memory_map::TIMER_HZ,
+        }
+    }
+
     /// Where the chip's blocks are.
     pub const fn map(self) -> &'static SocMap {
         match self {

@@ -33,8 +33,8 @@ pub const LOCAL_PERIPHERALS_SIZE: usize = 0x20_0000;
 pub const GIC_DISTRIBUTOR: usize = LOCAL_PERIPHERALS + 0x4_1000;
 /// GIC-400 CPU interface.
 pub const GIC_CPU_INTERFACE: usize = LOCAL_PERIPHERALS + 0x4_2000;
-/// The generic timer's frequency the Pi 4 firmware programs (and QEMU raspi4b sets): 54 MHz,
-/// the crystal.
+/// The generic timer's frequency the Pi 4 firmware programs: 54 MHz, the crystal. (QEMU 10.0's
+/// raspi4b leaves its CNTFRQ at QEMU's 62.5 MHz; docs/QEMU.md.)
 pub const TIMER_HZ: u64 = 54_000_000;
 
 /// The BCM2711's blocks, for code that serves both chips.
