@@ -246,8 +246,8 @@ fn boot_seed(soc: Soc, clock: &GenericTimer, device_tree_length: usize) -> (u64,
     let seed = match soc {
         // SAFETY: the chip's RNG block; only boot uses it.
         Soc::Bcm2837 => unsafe { HardwareRng::new(address, clock) }.next_u64(),
-        // SAFETY: as above; the device tree says the block is there.
         Soc::Bcm2711 if device_tree_names(device_tree_length, RNG200_COMPATIBLE) => {
+            // SAFETY: the chip's RNG block, which the device tree says is there; only boot uses it.
             unsafe { Rng200::new(address, clock) }.next_u64()
         }
         Soc::Bcm2711 => return (clock.ticks(), SeedSource::TimerFallback),

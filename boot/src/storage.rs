@@ -61,7 +61,6 @@ pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::S
             }
         }
     };
-    drop(mailbox);
     drop(buffer);
     let card = card.map_err(|error| format!("SD card: {error}"))?;
     let info = card.card();
