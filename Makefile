@@ -1,8 +1,12 @@
 # Tessera: build, run and test the unikernel. `make help` lists the targets.
 #
 # Every target first makes sure the machine has what it needs (`make deps`): the pinned Rust
-# toolchain with the aarch64-unknown-none target (from rust-toolchain.toml), QEMU (Debian's
-# qemu-system-arm) and mtools (the card check), installed with apt-get when running as root.
+# toolchain with the aarch64-unknown-none target (from rust-toolchain.toml), QEMU with the
+# raspi4b machine (Debian's qemu-system-arm, from bookworm-backports on bookworm) and mtools
+# (the card check), installed with apt-get when running as root.
+#
+# MACHINE picks the board QEMU emulates for `make run`/`make qemu`/`make gdb`: raspi3b (the
+# default), raspi4b or raspi3ap. One kernel8.img serves them all.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
@@ -30,7 +34,8 @@ AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --
 
 help:
 	@echo "Tessera make targets:"
-	@echo "  make run        build everything, fetch the default model once, make the SD image, boot QEMU ($(MACHINE))"
+	@echo "  make run        build everything, fetch the default model once, make the SD image, boot QEMU ($(MACHINE);"
+	@echo "                  MACHINE=raspi4b boots the Pi 4)"
 	@echo "                  with the serial console on this terminal; MODEL=path uses another model"
 	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests"
 	@echo "  make build      build $(KERNEL_IMG)"
@@ -41,14 +46,15 @@ help:
 	@echo "  make test-premmu  kernel8's pre-MMU code (.text.premmu and what it calls) holds no exclusive or atomic instruction"
 	@echo "  make test-card  make sdcard, then check its boot partition with mtools (firmware, config.txt, kernel8.img)"
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
-	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
-	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; host compute kernels; QEMU instruction counts (docs/BENCHMARKS.md)"
+	@echo "  make test-qemu  QEMU system and console tests on raspi3b and raspi4b (tests/kernels, tests/qemu-tests.toml)"
+	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; host compute kernels; QEMU instruction counts (docs/BENCHMARKS.md);"
+	@echo "                  the heavy QEMU tests on the boards make test leaves them off"
 	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
 	@echo "  make fmt        format the code (fmt-check only checks)"
 	@echo "  make doc        build the API documentation"
-	@echo "  make deps       install what is missing: Rust toolchain/target/components, QEMU, mtools"
+	@echo "  make deps       install what is missing: Rust toolchain/target/components, QEMU >= 9 (raspi4b), mtools"
 
 deps: toolchain qemu-installed mtools-installed
 
@@ -59,15 +65,10 @@ toolchain:
 	  rustup toolchain install; \
 	fi
 
+# QEMU 9.0 or newer (the raspi4b machine); Debian bookworm ships 7.2, so on bookworm it comes
+# from bookworm-backports (QEMU 10). tools/qemu-deps.sh says what it does and why.
 qemu-installed:
-	@if ! command -v $(QEMU) >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo ">> installing qemu-system-arm (provides $(QEMU)) with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null; \
-	  else \
-	    echo "error: $(QEMU) is missing. Install it with: sudo apt-get install qemu-system-arm"; exit 1; \
-	  fi; \
-	fi
+	@QEMU="$(QEMU)" tools/qemu-deps.sh
 
 mtools-installed:
 	@if ! command -v mdir >/dev/null 2>&1; then \

@@ -1,15 +1,18 @@
 //! The boot console: PL011 UART0 on GPIO 14/15, shared by every core, and `print!`; and the
-//! GPIO controller that routes its pins. Once interrupt-driven, receive has flow control: when
+//! GPIO controller that routes its pins. Each chip has its own driver instances (their blocks
+//! are at other addresses); [`uart`] and [`gpio`] pick this chip's. Once interrupt-driven, receive has flow control: when
 //! the receive ring is full the bytes stay in the UART, whose receive interrupts are masked
 //! until the console loop has made room (`kernel::console::ring::ReceiveFlow`).
 
 use crate::interrupts;
 use bsp::{
     arch::aarch64::{cpu, timer::GenericTimer},
-    board::rpi3::{
-        gpio::Gpio,
-        memory_map,
-        pl011_uart::{Pl011Transmitter, Pl011Uart},
+    board::{
+        rpi3::{
+            gpio::Gpio,
+            pl011_uart::{Pl011Transmitter, Pl011Uart},
+        },
+        soc::Soc,
     },
 };
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -23,14 +26,22 @@ use kernel::{
 };
 
 // SAFETY: the addresses are the BCM2837's GPIO and UART0 blocks, mapped as device memory from
-// before the MMU is on (identity) until the end; these are their only drivers.
-static UART: Pl011Uart = unsafe { Pl011Uart::new(memory_map::PL011_UART) };
+// before the MMU is on (identity) until the end on that chip; these are their only drivers, and
+// on the other chip they are never used.
+static UART_BCM2837: Pl011Uart = unsafe { Pl011Uart::new(Soc::Bcm2837.map().uart) };
 // SAFETY: as above.
-static GPIO: Gpio = unsafe { Gpio::new(memory_map::GPIO) };
+static GPIO_BCM2837: Gpio = unsafe { Gpio::new(Soc::Bcm2837.map().gpio, Soc::Bcm2837) };
+// SAFETY: as above, for the BCM2711's blocks.
+static UART_BCM2711: Pl011Uart = unsafe { Pl011Uart::new(Soc::Bcm2711.map().uart) };
+// SAFETY: as above, for the BCM2711's blocks.
+static GPIO_BCM2711: Gpio = unsafe { Gpio::new(Soc::Bcm2711.map().gpio, Soc::Bcm2711) };
 
 /// The GPIO controller (pin routing for the UART and the SD card).
 pub fn gpio() -> &'static Gpio {
-    &GPIO
+    match Soc::current() {
+        Soc::Bcm2837 => &GPIO_BCM2837,
+        Soc::Bcm2711 => &GPIO_BCM2711,
+    }
 }
 
 /// The console: polled until [`start_interrupt_console`] has run, interrupt-driven after, so
@@ -40,13 +51,16 @@ pub fn gpio() -> &'static Gpio {
 pub fn console() -> &'static dyn Console {
     match INTERRUPT_CONSOLE.get() {
         Some(console) => console,
-        None => &UART,
+        None => uart(),
     }
 }
 
 /// The UART driver itself.
 pub fn uart() -> &'static Pl011Uart {
-    &UART
+    match Soc::current() {
+        Soc::Bcm2837 => &UART_BCM2837,
+        Soc::Bcm2711 => &UART_BCM2711,
+    }
 }
 
 /// Bytes of protocol-pool memory for the receive ring (the protocol reserve counts it).
@@ -84,9 +98,9 @@ impl InterruptConsole {
         if self.receive.is_paused() {
             return;
         }
-        UART.acknowledge_receive();
-        if self.receive.fill(|| UART.receive_byte(), GenericTimer.now_ns()) == Flow::Paused {
-            UART.set_receive_interrupts(false);
+        uart().acknowledge_receive();
+        if self.receive.fill(|| uart().receive_byte(), GenericTimer.now_ns()) == Flow::Paused {
+            uart().set_receive_interrupts(false);
         }
     }
 
@@ -101,9 +115,9 @@ impl InterruptConsole {
             if !self.receive.resume_due() {
                 return;
             }
-            UART.acknowledge_receive();
-            if self.receive.resume(|| UART.receive_byte(), GenericTimer.now_ns()) == Some(Flow::Open) {
-                UART.set_receive_interrupts(true);
+            uart().acknowledge_receive();
+            if self.receive.resume(|| uart().receive_byte(), GenericTimer.now_ns()) == Some(Flow::Open) {
+                uart().set_receive_interrupts(true);
             }
         });
     }
@@ -161,7 +175,7 @@ impl Console for InterruptConsole {
             self.transmit.pump(&self.transmitter);
             !self.transmit.is_pending()
         });
-        UART.flush();
+        uart().flush();
     }
 
     fn line_end_ns(&self) -> Option<u64> {
@@ -173,7 +187,7 @@ impl Console for InterruptConsole {
         let ring = self.ring();
         Some(ConsoleTraffic {
             received: ring.received() as u64,
-            dropped: ring.overflowed() as u64 + UART.overruns(),
+            dropped: ring.overflowed() as u64 + uart().overruns(),
             receive_high_water: ring.high_water() as u64,
             receive_pauses: self.receive.pauses(),
             sent: transmit.sent,
@@ -188,13 +202,13 @@ impl Console for InterruptConsole {
         self.flush();
         match flow_control {
             FlowControl::RtsCts => {
-                GPIO.route_uart0_flow_control();
-                UART.set_hardware_flow_control(true);
+                gpio().route_uart0_flow_control();
+                uart().set_hardware_flow_control(true);
                 Ok("RTS/CTS flow control on (GPIO 16 CTS0, GPIO 17 RTS0)")
             }
             FlowControl::None => {
-                UART.set_hardware_flow_control(false);
-                GPIO.release_uart0_flow_control();
+                uart().set_hardware_flow_control(false);
+                gpio().release_uart0_flow_control();
                 Ok("without hardware flow control")
             }
         }
@@ -225,13 +239,13 @@ pub fn start_interrupt_console(memory: &'static BackedMemory) -> Result<&'static
     static RECEIVE: spin::Once<ReceiveFlow<'static>> = spin::Once::new();
     let receive = RECEIVE.call_once(|| ReceiveFlow::new(ByteRing::new(receive), RECEIVE_RESUME_ROOM));
     // Everything printed so far has left before output goes through the transmit ring.
-    UART.flush();
+    uart().flush();
     let console = INTERRUPT_CONSOLE.call_once(|| InterruptConsole {
         receive,
         transmit: TransmitQueue::new(ByteRing::new(transmit)),
-        transmitter: UART.transmitter(),
+        transmitter: uart().transmitter(),
     });
-    UART.enable_receive_interrupts();
+    uart().enable_receive_interrupts();
     interrupts::route_uart_to_core0();
     Ok(console)
 }
@@ -245,7 +259,7 @@ static TRANSMIT_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 pub fn on_uart_interrupt() {
     let Some(console) = INTERRUPT_CONSOLE.get() else { return };
     console.receive_interrupt();
-    if UART.transmit_pending() {
+    if uart().transmit_pending() {
         TRANSMIT_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
         console.transmit_interrupt();
     }
@@ -258,7 +272,7 @@ pub fn transmit_interrupts() -> u64 {
 
 /// Writes without taking the console lock, for fault and panic reports.
 pub fn write_unlocked(bytes: &[u8]) {
-    UART.write_bytes_unlocked(bytes);
+    uart().write_bytes_unlocked(bytes);
 }
 
 /// Prints to the console.

@@ -1,6 +1,7 @@
-//! The four cores as a [`kernel::hil::Cpus`]: parked in `wfi`, woken by a BCM2836 mailbox
-//! doorbell to run one share of a job, then parked again; and what happens when one is lost to a
-//! fault, a panic or a hang: it is reported and retired, and the others carry on.
+//! The four cores as a [`kernel::hil::Cpus`]: parked in `wfi`, woken by a doorbell (a BCM2836
+//! core mailbox on the BCM2837, an SGI through the GIC-400 on the BCM2711) to run one share of a
+//! job, then parked again; and what happens when one is lost to a fault, a panic or a hang: it
+//! is reported and retired, and the others carry on.
 //!
 //! Core 0 joins a run on events: a secondary that finishes its share, or that dies (its fault or
 //! panic handler retires it), sends one at once. The generic timer is only the backstop for a
@@ -8,13 +9,13 @@
 //! doorbell (secondaries run their share with interrupts open, so a busy core answers by
 //! retiring itself), and gives up on it if it does not answer.
 
-use crate::exception::{FixedText, write_recent_events};
-use bsp::{
-    arch::aarch64::{
-        cpu::{self, CORE_COUNT},
-        timer::GenericTimer,
-    },
-    board::rpi3::{local_interrupts::LocalInterrupts, memory_map},
+use crate::{
+    exception::{FixedText, write_recent_events},
+    interrupts::doorbells,
+};
+use bsp::arch::aarch64::{
+    cpu::{self, CORE_COUNT},
+    timer::GenericTimer,
 };
 use core::{
     fmt::Write,
@@ -26,10 +27,6 @@ use kernel::{
     telemetry::{CoreLoss, Duration, EventKind},
 };
 use spin::Mutex;
-
-// SAFETY: the BCM2836 local block, mapped as device memory once the MMU is on (before any core
-// parks or any job runs); see `LocalInterrupts::new` for why sharing it is sound.
-static LOCAL: LocalInterrupts = unsafe { LocalInterrupts::new(memory_map::LOCAL_PERIPHERALS) };
 
 /// Doorbell bit: a share of a run is waiting (the roster says which run).
 const RING_JOB: u32 = 1 << 0;
@@ -189,7 +186,7 @@ fn wake_barrier() {
     cpu::send_event();
     let sleepers = BARRIER_SLEEPERS.load(Ordering::SeqCst);
     for sleeper in (1..CORE_COUNT).filter(|sleeper| sleepers & 1 << sleeper != 0) {
-        LOCAL.ring(sleeper, RING_BARRIER);
+        doorbells().ring(sleeper, RING_BARRIER);
     }
 }
 
@@ -223,7 +220,7 @@ fn start_shares(generation: u64, map: &WorkerMap) -> u32 {
     // The run, the roster and the barrier are visible before any doorbell rings.
     cpu::send_event();
     for core in (1..CORE_COUNT).filter(|core| started & 1 << core != 0) {
-        LOCAL.ring(core, RING_JOB);
+        doorbells().ring(core, RING_JOB);
     }
     started
 }
@@ -273,7 +270,7 @@ fn act_on_late(late: u32) {
     for core in (1..CORE_COUNT).filter(|core| late & 1 << core != 0) {
         match verdict {
             WatchVerdict::Wait => {}
-            WatchVerdict::AskToStop => LOCAL.ring(core, RING_STOP),
+            WatchVerdict::AskToStop => doorbells().ring(core, RING_STOP),
             WatchVerdict::GiveUp => give_up(core, generation, map.worker_of(core), grace_ns),
         }
     }
@@ -329,11 +326,11 @@ fn print_loss_reports() {
 /// A secondary core's idle loop: sleep in `wfi` (interrupts stay masked; a pending doorbell
 /// still ends the wait), run the share it was woken for, and sleep again.
 pub fn park(core: usize) -> ! {
-    LOCAL.enable_doorbell(core);
+    doorbells().enable(core);
     loop {
         // Clear the doorbell before reading the roster: a ring that comes after the clear stays
         // pending and ends the next `wfi`, so no share is ever slept through.
-        LOCAL.take(core);
+        doorbells().take(core);
         device_barrier();
         match ROSTER.state(core) {
             CoreState::Running { generation } if run_share(core, generation) => {}
@@ -365,7 +362,7 @@ fn run_share(core: usize, generation: u64) -> bool {
 /// interrupted code so it cannot fire again and again.
 pub fn secondary_interrupt(return_address: u64, saved_state: &mut u64) {
     let core = cpu::core_id();
-    let rung = LOCAL.take(core);
+    let rung = doorbells().take(core);
     if rung & RING_STOP != 0 {
         retire(CoreLoss::Hang, |text| {
             let _ = write!(
@@ -422,7 +419,7 @@ pub fn retire(cause: CoreLoss, describe: impl FnOnce(&mut dyn Write)) -> ! {
 fn sleep_forever(core: usize) -> ! {
     close_interrupts();
     loop {
-        LOCAL.take(core);
+        doorbells().take(core);
         cpu::wait_for_interrupt();
     }
 }

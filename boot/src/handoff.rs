@@ -10,7 +10,7 @@
 
 use bsp::{
     arch::aarch64::{kernel_map::KernelImage, kernel_map::MappingList, translation::TranslationTables},
-    board::budget::BoardModel,
+    board::{budget::BoardModel, soc::Soc},
 };
 use core::cell::UnsafeCell;
 use kernel::{boot_info::SeedSource, mm::layout::MemoryPlan};
@@ -104,6 +104,8 @@ pub(crate) static DEVICE_TREE: BootWritten<[u8; DEVICE_TREE_MAX]> = BootWritten:
 
 /// What the pre-MMU stage found and decided, for the stage after it.
 pub(crate) struct EarlyFacts {
+    /// The chip, from the core type.
+    pub(crate) soc: Soc,
     /// The firmware's board revision code.
     pub(crate) revision: u32,
     /// The board it decodes to.

@@ -32,9 +32,7 @@ pub struct IrqStatistics {
 /// The IRQ handler, called from the exception vector with IRQs masked.
 pub fn handle() {
     let start = GenericTimer.ticks();
-    if interrupts::uart_pending() {
-        crate::console::on_uart_interrupt();
-    }
+    interrupts::dispatch(crate::console::on_uart_interrupt);
     HANDLED.fetch_add(1, Ordering::Relaxed);
     LONGEST_HANDLER_TICKS.fetch_max(GenericTimer.ticks() - start, Ordering::Relaxed);
 }

@@ -26,13 +26,14 @@ use bsp::{
     board::{
         budget::{BoardModel, scaled_budget},
         rpi3::{
-            DEVICE_MAPPINGS,
             gpio::Gpio,
             mailbox::{CLOCK_UART, Mailbox},
-            memory_map,
+            memory_map::SPIN_TABLE,
             pl011_uart::EarlyUart,
             rng::HardwareRng,
         },
+        rpi4::rng200::Rng200,
+        soc::Soc,
     },
 };
 use core::fmt::{self, Write};
@@ -51,10 +52,22 @@ unsafe extern "C" {
     fn _start();
 }
 
-/// The UART as the pre-MMU stage drives it.
+/// The BCM2837's UART as the pre-MMU stage drives it.
 // SAFETY: the BCM2837's UART0 block; before the MMU is on only core 0 runs Rust, and once it is
 // on the locked driver (`console`) takes over.
-static EARLY_UART: EarlyUart = unsafe { EarlyUart::new(memory_map::PL011_UART) };
+static EARLY_UART_BCM2837: EarlyUart = unsafe { EarlyUart::new(Soc::Bcm2837.map().uart) };
+/// The BCM2711's UART as the pre-MMU stage drives it.
+// SAFETY: as above, for the BCM2711's UART0 block.
+static EARLY_UART_BCM2711: EarlyUart = unsafe { EarlyUart::new(Soc::Bcm2711.map().uart) };
+
+/// The early console of the chip this runs on (told apart by the core type, no memory access).
+#[unsafe(link_section = ".text.premmu")]
+fn early_uart() -> &'static EarlyUart {
+    match Soc::current() {
+        Soc::Bcm2837 => &EARLY_UART_BCM2837,
+        Soc::Bcm2711 => &EARLY_UART_BCM2711,
+    }
+}
 
 /// The binary's boot configuration.
 #[unsafe(link_section = ".text.premmu")]
@@ -78,7 +91,7 @@ struct EarlyWriter;
 impl Write for EarlyWriter {
     #[unsafe(link_section = ".text.premmu")]
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        EARLY_UART.write_bytes(text.as_bytes());
+        early_uart().write_bytes(text.as_bytes());
         Ok(())
     }
 }
@@ -141,21 +154,33 @@ pub(crate) fn report_exception(syndrome: u64, return_address: u64, fault_address
 pub(crate) extern "C" fn prepare_primary(device_tree: usize) {
     let clock = &GenericTimer;
     let image = handoff::kernel_image();
-    let (revision, ram) = probe_board(clock, &image);
+    // The chip decides every address below; it is known from the core type before any
+    // peripheral is touched.
+    let soc = Soc::current();
+    let (revision, ram) = probe_board(soc, clock, &image);
     let device_tree_length = copy_device_tree(device_tree, ram);
-    let seed = boot_seed(clock);
+    let seed = boot_seed(soc, clock, device_tree_length);
     let model = BoardModel::from_revision(revision);
     let (row, budget) = scaled_budget(model, ram);
     let plan = MemoryPlan::new(ram, budget, image.end(), seed.0)
         .unwrap_or_else(|error| fail("planning memory", error));
-    let mappings = kernel_mappings(&image, &plan, &DEVICE_MAPPINGS);
+    let mappings = kernel_mappings(&image, &plan, &soc.device_mappings());
     // SAFETY: only core 0 runs, and no MMU walks the tables yet.
     let tables = unsafe { TABLES.get_mut() };
     tables
         .build(TABLES.address(), mappings.as_slice())
         .unwrap_or_else(|error| fail("building page tables", error));
-    let facts =
-        EarlyFacts { revision, model, ram, device_tree_length, seed, budget_row: row.name, plan, mappings };
+    let facts = EarlyFacts {
+        soc,
+        revision,
+        model,
+        ram,
+        device_tree_length,
+        seed,
+        budget_row: row.name,
+        plan,
+        mappings,
+    };
     // SAFETY: only core 0 runs; `start` reads this after the MMU is on.
     unsafe { *EARLY.get_mut() = Some(facts) };
     release_secondaries();
@@ -174,16 +199,16 @@ pub(crate) extern "C" fn enable_mmu() {
 /// with it), the board revision and the ARM memory; returns the revision and the RAM size. Boot
 /// fails when the revision or the memory cannot be read, or memory does not start at 0.
 #[unsafe(link_section = ".text.premmu")]
-fn probe_board(clock: &GenericTimer, image: &KernelImage) -> (u32, u64) {
+fn probe_board(soc: Soc, clock: &GenericTimer, image: &KernelImage) -> (u32, u64) {
     // The DMA region starts at the first 2 MiB boundary after the image (see MemoryPlan) and
     // is the mailbox buffer's home both now and after the MMU is on.
     let dma_base = image.end().div_ceil(BLOCK) * BLOCK;
     // SAFETY: the mailbox block is at its fixed address; the buffer is the first page of the
     // DMA region, used by nothing else, and coherent because the MMU (and so the cache) is off
     // now and the region is mapped non-cacheable later.
-    let mut mailbox = unsafe { Mailbox::new(memory_map::MAILBOX, dma_base as *mut u32) };
+    let mut mailbox = unsafe { Mailbox::new(soc.map().mailbox, dma_base as *mut u32) };
     let uart_clock = mailbox.clock_rate(clock, CLOCK_UART).unwrap_or(48_000_000);
-    start_early_console(clock, uart_clock);
+    start_early_console(soc, clock, uart_clock);
     let revision =
         mailbox.board_revision(clock).unwrap_or_else(|error| fail("reading the board revision", error));
     let (ram_base, ram_size) =
@@ -196,29 +221,49 @@ fn probe_board(clock: &GenericTimer, image: &KernelImage) -> (u32, u64) {
 
 /// Routes UART0 to GPIO 14/15 and programs 115200 8N1 from a UART clock of `clock_hz`.
 #[unsafe(link_section = ".text.premmu")]
-fn start_early_console(clock: &GenericTimer, clock_hz: u32) {
-    // SAFETY: the GPIO block at its fixed address; before the MMU is on only core 0 runs Rust,
-    // and this handle is dropped before `console`'s takes over.
-    let gpio = unsafe { Gpio::new(memory_map::GPIO) };
+fn start_early_console(soc: Soc, clock: &GenericTimer, clock_hz: u32) {
+    // SAFETY: the chip's GPIO block; before the MMU is on only core 0 runs Rust, and this handle
+    // is dropped before `console`'s takes over.
+    let gpio = unsafe { Gpio::new(soc.map().gpio, soc) };
     gpio.route_uart0(clock);
-    EARLY_UART.init(clock_hz);
+    early_uart().init(clock_hz);
 }
 
+/// The device tree compatible string of the BCM2711's RNG200.
+const RNG200_COMPATIBLE: &[u8] = b"brcm,bcm2711-rng200";
+
 /// The seed of every randomized layout and sampler: the binary's fixed seed if it has one,
-/// else the hardware RNG's, else (when the RNG fails) the timer's count.
+/// else the chip's hardware RNG's, else (when the RNG fails, or may not exist) the timer's
+/// count. The BCM2711's RNG200 is read only when the device tree (`device_tree_length` bytes
+/// copied) names it: QEMU raspi4b has no device at its address, and a read there is an
+/// external abort, which before the MMU is on stops the kernel.
 #[unsafe(link_section = ".text.premmu")]
-fn boot_seed(clock: &GenericTimer) -> (u64, SeedSource) {
-    match config().fixed_seed {
-        Some(seed) => (seed, SeedSource::Fixed),
-        None => {
-            // SAFETY: the RNG block at its fixed address; only boot uses it.
-            let rng = unsafe { HardwareRng::new(memory_map::RNG, clock) };
-            match rng.next_u64() {
-                Ok(seed) => (seed, SeedSource::Hardware),
-                Err(_) => (clock.ticks(), SeedSource::TimerFallback),
-            }
-        }
+fn boot_seed(soc: Soc, clock: &GenericTimer, device_tree_length: usize) -> (u64, SeedSource) {
+    if let Some(seed) = config().fixed_seed {
+        return (seed, SeedSource::Fixed);
     }
+    let address = soc.map().rng;
+    let seed = match soc {
+        // SAFETY: the chip's RNG block; only boot uses it.
+        Soc::Bcm2837 => unsafe { HardwareRng::new(address, clock) }.next_u64(),
+        Soc::Bcm2711 if device_tree_names(device_tree_length, RNG200_COMPATIBLE) => {
+            // SAFETY: the chip's RNG block, which the device tree says is there; only boot uses it.
+            unsafe { Rng200::new(address, clock) }.next_u64()
+        }
+        Soc::Bcm2711 => return (clock.ticks(), SeedSource::TimerFallback),
+    };
+    match seed {
+        Ok(seed) => (seed, SeedSource::Hardware),
+        Err(_) => (clock.ticks(), SeedSource::TimerFallback),
+    }
+}
+
+/// Whether the device tree copy (its first `length` bytes) contains `text` anywhere.
+#[unsafe(link_section = ".text.premmu")]
+fn device_tree_names(length: usize, text: &[u8]) -> bool {
+    // SAFETY: only core 0 runs; the copy was written by `copy_device_tree` and is read here.
+    let tree = unsafe { &DEVICE_TREE.get()[..length] };
+    tree.windows(text.len()).any(|window| window == text)
 }
 
 /// Writes `_start` into the firmware spin table for cores 1-3 (page 0, reachable only while
@@ -228,7 +273,7 @@ fn boot_seed(clock: &GenericTimer) -> (u64, SeedSource) {
 fn release_secondaries() {
     RELEASE.write(1);
     for core in 1..CORE_COUNT {
-        let slot = (memory_map::SPIN_TABLE + 8 * core) as *mut u64;
+        let slot = (SPIN_TABLE + 8 * core) as *mut u64;
         // SAFETY: the spin table is firmware-reserved RAM the parked cores poll; with the MMU
         // off the write goes straight to memory.
         unsafe { slot.write_volatile(_start as *const () as u64) };

@@ -1,6 +1,3 @@
-//! The boot sequence in Rust: probe the board, plan memory, build the tables, wake the
-//! secondaries, turn the MMU on, and hand a [`BootInfo`] to the kernel (or test) entry.
-
 //! The boot sequence after the MMU is on: core 0 counts the cores in, sets up the heap, reads
 //! the device tree copy and hands a [`BootInfo`] to the kernel (or test) entry; a secondary
 //! reports in and parks. Everything before the MMU is in [`crate::premmu`]; what the two stages
@@ -75,6 +72,15 @@ pub extern "C" fn boot_primary_after_mmu() -> ! {
     // Trace events and pool latency histograms read the generic timer and the core number.
     kernel::hil::install_board_time(&GenericTimer, || cpu::core_id() as u32);
     let info = BOOT_INFO.call_once(|| boot_info(early, &facts, cores_online, topology));
+    if let Some(chip) = early.model.soc().filter(|&chip| chip != early.soc) {
+        crate::println!(
+            "warning: the firmware reports a {} ({}), but the cores are a {}'s; using the {}'s addresses",
+            early.model.name(),
+            chip.name(),
+            early.soc.name(),
+            early.soc.name()
+        );
+    }
     if let Some(memory) = facts.memory.filter(|&memory| memory != early.ram) {
         crate::println!(
             "warning: device tree reports {memory:#x} bytes of RAM, mailbox {:#x}; using the mailbox",

@@ -11,7 +11,10 @@ extern crate alloc;
 
 use bsp::{
     arch::aarch64::{cache, timer::GenericTimer},
-    board::rpi3::dma::{DEFAULT_CHANNEL, DMA_BASE, DmaEngine},
+    board::{
+        rpi3::dma::{DEFAULT_CHANNEL, DmaEngine},
+        soc::Soc,
+    },
 };
 use kernel::{
     hil::{Clock, CopyEngine, CopyRequest, ticks_to_ns},
@@ -52,10 +55,17 @@ fn main(info: &'static boot::BootInfo) -> ! {
         .unwrap_or_else(|error| fail(format_args!("no control block: {error}")));
     let dma_region = info.plan.region(RegionKind::Dma);
     let uncached = dma_region.base..dma_region.end();
-    // SAFETY: DMA_BASE is the engine, mapped as device memory by boot; nothing else drives a
+    // SAFETY: the chip's DMA block is the engine, mapped as device memory by boot; nothing else drives a
     // DMA channel; the control block is 32 bytes of the non-cacheable DMA region, owned here.
     let mut engine = unsafe {
-        DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base(), clock, line as u64, uncached)
+        DmaEngine::new(
+            Soc::current().map().dma,
+            DEFAULT_CHANNEL,
+            control_block.base(),
+            clock,
+            line as u64,
+            uncached,
+        )
     }
     .unwrap_or_else(|error| fail(format_args!("DMA setup: {error:?}")));
 

@@ -1,5 +1,6 @@
 //! QEMU test: the boot banner names the version, board, EL, cores, cache line, seed and every
-//! region of the memory map.
+//! region of the memory map, for the board QEMU emulates (raspi3b or raspi4b, told apart by the
+//! chip the cores belong to).
 
 #![no_std]
 #![no_main]
@@ -7,6 +8,7 @@
 extern crate alloc;
 
 use alloc::string::ToString;
+use bsp::board::soc::Soc;
 use kernel::mm::layout::RegionKind;
 use systests::{TEST_CONFIG, ensure, pass};
 
@@ -15,15 +17,24 @@ boot::entry!(main, TEST_CONFIG);
 fn main(info: &'static boot::BootInfo) -> ! {
     let banner = info.banner().to_string();
     boot::print!("{banner}");
+    let (board, row, windows) = match Soc::current() {
+        Soc::Bcm2837 => {
+            ("Raspberry Pi 3 Model B (revision 0xa02082)", "row Pi 3B+", "peripherals        0x3f000000")
+        }
+        Soc::Bcm2711 => {
+            ("Raspberry Pi 4 Model B (revision 0xb03115)", "row Pi 4B", "local peripherals  0xff800000")
+        }
+    };
     for expected in [
         "Tessera 0.1.0",
-        "Raspberry Pi 3 Model B (revision 0xa02082)",
+        board,
+        row,
+        windows,
         "EL1 (entered at EL2)",
         "4 online",
         "cache line   64 bytes",
         "0x000000007e55e7a0 (fixed)",
         "960 MiB ARM RAM",
-        "row Pi 3B+",
         "kernel text",
         "normal NC RW  2M",
         "device    RW  2M",

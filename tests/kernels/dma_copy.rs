@@ -12,7 +12,10 @@ extern crate alloc;
 use alloc::vec::Vec;
 use bsp::{
     arch::aarch64::timer::GenericTimer,
-    board::rpi3::dma::{DEFAULT_CHANNEL, DMA_BASE, DmaEngine, DmaSetupError},
+    board::{
+        rpi3::dma::{DEFAULT_CHANNEL, DmaEngine, DmaSetupError},
+        soc::Soc,
+    },
 };
 use kernel::{
     hil::{CopyEngine, CopyError, CopyRequest, CopyStatus},
@@ -98,22 +101,24 @@ fn set_up_engine<'clock>(
 
     // Setup errors come back typed, before any register is touched.
     // SAFETY: both calls fail their argument checks before using the register block.
-    let misaligned =
-        unsafe { DmaEngine::new(DMA_BASE, DEFAULT_CHANNEL, control_block.base() + 8, clock, 64, 0..0) };
+    let misaligned = unsafe {
+        DmaEngine::new(Soc::current().map().dma, DEFAULT_CHANNEL, control_block.base() + 8, clock, 64, 0..0)
+    };
     ensure!(
         matches!(misaligned, Err(DmaSetupError::MisalignedControlBlock(_))),
         "misaligned control block accepted"
     );
     // SAFETY: as above.
-    let no_channel = unsafe { DmaEngine::new(DMA_BASE, 15, control_block.base(), clock, 64, 0..0) };
+    let no_channel =
+        unsafe { DmaEngine::new(Soc::current().map().dma, 15, control_block.base(), clock, 64, 0..0) };
     ensure!(matches!(no_channel, Err(DmaSetupError::NoSuchChannel(15))), "channel 15 accepted");
 
-    // SAFETY: DMA_BASE is the engine, mapped as device memory by boot; nothing else drives a
+    // SAFETY: the chip's DMA block is the engine, mapped as device memory by boot; nothing else drives a
     // DMA channel; the control block is 32 bytes of the non-cacheable DMA region, owned by the
     // caller for as long as the engine lives.
     let mut engine = unsafe {
         DmaEngine::new(
-            DMA_BASE,
+            Soc::current().map().dma,
             DEFAULT_CHANNEL,
             control_block.base(),
             clock,

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::board::soc::Soc;
 use kernel::{
     mm::layout::{Budget, MIB, system_need},
     serve::PROTOCOL_RESERVE_BYTES,
@@ -48,6 +49,18 @@ impl BoardModel {
     /// The Zero 2 W also has WiFi, but no reference releases its pins, so neither does Tessera.
     pub fn wifi_on_emmc_pins(self) -> bool {
         matches!(self, BoardModel::Pi3B | BoardModel::Pi3APlus | BoardModel::Pi3BPlus)
+    }
+
+    /// The chip the model is built on, where Tessera knows it (the Pi 5's BCM2712 is not
+    /// supported).
+    pub fn soc(self) -> Option<Soc> {
+        match self {
+            BoardModel::Pi3B | BoardModel::Pi3BPlus | BoardModel::Pi3APlus | BoardModel::PiZero2W => {
+                Some(Soc::Bcm2837)
+            }
+            BoardModel::Pi4B => Some(Soc::Bcm2711),
+            BoardModel::Pi5 | BoardModel::Unknown(_) => None,
+        }
     }
 
     /// The model's name.
@@ -167,6 +180,11 @@ mod tests {
         assert_eq!(BoardModel::from_revision(0x9020e0), BoardModel::Pi3APlus);
         assert_eq!(BoardModel::from_revision(0x902120), BoardModel::PiZero2W);
         assert_eq!(BoardModel::from_revision(0xc03111), BoardModel::Pi4B);
+        // QEMU raspi4b's revision (2 GiB, revision 1.5).
+        assert_eq!(BoardModel::from_revision(0xb03115), BoardModel::Pi4B);
+        assert_eq!(BoardModel::Pi4B.soc(), Some(Soc::Bcm2711));
+        assert_eq!(BoardModel::PiZero2W.soc(), Some(Soc::Bcm2837));
+        assert_eq!(BoardModel::Pi5.soc(), None);
         assert_eq!(BoardModel::from_revision(0x0000_000e), BoardModel::Unknown(0xe));
     }
 

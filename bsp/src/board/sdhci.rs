@@ -1,5 +1,6 @@
 //! SD host controller (SDHCI v3, PIO) driver: the Arasan EMMC of the BCM2837 (Pi 3, Zero 2 W,
-//! QEMU raspi3b) and, as a small variant, the BCM2711's EMMC2 (Pi 4).
+//! QEMU raspi3b) and, as small variants, the BCM2711's EMMC2 (the Pi 4's card slot) and its
+//! Arasan EMMC (where QEMU raspi4b attaches the card).
 //!
 //! Implements [`kernel::hil::BlockDevice`] with single and multi-block reads and writes
 //! (CMD17/18, CMD24/25 with auto-CMD12). Every wait is bounded by the generic timer; a failed
@@ -7,8 +8,10 @@
 //! typed [`BlockError`] is returned. Both SDSC (byte addresses) and SDHC (block addresses)
 //! cards are handled.
 //!
-//! The Pi 4 variant ([`Variant::Bcm2711Emmc2`]) differs only in base address, clock id and pin
-//! routing (EMMC2 has dedicated pins). It cannot be tested here: QEMU does not emulate a Pi 4.
+//! The Pi 4 variants differ only in base address, clock id, pin routing (EMMC2 has dedicated
+//! pins) and, for EMMC2, SD bus power: after the controller reset EMMC2 gets its bus power on
+//! at 3.3 V (Power Control, CONTROL0 bits 8-11), then 2 ms to settle, as Circle does. The 1.8 V
+//! regulator that must be off first is the firmware's (a mailbox call, made by the caller).
 
 use super::sd_protocol::{self as sd, Command, DataDirection, LongResponse, Response};
 use crate::mmio::Mmio;
@@ -60,8 +63,12 @@ register_bitfields! {
         /// The command line is in use.
         CMD_INHIBIT OFFSET(0) NUMBITS(1) []
     ],
-    /// Host control 0.
+    /// Host control 0 (with the Power Control byte at bits 15:8).
     CONTROL0 [
+        /// SD bus voltage select.
+        SD_BUS_VOLTAGE OFFSET(9) NUMBITS(3) [V3_3 = 0b111],
+        /// SD bus power on.
+        SD_BUS_POWER OFFSET(8) NUMBITS(1) [],
         /// High-speed timing.
         HCTL_HS_EN OFFSET(2) NUMBITS(1) [],
         /// 4-bit data bus.
@@ -158,8 +165,11 @@ register_structs! {
 pub enum Variant {
     /// BCM2835/2837 Arasan EMMC at 0x3F300000, pins GPIO 48-53 (Pi 3, Zero 2 W, QEMU raspi3b).
     Bcm2837Emmc,
-    /// BCM2711 EMMC2 at 0xFE340000 with dedicated pins (Pi 4). Untested: QEMU has no Pi 4.
+    /// BCM2711 EMMC2 at 0xFE340000 with dedicated pins: the Pi 4's card slot.
     Bcm2711Emmc2,
+    /// BCM2711 Arasan EMMC at 0xFE300000: on a Pi 4 the WiFi chip's SDIO host; QEMU raspi4b
+    /// attaches its SD card here (through GPIO 48-53 on ALT3, as on the raspi3b).
+    Bcm2711Emmc,
 }
 
 impl Variant {
@@ -167,16 +177,30 @@ impl Variant {
     pub fn base(self) -> usize {
         match self {
             Variant::Bcm2837Emmc => super::rpi3::memory_map::EMMC,
-            Variant::Bcm2711Emmc2 => 0xFE34_0000,
+            Variant::Bcm2711Emmc2 => super::rpi4::memory_map::EMMC2,
+            Variant::Bcm2711Emmc => super::rpi4::memory_map::EMMC,
         }
     }
 
     /// The mailbox clock id of the controller's base clock.
     pub fn clock_id(self) -> u32 {
         match self {
-            Variant::Bcm2837Emmc => 1,
+            Variant::Bcm2837Emmc | Variant::Bcm2711Emmc => 1,
             Variant::Bcm2711Emmc2 => 12,
         }
+    }
+
+    /// The controller's name, as boot reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Bcm2837Emmc | Variant::Bcm2711Emmc => "EMMC",
+            Variant::Bcm2711Emmc2 => "EMMC2",
+        }
+    }
+
+    /// Whether the driver switches the SD bus power on itself after the controller reset.
+    fn powers_the_bus(self) -> bool {
+        self == Variant::Bcm2711Emmc2
     }
 }
 
@@ -190,6 +214,8 @@ const COMMAND_TIMEOUT_US: u64 = 500_000;
 /// A card whose detect bit never sets is tried anyway, as bztsrc's driver does: the detect line
 /// is not wired the same on every board.
 const CARD_DETECT_TIMEOUT_US: u64 = 500_000;
+/// Settling time after switching EMMC2's SD bus power on (Circle waits 2 ms).
+const BUS_POWER_SETTLE_US: u64 = 2_000;
 /// Settling time around an SD clock change: after stopping the clock, after the new divider is
 /// stable, and after starting it again (Circle waits 2 ms at each of these points).
 const CLOCK_SETTLE_US: u64 = 2_000;
@@ -277,6 +303,7 @@ pub struct TransferCounters {
 /// An initialised SD card behind an SDHCI controller.
 pub struct Sdhci<'clock> {
     registers: Mmio<Registers>,
+    variant: Variant,
     clock: &'clock dyn Clock,
     card: CardInfo,
     /// Largest number of blocks per read or write command; 1 forces single-block transfers.
@@ -302,6 +329,7 @@ impl<'clock> Sdhci<'clock> {
         let registers = unsafe { Mmio::new(variant.base()) };
         let mut driver = Self {
             registers,
+            variant,
             clock,
             card: CardInfo {
                 high_capacity: false,
@@ -323,6 +351,11 @@ impl<'clock> Sdhci<'clock> {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The controller the card is on.
+    pub fn variant(&self) -> Variant {
+        self.variant
     }
 
     /// What the card is.
@@ -352,6 +385,10 @@ impl<'clock> Sdhci<'clock> {
         registers.CONTROL1.modify(CONTROL1::SRST_HC::SET);
         if !self.wait(|registers| !registers.CONTROL1.is_set(CONTROL1::SRST_HC), COMMAND_TIMEOUT_US) {
             return Err(InitError::ControllerTimeout);
+        }
+        if self.variant.powers_the_bus() {
+            registers.CONTROL0.modify(CONTROL0::SD_BUS_POWER::SET + CONTROL0::SD_BUS_VOLTAGE::V3_3);
+            self.clock.delay_us(BUS_POWER_SETTLE_US);
         }
         self.card.card_detected =
             self.wait(|registers| registers.STATUS.is_set(STATUS::CARD_INSERTED), CARD_DETECT_TIMEOUT_US);

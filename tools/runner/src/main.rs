@@ -14,13 +14,15 @@ const HELP: &str = "\
 qemu-runner: build and run Tessera's QEMU system tests
 
 USAGE:
-    qemu-runner [--filter TEXT] [--list] [--verbose]
+    qemu-runner [--filter TEXT] [--machine MACHINE] [--list] [--verbose]
     qemu-runner --boot ELF [--machine MACHINE] [--sd IMAGE] [QEMU ARGUMENTS...]
 
 OPTIONS:
     --filter TEXT   run only tests whose name contains TEXT
-    --list          list the tests and their settings, then exit
-    --bench         run the QEMU benchmarks instead of the tests, printing their tables
+    --machine NAME  run only on this QEMU machine (raspi3b, raspi4b, raspi3ap)
+    --list          list the tests, each with the machines it runs on, then exit
+    --bench         run the QEMU benchmarks instead of the tests, printing their tables, and
+                    the heavy tests on the machines `make test` leaves them off
     --verbose       print every test's console output, not only failures'
     --boot ELF      boot one aarch64 ELF (kernel8 or a test kernel) in QEMU with its serial
                     console on this terminal and semihosting on, and exit with QEMU's exit
@@ -32,7 +34,10 @@ OPTIONS:
     -h, --help      print this help
 
 Tests are the [[test]] kernels of the `systests` package (tests/kernels/); their QEMU
-settings are in tests/qemu-tests.toml. Set QEMU to use another qemu-system-aarch64.
+settings are in tests/qemu-tests.toml. A test runs on every machine it lists (`machines`,
+default raspi3b and raspi4b; `machine` names a single one); a `heavy` test runs on its first
+machine only, and on the others with --bench. A benchmark runs on raspi3b unless it lists
+machines. Set QEMU to use another qemu-system-aarch64.
 ";
 
 /// One test's settings in `tests/qemu-tests.toml`.
@@ -53,8 +58,15 @@ struct TestSpec {
     device_tree_memory: Option<u32>,
     /// Nest this many levels of nodes under `/chosen` in that device tree.
     device_tree_nesting: Option<usize>,
-    #[serde(default = "default_machine")]
-    machine: String,
+    /// The one QEMU machine this test is for (a board-specific test); or see `machines`.
+    machine: Option<String>,
+    /// The QEMU machines this test runs on (default [`DEFAULT_MACHINES`] for a test,
+    /// raspi3b for a benchmark).
+    machines: Option<Vec<String>>,
+    /// A heavy test (the real model): `make test` runs it on its first machine only, and
+    /// `--bench` on the others.
+    #[serde(default)]
+    heavy: bool,
     #[serde(default = "default_timeout")]
     timeout: u64,
     #[serde(default)]
@@ -82,6 +94,34 @@ struct Repeat {
 }
 
 impl TestSpec {
+    /// The machines this entry lists, or the default for its kind.
+    fn machines(&self) -> Result<Vec<String>, String> {
+        match (&self.machine, &self.machines) {
+            (Some(_), Some(_)) => Err(format!("{}: give `machine` or `machines`, not both", self.name)),
+            (Some(machine), None) => Ok(vec![machine.clone()]),
+            (None, Some(machines)) if machines.is_empty() => {
+                Err(format!("{}: `machines` is empty", self.name))
+            }
+            (None, Some(machines)) => Ok(machines.clone()),
+            (None, None) if self.bench => Ok(vec![default_machine()]),
+            (None, None) => Ok(DEFAULT_MACHINES.iter().map(|machine| machine.to_string()).collect()),
+        }
+    }
+
+    /// The machines this entry runs on in a `make test` run (`bench` false) or a `make bench`
+    /// run (`bench` true): a test on all of its machines in the first, except a heavy one, which
+    /// runs on its first machine there and on the rest in the second; a benchmark on all of its
+    /// machines in the second.
+    fn machines_in(&self, bench: bool) -> Result<Vec<String>, String> {
+        let machines = self.machines()?;
+        Ok(match (self.bench, self.heavy, bench) {
+            (true, _, true) | (false, false, false) => machines,
+            (false, true, false) => machines.into_iter().take(1).collect(),
+            (false, true, true) => machines.into_iter().skip(1).collect(),
+            (true, _, false) | (false, false, true) => Vec::new(),
+        })
+    }
+
     /// The console script with its repeated tail played out.
     fn script(&self) -> Vec<&Step> {
         let Some(Repeat { from, times }) = &self.repeat else { return self.step.iter().collect() };
@@ -190,6 +230,9 @@ fn has_final_record(output: &str, id: u64) -> bool {
 /// The name under which the `kernel8` image is known to the manifest.
 const KERNEL8: &str = "kernel8";
 
+/// The machines a test runs on unless it says otherwise: the Pi 3 and the Pi 4.
+const DEFAULT_MACHINES: [&str; 2] = ["raspi3b", "raspi4b"];
+
 fn default_machine() -> String {
     "raspi3b".to_string()
 }
@@ -205,13 +248,14 @@ struct Manifest {
 
 struct Options {
     filter: Option<String>,
+    machine: Option<String>,
     bench: bool,
     list: bool,
     verbose: bool,
 }
 
 fn parse_options() -> Result<Option<Options>, String> {
-    let mut options = Options { filter: None, bench: false, list: false, verbose: false };
+    let mut options = Options { filter: None, machine: None, bench: false, list: false, verbose: false };
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         match argument.as_str() {
@@ -220,6 +264,7 @@ fn parse_options() -> Result<Option<Options>, String> {
                 return Ok(None);
             }
             "--filter" => options.filter = Some(arguments.next().ok_or("--filter needs a value")?),
+            "--machine" => options.machine = Some(arguments.next().ok_or("--machine needs a value")?),
             "--list" => options.list = true,
             "--bench" => options.bench = true,
             "--verbose" => options.verbose = true,
@@ -277,10 +322,11 @@ fn build_kernels(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
 /// (`kernel8`) is stopped once the script is done.
 fn run_test(
     spec: &TestSpec,
+    machine: &str,
     image: &Path,
     qemu_args: &[String],
 ) -> Result<(runner::RunResult, Result<(), String>), String> {
-    let mut session = Session::start(&spec.machine, image, qemu_args)?;
+    let mut session = Session::start(machine, image, qemu_args)?;
     let mut cursor = 0;
     let mut script = Ok(());
     let mut readings: BTreeMap<String, u64> = BTreeMap::new();
@@ -483,24 +529,48 @@ fn read_manifest(root: &Path) -> Result<(Manifest, PathBuf), String> {
     Ok((manifest, manifest_path))
 }
 
-/// The tests of `manifest` that `options` selects (by name filter, and benchmarks or tests);
-/// a selected test with an unknown report is an error.
-fn select_tests<'manifest>(
+/// One test on one machine.
+struct Run<'manifest> {
+    spec: &'manifest TestSpec,
+    machine: String,
+}
+
+impl Run<'_> {
+    /// The stem of this run's files in the image directory: the test's name, with the machine
+    /// appended unless it is raspi3b (so the raspi3b files keep their names).
+    fn stem(&self) -> String {
+        if self.machine == default_machine() {
+            self.spec.name.clone()
+        } else {
+            format!("{}-{}", self.spec.name, self.machine)
+        }
+    }
+}
+
+/// The runs of `manifest` that `options` selects (by name filter and machine, and `make test`
+/// or `make bench`), test by test; a selected test with an unknown report, or with a bad
+/// machine list, is an error.
+fn select_runs<'manifest>(
     manifest: &'manifest Manifest,
     options: &Options,
-) -> Result<Vec<&'manifest TestSpec>, String> {
-    let selected: Vec<&TestSpec> = manifest
-        .test
-        .iter()
-        .filter(|spec| options.filter.as_ref().is_none_or(|filter| spec.name.contains(filter.as_str())))
-        .filter(|spec| spec.bench == options.bench)
-        .collect();
-    if let Some(spec) =
-        selected.iter().find(|spec| spec.report.as_deref().is_some_and(|report| report != "swap_cost"))
-    {
-        return Err(format!("{}: unknown report {:?} (known: swap_cost)", spec.name, spec.report));
+) -> Result<Vec<Run<'manifest>>, String> {
+    let mut runs = Vec::new();
+    for spec in &manifest.test {
+        if options.filter.as_ref().is_some_and(|filter| !spec.name.contains(filter.as_str())) {
+            continue;
+        }
+        let machines = spec.machines_in(options.bench)?;
+        if !machines.is_empty() && spec.report.as_deref().is_some_and(|report| report != "swap_cost") {
+            return Err(format!("{}: unknown report {:?} (known: swap_cost)", spec.name, spec.report));
+        }
+        runs.extend(
+            machines
+                .into_iter()
+                .filter(|machine| options.machine.as_ref().is_none_or(|wanted| wanted == machine))
+                .map(|machine| Run { spec, machine }),
+        );
     }
-    Ok(selected)
+    Ok(runs)
 }
 
 /// What every test run needs once the kernels are built.
@@ -537,21 +607,22 @@ impl Setup {
     /// QEMU's arguments for `spec`, booting `image`: its own, then the SD card (a pattern
     /// image, or a FAT32 image with its models and config) and the device tree it asks for,
     /// each written here first.
-    fn qemu_arguments(&self, spec: &TestSpec, image: &Path) -> Result<Vec<String>, String> {
+    fn qemu_arguments(&self, run: &Run<'_>, image: &Path) -> Result<Vec<String>, String> {
+        let (spec, stem) = (run.spec, run.stem());
         let image_directory = &self.image_directory;
         let mut qemu_args = spec.qemu_args.clone();
         if let Some(size) = &spec.sd_pattern {
-            let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
+            let sd_image = image_directory.join(format!("{stem}-sd.img"));
             write_pattern_image(&sd_image, parse_size(size)?)?;
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
         }
         if let Some(models) = &spec.sd_models {
-            let sd_image = image_directory.join(format!("{}-sd.img", spec.name));
+            let sd_image = image_directory.join(format!("{stem}-sd.img"));
             let model_paths =
-                runner::fixtures::write_models(&self.root, &image_directory.join(&spec.name), models)?;
+                runner::fixtures::write_models(&self.root, &image_directory.join(&stem), models)?;
             let mut files = Vec::new();
             if let Some(text) = &spec.sd_config {
-                let path = image_directory.join(&spec.name).join("tessera.cfg");
+                let path = image_directory.join(&stem).join("tessera.cfg");
                 std::fs::write(&path, text).map_err(|error| format!("{}: {error}", path.display()))?;
                 files.push((path, "/tessera.cfg".to_string()));
             }
@@ -559,7 +630,7 @@ impl Setup {
             qemu_args.extend(["-drive".to_string(), format!("file={},if=sd,format=raw", sd_image.display())]);
         }
         if let Some(memory) = spec.device_tree_memory {
-            let blob = image_directory.join(format!("{}.dtb", spec.name));
+            let blob = image_directory.join(format!("{stem}.dtb"));
             let tree = match spec.device_tree_nesting {
                 Some(levels) => runner::device_tree::raspberry_pi_3_nested(memory, levels),
                 None => runner::device_tree::raspberry_pi_3(memory),
@@ -572,25 +643,26 @@ impl Setup {
 
     /// Makes `spec`'s image and SD card, boots it, keeps its log, judges it and prints its
     /// line; returns whether it passed.
-    fn run_one(&self, spec: &TestSpec, verbose: bool) -> Result<bool, String> {
+    fn run_one(&self, run: &Run<'_>, verbose: bool) -> Result<bool, String> {
+        let (spec, machine, stem) = (run.spec, &run.machine, run.stem());
         let kernel = spec.kernel.as_ref().unwrap_or(&spec.name);
         let elf =
             self.kernels.get(kernel).ok_or_else(|| format!("no test kernel named {kernel} was built"))?;
-        let image = self.image_directory.join(format!("{}.img", spec.name));
+        let image = self.image_directory.join(format!("{stem}.img"));
         make_image(&self.objcopy, elf, &image)?;
-        let qemu_args = self.qemu_arguments(spec, &image)?;
-        let (result, script) = run_test(spec, &image, &qemu_args)?;
-        let log = self.image_directory.join(format!("{}.log", spec.name));
+        let qemu_args = self.qemu_arguments(run, &image)?;
+        let (result, script) = run_test(spec, machine, &image, &qemu_args)?;
+        let log = self.image_directory.join(format!("{stem}.log"));
         std::fs::write(&log, &result.output).map_err(|error| format!("{}: {error}", log.display()))?;
         let seconds = result.elapsed.as_secs_f64();
         match verdict(spec, kernel != KERNEL8, &result, script) {
             Ok(()) => {
-                println!("test {:<24} ... ok ({seconds:.1} s, {})", spec.name, spec.machine);
+                println!("test {:<24} ... ok ({seconds:.1} s, {machine})", spec.name);
                 print_passed_output(spec, &result.output, verbose);
                 Ok(true)
             }
             Err(reason) => {
-                println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {})", spec.name, spec.machine);
+                println!("test {:<24} ... FAILED: {reason} ({seconds:.1} s, {machine})", spec.name);
                 println!(
                     "---- console output (last 40 lines; all of it in {}) ----\n{}\n----",
                     log.display(),
@@ -655,17 +727,17 @@ fn run() -> Result<bool, String> {
     let Some(options) = parse_options()? else { return Ok(true) };
     let root = workspace_root();
     let (manifest, manifest_path) = read_manifest(&root)?;
-    let selected = select_tests(&manifest, &options)?;
+    let selected = select_runs(&manifest, &options)?;
     if options.list {
-        for spec in &selected {
-            println!("{:<24} machine={} timeout={}s", spec.name, spec.machine, spec.timeout);
+        for run in &selected {
+            println!("{:<24} machine={} timeout={}s", run.spec.name, run.machine, run.spec.timeout);
         }
         return Ok(true);
     }
     let setup = Setup::prepare(root, &manifest, &manifest_path)?;
     let (mut passed, mut failed) = (0, 0);
-    for spec in selected {
-        if setup.run_one(spec, options.verbose)? {
+    for run in &selected {
+        if setup.run_one(run, options.verbose)? {
             passed += 1;
         } else {
             failed += 1;
@@ -773,6 +845,67 @@ mod tests {
         assert_eq!(parse_boot(&["k.elf".to_string()]).unwrap().machine, "raspi3b");
         assert!(parse_boot(&[]).is_err());
         assert!(parse_boot(&["k.elf".to_string(), "--sd".to_string()]).unwrap_err().contains("--sd"));
+    }
+
+    #[test]
+    fn tests_run_on_both_boards_and_heavy_ones_on_one_in_make_test() {
+        let parse = |text: &str| toml::from_str::<Manifest>(text).unwrap();
+        let manifest = parse(
+            r#"
+            [[test]]
+            name = "plain"
+            [[test]]
+            name = "pi3ap"
+            machine = "raspi3ap"
+            [[test]]
+            name = "model"
+            heavy = true
+            [[test]]
+            name = "counts"
+            bench = true
+            [[test]]
+            name = "counts_both"
+            bench = true
+            machines = ["raspi3b", "raspi4b"]
+            "#,
+        );
+        let runs = |bench: bool, machine: Option<&str>| {
+            let options = Options {
+                filter: None,
+                machine: machine.map(str::to_string),
+                bench,
+                list: false,
+                verbose: false,
+            };
+            select_runs(&manifest, &options)
+                .unwrap()
+                .iter()
+                .map(|run| format!("{} {}", run.spec.name, run.machine))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(runs(false, None), ["plain raspi3b", "plain raspi4b", "pi3ap raspi3ap", "model raspi3b"]);
+        assert_eq!(
+            runs(true, None),
+            ["model raspi4b", "counts raspi3b", "counts_both raspi3b", "counts_both raspi4b"]
+        );
+        assert_eq!(runs(false, Some("raspi4b")), ["plain raspi4b"]);
+        let stems: Vec<String> = select_runs(
+            &manifest,
+            &Options {
+                filter: Some("plain".into()),
+                machine: None,
+                bench: false,
+                list: false,
+                verbose: false,
+            },
+        )
+        .unwrap()
+        .iter()
+        .map(Run::stem)
+        .collect();
+        assert_eq!(stems, ["plain", "plain-raspi4b"]);
+        let both = parse("[[test]]\nname = \"x\"\nmachine = \"raspi3b\"\nmachines = [\"raspi4b\"]\n");
+        assert!(both.test[0].machines().unwrap_err().contains("not both"));
     }
 
     #[test]

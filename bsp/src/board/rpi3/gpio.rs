@@ -1,5 +1,7 @@
-//! BCM2837 GPIO: function select and pull control, as far as the UART (and its RTS/CTS lines)
-//! and the SD card need them.
+//! BCM2837 and BCM2711 GPIO: function select and pull control, as far as the UART (and its
+//! RTS/CTS lines) and the SD card need them. The two chips share the function-select registers;
+//! pulls differ: the BCM2837 clocks a pull mode into the pins it selects (GPPUD, GPPUDCLK0/1),
+//! the BCM2711 has two bits per pin to write directly (GPIO_PUP_PDN_CNTRL_REG0-3 from 0xE4).
 //!
 //! Pins and functions (BCM2837 ARM Peripherals, GPIO alternate functions; the Pi 3 firmware's
 //! defaults): GPIO 14/15 carry UART0 on ALT0, GPIO 32/33 carry it on ALT3 (the firmware routes
@@ -7,10 +9,10 @@
 //! routes it there, to the WiFi chip's SDIO bus, on boards that have one), GPIO 48-53 carry the
 //! EMMC on ALT3 (the SD card's CLK, CMD and DAT0-3), and GPIO 47 is the card-detect line.
 
-use crate::mmio::Mmio;
+use crate::{board::soc::Soc, mmio::Mmio};
 use kernel::hil::Clock;
 use tock_registers::{
-    interfaces::{ReadWriteable, Writeable},
+    interfaces::{ReadWriteable, Readable, Writeable},
     register_bitfields, register_structs,
     registers::ReadWrite,
 };
@@ -72,20 +74,6 @@ register_bitfields! {
         /// Pull mode applied by the next clock pulse.
         PUD OFFSET(0) NUMBITS(2) [Off = 0b00, PullDown = 0b01, PullUp = 0b10]
     ],
-    /// Pull-up/down clock for GPIO 0-31.
-    GPPUDCLK0 [
-        /// Clock pin 15.
-        PUDCLK15 OFFSET(15) NUMBITS(1) [NoEffect = 0, AssertClock = 1],
-        /// Clock pin 14.
-        PUDCLK14 OFFSET(14) NUMBITS(1) [NoEffect = 0, AssertClock = 1]
-    ],
-    /// Pull-up/down clock for GPIO 32-53 (bit n clocks pin 32 + n).
-    GPPUDCLK1 [
-        /// Clock pins 48-53 (SD CLK, CMD, DAT0-3).
-        PUDCLK48_53 OFFSET(16) NUMBITS(6) [NoEffect = 0, AssertClock = 0b11_1111],
-        /// Clock pin 47 (SD card detect).
-        PUDCLK47 OFFSET(15) NUMBITS(1) [NoEffect = 0, AssertClock = 1]
-    ]
 }
 
 register_structs! {
@@ -100,25 +88,49 @@ register_structs! {
         (0x14 => GPFSEL5: ReadWrite<u32, GPFSEL5::Register>),
         (0x18 => _reserved1),
         (0x94 => GPPUD: ReadWrite<u32, GPPUD::Register>),
-        (0x98 => GPPUDCLK0: ReadWrite<u32, GPPUDCLK0::Register>),
-        (0x9C => GPPUDCLK1: ReadWrite<u32, GPPUDCLK1::Register>),
-        (0xA0 => @END),
+        (0x98 => GPPUDCLK: [ReadWrite<u32>; 2]),
+        (0xA0 => _reserved2),
+        (0xE4 => GPIO_PUP_PDN_CNTRL: [ReadWrite<u32>; 4]),
+        (0xF4 => @END),
     }
 }
 
-/// The GPIO controller.
+/// A pin's pull resistor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pull {
+    /// Neither pull-up nor pull-down.
+    Off,
+    /// Pull-up.
+    Up,
+}
+
+/// GPIO 14 and 15 (UART0 TXD, RXD).
+const UART0_PINS: u64 = 0b11 << 14;
+/// GPIO 47 (SD card detect) and 48-53 (SD CLK, CMD, DAT0-3).
+const SD_PINS: u64 = 0b111_1111 << 47;
+
+/// The BCM2711's pull field value for `pull` (GPIO_PUP_PDN_CNTRL: 0 none, 1 up, 2 down).
+const fn bcm2711_pull_bits(pull: Pull) -> u32 {
+    match pull {
+        Pull::Off => 0b00,
+        Pull::Up => 0b01,
+    }
+}
+
+/// The GPIO controller of a BCM2837 or a BCM2711.
 pub struct Gpio {
     registers: Mmio<Registers>,
+    soc: Soc,
 }
 
 impl Gpio {
-    /// A driver for the block at `base`.
+    /// A driver for the block at `base` on chip `soc`.
     ///
     /// # Safety
     /// `base` must be the GPIO block, mapped as device memory, with this the only driver.
-    pub const unsafe fn new(base: usize) -> Self {
+    pub const unsafe fn new(base: usize, soc: Soc) -> Self {
         // SAFETY: forwarded from the caller.
-        Self { registers: unsafe { Mmio::new(base) } }
+        Self { registers: unsafe { Mmio::new(base) }, soc }
     }
 
     /// Routes the SD card pins (GPIO 48-53) to the EMMC controller (ALT3) with their pull-ups
@@ -134,12 +146,7 @@ impl Gpio {
                 + GPFSEL5::FSEL52::AltFunc3
                 + GPFSEL5::FSEL53::AltFunc3,
         );
-        self.apply_pull(clock, GPPUD::PUD::PullUp, || {
-            self.registers
-                .GPPUDCLK1
-                .write(GPPUDCLK1::PUDCLK47::AssertClock + GPPUDCLK1::PUDCLK48_53::AssertClock);
-        });
-        self.registers.GPPUDCLK1.set(0);
+        self.set_pull(clock, SD_PINS, Pull::Up);
     }
 
     /// Makes GPIO 34-39 inputs, taking the EMMC controller off the WiFi chip's SDIO pins where
@@ -175,26 +182,44 @@ impl Gpio {
     pub fn route_uart0(&self, clock: &dyn Clock) {
         self.registers.GPFSEL3.modify(GPFSEL3::FSEL32::Input + GPFSEL3::FSEL33::Input);
         self.registers.GPFSEL1.modify(GPFSEL1::FSEL14::AltFunc0 + GPFSEL1::FSEL15::AltFunc0);
-        self.apply_pull(clock, GPPUD::PUD::Off, || {
-            self.registers
-                .GPPUDCLK0
-                .write(GPPUDCLK0::PUDCLK14::AssertClock + GPPUDCLK0::PUDCLK15::AssertClock);
-        });
-        self.registers.GPPUDCLK0.set(0);
+        self.set_pull(clock, UART0_PINS, Pull::Off);
     }
 
-    /// The BCM2837 pull sequence: set the mode, wait, clock it into the pins `assert_clock`
-    /// selects, wait, then release the mode (the caller clears the clock register it used).
-    fn apply_pull(
-        &self,
-        clock: &dyn Clock,
-        mode: tock_registers::fields::FieldValue<u32, GPPUD::Register>,
-        assert_clock: impl FnOnce(),
-    ) {
+    /// Sets the pull of every pin in `pins` (bit n: GPIO n) to `pull`, the chip's way.
+    pub fn set_pull(&self, clock: &dyn Clock, pins: u64, pull: Pull) {
+        match self.soc {
+            Soc::Bcm2837 => self.clock_in_pull(clock, pins, pull),
+            Soc::Bcm2711 => self.write_pull(pins, pull),
+        }
+    }
+
+    /// The BCM2837 pull sequence: set the mode, wait, clock it into the selected pins, wait,
+    /// then release the mode and the clocks.
+    fn clock_in_pull(&self, clock: &dyn Clock, pins: u64, pull: Pull) {
+        let mode = match pull {
+            Pull::Off => GPPUD::PUD::Off,
+            Pull::Up => GPPUD::PUD::PullUp,
+        };
         self.registers.GPPUD.write(mode);
         clock.delay_us(5);
-        assert_clock();
+        self.registers.GPPUDCLK[0].set(pins as u32);
+        self.registers.GPPUDCLK[1].set((pins >> 32) as u32);
         clock.delay_us(5);
         self.registers.GPPUD.write(GPPUD::PUD::Off);
+        self.registers.GPPUDCLK[0].set(0);
+        self.registers.GPPUDCLK[1].set(0);
+    }
+
+    /// The BCM2711 way: two bits per pin, sixteen pins per register, written in place.
+    fn write_pull(&self, pins: u64, pull: Pull) {
+        for (index, register) in self.registers.GPIO_PUP_PDN_CNTRL.iter().enumerate() {
+            let mut value = register.get();
+            for pin in (0..16).filter(|pin| pins & 1 << (index * 16 + pin) != 0) {
+                value = (value & !(0b11 << (2 * pin))) | bcm2711_pull_bits(pull) << (2 * pin);
+            }
+            if value != register.get() {
+                register.set(value);
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! VideoCore mailbox property channel: board revision, ARM memory, clock rates.
+//! VideoCore mailbox property channel (BCM2837 and BCM2711): board revision, ARM memory, clock
+//! rates, and the Pi 4 firmware's GPIO lines.
 //!
 //! The message buffer lives in memory the VideoCore reads directly: the DMA region
 //! (non-cacheable), or any RAM before the MMU is on. Requests are bounded by a timeout on the
@@ -56,10 +57,16 @@ pub enum Tag {
     ArmMemory = 0x0001_0005,
     /// Rate of a clock, by clock id.
     ClockRate = 0x0003_0002,
+    /// Drive one of the firmware's GPIO lines (the Pi 4's GPIO expander: lines 128 and up).
+    SetGpioState = 0x0003_8041,
 }
 
 /// Clock ids for [`Tag::ClockRate`].
 pub const CLOCK_UART: u32 = 2;
+
+/// The Pi 4's firmware GPIO line that selects the SD card's I/O supply: 1 for 1.8 V, 0 for
+/// 3.3 V (line 4 of the GPIO expander, which the firmware numbers from 128).
+pub const EXPANDER_SD_IO_1V8: u32 = 128 + 4;
 
 /// Why a mailbox call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +170,16 @@ impl Mailbox {
     pub fn arm_memory(&mut self, clock: &dyn Clock) -> Result<(u32, u32), MailboxError> {
         let [base, size] = self.property(clock, Tag::ArmMemory, [0, 0])?;
         Ok((base, size))
+    }
+
+    /// Drives the firmware's GPIO line `line` to `state` (0 or 1).
+    pub fn set_firmware_gpio(
+        &mut self,
+        clock: &dyn Clock,
+        line: u32,
+        state: u32,
+    ) -> Result<(), MailboxError> {
+        self.property(clock, Tag::SetGpioState, [line, state]).map(|_| ())
     }
 
     /// The rate of clock `id` in Hz.

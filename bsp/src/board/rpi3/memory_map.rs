@@ -28,3 +28,18 @@ pub const LOCAL_PERIPHERALS_SIZE: usize = 0x20_0000;
 pub const SPIN_TABLE: usize = 0xD8;
 /// ARM physical address to VideoCore bus address, uncached alias (for DMA and mailbox).
 pub const BUS_UNCACHED: u32 = 0xC000_0000;
+
+/// The BCM2837's blocks, for code that serves both chips (`super::super::soc`).
+pub const MAP: crate::board::soc::SocMap = crate::board::soc::SocMap {
+    peripherals: PERIPHERALS,
+    peripherals_size: PERIPHERALS_SIZE,
+    local_peripherals: LOCAL_PERIPHERALS,
+    local_peripherals_size: LOCAL_PERIPHERALS_SIZE,
+    mailbox: MAILBOX,
+    gpio: GPIO,
+    uart: PL011_UART,
+    rng: RNG,
+    dma: DMA,
+    interrupt_controller: INTERRUPT_CONTROLLER,
+    gic: None,
+};
