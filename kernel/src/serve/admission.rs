@@ -9,7 +9,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{chat::GenerationSettings, reply::Origin};
+use super::{chat::GenerationSettings, protocol::ChatMessage, reply::Origin, stops::StopFilter};
 use alloc::{collections::VecDeque, string::String, vec::Vec};
 use core::fmt;
 
@@ -26,8 +26,12 @@ pub const MAX_IN_FLIGHT: usize = MAX_WAITING + MAX_RUNNING;
 pub struct Pending {
     /// Who asked.
     pub origin: Origin,
-    /// The message.
+    /// The message (empty when the request gave a conversation).
     pub prompt: String,
+    /// The conversation, when the request gave one instead of a prompt.
+    pub messages: Vec<ChatMessage>,
+    /// Its stop strings.
+    pub stop: StopFilter,
     /// Its settings.
     pub settings: GenerationSettings,
     /// When it arrived, in ns of the board's clock.
@@ -184,6 +188,8 @@ mod tests {
         Pending {
             origin: Origin::Machine(id),
             prompt: String::from("hi"),
+            messages: Vec::new(),
+            stop: StopFilter::default(),
             settings: GenerationSettings::default(),
             arrived_ns: id,
             tokens: None,
