@@ -445,7 +445,11 @@ mod tests {
         assert!(view.speaks_chatml());
         let user = |content: &str| ChatMessage { role: MessageRole::User, content: content.into() };
         assert_eq!(view.request_tokens("hello", &[]), view.prompt_tokens("hello"));
-        assert_eq!(view.request_tokens("", &[user("hello")]), view.prompt_tokens("hello"), "one user message");
+        assert_eq!(
+            view.request_tokens("", &[user("hello")]),
+            view.prompt_tokens("hello"),
+            "one user message"
+        );
         let conversation = [
             ChatMessage { role: MessageRole::System, content: "Be brief".into() },
             user("hi"),
@@ -455,7 +459,11 @@ mod tests {
         let mut expected = Vec::new();
         let messages: Vec<Message<'_>> = conversation.iter().map(ChatMessage::as_message).collect();
         view.tokenizer.encode(&chat::render(&messages, None), &mut expected);
-        assert_eq!(view.request_tokens("", &conversation), expected, "the whole conversation, its own system");
+        assert_eq!(
+            view.request_tokens("", &conversation),
+            expected,
+            "the whole conversation, its own system"
+        );
 
         let (bytes, tokenizer) = synthetic(SyntheticFormat::Llama2c);
         let plain = ServedModel::new("tiny.bin", bytes.clone(), bytes.len(), tokenizer.as_deref()).unwrap();

@@ -117,7 +117,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     Err(message) => self.reply_error(origin, &message),
                 }
             }
-            Operation::Generate { .. } | Operation::Load { .. } | Operation::Cancel { .. } | Operation::Stats => {}
+            Operation::Generate { .. }
+            | Operation::Load { .. }
+            | Operation::Cancel { .. }
+            | Operation::Stats => {}
         }
     }
 

@@ -462,7 +462,9 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
             object.string("event", "models")?;
             match active {
                 Some(name) => object.string("active", name)?,
-                None => object.key("active").and_then(|object| object.out.write_str("null").map(|()| object))?,
+                None => {
+                    object.key("active").and_then(|object| object.out.write_str("null").map(|()| object))?
+                }
             };
             object.key("models")?;
             object.out.write_char('[')?;
@@ -470,7 +472,10 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
                 if index > 0 {
                     object.out.write_char(',')?;
                 }
-                Object::open(object.out)?.string("name", &entry.name)?.number("bytes", entry.bytes)?.close()?;
+                Object::open(object.out)?
+                    .string("name", &entry.name)?
+                    .number("bytes", entry.bytes)?
+                    .close()?;
             }
             object.out.write_char(']')?;
         }
@@ -655,14 +660,18 @@ mod tests {
     #[test]
     fn conversations_sampling_and_stops_are_parsed() {
         let line = r#"{"id":3,"op":"generate","messages":[{"role":"system","content":"Be brief"},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"},{"role":"user","content":"Bye"}],"top_p":0.5,"seed":42,"stop":["\n","END"]}"#;
-        let Operation::Generate { prompt, messages, top_p, seed, stop, .. } = parse_request(line).unwrap().operation
+        let Operation::Generate { prompt, messages, top_p, seed, stop, .. } =
+            parse_request(line).unwrap().operation
         else {
             panic!("not a generation");
         };
         assert_eq!(prompt, None);
         let messages = messages.unwrap();
         let roles: Vec<MessageRole> = messages.iter().map(|message| message.role).collect();
-        assert_eq!(roles, [MessageRole::System, MessageRole::User, MessageRole::Assistant, MessageRole::User]);
+        assert_eq!(
+            roles,
+            [MessageRole::System, MessageRole::User, MessageRole::Assistant, MessageRole::User]
+        );
         assert_eq!(messages[1].as_message(), Message { role: Role::User, content: "Hi" });
         assert_eq!((top_p, seed), (Some(0.5), Some(42)));
         assert_eq!(stop, Some(alloc::vec!["\n".into(), "END".into()]));
@@ -687,8 +696,14 @@ mod tests {
             ),
             (r#"{"id":1,"op":"generate","messages":[]}"#, "messages must not be empty"),
             (r#"{"id":1,"op":"generate","prompt":"a","top_p":0}"#, "top_p must be more than 0 and at most 1"),
-            (r#"{"id":1,"op":"generate","prompt":"a","top_p":1.5}"#, "top_p must be more than 0 and at most 1"),
-            (r#"{"id":1,"op":"generate","prompt":"a","stop":["a","b","c","d","e"]}"#, "at most 4 stop strings"),
+            (
+                r#"{"id":1,"op":"generate","prompt":"a","top_p":1.5}"#,
+                "top_p must be more than 0 and at most 1",
+            ),
+            (
+                r#"{"id":1,"op":"generate","prompt":"a","stop":["a","b","c","d","e"]}"#,
+                "at most 4 stop strings",
+            ),
             (r#"{"id":1,"op":"generate","prompt":"a","stop":[""]}"#, "each stop string must be 1-64 bytes"),
             (r#"{"id":1,"op":"load","model":""}"#, "model must be a file name of 1-255 bytes"),
             (
@@ -710,7 +725,8 @@ mod tests {
             assert!(refusal(line).starts_with("malformed request"), "{line}");
         }
         let many: String = (0..MAX_MESSAGES + 1).map(|_| r#"{"role":"user","content":"a"},"#).collect();
-        let line = alloc::format!(r#"{{"id":1,"op":"generate","messages":[{}]}}"#, many.trim_end_matches(','));
+        let line =
+            alloc::format!(r#"{{"id":1,"op":"generate","messages":[{}]}}"#, many.trim_end_matches(','));
         assert_eq!(refusal(&line), "at most 64 messages");
         let long = "a".repeat(MAX_PROMPT_BYTES / 2 + 1);
         let line = alloc::format!(
@@ -721,7 +737,10 @@ mod tests {
 
     #[test]
     fn loaded_and_models_records() {
-        assert_eq!(record(Some(2), &Event::Loaded { model: "b.gguf" }), "{\"id\":2,\"event\":\"loaded\",\"model\":\"b.gguf\"}\r\n");
+        assert_eq!(
+            record(Some(2), &Event::Loaded { model: "b.gguf" }),
+            "{\"id\":2,\"event\":\"loaded\",\"model\":\"b.gguf\"}\r\n"
+        );
         let models = [
             ModelEntry { name: "a.gguf".into(), bytes: 10 },
             ModelEntry { name: "b \"q\".gguf".into(), bytes: 20 },

@@ -265,7 +265,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return self.reply_error(Origin::Machine(id), &message);
         }
         if self.load_waiter.is_some() || self.room_wanted.is_some() {
-            return self.reply_error(Origin::Machine(id), "a load is already under way; try again when it is done");
+            return self
+                .reply_error(Origin::Machine(id), "a load is already under way; try again when it is done");
         }
         if self.volume.is_err() {
             let message = alloc::format!("cannot load {name}: no card");

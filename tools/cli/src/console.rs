@@ -178,7 +178,9 @@ mod tests {
             Some(Reply::Error(None, "m".into()))
         );
         assert_eq!(
-            parse_record(r#"{"id":5,"event":"models","active":"b.gguf","models":[{"name":"a.gguf","bytes":1},{"name":"b.gguf","bytes":2}]}"#),
+            parse_record(
+                r#"{"id":5,"event":"models","active":"b.gguf","models":[{"name":"a.gguf","bytes":1},{"name":"b.gguf","bytes":2}]}"#
+            ),
             Some(Reply::Info(5, "  a.gguf\n* b.gguf".into()))
         );
         assert_eq!(
