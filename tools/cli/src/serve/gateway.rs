@@ -104,6 +104,7 @@ impl Gateway {
             up: self.hub.is_ready(),
             queue_depth: self.hub.generations_in_flight(),
             connections: self.hub.connections(),
+            confirmed_cancels: self.hub.confirmed_cancels(),
         };
         self.metrics().render(&gauges, mem.as_ref())
     }
@@ -402,6 +403,8 @@ mod tests {
         drop(events);
         let cancel = request(&mut lines).await;
         assert_eq!((cancel["op"].as_str(), &cancel["target"]), (Some("cancel"), &generate["id"]));
-        assert_eq!(gateway.hub.generations_in_flight(), 0);
+        assert_eq!(gateway.hub.generations_in_flight(), 1, "in flight until the board ends it");
+        answer(&gateway, &generate["id"], &DONE.replace("\"stop\"", "\"cancelled\""));
+        assert_eq!((gateway.hub.generations_in_flight(), gateway.hub.confirmed_cancels()), (0, 1));
     }
 }

@@ -36,10 +36,27 @@ struct State {
     ready: bool,
     /// Why the board is not usable, when it is not.
     down_reason: String,
-    /// Requests in flight: where their records go, and whether each is a generation.
-    routes: HashMap<u64, (UnboundedSender<Delivery>, bool)>,
+    /// Requests in flight: where their records go.
+    routes: HashMap<u64, Route>,
+    /// Generations the board confirmed it cancelled (a `done` with finish "cancelled" after
+    /// the gateway's cancel).
+    confirmed_cancels: u64,
     /// Times the link came up.
     connections: u64,
+}
+
+/// Where a request's records go.
+enum Route {
+    /// To its ticket; `generation` marks a generation.
+    Live {
+        /// The ticket's end of the channel.
+        sender: UnboundedSender<Delivery>,
+        /// Whether it is a generation.
+        generation: bool,
+    },
+    /// A generation whose ticket was dropped and which was cancelled: nobody reads its records;
+    /// it is in flight on the board until its final record arrives.
+    Cancelling,
 }
 
 /// One board, shared by every HTTP request.
@@ -90,8 +107,10 @@ impl Hub {
     }
 
     fn fail_all(state: &mut State, reason: &str) {
-        for (_, (route, _)) in state.routes.drain() {
-            let _ = route.send(Delivery::Lost(reason.to_string()));
+        for (_, route) in state.routes.drain() {
+            if let Route::Live { sender, .. } = route {
+                let _ = sender.send(Delivery::Lost(reason.to_string()));
+            }
         }
     }
 
@@ -111,9 +130,20 @@ impl Hub {
         self.lock().connections
     }
 
-    /// Generations in flight (sent and not yet ended).
+    /// Generations in flight on the board (sent and not yet ended, cancelled ones included
+    /// until the board ends them).
     pub fn generations_in_flight(&self) -> usize {
-        self.lock().routes.values().filter(|(_, generation)| *generation).count()
+        let state = self.lock();
+        state
+            .routes
+            .values()
+            .filter(|route| matches!(route, Route::Live { generation: true, .. } | Route::Cancelling))
+            .count()
+    }
+
+    /// Generations the board confirmed it cancelled after their client went away.
+    pub fn confirmed_cancels(&self) -> u64 {
+        self.lock().confirmed_cancels
     }
 
     /// Takes one line the board printed: routes a record to its request, and notes a boot (every
@@ -126,10 +156,20 @@ impl Hub {
                     state.ready = true;
                     state.down_reason.clear();
                 }
-                if let Some(id) = id
-                    && let Some((route, _)) = state.routes.get(&id)
-                {
-                    let _ = route.send(Delivery::Record(record));
+                let Some(id) = id else { return };
+                match state.routes.get(&id) {
+                    Some(Route::Live { sender, .. }) => {
+                        let _ = sender.send(Delivery::Record(record));
+                    }
+                    Some(Route::Cancelling) => {
+                        if let Record::Done(finished) = &record {
+                            state.confirmed_cancels += u64::from(finished.finish == "cancelled");
+                        }
+                        if matches!(record, Record::Done(_) | Record::Error(_)) {
+                            state.routes.remove(&id);
+                        }
+                    }
+                    None => {}
                 }
             }
             Line::Booting => {
@@ -180,7 +220,7 @@ impl Hub {
         if writer.send(line.into_bytes()).is_err() {
             return Err(HubError::Unavailable("the board's line is closed".into()));
         }
-        state.routes.insert(id, (sender, generation));
+        state.routes.insert(id, Route::Live { sender, generation });
         Ok(Ok(Ticket { hub: Arc::clone(self), id, receiver, generation, ended: false }))
     }
 
@@ -202,14 +242,19 @@ impl Hub {
         record
     }
 
+    /// The ticket of request `id` is gone: its route goes, or, when `cancel` asks (a generation
+    /// that has not ended), the board is told to cancel it and it stays in flight until the
+    /// board ends it.
     fn forget(&self, id: u64, cancel: bool) {
         let mut state = self.lock();
-        state.routes.remove(&id);
-        if cancel && let Some(writer) = &state.writer {
-            let cancel_id = self.next_id();
-            let line = format!("{{\"id\":{cancel_id},\"op\":\"cancel\",\"target\":{id}}}\r");
-            let _ = writer.send(line.into_bytes());
-        }
+        let Some(writer) = state.writer.clone().filter(|_| cancel && state.routes.contains_key(&id)) else {
+            state.routes.remove(&id);
+            return;
+        };
+        state.routes.insert(id, Route::Cancelling);
+        let cancel_id = self.next_id();
+        let line = format!("{{\"id\":{cancel_id},\"op\":\"cancel\",\"target\":{id}}}\r");
+        let _ = writer.send(line.into_bytes());
     }
 }
 
@@ -294,7 +339,13 @@ mod tests {
         );
         first.end();
         assert!(lines.try_recv().is_err(), "an ended request owes no cancel");
-        assert_eq!(hub.generations_in_flight(), 0);
+        assert_eq!(hub.generations_in_flight(), 1, "the cancelled one runs until the board ends it");
+        hub.handle_line(&format!("{{\"id\":{second_id},\"event\":\"token\",\"text\":\"c\"}}"));
+        assert_eq!(hub.generations_in_flight(), 1);
+        hub.handle_line(&format!(
+            "{{\"id\":{second_id},\"event\":\"done\",\"usage\":{{}},\"timings\":{{}},\"finish\":\"cancelled\",\"model\":\"m\"}}"
+        ));
+        assert_eq!((hub.generations_in_flight(), hub.confirmed_cancels()), (0, 1));
     }
 
     #[tokio::test]

@@ -153,10 +153,13 @@ impl Metrics {
              tessera_queue_depth {}\n\
              # HELP tessera_board_up Whether the board serves.\n# TYPE tessera_board_up gauge\ntessera_board_up {}\n\
              # HELP tessera_board_connections_total Times the link to the board came up.\n\
-             # TYPE tessera_board_connections_total counter\ntessera_board_connections_total {}",
+             # TYPE tessera_board_connections_total counter\ntessera_board_connections_total {}\n\
+             # HELP tessera_board_cancels_total Generations the board confirmed it cancelled.\n\
+             # TYPE tessera_board_cancels_total counter\ntessera_board_cancels_total {}",
             board.queue_depth,
             u8::from(board.up),
-            board.connections
+            board.connections,
+            board.confirmed_cancels
         );
         if let Some(mem) = mem {
             render_memory(&mut out, mem);
@@ -174,6 +177,8 @@ pub struct BoardGauges {
     pub queue_depth: usize,
     /// Times the link came up.
     pub connections: u64,
+    /// Generations the board confirmed it cancelled.
+    pub confirmed_cancels: u64,
 }
 
 /// Every pool of a `mem` record (capacity, live and peak bytes, allocations, failures), the
@@ -261,7 +266,10 @@ mod tests {
             "heap": {"capacity_bytes": 30, "live_bytes": 3, "peak_bytes": 5, "allocations": 4},
             "arena": {"capacity_bytes": 900, "free_bytes": 500}
         });
-        let text = metrics.render(&BoardGauges { up: true, queue_depth: 3, connections: 1 }, Some(&mem));
+        let text = metrics.render(
+            &BoardGauges { up: true, queue_depth: 3, connections: 1, confirmed_cancels: 2 },
+            Some(&mem),
+        );
         for line in [
             "tessera_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 2",
             "tessera_requests_total{endpoint=\"/v1/completions\",status=\"400\"} 1",
@@ -272,6 +280,7 @@ mod tests {
             "tessera_queue_depth 3",
             "tessera_board_up 1",
             "tessera_client_cancels_total 1",
+            "tessera_board_cancels_total 2",
             "tessera_pool_capacity_bytes{pool=\"weights\"} 10",
             "tessera_pool_peak_bytes{pool=\"kv\"} 8",
             "tessera_pool_failures{pool=\"kv\"} 1",
