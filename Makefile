@@ -26,7 +26,7 @@ HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --a
 AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
 	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
-.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu bench check clippy fmt fmt-check doc clean
+.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu test-gateway serve bench check clippy fmt fmt-check doc clean
 
 help:
 	@echo "Tessera make targets:"
@@ -43,6 +43,9 @@ help:
 	@echo "  make test-reference  engine vs independent references (numpy, gguf, tokenizers), SmolLM2 on the host"
 	@echo "  make test-qemu  QEMU system and console tests (tests/kernels, settings in tests/qemu-tests.toml)"
 	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; host compute kernels; QEMU instruction counts (docs/BENCHMARKS.md)"
+	@echo "  make serve      build, make the SD image, and run the OpenAI-compatible gateway (tessera serve --qemu)"
+	@echo "                  on 127.0.0.1:PORT (default 8080): API at /v1, web chat at /, metrics at /metrics"
+	@echo "  make test-gateway  tessera serve against QEMU: the openai client, hostile HTTP, SmolLM2, the web chat in chromium"
 	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
@@ -112,7 +115,7 @@ gdb: deps build
 	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
 	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
 
-test: deps check test-host test-premmu test-card test-reference test-qemu
+test: deps check test-host test-premmu test-card test-reference test-qemu test-gateway
 
 test-host: toolchain
 	$(CARGO) test --workspace --exclude boot --exclude systests
@@ -132,6 +135,17 @@ test-reference: toolchain
 
 test-qemu: deps $(DEFAULT_MODEL)
 	$(CARGO) run --release -q -p runner --bin qemu-runner
+
+# `tessera serve --qemu` driven by the openai client, raw HTTP and chromium (tests/gateway/run.sh
+# installs chromium, chromium-driver and its pinned Python packages into build/ when missing).
+test-gateway: deps build
+	tests/gateway/run.sh
+
+# The OpenAI-compatible gateway over a QEMU board booted with the SD image.
+PORT        ?= 8080
+serve: deps sdcard
+	$(CARGO) build --release -q -p cli
+	target/release/tessera serve --qemu --kernel $(KERNEL_IMG) --sd $(SDCARD) --machine $(MACHINE) --listen 127.0.0.1:$(PORT)
 
 # The llama.cpp build `make bench` compares against (pinned; built from source by pip).
 LLAMA_CPP_PYTHON := 0.3.36
