@@ -349,7 +349,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let view = batch.view;
         let Some(request) = self.pending.get_mut(index) else { return Admission::Waits };
         if request.tokens.is_none() {
-            request.tokens = Some(view.request_tokens(&request.prompt, &request.messages));
+            request.tokens = Some(view.request_tokens(&request.prompt, request.messages()));
         }
         let prompt_tokens = request.tokens.as_ref().map_or(0, Vec::len);
         let needed = kv_blocks_needed(
@@ -599,7 +599,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let mut text = String::new();
         match step {
             Ok(Step::Running(piece)) => {
-                let stopped = sequence.request.stop.push(&piece, &mut text);
+                let stopped = sequence.request.filter_text(&piece, &mut text);
                 self.emit_text(origin, &text);
                 if stopped {
                     self.finish(batch, slot, Finish::Stop);
@@ -607,9 +607,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 stopped
             }
             Ok(Step::Finished(finish, piece)) => {
-                let stopped = sequence.request.stop.push(&piece, &mut text);
+                let stopped = sequence.request.filter_text(&piece, &mut text);
                 if !stopped {
-                    sequence.request.stop.finish(&mut text);
+                    sequence.request.flush_text(&mut text);
                 }
                 self.emit_text(origin, &text);
                 self.finish(batch, slot, if stopped { Finish::Stop } else { finish });

@@ -458,60 +458,9 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
         Event::Loaded { model } => {
             object.string("event", "loaded")?.string("model", model)?;
         }
-        Event::Models { active, models } => {
-            object.string("event", "models")?;
-            match active {
-                Some(name) => object.string("active", name)?,
-                None => {
-                    object.key("active").and_then(|object| object.out.write_str("null").map(|()| object))?
-                }
-            };
-            object.key("models")?;
-            object.out.write_char('[')?;
-            for (index, entry) in models.iter().enumerate() {
-                if index > 0 {
-                    object.out.write_char(',')?;
-                }
-                Object::open(object.out)?
-                    .string("name", &entry.name)?
-                    .number("bytes", entry.bytes)?
-                    .close()?;
-            }
-            object.out.write_char(']')?;
-        }
+        Event::Models { active, models } => write_models(&mut object, *active, models)?,
         Event::Mem { ram_bytes, pools, heap, arena } => {
-            object.string("event", "mem")?.number("ram_bytes", *ram_bytes)?.key("pools")?;
-            object.out.write_char('[')?;
-            for (index, pool) in pools.iter().enumerate() {
-                if index > 0 {
-                    object.out.write_char(',')?;
-                }
-                Object::open(object.out)?
-                    .string("kind", pool.kind)?
-                    .number("capacity_bytes", pool.capacity_bytes)?
-                    .number("live_bytes", pool.live_bytes)?
-                    .number("peak_bytes", pool.peak_bytes)?
-                    .number("allocations", pool.allocations)?
-                    .number("failures", pool.failures)?
-                    .close()?;
-            }
-            object.out.write_char(']')?;
-            object.key("heap")?;
-            Object::open(object.out)?
-                .number("capacity_bytes", heap.capacity_bytes)?
-                .number("live_bytes", heap.live_bytes)?
-                .number("peak_bytes", heap.peak_bytes)?
-                .number("allocations", heap.allocations)?
-                .number("pool_metadata_bytes", heap.pool_metadata_bytes)?
-                .close()?;
-            object.key("arena")?;
-            Object::open(object.out)?
-                .number("capacity_bytes", arena.capacity_bytes)?
-                .number("free_bytes", arena.free_bytes)?
-                .number("largest_free_bytes", arena.largest_free_bytes)?
-                .number("kv_capacity_bytes", arena.kv_capacity_bytes)?
-                .number("largest_model_bytes", arena.largest_model_bytes)?
-                .close()?;
+            write_mem(&mut object, *ram_bytes, pools, heap, arena)?
         }
         Event::Trace { recorded, dropped, events } => {
             object.string("event", "trace")?.number("recorded", *recorded)?.number("dropped", *dropped)?;
@@ -532,6 +481,68 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
         }
     }
     out.write_str("}\r\n")
+}
+
+/// The members of a `models` record after its event.
+fn write_models(object: &mut Object<'_, '_>, active: Option<&str>, models: &[ModelEntry]) -> fmt::Result {
+    object.string("event", "models")?;
+    match active {
+        Some(name) => object.string("active", name)?,
+        None => object.key("active").and_then(|object| object.out.write_str("null").map(|()| object))?,
+    };
+    object.key("models")?;
+    object.out.write_char('[')?;
+    for (index, entry) in models.iter().enumerate() {
+        if index > 0 {
+            object.out.write_char(',')?;
+        }
+        Object::open(object.out)?.string("name", &entry.name)?.number("bytes", entry.bytes)?.close()?;
+    }
+    object.out.write_char(']')?;
+    Ok(())
+}
+
+/// The members of a `mem` record after its event.
+fn write_mem(
+    object: &mut Object<'_, '_>,
+    ram_bytes: u64,
+    pools: &[PoolEntry],
+    heap: &HeapEntry,
+    arena: &ArenaEntry,
+) -> fmt::Result {
+    object.string("event", "mem")?.number("ram_bytes", ram_bytes)?.key("pools")?;
+    object.out.write_char('[')?;
+    for (index, pool) in pools.iter().enumerate() {
+        if index > 0 {
+            object.out.write_char(',')?;
+        }
+        Object::open(object.out)?
+            .string("kind", pool.kind)?
+            .number("capacity_bytes", pool.capacity_bytes)?
+            .number("live_bytes", pool.live_bytes)?
+            .number("peak_bytes", pool.peak_bytes)?
+            .number("allocations", pool.allocations)?
+            .number("failures", pool.failures)?
+            .close()?;
+    }
+    object.out.write_char(']')?;
+    object.key("heap")?;
+    Object::open(object.out)?
+        .number("capacity_bytes", heap.capacity_bytes)?
+        .number("live_bytes", heap.live_bytes)?
+        .number("peak_bytes", heap.peak_bytes)?
+        .number("allocations", heap.allocations)?
+        .number("pool_metadata_bytes", heap.pool_metadata_bytes)?
+        .close()?;
+    object.key("arena")?;
+    Object::open(object.out)?
+        .number("capacity_bytes", arena.capacity_bytes)?
+        .number("free_bytes", arena.free_bytes)?
+        .number("largest_free_bytes", arena.largest_free_bytes)?
+        .number("kv_capacity_bytes", arena.kv_capacity_bytes)?
+        .number("largest_model_bytes", arena.largest_model_bytes)?
+        .close()?;
+    Ok(())
 }
 
 /// A JSON object being written: its members, comma-separated.

@@ -14,7 +14,7 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    admission::{Pending, RequestQueue},
+    admission::{Details, Pending, RequestQueue},
     chat::{GenerationSettings, ServedModel},
     config::CardConfig,
     desk::{CancelRequest, ControlDesk, Input},
@@ -38,7 +38,7 @@ use crate::{
     },
     telemetry::{self, EventKind, PressureLevel},
 };
-use alloc::{string::String, sync::Arc, vec::Vec};
+use alloc::{boxed::Box, string::String, sync::Arc, vec::Vec};
 use core::cell::RefCell;
 
 pub use super::reply::Origin;
@@ -291,15 +291,19 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     pub(super) fn enqueue(&mut self, origin: Origin, prompt: Prompt<'_>, settings: GenerationSettings) {
         let arrived_ns = self.clock.now_ns();
         let pending = scope::with(TensorKind::Small, || {
-            let (prompt, messages, stop) = match prompt {
-                Prompt::Text(text) => (String::from(text), Vec::new(), StopFilter::default()),
-                Prompt::Request { prompt, messages, stop } => (
-                    prompt.map(String::from).unwrap_or_default(),
-                    messages.to_vec(),
-                    StopFilter::new(stop.to_vec()),
-                ),
+            let (prompt, details) = match prompt {
+                Prompt::Text(text) => (String::from(text), None),
+                Prompt::Request { prompt, messages, stop } => {
+                    let details = (!messages.is_empty() || !stop.is_empty()).then(|| {
+                        Box::new(Details {
+                            messages: messages.to_vec(),
+                            stop: StopFilter::new(stop.to_vec()),
+                        })
+                    });
+                    (prompt.map(String::from).unwrap_or_default(), details)
+                }
             };
-            Pending { origin, prompt, messages, stop, settings, arrived_ns, tokens: None }
+            Pending { origin, prompt, details, settings, arrived_ns, tokens: None }
         });
         if let Err((refused, full)) = self.pending.push(pending) {
             self.statistics.refused_requests += 1;

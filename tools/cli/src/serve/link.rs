@@ -5,7 +5,7 @@
 
 use super::hub::Hub;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -114,7 +114,7 @@ fn open_qemu(board: &QemuBoard) -> Result<Connection, String> {
 }
 
 /// Opens the serial device at 115200 8N1 in raw mode, with a reader and a writer thread.
-fn open_serial(path: &PathBuf) -> Result<Connection, String> {
+fn open_serial(path: &Path) -> Result<Connection, String> {
     let port = serialport::new(path.to_string_lossy(), 115_200)
         .data_bits(serialport::DataBits::Eight)
         .parity(serialport::Parity::None)
