@@ -32,7 +32,7 @@ help:
 	@echo "Tessera make targets:"
 	@echo "  make run        build everything, fetch the default model once, make the SD image, boot QEMU ($(MACHINE))"
 	@echo "                  with the serial console on this terminal; MODEL=path uses another model"
-	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests"
+	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests, gateway tests"
 	@echo "  make build      build $(KERNEL_IMG)"
 	@echo "  make model      fetch SmolLM2-135M-Instruct (sha256-pinned) into $(BUILD)/models/"
 	@echo "  make sdcard     write $(SDCARD): the Pi firmware, config.txt, kernel8.img and MODEL under /models"

@@ -282,16 +282,53 @@ mod tests {
 
     /// A gateway over a hub whose board is this test: it reads the lines sent and answers.
     fn gateway() -> (Arc<Gateway>, UnboundedReceiver<Vec<u8>>) {
+        gateway_with(Duration::from_secs(30))
+    }
+
+    /// The same, waiting at most `record` for each record of a generation.
+    fn gateway_with(record: Duration) -> (Arc<Gateway>, UnboundedReceiver<Vec<u8>>) {
         let hub = Arc::new(Hub::new());
         let (writer, lines) = unbounded_channel();
         hub.attach(writer);
         hub.handle_line("Type /help for commands");
-        let deadlines = Deadlines {
-            record: Duration::from_secs(30),
-            load: Duration::from_secs(30),
-            query: Duration::from_secs(30),
-        };
+        let deadlines = Deadlines { record, load: Duration::from_secs(30), query: Duration::from_secs(30) };
         (Arc::new(Gateway::new(hub, deadlines)), lines)
+    }
+
+    #[tokio::test]
+    async fn a_silent_board_is_504_and_a_lost_one_503() {
+        let (gateway, mut lines) = gateway_with(Duration::from_millis(1));
+        let generation = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
+        let running = tokio::spawn({
+            let gateway = Arc::clone(&gateway);
+            async move { gateway.generate(generation).await }
+        });
+        let models = request(&mut lines).await;
+        answer(&gateway, &models["id"], MODELS);
+        let generate = request(&mut lines).await;
+        let error = running.await.unwrap().err().unwrap();
+        assert_eq!((error.status, error.code), (504, Some("board_timeout")));
+        let cancel = request(&mut lines).await;
+        assert_eq!(cancel["target"], generate["id"], "the silent request is cancelled");
+
+        let (gateway, mut lines) = gateway_with(Duration::from_secs(30));
+        let generation = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
+        let running = tokio::spawn({
+            let gateway = Arc::clone(&gateway);
+            async move { gateway.generate(generation).await }
+        });
+        let models = request(&mut lines).await;
+        answer(&gateway, &models["id"], MODELS);
+        let _generate = request(&mut lines).await;
+        gateway.hub.detach("QEMU exited");
+        let error = running.await.unwrap().err().unwrap();
+        assert_eq!((error.status, error.message.as_str()), (503, "QEMU exited"));
+        let refused = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
+        assert_eq!(
+            gateway.generate(refused).await.err().map(|error| error.status),
+            Some(503),
+            "503 while it is down"
+        );
     }
 
     /// The next request the board got, parsed.
