@@ -30,14 +30,14 @@ HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --a
 AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
 	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
-.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu bench check clippy fmt fmt-check doc clean
+.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu test-gateway serve bench check clippy fmt fmt-check doc clean
 
 help:
 	@echo "Tessera make targets:"
 	@echo "  make run        build everything, fetch the default model once, make the SD image, boot QEMU ($(MACHINE);"
 	@echo "                  MACHINE=raspi4b boots the Pi 4)"
 	@echo "                  with the serial console on this terminal; MODEL=path uses another model"
-	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests"
+	@echo "  make test       everything CI runs: format and lint checks, host tests, reference checks, QEMU tests, gateway tests"
 	@echo "  make build      build $(KERNEL_IMG)"
 	@echo "  make model      fetch SmolLM2-135M-Instruct (sha256-pinned) into $(BUILD)/models/"
 	@echo "  make sdcard     write $(SDCARD): the Pi firmware, config.txt, kernel8.img and MODEL under /models"
@@ -49,6 +49,9 @@ help:
 	@echo "  make test-qemu  QEMU system and console tests on raspi3b and raspi4b (tests/kernels, tests/qemu-tests.toml)"
 	@echo "  make bench      pools vs rlsf, talc, ...; paged vs contiguous KV; host compute kernels; QEMU instruction counts (docs/BENCHMARKS.md);"
 	@echo "                  the heavy QEMU tests on the boards make test leaves them off"
+	@echo "  make serve      build, make the SD image, and run the OpenAI-compatible gateway (tessera serve --qemu)"
+	@echo "                  on 127.0.0.1:PORT (default 8080): API at /v1, web chat at /, metrics at /metrics"
+	@echo "  make test-gateway  tessera serve against QEMU: the openai client, hostile HTTP, SmolLM2, the web chat in chromium"
 	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
@@ -113,7 +116,7 @@ gdb: deps build
 	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
 	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
 
-test: deps check test-host test-premmu test-card test-reference test-qemu
+test: deps check test-host test-premmu test-card test-reference test-qemu test-gateway
 
 test-host: toolchain
 	$(CARGO) test --workspace --exclude boot --exclude systests
@@ -133,6 +136,17 @@ test-reference: toolchain
 
 test-qemu: deps $(DEFAULT_MODEL)
 	$(CARGO) run --release -q -p runner --bin qemu-runner
+
+# `tessera serve --qemu` driven by the openai client, raw HTTP and chromium (tests/gateway/run.sh
+# installs chromium, chromium-driver and its pinned Python packages into build/ when missing).
+test-gateway: deps build
+	tests/gateway/run.sh
+
+# The OpenAI-compatible gateway over a QEMU board booted with the SD image.
+PORT        ?= 8080
+serve: deps sdcard
+	$(CARGO) build --release -q -p cli
+	target/release/tessera serve --qemu --kernel $(KERNEL_IMG) --sd $(SDCARD) --machine $(MACHINE) --listen 127.0.0.1:$(PORT)
 
 # The llama.cpp build `make bench` compares against (pinned; built from source by pip).
 LLAMA_CPP_PYTHON := 0.3.36

@@ -9,8 +9,8 @@
 
 #![forbid(unsafe_code)]
 
-use super::{chat::GenerationSettings, reply::Origin};
-use alloc::{collections::VecDeque, string::String, vec::Vec};
+use super::{chat::GenerationSettings, protocol::ChatMessage, reply::Origin, stops::StopFilter};
+use alloc::{boxed::Box, collections::VecDeque, string::String, vec::Vec};
 use core::fmt;
 
 /// Requests that may wait for a place in the batch; more are refused.
@@ -26,14 +26,51 @@ pub const MAX_IN_FLIGHT: usize = MAX_WAITING + MAX_RUNNING;
 pub struct Pending {
     /// Who asked.
     pub origin: Origin,
-    /// The message.
+    /// The message (empty when the request gave a conversation).
     pub prompt: String,
+    /// A machine-mode request's conversation and stop strings, when it gave any.
+    pub details: Option<Box<Details>>,
     /// Its settings.
     pub settings: GenerationSettings,
     /// When it arrived, in ns of the board's clock.
     pub arrived_ns: u64,
     /// Its tokens, once a batch has encoded them (kept while it waits for memory).
     pub tokens: Option<Vec<u32>>,
+}
+
+/// What a machine-mode request may add to its prompt.
+#[derive(Debug, Default)]
+pub struct Details {
+    /// The conversation, when the request gave one instead of a prompt.
+    pub messages: Vec<ChatMessage>,
+    /// Its stop strings.
+    pub stop: StopFilter,
+}
+
+impl Pending {
+    /// The conversation, when the request gave one (else empty: the prompt is the message).
+    pub fn messages(&self) -> &[ChatMessage] {
+        self.details.as_ref().map_or(&[], |details| &details.messages)
+    }
+
+    /// Passes the next `piece` of the answer through the request's stop strings into `out`;
+    /// true when the answer now contains one (see [`StopFilter::push`]).
+    pub fn filter_text(&mut self, piece: &str, out: &mut String) -> bool {
+        match &mut self.details {
+            Some(details) => details.stop.push(piece, out),
+            None => {
+                out.push_str(piece);
+                false
+            }
+        }
+    }
+
+    /// The answer ended without a stop string: the text held back goes to `out`.
+    pub fn flush_text(&mut self, out: &mut String) {
+        if let Some(details) = &mut self.details {
+            details.stop.finish(out);
+        }
+    }
 }
 
 /// Why a request was not queued.
@@ -184,6 +221,7 @@ mod tests {
         Pending {
             origin: Origin::Machine(id),
             prompt: String::from("hi"),
+            details: None,
             settings: GenerationSettings::default(),
             arrived_ns: id,
             tokens: None,

@@ -348,7 +348,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     fn admit_one(&mut self, batch: &mut Batch<'_, 'a>, index: usize) -> Admission {
         let view = batch.view;
         let Some(request) = self.pending.get_mut(index) else { return Admission::Waits };
-        let prompt_tokens = request.tokens.get_or_insert_with(|| view.prompt_tokens(&request.prompt)).len();
+        if request.tokens.is_none() {
+            request.tokens = Some(view.request_tokens(&request.prompt, request.messages()));
+        }
+        let prompt_tokens = request.tokens.as_ref().map_or(0, Vec::len);
         let needed = kv_blocks_needed(
             prompt_tokens,
             request.settings.max_tokens,
@@ -461,9 +464,10 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.swap_gaps.clear();
             telemetry::record(EventKind::LoadFailed { model: ShortName::new(&name) });
             let message = alloc::format!(
-                "error: the background load of {name} was dropped: its memory is needed by the requests (try again when they finish)"
+                "the background load of {name} was dropped: its memory is needed by the requests (try again when they finish)"
             );
-            self.say_line(&message);
+            self.say_line(&alloc::format!("error: {message}"));
+            self.end_machine_load(Err(&message));
         }
     }
 
@@ -587,17 +591,28 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Sends what a step produced to its requester; returns whether the sequence finished.
+    /// Sends what a step produced to its requester, through its stop strings; returns whether
+    /// the sequence finished (a stop string in its text ends it with finish "stop").
     fn deliver(&mut self, batch: &mut Batch<'_, 'a>, slot: usize, step: Result<Step, ChatError>) -> bool {
-        let origin = batch.sequences[slot].request.origin;
+        let sequence = &mut batch.sequences[slot];
+        let origin = sequence.request.origin;
+        let mut text = String::new();
         match step {
-            Ok(Step::Running(text)) => {
+            Ok(Step::Running(piece)) => {
+                let stopped = sequence.request.filter_text(&piece, &mut text);
                 self.emit_text(origin, &text);
-                false
+                if stopped {
+                    self.finish(batch, slot, Finish::Stop);
+                }
+                stopped
             }
-            Ok(Step::Finished(finish, text)) => {
+            Ok(Step::Finished(finish, piece)) => {
+                let stopped = sequence.request.filter_text(&piece, &mut text);
+                if !stopped {
+                    sequence.request.flush_text(&mut text);
+                }
                 self.emit_text(origin, &text);
-                self.finish(batch, slot, finish);
+                self.finish(batch, slot, if stopped { Finish::Stop } else { finish });
                 true
             }
             Err(error) => {

@@ -162,6 +162,43 @@ impl ModelView<'_> {
         }
         tokens
     }
+
+    /// The tokens of a conversation: the model's ChatML template around all of `messages`
+    /// (with the default system prompt when they have none) when the model knows it, else a
+    /// plain transcript after BOS, one `role: content` line a message, ending with
+    /// `assistant:` for the reply.
+    pub fn conversation_tokens(&self, messages: &[Message<'_>]) -> Vec<u32> {
+        let mut tokens = Vec::new();
+        if self.speaks_chatml() {
+            let text = chat::render(messages, Some(chat::DEFAULT_SYSTEM_PROMPT));
+            self.tokenizer.encode(&text, &mut tokens);
+            return tokens;
+        }
+        if self.tokenizer.adds_bos()
+            && let Some(bos) = self.tokenizer.bos()
+        {
+            tokens.push(bos);
+        }
+        let mut text = String::new();
+        for message in messages {
+            for part in [message.role.name(), ": ", message.content, "\n"] {
+                text.push_str(part);
+            }
+        }
+        text.push_str("assistant:");
+        self.tokenizer.encode(&text, &mut tokens);
+        tokens
+    }
+
+    /// The tokens of a request: its conversation when it has one, else its prompt as one
+    /// user message.
+    pub fn request_tokens(&self, prompt: &str, messages: &[crate::serve::protocol::ChatMessage]) -> Vec<u32> {
+        if messages.is_empty() {
+            return self.prompt_tokens(prompt);
+        }
+        let messages: Vec<Message<'_>> = messages.iter().map(|message| message.as_message()).collect();
+        self.conversation_tokens(&messages)
+    }
 }
 
 /// Generation settings a user can change with `/set`.
@@ -397,6 +434,46 @@ mod tests {
         assert_eq!(first_cached, 0);
         assert!(second_cached >= 16, "the repeated prompt reuses cached blocks ({second_cached})");
         assert_eq!(first, second, "cached K/V gives the same answer");
+    }
+
+    #[test]
+    fn conversations_use_the_chat_template_or_a_transcript() {
+        use crate::serve::protocol::{ChatMessage, MessageRole};
+        let (bytes, _) = synthetic(SyntheticFormat::Gguf(TensorType::Q8_0));
+        let model = ServedModel::new("tiny.gguf", bytes.clone(), bytes.len(), None).unwrap();
+        let view = model.view().unwrap();
+        assert!(view.speaks_chatml());
+        let user = |content: &str| ChatMessage { role: MessageRole::User, content: content.into() };
+        assert_eq!(view.request_tokens("hello", &[]), view.prompt_tokens("hello"));
+        assert_eq!(
+            view.request_tokens("", &[user("hello")]),
+            view.prompt_tokens("hello"),
+            "one user message"
+        );
+        let conversation = [
+            ChatMessage { role: MessageRole::System, content: "Be brief".into() },
+            user("hi"),
+            ChatMessage { role: MessageRole::Assistant, content: "hello".into() },
+            user("bye"),
+        ];
+        let mut expected = Vec::new();
+        let messages: Vec<Message<'_>> = conversation.iter().map(ChatMessage::as_message).collect();
+        view.tokenizer.encode(&chat::render(&messages, None), &mut expected);
+        assert_eq!(
+            view.request_tokens("", &conversation),
+            expected,
+            "the whole conversation, its own system"
+        );
+
+        let (bytes, tokenizer) = synthetic(SyntheticFormat::Llama2c);
+        let plain = ServedModel::new("tiny.bin", bytes.clone(), bytes.len(), tokenizer.as_deref()).unwrap();
+        let view = plain.view().unwrap();
+        let mut transcript = Vec::new();
+        if let Some(bos) = view.tokenizer.bos().filter(|_| view.tokenizer.adds_bos()) {
+            transcript.push(bos);
+        }
+        view.tokenizer.encode("user: hi\nassistant:", &mut transcript);
+        assert_eq!(view.request_tokens("", &[user("hi")]), transcript);
     }
 
     #[test]

@@ -101,16 +101,26 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.reply(super::reply::Origin::Machine(id), &event);
             }
             Operation::Models => {
-                let text = match &mut self.volume {
-                    Ok(volume) => match list_models(volume) {
-                        Ok(models) => models.iter().map(|entry| alloc::format!("{}\n", entry.name)).collect(),
-                        Err(error) => error.to_string(),
-                    },
-                    Err(reason) => reason.clone(),
+                let listing = match &mut self.volume {
+                    Ok(volume) => list_models(volume).map_err(|error| error.to_string()),
+                    Err(reason) => Err(alloc::format!("no card: {reason}")),
                 };
-                self.reply(super::reply::Origin::Machine(id), &Event::Info { text: &text });
+                let origin = super::reply::Origin::Machine(id);
+                match listing {
+                    Ok(entries) => {
+                        let models: Vec<protocol::ModelEntry> = entries
+                            .into_iter()
+                            .map(|entry| protocol::ModelEntry { name: entry.name, bytes: entry.size })
+                            .collect();
+                        self.reply(origin, &Event::Models { active: self.active_model(), models: &models });
+                    }
+                    Err(message) => self.reply_error(origin, &message),
+                }
             }
-            Operation::Generate { .. } | Operation::Cancel { .. } | Operation::Stats => {}
+            Operation::Generate { .. }
+            | Operation::Load { .. }
+            | Operation::Cancel { .. }
+            | Operation::Stats => {}
         }
     }
 

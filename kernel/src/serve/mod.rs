@@ -17,6 +17,7 @@ pub mod reply;
 pub mod retire;
 pub mod scheduler;
 pub mod server;
+pub mod stops;
 mod swap;
 pub mod swap_cost;
 

@@ -6,7 +6,17 @@
 //! {"id":1,"op":"generate","prompt":"What is the capital of France?","max_tokens":32}
 //! {"id":2,"op":"stats"}      {"id":3,"op":"cancel","target":1}      {"id":4,"op":"models"}
 //! {"id":5,"op":"trace","max":16}     {"id":6,"op":"mem"}
+//! {"id":7,"op":"generate","messages":[{"role":"user","content":"Hi"}],"top_p":0.9,"seed":3,"stop":["\n"]}
+//! {"id":8,"op":"load","model":"other.gguf"}
 //! ```
+//!
+//! A generation takes either a `prompt` (one user message) or `messages`, a conversation of
+//! system, user and assistant messages that the board puts in the model's own chat template.
+//! `stop` lists up to [`MAX_STOP_STRINGS`] strings: the answer ends, with finish `"stop"`,
+//! when its text contains one, and the stop string itself is not sent. A load answers
+//! `{"id":8,"event":"loaded","model":"other.gguf"}` once the model is active, or an error
+//! record when the load failed (the old model keeps serving). A models request gets
+//! `{"id":4,"event":"models","active":"a.gguf","models":[{"name":"a.gguf","bytes":..},..]}`.
 //!
 //! Answers are records on their own lines, each naming the request:
 //! `{"id":1,"event":"token","text":"Paris"}`, then `{"id":1,"event":"done",...}` with usage
@@ -20,28 +30,100 @@
 
 #![forbid(unsafe_code)]
 
-use crate::telemetry::TraceEvent;
-use alloc::string::String;
+use crate::{
+    infer::tokenizer::chat::{Message, Role},
+    telemetry::TraceEvent,
+};
+use alloc::{string::String, vec::Vec};
 use core::fmt::{self, Write};
 use serde::Deserialize;
 
-/// Longest prompt accepted in one request, in bytes.
+/// Longest prompt accepted in one request, in bytes (for a conversation: all its messages).
 pub const MAX_PROMPT_BYTES: usize = 4096;
+
+/// Most messages one conversation may have.
+pub const MAX_MESSAGES: usize = 64;
+
+/// Most stop strings one request may give.
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 64;
+
+/// Longest model file name a load may name, in bytes.
+pub const MAX_MODEL_NAME_BYTES: usize = 255;
+
+/// Who said a message of a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageRole {
+    /// Instructions for the assistant.
+    System,
+    /// The person chatting.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+impl From<MessageRole> for Role {
+    fn from(role: MessageRole) -> Self {
+        match role {
+            MessageRole::System => Role::System,
+            MessageRole::User => Role::User,
+            MessageRole::Assistant => Role::Assistant,
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: MessageRole,
+    /// What was said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// The message as the chat template takes it.
+    pub fn as_message(&self) -> Message<'_> {
+        Message { role: self.role.into(), content: &self.content }
+    }
+}
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Operation {
-    /// Generate an answer to `prompt`.
+    /// Generate an answer to `prompt`, or to the conversation `messages` (exactly one of them).
     Generate {
         /// The message.
-        prompt: String,
+        #[serde(default)]
+        prompt: Option<String>,
+        /// The conversation, instead of `prompt`.
+        #[serde(default)]
+        messages: Option<Vec<ChatMessage>>,
         /// Most tokens to generate (default: the console setting).
         #[serde(default)]
         max_tokens: Option<usize>,
         /// Sampling temperature (default: the console setting).
         #[serde(default)]
         temperature: Option<f32>,
+        /// Nucleus sampling threshold, in (0, 1] (default: the console setting).
+        #[serde(default)]
+        top_p: Option<f32>,
+        /// The sampler's seed (default: the console setting).
+        #[serde(default)]
+        seed: Option<u64>,
+        /// Strings that end the answer when its text contains one (not sent).
+        #[serde(default)]
+        stop: Option<Vec<String>>,
+    },
+    /// Load `/models/MODEL` and make it the active model (a hot-swap when answers stream).
+    Load {
+        /// The model's file name.
+        model: String,
     },
     /// Stop request `target`.
     Cancel {
@@ -97,21 +179,80 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
             message: alloc::format!("max must be 1-{MAX_TRACE_EVENTS}"),
         });
     }
-    if let Operation::Generate { prompt, max_tokens, temperature } = &request.operation {
-        let problem = if prompt.len() > MAX_PROMPT_BYTES {
-            Some(alloc::format!("prompt longer than {MAX_PROMPT_BYTES} bytes"))
-        } else if max_tokens.is_some_and(|tokens| tokens == 0 || tokens > 4096) {
-            Some("max_tokens must be 1-4096".into())
-        } else if temperature.is_some_and(|value| !(0.0..=5.0).contains(&value)) {
-            Some("temperature must be 0-5".into())
-        } else {
-            None
-        };
-        if let Some(message) = problem {
-            return Err(ProtocolError { id: Some(request.id), message });
+    let problem = match &request.operation {
+        Operation::Generate { prompt, messages, max_tokens, temperature, top_p, stop, .. } => {
+            generation_problem(prompt.as_deref(), messages.as_deref(), *max_tokens, *temperature, *top_p)
+                .or_else(|| stop.as_deref().and_then(stop_problem))
         }
+        Operation::Load { model } => model_name_problem(model),
+        _ => None,
+    };
+    if let Some(message) = problem {
+        return Err(ProtocolError { id: Some(request.id), message });
     }
     Ok(request)
+}
+
+/// What is wrong with a generation's text and settings, if anything.
+fn generation_problem(
+    prompt: Option<&str>,
+    messages: Option<&[ChatMessage]>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+) -> Option<String> {
+    let text_bytes = match (prompt, messages) {
+        (Some(_), Some(_)) => return Some("give prompt or messages, not both".into()),
+        (None, None) => return Some("prompt or messages is required".into()),
+        (Some(prompt), None) => prompt.len(),
+        (None, Some([])) => return Some("messages must not be empty".into()),
+        (None, Some(messages)) if messages.len() > MAX_MESSAGES => {
+            return Some(alloc::format!("at most {MAX_MESSAGES} messages"));
+        }
+        (None, Some(messages)) => messages.iter().map(|message| message.content.len()).sum(),
+    };
+    if text_bytes > MAX_PROMPT_BYTES {
+        Some(alloc::format!("prompt longer than {MAX_PROMPT_BYTES} bytes"))
+    } else if max_tokens.is_some_and(|tokens| tokens == 0 || tokens > 4096) {
+        Some("max_tokens must be 1-4096".into())
+    } else if temperature.is_some_and(|value| !(0.0..=5.0).contains(&value)) {
+        Some("temperature must be 0-5".into())
+    } else if top_p.is_some_and(|value| !(value > 0.0 && value <= 1.0)) {
+        Some("top_p must be more than 0 and at most 1".into())
+    } else {
+        None
+    }
+}
+
+/// What is wrong with a list of stop strings, if anything.
+fn stop_problem(stop: &[String]) -> Option<String> {
+    if stop.len() > MAX_STOP_STRINGS {
+        Some(alloc::format!("at most {MAX_STOP_STRINGS} stop strings"))
+    } else if stop.iter().any(|text| text.is_empty() || text.len() > MAX_STOP_BYTES) {
+        Some(alloc::format!("each stop string must be 1-{MAX_STOP_BYTES} bytes"))
+    } else {
+        None
+    }
+}
+
+/// What is wrong with a model file name to load, if anything.
+fn model_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_MODEL_NAME_BYTES {
+        Some(alloc::format!("model must be a file name of 1-{MAX_MODEL_NAME_BYTES} bytes"))
+    } else if name.chars().any(|character| character.is_control() || matches!(character, '/' | '\\')) {
+        Some("model must be a file name in /models, without a path or control characters".into())
+    } else {
+        None
+    }
+}
+
+/// One model on the card, as the `models` record lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The file name in `/models`.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// Token counts of a finished request.
@@ -164,6 +305,18 @@ pub enum Event<'a> {
     Info {
         /// The answer.
         text: &'a str,
+    },
+    /// A load finished: `model` is the active model now.
+    Loaded {
+        /// The model's file name.
+        model: &'a str,
+    },
+    /// The models on the card and the active one.
+    Models {
+        /// The active model's file name, if one is loaded.
+        active: Option<&'a str>,
+        /// The model files in `/models`.
+        models: &'a [ModelEntry],
     },
     /// The memory pools and the global heap.
     Mem {
@@ -302,39 +455,12 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
         Event::Info { text } => {
             object.string("event", "info")?.string("text", text)?;
         }
+        Event::Loaded { model } => {
+            object.string("event", "loaded")?.string("model", model)?;
+        }
+        Event::Models { active, models } => write_models(&mut object, *active, models)?,
         Event::Mem { ram_bytes, pools, heap, arena } => {
-            object.string("event", "mem")?.number("ram_bytes", *ram_bytes)?.key("pools")?;
-            object.out.write_char('[')?;
-            for (index, pool) in pools.iter().enumerate() {
-                if index > 0 {
-                    object.out.write_char(',')?;
-                }
-                Object::open(object.out)?
-                    .string("kind", pool.kind)?
-                    .number("capacity_bytes", pool.capacity_bytes)?
-                    .number("live_bytes", pool.live_bytes)?
-                    .number("peak_bytes", pool.peak_bytes)?
-                    .number("allocations", pool.allocations)?
-                    .number("failures", pool.failures)?
-                    .close()?;
-            }
-            object.out.write_char(']')?;
-            object.key("heap")?;
-            Object::open(object.out)?
-                .number("capacity_bytes", heap.capacity_bytes)?
-                .number("live_bytes", heap.live_bytes)?
-                .number("peak_bytes", heap.peak_bytes)?
-                .number("allocations", heap.allocations)?
-                .number("pool_metadata_bytes", heap.pool_metadata_bytes)?
-                .close()?;
-            object.key("arena")?;
-            Object::open(object.out)?
-                .number("capacity_bytes", arena.capacity_bytes)?
-                .number("free_bytes", arena.free_bytes)?
-                .number("largest_free_bytes", arena.largest_free_bytes)?
-                .number("kv_capacity_bytes", arena.kv_capacity_bytes)?
-                .number("largest_model_bytes", arena.largest_model_bytes)?
-                .close()?;
+            write_mem(&mut object, *ram_bytes, pools, heap, arena)?
         }
         Event::Trace { recorded, dropped, events } => {
             object.string("event", "trace")?.number("recorded", *recorded)?.number("dropped", *dropped)?;
@@ -355,6 +481,68 @@ pub fn write_record(out: &mut dyn Write, id: Option<u64>, event: &Event<'_>) -> 
         }
     }
     out.write_str("}\r\n")
+}
+
+/// The members of a `models` record after its event.
+fn write_models(object: &mut Object<'_, '_>, active: Option<&str>, models: &[ModelEntry]) -> fmt::Result {
+    object.string("event", "models")?;
+    match active {
+        Some(name) => object.string("active", name)?,
+        None => object.key("active").and_then(|object| object.out.write_str("null").map(|()| object))?,
+    };
+    object.key("models")?;
+    object.out.write_char('[')?;
+    for (index, entry) in models.iter().enumerate() {
+        if index > 0 {
+            object.out.write_char(',')?;
+        }
+        Object::open(object.out)?.string("name", &entry.name)?.number("bytes", entry.bytes)?.close()?;
+    }
+    object.out.write_char(']')?;
+    Ok(())
+}
+
+/// The members of a `mem` record after its event.
+fn write_mem(
+    object: &mut Object<'_, '_>,
+    ram_bytes: u64,
+    pools: &[PoolEntry],
+    heap: &HeapEntry,
+    arena: &ArenaEntry,
+) -> fmt::Result {
+    object.string("event", "mem")?.number("ram_bytes", ram_bytes)?.key("pools")?;
+    object.out.write_char('[')?;
+    for (index, pool) in pools.iter().enumerate() {
+        if index > 0 {
+            object.out.write_char(',')?;
+        }
+        Object::open(object.out)?
+            .string("kind", pool.kind)?
+            .number("capacity_bytes", pool.capacity_bytes)?
+            .number("live_bytes", pool.live_bytes)?
+            .number("peak_bytes", pool.peak_bytes)?
+            .number("allocations", pool.allocations)?
+            .number("failures", pool.failures)?
+            .close()?;
+    }
+    object.out.write_char(']')?;
+    object.key("heap")?;
+    Object::open(object.out)?
+        .number("capacity_bytes", heap.capacity_bytes)?
+        .number("live_bytes", heap.live_bytes)?
+        .number("peak_bytes", heap.peak_bytes)?
+        .number("allocations", heap.allocations)?
+        .number("pool_metadata_bytes", heap.pool_metadata_bytes)?
+        .close()?;
+    object.key("arena")?;
+    Object::open(object.out)?
+        .number("capacity_bytes", arena.capacity_bytes)?
+        .number("free_bytes", arena.free_bytes)?
+        .number("largest_free_bytes", arena.largest_free_bytes)?
+        .number("kv_capacity_bytes", arena.kv_capacity_bytes)?
+        .number("largest_model_bytes", arena.largest_model_bytes)?
+        .close()?;
+    Ok(())
 }
 
 /// A JSON object being written: its members, comma-separated.
@@ -451,9 +639,13 @@ mod tests {
             Request {
                 id: 1,
                 operation: Operation::Generate {
-                    prompt: "hi".into(),
+                    prompt: Some("hi".into()),
+                    messages: None,
                     max_tokens: Some(5),
-                    temperature: None
+                    temperature: None,
+                    top_p: None,
+                    seed: None,
+                    stop: None,
                 }
             }
         );
@@ -474,6 +666,105 @@ mod tests {
         );
         let error = parse_request(r#"{"id":7,"op":"trace","max":0}"#).unwrap_err();
         assert_eq!((error.id, error.message.as_str()), (Some(7), "max must be 1-64"));
+    }
+
+    #[test]
+    fn conversations_sampling_and_stops_are_parsed() {
+        let line = r#"{"id":3,"op":"generate","messages":[{"role":"system","content":"Be brief"},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello"},{"role":"user","content":"Bye"}],"top_p":0.5,"seed":42,"stop":["\n","END"]}"#;
+        let Operation::Generate { prompt, messages, top_p, seed, stop, .. } =
+            parse_request(line).unwrap().operation
+        else {
+            panic!("not a generation");
+        };
+        assert_eq!(prompt, None);
+        let messages = messages.unwrap();
+        let roles: Vec<MessageRole> = messages.iter().map(|message| message.role).collect();
+        assert_eq!(
+            roles,
+            [MessageRole::System, MessageRole::User, MessageRole::Assistant, MessageRole::User]
+        );
+        assert_eq!(messages[1].as_message(), Message { role: Role::User, content: "Hi" });
+        assert_eq!((top_p, seed), (Some(0.5), Some(42)));
+        assert_eq!(stop, Some(alloc::vec!["\n".into(), "END".into()]));
+        assert_eq!(
+            parse_request(r#"{"id":4,"op":"load","model":"b.gguf"}"#).unwrap().operation,
+            Operation::Load { model: "b.gguf".into() }
+        );
+    }
+
+    #[test]
+    fn every_new_field_is_checked() {
+        let refusal = |line: &str| {
+            let error = parse_request(line).unwrap_err();
+            assert_eq!(error.id, Some(1), "{line}");
+            error.message
+        };
+        let cases = [
+            (r#"{"id":1,"op":"generate"}"#, "prompt or messages is required"),
+            (
+                r#"{"id":1,"op":"generate","prompt":"a","messages":[{"role":"user","content":"b"}]}"#,
+                "give prompt or messages, not both",
+            ),
+            (r#"{"id":1,"op":"generate","messages":[]}"#, "messages must not be empty"),
+            (r#"{"id":1,"op":"generate","prompt":"a","top_p":0}"#, "top_p must be more than 0 and at most 1"),
+            (
+                r#"{"id":1,"op":"generate","prompt":"a","top_p":1.5}"#,
+                "top_p must be more than 0 and at most 1",
+            ),
+            (
+                r#"{"id":1,"op":"generate","prompt":"a","stop":["a","b","c","d","e"]}"#,
+                "at most 4 stop strings",
+            ),
+            (r#"{"id":1,"op":"generate","prompt":"a","stop":[""]}"#, "each stop string must be 1-64 bytes"),
+            (r#"{"id":1,"op":"load","model":""}"#, "model must be a file name of 1-255 bytes"),
+            (
+                r#"{"id":1,"op":"load","model":"../x.gguf"}"#,
+                "model must be a file name in /models, without a path or control characters",
+            ),
+        ];
+        for (line, message) in cases {
+            assert_eq!(refusal(line), message, "{line}");
+        }
+        for line in [
+            r#"{"id":1,"op":"generate","messages":[{"role":"robot","content":"b"}]}"#,
+            r#"{"id":1,"op":"generate","messages":[{"role":"user","content":7}]}"#,
+            r#"{"id":1,"op":"generate","messages":[{"role":"user","content":"b","extra":1}]}"#,
+            r#"{"id":1,"op":"generate","prompt":"a","seed":-1}"#,
+            r#"{"id":1,"op":"generate","prompt":"a","stop":"x"}"#,
+            r#"{"id":1,"op":"load"}"#,
+        ] {
+            assert!(refusal(line).starts_with("malformed request"), "{line}");
+        }
+        let many: String = (0..MAX_MESSAGES + 1).map(|_| r#"{"role":"user","content":"a"},"#).collect();
+        let line =
+            alloc::format!(r#"{{"id":1,"op":"generate","messages":[{}]}}"#, many.trim_end_matches(','));
+        assert_eq!(refusal(&line), "at most 64 messages");
+        let long = "a".repeat(MAX_PROMPT_BYTES / 2 + 1);
+        let line = alloc::format!(
+            r#"{{"id":1,"op":"generate","messages":[{{"role":"user","content":"{long}"}},{{"role":"user","content":"{long}"}}]}}"#
+        );
+        assert!(refusal(&line).contains("longer than"), "the whole conversation counts");
+    }
+
+    #[test]
+    fn loaded_and_models_records() {
+        assert_eq!(
+            record(Some(2), &Event::Loaded { model: "b.gguf" }),
+            "{\"id\":2,\"event\":\"loaded\",\"model\":\"b.gguf\"}\r\n"
+        );
+        let models = [
+            ModelEntry { name: "a.gguf".into(), bytes: 10 },
+            ModelEntry { name: "b \"q\".gguf".into(), bytes: 20 },
+        ];
+        let line = record(Some(3), &Event::Models { active: Some("a.gguf"), models: &models });
+        let value: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!((value["event"].as_str(), value["active"].as_str()), (Some("models"), Some("a.gguf")));
+        assert_eq!(value["models"][1]["name"], "b \"q\".gguf");
+        assert_eq!(value["models"][1]["bytes"], 20);
+        let none = record(Some(4), &Event::Models { active: None, models: &[] });
+        let value: serde_json::Value = serde_json::from_str(none.trim_end()).unwrap();
+        assert!(value["active"].is_null());
+        assert_eq!(value["models"].as_array().map(Vec::len), Some(0));
     }
 
     #[test]
@@ -599,13 +890,57 @@ mod tests {
         }
 
         #[test]
-        fn mutated_requests_never_panic(cut in 0usize..60, byte in any::<u8>(), at in 0usize..60) {
-            let mut bytes = br#"{"id":12,"op":"generate","prompt":"hello","max_tokens":3}"#.to_vec();
+        fn mutated_requests_never_panic(
+            cut in 0usize..160,
+            byte in any::<u8>(),
+            at in 0usize..160,
+            template in 0usize..3,
+        ) {
+            let templates: [&[u8]; 3] = [
+                br#"{"id":12,"op":"generate","prompt":"hello","max_tokens":3}"#,
+                br#"{"id":12,"op":"generate","messages":[{"role":"user","content":"hi"}],"top_p":0.5,"seed":1,"stop":["a"]}"#,
+                br#"{"id":12,"op":"load","model":"tiny.gguf"}"#,
+            ];
+            let mut bytes = templates[template].to_vec();
             let at = at.min(bytes.len() - 1);
             bytes[at] = byte;
             bytes.truncate(bytes.len() - cut.min(bytes.len()));
             if let Ok(line) = core::str::from_utf8(&bytes) {
                 let _ = parse_request(line);
+            }
+        }
+
+        /// Any conversation, sampling settings and stop strings are parsed or refused with the
+        /// request's id, never a panic; an accepted one keeps what was sent.
+        #[test]
+        fn generated_requests_are_parsed_or_refused(
+            contents in proptest::collection::vec(".{0,40}", 0..6),
+            top_p in any::<f32>(),
+            seed in any::<u64>(),
+            stops in proptest::collection::vec(".{0,8}", 0..6),
+        ) {
+            let messages: Vec<serde_json::Value> = contents
+                .iter()
+                .enumerate()
+                .map(|(index, content)| {
+                    let role = ["system", "user", "assistant"][index % 3];
+                    serde_json::json!({"role": role, "content": content})
+                })
+                .collect();
+            let mut request = serde_json::json!({"id": 5, "op": "generate", "messages": messages, "seed": seed, "stop": stops});
+            if top_p.is_finite() {
+                request["top_p"] = serde_json::json!(top_p);
+            }
+            match parse_request(&request.to_string()) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.id, 5);
+                    let Operation::Generate { messages: Some(parsed_messages), stop, .. } = parsed.operation else {
+                        return Err(TestCaseError::fail("not a conversation"));
+                    };
+                    prop_assert_eq!(parsed_messages.len(), contents.len());
+                    prop_assert_eq!(stop, Some(stops));
+                }
+                Err(error) => prop_assert_eq!(error.id, Some(5)),
             }
         }
     }

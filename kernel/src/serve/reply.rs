@@ -83,8 +83,9 @@ fn write_human(out: &mut dyn Write, event: &Event<'_>) -> fmt::Result {
             timings.tokens_per_second,
             if *finish == "cancelled" { ", cancelled" } else { "" }
         ),
-        Event::Mem { .. } | Event::Trace { .. } => {
-            out.write_str("(this answer is for machine mode; see /mem and /trace)\r\n")
+        Event::Loaded { model } => write!(out, "loaded {model}\r\n"),
+        Event::Mem { .. } | Event::Trace { .. } | Event::Models { .. } => {
+            out.write_str("(this answer is for machine mode; see /mem, /trace and /models)\r\n")
         }
     }
 }

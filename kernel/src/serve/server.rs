@@ -14,15 +14,16 @@
 #![forbid(unsafe_code)]
 
 use super::{
-    admission::{Pending, RequestQueue},
+    admission::{Details, Pending, RequestQueue},
     chat::{GenerationSettings, ServedModel},
     config::CardConfig,
     desk::{CancelRequest, ControlDesk, Input},
     governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH},
     library::StagedLoad,
-    protocol::{self, Event, Operation, Timings, Usage},
+    protocol::{self, ChatMessage, Event, Operation, Timings, Usage},
     reply::{Replies, ReplyStatistics},
     retire::Retired,
+    stops::StopFilter,
     swap_cost::SwapGaps,
 };
 use crate::{
@@ -37,7 +38,7 @@ use crate::{
     },
     telemetry::{self, EventKind, PressureLevel},
 };
-use alloc::{string::String, sync::Arc, vec::Vec};
+use alloc::{boxed::Box, string::String, sync::Arc, vec::Vec};
 use core::cell::RefCell;
 
 pub use super::reply::Origin;
@@ -51,6 +52,22 @@ pub const KV_QUOTA_TOKENS: usize = 1024;
 /// The model being served, shared with the batches that use it (a batch keeps the model it
 /// started with; the weights are freed when the last holder lets go).
 pub(super) type Shared<'a> = Arc<ServedModel<TensorBuffer<'a>>>;
+
+/// What a generation answers: a line typed at the console, or a machine-mode request's prompt
+/// or conversation with its stop strings.
+pub(super) enum Prompt<'r> {
+    /// A message typed at the console.
+    Text(&'r str),
+    /// A machine-mode request.
+    Request {
+        /// Its prompt, when it gave one.
+        prompt: Option<&'r str>,
+        /// Its conversation, when it gave one.
+        messages: &'r [ChatMessage],
+        /// Its stop strings.
+        stop: &'r [String],
+    },
+}
 
 /// Counters of what the server did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,6 +126,8 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) governor: Governor<'a>,
     /// Models replaced by a swap, freed a piece at a time between tokens.
     pub(super) retired: Retired<TensorBuffer<'a>>,
+    /// The machine-mode `load` request waiting for its load to end, if one is.
+    pub(super) load_waiter: Option<u64>,
     /// The renderer, with the requests owed an error record.
     replies: RefCell<Replies>,
 }
@@ -150,6 +169,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             first_token_since_boot_ns: None,
             governor: Governor::new(clock, SERVER_BANDWIDTH),
             retired: Retired::default(),
+            load_waiter: None,
             replies: RefCell::new(Replies::new()),
         }
     }
@@ -213,29 +233,78 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return;
         }
         let Some(command) = line.strip_prefix('/') else {
-            self.enqueue(Origin::Human, line, self.settings);
+            self.enqueue(Origin::Human, Prompt::Text(line), self.settings);
             return;
         };
         let (name, argument) =
             command.split_once(' ').map_or((command, ""), |(name, rest)| (name, rest.trim()));
         match name {
-            // With answers streaming or waiting, the model loads between tokens.
-            "load" if !argument.is_empty() && (self.in_batch || !self.pending.is_empty()) => {
-                // A load that waits for room is retried between rounds (see `make_room`).
-                let _ = scope::outside(|| self.stage(argument));
-            }
-            "load" if !argument.is_empty() => scope::outside(|| self.load(argument)),
+            "load" if !argument.is_empty() => self.start_load(argument),
             "load" => self.say_line("usage: /load FILE (see /models)"),
             _ => self.command(name, argument),
         }
     }
 
+    /// Loads `name`: at once when nothing is generating or waiting, else in the background
+    /// with the model swapped in at a token boundary.
+    fn start_load(&mut self, name: &str) {
+        if self.in_batch || !self.pending.is_empty() {
+            // A load that waits for room is retried between rounds (see `make_room`).
+            let _ = scope::outside(|| self.stage(name));
+        } else {
+            scope::outside(|| self.load(name));
+        }
+    }
+
+    /// The machine-mode `load`: the same load as `/load`, answered with a `loaded` record when
+    /// the model is active or an error record when the load failed (see
+    /// [`Server::end_machine_load`]). One such request waits at a time.
+    fn machine_load(&mut self, id: u64, name: &str) {
+        if let Some(staging) = &self.staging {
+            let message = alloc::format!("already loading {}; try again when it is done", staging.name());
+            return self.reply_error(Origin::Machine(id), &message);
+        }
+        if self.load_waiter.is_some() || self.room_wanted.is_some() {
+            return self
+                .reply_error(Origin::Machine(id), "a load is already under way; try again when it is done");
+        }
+        if self.volume.is_err() {
+            let message = alloc::format!("cannot load {name}: no card");
+            return self.reply_error(Origin::Machine(id), &message);
+        }
+        self.load_waiter = Some(id);
+        self.start_load(name);
+    }
+
+    /// Answers the machine-mode `load` waiting, if any: `Ok(model)` when `model` is active,
+    /// `Err(message)` when the load failed.
+    pub(super) fn end_machine_load(&mut self, outcome: Result<&str, &str>) {
+        let Some(id) = self.load_waiter.take() else { return };
+        match outcome {
+            Ok(model) => self.reply(Origin::Machine(id), &Event::Loaded { model }),
+            Err(message) => self.reply_error(Origin::Machine(id), message),
+        }
+    }
+
     /// Queues a generation for the batch, or refuses it when the queue is full. The request's
-    /// own copy of its prompt is a small object.
-    pub(super) fn enqueue(&mut self, origin: Origin, prompt: &str, settings: GenerationSettings) {
+    /// own copies of its prompt (or conversation) and stop strings are small objects.
+    pub(super) fn enqueue(&mut self, origin: Origin, prompt: Prompt<'_>, settings: GenerationSettings) {
         let arrived_ns = self.clock.now_ns();
-        let prompt = scope::with(TensorKind::Small, || String::from(prompt));
-        let pending = Pending { origin, prompt, settings, arrived_ns, tokens: None };
+        let pending = scope::with(TensorKind::Small, || {
+            let (prompt, details) = match prompt {
+                Prompt::Text(text) => (String::from(text), None),
+                Prompt::Request { prompt, messages, stop } => {
+                    let details = (!messages.is_empty() || !stop.is_empty()).then(|| {
+                        Box::new(Details {
+                            messages: messages.to_vec(),
+                            stop: StopFilter::new(stop.to_vec()),
+                        })
+                    });
+                    (prompt.map(String::from).unwrap_or_default(), details)
+                }
+            };
+            Pending { origin, prompt, details, settings, arrived_ns, tokens: None }
+        });
         if let Err((refused, full)) = self.pending.push(pending) {
             self.statistics.refused_requests += 1;
             self.reply_error(refused.origin, &alloc::format!("{full}"));
@@ -260,12 +329,20 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         };
         let origin = Origin::Machine(request.id);
         match request.operation {
-            Operation::Generate { prompt, max_tokens, temperature } => {
+            Operation::Generate { prompt, messages, max_tokens, temperature, top_p, seed, stop } => {
                 let mut settings = self.settings;
                 settings.max_tokens = max_tokens.unwrap_or(settings.max_tokens);
                 settings.temperature = temperature.unwrap_or(settings.temperature);
-                self.enqueue(origin, &prompt, settings);
+                settings.top_p = top_p.unwrap_or(settings.top_p);
+                settings.seed = seed.unwrap_or(settings.seed);
+                let prompt = Prompt::Request {
+                    prompt: prompt.as_deref(),
+                    messages: messages.as_deref().unwrap_or_default(),
+                    stop: stop.as_deref().unwrap_or_default(),
+                };
+                self.enqueue(origin, prompt, settings);
             }
+            Operation::Load { model } => self.machine_load(request.id, &model),
             // The desk answers these the moment their line is complete (see `ControlDesk`).
             Operation::Cancel { .. } | Operation::Stats => {}
             operation => self.machine_command(request.id, operation),

@@ -133,6 +133,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 let replaces = old.map(|old| alloc::format!("; replaces {old}")).unwrap_or_default();
                 let message = alloc::format!("loaded {name} ({} MiB, validated){replaces}", size >> 20);
                 self.say_line(&message);
+                self.end_machine_load(Ok(name));
             }
             Err(error) => self.load_failed(name, &error),
         }
@@ -167,8 +168,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         telemetry::record(EventKind::LoadFailed { model: ShortName::new(name) });
         let keeping =
             self.active_model().map(|name| alloc::format!("; still serving {name}")).unwrap_or_default();
-        let message = alloc::format!("error: cannot load {name}: {error}{keeping}");
-        self.say_line(&message);
+        let message = alloc::format!("cannot load {name}: {error}{keeping}");
+        self.say_line(&alloc::format!("error: {message}"));
+        self.end_machine_load(Err(&message));
     }
 
     /// Starts loading `/models/NAME` in the background, a piece between rounds of tokens; the
@@ -326,6 +328,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.swap_longest_unit.note(self.clock.now_ns().saturating_sub(started), "swap");
                 let message = alloc::format!("loaded {name} (validated); replaces {old} at a token boundary");
                 self.say_line(&message);
+                self.end_machine_load(Ok(&name));
             }
             Err(error) => self.load_failed(&name, &error),
         }

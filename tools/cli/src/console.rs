@@ -35,6 +35,20 @@ pub fn parse_record(line: &str) -> Option<Reply> {
         "token" => Some(Reply::Token(id?, text("text"))),
         "info" => Some(Reply::Info(id?, text("text"))),
         "error" => Some(Reply::Error(id, text("message"))),
+        "loaded" => Some(Reply::Info(id?, format!("loaded {}", text("model")))),
+        "models" => {
+            let active = value.get("active").and_then(Value::as_str);
+            let listing = value.get("models").and_then(Value::as_array).into_iter().flatten().fold(
+                String::new(),
+                |mut listing, entry| {
+                    let name = entry.get("name").and_then(Value::as_str).unwrap_or_default();
+                    let mark = if Some(name) == active { '*' } else { ' ' };
+                    listing.push_str(&format!("{mark} {name}\n"));
+                    listing
+                },
+            );
+            Some(Reply::Info(id?, listing.trim_end().to_string()))
+        }
         "done" => {
             let usage = &value["usage"];
             let timings = &value["timings"];
@@ -162,6 +176,16 @@ mod tests {
         assert_eq!(
             parse_record("{\"id\":null,\"event\":\"error\",\"message\":\"m\"}"),
             Some(Reply::Error(None, "m".into()))
+        );
+        assert_eq!(
+            parse_record(
+                r#"{"id":5,"event":"models","active":"b.gguf","models":[{"name":"a.gguf","bytes":1},{"name":"b.gguf","bytes":2}]}"#
+            ),
+            Some(Reply::Info(5, "  a.gguf\n* b.gguf".into()))
+        );
+        assert_eq!(
+            parse_record(r#"{"id":6,"event":"loaded","model":"b.gguf"}"#),
+            Some(Reply::Info(6, "loaded b.gguf".into()))
         );
         assert_eq!(parse_record("Tessera 0.1.0 - LLM inference unikernel"), None);
         assert_eq!(parse_record("{\"id\":1,\"op\":\"generate\"}"), None, "an echoed request is not a record");

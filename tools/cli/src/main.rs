@@ -1,10 +1,12 @@
 //! `tessera`: the host CLI over Tessera's inference engine (the same `kernel` code the
-//! unikernel runs): inspect, tokenize, logits, generate and gen-model.
+//! unikernel runs): inspect, tokenize, logits, generate and gen-model; and the board's clients,
+//! console and serve (the OpenAI-compatible gateway).
 
 #![forbid(unsafe_code)]
 
 mod console;
 mod load;
+mod serve;
 mod threads;
 
 use std::io::Write;
@@ -141,6 +143,9 @@ enum Command {
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
     },
+    /// Serve the OpenAI HTTP API (and a web chat at /) for one board: a serial device, or a
+    /// QEMU booted here.
+    Serve(serve::ServeOptions),
     /// Write a deterministic synthetic model (and, for llama2c, OUT's tokenizer next to it).
     GenModel {
         /// Output model file; a llama2.c tokenizer goes to OUT with extension `.tokenizer.bin`.
@@ -290,6 +295,7 @@ fn run(command: Command) -> Result<(), String> {
                 threads,
             )
         }
+        Command::Serve(options) => serve::serve(options),
         Command::GenModel { out, seed, dim, hidden, layers, heads, kv_heads, vocab, seq, untied, format } => {
             let hidden_dim = hidden.unwrap_or_else(|| (dim * 8 / 3).next_multiple_of(32));
             let spec = SyntheticSpec {

@@ -1,0 +1,120 @@
+//! `tessera serve`: the OpenAI-compatible gateway. It talks machine mode to one board (a serial
+//! device, or a QEMU it boots) and serves the OpenAI HTTP API, `/health`, `/metrics` and a web
+//! chat at `/`.
+
+mod gateway;
+mod http;
+mod hub;
+mod link;
+mod metrics;
+mod openai;
+mod records;
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The options of `tessera serve`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("board").required(true).args(["serial", "qemu"])))]
+pub struct ServeOptions {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The board's serial device (115200 8N1, raw), such as /dev/ttyUSB0.
+    #[arg(long)]
+    serial: Option<PathBuf>,
+    /// Boot the board in QEMU (with --kernel and --sd), its serial console on a pipe; QEMU is
+    /// stopped when the gateway exits, and booted again if it dies.
+    #[arg(long)]
+    qemu: bool,
+    /// kernel8.img for --qemu.
+    #[arg(long, default_value = "build/kernel8.img")]
+    kernel: PathBuf,
+    /// The SD image for --qemu (its /models are the models served).
+    #[arg(long, default_value = "build/sdcard.img")]
+    sd: PathBuf,
+    /// QEMU machine for --qemu.
+    #[arg(long, default_value = "raspi3b")]
+    machine: String,
+    /// One more QEMU argument (repeatable), such as --qemu-arg=-accel --qemu-arg=tcg,thread=single.
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    qemu_arguments: Vec<String>,
+    /// Seconds a request may wait for the board's next record before it fails with 504.
+    #[arg(long, default_value_t = 300)]
+    deadline: u64,
+    /// Seconds a model load may take.
+    #[arg(long, default_value_t = 600)]
+    load_deadline: u64,
+    /// Largest request body, in bytes (more is refused with 413).
+    #[arg(long, default_value_t = 256 * 1024)]
+    max_body: usize,
+    /// Copy everything the board prints to this file.
+    #[arg(long)]
+    board_log: Option<PathBuf>,
+}
+
+/// Runs the gateway until Ctrl-C or SIGTERM.
+pub fn serve(options: ServeOptions) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+    runtime.block_on(run(options))
+}
+
+async fn run(options: ServeOptions) -> Result<(), String> {
+    let transport = match &options.serial {
+        Some(path) => link::Transport::Serial(path.clone()),
+        None => link::Transport::Qemu(link::QemuBoard {
+            binary: std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()),
+            machine: options.machine.clone(),
+            kernel: options.kernel.clone(),
+            sd: options.sd.clone(),
+            extra: options.qemu_arguments.clone(),
+        }),
+    };
+    let log = match &options.board_log {
+        Some(path) => {
+            Some(std::fs::File::create(path).map_err(|error| format!("{}: {error}", path.display()))?)
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", options.listen))?;
+    let hub = Arc::new(hub::Hub::new());
+    let board = tokio::spawn(link::keep_up(Arc::clone(&hub), transport, log));
+    let deadlines = gateway::Deadlines {
+        record: Duration::from_secs(options.deadline.max(1)),
+        load: Duration::from_secs(options.load_deadline.max(1)),
+        query: Duration::from_secs(options.deadline.clamp(1, 60)),
+    };
+    let gateway = Arc::new(gateway::Gateway::new(hub, deadlines));
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    eprintln!("tessera serve: listening on http://{address} (web chat at /, API at /v1)");
+    let served = axum::serve(listener, http::router(gateway, options.max_body))
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .map_err(|error| format!("serving: {error}"));
+    // Dropping the board's task stops QEMU (it is killed when its handle goes).
+    board.abort();
+    let _ = board.await;
+    served
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
