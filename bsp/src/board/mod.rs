@@ -2,5 +2,6 @@
 
 pub mod budget;
 pub mod rpi3;
+pub mod sd_faults;
 pub mod sd_protocol;
 pub mod sdhci;
