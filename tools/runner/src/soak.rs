@@ -89,7 +89,9 @@ impl Mix {
             0..30 => {
                 let count = self.between(1, 4) as usize;
                 Action::Burst(
-                    (0..count).map(|_| (self.pick(&PROMPTS).to_string(), self.between(1, 24) as u32)).collect(),
+                    (0..count)
+                        .map(|_| (self.pick(&PROMPTS).to_string(), self.between(1, 24) as u32))
+                        .collect(),
                 )
             }
             30..38 => Action::Cancel(self.random.below(MAX_IN_FLIGHT as u64) as usize),
@@ -141,7 +143,10 @@ impl Expect {
         event == "error"
             || matches!(
                 (self, event),
-                (Expect::Done, "done") | (Expect::Info, "info") | (Expect::Mem, "mem") | (Expect::Trace, "trace")
+                (Expect::Done, "done")
+                    | (Expect::Info, "info")
+                    | (Expect::Mem, "mem")
+                    | (Expect::Trace, "trace")
             )
     }
 }
