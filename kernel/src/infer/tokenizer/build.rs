@@ -514,7 +514,10 @@ impl SpecialHeap<'_> {
 pub fn plan_score(tokens: &[&[u8]]) -> Result<TablesLayout, ModelError> {
     let needed = super::score::BYTE_OFFSET as usize + 256;
     if tokens.len() < needed {
-        return Err(invalid(0, "a llama2.c vocabulary needs its 3 special and 256 byte tokens (259 at least)"));
+        return Err(invalid(
+            0,
+            "a llama2.c vocabulary needs its 3 special and 256 byte tokens (259 at least)",
+        ));
     }
     let spelling_bytes = tokens.iter().map(|token| token.len()).sum();
     TablesLayout::plan(TokenizerKind::Score, tokens.len(), spelling_bytes, 0)
