@@ -30,7 +30,7 @@ HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --a
 AARCH64_CLIPPY := $(CARGO) clippy -p kernel -p bsp -p boot --target $(TARGET) --release --lib --bins -- -D warnings \
 	&& $(CARGO) clippy -p systests --target $(TARGET) --release --lib --tests -- -D warnings
 
-.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu test-gateway serve bench check clippy fmt fmt-check doc clean
+.PHONY: help deps toolchain qemu-installed mtools-installed build model firmware sdcard run qemu gdb test test-host test-premmu test-card test-reference test-qemu test-gateway serve test-soak bench check clippy fmt fmt-check doc clean fuzz fuzz-build fuzz-seeds soak
 
 help:
 	@echo "Tessera make targets:"
@@ -52,6 +52,10 @@ help:
 	@echo "  make serve      build, make the SD image, and run the OpenAI-compatible gateway (tessera serve --qemu)"
 	@echo "                  on 127.0.0.1:PORT (default 8080): API at /v1, web chat at /, metrics at /metrics"
 	@echo "  make test-gateway  tessera serve against QEMU: the openai client, hostile HTTP, SmolLM2, the web chat in chromium"
+	@echo "  make fuzz       build the AFL++ fuzz targets (cargo-afl $(CARGO_AFL_VERSION)) and run each for 10^7 executions"
+	@echo "                  or FUZZ_MINUTES (default $(FUZZ_MINUTES)) minutes; FUZZ_TARGETS=\"gguf fat32:30\" picks targets"
+	@echo "  make soak       boot kernel8 with two small models and drive its console for MINUTES (default $(MINUTES))"
+	@echo "                  with a seeded mix (SEED), then check final records, idle pools, dropped bytes, deadlines"
 	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
@@ -116,7 +120,7 @@ gdb: deps build
 	$(QEMU) $(QEMU_ARGS) -monitor none -serial stdio -s -S & \
 	  gdb-multiarch $(KERNEL_ELF) -ex 'target remote :1234'; kill %1
 
-test: deps check test-host test-premmu test-card test-reference test-qemu test-gateway
+test: deps check test-host test-premmu test-card test-reference test-qemu test-gateway test-soak
 
 test-host: toolchain
 	$(CARGO) test --workspace --exclude boot --exclude systests
@@ -147,6 +151,37 @@ PORT        ?= 8080
 serve: deps sdcard
 	$(CARGO) build --release -q -p cli
 	target/release/tessera serve --qemu --kernel $(KERNEL_IMG) --sd $(SDCARD) --machine $(MACHINE) --listen 127.0.0.1:$(PORT)
+
+# Coverage-guided fuzzing (docs/RELIABILITY.md). cargo-afl is pinned and installed on first use;
+# `make test` needs none of it: it replays the corpora and past crashes through the same target
+# functions as a host test (`cargo test -p fuzz`, part of test-host).
+CARGO_AFL_VERSION := 0.17.1
+FUZZ_MINUTES ?= 10
+FUZZ_TARGETS ?=
+
+fuzz-build: toolchain
+	@command -v cargo-afl >/dev/null 2>&1 || $(CARGO) install cargo-afl --locked --version $(CARGO_AFL_VERSION)
+	@if ! ls -d "$${XDG_DATA_HOME:-$$HOME/.local/share}"/afl.rs/rustc-$$(rustc -V | cut -d' ' -f2)-* >/dev/null 2>&1; then \
+	  $(CARGO) afl config --build; \
+	fi
+	$(CARGO) afl build --release --features afl -p fuzz --bin tessera-fuzz --target-dir target/afl
+
+fuzz: fuzz-build
+	FUZZ_MINUTES=$(FUZZ_MINUTES) tools/fuzz/campaign.sh $(FUZZ_TARGETS)
+
+# Rewrites tools/fuzz/corpus/ from the project's tools (synthetic models, cards, device trees).
+fuzz-seeds: mtools-installed qemu-installed
+	tools/fuzz/make-seeds.sh
+
+# The soak (docs/RELIABILITY.md): `make soak MINUTES=60`; a 3-minute one runs in `make test`.
+MINUTES ?= 3
+SEED ?= 16
+
+soak: qemu-installed build
+	$(CARGO) run --release -q -p runner --bin tessera-soak -- --minutes $(MINUTES) --seed $(SEED) --image $(KERNEL_IMG)
+
+test-soak: qemu-installed build
+	$(CARGO) run --release -q -p runner --bin tessera-soak -- --minutes 3 --seed 16 --image $(KERNEL_IMG)
 
 # The llama.cpp build `make bench` compares against (pinned; built from source by pip).
 LLAMA_CPP_PYTHON := 0.3.36

@@ -4,6 +4,7 @@ pub mod budget;
 pub mod doorbell;
 pub mod rpi3;
 pub mod rpi4;
+pub mod sd_faults;
 pub mod sd_protocol;
 pub mod sdhci;
 pub mod soc;

@@ -309,6 +309,8 @@ pub struct Sdhci<'clock> {
     /// Largest number of blocks per read or write command; 1 forces single-block transfers.
     pub max_blocks_per_command: usize,
     counters: TransferCounters,
+    /// The test hook's read faults, when armed (see [`super::sd_faults`]).
+    read_faults: Option<super::sd_faults::ReadFaults>,
 }
 
 impl<'clock> Sdhci<'clock> {
@@ -341,6 +343,7 @@ impl<'clock> Sdhci<'clock> {
             },
             max_blocks_per_command: MAX_BLOCKS_PER_COMMAND,
             counters: TransferCounters::default(),
+            read_faults: None,
         };
         match driver.initialise(base_clock_hz) {
             Ok(()) => Ok(driver),
@@ -678,7 +681,12 @@ impl BlockDevice for Sdhci<'_> {
     }
 
     fn read_blocks(&mut self, first: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-        check_transfer(self.card.blocks, first, buffer.len())?;
+        let count = check_transfer(self.card.blocks, first, buffer.len())?;
+        if let Some(faults) = &mut self.read_faults
+            && faults.strike(first, count).is_some()
+        {
+            return Err(BlockError::DataError);
+        }
         let per_command = self.max_blocks_per_command.clamp(1, MAX_BLOCKS_PER_COMMAND);
         for (index, chunk) in buffer.chunks_mut(per_command * BLOCK_SIZE).enumerate() {
             let start = first + (index * per_command) as u64;
@@ -687,6 +695,11 @@ impl BlockDevice for Sdhci<'_> {
             self.counters.read_commands += 1;
             self.counters.blocks_read += count as u64;
         }
+        Ok(())
+    }
+
+    fn arm_read_faults(&mut self, one_in: u32) -> Result<(), &'static str> {
+        self.read_faults = Some(super::sd_faults::ReadFaults::new(one_in));
         Ok(())
     }
 

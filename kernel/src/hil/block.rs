@@ -48,6 +48,13 @@ pub trait BlockDevice {
 
     /// Writes `buffer.len() / BLOCK_SIZE` blocks starting at block `first`.
     fn write_blocks(&mut self, first: u64, buffer: &[u8]) -> Result<(), BlockError>;
+
+    /// Test hook: from now on, each read command fails with probability 1/`one_in` at a
+    /// random block of those it asks for, in a seeded pattern. Only `tessera.cfg`'s
+    /// `sd_read_faults` arms it. The default: this device has no such hook.
+    fn arm_read_faults(&mut self, _one_in: u32) -> Result<(), &'static str> {
+        Err("this device has no fault injection")
+    }
 }
 
 /// Checks a transfer request against the device size and block granularity.

@@ -29,6 +29,9 @@ pub struct CardConfig {
     /// The most MB/s (10^6 bytes per second) forward passes may move, sustained
     /// (`bandwidth_cap_mbps`; no cap when absent, 0 or `off`).
     pub bandwidth_cap_mbps: Option<u64>,
+    /// `sd_read_faults = N`, a test setting: once the boot model is loaded, each read command
+    /// of the SD card fails with probability 1/N, at a random block (the driver's test hook).
+    pub sd_read_faults: Option<u32>,
 }
 
 /// Bounds of a bandwidth cap in MB/s.
@@ -113,6 +116,13 @@ pub fn parse(text: &str) -> (CardConfig, Vec<ConfigProblem>) {
                 None => problems.push(problem(alloc::format!(
                     "bandwidth_cap_mbps must be a whole number of MB/s from 1 to {} (0 or off: no cap), got {:?}",
                     BANDWIDTH_CAP_RANGE.end(),
+                    value.trim()
+                ))),
+            },
+            "sd_read_faults" => match value.trim().parse::<u32>() {
+                Ok(one_in) if one_in >= 1 => config.sd_read_faults = Some(one_in),
+                _ => problems.push(problem(alloc::format!(
+                    "sd_read_faults must be a whole number from 1 (one read in N fails), got {:?}",
                     value.trim()
                 ))),
             },
@@ -228,6 +238,16 @@ mod tests {
         }
         assert_eq!(parse_bandwidth_cap(" 12 "), Some(Some(12)));
         assert_eq!(parse_bandwidth_cap(""), None);
+    }
+
+    #[test]
+    fn reads_the_sd_read_faults_test_setting() {
+        assert_eq!(parse("sd_read_faults = 4\n").0.sd_read_faults, Some(4));
+        for bad in ["sd_read_faults = 0", "sd_read_faults = often"] {
+            let (config, problems) = parse(bad);
+            assert_eq!(config.sd_read_faults, None, "{bad}");
+            assert!(problems[0].message.starts_with("sd_read_faults must be"), "{}", problems[0]);
+        }
     }
 
     proptest! {

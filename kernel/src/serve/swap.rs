@@ -100,6 +100,21 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             Some(name) => self.load(&name),
             None => self.say_line("no model files in /models on the card"),
         }
+        self.arm_read_faults();
+    }
+
+    /// Arms the SD driver's test hook when `tessera.cfg` asks for read faults (after the boot
+    /// model is in, so that later loads meet them).
+    fn arm_read_faults(&mut self) {
+        let (Some(one_in), Ok(volume)) = (self.card_config.sd_read_faults, &mut self.volume) else { return };
+        let message = match volume.device_mut().arm_read_faults(one_in) {
+            Ok(()) => alloc::format!(
+                "{}: SD read faults armed, one read in {one_in} fails (a test setting)",
+                config::CONFIG_PATH
+            ),
+            Err(reason) => alloc::format!("{}: sd_read_faults ignored: {reason}", config::CONFIG_PATH),
+        };
+        self.say_line(&message);
     }
 
     /// Loads `/models/NAME` next to the active model and makes it active once it is valid.

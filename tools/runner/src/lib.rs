@@ -5,6 +5,7 @@ pub mod device_tree;
 pub mod fixtures;
 pub mod premmu;
 pub mod report;
+pub mod soak;
 
 use std::{
     io::{Read, Write},
@@ -178,6 +179,11 @@ impl Session {
     /// Everything received so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().expect("output lock")).into_owned()
+    }
+
+    /// The bytes received from offset `from` on.
+    pub fn output_from(&self, from: usize) -> Vec<u8> {
+        self.output.lock().expect("output lock").get(from..).unwrap_or_default().to_vec()
     }
 
     /// Bytes received so far.

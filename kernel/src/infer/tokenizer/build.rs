@@ -508,8 +508,17 @@ impl SpecialHeap<'_> {
     }
 }
 
-/// Plans the tables of a llama2.c vocabulary of `tokens`.
+/// Plans the tables of a llama2.c vocabulary of `tokens`. The vocabulary must hold the three
+/// special tokens and the 256 byte tokens (`<0xXX>`) after them: a character without a token
+/// of its own is encoded as its byte tokens, which must be inside the vocabulary.
 pub fn plan_score(tokens: &[&[u8]]) -> Result<TablesLayout, ModelError> {
+    let needed = super::score::BYTE_OFFSET as usize + 256;
+    if tokens.len() < needed {
+        return Err(invalid(
+            0,
+            "a llama2.c vocabulary needs its 3 special and 256 byte tokens (259 at least)",
+        ));
+    }
     let spelling_bytes = tokens.iter().map(|token| token.len()).sum();
     TablesLayout::plan(TokenizerKind::Score, tokens.len(), spelling_bytes, 0)
         .filter(|layout| u32::try_from(layout.total_bytes()).is_ok())

@@ -115,4 +115,21 @@ mod tests {
         assert_eq!(tokenizer.token_id("ab"), Some(count as u32 - 2));
         assert_eq!(tokenizer.spelling(count as u32 - 1).as_deref(), Some(" ab"));
     }
+
+    /// Found by the llama2c fuzz target (tools/fuzz/regressions/llama2c/): a vocabulary without
+    /// all 256 byte tokens encoded a character it had no token for as ids past its end.
+    #[test]
+    fn a_vocabulary_without_the_byte_tokens_is_refused() {
+        let tokens: Vec<Vec<u8>> = (0..258).map(|index: u32| format!("t{index}").into_bytes()).collect();
+        let mut file = 8u32.to_le_bytes().to_vec();
+        for token in &tokens {
+            file.extend_from_slice(&0f32.to_le_bytes());
+            file.extend_from_slice(&(token.len() as i32).to_le_bytes());
+            file.extend_from_slice(token);
+        }
+        let Err(error) = Tokenizer::from_llama2c(&file, tokens.len()) else {
+            panic!("a short vocabulary was accepted")
+        };
+        assert!(format!("{error}").contains("256 byte tokens"), "{error}");
+    }
 }

@@ -1,0 +1,214 @@
+//! Writes the seed corpora the fuzz targets start from (`tools/fuzz/make-seeds.sh` runs it):
+//!
+//! - `fuzz-seeds generate DIR`: synthetic models from the kernel's generator (GGUF in each
+//!   tensor type, llama2.c with its tokenizer.bin), tokenizer inputs, console traffic, real
+//!   machine-mode requests, the runner's Raspberry Pi 3 device trees, SD registers laid out
+//!   as the SD specification gives them, tessera.cfg files; each under `DIR/<target>/`.
+//! - `fuzz-seeds sparse IMAGE OUT`: a card image in the sparse form of `fuzz::card`.
+//! - `fuzz-seeds mbr BYTES OUT`: the MBR the project's card builder writes for an image of
+//!   BYTES bytes, for cards formatted with mtools behind it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
+use kernel::model::TensorType;
+
+fn main() -> ExitCode {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let result = match arguments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["generate", directory] => generate(Path::new(directory)),
+        ["sparse", image, out] => std::fs::read(image)
+            .and_then(|bytes| std::fs::write(out, fuzz::card::SparseCard::sparse_image(&bytes))),
+        ["mbr", bytes, out] => match bytes.parse::<u64>() {
+            Ok(bytes) => std::fs::write(out, sdimage::image::master_boot_record(bytes)),
+            Err(error) => Err(std::io::Error::other(format!("{bytes}: {error}"))),
+        },
+        _ => {
+            eprintln!("usage: fuzz-seeds generate DIR | sparse IMAGE OUT | mbr BYTES OUT");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fuzz-seeds: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `bytes` as `DIR/target/name`.
+fn put(directory: &Path, target: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let folder: PathBuf = directory.join(target);
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join(name), bytes)
+}
+
+fn generate(directory: &Path) -> std::io::Result<()> {
+    models(directory)?;
+    tokenizer_inputs(directory)?;
+    console_traffic(directory)?;
+    device_trees(directory)?;
+    sd_registers(directory)?;
+    config_files(directory)
+}
+
+/// The smallest synthetic shape the generator takes (quantized formats need multiples of 32).
+fn small_spec(seed: u64, layers: usize, tied: bool) -> SyntheticSpec {
+    SyntheticSpec {
+        dim: 32,
+        hidden_dim: 32,
+        layers,
+        heads: 4,
+        kv_heads: 2,
+        vocab_size: 272,
+        context_length: 8,
+        tied,
+        seed,
+    }
+}
+
+fn models(directory: &Path) -> std::io::Result<()> {
+    let failed = |error: &str| std::io::Error::other(error.to_string());
+    for (name, tensor_type, layers, tied) in [
+        ("q4_0-1layer-tied.gguf", TensorType::Q4_0, 1, true),
+        ("q4_1-2layers.gguf", TensorType::Q4_1, 2, false),
+        ("q8_0-1layer-tied.gguf", TensorType::Q8_0, 1, true),
+        ("f32-1layer-tied.gguf", TensorType::F32, 1, true),
+    ] {
+        let model =
+            small_spec(3, layers, tied).generate(SyntheticFormat::Gguf(tensor_type)).map_err(failed)?;
+        put(directory, "gguf", name, &model.model)?;
+    }
+    for (name, layers, tied) in [("1layer-tied.bin", 1, true), ("2layers.bin", 2, false)] {
+        let model = small_spec(4, layers, tied).generate(SyntheticFormat::Llama2c).map_err(failed)?;
+        let tokenizer = model.tokenizer.unwrap_or_default();
+        let mut input = (tokenizer.len() as u32).to_le_bytes().to_vec();
+        input.extend_from_slice(&tokenizer);
+        input.extend_from_slice(&model.model);
+        put(directory, "llama2c", name, &input)?;
+    }
+    Ok(())
+}
+
+fn tokenizer_inputs(directory: &Path) -> std::io::Result<()> {
+    let texts: [(&str, &str); 5] = [
+        ("english", "What is the capital of France? Answer in one word."),
+        ("chat", "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"),
+        ("unicode", "caf\u{e9} na\u{ef}ve \u{65e5}\u{672c}\u{8a9e} \u{1F642}\u{200D}\u{1F680} \u{feff}x"),
+        ("digits", "3.14159 2024-12-07 0x7fff_ffff  \t spaces\r\n"),
+        ("code", "fn main() { println!(\"{}\", 1 + 2); } // done"),
+    ];
+    for (name, text) in texts {
+        for (mode, tokenizer) in [(0u8, "bpe"), (1, "scored")] {
+            let mut input = vec![mode];
+            input.extend_from_slice(text.as_bytes());
+            put(directory, "tokenizer", &format!("encode-{tokenizer}-{name}"), &input)?;
+        }
+    }
+    for (mode, tokenizer) in [(2u8, "bpe"), (3, "scored")] {
+        let mut input = vec![mode];
+        for id in [0u32, 1, 2, 65, 256, 257, 258, 271, 272, 100_000, u32::MAX] {
+            input.extend_from_slice(&id.to_le_bytes());
+        }
+        put(directory, "tokenizer", &format!("decode-{tokenizer}"), &input)?;
+    }
+    Ok(())
+}
+
+/// Real requests of the machine-mode protocol, as the host CLI and the tests send them.
+const REQUESTS: [&str; 10] = [
+    r#"{"id":1,"op":"generate","prompt":"What is the capital of France?"}"#,
+    r#"{"id":2,"op":"generate","prompt":"Tell me a story","max_tokens":64,"temperature":0.7}"#,
+    r#"{"id":3,"op":"cancel","target":2}"#,
+    r#"{"id":4,"op":"stats"}"#,
+    r#"{"id":5,"op":"models"}"#,
+    r#"{"id":6,"op":"mem"}"#,
+    r#"{"id":7,"op":"trace","max":16}"#,
+    r#"{"id":8,"op":"trace","max":0}"#,
+    r#"{"id":9,"op":"generate","prompt":"caf\u00e9 \ud83d\ude42","max_tokens":0}"#,
+    r#"{"id":10,"op":"launch"}"#,
+];
+
+fn console_traffic(directory: &Path) -> std::io::Result<()> {
+    for (index, request) in REQUESTS.iter().enumerate() {
+        put(directory, "protocol", &format!("request-{:02}", index + 1), request.as_bytes())?;
+    }
+    let sessions: [(&str, &[u8]); 7] = [
+        ("chat", b"hello\r\nWhat is 2+2?\r/stats\n/cancel\r\n/mem\r/trace\r/models\r/load other.gguf\r"),
+        ("machine", b"{\"id\":1,\"op\":\"generate\",\"prompt\":\"hi\"}\n{\"id\":2,\"op\":\"stats\"}\n{\"id\":3,\"op\":\"cancel\",\"target\":1}\n"),
+        ("editing", b"helo\x08lo\x7f\x7fworld\r\n\xc3\xa9\x08\r\x08\x08\r"),
+        ("noise", b"\x1b[A\x1b[2J\x00\x01\xff\xfe/stats\r\xc3(\r\xe2\x82\r\t tab\r"),
+        ("set", b"/set temperature 0.5\r/set bandwidth_cap 100\r/set seed 7\r/reset\r/help\r"),
+        ("crlf-mix", b"a\r\n\r\nb\n\rc\r\r\n{\"id\":5}\r{\"op\":\"stats\",\"id\":6}\r"),
+        ("utf8", "\u{65e5}\u{672c} \u{1F642}\r".as_bytes()),
+    ];
+    for (name, bytes) in sessions {
+        put(directory, "console", name, bytes)?;
+    }
+    let mut overlong = vec![b'x'; kernel::serve::MAX_LINE + 10];
+    overlong.extend_from_slice(b"\r/stats\r");
+    put(directory, "console", "overlong", &overlong)
+}
+
+fn device_trees(directory: &Path) -> std::io::Result<()> {
+    put(directory, "devicetree", "rpi3-1g.dtb", &runner::device_tree::raspberry_pi_3(0x3C00_0000))?;
+    put(directory, "devicetree", "rpi3-512m.dtb", &runner::device_tree::raspberry_pi_3(0x2000_0000))?;
+    put(
+        directory,
+        "devicetree",
+        "rpi3-nested-40.dtb",
+        &runner::device_tree::raspberry_pi_3_nested(0x3C00_0000, 40),
+    )
+}
+
+/// A CSD (as the SDHCI's four response words) and an SCR, as one input.
+fn register_input(csd: u128, scr: [u8; 8]) -> Vec<u8> {
+    let stripped = csd >> 8;
+    let mut input = Vec::new();
+    for word in 0..4 {
+        input.extend_from_slice(&((stripped >> (32 * word)) as u32).to_le_bytes());
+    }
+    input.extend_from_slice(&scr);
+    input
+}
+
+fn sd_registers(directory: &Path) -> std::io::Result<()> {
+    // A CSD 2.0 (SDHC, C_SIZE for about 30 GB) with an SCR offering a 4-bit bus, a CSD 1.0
+    // (SDSC, 1 GB) with a 1-bit SCR, and a CSD of a structure version no card uses.
+    put(
+        directory,
+        "sd_registers",
+        "csd2-sdhc",
+        &register_input(0x400E_0032_5B59_0000_EDC8_7F80_0A40_4001, [0x02, 0x35, 0x84, 0x43, 0, 0, 0, 0]),
+    )?;
+    put(
+        directory,
+        "sd_registers",
+        "csd1-sdsc",
+        &register_input(0x005E_0032_5F5A_83CF_EDB7_FF9F_9640_0001, [0x01, 0x25, 0, 0, 0, 0, 0, 0]),
+    )?;
+    put(
+        directory,
+        "sd_registers",
+        "csd-version-3",
+        &register_input(0xC00E_0032_5B59_0000_0001_FFFF_0A40_0001, [0x02, 0x35, 0x80, 0x03, 0, 0, 0, 0]),
+    )
+}
+
+fn config_files(directory: &Path) -> std::io::Result<()> {
+    let files: [(&str, &str); 3] = [
+        (
+            "all-keys",
+            "# tessera.cfg\nweights_budget_mib = 512\narena_limit_mib = 600\nkv_quota_tokens = 2048\n\
+             uart_flow_control = rts_cts\nbandwidth_cap_mbps = 800\n",
+        ),
+        ("off", "bandwidth_cap_mbps = off\r\nuart_flow_control = none # the default\r\n\r\n"),
+        ("problems", "weights_budget_mib = 0\narena_limit_mib = lots\nkv_quota_tokens\ncolour = blue\n=\n"),
+    ];
+    for (name, text) in files {
+        put(directory, "config", name, text.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The target functions: each takes one input and runs it through the code the kernel runs on
+//! that input, then checks what came out where a check is certain. Any panic is a defect.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use bsp::board::sd_protocol::{self, LongResponse};
+use kernel::{
+    devicetree,
+    fs::Volume,
+    hil::{Clock, Console, SingleCpu},
+    infer::{
+        ContiguousKv, State, Tokenizer, forward,
+        synthetic::{SyntheticFormat, SyntheticSpec},
+    },
+    model::{Config, ModelError, ModelErrorKind, ModelFile, TensorType, Weights},
+    serve::{
+        config,
+        desk::{ControlDesk, Input},
+        prepare::{ModelLayout, Preparation, prepare_llama2c},
+        protocol::{self, Event},
+    },
+};
+
+use crate::card::SparseCard;
+
+/// Largest tables buffer a model target grants (the kernel's weights pool refuses larger ones
+/// the same way, with an error).
+const MAX_TABLES_BYTES: usize = 64 << 20;
+
+/// Text every tokenizer built from a fuzzed model encodes.
+const SAMPLE_TEXT: &str = "Hello <|im_start|>user 42 caf\u{e9} \u{1F642}\n\tend";
+
+/// Grants a tables buffer of up to [`MAX_TABLES_BYTES`], filled with a pattern (the kernel's is
+/// not cleared either).
+fn allocate_tables(bytes: usize) -> Result<Vec<u8>, ModelError> {
+    if bytes > MAX_TABLES_BYTES {
+        return Err(ModelError::new(
+            0,
+            ModelErrorKind::TooLarge { what: "tables buffer", value: bytes as u64 },
+        ));
+    }
+    Ok(vec![0xA5; bytes])
+}
+
+/// A GGUF v3 file: prepared in bounded units as a load does (metadata, tensor index, shapes,
+/// tokenizer tables), then the weights views and the tokenizer a batch makes from the tables;
+/// the whole-file parse too, which must agree on the config.
+pub fn gguf(data: &[u8]) {
+    let prepared = Preparation::run(data, &mut allocate_tables);
+    let whole = ModelFile::parse(data);
+    let Ok((tables, layout)) = prepared else { return };
+    let weights = layout.weights(data, &tables).expect("a prepared model's index gives its weights");
+    if let Ok(whole) = whole {
+        assert_eq!(whole.weights.config, layout.config, "the staged and the whole-file parse agree");
+    }
+    use_prepared_model(&weights, &layout, &tables);
+}
+
+/// A llama2.c checkpoint and its `tokenizer.bin`: a u32 LE length `n`, then `n` bytes of the
+/// tokenizer file (fewer if the input ends), then the checkpoint.
+pub fn llama2c(data: &[u8]) {
+    let (tokenizer_length, rest) = match data.split_first_chunk::<4>() {
+        Some((length, rest)) => (u32::from_le_bytes(*length) as usize, rest),
+        None => (0, data),
+    };
+    let (tokenizer_file, checkpoint) = rest.split_at(tokenizer_length.min(rest.len()));
+    let _ = ModelFile::parse(checkpoint);
+    let Ok((tables, layout)) = prepare_llama2c(checkpoint, Some(tokenizer_file), &mut allocate_tables) else {
+        return;
+    };
+    let weights = layout.weights(checkpoint, &tables).expect("a prepared model's index gives its weights");
+    use_prepared_model(&weights, &layout, &tables);
+}
+
+/// What a served model does with its prepared tables: the tokenizer encodes and decodes, and,
+/// when the model is small enough to be quick, one token runs through the forward pass (every
+/// weights view must lie inside the file and have its shape).
+fn use_prepared_model(weights: &Weights<'_>, layout: &ModelLayout, tables: &[u8]) {
+    let tokenizer = layout.tokenizer(tables);
+    assert!(tokenizer.vocab_size() <= layout.config.vocab_size, "the tokenizer fits the embedding");
+    let ids = exercise_tokenizer(&tokenizer, SAMPLE_TEXT);
+    let config = layout.config;
+    if is_quick(&config) {
+        let mut state = State::new(weights);
+        let mut kv = ContiguousKv::new(config.layers, config.kv_dim(), config.context_length)
+            .expect("a small cache is granted");
+        let token = ids.first().copied().unwrap_or(0);
+        let _ = forward(weights, &mut state, &mut kv, &SingleCpu, token, 0);
+    }
+}
+
+/// Whether one forward pass of a model of `config` takes well under a millisecond.
+fn is_quick(config: &Config) -> bool {
+    config.context_length <= 64
+        && config.layers <= 4
+        && config.vocab_size <= 4096
+        && config.dim.saturating_mul(config.hidden_dim) <= 1 << 16
+        && config.dim <= 1024
+}
+
+/// Encodes `text`, decodes every id (each after the one before, as replies are streamed) and
+/// reads each id's properties; returns the ids.
+fn exercise_tokenizer(tokenizer: &Tokenizer<&[u8]>, text: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    tokenizer.encode(text, &mut ids);
+    let vocab_size = tokenizer.vocab_size();
+    assert!(ids.iter().all(|&id| (id as usize) < vocab_size), "encode gives ids inside the vocabulary");
+    decode_all(tokenizer, &ids);
+    ids
+}
+
+/// Decodes `ids` in order, with the property queries a reply makes.
+fn decode_all(tokenizer: &Tokenizer<&[u8]>, ids: &[u32]) {
+    let mut previous = None;
+    for &id in ids {
+        let _ = tokenizer.decode(previous, id);
+        let _ = (tokenizer.spelling(id), tokenizer.is_control(id), tokenizer.is_stop(id));
+        previous = Some(id);
+    }
+}
+
+/// The two tokenizers the `tokenizer` target drives: a byte-level BPE one from a GGUF model and
+/// a scored one from a llama2.c `tokenizer.bin`, each built once from synthetic models.
+struct TokenizerPair {
+    bpe: (Vec<u8>, ModelLayout),
+    scored: (Vec<u8>, ModelLayout),
+}
+
+fn tokenizer_pair() -> &'static TokenizerPair {
+    static PAIR: OnceLock<TokenizerPair> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let spec = SyntheticSpec {
+            dim: 32,
+            hidden_dim: 64,
+            layers: 1,
+            heads: 4,
+            kv_heads: 2,
+            vocab_size: 320,
+            context_length: 16,
+            tied: true,
+            seed: 7,
+        };
+        let gguf = spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).expect("a valid synthetic spec");
+        let bpe = Preparation::run(&gguf.model, &mut allocate_tables).expect("the synthetic GGUF prepares");
+        let llama2c = spec.generate(SyntheticFormat::Llama2c).expect("a valid synthetic spec");
+        let scored = prepare_llama2c(&llama2c.model, llama2c.tokenizer.as_deref(), &mut allocate_tables)
+            .expect("the synthetic checkpoint prepares");
+        TokenizerPair { bpe, scored }
+    })
+}
+
+/// The tokenizers: the first byte picks the tokenizer (bit 0: BPE or scored) and the work
+/// (bit 1: encode the rest as UTF-8 text, lossily as a console line could not be; or decode
+/// the rest as u32 LE token ids, of any value).
+pub fn tokenizer(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let pair = tokenizer_pair();
+    let (tables, layout) = if mode & 1 == 0 { &pair.bpe } else { &pair.scored };
+    let tokenizer = layout.tokenizer(tables);
+    if mode & 2 == 0 {
+        exercise_tokenizer(&tokenizer, &String::from_utf8_lossy(rest));
+    } else {
+        let ids: Vec<u32> = rest
+            .chunks_exact(4)
+            .map(|chunk| u32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+            .collect();
+        decode_all(&tokenizer, &ids);
+    }
+}
+
+/// A console that hands out the input's bytes and keeps what the desk writes.
+struct FuzzConsole {
+    input: Mutex<VecDeque<u8>>,
+    written: AtomicU64,
+}
+
+impl Console for FuzzConsole {
+    fn write_bytes(&self, bytes: &[u8]) {
+        self.written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
+    fn read_byte(&self) -> Option<u8> {
+        self.input.lock().expect("not poisoned").pop_front()
+    }
+    fn flush(&self) {}
+    fn line_end_ns(&self) -> Option<u64> {
+        Some(0)
+    }
+}
+
+/// A clock that moves a microsecond every time it is read.
+struct StepClock(AtomicU64);
+
+impl Clock for StepClock {
+    fn ticks(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+    fn frequency_hz(&self) -> u64 {
+        1_000_000
+    }
+}
+
+/// Bytes received on the console: the control desk's line editor assembles them (answering
+/// `/stats`, `/cancel` and the machine-mode controls on the spot), and every queued line that
+/// is a machine-mode request goes through the request parser, as the server takes it.
+pub fn console(data: &[u8]) {
+    let console =
+        FuzzConsole { input: Mutex::new(data.iter().copied().collect()), written: AtomicU64::new(0) };
+    let clock = StepClock(AtomicU64::new(0));
+    let desk = ControlDesk::new();
+    desk.set_stats_snapshot("turns 0\r\n".into());
+    desk.set_generating(data.first().is_some_and(|byte| byte & 1 == 1));
+    loop {
+        desk.service(&console, &clock);
+        let mut took_any = false;
+        while let Some(input) = desk.next_input() {
+            took_any = true;
+            if let Input::Line(line) = input {
+                assert!(line.len() <= kernel::serve::MAX_LINE, "a line is at most MAX_LINE bytes");
+                if line.trim_start().starts_with('{') {
+                    protocol(line.as_bytes());
+                }
+            }
+        }
+        if !took_any {
+            break;
+        }
+    }
+    assert!(console.input.lock().expect("not poisoned").is_empty(), "the desk reads every byte");
+    let _ = (desk.take_cancels(), desk.take_deadline_misses());
+}
+
+/// A machine-mode request line: parsed, and the error record written for a refused one must be
+/// one line of JSON carrying the request's id.
+pub fn protocol(data: &[u8]) {
+    let Ok(line) = core::str::from_utf8(data) else { return };
+    match protocol::parse_request(line) {
+        Ok(request) => {
+            let _ = protocol::record(Some(request.id), &Event::Info { text: line });
+        }
+        Err(error) => {
+            let record = protocol::record(error.id, &Event::Error { message: &error.message });
+            assert!(!record.trim_end().contains('\n'), "a record is one line: {record:?}");
+            let value: serde_json::Value = serde_json::from_str(&record).expect("a record is JSON");
+            assert_eq!(
+                value.get("id").and_then(serde_json::Value::as_u64),
+                error.id,
+                "the record names the id"
+            );
+        }
+    }
+}
+
+/// Directories the `fat32` target visits at most, and the bytes it reads of each file.
+const MAX_DIRECTORIES: usize = 16;
+const MAX_READ_BYTES: usize = 64 * 1024;
+/// Chain links the `fat32` target follows for one file before giving up (a card's biggest
+/// model file has about 2^17; the kernel walks them a few thousand at a time).
+const MAX_CHAIN_LINKS: usize = 1 << 18;
+/// Links per step of a staged open, as a background load walks them.
+const LINKS_PER_STEP: usize = 4096;
+
+/// An SD card image (in the sparse form of [`crate::card`]): mounted, listed from the root down
+/// a few directories, the model library listed as `/models` does, and every file found opened
+/// a step at a time, as a load does, and read, both in chunks and at offsets.
+pub fn fat32(data: &[u8]) {
+    let Ok(mut volume) = Volume::mount(SparseCard::parse(data)) else { return };
+    let _ = kernel::serve::library::list_models(&mut volume);
+    let mut directories = vec![String::from("/")];
+    let mut visited = 0;
+    while let Some(directory) = directories.pop() {
+        visited += 1;
+        if visited > MAX_DIRECTORIES {
+            break;
+        }
+        let Ok(entries) = volume.list(&directory) else { continue };
+        for entry in entries {
+            let path = if directory == "/" {
+                format!("/{}", entry.name())
+            } else {
+                format!("{directory}/{}", entry.name())
+            };
+            if entry.is_directory() {
+                directories.push(path);
+            } else {
+                read_file(&mut volume, &path);
+            }
+        }
+    }
+}
+
+/// Opens `path` in steps and reads up to [`MAX_READ_BYTES`] of it. (A corrupt directory may
+/// hold one name twice, so the file opened need not be the entry listed.)
+fn read_file(volume: &mut Volume<SparseCard>, path: &str) {
+    let Ok(mut opening) = volume.begin_open(path) else { return };
+    let mut links = 0;
+    let layout = loop {
+        match volume.continue_open(&mut opening, LINKS_PER_STEP) {
+            Ok(Some(layout)) => break layout,
+            Ok(None) if links < MAX_CHAIN_LINKS => links += LINKS_PER_STEP,
+            Ok(None) | Err(_) => return,
+        }
+    };
+    let covered: u64 = layout.extents.iter().map(|extent| extent.block_count).sum();
+    assert!(covered * 512 >= layout.size, "the extents cover the file");
+    let mut file = volume.reopen(&layout);
+    let mut buffer = vec![0u8; 4096];
+    let mut total = 0;
+    while total < MAX_READ_BYTES {
+        match file.read_chunk(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                assert!(read <= buffer.len());
+                total += read;
+            }
+        }
+    }
+    let size = file.size();
+    for offset in [size / 2, size.saturating_sub(100), size, size + 1, u64::MAX] {
+        if let Ok(read) = file.read_at(offset, &mut buffer[..700]) {
+            assert!(read as u64 <= size.saturating_sub(offset), "no read past the end of a file");
+        }
+    }
+}
+
+/// A device tree blob as the boot loader hands it over: checked and rebuilt into the canonical
+/// copy the kernel keeps, whose own rebuild must give it back unchanged; then the RAM size and
+/// the topology read from it.
+pub fn devicetree(data: &[u8]) {
+    if let Ok(canonical) = devicetree::canonical(data) {
+        let again = devicetree::canonical(&canonical).expect("a canonical tree is accepted");
+        assert_eq!(again, canonical, "rebuilding a canonical tree changes nothing");
+    }
+    let _ = devicetree::facts(data);
+}
+
+/// SD card registers as the SDHCI gives them: the input is read as a CSD (four response words,
+/// decoded for the capacity the driver reports) and an SCR (eight bytes, for the bus width);
+/// every field the driver reads is taken apart.
+pub fn sd_registers(data: &[u8]) {
+    let mut bytes = [0u8; 24];
+    let length = data.len().min(bytes.len());
+    bytes[..length].copy_from_slice(&data[..length]);
+    let word =
+        |index: usize| u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().expect("4 bytes"));
+    let csd = LongResponse([word(0), word(1), word(2), word(3)]);
+    if let Ok(blocks) = sd_protocol::capacity_blocks(&csd) {
+        // CSD 2.0 holds a 22-bit C_SIZE in units of 1024 blocks; CSD 1.0 at most 2^31 blocks.
+        assert!(blocks <= (1 << 22) * 1024, "capacity within what a CSD can say");
+    }
+    for (high, low) in [(127, 126), (73, 62), (49, 47), (83, 80), (69, 48), (127, 120)] {
+        assert!(csd.bits(high, low) < 1 << (high - low + 1), "a field fits its width");
+    }
+    let scr: [u8; 8] = bytes[16..24].try_into().expect("8 bytes");
+    let _ = sd_protocol::supports_4_bit_bus(scr);
+}
+
+/// A console that takes settings and reports what it was asked to switch.
+struct SettingsConsole;
+
+impl Console for SettingsConsole {
+    fn write_bytes(&self, _bytes: &[u8]) {}
+    fn read_byte(&self) -> Option<u8> {
+        None
+    }
+    fn flush(&self) {}
+}
+
+/// The contents of `tessera.cfg`: read as the kernel reads the file (lossy UTF-8), parsed, each
+/// problem reported, the console settings applied.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (card_config, problems) = config::parse(&text);
+    let lines = text.lines().count();
+    for problem in &problems {
+        assert!((1..=lines).contains(&problem.line), "a problem names a line of the file");
+        let _ = problem.to_string();
+    }
+    let _ = config::apply_console_settings(&card_config, &SettingsConsole);
+}
