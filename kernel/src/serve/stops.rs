@@ -30,15 +30,17 @@ impl StopFilter {
 
     /// Takes the next `piece` of the answer and appends to `out` the text that can be sent now.
     /// Returns true when the answer now contains a stop string: `out` then got the text before
-    /// its first occurrence, and nothing after it may be sent.
+    /// the occurrence that was complete first (the one ending first; of two ending at the same
+    /// place, the one starting first), and nothing after it may be sent. Which text is sent
+    /// does not depend on how the answer was cut into pieces.
     pub fn push(&mut self, piece: &str, out: &mut String) -> bool {
         if self.stops.is_empty() {
             out.push_str(piece);
             return false;
         }
         self.held.push_str(piece);
-        let first = self.stops.iter().filter_map(|stop| self.held.find(stop.as_str())).min();
-        if let Some(index) = first {
+        let first = self.stops.iter().filter_map(|stop| complete_at(&self.held, stop)).min();
+        if let Some((_, index)) = first {
             out.push_str(&self.held[..index]);
             self.held.clear();
             return true;
@@ -69,6 +71,11 @@ impl StopFilter {
     }
 }
 
+/// Where `stop` first occurs in `text`: the end of that occurrence, then its start.
+fn complete_at(text: &str, stop: &str) -> Option<(usize, usize)> {
+    text.find(stop).map(|start| (start + stop.len(), start))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +101,8 @@ mod tests {
         assert_eq!(run(&["xyz"], &["ab", "xy"]), ("abxy".into(), false), "held text is sent at the end");
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
         assert_eq!(run(&["b", "abc"], &["zab"]), ("za".into(), true), "the earliest occurrence wins");
+        assert_eq!(run(&["b\na", "\n"], &["b\n", "a"]), ("b".into(), true), "the first one complete wins");
+        assert_eq!(run(&["b\na", "\n"], &["b\na"]), ("b".into(), true), "whatever the pieces");
 
         let mut filter = StopFilter::new(["STOP".to_string()].into());
         let mut out = String::new();
@@ -112,7 +121,7 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the pieces, the filter sends exactly the answer up to the first stop
+        /// Whatever the pieces, the filter sends exactly the answer up to the first complete stop
         /// string (or all of it), as one search over the whole text would.
         #[test]
         fn the_filter_matches_a_search_over_the_whole_text(
@@ -120,9 +129,9 @@ mod tests {
             stops in proptest::collection::vec("[ab\n]{1,3}", 0..4),
         ) {
             let whole: String = pieces.concat();
-            let first = stops.iter().filter_map(|stop| whole.find(stop.as_str())).min();
+            let first = stops.iter().filter_map(|stop| complete_at(&whole, stop)).min();
             let expected = match first {
-                Some(index) => (whole[..index].to_string(), true),
+                Some((_, index)) => (whole[..index].to_string(), true),
                 None => (whole.clone(), false),
             };
             let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
