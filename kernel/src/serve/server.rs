@@ -415,11 +415,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         })
     }
 
-    /// Warms the prefix cache of a model that has just become active.
-    fn warm_if_cold(&mut self) {
-        if core::mem::take(&mut self.prefix_cold) {
+    /// Warms the prefix cache of a model that has just become active; returns whether it did
+    /// (the console is served during the warm-up, so lines may then wait in the desk).
+    fn warm_if_cold(&mut self) -> bool {
+        let cold = core::mem::take(&mut self.prefix_cold);
+        if cold {
             scope::with(TensorKind::Small, || self.warm_prefix_cache());
         }
+        cold
     }
 
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between
@@ -429,8 +432,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         self.warm_if_cold();
         self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
         loop {
-            let handled = self.poll_console();
-            self.warm_if_cold();
+            let mut handled = self.poll_console();
+            // Lines that arrived during a warm-up are handled now, not after the next byte.
+            if self.warm_if_cold() {
+                handled |= self.poll_console();
+            }
             if !self.pending.is_empty() {
                 self.in_batch = true;
                 self.desk.set_generating(true);
