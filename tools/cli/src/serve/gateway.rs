@@ -24,6 +24,9 @@ pub struct Deadlines {
     pub query: Duration,
 }
 
+/// The active model, if any, and every model on the card with its size in bytes.
+type CardModels = (Option<String>, Vec<(String, u64)>);
+
 /// What the gateway knows of the card's models, and in which epoch of the board it learned it.
 struct KnownModels {
     epoch: u64,
@@ -92,7 +95,7 @@ impl Gateway {
     }
 
     /// The card's models and the active one as last learned, if still of this epoch.
-    fn known_models(&self) -> Option<(Option<String>, Vec<(String, u64)>)> {
+    fn known_models(&self) -> Option<CardModels> {
         let epoch = self.hub.epoch();
         let known = self.known();
         known
@@ -110,7 +113,7 @@ impl Gateway {
     }
 
     /// The card's models and the active one (the `models` op).
-    pub async fn models(&self) -> Result<(Option<String>, Vec<(String, u64)>), ApiError> {
+    pub async fn models(&self) -> Result<CardModels, ApiError> {
         let query = self.deadlines.query;
         let epoch = self.hub.epoch();
         match self.hub.ask(json!({"op": "models"}), query).await.map_err(|error| hub_error(error, query))? {
