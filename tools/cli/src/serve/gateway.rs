@@ -24,10 +24,23 @@ pub struct Deadlines {
     pub query: Duration,
 }
 
+/// The active model, if any, and every model on the card with its size in bytes.
+type CardModels = (Option<String>, Vec<(String, u64)>);
+
+/// What the gateway knows of the card's models, and in which epoch of the board it learned it.
+struct KnownModels {
+    epoch: u64,
+    active: Option<String>,
+    models: Vec<(String, u64)>,
+}
+
 /// The gateway's shared state.
 pub struct Gateway {
     /// The board.
     pub hub: Arc<Hub>,
+    /// The card's models and the active one, from the last `models` answer, kept up to date by
+    /// loads and by the model each answer names; forgotten when the board may have restarted.
+    known: Mutex<Option<KnownModels>>,
     metrics: Mutex<Metrics>,
     deadlines: Deadlines,
     answers: AtomicU64,
@@ -60,6 +73,7 @@ impl Gateway {
     pub fn new(hub: Arc<Hub>, deadlines: Deadlines) -> Self {
         Self {
             hub,
+            known: Mutex::new(None),
             metrics: Mutex::new(Metrics::new()),
             deadlines,
             answers: AtomicU64::new(1),
@@ -76,11 +90,37 @@ impl Gateway {
         self.metrics().count_request(endpoint, status);
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, Option<KnownModels>> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The card's models and the active one as last learned, if still of this epoch.
+    fn known_models(&self) -> Option<CardModels> {
+        let epoch = self.hub.epoch();
+        let known = self.known();
+        known
+            .as_ref()
+            .filter(|known| known.epoch == epoch)
+            .map(|known| (known.active.clone(), known.models.clone()))
+    }
+
+    /// `model` answered or was loaded: it is the active one.
+    fn note_active(&self, model: &str) {
+        let epoch = self.hub.epoch();
+        if let Some(known) = self.known().as_mut().filter(|known| known.epoch == epoch) {
+            known.active = Some(model.to_string());
+        }
+    }
+
     /// The card's models and the active one (the `models` op).
-    pub async fn models(&self) -> Result<(Option<String>, Vec<(String, u64)>), ApiError> {
+    pub async fn models(&self) -> Result<CardModels, ApiError> {
         let query = self.deadlines.query;
+        let epoch = self.hub.epoch();
         match self.hub.ask(json!({"op": "models"}), query).await.map_err(|error| hub_error(error, query))? {
-            Record::Models { active, models } => Ok((active, models)),
+            Record::Models { active, models } => {
+                *self.known() = Some(KnownModels { epoch, active: active.clone(), models: models.clone() });
+                Ok((active, models))
+            }
             Record::Error(message) => Err(ApiError::new(503, "server_error", "board_unavailable", message)),
             other => {
                 Err(ApiError::new(502, "server_error", "board_error", format!("unexpected answer {other:?}")))
@@ -113,7 +153,10 @@ impl Gateway {
     /// or the active one when none is named; returns its file name.
     async fn settle_model(&self, asked: Option<&str>) -> Result<String, ApiError> {
         let _switching = self.model_switch.lock().await;
-        let (active, models) = self.models().await?;
+        let (active, models) = match self.known_models() {
+            Some(known) => known,
+            None => self.models().await?,
+        };
         let Some(asked) = asked else {
             return active.ok_or_else(|| ApiError::unavailable("the board has no model loaded"));
         };
@@ -130,7 +173,10 @@ impl Gateway {
             .await
             .map_err(|error| hub_error(error, load))?
         {
-            Record::Loaded(model) => Ok(model),
+            Record::Loaded(model) => {
+                self.note_active(&model);
+                Ok(model)
+            }
             Record::Error(message) => Err(ApiError::new(503, "server_error", "model_load_failed", message)),
             other => {
                 Err(ApiError::new(502, "server_error", "board_error", format!("unexpected answer {other:?}")))
@@ -202,6 +248,7 @@ impl Gateway {
     }
 
     fn count_finished(&self, finished: &Finished) {
+        self.note_active(&finished.model);
         self.metrics().count_generation(
             finished.prompt_tokens,
             finished.completion_tokens,
@@ -329,6 +376,20 @@ mod tests {
             Some(503),
             "503 while it is down"
         );
+        let (writer, mut lines) = unbounded_channel();
+        gateway.hub.attach(writer);
+        gateway.hub.handle_line("Type /help for commands");
+        let again = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
+        let running = tokio::spawn({
+            let gateway = Arc::clone(&gateway);
+            async move { gateway.generate(again).await }
+        });
+        let models = request(&mut lines).await;
+        assert_eq!(models["op"], "models", "after a reboot the card's models are asked again");
+        answer(&gateway, &models["id"], MODELS);
+        let generate = request(&mut lines).await;
+        answer(&gateway, &generate["id"], DONE);
+        assert!(matches!(running.await.unwrap(), Ok(Answer::Whole(_))));
     }
 
     /// The next request the board got, parsed.
@@ -390,9 +451,8 @@ mod tests {
             let gateway = Arc::clone(&gateway);
             async move { gateway.generate(busy).await }
         });
-        let models = request(&mut lines).await;
-        answer(&gateway, &models["id"], MODELS);
         let generate = request(&mut lines).await;
+        assert_eq!(generate["op"], "generate", "the card's models are known: no second query");
         answer(
             &gateway,
             &generate["id"],
@@ -432,8 +492,6 @@ mod tests {
             let gateway = Arc::clone(&gateway);
             async move { gateway.generate(generation).await }
         });
-        let models = request(&mut lines).await;
-        answer(&gateway, &models["id"], MODELS);
         let generate = request(&mut lines).await;
         answer(&gateway, &generate["id"], r#""event":"token","text":"x""#);
         let Ok(Answer::Stream(events)) = running.await.unwrap() else { panic!("no stream") };

@@ -43,6 +43,9 @@ struct State {
     confirmed_cancels: u64,
     /// Times the link came up.
     connections: u64,
+    /// Changes whenever the board may have restarted (the link came up or dropped, or the
+    /// board printed its boot banner): what was learned about it before may be stale.
+    epoch: u64,
 }
 
 /// Where a request's records go.
@@ -95,6 +98,7 @@ impl Hub {
         state.ready = false;
         state.down_reason = "the board is booting".into();
         state.connections += 1;
+        state.epoch += 1;
     }
 
     /// The link dropped: every request in flight is lost with `reason`.
@@ -103,6 +107,7 @@ impl Hub {
         state.writer = None;
         state.ready = false;
         state.down_reason = reason.to_string();
+        state.epoch += 1;
         Self::fail_all(&mut state, reason);
     }
 
@@ -123,6 +128,11 @@ impl Hub {
     pub fn status(&self) -> (bool, String) {
         let state = self.lock();
         (state.ready, if state.ready { String::new() } else { state.down_reason.clone() })
+    }
+
+    /// The board's epoch: it changes whenever the board may have restarted.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
     }
 
     /// Times the link came up since the gateway started.
@@ -176,6 +186,7 @@ impl Hub {
                 let mut state = self.lock();
                 state.ready = false;
                 state.down_reason = "the board is rebooting".into();
+                state.epoch += 1;
                 Self::fail_all(&mut state, "the board rebooted");
             }
             Line::Ready => {
@@ -374,6 +385,7 @@ mod tests {
         hub.handle_line("{\"id\":77,\"event\":\"models\",\"active\":null,\"models\":[]}");
         assert!(hub.is_ready(), "a record means the board serves");
         assert_eq!(hub.connections(), 2);
+        assert_eq!(hub.epoch(), 4, "two attaches, a boot banner and a detach");
     }
 
     #[tokio::test]
