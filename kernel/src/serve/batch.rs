@@ -196,11 +196,15 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return;
         };
         let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
+        // The console is served at every matmul checkpoint, as in a batch's rounds, so a control
+        // command sent while a swapped-in model warms up is answered within its bound (lines
+        // read here wait in the desk's queue: the server polls it again after the warm-up).
+        let cpus =
+            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
         for (index, tokens) in prefix.chunks(state.rows()).enumerate() {
             let start = index * state.rows();
             let mut sequences = [PassSequence { kv: &mut kv, tokens, start, logits: false }];
-            if forward_batch(&view.file.weights, &mut state, &mut sequences, self.cpus, |_, _, _| {}).is_err()
-            {
+            if forward_batch(&view.file.weights, &mut state, &mut sequences, &cpus, |_, _, _| {}).is_err() {
                 return;
             }
         }

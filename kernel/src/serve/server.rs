@@ -338,22 +338,29 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         })
     }
 
-    /// Warms the prefix cache of a model that has just become active.
-    fn warm_if_cold(&mut self) {
-        if core::mem::take(&mut self.prefix_cold) {
+    /// Warms the prefix cache of a model that has just become active. Returns whether it
+    /// warmed (and so may have read console lines into the desk's queue).
+    fn warm_if_cold(&mut self) -> bool {
+        let cold = core::mem::take(&mut self.prefix_cold);
+        if cold {
             scope::with(TensorKind::Small, || self.warm_prefix_cache());
         }
+        cold
     }
 
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between
     /// console polls. `relax` is called when nothing is waiting.
     pub fn run(mut self, relax: impl Fn()) -> ! {
         // The boot model's shared prompt prefix is computed before the prompt appears.
-        self.warm_if_cold();
+        let _ = self.warm_if_cold();
         self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
         loop {
-            let handled = self.poll_console();
-            self.warm_if_cold();
+            let mut handled = self.poll_console();
+            // The warm-up serves the console at its checkpoints: the lines it read are handled
+            // now, not after the next interrupt.
+            if self.warm_if_cold() {
+                handled |= self.poll_console();
+            }
             if !self.pending.is_empty() {
                 self.in_batch = true;
                 self.desk.set_generating(true);
