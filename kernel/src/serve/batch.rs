@@ -196,8 +196,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             return;
         };
         let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
-        // The console is served at every matmul checkpoint, as in a batch's rounds: a control
-        // command sent while a freshly swapped-in model warms up is answered within its bound.
+        // The console is served at every matmul checkpoint, as in a batch's rounds, so a control
+        // command sent while a swapped-in model warms up is answered within its bound (lines
+        // read here wait in the desk's queue: the server polls it again after the warm-up).
         let cpus =
             ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
         for (index, tokens) in prefix.chunks(state.rows()).enumerate() {
