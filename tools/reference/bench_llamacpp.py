@@ -82,6 +82,14 @@ def llamacpp_rate(model, tokens):
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
 
 
+def shown(path, root):
+    """`path` relative to the repository when it lies inside it, as the report prints it."""
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def main():
     root = Path(__file__).resolve().parents[2]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +121,7 @@ def main():
             results = [measure() for _ in range(args.runs)]
             rows.append((name, max(rate for rate, _ in results), results[0][1]))
         reference = rows[-1][1]
-        print(f"{title}: model {args.model}, 1 thread, greedy, best of {args.runs}")
+        print(f"{title}: model {shown(args.model, root)}, 1 thread, greedy, best of {args.runs}")
         print(f"{'engine':<30} {'tokens':>7} {'tokens/s':>10} {'vs llama.cpp':>13}")
         for name, rate, count in rows:
             print(f"{name:<30} {count:>7} {rate:>10.1f} {rate / reference:>12.2f}x")
