@@ -326,6 +326,7 @@ impl Gateway {
 mod tests {
     use super::*;
     use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+    use tokio::task::JoinHandle;
 
     /// A gateway over a hub whose board is this test: it reads the lines sent and answers.
     fn gateway() -> (Arc<Gateway>, UnboundedReceiver<Vec<u8>>) {
@@ -346,10 +347,7 @@ mod tests {
     async fn a_silent_board_is_504_and_a_lost_one_503() {
         let (gateway, mut lines) = gateway_with(Duration::from_millis(1));
         let generation = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(generation).await }
-        });
+        let running = start(&gateway, generation);
         let models = request(&mut lines).await;
         answer(&gateway, &models["id"], MODELS);
         let generate = request(&mut lines).await;
@@ -360,10 +358,7 @@ mod tests {
 
         let (gateway, mut lines) = gateway_with(Duration::from_secs(30));
         let generation = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(generation).await }
-        });
+        let running = start(&gateway, generation);
         let models = request(&mut lines).await;
         answer(&gateway, &models["id"], MODELS);
         let _generate = request(&mut lines).await;
@@ -380,10 +375,7 @@ mod tests {
         gateway.hub.attach(writer);
         gateway.hub.handle_line("Type /help for commands");
         let again = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(again).await }
-        });
+        let running = start(&gateway, again);
         let models = request(&mut lines).await;
         assert_eq!(models["op"], "models", "after a reboot the card's models are asked again");
         answer(&gateway, &models["id"], MODELS);
@@ -393,6 +385,12 @@ mod tests {
     }
 
     /// The next request the board got, parsed.
+    /// Starts `gateway.generate(generation)` as a task of its own.
+    fn start(gateway: &Arc<Gateway>, generation: Generation) -> JoinHandle<Result<Answer, ApiError>> {
+        let gateway = Arc::clone(gateway);
+        tokio::spawn(async move { gateway.generate(generation).await })
+    }
+
     async fn request(lines: &mut UnboundedReceiver<Vec<u8>>) -> Value {
         let bytes = lines.recv().await.expect("a request");
         serde_json::from_slice(String::from_utf8(bytes).unwrap().trim_end().as_bytes()).unwrap()
@@ -410,10 +408,7 @@ mod tests {
         let (gateway, mut lines) = gateway();
         let generation =
             openai::parse_chat(br#"{"model":"b","messages":[{"role":"user","content":"Hi"}]}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(generation).await }
-        });
+        let running = start(&gateway, generation);
         let models = request(&mut lines).await;
         assert_eq!(models["op"], "models");
         answer(&gateway, &models["id"], MODELS);
@@ -438,19 +433,13 @@ mod tests {
         let (gateway, mut lines) = gateway();
         let unknown =
             openai::parse_chat(br#"{"model":"zzz","messages":[{"role":"user","content":"Hi"}]}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(unknown).await }
-        });
+        let running = start(&gateway, unknown);
         let models = request(&mut lines).await;
         answer(&gateway, &models["id"], MODELS);
         assert_eq!(running.await.unwrap().err().map(|error| error.status), Some(404));
 
         let busy = openai::parse_completion(br#"{"prompt":"Hi"}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(busy).await }
-        });
+        let running = start(&gateway, busy);
         let generate = request(&mut lines).await;
         assert_eq!(generate["op"], "generate", "the card's models are known: no second query");
         answer(
@@ -467,10 +456,7 @@ mod tests {
         let generation =
             openai::parse_chat(br#"{"messages":[{"role":"user","content":"Hi"}],"stream":true,"stream_options":{"include_usage":true}}"#)
                 .unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(generation).await }
-        });
+        let running = start(&gateway, generation);
         let models = request(&mut lines).await;
         answer(&gateway, &models["id"], MODELS);
         let generate = request(&mut lines).await;
@@ -488,10 +474,7 @@ mod tests {
         // A second stream whose client goes away after its first chunk.
         let generation =
             openai::parse_chat(br#"{"messages":[{"role":"user","content":"Hi"}],"stream":true}"#).unwrap();
-        let running = tokio::spawn({
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.generate(generation).await }
-        });
+        let running = start(&gateway, generation);
         let generate = request(&mut lines).await;
         answer(&gateway, &generate["id"], r#""event":"token","text":"x""#);
         let Ok(Answer::Stream(events)) = running.await.unwrap() else { panic!("no stream") };
