@@ -461,6 +461,20 @@ impl Sums {
     }
 }
 
+/// How far ahead of the block being read the weight loops ask for a row's bytes. Without
+/// it, one thread's decode spent most of its time waiting on weight loads from DRAM (the
+/// hardware prefetchers did not keep up); 1536 bytes measured best (docs/BENCHMARKS.md).
+const PREFETCH_AHEAD: usize = 1536;
+
+/// Asks for the cache line [`PREFETCH_AHEAD`] bytes past `address` to be brought into L1.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn prefetch_ahead(address: *const u8) {
+    // A prefetch is a hint: it reads nothing architecturally and never faults, whatever the
+    // address (past a matrix's end too); `wrapping_add` keeps the pointer arithmetic defined.
+    _mm_prefetch::<_MM_HINT_T0>(address.wrapping_add(PREFETCH_AHEAD).cast())
+}
+
 /// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
 fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) -> usize {
     (row_bytes / block_bytes).min(x.values.len() / BLOCK_VALUES).min(x.block_scales.len())
@@ -480,6 +494,7 @@ fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) ->
         // SAFETY: `chunks_exact` gives `pair` 2 × BLOCK_BYTES bytes, `values` 64 elements
         // and `scales` two block scales.
         unsafe {
+            prefetch_ahead(pair.as_ptr());
             let weight_scales = F::scales_pair(pair.as_ptr());
             let codes = (
                 W::prepare::<F>(F::codes(pair.as_ptr())),
@@ -626,6 +641,7 @@ unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
         // SAFETY: blocks `block` and `block + 1` are inside the row.
         let (weight_scales, codes) = unsafe {
             let address = row.add(block * F::BLOCK_BYTES);
+            prefetch_ahead(address);
             let codes =
                 (W::prepare::<F>(F::codes(address)), W::prepare::<F>(F::codes(address.add(F::BLOCK_BYTES))));
             (F::scales_pair(address), codes)
@@ -796,6 +812,7 @@ fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
     let groups = (row.len() / 32).min(x.len() / 8);
     let mut lanes = _mm256_setzero_ps();
     for group in 0..groups {
+        prefetch_ahead(row[group * 32..].as_ptr());
         lanes = _mm256_fmadd_ps(load_f32_bytes(row, group * 32), load_f32(x, group * 8), lanes);
     }
     let mut total = reduce(lanes);
@@ -869,6 +886,7 @@ fn dot_float_blocks(
 ) -> f32 {
     let mut accumulator = _mm256_setzero_ps();
     for (index, (block, values)) in row.chunks_exact(block_bytes).zip(x.chunks_exact(32)).enumerate() {
+        prefetch_ahead(block.as_ptr());
         // SAFETY: `codes` is one of this module's AVX2 functions, and AVX2 is enabled here.
         let codes = unsafe { codes(block) };
         let values: [__m256; 4] = core::array::from_fn(|group| load_f32(values, group * 8));
