@@ -68,14 +68,21 @@ impl fmt::Display for LibraryError {
 }
 
 /// The model files in [`MODEL_DIRECTORY`] (GGUF and llama2.c checkpoints; tokenizer files
-/// are left out).
+/// and names that are not [`listable`] are left out).
 pub fn list_models<D: BlockDevice>(volume: &mut Volume<D>) -> Result<Vec<ModelEntry>, FsError> {
     Ok(volume
         .list(MODEL_DIRECTORY)?
         .into_iter()
-        .filter(|entry| !entry.is_directory() && !entry.name().to_ascii_lowercase().contains("tokenizer"))
+        .filter(|entry| !entry.is_directory() && listable(entry.name()))
         .map(|entry| ModelEntry { name: entry.name().into(), size: entry.size() })
         .collect())
+}
+
+/// Whether a file name read off the card is listed as a model: not a tokenizer file, and
+/// free of control characters. A hostile card's names may carry terminal escapes, which
+/// `/models` would print raw to the user's terminal, and no `/load` could name such a file.
+fn listable(name: &str) -> bool {
+    !name.to_ascii_lowercase().contains("tokenizer") && !name.chars().any(char::is_control)
 }
 
 impl From<ModelError> for LibraryError {
@@ -452,6 +459,18 @@ mod tests {
     fn model_bytes(seed: u64) -> Vec<u8> {
         let spec = SyntheticSpec::tiny(256, seed);
         spec.generate(SyntheticFormat::Gguf(TensorType::Q8_0)).unwrap().model
+    }
+
+    #[test]
+    fn names_with_control_characters_or_of_tokenizers_are_not_listed() {
+        assert!(listable("SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert!(listable("modèle ünïcode.gguf"));
+        assert!(!listable("tokenizer.bin"));
+        assert!(!listable("My-Tokenizer.json"));
+        assert!(!listable("\u{1b}[2Jcleared.gguf"));
+        assert!(!listable("bell\u{7}.gguf"));
+        assert!(!listable("line\nbreak.gguf"));
+        assert!(!listable("c1-control\u{9b}31m.gguf"));
     }
 
     #[test]
