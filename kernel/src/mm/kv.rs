@@ -20,6 +20,7 @@
 use super::{
     MemError,
     buffer::{BackedMemory, TensorBuffer},
+    scope,
     tensor::TensorKind,
 };
 use crate::{
@@ -221,10 +222,12 @@ impl<'memory> KvBlockPool<'memory> {
     }
 
     /// Gives every chunk whose blocks are all free back to the KV cache's memory pool (so
-    /// the arena can take it back); returns the chunks released. O(blocks); off the token
-    /// path.
+    /// the arena can take it back); returns the chunks released. The bookkeeping shrinks
+    /// with the chunks: the slots after the last chunk kept go, with their blocks' entries,
+    /// and the lists give back the room they no longer need, so a pool that grew and shrank
+    /// back holds no more bookkeeping than its chunks need. O(blocks); off the token path.
     pub fn release_free_chunks(&self) -> usize {
-        let per_chunk = CHUNK_BYTES as usize / (self.floats_per_block * 4);
+        let per_chunk = self.blocks_per_chunk();
         let mut inner = self.inner.lock();
         let mut released = 0;
         for slot in 0..inner.chunks.len() {
@@ -239,7 +242,25 @@ impl<'memory> KvBlockPool<'memory> {
                 released += 1;
             }
         }
+        if released > 0 {
+            inner.trim(per_chunk);
+        }
         released
+    }
+
+    /// Blocks carved from one chunk.
+    fn blocks_per_chunk(&self) -> usize {
+        CHUNK_BYTES as usize / (self.floats_per_block * 4)
+    }
+
+    /// Bytes the pool's bookkeeping has room for (its chunk, block and free lists, by
+    /// capacity; the prefix cache's entries are not counted): what it holds in the
+    /// small-object pools beside its chunks.
+    pub fn bookkeeping_bytes(&self) -> usize {
+        let inner = self.inner.lock();
+        inner.chunks.capacity() * core::mem::size_of::<Option<TensorBuffer<'memory>>>()
+            + inner.blocks.capacity() * core::mem::size_of::<BlockEntry>()
+            + inner.free.capacity() * core::mem::size_of::<u32>()
     }
 
     /// Most blocks held and cached at once (the budget given to [`KvBlockPool::new`]).
@@ -280,6 +301,22 @@ impl<'memory> KvBlockPool<'memory> {
 }
 
 impl<'memory> PoolInner<'memory> {
+    /// Drops the empty chunk slots after the last chunk held, with their blocks' entries (all
+    /// free and unpublished, so on no list but the free list, which no longer names them), and
+    /// shrinks the lists to what they hold. The lists are small objects whatever the caller's
+    /// scope, as when they grow (see [`PoolInner::take`]).
+    fn trim(&mut self, per_chunk: usize) {
+        let slots = self.chunks.iter().rposition(Option::is_some).map_or(0, |last| last + 1);
+        self.chunks.truncate(slots);
+        self.blocks.truncate(slots * per_chunk);
+        debug_assert!(self.free.iter().all(|&id| (id as usize) < self.blocks.len()));
+        scope::with(TensorKind::Small, || {
+            self.chunks.shrink_to_fit();
+            self.blocks.shrink_to_fit();
+            self.free.shrink_to_fit();
+        });
+    }
+
     /// Takes a block with a reference count of one: a free one, else one carved from a new
     /// chunk, else the least recently used cached one.
     fn take(&mut self, memory: &'memory BackedMemory, floats_per_block: usize) -> Result<u32, KvError> {
@@ -287,27 +324,9 @@ impl<'memory> PoolInner<'memory> {
             self.evict_for_take()?
         } else if let Some(id) = self.free.pop() {
             id
-        } else if let Some(mut chunk) = self.new_chunk(memory, floats_per_block) {
-            let slot = self.chunks.iter().position(Option::is_none).unwrap_or(self.chunks.len());
-            let first = slot * (CHUNK_BYTES as usize / (floats_per_block * 4));
-            for (index, block) in chunk.as_f32_mut().chunks_exact_mut(floats_per_block).enumerate() {
-                let entry = BlockEntry {
-                    address: NonNull::from(block).cast(),
-                    references: 0,
-                    published: None,
-                    previous: NO_BLOCK,
-                    next: NO_BLOCK,
-                };
-                match self.blocks.get_mut(first + index) {
-                    Some(old) => *old = entry,
-                    None => self.blocks.push(entry),
-                }
-                self.free.push((first + index) as u32);
-            }
-            match self.chunks.get_mut(slot) {
-                Some(empty) => *empty = Some(chunk),
-                None => self.chunks.push(Some(chunk)),
-            }
+        } else if let Some(chunk) = self.new_chunk(memory, floats_per_block) {
+            // The lists grow as small objects, whatever the caller's scope.
+            scope::with(TensorKind::Small, || self.carve(chunk, floats_per_block));
             self.free.pop().ok_or(KvError::OutOfMemory)?
         } else {
             self.evict_for_take()?
@@ -315,6 +334,31 @@ impl<'memory> PoolInner<'memory> {
         self.blocks[id as usize].references = 1;
         self.in_use += 1;
         Ok(id)
+    }
+
+    /// Carves `chunk` into free blocks, in the first empty slot (whose block numbers it takes
+    /// over) or a new one at the end.
+    fn carve(&mut self, mut chunk: TensorBuffer<'memory>, floats_per_block: usize) {
+        let slot = self.chunks.iter().position(Option::is_none).unwrap_or(self.chunks.len());
+        let first = slot * (CHUNK_BYTES as usize / (floats_per_block * 4));
+        for (index, block) in chunk.as_f32_mut().chunks_exact_mut(floats_per_block).enumerate() {
+            let entry = BlockEntry {
+                address: NonNull::from(block).cast(),
+                references: 0,
+                published: None,
+                previous: NO_BLOCK,
+                next: NO_BLOCK,
+            };
+            match self.blocks.get_mut(first + index) {
+                Some(old) => *old = entry,
+                None => self.blocks.push(entry),
+            }
+            self.free.push((first + index) as u32);
+        }
+        match self.chunks.get_mut(slot) {
+            Some(empty) => *empty = Some(chunk),
+            None => self.chunks.push(Some(chunk)),
+        }
     }
 
     /// A new chunk from the KV region, unless the region is full or its blocks could not all

@@ -177,38 +177,51 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// Computes the K/V of the prompt prefix every request of the active model shares (its
     /// chat template and system prompt, up to the user's words) and publishes its full blocks
     /// in the prefix cache, so the first request already finds it there. Called when a model
-    /// becomes active with nothing generating.
-    pub(super) fn warm_prefix_cache(&mut self) {
-        let Some(model) = self.model.clone() else { return };
-        let Ok(view) = model.view() else { return };
+    /// becomes active with nothing generating. Returns whether a line was handled meanwhile.
+    ///
+    /// The console is served at every matmul checkpoint, as in a batch's rounds, and the lines
+    /// read there are handled between the passes, as between rounds. A checkpoint can answer a
+    /// control command only while the desk's queue has room: with the queue full (input sent
+    /// faster than it is handled), a command waits until the server takes the queue, so the
+    /// warm-up (several passes, over 10 ms under QEMU) must take it between its passes, or
+    /// a command sent as a swapped-in model warms up misses its bound. A line that makes
+    /// another model active (a load) ends the warm-up; the new model warms up next.
+    pub(super) fn warm_prefix_cache(&mut self) -> bool {
+        let mut handled = false;
+        let Some(model) = self.model.clone() else { return handled };
+        let Ok(view) = model.view() else { return handled };
         let (first, second) = (view.prompt_tokens("a"), view.prompt_tokens("b"));
         let shared = first.iter().zip(&second).take_while(|(a, b)| a == b).count();
         let prefix = &first[..shared];
         if prefix.len() < KV_BLOCK_TOKENS {
-            return;
+            return handled;
         }
         // Only full blocks are published: the rest would be computed for nothing.
         let prefix = &prefix[..prefix.len() / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
-        let Some(pool) = self.kv_pool_for(&view) else { return };
+        let Some(pool) = self.kv_pool_for(&view) else { return handled };
         let config = *view.file.config();
         let Some(mut kv) = PagedKv::new(&pool, config.layers, config.kv_dim(), KV_BLOCK_TOKENS, prefix.len())
         else {
-            return;
+            return handled;
         };
-        let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return };
-        // The console is served at every matmul checkpoint, as in a batch's rounds, so a control
-        // command sent while a swapped-in model warms up is answered within its bound (lines
-        // read here wait in the desk's queue: the server polls it again after the warm-up).
-        let cpus =
-            ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
-        for (index, tokens) in prefix.chunks(state.rows()).enumerate() {
-            let start = index * state.rows();
-            let mut sequences = [PassSequence { kv: &mut kv, tokens, start, logits: false }];
+        let Ok(mut state) = self.batch_scratch(&view, prefix.len()) else { return handled };
+        let rows = state.rows();
+        for (index, tokens) in prefix.chunks(rows).enumerate() {
+            if index > 0 {
+                handled |= self.poll_console();
+                if !self.model.as_ref().is_some_and(|active| Arc::ptr_eq(active, &model)) {
+                    return handled;
+                }
+            }
+            let cpus =
+                ServingCpus { inner: self.cpus, desk: &self.desk, console: self.console, clock: self.clock };
+            let mut sequences = [PassSequence { kv: &mut kv, tokens, start: index * rows, logits: false }];
             if forward_batch(&view.file.weights, &mut state, &mut sequences, &cpus, |_, _, _| {}).is_err() {
-                return;
+                return handled;
             }
         }
         kv.publish(model_identity(&model), prefix);
+        handled
     }
 
     /// Ends every waiting request with `message`.

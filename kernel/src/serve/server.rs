@@ -415,14 +415,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         })
     }
 
-    /// Warms the prefix cache of a model that has just become active; returns whether it did
-    /// (the console is served during the warm-up, so lines may then wait in the desk).
-    fn warm_if_cold(&mut self) -> bool {
-        let cold = core::mem::take(&mut self.prefix_cold);
-        if cold {
-            scope::with(TensorKind::Small, || self.warm_prefix_cache());
+    /// Warms the prefix cache of a model that has just become active. Returns `None` when it
+    /// was warm already, else whether a line was handled during the warm-up (the console is
+    /// served during the warm-up, and lines read in its last pass then wait in the desk).
+    fn warm_if_cold(&mut self) -> Option<bool> {
+        if !core::mem::take(&mut self.prefix_cold) {
+            return None;
         }
-        cold
+        Some(scope::with(TensorKind::Small, || self.warm_prefix_cache()))
     }
 
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between
@@ -434,7 +434,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         loop {
             let mut handled = self.poll_console();
             // Lines that arrived during a warm-up are handled now, not after the next byte.
-            if self.warm_if_cold() {
+            if let Some(handled_meanwhile) = self.warm_if_cold() {
+                handled |= handled_meanwhile;
                 handled |= self.poll_console();
             }
             if !self.pending.is_empty() {

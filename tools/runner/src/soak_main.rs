@@ -378,25 +378,15 @@ fn other_model(model: &str) -> &'static str {
 }
 
 /// Brings the kernel to its idle state and reads its memory: no answer generating and every
-/// line taken (a generation sent last ends, then `/cancel` finds nothing to cancel), then a
-/// swap to the other model and back (which leaves the pools as a fresh swap does), then a
-/// `mem` record and a `/stats` report.
+/// line taken (see [`settle`]), then a swap to the other model and back (which leaves the
+/// pools as a fresh swap does), settled again (the swapped-in model's warm-up is over once a
+/// generation has run after it), then a `mem` record and a `/stats` report.
 fn idle_memory(driver: &mut Driver) -> Result<Idle, String> {
     driver.wait_until("every request's final record", |driver| driver.tracker.waiting() == 0)?;
     driver.wait_until("the pending load", |driver| driver.loading.is_none())?;
-    for attempt in 0.. {
-        driver.request_and_wait(Expect::Done, "\"op\":\"generate\",\"prompt\":\"idle?\",\"max_tokens\":1")?;
-        driver.cancel_answer = None;
-        driver.send(b"/cancel\r")?;
-        driver.wait_until("the answer to /cancel", |driver| driver.cancel_answer.is_some())?;
-        if driver.cancel_answer == Some(false) {
-            break;
-        }
-        if attempt > 1000 {
-            return Err("the kernel never became idle".into());
-        }
-    }
-    // The state measured is always "the first model just swapped in, nothing run since".
+    settle(driver)?;
+    // The state measured is always "the first model just swapped in, its warm-up and one
+    // one-token generation run since".
     let home = MODELS[0];
     let swaps: &[&str] = if driver.active == home { &[MODELS[1], home] } else { &[home] };
     for &model in swaps {
@@ -407,6 +397,7 @@ fn idle_memory(driver: &mut Driver) -> Result<Idle, String> {
             return Err(format!("the swap to {model} did not happen"));
         }
     }
+    settle(driver)?;
     driver.request_and_wait(Expect::Mem, "\"op\":\"mem\"")?;
     let line = driver.last_mem.clone().ok_or("no mem record was read")?;
     let (pools, heap) =
@@ -425,6 +416,24 @@ fn idle_memory(driver: &mut Driver) -> Result<Idle, String> {
         stats,
         sent_bytes,
     })
+}
+
+/// Waits until nothing generates and every line is taken: a one-token generation sent last
+/// ends, then `/cancel` finds nothing to cancel (else again: a chat line may still wait).
+fn settle(driver: &mut Driver) -> Result<(), String> {
+    for attempt in 0.. {
+        driver.request_and_wait(Expect::Done, "\"op\":\"generate\",\"prompt\":\"idle?\",\"max_tokens\":1")?;
+        driver.cancel_answer = None;
+        driver.send(b"/cancel\r")?;
+        driver.wait_until("the answer to /cancel", |driver| driver.cancel_answer.is_some())?;
+        if driver.cancel_answer == Some(false) {
+            return Ok(());
+        }
+        if attempt > 1000 {
+            break;
+        }
+    }
+    Err("the kernel never became idle".into())
 }
 
 /// The kernel's memory and counters when idle (see [`idle_memory`]).

@@ -212,6 +212,60 @@ fn lru_evicts_the_ends_of_finished_sequences_first() {
     assert_eq!(pool.statistics().blocks_cached, 0);
 }
 
+#[test]
+fn a_pool_that_grew_to_a_second_segment_and_shrank_back_keeps_no_bookkeeping_of_its_peak() {
+    // The soak's tiny models: 16 positions of a 32-wide K and V per block, 128 blocks a chunk.
+    let memory = host_backed_memory(32 * MIB);
+    let floats = floats_per_block(16, 32);
+    let pool = KvBlockPool::new(memory, floats, 10_000).unwrap();
+    let per_chunk = CHUNK_BYTES as usize / (floats * 4);
+    let take = |count: usize| -> Vec<KvBlock<'_, '_>> {
+        (0..count).map(|_| pool.alloc_for_overwrite().unwrap()).collect()
+    };
+    assert_eq!(pool.bookkeeping_bytes(), 0, "a new pool has no bookkeeping yet");
+    // The baseline: one chunk in use, then given back, as at an idle point after a swap.
+    let blocks = take(per_chunk);
+    let one_chunk = pool.bookkeeping_bytes();
+    assert!(one_chunk >= per_chunk * 4, "every block has its entry");
+    drop(blocks);
+    assert_eq!(pool.release_free_chunks(), 1);
+    assert_eq!(pool.bookkeeping_bytes(), 0, "with its chunks, the pool gives back their bookkeeping");
+    // Grown to four chunks: two arena segments.
+    let mut blocks = take(3 * per_chunk + 1);
+    assert_eq!(pool.statistics().chunks, 4);
+    assert!(pool.bookkeeping_bytes() > 2 * one_chunk);
+    // The last chunk still holds a block: nothing after it can go, the others can.
+    let last = blocks.pop().unwrap();
+    drop(blocks);
+    assert_eq!(pool.release_free_chunks(), 3);
+    assert_eq!(pool.statistics().chunks, 1);
+    assert!(pool.bookkeeping_bytes() > one_chunk, "block numbers up to the last chunk's stay");
+    // The last chunk's free blocks are still taken first, and the block still reads back.
+    let mut again = pool.alloc_for_overwrite().unwrap();
+    again.make_mut().unwrap().fill(2.0);
+    assert!(
+        again.id as usize / per_chunk == last.id as usize / per_chunk
+            && again.iter().all(|&value| value == 2.0)
+    );
+    drop((again, last));
+    assert_eq!(pool.release_free_chunks(), 1);
+    assert_eq!(pool.bookkeeping_bytes(), 0);
+    // Back to one chunk in use: the bookkeeping is the baseline's, not the peak's.
+    let blocks = take(per_chunk);
+    assert_eq!(pool.bookkeeping_bytes(), one_chunk);
+    assert_eq!(
+        pool.statistics(),
+        KvPoolStatistics {
+            blocks_in_use: per_chunk,
+            blocks_free: 0,
+            blocks_cached: 0,
+            block_bytes: floats * 4,
+            chunks: 1,
+        }
+    );
+    drop(blocks);
+}
+
 /// What the engine would store at `position` of `layer` after `tokens[..=position]`: a value
 /// that depends on the whole prefix, so a wrongly shared block shows.
 fn row_for(tokens: &[u32], position: usize, layer: usize) -> f32 {
