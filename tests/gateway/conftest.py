@@ -58,7 +58,7 @@ def metric(text, name):
 class Gateway:
     """A running `tessera serve --qemu`."""
 
-    def __init__(self, card, log_name):
+    def __init__(self, card, log_name, extra_arguments=()):
         build = os.path.dirname(card)
         self.board_log = os.path.join(build, f"{log_name}-board.log")
         self.stderr_path = os.path.join(build, f"{log_name}-serve.log")
@@ -69,6 +69,7 @@ class Gateway:
                 "--kernel", os.environ["TESSERA_KERNEL"], "--sd", card,
                 "--listen", "127.0.0.1:0", "--board-log", self.board_log,
                 "--deadline", "600",
+                *extra_arguments,
             ],
             stderr=subprocess.PIPE,
             text=True,
@@ -119,9 +120,16 @@ class Gateway:
         self.stderr.close()
 
 
+# The tiny board's gateway gives request heads and bodies only a few seconds, so that the
+# slow-client tests see it disconnect them without a long wait (every client of the other
+# tests sends its whole request at once).
+CLIENT_TIMEOUT_SECONDS = 3
+
+
 @pytest.fixture(scope="session")
 def tiny_gateway():
-    gateway = Gateway(os.environ["TESSERA_TINY_CARD"], "tiny")
+    timeouts = ["--header-timeout", str(CLIENT_TIMEOUT_SECONDS), "--body-timeout", str(CLIENT_TIMEOUT_SECONDS)]
+    gateway = Gateway(os.environ["TESSERA_TINY_CARD"], "tiny", timeouts)
     yield gateway
     gateway.stop()
 
