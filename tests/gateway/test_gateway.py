@@ -165,7 +165,7 @@ def test_malformed_and_hostile_requests_get_their_status_and_shape(tiny_gateway)
     status, body = raw(tiny_gateway, "POST", path, b'{"messages":[{"role":"user","content":"' + b"x" * (2 << 20) + b'"}]}')
     assert status == 413
     assert_error_shape(body, code="request_too_large")
-    long = json.dumps({"messages": [{"role": "user", "content": "y" * 3000}]})
+    long = json.dumps({"messages": [{"role": "user", "content": "y" * 20000}]})
     status, body = raw(tiny_gateway, "POST", path, long)
     assert status == 400
     assert_error_shape(body, code="context_length_exceeded")
