@@ -206,3 +206,80 @@ impl AsyncWrite for Replayed {
         self.stream.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::sync::mpsc;
+
+    /// A gateway of one route (`GET /ok`) on a free port, with `settings`.
+    async fn listening(settings: ConnectionSettings) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new().route("/ok", get(|| async { "fine" }));
+        tokio::spawn(serve(listener, router, settings, std::future::pending()));
+        address
+    }
+
+    /// Everything the server sends until it closes the connection.
+    async fn until_closed(stream: &mut TcpStream) -> String {
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.unwrap();
+        String::from_utf8_lossy(&received).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_head_gets_408_and_holds_the_only_place_until_then() {
+        let settings = ConnectionSettings {
+            header_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            limits: intake::DEFAULT_LIMITS,
+        };
+        let address = listening(settings).await;
+        let (finished, mut order) = mpsc::unbounded_channel();
+        let mut loris = TcpStream::connect(address).await.unwrap();
+        loris.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let loris_finished = finished.clone();
+        let loris_task = tokio::spawn(async move {
+            let answer = until_closed(&mut loris).await;
+            loris_finished.send("loris").unwrap();
+            answer
+        });
+        // The second client connects while the loris holds the only place: it is served only
+        // once the gateway has disconnected the loris.
+        let mut patient = TcpStream::connect(address).await.unwrap();
+        patient.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let patient_task = tokio::spawn(async move {
+            let answer = until_closed(&mut patient).await;
+            finished.send("patient").unwrap();
+            answer
+        });
+        let loris_answer = loris_task.await.unwrap();
+        let patient_answer = patient_task.await.unwrap();
+        assert!(loris_answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{loris_answer}");
+        assert!(loris_answer.contains("\"code\":\"request_timeout\""), "{loris_answer}");
+        assert!(patient_answer.starts_with("HTTP/1.1 200 OK\r\n"), "{patient_answer}");
+        assert!(patient_answer.ends_with("fine"), "the head was replayed to hyper whole: {patient_answer}");
+        assert_eq!((order.recv().await, order.recv().await), (Some("loris"), Some("patient")));
+    }
+
+    #[tokio::test]
+    async fn a_refused_head_is_answered_and_its_body_read_before_the_close() {
+        let limits = Limits { max_body: 1000, ..intake::DEFAULT_LIMITS };
+        let settings =
+            ConnectionSettings { header_timeout: Duration::from_secs(30), max_connections: 8, limits };
+        let address = listening(settings).await;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let body = vec![b'x'; 4 << 20];
+        let head = format!("POST /ok HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        client.write_all(head.as_bytes()).await.unwrap();
+        // Every byte of the refused body is taken (a reset would fail this write), then the
+        // answer is there to read.
+        client.write_all(&body).await.unwrap();
+        client.shutdown().await.unwrap();
+        let answer = until_closed(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+}
