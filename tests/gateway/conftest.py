@@ -1,8 +1,9 @@
 """Fixtures of the gateway tests: `tessera serve --qemu` over an SD card, started once per card.
 
 Environment (set by tests/gateway/run.sh): TESSERA_BIN (the tessera binary), TESSERA_KERNEL
-(kernel8.img), TESSERA_TINY_CARD (a card with small synthetic models) and TESSERA_SMOLLM2_CARD
-(a card with SmolLM2). Every wait is on an event with a generous deadline, never a fixed sleep.
+(kernel8.img), TESSERA_TINY_CARD (a card with small synthetic models), TESSERA_SILENT_CARD (a
+copy of it), TESSERA_LONG_CARD (a model with a long context and slow.gguf) and
+TESSERA_SMOLLM2_CARD (a card with SmolLM2). Every wait is on an event with a generous deadline, never a fixed sleep.
 """
 
 import json
@@ -58,7 +59,7 @@ def metric(text, name):
 class Gateway:
     """A running `tessera serve --qemu`."""
 
-    def __init__(self, card, log_name):
+    def __init__(self, card, log_name, extra_arguments=(), deadline=600):
         build = os.path.dirname(card)
         self.board_log = os.path.join(build, f"{log_name}-board.log")
         self.stderr_path = os.path.join(build, f"{log_name}-serve.log")
@@ -68,7 +69,8 @@ class Gateway:
                 os.environ["TESSERA_BIN"], "serve", "--qemu",
                 "--kernel", os.environ["TESSERA_KERNEL"], "--sd", card,
                 "--listen", "127.0.0.1:0", "--board-log", self.board_log,
-                "--deadline", "600",
+                "--deadline", str(deadline),
+                *extra_arguments,
             ],
             stderr=subprocess.PIPE,
             text=True,
@@ -119,9 +121,35 @@ class Gateway:
         self.stderr.close()
 
 
+# The tiny board's gateway gives request heads and bodies only a few seconds, so that the
+# slow-client tests see it disconnect them without a long wait (every client of the other
+# tests sends its whole request at once).
+CLIENT_TIMEOUT_SECONDS = 3
+
+
 @pytest.fixture(scope="session")
 def tiny_gateway():
-    gateway = Gateway(os.environ["TESSERA_TINY_CARD"], "tiny")
+    timeouts = ["--header-timeout", str(CLIENT_TIMEOUT_SECONDS), "--body-timeout", str(CLIENT_TIMEOUT_SECONDS)]
+    gateway = Gateway(os.environ["TESSERA_TINY_CARD"], "tiny", timeouts)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def long_gateway():
+    gateway = Gateway(os.environ["TESSERA_LONG_CARD"], "long")
+    yield gateway
+    gateway.stop()
+
+
+# The gateway of a board that the 504 test stops: it gives the board this many seconds per
+# record (the tiny model answers its first record well within them even on a busy machine).
+SILENT_DEADLINE_SECONDS = 15
+
+
+@pytest.fixture
+def silent_gateway():
+    gateway = Gateway(os.environ["TESSERA_SILENT_CARD"], "silent", deadline=SILENT_DEADLINE_SECONDS)
     yield gateway
     gateway.stop()
 

@@ -2,9 +2,12 @@
 # The gateway tests, for `make test-gateway` (and so `make test`):
 #   1. installs what they need when missing: Debian's chromium and chromium-driver (apt-get, as
 #      root), and the pinned Python packages (requirements.txt) into build/gateway-venv;
-#   2. builds the tessera CLI (release) and writes two SD cards under build/gateway/: one with
-#      small synthetic models (tiny-a.gguf, the default; tiny-b.gguf; slow.gguf, larger, whose
-#      answers last long enough to leave or reboot in the middle of one), one with SmolLM2;
+#   2. builds the tessera CLI (release) and writes the SD cards under build/gateway/: tiny.img
+#      with small synthetic models (tiny-a.gguf, the default; tiny-b.gguf; slow.gguf, larger,
+#      whose answers last long enough to leave or reboot in the middle of one), silent.img (the
+#      same, for a board that is stopped), long.img (long.gguf, a small model with an 8192-token
+#      context, the default; slow.gguf; a tessera.cfg with an 8192-token KV quota), and one
+#      with SmolLM2;
 #   3. runs pytest over tests/gateway against `tessera serve --qemu` (kernel8.img must exist:
 #      the make target builds it first).
 # Extra arguments go to pytest (e.g. -k browser).
@@ -43,14 +46,21 @@ sdimage="$root/target/release/tessera-sdimage"
   --vocab 320 --seq 1024 --format gguf-q8_0 >/dev/null
 # The image builder's progress goes to a log; it is shown when the builder fails.
 card() { "$sdimage" "$@" >"$build/sdimage.log" 2>&1 || { cat "$build/sdimage.log"; exit 1; }; }
+"$tessera" gen-model "$build/long.gguf" --seed 7 --dim 64 --hidden 96 --vocab 320 --seq 8192 --format gguf-q8_0 >/dev/null
 card "$build/tiny.img" --kernel build/kernel8.img \
   --model "$build/tiny-a.gguf" --model "$build/tiny-b.gguf" --model "$build/slow.gguf"
+cp --sparse=always "$build/tiny.img" "$build/silent.img"
+printf 'kv_quota_tokens = 8192\n' >"$build/long.cfg"
+card "$build/long.img" --kernel build/kernel8.img --model "$build/long.gguf" --model "$build/slow.gguf" \
+  --file "$build/long.cfg:/tessera.cfg"
 smollm2="$(tools/reference/fetch_smollm2.sh)"
 card "$build/smollm2.img" --kernel build/kernel8.img --model "$smollm2"
 
 export TESSERA_BIN="$tessera"
 export TESSERA_KERNEL="$root/build/kernel8.img"
 export TESSERA_TINY_CARD="$build/tiny.img"
+export TESSERA_SILENT_CARD="$build/silent.img"
+export TESSERA_LONG_CARD="$build/long.img"
 export TESSERA_SMOLLM2_CARD="$build/smollm2.img"
 cd tests/gateway
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -v "$@"

@@ -165,7 +165,7 @@ def test_malformed_and_hostile_requests_get_their_status_and_shape(tiny_gateway)
     status, body = raw(tiny_gateway, "POST", path, b'{"messages":[{"role":"user","content":"' + b"x" * (2 << 20) + b'"}]}')
     assert status == 413
     assert_error_shape(body, code="request_too_large")
-    long = json.dumps({"messages": [{"role": "user", "content": "y" * 3000}]})
+    long = json.dumps({"messages": [{"role": "user", "content": "y" * 20000}]})
     status, body = raw(tiny_gateway, "POST", path, long)
     assert status == 400
     assert_error_shape(body, code="context_length_exceeded")
@@ -180,7 +180,23 @@ def test_malformed_and_hostile_requests_get_their_status_and_shape(tiny_gateway)
     assert_error_shape(body)
 
 
-def test_a_slow_loris_does_not_disturb_other_clients(client, tiny_gateway):
+def receive_until_closed(connection):
+    """Everything the gateway sends on `connection` until it closes it (EOF)."""
+    received = b""
+    while True:
+        data = connection.recv(4096)
+        if not data:
+            return received
+        received += data
+
+
+def assert_timed_out(answer):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert_error_shape(json.loads(body), code="request_timeout")
+
+
+def test_a_slow_loris_is_disconnected_and_does_not_disturb_other_clients(client, tiny_gateway):
     address = urllib.parse.urlsplit(tiny_gateway.url)
     loris = socket.create_connection((address.hostname, address.port), timeout=EVENT_DEADLINE)
     loris.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n")
@@ -201,10 +217,49 @@ def test_a_slow_loris_does_not_disturb_other_clients(client, tiny_gateway):
             answer = client.chat.completions.create(model="tiny-a.gguf", messages=MESSAGES[1:2], max_tokens=tokens)
             assert answer.usage.completion_tokens == tokens
         assert get_json(tiny_gateway.url + "/health")[0] == 200
+        # The gateway ends the connection itself (the header-read timeout), with a 408.
+        answer = receive_until_closed(loris)
     finally:
         stop.set()
         thread.join()
         loris.close()
+    assert_timed_out(answer)
+
+
+def test_a_body_that_stops_arriving_gets_408_and_the_connection_closed(client, tiny_gateway):
+    address = urllib.parse.urlsplit(tiny_gateway.url)
+    slow = socket.create_connection((address.hostname, address.port), timeout=EVENT_DEADLINE)
+    try:
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"messages\":"
+        )
+        answer = receive_until_closed(slow)
+    finally:
+        slow.close()
+    assert_timed_out(answer)
+    assert client.chat.completions.create(model="tiny-a.gguf", messages=MESSAGES[1:2], max_tokens=2).usage.completion_tokens == 2
+
+
+def test_oversized_and_malformed_heads_get_their_status_and_the_connection_closed(tiny_gateway):
+    address = urllib.parse.urlsplit(tiny_gateway.url)
+    heads = {
+        b"GET /health HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n": 431,
+        b"GET /health HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 100 + b"\r\n": 431,
+        b"POST /v1/completions HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 13\r\n\r\n": 400,
+        b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n": 400,
+    }
+    for head, status in heads.items():
+        connection = socket.create_connection((address.hostname, address.port), timeout=EVENT_DEADLINE)
+        try:
+            connection.sendall(head)
+            answer = receive_until_closed(connection)
+        finally:
+            connection.close()
+        first, _, body = answer.partition(b"\r\n\r\n")
+        assert first.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+        assert_error_shape(json.loads(body))
+    assert get_json(tiny_gateway.url + "/health")[0] == 200
 
 
 def test_a_board_that_reboots_fails_requests_in_flight_with_503_then_serves_again(client, tiny_gateway):

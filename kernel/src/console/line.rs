@@ -86,20 +86,12 @@ fn is_echoed(byte: u8) -> bool {
     byte.is_ascii_graphic() || byte == b' ' || byte >= 0x80
 }
 
-/// Assembles bytes into lines of at most `LIMIT` bytes, with no allocation.
-///
-/// Echo: a byte is echoed when it is printable and the line holds no control byte before it;
-/// once a line is known to be noise nothing more of it is echoed, and backspace echoes an
-/// erase only for a character that was echoed.
+/// Assembles bytes into lines of at most `LIMIT` bytes, with no allocation: a
+/// [`LineAssembler`] over a buffer of its own.
 #[derive(Debug)]
 pub struct LineReader<const LIMIT: usize> {
     buffer: [u8; LIMIT],
-    length: usize,
-    /// Control bytes held in `buffer[..length]`.
-    controls: usize,
-    overflowed: bool,
-    after_carriage_return: bool,
-    echo: [u8; 1],
+    assembler: LineAssembler,
 }
 
 const ERASE: &[u8] = b"\x08 \x08";
@@ -113,29 +105,71 @@ impl<const LIMIT: usize> Default for LineReader<LIMIT> {
 impl<const LIMIT: usize> LineReader<LIMIT> {
     /// An empty reader.
     pub const fn new() -> Self {
-        Self {
-            buffer: [0; LIMIT],
-            length: 0,
-            controls: 0,
-            overflowed: false,
-            after_carriage_return: false,
-            echo: [0],
-        }
+        Self { buffer: [0; LIMIT], assembler: LineAssembler::new() }
     }
 
     /// Feeds one received byte.
     pub fn push(&mut self, byte: u8) -> LineEvent<'_> {
+        self.assembler.push(&mut self.buffer, byte)
+    }
+}
+
+/// The line editor's state, over a buffer its caller keeps: the line's bytes are in the
+/// first [`LineAssembler::length`] bytes of the buffer passed to each
+/// [`LineAssembler::push`], and a line passes its limit when it does not fit in that buffer.
+/// The caller may hand over a larger buffer in the middle of a line (with the bytes so far
+/// copied into it) to let that line grow: the console desk does so for machine-mode lines.
+///
+/// Echo: a byte is echoed when it is printable and the line holds no control byte before it;
+/// once a line is known to be noise nothing more of it is echoed, and backspace echoes an
+/// erase only for a character that was echoed.
+#[derive(Clone, Debug, Default)]
+pub struct LineAssembler {
+    length: usize,
+    /// Control bytes held in the line so far.
+    controls: usize,
+    overflowed: bool,
+    after_carriage_return: bool,
+    echo: [u8; 1],
+}
+
+impl LineAssembler {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Self { length: 0, controls: 0, overflowed: false, after_carriage_return: false, echo: [0] }
+    }
+
+    /// Bytes of the line so far.
+    pub fn length(&self) -> usize {
+        self.length
+    }
+
+    /// Whether pushing `byte` with a buffer of `capacity` bytes would make the line too long:
+    /// it is a byte of the line (not a line end or an erase), the buffer is full, and the line
+    /// has not overflowed already.
+    pub fn would_overflow(&self, capacity: usize, byte: u8) -> bool {
+        !matches!(byte, b'\r' | b'\n' | 0x08 | 0x7F) && !self.overflowed && self.length >= capacity
+    }
+
+    /// Feeds one received byte, the line so far being in `buffer` (the same bytes every call,
+    /// in the same or a larger buffer).
+    pub fn push<'a>(&'a mut self, buffer: &'a mut [u8], byte: u8) -> LineEvent<'a> {
+        if self.length > buffer.len() {
+            // A smaller buffer than the line already filled: the line cannot fit.
+            self.length = buffer.len();
+            self.overflowed = true;
+        }
         let after_carriage_return = core::mem::replace(&mut self.after_carriage_return, byte == b'\r');
         match byte {
             b'\n' if after_carriage_return => LineEvent::Pending,
-            b'\r' | b'\n' => self.finish(),
-            0x08 | 0x7F => self.erase(),
-            _ if self.length == LIMIT || self.overflowed => {
+            b'\r' | b'\n' => self.finish(buffer),
+            0x08 | 0x7F => self.erase(buffer),
+            _ if self.length >= buffer.len() || self.overflowed => {
                 self.overflowed = true;
                 LineEvent::Pending
             }
             _ => {
-                self.buffer[self.length] = byte;
+                buffer[self.length] = byte;
                 self.length += 1;
                 if is_control_byte(byte) {
                     self.controls += 1;
@@ -152,15 +186,15 @@ impl<const LIMIT: usize> LineReader<LIMIT> {
 
     /// Backspace or DEL: drops the last character (a whole UTF-8 sequence, not just its last
     /// byte), and erases it on the terminal if it was echoed.
-    fn erase(&mut self) -> LineEvent<'_> {
+    fn erase(&mut self, buffer: &[u8]) -> LineEvent<'static> {
         if self.length == 0 || self.overflowed {
             return LineEvent::Pending;
         }
         self.length -= 1;
-        while self.length > 0 && self.buffer[self.length] & 0xC0 == 0x80 {
+        while self.length > 0 && buffer[self.length] & 0xC0 == 0x80 {
             self.length -= 1;
         }
-        let first = self.buffer[self.length];
+        let first = buffer[self.length];
         if is_control_byte(first) {
             self.controls -= 1;
             LineEvent::Pending
@@ -171,13 +205,13 @@ impl<const LIMIT: usize> LineReader<LIMIT> {
         }
     }
 
-    fn finish(&mut self) -> LineEvent<'_> {
-        let length = core::mem::take(&mut self.length);
+    fn finish<'a>(&mut self, buffer: &'a [u8]) -> LineEvent<'a> {
+        let length = core::mem::take(&mut self.length).min(buffer.len());
         self.controls = 0;
         if core::mem::take(&mut self.overflowed) {
-            return LineEvent::Error(LineError::TooLong { limit: LIMIT });
+            return LineEvent::Error(LineError::TooLong { limit: buffer.len() });
         }
-        match classify(&self.buffer[..length]) {
+        match classify(&buffer[..length]) {
             Ok(text) => LineEvent::Line(text),
             Err(error) => LineEvent::Error(error),
         }
@@ -232,6 +266,35 @@ mod tests {
             lines::<16>(b"a\xff\nfine\r"),
             vec![Err(LineError::InvalidUtf8 { offset: 1 }), Ok("fine".to_string())]
         );
+    }
+
+    #[test]
+    fn a_line_grows_into_a_larger_buffer_handed_over_midway() {
+        let mut assembler = LineAssembler::new();
+        let (mut small, mut large) = ([0u8; 4], [0u8; 8]);
+        for &byte in b"abcd" {
+            assert!(!assembler.would_overflow(small.len(), byte));
+            assembler.push(&mut small, byte);
+        }
+        assert!(assembler.would_overflow(small.len(), b'e'));
+        assert!(!assembler.would_overflow(small.len(), b'\r'), "a line end never overflows");
+        large[..4].copy_from_slice(&small);
+        for &byte in b"efgh" {
+            assembler.push(&mut large, byte);
+        }
+        assert_eq!(assembler.push(&mut large, b'\r'), LineEvent::Line("abcdefgh"));
+        // Past the larger buffer the line is too long, with that buffer's size as the limit.
+        for &byte in b"123456789" {
+            assembler.push(&mut large, byte);
+        }
+        assert_eq!(assembler.push(&mut large, b'\n'), LineEvent::Error(LineError::TooLong { limit: 8 }));
+        // A buffer smaller than the line so far makes it too long, never a panic.
+        for &byte in b"123456" {
+            assembler.push(&mut large, byte);
+        }
+        assert_eq!(assembler.push(&mut small, 0x7F), LineEvent::Pending);
+        assert_eq!(assembler.push(&mut small, b'\r'), LineEvent::Error(LineError::TooLong { limit: 4 }));
+        assert_eq!(assembler.length(), 0);
     }
 
     #[test]

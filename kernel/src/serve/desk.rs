@@ -6,17 +6,27 @@
 //! order. A line the reader refuses (noise: control characters; invalid UTF-8; too long) is
 //! queued as refused, for a short error, and is never taken for a prompt or a command. Each
 //! answer's wait, from the end of its line, goes into the serving counters.
+//!
+//! Lines are read into a buffer of [`MAX_LINE`] bytes. A machine-mode line (one that starts
+//! with `{`) that passes it continues in a buffer of [`MAX_MACHINE_LINE`] bytes taken from the
+//! protocol pool within [`CONTROL_BOUND_NS`] and given back when the line ends, so a request
+//! may carry a whole conversation; when the pool cannot give it in time, the line is refused
+//! as too long, like a person's line past [`MAX_LINE`].
 
 #![forbid(unsafe_code)]
 
 use super::{
-    MAX_LINE,
+    MAX_LINE, MAX_MACHINE_LINE,
     protocol::{self, Event},
 };
 use crate::{
-    console::line::{LineError, LineEvent, LineReader},
+    console::line::{LineAssembler, LineError, LineEvent},
     hil::{Clock, Console, Cpus},
-    mm::{scope, tensor::TensorKind},
+    mm::{
+        buffer::{BackedMemory, TensorBuffer},
+        scope,
+        tensor::TensorKind,
+    },
     telemetry::{Counters, ShortName},
 };
 use alloc::{collections::VecDeque, string::String, vec::Vec};
@@ -34,6 +44,11 @@ pub const CONTROL_BOUND_NS: u64 = 10_000_000;
 /// sender is held back (receive flow control), instead of piling up in memory. Control
 /// commands behind them wait for the server to take the queue (at the next token boundary).
 pub const MAX_QUEUED_INPUTS: usize = 64;
+
+/// Most bytes of lines queued for the server: once this many wait, the desk reads no further
+/// either (so the protocol pool holds at most this much of queued lines, plus the one line
+/// that passed the bound).
+pub const MAX_QUEUED_LINE_BYTES: usize = 4 * MAX_MACHINE_LINE;
 
 /// A complete input line, or why a line was refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,9 +74,36 @@ pub enum CancelRequest {
 /// The commands whose answer time the desk measures, as the counters name them.
 const TIMED_COMMANDS: [&str; 3] = ["stats", "cancel", "status"];
 
+impl Input {
+    /// Bytes of the line it holds.
+    fn bytes(&self) -> usize {
+        match self {
+            Input::Line(line) => line.len(),
+            Input::Refused(_) => 0,
+        }
+    }
+}
+
+/// The line being read: the editor's state, its buffer, and the protocol-pool buffer a long
+/// machine-mode line continues in.
+struct LineState<'memory> {
+    assembler: LineAssembler,
+    short: [u8; MAX_LINE],
+    long: Option<TensorBuffer<'memory>>,
+}
+
+/// What one byte came to, owned (the line's buffer is released before it is handled).
+enum Read {
+    Nothing,
+    Line(String),
+    Refused(LineError),
+}
+
 /// Input assembly and on-the-spot control answers. Used from core 0 only.
-pub struct ControlDesk {
-    reader: Mutex<LineReader<MAX_LINE>>,
+pub struct ControlDesk<'memory> {
+    reader: Mutex<LineState<'memory>>,
+    /// Where long machine-mode lines are read; without it every line stops at [`MAX_LINE`].
+    memory: Option<&'memory BackedMemory>,
     queued: Mutex<VecDeque<Input>>,
     stats_snapshot: Mutex<String>,
     counters: Counters,
@@ -70,17 +112,32 @@ pub struct ControlDesk {
     misses: Mutex<Vec<(ShortName, u64)>>,
 }
 
-impl Default for ControlDesk {
+impl Default for ControlDesk<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ControlDesk {
-    /// A desk with nothing read yet.
+impl<'memory> ControlDesk<'memory> {
+    /// A desk with nothing read yet, whose lines are at most [`MAX_LINE`] bytes.
     pub fn new() -> Self {
+        Self::reading_into(None)
+    }
+
+    /// A desk with nothing read yet whose machine-mode lines may be up to
+    /// [`MAX_MACHINE_LINE`] bytes, read into `memory`'s protocol pool.
+    pub fn with_protocol_memory(memory: &'memory BackedMemory) -> Self {
+        Self::reading_into(Some(memory))
+    }
+
+    fn reading_into(memory: Option<&'memory BackedMemory>) -> Self {
         Self {
-            reader: Mutex::new(LineReader::new()),
+            reader: Mutex::new(LineState {
+                assembler: LineAssembler::new(),
+                short: [0; MAX_LINE],
+                long: None,
+            }),
+            memory,
             queued: Mutex::new(VecDeque::new()),
             stats_snapshot: Mutex::new(String::new()),
             counters: Counters::new(&TIMED_COMMANDS, CONTROL_BOUND_NS),
@@ -121,33 +178,75 @@ impl ControlDesk {
         self.queued.lock().pop_front()
     }
 
-    /// Reads waiting input until none is left or [`MAX_QUEUED_INPUTS`] wait for the server:
-    /// echoes typing, answers `/stats` and machine-mode `stats` at once, and queues everything
-    /// else. Returns whether any line was completed.
+    /// Reads waiting input until none is left or the queue for the server is full
+    /// ([`MAX_QUEUED_INPUTS`] inputs or [`MAX_QUEUED_LINE_BYTES`] bytes): echoes typing,
+    /// answers `/stats` and machine-mode `stats` at once, and queues everything else. Returns
+    /// whether any line was completed.
     pub fn service(&self, console: &dyn Console, clock: &dyn Clock) -> bool {
         let mut completed = false;
-        while self.queued.lock().len() < MAX_QUEUED_INPUTS
+        while self.queue_has_room()
             && let Some(byte) = console.read_byte()
         {
-            let mut reader = self.reader.lock();
-            match reader.push(byte) {
-                LineEvent::Pending => {}
-                LineEvent::Echo(bytes) => console.write_bytes(bytes),
-                LineEvent::Line(text) => {
+            match self.read(byte, console, clock) {
+                Read::Nothing => {}
+                Read::Line(line) => {
                     completed = true;
-                    let line = String::from(text);
-                    drop(reader);
                     if !self.answer_control(&line, console, clock) {
                         self.queued.lock().push_back(Input::Line(line));
                     }
                 }
-                LineEvent::Error(error) => {
+                Read::Refused(error) => {
                     completed = true;
                     self.queued.lock().push_back(Input::Refused(error));
                 }
             }
         }
         completed
+    }
+
+    fn queue_has_room(&self) -> bool {
+        let queued = self.queued.lock();
+        queued.len() < MAX_QUEUED_INPUTS
+            && queued.iter().map(Input::bytes).sum::<usize>() < MAX_QUEUED_LINE_BYTES
+    }
+
+    /// Feeds one byte to the line editor (echoing what it echoes), moving a machine-mode
+    /// line that outgrows the short buffer into a long one first; a finished line releases the
+    /// long buffer.
+    fn read(&self, byte: u8, console: &dyn Console, clock: &dyn Clock) -> Read {
+        let mut guard = self.reader.lock();
+        let state = &mut *guard;
+        if state.long.is_none() && state.short[0] == b'{' && state.assembler.would_overflow(MAX_LINE, byte) {
+            state.long = self.long_line_buffer(&state.short, clock);
+        }
+        let buffer: &mut [u8] = match &mut state.long {
+            Some(long) => &mut long[..MAX_MACHINE_LINE],
+            None => &mut state.short,
+        };
+        let read = match state.assembler.push(buffer, byte) {
+            LineEvent::Pending => Read::Nothing,
+            LineEvent::Echo(bytes) => {
+                console.write_bytes(bytes);
+                Read::Nothing
+            }
+            LineEvent::Line(text) => Read::Line(String::from(text)),
+            LineEvent::Error(error) => Read::Refused(error),
+        };
+        if !matches!(read, Read::Nothing) {
+            state.long = None;
+        }
+        read
+    }
+
+    /// A protocol-pool buffer for a long machine-mode line, holding the line's first
+    /// [`MAX_LINE`] bytes (`start`); `None` when there is no pool or it cannot give the
+    /// buffer within [`CONTROL_BOUND_NS`].
+    fn long_line_buffer(&self, start: &[u8; MAX_LINE], clock: &dyn Clock) -> Option<TensorBuffer<'memory>> {
+        let memory = self.memory?;
+        let deadline = clock.deadline_after_us(CONTROL_BOUND_NS / 1000);
+        let mut buffer = memory.protocol_within(MAX_MACHINE_LINE as u64, deadline, clock).ok()?;
+        buffer[..MAX_LINE].copy_from_slice(start);
+        Some(buffer)
     }
 
     /// Answers `line` if it is a control command.
@@ -200,18 +299,18 @@ fn with_traffic(mut report: String, console: &dyn Console) -> String {
 }
 
 /// The cores, with the console served at every checkpoint of a forward pass.
-pub struct ServingCpus<'a> {
+pub struct ServingCpus<'a, 'desk> {
     /// The cores doing the work.
     pub inner: &'a dyn Cpus,
     /// The desk to serve.
-    pub desk: &'a ControlDesk,
+    pub desk: &'a ControlDesk<'desk>,
     /// The console.
     pub console: &'a dyn Console,
     /// The clock.
     pub clock: &'a dyn Clock,
 }
 
-impl Cpus for ServingCpus<'_> {
+impl Cpus for ServingCpus<'_, '_> {
     fn count(&self) -> usize {
         self.inner.count()
     }
@@ -365,6 +464,85 @@ mod tests {
             taken.push(input);
         }
         let expected: Vec<Input> = (0..lines).map(|index| Input::Line(format!("line {index}"))).collect();
+        assert_eq!(taken, expected, "every line, in order");
+    }
+
+    fn console_with(input: &[u8]) -> ScriptedConsole {
+        ScriptedConsole {
+            input: std::sync::Mutex::new(input.iter().copied().collect()),
+            output: std::sync::Mutex::new(String::new()),
+            read: AtomicU64::new(0),
+        }
+    }
+
+    fn machine_line(id: u64, prompt_bytes: usize) -> String {
+        format!(r#"{{"id":{id},"op":"generate","prompt":"{}"}}"#, "p".repeat(prompt_bytes))
+    }
+
+    #[test]
+    fn machine_lines_grow_into_the_protocol_pool_and_give_it_back() {
+        use crate::mm::{buffer::tests::host_backed_memory, layout::MIB, tensor::Pool};
+        let memory = host_backed_memory(32 * MIB);
+        let protocol = || memory.memory().statistics(Pool::Protocol).counters;
+        let before = protocol();
+        let desk = ControlDesk::with_protocol_memory(memory);
+        let long = machine_line(1, 9000);
+        let too_long = machine_line(2, MAX_MACHINE_LINE);
+        let person = "w".repeat(MAX_LINE + 1);
+        let input = format!("{long}\r{too_long}\r{person}\rok\r");
+        let console = console_with(input.as_bytes());
+        // Half the input: the long line's buffer is taken and held while the line is read.
+        let half = input.len() / 4;
+        let rest: Vec<u8> = console.input.lock().unwrap().drain(half..).collect();
+        assert!(!desk.service(&console, &StepClock(AtomicU64::new(0))));
+        let reading = protocol();
+        assert_eq!(reading.allocations, before.allocations + 1);
+        assert!(reading.live_bytes >= before.live_bytes + MAX_MACHINE_LINE as u64);
+        console.input.lock().unwrap().extend(rest);
+        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert_eq!(desk.next_input(), Some(Input::Line(long)), "the whole line, no byte lost");
+        let limit = |limit| Some(Input::Refused(LineError::TooLong { limit }));
+        assert_eq!(desk.next_input(), limit(MAX_MACHINE_LINE), "past the machine-mode limit");
+        assert_eq!(desk.next_input(), limit(MAX_LINE), "a person's line keeps the editor's limit");
+        assert_eq!(desk.next_input(), Some(Input::Line("ok".into())));
+        assert_eq!(desk.next_input(), None);
+        let after = protocol();
+        assert_eq!(after.live_bytes, before.live_bytes, "every long buffer went back");
+        assert_eq!(after.allocations, before.allocations + 2, "one buffer per long machine-mode line");
+    }
+
+    #[test]
+    fn without_protocol_memory_a_machine_line_keeps_the_short_limit() {
+        let desk = ControlDesk::new();
+        let console =
+            console_with(format!("{}\r{{\"id\":1,\"op\":\"models\"}}\r", machine_line(1, 2000)).as_bytes());
+        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert_eq!(desk.next_input(), Some(Input::Refused(LineError::TooLong { limit: MAX_LINE })));
+        assert_eq!(desk.next_input(), Some(Input::Line(r#"{"id":1,"op":"models"}"#.into())));
+    }
+
+    #[test]
+    fn queued_line_bytes_are_bounded_too() {
+        use crate::mm::buffer::tests::host_backed_memory;
+        let desk = ControlDesk::with_protocol_memory(host_backed_memory(32 * crate::mm::layout::MIB));
+        let lines: Vec<String> = (0..12).map(|id| machine_line(id, 10_000)).collect();
+        let input: String = lines.iter().map(|line| format!("{line}\r")).collect();
+        let console = console_with(input.as_bytes());
+        let clock = StepClock(AtomicU64::new(0));
+        assert!(desk.service(&console, &clock));
+        let mut taken = Vec::new();
+        while let Some(input) = desk.next_input() {
+            taken.push(input);
+        }
+        let queued: usize = taken.iter().map(Input::bytes).sum();
+        assert!(taken.len() < lines.len(), "the desk stopped reading");
+        assert!(queued < MAX_QUEUED_LINE_BYTES + MAX_MACHINE_LINE, "{queued} bytes queued");
+        while desk.service(&console, &clock) {
+            while let Some(input) = desk.next_input() {
+                taken.push(input);
+            }
+        }
+        let expected: Vec<Input> = lines.into_iter().map(Input::Line).collect();
         assert_eq!(taken, expected, "every line, in order");
     }
 

@@ -39,7 +39,8 @@ use core::fmt::{self, Write};
 use serde::Deserialize;
 
 /// Longest prompt accepted in one request, in bytes (for a conversation: all its messages).
-pub const MAX_PROMPT_BYTES: usize = 4096;
+/// A machine-mode line of [`super::MAX_MACHINE_LINE`] holds it with its JSON around it.
+pub const MAX_PROMPT_BYTES: usize = 12 * 1024;
 
 /// Most messages one conversation may have.
 pub const MAX_MESSAGES: usize = 64;
@@ -835,7 +836,8 @@ mod tests {
         assert_eq!((zero.id, zero.message.as_str()), (Some(5), "max_tokens must be 1-4096"));
         let hot = parse_request(r#"{"id":6,"op":"generate","prompt":"x","temperature":9}"#).unwrap_err();
         assert_eq!(hot.message, "temperature must be 0-5");
-        let long = alloc::format!(r#"{{"id":7,"op":"generate","prompt":"{}"}}"#, "a".repeat(5000));
+        let long =
+            alloc::format!(r#"{{"id":7,"op":"generate","prompt":"{}"}}"#, "a".repeat(MAX_PROMPT_BYTES + 1));
         assert!(parse_request(&long).unwrap_err().message.contains("longer than"));
     }
 

@@ -100,7 +100,7 @@ pub struct Server<'a, D: BlockDevice> {
     pub(super) pending: RequestQueue,
     /// Cancels of running requests, applied at the next token boundary.
     pub(super) cancels: Vec<Origin>,
-    pub(super) desk: ControlDesk,
+    pub(super) desk: ControlDesk<'a>,
     pub(super) in_batch: bool,
     pub(super) staging: Option<StagedLoad<'a>>,
     /// A model to stage once the KV cache has given back room for it.
@@ -156,7 +156,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             statistics: ServeStatistics::default(),
             pending: RequestQueue::new(),
             cancels: Vec::with_capacity(super::admission::MAX_WAITING),
-            desk: ControlDesk::new(),
+            desk: ControlDesk::with_protocol_memory(memory),
             in_batch: false,
             staging: None,
             room_wanted: None,

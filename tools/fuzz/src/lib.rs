@@ -1,5 +1,6 @@
 //! Tessera's fuzz targets: one function per untrusted input, each calling the code the kernel
-//! runs on that input (the `kernel` and `bsp` crates, built for the host).
+//! runs on that input (the `kernel` and `bsp` crates, built for the host), or for the HTTP
+//! gateway, the code `tessera serve` runs (the `cli` crate's library).
 //!
 //! The same functions are driven two ways: by AFL++ through the `tessera-fuzz` binary
 //! (`make fuzz`, feature `afl`), and by the replay test (`cargo test -p fuzz`, part of
@@ -45,6 +46,11 @@ pub const TARGETS: &[Target] = &[
         run: targets::sd_registers,
     },
     Target { name: "config", input: "the contents of tessera.cfg", run: targets::config },
+    Target {
+        name: "gateway",
+        input: "an HTTP request as tessera serve receives it (head and body)",
+        run: targets::gateway,
+    },
 ];
 
 /// The target called `name`.

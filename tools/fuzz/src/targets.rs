@@ -379,3 +379,48 @@ pub fn config(data: &[u8]) {
     }
     let _ = config::apply_console_settings(&card_config, &SettingsConsole);
 }
+
+/// An HTTP request's bytes as `tessera serve` receives them on a connection: the head checked
+/// against the gateway's limits, the body of a generation route checked and translated, and
+/// the machine-mode line made (`cli::intake::examine`, over the gateway's own `intake` and
+/// `openai` code). A refusal must be a client error (4xx) that renders as one whole HTTP
+/// answer; a line must be one CR-terminated JSON request within the board's line limit, with
+/// no other line end and no DEL, that the board's own parser either takes as a generation or
+/// refuses with a message the gateway reports as a client error (400), never as its failure.
+pub fn gateway(data: &[u8]) {
+    use cli::intake::{self, Examined};
+    match intake::examine(data, &intake::DEFAULT_LIMITS) {
+        Ok(Examined::Incomplete | Examined::Other(_)) => {}
+        Ok(Examined::Generation(line)) => gateway_line(&line),
+        Err(error) => {
+            assert!((400..500).contains(&error.status), "a refusal is a client error: {error:?}");
+            let answer = intake::error_answer(&error);
+            let text = core::str::from_utf8(&answer).expect("an answer is UTF-8");
+            let (head, body) = text.split_once("\r\n\r\n").expect("an answer has a head and a body");
+            assert!(head.starts_with(&format!("HTTP/1.1 {} ", error.status)), "{head}");
+            let body: serde_json::Value = serde_json::from_str(body).expect("the body is JSON");
+            assert!(body["error"]["message"].is_string(), "{body}");
+        }
+    }
+}
+
+/// The checks of [`gateway`] on a machine-mode line the gateway would send.
+fn gateway_line(line: &str) {
+    let text = line.strip_suffix('\r').expect("the line ends with CR");
+    assert!(
+        text.len() <= cli::openai::BOARD_LINE_LIMIT,
+        "{} bytes passes the board's line limit",
+        text.len()
+    );
+    assert!(!text.contains(['\r', '\n', '\u{7f}']), "one line, DEL escaped");
+    match protocol::parse_request(text) {
+        Ok(request) => {
+            assert_eq!(request.id, 1);
+            assert!(matches!(request.operation, protocol::Operation::Generate { .. }), "{text}");
+        }
+        Err(error) => {
+            let answer = cli::openai::board_refusal(&error.message);
+            assert_eq!(answer.status, 400, "the board refuses what the gateway passed: {}", error.message);
+        }
+    }
+}

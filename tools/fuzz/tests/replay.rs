@@ -56,6 +56,13 @@ fn the_seeds_are_accepted_whole() {
     let mut text = [0u8; 64];
     let read = file.read_at(0, &mut text).unwrap();
     assert_eq!(&text[..read], b"a long name\n");
+    for seed in
+        ["chat", "chat-stream", "chat-stop", "chat-parts", "chat-long", "completion", "completion-array"]
+    {
+        let request = std::fs::read(corpus.join("gateway").join(seed)).unwrap();
+        let examined = cli::intake::examine(&request, &cli::intake::DEFAULT_LIMITS);
+        assert!(matches!(examined, Ok(cli::intake::Examined::Generation(_))), "{seed}: {examined:?}");
+    }
     let models = kernel::serve::library::list_models(&mut volume).unwrap();
     assert_eq!(models.iter().map(|model| model.name.as_str()).collect::<Vec<_>>(), ["stories-tiny.bin"]);
     let card = std::fs::read(corpus.join("fat32/sdimage-card")).unwrap();

@@ -2,12 +2,13 @@
 //! answers (JSON, server-sent events, Prometheus text, the web chat page) from [`Gateway`].
 
 use super::gateway::{Answer, Gateway};
+use super::intake;
 use super::link::QEMU_PID;
 use super::openai::{self, ApiError, Endpoint};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,12 +16,22 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// The web chat: one self-contained page.
 const CHAT_PAGE: &str = include_str!("chat.html");
 
-/// The router over `gateway`, refusing bodies over `body_limit` bytes.
-pub fn router(gateway: Arc<Gateway>, body_limit: usize) -> Router {
+/// The gateway and how long a request body may take to arrive.
+#[derive(Clone)]
+pub struct Served {
+    gateway: Arc<Gateway>,
+    body_timeout: Duration,
+}
+
+/// The router over `gateway`, refusing bodies over `body_limit` bytes or slower than
+/// `body_timeout` (408).
+pub fn router(gateway: Arc<Gateway>, body_limit: usize, body_timeout: Duration) -> Router {
+    let served = Served { gateway, body_timeout };
     Router::new()
         .route("/", get(|| async { Html(CHAT_PAGE) }))
         .route("/health", get(health))
@@ -31,7 +42,7 @@ pub fn router(gateway: Arc<Gateway>, body_limit: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(gateway)
+        .with_state(served)
 }
 
 /// An error as a response.
@@ -53,7 +64,7 @@ async fn method_not_allowed() -> Response {
     ))
 }
 
-async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn health(State(Served { gateway, .. }): State<Served>) -> Response {
     let (ready, reason) = gateway.hub.status();
     let pid = QEMU_PID.load(Ordering::Relaxed);
     let body = json!({
@@ -66,12 +77,12 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn metrics(State(Served { gateway, .. }): State<Served>) -> Response {
     let text = gateway.metrics_text().await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn models(State(Served { gateway, .. }): State<Served>) -> Response {
     let response = match gateway.model_list().await {
         Ok(list) => axum::Json(list).into_response(),
         Err(error) => error_response(&error),
@@ -80,12 +91,23 @@ async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
     response
 }
 
-async fn chat(State(gateway): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> Response {
-    generate(gateway, body, Endpoint::Chat).await
+async fn chat(State(served): State<Served>, request: Request) -> Response {
+    let body = read_body(&served, request).await;
+    generate(served.gateway, body, Endpoint::Chat).await
 }
 
-async fn completions(State(gateway): State<Arc<Gateway>>, body: Result<Bytes, BytesRejection>) -> Response {
-    generate(gateway, body, Endpoint::Completion).await
+async fn completions(State(served): State<Served>, request: Request) -> Response {
+    let body = read_body(&served, request).await;
+    generate(served.gateway, body, Endpoint::Completion).await
+}
+
+/// The request's body, within the body limit and the body timeout.
+async fn read_body(served: &Served, request: Request) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(served.body_timeout, Bytes::from_request(request, &())).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) => Err(body_error(&rejection)),
+        Err(_) => Err(intake::timed_out("body", served.body_timeout.as_secs())),
+    }
 }
 
 /// A body that could not be read: too large (413) or broken (400).
@@ -95,18 +117,11 @@ fn body_error(rejection: &BytesRejection) -> ApiError {
     ApiError::new(status, "invalid_request_error", code, rejection.body_text())
 }
 
-async fn generate(
-    gateway: Arc<Gateway>,
-    body: Result<Bytes, BytesRejection>,
-    endpoint: Endpoint,
-) -> Response {
-    let parsed = match &body {
-        Ok(bytes) => match endpoint {
-            Endpoint::Chat => openai::parse_chat(bytes),
-            Endpoint::Completion => openai::parse_completion(bytes),
-        },
-        Err(rejection) => Err(body_error(rejection)),
-    };
+async fn generate(gateway: Arc<Gateway>, body: Result<Bytes, ApiError>, endpoint: Endpoint) -> Response {
+    let parsed = body.and_then(|bytes| match endpoint {
+        Endpoint::Chat => openai::parse_chat(&bytes),
+        Endpoint::Completion => openai::parse_completion(&bytes),
+    });
     let response = match parsed {
         Ok(generation) => match gateway.generate(generation).await {
             Ok(Answer::Whole(answer)) => axum::Json(answer).into_response(),

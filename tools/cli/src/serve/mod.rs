@@ -6,9 +6,11 @@ mod gateway;
 mod http;
 mod hub;
 mod link;
+mod listen;
 mod metrics;
-mod openai;
 mod records;
+
+use cli::{intake, openai};
 
 use clap::Args;
 use std::net::SocketAddr;
@@ -49,8 +51,18 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = 600)]
     load_deadline: u64,
     /// Largest request body, in bytes (more is refused with 413).
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = intake::DEFAULT_LIMITS.max_body)]
     max_body: usize,
+    /// Seconds from a connection's accept to the end of its request head; a client that takes
+    /// longer gets 408 and is disconnected (a slow-loris holds nothing for long).
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a request's body may take to arrive once its head has; then 408.
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// Most client connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
     /// Copy everything the board prints to this file.
     #[arg(long)]
     board_log: Option<PathBuf>,
@@ -96,14 +108,19 @@ async fn run(options: ServeOptions) -> Result<(), String> {
     let gateway = Arc::new(gateway::Gateway::new(hub, deadlines));
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     eprintln!("tessera serve: listening on http://{address} (web chat at /, API at /v1)");
-    let served = axum::serve(listener, http::router(gateway, options.max_body))
-        .with_graceful_shutdown(stop_signal())
-        .await
-        .map_err(|error| format!("serving: {error}"));
+    let limits = intake::Limits { max_body: options.max_body, ..intake::DEFAULT_LIMITS };
+    let settings = listen::ConnectionSettings {
+        header_timeout: Duration::from_secs(options.header_timeout.max(1)),
+        max_connections: options.max_connections,
+        limits,
+    };
+    let body_timeout = Duration::from_secs(options.body_timeout.max(1));
+    listen::serve(listener, http::router(gateway, limits.max_body, body_timeout), settings, stop_signal())
+        .await;
     // Dropping the board's task stops QEMU (it is killed when its handle goes).
     board.abort();
     let _ = board.await;
-    served
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.

@@ -5,8 +5,12 @@
 
 use serde_json::{Map, Value, json};
 
-/// Longest machine-mode line the board accepts, in bytes (its console's line limit).
-pub const BOARD_LINE_LIMIT: usize = 1024;
+/// Longest machine-mode line the board accepts, in bytes (its console's limit for lines that
+/// start with `{`).
+pub const BOARD_LINE_LIMIT: usize = kernel::serve::MAX_MACHINE_LINE;
+
+/// Most messages in a conversation (as the board allows).
+pub const MAX_MESSAGES: usize = kernel::serve::protocol::MAX_MESSAGES;
 
 /// Most stop strings a request may give (as the board and OpenAI allow).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -176,6 +180,9 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 pub fn parse_chat(body: &[u8]) -> Result<Generation, ApiError> {
     let map = object(body)?;
     let messages = match map.get("messages") {
+        Some(Value::Array(messages)) if messages.len() > MAX_MESSAGES => {
+            return Err(ApiError::invalid("messages", format!("at most {MAX_MESSAGES} messages")));
+        }
         Some(Value::Array(messages)) if !messages.is_empty() => messages,
         Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "messages must not be empty")),
         Some(_) => return Err(ApiError::invalid("messages", "messages must be an array")),
@@ -560,9 +567,21 @@ mod tests {
         assert_eq!((error.status, error.code), (400, Some("invalid_json")));
         let error = parse_completion(br#"{"prompt":["a","b"]}"#).unwrap_err();
         assert_eq!(error.param.as_deref(), Some("prompt"));
-        let long = format!(r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(1100));
-        let error = chat(&long).unwrap().line(1).unwrap_err();
+        let conversation =
+            |bytes| format!(r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(bytes));
+        assert!(
+            chat(&conversation(BOARD_LINE_LIMIT - 100)).unwrap().line(1).is_ok(),
+            "a long line that fits"
+        );
+        let error = chat(&conversation(BOARD_LINE_LIMIT)).unwrap().line(1).unwrap_err();
         assert_eq!((error.status, error.code), (400, Some("context_length_exceeded")));
+        let turns = vec![r#"{"role":"user","content":"x"}"#; MAX_MESSAGES + 1].join(",");
+        let error = chat(&format!(r#"{{"messages":[{turns}]}}"#)).unwrap_err();
+        assert_eq!(
+            (error.status, error.param.as_deref()),
+            (400, Some("messages")),
+            "more messages than the board takes"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - `fuzz-seeds generate DIR`: synthetic models from the kernel's generator (GGUF in each
 //!   tensor type, llama2.c with its tokenizer.bin), tokenizer inputs, console traffic, real
 //!   machine-mode requests, the runner's Raspberry Pi 3 device trees, SD registers laid out
-//!   as the SD specification gives them, tessera.cfg files; each under `DIR/<target>/`.
+//!   as the SD specification gives them, tessera.cfg files, HTTP requests to the gateway; each
+//!   under `DIR/<target>/`.
 //! - `fuzz-seeds sparse IMAGE OUT`: a card image in the sparse form of `fuzz::card`.
 //! - `fuzz-seeds mbr BYTES OUT`: the MBR the project's card builder writes for an image of
 //!   BYTES bytes, for cards formatted with mtools behind it.
@@ -51,7 +52,154 @@ fn generate(directory: &Path) -> std::io::Result<()> {
     console_traffic(directory)?;
     device_trees(directory)?;
     sd_registers(directory)?;
-    config_files(directory)
+    config_files(directory)?;
+    gateway_requests(directory)
+}
+
+/// An HTTP/1.1 request as the `openai` client and curl send one.
+fn http_request(method: &str, path: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nUser-Agent: OpenAI/Python 1.54.0\r\n{extra_headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Requests to `tessera serve`, each under its name: generations, then the other routes and
+/// refusals.
+fn gateway_requests(directory: &Path) -> std::io::Result<()> {
+    for (name, bytes) in generation_requests().into_iter().chain(other_requests()) {
+        put(directory, "gateway", name, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Generations: chat (whole, streamed, with stop strings and settings, text parts, a long
+/// conversation) and plain completions.
+fn generation_requests() -> Vec<(&'static str, Vec<u8>)> {
+    let chat = "/v1/chat/completions";
+    let messages = r#"[{"role":"system","content":"You answer briefly."},{"role":"user","content":"What is the capital of France?"}]"#;
+    let long_turns: Vec<String> = (0..24)
+        .map(|turn| {
+            let role = if turn % 2 == 0 { "user" } else { "assistant" };
+            format!(r#"{{"role":"{role}","content":"turn {turn}: {}"}}"#, "the board answers ".repeat(20))
+        })
+        .collect();
+    vec![
+        (
+            "chat",
+            http_request(
+                "POST",
+                chat,
+                "",
+                &format!(r#"{{"model":"tiny-a.gguf","messages":{messages},"max_tokens":12}}"#),
+            ),
+        ),
+        (
+            "chat-stream",
+            http_request(
+                "POST",
+                chat,
+                "",
+                &format!(
+                    r#"{{"messages":{messages},"stream":true,"stream_options":{{"include_usage":true}},"temperature":0.7,"top_p":0.9,"seed":42}}"#
+                ),
+            ),
+        ),
+        (
+            "chat-stop",
+            http_request(
+                "POST",
+                chat,
+                "",
+                &format!(r#"{{"messages":{messages},"stop":["\n","Paris"],"max_completion_tokens":32}}"#),
+            ),
+        ),
+        (
+            "chat-parts",
+            http_request(
+                "POST",
+                chat,
+                "",
+                r#"{"messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there \u007f é 🙂"}]},{"role":"assistant","content":null},{"role":"user","content":"again"}],"n":1}"#,
+            ),
+        ),
+        (
+            "chat-long",
+            http_request(
+                "POST",
+                chat,
+                "",
+                &format!(r#"{{"messages":[{}],"max_tokens":4}}"#, long_turns.join(",")),
+            ),
+        ),
+        (
+            "completion",
+            http_request(
+                "POST",
+                "/v1/completions",
+                "",
+                r#"{"model":"tiny-b","prompt":"Once upon a time","max_tokens":5,"stop":"."}"#,
+            ),
+        ),
+        (
+            "completion-array",
+            http_request("POST", "/v1/completions", "", r#"{"prompt":["One prompt"],"stream":true}"#),
+        ),
+    ]
+}
+
+/// The other routes, and refusals: invalid JSON, wrong types, values out of range, huge and
+/// many headers, a declared body over the limit, a cut body, conflicting lengths, chunks.
+fn other_requests() -> Vec<(&'static str, Vec<u8>)> {
+    let chat = "/v1/chat/completions";
+    let messages = r#"[{"role":"user","content":"What is the capital of France?"}]"#;
+    vec![
+        ("models", http_request("GET", "/v1/models", "", "")),
+        ("metrics", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("invalid-json", http_request("POST", chat, "", "{not json")),
+        (
+            "wrong-types",
+            http_request(
+                "POST",
+                chat,
+                "",
+                r#"{"messages":[{"role":"robot","content":3}],"max_tokens":"many","stop":[1]}"#,
+            ),
+        ),
+        (
+            "too-many-tokens",
+            http_request(
+                "POST",
+                chat,
+                "",
+                &format!(r#"{{"messages":{messages},"max_tokens":5000,"temperature":3}}"#),
+            ),
+        ),
+        ("huge-header", http_request("GET", "/health", &format!("X-Big: {}\r\n", "a".repeat(20_000)), "")),
+        ("many-headers", http_request("GET", "/health", &"X-Many: 1\r\n".repeat(70), "")),
+        (
+            "declared-too-large",
+            format!("POST {chat} HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999\r\n\r\n{{").into_bytes(),
+        ),
+        (
+            "cut-body",
+            format!("POST {chat} HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n{{\"messages\":")
+                .into_bytes(),
+        ),
+        (
+            "conflicting-lengths",
+            format!("POST {chat} HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}")
+                .into_bytes(),
+        ),
+        (
+            "chunked",
+            format!("POST {chat} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"a\":\r\n0\r\n\r\n")
+                .into_bytes(),
+        ),
+    ]
 }
 
 /// The smallest synthetic shape the generator takes (quantized formats need multiples of 32).
