@@ -170,6 +170,12 @@ impl Console for InterruptConsole {
         byte
     }
 
+    fn read_bytes(&self, out: &mut [u8]) -> usize {
+        let count = self.receive.pop_into(out);
+        self.resume_receive();
+        count
+    }
+
     fn flush(&self) {
         Self::wait_until(|| {
             self.transmit.pump(&self.transmitter);

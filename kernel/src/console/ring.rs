@@ -76,6 +76,28 @@ impl<'storage> ByteRing<'storage> {
         Some(byte)
     }
 
+    /// Consumer side: moves the oldest bytes, up to `out`'s length, into `out`; returns how
+    /// many.
+    pub fn pop_into(&self, out: &mut [u8]) -> usize {
+        let tail = self.tail.load(Ordering::Relaxed);
+        let head = self.head.load(Ordering::Acquire);
+        let count = head.wrapping_sub(tail).min(out.len());
+        let capacity = self.storage.len();
+        let (mut index, mut position) = (0, tail % capacity.max(1));
+        while index < count {
+            let run = (count - index).min(capacity - position);
+            for (slot, cell) in
+                out[index..index + run].iter_mut().zip(&self.storage[position..position + run])
+            {
+                *slot = cell.load(Ordering::Relaxed);
+            }
+            index += run;
+            position = 0;
+        }
+        self.tail.store(tail.wrapping_add(count), Ordering::Release);
+        count
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.head.load(Ordering::Acquire).wrapping_sub(self.tail.load(Ordering::Acquire))
@@ -194,6 +216,12 @@ impl<'storage> ReceiveFlow<'storage> {
         self.ring.pop()
     }
 
+    /// Consumer side: moves the oldest bytes into `out` (see [`ByteRing::pop_into`]). Follow
+    /// it with a check of [`ReceiveFlow::resume_due`].
+    pub fn pop_into(&self, out: &mut [u8]) -> usize {
+        self.ring.pop_into(out)
+    }
+
     /// Whether the pause can end: paused, and the consumer has made enough room.
     pub fn resume_due(&self) -> bool {
         self.is_paused() && self.ring.room() >= self.resume_room
@@ -282,17 +310,26 @@ mod tests {
 
     proptest! {
         #[test]
-        fn behaves_like_a_bounded_queue(operations in proptest::collection::vec(proptest::option::of(any::<u8>()), 0..300)) {
+        fn behaves_like_a_bounded_queue(operations in proptest::collection::vec((0..3u8, any::<u8>()), 0..300)) {
             let ring = ByteRing::new(storage(16));
             let mut model = std::collections::VecDeque::new();
-            for operation in operations {
-                match operation {
-                    Some(byte) => {
+            for (kind, byte) in operations {
+                match kind {
+                    0 => {
                         let accepted = ring.push(byte);
                         prop_assert_eq!(accepted, model.len() < 16);
                         if accepted { model.push_back(byte); }
                     }
-                    None => prop_assert_eq!(ring.pop(), model.pop_front()),
+                    1 => prop_assert_eq!(ring.pop(), model.pop_front()),
+                    _ => {
+                        // A bulk pop into a buffer of 0-20 bytes, across the wrap.
+                        let mut out = [0u8; 20];
+                        let wanted = usize::from(byte) % (out.len() + 1);
+                        let count = ring.pop_into(&mut out[..wanted]);
+                        prop_assert_eq!(count, wanted.min(model.len()));
+                        let expected: Vec<u8> = model.drain(..count).collect();
+                        prop_assert_eq!(&out[..count], &expected[..]);
+                    }
                 }
                 prop_assert_eq!(ring.len(), model.len());
             }

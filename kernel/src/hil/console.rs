@@ -12,6 +12,20 @@ pub trait Console: Sync {
     /// Returns the next received byte, or `None` if nothing is waiting. Never blocks.
     fn read_byte(&self) -> Option<u8>;
 
+    /// Moves the received bytes waiting, up to `out`'s length, into `out`, oldest first;
+    /// returns how many. Never blocks. (The interrupt-driven console takes them from its ring
+    /// in one step.)
+    fn read_bytes(&self, out: &mut [u8]) -> usize {
+        let mut count = 0;
+        while count < out.len()
+            && let Some(byte) = self.read_byte()
+        {
+            out[count] = byte;
+            count += 1;
+        }
+        count
+    }
+
     /// Blocks until every byte written so far has left the transmitter.
     fn flush(&self);
 

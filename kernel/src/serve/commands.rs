@@ -363,6 +363,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             text,
             "model        {}\r\nturns        {} on {} cores\r\n\
              loads        {} ok, {} failed (old model kept)\r\nrejected     {} lines\r\n\
+             busy         {} lines turned away (the console queue was full)\r\n\
              interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
              swap stall   {}\r\n\
              first token  {}\r\n\
@@ -372,7 +373,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.cpus.count(),
             statistics.loads,
             statistics.failed_loads,
-            statistics.rejected_lines,
+            statistics.rejected_lines + self.desk.refused_here(),
+            self.desk.turned_away(),
             unserviced_ns as f64 / 1e6,
             match self.swap_gaps.last() {
                 Some(cost) => alloc::format!(

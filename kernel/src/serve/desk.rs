@@ -7,6 +7,13 @@
 //! queued as refused, for a short error, and is never taken for a prompt or a command. Each
 //! answer's wait, from the end of its line, goes into the serving counters.
 //!
+//! The queue is bounded ([`MAX_QUEUED_INPUTS`], [`MAX_QUEUED_LINE_BYTES`]), and the desk reads
+//! on past a full queue, so a control command behind a burst is still answered within
+//! [`CONTROL_BOUND_NS`]: it never waits for the server to handle the lines ahead of it. A line
+//! that finds the queue full is answered on the spot instead: a refused line with its error,
+//! any other line turned away as busy (a machine-mode request with an `error` record under its
+//! id, so a client knows to send it again), and counted.
+//!
 //! Lines are read into a buffer of [`MAX_LINE`] bytes. A machine-mode line (one that starts
 //! with `{`) that passes it continues in a buffer of [`MAX_MACHINE_LINE`] bytes taken from the
 //! protocol pool within [`CONTROL_BOUND_NS`] and given back when the line ends, so a request
@@ -32,23 +39,56 @@ use crate::{
 use alloc::{collections::VecDeque, string::String, vec::Vec};
 use core::{
     fmt::Write,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 use spin::Mutex;
 
 /// How long a control command may wait for its answer.
 pub const CONTROL_BOUND_NS: u64 = 10_000_000;
 
-/// Most lines (or refusals) queued for the server. While this many wait, the desk reads no
-/// further: the input stays in the receive ring and, once that is full, in the UART, whose
-/// sender is held back (receive flow control), instead of piling up in memory. Control
-/// commands behind them wait for the server to take the queue (at the next token boundary).
-pub const MAX_QUEUED_INPUTS: usize = 64;
+/// Most lines (or refusals) queued for the server: eight times the requests that may wait for
+/// a place in a batch ([`super::admission::MAX_WAITING`]), so a burst the server could still
+/// take (a flood of noise lines among it) is not turned away. Lines past it are answered on the
+/// spot (see the module documentation).
+pub const MAX_QUEUED_INPUTS: usize = 8 * super::admission::MAX_WAITING;
 
-/// Most bytes of lines queued for the server: once this many wait, the desk reads no further
-/// either (so the protocol pool holds at most this much of queued lines, plus the one line
-/// that passed the bound).
+/// Most bytes of lines queued for the server, bounded like their number (so the protocol pool
+/// holds at most this much of queued lines, plus the one line that passed the bound).
 pub const MAX_QUEUED_LINE_BYTES: usize = 4 * MAX_MACHINE_LINE;
+
+/// How many characters of a line turned away as busy its error quotes.
+const QUOTED_CHARS: usize = 40;
+
+/// Bytes the desk takes from the console at a time: a whole receive ring's backlog must be read
+/// well within [`CONTROL_BOUND_NS`], so the per-byte work is the line editor's alone.
+const READ_CHUNK: usize = 128;
+
+/// What the line editor echoes while a chunk is read, written in one go: before the answer
+/// to a line that ends in the chunk, and at the chunk's end.
+struct Echo {
+    bytes: [u8; 4 * READ_CHUNK],
+    length: usize,
+}
+
+impl Echo {
+    fn new() -> Self {
+        Self { bytes: [0; 4 * READ_CHUNK], length: 0 }
+    }
+
+    /// Gathers `bytes` (an echo is at most a few bytes per byte read, so a chunk's fit).
+    fn gather(&mut self, bytes: &[u8]) {
+        let end = (self.length + bytes.len()).min(self.bytes.len());
+        self.bytes[self.length..end].copy_from_slice(&bytes[..end - self.length]);
+        self.length = end;
+    }
+
+    fn flush(&mut self, console: &dyn Console) {
+        if self.length > 0 {
+            console.write_bytes(&self.bytes[..self.length]);
+            self.length = 0;
+        }
+    }
+}
 
 /// A complete input line, or why a line was refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +124,18 @@ impl Input {
     }
 }
 
+/// The inputs waiting for the server, with their line bytes.
+struct Queue {
+    inputs: VecDeque<Input>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn has_room(&self) -> bool {
+        self.inputs.len() < MAX_QUEUED_INPUTS && self.bytes < MAX_QUEUED_LINE_BYTES
+    }
+}
+
 /// The line being read: the editor's state, its buffer, and the protocol-pool buffer a long
 /// machine-mode line continues in.
 struct LineState<'memory> {
@@ -104,7 +156,11 @@ pub struct ControlDesk<'memory> {
     reader: Mutex<LineState<'memory>>,
     /// Where long machine-mode lines are read; without it every line stops at [`MAX_LINE`].
     memory: Option<&'memory BackedMemory>,
-    queued: Mutex<VecDeque<Input>>,
+    queued: Mutex<Queue>,
+    /// Refused lines answered on the spot (with the queue full).
+    refused_here: AtomicU64,
+    /// Lines turned away as busy (with the queue full).
+    turned_away: AtomicU64,
     stats_snapshot: Mutex<String>,
     counters: Counters,
     generating: AtomicBool,
@@ -138,7 +194,10 @@ impl<'memory> ControlDesk<'memory> {
                 long: None,
             }),
             memory,
-            queued: Mutex::new(VecDeque::new()),
+            // Room for the whole bound now (at boot), so queueing a line never allocates.
+            queued: Mutex::new(Queue { inputs: VecDeque::with_capacity(MAX_QUEUED_INPUTS), bytes: 0 }),
+            refused_here: AtomicU64::new(0),
+            turned_away: AtomicU64::new(0),
             stats_snapshot: Mutex::new(String::new()),
             counters: Counters::new(&TIMED_COMMANDS, CONTROL_BOUND_NS),
             generating: AtomicBool::new(false),
@@ -173,49 +232,101 @@ impl<'memory> ControlDesk<'memory> {
         core::mem::take(&mut *self.misses.lock())
     }
 
-    /// The next queued input, oldest first.
-    pub fn next_input(&self) -> Option<Input> {
-        self.queued.lock().pop_front()
+    /// Refused lines the desk answered itself (with the queue full) since boot.
+    pub fn refused_here(&self) -> u64 {
+        self.refused_here.load(Ordering::Relaxed)
     }
 
-    /// Reads waiting input until none is left or the queue for the server is full
-    /// ([`MAX_QUEUED_INPUTS`] inputs or [`MAX_QUEUED_LINE_BYTES`] bytes): echoes typing,
-    /// answers `/stats` and machine-mode `stats` at once, and queues everything else. Returns
-    /// whether any line was completed.
+    /// Lines turned away as busy (with the queue full) since boot.
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away.load(Ordering::Relaxed)
+    }
+
+    /// The next queued input, oldest first.
+    pub fn next_input(&self) -> Option<Input> {
+        let mut queued = self.queued.lock();
+        let input = queued.inputs.pop_front()?;
+        queued.bytes -= input.bytes();
+        Some(input)
+    }
+
+    /// Reads all waiting input: echoes typing, answers the control commands at once, queues
+    /// everything else for the server, and answers on the spot a line that finds the queue full
+    /// ([`MAX_QUEUED_INPUTS`] inputs or [`MAX_QUEUED_LINE_BYTES`] bytes). Returns whether any
+    /// line was completed.
     pub fn service(&self, console: &dyn Console, clock: &dyn Clock) -> bool {
         let mut completed = false;
-        while self.queue_has_room()
-            && let Some(byte) = console.read_byte()
-        {
-            match self.read(byte, console, clock) {
-                Read::Nothing => {}
-                Read::Line(line) => {
-                    completed = true;
-                    if !self.answer_control(&line, console, clock) {
-                        self.queued.lock().push_back(Input::Line(line));
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut echo = Echo::new();
+        let mut reader = self.reader.lock();
+        loop {
+            let count = console.read_bytes(&mut chunk);
+            if count == 0 {
+                break;
+            }
+            for &byte in &chunk[..count] {
+                let input = match self.read(&mut reader, byte, &mut echo, clock) {
+                    Read::Nothing => continue,
+                    Read::Line(line) => {
+                        echo.flush(console);
+                        completed = true;
+                        if self.answer_control(&line, console, clock) {
+                            continue;
+                        }
+                        Input::Line(line)
                     }
-                }
-                Read::Refused(error) => {
-                    completed = true;
-                    self.queued.lock().push_back(Input::Refused(error));
+                    Read::Refused(error) => {
+                        echo.flush(console);
+                        Input::Refused(error)
+                    }
+                };
+                completed = true;
+                let mut queued = self.queued.lock();
+                if queued.has_room() {
+                    queued.bytes += input.bytes();
+                    queued.inputs.push_back(input);
+                } else {
+                    drop(queued);
+                    self.answer_full(input, console);
                 }
             }
+            echo.flush(console);
         }
         completed
     }
 
-    fn queue_has_room(&self) -> bool {
-        let queued = self.queued.lock();
-        queued.len() < MAX_QUEUED_INPUTS
-            && queued.iter().map(Input::bytes).sum::<usize>() < MAX_QUEUED_LINE_BYTES
+    /// Answers a line that found the queue full: a refused line with its error, any other line
+    /// as busy.
+    fn answer_full(&self, input: Input, console: &dyn Console) {
+        let answer = match input {
+            Input::Refused(error) => {
+                self.refused_here.fetch_add(1, Ordering::Relaxed);
+                alloc::format!("\r\nerror: {error}\r\n")
+            }
+            Input::Line(line) => {
+                self.turned_away.fetch_add(1, Ordering::Relaxed);
+                let waiting = self.queued.lock().inputs.len();
+                let line = line.trim();
+                if line.starts_with('{') {
+                    let id = protocol::request_id(line);
+                    let message =
+                        alloc::format!("busy: {waiting} lines wait for the server; send the request again");
+                    protocol::record(id, &Event::Error { message: &message })
+                } else {
+                    let quoted: String = line.chars().take(QUOTED_CHARS).collect();
+                    alloc::format!(
+                        "\r\nerror: busy: {waiting} lines wait for the server; not taken: \"{quoted}\"\r\n"
+                    )
+                }
+            }
+        };
+        console.write_bytes(answer.as_bytes());
     }
 
-    /// Feeds one byte to the line editor (echoing what it echoes), moving a machine-mode
-    /// line that outgrows the short buffer into a long one first; a finished line releases the
-    /// long buffer.
-    fn read(&self, byte: u8, console: &dyn Console, clock: &dyn Clock) -> Read {
-        let mut guard = self.reader.lock();
-        let state = &mut *guard;
+    /// Feeds one byte to the line editor (gathering what it echoes in `echo`), moving a
+    /// machine-mode line that outgrows the short buffer into a long one first; a finished line
+    /// releases the long buffer.
+    fn read(&self, state: &mut LineState<'memory>, byte: u8, echo: &mut Echo, clock: &dyn Clock) -> Read {
         if state.long.is_none() && state.short[0] == b'{' && state.assembler.would_overflow(MAX_LINE, byte) {
             state.long = self.long_line_buffer(&state.short, clock);
         }
@@ -226,7 +337,7 @@ impl<'memory> ControlDesk<'memory> {
         let read = match state.assembler.push(buffer, byte) {
             LineEvent::Pending => Read::Nothing,
             LineEvent::Echo(bytes) => {
-                console.write_bytes(bytes);
+                echo.gather(bytes);
                 Read::Nothing
             }
             LineEvent::Line(text) => Read::Line(String::from(text)),
@@ -263,7 +374,7 @@ impl<'memory> ControlDesk<'memory> {
                 "\r\nnothing to cancel\r\n"
             };
             ("cancel", String::from(answer))
-        } else if trimmed.starts_with('{') {
+        } else if trimmed.starts_with('{') && may_be_control(trimmed) {
             match protocol::parse_request(trimmed) {
                 Ok(request) if request.operation == protocol::Operation::Stats => {
                     let text = stats().replace("\r\n", "\n");
@@ -287,6 +398,13 @@ impl<'memory> ControlDesk<'memory> {
         }
         true
     }
+}
+
+/// Whether a machine-mode line may be a `stats` or `cancel` request: it names one, or holds an
+/// escape that could spell one. Every other line skips the desk's JSON parse, so a burst of
+/// requests costs the desk little more than its bytes (the server parses them in turn).
+fn may_be_control(line: &str) -> bool {
+    line.contains("stats") || line.contains("cancel") || line.contains('\\')
 }
 
 /// The `/stats` text `report` followed by the console's byte counts as of now (when it counts
@@ -336,7 +454,6 @@ impl Cpus for ServingCpus<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::sync::atomic::{AtomicU64, Ordering};
 
     /// A console fed from a script, recording what is written.
     struct ScriptedConsole {
@@ -390,10 +507,11 @@ mod tests {
         desk.set_stats_snapshot("turns 3\r\n".into());
         assert!(desk.service(&console, &clock));
         let output = console.output.lock().unwrap().clone();
-        // The byte counts are read when the answer is written: they include the asking line.
-        assert!(output.contains("\r\nturns 3\r\nconsole rx   13 bytes, 0 dropped"), "{output:?}");
+        // The byte counts are read when the answer is written (this console counts the bytes
+        // taken, and the desk takes all 45 waiting at once): they include the asking line.
+        assert!(output.contains("hello/stats\r\nturns 3\r\nconsole rx   45 bytes, 0 dropped"), "{output:?}");
         assert!(
-            output.contains("{\"id\":4,\"event\":\"info\",\"text\":\"turns 3\\nconsole rx   35 bytes"),
+            output.contains("{\"id\":4,\"event\":\"info\",\"text\":\"turns 3\\nconsole rx   45 bytes"),
             "{output:?}"
         );
         assert_eq!(desk.next_input(), Some(Input::Line("hello".into())));
@@ -406,6 +524,21 @@ mod tests {
         assert_eq!(timed, [("stats".into(), 1), ("cancel".into(), 0), ("status".into(), 1)]);
         assert!(report.commands[0].latency.max_ns > 0);
         assert!(desk.take_deadline_misses().is_empty());
+    }
+
+    #[test]
+    fn only_lines_that_may_be_controls_are_parsed_at_the_desk() {
+        assert!(may_be_control(r#"{"id":1,"op":"stats"}"#));
+        assert!(may_be_control(r#"{"id":1,"op":"cancel","target":2}"#));
+        assert!(may_be_control(r#"{"id":1,"op":"st\u0061ts"}"#), "an escape could spell one");
+        assert!(!may_be_control(r#"{"id":1,"op":"generate","prompt":"x","max_tokens":4}"#));
+        // An escaped control is still answered on the spot.
+        let console = console_with(b"{\"id\":3,\"op\":\"st\\u0061ts\"}\r");
+        let desk = ControlDesk::new();
+        desk.set_stats_snapshot("turns 1\r\n".into());
+        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert!(console.output.lock().unwrap().contains(r#"{"id":3,"event":"info","text":"turns 1"#));
+        assert_eq!(desk.next_input(), None);
     }
 
     #[test]
@@ -436,35 +569,43 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_leaves_the_input_unread_until_the_server_takes_it() {
-        let lines = MAX_QUEUED_INPUTS + 10;
-        let input: Vec<u8> = (0..lines).flat_map(|index| format!("line {index}\r").into_bytes()).collect();
-        let console = ScriptedConsole {
-            input: std::sync::Mutex::new(input.iter().copied().collect()),
-            output: std::sync::Mutex::new(String::new()),
-            read: AtomicU64::new(0),
-        };
+    fn a_full_queue_still_lets_control_commands_through_and_answers_the_rest_on_the_spot() {
+        let mut input: Vec<u8> =
+            (0..MAX_QUEUED_INPUTS).flat_map(|index| format!("line {index}\r").into_bytes()).collect();
+        input.extend_from_slice(b"/stats\r{\"id\":5,\"op\":\"generate\",\"prompt\":\"hi\"}\r");
+        input.extend_from_slice(b"/load other.gguf\rno\x01ise\r{\"id\":6,\"op\":\"cancel\",\"target\":5}\r");
+        let console = console_with(&input);
         let clock = StepClock(AtomicU64::new(0));
         let desk = ControlDesk::new();
+        desk.set_stats_snapshot("turns 3\r\n".into());
         assert!(desk.service(&console, &clock));
-        let unread = console.input.lock().unwrap().len();
-        assert_eq!(
-            unread,
-            (MAX_QUEUED_INPUTS..lines).map(|index| format!("line {index}\r").len()).sum::<usize>()
+        assert!(console.input.lock().unwrap().is_empty(), "every byte was read");
+        let output = console.output.lock().unwrap().clone();
+        let busy = format!("busy: {MAX_QUEUED_INPUTS} lines wait for the server");
+        assert!(output.contains("\r\nturns 3\r\n"), "{output:?}");
+        assert!(
+            output.contains(&format!(
+                r#"{{"id":5,"event":"error","message":"{busy}; send the request again"}}"#
+            )),
+            "{output:?}"
         );
-        // Full: a second service reads nothing.
-        assert!(!desk.service(&console, &clock));
-        assert_eq!(console.input.lock().unwrap().len(), unread);
+        assert!(
+            output.contains(&format!("\r\nerror: {busy}; not taken: \"/load other.gguf\"\r\n")),
+            "{output:?}"
+        );
+        assert!(output.contains("\r\nerror: noise (control U+0001 at offset 2), dropped\r\n"), "{output:?}");
+        assert!(output.contains(r#"{"id":6,"event":"info","text":"cancel requested"}"#), "{output:?}");
+        assert_eq!(desk.take_cancels(), [CancelRequest::Machine { target: 5 }]);
+        assert_eq!((desk.turned_away(), desk.refused_here()), (2, 1));
+        assert_eq!(desk.counters().report().deadline_misses(), 0);
+        // The queue holds the lines that came first, in order, and nothing else.
         let mut taken = Vec::new();
         while let Some(input) = desk.next_input() {
             taken.push(input);
         }
-        assert!(desk.service(&console, &clock));
-        while let Some(input) = desk.next_input() {
-            taken.push(input);
-        }
-        let expected: Vec<Input> = (0..lines).map(|index| Input::Line(format!("line {index}"))).collect();
-        assert_eq!(taken, expected, "every line, in order");
+        let expected: Vec<Input> =
+            (0..MAX_QUEUED_INPUTS).map(|index| Input::Line(format!("line {index}"))).collect();
+        assert_eq!(taken, expected);
     }
 
     fn console_with(input: &[u8]) -> ScriptedConsole {
@@ -528,22 +669,25 @@ mod tests {
         let lines: Vec<String> = (0..12).map(|id| machine_line(id, 10_000)).collect();
         let input: String = lines.iter().map(|line| format!("{line}\r")).collect();
         let console = console_with(input.as_bytes());
-        let clock = StepClock(AtomicU64::new(0));
-        assert!(desk.service(&console, &clock));
+        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
         let mut taken = Vec::new();
         while let Some(input) = desk.next_input() {
             taken.push(input);
         }
         let queued: usize = taken.iter().map(Input::bytes).sum();
-        assert!(taken.len() < lines.len(), "the desk stopped reading");
         assert!(queued < MAX_QUEUED_LINE_BYTES + MAX_MACHINE_LINE, "{queued} bytes queued");
-        while desk.service(&console, &clock) {
-            while let Some(input) = desk.next_input() {
-                taken.push(input);
-            }
+        let expected: Vec<Input> = lines[..taken.len()].iter().cloned().map(Input::Line).collect();
+        assert_eq!(taken, expected, "the first lines, in order");
+        // The rest were turned away, each with an error record under its id.
+        let output = console.output.lock().unwrap().clone();
+        assert_eq!(desk.turned_away() as usize, lines.len() - taken.len());
+        assert!(desk.turned_away() > 0);
+        for id in taken.len()..lines.len() {
+            assert!(
+                output.contains(&format!(r#"{{"id":{id},"event":"error","message":"busy: "#)),
+                "{output:?}"
+            );
         }
-        let expected: Vec<Input> = lines.into_iter().map(Input::Line).collect();
-        assert_eq!(taken, expected, "every line, in order");
     }
 
     #[test]

@@ -167,6 +167,17 @@ pub struct ProtocolError {
     pub message: String,
 }
 
+/// The id of a request line, read without the rest of the request (to answer a line that is
+/// not handled, such as one turned away as busy); `None` when the line is not a JSON object
+/// with a numeric `id`. Never panics, on any input.
+pub fn request_id(line: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    serde_json::from_str::<Id>(line).ok().map(|request| request.id)
+}
+
 /// Parses one request line. Never panics, on any input.
 pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
     let id = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|value| value.get("id")?.as_u64());
@@ -651,6 +662,9 @@ mod tests {
             }
         );
         assert_eq!(parse_request(r#"{"id":2,"op":"stats"}"#).unwrap().operation, Operation::Stats);
+        assert_eq!(request_id(r#"{"op":"nonsense","id":7,"x":[1,{"id":2}]}"#), Some(7));
+        assert_eq!(request_id(r#"{"op":"stats"}"#), None);
+        assert_eq!(request_id(r#"{"id":"7"}"#), None);
         assert_eq!(
             parse_request(r#"{"op":"cancel","target":1,"id":3}"#).unwrap().operation,
             Operation::Cancel { target: 1 }

@@ -49,6 +49,10 @@ pub const KV_BLOCK_TOKENS: usize = 16;
 /// `kv_quota_tokens`.
 pub const KV_QUOTA_TOKENS: usize = 1024;
 
+/// Most lines one console poll handles (see [`Server::poll_console`]); the rest wait in the
+/// desk's queue for the next poll, so a flood cannot hold generation back.
+const MAX_LINES_PER_POLL: usize = super::desk::MAX_QUEUED_INPUTS;
+
 /// The model being served, shared with the batches that use it (a batch keeps the model it
 /// started with; the weights are freed when the last holder lets go).
 pub(super) type Shared<'a> = Arc<ServedModel<TensorBuffer<'a>>>;
@@ -395,9 +399,13 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             self.replies.borrow_mut().settle(self.memory, self.console, self.clock);
             let snapshot = self.stats_report();
             self.desk.set_stats_snapshot(snapshot);
-            let mut handled = self.desk.service(self.console, self.clock);
-            self.apply_desk_notes();
-            while let Some(input) = self.desk.next_input() {
+            let mut handled = false;
+            // The desk reads again after each line handled, so a control command that arrives
+            // meanwhile is answered at once.
+            for _ in 0..MAX_LINES_PER_POLL {
+                handled |= self.desk.service(self.console, self.clock);
+                self.apply_desk_notes();
+                let Some(input) = self.desk.next_input() else { break };
                 handled = true;
                 match input {
                     Input::Line(line) => {

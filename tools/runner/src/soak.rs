@@ -284,6 +284,8 @@ pub struct StatsFigures {
     pub misses: Vec<(String, u64)>,
     /// Lines refused (noise, too long, not UTF-8).
     pub rejected: u64,
+    /// Lines turned away as busy (the console queue was full).
+    pub busy: u64,
 }
 
 /// Reads the figures of the `/stats` report in `text` (the last one there).
@@ -302,6 +304,7 @@ pub fn stats_figures(text: &str) -> Option<StatsFigures> {
                 break;
             }
             ["rejected", count, "lines"] => figures.rejected = number(Some(count))?,
+            ["busy", count, "lines", ..] => figures.busy = number(Some(count))?,
             [command, .., misses] if command.starts_with('/') => {
                 figures.misses.push((command.to_string(), number(Some(misses))?));
             }
@@ -390,13 +393,14 @@ mod tests {
         assert_eq!(heap, 6_038_801);
         assert_eq!(pools[1], PoolUse { kind: "kv".into(), live_bytes: 1_048_576, peak_bytes: 1_048_576 });
         let report = "> /stats\r\nmodel        tiny-q8.gguf\r\nrejected     7 lines\r\n\
+            busy         2 lines turned away (the console queue was full)\r\n\
             latency              count       p50       p99       max over 10.0 ms\r\n\
               request                3   47.1 ms   47.1 ms   47.1 ms            -\r\n\
               /stats                 4   1.0 ms   2.0 ms   2.0 ms            0\r\n\
               /cancel                1   1.0 ms   1.0 ms   11.0 ms            1\r\n\
             console rx   245 bytes, 0 dropped, at most 37 waiting, sender held back 0 times\r\n";
         let figures = stats_figures(report).unwrap();
-        assert_eq!((figures.received, figures.dropped, figures.rejected), (245, 0, 7));
+        assert_eq!((figures.received, figures.dropped, figures.rejected, figures.busy), (245, 0, 7, 2));
         assert_eq!(figures.misses, [("/stats".to_string(), 0), ("/cancel".to_string(), 1)]);
         assert_eq!(stats_figures("model  x\r\n"), None);
         let kept = "\n> /stats\nmodel        tiny\nturns        1\nconsole rx   5 bytes, 0 dropped\n";

@@ -68,6 +68,7 @@ struct Figures {
     chats: u64,
     swaps: u64,
     load_failures: u64,
+    loads_turned_away: u64,
     noise_bytes: u64,
     overlong_lines: u64,
     invalid_lines: u64,
@@ -128,6 +129,10 @@ impl Driver {
             self.loading = None;
         } else if line.contains("error: cannot load ") {
             self.figures.load_failures += 1;
+            self.loading = None;
+        } else if line.contains("; not taken: \"/load ") {
+            // Turned away as busy (the console queue was full): no load started.
+            self.figures.loads_turned_away += 1;
             self.loading = None;
         }
         if line.contains("nothing to cancel") {
@@ -521,14 +526,16 @@ fn print_figures(driver: &Driver, idle: &Idle, baseline: &Idle) {
         figures.actions, tracker.sent, tracker.done, tracker.cancelled, tracker.errors, figures.chats
     );
     println!(
-        "swaps {} ({} loads failed), reports {}, noise {} bytes, overlong lines {}, invalid UTF-8 lines {}, refused lines {}",
+        "swaps {} ({} loads failed, {} turned away as busy), reports {}, noise {} bytes, overlong lines {}, invalid UTF-8 lines {}, refused lines {}, lines turned away as busy {}",
         figures.swaps,
         figures.load_failures,
+        figures.loads_turned_away,
         figures.reports,
         figures.noise_bytes,
         figures.overlong_lines,
         figures.invalid_lines,
-        idle.stats.rejected
+        idle.stats.rejected,
+        idle.stats.busy
     );
     println!(
         "console: {} bytes sent, {} received, {} dropped; deadline misses {:?}",

@@ -77,10 +77,14 @@ impl ApiError {
     }
 }
 
-/// The error a board's refusal of a generation maps to: a full queue is 429, a prompt the board
-/// cannot hold is 400, anything else is the board's failure (500).
+/// The error a board's refusal of a generation maps to: a full queue (the batch's, or the
+/// console's while a pass runs) is 429, a prompt the board cannot hold is 400, anything else is
+/// the board's failure (500).
 pub fn board_refusal(message: &str) -> ApiError {
-    if message.starts_with("too many requests") || message.contains("try again when") {
+    if message.starts_with("too many requests")
+        || message.starts_with("busy: ")
+        || message.contains("try again when")
+    {
         ApiError::new(429, "rate_limit_error", "board_queue_full", message)
     } else if message.contains("tokens but only")
         || message.contains("longer than")
@@ -596,6 +600,7 @@ mod tests {
     #[test]
     fn board_refusals_map_to_statuses() {
         assert_eq!(board_refusal("too many requests: 128 are already waiting").status, 429);
+        assert_eq!(board_refusal("busy: 256 lines wait for the server; send the request again").status, 429);
         assert_eq!(board_refusal("the message is 900 tokens but only 512 fit").status, 400);
         assert_eq!(board_refusal("max_tokens must be 1-4096").status, 400);
         assert_eq!(board_refusal("activations memory is full").status, 500);
