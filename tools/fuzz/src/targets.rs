@@ -235,8 +235,11 @@ pub fn console(data: &[u8]) {
 /// one line of JSON carrying the request's id.
 pub fn protocol(data: &[u8]) {
     let Ok(line) = core::str::from_utf8(data) else { return };
+    let id = protocol::request_id(line);
     match protocol::parse_request(line) {
         Ok(request) => {
+            // A line turned away as busy is answered under the id `request_id` reads.
+            assert_eq!(id, Some(request.id), "request_id agrees with the parsed request");
             let _ = protocol::record(Some(request.id), &Event::Info { text: line });
         }
         Err(error) => {
