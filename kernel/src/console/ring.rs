@@ -66,14 +66,8 @@ impl<'storage> ByteRing<'storage> {
 
     /// Consumer side: the oldest byte, if any.
     pub fn pop(&self) -> Option<u8> {
-        let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Acquire);
-        if head == tail {
-            return None;
-        }
-        let byte = self.storage[tail % self.storage.len()].load(Ordering::Relaxed);
-        self.tail.store(tail.wrapping_add(1), Ordering::Release);
-        Some(byte)
+        let mut byte = [0];
+        (self.pop_into(&mut byte) == 1).then_some(byte[0])
     }
 
     /// Consumer side: moves the oldest bytes, up to `out`'s length, into `out`; returns how

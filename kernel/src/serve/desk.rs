@@ -269,8 +269,8 @@ impl<'memory> ControlDesk<'memory> {
                     Read::Nothing => continue,
                     Read::Line(line) => {
                         echo.flush(console);
-                        completed = true;
                         if self.answer_control(&line, console, clock) {
+                            completed = true;
                             continue;
                         }
                         Input::Line(line)

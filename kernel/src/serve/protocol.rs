@@ -180,7 +180,7 @@ pub fn request_id(line: &str) -> Option<u64> {
 
 /// Parses one request line. Never panics, on any input.
 pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
-    let id = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|value| value.get("id")?.as_u64());
+    let id = request_id(line);
     let request: Request = serde_json::from_str(line)
         .map_err(|error| ProtocolError { id, message: alloc::format!("malformed request: {error}") })?;
     if let Operation::Trace { max: Some(max) } = request.operation
