@@ -586,23 +586,12 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// The integer lane element `index` (0..32) of a block adds to: (index / 2) mod 4. Lane k
-/// thus gathers elements 2k, 2k+1, 2k+8, 2k+9, 2k+16, 2k+17, 2k+24 and 2k+25, the grouping
-/// NEON's widening multiply-accumulates and AVX2's pairwise multiply-adds both reach cheaply.
-pub fn integer_lane(index: usize) -> usize {
-    (index / 2) % 4
-}
-
 /// Integer products of one block's 32 codes with its 32 activations (8 or 16 bits), summed
-/// into four lanes by [`integer_lane`], exactly: a lane is at most 8 × 128 × 32767 < 2^31
-/// in magnitude. (For 4-bit codes it stays below 2^24, so the conversion to f32 is exact
-/// too; Q8_0 lanes at 16 bits may round there, identically on every path.)
-pub fn block_integer_lanes<T: Copy + Into<i32>>(codes: &[i32; 32], activations: &[T]) -> [i32; 4] {
-    let mut lanes = [0i32; 4];
-    for (index, (code, value)) in codes.iter().zip(activations).enumerate() {
-        lanes[integer_lane(index)] += code * (*value).into();
-    }
-    lanes
+/// exactly: the total is at most 32 × 128 × 32767 < 2^31 in magnitude, so any grouping of
+/// the sum gives the same integer. (For 4-bit codes it stays below 2^24, so the conversion
+/// to f32 is exact too; Q8_0 totals at 16 bits may round there, identically on every path.)
+pub fn block_integer_total<T: Copy + Into<i32>>(codes: &[i32; 32], activations: &[T]) -> i32 {
+    codes.iter().zip(activations).map(|(code, value)| code * (*value).into()).sum()
 }
 
 /// Where a quantized weight format keeps the parts the integer kernels read.
@@ -627,30 +616,24 @@ fn integer_format(tensor_type: TensorType) -> Option<IntegerFormat> {
 }
 
 /// Dot product of a row of blocks with integer activations (8 or 16 bits), the order every
-/// SIMD path follows:
-/// - each block's [`block_integer_lanes`], converted to f32, are added to a four-lane
-///   accumulator with one fused multiply-add each, by `weight scale × activation scale`
-///   (one f32 product);
-/// - Q4_1's minimum terms (`minimum × activation scale × block sum`) gather by fused
-///   multiply-adds in two scalars, one for even blocks and one for odd blocks;
-/// - the result is [`reduce_quad`] of the accumulator, plus (even + odd) for Q4_1.
+/// SIMD path follows: block b goes to float lane b mod 4 of a four-lane accumulator, by one
+/// fused multiply-add of its [`block_integer_total`] (converted to f32) with `weight scale ×
+/// activation scale` (one f32 product), then, for Q4_1, one of its minimum with the
+/// activations' `scale × sum`; the result is [`reduce_quad`] of the accumulator. Four blocks
+/// thus take one vector of each operation, and the integer sums of a block reduce in
+/// whatever order is cheapest.
 fn dot_blocks_integer<T: Copy + Into<i32>>(row: &[u8], x: Quantized<'_, T>, format: IntegerFormat) -> f32 {
     let mut accumulator = [0.0f32; 4];
-    let mut minimums = [0.0f32; 2];
     let blocks = row.chunks_exact(format.block_bytes).zip(x.values.chunks_exact(32)).zip(x.block_scales);
     for (index, ((block, activations), [scale, scaled_sum])) in blocks.enumerate() {
-        let lanes = block_integer_lanes(&(format.codes)(block), activations);
-        let factor = half(block, 0) * scale;
-        for (accumulator, lane) in accumulator.iter_mut().zip(lanes) {
-            *accumulator = fmaf(factor, lane as f32, *accumulator);
-        }
+        let total = block_integer_total(&(format.codes)(block), activations);
+        let lane = &mut accumulator[index % 4];
+        *lane = fmaf(half(block, 0) * scale, total as f32, *lane);
         if let Some(at) = format.minimum_at {
-            let minimum = &mut minimums[index % 2];
-            *minimum = fmaf(half(block, at), *scaled_sum, *minimum);
+            *lane = fmaf(half(block, at), *scaled_sum, *lane);
         }
     }
-    let total = reduce_quad(accumulator);
-    if format.minimum_at.is_some() { total + (minimums[0] + minimums[1]) } else { total }
+    reduce_quad(accumulator)
 }
 
 /// Dot product of a row of `tensor_type` (Q8_0, Q4_0 or Q4_1; others yield 0) with integer
