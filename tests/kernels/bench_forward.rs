@@ -86,6 +86,31 @@ fn project(instructions: u64, bytes: u64) {
     }
 }
 
+/// Instructions per row of the layers' matrix products alone (every matrix of every layer
+/// times 32 activation rows through `rows_multi`, as a T = 32 prefill pass meets them).
+fn layer_products(weights: &kernel::model::Weights<'_>, precision: Precision) -> u64 {
+    use kernel::infer::matmul::{QuantizedRows, rows_multi};
+    const ROWS: usize = 32;
+    let config = weights.config;
+    let widest = config.dim.max(config.hidden_dim);
+    let mut random = kernel::rand::SplitMix64::new(7);
+    let x: alloc::vec::Vec<f32> = (0..ROWS * widest).map(|_| random.next_f32() - 0.5).collect();
+    let mut narrow = QuantizedRows::with_capacity(ROWS, config.dim, precision);
+    let mut wide = QuantizedRows::with_capacity(ROWS, config.hidden_dim, precision);
+    let narrow = narrow.quantize(&x[..ROWS * config.dim], config.dim).expect("fits");
+    let wide = wide.quantize(&x[..ROWS * config.hidden_dim], config.hidden_dim).expect("fits");
+    let mut out = alloc::vec![0.0f32; ROWS * widest];
+    let total = instructions(|| {
+        for layer in &weights.layers {
+            for matrix in [&layer.query, &layer.key, &layer.value, &layer.output, &layer.gate, &layer.up] {
+                rows_multi(matrix, narrow, 0, matrix.rows, &mut out).expect("shapes fit");
+            }
+            rows_multi(&layer.down, wide, 0, layer.down.rows, &mut out).expect("shapes fit");
+        }
+    });
+    total / ROWS as u64
+}
+
 fn main(info: &'static boot::BootInfo) -> ! {
     ensure!(systests::pmu::start_counting(), "the PMU does not count instructions: run under -icount");
     let memory = boot::memory::backed_memory(info)
@@ -150,6 +175,10 @@ fn main(info: &'static boot::BootInfo) -> ! {
         .sum();
     per_token[3] = decode / DECODE_STEPS as u64;
     boot::println!("| decode | {} |", per_token[3]);
+    boot::println!(
+        "| of which the layers' matrix products, T = 32 | {} |",
+        layer_products(weights, precision)
+    );
     for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
         boot::println!("prefill T = {chunk}: {:.3}x decode", per_token[slot] as f64 / per_token[3] as f64);
     }

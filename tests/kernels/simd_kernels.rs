@@ -2,7 +2,8 @@
 //! (the host tests check AVX2 the same way with proptest): row dot products of Q8_0, Q4_0,
 //! Q4_1 and F32 at each precision, with odd block counts and every code value; the matrix ×
 //! N-vectors kernel at N = 1 to 33 against its scalar reference and against each vector alone;
-//! SwiGLU (and its exponential's edges), attention dot products and scaled sums.
+//! SwiGLU (and its exponential's edges), attention dot products and scaled sums; block
+//! quantization of activations to 8 and 16 bits.
 
 #![no_std]
 #![no_main]
@@ -98,7 +99,7 @@ fn check_dots(random: &mut SplitMix64) -> usize {
 fn check_rows_multi(random: &mut SplitMix64) -> usize {
     let mut checks = 0;
     for (case, vectors) in [1, 2, 3, 7, 8, 9, 16, 31, 32, 33].into_iter().enumerate() {
-        let (rows, columns, first) = (4, 32 * (1 + case % 4), case % 2);
+        let (rows, columns, first) = (4, 32 * (1 + case % 6), case % 2);
         let count = rows - first;
         let x = uniform(random, vectors * columns, 3.0);
         let values = uniform(random, rows * columns, 2.0);
@@ -167,14 +168,67 @@ fn check_vector_kernels(random: &mut SplitMix64) -> usize {
     checks + 2
 }
 
+/// Block quantization to 8 and 16 bits: random blocks at scales from 1e-30 to 1e30, and
+/// blocks of edge values (zeros, halves that round away from zero, the extremes, infinities
+/// and NaN), values and block scales bit for bit.
+fn check_quantization(random: &mut SplitMix64) -> usize {
+    let mut blocks: Vec<f32> = Vec::new();
+    for spread in [1e-30, 1e-3, 1.0, 100.0, 1e30] {
+        blocks.extend(uniform(random, 4 * 32, spread));
+    }
+    let mut edges = vec![0.0f32; 32];
+    edges.extend((0..32).map(|index| if index % 2 == 0 { -0.0 } else { 0.0 }));
+    // Largest magnitude 127 × 2 (scale 2 at 8 bits): odd values land on halves.
+    edges.extend((0..32).map(|index| (index as f32 - 15.0) * if index == 31 { 15.75 } else { 1.0 }));
+    edges.extend([f32::MAX, f32::MIN, f32::MIN_POSITIVE, -f32::MIN_POSITIVE].repeat(8));
+    edges.extend([f32::INFINITY, 1.0, -2.0, f32::NEG_INFINITY].repeat(8));
+    edges.extend([f32::NAN, 1.0, -0.5, 3.0].repeat(8));
+    edges.extend([f32::NAN; 32]);
+    edges.extend((0..32).map(|index| 1e-45 * index as f32));
+    blocks.extend(edges);
+    let count = blocks.len() / 32;
+    let mut checks = 0;
+    for (precision, name) in [(Precision::Int8, "int8"), (Precision::Int16, "int16")] {
+        let mut scalar = QuantizedRows::with_capacity(count, 32, precision);
+        let mut neon = QuantizedRows::with_capacity(count, 32, precision);
+        let (Ok(scalar), Ok(neon)) =
+            (scalar.quantize(&blocks, 32), neon.quantize_with(&blocks, 32, &matmul::FastestBlocks))
+        else {
+            systests::fail(format_args!("{name}: shapes refused"))
+        };
+        let scale_bits =
+            |scales: &[[f32; 2]]| scales.iter().flatten().map(|value| value.to_bits()).collect::<Vec<_>>();
+        let (values_equal, scales) = match (scalar.int8(), neon.int8(), scalar.int16(), neon.int16()) {
+            (Some(expected), Some(got), ..) => {
+                (expected.values == got.values, (expected.block_scales, got.block_scales))
+            }
+            (.., Some(expected), Some(got)) => {
+                (expected.values == got.values, (expected.block_scales, got.block_scales))
+            }
+            _ => systests::fail(format_args!("{name}: no quantized values")),
+        };
+        ensure!(values_equal, "{name}: NEON's quantized values differ from the scalar ones");
+        ensure!(
+            scale_bits(scales.0) == scale_bits(scales.1),
+            "{name}: block scales {:?} vs {:?}",
+            scales.1,
+            scales.0
+        );
+        ensure!(scales.0.len() == count, "{name}: {} blocks quantized of {count}", scales.0.len());
+        checks += count;
+    }
+    checks
+}
+
 fn main(_info: &'static boot::BootInfo) -> ! {
     ensure!(simd::instruction_set() == Some("NEON"), "no NEON path");
     let mut random = SplitMix64::new(0x51_4D_D0);
     let dots = check_dots(&mut random);
     let products = check_rows_multi(&mut random);
     let vector_kernels = check_vector_kernels(&mut random);
+    let quantized = check_quantization(&mut random);
     boot::println!(
-        "NEON equals scalar: {dots} row dot products, {products} matrix x N-vector products, {vector_kernels} vector kernels"
+        "NEON equals scalar: {dots} row dot products, {products} matrix x N-vector products, {vector_kernels} vector kernels, {quantized} quantized blocks"
     );
     pass()
 }

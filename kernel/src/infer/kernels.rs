@@ -200,15 +200,13 @@ impl QuantizedVector {
     /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity) to 8 bits:
     /// values in −127..=127, scale = max|x| / 127.
     pub fn quantize(&mut self, x: &[f32]) {
-        quantize_blocks(x, &mut self.values, &mut self.block_scales, 127.0, |value| roundf(value) as i8);
+        ScalarBlocks.int8(x, &mut self.values, &mut self.block_scales);
     }
 
     /// Quantizes `x` (whose length is a multiple of 32 and fits the capacity) to 16 bits:
     /// values in −32767..=32767, scale = max|x| / 32767.
     pub fn quantize_wide(&mut self, x: &[f32]) {
-        quantize_blocks(x, &mut self.wide_values, &mut self.block_scales, 32767.0, |value| {
-            roundf(value) as i16
-        });
+        ScalarBlocks.int16(x, &mut self.wide_values, &mut self.block_scales);
     }
 
     /// The 8-bit values of the latest [`Self::quantize`].
@@ -229,6 +227,30 @@ fn sum_blocks(x: &[f32], sums: &mut [[f32; 8]]) -> usize {
         *sums = block_sum_lanes(values);
     }
     blocks
+}
+
+/// Quantizes activations block by block: [`ScalarBlocks`] here, the oracle; the fastest
+/// path in `matmul`, which gives the same bits.
+pub trait QuantizeBlocks {
+    /// Each whole block of 32 of `x` into `out` (as many blocks as `out` and `block_scales`
+    /// hold), values in −127..=127: scale = max|x| / 127, value = round(x / scale) (half
+    /// away from zero), and the block's `[scale, scale × sum of its values]`.
+    fn int8(&self, x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]);
+    /// The same at 16 bits: values in −32767..=32767, scale = max|x| / 32767.
+    fn int16(&self, x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]);
+}
+
+/// The scalar block quantizer.
+pub struct ScalarBlocks;
+
+impl QuantizeBlocks for ScalarBlocks {
+    fn int8(&self, x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]) {
+        quantize_blocks(x, out, block_scales, 127.0, |value| roundf(value) as i8);
+    }
+
+    fn int16(&self, x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]) {
+        quantize_blocks(x, out, block_scales, 32767.0, |value| roundf(value) as i16);
+    }
 }
 
 /// Quantizes each block of 32 of `x` into `outputs` with `round` (which gets values already
@@ -381,6 +403,16 @@ impl QuantizedRows {
     /// Rows whose length is not a multiple of 32 are kept as floats only (no quantized
     /// matrix has such rows). Returns the batch the product kernels read.
     pub fn quantize<'a>(&'a mut self, x: &'a [f32], columns: usize) -> Result<BatchInput<'a>, ShapeError> {
+        self.quantize_with(x, columns, &ScalarBlocks)
+    }
+
+    /// [`Self::quantize`] with the block quantizer `blocks`.
+    pub fn quantize_with<'a>(
+        &'a mut self,
+        x: &'a [f32],
+        columns: usize,
+        blocks_by: &impl QuantizeBlocks,
+    ) -> Result<BatchInput<'a>, ShapeError> {
         let rows = self.rows_of(x, columns)?;
         if columns.is_multiple_of(BLOCK_VALUES) {
             let blocks = rows * columns / BLOCK_VALUES;
@@ -388,19 +420,13 @@ impl QuantizedRows {
                 Precision::Float => {
                     sum_blocks(x, &mut self.block_sums[..blocks]);
                 }
-                Precision::Int8 => quantize_blocks(
-                    x,
-                    &mut self.values[..rows * columns],
-                    &mut self.block_scales[..blocks],
-                    127.0,
-                    |value| roundf(value) as i8,
-                ),
-                Precision::Int16 => quantize_blocks(
+                Precision::Int8 => {
+                    blocks_by.int8(x, &mut self.values[..rows * columns], &mut self.block_scales[..blocks])
+                }
+                Precision::Int16 => blocks_by.int16(
                     x,
                     &mut self.wide_values[..rows * columns],
                     &mut self.block_scales[..blocks],
-                    32767.0,
-                    |value| roundf(value) as i16,
                 ),
             }
         }

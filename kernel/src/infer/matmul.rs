@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub use super::kernels::{BatchInput, QuantizedRows, ShapeError};
-use super::kernels::{Input, dot_scalar};
+use super::kernels::{Input, QuantizeBlocks, ScalarBlocks, dot_scalar};
 use crate::model::{Matrix, TensorType};
 
 /// Most cores a product is split across; any further cores stay idle.
@@ -80,6 +80,23 @@ pub fn rows_multi(
         }
     }
     Ok(())
+}
+
+/// Block quantization of activations on the fastest path (the bits of [`ScalarBlocks`]).
+pub struct FastestBlocks;
+
+impl QuantizeBlocks for FastestBlocks {
+    fn int8(&self, x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]) {
+        if !super::simd::quantize_int8(x, out, block_scales) {
+            ScalarBlocks.int8(x, out, block_scales);
+        }
+    }
+
+    fn int16(&self, x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]) {
+        if !super::simd::quantize_int16(x, out, block_scales) {
+            ScalarBlocks.int16(x, out, block_scales);
+        }
+    }
 }
 
 /// `gate = silu(gate) × up`, the SwiGLU activation, on the fastest path (the bits of

@@ -32,7 +32,7 @@ use spin::{Mutex, RwLock};
 
 use super::forward::PassSequence;
 use super::kernels::{BatchInput, Precision, QuantizedRows, rmsnorm, softmax};
-use super::matmul::{MAX_CORES, accumulate_values, attention_scores, rows_multi, swiglu};
+use super::matmul::{FastestBlocks, MAX_CORES, accumulate_values, attention_scores, rows_multi, swiglu};
 use crate::hil::Cpus;
 use crate::mm::handout::Handout;
 use crate::model::{Config, LayerWeights, Matrix, Vector};
@@ -80,7 +80,7 @@ impl Prepared {
         }
         self.rows = rows;
         self.columns = columns;
-        if let Err(error) = self.quantized.quantize(floats, columns) {
+        if let Err(error) = self.quantized.quantize_with(floats, columns, &FastestBlocks) {
             unreachable!("a pass's rows fit its scratch: {error}");
         }
     }

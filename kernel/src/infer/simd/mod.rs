@@ -45,6 +45,30 @@ macro_rules! on_this_cpu {
     }};
 }
 
+/// Quantizes the whole blocks of `x` to 8 bits as `kernels::ScalarBlocks::int8` does;
+/// `false` when this CPU has no path (NEON only).
+pub fn quantize_int8(x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]) -> bool {
+    #[cfg(target_arch = "aarch64")]
+    if cfg!(target_feature = "neon") {
+        // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
+        return unsafe { neon::quantize_int8(x, out, block_scales) };
+    }
+    let _ = (x, out, block_scales);
+    false
+}
+
+/// Quantizes the whole blocks of `x` to 16 bits as `kernels::ScalarBlocks::int16` does;
+/// `false` when this CPU has no path (NEON only).
+pub fn quantize_int16(x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]) -> bool {
+    #[cfg(target_arch = "aarch64")]
+    if cfg!(target_feature = "neon") {
+        // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
+        return unsafe { neon::quantize_int16(x, out, block_scales) };
+    }
+    let _ = (x, out, block_scales);
+    false
+}
+
 /// The SIMD instruction set in use, if any.
 pub fn instruction_set() -> Option<&'static str> {
     #[cfg(target_arch = "aarch64")]

@@ -1,11 +1,13 @@
-//! The NEON kernels (aarch64): row dot products, the matrix × N-vectors product, SwiGLU and
-//! the attention vector operations, each the twin of its scalar kernel in `kernels`, bit for
-//! bit.
+//! The NEON kernels (aarch64): row dot products, the matrix × N-vectors product, activation
+//! quantization, SwiGLU and the attention vector operations, each the twin of its scalar
+//! kernel in `kernels`, bit for bit.
 //!
 //! The integer dot products take the weight type and the activation width as type
 //! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
-//! two blocks per step through `chunks_exact`, with no branch or slice check inside. Weight
-//! scales become f32 with the hardware's `fcvtl`, in the same assembly block as the loads.
+//! four blocks per step through `chunks_exact`, with no branch or slice check inside, and a
+//! row's last one to three blocks in one more step. Weight scales become f32 with the
+//! hardware's `fcvtl`, in the same assembly block as the loads. Activation rows are
+//! quantized here too, block by block, as `kernels::ScalarBlocks` does.
 //!
 //! Loads and stores are inline assembly, not `vld1q_*`: the `aarch64-unknown-none` target
 //! builds with `+strict-align`, where LLVM splits a 128-bit access it cannot prove 16-byte
@@ -159,27 +161,6 @@ unsafe fn store_4_f32(address: *mut f32, value: float32x4_t) {
     }
 }
 
-/// The block scales of two consecutive blocks, `[scale 0, scaled sum 0, scale 1, scaled sum
-/// 1]`.
-///
-/// # Safety
-/// `scales` must point to two readable `[f32; 2]`.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn load_scale_pair(scales: *const [f32; 2]) -> float32x4_t {
-    let value: float32x4_t;
-    // SAFETY: the caller guarantees 16 readable bytes; the load only reads them.
-    unsafe {
-        asm!(
-            "ldr {value:q}, [{address}]",
-            value = out(vreg) value,
-            address = in(reg) scales,
-            options(nostack, readonly, preserves_flags)
-        );
-    }
-    value
-}
-
 /// The f16 at byte `at` of `bytes` as f32, converted by the hardware's `fcvt` (exactly, as
 /// `kernels::half` does in software).
 #[inline]
@@ -196,27 +177,6 @@ fn load_half(bytes: &[u8], at: usize) -> f32 {
             address = in(reg) half.as_ptr(),
             value = out(vreg) value,
             options(pure, nostack, readonly, preserves_flags)
-        );
-    }
-    value
-}
-
-/// The block scales of one block, `[scale, scaled sum, 0, 0]`.
-///
-/// # Safety
-/// `scales` must point to one readable `[f32; 2]`.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn load_scale_one(scales: *const [f32; 2]) -> float32x4_t {
-    let value: float32x4_t;
-    // SAFETY: the caller guarantees 8 readable bytes; loading a D register reads only them
-    // and clears the upper half of the vector.
-    unsafe {
-        asm!(
-            "ldr {value:d}, [{address}]",
-            value = out(vreg) value,
-            address = in(reg) scales,
-            options(nostack, readonly, preserves_flags)
         );
     }
     value
@@ -424,14 +384,131 @@ impl Format for Q4_1 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
+// Weights of up to four blocks, loaded and unpacked once for every vector that meets them.
+
+/// Up to four consecutive weight blocks made ready for activations of width `W`: scales and
+/// minimums one block per lane (lanes past the blocks hold 0), and each block's codes.
+#[derive(Clone, Copy)]
+struct Blocks<W: Width> {
+    /// `[d0, d1, d2, d3]`.
+    scales: float32x4_t,
+    /// `[m0, m1, m2, m3]` (Q4_1; 0 for the other formats).
+    minimums: float32x4_t,
+    /// The blocks' codes, made ready by [`Width::prepare`].
+    codes: [W::Codes; 4],
+}
+
+impl<W: Width> Blocks<W> {
+    /// The `COUNT` (1 to 4) blocks of format `F` at `first`.
+    ///
+    /// # Safety
+    /// `first` must point to `COUNT × F::BLOCK_BYTES` readable bytes.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load<F: Format, const COUNT: usize>(first: *const u8) -> Self {
+        let zero = vdupq_n_f32(0.0);
+        // SAFETY: `COUNT` blocks are readable at `first`: the pairs read blocks 0-1 and 2-3,
+        // a lone block the last one, never past `COUNT`; `empty` and `prepare` need only NEON.
+        unsafe {
+            let mut codes = [W::empty(); 4];
+            let first_half = if COUNT >= 2 {
+                let (scales, bytes) = F::load_pair(first);
+                codes[0] = W::prepare(bytes[0], bytes[1]);
+                codes[1] = W::prepare(bytes[2], bytes[3]);
+                scales
+            } else {
+                let (scales, bytes) = F::load_one(first);
+                codes[0] = W::prepare(bytes[0], bytes[1]);
+                scales
+            };
+            let third = first.add(2 * F::BLOCK_BYTES);
+            let second_half = if COUNT == 4 {
+                let (scales, bytes) = F::load_pair(third);
+                codes[2] = W::prepare(bytes[0], bytes[1]);
+                codes[3] = W::prepare(bytes[2], bytes[3]);
+                scales
+            } else if COUNT == 3 {
+                let (scales, bytes) = F::load_one(third);
+                codes[2] = W::prepare(bytes[0], bytes[1]);
+                scales
+            } else {
+                zero
+            };
+            // `[d0, m0, d1, m1]` and `[d2, m2, d3, m3]` (zeros past the blocks) deinterleaved.
+            Self {
+                scales: vuzp1q_f32(first_half, second_half),
+                minimums: vuzp2q_f32(first_half, second_half),
+                codes,
+            }
+        }
+    }
+}
+
+/// The block scales of `COUNT` (1 to 4) consecutive activation blocks: `[s0, s1, s2, s3]`
+/// and `[scale × sum 0, ...]`, lanes past the blocks holding finite copies or 0.
+///
+/// # Safety
+/// `scales` must point to `COUNT` readable `[f32; 2]`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn load_block_scales<const COUNT: usize>(scales: *const [f32; 2]) -> (float32x4_t, float32x4_t) {
+    let (first, second): (float32x4_t, float32x4_t);
+    // SAFETY: the caller guarantees `COUNT` pairs (8 bytes each) at `scales`: a Q register
+    // reads two pairs, a D register one (clearing the rest of the vector), never more than
+    // `COUNT`.
+    unsafe {
+        match COUNT {
+            1 => asm!(
+                "ldr {first:d}, [{address}]",
+                "movi {second:v}.16b, #0",
+                address = in(reg) scales,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            ),
+            2 => asm!(
+                "ldr {first:q}, [{address}]",
+                "movi {second:v}.16b, #0",
+                address = in(reg) scales,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            ),
+            3 => asm!(
+                "ldr {first:q}, [{address}]",
+                "ldr {second:d}, [{address}, #16]",
+                address = in(reg) scales,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            ),
+            _ => asm!(
+                "ldp {first:q}, {second:q}, [{address}]",
+                address = in(reg) scales,
+                first = out(vreg) first,
+                second = out(vreg) second,
+                options(nostack, readonly, preserves_flags)
+            ),
+        }
+    }
+    (vuzp1q_f32(first, second), vuzp2q_f32(first, second))
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation widths: one block's integer products.
 
 /// The width of quantized activations, as the integer kernels multiply them.
-trait Width: Sized {
+trait Width: Sized + Copy {
     /// `i8` or `i16`.
     type Element: Copy;
-    /// One block's codes made ready for [`Self::lanes`] (widened once, for every vector).
+    /// One block's codes made ready for [`Self::partial`] (widened once, for every vector).
     type Codes: Copy;
+
+    /// Codes of no block (zeros), for the unused places of a [`Blocks`].
+    ///
+    /// # Safety
+    /// None beyond NEON (as for [`Self::prepare`]).
+    unsafe fn empty() -> Self::Codes;
 
     /// A block's codes (elements 0..16 in `low`, 16..32 in `high`) made ready.
     ///
@@ -439,63 +516,67 @@ trait Width: Sized {
     /// None beyond NEON, which every aarch64 build has (an `unsafe fn` so that it may enable it).
     unsafe fn prepare(low: int8x16_t, high: int8x16_t) -> Self::Codes;
 
-    /// The four integer lanes of one block: `codes` times the 32 activations at `values`,
-    /// element e added to lane (e / 2) mod 4, exactly.
+    /// Four partial sums of one block's products, `codes` times the 32 activations at
+    /// `values`, whose total is the block's exact integer total.
     ///
     /// # Safety
     /// `values` must point to 32 readable elements.
-    unsafe fn lanes(codes: Self::Codes, values: *const Self::Element) -> int32x4_t;
+    unsafe fn partial(codes: Self::Codes, values: *const Self::Element) -> int32x4_t;
 
-    /// [`Self::lanes`] of two consecutive blocks: `codes.0` times the 32 activations at
-    /// `values`, `codes.1` times the 32 after them.
+    /// Adds four weight blocks (`blocks`) to the accumulator of every vector of `group`:
+    /// vector j's activations for the blocks start at `values + j × blocks_per_vector × 32`,
+    /// its block scales at `scales + j × blocks_per_vector`, as [`add_blocks`] does for each.
     ///
     /// # Safety
-    /// `values` must point to 64 readable elements.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn pair_lanes(
-        codes: (Self::Codes, Self::Codes),
-        values: *const Self::Element,
-    ) -> (int32x4_t, int32x4_t) {
-        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
-        unsafe { (Self::lanes(codes.0, values), Self::lanes(codes.1, values.add(32))) }
-    }
-
-    /// Adds a pair of weight blocks (`weight_scales` and `codes`) to the sums of every vector
-    /// of `group`: vector j's activations for the pair start at `values + j × blocks × 32`,
-    /// its block scales at `scales + j × blocks`, as [`Sums::add_pair`] does for each.
-    ///
-    /// # Safety
-    /// For every vector of `group`, 64 elements at its `values` and two block scales at its
-    /// `scales` must be readable.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn add_pair_to_group<F: Format>(
-        group: &mut [Sums],
-        weight_scales: float32x4_t,
-        codes: (Self::Codes, Self::Codes),
+    /// For every vector of `group`, 128 elements at its `values` and four block scales at
+    /// its `scales` must be readable.
+    unsafe fn add_quad_to_group<F: Format>(
+        group: &mut [float32x4_t],
+        blocks: &Blocks<Self>,
         values: *const Self::Element,
         scales: *const [f32; 2],
-        blocks: usize,
-    ) {
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks;
-            // SAFETY: the caller guarantees the vector's 64 values and two block scales.
-            unsafe {
-                sums.add_pair::<F, Self>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
-        }
-    }
+        blocks_per_vector: usize,
+    );
 }
 
 /// 8-bit activations.
+#[derive(Clone, Copy)]
 struct Eight;
 /// 16-bit activations.
+#[derive(Clone, Copy)]
 struct Sixteen;
+
+/// The four-block step of [`Width::add_quad_to_group`] for one vector, after each width's
+/// products (in `a0`-`a3`, four partial sums per block) and with its block scales loaded
+/// into `v26` (scales) and `v27` (scale × sum): the blocks' totals, their factors, and the
+/// accumulator's fused multiply-adds (the minimums' only for Q4_1), as [`add_blocks`] does.
+macro_rules! quad_tail_asm {
+    ($minimum:literal) => {
+        concat!(
+            "ldr {acc:q}, [{sums}]\n",
+            "addp {a0:v}.4s, {a0:v}.4s, {a1:v}.4s\n",
+            "addp {a2:v}.4s, {a2:v}.4s, {a3:v}.4s\n",
+            "addp {a0:v}.4s, {a0:v}.4s, {a2:v}.4s\n",
+            "fmul {factors:v}.4s, {d:v}.4s, v26.4s\n",
+            "scvtf {a0:v}.4s, {a0:v}.4s\n",
+            "fmla {acc:v}.4s, {a0:v}.4s, {factors:v}.4s\n",
+            $minimum,
+            "str {acc:q}, [{sums}], #16\n",
+            "subs {count}, {count}, #1\n",
+            "b.ne 2b\n",
+        )
+    };
+}
 
 impl Width for Eight {
     type Element = i8;
     type Codes = (int8x16_t, int8x16_t);
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn empty() -> Self::Codes {
+        (vdupq_n_s8(0), vdupq_n_s8(0))
+    }
 
     #[inline]
     #[target_feature(enable = "neon")]
@@ -505,12 +586,11 @@ impl Width for Eight {
 
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn lanes((low, high): Self::Codes, values: *const i8) -> int32x4_t {
+    unsafe fn partial((low, high): Self::Codes, values: *const i8) -> int32x4_t {
         let lanes: int32x4_t;
         // i16 lane i of `near` is e(i) + e(16 + i), of `far` e(8 + i) + e(24 + i): at most
-        // 2 × 128 × 127 in magnitude (activations stay within −127..=127), so no overflow.
-        // `saddlp` then adds adjacent i16 lanes of `near` into i32 lane k (elements 2k, 2k+1,
-        // 2k+16, 2k+17) and `sadalp` those of `far` (2k+8, 2k+9, 2k+24, 2k+25).
+        // 2 × 128 × 127 in magnitude (activations stay within −127..=127), so no overflow;
+        // `saddlp`/`sadalp` widen and add them pairwise into four i32 lanes.
         // One assembly block, so that the compiler cannot trade `smull2` for `ext` + `smull`
         // when it hoists the codes' halves out of a loop over vectors.
         // SAFETY: the caller guarantees 32 readable bytes at `values`; `ldp` reads only
@@ -540,79 +620,98 @@ impl Width for Eight {
 
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn add_pair_to_group<F: Format>(
-        group: &mut [Sums],
-        weight_scales: float32x4_t,
-        codes: (Self::Codes, Self::Codes),
+    unsafe fn add_quad_to_group<F: Format>(
+        group: &mut [float32x4_t],
+        blocks: &Blocks<Self>,
         values: *const i8,
         scales: *const [f32; 2],
-        blocks: usize,
+        blocks_per_vector: usize,
     ) {
         if group.is_empty() {
             return;
         }
-        let ((c0, c1), (c2, c3)) = codes;
-        // As in `Sixteen::add_pair_to_group`, with `Self::lanes` for each block.
-        let value_step = blocks * BLOCK_VALUES - 32;
-        let scale_step = blocks * 8;
-        // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 64 readable
-        // bytes of values and 16 of block scales at the addresses that the post-indexed
-        // loads step through; `sums` walks `group`'s `Sums` (32 bytes each, `repr(C)`),
-        // which the exclusive borrow lets the block read and write. The loop runs
-        // `group.len()` ≥ 1 times; `out` registers never alias the inputs.
-        unsafe {
-            asm!(
-                "2:",
-                "ld1 {{v28.16b, v29.16b}}, [{values}], #32",
-                "smull {near_0:v}.8h, {c0:v}.8b, v28.8b",
-                "smull2 {far_0:v}.8h, {c0:v}.16b, v28.16b",
-                "smlal {near_0:v}.8h, {c1:v}.8b, v29.8b",
-                "smlal2 {far_0:v}.8h, {c1:v}.16b, v29.16b",
-                "ld1 {{v28.16b, v29.16b}}, [{values}], {value_step}",
-                "smull {near_1:v}.8h, {c2:v}.8b, v28.8b",
-                "smull2 {far_1:v}.8h, {c2:v}.16b, v28.16b",
-                "smlal {near_1:v}.8h, {c3:v}.8b, v29.8b",
-                "smlal2 {far_1:v}.8h, {c3:v}.16b, v29.16b",
-                "ld1 {{{activation:v}.4s}}, [{scales}], {scale_step}",
-                "ldp {lanes:q}, {minimums:q}, [{sums}]",
-                "saddlp {first:v}.4s, {near_0:v}.8h",
-                "sadalp {first:v}.4s, {far_0:v}.8h",
-                "saddlp {second:v}.4s, {near_1:v}.8h",
-                "sadalp {second:v}.4s, {far_1:v}.8h",
-                "fmul {factors:v}.4s, {weight:v}.4s, {activation:v}.4s",
-                "fmla {minimums:v}.4s, {weight:v}.4s, {activation:v}.4s",
-                "scvtf {first:v}.4s, {first:v}.4s",
-                "scvtf {second:v}.4s, {second:v}.4s",
-                "fmla {lanes:v}.4s, {first:v}.4s, {factors:v}.s[0]",
-                "fmla {lanes:v}.4s, {second:v}.4s, {factors:v}.s[2]",
-                "stp {lanes:q}, {minimums:q}, [{sums}], #32",
-                "subs {count}, {count}, #1",
-                "b.ne 2b",
-                values = inout(reg) values => _,
-                scales = inout(reg) scales => _,
-                sums = inout(reg) group.as_mut_ptr() => _,
-                count = inout(reg) group.len() => _,
-                value_step = in(reg) value_step,
-                scale_step = in(reg) scale_step,
-                weight = in(vreg) weight_scales,
-                c0 = in(vreg) c0,
-                c1 = in(vreg) c1,
-                c2 = in(vreg) c2,
-                c3 = in(vreg) c3,
-                out("v28") _,
-                out("v29") _,
-                near_0 = out(vreg) _,
-                far_0 = out(vreg) _,
-                near_1 = out(vreg) _,
-                far_1 = out(vreg) _,
-                first = out(vreg) _,
-                second = out(vreg) _,
-                activation = out(vreg) _,
-                factors = out(vreg) _,
-                lanes = out(vreg) _,
-                minimums = out(vreg) _,
-                options(nostack)
-            );
+        let [(c0, c1), (c2, c3), (c4, c5), (c6, c7)] = blocks.codes;
+        // From the first block of one vector to that of the next, less the 96 bytes that
+        // the first three loads advance; and from one vector's block scales to the next's.
+        let value_step = blocks_per_vector * BLOCK_VALUES - 96;
+        let scale_step = blocks_per_vector * 8;
+        macro_rules! eight {
+            ($minimum:literal) => {
+                // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 128
+                // readable bytes of values and 32 of block scales at the addresses that the
+                // post-indexed loads step through; `sums` walks `group` (16 bytes per vector),
+                // which the exclusive borrow lets the block read and write. The loop runs
+                // `group.len()` ≥ 1 times; `out` registers never alias the inputs.
+                unsafe {
+                    asm!(
+                        "2:",
+                        "ld1 {{v28.16b, v29.16b}}, [{values}], #32",
+                        "smull {near:v}.8h, {c0:v}.8b, v28.8b",
+                        "smull2 {far:v}.8h, {c0:v}.16b, v28.16b",
+                        "smlal {near:v}.8h, {c1:v}.8b, v29.8b",
+                        "smlal2 {far:v}.8h, {c1:v}.16b, v29.16b",
+                        "saddlp {a0:v}.4s, {near:v}.8h",
+                        "sadalp {a0:v}.4s, {far:v}.8h",
+                        "ld1 {{v28.16b, v29.16b}}, [{values}], #32",
+                        "smull {near:v}.8h, {c2:v}.8b, v28.8b",
+                        "smull2 {far:v}.8h, {c2:v}.16b, v28.16b",
+                        "smlal {near:v}.8h, {c3:v}.8b, v29.8b",
+                        "smlal2 {far:v}.8h, {c3:v}.16b, v29.16b",
+                        "saddlp {a1:v}.4s, {near:v}.8h",
+                        "sadalp {a1:v}.4s, {far:v}.8h",
+                        "ld1 {{v28.16b, v29.16b}}, [{values}], #32",
+                        "smull {near:v}.8h, {c4:v}.8b, v28.8b",
+                        "smull2 {far:v}.8h, {c4:v}.16b, v28.16b",
+                        "smlal {near:v}.8h, {c5:v}.8b, v29.8b",
+                        "smlal2 {far:v}.8h, {c5:v}.16b, v29.16b",
+                        "saddlp {a2:v}.4s, {near:v}.8h",
+                        "sadalp {a2:v}.4s, {far:v}.8h",
+                        "ld1 {{v28.16b, v29.16b}}, [{values}], {value_step}",
+                        "smull {near:v}.8h, {c6:v}.8b, v28.8b",
+                        "smull2 {far:v}.8h, {c6:v}.16b, v28.16b",
+                        "smlal {near:v}.8h, {c7:v}.8b, v29.8b",
+                        "smlal2 {far:v}.8h, {c7:v}.16b, v29.16b",
+                        "saddlp {a3:v}.4s, {near:v}.8h",
+                        "sadalp {a3:v}.4s, {far:v}.8h",
+                        "ld2 {{v26.4s, v27.4s}}, [{scales}], {scale_step}",
+                        quad_tail_asm!($minimum),
+                        values = inout(reg) values => _,
+                        scales = inout(reg) scales => _,
+                        sums = inout(reg) group.as_mut_ptr() => _,
+                        count = inout(reg) group.len() => _,
+                        value_step = in(reg) value_step,
+                        scale_step = in(reg) scale_step,
+                        d = in(vreg) blocks.scales,
+                        m = in(vreg) blocks.minimums,
+                        c0 = in(vreg) c0,
+                        c1 = in(vreg) c1,
+                        c2 = in(vreg) c2,
+                        c3 = in(vreg) c3,
+                        c4 = in(vreg) c4,
+                        c5 = in(vreg) c5,
+                        c6 = in(vreg) c6,
+                        c7 = in(vreg) c7,
+                        out("v26") _,
+                        out("v27") _,
+                        out("v28") _,
+                        out("v29") _,
+                        near = out(vreg) _,
+                        far = out(vreg) _,
+                        a0 = out(vreg) _,
+                        a1 = out(vreg) _,
+                        a2 = out(vreg) _,
+                        a3 = out(vreg) _,
+                        factors = out(vreg) _,
+                        acc = out(vreg) _,
+                        options(nostack)
+                    );
+                }
+            };
+        }
+        if F::MINIMUM {
+            eight!("fmla {acc:v}.4s, {m:v}.4s, v27.4s\n");
+        } else {
+            eight!("// {m:v}: no minimums\n");
         }
     }
 }
@@ -623,33 +722,37 @@ impl Width for Sixteen {
 
     #[inline]
     #[target_feature(enable = "neon")]
+    unsafe fn empty() -> Self::Codes {
+        [vdupq_n_s16(0); 4]
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
     unsafe fn prepare(low: int8x16_t, high: int8x16_t) -> Self::Codes {
         [vmovl_s8(vget_low_s8(low)), vmovl_high_s8(low), vmovl_s8(vget_low_s8(high)), vmovl_high_s8(high)]
     }
 
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn lanes(codes: Self::Codes, values: *const i16) -> int32x4_t {
+    unsafe fn partial(codes: Self::Codes, values: *const i16) -> int32x4_t {
         let lanes: int32x4_t;
-        // i32 lane i of `low` sums elements 8g + i over the groups g, of `high` 8g + 4 + i
-        // (each product at most 128 × 32767); `addp` then pairs adjacent lanes: lane k gets
-        // elements 2k, 2k+1, 2k+8, 2k+9, ... as `kernels::integer_lane` says. One assembly
-        // block for the reason given in `Eight::lanes`.
+        // All 32 products (each at most 128 × 32767) widened and accumulated into one i32
+        // vector: lane i sums elements i, i + 4, i + 8, ...; the lanes' total is the block's.
+        // One assembly block for the reason given in `Eight::partial`.
         // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `values`; the `ld1` of
         // four registers reads bytes 0..64, and the rest works on registers (`out` registers
         // never alias the inputs).
         unsafe {
             asm!(
                 "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}]",
-                "smull {low:v}.4s, {c0:v}.4h, v28.4h",
-                "smull2 {high:v}.4s, {c0:v}.8h, v28.8h",
-                "smlal {low:v}.4s, {c1:v}.4h, v29.4h",
-                "smlal2 {high:v}.4s, {c1:v}.8h, v29.8h",
-                "smlal {low:v}.4s, {c2:v}.4h, v30.4h",
-                "smlal2 {high:v}.4s, {c2:v}.8h, v30.8h",
-                "smlal {low:v}.4s, {c3:v}.4h, v31.4h",
-                "smlal2 {high:v}.4s, {c3:v}.8h, v31.8h",
-                "addp {low:v}.4s, {low:v}.4s, {high:v}.4s",
+                "smull {lanes:v}.4s, {c0:v}.4h, v28.4h",
+                "smlal2 {lanes:v}.4s, {c0:v}.8h, v28.8h",
+                "smlal {lanes:v}.4s, {c1:v}.4h, v29.4h",
+                "smlal2 {lanes:v}.4s, {c1:v}.8h, v29.8h",
+                "smlal {lanes:v}.4s, {c2:v}.4h, v30.4h",
+                "smlal2 {lanes:v}.4s, {c2:v}.8h, v30.8h",
+                "smlal {lanes:v}.4s, {c3:v}.4h, v31.4h",
+                "smlal2 {lanes:v}.4s, {c3:v}.8h, v31.8h",
                 address = in(reg) values,
                 c0 = in(vreg) codes[0],
                 c1 = in(vreg) codes[1],
@@ -659,8 +762,7 @@ impl Width for Sixteen {
                 out("v29") _,
                 out("v30") _,
                 out("v31") _,
-                high = out(vreg) _,
-                low = out(vreg) lanes,
+                lanes = out(vreg) lanes,
                 options(pure, nostack, readonly, preserves_flags)
             );
         }
@@ -669,149 +771,114 @@ impl Width for Sixteen {
 
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn pair_lanes(codes: (Self::Codes, Self::Codes), values: *const i16) -> (int32x4_t, int32x4_t) {
-        let (first, second): (int32x4_t, int32x4_t);
-        let ([c0, c1, c2, c3], [c4, c5, c6, c7]) = codes;
-        // `Self::lanes` for each block, with one post-indexed address for both loads.
-        // SAFETY: the caller guarantees 64 readable i16 (128 bytes) at `values`; the two `ld1`
-        // of four registers read bytes 0..64 and 64..128 through a copy of the address, and
-        // the rest works on registers (`out` registers never alias the inputs).
-        unsafe {
-            asm!(
-                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}], #64",
-                "smull {low_0:v}.4s, {c0:v}.4h, v28.4h",
-                "smull2 {high_0:v}.4s, {c0:v}.8h, v28.8h",
-                "smlal {low_0:v}.4s, {c1:v}.4h, v29.4h",
-                "smlal2 {high_0:v}.4s, {c1:v}.8h, v29.8h",
-                "smlal {low_0:v}.4s, {c2:v}.4h, v30.4h",
-                "smlal2 {high_0:v}.4s, {c2:v}.8h, v30.8h",
-                "smlal {low_0:v}.4s, {c3:v}.4h, v31.4h",
-                "smlal2 {high_0:v}.4s, {c3:v}.8h, v31.8h",
-                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{address}]",
-                "smull {low_1:v}.4s, {c4:v}.4h, v28.4h",
-                "smull2 {high_1:v}.4s, {c4:v}.8h, v28.8h",
-                "smlal {low_1:v}.4s, {c5:v}.4h, v29.4h",
-                "smlal2 {high_1:v}.4s, {c5:v}.8h, v29.8h",
-                "smlal {low_1:v}.4s, {c6:v}.4h, v30.4h",
-                "smlal2 {high_1:v}.4s, {c6:v}.8h, v30.8h",
-                "smlal {low_1:v}.4s, {c7:v}.4h, v31.4h",
-                "smlal2 {high_1:v}.4s, {c7:v}.8h, v31.8h",
-                "addp {low_0:v}.4s, {low_0:v}.4s, {high_0:v}.4s",
-                "addp {low_1:v}.4s, {low_1:v}.4s, {high_1:v}.4s",
-                address = inout(reg) values => _,
-                c0 = in(vreg) c0,
-                c1 = in(vreg) c1,
-                c2 = in(vreg) c2,
-                c3 = in(vreg) c3,
-                c4 = in(vreg) c4,
-                c5 = in(vreg) c5,
-                c6 = in(vreg) c6,
-                c7 = in(vreg) c7,
-                out("v28") _,
-                out("v29") _,
-                out("v30") _,
-                out("v31") _,
-                high_0 = out(vreg) _,
-                high_1 = out(vreg) _,
-                low_0 = out(vreg) first,
-                low_1 = out(vreg) second,
-                options(pure, nostack, readonly, preserves_flags)
-            );
-        }
-        (first, second)
-    }
-
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn add_pair_to_group<F: Format>(
-        group: &mut [Sums],
-        weight_scales: float32x4_t,
-        codes: (Self::Codes, Self::Codes),
+    unsafe fn add_quad_to_group<F: Format>(
+        group: &mut [float32x4_t],
+        blocks: &Blocks<Self>,
         values: *const i16,
         scales: *const [f32; 2],
-        blocks: usize,
+        blocks_per_vector: usize,
     ) {
         if group.is_empty() {
             return;
         }
-        let ([c0, c1, c2, c3], [c4, c5, c6, c7]) = codes;
-        // From the first block of one vector to that of the next, less the 64 bytes that the
-        // first load advances; and from one vector's block scales to the next's.
-        let value_step = blocks * BLOCK_VALUES * 2 - 64;
-        let scale_step = blocks * 8;
-        // `Sums::add_pair` for each vector in turn, the same operations in the same order:
-        // `Self::pair_lanes`, `factors = weight scales × activation scales`, the lanes' two
-        // fused multiply-adds by factors 0 and 2, and the minimums' fused multiply-add
-        // (computed for every format; only Q4_1's `Sums::finish` reads it). `Sums` is
-        // `repr(C)`: lanes at byte 0, minimums at 16.
-        // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 128 readable
-        // bytes of values and 16 of block scales at the addresses that the post-indexed
-        // loads step through; `sums` walks `group`'s `Sums` (32 bytes each), which the
-        // exclusive borrow lets the block read and write. The loop runs `group.len()` ≥ 1
-        // times; `out` registers never alias the inputs.
-        unsafe {
-            asm!(
-                "2:",
-                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], #64",
-                "smull {low_0:v}.4s, {c0:v}.4h, v28.4h",
-                "smull2 {high_0:v}.4s, {c0:v}.8h, v28.8h",
-                "smlal {low_0:v}.4s, {c1:v}.4h, v29.4h",
-                "smlal2 {high_0:v}.4s, {c1:v}.8h, v29.8h",
-                "smlal {low_0:v}.4s, {c2:v}.4h, v30.4h",
-                "smlal2 {high_0:v}.4s, {c2:v}.8h, v30.8h",
-                "smlal {low_0:v}.4s, {c3:v}.4h, v31.4h",
-                "smlal2 {high_0:v}.4s, {c3:v}.8h, v31.8h",
-                "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], {value_step}",
-                "smull {low_1:v}.4s, {c4:v}.4h, v28.4h",
-                "smull2 {high_1:v}.4s, {c4:v}.8h, v28.8h",
-                "smlal {low_1:v}.4s, {c5:v}.4h, v29.4h",
-                "smlal2 {high_1:v}.4s, {c5:v}.8h, v29.8h",
-                "smlal {low_1:v}.4s, {c6:v}.4h, v30.4h",
-                "smlal2 {high_1:v}.4s, {c6:v}.8h, v30.8h",
-                "smlal {low_1:v}.4s, {c7:v}.4h, v31.4h",
-                "smlal2 {high_1:v}.4s, {c7:v}.8h, v31.8h",
-                "ld1 {{{activation:v}.4s}}, [{scales}], {scale_step}",
-                "ldp {lanes:q}, {minimums:q}, [{sums}]",
-                "addp {low_0:v}.4s, {low_0:v}.4s, {high_0:v}.4s",
-                "addp {low_1:v}.4s, {low_1:v}.4s, {high_1:v}.4s",
-                "fmul {factors:v}.4s, {weight:v}.4s, {activation:v}.4s",
-                "fmla {minimums:v}.4s, {weight:v}.4s, {activation:v}.4s",
-                "scvtf {low_0:v}.4s, {low_0:v}.4s",
-                "scvtf {low_1:v}.4s, {low_1:v}.4s",
-                "fmla {lanes:v}.4s, {low_0:v}.4s, {factors:v}.s[0]",
-                "fmla {lanes:v}.4s, {low_1:v}.4s, {factors:v}.s[2]",
-                "stp {lanes:q}, {minimums:q}, [{sums}], #32",
-                "subs {count}, {count}, #1",
-                "b.ne 2b",
-                values = inout(reg) values => _,
-                scales = inout(reg) scales => _,
-                sums = inout(reg) group.as_mut_ptr() => _,
-                count = inout(reg) group.len() => _,
-                value_step = in(reg) value_step,
-                scale_step = in(reg) scale_step,
-                weight = in(vreg) weight_scales,
-                c0 = in(vreg) c0,
-                c1 = in(vreg) c1,
-                c2 = in(vreg) c2,
-                c3 = in(vreg) c3,
-                c4 = in(vreg) c4,
-                c5 = in(vreg) c5,
-                c6 = in(vreg) c6,
-                c7 = in(vreg) c7,
-                out("v28") _,
-                out("v29") _,
-                out("v30") _,
-                out("v31") _,
-                low_0 = out(vreg) _,
-                high_0 = out(vreg) _,
-                low_1 = out(vreg) _,
-                high_1 = out(vreg) _,
-                activation = out(vreg) _,
-                factors = out(vreg) _,
-                lanes = out(vreg) _,
-                minimums = out(vreg) _,
-                options(nostack)
-            );
+        let [[c0, c1, c2, c3], [c4, c5, c6, c7], [c8, c9, c10, c11], [c12, c13, c14, c15]] = blocks.codes;
+        // From the first block of one vector to that of the next, less the 192 bytes that
+        // the first three loads advance; and from one vector's block scales to the next's.
+        let value_step = blocks_per_vector * BLOCK_VALUES * 2 - 192;
+        let scale_step = blocks_per_vector * 8;
+        macro_rules! sixteen {
+            ($minimum:literal) => {
+                // SAFETY: the caller guarantees, for each of the `group.len()` vectors, 256
+                // readable bytes of values and 32 of block scales at the addresses that the
+                // post-indexed loads step through; `sums` walks `group` (16 bytes per vector),
+                // which the exclusive borrow lets the block read and write. The loop runs
+                // `group.len()` ≥ 1 times; `out` registers never alias the inputs.
+                unsafe {
+                    asm!(
+                        "2:",
+                        "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], #64",
+                        "smull {a0:v}.4s, {c0:v}.4h, v28.4h",
+                        "smlal2 {a0:v}.4s, {c0:v}.8h, v28.8h",
+                        "smlal {a0:v}.4s, {c1:v}.4h, v29.4h",
+                        "smlal2 {a0:v}.4s, {c1:v}.8h, v29.8h",
+                        "smlal {a0:v}.4s, {c2:v}.4h, v30.4h",
+                        "smlal2 {a0:v}.4s, {c2:v}.8h, v30.8h",
+                        "smlal {a0:v}.4s, {c3:v}.4h, v31.4h",
+                        "smlal2 {a0:v}.4s, {c3:v}.8h, v31.8h",
+                        "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], #64",
+                        "smull {a1:v}.4s, {c4:v}.4h, v28.4h",
+                        "smlal2 {a1:v}.4s, {c4:v}.8h, v28.8h",
+                        "smlal {a1:v}.4s, {c5:v}.4h, v29.4h",
+                        "smlal2 {a1:v}.4s, {c5:v}.8h, v29.8h",
+                        "smlal {a1:v}.4s, {c6:v}.4h, v30.4h",
+                        "smlal2 {a1:v}.4s, {c6:v}.8h, v30.8h",
+                        "smlal {a1:v}.4s, {c7:v}.4h, v31.4h",
+                        "smlal2 {a1:v}.4s, {c7:v}.8h, v31.8h",
+                        "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], #64",
+                        "smull {a2:v}.4s, {c8:v}.4h, v28.4h",
+                        "smlal2 {a2:v}.4s, {c8:v}.8h, v28.8h",
+                        "smlal {a2:v}.4s, {c9:v}.4h, v29.4h",
+                        "smlal2 {a2:v}.4s, {c9:v}.8h, v29.8h",
+                        "smlal {a2:v}.4s, {c10:v}.4h, v30.4h",
+                        "smlal2 {a2:v}.4s, {c10:v}.8h, v30.8h",
+                        "smlal {a2:v}.4s, {c11:v}.4h, v31.4h",
+                        "smlal2 {a2:v}.4s, {c11:v}.8h, v31.8h",
+                        "ld1 {{v28.8h, v29.8h, v30.8h, v31.8h}}, [{values}], {value_step}",
+                        "smull {a3:v}.4s, {c12:v}.4h, v28.4h",
+                        "smlal2 {a3:v}.4s, {c12:v}.8h, v28.8h",
+                        "smlal {a3:v}.4s, {c13:v}.4h, v29.4h",
+                        "smlal2 {a3:v}.4s, {c13:v}.8h, v29.8h",
+                        "smlal {a3:v}.4s, {c14:v}.4h, v30.4h",
+                        "smlal2 {a3:v}.4s, {c14:v}.8h, v30.8h",
+                        "smlal {a3:v}.4s, {c15:v}.4h, v31.4h",
+                        "smlal2 {a3:v}.4s, {c15:v}.8h, v31.8h",
+                        "ld2 {{v26.4s, v27.4s}}, [{scales}], {scale_step}",
+                        quad_tail_asm!($minimum),
+                        values = inout(reg) values => _,
+                        scales = inout(reg) scales => _,
+                        sums = inout(reg) group.as_mut_ptr() => _,
+                        count = inout(reg) group.len() => _,
+                        value_step = in(reg) value_step,
+                        scale_step = in(reg) scale_step,
+                        d = in(vreg) blocks.scales,
+                        m = in(vreg) blocks.minimums,
+                        c0 = in(vreg) c0,
+                        c1 = in(vreg) c1,
+                        c2 = in(vreg) c2,
+                        c3 = in(vreg) c3,
+                        c4 = in(vreg) c4,
+                        c5 = in(vreg) c5,
+                        c6 = in(vreg) c6,
+                        c7 = in(vreg) c7,
+                        c8 = in(vreg) c8,
+                        c9 = in(vreg) c9,
+                        c10 = in(vreg) c10,
+                        c11 = in(vreg) c11,
+                        c12 = in(vreg) c12,
+                        c13 = in(vreg) c13,
+                        c14 = in(vreg) c14,
+                        c15 = in(vreg) c15,
+                        out("v26") _,
+                        out("v27") _,
+                        out("v28") _,
+                        out("v29") _,
+                        out("v30") _,
+                        out("v31") _,
+                        a0 = out(vreg) _,
+                        a1 = out(vreg) _,
+                        a2 = out(vreg) _,
+                        a3 = out(vreg) _,
+                        factors = out(vreg) _,
+                        acc = out(vreg) _,
+                        options(nostack)
+                    );
+                }
+            };
+        }
+        if F::MINIMUM {
+            sixteen!("fmla {acc:v}.4s, {m:v}.4s, v27.4s\n");
+        } else {
+            sixteen!("// {m:v}: no minimums\n");
         }
     }
 }
@@ -819,91 +886,74 @@ impl Width for Sixteen {
 // ---------------------------------------------------------------------------------------
 // Integer dot products (mirroring `kernels::dot_blocks_integer`).
 
-/// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
-/// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Sums {
-    lanes: float32x4_t,
-    minimums: float32x4_t,
+/// Adds `COUNT` (1 to 4) weight blocks to one vector's accumulator: each block's integer
+/// total (from [`Width::partial`], reduced pairwise) in the lane of its place, times
+/// `weight scale × activation scale`, fused; then, for Q4_1, `minimum × scale × sum`, fused.
+/// Lanes past `COUNT` add `0 × finite` and keep their bits (lanes start at +0 and never
+/// become −0).
+///
+/// # Safety
+/// `values` must point to `COUNT × 32` readable elements and `scales` to `COUNT` block
+/// scales.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn add_blocks<F: Format, W: Width, const COUNT: usize>(
+    accumulator: float32x4_t,
+    blocks: &Blocks<W>,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+) -> float32x4_t {
+    let zero = vdupq_n_s32(0);
+    let partial = |at: usize| {
+        if at < COUNT {
+            // SAFETY: the caller guarantees `COUNT` blocks of values; this reads block `at`.
+            unsafe { W::partial(blocks.codes[at], values.add(at * BLOCK_VALUES)) }
+        } else {
+            zero
+        }
+    };
+    let totals = vpaddq_s32(vpaddq_s32(partial(0), partial(1)), vpaddq_s32(partial(2), partial(3)));
+    // SAFETY: the caller guarantees `COUNT` block scales.
+    let (activation_scales, scaled_sums) = unsafe { load_block_scales::<COUNT>(scales) };
+    let factors = vmulq_f32(blocks.scales, activation_scales);
+    let accumulator = vfmaq_f32(accumulator, vcvtq_f32_s32(totals), factors);
+    if F::MINIMUM { vfmaq_f32(accumulator, blocks.minimums, scaled_sums) } else { accumulator }
 }
 
-impl Sums {
-    #[inline]
-    #[target_feature(enable = "neon")]
-    fn new() -> Self {
-        Self { lanes: vdupq_n_f32(0.0), minimums: vdupq_n_f32(0.0) }
+/// The last `COUNT` (1 to 3) blocks of a row, from block `first` (of `blocks`), added to the
+/// accumulator of each vector of `group`, whose values and block scales start at `values`
+/// and `scales` (`blocks` blocks per vector).
+///
+/// # Safety
+/// `row` must point to `blocks × F::BLOCK_BYTES` readable bytes, `values` to `group.len() ×
+/// blocks × 32` readable elements and `scales` to `group.len() × blocks` block scales, and
+/// `first + COUNT` must be `blocks`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn add_last_blocks<F: Format, W: Width, const COUNT: usize>(
+    group: &mut [float32x4_t],
+    row: *const u8,
+    first: usize,
+    blocks: usize,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+) {
+    // SAFETY: blocks `first .. blocks` are inside the row.
+    let weights = unsafe { Blocks::<W>::load::<F, COUNT>(row.add(first * F::BLOCK_BYTES)) };
+    for (vector, accumulator) in group.iter_mut().enumerate() {
+        let at = vector * blocks + first;
+        // SAFETY: the vector's blocks `first .. blocks` are inside its values and scales.
+        *accumulator = unsafe {
+            add_blocks::<F, W, COUNT>(*accumulator, &weights, values.add(at * BLOCK_VALUES), scales.add(at))
+        };
     }
+}
 
-    /// The dot product: (lane 0 + lane 2) + (lane 1 + lane 3), plus (even + odd minimum
-    /// terms) for Q4_1.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    fn finish<F: Format>(self) -> f32 {
-        let halves = vadd_f32(vget_low_f32(self.lanes), vget_high_f32(self.lanes));
-        let total = vpadds_f32(halves);
-        if F::MINIMUM {
-            total + (vgetq_lane_f32::<1>(self.minimums) + vgetq_lane_f32::<3>(self.minimums))
-        } else {
-            total
-        }
-    }
-
-    /// Adds a pair of blocks: `weight_scales` and codes from [`Format::load_pair`], the
-    /// activations at `values` (64) and their block scales at `scales` (2).
-    ///
-    /// # Safety
-    /// `values` must point to 64 readable elements and `scales` to two block scales.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn add_pair<F: Format, W: Width>(
-        &mut self,
-        weight_scales: float32x4_t,
-        codes: (W::Codes, W::Codes),
-        values: *const W::Element,
-        scales: *const [f32; 2],
-    ) {
-        // SAFETY: the caller guarantees two block scales at `scales`.
-        let activation_scales = unsafe { load_scale_pair(scales) };
-        let factors = vmulq_f32(weight_scales, activation_scales);
-        if F::MINIMUM {
-            self.minimums = vfmaq_f32(self.minimums, weight_scales, activation_scales);
-        }
-        // SAFETY: the caller guarantees 64 readable elements.
-        let (first, second) = unsafe { W::pair_lanes(codes, values) };
-        self.lanes = vfmaq_laneq_f32::<0>(self.lanes, vcvtq_f32_s32(first), factors);
-        self.lanes = vfmaq_laneq_f32::<2>(self.lanes, vcvtq_f32_s32(second), factors);
-    }
-
-    /// Adds one block (the last of an odd count, so an even block).
-    ///
-    /// # Safety
-    /// `values` must point to 32 readable elements and `scales` to one block scale.
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn add_one<F: Format, W: Width>(
-        &mut self,
-        weight_scales: float32x4_t,
-        codes: W::Codes,
-        values: *const W::Element,
-        scales: *const [f32; 2],
-    ) {
-        // SAFETY: the caller guarantees one block scale at `scales`.
-        let activation_scales = unsafe { load_scale_one(scales) };
-        let factors = vmulq_f32(weight_scales, activation_scales);
-        if F::MINIMUM {
-            // Only lanes 0 and 1, so the odd blocks' lane 3 keeps its exact bits.
-            let even = vfma_f32(
-                vget_low_f32(self.minimums),
-                vget_low_f32(weight_scales),
-                vget_low_f32(activation_scales),
-            );
-            self.minimums = vcombine_f32(even, vget_high_f32(self.minimums));
-        }
-        // SAFETY: the caller guarantees 32 readable elements.
-        let lanes = unsafe { W::lanes(codes, values) };
-        self.lanes = vfmaq_laneq_f32::<0>(self.lanes, vcvtq_f32_s32(lanes), factors);
-    }
+/// The dot product from the accumulator: (lane 0 + lane 2) + (lane 1 + lane 3).
+#[inline]
+#[target_feature(enable = "neon")]
+fn finish(accumulator: float32x4_t) -> f32 {
+    vpadds_f32(vadd_f32(vget_low_f32(accumulator), vget_high_f32(accumulator)))
 }
 
 /// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
@@ -916,32 +966,32 @@ fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) 
 #[target_feature(enable = "neon")]
 fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) -> f32 {
     let blocks = common_blocks(row.len(), F::BLOCK_BYTES, &x);
-    let pairs = blocks / 2;
-    let mut sums = Sums::new();
-    let row_pairs = row[..pairs * 2 * F::BLOCK_BYTES].chunks_exact(2 * F::BLOCK_BYTES);
-    let value_pairs = x.values[..pairs * 2 * BLOCK_VALUES].chunks_exact(2 * BLOCK_VALUES);
-    let scale_pairs = x.block_scales[..pairs * 2].chunks_exact(2);
-    for ((pair, values), scales) in row_pairs.zip(value_pairs).zip(scale_pairs) {
-        // SAFETY: `chunks_exact` gives `pair` 2 × BLOCK_BYTES bytes, `values` 64 elements
-        // and `scales` two block scales.
+    let whole = blocks / 4 * 4;
+    let mut accumulator = [vdupq_n_f32(0.0)];
+    let row_quads = row[..whole * F::BLOCK_BYTES].chunks_exact(4 * F::BLOCK_BYTES);
+    let value_quads = x.values[..whole * BLOCK_VALUES].chunks_exact(4 * BLOCK_VALUES);
+    let scale_quads = x.block_scales[..whole].chunks_exact(4);
+    for ((quad, values), scales) in row_quads.zip(value_quads).zip(scale_quads) {
+        // SAFETY: `chunks_exact` gives `quad` 4 × BLOCK_BYTES bytes, `values` 128 elements
+        // and `scales` four block scales.
         unsafe {
-            let (weight_scales, codes) = F::load_pair(pair.as_ptr());
-            let codes = (W::prepare(codes[0], codes[1]), W::prepare(codes[2], codes[3]));
-            sums.add_pair::<F, W>(weight_scales, codes, values.as_ptr(), scales.as_ptr());
+            let weights = Blocks::<W>::load::<F, 4>(quad.as_ptr());
+            accumulator[0] =
+                add_blocks::<F, W, 4>(accumulator[0], &weights, values.as_ptr(), scales.as_ptr());
         }
     }
-    if blocks % 2 == 1 {
-        let last = blocks - 1;
-        let block = &row[last * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES];
-        let values = &x.values[last * BLOCK_VALUES..blocks * BLOCK_VALUES];
-        // SAFETY: the slices hold one block, its 32 activations and its block scale.
-        unsafe {
-            let (weight_scales, codes) = F::load_one(block.as_ptr());
-            let codes = W::prepare(codes[0], codes[1]);
-            sums.add_one::<F, W>(weight_scales, codes, values.as_ptr(), &x.block_scales[last]);
+    let (row, values, scales) = (row.as_ptr(), x.values.as_ptr(), x.block_scales.as_ptr());
+    // SAFETY: the row, the values and the scales hold `blocks` blocks, the last `blocks −
+    // whole` of which each call adds (one vector: `group` of one, `blocks` blocks apart).
+    unsafe {
+        match blocks - whole {
+            1 => add_last_blocks::<F, W, 1>(&mut accumulator, row, whole, blocks, values, scales),
+            2 => add_last_blocks::<F, W, 2>(&mut accumulator, row, whole, blocks, values, scales),
+            3 => add_last_blocks::<F, W, 3>(&mut accumulator, row, whole, blocks, values, scales),
+            _ => {}
         }
     }
-    sums.finish::<F>()
+    finish(accumulator[0])
 }
 
 /// Rows `first ..` of `matrix` dotted with `x` into `out`, one row after another.
@@ -959,8 +1009,8 @@ fn each_row<F: Format, W: Width>(
 }
 
 // ---------------------------------------------------------------------------------------
-// Matrix × N vectors: each pair of weight blocks is loaded and unpacked once, then meets
-// every vector.
+// Matrix × N vectors: each four weight blocks are loaded and unpacked once, then meet every
+// vector.
 
 /// Vectors whose running sums one pass over a row keeps; more vectors take further passes.
 const GROUP: usize = 32;
@@ -1057,44 +1107,168 @@ unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
     scales: *const [f32; 2],
     out: &mut [f32],
 ) {
-    let mut group = [Sums::new(); ROOM];
+    let mut group = [vdupq_n_f32(0.0); ROOM];
     let group = &mut group[..out.len().min(ROOM)];
-    for pair in 0..blocks / 2 {
-        let block = 2 * pair;
-        // SAFETY: blocks `block` and `block + 1` are inside the row.
-        let (weight_scales, codes) = unsafe { F::load_pair(row.add(block * F::BLOCK_BYTES)) };
-        // SAFETY: NEON is all `prepare` needs.
-        let codes = unsafe { (W::prepare(codes[0], codes[1]), W::prepare(codes[2], codes[3])) };
-        // SAFETY: each vector's blocks `block` and `block + 1` are inside its values and
-        // scales.
+    let whole = blocks / 4 * 4;
+    for block in (0..whole).step_by(4) {
+        // SAFETY: blocks `block .. block + 4` are inside the row, and inside each vector's
+        // values and scales.
         unsafe {
-            W::add_pair_to_group::<F>(
+            let weights = Blocks::<W>::load::<F, 4>(row.add(block * F::BLOCK_BYTES));
+            W::add_quad_to_group::<F>(
                 group,
-                weight_scales,
-                codes,
+                &weights,
                 values.add(block * BLOCK_VALUES),
                 scales.add(block),
                 blocks,
-            )
-        };
-    }
-    if blocks % 2 == 1 {
-        let block = blocks - 1;
-        // SAFETY: block `block` is inside the row.
-        let (weight_scales, codes) = unsafe { F::load_one(row.add(block * F::BLOCK_BYTES)) };
-        // SAFETY: NEON is all `prepare` needs.
-        let codes = unsafe { W::prepare(codes[0], codes[1]) };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's block `block` is inside its values and scales.
-            unsafe {
-                sums.add_one::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
+            );
         }
     }
-    for (sums, out) in group.iter().zip(out) {
-        *out = sums.finish::<F>();
+    // SAFETY: the caller's promise covers the last blocks of the row and of every vector.
+    unsafe {
+        match blocks - whole {
+            1 => add_last_blocks::<F, W, 1>(group, row, whole, blocks, values, scales),
+            2 => add_last_blocks::<F, W, 2>(group, row, whole, blocks, values, scales),
+            3 => add_last_blocks::<F, W, 3>(group, row, whole, blocks, values, scales),
+            _ => {}
+        }
     }
+    for (accumulator, out) in group.iter().zip(out) {
+        *out = finish(*accumulator);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantization (mirroring `kernels::ScalarBlocks`).
+
+/// The 32 floats at `address`.
+///
+/// # Safety
+/// `address` must point to 32 readable floats.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn load_32_f32(address: *const f32) -> [float32x4_t; 8] {
+    let (v0, v1, v2, v3, v4, v5, v6, v7): (
+        float32x4_t,
+        float32x4_t,
+        float32x4_t,
+        float32x4_t,
+        float32x4_t,
+        float32x4_t,
+        float32x4_t,
+        float32x4_t,
+    );
+    // SAFETY: the caller guarantees 128 readable bytes; the two `ld1` of four registers read
+    // bytes 0..64 and 64..128 through a copy of the address.
+    unsafe {
+        asm!(
+            "ld1 {{v24.4s, v25.4s, v26.4s, v27.4s}}, [{address}], #64",
+            "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{address}]",
+            address = inout(reg) address => _,
+            out("v24") v0,
+            out("v25") v1,
+            out("v26") v2,
+            out("v27") v3,
+            out("v28") v4,
+            out("v29") v5,
+            out("v30") v6,
+            out("v31") v7,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    [v0, v1, v2, v3, v4, v5, v6, v7]
+}
+
+/// One block of 32 values quantized to `largest` (127 or 32767): the rounded values as i32
+/// (before narrowing) and the block's scale, as `kernels::quantize_blocks` computes them:
+/// the largest magnitude (NaN ignored, as `f32::max` does), `scale = maximum / largest`,
+/// `inverse = largest / maximum` (0 for an all-zero block), each value times `inverse`
+/// rounded half away from zero (`fcvtas`, as `roundf`; NaN gives 0 and overflow saturates,
+/// as Rust's casts do).
+///
+/// # Safety
+/// `x` must point to 32 readable floats.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn round_block(x: *const f32, largest: f32) -> ([int32x4_t; 8], f32) {
+    // SAFETY: the caller guarantees 32 readable floats.
+    let values = unsafe { load_32_f32(x) };
+    let magnitude = |at: usize| vabsq_f32(values[at]);
+    let pairs = [
+        vmaxnmq_f32(magnitude(0), magnitude(1)),
+        vmaxnmq_f32(magnitude(2), magnitude(3)),
+        vmaxnmq_f32(magnitude(4), magnitude(5)),
+        vmaxnmq_f32(magnitude(6), magnitude(7)),
+    ];
+    let lanes = vmaxnmq_f32(vmaxnmq_f32(pairs[0], pairs[1]), vmaxnmq_f32(pairs[2], pairs[3]));
+    let maximum = 0.0f32.max(vmaxnmvq_f32(lanes));
+    let inverse = if maximum > 0.0 { largest / maximum } else { 0.0 };
+    (values.map(|value| vcvtaq_s32_f32(vmulq_n_f32(value, inverse))), maximum / largest)
+}
+
+/// `kernels::ScalarBlocks::int16` on NEON.
+#[target_feature(enable = "neon")]
+pub fn quantize_int16(x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]) -> bool {
+    let blocks = x.chunks_exact(BLOCK_VALUES).zip(out.chunks_exact_mut(BLOCK_VALUES));
+    for ((block, out), [scale, scaled_sum]) in blocks.zip(block_scales) {
+        // SAFETY: `chunks_exact` gives `block` 32 floats.
+        let (rounded, block_scale) = unsafe { round_block(block.as_ptr(), largest_of::<i16>()) };
+        let narrow = |at: usize| vqmovn_high_s32(vqmovn_s32(rounded[2 * at]), rounded[2 * at + 1]);
+        let values = [narrow(0), narrow(1), narrow(2), narrow(3)];
+        let sums =
+            vpadalq_s16(vpadalq_s16(vpadalq_s16(vpaddlq_s16(values[0]), values[1]), values[2]), values[3]);
+        // SAFETY: `chunks_exact_mut` gives `out` 32 writable i16 (64 bytes), which `stp`
+        // writes; the exclusive borrow keeps every other access away.
+        unsafe {
+            asm!(
+                "stp {first:q}, {second:q}, [{address}]",
+                "stp {third:q}, {fourth:q}, [{address}, #32]",
+                address = in(reg) out.as_mut_ptr(),
+                first = in(vreg) values[0],
+                second = in(vreg) values[1],
+                third = in(vreg) values[2],
+                fourth = in(vreg) values[3],
+                options(nostack, preserves_flags)
+            );
+        }
+        *scale = block_scale;
+        *scaled_sum = block_scale * vaddvq_s32(sums) as f32;
+    }
+    true
+}
+
+/// `kernels::ScalarBlocks::int8` on NEON.
+#[target_feature(enable = "neon")]
+pub fn quantize_int8(x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]) -> bool {
+    let blocks = x.chunks_exact(BLOCK_VALUES).zip(out.chunks_exact_mut(BLOCK_VALUES));
+    for ((block, out), [scale, scaled_sum]) in blocks.zip(block_scales) {
+        // SAFETY: `chunks_exact` gives `block` 32 floats.
+        let (rounded, block_scale) = unsafe { round_block(block.as_ptr(), largest_of::<i8>()) };
+        // Saturating to 16 and then to 8 bits saturates as one step to 8 bits would.
+        let narrow = |at: usize| vqmovn_high_s32(vqmovn_s32(rounded[2 * at]), rounded[2 * at + 1]);
+        let low = vqmovn_high_s16(vqmovn_s16(narrow(0)), narrow(1));
+        let high = vqmovn_high_s16(vqmovn_s16(narrow(2)), narrow(3));
+        let sums = vpadalq_s8(vpaddlq_s8(low), high);
+        // SAFETY: `chunks_exact_mut` gives `out` 32 writable bytes, which `stp` writes; the
+        // exclusive borrow keeps every other access away.
+        unsafe {
+            asm!(
+                "stp {low:q}, {high:q}, [{address}]",
+                address = in(reg) out.as_mut_ptr(),
+                low = in(vreg) low,
+                high = in(vreg) high,
+                options(nostack, preserves_flags)
+            );
+        }
+        *scale = block_scale;
+        *scaled_sum = block_scale * vaddlvq_s16(sums) as f32;
+    }
+    true
+}
+
+/// The largest magnitude a quantized value of type `T` takes: 127 or 32767.
+fn largest_of<T>() -> f32 {
+    if core::mem::size_of::<T>() == 1 { 127.0 } else { 32767.0 }
 }
 
 // ---------------------------------------------------------------------------------------
