@@ -445,53 +445,52 @@ impl<W: Width> Blocks<W> {
 }
 
 /// The block scales of `COUNT` (1 to 4) consecutive activation blocks: `[s0, s1, s2, s3]`
-/// and `[scale × sum 0, ...]`, lanes past the blocks holding finite copies or 0.
+/// and `[scale × sum 0, ...]`, lanes past the blocks holding 0.
 ///
 /// # Safety
 /// `scales` must point to `COUNT` readable `[f32; 2]`.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn load_block_scales<const COUNT: usize>(scales: *const [f32; 2]) -> (float32x4_t, float32x4_t) {
-    let (first, second): (float32x4_t, float32x4_t);
-    // SAFETY: the caller guarantees `COUNT` pairs (8 bytes each) at `scales`: a Q register
-    // reads two pairs, a D register one (clearing the rest of the vector), never more than
-    // `COUNT`.
+    let (activation_scales, scaled_sums): (float32x4_t, float32x4_t);
+    // SAFETY: the caller guarantees `COUNT` pairs (8 bytes each) at `scales`; each `ld2`/`ldr`
+    // reads only pairs below `COUNT` (two-lane `ld2` and S-register loads clear the lanes
+    // above them, a lane load keeps the others).
     unsafe {
         match COUNT {
             1 => asm!(
-                "ldr {first:d}, [{address}]",
-                "movi {second:v}.16b, #0",
+                "ldr s26, [{address}]",
+                "ldr s27, [{address}, #4]",
                 address = in(reg) scales,
-                first = out(vreg) first,
-                second = out(vreg) second,
+                out("v26") activation_scales,
+                out("v27") scaled_sums,
                 options(nostack, readonly, preserves_flags)
             ),
             2 => asm!(
-                "ldr {first:q}, [{address}]",
-                "movi {second:v}.16b, #0",
+                "ld2 {{v26.2s, v27.2s}}, [{address}]",
                 address = in(reg) scales,
-                first = out(vreg) first,
-                second = out(vreg) second,
+                out("v26") activation_scales,
+                out("v27") scaled_sums,
                 options(nostack, readonly, preserves_flags)
             ),
             3 => asm!(
-                "ldr {first:q}, [{address}]",
-                "ldr {second:d}, [{address}, #16]",
-                address = in(reg) scales,
-                first = out(vreg) first,
-                second = out(vreg) second,
+                "ld2 {{v26.2s, v27.2s}}, [{address}], #16",
+                "ld2 {{v26.s, v27.s}}[2], [{address}]",
+                address = inout(reg) scales => _,
+                out("v26") activation_scales,
+                out("v27") scaled_sums,
                 options(nostack, readonly, preserves_flags)
             ),
             _ => asm!(
-                "ldp {first:q}, {second:q}, [{address}]",
+                "ld2 {{v26.4s, v27.4s}}, [{address}]",
                 address = in(reg) scales,
-                first = out(vreg) first,
-                second = out(vreg) second,
+                out("v26") activation_scales,
+                out("v27") scaled_sums,
                 options(nostack, readonly, preserves_flags)
             ),
         }
     }
-    (vuzp1q_f32(first, second), vuzp2q_f32(first, second))
+    (activation_scales, scaled_sums)
 }
 
 // ---------------------------------------------------------------------------------------
