@@ -108,24 +108,36 @@ pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out:
 // ---------------------------------------------------------------------------------------
 // Weight formats.
 
-/// The little-endian u16 at `address`.
+/// The 16-bit fields at `first + block × block_bytes` of blocks `0 .. COUNT` (each field
+/// read unaligned), zero for blocks `COUNT .. 4`.
 ///
 /// # Safety
-/// `address` must point to 2 readable bytes.
+/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` ≥ 2.
 #[inline]
-unsafe fn read_u16(address: *const u8) -> i32 {
-    // SAFETY: the caller guarantees 2 readable bytes; the read is unaligned.
-    i32::from(unsafe { address.cast::<u16>().read_unaligned() })
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn fields_16<const COUNT: usize>(first: *const u8, block_bytes: usize) -> [i16; 4] {
+    let mut fields = [0i16; 4];
+    for (block, field) in fields.iter_mut().enumerate().take(COUNT) {
+        // SAFETY: block < COUNT, so its first two bytes lie inside the caller's blocks.
+        *field = unsafe { first.add(block * block_bytes).cast::<i16>().read_unaligned() };
+    }
+    fields
 }
 
-/// The little-endian u32 at `address`.
+/// The 32-bit fields at `first + block × block_bytes` of blocks `0 .. COUNT` (each field
+/// read unaligned), zero for blocks `COUNT .. 4`.
 ///
 /// # Safety
-/// `address` must point to 4 readable bytes.
+/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` ≥ 4.
 #[inline]
-unsafe fn read_u32(address: *const u8) -> i32 {
-    // SAFETY: the caller guarantees 4 readable bytes; the read is unaligned.
-    unsafe { address.cast::<i32>().read_unaligned() }
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn fields_32<const COUNT: usize>(first: *const u8, block_bytes: usize) -> [i32; 4] {
+    let mut fields = [0i32; 4];
+    for (block, field) in fields.iter_mut().enumerate().take(COUNT) {
+        // SAFETY: block < COUNT, so its first four bytes lie inside the caller's blocks.
+        *field = unsafe { first.add(block * block_bytes).cast::<i32>().read_unaligned() };
+    }
+    fields
 }
 
 /// A quantized weight format as the integer kernels load it.
@@ -138,18 +150,14 @@ trait Format {
     /// activations, as `maddubs` multiplies unsigned by signed bytes).
     const SIGNED: bool;
 
-    /// Two consecutive blocks' `[scale 0, minimum 0, scale 1, minimum 1]` as f32
-    /// (minimums 0 for formats without).
+    /// The scales `[d0, d1, d2, d3]` and minimums `[m0, m1, m2, m3]` of the `COUNT` (1 to 4)
+    /// consecutive blocks from `first`, as f32; 0 in the lanes of blocks `COUNT .. 4`, and
+    /// minimums all 0 for formats without.
     ///
     /// # Safety
-    /// `pair` must point to `2 × BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
-    unsafe fn scales_pair(pair: *const u8) -> __m128;
-
-    /// One block's `[scale, minimum, 0, 0]`.
-    ///
-    /// # Safety
-    /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
-    unsafe fn scales_one(block: *const u8) -> __m128;
+    /// `first` must point to `COUNT × BLOCK_BYTES` readable bytes; AVX2, F16C and FMA
+    /// present.
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128);
 
     /// The block's 32 codes as bytes, in element order.
     ///
@@ -181,17 +189,17 @@ unsafe fn nibbles(address: *const u8) -> __m256i {
     _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
-/// The scales of two blocks without minimums: f16 at bytes 0 and `block_bytes`, converted
-/// into f32 lanes 0 and 2.
+/// The scales of `COUNT` blocks without minimums (an f16 at each block's byte 0) as f32
+/// lanes `0 .. COUNT`, the other lanes 0.
 ///
 /// # Safety
-/// `pair` must point to `2 × block_bytes` readable bytes; F16C present.
+/// `first` must point to `COUNT × block_bytes` readable bytes; F16C present.
 #[inline]
 #[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn scale_halves(pair: *const u8, block_bytes: usize) -> __m128 {
-    // SAFETY: the caller guarantees both blocks' first two bytes.
-    let (first, second) = unsafe { (read_u16(pair), read_u16(pair.add(block_bytes))) };
-    _mm_cvtph_ps(_mm_insert_epi16::<2>(_mm_cvtsi32_si128(first), second))
+unsafe fn scales_only<const COUNT: usize>(first: *const u8, block_bytes: usize) -> (__m128, __m128) {
+    // SAFETY: the caller's promise.
+    let [d0, d1, d2, d3] = unsafe { fields_16::<COUNT>(first, block_bytes) };
+    (_mm_cvtph_ps(_mm_setr_epi16(d0, d1, d2, d3, 0, 0, 0, 0)), _mm_setzero_ps())
 }
 
 impl Format for Q8_0 {
@@ -201,16 +209,9 @@ impl Format for Q8_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_pair(pair: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 68 readable bytes.
-        unsafe { scale_halves(pair, Self::BLOCK_BYTES) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_one(block: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 34 readable bytes.
-        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u16(block) }))
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
+        // SAFETY: the caller guarantees COUNT blocks of 34 bytes.
+        unsafe { scales_only::<COUNT>(first, Self::BLOCK_BYTES) }
     }
 
     #[inline]
@@ -228,16 +229,9 @@ impl Format for Q4_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_pair(pair: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 36 readable bytes.
-        unsafe { scale_halves(pair, Self::BLOCK_BYTES) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_one(block: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 18 readable bytes.
-        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u16(block) }))
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
+        // SAFETY: the caller guarantees COUNT blocks of 18 bytes.
+        unsafe { scales_only::<COUNT>(first, Self::BLOCK_BYTES) }
     }
 
     #[inline]
@@ -255,17 +249,14 @@ impl Format for Q4_1 {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_pair(pair: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 40 readable bytes: 0..4 and 20..24 are read.
-        let (first, second) = unsafe { (read_u32(pair), read_u32(pair.add(20))) };
-        _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(first), second))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_one(block: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 20 readable bytes: 0..4 are read.
-        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u32(block) }))
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
+        // SAFETY: the caller guarantees COUNT blocks of 20 bytes: 0..4 of each are read.
+        let [pair0, pair1, pair2, pair3] = unsafe { fields_32::<COUNT>(first, Self::BLOCK_BYTES) };
+        // f16 [d0, m0, d1, m1, d2, m2, d3, m3] reordered to [d0, d1, d2, d3, m0, m1, m2, m3].
+        let order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+        let halves = _mm_shuffle_epi8(_mm_setr_epi32(pair0, pair1, pair2, pair3), order);
+        let floats = _mm256_cvtph_ps(halves);
+        (_mm256_castps256_ps128(floats), _mm256_extractf128_ps::<1>(floats))
     }
 
     #[inline]
@@ -277,13 +268,13 @@ impl Format for Q4_1 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
+// Activation widths: one block's products as eight exact i32 partial sums.
 
 /// The width of quantized activations, as the integer kernels multiply them.
 trait Width {
     /// `i8` or `i16`.
     type Element: Copy;
-    /// One block's codes made ready for [`Self::lanes`] (once, for every vector).
+    /// One block's codes made ready for [`Self::partial_sums`] (once, for every vector).
     type Codes: Copy;
 
     /// A block's 32 codes (bytes in element order) made ready.
@@ -292,12 +283,13 @@ trait Width {
     /// AVX2, F16C and FMA present.
     unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes;
 
-    /// The four integer lanes of one block: `codes` times the 32 activations at `values`,
-    /// element e added to lane (e / 2) mod 4, exactly.
+    /// `codes` times the 32 activations at `values`, as eight i32 lanes whose sum is the
+    /// block's integer total (`kernels::block_integer_total`); every lane, and every sum
+    /// of lanes, stays below 32 × 128 × 32767 < 2^31 in magnitude, so all is exact.
     ///
     /// # Safety
     /// `values` must point to 32 readable elements; AVX2, F16C and FMA present.
-    unsafe fn lanes<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m128i;
+    unsafe fn partial_sums<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m256i;
 }
 
 /// 8-bit activations.
@@ -319,21 +311,14 @@ impl Width for Eight {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn lanes<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m128i {
+    unsafe fn partial_sums<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m256i {
         // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
         let activations = unsafe { _mm256_loadu_si256(values.cast()) };
         let activations = if F::SIGNED { _mm256_sign_epi8(activations, codes) } else { activations };
         // i16 lane q = elements 2q and 2q+1 (at most 2 × 128 × 127: no saturation, as the
-        // activations stay within −127..=127).
+        // activations stay within −127..=127); `madd` then adds neighbouring i16 lanes.
         let pairs = _mm256_maddubs_epi16(magnitudes, activations);
-        // Within each half, i16 lanes reordered 0, 4, 1, 5, 2, 6, 3, 7, so that `madd`
-        // adds lanes q and q + 4: i32 lane p then holds elements 2p, 2p+1, 2p+8, 2p+9.
-        let order = _mm256_setr_epi8(
-            0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6,
-            7, 14, 15,
-        );
-        let quads = _mm256_madd_epi16(_mm256_shuffle_epi8(pairs, order), _mm256_set1_epi16(1));
-        _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256::<1>(quads))
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 }
 
@@ -353,112 +338,132 @@ impl Width for Sixteen {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn lanes<F: Format>(codes: Self::Codes, values: *const i16) -> __m128i {
+    unsafe fn partial_sums<F: Format>(codes: Self::Codes, values: *const i16) -> __m256i {
         // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the loads are unaligned.
         let (first, second) =
             unsafe { (_mm256_loadu_si256(values.cast()), _mm256_loadu_si256(values.add(16).cast())) };
-        // i32 lane r = elements 2r, 2r+1 and 16+2r, 17+2r (each product at most 128 × 32767);
-        // the halves then add lanes r and r + 4.
-        let pairs = _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second));
-        _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256::<1>(pairs))
+        // i32 lane r = elements 2r, 2r+1 and 16+2r, 17+2r (each product at most 128 × 32767).
+        _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second))
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// Integer dot products (mirroring `kernels::dot_blocks_integer`).
+// Integer dot products (mirroring `kernels::dot_blocks_integer`): block b of a row goes to
+// float lane b mod 4, so four consecutive blocks take one vector of each float operation.
 
-/// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
-/// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
-#[derive(Clone, Copy)]
-struct Sums {
-    lanes: __m128,
+/// The integer totals `[t0, t1, t2, t3]` of four blocks from their eight partial sums each.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn block_totals([sums0, sums1, sums2, sums3]: [__m256i; 4]) -> __m128i {
+    // Per 128-bit half: [block 0's lanes 0+1, 2+3, block 1's 0+1, 2+3], likewise 2 and 3,
+    // then [block 0, 1, 2, 3] of that half; the two halves then add.
+    let halves = _mm256_hadd_epi32(_mm256_hadd_epi32(sums0, sums1), _mm256_hadd_epi32(sums2, sums3));
+    _mm_add_epi32(_mm256_castsi256_si128(halves), _mm256_extracti128_si256::<1>(halves))
+}
+
+/// The activation scales `[s0, s1, s2, s3]` and scaled sums `[ss0, ss1, ss2, ss3]` of the
+/// `COUNT` (1 to 4) blocks whose `[scale, scaled sum]` pairs start at `scales`; 0 in the
+/// lanes of blocks `COUNT .. 4`.
+///
+/// # Safety
+/// `scales` must point to `COUNT` readable pairs; AVX2, F16C and FMA present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn activation_scales<const COUNT: usize>(scales: *const [f32; 2]) -> (__m128, __m128) {
+    if COUNT == 4 {
+        // SAFETY: four pairs are 32 readable bytes; the load is unaligned.
+        let pairs = unsafe { _mm256_loadu_ps(scales.cast()) };
+        let split = _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+        (_mm256_castps256_ps128(split), _mm256_extractf128_ps::<1>(split))
+    } else {
+        // Pairs 0 and 1 (or pair 0 alone) in `low`, pair 2 in `high`: only the caller's
+        // pairs are read, and absent ones are 0.
+        // SAFETY: `COUNT` pairs of 8 bytes are readable; the loads are unaligned.
+        let (low, high) = unsafe {
+            let low = if COUNT >= 2 {
+                _mm_loadu_ps(scales.cast())
+            } else {
+                _mm_castsi128_ps(_mm_loadu_si64(scales.cast()))
+            };
+            let high = if COUNT == 3 {
+                _mm_castsi128_ps(_mm_loadu_si64(scales.add(2).cast()))
+            } else {
+                _mm_setzero_ps()
+            };
+            (low, high)
+        };
+        (_mm_shuffle_ps::<0b10_00_10_00>(low, high), _mm_shuffle_ps::<0b11_01_11_01>(low, high))
+    }
+}
+
+/// Up to four consecutive blocks of a row, unpacked once for every vector they meet.
+struct Blocks<W: Width> {
+    /// Each block's prepared codes (entries past the blocks present are unused).
+    codes: [W::Codes; 4],
+    /// `[d0, d1, d2, d3]`, 0 past the blocks present.
+    scales: __m128,
+    /// Q4_1's `[m0, m1, m2, m3]`, 0 past the blocks present.
     minimums: __m128,
 }
 
-impl Sums {
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    fn new() -> Self {
-        Self { lanes: _mm_setzero_ps(), minimums: _mm_setzero_ps() }
-    }
-
-    /// The dot product: (lane 0 + lane 2) + (lane 1 + lane 3), plus (even + odd minimum
-    /// terms) for Q4_1.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    fn finish<F: Format>(self) -> f32 {
-        let halves = _mm_add_ps(self.lanes, _mm_movehl_ps(self.lanes, self.lanes));
-        let total = _mm_cvtss_f32(_mm_add_ss(halves, _mm_movehdup_ps(halves)));
-        if F::MINIMUM {
-            let odd = _mm_movehl_ps(self.minimums, self.minimums);
-            let (even, odd) =
-                (_mm_cvtss_f32(_mm_movehdup_ps(self.minimums)), _mm_cvtss_f32(_mm_movehdup_ps(odd)));
-            total + (even + odd)
-        } else {
-            total
-        }
-    }
-
-    /// Adds `lanes` scaled by lane `LANE` of `factors`, fused.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    fn add_lanes<const LANE: i32>(&mut self, lanes: __m128i, factors: __m128) {
-        self.lanes = _mm_fmadd_ps(_mm_permute_ps::<LANE>(factors), _mm_cvtepi32_ps(lanes), self.lanes);
-    }
-
-    /// Adds a pair of blocks: `weight_scales` from [`Format::scales_pair`], prepared codes,
-    /// the activations at `values` (64) and their block scales at `scales` (2).
+impl<W: Width> Blocks<W> {
+    /// The `COUNT` (1 to 4) blocks of format `F` from `first`.
     ///
     /// # Safety
-    /// `values` must point to 64 readable elements and `scales` to two block scales.
+    /// `first` must point to `COUNT × F::BLOCK_BYTES` readable bytes; AVX2, F16C and FMA
+    /// present.
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn add_pair<F: Format, W: Width>(
-        &mut self,
-        weight_scales: __m128,
-        codes: (W::Codes, W::Codes),
-        values: *const W::Element,
-        scales: *const [f32; 2],
-    ) {
-        // SAFETY: the caller guarantees two block scales (16 bytes); the load is unaligned.
-        let activation_scales = unsafe { _mm_loadu_ps(scales.cast()) };
-        let factors = _mm_mul_ps(weight_scales, activation_scales);
-        if F::MINIMUM {
-            self.minimums = _mm_fmadd_ps(weight_scales, activation_scales, self.minimums);
+    unsafe fn load<F: Format, const COUNT: usize>(first: *const u8) -> Self {
+        // SAFETY: the caller's promise: the blocks read are those below COUNT.
+        unsafe {
+            let empty = W::prepare::<F>(_mm256_setzero_si256());
+            let mut codes = [empty; 4];
+            for (block, codes) in codes.iter_mut().enumerate().take(COUNT) {
+                *codes = W::prepare::<F>(F::codes(first.add(block * F::BLOCK_BYTES)));
+            }
+            let (scales, minimums) = F::scales::<COUNT>(first);
+            Self { codes, scales, minimums }
         }
-        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
-        let (first, second) =
-            unsafe { (W::lanes::<F>(codes.0, values), W::lanes::<F>(codes.1, values.add(32))) };
-        self.add_lanes::<0b00_00_00_00>(first, factors);
-        self.add_lanes::<0b10_10_10_10>(second, factors);
     }
 
-    /// Adds one block (the last of an odd count, so an even block).
+    /// `accumulator` plus the `COUNT` blocks dotted with one vector's blocks, whose values
+    /// start at `values` and `[scale, scaled sum]` pairs at `scales`: lane b takes
+    /// `fma(d_b × s_b, t_b, lane)`, then for Q4_1 `fma(m_b, ss_b, lane)`, as the scalar
+    /// order says. Lanes `COUNT .. 4` add `0 × 0`, which leaves them bit for bit as they were
+    /// (they are never −0).
     ///
     /// # Safety
-    /// `values` must point to 32 readable elements and `scales` to one block scale.
+    /// `values` must point to `COUNT × 32` readable elements and `scales` to `COUNT` pairs;
+    /// AVX2, F16C and FMA present.
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn add_one<F: Format, W: Width>(
-        &mut self,
-        weight_scales: __m128,
-        codes: W::Codes,
+    unsafe fn add_to<F: Format, const COUNT: usize>(
+        &self,
+        accumulator: __m128,
         values: *const W::Element,
         scales: *const [f32; 2],
-    ) {
-        // SAFETY: the caller guarantees one block scale.
-        let [scale, scaled_sum] = unsafe { scales.read() };
-        let activation_scales = _mm_setr_ps(scale, scaled_sum, 0.0, 0.0);
-        let factors = _mm_mul_ps(weight_scales, activation_scales);
-        if F::MINIMUM {
-            // Only lanes 0 and 1 change, so the odd blocks' lane 3 keeps its exact bits.
-            let sums = _mm_fmadd_ps(weight_scales, activation_scales, self.minimums);
-            self.minimums = _mm_blend_ps::<0b0011>(self.minimums, sums);
+    ) -> __m128 {
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for (block, sums) in sums.iter_mut().enumerate().take(COUNT) {
+            // SAFETY: block < COUNT, so its 32 values are inside the caller's.
+            *sums = unsafe { W::partial_sums::<F>(self.codes[block], values.add(block * BLOCK_VALUES)) };
         }
-        // SAFETY: the caller guarantees 32 readable elements.
-        let lanes = unsafe { W::lanes::<F>(codes, values) };
-        self.add_lanes::<0b00_00_00_00>(lanes, factors);
+        let totals = _mm_cvtepi32_ps(block_totals(sums));
+        // SAFETY: the caller guarantees COUNT pairs.
+        let (activation_scales, scaled_sums) = unsafe { activation_scales::<COUNT>(scales) };
+        let accumulator = _mm_fmadd_ps(_mm_mul_ps(self.scales, activation_scales), totals, accumulator);
+        if F::MINIMUM { _mm_fmadd_ps(self.minimums, scaled_sums, accumulator) } else { accumulator }
     }
+}
+
+/// The dot product from its four lanes: (lane 0 + lane 2) + (lane 1 + lane 3), as
+/// `kernels::reduce_quad`.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn finish(lanes: __m128) -> f32 {
+    let halves = _mm_add_ps(lanes, _mm_movehl_ps(lanes, lanes));
+    _mm_cvtss_f32(_mm_add_ss(halves, _mm_movehdup_ps(halves)))
 }
 
 /// How far ahead of the block being read the weight loops ask for a row's bytes. Without
@@ -475,9 +480,45 @@ fn prefetch_ahead(address: *const u8) {
     _mm_prefetch::<_MM_HINT_T0>(address.wrapping_add(PREFETCH_AHEAD).cast())
 }
 
+/// [`prefetch_ahead`] for four blocks of `F` from `first`: one line per 64 bytes of them,
+/// so that consecutive steps leave no line unasked.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn prefetch_four<F: Format>(first: *const u8) {
+    for line in 0..(4 * F::BLOCK_BYTES).div_ceil(64) {
+        prefetch_ahead(first.wrapping_add(line * 64));
+    }
+}
+
 /// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
 fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) -> usize {
     (row_bytes / block_bytes).min(x.values.len() / BLOCK_VALUES).min(x.block_scales.len())
+}
+
+/// `accumulator` plus the last `count` (0 to 3) blocks of a row, from `first`, dotted with
+/// the vector's values and scales from `values` and `scales`.
+///
+/// # Safety
+/// `first` must point to `count` blocks, `values` to `count × 32` elements and `scales` to
+/// `count` pairs, all readable; AVX2, F16C and FMA present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn add_last<F: Format, W: Width>(
+    accumulator: __m128,
+    count: usize,
+    first: *const u8,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+) -> __m128 {
+    // SAFETY: each arm reads `count` blocks, as the caller allows.
+    unsafe {
+        match count {
+            1 => Blocks::<W>::load::<F, 1>(first).add_to::<F, 1>(accumulator, values, scales),
+            2 => Blocks::<W>::load::<F, 2>(first).add_to::<F, 2>(accumulator, values, scales),
+            3 => Blocks::<W>::load::<F, 3>(first).add_to::<F, 3>(accumulator, values, scales),
+            _ => accumulator,
+        }
+    }
 }
 
 /// Dot product of a row of `F` blocks with activations of width `W`.
@@ -485,40 +526,32 @@ fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) 
 #[target_feature(enable = "avx2,f16c,fma")]
 fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) -> f32 {
     let blocks = common_blocks(row.len(), F::BLOCK_BYTES, &x);
-    let pairs = blocks / 2;
-    let mut sums = Sums::new();
-    let row_pairs = row[..pairs * 2 * F::BLOCK_BYTES].chunks_exact(2 * F::BLOCK_BYTES);
-    let value_pairs = x.values[..pairs * 2 * BLOCK_VALUES].chunks_exact(2 * BLOCK_VALUES);
-    let scale_pairs = x.block_scales[..pairs * 2].chunks_exact(2);
-    for ((pair, values), scales) in row_pairs.zip(value_pairs).zip(scale_pairs) {
-        // SAFETY: `chunks_exact` gives `pair` 2 × BLOCK_BYTES bytes, `values` 64 elements
-        // and `scales` two block scales.
-        unsafe {
-            prefetch_ahead(pair.as_ptr());
-            let weight_scales = F::scales_pair(pair.as_ptr());
-            let codes = (
-                W::prepare::<F>(F::codes(pair.as_ptr())),
-                W::prepare::<F>(F::codes(pair.as_ptr().add(F::BLOCK_BYTES))),
-            );
-            sums.add_pair::<F, W>(weight_scales, codes, values.as_ptr(), scales.as_ptr());
-        }
-    }
-    if blocks % 2 == 1 {
-        let last = blocks - 1;
-        let block = &row[last * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES];
-        let values = &x.values[last * BLOCK_VALUES..blocks * BLOCK_VALUES];
-        // SAFETY: the slices hold one block, its 32 activations and its block scale.
-        unsafe {
-            let codes = W::prepare::<F>(F::codes(block.as_ptr()));
-            sums.add_one::<F, W>(
-                F::scales_one(block.as_ptr()),
-                codes,
+    let whole = blocks - blocks % 4;
+    let mut accumulator = _mm_setzero_ps();
+    let row_steps = row[..whole * F::BLOCK_BYTES].chunks_exact(4 * F::BLOCK_BYTES);
+    let value_steps = x.values[..whole * BLOCK_VALUES].chunks_exact(4 * BLOCK_VALUES);
+    let scale_steps = x.block_scales[..whole].chunks_exact(4);
+    for ((step, values), scales) in row_steps.zip(value_steps).zip(scale_steps) {
+        prefetch_four::<F>(step.as_ptr());
+        // SAFETY: `chunks_exact` gives `step` 4 × BLOCK_BYTES bytes, `values` 128 elements
+        // and `scales` four pairs.
+        accumulator = unsafe {
+            Blocks::<W>::load::<F, 4>(step.as_ptr()).add_to::<F, 4>(
+                accumulator,
                 values.as_ptr(),
-                &x.block_scales[last],
-            );
-        }
+                scales.as_ptr(),
+            )
+        };
     }
-    sums.finish::<F>()
+    let (last, values) =
+        (&row[whole * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES], &x.values[whole * BLOCK_VALUES..]);
+    // SAFETY: `last` holds the `blocks − whole` last blocks, and the vector has their values
+    // and scales past `whole` (`blocks` is at most its block count).
+    unsafe {
+        let scales = x.block_scales[whole..].as_ptr();
+        accumulator = add_last::<F, W>(accumulator, blocks - whole, last.as_ptr(), values.as_ptr(), scales);
+    }
+    finish(accumulator)
 }
 
 /// Rows `first ..` of `matrix` dotted with `x` into `out`, one row after another.
@@ -536,8 +569,8 @@ fn each_row<F: Format, W: Width>(
 }
 
 // ---------------------------------------------------------------------------------------
-// Matrix × N vectors: each pair of weight blocks is loaded and unpacked once, then meets
-// every vector.
+// Matrix × N vectors: each step of four weight blocks is loaded and unpacked once, then
+// meets every vector.
 
 /// Vectors whose running sums one pass over a row keeps; more vectors take further passes.
 const GROUP: usize = 32;
@@ -634,44 +667,61 @@ unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
     scales: *const [f32; 2],
     out: &mut [f32],
 ) {
-    let mut group = [Sums::new(); ROOM];
+    let mut group = [_mm_setzero_ps(); ROOM];
     let group = &mut group[..out.len().min(ROOM)];
-    for pair in 0..blocks / 2 {
-        let block = 2 * pair;
-        // SAFETY: blocks `block` and `block + 1` are inside the row.
-        let (weight_scales, codes) = unsafe {
+    let whole = blocks - blocks % 4;
+    for block in (0..whole).step_by(4) {
+        // SAFETY: blocks `block .. block + 4` are inside the row, and inside each vector's
+        // values and scales.
+        unsafe {
             let address = row.add(block * F::BLOCK_BYTES);
-            prefetch_ahead(address);
-            let codes =
-                (W::prepare::<F>(F::codes(address)), W::prepare::<F>(F::codes(address.add(F::BLOCK_BYTES))));
-            (F::scales_pair(address), codes)
-        };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's blocks `block` and `block + 1` are inside its values and
-            // scales.
-            unsafe {
-                sums.add_pair::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
+            prefetch_four::<F>(address);
+            let four = Blocks::<W>::load::<F, 4>(address);
+            for (vector, accumulator) in group.iter_mut().enumerate() {
+                let at = vector * blocks + block;
+                *accumulator =
+                    four.add_to::<F, 4>(*accumulator, values.add(at * BLOCK_VALUES), scales.add(at));
+            }
         }
     }
-    if blocks % 2 == 1 {
-        let block = blocks - 1;
-        // SAFETY: block `block` is inside the row.
-        let (weight_scales, codes) = unsafe {
-            let address = row.add(block * F::BLOCK_BYTES);
-            (F::scales_one(address), W::prepare::<F>(F::codes(address)))
-        };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's block `block` is inside its values and scales.
-            unsafe {
-                sums.add_one::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
+    // SAFETY: blocks `whole .. blocks` are the row's last ones, and each vector's.
+    unsafe {
+        match blocks - whole {
+            1 => last_times_group::<F, W, 1>(row, blocks, values, scales, group),
+            2 => last_times_group::<F, W, 2>(row, blocks, values, scales, group),
+            3 => last_times_group::<F, W, 3>(row, blocks, values, scales, group),
+            _ => {}
         }
     }
-    for (sums, out) in group.iter().zip(out) {
-        *out = sums.finish::<F>();
+    for (accumulator, out) in group.iter().zip(out) {
+        *out = finish(*accumulator);
+    }
+}
+
+/// The last `COUNT` (1 to 3) blocks of a row of `blocks` blocks at `row` added to the
+/// accumulators of `group`'s vectors, laid out as [`row_times_group`] says.
+///
+/// # Safety
+/// As [`row_times_group`], for `group.len()` vectors, with `COUNT` ≤ `blocks`.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn last_times_group<F: Format, W: Width, const COUNT: usize>(
+    row: *const u8,
+    blocks: usize,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+    group: &mut [__m128],
+) {
+    let block = blocks - COUNT;
+    // SAFETY: blocks `block .. blocks` are inside the row, and inside each vector's values
+    // and scales.
+    unsafe {
+        let last = Blocks::<W>::load::<F, COUNT>(row.add(block * F::BLOCK_BYTES));
+        for (vector, accumulator) in group.iter_mut().enumerate() {
+            let at = vector * blocks + block;
+            *accumulator =
+                last.add_to::<F, COUNT>(*accumulator, values.add(at * BLOCK_VALUES), scales.add(at));
+        }
     }
 }
 
