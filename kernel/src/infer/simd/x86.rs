@@ -4,8 +4,9 @@
 //!
 //! The integer dot products take the weight type and the activation width as type
 //! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
-//! two blocks per step through `chunks_exact`, with no branch or slice check inside. Weight
-//! scales become f32 with F16C.
+//! four blocks per step through `chunks_exact`, with no branch or slice check inside, block b
+//! going to float lane b mod 4 as the scalar order says, and the last 1 to 3 blocks take one
+//! shorter step. Weight scales become f32 with F16C.
 
 use core::arch::x86_64::*;
 
@@ -149,6 +150,9 @@ trait Format {
     /// Whether codes may be negative (the 8-bit product then moves their signs onto the
     /// activations, as `maddubs` multiplies unsigned by signed bytes).
     const SIGNED: bool;
+    /// Whether codes are 4-bit (magnitude at most 15), so that eight products with 8-bit
+    /// activations sum within an i16 (8 × 15 × 128 < 2^15).
+    const NIBBLES: bool;
 
     /// The scales `[d0, d1, d2, d3]` and minimums `[m0, m1, m2, m3]` of the `COUNT` (1 to 4)
     /// consecutive blocks from `first`, as f32; 0 in the lanes of blocks `COUNT .. 4`, and
@@ -164,6 +168,12 @@ trait Format {
     /// # Safety
     /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
     unsafe fn codes(block: *const u8) -> __m256i;
+
+    /// The block's 32 codes as i16: elements 0..16, then 16..32.
+    ///
+    /// # Safety
+    /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2];
 }
 
 /// Q8_0: `d: f16, q: [i8; 32]`.
@@ -189,6 +199,26 @@ unsafe fn nibbles(address: *const u8) -> __m256i {
     _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
+/// Sixteen packed bytes at `address` as 32 nibbles in i16 lanes: low nibbles are elements
+/// 0..16, high ones 16..32.
+///
+/// # Safety
+/// `address` must point to 16 readable bytes; AVX2 present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn wide_nibbles(address: *const u8) -> [__m256i; 2] {
+    // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
+    let copies = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(address.cast()) });
+    // Each byte alone in its 16-bit lane (bytes 0..8 from the lower copy, 8..16 from the
+    // upper one): a mask then keeps its low nibble, a shift its high one.
+    let spread = _mm256_setr_epi8(
+        0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7, -1, 8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1,
+        14, -1, 15, -1,
+    );
+    let packed = _mm256_shuffle_epi8(copies, spread);
+    [_mm256_and_si256(packed, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16::<4>(packed)]
+}
+
 /// The scales of `COUNT` blocks without minimums (an f16 at each block's byte 0) as f32
 /// lanes `0 .. COUNT`, the other lanes 0.
 ///
@@ -206,6 +236,7 @@ impl Format for Q8_0 {
     const BLOCK_BYTES: usize = 34;
     const MINIMUM: bool = false;
     const SIGNED: bool = true;
+    const NIBBLES: bool = false;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
@@ -220,12 +251,22 @@ impl Format for Q8_0 {
         // SAFETY: the caller guarantees 34 readable bytes: 2..34 are read, unaligned.
         unsafe { _mm256_loadu_si256(block.add(2).cast()) }
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 34 readable bytes: 2..34 are read, unaligned.
+        let (low, high) =
+            unsafe { (_mm_loadu_si128(block.add(2).cast()), _mm_loadu_si128(block.add(18).cast())) };
+        [_mm256_cvtepi8_epi16(low), _mm256_cvtepi8_epi16(high)]
+    }
 }
 
 impl Format for Q4_0 {
     const BLOCK_BYTES: usize = 18;
     const MINIMUM: bool = false;
     const SIGNED: bool = true;
+    const NIBBLES: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
@@ -240,12 +281,22 @@ impl Format for Q4_0 {
         // SAFETY: the caller guarantees 18 readable bytes: 2..18 are read.
         _mm256_sub_epi8(unsafe { nibbles(block.add(2)) }, _mm256_set1_epi8(8))
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 18 readable bytes: 2..18 are read.
+        let [low, high] = unsafe { wide_nibbles(block.add(2)) };
+        let eight = _mm256_set1_epi16(8);
+        [_mm256_sub_epi16(low, eight), _mm256_sub_epi16(high, eight)]
+    }
 }
 
 impl Format for Q4_1 {
     const BLOCK_BYTES: usize = 20;
     const MINIMUM: bool = true;
     const SIGNED: bool = false;
+    const NIBBLES: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
@@ -265,31 +316,45 @@ impl Format for Q4_1 {
         // SAFETY: the caller guarantees 20 readable bytes: 4..20 are read.
         unsafe { nibbles(block.add(4)) }
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 20 readable bytes: 4..20 are read.
+        unsafe { wide_nibbles(block.add(4)) }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
-// Activation widths: one block's products as eight exact i32 partial sums.
+// Activation widths: each block's products in partial sums, then four blocks' exact
+// integer totals.
 
 /// The width of quantized activations, as the integer kernels multiply them.
 trait Width {
     /// `i8` or `i16`.
     type Element: Copy;
-    /// One block's codes made ready for [`Self::partial_sums`] (once, for every vector).
+    /// One block's codes made ready for [`Self::products`] (once, for every vector).
     type Codes: Copy;
 
-    /// A block's 32 codes (bytes in element order) made ready.
+    /// The codes of a block of `F` at `block`, made ready.
     ///
     /// # Safety
-    /// AVX2, F16C and FMA present.
-    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes;
+    /// `block` must point to `F::BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn prepare<F: Format>(block: *const u8) -> Self::Codes;
 
-    /// `codes` times the 32 activations at `values`, as eight i32 lanes whose sum is the
-    /// block's integer total (`kernels::block_integer_total`); every lane, and every sum
-    /// of lanes, stays below 32 × 128 × 32767 < 2^31 in magnitude, so all is exact.
+    /// `codes` times the 32 activations at `values`, in partial sums whose total is the
+    /// block's integer total (`kernels::block_integer_total`), for [`Self::totals`].
     ///
     /// # Safety
     /// `values` must point to 32 readable elements; AVX2, F16C and FMA present.
-    unsafe fn partial_sums<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m256i;
+    unsafe fn products<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m256i;
+
+    /// The integer totals `[t0, t1, t2, t3]` of four blocks from their [`Self::products`],
+    /// exactly: every partial sum stays below 32 × 128 × 32767 < 2^31 in magnitude.
+    ///
+    /// # Safety
+    /// AVX2, F16C and FMA present.
+    unsafe fn totals<F: Format>(products: [__m256i; 4]) -> __m128i;
 }
 
 /// 8-bit activations.
@@ -305,20 +370,39 @@ impl Width for Eight {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes {
+    unsafe fn prepare<F: Format>(block: *const u8) -> Self::Codes {
+        // SAFETY: the caller guarantees the block's bytes.
+        let codes = unsafe { F::codes(block) };
         if F::SIGNED { (_mm256_sign_epi8(codes, codes), codes) } else { (codes, codes) }
+    }
+
+    /// Sixteen i16 lanes, lane q = elements 2q and 2q+1 (at most 2 × 128 × 127: no
+    /// saturation, as the activations stay within −127..=127).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn products<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
+        let activations = unsafe { _mm256_loadu_si256(values.cast()) };
+        let activations = if F::SIGNED { _mm256_sign_epi8(activations, codes) } else { activations };
+        _mm256_maddubs_epi16(magnitudes, activations)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn partial_sums<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m256i {
-        // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
-        let activations = unsafe { _mm256_loadu_si256(values.cast()) };
-        let activations = if F::SIGNED { _mm256_sign_epi8(activations, codes) } else { activations };
-        // i16 lane q = elements 2q and 2q+1 (at most 2 × 128 × 127: no saturation, as the
-        // activations stay within −127..=127); `madd` then adds neighbouring i16 lanes.
-        let pairs = _mm256_maddubs_epi16(magnitudes, activations);
-        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    unsafe fn totals<F: Format>([pairs0, pairs1, pairs2, pairs3]: [__m256i; 4]) -> __m128i {
+        let ones = _mm256_set1_epi16(1);
+        if F::NIBBLES {
+            // Two rounds of neighbouring i16 sums stay within i16 (eight products, see
+            // `Format::NIBBLES`): per 128-bit half, [block 0's two sums, block 1's, block 2's,
+            // block 3's]; `madd` then adds each block's two into an i32.
+            let quads = (_mm256_hadd_epi16(pairs0, pairs1), _mm256_hadd_epi16(pairs2, pairs3));
+            let halves = _mm256_madd_epi16(_mm256_hadd_epi16(quads.0, quads.1), ones);
+            _mm_add_epi32(_mm256_castsi256_si128(halves), _mm256_extracti128_si256::<1>(halves))
+        } else {
+            // Q8_0's pairs come near the i16 limit: `madd` widens them first.
+            let widen = |pairs| _mm256_madd_epi16(pairs, ones);
+            quad_totals([widen(pairs0), widen(pairs1), widen(pairs2), widen(pairs3)])
+        }
     }
 }
 
@@ -329,21 +413,26 @@ impl Width for Sixteen {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes {
-        [
-            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(codes)),
-            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(codes)),
-        ]
+    unsafe fn prepare<F: Format>(block: *const u8) -> Self::Codes {
+        // SAFETY: the caller guarantees the block's bytes.
+        unsafe { F::wide_codes(block) }
+    }
+
+    /// Eight i32 lanes: lane r = elements 2r, 2r+1 and 16+2r, 17+2r.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn products<F: Format>(codes: Self::Codes, values: *const i16) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the loads are unaligned.
+        let (first, second) =
+            unsafe { (_mm256_loadu_si256(values.cast()), _mm256_loadu_si256(values.add(16).cast())) };
+        // Each product is at most 128 × 32767 in magnitude.
+        _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn partial_sums<F: Format>(codes: Self::Codes, values: *const i16) -> __m256i {
-        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the loads are unaligned.
-        let (first, second) =
-            unsafe { (_mm256_loadu_si256(values.cast()), _mm256_loadu_si256(values.add(16).cast())) };
-        // i32 lane r = elements 2r, 2r+1 and 16+2r, 17+2r (each product at most 128 × 32767).
-        _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second))
+    unsafe fn totals<F: Format>(products: [__m256i; 4]) -> __m128i {
+        quad_totals(products)
     }
 }
 
@@ -351,10 +440,11 @@ impl Width for Sixteen {
 // Integer dot products (mirroring `kernels::dot_blocks_integer`): block b of a row goes to
 // float lane b mod 4, so four consecutive blocks take one vector of each float operation.
 
-/// The integer totals `[t0, t1, t2, t3]` of four blocks from their eight partial sums each.
+/// The integer totals `[t0, t1, t2, t3]` of four blocks from their eight i32 partial sums
+/// each.
 #[inline]
 #[target_feature(enable = "avx2,f16c,fma")]
-fn block_totals([sums0, sums1, sums2, sums3]: [__m256i; 4]) -> __m128i {
+fn quad_totals([sums0, sums1, sums2, sums3]: [__m256i; 4]) -> __m128i {
     // Per 128-bit half: [block 0's lanes 0+1, 2+3, block 1's 0+1, 2+3], likewise 2 and 3,
     // then [block 0, 1, 2, 3] of that half; the two halves then add.
     let halves = _mm256_hadd_epi32(_mm256_hadd_epi32(sums0, sums1), _mm256_hadd_epi32(sums2, sums3));
@@ -398,7 +488,7 @@ unsafe fn activation_scales<const COUNT: usize>(scales: *const [f32; 2]) -> (__m
 
 /// Up to four consecutive blocks of a row, unpacked once for every vector they meet.
 struct Blocks<W: Width> {
-    /// Each block's prepared codes (entries past the blocks present are unused).
+    /// Each block's prepared codes (past the blocks present, copies of block 0's).
     codes: [W::Codes; 4],
     /// `[d0, d1, d2, d3]`, 0 past the blocks present.
     scales: __m128,
@@ -417,10 +507,9 @@ impl<W: Width> Blocks<W> {
     unsafe fn load<F: Format, const COUNT: usize>(first: *const u8) -> Self {
         // SAFETY: the caller's promise: the blocks read are those below COUNT.
         unsafe {
-            let empty = W::prepare::<F>(_mm256_setzero_si256());
-            let mut codes = [empty; 4];
+            let mut codes = [W::prepare::<F>(first); 4];
             for (block, codes) in codes.iter_mut().enumerate().take(COUNT) {
-                *codes = W::prepare::<F>(F::codes(first.add(block * F::BLOCK_BYTES)));
+                *codes = W::prepare::<F>(first.add(block * F::BLOCK_BYTES));
             }
             let (scales, minimums) = F::scales::<COUNT>(first);
             Self { codes, scales, minimums }
@@ -430,8 +519,8 @@ impl<W: Width> Blocks<W> {
     /// `accumulator` plus the `COUNT` blocks dotted with one vector's blocks, whose values
     /// start at `values` and `[scale, scaled sum]` pairs at `scales`: lane b takes
     /// `fma(d_b × s_b, t_b, lane)`, then for Q4_1 `fma(m_b, ss_b, lane)`, as the scalar
-    /// order says. Lanes `COUNT .. 4` add `0 × 0`, which leaves them bit for bit as they were
-    /// (they are never −0).
+    /// order says. Lanes `COUNT .. 4` (whose totals repeat block 0's, finite) add `0 × total`
+    /// and `0 × 0`, which leave them bit for bit as they were (they are never −0).
     ///
     /// # Safety
     /// `values` must point to `COUNT × 32` readable elements and `scales` to `COUNT` pairs;
@@ -444,12 +533,14 @@ impl<W: Width> Blocks<W> {
         values: *const W::Element,
         scales: *const [f32; 2],
     ) -> __m128 {
-        let mut sums = [_mm256_setzero_si256(); 4];
-        for (block, sums) in sums.iter_mut().enumerate().take(COUNT) {
+        // SAFETY: block 0 is present (COUNT ≥ 1), and its 32 values are the caller's.
+        let mut products = [unsafe { W::products::<F>(self.codes[0], values) }; 4];
+        for (block, products) in products.iter_mut().enumerate().take(COUNT) {
             // SAFETY: block < COUNT, so its 32 values are inside the caller's.
-            *sums = unsafe { W::partial_sums::<F>(self.codes[block], values.add(block * BLOCK_VALUES)) };
+            *products = unsafe { W::products::<F>(self.codes[block], values.add(block * BLOCK_VALUES)) };
         }
-        let totals = _mm_cvtepi32_ps(block_totals(sums));
+        // SAFETY: AVX2 is present.
+        let totals = _mm_cvtepi32_ps(unsafe { W::totals::<F>(products) });
         // SAFETY: the caller guarantees COUNT pairs.
         let (activation_scales, scaled_sums) = unsafe { activation_scales::<COUNT>(scales) };
         let accumulator = _mm_fmadd_ps(_mm_mul_ps(self.scales, activation_scales), totals, accumulator);
