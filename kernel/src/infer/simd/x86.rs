@@ -1046,3 +1046,83 @@ fn dot_float_blocks(
     }
     reduce(accumulator)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The integer paths at every step length: 1 to 19 blocks (whole steps of four, then
+    //! tails of 1, 2 or 3 blocks; 18 blocks is a 576-column row), single vector and batched.
+
+    use crate::infer::Precision;
+    use crate::infer::kernels::{QuantizedRows, dot_scalar, rows_multi_scalar};
+    use crate::infer::simd;
+    use crate::model::quant::quantize;
+    use crate::model::{Matrix, TensorType};
+    use crate::rand::SplitMix64;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// `rows` rows of `columns` of `tensor_type`, their codes then overwritten with random
+    /// bytes so that every code value occurs (the scales stay the quantizer's).
+    fn random_rows(random: &mut SplitMix64, tensor_type: TensorType, rows: usize, columns: usize) -> Vec<u8> {
+        let values: Vec<f32> = (0..rows * columns).map(|_| random.next_f32() * 4.0 - 2.0).collect();
+        let mut bytes = Vec::new();
+        quantize(tensor_type, &values, &mut bytes);
+        let (block_bytes, header) = match tensor_type {
+            TensorType::Q8_0 => (34, 2),
+            TensorType::Q4_0 => (18, 2),
+            _ => (20, 4),
+        };
+        for block in bytes.chunks_exact_mut(block_bytes) {
+            for code in &mut block[header..] {
+                *code = random.next_u64() as u8;
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn every_step_length_gives_the_scalar_bits() {
+        assert_eq!(simd::instruction_set(), Some("AVX2"), "the AVX2 paths go untested");
+        let mut random = SplitMix64::new(576);
+        let rows = 3;
+        for blocks in 1..=19 {
+            let columns = 32 * blocks;
+            for tensor_type in [TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
+                let data = random_rows(&mut random, tensor_type, rows, columns);
+                let matrix = Matrix { tensor_type, rows, columns, data: &data };
+                for precision in [Precision::Int8, Precision::Int16] {
+                    for vectors in [1, 5] {
+                        let x: Vec<f32> =
+                            (0..vectors * columns).map(|_| random.next_f32() * 6.0 - 3.0).collect();
+                        let mut prepared = QuantizedRows::with_capacity(vectors, columns, precision);
+                        let input = prepared.quantize(&x, columns).expect("the shapes fit");
+                        let what = (blocks, tensor_type, precision, vectors);
+                        let mut expected = vec![0.0f32; rows * vectors];
+                        rows_multi_scalar(&matrix, input, 0, &mut expected);
+                        let mut batched = vec![f32::NAN; rows * vectors];
+                        assert!(
+                            simd::rows_multi(&matrix, input, 0, &mut batched),
+                            "{what:?} has an AVX2 path"
+                        );
+                        for (index, (simd, scalar)) in batched.iter().zip(&expected).enumerate() {
+                            assert_eq!(simd.to_bits(), scalar.to_bits(), "{what:?}, output {index}");
+                        }
+                        for vector in 0..vectors {
+                            let single = input.input(vector, tensor_type).expect("a vector of the batch");
+                            for row in 0..rows {
+                                let scalar = dot_scalar(tensor_type, matrix.row(row), single);
+                                assert_eq!(scalar.to_bits(), expected[row * vectors + vector].to_bits());
+                                let simd = simd::dot(tensor_type, matrix.row(row), single);
+                                assert_eq!(
+                                    simd.map(f32::to_bits),
+                                    Some(scalar.to_bits()),
+                                    "{what:?}, row {row}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
