@@ -4,8 +4,9 @@
 //!
 //! The integer dot products take the weight type and the activation width as type
 //! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
-//! two blocks per step through `chunks_exact`, with no branch or slice check inside. Weight
-//! scales become f32 with F16C.
+//! four blocks per step through `chunks_exact`, with no branch or slice check inside, block b
+//! going to float lane b mod 4 as the scalar order says, and the last 1 to 3 blocks take one
+//! shorter step. Weight scales become f32 with F16C.
 
 use core::arch::x86_64::*;
 
@@ -108,24 +109,36 @@ pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out:
 // ---------------------------------------------------------------------------------------
 // Weight formats.
 
-/// The little-endian u16 at `address`.
+/// The 16-bit fields at `first + block × block_bytes` of blocks `0 .. COUNT` (each field
+/// read unaligned), zero for blocks `COUNT .. 4`.
 ///
 /// # Safety
-/// `address` must point to 2 readable bytes.
+/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` ≥ 2.
 #[inline]
-unsafe fn read_u16(address: *const u8) -> i32 {
-    // SAFETY: the caller guarantees 2 readable bytes; the read is unaligned.
-    i32::from(unsafe { address.cast::<u16>().read_unaligned() })
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn fields_16<const COUNT: usize>(first: *const u8, block_bytes: usize) -> [i16; 4] {
+    let mut fields = [0i16; 4];
+    for (block, field) in fields.iter_mut().enumerate().take(COUNT) {
+        // SAFETY: block < COUNT, so its first two bytes lie inside the caller's blocks.
+        *field = unsafe { first.add(block * block_bytes).cast::<i16>().read_unaligned() };
+    }
+    fields
 }
 
-/// The little-endian u32 at `address`.
+/// The 32-bit fields at `first + block × block_bytes` of blocks `0 .. COUNT` (each field
+/// read unaligned), zero for blocks `COUNT .. 4`.
 ///
 /// # Safety
-/// `address` must point to 4 readable bytes.
+/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` ≥ 4.
 #[inline]
-unsafe fn read_u32(address: *const u8) -> i32 {
-    // SAFETY: the caller guarantees 4 readable bytes; the read is unaligned.
-    unsafe { address.cast::<i32>().read_unaligned() }
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn fields_32<const COUNT: usize>(first: *const u8, block_bytes: usize) -> [i32; 4] {
+    let mut fields = [0i32; 4];
+    for (block, field) in fields.iter_mut().enumerate().take(COUNT) {
+        // SAFETY: block < COUNT, so its first four bytes lie inside the caller's blocks.
+        *field = unsafe { first.add(block * block_bytes).cast::<i32>().read_unaligned() };
+    }
+    fields
 }
 
 /// A quantized weight format as the integer kernels load it.
@@ -137,25 +150,30 @@ trait Format {
     /// Whether codes may be negative (the 8-bit product then moves their signs onto the
     /// activations, as `maddubs` multiplies unsigned by signed bytes).
     const SIGNED: bool;
+    /// Whether codes are 4-bit (magnitude at most 15), so that eight products with 8-bit
+    /// activations sum within an i16 (8 × 15 × 128 < 2^15).
+    const NIBBLES: bool;
 
-    /// Two consecutive blocks' `[scale 0, minimum 0, scale 1, minimum 1]` as f32
-    /// (minimums 0 for formats without).
+    /// The scales `[d0, d1, d2, d3]` and minimums `[m0, m1, m2, m3]` of the `COUNT` (1 to 4)
+    /// consecutive blocks from `first`, as f32; 0 in the lanes of blocks `COUNT .. 4`, and
+    /// minimums all 0 for formats without.
     ///
     /// # Safety
-    /// `pair` must point to `2 × BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
-    unsafe fn scales_pair(pair: *const u8) -> __m128;
-
-    /// One block's `[scale, minimum, 0, 0]`.
-    ///
-    /// # Safety
-    /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
-    unsafe fn scales_one(block: *const u8) -> __m128;
+    /// `first` must point to `COUNT × BLOCK_BYTES` readable bytes; AVX2, F16C and FMA
+    /// present.
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128);
 
     /// The block's 32 codes as bytes, in element order.
     ///
     /// # Safety
     /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
     unsafe fn codes(block: *const u8) -> __m256i;
+
+    /// The block's 32 codes as i16: elements 0..16, then 16..32.
+    ///
+    /// # Safety
+    /// `block` must point to `BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2];
 }
 
 /// Q8_0: `d: f16, q: [i8; 32]`.
@@ -181,36 +199,50 @@ unsafe fn nibbles(address: *const u8) -> __m256i {
     _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
-/// The scales of two blocks without minimums: f16 at bytes 0 and `block_bytes`, converted
-/// into f32 lanes 0 and 2.
+/// Sixteen packed bytes at `address` as 32 nibbles in i16 lanes: low nibbles are elements
+/// 0..16, high ones 16..32.
 ///
 /// # Safety
-/// `pair` must point to `2 × block_bytes` readable bytes; F16C present.
+/// `address` must point to 16 readable bytes; AVX2 present.
 #[inline]
 #[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn scale_halves(pair: *const u8, block_bytes: usize) -> __m128 {
-    // SAFETY: the caller guarantees both blocks' first two bytes.
-    let (first, second) = unsafe { (read_u16(pair), read_u16(pair.add(block_bytes))) };
-    _mm_cvtph_ps(_mm_insert_epi16::<2>(_mm_cvtsi32_si128(first), second))
+unsafe fn wide_nibbles(address: *const u8) -> [__m256i; 2] {
+    // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
+    let copies = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(address.cast()) });
+    // Each byte alone in its 16-bit lane (bytes 0..8 from the lower copy, 8..16 from the
+    // upper one): a mask then keeps its low nibble, a shift its high one.
+    let spread = _mm256_setr_epi8(
+        0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7, -1, 8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1,
+        14, -1, 15, -1,
+    );
+    let packed = _mm256_shuffle_epi8(copies, spread);
+    [_mm256_and_si256(packed, _mm256_set1_epi16(0x0f)), _mm256_srli_epi16::<4>(packed)]
+}
+
+/// The scales of `COUNT` blocks without minimums (an f16 at each block's byte 0) as f32
+/// lanes `0 .. COUNT`, the other lanes 0.
+///
+/// # Safety
+/// `first` must point to `COUNT × block_bytes` readable bytes; F16C present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn scales_only<const COUNT: usize>(first: *const u8, block_bytes: usize) -> (__m128, __m128) {
+    // SAFETY: the caller's promise.
+    let [d0, d1, d2, d3] = unsafe { fields_16::<COUNT>(first, block_bytes) };
+    (_mm_cvtph_ps(_mm_setr_epi16(d0, d1, d2, d3, 0, 0, 0, 0)), _mm_setzero_ps())
 }
 
 impl Format for Q8_0 {
     const BLOCK_BYTES: usize = 34;
     const MINIMUM: bool = false;
     const SIGNED: bool = true;
+    const NIBBLES: bool = false;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_pair(pair: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 68 readable bytes.
-        unsafe { scale_halves(pair, Self::BLOCK_BYTES) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_one(block: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 34 readable bytes.
-        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u16(block) }))
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
+        // SAFETY: the caller guarantees COUNT blocks of 34 bytes.
+        unsafe { scales_only::<COUNT>(first, Self::BLOCK_BYTES) }
     }
 
     #[inline]
@@ -219,25 +251,28 @@ impl Format for Q8_0 {
         // SAFETY: the caller guarantees 34 readable bytes: 2..34 are read, unaligned.
         unsafe { _mm256_loadu_si256(block.add(2).cast()) }
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 34 readable bytes: 2..34 are read, unaligned.
+        let (low, high) =
+            unsafe { (_mm_loadu_si128(block.add(2).cast()), _mm_loadu_si128(block.add(18).cast())) };
+        [_mm256_cvtepi8_epi16(low), _mm256_cvtepi8_epi16(high)]
+    }
 }
 
 impl Format for Q4_0 {
     const BLOCK_BYTES: usize = 18;
     const MINIMUM: bool = false;
     const SIGNED: bool = true;
+    const NIBBLES: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_pair(pair: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 36 readable bytes.
-        unsafe { scale_halves(pair, Self::BLOCK_BYTES) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_one(block: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 18 readable bytes.
-        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u16(block) }))
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
+        // SAFETY: the caller guarantees COUNT blocks of 18 bytes.
+        unsafe { scales_only::<COUNT>(first, Self::BLOCK_BYTES) }
     }
 
     #[inline]
@@ -246,26 +281,33 @@ impl Format for Q4_0 {
         // SAFETY: the caller guarantees 18 readable bytes: 2..18 are read.
         _mm256_sub_epi8(unsafe { nibbles(block.add(2)) }, _mm256_set1_epi8(8))
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 18 readable bytes: 2..18 are read.
+        let [low, high] = unsafe { wide_nibbles(block.add(2)) };
+        let eight = _mm256_set1_epi16(8);
+        [_mm256_sub_epi16(low, eight), _mm256_sub_epi16(high, eight)]
+    }
 }
 
 impl Format for Q4_1 {
     const BLOCK_BYTES: usize = 20;
     const MINIMUM: bool = true;
     const SIGNED: bool = false;
+    const NIBBLES: bool = true;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_pair(pair: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 40 readable bytes: 0..4 and 20..24 are read.
-        let (first, second) = unsafe { (read_u32(pair), read_u32(pair.add(20))) };
-        _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(first), second))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn scales_one(block: *const u8) -> __m128 {
-        // SAFETY: the caller guarantees 20 readable bytes: 0..4 are read.
-        _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { read_u32(block) }))
+    unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
+        // SAFETY: the caller guarantees COUNT blocks of 20 bytes: 0..4 of each are read.
+        let [pair0, pair1, pair2, pair3] = unsafe { fields_32::<COUNT>(first, Self::BLOCK_BYTES) };
+        // f16 [d0, m0, d1, m1, d2, m2, d3, m3] reordered to [d0, d1, d2, d3, m0, m1, m2, m3].
+        let order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+        let halves = _mm_shuffle_epi8(_mm_setr_epi32(pair0, pair1, pair2, pair3), order);
+        let floats = _mm256_cvtph_ps(halves);
+        (_mm256_castps256_ps128(floats), _mm256_extractf128_ps::<1>(floats))
     }
 
     #[inline]
@@ -274,30 +316,45 @@ impl Format for Q4_1 {
         // SAFETY: the caller guarantees 20 readable bytes: 4..20 are read.
         unsafe { nibbles(block.add(4)) }
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn wide_codes(block: *const u8) -> [__m256i; 2] {
+        // SAFETY: the caller guarantees 20 readable bytes: 4..20 are read.
+        unsafe { wide_nibbles(block.add(4)) }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
-// Activation widths: one block's integer lanes, grouped as `kernels::integer_lane` says.
+// Activation widths: each block's products in partial sums, then four blocks' exact
+// integer totals.
 
 /// The width of quantized activations, as the integer kernels multiply them.
 trait Width {
     /// `i8` or `i16`.
     type Element: Copy;
-    /// One block's codes made ready for [`Self::lanes`] (once, for every vector).
+    /// One block's codes made ready for [`Self::products`] (once, for every vector).
     type Codes: Copy;
 
-    /// A block's 32 codes (bytes in element order) made ready.
+    /// The codes of a block of `F` at `block`, made ready.
     ///
     /// # Safety
-    /// AVX2, F16C and FMA present.
-    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes;
+    /// `block` must point to `F::BLOCK_BYTES` readable bytes; AVX2, F16C and FMA present.
+    unsafe fn prepare<F: Format>(block: *const u8) -> Self::Codes;
 
-    /// The four integer lanes of one block: `codes` times the 32 activations at `values`,
-    /// element e added to lane (e / 2) mod 4, exactly.
+    /// `codes` times the 32 activations at `values`, in partial sums whose total is the
+    /// block's integer total (`kernels::block_integer_total`), for [`Self::totals`].
     ///
     /// # Safety
     /// `values` must point to 32 readable elements; AVX2, F16C and FMA present.
-    unsafe fn lanes<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m128i;
+    unsafe fn products<F: Format>(codes: Self::Codes, values: *const Self::Element) -> __m256i;
+
+    /// The integer totals `[t0, t1, t2, t3]` of four blocks from their [`Self::products`],
+    /// exactly: every partial sum stays below 32 × 128 × 32767 < 2^31 in magnitude.
+    ///
+    /// # Safety
+    /// AVX2, F16C and FMA present.
+    unsafe fn totals<F: Format>(products: [__m256i; 4]) -> __m128i;
 }
 
 /// 8-bit activations.
@@ -313,27 +370,39 @@ impl Width for Eight {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes {
+    unsafe fn prepare<F: Format>(block: *const u8) -> Self::Codes {
+        // SAFETY: the caller guarantees the block's bytes.
+        let codes = unsafe { F::codes(block) };
         if F::SIGNED { (_mm256_sign_epi8(codes, codes), codes) } else { (codes, codes) }
+    }
+
+    /// Sixteen i16 lanes, lane q = elements 2q and 2q+1 (at most 2 × 128 × 127: no
+    /// saturation, as the activations stay within −127..=127).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn products<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
+        let activations = unsafe { _mm256_loadu_si256(values.cast()) };
+        let activations = if F::SIGNED { _mm256_sign_epi8(activations, codes) } else { activations };
+        _mm256_maddubs_epi16(magnitudes, activations)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn lanes<F: Format>((magnitudes, codes): Self::Codes, values: *const i8) -> __m128i {
-        // SAFETY: the caller guarantees 32 readable bytes; the load is unaligned.
-        let activations = unsafe { _mm256_loadu_si256(values.cast()) };
-        let activations = if F::SIGNED { _mm256_sign_epi8(activations, codes) } else { activations };
-        // i16 lane q = elements 2q and 2q+1 (at most 2 × 128 × 127: no saturation, as the
-        // activations stay within −127..=127).
-        let pairs = _mm256_maddubs_epi16(magnitudes, activations);
-        // Within each half, i16 lanes reordered 0, 4, 1, 5, 2, 6, 3, 7, so that `madd`
-        // adds lanes q and q + 4: i32 lane p then holds elements 2p, 2p+1, 2p+8, 2p+9.
-        let order = _mm256_setr_epi8(
-            0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6,
-            7, 14, 15,
-        );
-        let quads = _mm256_madd_epi16(_mm256_shuffle_epi8(pairs, order), _mm256_set1_epi16(1));
-        _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256::<1>(quads))
+    unsafe fn totals<F: Format>([pairs0, pairs1, pairs2, pairs3]: [__m256i; 4]) -> __m128i {
+        let ones = _mm256_set1_epi16(1);
+        if F::NIBBLES {
+            // Two rounds of neighbouring i16 sums stay within i16 (eight products, see
+            // `Format::NIBBLES`): per 128-bit half, [block 0's two sums, block 1's, block 2's,
+            // block 3's]; `madd` then adds each block's two into an i32.
+            let quads = (_mm256_hadd_epi16(pairs0, pairs1), _mm256_hadd_epi16(pairs2, pairs3));
+            let halves = _mm256_madd_epi16(_mm256_hadd_epi16(quads.0, quads.1), ones);
+            _mm_add_epi32(_mm256_castsi256_si128(halves), _mm256_extracti128_si256::<1>(halves))
+        } else {
+            // Q8_0's pairs come near the i16 limit: `madd` widens them first.
+            let widen = |pairs| _mm256_madd_epi16(pairs, ones);
+            quad_totals([widen(pairs0), widen(pairs1), widen(pairs2), widen(pairs3)])
+        }
     }
 }
 
@@ -344,121 +413,148 @@ impl Width for Sixteen {
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn prepare<F: Format>(codes: __m256i) -> Self::Codes {
-        [
-            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(codes)),
-            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(codes)),
-        ]
+    unsafe fn prepare<F: Format>(block: *const u8) -> Self::Codes {
+        // SAFETY: the caller guarantees the block's bytes.
+        unsafe { F::wide_codes(block) }
+    }
+
+    /// Eight i32 lanes: lane r = elements 2r, 2r+1 and 16+2r, 17+2r.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,fma")]
+    unsafe fn products<F: Format>(codes: Self::Codes, values: *const i16) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the loads are unaligned.
+        let (first, second) =
+            unsafe { (_mm256_loadu_si256(values.cast()), _mm256_loadu_si256(values.add(16).cast())) };
+        // Each product is at most 128 × 32767 in magnitude.
+        _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second))
     }
 
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn lanes<F: Format>(codes: Self::Codes, values: *const i16) -> __m128i {
-        // SAFETY: the caller guarantees 32 readable i16 (64 bytes); the loads are unaligned.
-        let (first, second) =
-            unsafe { (_mm256_loadu_si256(values.cast()), _mm256_loadu_si256(values.add(16).cast())) };
-        // i32 lane r = elements 2r, 2r+1 and 16+2r, 17+2r (each product at most 128 × 32767);
-        // the halves then add lanes r and r + 4.
-        let pairs = _mm256_add_epi32(_mm256_madd_epi16(codes[0], first), _mm256_madd_epi16(codes[1], second));
-        _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256::<1>(pairs))
+    unsafe fn totals<F: Format>(products: [__m256i; 4]) -> __m128i {
+        quad_totals(products)
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// Integer dot products (mirroring `kernels::dot_blocks_integer`).
+// Integer dot products (mirroring `kernels::dot_blocks_integer`): block b of a row goes to
+// float lane b mod 4, so four consecutive blocks take one vector of each float operation.
 
-/// A row's running sums: four lanes of scaled block products, and Q4_1's minimum terms
-/// (even blocks in lane 1, odd blocks in lane 3; lanes 0 and 2 collect unused products).
-#[derive(Clone, Copy)]
-struct Sums {
-    lanes: __m128,
+/// The integer totals `[t0, t1, t2, t3]` of four blocks from their eight i32 partial sums
+/// each.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn quad_totals([sums0, sums1, sums2, sums3]: [__m256i; 4]) -> __m128i {
+    // Per 128-bit half: [block 0's lanes 0+1, 2+3, block 1's 0+1, 2+3], likewise 2 and 3,
+    // then [block 0, 1, 2, 3] of that half; the two halves then add.
+    let halves = _mm256_hadd_epi32(_mm256_hadd_epi32(sums0, sums1), _mm256_hadd_epi32(sums2, sums3));
+    _mm_add_epi32(_mm256_castsi256_si128(halves), _mm256_extracti128_si256::<1>(halves))
+}
+
+/// The activation scales `[s0, s1, s2, s3]` and scaled sums `[ss0, ss1, ss2, ss3]` of the
+/// `COUNT` (1 to 4) blocks whose `[scale, scaled sum]` pairs start at `scales`; 0 in the
+/// lanes of blocks `COUNT .. 4`.
+///
+/// # Safety
+/// `scales` must point to `COUNT` readable pairs; AVX2, F16C and FMA present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn activation_scales<const COUNT: usize>(scales: *const [f32; 2]) -> (__m128, __m128) {
+    if COUNT == 4 {
+        // SAFETY: four pairs are 32 readable bytes; the load is unaligned.
+        let pairs = unsafe { _mm256_loadu_ps(scales.cast()) };
+        let split = _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+        (_mm256_castps256_ps128(split), _mm256_extractf128_ps::<1>(split))
+    } else {
+        // Pairs 0 and 1 (or pair 0 alone) in `low`, pair 2 in `high`: only the caller's
+        // pairs are read, and absent ones are 0.
+        // SAFETY: `COUNT` pairs of 8 bytes are readable; the loads are unaligned.
+        let (low, high) = unsafe {
+            let low = if COUNT >= 2 {
+                _mm_loadu_ps(scales.cast())
+            } else {
+                _mm_castsi128_ps(_mm_loadu_si64(scales.cast()))
+            };
+            let high = if COUNT == 3 {
+                _mm_castsi128_ps(_mm_loadu_si64(scales.add(2).cast()))
+            } else {
+                _mm_setzero_ps()
+            };
+            (low, high)
+        };
+        (_mm_shuffle_ps::<0b10_00_10_00>(low, high), _mm_shuffle_ps::<0b11_01_11_01>(low, high))
+    }
+}
+
+/// Up to four consecutive blocks of a row, unpacked once for every vector they meet.
+struct Blocks<W: Width> {
+    /// Each block's prepared codes (past the blocks present, copies of block 0's).
+    codes: [W::Codes; 4],
+    /// `[d0, d1, d2, d3]`, 0 past the blocks present.
+    scales: __m128,
+    /// Q4_1's `[m0, m1, m2, m3]`, 0 past the blocks present.
     minimums: __m128,
 }
 
-impl Sums {
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    fn new() -> Self {
-        Self { lanes: _mm_setzero_ps(), minimums: _mm_setzero_ps() }
-    }
-
-    /// The dot product: (lane 0 + lane 2) + (lane 1 + lane 3), plus (even + odd minimum
-    /// terms) for Q4_1.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    fn finish<F: Format>(self) -> f32 {
-        let halves = _mm_add_ps(self.lanes, _mm_movehl_ps(self.lanes, self.lanes));
-        let total = _mm_cvtss_f32(_mm_add_ss(halves, _mm_movehdup_ps(halves)));
-        if F::MINIMUM {
-            let odd = _mm_movehl_ps(self.minimums, self.minimums);
-            let (even, odd) =
-                (_mm_cvtss_f32(_mm_movehdup_ps(self.minimums)), _mm_cvtss_f32(_mm_movehdup_ps(odd)));
-            total + (even + odd)
-        } else {
-            total
-        }
-    }
-
-    /// Adds `lanes` scaled by lane `LANE` of `factors`, fused.
-    #[inline]
-    #[target_feature(enable = "avx2,f16c,fma")]
-    fn add_lanes<const LANE: i32>(&mut self, lanes: __m128i, factors: __m128) {
-        self.lanes = _mm_fmadd_ps(_mm_permute_ps::<LANE>(factors), _mm_cvtepi32_ps(lanes), self.lanes);
-    }
-
-    /// Adds a pair of blocks: `weight_scales` from [`Format::scales_pair`], prepared codes,
-    /// the activations at `values` (64) and their block scales at `scales` (2).
+impl<W: Width> Blocks<W> {
+    /// The `COUNT` (1 to 4) blocks of format `F` from `first`.
     ///
     /// # Safety
-    /// `values` must point to 64 readable elements and `scales` to two block scales.
+    /// `first` must point to `COUNT × F::BLOCK_BYTES` readable bytes; AVX2, F16C and FMA
+    /// present.
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn add_pair<F: Format, W: Width>(
-        &mut self,
-        weight_scales: __m128,
-        codes: (W::Codes, W::Codes),
-        values: *const W::Element,
-        scales: *const [f32; 2],
-    ) {
-        // SAFETY: the caller guarantees two block scales (16 bytes); the load is unaligned.
-        let activation_scales = unsafe { _mm_loadu_ps(scales.cast()) };
-        let factors = _mm_mul_ps(weight_scales, activation_scales);
-        if F::MINIMUM {
-            self.minimums = _mm_fmadd_ps(weight_scales, activation_scales, self.minimums);
+    unsafe fn load<F: Format, const COUNT: usize>(first: *const u8) -> Self {
+        // SAFETY: the caller's promise: the blocks read are those below COUNT.
+        unsafe {
+            let mut codes = [W::prepare::<F>(first); 4];
+            for (block, codes) in codes.iter_mut().enumerate().take(COUNT) {
+                *codes = W::prepare::<F>(first.add(block * F::BLOCK_BYTES));
+            }
+            let (scales, minimums) = F::scales::<COUNT>(first);
+            Self { codes, scales, minimums }
         }
-        // SAFETY: the caller guarantees 64 readable elements: 32 for each block.
-        let (first, second) =
-            unsafe { (W::lanes::<F>(codes.0, values), W::lanes::<F>(codes.1, values.add(32))) };
-        self.add_lanes::<0b00_00_00_00>(first, factors);
-        self.add_lanes::<0b10_10_10_10>(second, factors);
     }
 
-    /// Adds one block (the last of an odd count, so an even block).
+    /// `accumulator` plus the `COUNT` blocks dotted with one vector's blocks, whose values
+    /// start at `values` and `[scale, scaled sum]` pairs at `scales`: lane b takes
+    /// `fma(d_b × s_b, t_b, lane)`, then for Q4_1 `fma(m_b, ss_b, lane)`, as the scalar
+    /// order says. Lanes `COUNT .. 4` (whose totals repeat block 0's, finite) add `0 × total`
+    /// and `0 × 0`, which leave them bit for bit as they were (they are never −0).
     ///
     /// # Safety
-    /// `values` must point to 32 readable elements and `scales` to one block scale.
+    /// `values` must point to `COUNT × 32` readable elements and `scales` to `COUNT` pairs;
+    /// AVX2, F16C and FMA present.
     #[inline]
     #[target_feature(enable = "avx2,f16c,fma")]
-    unsafe fn add_one<F: Format, W: Width>(
-        &mut self,
-        weight_scales: __m128,
-        codes: W::Codes,
+    unsafe fn add_to<F: Format, const COUNT: usize>(
+        &self,
+        accumulator: __m128,
         values: *const W::Element,
         scales: *const [f32; 2],
-    ) {
-        // SAFETY: the caller guarantees one block scale.
-        let [scale, scaled_sum] = unsafe { scales.read() };
-        let activation_scales = _mm_setr_ps(scale, scaled_sum, 0.0, 0.0);
-        let factors = _mm_mul_ps(weight_scales, activation_scales);
-        if F::MINIMUM {
-            // Only lanes 0 and 1 change, so the odd blocks' lane 3 keeps its exact bits.
-            let sums = _mm_fmadd_ps(weight_scales, activation_scales, self.minimums);
-            self.minimums = _mm_blend_ps::<0b0011>(self.minimums, sums);
+    ) -> __m128 {
+        // SAFETY: block 0 is present (COUNT ≥ 1), and its 32 values are the caller's.
+        let mut products = [unsafe { W::products::<F>(self.codes[0], values) }; 4];
+        for (block, products) in products.iter_mut().enumerate().take(COUNT) {
+            // SAFETY: block < COUNT, so its 32 values are inside the caller's.
+            *products = unsafe { W::products::<F>(self.codes[block], values.add(block * BLOCK_VALUES)) };
         }
-        // SAFETY: the caller guarantees 32 readable elements.
-        let lanes = unsafe { W::lanes::<F>(codes, values) };
-        self.add_lanes::<0b00_00_00_00>(lanes, factors);
+        // SAFETY: AVX2 is present.
+        let totals = _mm_cvtepi32_ps(unsafe { W::totals::<F>(products) });
+        // SAFETY: the caller guarantees COUNT pairs.
+        let (activation_scales, scaled_sums) = unsafe { activation_scales::<COUNT>(scales) };
+        let accumulator = _mm_fmadd_ps(_mm_mul_ps(self.scales, activation_scales), totals, accumulator);
+        if F::MINIMUM { _mm_fmadd_ps(self.minimums, scaled_sums, accumulator) } else { accumulator }
     }
+}
+
+/// The dot product from its four lanes: (lane 0 + lane 2) + (lane 1 + lane 3), as
+/// `kernels::reduce_quad`.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn finish(lanes: __m128) -> f32 {
+    let halves = _mm_add_ps(lanes, _mm_movehl_ps(lanes, lanes));
+    _mm_cvtss_f32(_mm_add_ss(halves, _mm_movehdup_ps(halves)))
 }
 
 /// How far ahead of the block being read the weight loops ask for a row's bytes. Without
@@ -475,9 +571,45 @@ fn prefetch_ahead(address: *const u8) {
     _mm_prefetch::<_MM_HINT_T0>(address.wrapping_add(PREFETCH_AHEAD).cast())
 }
 
+/// [`prefetch_ahead`] for four blocks of `F` from `first`: one line per 64 bytes of them,
+/// so that consecutive steps leave no line unasked.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn prefetch_four<F: Format>(first: *const u8) {
+    for line in 0..(4 * F::BLOCK_BYTES).div_ceil(64) {
+        prefetch_ahead(first.wrapping_add(line * 64));
+    }
+}
+
 /// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
 fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) -> usize {
     (row_bytes / block_bytes).min(x.values.len() / BLOCK_VALUES).min(x.block_scales.len())
+}
+
+/// `accumulator` plus the last `count` (0 to 3) blocks of a row, from `first`, dotted with
+/// the vector's values and scales from `values` and `scales`.
+///
+/// # Safety
+/// `first` must point to `count` blocks, `values` to `count × 32` elements and `scales` to
+/// `count` pairs, all readable; AVX2, F16C and FMA present.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn add_last<F: Format, W: Width>(
+    accumulator: __m128,
+    count: usize,
+    first: *const u8,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+) -> __m128 {
+    // SAFETY: each arm reads `count` blocks, as the caller allows.
+    unsafe {
+        match count {
+            1 => Blocks::<W>::load::<F, 1>(first).add_to::<F, 1>(accumulator, values, scales),
+            2 => Blocks::<W>::load::<F, 2>(first).add_to::<F, 2>(accumulator, values, scales),
+            3 => Blocks::<W>::load::<F, 3>(first).add_to::<F, 3>(accumulator, values, scales),
+            _ => accumulator,
+        }
+    }
 }
 
 /// Dot product of a row of `F` blocks with activations of width `W`.
@@ -485,40 +617,32 @@ fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) 
 #[target_feature(enable = "avx2,f16c,fma")]
 fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) -> f32 {
     let blocks = common_blocks(row.len(), F::BLOCK_BYTES, &x);
-    let pairs = blocks / 2;
-    let mut sums = Sums::new();
-    let row_pairs = row[..pairs * 2 * F::BLOCK_BYTES].chunks_exact(2 * F::BLOCK_BYTES);
-    let value_pairs = x.values[..pairs * 2 * BLOCK_VALUES].chunks_exact(2 * BLOCK_VALUES);
-    let scale_pairs = x.block_scales[..pairs * 2].chunks_exact(2);
-    for ((pair, values), scales) in row_pairs.zip(value_pairs).zip(scale_pairs) {
-        // SAFETY: `chunks_exact` gives `pair` 2 × BLOCK_BYTES bytes, `values` 64 elements
-        // and `scales` two block scales.
-        unsafe {
-            prefetch_ahead(pair.as_ptr());
-            let weight_scales = F::scales_pair(pair.as_ptr());
-            let codes = (
-                W::prepare::<F>(F::codes(pair.as_ptr())),
-                W::prepare::<F>(F::codes(pair.as_ptr().add(F::BLOCK_BYTES))),
-            );
-            sums.add_pair::<F, W>(weight_scales, codes, values.as_ptr(), scales.as_ptr());
-        }
-    }
-    if blocks % 2 == 1 {
-        let last = blocks - 1;
-        let block = &row[last * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES];
-        let values = &x.values[last * BLOCK_VALUES..blocks * BLOCK_VALUES];
-        // SAFETY: the slices hold one block, its 32 activations and its block scale.
-        unsafe {
-            let codes = W::prepare::<F>(F::codes(block.as_ptr()));
-            sums.add_one::<F, W>(
-                F::scales_one(block.as_ptr()),
-                codes,
+    let whole = blocks - blocks % 4;
+    let mut accumulator = _mm_setzero_ps();
+    let row_steps = row[..whole * F::BLOCK_BYTES].chunks_exact(4 * F::BLOCK_BYTES);
+    let value_steps = x.values[..whole * BLOCK_VALUES].chunks_exact(4 * BLOCK_VALUES);
+    let scale_steps = x.block_scales[..whole].chunks_exact(4);
+    for ((step, values), scales) in row_steps.zip(value_steps).zip(scale_steps) {
+        prefetch_four::<F>(step.as_ptr());
+        // SAFETY: `chunks_exact` gives `step` 4 × BLOCK_BYTES bytes, `values` 128 elements
+        // and `scales` four pairs.
+        accumulator = unsafe {
+            Blocks::<W>::load::<F, 4>(step.as_ptr()).add_to::<F, 4>(
+                accumulator,
                 values.as_ptr(),
-                &x.block_scales[last],
-            );
-        }
+                scales.as_ptr(),
+            )
+        };
     }
-    sums.finish::<F>()
+    let (last, values) =
+        (&row[whole * F::BLOCK_BYTES..blocks * F::BLOCK_BYTES], &x.values[whole * BLOCK_VALUES..]);
+    // SAFETY: `last` holds the `blocks − whole` last blocks, and the vector has their values
+    // and scales past `whole` (`blocks` is at most its block count).
+    unsafe {
+        let scales = x.block_scales[whole..].as_ptr();
+        accumulator = add_last::<F, W>(accumulator, blocks - whole, last.as_ptr(), values.as_ptr(), scales);
+    }
+    finish(accumulator)
 }
 
 /// Rows `first ..` of `matrix` dotted with `x` into `out`, one row after another.
@@ -536,8 +660,8 @@ fn each_row<F: Format, W: Width>(
 }
 
 // ---------------------------------------------------------------------------------------
-// Matrix × N vectors: each pair of weight blocks is loaded and unpacked once, then meets
-// every vector.
+// Matrix × N vectors: each step of four weight blocks is loaded and unpacked once, then
+// meets every vector.
 
 /// Vectors whose running sums one pass over a row keeps; more vectors take further passes.
 const GROUP: usize = 32;
@@ -634,44 +758,61 @@ unsafe fn row_times_group<F: Format, W: Width, const ROOM: usize>(
     scales: *const [f32; 2],
     out: &mut [f32],
 ) {
-    let mut group = [Sums::new(); ROOM];
+    let mut group = [_mm_setzero_ps(); ROOM];
     let group = &mut group[..out.len().min(ROOM)];
-    for pair in 0..blocks / 2 {
-        let block = 2 * pair;
-        // SAFETY: blocks `block` and `block + 1` are inside the row.
-        let (weight_scales, codes) = unsafe {
+    let whole = blocks - blocks % 4;
+    for block in (0..whole).step_by(4) {
+        // SAFETY: blocks `block .. block + 4` are inside the row, and inside each vector's
+        // values and scales.
+        unsafe {
             let address = row.add(block * F::BLOCK_BYTES);
-            prefetch_ahead(address);
-            let codes =
-                (W::prepare::<F>(F::codes(address)), W::prepare::<F>(F::codes(address.add(F::BLOCK_BYTES))));
-            (F::scales_pair(address), codes)
-        };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's blocks `block` and `block + 1` are inside its values and
-            // scales.
-            unsafe {
-                sums.add_pair::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
+            prefetch_four::<F>(address);
+            let four = Blocks::<W>::load::<F, 4>(address);
+            for (vector, accumulator) in group.iter_mut().enumerate() {
+                let at = vector * blocks + block;
+                *accumulator =
+                    four.add_to::<F, 4>(*accumulator, values.add(at * BLOCK_VALUES), scales.add(at));
+            }
         }
     }
-    if blocks % 2 == 1 {
-        let block = blocks - 1;
-        // SAFETY: block `block` is inside the row.
-        let (weight_scales, codes) = unsafe {
-            let address = row.add(block * F::BLOCK_BYTES);
-            (F::scales_one(address), W::prepare::<F>(F::codes(address)))
-        };
-        for (vector, sums) in group.iter_mut().enumerate() {
-            let at = vector * blocks + block;
-            // SAFETY: the vector's block `block` is inside its values and scales.
-            unsafe {
-                sums.add_one::<F, W>(weight_scales, codes, values.add(at * BLOCK_VALUES), scales.add(at))
-            };
+    // SAFETY: blocks `whole .. blocks` are the row's last ones, and each vector's.
+    unsafe {
+        match blocks - whole {
+            1 => last_times_group::<F, W, 1>(row, blocks, values, scales, group),
+            2 => last_times_group::<F, W, 2>(row, blocks, values, scales, group),
+            3 => last_times_group::<F, W, 3>(row, blocks, values, scales, group),
+            _ => {}
         }
     }
-    for (sums, out) in group.iter().zip(out) {
-        *out = sums.finish::<F>();
+    for (accumulator, out) in group.iter().zip(out) {
+        *out = finish(*accumulator);
+    }
+}
+
+/// The last `COUNT` (1 to 3) blocks of a row of `blocks` blocks at `row` added to the
+/// accumulators of `group`'s vectors, laid out as [`row_times_group`] says.
+///
+/// # Safety
+/// As [`row_times_group`], for `group.len()` vectors, with `COUNT` ≤ `blocks`.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+unsafe fn last_times_group<F: Format, W: Width, const COUNT: usize>(
+    row: *const u8,
+    blocks: usize,
+    values: *const W::Element,
+    scales: *const [f32; 2],
+    group: &mut [__m128],
+) {
+    let block = blocks - COUNT;
+    // SAFETY: blocks `block .. blocks` are inside the row, and inside each vector's values
+    // and scales.
+    unsafe {
+        let last = Blocks::<W>::load::<F, COUNT>(row.add(block * F::BLOCK_BYTES));
+        for (vector, accumulator) in group.iter_mut().enumerate() {
+            let at = vector * blocks + block;
+            *accumulator =
+                last.add_to::<F, COUNT>(*accumulator, values.add(at * BLOCK_VALUES), scales.add(at));
+        }
     }
 }
 
@@ -904,4 +1045,84 @@ fn dot_float_blocks(
         }
     }
     reduce(accumulator)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The integer paths at every step length: 1 to 19 blocks (whole steps of four, then
+    //! tails of 1, 2 or 3 blocks; 18 blocks is a 576-column row), single vector and batched.
+
+    use crate::infer::Precision;
+    use crate::infer::kernels::{QuantizedRows, dot_scalar, rows_multi_scalar};
+    use crate::infer::simd;
+    use crate::model::quant::quantize;
+    use crate::model::{Matrix, TensorType};
+    use crate::rand::SplitMix64;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// `rows` rows of `columns` of `tensor_type`, their codes then overwritten with random
+    /// bytes so that every code value occurs (the scales stay the quantizer's).
+    fn random_rows(random: &mut SplitMix64, tensor_type: TensorType, rows: usize, columns: usize) -> Vec<u8> {
+        let values: Vec<f32> = (0..rows * columns).map(|_| random.next_f32() * 4.0 - 2.0).collect();
+        let mut bytes = Vec::new();
+        quantize(tensor_type, &values, &mut bytes);
+        let (block_bytes, header) = match tensor_type {
+            TensorType::Q8_0 => (34, 2),
+            TensorType::Q4_0 => (18, 2),
+            _ => (20, 4),
+        };
+        for block in bytes.chunks_exact_mut(block_bytes) {
+            for code in &mut block[header..] {
+                *code = random.next_u64() as u8;
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn every_step_length_gives_the_scalar_bits() {
+        assert_eq!(simd::instruction_set(), Some("AVX2"), "the AVX2 paths go untested");
+        let mut random = SplitMix64::new(576);
+        let rows = 3;
+        for blocks in 1..=19 {
+            let columns = 32 * blocks;
+            for tensor_type in [TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1] {
+                let data = random_rows(&mut random, tensor_type, rows, columns);
+                let matrix = Matrix { tensor_type, rows, columns, data: &data };
+                for precision in [Precision::Int8, Precision::Int16] {
+                    for vectors in [1, 5] {
+                        let x: Vec<f32> =
+                            (0..vectors * columns).map(|_| random.next_f32() * 6.0 - 3.0).collect();
+                        let mut prepared = QuantizedRows::with_capacity(vectors, columns, precision);
+                        let input = prepared.quantize(&x, columns).expect("the shapes fit");
+                        let what = (blocks, tensor_type, precision, vectors);
+                        let mut expected = vec![0.0f32; rows * vectors];
+                        rows_multi_scalar(&matrix, input, 0, &mut expected);
+                        let mut batched = vec![f32::NAN; rows * vectors];
+                        assert!(
+                            simd::rows_multi(&matrix, input, 0, &mut batched),
+                            "{what:?} has an AVX2 path"
+                        );
+                        for (index, (simd, scalar)) in batched.iter().zip(&expected).enumerate() {
+                            assert_eq!(simd.to_bits(), scalar.to_bits(), "{what:?}, output {index}");
+                        }
+                        for vector in 0..vectors {
+                            let single = input.input(vector, tensor_type).expect("a vector of the batch");
+                            for row in 0..rows {
+                                let scalar = dot_scalar(tensor_type, matrix.row(row), single);
+                                assert_eq!(scalar.to_bits(), expected[row * vectors + vector].to_bits());
+                                let simd = simd::dot(tensor_type, matrix.row(row), single);
+                                assert_eq!(
+                                    simd.map(f32::to_bits),
+                                    Some(scalar.to_bits()),
+                                    "{what:?}, row {row}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
