@@ -109,34 +109,19 @@ pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out:
 // ---------------------------------------------------------------------------------------
 // Weight formats.
 
-/// The 16-bit fields at `first + block × block_bytes` of blocks `0 .. COUNT` (each field
-/// read unaligned), zero for blocks `COUNT .. 4`.
+/// The fields of type `T` (`i16` or `i32`) at the start of blocks `0 .. COUNT` from `first`,
+/// `block_bytes` apart (each read unaligned); zero for blocks `COUNT .. 4`.
 ///
 /// # Safety
-/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` ≥ 2.
+/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` must be at
+/// least the size of `T`.
 #[inline]
 #[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn fields_16<const COUNT: usize>(first: *const u8, block_bytes: usize) -> [i16; 4] {
-    let mut fields = [0i16; 4];
+unsafe fn fields<T: Copy + Default, const COUNT: usize>(first: *const u8, block_bytes: usize) -> [T; 4] {
+    let mut fields = [T::default(); 4];
     for (block, field) in fields.iter_mut().enumerate().take(COUNT) {
-        // SAFETY: block < COUNT, so its first two bytes lie inside the caller's blocks.
-        *field = unsafe { first.add(block * block_bytes).cast::<i16>().read_unaligned() };
-    }
-    fields
-}
-
-/// The 32-bit fields at `first + block × block_bytes` of blocks `0 .. COUNT` (each field
-/// read unaligned), zero for blocks `COUNT .. 4`.
-///
-/// # Safety
-/// `first` must point to `COUNT × block_bytes` readable bytes, and `block_bytes` ≥ 4.
-#[inline]
-#[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn fields_32<const COUNT: usize>(first: *const u8, block_bytes: usize) -> [i32; 4] {
-    let mut fields = [0i32; 4];
-    for (block, field) in fields.iter_mut().enumerate().take(COUNT) {
-        // SAFETY: block < COUNT, so its first four bytes lie inside the caller's blocks.
-        *field = unsafe { first.add(block * block_bytes).cast::<i32>().read_unaligned() };
+        // SAFETY: block < COUNT, so the field's bytes lie inside the caller's blocks.
+        *field = unsafe { first.add(block * block_bytes).cast::<T>().read_unaligned() };
     }
     fields
 }
@@ -228,7 +213,7 @@ unsafe fn wide_nibbles(address: *const u8) -> [__m256i; 2] {
 #[target_feature(enable = "avx2,f16c,fma")]
 unsafe fn scales_only<const COUNT: usize>(first: *const u8, block_bytes: usize) -> (__m128, __m128) {
     // SAFETY: the caller's promise.
-    let [d0, d1, d2, d3] = unsafe { fields_16::<COUNT>(first, block_bytes) };
+    let [d0, d1, d2, d3] = unsafe { fields::<i16, COUNT>(first, block_bytes) };
     (_mm_cvtph_ps(_mm_setr_epi16(d0, d1, d2, d3, 0, 0, 0, 0)), _mm_setzero_ps())
 }
 
@@ -302,7 +287,7 @@ impl Format for Q4_1 {
     #[target_feature(enable = "avx2,f16c,fma")]
     unsafe fn scales<const COUNT: usize>(first: *const u8) -> (__m128, __m128) {
         // SAFETY: the caller guarantees COUNT blocks of 20 bytes: 0..4 of each are read.
-        let [pair0, pair1, pair2, pair3] = unsafe { fields_32::<COUNT>(first, Self::BLOCK_BYTES) };
+        let [pair0, pair1, pair2, pair3] = unsafe { fields::<i32, COUNT>(first, Self::BLOCK_BYTES) };
         // f16 [d0, m0, d1, m1, d2, m2, d3, m3] reordered to [d0, d1, d2, d3, m0, m1, m2, m3].
         let order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
         let halves = _mm_shuffle_epi8(_mm_setr_epi32(pair0, pair1, pair2, pair3), order);
