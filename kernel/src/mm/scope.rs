@@ -64,13 +64,6 @@ pub fn with<T>(kind: TensorKind, work: impl FnOnce() -> T) -> T {
     with_on(current_core(), kind, work)
 }
 
-/// Runs `work` outside any scope (its allocations come from the heap and are counted), then
-/// restores the scope that was in force: for work that is not serving, such as loading a
-/// model, inside a stretch that is.
-pub fn outside<T>(work: impl FnOnce() -> T) -> T {
-    swapped(current_core(), NONE, work)
-}
-
 /// [`with`] on core `core`.
 fn with_on<T>(core: usize, kind: TensorKind, work: impl FnOnce() -> T) -> T {
     swapped(core, code(kind), work)

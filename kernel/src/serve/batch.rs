@@ -510,7 +510,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         batch.pool.drop_cached();
         batch.pool.release_free_chunks();
         self.memory.memory().reclaim_segments();
-        if scope::outside(|| self.stage(&name)).is_ok() {
+        if scope::with(TensorKind::Small, || self.stage(&name)).is_ok() {
             return;
         }
         let mut relief =
@@ -680,14 +680,14 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
     }
 
-    /// Between two rounds: the console, then a slice of background loading or freeing (made
-    /// outside the serving scopes: a model's bookkeeping), and the gap since the last round.
+    /// Between two rounds: the console, then a slice of background loading or freeing (its
+    /// allocations in the small-object scope), and the gap since the last round.
     fn between_rounds(&mut self, batch: &mut Batch<'_, 'a>) {
         self.poll_console();
         let staging_before = self.swap_in_progress();
         let background_started = self.clock.now_ns();
         let budget = self.stage_budget_ns();
-        scope::outside(|| self.background_work(budget));
+        scope::with(TensorKind::Small, || self.background_work(budget));
         let now = self.clock.now_ns();
         let background_ns = now.saturating_sub(background_started);
         self.record_round_gap(now.saturating_sub(batch.round_start_ns), background_ns, staging_before);

@@ -74,6 +74,7 @@ impl<Bytes: Deref<Target = [u8]>> Retired<Bytes> {
             self.longest_unit.note(clock.now_ns().saturating_sub(started), what);
             worked = true;
         }
+        self.drop_empty_lists();
         worked
     }
 
@@ -86,6 +87,19 @@ impl<Bytes: Deref<Target = [u8]>> Retired<Bytes> {
     pub fn release_unheld(&mut self) {
         self.held.retain(|model| Arc::strong_count(model) > 1);
         self.shedding.clear();
+        self.drop_empty_lists();
+    }
+
+    /// Gives back the memory of a list that emptied, so that with nothing retired nothing is
+    /// held (however many models were retired at once before): the idle pools are the same
+    /// after any number of swaps.
+    fn drop_empty_lists(&mut self) {
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
+        if self.shedding.is_empty() {
+            self.shedding = Vec::new();
+        }
     }
 }
 
@@ -142,5 +156,6 @@ mod tests {
         }
         assert_eq!(units, 2, "the weights and the tables, one unit each");
         assert!(!retired.work(&clock, u64::MAX));
+        assert_eq!((retired.held.capacity(), retired.shedding.capacity()), (0, 0), "nothing held when empty");
     }
 }

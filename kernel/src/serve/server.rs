@@ -9,7 +9,7 @@
 //! Memory by type: console lines, parsed requests and command answers are made in the protocol
 //! (RT) pool's allocation scope, a request's own objects in the small-object (slab) scope, the
 //! batch's scratch in the activations pool, and every reply in an RT buffer taken with a
-//! deadline. Loading a model runs outside any scope, on the counted heap.
+//! deadline. Loading a model runs in the small-object scope (see [`super::swap`]).
 
 #![forbid(unsafe_code)]
 
@@ -225,8 +225,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// Handles one complete line: a machine-mode request, a command, or a chat message. Runs in
-    /// the caller's scope (the console's, from [`Server::poll_console`]); a load runs outside
-    /// it, and a request's own copy of its prompt is a small object.
+    /// the caller's scope (the console's, from [`Server::poll_console`]); a load, and a
+    /// request's own copy of its prompt, are small objects.
     pub fn handle_line(&mut self, line: &str) {
         let line = line.trim();
         if line.is_empty() {
@@ -254,9 +254,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     fn start_load(&mut self, name: &str) {
         if self.in_batch || !self.pending.is_empty() {
             // A load that waits for room is retried between rounds (see `make_room`).
-            let _ = scope::outside(|| self.stage(name));
+            let _ = scope::with(TensorKind::Small, || self.stage(name));
         } else {
-            scope::outside(|| self.load(name));
+            scope::with(TensorKind::Small, || self.load(name));
         }
     }
 
@@ -457,12 +457,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.retired.release_unheld();
                 // A load that waited for room gets it now, or fails for good.
                 if let Some(name) = self.room_wanted.take() {
-                    let _ = scope::outside(|| self.stage(&name));
+                    let _ = scope::with(TensorKind::Small, || self.stage(&name));
                 }
             }
             // With nothing generating, a background load finishes at full speed.
             while self.staging.is_some() && self.pending.is_empty() {
-                self.advance_staging(super::swap::STAGE_IDLE_SLICE_NS);
+                scope::with(TensorKind::Small, || self.advance_staging(super::swap::STAGE_IDLE_SLICE_NS));
                 if self.poll_console() {
                     self.say("> ");
                 }

@@ -2,9 +2,10 @@
 //! `/load` when nothing is generating, the background load (a piece between rounds of tokens)
 //! when something is, the swap at a token boundary, and the measure of its pause.
 //!
-//! Everything here runs outside the serving path's allocation scopes. A model itself lives in
-//! two weights-pool buffers (its file, and its tables: tensor index and tokenizer); only a
-//! load's own transient state (the staged load, the file name) is on the counted heap.
+//! A model itself lives in two weights-pool buffers (its file, and its tables: tensor index
+//! and tokenizer). Everything else a load allocates (the staged load, the file name, the
+//! served model's handle and its messages) comes from the small-object scope its callers set
+//! (`scope::with(TensorKind::Small, ..)`), so a swap leaves the counted heap alone.
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +20,8 @@ use super::{
 use crate::{
     hil::BlockDevice,
     mm::{
-        MemError, buffer::TensorBuffer, chunk::Placement, error::Bytes, layout::SEGMENT, tensor::TensorKind,
+        MemError, buffer::TensorBuffer, chunk::Placement, error::Bytes, layout::SEGMENT, scope,
+        tensor::TensorKind,
     },
     telemetry::{self, EventKind, ShortName},
 };
@@ -97,7 +99,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             }
         };
         match first {
-            Some(name) => self.load(&name),
+            Some(name) => scope::with(TensorKind::Small, || self.load(&name)),
             None => self.say_line("no model files in /models on the card"),
         }
         self.arm_read_faults();
