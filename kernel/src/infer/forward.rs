@@ -13,7 +13,8 @@ use core::sync::atomic::AtomicBool;
 
 use spin::{Mutex, RwLock};
 
-use super::kernels::{Precision, Rope, rmsnorm};
+use super::kernels::{Precision, Rope};
+use super::matmul::rmsnorm;
 use super::parallel::{
     self, AttentionInput, LayerJob, LayerOutputs, LeadRows, Lost, Prepared, RowPlace, gather_column,
     normalize_into, product_handout, run_products,
@@ -107,7 +108,7 @@ pub struct State {
     positions: usize,
     /// Each row's sequence and position.
     places: Vec<RowPlace>,
-    /// RoPE angles of the current row's position.
+    /// RoPE angles of each row's position, computed once per pass.
     rope: Rope,
     /// The classifier's products for up to [`LOGIT_ROWS`] sequences (`vocab_size × rows`).
     logits_group: Vec<f32>,
@@ -164,7 +165,7 @@ impl State {
             scores: vec![0.0; parallel::scores_len(positions)],
             positions,
             places: Vec::with_capacity(rows),
-            rope: Rope::new(config.head_dim(), config.rope_base),
+            rope: Rope::new(config.head_dim(), config.rope_base, rows),
             logits_group: vec![0.0; config.vocab_size * rows.min(LOGIT_ROWS)],
             logits: vec![0.0; config.vocab_size],
             candidates: Vec::with_capacity(config.vocab_size),
@@ -183,7 +184,7 @@ impl State {
             + hidden
             + parallel::scores_len(positions.min(config.context_length))
             + config.vocab_size * (1 + rows.min(LOGIT_ROWS))
-            + config.head_dim();
+            + Rope::floats_for(config.head_dim(), rows);
         let places = rows * core::mem::size_of::<RowPlace>();
         (floats * 4
             + config.vocab_size * 8
@@ -314,6 +315,9 @@ fn run_layers(
         let positions = sequence.start..sequence.start + sequence.tokens.len();
         state.places.extend(positions.map(|position| RowPlace { sequence: index, position }));
     }
+    for (row, place) in state.places.iter().enumerate() {
+        state.rope.set_position(row, place.position);
+    }
     for (row, &token) in sequences.iter().flat_map(|sequence| sequence.tokens).enumerate() {
         weights
             .token_embedding
@@ -393,9 +397,8 @@ fn store_keys_and_values(
         gather_column(query, queries, row, rows);
         gather_column(&mut state.key, keys, row, rows);
         gather_column(&mut state.value, values, row, rows);
-        state.rope.set_position(place.position);
-        state.rope.rotate(query);
-        state.rope.rotate(&mut state.key);
+        state.rope.rotate(row, query);
+        state.rope.rotate(row, &mut state.key);
         sequences[place.sequence]
             .kv
             .write(layer, place.position, &state.key, &state.value)

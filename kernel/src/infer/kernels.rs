@@ -9,13 +9,23 @@ use libm::{cosf, expf, fmaf, powf, roundf, sinf, sqrtf};
 use crate::model::quant::{BLOCK_VALUES, f16_to_f32};
 use crate::model::{Matrix, TensorType, Vector};
 
-/// `out = x / rms(x) * weight`.
+/// `out = x / rms(x) * weight`, the sum of squares taken by [`dot_floats`] (the order every
+/// path repeats: `matmul::rmsnorm` gives the same bits).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32) {
-    let sum_of_squares: f32 = x.iter().map(|value| value * value).sum();
+    scale_by_rms(out, x, weight, epsilon, dot_floats(x, x));
+}
+
+/// `out = x / rms(x) * weight` given x's sum of squares; values past the end of `weight`
+/// come out as 0.
+pub fn scale_by_rms(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32, sum_of_squares: f32) {
     let scale = 1.0 / sqrtf(sum_of_squares / x.len() as f32 + epsilon);
-    for (index, (out, value)) in out.iter_mut().zip(x).enumerate() {
-        *out = weight.get(index) * (scale * value);
+    let weights =
+        weight.data.chunks_exact(4).map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+    let mut outputs = out.iter_mut().zip(x);
+    for ((out, value), weight) in (&mut outputs).zip(weights) {
+        *out = weight * (scale * value);
     }
+    outputs.for_each(|(out, _)| *out = 0.0);
 }
 
 /// In-place softmax.
@@ -29,36 +39,57 @@ pub fn softmax(values: &mut [f32]) {
     values.iter_mut().for_each(|value| *value /= sum);
 }
 
-/// Rotation table for one position: the cosine and sine of each pair's angle.
+/// Rotation tables for the rows of a pass: each pair's frequency (computed once), and the
+/// cosine and sine of each pair's angle at each row's position (computed once per pass and
+/// used by every layer).
 #[derive(Clone, Debug)]
 pub struct Rope {
+    frequencies: alloc::vec::Vec<f32>,
+    /// Row r's cosines at `r × pairs ..`.
     cosines: alloc::vec::Vec<f32>,
+    /// Row r's sines at `r × pairs ..`.
     sines: alloc::vec::Vec<f32>,
-    base: f32,
 }
 
 impl Rope {
-    /// A table for heads of `head_dim` values (even) and frequency `base`.
-    pub fn new(head_dim: usize, base: f32) -> Self {
-        Self { cosines: alloc::vec![1.0; head_dim / 2], sines: alloc::vec![0.0; head_dim / 2], base }
+    /// Tables for heads of `head_dim` values (even), frequency `base`, and up to `rows` rows,
+    /// each at position 0: pair i turns by position × base^(−2i / head_dim).
+    pub fn new(head_dim: usize, base: f32, rows: usize) -> Self {
+        let pairs = head_dim / 2;
+        let frequencies =
+            (0..pairs).map(|pair| 1.0 / powf(base, (2 * pair) as f32 / head_dim as f32)).collect();
+        Self { frequencies, cosines: alloc::vec![1.0; pairs * rows], sines: alloc::vec![0.0; pairs * rows] }
     }
 
-    /// Fills the table for `position`: pair i turns by position × base^(−2i / head_dim).
-    pub fn set_position(&mut self, position: usize) {
-        let head_dim = (self.cosines.len() * 2) as f32;
-        for (pair, (cosine, sine)) in self.cosines.iter_mut().zip(self.sines.iter_mut()).enumerate() {
-            let frequency = 1.0 / powf(self.base, (2 * pair) as f32 / head_dim);
+    /// Floats [`Rope::new`] holds.
+    pub fn floats_for(head_dim: usize, rows: usize) -> usize {
+        head_dim / 2 * (1 + 2 * rows)
+    }
+
+    /// Fills row `row`'s table for `position` (rows past the capacity are ignored).
+    pub fn set_position(&mut self, row: usize, position: usize) {
+        let pairs = self.frequencies.len();
+        let range = row * pairs..(row + 1) * pairs;
+        let (Some(cosines), Some(sines)) = (self.cosines.get_mut(range.clone()), self.sines.get_mut(range))
+        else {
+            return;
+        };
+        for ((cosine, sine), frequency) in cosines.iter_mut().zip(sines).zip(&self.frequencies) {
             let angle = position as f32 * frequency;
             *cosine = cosf(angle);
             *sine = sinf(angle);
         }
     }
 
-    /// Rotates adjacent pairs (2i, 2i+1) of every head in `vector`.
-    pub fn rotate(&self, vector: &mut [f32]) {
-        let head_dim = self.cosines.len() * 2;
-        for head in vector.chunks_exact_mut(head_dim) {
-            for (pair, (cosine, sine)) in head.chunks_exact_mut(2).zip(self.cosines.iter().zip(&self.sines)) {
+    /// Rotates adjacent pairs (2i, 2i+1) of every head in `vector` by row `row`'s angles.
+    pub fn rotate(&self, row: usize, vector: &mut [f32]) {
+        let pairs = self.frequencies.len();
+        let range = row * pairs..(row + 1) * pairs;
+        let (Some(cosines), Some(sines)) = (self.cosines.get(range.clone()), self.sines.get(range)) else {
+            return;
+        };
+        for head in vector.chunks_exact_mut(2 * pairs) {
+            for (pair, (cosine, sine)) in head.chunks_exact_mut(2).zip(cosines.iter().zip(sines)) {
                 let (first, second) = (pair[0], pair[1]);
                 pair[0] = first * cosine - second * sine;
                 pair[1] = first * sine + second * cosine;
@@ -993,13 +1024,20 @@ mod tests {
         softmax(&mut values);
         assert!((values.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(values[2] > values[1] && values[1] > values[0]);
-        let mut rope = Rope::new(4, 10_000.0);
-        rope.set_position(0);
+        let mut rope = Rope::new(4, 10_000.0, 2);
+        rope.set_position(0, 0);
+        rope.set_position(1, 1);
         let mut vector = [1.0, 2.0, 3.0, 4.0];
-        rope.rotate(&mut vector);
+        rope.rotate(0, &mut vector);
         assert_eq!(vector, [1.0, 2.0, 3.0, 4.0]);
-        rope.set_position(1);
-        rope.rotate(&mut vector);
+        rope.rotate(1, &mut vector);
         assert!((vector[0] - (cosf(1.0) - 2.0 * sinf(1.0))).abs() < 1e-6);
+        // The second pair turns by 1 × 10000^(−1/2).
+        assert!((vector[2] - (3.0 * cosf(0.01) - 4.0 * sinf(0.01))).abs() < 1e-6);
+        let before = vector;
+        rope.set_position(2, 5);
+        rope.rotate(2, &mut vector);
+        assert_eq!(vector, before, "a row past the capacity is left alone");
+        assert_eq!(Rope::floats_for(4, 2), 2 * 5);
     }
 }

@@ -7,7 +7,7 @@
 
 pub use super::kernels::{BatchInput, QuantizedRows, ShapeError};
 use super::kernels::{Input, QuantizeBlocks, ScalarBlocks, dot_scalar};
-use crate::model::{Matrix, TensorType};
+use crate::model::{Matrix, TensorType, Vector};
 
 /// Most cores a product is split across; any further cores stay idle.
 pub const MAX_CORES: usize = 8;
@@ -111,6 +111,11 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 /// [`super::kernels::dot_floats`]).
 pub fn dot_floats(a: &[f32], b: &[f32]) -> f32 {
     super::simd::dot_floats(a, b).unwrap_or_else(|| super::kernels::dot_floats(a, b))
+}
+
+/// `out = x / rms(x) * weight` on the fastest path (the bits of [`super::kernels::rmsnorm`]).
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32) {
+    super::kernels::scale_by_rms(out, x, weight, epsilon, dot_floats(x, x));
 }
 
 /// `out[i] = weight × values[i] + out[i]`, fused, on the fastest path (the bits of

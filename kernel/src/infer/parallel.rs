@@ -31,8 +31,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::{Mutex, RwLock};
 
 use super::forward::PassSequence;
-use super::kernels::{BatchInput, Precision, QuantizedRows, rmsnorm, softmax};
-use super::matmul::{FastestBlocks, MAX_CORES, accumulate_values, attention_scores, rows_multi, swiglu};
+use super::kernels::{BatchInput, Precision, QuantizedRows, softmax};
+use super::matmul::{
+    FastestBlocks, MAX_CORES, accumulate_values, attention_scores, rmsnorm, rows_multi, swiglu,
+};
 use crate::hil::Cpus;
 use crate::mm::handout::Handout;
 use crate::model::{Config, LayerWeights, Matrix, Vector};
