@@ -430,12 +430,22 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         if !core::mem::take(&mut self.prefix_cold) {
             return None;
         }
-        Some(scope::with(TensorKind::Small, || self.warm_prefix_cache()))
+        Some(self.warm_prefix_cache())
     }
 
     /// Serves forever: a `> ` prompt, then each line; generations run in batches between
     /// console polls. `relax` is called when nothing is waiting.
-    pub fn run(mut self, relax: impl Fn()) -> ! {
+    ///
+    /// Everything the loop allocates comes from a pool: the small-object scope is its default
+    /// (loads, swaps and their reports, the batches' own objects), the console's parts switch
+    /// to the protocol scope and a batch's scratch to the activations pool; the heap keeps
+    /// what boot made.
+    pub fn run(self, relax: impl Fn()) -> ! {
+        scope::with(TensorKind::Small, || self.serve_forever(relax))
+    }
+
+    /// The loop of [`Server::run`], in its scope.
+    fn serve_forever(mut self, relax: impl Fn()) -> ! {
         // The boot model's shared prompt prefix is computed before the prompt appears.
         self.warm_if_cold();
         self.say("Type /help for commands, or a JSON request for machine mode.\r\n> ");
@@ -449,7 +459,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             if !self.pending.is_empty() {
                 self.in_batch = true;
                 self.desk.set_generating(true);
-                scope::with(TensorKind::Small, || self.serve_batch());
+                self.serve_batch();
                 self.desk.set_generating(false);
                 self.in_batch = false;
                 self.cancels.clear();
@@ -457,12 +467,12 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                 self.retired.release_unheld();
                 // A load that waited for room gets it now, or fails for good.
                 if let Some(name) = self.room_wanted.take() {
-                    let _ = scope::with(TensorKind::Small, || self.stage(&name));
+                    let _ = self.stage(&name);
                 }
             }
             // With nothing generating, a background load finishes at full speed.
             while self.staging.is_some() && self.pending.is_empty() {
-                scope::with(TensorKind::Small, || self.advance_staging(super::swap::STAGE_IDLE_SLICE_NS));
+                self.advance_staging(super::swap::STAGE_IDLE_SLICE_NS);
                 if self.poll_console() {
                     self.say("> ");
                 }

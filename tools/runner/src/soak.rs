@@ -251,8 +251,17 @@ pub struct PoolUse {
     pub peak_bytes: u64,
 }
 
-/// The pools of a `mem` record line, and the heap's live bytes.
-pub fn mem_pools(line: &str) -> Option<(Vec<PoolUse>, u64)> {
+/// The heap of a `mem` record: live bytes, and allocations since power-on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapUse {
+    /// Bytes held by live allocations.
+    pub live_bytes: u64,
+    /// Allocations since power-on.
+    pub allocations: u64,
+}
+
+/// The pools of a `mem` record line, and the heap's use.
+pub fn mem_pools(line: &str) -> Option<(Vec<PoolUse>, HeapUse)> {
     let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
     if value.get("event")?.as_str()? != "mem" {
         return None;
@@ -269,7 +278,11 @@ pub fn mem_pools(line: &str) -> Option<(Vec<PoolUse>, u64)> {
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    let heap = value.get("heap")?.get("live_bytes")?.as_u64()?;
+    let heap = value.get("heap")?;
+    let heap = HeapUse {
+        live_bytes: heap.get("live_bytes")?.as_u64()?,
+        allocations: heap.get("allocations")?.as_u64()?,
+    };
     Some((pools, heap))
 }
 
@@ -390,7 +403,7 @@ mod tests {
     fn mem_records_and_stats_reports_are_read() {
         let line = r#"{"id":4,"event":"mem","ram_bytes":1,"pools":[{"kind":"dma","capacity_bytes":2,"live_bytes":0,"peak_bytes":144,"allocations":1,"failures":0},{"kind":"kv","capacity_bytes":2,"live_bytes":1048576,"peak_bytes":1048576,"allocations":1,"failures":0}],"heap":{"capacity_bytes":16,"live_bytes":6038801,"peak_bytes":6039229,"allocations":140,"pool_metadata_bytes":560},"arena":{}}"#;
         let (pools, heap) = mem_pools(line).unwrap();
-        assert_eq!(heap, 6_038_801);
+        assert_eq!(heap, HeapUse { live_bytes: 6_038_801, allocations: 140 });
         assert_eq!(pools[1], PoolUse { kind: "kv".into(), live_bytes: 1_048_576, peak_bytes: 1_048_576 });
         let report = "> /stats\r\nmodel        tiny-q8.gguf\r\nrejected     7 lines\r\n\
             busy         2 lines turned away (the console queue was full)\r\n\

@@ -3,7 +3,8 @@
 //! several in flight, cancels, human chat, `/load` swaps back and forth, `/stats`, `/mem`,
 //! `/trace` and their machine-mode forms, binary noise, overlong lines, invalid UTF-8), then
 //! checks that every request ended with `done` or `error`, that every pool's live bytes are back
-//! at the idle baseline, that the console dropped no byte, that no control command missed its
+//! at the idle baseline, that the heap served nothing after it (serving and loading allocate
+//! from the pools), that the console dropped no byte, that no control command missed its
 //! deadline and that the kernel still answers.
 //!
 //! Usage: `tessera-soak [--minutes N] [--seed S] [--image build/kernel8.img] [--machine raspi3b]`
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use runner::soak::{Action, Expect, MAX_IN_FLIGHT, Mix, PoolUse, Report, StatsFigures, Tracker};
+use runner::soak::{Action, Expect, HeapUse, MAX_IN_FLIGHT, Mix, PoolUse, Report, StatsFigures, Tracker};
 use runner::{Patience, Session};
 
 /// The two models the soak swaps between.
@@ -444,7 +445,7 @@ fn settle(driver: &mut Driver) -> Result<(), String> {
 /// The kernel's memory and counters when idle (see [`idle_memory`]).
 struct Idle {
     pools: Vec<PoolUse>,
-    heap: u64,
+    heap: HeapUse,
     snapshot_bytes: u64,
     stats: StatsFigures,
     /// Bytes sent up to and with the `/stats` line.
@@ -485,9 +486,15 @@ fn finish(driver: &mut Driver, baseline: &Idle) -> Result<(), String> {
 const SETTLE_ATTEMPTS: usize = 3;
 
 /// Each pool whose idle live bytes differ from the baseline's (the protocol pool by more than
-/// its stats snapshot explains).
+/// its stats snapshot explains), and the heap if it served anything since the baseline.
 fn pool_differences(idle: &Idle, baseline: &Idle) -> Vec<String> {
     let mut problems = Vec::new();
+    if idle.heap != baseline.heap {
+        problems.push(format!(
+            "the heap holds {} live bytes after {} allocations, {} after {} at the baseline",
+            idle.heap.live_bytes, idle.heap.allocations, baseline.heap.live_bytes, baseline.heap.allocations
+        ));
+    }
     for (now, before) in idle.pools.iter().zip(&baseline.pools) {
         let allowed = if now.kind == "protocol" {
             runner::soak::snapshot_allowance(baseline.snapshot_bytes, idle.snapshot_bytes)
@@ -551,7 +558,12 @@ fn print_figures(driver: &Driver, idle: &Idle, baseline: &Idle) {
             .join(", ")
     );
     println!(
-        "stats snapshot {} bytes at the end, {} at the baseline; heap live bytes {} at the end, {} at the baseline",
-        idle.snapshot_bytes, baseline.snapshot_bytes, idle.heap, baseline.heap
+        "stats snapshot {} bytes at the end, {} at the baseline; heap live bytes {} at the end, {} at the baseline; heap allocations {} at the end, {} at the baseline",
+        idle.snapshot_bytes,
+        baseline.snapshot_bytes,
+        idle.heap.live_bytes,
+        baseline.heap.live_bytes,
+        idle.heap.allocations,
+        baseline.heap.allocations
     );
 }
