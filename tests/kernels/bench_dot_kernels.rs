@@ -231,6 +231,40 @@ fn count_vector_kernels(random: &mut SplitMix64) {
             neon as f64 / scalar as f64
         );
     }
+    count_attention_head(random);
+}
+
+/// Positions of the attention head benchmark.
+const HEAD_POSITIONS: usize = 256;
+
+/// Instructions per position of one attention head of 64 values over [`HEAD_POSITIONS`]
+/// positions (each row reached through a closure, as the KV stores hand them out): scores and
+/// value sums by the kernels that hold the query or the sums in registers, against one SIMD
+/// call per position (the anchor).
+fn count_attention_head(random: &mut SplitMix64) {
+    let query: Vec<f32> = (0..64).map(|_| random.next_f32() - 0.5).collect();
+    let rows: Vec<f32> = (0..64 * HEAD_POSITIONS).map(|_| random.next_f32() - 0.5).collect();
+    let row = |position: usize| &core::hint::black_box(&rows)[position * 64..(position + 1) * 64];
+    let mut scores = vec![0.0f32; HEAD_POSITIONS];
+    let mut out = vec![0.0f32; 64];
+    let count = |operation: &mut dyn FnMut()| systests::pmu::count(operation);
+    let held_scores = count(&mut || matmul::attention_scores(&query, row, 0.125, &mut scores));
+    let anchor_scores = count(&mut || matmul::attention_scores_by_position(&query, row, 0.125, &mut scores));
+    let held_values = count(&mut || matmul::accumulate_values(&scores, row, &mut out));
+    let anchor_values = count(&mut || matmul::accumulate_values_by_position(&scores, row, &mut out));
+    boot::println!("attention head of 64 values over {HEAD_POSITIONS} positions: instructions per position");
+    boot::println!("| kernel | held in registers | one call per position | held / per position |");
+    boot::println!("|---|---:|---:|---:|");
+    for (name, held, anchor) in
+        [("scores (q.k)", held_scores, anchor_scores), ("value sums", held_values, anchor_values)]
+    {
+        boot::println!(
+            "| {name} | {:.1} | {:.1} | {:.3} |",
+            held as f64 / HEAD_POSITIONS as f64,
+            anchor as f64 / HEAD_POSITIONS as f64,
+            held as f64 / anchor as f64
+        );
+    }
 }
 
 fn main(_info: &'static boot::BootInfo) -> ! {

@@ -2,7 +2,8 @@
 //! (the host tests check AVX2 the same way with proptest): row dot products of Q8_0, Q4_0,
 //! Q4_1 and F32 at each precision, with odd block counts and every code value; the matrix ×
 //! N-vectors kernel at N = 1 to 33 against its scalar reference and against each vector alone;
-//! SwiGLU (and its exponential's edges), attention dot products and scaled sums; block
+//! SwiGLU (and its exponential's edges), attention dot products and scaled sums, whole
+//! attention heads (scores and value sums with the query or the sums held in registers); block
 //! quantization of activations to 8 and 16 bits.
 
 #![no_std]
@@ -220,12 +221,47 @@ fn check_quantization(random: &mut SplitMix64) -> usize {
     checks
 }
 
+/// Whole attention heads of 32, 64 and 128 values (the NEON kernels) and of 48 (the
+/// per-position path) over 0 to 40 positions, one row 8 values short, against the scalar
+/// kernels position by position.
+fn check_attention_heads(random: &mut SplitMix64) -> usize {
+    let mut checks = 0;
+    for (case, width) in [32usize, 64, 128, 48].into_iter().cycle().take(24).enumerate() {
+        let positions = case * 41 / 24;
+        let short = case % 5 * 7;
+        let query = uniform(random, width, 4.0);
+        let keys = uniform(random, positions * width, 4.0);
+        let weights: Vec<f32> = (0..positions).map(|_| random.next_f32()).collect();
+        let row = |position: usize| {
+            let length = if position == short { width - 8 } else { width };
+            &keys[position * width..position * width + length]
+        };
+        let expected: Vec<f32> =
+            (0..positions).map(|position| kernels::dot_floats(&query, row(position)) * 0.125).collect();
+        let mut scores = vec![f32::NAN; positions];
+        matmul::attention_scores(&query, row, 0.125, &mut scores);
+        ensure!(bits(&scores) == bits(&expected), "attention scores, width {width}, {positions} positions");
+        let held = width != 48;
+        ensure!(simd::attention_scores(&query, row, 0.125, &mut scores) == held, "NEON scores for {width}");
+        let mut expected = vec![0.0f32; width];
+        for (position, weight) in weights.iter().enumerate() {
+            kernels::add_scaled(&mut expected, *weight, row(position));
+        }
+        let mut out = vec![f32::NAN; width];
+        matmul::accumulate_values(&weights, row, &mut out);
+        ensure!(bits(&out) == bits(&expected), "attention values, width {width}, {positions} positions");
+        ensure!(simd::accumulate_values(&weights, row, &mut out) == held, "NEON value sums for {width}");
+        checks += 2;
+    }
+    checks
+}
+
 fn main(_info: &'static boot::BootInfo) -> ! {
     ensure!(simd::instruction_set() == Some("NEON"), "no NEON path");
     let mut random = SplitMix64::new(0x51_4D_D0);
     let dots = check_dots(&mut random);
     let products = check_rows_multi(&mut random);
-    let vector_kernels = check_vector_kernels(&mut random);
+    let vector_kernels = check_vector_kernels(&mut random) + check_attention_heads(&mut random);
     let quantized = check_quantization(&mut random);
     boot::println!(
         "NEON equals scalar: {dots} row dot products, {products} matrix x N-vector products, {vector_kernels} vector kernels, {quantized} quantized blocks"

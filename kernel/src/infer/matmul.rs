@@ -127,16 +127,43 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) {
 }
 
 /// One attention head's scores: `scores[p] = (query · key(p)) × scale` for every position
-/// `p` of `scores` ([`dot_floats`] over the head's values).
+/// `p` of `scores` ([`dot_floats`] over the head's values); the SIMD path keeps the query in
+/// registers across the positions.
 pub fn attention_scores<'k>(query: &[f32], key: impl Fn(usize) -> &'k [f32], scale: f32, scores: &mut [f32]) {
+    if !super::simd::attention_scores(query, &key, scale, scores) {
+        attention_scores_by_position(query, key, scale, scores);
+    }
+}
+
+/// [`attention_scores`] one [`dot_floats`] call per position (the path for head widths the
+/// SIMD kernel does not take, and the anchor of its benchmark).
+pub fn attention_scores_by_position<'k>(
+    query: &[f32],
+    key: impl Fn(usize) -> &'k [f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
     for (position, score) in scores.iter_mut().enumerate() {
         *score = dot_floats(query, key(position)) * scale;
     }
 }
 
 /// One attention head's output: `out = Σ weights[p] × value(p)` over the positions of
-/// `weights`, from zero, position by position ([`add_scaled`]).
+/// `weights`, from zero, position by position ([`add_scaled`]); the SIMD path keeps the sums
+/// in registers across the positions.
 pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
+    if !super::simd::accumulate_values(weights, &value, out) {
+        accumulate_values_by_position(weights, value, out);
+    }
+}
+
+/// [`accumulate_values`] one [`add_scaled`] call per position (the path for head widths the
+/// SIMD kernel does not take, and the anchor of its benchmark).
+pub fn accumulate_values_by_position<'v>(
+    weights: &[f32],
+    value: impl Fn(usize) -> &'v [f32],
+    out: &mut [f32],
+) {
     out.fill(0.0);
     for (position, weight) in weights.iter().enumerate() {
         add_scaled(out, *weight, value(position));

@@ -115,5 +115,25 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
     on_this_cpu!(add_scaled(out, weight, values), false)
 }
 
+/// One attention head's scores, `scores[p] = dot_floats(query, key(p)) × scale`, with the
+/// query held in registers across the positions, on this CPU's SIMD path: heads of 32, 64 or
+/// 128 values. `false` (nothing written) otherwise.
+pub fn attention_scores<'k>(
+    query: &[f32],
+    key: impl Fn(usize) -> &'k [f32],
+    scale: f32,
+    scores: &mut [f32],
+) -> bool {
+    on_this_cpu!(attention_scores(query, key, scale, scores), false)
+}
+
+/// One attention head's output, `out = Σ weights[p] × value(p)` from zero, position by
+/// position (each step `add_scaled`'s), with the sums held in registers across the positions,
+/// on this CPU's SIMD path: heads of 32, 64 or 128 values. `false` (nothing written)
+/// otherwise.
+pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) -> bool {
+    on_this_cpu!(accumulate_values(weights, value, out), false)
+}
+
 #[cfg(test)]
 mod tests;

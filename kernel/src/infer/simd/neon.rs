@@ -1356,6 +1356,105 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
     true
 }
 
+/// One attention head's scores, as `matmul::attention_scores_by_position`, for heads of 32,
+/// 64 or 128 values; `false` (nothing written) for other widths.
+#[target_feature(enable = "neon")]
+pub fn attention_scores<'k>(
+    query: &[f32],
+    key: impl Fn(usize) -> &'k [f32],
+    scale: f32,
+    scores: &mut [f32],
+) -> bool {
+    match query.len() {
+        32 => scores_with_query_held::<4>(query, key, scale, scores),
+        64 => scores_with_query_held::<8>(query, key, scale, scores),
+        128 => scores_with_query_held::<16>(query, key, scale, scores),
+        _ => return false,
+    }
+    true
+}
+
+/// [`attention_scores`] for a query of `GROUPS` × 8 values, loaded once: each position's dot
+/// product is [`dot_floats`]'s (the same eight lanes, fused, and the same reduction).
+#[inline]
+#[target_feature(enable = "neon")]
+fn scores_with_query_held<'k, const GROUPS: usize>(
+    query: &[f32],
+    key: impl Fn(usize) -> &'k [f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let mut held = [zero(); GROUPS];
+    for (group, values) in held.iter_mut().zip(query.chunks_exact(8)) {
+        // SAFETY: `chunks_exact` gives eight floats.
+        *group = unsafe { load_f32(values.as_ptr()) };
+    }
+    for (position, score) in scores.iter_mut().enumerate() {
+        let key = key(position);
+        if key.len() < 8 * GROUPS {
+            // A short key (no store hands one out): the dot product over what there is.
+            *score = dot_floats(query, key).unwrap_or_default() * scale;
+            continue;
+        }
+        let mut lanes = zero();
+        for (group, query) in held.iter().enumerate() {
+            // SAFETY: the key holds at least 8 × GROUPS floats, checked above.
+            lanes = multiply_add(lanes, *query, unsafe { load_f32(key.as_ptr().add(8 * group)) });
+        }
+        *score = reduce(lanes) * scale;
+    }
+}
+
+/// One attention head's output, as `matmul::accumulate_values_by_position`, for heads of 32,
+/// 64 or 128 values; `false` (nothing written) for other widths.
+#[target_feature(enable = "neon")]
+pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) -> bool {
+    match out.len() {
+        32 => values_with_sums_held::<8>(weights, value, out),
+        64 => values_with_sums_held::<16>(weights, value, out),
+        128 => values_with_sums_held::<32>(weights, value, out),
+        _ => return false,
+    }
+    true
+}
+
+/// [`accumulate_values`] for `QUADS` × 4 outputs held in registers: each position adds its
+/// weighted values as [`add_scaled`] does (one fused multiply-add per value, from zero).
+#[inline]
+#[target_feature(enable = "neon")]
+fn values_with_sums_held<'v, const QUADS: usize>(
+    weights: &[f32],
+    value: impl Fn(usize) -> &'v [f32],
+    out: &mut [f32],
+) {
+    let store = |sums: &[float32x4_t; QUADS], out: &mut [f32]| {
+        for (sum, outs) in sums.iter().zip(out.chunks_exact_mut(4)) {
+            // SAFETY: `chunks_exact_mut` gives four floats.
+            unsafe { store_4_f32(outs.as_mut_ptr(), *sum) };
+        }
+    };
+    let mut sums = [vdupq_n_f32(0.0); QUADS];
+    for (position, &weight) in weights.iter().enumerate() {
+        let values = value(position);
+        if values.len() < 4 * QUADS {
+            // A short row (no store hands one out): its values added through memory.
+            store(&sums, out);
+            add_scaled(out, weight, values);
+            for (sum, outs) in sums.iter_mut().zip(out.chunks_exact(4)) {
+                // SAFETY: `chunks_exact` gives four floats.
+                *sum = unsafe { load_4_f32(outs.as_ptr()) };
+            }
+            continue;
+        }
+        let weight = vdupq_n_f32(weight);
+        for (quad, sum) in sums.iter_mut().enumerate() {
+            // SAFETY: the row holds at least 4 × QUADS floats, checked above.
+            *sum = vfmaq_f32(*sum, unsafe { load_4_f32(values.as_ptr().add(4 * quad)) }, weight);
+        }
+    }
+    store(&sums, out);
+}
+
 // ---------------------------------------------------------------------------------------
 // Float activations (mirroring `kernels::dot_f32` and `kernels::dot_blocks_float`).
 

@@ -146,6 +146,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn attention_heads_equal_the_scalar_kernels_position_by_position(
+        width in prop::sample::select(vec![16usize, 32, 48, 64, 128]),
+        positions in 0usize..40,
+        short in 0usize..48,
+        query in proptest::collection::vec(-4.0f32..4.0, 128),
+        keys in proptest::collection::vec(-4.0f32..4.0, 40 * 128),
+        weights in proptest::collection::vec(0.0f32..1.0, 40),
+    ) {
+        let query = &query[..width];
+        // Row `short` (if it is one of the positions) is 8 values short of the head.
+        let row = |position: usize| {
+            let length = if position == short { width - 8 } else { width };
+            &keys[position * width..position * width + length]
+        };
+        let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+        let scale = 0.125;
+        let expected: Vec<f32> =
+            (0..positions).map(|position| kernels::dot_floats(query, row(position)) * scale).collect();
+        let mut scores = vec![f32::NAN; positions];
+        matmul::attention_scores(query, row, scale, &mut scores);
+        prop_assert_eq!(bits(&scores), bits(&expected), "scores, width {}", width);
+        let held = matches!(width, 32 | 64 | 128) && instruction_set().is_some();
+        prop_assert_eq!(attention_scores(query, row, scale, &mut scores), held, "a SIMD path for width {}", width);
+
+        let weights = &weights[..positions];
+        let mut expected = vec![0.0f32; width];
+        for (position, weight) in weights.iter().enumerate() {
+            kernels::add_scaled(&mut expected, *weight, row(position));
+        }
+        let mut out = vec![f32::NAN; width];
+        matmul::accumulate_values(weights, row, &mut out);
+        prop_assert_eq!(bits(&out), bits(&expected), "values, width {}", width);
+        prop_assert_eq!(accumulate_values(weights, row, &mut out), held, "a SIMD path for width {}", width);
+    }
+}
+
 #[test]
 fn simd_swiglu_matches_at_the_exponential_s_edges() {
     // Beyond the clamp on both sides, at zero and its sign, at the extremes, and NaN.
