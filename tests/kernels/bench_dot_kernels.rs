@@ -196,8 +196,9 @@ fn count_rows_multi(random: &mut SplitMix64) {
     }
 }
 
-/// Instructions per element of SwiGLU (1536 values, SmolLM2's FFN width) and of an attention
-/// query-key dot product and value sum (64 values, its head width), NEON against scalar.
+/// Instructions per element of SwiGLU (1536 values, SmolLM2's FFN width), of an attention
+/// query-key dot product and value sum (64 values, its head width) and of softmax (1536
+/// values), NEON against scalar.
 fn count_vector_kernels(random: &mut SplitMix64) {
     let gate: Vec<f32> = (0..ROWS).map(|_| random.next_f32() * 8.0 - 4.0).collect();
     let up: Vec<f32> = (0..ROWS).map(|_| random.next_f32() * 2.0 - 1.0).collect();
@@ -216,6 +217,11 @@ fn count_vector_kernels(random: &mut SplitMix64) {
     let mut out = vec![0.0f32; 64];
     let neon_sum = count(&mut || matmul::add_scaled(core::hint::black_box(&mut out), 0.25, key));
     let scalar_sum = count(&mut || kernels::add_scaled(core::hint::black_box(&mut out), 0.25, key));
+    let scores: Vec<f32> = gate.iter().map(|value| value * 4.0).collect();
+    let mut values = scores.clone();
+    let neon_softmax = count(&mut || matmul::softmax(core::hint::black_box(&mut values)));
+    let mut values = scores;
+    let scalar_softmax = count(&mut || kernels::softmax(core::hint::black_box(&mut values)));
     boot::println!("vector kernels: instructions per element");
     boot::println!("| kernel | NEON | scalar | NEON / scalar |");
     boot::println!("|---|---:|---:|---:|");
@@ -223,6 +229,7 @@ fn count_vector_kernels(random: &mut SplitMix64) {
         ("SwiGLU (1536)", neon_swiglu, scalar_swiglu, ROWS),
         ("attention q.k (64)", neon_dot, scalar_dot, 64),
         ("attention value sum (64)", neon_sum, scalar_sum, 64),
+        ("softmax (1536)", neon_softmax, scalar_softmax, ROWS),
     ] {
         boot::println!(
             "| {name} | {:.2} | {:.2} | {:.3} |",

@@ -2,7 +2,7 @@
 //! (the host tests check AVX2 the same way with proptest): row dot products of Q8_0, Q4_0,
 //! Q4_1 and F32 at each precision, with odd block counts and every code value; the matrix ×
 //! N-vectors kernel at N = 1 to 33 against its scalar reference and against each vector alone;
-//! SwiGLU (and its exponential's edges), attention dot products and scaled sums, whole
+//! SwiGLU (and its exponential's edges), softmax, attention dot products and scaled sums, whole
 //! attention heads (scores and value sums with the query or the sums held in registers); block
 //! quantization of activations to 8 and 16 bits.
 
@@ -154,7 +154,12 @@ fn check_vector_kernels(random: &mut SplitMix64) -> usize {
         ensure!(simd::add_scaled(&mut neon, weight, &up), "no NEON add_scaled");
         kernels::add_scaled(&mut scalar, weight, &up);
         ensure!(bits(&neon) == bits(&scalar), "scaled sum of {length}");
-        checks += 3;
+        let scores = uniform(random, length, 60.0);
+        let (mut neon, mut scalar) = (scores.clone(), scores);
+        ensure!(simd::softmax(&mut neon), "no NEON softmax");
+        kernels::softmax(&mut scalar);
+        ensure!(bits(&neon) == bits(&scalar), "softmax of {length}: {neon:?} vs {scalar:?}");
+        checks += 4;
     }
     let edges =
         [-1000.0, -88.5, -87.33, -87.0, -0.0, 0.0, 0.5, 87.33, 88.37, 88.5, 1000.0, f32::MAX, f32::MIN];

@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-use libm::{cosf, expf, fmaf, powf, roundf, sinf, sqrtf};
+use libm::{cosf, fmaf, powf, roundf, sinf, sqrtf};
 
 use crate::model::quant::{BLOCK_VALUES, f16_to_f32};
 use crate::model::{Matrix, TensorType, Vector};
@@ -28,12 +28,23 @@ pub fn scale_by_rms(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32
     outputs.for_each(|(out, _)| *out = 0.0);
 }
 
-/// In-place softmax.
+/// In-place softmax, in the order the SIMD paths repeat: the maximum (NaNs ignored), each
+/// value's [`exponential`] of its distance from it, their sum in eight lanes (value i in lane
+/// i mod 8, then [`reduce_lanes`], then the values past the last eight one by one), and each
+/// divided by the sum.
 pub fn softmax(values: &mut [f32]) {
     let maximum = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for value in values.iter_mut() {
-        *value = expf(*value - maximum);
+    let mut lanes = [0.0f32; 8];
+    let mut groups = values.chunks_exact_mut(8);
+    for group in &mut groups {
+        for (lane, value) in lanes.iter_mut().zip(group) {
+            *value = exponential(*value - maximum);
+            *lane += *value;
+        }
+    }
+    let mut sum = reduce_lanes(lanes);
+    for value in groups.into_remainder() {
+        *value = exponential(*value - maximum);
         sum += *value;
     }
     values.iter_mut().for_each(|value| *value /= sum);

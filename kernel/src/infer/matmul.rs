@@ -113,6 +113,13 @@ pub fn dot_floats(a: &[f32], b: &[f32]) -> f32 {
     super::simd::dot_floats(a, b).unwrap_or_else(|| super::kernels::dot_floats(a, b))
 }
 
+/// In-place softmax on the fastest path (the bits of [`super::kernels::softmax`]).
+pub fn softmax(values: &mut [f32]) {
+    if !super::simd::softmax(values) {
+        super::kernels::softmax(values);
+    }
+}
+
 /// `out = x / rms(x) * weight` on the fastest path (the bits of [`super::kernels::rmsnorm`]).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: Vector<'_>, epsilon: f32) {
     super::kernels::scale_by_rms(out, x, weight, epsilon, dot_floats(x, x));

@@ -31,9 +31,9 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::{Mutex, RwLock};
 
 use super::forward::PassSequence;
-use super::kernels::{BatchInput, Precision, QuantizedRows, softmax};
+use super::kernels::{BatchInput, Precision, QuantizedRows};
 use super::matmul::{
-    FastestBlocks, MAX_CORES, accumulate_values, attention_scores, rmsnorm, rows_multi, swiglu,
+    FastestBlocks, MAX_CORES, accumulate_values, attention_scores, rmsnorm, rows_multi, softmax, swiglu,
 };
 use crate::hil::Cpus;
 use crate::mm::handout::Handout;

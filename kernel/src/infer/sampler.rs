@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use super::kernels::softmax;
+use super::matmul::softmax;
 use crate::rand::SplitMix64;
 
 /// How to sample.

@@ -115,6 +115,12 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
     on_this_cpu!(add_scaled(out, weight, values), false)
 }
 
+/// In-place softmax on this CPU's SIMD path (the bits of `kernels::softmax`); `false`
+/// (nothing done) without one.
+pub fn softmax(values: &mut [f32]) -> bool {
+    on_this_cpu!(softmax(values), false)
+}
+
 /// One attention head's scores, `scores[p] = dot_floats(query, key(p)) × scale`, with the
 /// query held in registers across the positions, on this CPU's SIMD path: heads of 32, 64 or
 /// 128 values. `false` (nothing written) otherwise.

@@ -1356,6 +1356,45 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
     true
 }
 
+/// In-place softmax, as `kernels::softmax`; always `true` (done).
+#[target_feature(enable = "neon")]
+pub fn softmax(values: &mut [f32]) -> bool {
+    // `fmaxnm` ignores a NaN lane, as `f32::max` does; the maximum does not depend on order.
+    let mut maximum = vdupq_n_f32(f32::NEG_INFINITY);
+    let mut quads = values.chunks_exact(4);
+    for quad in &mut quads {
+        // SAFETY: `chunks_exact` gives four floats.
+        maximum = vmaxnmq_f32(maximum, unsafe { load_4_f32(quad.as_ptr()) });
+    }
+    let maximum = quads.remainder().iter().fold(vmaxnmvq_f32(maximum), |maximum, value| maximum.max(*value));
+    let mut lanes = zero();
+    let mut groups = values.chunks_exact_mut(8);
+    for group in &mut groups {
+        // SAFETY: `chunks_exact_mut` gives eight floats: `load_f32` and the two stores stay
+        // inside them.
+        unsafe {
+            let (low, high) = load_f32(group.as_ptr());
+            let low = exponential_4(vsubq_f32(low, vdupq_n_f32(maximum)));
+            let high = exponential_4(vsubq_f32(high, vdupq_n_f32(maximum)));
+            store_4_f32(group.as_mut_ptr(), low);
+            store_4_f32(group.as_mut_ptr().add(4), high);
+            lanes = (vaddq_f32(lanes.0, low), vaddq_f32(lanes.1, high));
+        }
+    }
+    let mut sum = reduce(lanes);
+    for value in groups.into_remainder() {
+        *value = exponential(*value - maximum);
+        sum += *value;
+    }
+    let mut quads = values.chunks_exact_mut(4);
+    for quad in &mut quads {
+        // SAFETY: `chunks_exact_mut` gives four floats.
+        unsafe { store_4_f32(quad.as_mut_ptr(), vdivq_f32(load_4_f32(quad.as_ptr()), vdupq_n_f32(sum))) };
+    }
+    quads.into_remainder().iter_mut().for_each(|value| *value /= sum);
+    true
+}
+
 /// One attention head's scores, as `matmul::attention_scores_by_position`, for heads of 32,
 /// 64 or 128 values; `false` (nothing written) for other widths.
 #[target_feature(enable = "neon")]

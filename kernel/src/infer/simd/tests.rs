@@ -186,6 +186,40 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn simd_softmax_equals_the_scalar_one(
+        values in proptest::collection::vec(-100.0f32..30.0, 0..70),
+        edge in prop::sample::select(vec![0.0f32, -0.0, f32::NAN, f32::NEG_INFINITY, -1e30, 1e30, 88.0]),
+        at in 0usize..70,
+    ) {
+        let mut values = values;
+        if let Some(value) = values.get_mut(at) {
+            *value = edge;
+        }
+        let mut scalar = values.clone();
+        kernels::softmax(&mut scalar);
+        let mut simd = values.clone();
+        prop_assert_eq!(softmax(&mut simd), instruction_set().is_some());
+        // Every NaN counts as one (a NaN's sign and payload are the hardware's choice).
+        let bits = |values: &[f32]| {
+            values.iter().map(|value| if value.is_nan() { f32::NAN.to_bits() } else { value.to_bits() }).collect::<Vec<_>>()
+        };
+        prop_assert_eq!(bits(&simd), bits(&scalar), "softmax of {:?}", values);
+    }
+}
+
+#[test]
+fn softmax_sums_to_one_and_keeps_the_order() {
+    let mut values = [1.0, 2.0, 3.0, -200.0, 0.5, 2.0, 7.0, 1.0, 0.0];
+    crate::infer::matmul::softmax(&mut values);
+    let sum: f32 = values.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-6, "{values:?}");
+    assert!(values[6] > values[2] && values[2] > values[1] && values[1] > values[0], "{values:?}");
+    assert_eq!(values[1], values[5]);
+    assert!(values[3] < 1e-30, "e^-207 is all but nothing: {}", values[3]);
+}
+
 #[test]
 fn simd_swiglu_matches_at_the_exponential_s_edges() {
     // Beyond the clamp on both sides, at zero and its sign, at the extremes, and NaN.

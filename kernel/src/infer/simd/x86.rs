@@ -898,6 +898,44 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) -> bool {
     true
 }
 
+/// In-place softmax, as `kernels::softmax`; always `true` (done).
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn softmax(values: &mut [f32]) -> bool {
+    // `max_ps` returns its second operand when the first is NaN: the running maximum (never
+    // NaN) is kept, as `f32::max` ignores a NaN; the maximum does not depend on order.
+    let mut maximum = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut groups = values.chunks_exact(8);
+    for group in &mut groups {
+        maximum = _mm256_max_ps(load_f32(group, 0), maximum);
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` is eight writable floats; the store is unaligned.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), maximum) };
+    let maximum =
+        lanes.iter().chain(groups.remainder()).fold(f32::NEG_INFINITY, |maximum, value| maximum.max(*value));
+    let mut sums = _mm256_setzero_ps();
+    let mut groups = values.chunks_exact_mut(8);
+    for group in &mut groups {
+        let exponentials = exponential_8(_mm256_sub_ps(load_f32(group, 0), _mm256_set1_ps(maximum)));
+        // SAFETY: `chunks_exact_mut` gives eight writable floats; the store is unaligned.
+        unsafe { _mm256_storeu_ps(group.as_mut_ptr(), exponentials) };
+        sums = _mm256_add_ps(sums, exponentials);
+    }
+    let mut sum = reduce(sums);
+    for value in groups.into_remainder() {
+        *value = exponential(*value - maximum);
+        sum += *value;
+    }
+    let mut groups = values.chunks_exact_mut(8);
+    for group in &mut groups {
+        let quotients = _mm256_div_ps(load_f32(group, 0), _mm256_set1_ps(sum));
+        // SAFETY: `chunks_exact_mut` gives eight writable floats; the store is unaligned.
+        unsafe { _mm256_storeu_ps(group.as_mut_ptr(), quotients) };
+    }
+    groups.into_remainder().iter_mut().for_each(|value| *value /= sum);
+    true
+}
+
 /// One attention head's scores, as `matmul::attention_scores_by_position`, for heads of 32,
 /// 64 or 128 values; `false` (nothing written) for other widths.
 #[target_feature(enable = "avx2,f16c,fma")]
