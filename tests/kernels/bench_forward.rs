@@ -1,6 +1,7 @@
 //! QEMU benchmark: whole-token instruction counts of SmolLM2's forward pass on one core, for
-//! decoding (one row per pass, with the classifier) and for prefill in chunks of T = 1, 8 and
-//! 32 prompt positions per pass (the classifier only after the last). The model is read off
+//! decoding (one row per pass, with the classifier) after 32 and after 128 positions of
+//! context, and for prefill in chunks of T = 1, 8 and 32 prompt positions per pass (the
+//! classifier only after the last). The model is read off
 //! the card into the weights pool, as kernel8 reads it. Under `-icount shift=0` the PMU counts
 //! instructions retired (event 0x08); its counter is 32 bits, so a count past 2^32 is
 //! completed from the generic timer, which then counts instructions too (1 ns each).
@@ -37,11 +38,11 @@ const MODEL: &str = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Bytes read per call of the file reader.
 const CHUNK: usize = 1 << 20;
 
-/// Positions the KV cache holds: the longest prefill plus the decode steps.
-const POSITIONS: usize = 48;
-
 /// Decode steps measured (after a 32-token prompt).
 const DECODE_STEPS: usize = 4;
+
+/// Positions already in the context of the long-context decode steps.
+const LONG_CONTEXT: usize = 128;
 
 /// Prompt tokens: the id of every fifth vocabulary entry from 1000, a stand-in for text (the
 /// work of a pass does not depend on which tokens it gets).
@@ -139,10 +140,11 @@ fn main(info: &'static boot::BootInfo) -> ! {
     let weights = &model.weights;
     let config = weights.config;
     let precision = Precision::default();
-    let mut state = State::for_batch(&config, precision, POSITIONS, 32);
+    let capacity = LONG_CONTEXT + DECODE_STEPS;
+    let mut state = State::for_batch(&config, precision, capacity, 32);
     let new_kv = || {
-        ContiguousKv::new(config.layers, config.kv_dim(), POSITIONS)
-            .unwrap_or_else(|| systests::fail(format_args!("KV cache of {POSITIONS} positions")))
+        ContiguousKv::new(config.layers, config.kv_dim(), capacity)
+            .unwrap_or_else(|| systests::fail(format_args!("KV cache of {capacity} positions")))
     };
     let prompt: alloc::vec::Vec<u32> = (0..32).map(prompt_token).collect();
     let mut run = |kv: &mut ContiguousKv, tokens: &[u32], start: usize, logits: bool| {
@@ -175,6 +177,19 @@ fn main(info: &'static boot::BootInfo) -> ! {
         .sum();
     per_token[3] = decode / DECODE_STEPS as u64;
     boot::println!("| decode | {} |", per_token[3]);
+    // The same decode steps with LONG_CONTEXT positions before them: what each position of
+    // context adds to a token (attention over it, in every head of every layer).
+    drop(kv);
+    let mut kv = new_kv();
+    let context: alloc::vec::Vec<u32> = (0..LONG_CONTEXT).map(prompt_token).collect();
+    for (index, tokens) in context.chunks(32).enumerate() {
+        run(&mut kv, tokens, index * 32, false);
+    }
+    let long: u64 = (0..DECODE_STEPS)
+        .map(|step| run(&mut kv, &[prompt_token(40 + step)], LONG_CONTEXT + step, true))
+        .sum::<u64>()
+        / DECODE_STEPS as u64;
+    boot::println!("| decode after {LONG_CONTEXT} positions | {long} |");
     boot::println!(
         "| of which the layers' matrix products, T = 32 | {} |",
         layer_products(weights, precision)
@@ -182,6 +197,10 @@ fn main(info: &'static boot::BootInfo) -> ! {
     for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
         boot::println!("prefill T = {chunk}: {:.3}x decode", per_token[slot] as f64 / per_token[3] as f64);
     }
+    boot::println!(
+        "each position of context adds {} instructions to a decoded token",
+        long.saturating_sub(per_token[3]) / (LONG_CONTEXT - prompt.len()) as u64
+    );
     project(per_token[3], PassTraffic::of(weights).at(prompt.len()).total());
     boot::println!("forward instructions done");
     pass()
