@@ -94,6 +94,19 @@ pub trait KvStore: Sync {
     /// The value row of `layer` at `position`. `position` must have been written.
     fn value(&self, layer: usize, position: usize) -> &[f32];
 
+    /// The key rows of `layer` from `position` on, as many consecutive positions as lie
+    /// together in memory (at least `position`'s): the row of `position + i` at `i ×
+    /// kv_dim()`, so that a reader of many positions asks once per run. The default is
+    /// `position`'s row alone. Only the rows of written positions may be read.
+    fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
+        self.key(layer, position)
+    }
+
+    /// The value rows of `layer` from `position` on, as [`KvStore::keys_from`] gives keys.
+    fn values_from(&self, layer: usize, position: usize) -> &[f32] {
+        self.value(layer, position)
+    }
+
     /// Forgets every position at or past `length`.
     fn truncate(&mut self, length: usize);
 }
@@ -122,6 +135,14 @@ impl<Store: KvStore + ?Sized> KvStore for &mut Store {
 
     fn value(&self, layer: usize, position: usize) -> &[f32] {
         (**self).value(layer, position)
+    }
+
+    fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
+        (**self).keys_from(layer, position)
+    }
+
+    fn values_from(&self, layer: usize, position: usize) -> &[f32] {
+        (**self).values_from(layer, position)
     }
 
     fn truncate(&mut self, length: usize) {

@@ -61,6 +61,14 @@ impl KvStore for ContiguousKv {
         &self.values[start..start + self.kv_dim]
     }
 
+    fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
+        &self.keys[self.start(layer, position)..self.start(layer + 1, 0)]
+    }
+
+    fn values_from(&self, layer: usize, position: usize) -> &[f32] {
+        &self.values[self.start(layer, position)..self.start(layer + 1, 0)]
+    }
+
     fn truncate(&mut self, _length: usize) {
         // Rows past `length` are simply rewritten before they are read again.
     }
@@ -78,6 +86,11 @@ mod tests {
         assert_eq!(store.key(1, 2), &[1.0, 2.0, 3.0]);
         assert_eq!(store.value(1, 2), &[4.0, 5.0, 6.0]);
         assert_eq!(store.key(0, 2), &[7.0; 3]);
+        store.write(1, 3, &[9.0; 3], &[10.0; 3]).unwrap();
+        // A layer's rows lie together: the run from position 2 holds positions 2 and 3.
+        assert_eq!(store.keys_from(1, 2), &[1.0, 2.0, 3.0, 9.0, 9.0, 9.0]);
+        assert_eq!(store.values_from(1, 2), &[4.0, 5.0, 6.0, 10.0, 10.0, 10.0]);
+        assert_eq!(store.keys_from(0, 2)[..3], [7.0; 3]);
         assert_eq!(
             store.write(0, 4, &[0.0; 3], &[0.0; 3]),
             Err(KvError::PositionOutOfRange { position: 4, capacity: 4 })

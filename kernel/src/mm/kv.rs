@@ -855,6 +855,19 @@ impl KvStore for PagedKv<'_, '_> {
         &self.blocks[block][start..start + self.kv_dim]
     }
 
+    /// The keys from `position` to the end of its block.
+    fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
+        let (block, offset) = self.locate(layer, position);
+        &self.blocks[block][offset..self.block_tokens * self.kv_dim]
+    }
+
+    /// The values from `position` to the end of its block.
+    fn values_from(&self, layer: usize, position: usize) -> &[f32] {
+        let (block, offset) = self.locate(layer, position);
+        let values = self.block_tokens * self.kv_dim;
+        &self.blocks[block][values + offset..2 * values]
+    }
+
     fn truncate(&mut self, length: usize) {
         let keep = length.div_ceil(self.block_tokens) * self.layers;
         if let Some(compressed) = &mut self.compressed {

@@ -91,9 +91,19 @@ proptest! {
             paged.write(layer, position, &key, &val).unwrap();
             model.insert((layer, position), value);
         }
-        for ((layer, position), value) in model {
+        for (&(layer, position), &value) in &model {
             prop_assert_eq!(paged.key(layer, position), &[f32::from(value); 4]);
             prop_assert_eq!(paged.value(layer, position), &[f32::from(value) + 0.5; 4]);
+            // The runs hold the rows of the following positions of the block, in order.
+            let (keys, values) = (paged.keys_from(layer, position), paged.values_from(layer, position));
+            prop_assert_eq!(keys.len(), (block_tokens - position % block_tokens) * 4);
+            prop_assert_eq!(values.len(), keys.len());
+            for (index, (key, value)) in keys.chunks_exact(4).zip(values.chunks_exact(4)).enumerate() {
+                if let Some(&later) = model.get(&(layer, position + index)) {
+                    prop_assert_eq!(key, &[f32::from(later); 4]);
+                    prop_assert_eq!(value, &[f32::from(later) + 0.5; 4]);
+                }
+            }
         }
     }
 }
