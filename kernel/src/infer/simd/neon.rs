@@ -1486,9 +1486,12 @@ fn values_with_sums_held<'v, const QUADS: usize>(
             continue;
         }
         let weight = vdupq_n_f32(weight);
-        for (quad, sum) in sums.iter_mut().enumerate() {
-            // SAFETY: the row holds at least 4 × QUADS floats, checked above.
-            *sum = vfmaq_f32(*sum, unsafe { load_4_f32(values.as_ptr().add(4 * quad)) }, weight);
+        for (pair, sums) in sums.chunks_exact_mut(2).enumerate() {
+            // SAFETY: the row holds at least 4 × QUADS floats, checked above, and QUADS is
+            // even: each pair of quads reads 8 of them.
+            let (low, high) = unsafe { load_f32(values.as_ptr().add(8 * pair)) };
+            sums[0] = vfmaq_f32(sums[0], low, weight);
+            sums[1] = vfmaq_f32(sums[1], high, weight);
         }
     }
     store(&sums, out);
@@ -1529,8 +1532,19 @@ fn zero() -> Lanes {
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn load_f32(address: *const f32) -> Lanes {
-    // SAFETY: the caller guarantees 8 readable floats: 4 at each address.
-    unsafe { (load_4_f32(address), load_4_f32(address.add(4))) }
+    let (low, high): (float32x4_t, float32x4_t);
+    // SAFETY: the caller guarantees 32 readable bytes; `ldp` of two Q registers reads only
+    // them and writes the output registers.
+    unsafe {
+        asm!(
+            "ldp {low:q}, {high:q}, [{address}]",
+            low = out(vreg) low,
+            high = out(vreg) high,
+            address = in(reg) address,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+    (low, high)
 }
 
 #[target_feature(enable = "neon")]
