@@ -26,16 +26,16 @@ mod x86;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
-/// Calls `function(arguments)` of this CPU's SIMD module and returns its result, or
-/// evaluates to `otherwise` when there is none; `neon function(...)` for a kernel that has a
-/// NEON path only.
+/// Calls `function(arguments)` (or `function::<N>(arguments)`) of this CPU's SIMD module and
+/// returns its result, or evaluates to `otherwise` when there is none; `neon function(...)`
+/// for a kernel that has a NEON path only.
 macro_rules! on_this_cpu {
-    ($function:ident($($argument:expr),*), $otherwise:expr) => {{
-        on_this_cpu!(@neon $function($($argument),*));
+    ($function:ident $(::<$constant:literal>)? ($($argument:expr),*), $otherwise:expr) => {{
+        on_this_cpu!(@neon $function $(::<$constant>)? ($($argument),*));
         #[cfg(target_arch = "x86_64")]
         if x86::has_avx2() {
             // SAFETY: AVX2, F16C and FMA were detected on this CPU just above.
-            return unsafe { x86::$function($($argument),*) };
+            return unsafe { x86::$function $(::<$constant>)? ($($argument),*) };
         }
         let _ = ($($argument,)*);
         $otherwise
@@ -45,11 +45,11 @@ macro_rules! on_this_cpu {
         let _ = ($($argument,)*);
         $otherwise
     }};
-    (@neon $function:ident($($argument:expr),*)) => {
+    (@neon $function:ident $(::<$constant:literal>)? ($($argument:expr),*)) => {
         #[cfg(target_arch = "aarch64")]
         if cfg!(target_feature = "neon") {
             // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
-            return unsafe { neon::$function($($argument),*) };
+            return unsafe { neon::$function $(::<$constant>)? ($($argument),*) };
         }
     };
 }
@@ -130,7 +130,13 @@ pub fn attention_scores<'k>(
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
-    on_this_cpu!(attention_scores(query, key, scale, scores), false)
+    // The query's groups of eight values.
+    match query.len() {
+        32 => on_this_cpu!(scores_with_query_held::<4>(query, key, scale, scores), false),
+        64 => on_this_cpu!(scores_with_query_held::<8>(query, key, scale, scores), false),
+        128 => on_this_cpu!(scores_with_query_held::<16>(query, key, scale, scores), false),
+        _ => false,
+    }
 }
 
 /// One attention head's output, `out = Σ weights[p] × value(p)` from zero, position by
@@ -138,7 +144,13 @@ pub fn attention_scores<'k>(
 /// on this CPU's SIMD path: heads of 32, 64 or 128 values. `false` (nothing written)
 /// otherwise.
 pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) -> bool {
-    on_this_cpu!(accumulate_values(weights, value, out), false)
+    // The head's groups of eight values.
+    match out.len() {
+        32 => on_this_cpu!(values_with_sums_held::<4>(weights, value, out), false),
+        64 => on_this_cpu!(values_with_sums_held::<8>(weights, value, out), false),
+        128 => on_this_cpu!(values_with_sums_held::<16>(weights, value, out), false),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

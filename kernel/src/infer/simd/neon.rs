@@ -1395,34 +1395,20 @@ pub fn softmax(values: &mut [f32]) -> bool {
     true
 }
 
-/// One attention head's scores, as `matmul::attention_scores_by_position`, for heads of 32,
-/// 64 or 128 values; `false` (nothing written) for other widths.
+/// One attention head's scores, as `matmul::attention_scores_by_position`, for a query of
+/// `GROUPS` × 8 values (`false`, nothing written, for another length), loaded once: each
+/// position's dot product is [`dot_floats`]'s (the same eight lanes, fused, and the same
+/// reduction).
 #[target_feature(enable = "neon")]
-pub fn attention_scores<'k>(
+pub fn scores_with_query_held<'k, const GROUPS: usize>(
     query: &[f32],
     key: impl Fn(usize) -> &'k [f32],
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
-    match query.len() {
-        32 => scores_with_query_held::<4>(query, key, scale, scores),
-        64 => scores_with_query_held::<8>(query, key, scale, scores),
-        128 => scores_with_query_held::<16>(query, key, scale, scores),
-        _ => return false,
+    if query.len() != 8 * GROUPS {
+        return false;
     }
-    true
-}
-
-/// [`attention_scores`] for a query of `GROUPS` × 8 values, loaded once: each position's dot
-/// product is [`dot_floats`]'s (the same eight lanes, fused, and the same reduction).
-#[inline]
-#[target_feature(enable = "neon")]
-fn scores_with_query_held<'k, const GROUPS: usize>(
-    query: &[f32],
-    key: impl Fn(usize) -> &'k [f32],
-    scale: f32,
-    scores: &mut [f32],
-) {
     let mut held = [zero(); GROUPS];
     for (group, values) in held.iter_mut().zip(query.chunks_exact(8)) {
         // SAFETY: `chunks_exact` gives eight floats.
@@ -1442,59 +1428,53 @@ fn scores_with_query_held<'k, const GROUPS: usize>(
         }
         *score = reduce(lanes) * scale;
     }
-}
-
-/// One attention head's output, as `matmul::accumulate_values_by_position`, for heads of 32,
-/// 64 or 128 values; `false` (nothing written) for other widths.
-#[target_feature(enable = "neon")]
-pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) -> bool {
-    match out.len() {
-        32 => values_with_sums_held::<8>(weights, value, out),
-        64 => values_with_sums_held::<16>(weights, value, out),
-        128 => values_with_sums_held::<32>(weights, value, out),
-        _ => return false,
-    }
     true
 }
 
-/// [`accumulate_values`] for `QUADS` × 4 outputs held in registers: each position adds its
-/// weighted values as [`add_scaled`] does (one fused multiply-add per value, from zero).
-#[inline]
+/// One attention head's output, as `matmul::accumulate_values_by_position`, for `GROUPS` × 8
+/// outputs (`false`, nothing written, for another length) held in registers: each position
+/// adds its weighted values as [`add_scaled`] does (one fused multiply-add per value, from
+/// zero).
 #[target_feature(enable = "neon")]
-fn values_with_sums_held<'v, const QUADS: usize>(
+pub fn values_with_sums_held<'v, const GROUPS: usize>(
     weights: &[f32],
     value: impl Fn(usize) -> &'v [f32],
     out: &mut [f32],
-) {
-    let store = |sums: &[float32x4_t; QUADS], out: &mut [f32]| {
-        for (sum, outs) in sums.iter().zip(out.chunks_exact_mut(4)) {
-            // SAFETY: `chunks_exact_mut` gives four floats.
-            unsafe { store_4_f32(outs.as_mut_ptr(), *sum) };
+) -> bool {
+    if out.len() != 8 * GROUPS {
+        return false;
+    }
+    let store = |sums: &[Lanes; GROUPS], out: &mut [f32]| {
+        for (sum, outs) in sums.iter().zip(out.chunks_exact_mut(8)) {
+            // SAFETY: `chunks_exact_mut` gives eight floats.
+            unsafe {
+                store_4_f32(outs.as_mut_ptr(), sum.0);
+                store_4_f32(outs.as_mut_ptr().add(4), sum.1);
+            }
         }
     };
-    let mut sums = [vdupq_n_f32(0.0); QUADS];
+    let mut sums = [zero(); GROUPS];
     for (position, &weight) in weights.iter().enumerate() {
         let values = value(position);
-        if values.len() < 4 * QUADS {
+        if values.len() < 8 * GROUPS {
             // A short row (no store hands one out): its values added through memory.
             store(&sums, out);
             add_scaled(out, weight, values);
-            for (sum, outs) in sums.iter_mut().zip(out.chunks_exact(4)) {
-                // SAFETY: `chunks_exact` gives four floats.
-                *sum = unsafe { load_4_f32(outs.as_ptr()) };
+            for (sum, outs) in sums.iter_mut().zip(out.chunks_exact(8)) {
+                // SAFETY: `chunks_exact` gives eight floats.
+                *sum = unsafe { load_f32(outs.as_ptr()) };
             }
             continue;
         }
         let weight = vdupq_n_f32(weight);
-        for (pair, sums) in sums.chunks_exact_mut(2).enumerate() {
-            // SAFETY: the row holds at least 4 × QUADS floats, checked above, and QUADS is
-            // even: each pair of quads reads 8 of them.
-            let (low, high) = unsafe { load_f32(values.as_ptr().add(8 * pair)) };
-            sums[0] = vfmaq_f32(sums[0], low, weight);
-            sums[1] = vfmaq_f32(sums[1], high, weight);
+        for (group, sum) in sums.iter_mut().enumerate() {
+            // SAFETY: the row holds at least 8 × GROUPS floats, checked above.
+            let (low, high) = unsafe { load_f32(values.as_ptr().add(8 * group)) };
+            *sum = (vfmaq_f32(sum.0, low, weight), vfmaq_f32(sum.1, high, weight));
         }
     }
     store(&sums, out);
+    true
 }
 
 // ---------------------------------------------------------------------------------------

@@ -936,34 +936,20 @@ pub fn softmax(values: &mut [f32]) -> bool {
     true
 }
 
-/// One attention head's scores, as `matmul::attention_scores_by_position`, for heads of 32,
-/// 64 or 128 values; `false` (nothing written) for other widths.
+/// One attention head's scores, as `matmul::attention_scores_by_position`, for a query of
+/// `GROUPS` × 8 values (`false`, nothing written, for another length), loaded once: each
+/// position's dot product is [`dot_floats`]'s (the same eight lanes, fused, and the same
+/// reduction).
 #[target_feature(enable = "avx2,f16c,fma")]
-pub fn attention_scores<'k>(
+pub fn scores_with_query_held<'k, const GROUPS: usize>(
     query: &[f32],
     key: impl Fn(usize) -> &'k [f32],
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
-    match query.len() {
-        32 => scores_with_query_held::<4>(query, key, scale, scores),
-        64 => scores_with_query_held::<8>(query, key, scale, scores),
-        128 => scores_with_query_held::<16>(query, key, scale, scores),
-        _ => return false,
+    if query.len() != 8 * GROUPS {
+        return false;
     }
-    true
-}
-
-/// [`attention_scores`] for a query of `GROUPS` × 8 values, loaded once: each position's dot
-/// product is [`dot_floats`]'s (the same eight lanes, fused, and the same reduction).
-#[inline]
-#[target_feature(enable = "avx2,f16c,fma")]
-fn scores_with_query_held<'k, const GROUPS: usize>(
-    query: &[f32],
-    key: impl Fn(usize) -> &'k [f32],
-    scale: f32,
-    scores: &mut [f32],
-) {
     let mut held = [_mm256_setzero_ps(); GROUPS];
     for (group, values) in held.iter_mut().zip(query.chunks_exact(8)) {
         // SAFETY: `chunks_exact` gives eight floats; the load is unaligned.
@@ -984,40 +970,32 @@ fn scores_with_query_held<'k, const GROUPS: usize>(
         }
         *score = reduce(lanes) * scale;
     }
-}
-
-/// One attention head's output, as `matmul::accumulate_values_by_position`, for heads of 32,
-/// 64 or 128 values; `false` (nothing written) for other widths.
-#[target_feature(enable = "avx2,f16c,fma")]
-pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) -> bool {
-    match out.len() {
-        32 => values_with_sums_held::<4>(weights, value, out),
-        64 => values_with_sums_held::<8>(weights, value, out),
-        128 => values_with_sums_held::<16>(weights, value, out),
-        _ => return false,
-    }
     true
 }
 
-/// [`accumulate_values`] for `OCTETS` × 8 outputs held in registers: each position adds its
-/// weighted values as [`add_scaled`] does (one fused multiply-add per value, from zero).
-#[inline]
+/// One attention head's output, as `matmul::accumulate_values_by_position`, for `GROUPS` × 8
+/// outputs (`false`, nothing written, for another length) held in registers: each position
+/// adds its weighted values as [`add_scaled`] does (one fused multiply-add per value, from
+/// zero).
 #[target_feature(enable = "avx2,f16c,fma")]
-fn values_with_sums_held<'v, const OCTETS: usize>(
+pub fn values_with_sums_held<'v, const GROUPS: usize>(
     weights: &[f32],
     value: impl Fn(usize) -> &'v [f32],
     out: &mut [f32],
-) {
-    let store = |sums: &[__m256; OCTETS], out: &mut [f32]| {
+) -> bool {
+    if out.len() != 8 * GROUPS {
+        return false;
+    }
+    let store = |sums: &[__m256; GROUPS], out: &mut [f32]| {
         for (sum, outs) in sums.iter().zip(out.chunks_exact_mut(8)) {
             // SAFETY: `chunks_exact_mut` gives eight floats; the store is unaligned.
             unsafe { _mm256_storeu_ps(outs.as_mut_ptr(), *sum) };
         }
     };
-    let mut sums = [_mm256_setzero_ps(); OCTETS];
+    let mut sums = [_mm256_setzero_ps(); GROUPS];
     for (position, &weight) in weights.iter().enumerate() {
         let values = value(position);
-        if values.len() < 8 * OCTETS {
+        if values.len() < 8 * GROUPS {
             // A short row (no store hands one out): its values added through memory.
             store(&sums, out);
             add_scaled(out, weight, values);
@@ -1028,12 +1006,13 @@ fn values_with_sums_held<'v, const OCTETS: usize>(
         }
         let weight = _mm256_set1_ps(weight);
         for (octet, sum) in sums.iter_mut().enumerate() {
-            // SAFETY: the row holds at least 8 × OCTETS floats, checked above; the load is
+            // SAFETY: the row holds at least 8 × GROUPS floats, checked above; the load is
             // unaligned.
             *sum = _mm256_fmadd_ps(weight, unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * octet)) }, *sum);
         }
     }
     store(&sums, out);
+    true
 }
 
 // ---------------------------------------------------------------------------------------
