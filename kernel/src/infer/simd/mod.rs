@@ -27,11 +27,14 @@ mod x86;
 mod neon;
 
 /// Calls `function(arguments)` (or `function::<N>(arguments)`) of this CPU's SIMD module and
-/// returns its result, or evaluates to `otherwise` when there is none; `neon function(...)`
-/// for a kernel that has a NEON path only.
+/// returns its result, or evaluates to `otherwise` when there is none.
 macro_rules! on_this_cpu {
     ($function:ident $(::<$constant:literal>)? ($($argument:expr),*), $otherwise:expr) => {{
-        on_this_cpu!(@neon $function $(::<$constant>)? ($($argument),*));
+        #[cfg(target_arch = "aarch64")]
+        if cfg!(target_feature = "neon") {
+            // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
+            return unsafe { neon::$function $(::<$constant>)? ($($argument),*) };
+        }
         #[cfg(target_arch = "x86_64")]
         if x86::has_avx2() {
             // SAFETY: AVX2, F16C and FMA were detected on this CPU just above.
@@ -40,30 +43,18 @@ macro_rules! on_this_cpu {
         let _ = ($($argument,)*);
         $otherwise
     }};
-    (neon $function:ident($($argument:expr),*), $otherwise:expr) => {{
-        on_this_cpu!(@neon $function($($argument),*));
-        let _ = ($($argument,)*);
-        $otherwise
-    }};
-    (@neon $function:ident $(::<$constant:literal>)? ($($argument:expr),*)) => {
-        #[cfg(target_arch = "aarch64")]
-        if cfg!(target_feature = "neon") {
-            // SAFETY: NEON is enabled for the whole build, so every CPU running it has NEON.
-            return unsafe { neon::$function $(::<$constant>)? ($($argument),*) };
-        }
-    };
 }
 
 /// Quantizes the whole blocks of `x` to 8 bits as `kernels::ScalarBlocks::int8` does;
-/// `false` when this CPU has no path (NEON only).
+/// `false` (nothing written) when this CPU has no path.
 pub fn quantize_int8(x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]) -> bool {
-    on_this_cpu!(neon quantize_int8(x, out, block_scales), false)
+    on_this_cpu!(quantize_int8(x, out, block_scales), false)
 }
 
 /// Quantizes the whole blocks of `x` to 16 bits as `kernels::ScalarBlocks::int16` does;
-/// `false` when this CPU has no path (NEON only).
+/// `false` (nothing written) when this CPU has no path.
 pub fn quantize_int16(x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]) -> bool {
-    on_this_cpu!(neon quantize_int16(x, out, block_scales), false)
+    on_this_cpu!(quantize_int16(x, out, block_scales), false)
 }
 
 /// The SIMD instruction set in use, if any.

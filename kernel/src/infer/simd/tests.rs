@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::infer::kernels::{
-    self, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar, takes_quantized_input,
+    self, QuantizeBlocks, QuantizedRows, QuantizedVector, ScalarBlocks, dot_scalar, rows_multi_scalar,
+    takes_quantized_input,
 };
 use crate::infer::{Precision, matmul};
 use crate::model::quant::quantize;
@@ -261,4 +262,244 @@ fn simd_swiglu_matches_at_the_exponential_s_edges() {
 fn this_host_has_a_simd_path() {
     // The host CI machines are x86_64 with AVX2 or aarch64 with NEON.
     assert!(instruction_set().is_some(), "no SIMD path on this CPU: the SIMD kernels go untested");
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantizers against `ScalarBlocks`.
+
+/// The bits every output value starts as, so that a value written by one path and left alone
+/// by the other shows.
+const UNTOUCHED_VALUE: i8 = 0x55;
+/// The bits every block scale starts as (a NaN that no arithmetic produces).
+const UNTOUCHED_SCALE: u32 = 0x7fc0_1234;
+
+/// The values and block scales (as bits) that `quantize` leaves in outputs of `values`
+/// elements and `blocks` pairs, each element starting as [`UNTOUCHED_VALUE`] and each scale as
+/// [`UNTOUCHED_SCALE`]; `None` when `quantize` reports that it did nothing.
+fn quantized_by<T: Copy + From<i8>>(
+    x: &[f32],
+    values: usize,
+    blocks: usize,
+    quantize: impl Fn(&[f32], &mut [T], &mut [[f32; 2]]) -> bool,
+) -> Option<(Vec<T>, Vec<u32>)> {
+    let mut out = vec![T::from(UNTOUCHED_VALUE); values];
+    let mut block_scales = vec![[f32::from_bits(UNTOUCHED_SCALE); 2]; blocks];
+    let done = quantize(x, &mut out, &mut block_scales);
+    done.then(|| (out, block_scales.as_flattened().iter().map(|value| value.to_bits()).collect()))
+}
+
+/// The 8-bit quantization of `x` into `values` elements and `blocks` scales by
+/// `ScalarBlocks`.
+fn scalar_int8(x: &[f32], values: usize, blocks: usize) -> (Vec<i8>, Vec<u32>) {
+    let scalar = |x: &[f32], out: &mut [i8], scales: &mut [[f32; 2]]| {
+        ScalarBlocks.int8(x, out, scales);
+        true
+    };
+    quantized_by(x, values, blocks, scalar).expect("the scalar path always quantizes")
+}
+
+/// The 16-bit quantization of `x` into `values` elements and `blocks` scales by
+/// `ScalarBlocks`.
+fn scalar_int16(x: &[f32], values: usize, blocks: usize) -> (Vec<i16>, Vec<u32>) {
+    let scalar = |x: &[f32], out: &mut [i16], scales: &mut [[f32; 2]]| {
+        ScalarBlocks.int16(x, out, scales);
+        true
+    };
+    quantized_by(x, values, blocks, scalar).expect("the scalar path always quantizes")
+}
+
+/// Asserts that this CPU's quantizers give `ScalarBlocks`' bits for `x` into outputs of
+/// `values` elements and `blocks` scales (elements and scales past the whole blocks left
+/// alone by both), and that they have a path on a CPU with SIMD kernels.
+fn assert_quantizers_agree(x: &[f32], values: usize, blocks: usize) {
+    let has_path = instruction_set().is_some();
+    let simd = quantized_by(x, values, blocks, quantize_int8);
+    assert_eq!(simd.is_some(), has_path, "8-bit quantizer path");
+    if let Some(simd) = simd {
+        assert_eq!(simd, scalar_int8(x, values, blocks), "8 bits, x = {x:?}");
+    }
+    let simd = quantized_by(x, values, blocks, quantize_int16);
+    assert_eq!(simd.is_some(), has_path, "16-bit quantizer path");
+    if let Some(simd) = simd {
+        assert_eq!(simd, scalar_int16(x, values, blocks), "16 bits, x = {x:?}");
+    }
+}
+
+/// A float from random `bits` with its biased exponent field set to `exponent` (0 for zero
+/// and subnormals, 255 for infinities and NaN), keeping the random sign and mantissa.
+fn with_exponent(bits: u32, exponent: u32) -> f32 {
+    f32::from_bits((bits & 0x807f_ffff) | (exponent.min(255) << 23))
+}
+
+/// Values dropped into random blocks: NaN of both signs, infinities, zeros of both signs and
+/// the extremes.
+const SPECIAL_VALUES: [f32; 8] =
+    [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, f32::MAX, f32::MIN_POSITIVE];
+
+proptest! {
+    #[test]
+    fn simd_quantizers_equal_the_scalar_quantizer_at_every_magnitude(
+        bits in proptest::collection::vec(any::<u32>(), 5 * 32),
+        exponents in proptest::collection::vec(0u32..=254, 5),
+        spreads in proptest::collection::vec(0u32..=24, 5),
+        specials in proptest::collection::vec((0usize..5 * 32, 0usize..SPECIAL_VALUES.len()), 0..4),
+        length in 0usize..=5 * 32,
+        values in 0usize..=5 * 32,
+        blocks in 0usize..=6,
+    ) {
+        // Each block's values share its exponent, give or take its spread, so that blocks of
+        // every magnitude (subnormal to the largest finite) occur.
+        let mut x: Vec<f32> = bits
+            .iter()
+            .enumerate()
+            .map(|(index, bits)| {
+                let block = index / 32;
+                with_exponent(*bits, exponents[block].saturating_sub(bits % (spreads[block] + 1)))
+            })
+            .collect();
+        for (at, special) in specials {
+            x[at] = SPECIAL_VALUES[special];
+        }
+        assert_quantizers_agree(&x[..length], values, blocks);
+    }
+
+    #[test]
+    fn simd_quantizers_equal_the_scalar_quantizer_on_arbitrary_bits(
+        bits in proptest::collection::vec(any::<u32>(), 0..=4 * 32 + 7),
+    ) {
+        // Every bit pattern, NaN and infinities included, in blocks of wildly mixed
+        // magnitudes.
+        let x: Vec<f32> = bits.iter().map(|bits| f32::from_bits(*bits)).collect();
+        let whole = x.len() / 32;
+        assert_quantizers_agree(&x, x.len(), whole);
+    }
+
+    #[test]
+    fn a_block_s_largest_value_becomes_the_largest_code(
+        mantissas in proptest::collection::vec(-1.0f32..1.0, 32),
+        exponent in -110i32..=127,
+        at in 0usize..32,
+        negative in any::<bool>(),
+    ) {
+        // Magnitudes from 2^-110 up, where 32767 / maximum is finite.
+        let magnitude = libm::ldexpf(1.5, exponent - 1);
+        let mut x: Vec<f32> = mantissas.iter().map(|mantissa| mantissa * magnitude).collect();
+        x[at] = if negative { -magnitude } else { magnitude };
+        let (int8, _) = scalar_int8(&x, 32, 1);
+        let (int16, _) = scalar_int16(&x, 32, 1);
+        prop_assert_eq!(i32::from(int8[at]), if negative { -127 } else { 127 });
+        prop_assert_eq!(i32::from(int16[at]), if negative { -32767 } else { 32767 });
+        assert_quantizers_agree(&x, 32, 1);
+    }
+}
+
+#[test]
+fn simd_quantizers_round_ties_away_from_zero() {
+    // A block whose maximum is `largest` has an inverse of exactly 1, and one whose maximum is
+    // twice that exactly 0.5: every (k + 0.5) × scaling lands on a tie, and the float just
+    // short of it in magnitude lands just short of one.
+    for (largest, highest_tie) in [(127.0f32, 126), (32767.0, 32766)] {
+        let ties: Vec<f32> = (-highest_tie - 1..=highest_tie).map(|k| k as f32 + 0.5).collect();
+        for (scaling, just_short) in [(1.0f32, false), (2.0, false), (1.0, true), (2.0, true)] {
+            let (mut x, mut expected) = (Vec::new(), Vec::new());
+            for chunk in ties.chunks(31) {
+                x.push(largest * scaling);
+                expected.push(largest);
+                for tie in chunk {
+                    let value = if just_short { f32::from_bits(tie.to_bits() - 1) } else { *tie };
+                    x.push(value * scaling);
+                    let truncated = libm::truncf(*tie);
+                    expected.push(if just_short {
+                        truncated
+                    } else {
+                        truncated + libm::copysignf(1.0, *tie)
+                    });
+                }
+                x.resize(x.len().next_multiple_of(32), 0.0);
+                expected.resize(x.len(), 0.0);
+            }
+            let blocks = x.len() / 32;
+            let codes: Vec<f32> = if largest == 127.0 {
+                scalar_int8(&x, x.len(), blocks).0.into_iter().map(f32::from).collect()
+            } else {
+                scalar_int16(&x, x.len(), blocks).0.into_iter().map(f32::from).collect()
+            };
+            assert_eq!(
+                codes,
+                expected,
+                "maximum {}, just short of the ties: {just_short}",
+                largest * scaling
+            );
+            assert_quantizers_agree(&x, x.len(), blocks);
+        }
+    }
+}
+
+/// A block of 32 copies of `fill` with `edits` (index, value) applied.
+fn block_of(fill: f32, edits: &[(usize, f32)]) -> Vec<f32> {
+    let mut block = vec![fill; 32];
+    for (at, value) in edits {
+        block[*at] = *value;
+    }
+    block
+}
+
+#[test]
+fn simd_quantizers_match_the_scalar_quantizer_on_edge_blocks() {
+    let tiny = f32::from_bits(1);
+    let subnormals: Vec<f32> =
+        (0..32u32).map(|index| f32::from_bits((index << 31) | (index * 0x3_1415))).collect();
+    let cases: [(&str, Vec<f32>); 13] = [
+        ("all zeros", block_of(0.0, &[])),
+        ("negative zeros", block_of(-0.0, &[])),
+        ("zeros of both signs and one value", block_of(-0.0, &[(5, 0.0), (6, -3.0)])),
+        ("the smallest subnormal as the maximum", block_of(0.0, &[(0, tiny), (1, -tiny)])),
+        ("subnormals of both signs", subnormals),
+        ("huge values", block_of(1.0e38, &[(3, -1.0e38), (4, 3.0e38), (5, f32::MIN), (6, 1.0)])),
+        ("the largest finite values", block_of(f32::MAX, &[(1, f32::MIN), (2, -0.0), (3, 1.0e30)])),
+        ("an infinity", block_of(1.0, &[(2, f32::INFINITY), (3, -2.0)])),
+        ("a negative infinity", block_of(-1.0, &[(9, f32::NEG_INFINITY), (10, 0.0)])),
+        ("NaN of both signs", block_of(0.25, &[(0, f32::NAN), (7, -f32::NAN), (8, -1.0)])),
+        ("all NaN", block_of(f32::NAN, &[])),
+        ("NaN, infinity and zero", block_of(f32::NAN, &[(1, f32::INFINITY), (2, 0.0), (3, 7.0)])),
+        ("one tiny normal value among zeros", block_of(0.0, &[(31, -f32::MIN_POSITIVE)])),
+    ];
+    for (name, block) in &cases {
+        assert_eq!(block.len(), 32, "{name}");
+        assert_quantizers_agree(block, 32, 1);
+    }
+
+    // What the scalar oracle gives in the cases with a known answer (the SIMD paths were
+    // just checked against it).
+    let of = |name: &str| &cases.iter().find(|(case, _)| *case == name).expect("a case").1;
+    let (codes, scales) = scalar_int8(of("all zeros"), 32, 1);
+    assert!(codes.iter().all(|code| *code == 0) && scales == [0, 0], "all zeros");
+    // An inverse of 127 / 2^-149 overflows to infinity: ±tiny becomes ±∞, which the cast
+    // saturates to 127 and −128, and 0 × ∞ is NaN, which the cast makes 0.
+    let (codes, _) = scalar_int8(of("the smallest subnormal as the maximum"), 32, 1);
+    assert_eq!((codes[0], codes[1], codes[2]), (127, -128, 0));
+    let (codes, _) = scalar_int16(of("the largest finite values"), 32, 1);
+    assert_eq!((codes[0], codes[1], codes[2]), (32767, -32767, 0));
+    // An infinite maximum gives an inverse of 0: every code is 0 and the scaled sum ∞ × 0.
+    let (codes, scales) = scalar_int16(of("an infinity"), 32, 1);
+    assert!(codes.iter().all(|code| *code == 0), "an infinity");
+    assert_eq!(f32::from_bits(scales[0]), f32::INFINITY);
+    assert!(f32::from_bits(scales[1]).is_nan());
+    // NaN is left out of the maximum and becomes 0.
+    let (codes, _) = scalar_int8(of("NaN of both signs"), 32, 1);
+    assert_eq!((codes[0], codes[7], codes[8], codes[9]), (0, 0, -127, 32));
+
+    // All the blocks in one vector; then a partial last block, which is ignored; outputs
+    // shorter than the input (by whole and by partial blocks), and fewer block scales.
+    let all: Vec<f32> = cases.iter().flat_map(|(_, block)| block.iter().copied()).collect();
+    let blocks = cases.len();
+    assert_quantizers_agree(&all, all.len(), blocks);
+    let mut longer = all.clone();
+    longer.extend([5.0, -7.0, f32::INFINITY, 1.0e-3, f32::NAN]);
+    assert_quantizers_agree(&longer, longer.len() + 3, blocks + 2);
+    assert_quantizers_agree(&all, 32 * 4 + 17, blocks);
+    assert_quantizers_agree(&all, 32 * 4, blocks);
+    assert_quantizers_agree(&all, all.len(), 3);
+    assert_quantizers_agree(&all[..31], 31, 1);
+    assert_quantizers_agree(&[], 0, 0);
 }

@@ -1,6 +1,6 @@
 //! The AVX2 kernels (x86_64; F16C and FMA beside AVX2): row dot products, the matrix ×
-//! N-vectors product, SwiGLU and the attention vector operations, each the twin of its
-//! scalar kernel in `kernels`, bit for bit.
+//! N-vectors product, the activation quantizers, SwiGLU and the attention vector operations,
+//! each the twin of its scalar kernel in `kernels`, bit for bit.
 //!
 //! The integer dot products take the weight type and the activation width as type
 //! parameters ([`Format`], [`Width`]), chosen once per band of rows; their block loop takes
@@ -1012,6 +1012,132 @@ pub fn values_with_sums_held<'v, const GROUPS: usize>(
         }
     }
     store(&sums, out);
+    true
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantization (mirroring `kernels::ScalarBlocks`): each value times the block's
+// inverse scale, rounded half away from zero, saturated and narrowed, as
+// `roundf(value) as i8/i16` gives it.
+
+/// The largest magnitude a quantized value of type `T` takes (127 or 32767) and the type's
+/// lowest value (−128 or −32768), both as f32.
+fn range_of<T>() -> (f32, f32) {
+    if core::mem::size_of::<T>() == 1 { (127.0, -128.0) } else { (32767.0, -32768.0) }
+}
+
+/// Eight lanes of `value` with the sign bit cleared (NaN stays NaN).
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn magnitudes(value: __m256) -> __m256 {
+    _mm256_andnot_ps(_mm256_set1_ps(-0.0), value)
+}
+
+/// The largest magnitude of `values` and 0.0, NaN lanes ignored: `f32::max` of the
+/// magnitudes folded from 0.0, as `kernels::quantize_blocks` computes a block's maximum. The
+/// magnitudes are never −0.0 and the running lanes never NaN (`max_ps` gives its second
+/// operand, the running lane, when either is NaN), so the order of the lanes changes nothing.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn largest_magnitude(values: [__m256; 4]) -> f32 {
+    let lanes =
+        values.iter().fold(_mm256_setzero_ps(), |lanes, value| _mm256_max_ps(magnitudes(*value), lanes));
+    let quad = _mm_max_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps::<1>(lanes));
+    let pair = _mm_max_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_max_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+}
+
+/// `roundf(value) as T` on eight lanes, as i32, for the type whose range `range_of` gives as
+/// `(highest, lowest)`.
+///
+/// Rounding: `trunc(value)` and the part it drops (`value − trunc(value)`, exact for every
+/// finite f32: it is the bits of `value` below the units); a dropped part of magnitude ≥ 0.5
+/// moves the truncated value one away from zero (exact: such values are below 2^23 in
+/// magnitude). Infinity keeps its truncation (the dropped part is NaN, which compares
+/// false). Then NaN becomes 0 and the rest is clamped to the type's range, which is what the
+/// saturating cast does; the clamped values are integers, so the conversion is exact.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn round_to_range(value: __m256, highest: __m256, lowest: __m256) -> __m256i {
+    let truncated = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(value);
+    let dropped = magnitudes(_mm256_sub_ps(value, truncated));
+    let away = _mm256_cmp_ps::<_CMP_GE_OQ>(dropped, _mm256_set1_ps(0.5));
+    let sign = _mm256_and_ps(value, _mm256_set1_ps(-0.0));
+    let step = _mm256_and_ps(away, _mm256_or_ps(_mm256_set1_ps(1.0), sign));
+    let rounded = _mm256_add_ps(truncated, step);
+    // max_ps/min_ps give their second operand when either is NaN: NaN lanes stay NaN here,
+    // then the ordered mask makes them 0.
+    let clamped = _mm256_min_ps(highest, _mm256_max_ps(lowest, rounded));
+    let ordered = _mm256_cmp_ps::<_CMP_ORD_Q>(value, value);
+    _mm256_cvttps_epi32(_mm256_and_ps(clamped, ordered))
+}
+
+/// One block of 32 values quantized to type `T`: the values as i32 (already in `T`'s range),
+/// elements 0..8, 8..16, 16..24 and 24..32, and the block's `[scale, scaled sum]`, as
+/// `kernels::quantize_blocks` computes them: the largest magnitude, `scale = maximum /
+/// largest`, `inverse = largest / maximum` (0 for a block without a positive maximum), the
+/// values times `inverse` rounded as `roundf` and cast, and the scale times the values' exact
+/// integer total.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+fn quantize_block<T>(block: &[f32]) -> ([__m256i; 4], [f32; 2]) {
+    let (largest, lowest) = range_of::<T>();
+    let values: [__m256; 4] = core::array::from_fn(|group| load_f32(block, group * 8));
+    let maximum = largest_magnitude(values);
+    let scale = maximum / largest;
+    let inverse = if maximum > 0.0 { largest / maximum } else { 0.0 };
+    let (inverses, highest, lowest) =
+        (_mm256_set1_ps(inverse), _mm256_set1_ps(largest), _mm256_set1_ps(lowest));
+    let rounded = values.map(|value| round_to_range(_mm256_mul_ps(value, inverses), highest, lowest));
+    let sums =
+        _mm256_add_epi32(_mm256_add_epi32(rounded[0], rounded[1]), _mm256_add_epi32(rounded[2], rounded[3]));
+    let quad = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));
+    let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
+    let total = _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<1>(pair)));
+    (rounded, [scale, scale * total as f32])
+}
+
+/// `kernels::ScalarBlocks::int16` on AVX2: the whole blocks that `x`, `out` and
+/// `block_scales` all hold; always `true` (done).
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn quantize_int16(x: &[f32], out: &mut [i16], block_scales: &mut [[f32; 2]]) -> bool {
+    let blocks = x.chunks_exact(BLOCK_VALUES).zip(out.chunks_exact_mut(BLOCK_VALUES));
+    for ((block, out), block_scale) in blocks.zip(block_scales) {
+        let ([first, second, third, fourth], pair) = quantize_block::<i16>(block);
+        // `packs` works within 128-bit halves: the 64-bit quarters come out as elements
+        // 0..4, 8..12, 4..8, 12..16, which the permutation puts back in order. The values
+        // are in range already, so its saturation changes nothing.
+        let order = |packed: __m256i| _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+        let (low, high) =
+            (order(_mm256_packs_epi32(first, second)), order(_mm256_packs_epi32(third, fourth)));
+        // SAFETY: `chunks_exact_mut` gives `out` 32 writable i16 (64 bytes): the two unaligned
+        // stores write bytes 0..32 and 32..64.
+        unsafe {
+            _mm256_storeu_si256(out.as_mut_ptr().cast(), low);
+            _mm256_storeu_si256(out.as_mut_ptr().add(16).cast(), high);
+        }
+        *block_scale = pair;
+    }
+    true
+}
+
+/// `kernels::ScalarBlocks::int8` on AVX2: the whole blocks that `x`, `out` and
+/// `block_scales` all hold; always `true` (done).
+#[target_feature(enable = "avx2,f16c,fma")]
+pub fn quantize_int8(x: &[f32], out: &mut [i8], block_scales: &mut [[f32; 2]]) -> bool {
+    let blocks = x.chunks_exact(BLOCK_VALUES).zip(out.chunks_exact_mut(BLOCK_VALUES));
+    for ((block, out), block_scale) in blocks.zip(block_scales) {
+        let ([first, second, third, fourth], pair) = quantize_block::<i8>(block);
+        // Within 128-bit halves, two `packs` leave the 32-bit quarters as elements 0..4,
+        // 8..12, 16..20, 24..28, 4..8, 12..16, 20..24, 28..32; the permutation puts them back
+        // in order. The values are in range already, so neither saturation changes anything.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(first, second), _mm256_packs_epi32(third, fourth));
+        let bytes = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `chunks_exact_mut` gives `out` 32 writable bytes, which the unaligned store
+        // writes.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), bytes) };
+        *block_scale = pair;
+    }
     true
 }
 
