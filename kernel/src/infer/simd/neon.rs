@@ -1396,9 +1396,9 @@ pub fn softmax(values: &mut [f32]) -> bool {
 }
 
 /// One attention head's scores, as `matmul::attention_scores_by_position`, for a query of
-/// `GROUPS` × 8 values (`false`, nothing written, for another length), loaded once: each
-/// position's dot product is [`dot_floats`]'s (the same eight lanes, fused, and the same
-/// reduction).
+/// `GROUPS` × 8 values (the dispatcher in `simd/mod.rs` picks `GROUPS` from its length),
+/// loaded once: each position's dot product is [`dot_floats`]'s (the same eight lanes, fused,
+/// and the same reduction). Always `true` (done).
 #[target_feature(enable = "neon")]
 pub fn scores_with_query_held<'k, const GROUPS: usize>(
     query: &[f32],
@@ -1406,9 +1406,7 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
-    if query.len() != 8 * GROUPS {
-        return false;
-    }
+    debug_assert_eq!(query.len(), 8 * GROUPS, "the dispatcher picks GROUPS from the query");
     let mut held = [zero(); GROUPS];
     for (group, values) in held.iter_mut().zip(query.chunks_exact(8)) {
         // SAFETY: `chunks_exact` gives eight floats.
@@ -1432,18 +1430,16 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
 }
 
 /// One attention head's output, as `matmul::accumulate_values_by_position`, for `GROUPS` × 8
-/// outputs (`false`, nothing written, for another length) held in registers: each position
-/// adds its weighted values as [`add_scaled`] does (one fused multiply-add per value, from
-/// zero).
+/// outputs (the dispatcher picks `GROUPS` from `out`'s length) held in registers: each
+/// position adds its weighted values as [`add_scaled`] does (one fused multiply-add per value,
+/// from zero). Always `true` (done).
 #[target_feature(enable = "neon")]
 pub fn values_with_sums_held<'v, const GROUPS: usize>(
     weights: &[f32],
     value: impl Fn(usize) -> &'v [f32],
     out: &mut [f32],
 ) -> bool {
-    if out.len() != 8 * GROUPS {
-        return false;
-    }
+    debug_assert_eq!(out.len(), 8 * GROUPS, "the dispatcher picks GROUPS from the output");
     let store = |sums: &[Lanes; GROUPS], out: &mut [f32]| {
         for (sum, outs) in sums.iter().zip(out.chunks_exact_mut(8)) {
             // SAFETY: `chunks_exact_mut` gives eight floats.
