@@ -367,7 +367,8 @@ impl<'a, D: BlockDevice> Server<'a, D> {
              interrupts   {interrupts} handled; longest unserviced {:.3} ms (a 16-byte FIFO fills in 1.39 ms)\r\n\
              swap stall   {}\r\n\
              first token  {}\r\n\
-             control      {answered} answered mid-generation or idle, {} over the {} ms bound\r\n{}",
+             control      {answered} answered mid-generation or idle, {} over the {} ms bound\r\n\
+             desk         {}\r\n{}",
             self.active_model().unwrap_or("(none)"),
             statistics.turns,
             self.cpus.count(),
@@ -396,6 +397,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             },
             counters.deadline_misses(),
             counters.deadline_ns / 1_000_000,
+            self.desk.longest_gap(),
             alloc::format!("{counters}").replace('\n', "\r\n"),
         );
         let bandwidth = alloc::format!("{}", self.governor.statistics().bandwidth);

@@ -166,6 +166,59 @@ pub struct ControlDesk<'memory> {
     generating: AtomicBool,
     cancels: Mutex<Vec<CancelRequest>>,
     misses: Mutex<Vec<(ShortName, u64)>>,
+    gaps: Mutex<Gaps>,
+}
+
+/// Where core 0 served the desk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// The server's poll: between rounds of tokens, between loading steps, while idle.
+    Poll,
+    /// A checkpoint inside a forward pass.
+    Checkpoint,
+}
+
+impl Site {
+    fn name(self) -> &'static str {
+        match self {
+            Site::Poll => "a server poll",
+            Site::Checkpoint => "a pass checkpoint",
+        }
+    }
+}
+
+/// The longest time core 0 went between two services of the desk while it had work: a
+/// control command's wait is at most that plus the reading of what arrived meanwhile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LongestGap {
+    /// The gap, in ns.
+    pub ns: u64,
+    /// The service that opened it.
+    pub from: Option<Site>,
+    /// The service that closed it.
+    pub to: Option<Site>,
+}
+
+impl core::fmt::Display for LongestGap {
+    fn fmt(&self, formatter: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) => write!(
+                formatter,
+                "longest {:.3} ms between two readings while busy (from {} to {})",
+                self.ns as f64 / 1e6,
+                from.name(),
+                to.name()
+            ),
+            _ => formatter.write_str("no gap measured yet"),
+        }
+    }
+}
+
+/// The end of the last service (none after an idle wait) and the longest gap so far.
+#[derive(Default)]
+struct Gaps {
+    last: Option<(u64, Site)>,
+    longest: LongestGap,
 }
 
 impl Default for ControlDesk<'_> {
@@ -203,6 +256,7 @@ impl<'memory> ControlDesk<'memory> {
             generating: AtomicBool::new(false),
             cancels: Mutex::new(Vec::new()),
             misses: Mutex::new(Vec::new()),
+            gaps: Mutex::new(Gaps::default()),
         }
     }
 
@@ -232,6 +286,17 @@ impl<'memory> ControlDesk<'memory> {
         core::mem::take(&mut *self.misses.lock())
     }
 
+    /// Tells the desk that core 0 is about to wait for input: the time until the next service
+    /// is not a gap in its serving (an interrupt ends the wait).
+    pub fn note_idle(&self) {
+        self.gaps.lock().last = None;
+    }
+
+    /// The longest gap between two services while core 0 had work, since boot.
+    pub fn longest_gap(&self) -> LongestGap {
+        self.gaps.lock().longest
+    }
+
     /// Refused lines the desk answered itself (with the queue full) since boot.
     pub fn refused_here(&self) -> u64 {
         self.refused_here.load(Ordering::Relaxed)
@@ -253,8 +318,27 @@ impl<'memory> ControlDesk<'memory> {
     /// Reads all waiting input: echoes typing, answers the control commands at once, queues
     /// everything else for the server, and answers on the spot a line that finds the queue full
     /// ([`MAX_QUEUED_INPUTS`] inputs or [`MAX_QUEUED_LINE_BYTES`] bytes). Returns whether any
-    /// line was completed.
-    pub fn service(&self, console: &dyn Console, clock: &dyn Clock) -> bool {
+    /// line was completed. `site` says where core 0 serves it, for the gap statistics.
+    pub fn service(&self, site: Site, console: &dyn Console, clock: &dyn Clock) -> bool {
+        self.note_gap(site, clock.now_ns());
+        let completed = self.read_all(console, clock);
+        self.gaps.lock().last = Some((clock.now_ns(), site));
+        completed
+    }
+
+    /// Counts the time since the last service's end as a gap closed at `site`.
+    fn note_gap(&self, site: Site, now_ns: u64) {
+        let mut gaps = self.gaps.lock();
+        if let Some((then, from)) = gaps.last {
+            let ns = now_ns.saturating_sub(then);
+            if ns > gaps.longest.ns {
+                gaps.longest = LongestGap { ns, from: Some(from), to: Some(site) };
+            }
+        }
+    }
+
+    /// The reading part of [`ControlDesk::service`].
+    fn read_all(&self, console: &dyn Console, clock: &dyn Clock) -> bool {
         let mut completed = false;
         let mut chunk = [0u8; READ_CHUNK];
         let mut echo = Echo::new();
@@ -447,7 +531,7 @@ impl Cpus for ServingCpus<'_, '_> {
 
     fn checkpoint(&self) {
         // Lines read mid-pass are console objects, whatever the pass's own scope.
-        scope::with(TensorKind::Protocol, || self.desk.service(self.console, self.clock));
+        scope::with(TensorKind::Protocol, || self.desk.service(Site::Checkpoint, self.console, self.clock));
     }
 }
 
@@ -505,7 +589,7 @@ mod tests {
         let clock = StepClock(AtomicU64::new(5_000_000));
         let desk = ControlDesk::new();
         desk.set_stats_snapshot("turns 3\r\n".into());
-        assert!(desk.service(&console, &clock));
+        assert!(desk.service(Site::Poll, &console, &clock));
         let output = console.output.lock().unwrap().clone();
         // The byte counts are read when the answer is written (this console counts the bytes
         // taken, and the desk takes all 45 waiting at once): they include the asking line.
@@ -527,6 +611,36 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_gap_between_services_is_kept_and_idle_waits_are_not_gaps() {
+        let console = console_with(b"");
+        // Each reading of this clock moves it on by 1 ms.
+        let clock = StepClock(AtomicU64::new(0));
+        let desk = ControlDesk::new();
+        assert_eq!(desk.longest_gap().to_string(), "no gap measured yet");
+        desk.service(Site::Poll, &console, &clock); // from 0 ms to 1 ms
+        for _ in 0..5 {
+            clock.ticks(); // work until 7 ms
+        }
+        desk.service(Site::Checkpoint, &console, &clock);
+        assert_eq!(
+            desk.longest_gap(),
+            LongestGap { ns: 6_000_000, from: Some(Site::Poll), to: Some(Site::Checkpoint) }
+        );
+        // A shorter gap leaves it; an idle wait, however long, is not a gap.
+        clock.ticks();
+        desk.service(Site::Poll, &console, &clock);
+        desk.note_idle();
+        for _ in 0..50 {
+            clock.ticks();
+        }
+        desk.service(Site::Poll, &console, &clock);
+        assert_eq!(
+            desk.longest_gap().to_string(),
+            "longest 6.000 ms between two readings while busy (from a server poll to a pass checkpoint)"
+        );
+    }
+
+    #[test]
     fn only_lines_that_may_be_controls_are_parsed_at_the_desk() {
         assert!(may_be_control(r#"{"id":1,"op":"stats"}"#));
         assert!(may_be_control(r#"{"id":1,"op":"cancel","target":2}"#));
@@ -536,7 +650,7 @@ mod tests {
         let console = console_with(b"{\"id\":3,\"op\":\"st\\u0061ts\"}\r");
         let desk = ControlDesk::new();
         desk.set_stats_snapshot("turns 1\r\n".into());
-        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert!(desk.service(Site::Poll, &console, &StepClock(AtomicU64::new(0))));
         assert!(console.output.lock().unwrap().contains(r#"{"id":3,"event":"info","text":"turns 1"#));
         assert_eq!(desk.next_input(), None);
     }
@@ -556,7 +670,7 @@ mod tests {
         let clock = StepClock(AtomicU64::new(0));
         let desk = ControlDesk::new();
         desk.set_stats_snapshot("turns 0\r\n".into());
-        assert!(desk.service(&console, &clock));
+        assert!(desk.service(Site::Poll, &console, &clock));
         let noise = |control, offset| Some(Input::Refused(LineError::Noise { control, offset }));
         assert_eq!(desk.next_input(), noise('\x1b', 2));
         assert_eq!(desk.next_input(), noise('\0', 4), "a command with a control byte in it is noise");
@@ -578,7 +692,7 @@ mod tests {
         let clock = StepClock(AtomicU64::new(0));
         let desk = ControlDesk::new();
         desk.set_stats_snapshot("turns 3\r\n".into());
-        assert!(desk.service(&console, &clock));
+        assert!(desk.service(Site::Poll, &console, &clock));
         assert!(console.input.lock().unwrap().is_empty(), "every byte was read");
         let output = console.output.lock().unwrap().clone();
         let busy = format!("busy: {MAX_QUEUED_INPUTS} lines wait for the server");
@@ -635,12 +749,12 @@ mod tests {
         // Half the input: the long line's buffer is taken and held while the line is read.
         let half = input.len() / 4;
         let rest: Vec<u8> = console.input.lock().unwrap().drain(half..).collect();
-        assert!(!desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert!(!desk.service(Site::Poll, &console, &StepClock(AtomicU64::new(0))));
         let reading = protocol();
         assert_eq!(reading.allocations, before.allocations + 1);
         assert!(reading.live_bytes >= before.live_bytes + MAX_MACHINE_LINE as u64);
         console.input.lock().unwrap().extend(rest);
-        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert!(desk.service(Site::Poll, &console, &StepClock(AtomicU64::new(0))));
         assert_eq!(desk.next_input(), Some(Input::Line(long)), "the whole line, no byte lost");
         let limit = |limit| Some(Input::Refused(LineError::TooLong { limit }));
         assert_eq!(desk.next_input(), limit(MAX_MACHINE_LINE), "past the machine-mode limit");
@@ -657,7 +771,7 @@ mod tests {
         let desk = ControlDesk::new();
         let console =
             console_with(format!("{}\r{{\"id\":1,\"op\":\"models\"}}\r", machine_line(1, 2000)).as_bytes());
-        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert!(desk.service(Site::Poll, &console, &StepClock(AtomicU64::new(0))));
         assert_eq!(desk.next_input(), Some(Input::Refused(LineError::TooLong { limit: MAX_LINE })));
         assert_eq!(desk.next_input(), Some(Input::Line(r#"{"id":1,"op":"models"}"#.into())));
     }
@@ -669,7 +783,7 @@ mod tests {
         let lines: Vec<String> = (0..12).map(|id| machine_line(id, 10_000)).collect();
         let input: String = lines.iter().map(|line| format!("{line}\r")).collect();
         let console = console_with(input.as_bytes());
-        assert!(desk.service(&console, &StepClock(AtomicU64::new(0))));
+        assert!(desk.service(Site::Poll, &console, &StepClock(AtomicU64::new(0))));
         let mut taken = Vec::new();
         while let Some(input) = desk.next_input() {
             taken.push(input);
@@ -703,10 +817,10 @@ mod tests {
         let desk = ControlDesk::new();
         // Idle, `/cancel` has nothing to stop; a machine cancel is still noted (its target may
         // be waiting for a place in the batch).
-        desk.service(&console, &clock);
+        desk.service(Site::Poll, &console, &clock);
         desk.set_generating(true);
         console.input.lock().unwrap().extend(b"/cancel\r");
-        desk.service(&console, &clock);
+        desk.service(Site::Poll, &console, &clock);
         let output = console.output.lock().unwrap().clone();
         assert!(output.starts_with("/cancel\r\nnothing to cancel\r\n"), "{output:?}");
         assert!(output.contains("{\"id\":7,\"event\":\"info\",\"text\":\"cancel requested\"}"), "{output:?}");
@@ -727,7 +841,7 @@ mod tests {
         // Each clock read advances 1 ms; start it 20 ms after the line end.
         let clock = StepClock(AtomicU64::new(20_000_000));
         let desk = ControlDesk::new();
-        desk.service(&console, &clock);
+        desk.service(Site::Poll, &console, &clock);
         assert_eq!(desk.counters().report().deadline_misses(), 1);
         let misses = desk.take_deadline_misses();
         assert_eq!(misses.len(), 1);

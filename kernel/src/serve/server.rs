@@ -17,7 +17,7 @@ use super::{
     admission::{Details, Pending, RequestQueue},
     chat::{GenerationSettings, ServedModel},
     config::CardConfig,
-    desk::{CancelRequest, ControlDesk, Input},
+    desk::{CancelRequest, ControlDesk, Input, Site},
     governor::{Governor, MemoryStatistics, SERVER_BANDWIDTH},
     library::StagedLoad,
     protocol::{self, ChatMessage, Event, Operation, Timings, Usage},
@@ -403,7 +403,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             // The desk reads again after each line handled, so a control command that arrives
             // meanwhile is answered at once.
             for _ in 0..MAX_LINES_PER_POLL {
-                handled |= self.desk.service(self.console, self.clock);
+                handled |= self.desk.service(Site::Poll, self.console, self.clock);
                 self.apply_desk_notes();
                 let Some(input) = self.desk.next_input() else { break };
                 handled = true;
@@ -487,6 +487,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             } else if self.pending.is_empty() && self.staging.is_none() {
                 // Requests a batch could not take (they wait for the model swapped in while it
                 // ran) are served next, without waiting for an interrupt.
+                self.desk.note_idle();
                 relax();
             }
         }

@@ -17,7 +17,7 @@ use kernel::{
     model::{Config, ModelError, ModelErrorKind, ModelFile, TensorType, Weights},
     serve::{
         config,
-        desk::{ControlDesk, Input},
+        desk::{ControlDesk, Input, Site},
         prepare::{ModelLayout, Preparation, prepare_llama2c},
         protocol::{self, Event},
     },
@@ -212,7 +212,7 @@ pub fn console(data: &[u8]) {
     desk.set_stats_snapshot("turns 0\r\n".into());
     desk.set_generating(data.first().is_some_and(|byte| byte & 1 == 1));
     loop {
-        desk.service(&console, &clock);
+        desk.service(Site::Poll, &console, &clock);
         let mut took_any = false;
         while let Some(input) = desk.next_input() {
             took_any = true;

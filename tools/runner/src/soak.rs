@@ -299,6 +299,8 @@ pub struct StatsFigures {
     pub rejected: u64,
     /// Lines turned away as busy (the console queue was full).
     pub busy: u64,
+    /// The `desk` line: the longest time the kernel went without reading the console while busy.
+    pub desk: String,
 }
 
 /// Reads the figures of the `/stats` report in `text` (the last one there).
@@ -318,6 +320,7 @@ pub fn stats_figures(text: &str) -> Option<StatsFigures> {
             }
             ["rejected", count, "lines"] => figures.rejected = number(Some(count))?,
             ["busy", count, "lines", ..] => figures.busy = number(Some(count))?,
+            ["desk", ..] => figures.desk = line.trim_start_matches("desk").trim().to_string(),
             [command, .., misses] if command.starts_with('/') => {
                 figures.misses.push((command.to_string(), number(Some(misses))?));
             }
@@ -407,6 +410,7 @@ mod tests {
         assert_eq!(pools[1], PoolUse { kind: "kv".into(), live_bytes: 1_048_576, peak_bytes: 1_048_576 });
         let report = "> /stats\r\nmodel        tiny-q8.gguf\r\nrejected     7 lines\r\n\
             busy         2 lines turned away (the console queue was full)\r\n\
+            desk         longest 7.612 ms between two readings while busy (from a server poll to a pass checkpoint)\r\n\
             latency              count       p50       p99       max over 10.0 ms\r\n\
               request                3   47.1 ms   47.1 ms   47.1 ms            -\r\n\
               /stats                 4   1.0 ms   2.0 ms   2.0 ms            0\r\n\
@@ -415,6 +419,7 @@ mod tests {
         let figures = stats_figures(report).unwrap();
         assert_eq!((figures.received, figures.dropped, figures.rejected, figures.busy), (245, 0, 7, 2));
         assert_eq!(figures.misses, [("/stats".to_string(), 0), ("/cancel".to_string(), 1)]);
+        assert!(figures.desk.starts_with("longest 7.612 ms between"), "{}", figures.desk);
         assert_eq!(stats_figures("model  x\r\n"), None);
         let kept = "\n> /stats\nmodel        tiny\nturns        1\nconsole rx   5 bytes, 0 dropped\n";
         assert_eq!(snapshot_bytes(kept), 19 + 16);

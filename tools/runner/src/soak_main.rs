@@ -545,8 +545,8 @@ fn print_figures(driver: &Driver, idle: &Idle, baseline: &Idle) {
         idle.stats.busy
     );
     println!(
-        "console: {} bytes sent, {} received, {} dropped; deadline misses {:?}",
-        idle.sent_bytes, idle.stats.received, idle.stats.dropped, idle.stats.misses
+        "console: {} bytes sent, {} received, {} dropped; deadline misses {:?}; desk: {}",
+        idle.sent_bytes, idle.stats.received, idle.stats.dropped, idle.stats.misses, idle.stats.desk
     );
     println!("idle pools at the end: {}", describe(&idle.pools));
     println!(
