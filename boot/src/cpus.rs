@@ -14,7 +14,7 @@ use crate::{
     interrupts::doorbells,
 };
 use bsp::arch::aarch64::{
-    cpu::{self, CORE_COUNT},
+    cpu::{self, CORE_COUNT, SharedLock},
     timer::GenericTimer,
 };
 use core::{
@@ -54,8 +54,9 @@ struct Run {
     map: WorkerMap,
 }
 
-/// The run in progress, if any.
-static CURRENT: Mutex<Option<Run>> = Mutex::new(None);
+/// The run in progress, if any. The woken secondaries all read it at once; a core waiting for
+/// it yields, or under QEMU's `-icount` it could hold up the holder for tens of ms.
+static CURRENT: SharedLock<Option<Run>> = SharedLock::new(None);
 /// What each core is doing: ready, running a share of run N, or lost.
 static ROSTER: CoreRoster<CORE_COUNT> = CoreRoster::new();
 /// The live cores as of the end of the last run: what `count()` reports. Written as cores

@@ -34,9 +34,10 @@ pub const STAGE_SLICE_NS: u64 = 250_000;
 /// so a slow model (seconds per token) still loads in a reasonable number of tokens.
 pub const STAGE_SLICE_FRACTION: u64 = 8;
 
-/// Time a background load works per call while nothing is generating, in ns (the console is
-/// polled between calls).
-pub const STAGE_IDLE_SLICE_NS: u64 = 20_000_000;
+/// Time a background load works per call while nothing is generating, in ns. The console is
+/// polled between calls, so a control command that arrives meanwhile is still answered well
+/// within [`super::desk::CONTROL_BOUND_NS`] (at 20 ms a slice alone passed it).
+pub const STAGE_IDLE_SLICE_NS: u64 = super::desk::CONTROL_BOUND_NS / 4;
 
 impl<'a, D: BlockDevice> Server<'a, D> {
     /// Reads `/tessera.cfg` from the card, if there is one, and reports what it set and any

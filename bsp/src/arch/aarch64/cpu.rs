@@ -51,6 +51,13 @@ mod imp {
         asm::sev();
     }
 
+    /// Tells the core it is spinning: a hint a Cortex-A53 ignores, on which QEMU's
+    /// one-thread (`-icount`) mode runs the next core instead.
+    pub fn spin_hint() {
+        // SAFETY: `yield` is a hint; it changes no register, memory or state.
+        unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+    }
+
     /// Makes the generic timer send this core an event every 2^11 counter ticks (33 µs at
     /// QEMU's 62.5 MHz, 38 µs at the Pi 4's 54 MHz, 107 µs at the Pi 3's 19.2 MHz), so no `wfe`
     /// can sleep for longer than that.
@@ -93,6 +100,25 @@ mod imp {
     }
     /// Host stand-in: nothing.
     pub fn enable_event_stream() {}
+    /// Host stand-in: a spin hint.
+    pub fn spin_hint() {
+        core::hint::spin_loop();
+    }
 }
 
 pub use imp::*;
+
+/// How a lock that several cores take waits for it: [`spin_hint`] (`yield`) between tries.
+/// Under QEMU's `-icount` the cores run in turn on one thread, and a core spinning on a lock
+/// whose holder is not running keeps the thread for its whole time slice (up to tens of ms of
+/// virtual time); `yield` hands it on. The spin crate's default relax (`isb`) does not.
+pub struct YieldRelax;
+
+impl spin::RelaxStrategy for YieldRelax {
+    fn relax() {
+        spin_hint();
+    }
+}
+
+/// A spin lock several cores take at once, waiting with [`YieldRelax`].
+pub type SharedLock<T> = spin::mutex::SpinMutex<T, YieldRelax>;
