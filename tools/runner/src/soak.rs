@@ -287,7 +287,7 @@ pub fn mem_pools(line: &str) -> Option<(Vec<PoolUse>, HeapUse)> {
 }
 
 /// What the end checks read from a `/stats` report.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatsFigures {
     /// Bytes the console received.
     pub received: u64,
@@ -301,6 +301,8 @@ pub struct StatsFigures {
     pub busy: u64,
     /// The `desk` line: the longest time the kernel went without reading the console while busy.
     pub desk: String,
+    /// That time, in ms.
+    pub longest_gap_ms: f64,
 }
 
 /// Reads the figures of the `/stats` report in `text` (the last one there).
@@ -320,7 +322,12 @@ pub fn stats_figures(text: &str) -> Option<StatsFigures> {
             }
             ["rejected", count, "lines"] => figures.rejected = number(Some(count))?,
             ["busy", count, "lines", ..] => figures.busy = number(Some(count))?,
-            ["desk", ..] => figures.desk = line.trim_start_matches("desk").trim().to_string(),
+            ["desk", rest @ ..] => {
+                figures.desk = rest.join(" ");
+                if let ["longest", ms, "ms", ..] = rest {
+                    figures.longest_gap_ms = ms.parse().ok()?;
+                }
+            }
             [command, .., misses] if command.starts_with('/') => {
                 figures.misses.push((command.to_string(), number(Some(misses))?));
             }
@@ -420,6 +427,7 @@ mod tests {
         assert_eq!((figures.received, figures.dropped, figures.rejected, figures.busy), (245, 0, 7, 2));
         assert_eq!(figures.misses, [("/stats".to_string(), 0), ("/cancel".to_string(), 1)]);
         assert!(figures.desk.starts_with("longest 7.612 ms between"), "{}", figures.desk);
+        assert_eq!(figures.longest_gap_ms, 7.612);
         assert_eq!(stats_figures("model  x\r\n"), None);
         let kept = "\n> /stats\nmodel        tiny\nturns        1\nconsole rx   5 bytes, 0 dropped\n";
         assert_eq!(snapshot_bytes(kept), 19 + 16);

@@ -5,7 +5,8 @@
 //! checks that every request ended with `done` or `error`, that every pool's live bytes are back
 //! at the idle baseline, that the heap served nothing after it (serving and loading allocate
 //! from the pools), that the console dropped no byte, that no control command missed its
-//! deadline and that the kernel still answers.
+//! deadline, that the kernel never went longer than that deadline without reading the console
+//! while busy, and that it still answers.
 //!
 //! Usage: `tessera-soak [--minutes N] [--seed S] [--image build/kernel8.img] [--machine raspi3b]`
 //! (`make soak MINUTES=N`). Every wait is for an event on the console; a wait ends in failure
@@ -24,6 +25,10 @@ const MODELS: [&str; 2] = ["tiny-q8.gguf", "tiny-q4.gguf"];
 /// Actions between two sync points: a one-token generation the driver waits for, so that the
 /// traffic, sent faster than answered between two of them, keeps pace with the board.
 const ACTIONS_PER_SYNC: u64 = 12;
+
+/// The control commands' deadline, in ms: also the longest the kernel may go without reading
+/// the console while busy.
+const CONTROL_BOUND_MS: f64 = kernel::serve::desk::CONTROL_BOUND_NS as f64 / 1e6;
 
 /// Longest silence of the guest before a wait fails.
 const QUIET: Duration = Duration::from_secs(60);
@@ -517,6 +522,10 @@ fn check_stats(stats: &StatsFigures, sent_bytes: u64, problems: &mut Vec<String>
             "the console received {} of the {sent_bytes} bytes sent and dropped {}",
             stats.received, stats.dropped
         ));
+    }
+    // Checked on its own, as a command that happened to arrive in the gap would have missed.
+    if stats.longest_gap_ms > CONTROL_BOUND_MS {
+        problems.push(format!("the kernel went too long without reading the console: {}", stats.desk));
     }
     for (command, misses) in &stats.misses {
         if *misses != 0 {
