@@ -88,23 +88,23 @@ pub trait KvStore: Sync {
     /// Stores the key and value rows of `layer` at `position`.
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError>;
 
-    /// The key row of `layer` at `position`. `position` must have been written.
-    fn key(&self, layer: usize, position: usize) -> &[f32];
-
-    /// The value row of `layer` at `position`. `position` must have been written.
-    fn value(&self, layer: usize, position: usize) -> &[f32];
-
     /// The key rows of `layer` from `position` on, as many consecutive positions as lie
     /// together in memory (at least `position`'s): the row of `position + i` at `i ×
-    /// kv_dim()`, so that a reader of many positions asks once per run. The default is
-    /// `position`'s row alone. Only the rows of written positions may be read.
-    fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
-        self.key(layer, position)
-    }
+    /// kv_dim()`, so that a reader of many positions asks once per run. Only the rows of
+    /// written positions may be read.
+    fn keys_from(&self, layer: usize, position: usize) -> &[f32];
 
     /// The value rows of `layer` from `position` on, as [`KvStore::keys_from`] gives keys.
-    fn values_from(&self, layer: usize, position: usize) -> &[f32] {
-        self.value(layer, position)
+    fn values_from(&self, layer: usize, position: usize) -> &[f32];
+
+    /// The key row of `layer` at `position`. `position` must have been written.
+    fn key(&self, layer: usize, position: usize) -> &[f32] {
+        &self.keys_from(layer, position)[..self.kv_dim()]
+    }
+
+    /// The value row of `layer` at `position`. `position` must have been written.
+    fn value(&self, layer: usize, position: usize) -> &[f32] {
+        &self.values_from(layer, position)[..self.kv_dim()]
     }
 
     /// Forgets every position at or past `length`.
@@ -127,14 +127,6 @@ impl<Store: KvStore + ?Sized> KvStore for &mut Store {
 
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) -> Result<(), KvError> {
         (**self).write(layer, position, key, value)
-    }
-
-    fn key(&self, layer: usize, position: usize) -> &[f32] {
-        (**self).key(layer, position)
-    }
-
-    fn value(&self, layer: usize, position: usize) -> &[f32] {
-        (**self).value(layer, position)
     }
 
     fn keys_from(&self, layer: usize, position: usize) -> &[f32] {

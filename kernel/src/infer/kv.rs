@@ -51,16 +51,6 @@ impl KvStore for ContiguousKv {
         Ok(())
     }
 
-    fn key(&self, layer: usize, position: usize) -> &[f32] {
-        let start = self.start(layer, position);
-        &self.keys[start..start + self.kv_dim]
-    }
-
-    fn value(&self, layer: usize, position: usize) -> &[f32] {
-        let start = self.start(layer, position);
-        &self.values[start..start + self.kv_dim]
-    }
-
     fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
         &self.keys[self.start(layer, position)..self.start(layer + 1, 0)]
     }

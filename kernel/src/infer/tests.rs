@@ -334,12 +334,12 @@ impl crate::hil::KvStore for Faulty {
     ) -> Result<(), crate::hil::KvError> {
         self.0.write(layer, position, key, value)
     }
-    fn key(&self, layer: usize, position: usize) -> &[f32] {
+    fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
         Team::doom_check();
-        self.0.key(layer, position)
+        self.0.keys_from(layer, position)
     }
-    fn value(&self, layer: usize, position: usize) -> &[f32] {
-        self.0.value(layer, position)
+    fn values_from(&self, layer: usize, position: usize) -> &[f32] {
+        self.0.values_from(layer, position)
     }
     fn truncate(&mut self, length: usize) {
         self.0.truncate(length);

@@ -844,17 +844,6 @@ impl KvStore for PagedKv<'_, '_> {
         Ok(())
     }
 
-    fn key(&self, layer: usize, position: usize) -> &[f32] {
-        let (block, offset) = self.locate(layer, position);
-        &self.blocks[block][offset..offset + self.kv_dim]
-    }
-
-    fn value(&self, layer: usize, position: usize) -> &[f32] {
-        let (block, offset) = self.locate(layer, position);
-        let start = self.block_tokens * self.kv_dim + offset;
-        &self.blocks[block][start..start + self.kv_dim]
-    }
-
     /// The keys from `position` to the end of its block.
     fn keys_from(&self, layer: usize, position: usize) -> &[f32] {
         let (block, offset) = self.locate(layer, position);
