@@ -81,23 +81,6 @@ pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32>
     })
 }
 
-/// Rows `first ..` of `matrix` times every vector of `input` into `out` (`out[r × N + j]`),
-/// for quantized matrices at an integer precision; `false` (nothing written) otherwise, or
-/// when the shapes do not fit (the caller checked them, so that does not happen).
-#[target_feature(enable = "neon")]
-pub fn rows_multi(matrix: &Matrix<'_>, input: BatchInput<'_>, first: usize, out: &mut [f32]) -> bool {
-    let vectors = input.rows();
-    match (matrix.tensor_type, input.int8(), input.int16()) {
-        (TensorType::Q8_0, Some(x), _) => multi_integer::<Q8_0, Eight>(matrix, x, vectors, first, out),
-        (TensorType::Q4_0, Some(x), _) => multi_integer::<Q4_0, Eight>(matrix, x, vectors, first, out),
-        (TensorType::Q4_1, Some(x), _) => multi_integer::<Q4_1, Eight>(matrix, x, vectors, first, out),
-        (TensorType::Q8_0, _, Some(x)) => multi_integer::<Q8_0, Sixteen>(matrix, x, vectors, first, out),
-        (TensorType::Q4_0, _, Some(x)) => multi_integer::<Q4_0, Sixteen>(matrix, x, vectors, first, out),
-        (TensorType::Q4_1, _, Some(x)) => multi_integer::<Q4_1, Sixteen>(matrix, x, vectors, first, out),
-        _ => false,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Loads.
 
@@ -955,11 +938,6 @@ fn finish(accumulator: float32x4_t) -> f32 {
     vpadds_f32(vadd_f32(vget_low_f32(accumulator), vget_high_f32(accumulator)))
 }
 
-/// Whole blocks that a row of `row_bytes` and the activations `x` both cover.
-fn common_blocks<T>(row_bytes: usize, block_bytes: usize, x: &Quantized<'_, T>) -> usize {
-    (row_bytes / block_bytes).min(x.values.len() / BLOCK_VALUES).min(x.block_scales.len())
-}
-
 /// Dot product of a row of `F` blocks with activations of width `W`.
 #[inline]
 #[target_feature(enable = "neon")]
@@ -993,102 +971,7 @@ fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) ->
     finish(accumulator[0])
 }
 
-/// Rows `first ..` of `matrix` dotted with `x` into `out`, one row after another.
-#[inline]
-#[target_feature(enable = "neon")]
-fn each_row<F: Format, W: Width>(
-    matrix: &Matrix<'_>,
-    x: Quantized<'_, W::Element>,
-    first: usize,
-    out: &mut [f32],
-) {
-    for (index, out) in out.iter_mut().enumerate() {
-        *out = dot_integer::<F, W>(matrix.row(first + index), x);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Matrix × N vectors: each four weight blocks are loaded and unpacked once, then meet every
-// vector.
-
-/// Vectors whose running sums one pass over a row keeps; more vectors take further passes.
-const GROUP: usize = 32;
-
-/// Rows `first ..` of `matrix` times the `vectors` vectors of `x` (one after another,
-/// `matrix.columns` values each) into `out[r × vectors + j]`; `false` (nothing written) if the
-/// activations or a row are shorter than the matrix's columns.
-///
-/// One vector takes the single-vector loop (the same operations in the same order, with
-/// its sums in registers); more take [`rows_times_vectors`] with room for the running sums
-/// of 4, 8, 16 or [`GROUP`] vectors, the least that holds them, so that a small batch does
-/// not clear and finish room for 32.
-#[target_feature(enable = "neon")]
-fn multi_integer<F: Format, W: Width>(
-    matrix: &Matrix<'_>,
-    x: Quantized<'_, W::Element>,
-    vectors: usize,
-    first: usize,
-    out: &mut [f32],
-) -> bool {
-    let blocks = matrix.columns / BLOCK_VALUES;
-    let rows = out.len().checked_div(vectors).unwrap_or(0);
-    // Rows are all `row_bytes` long, or empty past the data's end: the last one tells.
-    let last_fits = |last: usize| matrix.row(last).len() >= blocks * F::BLOCK_BYTES;
-    let rows_fit = rows == 0 || first.checked_add(rows - 1).is_some_and(last_fits);
-    if x.values.len() < vectors * blocks * BLOCK_VALUES
-        || x.block_scales.len() < vectors * blocks
-        || !rows_fit
-    {
-        return false;
-    }
-    // SAFETY: the checks above are what `rows_times_vectors` requires.
-    unsafe {
-        match vectors {
-            0 => {}
-            1 => each_row::<F, W>(matrix, x, first, out),
-            2..=4 => rows_times_vectors::<F, W, 4>(matrix, x, vectors, first, out),
-            5..=8 => rows_times_vectors::<F, W, 8>(matrix, x, vectors, first, out),
-            9..=16 => rows_times_vectors::<F, W, 16>(matrix, x, vectors, first, out),
-            _ => rows_times_vectors::<F, W, GROUP>(matrix, x, vectors, first, out),
-        }
-    }
-    true
-}
-
-/// [`multi_integer`]'s loop over rows, for `vectors` ≥ 1 vectors taken `ROOM` at a time.
-///
-/// # Safety
-/// Rows `first .. first + out.len() / vectors` of `matrix` hold `matrix.columns / 32`
-/// blocks each, and `x` holds that many blocks of values and scales for each of `vectors`
-/// vectors.
-#[target_feature(enable = "neon")]
-unsafe fn rows_times_vectors<F: Format, W: Width, const ROOM: usize>(
-    matrix: &Matrix<'_>,
-    x: Quantized<'_, W::Element>,
-    vectors: usize,
-    first: usize,
-    out: &mut [f32],
-) {
-    let blocks = matrix.columns / BLOCK_VALUES;
-    for (index, outputs) in out.chunks_exact_mut(vectors).enumerate() {
-        let row = matrix.row(first + index);
-        for (group, outputs) in outputs.chunks_mut(ROOM).enumerate() {
-            let start = group * ROOM * blocks;
-            // SAFETY: the caller's promise: the row holds `blocks` blocks, and the group's
-            // vectors (`outputs.len()` of them from vector `group × ROOM`) have `blocks`
-            // blocks of values and scales each, inside `x`.
-            unsafe {
-                row_times_group::<F, W, ROOM>(
-                    row.as_ptr(),
-                    blocks,
-                    x.values.as_ptr().add(start * BLOCK_VALUES),
-                    x.block_scales.as_ptr().add(start),
-                    outputs,
-                );
-            }
-        }
-    }
-}
+integer_drivers!("neon");
 
 /// One row of `blocks` blocks at `row` times `out.len()` (at most `ROOM`) vectors whose
 /// values and block scales start at `values` and `scales` (`blocks` blocks per vector), into
