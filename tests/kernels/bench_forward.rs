@@ -1,8 +1,9 @@
 //! QEMU benchmark: whole-token instruction counts of SmolLM2's forward pass on one core, for
 //! decoding (one row per pass, with the classifier) after 32 and after 128 positions of
 //! context, and for prefill in chunks of T = 1, 8 and 32 prompt positions per pass (the
-//! classifier only after the last). The model is read off
-//! the card into the weights pool, as kernel8 reads it. Under `-icount shift=0` the PMU counts
+//! classifier only after the last), at the default int16 activations and again at int8
+//! (whose products are cheaper, in decode as in prefill). The model is read off the card
+//! into the weights pool, as kernel8 reads it. Under `-icount shift=0` the PMU counts
 //! instructions retired (event 0x08); its counter is 32 bits, so a count past 2^32 is
 //! completed from the generic timer, which then counts instructions too (1 ns each).
 //!
@@ -112,6 +113,80 @@ fn layer_products(weights: &kernel::model::Weights<'_>, precision: Precision) ->
     total / ROWS as u64
 }
 
+/// Positions of the measured prompt.
+const PROMPT: usize = 32;
+
+/// Prints and returns the instructions per token of prefill at T = 1, 8 and 32 and of
+/// decode (in that order) at `precision`, with the layers' products and the long-context
+/// decode, each pass through `forward_batch` on one core.
+fn passes(weights: &kernel::model::Weights<'_>, precision: Precision) -> [u64; 4] {
+    let config = weights.config;
+    let capacity = LONG_CONTEXT + DECODE_STEPS;
+    let new_kv = || {
+        ContiguousKv::new(config.layers, config.kv_dim(), capacity)
+            .unwrap_or_else(|| systests::fail(format_args!("KV cache of {capacity} positions")))
+    };
+    let mut state = State::for_batch(&config, precision, capacity, PROMPT);
+    let mut run = |kv: &mut ContiguousKv, tokens: &[u32], start: usize, logits: bool| {
+        let mut sequences = [PassSequence { kv, tokens, start, logits }];
+        instructions(|| {
+            forward_batch(weights, &mut state, &mut sequences, &SingleCpu, |_, _, _| {})
+                .unwrap_or_else(|error| systests::fail(format_args!("pass: {:?}", error.error)));
+        })
+    };
+    let prompt: alloc::vec::Vec<u32> = (0..PROMPT).map(prompt_token).collect();
+    boot::println!(
+        "SmolLM2 forward pass on one core, {precision:?} activations (PMU event 0x08 under -icount):"
+    );
+    boot::println!("| pass | instructions per token |");
+    boot::println!("|---|---:|");
+    let mut per_token = [0u64; 4];
+    for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
+        let mut kv = new_kv();
+        let mut total = 0;
+        for (index, tokens) in prompt.chunks(chunk).enumerate() {
+            let last = (index + 1) * chunk >= PROMPT;
+            total += run(&mut kv, tokens, index * chunk, last);
+        }
+        per_token[slot] = total / PROMPT as u64;
+        boot::println!("| prefill, T = {chunk} | {} |", per_token[slot]);
+    }
+    let mut kv = new_kv();
+    run(&mut kv, &prompt, 0, true);
+    let decode: u64 =
+        (0..DECODE_STEPS).map(|step| run(&mut kv, &[prompt_token(40 + step)], PROMPT + step, true)).sum();
+    per_token[3] = decode / DECODE_STEPS as u64;
+    boot::println!("| decode | {} |", per_token[3]);
+    drop(kv);
+    // The same decode steps with LONG_CONTEXT positions before them: what each position of
+    // context adds to a token (attention over it, in every head of every layer).
+    let mut kv = new_kv();
+    let context: alloc::vec::Vec<u32> = (0..LONG_CONTEXT).map(prompt_token).collect();
+    for (index, tokens) in context.chunks(PROMPT).enumerate() {
+        run(&mut kv, tokens, index * PROMPT, false);
+    }
+    let long: u64 = (0..DECODE_STEPS)
+        .map(|step| run(&mut kv, &[prompt_token(40 + step)], LONG_CONTEXT + step, true))
+        .sum::<u64>()
+        / DECODE_STEPS as u64;
+    boot::println!("| decode after {LONG_CONTEXT} positions | {long} |");
+    boot::println!(
+        "| of which the layers' matrix products, T = 32 | {} |",
+        layer_products(weights, precision)
+    );
+    for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
+        boot::println!(
+            "{precision:?} prefill T = {chunk}: {:.3}x decode",
+            per_token[slot] as f64 / per_token[3] as f64
+        );
+    }
+    boot::println!(
+        "each position of context adds {} instructions to a decoded token",
+        long.saturating_sub(per_token[3]) / (LONG_CONTEXT - PROMPT) as u64
+    );
+    per_token
+}
+
 fn main(info: &'static boot::BootInfo) -> ! {
     ensure!(systests::pmu::start_counting(), "the PMU does not count instructions: run under -icount");
     let memory = boot::memory::backed_memory(info)
@@ -138,70 +213,15 @@ fn main(info: &'static boot::BootInfo) -> ! {
     let model =
         ModelFile::parse(&bytes).unwrap_or_else(|error| systests::fail(format_args!("{MODEL}: {error}")));
     let weights = &model.weights;
-    let config = weights.config;
-    let precision = Precision::default();
-    let capacity = LONG_CONTEXT + DECODE_STEPS;
-    let mut state = State::for_batch(&config, precision, capacity, 32);
-    let new_kv = || {
-        ContiguousKv::new(config.layers, config.kv_dim(), capacity)
-            .unwrap_or_else(|| systests::fail(format_args!("KV cache of {capacity} positions")))
-    };
-    let prompt: alloc::vec::Vec<u32> = (0..32).map(prompt_token).collect();
-    let mut run = |kv: &mut ContiguousKv, tokens: &[u32], start: usize, logits: bool| {
-        let mut sequences = [PassSequence { kv, tokens, start, logits }];
-        instructions(|| {
-            forward_batch(weights, &mut state, &mut sequences, &SingleCpu, |_, _, _| {})
-                .unwrap_or_else(|error| systests::fail(format_args!("pass: {:?}", error.error)));
-        })
-    };
+    let int16 = passes(weights, Precision::default());
+    let int8 = passes(weights, Precision::Int8);
     boot::println!(
-        "SmolLM2 forward pass on one core, {precision:?} activations (PMU event 0x08 under -icount):"
+        "{:?} decode / {:?} decode: {:.3}",
+        Precision::Int8,
+        Precision::default(),
+        int8[3] as f64 / int16[3] as f64
     );
-    boot::println!("| pass | instructions per token |");
-    boot::println!("|---|---:|");
-    let mut per_token = [0u64; 4];
-    for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
-        let mut kv = new_kv();
-        let mut total = 0;
-        for (index, tokens) in prompt.chunks(chunk).enumerate() {
-            let last = (index + 1) * chunk >= prompt.len();
-            total += run(&mut kv, tokens, index * chunk, last);
-        }
-        per_token[slot] = total / prompt.len() as u64;
-        boot::println!("| prefill, T = {chunk} | {} |", per_token[slot]);
-    }
-    let mut kv = new_kv();
-    run(&mut kv, &prompt, 0, true);
-    let decode: u64 = (0..DECODE_STEPS)
-        .map(|step| run(&mut kv, &[prompt_token(40 + step)], prompt.len() + step, true))
-        .sum();
-    per_token[3] = decode / DECODE_STEPS as u64;
-    boot::println!("| decode | {} |", per_token[3]);
-    // The same decode steps with LONG_CONTEXT positions before them: what each position of
-    // context adds to a token (attention over it, in every head of every layer).
-    drop(kv);
-    let mut kv = new_kv();
-    let context: alloc::vec::Vec<u32> = (0..LONG_CONTEXT).map(prompt_token).collect();
-    for (index, tokens) in context.chunks(32).enumerate() {
-        run(&mut kv, tokens, index * 32, false);
-    }
-    let long: u64 = (0..DECODE_STEPS)
-        .map(|step| run(&mut kv, &[prompt_token(40 + step)], LONG_CONTEXT + step, true))
-        .sum::<u64>()
-        / DECODE_STEPS as u64;
-    boot::println!("| decode after {LONG_CONTEXT} positions | {long} |");
-    boot::println!(
-        "| of which the layers' matrix products, T = 32 | {} |",
-        layer_products(weights, precision)
-    );
-    for (slot, chunk) in [1usize, 8, 32].into_iter().enumerate() {
-        boot::println!("prefill T = {chunk}: {:.3}x decode", per_token[slot] as f64 / per_token[3] as f64);
-    }
-    boot::println!(
-        "each position of context adds {} instructions to a decoded token",
-        long.saturating_sub(per_token[3]) / (LONG_CONTEXT - prompt.len()) as u64
-    );
-    project(per_token[3], PassTraffic::of(weights).at(prompt.len()).total());
+    project(int16[3], PassTraffic::of(weights).at(PROMPT).total());
     boot::println!("forward instructions done");
     pass()
 }
