@@ -20,14 +20,76 @@
 use super::kernels::{BatchInput, Input};
 use crate::model::{Matrix, TensorType};
 
-/// The integer products' drivers, the same on every instruction set, expanded once in each
-/// SIMD module with its target features (`$features`): `rows_multi`'s choice of kernel by
-/// weight type and activation width, the checks that make the raw loops safe, and the loops
-/// over rows and groups of vectors. They call that module's formats (`Q8_0`, `Q4_0`, `Q4_1`,
-/// implementing its `Format`), widths (`Eight`, `Sixteen`, implementing its `Width`),
-/// `dot_integer` and `row_times_group`, where the instruction sets differ.
-macro_rules! integer_drivers {
+/// The row products' entry points and drivers, the same on every instruction set, expanded
+/// once in each SIMD module with its target features (`$features`): `rows`, `dot` and
+/// `rows_multi` (each kernel chosen by weight type and activation width), the checks that
+/// make the raw loops safe, and the loops over rows and groups of vectors. They call what
+/// the instruction sets do differently, in that module: its formats (`Q8_0`, `Q4_0` and
+/// `Q4_1`, each a `Format`), widths (`Eight`, `Sixteen`, each a `Width`), `dot_integer`,
+/// `row_times_group`, `dot_f32`, `dot_float_blocks` and the `codes_*` unpackers.
+macro_rules! row_products {
     ($features:literal) => {
+        /// Rows `first ..` of `matrix · input` into `out`; `false` when this combination has no
+        /// SIMD path on this instruction set.
+        #[target_feature(enable = $features)]
+        pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
+            let each = |out: &mut [f32], dot: &dyn Fn(&[u8]) -> f32| {
+                for (index, out) in out.iter_mut().enumerate() {
+                    *out = dot(matrix.row(first + index));
+                }
+            };
+            match (matrix.tensor_type, input) {
+                (TensorType::Q8_0, Input::Quantized(x)) => each_row::<Q8_0, Eight>(matrix, x, first, out),
+                (TensorType::Q4_0, Input::Quantized(x)) => each_row::<Q4_0, Eight>(matrix, x, first, out),
+                (TensorType::Q4_1, Input::Quantized(x)) => each_row::<Q4_1, Eight>(matrix, x, first, out),
+                (TensorType::Q8_0, Input::Quantized16(x)) => each_row::<Q8_0, Sixteen>(matrix, x, first, out),
+                (TensorType::Q4_0, Input::Quantized16(x)) => each_row::<Q4_0, Sixteen>(matrix, x, first, out),
+                (TensorType::Q4_1, Input::Quantized16(x)) => each_row::<Q4_1, Sixteen>(matrix, x, first, out),
+                (TensorType::F32, Input::Float(x)) => each(out, &|row| dot_f32(row, x)),
+                (TensorType::Q8_0, Input::Float(x)) => {
+                    each(out, &|row| dot_float_blocks(row, x, 34, codes_q8_0, None))
+                }
+                (TensorType::Q4_0, Input::Float(x)) => {
+                    each(out, &|row| dot_float_blocks(row, x, 18, codes_q4_0, None))
+                }
+                (TensorType::Q4_1, Input::Float(x)) => {
+                    each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))))
+                }
+                (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+                    let sums = Some((2, Some(sums.as_flattened())));
+                    each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, sums))
+                }
+                (_, Input::FloatSummed(x, _)) => return rows(matrix, Input::Float(x), first, out),
+                _ => return false,
+            }
+            true
+        }
+
+        /// One row's dot product; `None` when this combination has no SIMD path on
+        /// this instruction set.
+        #[target_feature(enable = $features)]
+        pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
+            Some(match (tensor_type, input) {
+                (TensorType::Q8_0, Input::Quantized(x)) => dot_integer::<Q8_0, Eight>(row, x),
+                (TensorType::Q4_0, Input::Quantized(x)) => dot_integer::<Q4_0, Eight>(row, x),
+                (TensorType::Q4_1, Input::Quantized(x)) => dot_integer::<Q4_1, Eight>(row, x),
+                (TensorType::Q8_0, Input::Quantized16(x)) => dot_integer::<Q8_0, Sixteen>(row, x),
+                (TensorType::Q4_0, Input::Quantized16(x)) => dot_integer::<Q4_0, Sixteen>(row, x),
+                (TensorType::Q4_1, Input::Quantized16(x)) => dot_integer::<Q4_1, Sixteen>(row, x),
+                (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
+                (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
+                (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
+                (TensorType::Q4_1, Input::Float(x)) => {
+                    dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None)))
+                }
+                (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
+                    dot_float_blocks(row, x, 20, codes_q4_1, Some((2, Some(sums.as_flattened()))))
+                }
+                (_, Input::FloatSummed(x, _)) => return dot(tensor_type, row, Input::Float(x)),
+                _ => return None,
+            })
+        }
+
         /// Rows `first ..` of `matrix` times every vector of `input` into `out`
         /// (`out[r × N + j]`), for quantized matrices at an integer precision; `false`
         /// (nothing written) otherwise, or when the shapes do not fit (the caller checked

@@ -23,63 +23,8 @@ use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
 use libm::fmaf;
 
-/// Rows `first ..` of `matrix · input` into `out`; `false` when this combination has no
-/// NEON path.
-#[target_feature(enable = "neon")]
-pub fn rows(matrix: &Matrix<'_>, input: Input<'_>, first: usize, out: &mut [f32]) -> bool {
-    let each = |out: &mut [f32], dot: &dyn Fn(&[u8]) -> f32| {
-        for (index, out) in out.iter_mut().enumerate() {
-            *out = dot(matrix.row(first + index));
-        }
-    };
-    match (matrix.tensor_type, input) {
-        (TensorType::Q8_0, Input::Quantized(x)) => each_row::<Q8_0, Eight>(matrix, x, first, out),
-        (TensorType::Q4_0, Input::Quantized(x)) => each_row::<Q4_0, Eight>(matrix, x, first, out),
-        (TensorType::Q4_1, Input::Quantized(x)) => each_row::<Q4_1, Eight>(matrix, x, first, out),
-        (TensorType::Q8_0, Input::Quantized16(x)) => each_row::<Q8_0, Sixteen>(matrix, x, first, out),
-        (TensorType::Q4_0, Input::Quantized16(x)) => each_row::<Q4_0, Sixteen>(matrix, x, first, out),
-        (TensorType::Q4_1, Input::Quantized16(x)) => each_row::<Q4_1, Sixteen>(matrix, x, first, out),
-        (TensorType::F32, Input::Float(x)) => each(out, &|row| dot_f32(row, x)),
-        (TensorType::Q8_0, Input::Float(x)) => {
-            each(out, &|row| dot_float_blocks(row, x, 34, codes_q8_0, None))
-        }
-        (TensorType::Q4_0, Input::Float(x)) => {
-            each(out, &|row| dot_float_blocks(row, x, 18, codes_q4_0, None))
-        }
-        (TensorType::Q4_1, Input::Float(x)) => {
-            each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))))
-        }
-        (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
-            let sums = Some((2, Some(sums.as_flattened())));
-            each(out, &|row| dot_float_blocks(row, x, 20, codes_q4_1, sums))
-        }
-        (_, Input::FloatSummed(x, _)) => return rows(matrix, Input::Float(x), first, out),
-        _ => return false,
-    }
-    true
-}
-
-/// One row's dot product; `None` when this combination has no NEON path.
-#[target_feature(enable = "neon")]
-pub fn dot(tensor_type: TensorType, row: &[u8], input: Input<'_>) -> Option<f32> {
-    Some(match (tensor_type, input) {
-        (TensorType::Q8_0, Input::Quantized(x)) => dot_integer::<Q8_0, Eight>(row, x),
-        (TensorType::Q4_0, Input::Quantized(x)) => dot_integer::<Q4_0, Eight>(row, x),
-        (TensorType::Q4_1, Input::Quantized(x)) => dot_integer::<Q4_1, Eight>(row, x),
-        (TensorType::Q8_0, Input::Quantized16(x)) => dot_integer::<Q8_0, Sixteen>(row, x),
-        (TensorType::Q4_0, Input::Quantized16(x)) => dot_integer::<Q4_0, Sixteen>(row, x),
-        (TensorType::Q4_1, Input::Quantized16(x)) => dot_integer::<Q4_1, Sixteen>(row, x),
-        (TensorType::F32, Input::Float(x)) => dot_f32(row, x),
-        (TensorType::Q8_0, Input::Float(x)) => dot_float_blocks(row, x, 34, codes_q8_0, None),
-        (TensorType::Q4_0, Input::Float(x)) => dot_float_blocks(row, x, 18, codes_q4_0, None),
-        (TensorType::Q4_1, Input::Float(x)) => dot_float_blocks(row, x, 20, codes_q4_1, Some((2, None))),
-        (TensorType::Q4_1, Input::FloatSummed(x, sums)) => {
-            dot_float_blocks(row, x, 20, codes_q4_1, Some((2, Some(sums.as_flattened()))))
-        }
-        (_, Input::FloatSummed(x, _)) => return dot(tensor_type, row, Input::Float(x)),
-        _ => return None,
-    })
-}
+// The entry points and the loops over rows (`super::row_products`).
+row_products!("neon");
 
 // ---------------------------------------------------------------------------------------
 // Loads.
@@ -970,8 +915,6 @@ fn dot_integer<F: Format, W: Width>(row: &[u8], x: Quantized<'_, W::Element>) ->
     }
     finish(accumulator[0])
 }
-
-integer_drivers!("neon");
 
 /// One row of `blocks` blocks at `row` times `out.len()` (at most `ROOM`) vectors whose
 /// values and block scales start at `values` and `scales` (`blocks` blocks per vector), into
