@@ -7,7 +7,10 @@
 # (/etc/apt/sources.list.d/tessera-bookworm-backports.list), only when no configured source has
 # bookworm-backports already, on the archive the machine's main Debian source uses. Installing
 # needs root; otherwise this says what to run. docs/QEMU.md says what changed from 7.2 to 10.
+#
+# usage: tools/qemu-deps.sh   (QEMU=PATH checks another binary; `make` runs it before QEMU)
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 
 QEMU=${QEMU:-qemu-system-aarch64}
 BACKPORTS_LIST=/etc/apt/sources.list.d/tessera-bookworm-backports.list

@@ -9,6 +9,7 @@
 #   FUZZ_OUT       AFL's output directories (default target/fuzz-out); a target whose directory
 #                  exists resumes from it
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 binary=target/afl/release/tessera-fuzz

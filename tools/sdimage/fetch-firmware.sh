@@ -11,6 +11,7 @@
 #
 # usage: tools/sdimage/fetch-firmware.sh [BUILD_DIR]   (default: build/ at the workspace root)
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 
 PACKAGE=raspi-firmware
 VERSION=1.20220830+ds-1

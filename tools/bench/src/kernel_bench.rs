@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+mod usage;
+
 use kernel::infer::kernels::{self, Input, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar};
 use kernel::infer::{Precision, matmul, simd};
 use kernel::model::{Matrix, TensorType};
@@ -419,8 +421,24 @@ fn instruction_tables() -> Result<(), String> {
     Ok(())
 }
 
+/// What `kernel-bench --help` prints.
+const USAGE: &str = "\
+kernel-bench: the compute kernels on this host's SIMD path against the scalar kernels, one
+thread, on SmolLM2-sized rows; prints Markdown tables (and, with valgrind, instructions)
+
+usage: kernel-bench
+       kernel-bench --count dot TYPE PRECISION simd|scalar
+       kernel-bench --count multi TYPE PRECISION N batched|single
+
+  --count ...       run one case once (what the instruction tables run under callgrind)
+  -h, --help        print this help
+";
+
 fn main() -> ExitCode {
-    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let arguments = usage::arguments(USAGE, |arguments| match arguments.first() {
+        Some(first) if first != "--count" => Err(format!("unknown argument {first:?}")),
+        _ => Ok(()),
+    });
     if arguments.first().map(String::as_str) == Some("--count") {
         let Some(case) = Case::parse(&arguments[1..]) else {
             eprintln!(

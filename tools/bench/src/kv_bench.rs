@@ -3,6 +3,8 @@
 //! memory budget, and prints a markdown report (KV waste over time, concurrent sequences,
 //! prefix hits, copy-on-write copies, block allocation and release latency on the host).
 
+mod usage;
+
 use kernel::{
     hil::KvStore,
     mm::{
@@ -979,7 +981,21 @@ fn print_targets(sharegpt: &ShareGptFigures, alloc_mean: f64, mixed_waste: f64) 
     );
 }
 
+/// What `kv-bench --help` prints.
+const USAGE: &str = "\
+kv-bench: Tessera's paged KV cache against contiguous 2048-token slots on seeded request
+traces at the same memory budget; prints a Markdown report
+
+usage: kv-bench
+
+  -h, --help        print this help
+";
+
 fn main() {
+    usage::arguments(USAGE, |arguments| match arguments.first() {
+        Some(argument) => Err(format!("unexpected argument {argument:?}")),
+        None => Ok(()),
+    });
     let memory = host_memory(64 * MIB);
     let traces = [
         independent_trace("ShareGPT-like", 1000, SHAREGPT_PROMPT, SHAREGPT_OUTPUT, SEED),

@@ -8,6 +8,7 @@
 
 mod subjects;
 mod trace;
+mod usage;
 
 use bsp::board::budget::{BoardModel, scaled_budget};
 use kernel::mm::layout::{MemoryPlan, RegionKind, SEGMENT};
@@ -348,24 +349,43 @@ struct Options {
 }
 
 impl Options {
-    /// Reads the options from the process's arguments.
+    /// Reads the options from the process's arguments (see [`USAGE`]).
     fn parse() -> Self {
-        let arguments: Vec<String> = std::env::args().collect();
-        let quick = arguments.iter().any(|argument| argument == "--quick");
-        let replays = arguments
-            .iter()
-            .position(|argument| argument == "--replays")
-            .and_then(|index| arguments.get(index + 1)?.parse().ok())
-            .unwrap_or(5usize)
-            .max(5);
-        let plots = arguments
-            .iter()
-            .position(|argument| argument == "--plots")
-            .and_then(|index| arguments.get(index + 1))
-            .map(std::path::PathBuf::from);
-        Options { given: arguments[1..].to_vec(), quick, replays, plots }
+        let arguments = usage::arguments(USAGE, |arguments| Self::from(arguments).map(drop));
+        Self::from(&arguments).expect("checked above")
+    }
+
+    fn from(arguments: &[String]) -> Result<Self, String> {
+        let mut options = Options { given: arguments.to_vec(), quick: false, replays: 5, plots: None };
+        let mut words = arguments.iter();
+        while let Some(word) = words.next() {
+            let mut value = || words.next().ok_or_else(|| format!("{word} needs a value"));
+            match word.as_str() {
+                "--quick" => options.quick = true,
+                "--replays" => {
+                    let replays: usize = value()?.parse().map_err(|error| format!("--replays: {error}"))?;
+                    options.replays = replays.max(5);
+                }
+                "--plots" => options.plots = Some(std::path::PathBuf::from(value()?)),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(options)
     }
 }
+
+/// What `mm-bench --help` prints.
+const USAGE: &str = "\
+mm-bench: Tessera's memory pools against allocator crates (rlsf, talc, buddy_system_allocator,
+linked_list_allocator, the system's malloc) on seeded traces; prints Markdown tables
+
+usage: mm-bench [--quick] [--replays N] [--plots DIRECTORY]
+
+  --quick           shorter traces
+  --replays N       replays per measurement (default 5, the least allowed)
+  --plots DIR       also write SVG latency plots into DIR
+  -h, --help        print this help
+";
 
 /// What every latency table of one run shares.
 struct Bench<'a> {

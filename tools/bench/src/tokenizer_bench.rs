@@ -5,6 +5,8 @@
 //! fetched by `make model`). Prints a markdown table and a checksum of the token ids, so two
 //! builds of the tokenizer can be compared for speed and for identical output.
 
+mod usage;
+
 use kernel::{infer::Tokenizer, model::GgufFile};
 use std::{hint::black_box, time::Instant};
 
@@ -35,9 +37,27 @@ fn best_of(mut work: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// What `tokenizer-bench --help` prints.
+const USAGE: &str = "\
+tokenizer-bench: how fast the byte-level BPE tokenizer is built from a GGUF file and how fast
+it encodes and decodes, on this host; prints a Markdown table and a checksum of the token ids
+
+usage: tokenizer-bench [MODEL.gguf]
+
+  MODEL.gguf        default build/models/SmolLM2-135M-Instruct.Q4_1.gguf (`make model`)
+  -h, --help        print this help
+";
+
 fn main() {
-    let path = std::env::args()
-        .nth(1)
+    let arguments = usage::arguments(USAGE, |arguments| match arguments {
+        [] => Ok(()),
+        [model] if !model.starts_with('-') => Ok(()),
+        [model] => Err(format!("unknown option {model:?}")),
+        [_, extra, ..] => Err(format!("unexpected argument {extra:?} (one model at most)")),
+    });
+    let path = arguments
+        .first()
+        .cloned()
         .unwrap_or_else(|| String::from("build/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     let bytes = std::fs::read(&path).unwrap_or_else(|error| {
         eprintln!("tokenizer-bench: {path}: {error} (run `make model` first)");

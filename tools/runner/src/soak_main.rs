@@ -40,7 +40,26 @@ struct Options {
     machine: String,
 }
 
-fn parse_options() -> Result<Options, String> {
+/// What `tessera-soak --help` prints.
+const USAGE: &str = "\
+tessera-soak: boots kernel8 in QEMU with two small synthetic models and drives its console
+with a seeded mix of traffic, then checks that every request ended, that every pool and the
+heap came back to their idle use, that no console byte was dropped and no control deadline
+missed, and that the kernel still answers
+
+usage: tessera-soak [--minutes N] [--seed S] [--image KERNEL8.IMG] [--machine MACHINE]
+
+  --minutes N       how long to drive it (default 3; fractions allowed)
+  --seed S          the traffic's seed (default 16)
+  --image PATH      the kernel image (default build/kernel8.img)
+  --machine NAME    the QEMU machine (default raspi3b)
+  -h, --help        print this help
+
+`make soak MINUTES=N` builds the image and runs it.
+";
+
+/// The options, or `None` when the arguments ask for help.
+fn parse_options() -> Result<Option<Options>, String> {
     let mut options = Options {
         minutes: 3.0,
         seed: 16,
@@ -49,6 +68,9 @@ fn parse_options() -> Result<Options, String> {
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
+        if argument == "-h" || argument == "--help" {
+            return Ok(None);
+        }
         let mut value = || arguments.next().ok_or_else(|| format!("{argument} needs a value"));
         match argument.as_str() {
             "--minutes" => {
@@ -57,14 +79,10 @@ fn parse_options() -> Result<Options, String> {
             "--seed" => options.seed = value()?.parse().map_err(|error| format!("--seed: {error}"))?,
             "--image" => options.image = PathBuf::from(value()?),
             "--machine" => options.machine = value()?,
-            other => {
-                return Err(format!(
-                    "unknown argument {other}; see the header of tools/runner/src/soak_main.rs"
-                ));
-            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
     }
-    Ok(options)
+    Ok(Some(options))
 }
 
 /// What the soak did, for its report.
@@ -215,7 +233,11 @@ impl Driver {
 
 fn main() -> ExitCode {
     let options = match parse_options() {
-        Ok(options) => options,
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(error) => {
             eprintln!("tessera-soak: {error}");
             return ExitCode::FAILURE;
