@@ -5,6 +5,9 @@
 # Usage: tools/fuzz/make-seeds.sh   (from the repository root; needs mtools and QEMU)
 set -euo pipefail
 case "${1:-}" in -h | --help) sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
+# Every run writes the same bytes: file times from one fixed moment (2026-01-01 UTC) in both
+# card builders, and a fixed volume serial for mtools.
+export SOURCE_DATE_EPOCH=1767225600
 root=$(cd "$(dirname "$0")/../.." && pwd)
 corpus=$root/tools/fuzz/corpus
 work=$(mktemp -d)
@@ -32,15 +35,16 @@ truncate -s $bytes "$work/mtools.img"
 dd if="$work/mbr" of="$work/mtools.img" conv=notrunc status=none
 export MTOOLS_SKIP_CHECK=1
 image="$work/mtools.img@@1M"
-mformat -i "$image" -F -c 1 -v TESSERA ::
+mformat -i "$image" -F -c 1 -v TESSERA -N 7e55e7a0 ::
 mmd -i "$image" ::/models ::/models/old ::/docs
 cp "$corpus/llama2c/1layer-tied.bin" "$work/model.bin"
-mcopy -i "$image" "$work/model.bin" ::/models/stories-tiny.bin
-mcopy -i "$image" "$work/tessera.cfg" ::/tessera.cfg
 printf 'a long name\n' >"$work/long.txt"
-mcopy -i "$image" "$work/long.txt" "::/docs/A file with a Long Name.txt"
 : >"$work/empty"
-mcopy -i "$image" "$work/empty" ::/models/old/empty.gguf
+touch -d "@$SOURCE_DATE_EPOCH" "$work/model.bin" "$work/tessera.cfg" "$work/long.txt" "$work/empty"
+mcopy -m -i "$image" "$work/model.bin" ::/models/stories-tiny.bin
+mcopy -m -i "$image" "$work/tessera.cfg" ::/tessera.cfg
+mcopy -m -i "$image" "$work/long.txt" "::/docs/A file with a Long Name.txt"
+mcopy -m -i "$image" "$work/empty" ::/models/old/empty.gguf
 "$seeds" sparse "$work/mtools.img" "$corpus/fat32/mtools-card"
 
 # The device tree as QEMU's raspi3b hands it to the kernel (it adds /chosen and the memory node).
