@@ -60,7 +60,25 @@ const CORPUS: &[&str] = &[
     "Once upon a time, there was a little girl who lived in a village near the forest.",
 ];
 
+/// What `reference-check --help` prints.
+const USAGE: &str = "\
+reference-check: the inference engine against independent references: every position's logits
+against the numpy forward pass on synthetic models (1e-4), BPE token ids against the
+`tokenizers` package (tools/reference/check.sh, `make test-reference`, runs it)
+
+usage: reference-check [--python PYTHON] [--work DIR] [--smollm2 MODEL]
+
+  --python PYTHON   the interpreter with numpy, gguf and tokenizers (default python3)
+  --work DIR        where the synthetic models and outputs go (default build/reference)
+  --smollm2 MODEL   SmolLM2's GGUF, whose vocabulary is checked too when it exists
+                    (default build/models/SmolLM2-135M-Instruct.Q4_1.gguf)
+";
+
 fn main() {
+    if std::env::args().skip(1).any(|argument| argument == "-h" || argument == "--help") {
+        print!("{USAGE}");
+        return;
+    }
     let mut python = String::from("python3");
     let mut work = PathBuf::from("build/reference");
     let mut smollm2 = Some(PathBuf::from("build/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
@@ -71,7 +89,7 @@ fn main() {
             ("--work", Some(value)) => work = value.into(),
             ("--smollm2", Some(value)) => smollm2 = Some(value.into()),
             _ => {
-                eprintln!("usage: reference-check [--python PYTHON] [--work DIR] [--smollm2 MODEL]");
+                eprint!("error: {argument} is not an option this takes, or lacks its value\n\n{USAGE}");
                 std::process::exit(2);
             }
         }

@@ -19,12 +19,15 @@ fn objdump(tool: &std::path::Path, arguments: &[&str], elf: &std::path::Path) ->
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// What `premmu-check --help` prints.
+const USAGE: &str = "usage: premmu-check KERNEL8_ELF (checks its pre-MMU code for exclusive and atomic instructions; `make test-premmu` runs it)";
+
 fn run() -> Result<bool, String> {
     let mut arguments = std::env::args().skip(1);
     let elf = match (arguments.next(), arguments.next()) {
         (Some(elf), None) if !elf.starts_with('-') => PathBuf::from(elf),
         _ => {
-            return Err("usage: premmu-check KERNEL8_ELF (checks its pre-MMU code for exclusive and atomic instructions)".into());
+            return Err(USAGE.into());
         }
     };
     if !elf.is_file() {
@@ -49,6 +52,10 @@ fn run() -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|argument| argument == "-h" || argument == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -15,8 +15,22 @@ use std::process::ExitCode;
 use kernel::infer::synthetic::{SyntheticFormat, SyntheticSpec};
 use kernel::model::TensorType;
 
+/// What `fuzz-seeds --help` prints (and, on standard error, a wrong command line).
+const USAGE: &str = "\
+fuzz-seeds: writes the fuzz targets' generated seeds and the pieces of the card seeds
+(tools/fuzz/make-seeds.sh calls it)
+
+usage: fuzz-seeds generate DIR          every target's generated seeds under DIR/TARGET/
+       fuzz-seeds sparse IMAGE OUT      a card image in the sparse form the fat32 target reads
+       fuzz-seeds mbr BYTES OUT         a master boot record for a card of BYTES
+";
+
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
+    if arguments.iter().any(|argument| argument == "-h" || argument == "--help") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = match arguments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["generate", directory] => generate(Path::new(directory)),
         ["sparse", image, out] => std::fs::read(image)
@@ -26,7 +40,7 @@ fn main() -> ExitCode {
             Err(error) => Err(std::io::Error::other(format!("{bytes}: {error}"))),
         },
         _ => {
-            eprintln!("usage: fuzz-seeds generate DIR | sparse IMAGE OUT | mbr BYTES OUT");
+            eprint!("{USAGE}");
             return ExitCode::FAILURE;
         }
     };

@@ -5,6 +5,13 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let name = std::env::args().nth(1).unwrap_or_default();
+    if name == "-h" || name == "--help" {
+        println!("tessera-fuzz: one fuzz target under AFL++ (`make fuzz`, tools/fuzz/campaign.sh)\n");
+        println!("usage: tessera-fuzz NAME     run target NAME on AFL's inputs");
+        println!("       tessera-fuzz --list   the targets and what each reads\n");
+        println!("targets: {}", names());
+        return ExitCode::SUCCESS;
+    }
     if name == "--list" {
         for target in fuzz::TARGETS {
             println!("{:<14} {}", target.name, target.input);
