@@ -25,7 +25,7 @@ use kernel::{
     hil::Clock,
     infer::{
         Precision,
-        kernels::{self, Input, QuantizedRows, QuantizedVector, dot_scalar},
+        kernels::{self, HeadRows, Input, QuantizedRows, QuantizedVector, dot_scalar},
         matmul::{self, dot},
     },
     model::{Matrix, TensorType},
@@ -245,20 +245,29 @@ fn count_vector_kernels(random: &mut SplitMix64) {
 const HEAD_POSITIONS: usize = 256;
 
 /// Instructions per position of one attention head of 64 values over [`HEAD_POSITIONS`]
-/// positions (each row reached through a closure, as the KV stores hand them out): scores and
+/// positions (the rows read in runs, as the KV stores hand them out): scores and
 /// value sums by the kernels that hold the query or the sums in registers, against one SIMD
 /// call per position (the anchor).
 fn count_attention_head(random: &mut SplitMix64) {
     let query: Vec<f32> = (0..64).map(|_| random.next_f32() - 0.5).collect();
-    let rows: Vec<f32> = (0..64 * HEAD_POSITIONS).map(|_| random.next_f32() - 0.5).collect();
-    let row = |position: usize| &core::hint::black_box(&rows)[position * 64..(position + 1) * 64];
+    let stored: Vec<f32> = (0..192 * HEAD_POSITIONS).map(|_| random.next_f32() - 0.5).collect();
+    // As a paged store hands them out: runs of 16 rows (a KV block), each of three heads of
+    // 64 values, the head the middle one.
+    let rows = HeadRows {
+        run: |position: usize| {
+            &core::hint::black_box(&stored)[position * 192..(position / 16 + 1) * 16 * 192]
+        },
+        stride: 192,
+        range: 64..128,
+    };
     let mut scores = vec![0.0f32; HEAD_POSITIONS];
     let mut out = vec![0.0f32; 64];
     let count = |operation: &mut dyn FnMut()| systests::pmu::count(operation);
-    let held_scores = count(&mut || matmul::attention_scores(&query, row, 0.125, &mut scores));
-    let anchor_scores = count(&mut || matmul::attention_scores_by_position(&query, row, 0.125, &mut scores));
-    let held_values = count(&mut || matmul::accumulate_values(&scores, row, &mut out));
-    let anchor_values = count(&mut || matmul::accumulate_values_by_position(&scores, row, &mut out));
+    let held_scores = count(&mut || matmul::attention_scores(&query, &rows, 0.125, &mut scores));
+    let anchor_scores =
+        count(&mut || matmul::attention_scores_by_position(&query, &rows, 0.125, &mut scores));
+    let held_values = count(&mut || matmul::accumulate_values(&scores, &rows, &mut out));
+    let anchor_values = count(&mut || matmul::accumulate_values_by_position(&scores, &rows, &mut out));
     boot::println!("attention head of 64 values over {HEAD_POSITIONS} positions: instructions per position");
     boot::println!("| kernel | held in registers | one call per position | held / per position |");
     boot::println!("|---|---:|---:|---:|");

@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 use kernel::{
     infer::{
         Precision,
-        kernels::{self, Input, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar},
+        kernels::{self, HeadRows, Input, QuantizedRows, QuantizedVector, dot_scalar, rows_multi_scalar},
         matmul, simd,
     },
     model::{Matrix, TensorType, quant::quantize},
@@ -227,35 +227,52 @@ fn check_quantization(random: &mut SplitMix64) -> usize {
 }
 
 /// Whole attention heads of 32, 64 and 128 values (the NEON kernels) and of 48 (the
-/// per-position path) over 0 to 40 positions, one row 8 values short, against the scalar
-/// kernels position by position.
+/// per-position path) over 0 to 40 positions, read as a paged store hands rows out (runs of a
+/// few rows of two heads, the head second, one row a run of its own 8 values short of the
+/// head), against the scalar kernels position by position.
 fn check_attention_heads(random: &mut SplitMix64) -> usize {
     let mut checks = 0;
     for (case, width) in [32usize, 64, 128, 48].into_iter().cycle().take(24).enumerate() {
         let positions = case * 41 / 24;
         let short = case % 5 * 7;
+        let block = case % 7 + 1;
+        let stride = 2 * width;
+        let range = width..stride;
         let query = uniform(random, width, 4.0);
-        let keys = uniform(random, positions * width, 4.0);
+        let keys = uniform(random, positions * stride, 4.0);
         let weights: Vec<f32> = (0..positions).map(|_| random.next_f32()).collect();
+        let run = |position: usize| {
+            let start = position * stride;
+            if position == short {
+                return &keys[start..stride * position + range.end - 8];
+            }
+            let mut end = (position / block + 1) * block;
+            if position < short {
+                end = end.min(short);
+            }
+            &keys[start..end.min(positions) * stride]
+        };
+        let rows = HeadRows { run, stride, range: range.clone() };
         let row = |position: usize| {
-            let length = if position == short { width - 8 } else { width };
-            &keys[position * width..position * width + length]
+            let start = position * stride;
+            let end = if position == short { range.end - 8 } else { range.end };
+            &keys[start + range.start..start + end]
         };
         let expected: Vec<f32> =
             (0..positions).map(|position| kernels::dot_floats(&query, row(position)) * 0.125).collect();
         let mut scores = vec![f32::NAN; positions];
-        matmul::attention_scores(&query, row, 0.125, &mut scores);
+        matmul::attention_scores(&query, &rows, 0.125, &mut scores);
         ensure!(bits(&scores) == bits(&expected), "attention scores, width {width}, {positions} positions");
         let held = width != 48;
-        ensure!(simd::attention_scores(&query, row, 0.125, &mut scores) == held, "NEON scores for {width}");
+        ensure!(simd::attention_scores(&query, &rows, 0.125, &mut scores) == held, "NEON scores for {width}");
         let mut expected = vec![0.0f32; width];
         for (position, weight) in weights.iter().enumerate() {
             kernels::add_scaled(&mut expected, *weight, row(position));
         }
         let mut out = vec![f32::NAN; width];
-        matmul::accumulate_values(&weights, row, &mut out);
+        matmul::accumulate_values(&weights, &rows, &mut out);
         ensure!(bits(&out) == bits(&expected), "attention values, width {width}, {positions} positions");
-        ensure!(simd::accumulate_values(&weights, row, &mut out) == held, "NEON value sums for {width}");
+        ensure!(simd::accumulate_values(&weights, &rows, &mut out) == held, "NEON value sums for {width}");
         checks += 2;
     }
     checks

@@ -195,6 +195,55 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) {
     }
 }
 
+/// One attention head's keys (or values) as a KV store hands them out: `run(p)` is the
+/// store's rows from position `p` on, as many as lie together (a block of a paged cache),
+/// `stride` floats each, and the head's part of a row is `range` of it.
+pub struct HeadRows<'k, Run: Fn(usize) -> &'k [f32]> {
+    /// The store's run of rows from a position.
+    pub run: Run,
+    /// Floats per row.
+    pub stride: usize,
+    /// The head's part of each row.
+    pub range: core::ops::Range<usize>,
+}
+
+impl<'k, Run: Fn(usize) -> &'k [f32]> HeadRows<'k, Run> {
+    /// The store's rows from `position` (of `0 .. count`): `(run, rows)` with `rows` ≥ 1
+    /// whole rows at the start of `run`, at most `count − position`; or `rows` = 0 when the
+    /// store gave less than a row (none hands one out), whose [`Self::part`] is then the
+    /// position's one, short, row.
+    #[inline]
+    pub fn run_at(&self, position: usize, count: usize) -> (&'k [f32], usize) {
+        let run = (self.run)(position);
+        (run, (run.len() / self.stride.max(1)).min(count - position))
+    }
+
+    /// The head's part of `row`, cut short where the row is.
+    #[inline]
+    pub fn part(&self, row: &'k [f32]) -> &'k [f32] {
+        let end = self.range.end.min(row.len());
+        &row[self.range.start.min(end)..end]
+    }
+
+    /// Calls `each(position, part)` for the head's part of the rows of positions `0 ..
+    /// count`, in order, one [`Self::run_at`] per run (the kernels write this loop out).
+    pub fn for_each(&self, count: usize, mut each: impl FnMut(usize, &'k [f32])) {
+        let mut position = 0;
+        while position < count {
+            let (run, rows) = self.run_at(position, count);
+            if rows == 0 {
+                each(position, self.part(run));
+                position += 1;
+                continue;
+            }
+            for row in run.chunks_exact(self.stride.max(1)).take(rows) {
+                each(position, self.part(row));
+                position += 1;
+            }
+        }
+    }
+}
+
 /// One activation vector quantized to integers `T` (8 or 16 bits) in blocks of 32, as the
 /// integer kernels read it.
 #[derive(Clone, Copy, Debug)]
@@ -895,6 +944,35 @@ mod tests {
     use crate::model::quant::{dequantize, quantize};
     use alloc::vec::Vec;
     use proptest::prelude::*;
+
+    #[test]
+    fn head_rows_give_every_position_in_order_with_one_fetch_per_run() {
+        // Rows of 4 values, value = 10 × position + index; runs end at every multiple of 3
+        // positions (as blocks of 3 would); the head is values 1..3 of each row.
+        let rows: Vec<f32> =
+            (0..12).flat_map(|position| (0..4).map(move |index| (10 * position + index) as f32)).collect();
+        let fetches = core::cell::Cell::new(0);
+        let run = |position: usize| {
+            fetches.set(fetches.get() + 1);
+            &rows[position * 4..(position / 3 + 1) * 12]
+        };
+        let head = HeadRows { run, stride: 4, range: 1..3 };
+        let mut seen: Vec<Vec<f32>> = Vec::new();
+        head.for_each(11, |position, row| {
+            assert_eq!(position, seen.len());
+            seen.push(row.to_vec());
+        });
+        let expected: Vec<_> =
+            (0..11).map(|p| alloc::vec![(10 * p + 1) as f32, (10 * p + 2) as f32]).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(fetches.get(), 4, "one fetch per run");
+        // A run shorter than a row gives one short row, and the next position asks again.
+        let short =
+            HeadRows { run: |position: usize| &rows[position * 4..position * 4 + 2], stride: 4, range: 1..3 };
+        let mut seen: Vec<Vec<f32>> = Vec::new();
+        short.for_each(2, |_, row| seen.push(row.to_vec()));
+        assert_eq!(seen, [alloc::vec![1.0], alloc::vec![11.0]]);
+    }
 
     proptest! {
         #[test]

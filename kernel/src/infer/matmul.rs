@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-pub use super::kernels::{BatchInput, QuantizedRows, ShapeError};
+pub use super::kernels::{BatchInput, HeadRows, QuantizedRows, ShapeError};
 use super::kernels::{Input, QuantizeBlocks, ScalarBlocks, dot_scalar};
 use crate::model::{Matrix, TensorType, Vector};
 
@@ -134,11 +134,16 @@ pub fn add_scaled(out: &mut [f32], weight: f32, values: &[f32]) {
 }
 
 /// One attention head's scores: `scores[p] = (query · key(p)) × scale` for every position
-/// `p` of `scores` ([`dot_floats`] over the head's values); the SIMD path keeps the query in
-/// registers across the positions.
-pub fn attention_scores<'k>(query: &[f32], key: impl Fn(usize) -> &'k [f32], scale: f32, scores: &mut [f32]) {
-    if !super::simd::attention_scores(query, &key, scale, scores) {
-        attention_scores_by_position(query, key, scale, scores);
+/// `p` of `scores` ([`dot_floats`] over the head's part of each key row); the SIMD path keeps
+/// the query in registers across the positions.
+pub fn attention_scores<'k>(
+    query: &[f32],
+    keys: &HeadRows<'k, impl Fn(usize) -> &'k [f32]>,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    if !super::simd::attention_scores(query, keys, scale, scores) {
+        attention_scores_by_position(query, keys, scale, scores);
     }
 }
 
@@ -146,21 +151,23 @@ pub fn attention_scores<'k>(query: &[f32], key: impl Fn(usize) -> &'k [f32], sca
 /// SIMD kernel does not take, and the anchor of its benchmark).
 pub fn attention_scores_by_position<'k>(
     query: &[f32],
-    key: impl Fn(usize) -> &'k [f32],
+    keys: &HeadRows<'k, impl Fn(usize) -> &'k [f32]>,
     scale: f32,
     scores: &mut [f32],
 ) {
-    for (position, score) in scores.iter_mut().enumerate() {
-        *score = dot_floats(query, key(position)) * scale;
-    }
+    keys.for_each(scores.len(), |position, key| scores[position] = dot_floats(query, key) * scale);
 }
 
 /// One attention head's output: `out = Σ weights[p] × value(p)` over the positions of
 /// `weights`, from zero, position by position ([`add_scaled`]); the SIMD path keeps the sums
 /// in registers across the positions.
-pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
-    if !super::simd::accumulate_values(weights, &value, out) {
-        accumulate_values_by_position(weights, value, out);
+pub fn accumulate_values<'v>(
+    weights: &[f32],
+    values: &HeadRows<'v, impl Fn(usize) -> &'v [f32]>,
+    out: &mut [f32],
+) {
+    if !super::simd::accumulate_values(weights, values, out) {
+        accumulate_values_by_position(weights, values, out);
     }
 }
 
@@ -168,13 +175,11 @@ pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32]
 /// SIMD kernel does not take, and the anchor of its benchmark).
 pub fn accumulate_values_by_position<'v>(
     weights: &[f32],
-    value: impl Fn(usize) -> &'v [f32],
+    values: &HeadRows<'v, impl Fn(usize) -> &'v [f32]>,
     out: &mut [f32],
 ) {
     out.fill(0.0);
-    for (position, weight) in weights.iter().enumerate() {
-        add_scaled(out, *weight, value(position));
-    }
+    values.for_each(weights.len(), |position, row| add_scaled(out, weights[position], row));
 }
 
 #[cfg(test)]

@@ -26,13 +26,12 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use spin::{Mutex, RwLock};
 
 use super::forward::PassSequence;
-use super::kernels::{BatchInput, Precision, QuantizedRows};
+use super::kernels::{BatchInput, HeadRows, Precision, QuantizedRows};
 use super::matmul::{
     FastestBlocks, MAX_CORES, accumulate_values, attention_scores, rmsnorm, rows_multi, softmax, swiglu,
 };
@@ -205,43 +204,12 @@ impl AttentionInput<'_, '_, '_> {
         let kv_range = kv_head * head_dim..(kv_head + 1) * head_dim;
         let scale = 1.0 / libm::sqrtf(head_dim as f32);
         let scores = &mut scores[..=place.position];
-        let keys = RowRuns::new(|past| store.keys_from(self.layer, past), store.kv_dim());
-        attention_scores(query, |past| &keys.row(past)[kv_range.clone()], scale, scores);
+        let (layer, stride) = (self.layer, store.kv_dim());
+        let keys = HeadRows { run: |past| store.keys_from(layer, past), stride, range: kv_range.clone() };
+        attention_scores(query, &keys, scale, scores);
         softmax(scores);
-        let values = RowRuns::new(|past| store.values_from(self.layer, past), store.kv_dim());
-        accumulate_values(scores, |past| &values.row(past)[kv_range.clone()], out);
-    }
-}
-
-/// Rows of consecutive positions read through a KV store's runs (`keys_from`,
-/// `values_from`): the store is asked once per run of rows that lie together (a block of a
-/// paged cache), and the positions inside a run are found by stepping through it.
-struct RowRuns<'s, Fetch: Fn(usize) -> &'s [f32]> {
-    /// The store's run from a position.
-    fetch: Fetch,
-    /// Values per row.
-    stride: usize,
-    /// The position of the current run's first row.
-    first: Cell<usize>,
-    /// The current run.
-    run: Cell<&'s [f32]>,
-}
-
-impl<'s, Fetch: Fn(usize) -> &'s [f32]> RowRuns<'s, Fetch> {
-    fn new(fetch: Fetch, stride: usize) -> Self {
-        Self { fetch, stride, first: Cell::new(0), run: Cell::new(&[]) }
-    }
-
-    /// The row of `position` (`stride` values, or all the store gave if it gave fewer).
-    fn row(&self, position: usize) -> &'s [f32] {
-        let inside = position.checked_sub(self.first.get()).map(|index| index * self.stride);
-        if let Some(row) = inside.and_then(|at| self.run.get().get(at..at + self.stride)) {
-            return row;
-        }
-        let run = (self.fetch)(position);
-        self.first.set(position);
-        self.run.set(run);
-        run.get(..self.stride).unwrap_or(run)
+        let values = HeadRows { run: |past| store.values_from(layer, past), stride, range: kv_range };
+        accumulate_values(scores, &values, out);
     }
 }
 
@@ -432,29 +400,4 @@ pub fn normalize_into(prepared: &mut Prepared, residual: &[f32], weight: Vector<
 /// Scratch for each worker's attention scores: `MAX_CORES` pieces of `positions`.
 pub fn scores_len(positions: usize) -> usize {
     MAX_CORES * positions
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_runs_find_every_position_in_any_order_with_one_fetch_per_run_forward() {
-        // Rows of 2 values, value = position; runs end at every multiple of 3 positions (as
-        // blocks of 3 would), so position p's run holds p .. the next multiple of 3.
-        let rows: Vec<f32> = (0..12).flat_map(|position| [position as f32; 2]).collect();
-        let fetches = Cell::new(0);
-        let fetch = |position: usize| {
-            fetches.set(fetches.get() + 1);
-            &rows[position * 2..(position / 3 + 1) * 6]
-        };
-        let runs = RowRuns::new(fetch, 2);
-        for position in (0..12).chain((0..12).rev()).chain([5, 1, 11, 6, 7, 8]) {
-            assert_eq!(runs.row(position), [position as f32; 2], "position {position}");
-        }
-        let forward = RowRuns::new(fetch, 2);
-        fetches.set(0);
-        (0..12).for_each(|position| assert_eq!(forward.row(position), [position as f32; 2]));
-        assert_eq!(fetches.get(), 4, "one fetch per run when reading forward");
-    }
 }

@@ -17,7 +17,7 @@
 //! check every row and the activations' length once up front), and feature-gated functions
 //! are called only after the feature was detected (or is enabled for the whole build).
 
-use super::kernels::{BatchInput, Input};
+use super::kernels::{BatchInput, HeadRows, Input};
 use crate::model::{Matrix, TensorType};
 
 /// The row products' entry points and drivers, the same on every instruction set, expanded
@@ -324,15 +324,15 @@ pub fn softmax(values: &mut [f32]) -> bool {
 /// 128 values. `false` (nothing written) otherwise.
 pub fn attention_scores<'k>(
     query: &[f32],
-    key: impl Fn(usize) -> &'k [f32],
+    keys: &HeadRows<'k, impl Fn(usize) -> &'k [f32]>,
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
     // The query's groups of eight values.
     match query.len() {
-        32 => on_this_cpu!(scores_with_query_held::<4>(query, key, scale, scores), false),
-        64 => on_this_cpu!(scores_with_query_held::<8>(query, key, scale, scores), false),
-        128 => on_this_cpu!(scores_with_query_held::<16>(query, key, scale, scores), false),
+        32 => on_this_cpu!(scores_with_query_held::<4>(query, keys, scale, scores), false),
+        64 => on_this_cpu!(scores_with_query_held::<8>(query, keys, scale, scores), false),
+        128 => on_this_cpu!(scores_with_query_held::<16>(query, keys, scale, scores), false),
         _ => false,
     }
 }
@@ -341,12 +341,16 @@ pub fn attention_scores<'k>(
 /// position (each step `add_scaled`'s), with the sums held in registers across the positions,
 /// on this CPU's SIMD path: heads of 32, 64 or 128 values. `false` (nothing written)
 /// otherwise.
-pub fn accumulate_values<'v>(weights: &[f32], value: impl Fn(usize) -> &'v [f32], out: &mut [f32]) -> bool {
+pub fn accumulate_values<'v>(
+    weights: &[f32],
+    values: &HeadRows<'v, impl Fn(usize) -> &'v [f32]>,
+    out: &mut [f32],
+) -> bool {
     // The head's groups of eight values.
     match out.len() {
-        32 => on_this_cpu!(values_with_sums_held::<4>(weights, value, out), false),
-        64 => on_this_cpu!(values_with_sums_held::<8>(weights, value, out), false),
-        128 => on_this_cpu!(values_with_sums_held::<16>(weights, value, out), false),
+        32 => on_this_cpu!(values_with_sums_held::<4>(weights, values, out), false),
+        64 => on_this_cpu!(values_with_sums_held::<8>(weights, values, out), false),
+        128 => on_this_cpu!(values_with_sums_held::<16>(weights, values, out), false),
         _ => false,
     }
 }

@@ -18,7 +18,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use crate::infer::kernels::{BatchInput, Input, Quantized, exponential};
+use crate::infer::kernels::{BatchInput, HeadRows, Input, Quantized, exponential};
 use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
 use libm::fmaf;
@@ -1228,7 +1228,7 @@ pub fn softmax(values: &mut [f32]) -> bool {
 #[target_feature(enable = "neon")]
 pub fn scores_with_query_held<'k, const GROUPS: usize>(
     query: &[f32],
-    key: impl Fn(usize) -> &'k [f32],
+    keys: &HeadRows<'k, impl Fn(usize) -> &'k [f32]>,
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
@@ -1238,19 +1238,32 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
         // SAFETY: `chunks_exact` gives eight floats.
         *group = unsafe { load_f32(values.as_ptr()) };
     }
-    for (position, score) in scores.iter_mut().enumerate() {
-        let key = key(position);
+    let score_of = |key: &[f32]| {
         if key.len() < 8 * GROUPS {
             // A short key (no store hands one out): the dot product over what there is.
-            *score = dot_floats(query, key).unwrap_or_default() * scale;
-            continue;
+            return dot_floats(query, key).unwrap_or_default() * scale;
         }
         let mut lanes = zero();
         for (group, query) in held.iter().enumerate() {
             // SAFETY: the key holds at least 8 × GROUPS floats, checked above.
             lanes = multiply_add(lanes, *query, unsafe { load_f32(key.as_ptr().add(8 * group)) });
         }
-        *score = reduce(lanes) * scale;
+        reduce(lanes) * scale
+    };
+    let (count, mut position) = (scores.len(), 0);
+    while position < count {
+        let (run, rows) = keys.run_at(position, count);
+        if rows == 0 {
+            scores[position] = score_of(keys.part(run));
+            position += 1;
+            continue;
+        }
+        for (score, row) in
+            scores[position..position + rows].iter_mut().zip(run.chunks_exact(keys.stride.max(1)))
+        {
+            *score = score_of(keys.part(row));
+        }
+        position += rows;
     }
     true
 }
@@ -1262,7 +1275,7 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
 #[target_feature(enable = "neon")]
 pub fn values_with_sums_held<'v, const GROUPS: usize>(
     weights: &[f32],
-    value: impl Fn(usize) -> &'v [f32],
+    values: &HeadRows<'v, impl Fn(usize) -> &'v [f32]>,
     out: &mut [f32],
 ) -> bool {
     debug_assert_eq!(out.len(), 8 * GROUPS, "the dispatcher picks GROUPS from the output");
@@ -1276,24 +1289,38 @@ pub fn values_with_sums_held<'v, const GROUPS: usize>(
         }
     };
     let mut sums = [zero(); GROUPS];
-    for (position, &weight) in weights.iter().enumerate() {
-        let values = value(position);
-        if values.len() < 8 * GROUPS {
+    let mut add_row = |sums: &mut [Lanes; GROUPS], weight: f32, row: &[f32]| {
+        if row.len() < 8 * GROUPS {
             // A short row (no store hands one out): its values added through memory.
-            store(&sums, out);
-            add_scaled(out, weight, values);
+            store(sums, out);
+            add_scaled(out, weight, row);
             for (sum, outs) in sums.iter_mut().zip(out.chunks_exact(8)) {
                 // SAFETY: `chunks_exact` gives eight floats.
                 *sum = unsafe { load_f32(outs.as_ptr()) };
             }
-            continue;
+            return;
         }
         let weight = vdupq_n_f32(weight);
         for (group, sum) in sums.iter_mut().enumerate() {
             // SAFETY: the row holds at least 8 × GROUPS floats, checked above.
-            let (low, high) = unsafe { load_f32(values.as_ptr().add(8 * group)) };
+            let (low, high) = unsafe { load_f32(row.as_ptr().add(8 * group)) };
             *sum = (vfmaq_f32(sum.0, low, weight), vfmaq_f32(sum.1, high, weight));
         }
+    };
+    let (count, mut position) = (weights.len(), 0);
+    while position < count {
+        let (run, rows) = values.run_at(position, count);
+        if rows == 0 {
+            add_row(&mut sums, weights[position], values.part(run));
+            position += 1;
+            continue;
+        }
+        for (&weight, row) in
+            weights[position..position + rows].iter().zip(run.chunks_exact(values.stride.max(1)))
+        {
+            add_row(&mut sums, weight, values.part(row));
+        }
+        position += rows;
     }
     store(&sums, out);
     true

@@ -150,40 +150,67 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// The heads read through [`HeadRows`] as a paged store hands rows out (runs of up to
+    /// `block` rows of `heads` heads each, the head at its place in every row, and row `short`
+    /// a run of its own 8 values short of the head) give the scalar kernels' bits, position by
+    /// position.
     #[test]
     fn attention_heads_equal_the_scalar_kernels_position_by_position(
         width in prop::sample::select(vec![16usize, 32, 48, 64, 128]),
+        heads in 1usize..4,
+        head in 0usize..3,
+        block in 1usize..20,
         positions in 0usize..40,
         short in 0usize..48,
-        query in proptest::collection::vec(-4.0f32..4.0, 128),
-        keys in proptest::collection::vec(-4.0f32..4.0, 40 * 128),
-        weights in proptest::collection::vec(0.0f32..1.0, 40),
+        seed in any::<u64>(),
     ) {
-        let query = &query[..width];
-        // Row `short` (if it is one of the positions) is 8 values short of the head.
+        let mut random = crate::rand::SplitMix64::new(seed);
+        let stride = heads * width;
+        let range = head % heads * width..(head % heads + 1) * width;
+        let mut floats = |count: usize| (0..count).map(|_| 8.0 * random.next_f32() - 4.0).collect::<Vec<f32>>();
+        let query = floats(width);
+        let keys = floats(40 * stride);
+        let weights = floats(positions);
+        let run = |position: usize| {
+            let start = position * stride;
+            if position == short {
+                return &keys[start..start + range.end - 8];
+            }
+            let mut end = (position / block + 1) * block;
+            if position < short {
+                end = end.min(short);
+            }
+            &keys[start..end.min(40) * stride]
+        };
+        let rows = HeadRows { run, stride, range: range.clone() };
+        // Row `position`'s part, as one read per position sees it.
         let row = |position: usize| {
-            let length = if position == short { width - 8 } else { width };
-            &keys[position * width..position * width + length]
+            let start = position * stride;
+            let end = if position == short { range.end - 8 } else { range.end };
+            &keys[start + range.start..start + end]
         };
         let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
         let scale = 0.125;
         let expected: Vec<f32> =
-            (0..positions).map(|position| kernels::dot_floats(query, row(position)) * scale).collect();
+            (0..positions).map(|position| kernels::dot_floats(&query, row(position)) * scale).collect();
         let mut scores = vec![f32::NAN; positions];
-        matmul::attention_scores(query, row, scale, &mut scores);
+        matmul::attention_scores(&query, &rows, scale, &mut scores);
         prop_assert_eq!(bits(&scores), bits(&expected), "scores, width {}", width);
         let held = matches!(width, 32 | 64 | 128) && instruction_set().is_some();
-        prop_assert_eq!(attention_scores(query, row, scale, &mut scores), held, "a SIMD path for width {}", width);
+        prop_assert_eq!(attention_scores(&query, &rows, scale, &mut scores), held, "a SIMD path for width {}", width);
+        matmul::attention_scores_by_position(&query, &rows, scale, &mut scores);
+        prop_assert_eq!(bits(&scores), bits(&expected), "scores one position at a time, width {}", width);
 
-        let weights = &weights[..positions];
         let mut expected = vec![0.0f32; width];
         for (position, weight) in weights.iter().enumerate() {
             kernels::add_scaled(&mut expected, *weight, row(position));
         }
         let mut out = vec![f32::NAN; width];
-        matmul::accumulate_values(weights, row, &mut out);
+        matmul::accumulate_values(&weights, &rows, &mut out);
         prop_assert_eq!(bits(&out), bits(&expected), "values, width {}", width);
-        prop_assert_eq!(accumulate_values(weights, row, &mut out), held, "a SIMD path for width {}", width);
+        prop_assert_eq!(accumulate_values(&weights, &rows, &mut out), held, "a SIMD path for width {}", width);
+        matmul::accumulate_values_by_position(&weights, &rows, &mut out);
+        prop_assert_eq!(bits(&out), bits(&expected), "values one position at a time, width {}", width);
     }
 }
 

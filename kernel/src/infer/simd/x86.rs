@@ -11,8 +11,8 @@
 use core::arch::x86_64::*;
 
 use crate::infer::kernels::{
-    BatchInput, EXPONENT_HIGHEST, EXPONENT_LOWEST, EXPONENTIAL_COEFFICIENTS, Input, LN_2_HIGH, LN_2_LOW,
-    LOG2_E, Quantized, ROUNDING_SHIFTER, exponential,
+    BatchInput, EXPONENT_HIGHEST, EXPONENT_LOWEST, EXPONENTIAL_COEFFICIENTS, HeadRows, Input, LN_2_HIGH,
+    LN_2_LOW, LOG2_E, Quantized, ROUNDING_SHIFTER, exponential,
 };
 use crate::model::quant::BLOCK_VALUES;
 use crate::model::{Matrix, TensorType};
@@ -769,7 +769,7 @@ pub fn softmax(values: &mut [f32]) -> bool {
 #[target_feature(enable = "avx2,f16c,fma")]
 pub fn scores_with_query_held<'k, const GROUPS: usize>(
     query: &[f32],
-    key: impl Fn(usize) -> &'k [f32],
+    keys: &HeadRows<'k, impl Fn(usize) -> &'k [f32]>,
     scale: f32,
     scores: &mut [f32],
 ) -> bool {
@@ -779,12 +779,10 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
         // SAFETY: `chunks_exact` gives eight floats; the load is unaligned.
         *group = unsafe { _mm256_loadu_ps(values.as_ptr()) };
     }
-    for (position, score) in scores.iter_mut().enumerate() {
-        let key = key(position);
+    let score_of = |key: &[f32]| {
         if key.len() < 8 * GROUPS {
             // A short key (no store hands one out): the dot product over what there is.
-            *score = dot_floats(query, key).unwrap_or_default() * scale;
-            continue;
+            return dot_floats(query, key).unwrap_or_default() * scale;
         }
         let mut lanes = _mm256_setzero_ps();
         for (group, query) in held.iter().enumerate() {
@@ -792,7 +790,22 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
             // unaligned.
             lanes = _mm256_fmadd_ps(*query, unsafe { _mm256_loadu_ps(key.as_ptr().add(8 * group)) }, lanes);
         }
-        *score = reduce(lanes) * scale;
+        reduce(lanes) * scale
+    };
+    let (count, mut position) = (scores.len(), 0);
+    while position < count {
+        let (run, rows) = keys.run_at(position, count);
+        if rows == 0 {
+            scores[position] = score_of(keys.part(run));
+            position += 1;
+            continue;
+        }
+        for (score, row) in
+            scores[position..position + rows].iter_mut().zip(run.chunks_exact(keys.stride.max(1)))
+        {
+            *score = score_of(keys.part(row));
+        }
+        position += rows;
     }
     true
 }
@@ -804,7 +817,7 @@ pub fn scores_with_query_held<'k, const GROUPS: usize>(
 #[target_feature(enable = "avx2,f16c,fma")]
 pub fn values_with_sums_held<'v, const GROUPS: usize>(
     weights: &[f32],
-    value: impl Fn(usize) -> &'v [f32],
+    values: &HeadRows<'v, impl Fn(usize) -> &'v [f32]>,
     out: &mut [f32],
 ) -> bool {
     debug_assert_eq!(out.len(), 8 * GROUPS, "the dispatcher picks GROUPS from the output");
@@ -815,23 +828,37 @@ pub fn values_with_sums_held<'v, const GROUPS: usize>(
         }
     };
     let mut sums = [_mm256_setzero_ps(); GROUPS];
-    for (position, &weight) in weights.iter().enumerate() {
-        let values = value(position);
-        if values.len() < 8 * GROUPS {
+    let mut add_row = |sums: &mut [__m256; GROUPS], weight: f32, row: &[f32]| {
+        if row.len() < 8 * GROUPS {
             // A short row (no store hands one out): its values added through memory.
-            store(&sums, out);
-            add_scaled(out, weight, values);
+            store(sums, out);
+            add_scaled(out, weight, row);
             for (sum, outs) in sums.iter_mut().zip(out.chunks_exact(8)) {
                 *sum = load_f32(outs, 0);
             }
-            continue;
+            return;
         }
         let weight = _mm256_set1_ps(weight);
         for (octet, sum) in sums.iter_mut().enumerate() {
             // SAFETY: the row holds at least 8 × GROUPS floats, checked above; the load is
             // unaligned.
-            *sum = _mm256_fmadd_ps(weight, unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * octet)) }, *sum);
+            *sum = _mm256_fmadd_ps(weight, unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * octet)) }, *sum);
         }
+    };
+    let (count, mut position) = (weights.len(), 0);
+    while position < count {
+        let (run, rows) = values.run_at(position, count);
+        if rows == 0 {
+            add_row(&mut sums, weights[position], values.part(run));
+            position += 1;
+            continue;
+        }
+        for (&weight, row) in
+            weights[position..position + rows].iter().zip(run.chunks_exact(values.stride.max(1)))
+        {
+            add_row(&mut sums, weight, values.part(row));
+        }
+        position += rows;
     }
     store(&sums, out);
     true
