@@ -226,7 +226,10 @@ impl<'k, Run: Fn(usize) -> &'k [f32]> HeadRows<'k, Run> {
     }
 
     /// Calls `each(position, part)` for the head's part of the rows of positions `0 ..
-    /// count`, in order, one [`Self::run_at`] per run (the kernels write this loop out).
+    /// count`, in order, one [`Self::run_at`] per run. The SIMD kernels write this loop out
+    /// in their own bodies: through `each` (or a macro calling a closure per position) the
+    /// compiled NEON scores took 60.5 instructions per position of a 64-value head instead
+    /// of 46.8.
     pub fn for_each(&self, count: usize, mut each: impl FnMut(usize, &'k [f32])) {
         let mut position = 0;
         while position < count {
