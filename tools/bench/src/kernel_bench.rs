@@ -435,9 +435,9 @@ usage: kernel-bench
 ";
 
 fn main() -> ExitCode {
-    let arguments = usage::arguments(USAGE, |arguments| match arguments.first() {
+    let arguments = usage::parse(USAGE, |arguments| match arguments.first() {
         Some(first) if first != "--count" => Err(format!("unknown argument {first:?}")),
-        _ => Ok(()),
+        _ => Ok(arguments.to_vec()),
     });
     if arguments.first().map(String::as_str) == Some("--count") {
         let Some(case) = Case::parse(&arguments[1..]) else {

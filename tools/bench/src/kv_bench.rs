@@ -992,7 +992,7 @@ usage: kv-bench
 ";
 
 fn main() {
-    usage::arguments(USAGE, |arguments| match arguments.first() {
+    usage::parse(USAGE, |arguments| match arguments.first() {
         Some(argument) => Err(format!("unexpected argument {argument:?}")),
         None => Ok(()),
     });

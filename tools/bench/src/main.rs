@@ -351,8 +351,7 @@ struct Options {
 impl Options {
     /// Reads the options from the process's arguments (see [`USAGE`]).
     fn parse() -> Self {
-        let arguments = usage::arguments(USAGE, |arguments| Self::from(arguments).map(drop));
-        Self::from(&arguments).expect("checked above")
+        usage::parse(USAGE, Self::from)
     }
 
     fn from(arguments: &[String]) -> Result<Self, String> {

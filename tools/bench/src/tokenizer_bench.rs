@@ -49,16 +49,13 @@ usage: tokenizer-bench [MODEL.gguf]
 ";
 
 fn main() {
-    let arguments = usage::arguments(USAGE, |arguments| match arguments {
-        [] => Ok(()),
-        [model] if !model.starts_with('-') => Ok(()),
+    let model = usage::parse(USAGE, |arguments| match arguments {
+        [] => Ok(None),
+        [model] if !model.starts_with('-') => Ok(Some(model.clone())),
         [model] => Err(format!("unknown option {model:?}")),
         [_, extra, ..] => Err(format!("unexpected argument {extra:?} (one model at most)")),
     });
-    let path = arguments
-        .first()
-        .cloned()
-        .unwrap_or_else(|| String::from("build/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let path = model.unwrap_or_else(|| String::from("build/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     let bytes = std::fs::read(&path).unwrap_or_else(|error| {
         eprintln!("tokenizer-bench: {path}: {error} (run `make model` first)");
         std::process::exit(1);
