@@ -17,6 +17,7 @@ import socket
 import urllib.parse
 
 import openai
+import pytest
 
 from conftest import EVENT_DEADLINE, SILENT_DEADLINE_SECONDS, metric, wait_until
 from test_gateway import assert_error_shape, raw
@@ -152,7 +153,10 @@ def test_a_board_that_falls_silent_is_504_then_the_gateway_serves_again(silent_g
     try:
         status, body = raw(silent_gateway, "POST", PATH, json.dumps({"messages": question, "max_tokens": 2}))
     finally:
-        os.kill(pid, signal.SIGCONT)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pytest.fail(f"QEMU (pid {pid}) exited while stopped or before; its reason is in {silent_gateway.stderr_path}")
     assert status == 504
     assert_error_shape(body, code="board_timeout")
     assert f"{SILENT_DEADLINE_SECONDS} s" in body["error"]["message"]

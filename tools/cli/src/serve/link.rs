@@ -81,7 +81,9 @@ async fn pump_lines(reader: impl tokio::io::AsyncRead + Unpin, lines: UnboundedS
     }
 }
 
-/// Boots `board` in QEMU with its console on the child's stdin and stdout.
+/// Boots `board` in QEMU with its console on the child's stdin and stdout. QEMU's own messages
+/// (a bad argument, "terminating on signal 15 from pid …") go to the gateway's stderr, so a
+/// board that stops without a word from the kernel still leaves a reason in the log.
 fn open_qemu(board: &QemuBoard) -> Result<Connection, String> {
     for (what, path) in [("kernel", &board.kernel), ("SD image", &board.sd)] {
         if !path.is_file() {
@@ -92,7 +94,7 @@ fn open_qemu(board: &QemuBoard) -> Result<Connection, String> {
         .args(board.arguments())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .map_err(|error| format!("cannot start {}: {error}", board.binary))?;

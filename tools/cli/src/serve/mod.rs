@@ -29,7 +29,8 @@ pub struct ServeOptions {
     #[arg(long)]
     serial: Option<PathBuf>,
     /// Boot the board in QEMU (with --kernel and --sd), its serial console on a pipe; QEMU is
-    /// stopped when the gateway exits, and booted again if it dies.
+    /// stopped when the gateway exits, and booted again if it dies (QEMU's own messages, such
+    /// as why it stopped, go to the gateway's stderr).
     #[arg(long)]
     qemu: bool,
     /// kernel8.img for --qemu.
