@@ -125,7 +125,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     }
 
     /// The arena's figures: its free space, how far the KV cache may grow next to the loaded
-    /// models, and the largest model it can hold alone.
+    /// models, and the largest model it can hold alone (within `tessera.cfg`'s weights budget).
     fn arena_entry(&self) -> protocol::ArenaEntry {
         let arena = self.memory.memory().arena();
         let set_aside = self.set_aside.as_ref().map_or(0, |handle| handle.size());
@@ -139,7 +139,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
             free_bytes: arena.free,
             largest_free_bytes: arena.largest_free,
             kv_capacity_bytes: kv_capacity,
-            largest_model_bytes: capacity.saturating_sub(2 * SEGMENT),
+            largest_model_bytes: capacity
+                .saturating_sub(2 * SEGMENT)
+                .min(self.card_config.weights_budget.unwrap_or(u64::MAX)),
         }
     }
 

@@ -381,7 +381,7 @@ pub struct ArenaEntry {
     /// Bytes the KV cache may grow to now, next to the loaded models.
     pub kv_capacity_bytes: u64,
     /// The largest model the arena can hold alone (with room for one batch's scratch and
-    /// KV).
+    /// KV), and no more than `tessera.cfg`'s weights budget.
     pub largest_model_bytes: u64,
 }
 
