@@ -70,8 +70,8 @@ usage: reference-check [--python PYTHON] [--work DIR] [--smollm2 MODEL]
 
   --python PYTHON   the interpreter with numpy, gguf and tokenizers (default python3)
   --work DIR        where the synthetic models and outputs go (default build/reference)
-  --smollm2 MODEL   SmolLM2's GGUF, whose vocabulary is checked too when it exists
-                    (default build/models/SmolLM2-135M-Instruct.Q4_1.gguf)
+  --smollm2 MODEL   SmolLM2's GGUF, whose vocabulary is checked too (it must exist; without
+                    the option, build/models/SmolLM2-135M-Instruct.Q4_1.gguf if it exists)
 ";
 
 fn main() {
@@ -87,7 +87,13 @@ fn main() {
         match (argument.as_str(), arguments.next()) {
             ("--python", Some(value)) => python = value,
             ("--work", Some(value)) => work = value.into(),
-            ("--smollm2", Some(value)) => smollm2 = Some(value.into()),
+            ("--smollm2", Some(value)) => {
+                let path = PathBuf::from(value);
+                if !path.exists() {
+                    fail_setup(&format!("--smollm2 {}: no such file", path.display()));
+                }
+                smollm2 = Some(path);
+            }
             _ => {
                 eprint!("error: {argument} is not an option this takes, or lacks its value\n\n{USAGE}");
                 std::process::exit(2);
