@@ -305,7 +305,6 @@ mod tests {
             let plan = MemoryPlan::new(960 * MIB, budget, MIB, seed).unwrap();
             plan.regions.map(|region| region.base)
         };
-        assert_eq!(bases(1), bases(1), "same seed, same layout");
         let distinct: std::collections::HashSet<_> = (0..64).map(bases).collect();
         assert!(distinct.len() > 8, "seeds give varied layouts ({})", distinct.len());
         assert!(distinct.iter().all(|b| b[..5] == bases(0)[..5]), "fixed regions never move");
