@@ -203,8 +203,9 @@ fn batched_products(random: &mut SplitMix64) -> Result<(), String> {
     Ok(())
 }
 
-/// SwiGLU over 1536 values and the attention kernels over 64 (one head), ns per element.
-fn vector_kernels(random: &mut SplitMix64) {
+/// SwiGLU over 1536 values and the attention kernels over 64 (one head), ns per element; each
+/// SIMD result is checked against the scalar kernel's bits.
+fn vector_kernels(random: &mut SplitMix64) -> Result<(), String> {
     const REPEATS: usize = 256;
     let gate = uniform(random, ROWS, 8.0);
     let up = uniform(random, ROWS, 1.0);
@@ -232,6 +233,9 @@ fn vector_kernels(random: &mut SplitMix64) {
             }
         },
     );
+    if bits(&fast_values) != bits(&slow_values) {
+        return Err("SwiGLU: the SIMD values differ from the scalar values".into());
+    }
     row("SwiGLU (1536, with a copy of the gate)", ROWS, swiglu);
     let dot = best_of(
         || {
@@ -245,6 +249,9 @@ fn vector_kernels(random: &mut SplitMix64) {
             }
         },
     );
+    if matmul::dot_floats(query, key).to_bits() != kernels::dot_floats(query, key).to_bits() {
+        return Err("attention q·k: the SIMD dot differs from the scalar dot".into());
+    }
     row("attention q·k (64)", 64, dot);
     let sum = best_of(
         || {
@@ -258,8 +265,13 @@ fn vector_kernels(random: &mut SplitMix64) {
             }
         },
     );
+    // Both sides ran the same number of times, so equal kernels leave equal sums.
+    if bits(&fast_out) != bits(&slow_out) {
+        return Err("attention value sum: the SIMD sums differ from the scalar sums".into());
+    }
     row("attention value sum (64)", 64, sum);
     println!();
+    Ok(())
 }
 
 /// The SIMD path's name for the table headers.
@@ -453,12 +465,13 @@ fn main() -> ExitCode {
     println!("## Compute kernels on the host ({}), one thread\n", simd_name());
     let mut random = SplitMix64::new(2026);
     let activations = Activations::new(&mut random);
-    let result = dot_products(&mut random, &activations).and_then(|()| batched_products(&mut random));
+    let result = dot_products(&mut random, &activations)
+        .and_then(|()| batched_products(&mut random))
+        .and_then(|()| vector_kernels(&mut random));
     if let Err(error) = result {
         eprintln!("kernel-bench: {error}");
         return ExitCode::FAILURE;
     }
-    vector_kernels(&mut random);
     let has_valgrind =
         Command::new("valgrind").arg("--version").output().is_ok_and(|output| output.status.success());
     if !has_valgrind {
