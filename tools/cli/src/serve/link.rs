@@ -16,8 +16,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 /// How the board is reached.
 #[derive(Clone, Debug)]
 pub enum Transport {
-    /// A serial device such as /dev/ttyUSB0.
-    Serial(PathBuf),
+    /// A serial device such as /dev/ttyUSB0, and whether RTS/CTS flow control is on.
+    Serial { path: PathBuf, rts_cts: bool },
     /// A QEMU the gateway starts.
     Qemu(QemuBoard),
 }
@@ -115,13 +115,16 @@ fn open_qemu(board: &QemuBoard) -> Result<Connection, String> {
     Ok(Connection { lines, writer, child: Some(child) })
 }
 
-/// Opens the serial device at 115200 8N1 in raw mode, with a reader and a writer thread.
-fn open_serial(path: &Path) -> Result<Connection, String> {
+/// Opens the serial device at 115200 8N1 in raw mode (with RTS/CTS flow control when
+/// `rts_cts`), with a reader and a writer thread.
+fn open_serial(path: &Path, rts_cts: bool) -> Result<Connection, String> {
+    let flow_control =
+        if rts_cts { serialport::FlowControl::Hardware } else { serialport::FlowControl::None };
     let port = serialport::new(path.to_string_lossy(), 115_200)
         .data_bits(serialport::DataBits::Eight)
         .parity(serialport::Parity::None)
         .stop_bits(serialport::StopBits::One)
-        .flow_control(serialport::FlowControl::None)
+        .flow_control(flow_control)
         .timeout(Duration::from_millis(200))
         .open()
         .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
@@ -165,7 +168,7 @@ pub async fn keep_up(hub: Arc<Hub>, transport: Transport, mut log: Option<std::f
     loop {
         let opened = match &transport {
             Transport::Qemu(board) => open_qemu(board),
-            Transport::Serial(path) => open_serial(path),
+            Transport::Serial { path, rts_cts } => open_serial(path, *rts_cts),
         };
         let mut connection = match opened {
             Ok(connection) => connection,
@@ -177,7 +180,7 @@ pub async fn keep_up(hub: Arc<Hub>, transport: Transport, mut log: Option<std::f
             }
         };
         hub.attach(connection.writer.clone());
-        let prober = matches!(transport, Transport::Serial(_)).then(|| {
+        let prober = matches!(transport, Transport::Serial { .. }).then(|| {
             let hub = Arc::clone(&hub);
             tokio::spawn(async move {
                 while !hub.is_ready() {

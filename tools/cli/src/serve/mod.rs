@@ -28,6 +28,10 @@ pub struct ServeOptions {
     /// The board's serial device (115200 8N1, raw), such as /dev/ttyUSB0.
     #[arg(long)]
     serial: Option<PathBuf>,
+    /// RTS/CTS hardware flow control on --serial, for a board wired for it (GPIO 16/17) whose
+    /// card's tessera.cfg says `uart_flow_control = rts_cts`.
+    #[arg(long, requires = "serial")]
+    rts_cts: bool,
     /// Boot the board in QEMU (with --kernel and --sd), its serial console on a pipe; QEMU is
     /// stopped when the gateway exits, and booted again if it dies (QEMU's own messages, such
     /// as why it stopped, go to the gateway's stderr).
@@ -81,7 +85,7 @@ pub fn serve(options: ServeOptions) -> Result<(), String> {
 
 async fn run(options: ServeOptions) -> Result<(), String> {
     let transport = match &options.serial {
-        Some(path) => link::Transport::Serial(path.clone()),
+        Some(path) => link::Transport::Serial { path: path.clone(), rts_cts: options.rts_cts },
         None => link::Transport::Qemu(link::QemuBoard {
             binary: std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()),
             machine: options.machine.clone(),
