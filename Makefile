@@ -24,6 +24,8 @@ SDCARD      := $(BUILD)/sdcard.img
 # The Raspberry Pi firmware put on the card (Debian's raspi-firmware, fetched once into
 # build/firmware/); `make sdcard FIRMWARE=` makes a card without it, which boots only in QEMU.
 FIRMWARE    ?= $(BUILD)/firmware/boot
+# `make sdcard CFG=my.cfg` puts my.cfg on the card as /tessera.cfg (the kernel's settings).
+CFG         ?=
 QEMU_ARGS   := -M $(MACHINE) -kernel $(KERNEL_IMG) -display none -drive file=$(SDCARD),if=sd,format=raw
 CARGO       := cargo
 HOST_CLIPPY := $(CARGO) clippy --workspace --exclude boot --exclude systests --all-targets -- -D warnings
@@ -41,7 +43,8 @@ help:
 	@echo "                  the 3-minute soak (make test-soak)"
 	@echo "  make build      build $(KERNEL_IMG)"
 	@echo "  make model      fetch SmolLM2-135M-Instruct (sha256-pinned) into $(BUILD)/models/"
-	@echo "  make sdcard     write $(SDCARD): the Pi firmware, config.txt, kernel8.img and MODEL under /models"
+	@echo "  make sdcard     write $(SDCARD): the Pi firmware, config.txt, kernel8.img and MODEL under /models;"
+	@echo "                  CFG=path puts that file on the card as /tessera.cfg (README: \"tessera.cfg\")"
 	@echo "  make firmware   fetch Debian's raspi-firmware (sha256-pinned) into $(FIRMWARE)"
 	@echo "  make test-host  host unit, property and integration tests"
 	@echo "  make test-premmu  kernel8's pre-MMU code (.text.premmu and what it calls) holds no exclusive or atomic instruction"
@@ -59,10 +62,15 @@ help:
 	@echo "                  with a seeded mix (SEED), then check final records, idle pools, dropped bytes, deadlines"
 	@echo "  make qemu       like run, without remaking the card (cargo run with the QEMU runner of .cargo/config.toml)"
 	@echo "  make gdb        start QEMU halted with a gdb server on :1234 and attach gdb-multiarch"
+	@echo "  make test-soak  the 3-minute soak make test runs"
+	@echo "  make fuzz-build build the fuzz targets only; make fuzz-seeds regenerates their seed corpora (tools/fuzz)"
+	@echo "  make check      fmt-check and clippy"
 	@echo "  make clippy     clippy -D warnings for the host crates and for $(TARGET)"
-	@echo "  make fmt        format the code (fmt-check only checks)"
+	@echo "  make fmt        format the code (make fmt-check only checks)"
 	@echo "  make doc        build the API documentation"
 	@echo "  make deps       install what is missing: Rust toolchain/target/components, QEMU >= 9 (raspi4b), mtools"
+	@echo "                  (make toolchain, make qemu-installed and make mtools-installed do one each)"
+	@echo "  make clean      remove target/ and $(BUILD)/"
 
 deps: toolchain qemu-installed mtools-installed
 
@@ -107,7 +115,7 @@ firmware:
 
 sdcard: build $(MODEL) $(if $(FIRMWARE),firmware)
 	$(CARGO) run --release -q -p sdimage --bin tessera-sdimage -- $(SDCARD) --kernel $(KERNEL_IMG) --model $(MODEL) \
-	  $(if $(FIRMWARE),--firmware $(FIRMWARE))
+	  $(if $(FIRMWARE),--firmware $(FIRMWARE)) $(if $(CFG),--file $(CFG):/tessera.cfg)
 
 run: deps sdcard qemu
 

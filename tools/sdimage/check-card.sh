@@ -26,7 +26,7 @@ for file in bootcode.bin start.elf fixup.dat start4.elf fixup4.dat config.txt ke
 done
 
 config=$(mtype -i "$partition" ::/config.txt 2>/dev/null || true)
-for setting in arm_64bit=1 kernel=kernel8.img kernel_address=0x80000 enable_uart=1; do
+for setting in arm_64bit=1 kernel=kernel8.img kernel_address=0x80000 enable_uart=1 init_uart_clock=48000000; do
   if grep -qx "$setting" <<<"$config"; then
     echo "card: config.txt sets $setting"
   else
