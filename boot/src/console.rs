@@ -225,8 +225,8 @@ static INTERRUPT_CONSOLE: spin::Once<InterruptConsole> = spin::Once::new();
 
 /// `bytes` bytes of protocol (RT) memory for a ring, kept for the life of the kernel.
 fn protocol_cells(memory: &'static BackedMemory, bytes: u64) -> Result<&'static [AtomicU8], MemError> {
-    let buffer = memory.alloc(bytes, TensorKind::Protocol)?;
-    let (address, length) = (buffer.as_ptr(), buffer.len());
+    let mut buffer = memory.alloc(bytes, TensorKind::Protocol)?;
+    let (address, length) = (buffer.as_mut_ptr(), buffer.len());
     // The ring lives as long as the kernel: its buffer is never released.
     core::mem::forget(buffer);
     // An `AtomicU8` has the size and alignment of a `u8`, so the bytes reinterpret exactly.

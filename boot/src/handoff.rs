@@ -59,8 +59,9 @@ pub(crate) static ENTRY_LEVEL: EntryCell = EntryCell::new(0);
 #[repr(transparent)]
 pub(crate) struct BootWritten<T>(UnsafeCell<T>);
 
-// SAFETY: see the type's rule: one writer, before any reader exists.
-unsafe impl<T> Sync for BootWritten<T> {}
+// SAFETY: see the type's rule: one writer, before any reader exists; afterwards every core
+// may hold `&T` at once, which `T: Sync` allows.
+unsafe impl<T: Sync> Sync for BootWritten<T> {}
 
 impl<T> BootWritten<T> {
     /// A cell holding `value`.

@@ -42,12 +42,12 @@ pub fn mount_card(memory: &'static BackedMemory) -> Result<Volume<Card>, alloc::
 /// controller the chip has it on) and prints what it found, or says why it failed.
 pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::String> {
     use alloc::format;
-    let buffer = memory
+    let mut buffer = memory
         .alloc((BUFFER_WORDS * 4) as u64, TensorKind::Device)
         .map_err(|error| format!("no DMA memory for the mailbox: {error}"))?;
     let soc = Soc::current();
     // SAFETY: the mailbox block; the buffer is non-cacheable DMA memory owned by this call.
-    let mut mailbox = unsafe { Mailbox::new(soc.map().mailbox, buffer.as_ptr() as *mut u32) };
+    let mut mailbox = unsafe { Mailbox::new(soc.map().mailbox, buffer.as_mut_ptr().cast::<u32>()) };
     let card = match soc {
         Soc::Bcm2837 => open_on(Variant::Bcm2837Emmc, &mut mailbox),
         Soc::Bcm2711 => {

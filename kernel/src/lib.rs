@@ -3,7 +3,13 @@
 //! The board reaches this crate only through the traits in [`hil`]; boot hands over the typed
 //! memory regions as plain data ([`mm::layout::MemoryPlan`]). Nothing here names a register,
 //! a physical address or a board.
+//!
+//! Unsafe code is denied crate-wide; the few modules that need it say so at their top with
+//! `#![allow(unsafe_code)]`: the raw-memory core of [`mm`] (`buffer`, `copy`, `handout`,
+//! `kv`), the SIMD kernels of [`infer`] (`infer::simd` and its NEON and x86 halves) and the
+//! copy engine's contract in [`hil`] (`hil::copy`).
 
+#![deny(unsafe_code)]
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 extern crate alloc;

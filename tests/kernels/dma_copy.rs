@@ -196,7 +196,8 @@ fn staged_copies(engine: &mut DmaEngine<'_>, memory: &BackedMemory, cache_line: 
             }
         }
     }
-    let short = stage_copy(Some(engine), alloc(memory, 4096), 0, &source[..4096]).finish();
+    // SAFETY: the staged copy is finished below, never leaked.
+    let short = unsafe { stage_copy(Some(engine), alloc(memory, 4096), 0, &source[..4096]) }.finish();
     ensure!(short.1.fallback == Some(Fallback::Short) && short.0[..] == source[..4096], "short copy");
     boot::println!(
         "staged copies: {offloaded} offloaded, {on_core} refused as misaligned and copied by the core"
@@ -219,7 +220,8 @@ fn staged_copy(
     let mut destination = alloc(memory, (length + destination_offset + 128) as u64);
     destination.fill(GUARD);
     let staged =
-        stage_copy(Some(engine), destination, destination_offset, &source[source_offset..][..length]);
+        // SAFETY: the staged copy is finished below, never leaked.
+        unsafe { stage_copy(Some(engine), destination, destination_offset, &source[source_offset..][..length]) };
     let (destination, report) = staged.finish();
     let copied = &destination[destination_offset..destination_offset + length];
     ensure!(
@@ -256,7 +258,8 @@ fn copy_beside_compute(engine: &mut DmaEngine<'_>, memory: &BackedMemory) {
     fill_random(&mut weights, 7);
     let mut activations = alloc(memory, MIB);
     fill_random(&mut activations, 8);
-    let mut staged = stage_copy(Some(engine), alloc(memory, 4 * MIB), 0, &weights);
+    // SAFETY: the staged copy is finished below, never leaked.
+    let mut staged = unsafe { stage_copy(Some(engine), alloc(memory, 4 * MIB), 0, &weights) };
     let mut checksum = 0u64;
     let mut finished_during_compute = false;
     for (round, chunk) in activations.chunks(4096).enumerate() {

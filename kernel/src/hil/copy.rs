@@ -5,7 +5,10 @@
 //! physical addresses (identity-mapped); the driver translates them to whatever its bus needs
 //! and does any cache maintenance the copy requires. Starting a copy is `unsafe`: the engine
 //! writes memory behind the compiler's back, so the caller promises the ranges are real memory
-//! that nothing else touches until the copy is finished. `mm::copy` wraps it in a safe API.
+//! that nothing else touches until the copy is finished. `mm::copy::stage_copy` wraps it, leaving
+//! its caller one promise: never to leak the staged copy.
+
+#![allow(unsafe_code)]
 
 use core::fmt;
 

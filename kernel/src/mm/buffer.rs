@@ -1,8 +1,11 @@
 //! Backed tensor memory: the pools over regions that are real, mapped RAM, handing out owning
 //! buffers that read and write that RAM and return it to their pool when dropped.
 //!
-//! This and [`copy`](super::copy) are the only places in `mm` that touch the memory itself;
-//! every allocator stays a pure address-range manager.
+//! This, [`copy`](super::copy), [`handout`](super::handout) and the KV block handles of
+//! [`kv`](super::kv) are the only places in `mm` that touch the memory itself; every allocator
+//! stays a pure address-range manager.
+
+#![allow(unsafe_code)]
 
 use super::{
     MemError,
@@ -121,7 +124,8 @@ impl TensorBuffer<'_> {
 
     /// The buffer as `f32`s (its length rounded down to whole values).
     pub fn as_f32(&self) -> &[f32] {
-        // SAFETY: allocations are aligned to at least a cache line (≥ 4 bytes), every bit
+        // SAFETY: allocations are aligned to at least a cache line, which `TensorMemory::new`
+        // requires to be at least 4 bytes; every bit
         // pattern is a valid f32, and the slice covers only this allocation.
         unsafe {
             core::slice::from_raw_parts(self.handle.base() as *const f32, self.handle.size() as usize / 4)

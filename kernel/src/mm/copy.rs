@@ -3,6 +3,8 @@
 //! [`CopyEngine`] (the DMA engine) so the core can compute while it runs. Together with
 //! [`buffer`](super::buffer) this is the part of the memory manager that touches memory.
 
+#![allow(unsafe_code)]
+
 use super::buffer::TensorBuffer;
 use crate::hil::{CopyEngine, CopyError, CopyRequest, CopyStatus, check_request};
 use core::marker::PhantomData;
@@ -118,7 +120,13 @@ pub struct StagedCopy<'source, 'memory, 'engine, E: CopyEngine + ?Sized> {
 /// head and tail around it with [`tensor_copy`] while the engine runs, and copies everything
 /// itself when there is no engine, the copy is short, or the engine refuses it. Copies
 /// `min(source.len(), destination.len() - offset)` bytes.
-pub fn stage_copy<'source, 'memory, 'engine, E: CopyEngine + ?Sized>(
+///
+/// # Safety
+/// The returned [`StagedCopy`] must be finished or dropped, never leaked (`mem::forget`, a
+/// reference cycle): only its `finish` or `Drop` waits for the engine, which reads `source`
+/// until then, and a leaked value would end the borrow of `source` while the engine may still
+/// read it (a leaked value keeps the destination buffer, so that half stays safe).
+pub unsafe fn stage_copy<'source, 'memory, 'engine, E: CopyEngine + ?Sized>(
     mut engine: Option<&'engine mut E>,
     mut destination: TensorBuffer<'memory>,
     offset: usize,
@@ -153,10 +161,11 @@ pub fn stage_copy<'source, 'memory, 'engine, E: CopyEngine + ?Sized>(
             length: middle as u64,
         };
         // SAFETY: both ranges are RAM the caller's slices cover (the destination inside the
-        // owned buffer, the source borrowed for 'source, so nothing writes it while this
-        // StagedCopy lives); nothing reads or writes `middle_target` again until the engine
-        // reports the copy finished in `finish`, and the buffer is owned here so no one else
-        // can reach it.
+        // owned buffer, the source borrowed for 'source, so nothing writes it while the
+        // returned StagedCopy lives, and this function's caller promises that value is
+        // finished or dropped, whose `finish`/`Drop` wait for the engine, never leaked);
+        // nothing reads or writes `middle_target` again until the engine reports the copy
+        // finished, and the buffer is owned here so no one else can reach it.
         match unsafe { engine.start(request) } {
             Ok(()) => {
                 in_flight = Some((offset + head, &source_bytes[head..head + middle]));
@@ -348,7 +357,8 @@ mod tests {
         let destination = backed.alloc(512 * 1024, TensorKind::Activation).unwrap();
         // The destination starts 16 bytes into a 64-byte line and the source 4 bytes into its
         // own, so after a 48-byte head both are aligned as the engine needs.
-        let mut copy = stage_copy(Some(&mut engine), destination, 16, &source[4..]);
+        // SAFETY: the staged copy is finished or dropped here, never leaked.
+        let mut copy = unsafe { stage_copy(Some(&mut engine), destination, 16, &source[4..]) };
         assert!(!copy.is_finished(), "the engine needs three polls");
         let (destination, report) = copy.finish();
         assert_eq!(&destination[16..16 + source.len() - 4], &source[4..]);
@@ -366,7 +376,8 @@ mod tests {
         let source = pattern(64 * 1024, 5);
         let mut engine = HostEngine::new(3);
         let destination = backed.alloc(64 * 1024, TensorKind::Activation).unwrap();
-        let staged = stage_copy(Some(&mut engine), destination, 0, &source);
+        // SAFETY: the staged copy is finished or dropped here, never leaked.
+        let staged = unsafe { stage_copy(Some(&mut engine), destination, 0, &source) };
         drop(staged);
         assert!(engine.pending.is_none(), "the engine was left running");
         assert_eq!(engine.poll(), Err(CopyError::Idle));
@@ -379,14 +390,18 @@ mod tests {
         let destination = backed.alloc(128 * 1024, TensorKind::Activation).unwrap();
 
         let mut engine = HostEngine::new(1);
-        let (destination, report) = stage_copy(Some(&mut engine), destination, 0, &source[..4096]).finish();
+        // SAFETY: the staged copy is finished or dropped here, never leaked.
+        let (destination, report) =
+            unsafe { stage_copy(Some(&mut engine), destination, 0, &source[..4096]) }.finish();
         assert_eq!(report.fallback, Some(Fallback::Short));
         assert_eq!((report.engine_bytes, report.cpu_bytes), (0, 4096));
         assert_eq!(&destination[..4096], &source[..4096]);
 
         // Source and destination differ in alignment by 2 bytes: no 4-byte-aligned source
         // exists for any 64-byte-aligned destination.
-        let (destination, report) = stage_copy(Some(&mut engine), destination, 0, &source[2..]).finish();
+        // SAFETY: the staged copy is finished or dropped here, never leaked.
+        let (destination, report) =
+            unsafe { stage_copy(Some(&mut engine), destination, 0, &source[2..]) }.finish();
         assert!(matches!(
             report.fallback,
             Some(Fallback::Refused(CopyError::Misaligned { which: "source", .. }))
@@ -394,12 +409,16 @@ mod tests {
         assert_eq!(&destination[..source.len() - 2], &source[2..]);
 
         engine.failure = Some(CopyError::Device { status: 4 });
-        let (destination, report) = stage_copy(Some(&mut engine), destination, 0, &source[64..]).finish();
+        // SAFETY: the staged copy is finished or dropped here, never leaked.
+        let (destination, report) =
+            unsafe { stage_copy(Some(&mut engine), destination, 0, &source[64..]) }.finish();
         assert_eq!(report.fallback, Some(Fallback::Failed(CopyError::Device { status: 4 })));
         assert_eq!((report.engine_bytes, report.cpu_bytes), (0, source.len() - 64));
         assert_eq!(&destination[..source.len() - 64], &source[64..]);
 
-        let (destination, report) = stage_copy(None::<&mut HostEngine>, destination, 5, &source).finish();
+        // SAFETY: the staged copy is finished or dropped here, never leaked.
+        let (destination, report) =
+            unsafe { stage_copy(None::<&mut HostEngine>, destination, 5, &source) }.finish();
         assert_eq!(report, CopyReport { engine_bytes: 0, cpu_bytes: source.len() - 5, fallback: None });
         assert_eq!(&destination[5..], &source[..source.len() - 5]);
     }
@@ -440,7 +459,8 @@ mod tests {
             let mut destination = backed.alloc(256 * 1024, TensorKind::Activation).unwrap();
             destination.fill(0xAA);
             let engine_ref = if with_engine { Some(&mut engine) } else { None };
-            let (destination, report) = stage_copy(engine_ref, destination, offset, &source[source_skew..]).finish();
+            // SAFETY: the staged copy is finished or dropped here, never leaked.
+            let (destination, report) = unsafe { stage_copy(engine_ref, destination, offset, &source[source_skew..]) }.finish();
             let copied = length.min(256 * 1024 - offset);
             prop_assert_eq!(report.engine_bytes + report.cpu_bytes, copied);
             prop_assert_eq!(&destination[offset..offset + copied], &source[source_skew..source_skew + copied]);

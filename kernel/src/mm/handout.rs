@@ -7,6 +7,8 @@
 //! so the buffer is then never whole; readers see that ([`Handout::whole`] is `None`) and give
 //! up instead of waiting.
 
+#![allow(unsafe_code)]
+
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;

@@ -17,6 +17,8 @@
 //!   when the pool needs a block; a finishing sequence releases its blocks last block first, so
 //!   the ends of sequences are evicted before the prefixes they share.
 
+#![allow(unsafe_code)]
+
 use super::{
     MemError,
     buffer::{BackedMemory, TensorBuffer},
@@ -511,7 +513,9 @@ impl<'pool, 'memory> KvBlock<'pool, 'memory> {
         }
         // SAFETY: the block is held by this handle alone and is not published, so no other
         // handle can be made to it except through `self`, which `&mut self` borrows; its
-        // `floats_per_block` values lie in a chunk the pool keeps for its whole life.
+        // `floats_per_block` values lie in a chunk that stays allocated while any block of it
+        // is referenced (`release_free_chunks` frees only chunks whose blocks all have no
+        // reference), and this handle holds one.
         Ok(unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr(), self.pool.floats_per_block) })
     }
 }
@@ -526,9 +530,10 @@ impl core::ops::Deref for KvBlock<'_, '_> {
     type Target = [f32];
 
     fn deref(&self) -> &[f32] {
-        // SAFETY: `data` points at `floats_per_block` values inside a chunk the pool keeps alive
-        // for its whole life; they are written only through `make_mut`, which needs the block
-        // to be held by one handle alone, so never while another handle reads them.
+        // SAFETY: `data` points at `floats_per_block` values inside a chunk that stays allocated
+        // while this handle holds its reference (`release_free_chunks` frees only chunks no
+        // block of which is referenced); they are written only through `make_mut`, which
+        // needs the block to be held by one handle alone, so never while another reads them.
         unsafe { core::slice::from_raw_parts(self.data.as_ptr(), self.pool.floats_per_block) }
     }
 }

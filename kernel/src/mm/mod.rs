@@ -20,11 +20,12 @@
 //!   `hil::CopyEngine` (the DMA engine) while the core computes; and [`buffer`]: owning buffers
 //!   over pools whose regions are real RAM. These two are the only code here that touches the memory itself;
 //! - [`handout`]: a buffer the cores of a parallel run fill in disjoint pieces and then read
-//!   whole (the forward pass's outputs), the one other module with `unsafe`.
+//!   whole (the forward pass's outputs), another module with `unsafe`; and [`kv`]'s block
+//!   handles, which read and write their blocks' values in place.
 //!
 //! Every allocator manages address ranges with metadata on the kernel heap, so all of it but
-//! [`copy`], [`buffer`] and [`handout`] is safe Rust and runs on the host without the memory it
-//! describes.
+//! [`copy`], [`buffer`], [`handout`] and [`kv`] is safe Rust and runs on the host without the
+//! memory it describes (the crate denies `unsafe` elsewhere).
 
 pub mod buddy;
 pub mod buffer;

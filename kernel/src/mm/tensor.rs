@@ -387,7 +387,9 @@ impl TensorMemory {
     /// Builds every pool over the regions of `plan`, the tensor regions split per memory node.
     pub fn new(plan: &MemoryPlan, config: TensorMemoryConfig) -> Result<Self, MemError> {
         let cache_line = config.cache_line;
-        if !cache_line.is_power_of_two() || cache_line > PAGE {
+        // At least 4 bytes: every allocation is aligned to a cache line, and buffers are read
+        // as f32 (`TensorBuffer::as_f32`) on that promise.
+        if !cache_line.is_power_of_two() || !(4..=PAGE).contains(&cache_line) {
             return Err(MemError::BadAlignment { pool: "tensor", alignment: cache_line });
         }
         let topology = config.topology;
@@ -869,6 +871,10 @@ mod tests {
         assert!(matches!(
             TensorMemory::new(&small_plan(1), TensorMemoryConfig { cache_line: 96, ..Default::default() }),
             Err(MemError::BadAlignment { alignment: 96, .. })
+        ));
+        assert!(matches!(
+            TensorMemory::new(&small_plan(1), TensorMemoryConfig { cache_line: 2, ..Default::default() }),
+            Err(MemError::BadAlignment { alignment: 2, .. })
         ));
     }
 

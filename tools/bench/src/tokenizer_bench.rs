@@ -5,6 +5,8 @@
 //! fetched by `make model`). Prints a markdown table and a checksum of the token ids, so two
 //! builds of the tokenizer can be compared for speed and for identical output.
 
+#![forbid(unsafe_code)]
+
 mod usage;
 
 use kernel::{infer::Tokenizer, model::GgufFile};

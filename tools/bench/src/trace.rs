@@ -1,5 +1,7 @@
 //! Seeded allocation traces: a random small-object trace and an LLM-serving trace.
 
+#![forbid(unsafe_code)]
+
 use kernel::rand::SplitMix64;
 
 /// One mebibyte.

@@ -1,6 +1,8 @@
 //! The command line of the benchmark binaries: `-h`/`--help` prints the binary's usage, and
 //! an argument it does not take is an error that names it, never a silent run.
 
+#![forbid(unsafe_code)]
+
 /// The process's arguments (after its name) as `parse` reads them. `-h` or `--help`
 /// anywhere prints `usage` and ends the process with status 0; a rejection prints `parse`'s
 /// message and `usage` on standard error and ends it with status 2.

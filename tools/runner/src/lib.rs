@@ -1,6 +1,8 @@
 //! Host-side helpers for running Tessera images in QEMU: finding the tools, turning an ELF
 //! into a raw `kernel8.img`, and running QEMU with a time limit while capturing its output.
 
+#![forbid(unsafe_code)]
+
 pub mod device_tree;
 pub mod fixtures;
 pub mod premmu;

@@ -1,6 +1,8 @@
 //! `qemu-runner`: builds the QEMU system tests in `tests/`, boots each in QEMU under a time
 //! limit, and prints one line per test and a closing `N passed, M failed` line.
 
+#![forbid(unsafe_code)]
+
 use runner::{Patience, Session, make_image, objcopy_binary};
 use serde::Deserialize;
 use std::{

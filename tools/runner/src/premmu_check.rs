@@ -1,6 +1,8 @@
 //! `premmu-check ELF`: disassembles kernel8's pre-MMU code with the toolchain's llvm-objdump
 //! and fails on any exclusive or atomic instruction (see `runner::premmu`).
 
+#![forbid(unsafe_code)]
+
 use std::{
     path::PathBuf,
     process::{Command, ExitCode},

@@ -12,6 +12,8 @@
 //! (`make soak MINUTES=N`). Every wait is for an event on the console; a wait ends in failure
 //! only when the guest prints nothing for a whole minute.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -6,6 +6,8 @@
 //! and [`image::verify_image`] reads every file back through the kernel's own FAT32 reader
 //! (`kernel::fs`) over [`device::ImageDevice`].
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 pub mod device;

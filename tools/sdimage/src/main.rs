@@ -1,5 +1,7 @@
 //! `tessera-sdimage`: builds Tessera's SD card image from the command line (see `--help`).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use sdimage::image::{verify_image, write_image};

@@ -30,9 +30,11 @@ mod imp {
             let (first, count, line): (usize, usize, usize) = ($first, $count, $line);
             let steps = count / 4;
             if steps > 0 {
-                // SAFETY: the caller of the enclosing function vouches for the operation on
-                // these lines (see each function); the loop touches exactly `4 * steps` lines
-                // from `first` and changes only the declared registers and the flags.
+                // SAFETY: cleaning (`cvac`, `civac`) never changes what memory holds, so it is
+                // sound on any mapped address (an unmapped one faults as a load would); for
+                // `ivac` the caller of `invalidate` promises the lines hold nothing to keep
+                // (its `# Safety`). The loop touches exactly `4 * steps` lines from `first`
+                // and changes only the declared registers and the flags.
                 unsafe {
                     core::arch::asm!(
                         "2:",

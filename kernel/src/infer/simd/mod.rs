@@ -17,6 +17,8 @@
 //! check every row and the activations' length once up front), and feature-gated functions
 //! are called only after the feature was detected (or is enabled for the whole build).
 
+#![allow(unsafe_code)]
+
 use super::kernels::{BatchInput, HeadRows, Input};
 use crate::model::{Matrix, TensorType};
 

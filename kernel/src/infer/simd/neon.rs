@@ -15,6 +15,8 @@
 //! memory (SCTLR_ELx.A is clear: Tessera's MMU setup leaves it so, as Linux does), so
 //! `ldr`/`ldp`/`ld1` at any address inside the slice read correctly.
 
+#![allow(unsafe_code)]
+
 use core::arch::aarch64::*;
 use core::arch::asm;
 

@@ -8,6 +8,8 @@
 //! going to float lane b mod 4 as the scalar order says, and the last 1 to 3 blocks take one
 //! shorter step. Weight scales become f32 with F16C.
 
+#![allow(unsafe_code)]
+
 use core::arch::x86_64::*;
 
 use crate::infer::kernels::{
