@@ -21,8 +21,11 @@ use core::fmt::{self, Write};
 /// so a miss means the pool is starved, not slow.
 pub const REPLY_DEADLINE_NS: u64 = 50_000_000;
 
-/// Requests that can be owed an error record at once; more are counted as lost.
-pub const OWED_LIMIT: usize = 64;
+/// Requests that can be owed an error record at once: every request that can exist at once,
+/// in flight (waiting or running) or still a queued line the server has not taken, so none
+/// is ever lost for want of room. `lost` counts any past that, which cannot happen while the
+/// bounds of admission and of the desk's queue hold.
+pub const OWED_LIMIT: usize = super::admission::MAX_IN_FLIGHT + super::desk::MAX_QUEUED_INPUTS;
 
 /// Who asked, and so how a reply is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,5 +344,19 @@ mod tests {
         assert!(text.contains("{\"id\":5,\"event\":\"error\""));
         assert_eq!(replies.owed(), 0);
         assert_eq!(replies.statistics(), ReplyStatistics { deferred: 3, settled: 2, lost: 0 });
+
+        // As many requests as can exist at once (every one in flight and every queued line)
+        // all find room to be owed their error.
+        let mut hoard = Vec::new();
+        while let Ok(buffer) = memory.alloc(64, crate::mm::tensor::TensorKind::Protocol) {
+            hoard.push(buffer);
+        }
+        let requests = crate::serve::admission::MAX_IN_FLIGHT + crate::serve::desk::MAX_QUEUED_INPUTS;
+        for id in 0..requests as u64 {
+            let refused = replies.send(memory, &console, &clock, Origin::Machine(id), &done());
+            assert!(refused.is_err());
+        }
+        assert_eq!(replies.owed(), requests);
+        assert_eq!(replies.statistics().lost, 0, "no request is lost");
     }
 }
