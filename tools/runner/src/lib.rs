@@ -286,9 +286,29 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
 
+/// What kernel8 prints when a core panics, takes an exception or stops responding. It
+/// survives a secondary core's (the core is retired), so a console script or a soak could go
+/// on passing after one: both check kernel8's whole output for these at the end.
+const FAULT_REPORTS: [&str; 3] = ["*** kernel panic", "*** CPU exception", "*** core "];
+
+/// The first panic, exception or lost-core report line in kernel8's `output`, if any.
+pub fn fault_report(output: &str) -> Option<&str> {
+    let at = FAULT_REPORTS.iter().filter_map(|report| output.find(report)).min()?;
+    output[at..].lines().next()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_reports_are_found() {
+        assert_eq!(fault_report("> hi\r\n[tiny: 3 tokens]\r\n"), None);
+        let output = "ok\r\n\r\n*** kernel panic on core 2: boom\r\ncore-lost\r\n";
+        assert_eq!(fault_report(output), Some("*** kernel panic on core 2: boom"));
+        assert!(fault_report("*** CPU exception on core 1: x").is_some());
+        assert!(fault_report("a\n*** core 3 stopped responding: y").is_some());
+    }
 
     #[test]
     fn noise_is_seeded_and_has_no_ctrl_a() {

@@ -381,6 +381,12 @@ fn run_test(
         }
     }
     let exits = spec.kernel.as_deref() != Some(KERNEL8);
+    if !exits
+        && script.is_ok()
+        && let Some(report) = runner::fault_report(&session.output())
+    {
+        script = Err(format!("kernel8 reported a fault: {report:?}"));
+    }
     let result = if exits && script.is_ok() {
         session.finish(Duration::from_secs(spec.timeout))?
     } else {

@@ -504,6 +504,9 @@ fn finish(driver: &mut Driver, baseline: &Idle) -> Result<(), String> {
         problems.push(format!("unexpected records: {:?}", driver.tracker.unexpected));
     }
     check_stats(&idle.stats, idle.sent_bytes, &mut problems);
+    if let Some(report) = runner::fault_report(&driver.session.output()) {
+        problems.push(format!("kernel8 reported a fault: {report:?}"));
+    }
     let from = driver.read_to;
     driver.send(b"are you still there?\r")?;
     driver.session.wait_for("generated tokens", from, Patience::quiet_for(QUIET))?;
