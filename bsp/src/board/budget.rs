@@ -3,10 +3,7 @@
 #![forbid(unsafe_code)]
 
 use crate::board::soc::Soc;
-use kernel::{
-    mm::layout::{Budget, MIB, system_need},
-    serve::PROTOCOL_RESERVE_BYTES,
-};
+use kernel::hil::boundary::{Budget, MIB, PROTOCOL_RESERVE_BYTES, system_need};
 
 /// A Raspberry Pi model, decoded from the firmware's board revision code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +93,7 @@ const fn row(name: &'static str, ram_mib: u64, system_mib: u64) -> BudgetRow {
 }
 
 // The protocol reserve, sized from its need, is a few MiB (it was 120 MiB of 960).
-const _: () = assert!(PROTOCOL_RESERVE_BYTES > 4 * 2 * kernel::console::CONSOLE_RING_BYTES);
+const _: () = assert!(PROTOCOL_RESERVE_BYTES > 4 * 2 * kernel::hil::boundary::CONSOLE_RING_BYTES);
 const _: () = assert!(PROTOCOL_RESERVE_BYTES < 8 * MIB);
 
 /// The budget table: the system share per board class.
@@ -128,7 +125,7 @@ pub fn scaled_budget(model: BoardModel, ram: u64) -> (BudgetRow, Budget) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kernel::mm::layout::{BLOCK, MemoryPlan, RegionKind, SEGMENT};
+    use kernel::hil::boundary::{BLOCK, MemoryPlan, RegionKind, SEGMENT};
 
     /// SmolLM2-135M-Instruct (Q4_1), the default model: 93.3 MiB.
     const SMOLLM2_BYTES: u64 = 97_846_560;

@@ -3,7 +3,7 @@
 //! `tessera.cfg` arms it (`sd_read_faults = N`, read at boot and armed once the boot model is
 //! in): no console input can. The QEMU tests of failed loads use it.
 
-use kernel::rand::SplitMix64;
+use kernel::hil::boundary::SplitMix64;
 
 /// The seed of the fault pattern: a card's runs fail at the same reads.
 pub const FAULT_SEED: u64 = 0x5D_FA17;

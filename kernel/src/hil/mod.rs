@@ -3,9 +3,11 @@
 //! Each trait is the whole contract between `kernel` and a driver in `bsp`. The kernel never
 //! reaches hardware any other way, which is what lets every kernel module run on the host.
 //! [`KvStore`] is the one trait that is not about hardware: it is the seam between attention
-//! and whatever holds the KV cache (contiguous or paged).
+//! and whatever holds the KV cache (contiguous or paged). [`boundary`] re-exports the plain
+//! data the two sides share (the memory plan, page sizes, the protocol reserve).
 
 mod block;
+pub mod boundary;
 mod clock;
 mod console;
 mod copy;

@@ -8,7 +8,7 @@ use super::{
     translation::{Access, Mapping, MemoryType, PageSize},
 };
 use core::ops::Range;
-use kernel::mm::layout::{MemoryPlan, RegionKind};
+use kernel::hil::boundary::{MemoryPlan, RegionKind};
 
 /// Bytes of one guard page.
 pub const GUARD_BYTES: usize = 4096;
@@ -168,7 +168,7 @@ pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mappin
 mod tests {
     use super::*;
     use crate::arch::aarch64::translation::TranslationTables;
-    use kernel::mm::layout::{Budget, MIB};
+    use kernel::hil::boundary::{Budget, MIB};
 
     fn image() -> KernelImage {
         KernelImage {

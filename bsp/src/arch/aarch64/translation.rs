@@ -18,7 +18,7 @@ pub const LEVEL1_SPAN: u64 = 1 << 30;
 pub const ADDRESS_SPACE: u64 = 1 << 32;
 
 /// The granule of a mapping: the project's one page-size type, from the kernel's memory manager.
-pub use kernel::mm::tensor::PageSize;
+pub use kernel::hil::boundary::PageSize;
 
 /// Memory type, as an index into MAIR_EL1 (see [`MAIR_VALUE`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
