@@ -85,10 +85,21 @@ def test_chat_completion_and_the_same_streamed_chunk_by_chunk(client):
     assert chunks[-1].usage.completion_tokens == 8, "the usage chunk comes last"
 
 
-def test_plain_completions(client):
-    answer = client.completions.create(model="tiny-a", prompt="Once upon a time", max_tokens=5)
+def test_plain_completions_whole_and_streamed(client):
+    answer = client.completions.create(model="tiny-a", prompt="Once upon a time", max_tokens=5, temperature=0)
     assert answer.object == "text_completion" and answer.choices[0].finish_reason == "length"
     assert answer.usage.completion_tokens == 5
+    chunks = list(
+        client.completions.create(
+            model="tiny-a", prompt="Once upon a time", max_tokens=5, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(chunk.object == "text_completion" for chunk in chunks)
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == answer.choices[0].text
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
+    assert finishes[-1] == "length" and all(reason is None for reason in finishes[:-1])
+    assert chunks[-1].usage.completion_tokens == 5
 
 
 def test_stop_sequences_end_the_answer_before_them(client):
