@@ -1,8 +1,8 @@
 """Fixtures of the gateway tests: `tessera serve --qemu` over an SD card, started once per card.
 
 Environment (set by tests/gateway/run.sh): TESSERA_BIN (the tessera binary), TESSERA_KERNEL
-(kernel8.img), TESSERA_TINY_CARD (a card with small synthetic models), TESSERA_SILENT_CARD (a
-copy of it), TESSERA_LONG_CARD (a model with a long context and slow.gguf) and
+(kernel8.img), TESSERA_TINY_CARD (a card with small synthetic models), TESSERA_SILENT_CARD and
+TESSERA_SERIAL_CARD (copies of it), TESSERA_LONG_CARD (a model with a long context and slow.gguf) and
 TESSERA_SMOLLM2_CARD (a card with SmolLM2). Every wait is on an event with a generous deadline, never a fixed sleep.
 """
 
@@ -59,15 +59,17 @@ def metric(text, name):
 class Gateway:
     """A running `tessera serve --qemu`."""
 
-    def __init__(self, card, log_name, extra_arguments=(), deadline=600):
+    def __init__(self, card, log_name, extra_arguments=(), deadline=600, serial=None):
+        """Boots `card` in QEMU through the gateway, or, given `serial`, talks to the board
+        already on that serial device."""
         build = os.path.dirname(card)
         self.board_log = os.path.join(build, f"{log_name}-board.log")
         self.stderr_path = os.path.join(build, f"{log_name}-serve.log")
         self.stderr = open(self.stderr_path, "w")
+        board = ["--serial", serial] if serial else ["--qemu", "--kernel", os.environ["TESSERA_KERNEL"], "--sd", card]
         self.process = subprocess.Popen(
             [
-                os.environ["TESSERA_BIN"], "serve", "--qemu",
-                "--kernel", os.environ["TESSERA_KERNEL"], "--sd", card,
+                os.environ["TESSERA_BIN"], "serve", *board,
                 "--listen", "127.0.0.1:0", "--board-log", self.board_log,
                 "--deadline", str(deadline),
                 *extra_arguments,
@@ -152,6 +154,51 @@ def silent_gateway():
     gateway = Gateway(os.environ["TESSERA_SILENT_CARD"], "silent", deadline=SILENT_DEADLINE_SECONDS)
     yield gateway
     gateway.stop()
+
+
+class PtyBoard:
+    """QEMU booting `card` with its serial console on a pseudo-terminal, as a real board's
+    USB-serial adapter would be: `device` is the terminal's path."""
+
+    def __init__(self, card):
+        self.log = open(os.path.join(os.path.dirname(card), "serial-qemu.log"), "w")
+        self.process = subprocess.Popen(
+            [
+                os.environ.get("QEMU", "qemu-system-aarch64"), "-M", "raspi3b", "-display", "none",
+                "-monitor", "none", "-serial", "pty", "-kernel", os.environ["TESSERA_KERNEL"],
+                "-drive", f"file={card},if=sd,format=raw",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        # QEMU names the terminal on stdout before the guest starts (and prints nothing more
+        # there); its stderr goes to a log.
+        line = self.process.stdout.readline()
+        match = re.search(r"redirected to (/dev/pts/[0-9]+)", line)
+        if not match:
+            self.stop()
+            raise AssertionError(f"QEMU gave no pseudo-terminal: {line!r}")
+        self.device = match.group(1)
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def serial_gateway():
+    board = PtyBoard(os.environ["TESSERA_SERIAL_CARD"])
+    try:
+        gateway = Gateway(os.environ["TESSERA_SERIAL_CARD"], "serial", serial=board.device)
+    except BaseException:
+        board.stop()
+        raise
+    yield gateway
+    gateway.stop()
+    board.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@
 #   2. builds the tessera CLI (release) and writes the SD cards under build/gateway/: tiny.img
 #      with small synthetic models (tiny-a.gguf, the default; tiny-b.gguf; slow.gguf, larger,
 #      whose answers last long enough to leave or reboot in the middle of one), silent.img (the
-#      same, for a board that is stopped), long.img (long.gguf, a small model with an 8192-token
+#      same, for a board that is stopped), serial.img (the same, for a board on a serial line:
+#      QEMU's pseudo-terminal), long.img (long.gguf, a small model with an 8192-token
 #      context, the default; slow.gguf; a tessera.cfg with an 8192-token KV quota), and one
 #      with SmolLM2;
 #   3. runs pytest over tests/gateway against `tessera serve --qemu` (kernel8.img must exist:
@@ -50,6 +51,7 @@ card() { "$sdimage" "$@" >"$build/sdimage.log" 2>&1 || { cat "$build/sdimage.log
 card "$build/tiny.img" --kernel build/kernel8.img \
   --model "$build/tiny-a.gguf" --model "$build/tiny-b.gguf" --model "$build/slow.gguf"
 cp --sparse=always "$build/tiny.img" "$build/silent.img"
+cp --sparse=always "$build/tiny.img" "$build/serial.img"
 printf 'kv_quota_tokens = 8192\n' >"$build/long.cfg"
 card "$build/long.img" --kernel build/kernel8.img --model "$build/long.gguf" --model "$build/slow.gguf" \
   --file "$build/long.cfg:/tessera.cfg"
@@ -60,6 +62,7 @@ export TESSERA_BIN="$tessera"
 export TESSERA_KERNEL="$root/build/kernel8.img"
 export TESSERA_TINY_CARD="$build/tiny.img"
 export TESSERA_SILENT_CARD="$build/silent.img"
+export TESSERA_SERIAL_CARD="$build/serial.img"
 export TESSERA_LONG_CARD="$build/long.img"
 export TESSERA_SMOLLM2_CARD="$build/smollm2.img"
 cd tests/gateway

@@ -167,3 +167,20 @@ def test_a_board_that_falls_silent_is_504_then_the_gateway_serves_again(silent_g
         lambda: metric(silent_gateway.metrics(), "tessera_queue_depth") == 0, EVENT_DEADLINE, "the board to go idle"
     )
     assert silent_gateway.qemu_pid() == pid, "the same QEMU, never rebooted"
+
+
+def process_gone(pid):
+    """Whether process `pid` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return True
+
+
+def test_the_gateway_stops_its_qemu_when_it_exits(silent_gateway):
+    pid = silent_gateway.qemu_pid()
+    assert pid and not process_gone(pid)
+    silent_gateway.process.send_signal(signal.SIGTERM)
+    silent_gateway.process.wait(timeout=EVENT_DEADLINE)
+    wait_until(lambda: process_gone(pid), EVENT_DEADLINE, f"QEMU (pid {pid}) to stop with its gateway")
