@@ -261,6 +261,11 @@ impl fmt::Display for ChatError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChatError::EmptyPrompt => write!(formatter, "the message has no tokens"),
+            ChatError::PromptTooLong { tokens, capacity: 0 } => write!(
+                formatter,
+                "the message is {tokens} tokens, and the KV cache has no room for any beside this model \
+                 (the LLM arena is full: see /mem)"
+            ),
             ChatError::PromptTooLong { tokens, capacity } => {
                 write!(formatter, "the message is {tokens} tokens but only {capacity} fit")
             }
@@ -390,6 +395,14 @@ mod tests {
             answer(&view, &mut kv, &SingleCpu, &long, &settings, |_| {}, || false),
             Err(ChatError::PromptTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn a_prompt_that_does_not_fit_says_why() {
+        let some = ChatError::PromptTooLong { tokens: 85, capacity: 64 }.to_string();
+        assert_eq!(some, "the message is 85 tokens but only 64 fit");
+        let none = ChatError::PromptTooLong { tokens: 85, capacity: 0 }.to_string();
+        assert!(none.contains("no room for any beside this model") && none.contains("/mem"), "{none}");
     }
 
     #[test]

@@ -604,6 +604,10 @@ mod tests {
         assert_eq!(board_refusal("the message is 900 tokens but only 512 fit").status, 400);
         assert_eq!(board_refusal("max_tokens must be 1-4096").status, 400);
         assert_eq!(board_refusal("activations memory is full").status, 500);
+        // No prompt at all fits: the board's memory, not the request, is at fault.
+        let full = "the message is 85 tokens, and the KV cache has no room for any beside this model \
+                    (the LLM arena is full: see /mem)";
+        assert_eq!(board_refusal(full).status, 500);
     }
 
     #[test]
