@@ -279,7 +279,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let pool_positions = pool.limit_blocks() / config.layers.max(1) * KV_BLOCK_TOKENS;
         let quota = self.card_config.kv_quota_tokens.unwrap_or(KV_QUOTA_TOKENS);
         let capacity = config.context_length.min(quota).min(pool_positions);
-        let scratch = match self.batch_scratch(view, capacity) {
+        let mut scratch = self.batch_scratch(view, capacity);
+        if scratch.is_err() && self.evict_before_refusing() {
+            scratch = self.batch_scratch(view, capacity);
+        }
+        let scratch = match scratch {
             Ok(scratch) => scratch,
             Err(message) => {
                 self.refuse_waiting(&message);
@@ -364,6 +368,11 @@ impl<'a, D: BlockDevice> Server<'a, D> {
     /// objects fit in the activations pool.
     fn admit_one(&mut self, batch: &mut Batch<'_, 'a>, index: usize) -> Admission {
         let view = batch.view;
+        // No KV room at all beside the model (a staged model may hold it): free what the
+        // weights rung can before the request is refused for it.
+        if batch.capacity == 0 && self.evict_before_refusing() {
+            return Admission::Waits;
+        }
         let Some(request) = self.pending.get_mut(index) else { return Admission::Waits };
         if request.tokens.is_none() {
             request.tokens = Some(view.request_tokens(&request.prompt, request.messages()));
@@ -379,6 +388,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let small = sequence_bytes(batch.capacity, batch.config.layers);
         let small_free = self.activations_available();
         if small > small_free && batch.sequences.is_empty() {
+            if self.evict_before_refusing() {
+                return Admission::Waits;
+            }
             return self.refuse(index, "activations memory is full: no room for a request's token lists");
         }
         if small > small_free || !batch.reservations.reserve(needed) {
@@ -386,6 +398,9 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         }
         if let Err(error) = self.governor.admit(batch.pool.statistics().blocks_in_use) {
             batch.reservations.release(needed);
+            if self.evict_before_refusing() {
+                return Admission::Waits;
+            }
             self.pressure_action(PressureLevel::RejectRequests);
             return self.refuse(index, &alloc::format!("{error}"));
         }
@@ -476,16 +491,41 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         for level in levels {
             self.pressure_action(level);
         }
-        if let Some(name) = dropped {
-            self.statistics.failed_loads += 1;
-            self.swap_gaps.clear();
-            telemetry::record(EventKind::LoadFailed { model: ShortName::new(&name) });
-            let message = alloc::format!(
-                "the background load of {name} was dropped: its memory is needed by the requests (try again when they finish)"
-            );
-            self.say_line(&alloc::format!("error: {message}"));
-            self.end_machine_load(Err(&message));
+        self.report_dropped_load(dropped);
+    }
+
+    /// The weights rung taken before a request is refused for memory: the staged model is
+    /// dropped, or replaced models no batch holds are freed at once. Returns whether weights
+    /// memory was freed; the KV cache's budget and the arena's free space grow with it at the
+    /// next round, and the request waits for that instead of being refused.
+    fn evict_before_refusing(&mut self) -> bool {
+        let mut evictor = ModelEvictor {
+            memory: self.memory,
+            staging: &mut self.staging,
+            retired: &mut self.retired,
+            dropped: None,
+        };
+        let freed = evictor.evict_unused();
+        let dropped = evictor.dropped.take();
+        if freed > 0 {
+            self.pressure_action(PressureLevel::EvictUnusedWeights);
         }
+        self.report_dropped_load(dropped);
+        freed > 0
+    }
+
+    /// Says that the background load of `dropped` (when one was dropped) gave its memory to
+    /// the requests.
+    fn report_dropped_load(&mut self, dropped: Option<String>) {
+        let Some(name) = dropped else { return };
+        self.statistics.failed_loads += 1;
+        self.swap_gaps.clear();
+        telemetry::record(EventKind::LoadFailed { model: ShortName::new(&name) });
+        let message = alloc::format!(
+            "the background load of {name} was dropped: its memory is needed by the requests (try again when they finish)"
+        );
+        self.say_line(&alloc::format!("error: {message}"));
+        self.end_machine_load(Err(&message));
     }
 
     /// Sets the KV cache's budget to what the arena gives it now, with the admission limit and
@@ -533,8 +573,13 @@ impl<'a, D: BlockDevice> Server<'a, D> {
         let preempted = batch.preemptor.statistics().preemptions;
         let sampled_before = sampled_tokens(batch);
         let started = self.clock.ticks();
+        batch.preemptor.set_spare_weights(self.staging.is_some());
         let outcomes = batch.preemptor.round(&mut batch.sequences, &cpus, &mut batch.scratch, PREFILL_CHUNK);
         let ended = self.clock.ticks();
+        // A sequence that ran out of KV memory alone waits for the staged model's memory.
+        if batch.preemptor.take_weights_wanted() {
+            self.evict_before_refusing();
+        }
         for _ in preempted..batch.preemptor.statistics().preemptions {
             self.governor.count_exhaustion_preemption();
             self.pressure_action(PressureLevel::Preempt);

@@ -8,6 +8,9 @@
 //!   nothing needs the memory), every block is released, and it waits; the step is tried again;
 //! - when no sequence ranks below it but others hold blocks, the failing sequence preempts
 //!   itself and waits for them;
+//! - when it is alone but weights memory could be freed for it (the server says so while a
+//!   model is staged in the background), it preempts itself, waits, and asks for that memory
+//!   ([`Preemptor::take_weights_wanted`]: the server then drops the staged model);
 //! - when it is alone and still does not fit, it ends with [`ChatError::DoesNotFit`], the only
 //!   way a request ends without its tokens.
 //!
@@ -121,6 +124,11 @@ pub struct Preemptor<'pool, 'memory> {
     /// Blocks held under which a sequence compressed under memory pressure may decompress
     /// (unless no sequence ranks above it).
     decompress_limit: usize,
+    /// Whether weights memory could be freed (a model staged in the background): then a
+    /// sequence that does not fit even alone waits for it instead of ending.
+    spare_weights: bool,
+    /// Whether a sequence waits for that memory since the last [`Preemptor::take_weights_wanted`].
+    weights_wanted: bool,
 }
 
 /// A sequence's rank: its priority, then its slot (lower runs first).
@@ -150,7 +158,21 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
             batch_limit: usize::MAX,
             resume_limit,
             decompress_limit: resume_limit,
+            spare_weights: false,
+            weights_wanted: false,
         }
+    }
+
+    /// Says whether weights memory could be freed for the KV cache (the weights rung: a model
+    /// staged in the background would be dropped). While it could, a sequence that runs out of
+    /// KV memory alone is preempted to wait for it rather than ended.
+    pub fn set_spare_weights(&mut self, spare: bool) {
+        self.spare_weights = spare;
+    }
+
+    /// Whether a sequence waits for weights memory to be freed (and clears the wish).
+    pub fn take_weights_wanted(&mut self) -> bool {
+        core::mem::take(&mut self.weights_wanted)
     }
 
     /// Runs at most `limit` sequences per round (at least one): the highest-ranked of those
@@ -259,9 +281,9 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
     }
 
     /// What a sequence that ran out of KV memory does: preempt the lowest-ranked sequence
-    /// below it that holds blocks and try again; else, while others hold blocks, preempt
-    /// itself and wait; else end, since it does not fit even alone (its blocks go back at
-    /// once).
+    /// below it that holds blocks and try again; else, while others hold blocks or weights
+    /// memory could be freed for it, preempt itself and wait; else end, since it does not fit
+    /// even alone (its blocks go back at once).
     fn resolve_exhaustion<'w, 'f: 'w, S: Scheduled<'w, 'f, 'pool, 'memory>>(
         &mut self,
         sequences: &mut [S],
@@ -275,7 +297,8 @@ impl<'pool, 'memory> Preemptor<'pool, 'memory> {
             .iter()
             .enumerate()
             .any(|(index, sequence)| index != slot && sequence.generation().kv().blocks_held() > 0);
-        if others_hold {
+        if others_hold || self.spare_weights {
+            self.weights_wanted |= !others_hold;
             self.preempt(&mut sequences[slot]);
             return Exhaustion::Waits;
         }

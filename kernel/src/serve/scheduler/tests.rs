@@ -756,3 +756,55 @@ fn memory_pressure_compresses_waiting_sequences_without_a_throttle() {
     }
     assert!(compared_after_compression > 0, "passes after a compression were compared");
 }
+
+#[test]
+fn a_sequence_alone_waits_for_spare_weights_memory_instead_of_ending() {
+    let model = served();
+    let view = model.view().unwrap();
+    let config = *view.file.config();
+    let memory = host_backed_memory(64 * MIB);
+    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
+    let long = "word ".repeat(60);
+    let settings = GenerationSettings { max_tokens: 8, ..GenerationSettings::default() };
+    // Eight blocks per layer: 128 positions, fewer than the long prompt needs.
+    let pool = KvBlockPool::new(memory, floats, 8 * config.layers).unwrap();
+    let mut preemptor = Preemptor::new(&pool, MODEL);
+    let kv = PagedKv::new(&pool, config.layers, config.kv_dim(), BLOCK_TOKENS, 256).unwrap();
+    let tokens = view.prompt_tokens(&long);
+    let generation = Generation::with_cached_prefix(&view, kv, &tokens, &settings, |kv, tokens| {
+        kv.with_prefix(MODEL, tokens)
+    })
+    .unwrap();
+    let mut active = alloc::vec![Entry { order: 0, generation, text: String::new(), peak_blocks: 0 }];
+    let mut state = view.scratch(256);
+
+    // A model staged in the background could give memory back: out of blocks alone, the
+    // sequence waits for it (preempted, its blocks returned) instead of ending.
+    preemptor.set_spare_weights(true);
+    let mut rounds = 0;
+    while !preemptor.take_weights_wanted() {
+        rounds += 1;
+        assert!(rounds < 100, "the sequence runs out of blocks");
+        let steps = preemptor.round(&mut active, &SingleCpu, &mut state, 16);
+        assert!(steps[0].is_ok(), "it waits, it does not end: {:?}", steps[0]);
+    }
+    assert!(active[0].generation.is_preempted());
+    assert_eq!(pool.statistics().blocks_in_use, 0);
+    assert_eq!(preemptor.statistics().refused, 0);
+
+    // The staged model dropped, the cache grows: the sequence resumes and runs past the
+    // positions that did not fit before.
+    preemptor.set_spare_weights(false);
+    pool.set_limit(4096);
+    preemptor.set_resume_limit(4096);
+    for _ in 0..100 {
+        let steps = preemptor.round(&mut active, &SingleCpu, &mut state, 16);
+        assert!(steps[0].is_ok(), "{:?}", steps[0]);
+        if active[0].generation.position() > 8 * BLOCK_TOKENS {
+            break;
+        }
+    }
+    assert!(!active[0].generation.is_preempted());
+    assert!(active[0].generation.position() > 8 * BLOCK_TOKENS, "{}", active[0].generation.position());
+    assert!(!preemptor.take_weights_wanted());
+}
