@@ -192,15 +192,20 @@ fn one_pass_per_round_changes_no_token() {
     assert!(statistics.preemptions > 0, "{statistics:?}");
 }
 
+/// A prompt of 60 words, more than eight KV blocks per layer hold, with the settings and the
+/// block size of the tests that run it against such a small pool.
+fn long_prompt(config: &crate::model::Config) -> (String, GenerationSettings, usize) {
+    let settings = GenerationSettings { max_tokens: 8, ..GenerationSettings::default() };
+    ("word ".repeat(60), settings, floats_per_block(BLOCK_TOKENS, config.kv_dim()))
+}
+
 #[test]
 fn a_request_too_large_for_the_whole_cache_ends_with_an_error_and_others_finish() {
     let model = served();
     let view = model.view().unwrap();
     let config = *view.file.config();
     let memory = host_backed_memory(64 * MIB);
-    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
-    let long = "word ".repeat(60);
-    let settings = GenerationSettings { max_tokens: 8, ..GenerationSettings::default() };
+    let (long, settings, floats) = long_prompt(&config);
     let cache_positions = 8 * BLOCK_TOKENS;
     let long_tokens = view.prompt_tokens(&long).len();
     assert!(long_tokens > cache_positions && long_tokens < 256, "{long_tokens}");
@@ -763,9 +768,7 @@ fn a_sequence_alone_waits_for_spare_weights_memory_instead_of_ending() {
     let view = model.view().unwrap();
     let config = *view.file.config();
     let memory = host_backed_memory(64 * MIB);
-    let floats = floats_per_block(BLOCK_TOKENS, config.kv_dim());
-    let long = "word ".repeat(60);
-    let settings = GenerationSettings { max_tokens: 8, ..GenerationSettings::default() };
+    let (long, settings, floats) = long_prompt(&config);
     // Eight blocks per layer: 128 positions, fewer than the long prompt needs.
     let pool = KvBlockPool::new(memory, floats, 8 * config.layers).unwrap();
     let mut preemptor = Preemptor::new(&pool, MODEL);
