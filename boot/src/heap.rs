@@ -8,12 +8,12 @@
 //! - one a pool makes for its own bookkeeping while it works (a tree node of the arena's
 //!   chunk allocator, a longer free list of the slab depot) goes to the metadata pool, a small
 //!   TLSF pool at the top of the heap region that no pool operation ever takes a lock of;
-//! - anything else (outside any scope, or what no pool can serve) comes from the heap and is
-//!   counted, so `/mem` and the `mem` record show exactly what the heap served after boot.
+//! - anything else (outside any scope, what no pool can serve, or a protocol allocation that
+//!   missed its deadline) comes from the heap and is counted, so `/mem` and the `mem` record show exactly what the heap served after boot.
 
 use core::alloc::{GlobalAlloc, Layout};
 use kernel::{
-    hil::HeapStatistics,
+    hil::{self, HeapStatistics},
     mm::{
         buffer::BackedMemory,
         rt::RtPool,
@@ -93,7 +93,12 @@ impl TypedHeap {
             _ => memory.alignment(size, TensorKind::Activation),
         };
         let address = match scope::route(core, layout.size(), layout.align(), pool_alignment) {
-            Route::Pool(kind) => memory.alloc_address(core, size, kind).ok(),
+            // A protocol allocation has a deadline on the board's clock; one that misses it
+            // (counted among the protocol pool's failures) falls back to the counted heap.
+            Route::Pool(kind) => {
+                let clock = hil::board_time().map(|board| board.clock);
+                memory.alloc_address(core, size, kind, clock).ok()
+            }
             Route::Heap => None,
         };
         address.map(|address| address as *mut u8)

@@ -25,6 +25,10 @@ pub const PAGE: u64 = 4096;
 pub const LARGEST_BUDDY_BLOCK: u64 = SEGMENT;
 /// The largest block of the small-object region's buddy allocator (the slabs' source).
 pub const LARGEST_SLAB_SOURCE_BLOCK: u64 = 1 << 20;
+/// How long a protocol buffer may take to allocate (a reply's buffer, a received line, a
+/// parsed request): far above the RT pool's O(1) cost, so a miss means the pool is starved or
+/// the core was held, and the allocation is refused rather than late.
+pub const PROTOCOL_DEADLINE_US: u64 = 50_000;
 
 /// What a tensor is for; it decides the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -574,11 +578,25 @@ impl TensorMemory {
     /// Allocates `size` bytes for an allocation scope of `kind` on core `core` (see
     /// [`super::scope`]): small and activation objects from the slab below a page and the
     /// activations buddy above, protocol objects from the RT pool (every other kind is served
-    /// as an activation). Returns the address only; [`TensorMemory::release_address`] takes it
-    /// back.
-    pub fn alloc_address(&self, core: usize, size: u64, kind: TensorKind) -> Result<u64, MemError> {
-        let kind = if kind == TensorKind::Protocol { kind } else { TensorKind::Activation };
-        self.alloc_on(core, size, kind).map(|handle| handle.base)
+    /// as an activation). With a `clock`, a protocol object must be allocated within
+    /// [`PROTOCOL_DEADLINE_US`] (see [`TensorMemory::alloc_protocol_within`]), else
+    /// [`MemError::DeadlineMissed`], counted among the pool's failures. Returns the address
+    /// only; [`TensorMemory::release_address`] takes it back.
+    pub fn alloc_address(
+        &self,
+        core: usize,
+        size: u64,
+        kind: TensorKind,
+        clock: Option<&dyn Clock>,
+    ) -> Result<u64, MemError> {
+        match (kind, clock) {
+            (TensorKind::Protocol, Some(clock)) => {
+                let deadline = clock.deadline_after_us(PROTOCOL_DEADLINE_US);
+                self.alloc_protocol_within(size, deadline, clock).map(|handle| handle.base)
+            }
+            (TensorKind::Protocol, None) => self.alloc_on(core, size, kind).map(|handle| handle.base),
+            _ => self.alloc_on(core, size, TensorKind::Activation).map(|handle| handle.base),
+        }
     }
 
     /// Releases an allocation made by [`TensorMemory::alloc_address`] of `size` bytes at
@@ -939,6 +957,41 @@ mod tests {
         assert!(matches!(late, Err(MemError::DeadlineMissed { pool: "protocol", .. })), "{late:?}");
         memory.release(buffer).unwrap();
         assert_eq!(memory.statistics(Pool::Protocol).counters.live_bytes, 0);
+    }
+
+    #[test]
+    fn scoped_protocol_allocations_meet_their_bound_or_are_refused() {
+        use core::sync::atomic::AtomicU64;
+        /// A clock that advances `step` microseconds at every reading.
+        struct SteppingClock {
+            now: AtomicU64,
+            step: u64,
+        }
+        impl Clock for SteppingClock {
+            fn ticks(&self) -> u64 {
+                self.now.fetch_add(self.step, Ordering::Relaxed)
+            }
+            fn frequency_hz(&self) -> u64 {
+                1_000_000
+            }
+        }
+        let memory = memory(64);
+        let prompt = SteppingClock { now: AtomicU64::new(0), step: 1 };
+        let line = memory.alloc_address(0, 200, TensorKind::Protocol, Some(&prompt)).unwrap();
+        let unbounded = memory.alloc_address(0, 200, TensorKind::Protocol, None).unwrap();
+        let protocol = |memory: &TensorMemory| memory.statistics(Pool::Protocol).counters;
+        assert_eq!((protocol(&memory).live_bytes, protocol(&memory).failures), (400, 0));
+        // Each reading jumps past the bound: the pool refuses and counts it, holding nothing.
+        let stalled = SteppingClock { now: AtomicU64::new(0), step: PROTOCOL_DEADLINE_US + 1 };
+        let late = memory.alloc_address(0, 200, TensorKind::Protocol, Some(&stalled));
+        assert!(matches!(late, Err(MemError::DeadlineMissed { pool: "protocol", .. })), "{late:?}");
+        assert_eq!((protocol(&memory).live_bytes, protocol(&memory).failures), (400, 1));
+        // Other scopes take no deadline: a small object comes from the slab whatever the clock.
+        let small = memory.alloc_address(0, 200, TensorKind::Small, Some(&stalled)).unwrap();
+        for (address, size) in [(line, 200), (unbounded, 200), (small, 200)] {
+            memory.release_address(0, address, size).unwrap();
+        }
+        assert_eq!(protocol(&memory).live_bytes, 0);
     }
 
     #[test]

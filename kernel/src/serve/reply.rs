@@ -13,13 +13,9 @@
 use super::protocol::{self, Event};
 use crate::{
     hil::{Clock, Console},
-    mm::{MemError, buffer::BackedMemory},
+    mm::{MemError, buffer::BackedMemory, tensor::PROTOCOL_DEADLINE_US},
 };
 use core::fmt::{self, Write};
-
-/// How long a reply may take to get its protocol buffer: far above the RT pool's O(1) cost,
-/// so a miss means the pool is starved, not slow.
-pub const REPLY_DEADLINE_NS: u64 = 50_000_000;
 
 /// Requests that can be owed an error record at once: every request that can exist at once,
 /// in flight (waiting or running) or still a queued line the server has not taken, so none
@@ -215,7 +211,7 @@ impl Replies {
     }
 }
 
-/// Measures the reply, takes a protocol buffer of that size within [`REPLY_DEADLINE_NS`],
+/// Measures the reply, takes a protocol buffer of that size within [`PROTOCOL_DEADLINE_US`],
 /// renders into it and writes it out.
 fn render_and_write(
     memory: &BackedMemory,
@@ -229,7 +225,7 @@ fn render_and_write(
     if measure.0 == 0 {
         return Ok(());
     }
-    let deadline = clock.deadline_after_us(REPLY_DEADLINE_NS / 1000);
+    let deadline = clock.deadline_after_us(PROTOCOL_DEADLINE_US);
     let mut buffer = memory.protocol_within(measure.0 as u64, deadline, clock).map_err(ReplyError::Memory)?;
     let mut fill = Fill { bytes: &mut buffer, length: 0 };
     write_reply(&mut fill, origin, event).map_err(|_| ReplyError::Render)?;
