@@ -39,7 +39,8 @@ pub fn mount_card(memory: &'static BackedMemory) -> Result<Volume<Card>, alloc::
 }
 
 /// Brings the card up (base clock from the mailbox, pins routed, SDHCI initialisation, on the
-/// controller the chip has it on) and prints what it found, or says why it failed.
+/// controller the chip has it on) and prints what it found (size, bus and controller, then the
+/// card's identity from its CID), or says why it failed.
 pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::String> {
     use alloc::format;
     let mut buffer = memory
@@ -72,6 +73,7 @@ pub fn open_card(memory: &'static BackedMemory) -> Result<Card, alloc::string::S
         info.clock_hz / 1_000_000,
         card.variant().name()
     );
+    crate::println!("sd card: {}", info.identity);
     if !info.card_detected {
         crate::println!("sd card: the card-detect bit never set; the card answered anyway");
     }

@@ -13,7 +13,10 @@
 //! at 3.3 V (Power Control, CONTROL0 bits 8-11), then 2 ms to settle, as Circle does. The 1.8 V
 //! regulator that must be off first is the firmware's (a mailbox call, made by the caller).
 
-use super::sd_protocol::{self as sd, Command, DataDirection, LongResponse, Response};
+use super::sd_protocol::{
+    self as sd, CardIdentity, Command, DataDirection, LongResponse, OperatingConditions, PublishedAddress,
+    Response,
+};
 use crate::mmio::Mmio;
 use kernel::hil::{BLOCK_SIZE, BlockDevice, BlockError, Clock, check_transfer};
 use tock_registers::{
@@ -283,6 +286,8 @@ pub struct CardInfo {
     /// Whether the controller's card-detect bit was set: when it was not, the card was tried
     /// anyway (and answered, or the driver would have returned [`InitError::NoCard`]).
     pub card_detected: bool,
+    /// Who made the card and what it is, from its CID (text fields as the card sent them).
+    pub identity: CardIdentity,
 }
 
 /// Counters of what the driver did, for telemetry and benchmarks.
@@ -340,6 +345,7 @@ impl<'clock> Sdhci<'clock> {
                 four_bit_bus: false,
                 clock_hz: 0,
                 card_detected: false,
+                identity: CardIdentity::default(),
             },
             max_blocks_per_command: MAX_BLOCKS_PER_COMMAND,
             counters: TransferCounters::default(),
@@ -408,32 +414,35 @@ impl<'clock> Sdhci<'clock> {
         let echo = self
             .command(sd::SEND_IF_COND, sd::IF_COND_ARGUMENT)
             .map_err(|error| InitError::Command { index: 8, error })?;
-        if echo & 0xFFF != sd::IF_COND_ARGUMENT {
+        if !sd::interface_condition_accepted(echo) {
             return Err(InitError::VoltageMismatch(echo));
         }
         let deadline = self.clock.deadline_after_us(POWER_UP_TIMEOUT_US);
-        let ocr = loop {
+        let conditions = loop {
             let ocr = self
                 .application_command(sd::SD_SEND_OP_COND, sd::OP_COND_ARGUMENT)
                 .map_err(|error| InitError::Command { index: 41, error })?;
-            if ocr & sd::OCR_POWERED_UP != 0 {
-                break ocr;
+            let conditions = OperatingConditions::decode(ocr);
+            if conditions.powered_up {
+                break conditions;
             }
             if deadline.passed(self.clock) {
                 return Err(InitError::PowerUpTimeout);
             }
             self.clock.delay_us(POWER_UP_POLL_US);
         };
-        self.card.high_capacity = ocr & sd::OCR_HIGH_CAPACITY != 0;
+        self.card.high_capacity = conditions.high_capacity;
         self.command(sd::ALL_SEND_CID, 0).map_err(|error| InitError::Command { index: 2, error })?;
-        let relative = self
+        self.card.identity = CardIdentity::decode(&self.long_response());
+        let published = self
             .command(sd::SEND_RELATIVE_ADDR, 0)
             .map_err(|error| InitError::Command { index: 3, error })?;
-        self.card.relative_address = (relative >> 16) as u16;
+        // The R6's compressed card status is decoded (`PublishedAddress::status`) but not acted
+        // on: a card that publishes an address is taken whatever that status says.
+        self.card.relative_address = PublishedAddress::decode(published).relative_address;
         let rca_argument = u32::from(self.card.relative_address) << 16;
         self.command(sd::SEND_CSD, rca_argument).map_err(|error| InitError::Command { index: 9, error })?;
-        let csd = LongResponse(core::array::from_fn(|index| self.registers.RESP[index].get()));
-        self.card.blocks = sd::capacity_blocks(&csd).map_err(|_| InitError::UnknownCsd)?;
+        self.card.blocks = sd::capacity_blocks(&self.long_response()).map_err(|_| InitError::UnknownCsd)?;
         self.command(sd::SELECT_CARD, rca_argument)
             .map_err(|error| InitError::Command { index: 7, error })?;
         self.set_clock(base_hz, TRANSFER_HZ)?;
@@ -453,6 +462,12 @@ impl<'clock> Sdhci<'clock> {
             self.card.four_bit_bus = true;
         }
         Ok(())
+    }
+
+    /// The 136-bit response (CID or CSD) of the last command, as the four response registers
+    /// hold it.
+    fn long_response(&self) -> LongResponse {
+        LongResponse(core::array::from_fn(|index| self.registers.RESP[index].get()))
     }
 
     /// Programs the SD clock to at most `target_hz` from `base_hz` (10-bit divided clock):
@@ -506,8 +521,9 @@ impl<'clock> Sdhci<'clock> {
         self.command(command, argument)
     }
 
-    /// Issues `command` with `argument` and returns the first response word. Data commands
-    /// only start here; the caller moves the data.
+    /// Issues `command` with `argument` and returns the first response word, or
+    /// [`BlockError::Refused`] when it is an R1 card status with an error bit set
+    /// ([`sd::check_card_status`]). Data commands only start here; the caller moves the data.
     fn command_with_mode(
         &mut self,
         command: Command,
@@ -574,15 +590,7 @@ impl<'clock> Sdhci<'clock> {
             self.wait(|registers| registers.INTERRUPT.is_set(INTERRUPT::DATA_DONE), COMMAND_TIMEOUT_US);
             self.registers.INTERRUPT.write(INTERRUPT::DATA_DONE::SET);
         }
-        let first = self.registers.RESP[0].get();
-        if matches!(command.response, Response::Short | Response::ShortBusy)
-            && command.index != sd::SEND_IF_COND.index
-            && command.index != sd::SEND_RELATIVE_ADDR.index
-            && first & sd::R1_ERROR_BITS != 0
-        {
-            return Err(BlockError::Refused(first));
-        }
-        Ok(first)
+        sd::check_card_status(command, self.registers.RESP[0].get()).map_err(BlockError::Refused)
     }
 
     fn command(&mut self, command: Command, argument: u32) -> Result<u32, BlockError> {
