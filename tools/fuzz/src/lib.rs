@@ -42,7 +42,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "devicetree", input: "a flattened device tree blob", run: targets::devicetree },
     Target {
         name: "sd_registers",
-        input: "SD card registers as the SDHCI returns them: CSD and SCR",
+        input: "SD card registers and responses as the SDHCI returns them: CSD, SCR, CID, R1, R3, R6, R7",
         run: targets::sd_registers,
     },
     Target { name: "config", input: "the contents of tessera.cfg", run: targets::config },

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use bsp::board::sd_protocol::{self, LongResponse};
+use bsp::board::sd_protocol::{
+    self, CardIdentity, Command, DataDirection, LongResponse, OperatingConditions, PublishedAddress, Response,
+};
 use kernel::{
     devicetree,
     fs::Volume,
@@ -338,16 +340,47 @@ pub fn devicetree(data: &[u8]) {
     let _ = devicetree::facts(data);
 }
 
-/// SD card registers as the SDHCI gives them: the input is read as a CSD (four response words,
-/// decoded for the capacity the driver reports) and an SCR (eight bytes, for the bus width);
-/// every field the driver reads is taken apart.
+/// Every command the SD driver issues: the R1 check's command byte names one of these when its
+/// index (bits 5:0) and application flag (bit 6) match, and otherwise a short-response command
+/// of that index (bit 7: with busy).
+const SD_COMMANDS: [Command; 17] = [
+    sd_protocol::GO_IDLE_STATE,
+    sd_protocol::ALL_SEND_CID,
+    sd_protocol::SEND_RELATIVE_ADDR,
+    sd_protocol::SELECT_CARD,
+    sd_protocol::SEND_IF_COND,
+    sd_protocol::SEND_CSD,
+    sd_protocol::STOP_TRANSMISSION,
+    sd_protocol::SEND_STATUS,
+    sd_protocol::SET_BLOCKLEN,
+    sd_protocol::READ_SINGLE_BLOCK,
+    sd_protocol::READ_MULTIPLE_BLOCK,
+    sd_protocol::WRITE_BLOCK,
+    sd_protocol::WRITE_MULTIPLE_BLOCK,
+    sd_protocol::APP_CMD,
+    sd_protocol::SET_BUS_WIDTH,
+    sd_protocol::SD_SEND_OP_COND,
+    sd_protocol::SEND_SCR,
+];
+
+/// Bytes of a full `sd_registers` input (a shorter one reads as if zero-padded).
+const SD_REGISTERS_INPUT: usize = 57;
+
+/// SD card registers and responses as the SDHCI gives them, little-endian words, zero-padded
+/// when short: bytes 0-15 a CSD (four response words, decoded for the capacity the driver
+/// reports), 16-23 an SCR (for the bus width), 24-39 a CID (four response words: the identity
+/// boot prints), 40 a command byte and 41-44 its first response word (the R1 check every
+/// command goes through), 45-48 an OCR (R3), 49-52 an R6 (CMD3), 53-56 an R7 (CMD8). Each
+/// decoder is checked against a plain reading of the same bits.
 pub fn sd_registers(data: &[u8]) {
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; SD_REGISTERS_INPUT];
     let length = data.len().min(bytes.len());
     bytes[..length].copy_from_slice(&data[..length]);
-    let word =
-        |index: usize| u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().expect("4 bytes"));
-    let csd = LongResponse([word(0), word(1), word(2), word(3)]);
+    let word = |offset: usize| u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+    let long =
+        |offset: usize| LongResponse([word(offset), word(offset + 4), word(offset + 8), word(offset + 12)]);
+
+    let csd = long(0);
     if let Ok(blocks) = sd_protocol::capacity_blocks(&csd) {
         // CSD 2.0 holds a 22-bit C_SIZE in units of 1024 blocks; CSD 1.0 at most 2^31 blocks.
         assert!(blocks <= (1 << 22) * 1024, "capacity within what a CSD can say");
@@ -357,6 +390,103 @@ pub fn sd_registers(data: &[u8]) {
     }
     let scr: [u8; 8] = bytes[16..24].try_into().expect("8 bytes");
     let _ = sd_protocol::supports_4_bit_bus(scr);
+
+    sd_identity(&long(24), bytes[24..40].try_into().expect("16 bytes"));
+    sd_card_status(bytes[40], word(41));
+
+    let ocr = word(45);
+    let conditions = OperatingConditions::decode(ocr);
+    assert_eq!(conditions.powered_up, ocr >> 31 == 1, "R3 busy bit");
+    assert_eq!(conditions.high_capacity, ocr >> 30 == 0b11, "R3 capacity status, once powered up");
+
+    let r6 = word(49);
+    let published = PublishedAddress::decode(r6);
+    assert_eq!(u32::from(published.relative_address), r6 >> 16, "R6 address");
+    let bit = |value: u32, index: u32| value >> index & 1;
+    for (status_bit, response_bit) in [(23, 15), (22, 14), (19, 13)] {
+        assert_eq!(bit(published.status, status_bit), bit(r6, response_bit), "R6 status bit {status_bit}");
+    }
+    assert_eq!(published.status & 0x1FFF, r6 & 0x1FFF, "R6 status bits 12:0");
+    assert_eq!(published.status & !0x00C8_1FFF, 0, "R6 carries no other status bits");
+    assert_eq!(published.errors(), published.status & sd_protocol::R1_ERROR_BITS);
+
+    let r7 = word(53);
+    let accepted = sd_protocol::interface_condition_accepted(r7);
+    assert_eq!(accepted, r7 >> 8 & 0xF == 0b0001 && r7 & 0xFF == 0xAA, "R7 voltage and check pattern");
+}
+
+/// The CID checks: the decoded fields against the same bits read from the 16 input bytes, and
+/// the text boot prints from them.
+fn sd_identity(cid: &LongResponse, raw: [u8; 16]) {
+    // The SDHCI's words hold register bits 127:8; the top byte of the last word is not the
+    // card's.
+    let register = u128::from_le_bytes(raw) << 8;
+    let field =
+        |high: u32, width: u32| (register >> (high + 1 - width)) as u32 & ((1u64 << width) - 1) as u32;
+    let identity = CardIdentity::decode(cid);
+    assert_eq!(u32::from(identity.manufacturer), field(127, 8), "MID");
+    assert_eq!(u32::from(u16::from_be_bytes(identity.oem)), field(119, 16), "OID");
+    for (index, &byte) in identity.product.iter().enumerate() {
+        assert_eq!(u32::from(byte), field(103 - 8 * index as u32, 8), "PNM character {index}");
+    }
+    assert_eq!(u32::from(identity.revision), field(63, 8), "PRV");
+    assert!(identity.revision_major() <= 15 && identity.revision_minor() <= 15, "PRV digits are nibbles");
+    assert_eq!(identity.serial, field(55, 32), "PSN");
+    assert_eq!(u32::from(identity.year), 2000 + field(19, 8), "MDT year");
+    assert!((2000..=2255).contains(&identity.year), "MDT year in range");
+    assert_eq!(u32::from(identity.month_field), field(11, 4), "MDT month");
+    match identity.month() {
+        Some(month) => assert!((1..=12).contains(&month) && month == identity.month_field),
+        None => assert!(!(1..=12).contains(&identity.month_field), "a month 1-12 is a month"),
+    }
+
+    let text = identity.to_string();
+    assert!(
+        text.chars().all(|c| (' '..='~').contains(&c)),
+        "the identity shows printable ASCII only: {text:?}"
+    );
+    let name: String = identity
+        .oem
+        .iter()
+        .chain([b' '].iter())
+        .chain(identity.product.iter())
+        .map(|&b| sd_protocol::printable(b))
+        .collect();
+    assert!(text.starts_with(&name), "the text opens with the OEM id and product name: {text:?}");
+    let date = match identity.month() {
+        Some(month) => format!(", made {}-{month:02},", identity.year),
+        None => format!(", made {},", identity.year),
+    };
+    assert!(text.contains(&date), "the text holds the date {date:?}: {text:?}");
+    assert!(text.len() < 100, "one short line");
+}
+
+/// The R1 check of `response` for the command `selector` names and for every command the
+/// driver issues, against a plain reading of the SD specification's error bits.
+fn sd_card_status(selector: u8, response: u32) {
+    let index = selector & 0x3F;
+    let application = selector & 0x40 != 0;
+    let named =
+        SD_COMMANDS.iter().find(|command| command.index == index && command.application == application);
+    let command = named.copied().unwrap_or(Command {
+        index,
+        response: if selector & 0x80 != 0 { Response::ShortBusy } else { Response::Short },
+        data: DataDirection::None,
+        application,
+    });
+    // Card status bits that report an error: out of range, address, block length, erase
+    // sequence, erase parameter, write protect, lock/unlock failed, command CRC, illegal
+    // command, ECC failed, controller error, general error, CSD overwrite, write-protect erase
+    // skip, authentication sequence.
+    let error_bits = [31, 30, 29, 28, 27, 26, 24, 23, 22, 21, 20, 19, 16, 15, 3];
+    let has_error = error_bits.iter().any(|&bit| response >> bit & 1 == 1);
+    for command in SD_COMMANDS.iter().copied().chain([command]) {
+        let other_short_response = !command.application && matches!(command.index, 3 | 8);
+        let is_r1 =
+            matches!(command.response, Response::Short | Response::ShortBusy) && !other_short_response;
+        let expected = if is_r1 && has_error { Err(response) } else { Ok(response) };
+        assert_eq!(sd_protocol::check_card_status(command, response), expected, "R1 check of {command:?}");
+    }
 }
 
 /// A console that takes settings and reports what it was asked to switch.

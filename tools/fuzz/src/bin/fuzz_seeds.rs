@@ -336,6 +336,32 @@ fn register_input(csd: u128, scr: [u8; 8]) -> Vec<u8> {
     input
 }
 
+/// The rest of a full `sd_registers` input after its CSD and SCR: a CID given in card order
+/// (16 bytes, CRC last; the SDHCI's four words drop the CRC), a command byte with its first
+/// response word, an OCR (R3), an R6 and an R7.
+struct Responses {
+    cid: [u8; 16],
+    command: u8,
+    r1: u32,
+    ocr: u32,
+    r6: u32,
+    r7: u32,
+}
+
+/// A CSD and an SCR (as [`register_input`] lays them out) followed by `responses`.
+fn full_register_input(csd: u128, scr: [u8; 8], responses: &Responses) -> Vec<u8> {
+    let mut input = register_input(csd, scr);
+    let cid = u128::from_be_bytes(responses.cid) >> 8;
+    for word in 0..4 {
+        input.extend_from_slice(&((cid >> (32 * word)) as u32).to_le_bytes());
+    }
+    input.push(responses.command);
+    for word in [responses.r1, responses.ocr, responses.r6, responses.r7] {
+        input.extend_from_slice(&word.to_le_bytes());
+    }
+    input
+}
+
 fn sd_registers(directory: &Path) -> std::io::Result<()> {
     // A CSD 2.0 (SDHC, C_SIZE for about 30 GB) with an SCR offering a 4-bit bus, a CSD 1.0
     // (SDSC, 1 GB) with a 1-bit SCR, and a CSD of a structure version no card uses.
@@ -356,6 +382,52 @@ fn sd_registers(directory: &Path) -> std::io::Result<()> {
         "sd_registers",
         "csd-version-3",
         &register_input(0xC00E_0032_5B59_0000_0001_FFFF_0A40_0001, [0x02, 0x35, 0x80, 0x03, 0, 0, 0, 0]),
+    )?;
+    // With a CID and responses: QEMU's emulated card (its fixed CID; a READ_SINGLE_BLOCK in
+    // the transfer state, powered up as SDHC, an address in the identification state, the
+    // voltage check echoed), a real card's CID (a 32 GB card) with a READ_MULTIPLE_BLOCK
+    // refused as out of range, the OCR still busy, an R6 with all three error bits and a
+    // voltage refused, and a hostile CID (control and non-ASCII bytes in its names, month 13)
+    // with all-ones responses behind a command byte no driver command has.
+    let sdhc = 0x400E_0032_5B59_0000_EDC8_7F80_0A40_4001;
+    let sdhc_scr = [0x02, 0x35, 0x84, 0x43, 0, 0, 0, 0];
+    let qemu = Responses {
+        cid: [0xAA, b'X', b'Y', b'Q', b'E', b'M', b'U', b'!', 0x01, 0xDE, 0xAD, 0xBE, 0xEF, 0x00, 0x62, 0x19],
+        command: 17,
+        r1: 4 << 9 | 1 << 8,
+        ocr: 0xC0FF_8000,
+        r6: 0x4567_0400,
+        r7: 0x1AA,
+    };
+    put(directory, "sd_registers", "cid-qemu", &full_register_input(sdhc, sdhc_scr, &qemu))?;
+    let real = Responses {
+        cid: [0x1B, b'S', b'M', b'E', b'B', b'1', b'Q', b'T', 0x30, 0xF1, 0x77, 0x5F, 0xEA, 0x01, 0x1A, 0xB9],
+        command: 18,
+        r1: 1 << 31 | 4 << 9 | 1 << 8,
+        ocr: 0x40FF_8000,
+        r6: 0xAAAA_E400,
+        r7: 0x2AA,
+    };
+    put(directory, "sd_registers", "cid-real-card", &full_register_input(sdhc, sdhc_scr, &real))?;
+    let hostile = Responses {
+        cid: [
+            0xFF, 0x1B, b'[', b'\n', 0x7F, 0x80, 0xC3, 0xE9, 0xFA, 0xFF, 0xFF, 0xFF, 0xFF, 0xF0, 0xFD, 0xFF,
+        ],
+        command: 0xC8,
+        r1: u32::MAX,
+        ocr: u32::MAX,
+        r6: u32::MAX,
+        r7: u32::MAX,
+    };
+    put(
+        directory,
+        "sd_registers",
+        "cid-hostile",
+        &full_register_input(
+            0x005E_0032_5F5A_83CF_EDB7_FF9F_9640_0001,
+            [0x01, 0x25, 0, 0, 0, 0, 0, 0],
+            &hostile,
+        ),
     )
 }
 
