@@ -7,10 +7,12 @@
 //! instructions retired (event 0x08); its counter is 32 bits, so a count past 2^32 is
 //! completed from the generic timer, which then counts instructions too (1 ns each).
 //!
-//! It ends with a projection per board: decode tokens/s from the measured instructions per
-//! token at the board's clock on all four cores (one instruction per cycle per core, perfect
-//! scaling: an optimistic compute bound), from the bytes a decode pass moves at the board's
-//! DRAM read bandwidth, and the lower of the two.
+//! Then how a pass divides over four cores: each job's pieces measured one by one on one core
+//! and scheduled as the handout gives them out, the rest serial (`FourCoreModel`). It ends
+//! with a projection per board: decode tokens/s from the measured instructions per token and
+//! that four-core speedup at the board's clock (one instruction per cycle per core, and no
+//! memory contention: an optimistic compute bound), from the bytes a decode pass moves at the
+//! board's DRAM read bandwidth, and the lower of the two.
 
 #![no_std]
 #![no_main]
@@ -62,25 +64,26 @@ fn instructions(operation: impl FnOnce()) -> u64 {
     counted + (wraps << 32)
 }
 
-/// The boards: name, cores, clock in GHz, DRAM read bandwidth in GB/s (docs/BENCHMARKS.md).
-const BOARDS: [(&str, u32, f64, f64); 4] = [
-    ("Zero 2 W (4x Cortex-A53, 1.0 GHz)", 4, 1.0, 2.2),
-    ("3B+ (4x Cortex-A53, 1.4 GHz)", 4, 1.4, 2.2),
-    ("4B (4x Cortex-A72, 1.5 GHz)", 4, 1.5, 4.0),
-    ("5 (4x Cortex-A76, 2.4 GHz)", 4, 2.4, 10.0),
+/// The boards (each with four cores): name, clock in GHz, DRAM read bandwidth in GB/s
+/// (docs/BENCHMARKS.md).
+const BOARDS: [(&str, f64, f64); 4] = [
+    ("Zero 2 W (4x Cortex-A53, 1.0 GHz)", 1.0, 2.2),
+    ("3B+ (4x Cortex-A53, 1.4 GHz)", 1.4, 2.2),
+    ("4B (4x Cortex-A72, 1.5 GHz)", 1.5, 4.0),
+    ("5 (4x Cortex-A76, 2.4 GHz)", 2.4, 10.0),
 ];
 
-/// Prints the projection table for `instructions` per decoded token and `bytes` moved per
-/// decode pass.
-fn project(instructions: u64, bytes: u64) {
+/// Prints the projection table for `instructions` per decoded token on one core, `speedup`
+/// on four (from [`four_cores`]) and `bytes` moved per decode pass.
+fn project(instructions: u64, speedup: f64, bytes: u64) {
     boot::println!(
-        "projection: {instructions} instructions and {:.1} MB per decoded token (1 instruction per cycle per core):",
+        "projection: {instructions} instructions, {speedup:.2}x on four cores, and {:.1} MB per decoded token (1 instruction per cycle per core):",
         bytes as f64 / 1e6
     );
     boot::println!("| board | compute bound, tokens/s | bandwidth bound, tokens/s | projected | binds |");
     boot::println!("|---|---:|---:|---:|---|");
-    for (name, cores, ghz, gbps) in BOARDS {
-        let compute = f64::from(cores) * ghz * 1e9 / instructions as f64;
+    for (name, ghz, gbps) in BOARDS {
+        let compute = speedup * ghz * 1e9 / instructions as f64;
         let bandwidth = gbps * 1e9 / bytes as f64;
         let (projected, binds) =
             if compute < bandwidth { (compute, "compute") } else { (bandwidth, "bandwidth") };
@@ -115,6 +118,144 @@ fn layer_products(weights: &kernel::model::Weights<'_>, precision: Precision) ->
 
 /// Positions of the measured prompt.
 const PROMPT: usize = 32;
+
+/// Cores of the model below.
+const MODEL_CORES: usize = 4;
+
+/// A one-core [`Cpus`] that measures how a pass divides over [`MODEL_CORES`] cores. A pass's
+/// parallel sections are a job's pieces (from the job's start or a `between` step's second
+/// barrier to the next barrier or the job's end); core 0 checkpoints after each piece, so
+/// every piece's instructions are known. Each section is then scheduled as the handout gives
+/// pieces out: each piece, in order, to the core that is free first. Everything else (core 0
+/// alone between a job's paired barriers, and outside jobs) is serial. The model's cores are
+/// equal and share no memory bandwidth: it measures the work's division (the serial part and
+/// the pieces' granularity), not a board's memory system.
+struct FourCoreModel(spin::Mutex<Sections>);
+
+/// What [`FourCoreModel`] has measured so far.
+struct Sections {
+    /// The PMU's count at the last boundary (a section's start, a piece's end).
+    mark: u32,
+    /// Whether a parallel section is open.
+    open: bool,
+    /// The open section's pieces, in instructions.
+    pieces: alloc::vec::Vec<u64>,
+    /// The parallel sections' instructions on one core.
+    shared: u64,
+    /// The parallel sections' instructions on the model's cores: each section's makespan.
+    makespan: u64,
+}
+
+impl Sections {
+    fn start(&mut self) {
+        self.open = true;
+        self.pieces.clear();
+        self.mark = systests::pmu::read_instructions();
+    }
+
+    /// Ends the open section: what follows its last piece (each core's last, empty claim)
+    /// is paid by every core, so it adds to the makespan as it is.
+    fn close(&mut self) {
+        let tail = u64::from(systests::pmu::read_instructions().wrapping_sub(self.mark));
+        let mut free_at = [0u64; MODEL_CORES];
+        for &piece in &self.pieces {
+            if let Some(first) = free_at.iter_mut().min() {
+                *first += piece;
+            }
+        }
+        self.shared += self.pieces.iter().sum::<u64>() + tail;
+        self.makespan += free_at.iter().max().copied().unwrap_or(0) + tail;
+        self.open = false;
+    }
+}
+
+impl FourCoreModel {
+    fn new() -> Self {
+        let pieces = alloc::vec::Vec::with_capacity(8192);
+        Self(spin::Mutex::new(Sections { mark: 0, open: false, pieces, shared: 0, makespan: 0 }))
+    }
+
+    /// The parallel sections' instructions so far: on one core, and on the model's cores.
+    fn take(&self) -> (u64, u64) {
+        let mut sections = self.0.lock();
+        (core::mem::take(&mut sections.shared), core::mem::take(&mut sections.makespan))
+    }
+}
+
+impl kernel::hil::Cpus for FourCoreModel {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn run_on_all(&self, job: &(dyn Fn(usize) + Sync)) {
+        self.0.lock().start();
+        job(0);
+        let mut sections = self.0.lock();
+        if sections.open {
+            sections.close();
+        }
+    }
+
+    fn barrier(&self) {
+        let mut sections = self.0.lock();
+        if sections.open { sections.close() } else { sections.start() }
+    }
+
+    fn checkpoint(&self) {
+        let mut sections = self.0.lock();
+        if sections.open {
+            let now = systests::pmu::read_instructions();
+            let piece = u64::from(now.wrapping_sub(sections.mark));
+            sections.pieces.push(piece);
+            sections.mark = now;
+        }
+    }
+}
+
+/// Prints how decode and a T = 32 prefill pass divide over [`MODEL_CORES`] cores (see
+/// [`FourCoreModel`]) and returns decode's speedup over one core.
+fn four_cores(weights: &kernel::model::Weights<'_>) -> f64 {
+    let config = weights.config;
+    let precision = Precision::default();
+    let mut kv = ContiguousKv::new(config.layers, config.kv_dim(), PROMPT + DECODE_STEPS)
+        .unwrap_or_else(|| systests::fail(format_args!("KV cache")));
+    let mut state = State::for_batch(&config, precision, PROMPT + DECODE_STEPS, PROMPT);
+    let model = FourCoreModel::new();
+    let mut run = |kv: &mut ContiguousKv, tokens: &[u32], start: usize| {
+        let mut sequences = [PassSequence { kv, tokens, start, logits: true }];
+        let total = instructions(|| {
+            forward_batch(weights, &mut state, &mut sequences, &model, |_, _, _| {})
+                .unwrap_or_else(|error| systests::fail(format_args!("pass: {:?}", error.error)));
+        });
+        let (shared, makespan) = model.take();
+        (total, total - shared, total - shared + makespan)
+    };
+    let prompt: alloc::vec::Vec<u32> = (0..PROMPT).map(prompt_token).collect();
+    boot::println!(
+        "{MODEL_CORES} equal cores (pieces scheduled as the handout gives them, no memory contention), {precision:?}:"
+    );
+    boot::println!(
+        "| pass | one core, per token | serial (core 0 alone) | critical path on {MODEL_CORES} cores | speedup |"
+    );
+    boot::println!("|---|---:|---:|---:|---:|");
+    let row = |name: &str, (total, serial, critical): (u64, u64, u64), tokens: u64| {
+        let speedup = total as f64 / critical as f64;
+        boot::println!(
+            "| {name} | {} | {} | {} | {speedup:.2}x |",
+            total / tokens,
+            serial / tokens,
+            critical / tokens
+        );
+        speedup
+    };
+    row("prefill, T = 32", run(&mut kv, &prompt, 0), PROMPT as u64);
+    let mut decode = (0, 0, 0);
+    for step in 0..DECODE_STEPS {
+        let (total, serial, critical) = run(&mut kv, &[prompt_token(40 + step)], PROMPT + step);
+        decode = (decode.0 + total, decode.1 + serial, decode.2 + critical);
+    }
+    row("decode", decode, DECODE_STEPS as u64)
+}
 
 /// Prints and returns the instructions per token of prefill at T = 1, 8 and 32 and of
 /// decode (in that order) at `precision`, with the layers' products and the long-context
@@ -221,7 +362,8 @@ fn main(info: &'static boot::BootInfo) -> ! {
         Precision::default(),
         int8[3] as f64 / int16[3] as f64
     );
-    project(int16[3], PassTraffic::of(weights).at(PROMPT).total());
+    let speedup = four_cores(weights);
+    project(int16[3], speedup, PassTraffic::of(weights).at(PROMPT).total());
     boot::println!("forward instructions done");
     pass()
 }
