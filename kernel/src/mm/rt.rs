@@ -634,17 +634,24 @@ impl RtPool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use core::sync::atomic::{AtomicU64, Ordering};
     use proptest::prelude::*;
 
     const MIB: u64 = 1 << 20;
 
-    /// A clock that advances a fixed step on every read: deterministic, not timed.
-    struct SteppingClock {
-        ticks: AtomicU64,
-        step: u64,
+    /// A 1 MHz clock that advances a fixed step on every read: deterministic, not timed.
+    pub(crate) struct SteppingClock {
+        pub(crate) ticks: AtomicU64,
+        pub(crate) step: u64,
+    }
+
+    impl SteppingClock {
+        /// A clock at `start` that advances `step` ticks on every read.
+        pub(crate) fn new(start: u64, step: u64) -> Self {
+            Self { ticks: AtomicU64::new(start), step }
+        }
     }
 
     impl Clock for SteppingClock {

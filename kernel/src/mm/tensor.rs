@@ -815,6 +815,7 @@ impl TensorMemory {
 mod tests {
     use super::*;
     use crate::mm::layout::{Budget, MIB};
+    use crate::mm::rt::tests::SteppingClock;
     use alloc::string::ToString;
     use proptest::prelude::*;
 
@@ -936,18 +937,8 @@ mod tests {
 
     #[test]
     fn protocol_buffers_respect_deadlines() {
-        use core::sync::atomic::AtomicU64;
-        struct StepClock(AtomicU64);
-        impl Clock for StepClock {
-            fn ticks(&self) -> u64 {
-                self.0.fetch_add(7, Ordering::Relaxed)
-            }
-            fn frequency_hz(&self) -> u64 {
-                1_000_000
-            }
-        }
         let memory = memory(64);
-        let clock = StepClock(AtomicU64::new(100));
+        let clock = SteppingClock::new(100, 7);
         let buffer = memory.alloc_protocol_within(300, clock.deadline_after_us(50), &clock).unwrap();
         assert_eq!(
             (buffer.pool(), buffer.kind(), buffer.base() % 64),
@@ -961,28 +952,14 @@ mod tests {
 
     #[test]
     fn scoped_protocol_allocations_meet_their_bound_or_are_refused() {
-        use core::sync::atomic::AtomicU64;
-        /// A clock that advances `step` microseconds at every reading.
-        struct SteppingClock {
-            now: AtomicU64,
-            step: u64,
-        }
-        impl Clock for SteppingClock {
-            fn ticks(&self) -> u64 {
-                self.now.fetch_add(self.step, Ordering::Relaxed)
-            }
-            fn frequency_hz(&self) -> u64 {
-                1_000_000
-            }
-        }
         let memory = memory(64);
-        let prompt = SteppingClock { now: AtomicU64::new(0), step: 1 };
+        let prompt = SteppingClock::new(0, 1);
         let line = memory.alloc_address(0, 200, TensorKind::Protocol, Some(&prompt)).unwrap();
         let unbounded = memory.alloc_address(0, 200, TensorKind::Protocol, None).unwrap();
         let protocol = |memory: &TensorMemory| memory.statistics(Pool::Protocol).counters;
         assert_eq!((protocol(&memory).live_bytes, protocol(&memory).failures), (400, 0));
         // Each reading jumps past the bound: the pool refuses and counts it, holding nothing.
-        let stalled = SteppingClock { now: AtomicU64::new(0), step: PROTOCOL_DEADLINE_US + 1 };
+        let stalled = SteppingClock::new(0, PROTOCOL_DEADLINE_US + 1);
         let late = memory.alloc_address(0, 200, TensorKind::Protocol, Some(&stalled));
         assert!(matches!(late, Err(MemError::DeadlineMissed { pool: "protocol", .. })), "{late:?}");
         assert_eq!((protocol(&memory).live_bytes, protocol(&memory).failures), (400, 1));
