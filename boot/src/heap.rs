@@ -9,7 +9,8 @@
 //!   chunk allocator, a longer free list of the slab depot) goes to the metadata pool, a small
 //!   TLSF pool at the top of the heap region that no pool operation ever takes a lock of;
 //! - anything else (outside any scope, what no pool can serve, or a protocol allocation that
-//!   missed its deadline) comes from the heap and is counted, so `/mem` and the `mem` record show exactly what the heap served after boot.
+//!   missed its deadline) comes from the heap and is counted, so `/mem` and the `mem` record
+//!   show exactly what the heap served after boot.
 
 use core::alloc::{GlobalAlloc, Layout};
 use kernel::{

@@ -953,8 +953,8 @@ mod tests {
     #[test]
     fn scoped_protocol_allocations_meet_their_bound_or_are_refused() {
         let memory = memory(64);
-        let prompt = SteppingClock::new(0, 1);
-        let line = memory.alloc_address(0, 200, TensorKind::Protocol, Some(&prompt)).unwrap();
+        let steady = SteppingClock::new(0, 1);
+        let line = memory.alloc_address(0, 200, TensorKind::Protocol, Some(&steady)).unwrap();
         let unbounded = memory.alloc_address(0, 200, TensorKind::Protocol, None).unwrap();
         let protocol = |memory: &TensorMemory| memory.statistics(Pool::Protocol).counters;
         assert_eq!((protocol(&memory).live_bytes, protocol(&memory).failures), (400, 0));
