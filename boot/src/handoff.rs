@@ -111,7 +111,8 @@ pub(crate) struct EarlyFacts {
     pub(crate) revision: u32,
     /// The board it decodes to.
     pub(crate) model: BoardModel,
-    /// ARM memory in bytes (from the mailbox).
+    /// ARM memory in bytes from the mailbox (the RAM from address 0; the plan may have more,
+    /// above the BCM2711's hole).
     pub(crate) ram: u64,
     /// Bytes of the device tree copy in [`DEVICE_TREE`] (0: none).
     pub(crate) device_tree_length: usize,

@@ -24,7 +24,7 @@ use bsp::{
         timer::GenericTimer,
     },
     board::{
-        budget::{BoardModel, scaled_budget},
+        budget::{BoardModel, ram_map, scaled_budget},
         rpi3::{
             gpio::Gpio,
             mailbox::{CLOCK_UART, Mailbox},
@@ -161,8 +161,9 @@ pub(crate) extern "C" fn prepare_primary(device_tree: usize) {
     let device_tree_length = copy_device_tree(device_tree, ram);
     let seed = boot_seed(soc, clock, device_tree_length);
     let model = BoardModel::from_revision(revision);
-    let (row, budget) = scaled_budget(model, ram);
-    let plan = MemoryPlan::new(ram, budget, image.end(), seed.0)
+    let ram_map = ram_map(soc, revision, ram);
+    let (row, budget) = scaled_budget(model, ram_map.total());
+    let plan = MemoryPlan::across(ram_map, budget, image.end(), seed.0)
         .unwrap_or_else(|error| fail("planning memory", error));
     let mappings = kernel_mappings(&image, &plan, &soc.device_mappings());
     // SAFETY: only core 0 runs, and no MMU walks the tables yet.

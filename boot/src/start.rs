@@ -161,6 +161,7 @@ fn map_entries(mappings: &[Mapping]) -> [Option<MapEntry>; MAX_MAP_ENTRIES] {
         *slot = Some(MapEntry {
             name: mapping.name,
             base: mapping.base,
+            physical: mapping.physical,
             size: mapping.size,
             memory: match mapping.memory {
                 MemoryType::Device => "device",

@@ -35,6 +35,8 @@ pub struct MapEntry {
     pub name: &'static str,
     /// First address.
     pub base: u64,
+    /// The physical address `base` maps to (equal to it but above the BCM2711's RAM hole).
+    pub physical: u64,
     /// Length in bytes.
     pub size: u64,
     /// Memory type, e.g. "normal WB", "normal NC", "device".
@@ -126,7 +128,18 @@ impl fmt::Display for Banner<'_> {
         writeln!(formatter, "  topology     {}", info.topology)?;
         writeln!(formatter, "  cache line   {} bytes (CTR_EL0)", info.cache_line)?;
         writeln!(formatter, "  layout seed  {:#018x} ({seed_source})", info.seed)?;
-        writeln!(formatter, "  memory       {} MiB ARM RAM ({memory_source})", info.plan.ram / MIB)?;
+        let ram_map = info.plan.ram_map;
+        write!(formatter, "  memory       {} MiB ARM RAM ({memory_source})", ram_map.low / MIB)?;
+        if ram_map.high > 0 {
+            write!(
+                formatter,
+                " + {} MiB at {:#x}, above the VideoCore's (board revision): {} MiB",
+                ram_map.high / MIB,
+                ram_map.high_base,
+                ram_map.total() / MIB
+            )?;
+        }
+        writeln!(formatter)?;
         writeln!(
             formatter,
             "  budget       row {}: LLM arena {} MiB, protocol {} MiB, system {} MiB",
@@ -149,7 +162,11 @@ impl fmt::Display for Banner<'_> {
                 entry.base + entry.size
             )?;
             size_text(entry.size, formatter)?;
-            writeln!(formatter, "   {:<9} {:<3} {}", entry.memory, entry.access, entry.granule)?;
+            write!(formatter, "   {:<9} {:<3} {}", entry.memory, entry.access, entry.granule)?;
+            if entry.physical != entry.base {
+                write!(formatter, "  at physical {:#010x}", entry.physical)?;
+            }
+            writeln!(formatter)?;
         }
         write!(formatter, "    unmapped: page 0 (null guard), stack guard pages, slack ")?;
         size_text(info.plan.slack(), formatter)?;
@@ -160,22 +177,14 @@ impl fmt::Display for Banner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::layout::Budget;
+    use crate::mm::layout::{Budget, RamMap};
 
-    #[test]
-    fn banner_names_every_field() {
-        let budget = Budget::reserving(960 * MIB, 72 * MIB, 4 * MIB);
-        let plan = MemoryPlan::new(960 * MIB, budget, 0x1A_0000, 9).unwrap();
+    fn info(plan: MemoryPlan, entries: &[MapEntry]) -> BootInfo {
         let mut mappings = [None; MAX_MAP_ENTRIES];
-        mappings[0] = Some(MapEntry {
-            name: "kernel text",
-            base: 0x8_0000,
-            size: 0x1_0000,
-            memory: "normal WB",
-            access: "RX",
-            granule: "4K",
-        });
-        let info = BootInfo {
+        for (slot, entry) in mappings.iter_mut().zip(entries) {
+            *slot = Some(*entry);
+        }
+        BootInfo {
             board: "Raspberry Pi 3 Model B",
             board_revision: 0xa02082,
             entry_level: 2,
@@ -190,8 +199,24 @@ mod tests {
             budget_row: "Pi 3B+",
             plan,
             mappings,
-        };
-        let text = info.banner().to_string();
+        }
+    }
+
+    const TEXT: MapEntry = MapEntry {
+        name: "kernel text",
+        base: 0x8_0000,
+        physical: 0x8_0000,
+        size: 0x1_0000,
+        memory: "normal WB",
+        access: "RX",
+        granule: "4K",
+    };
+
+    #[test]
+    fn banner_names_every_field() {
+        let budget = Budget::reserving(960 * MIB, 72 * MIB, 4 * MIB);
+        let plan = MemoryPlan::new(960 * MIB, budget, 0x1A_0000, 9).unwrap();
+        let text = info(plan, &[TEXT]).banner().to_string();
         for expected in [
             "Tessera 0.1.0",
             "Raspberry Pi 3 Model B (revision 0xa02082)",
@@ -203,6 +228,32 @@ mod tests {
             "960 MiB ARM RAM (mailbox; no device tree at entry)",
             "LLM arena 884 MiB, protocol 4 MiB, system 72 MiB",
             "kernel text        0x00080000 - 0x00090000       64 KiB   normal WB RX  4K",
+        ] {
+            assert!(text.contains(expected), "banner lacks {expected:?}:\n{text}");
+        }
+        assert!(!text.contains("at physical"), "everything is identity-mapped:\n{text}");
+    }
+
+    /// QEMU raspi4b: the banner says where the RAM above the hole came from and where the
+    /// arena's part there really is.
+    #[test]
+    fn banner_shows_the_ram_above_the_hole() {
+        let ram_map = RamMap::with_high(960 * MIB, 1 << 30, 1 << 30);
+        let budget = Budget::reserving(ram_map.total(), 96 * MIB, 4 * MIB);
+        let plan = MemoryPlan::across(ram_map, budget, 0x1A_0000, 9).unwrap();
+        let high = MapEntry {
+            name: "llm arena (high)",
+            base: 960 * MIB,
+            physical: 1 << 30,
+            size: 64 * MIB,
+            memory: "normal WB",
+            access: "RW",
+            granule: "2M",
+        };
+        let text = info(plan, &[TEXT, high]).banner().to_string();
+        for expected in [
+            "960 MiB ARM RAM (mailbox; no device tree at entry) + 1024 MiB at 0x40000000, above the VideoCore's (board revision): 1984 MiB",
+            "llm arena (high)   0x3c000000 - 0x40000000       64 MiB   normal WB RW  2M  at physical 0x40000000",
         ] {
             assert!(text.contains(expected), "banner lacks {expected:?}:\n{text}");
         }

@@ -65,6 +65,7 @@ fn main(info: &'static boot::BootInfo) -> ! {
             clock,
             line as u64,
             uncached,
+            info.plan.ram_map.low,
         )
     }
     .unwrap_or_else(|error| fail(format_args!("DMA setup: {error:?}")));

@@ -17,13 +17,19 @@ boot::entry!(main, TEST_CONFIG);
 fn main(info: &'static boot::BootInfo) -> ! {
     let banner = info.banner().to_string();
     boot::print!("{banner}");
-    let (board, row, windows) = match Soc::current() {
-        Soc::Bcm2837 => {
-            ("Raspberry Pi 3 Model B (revision 0xa02082)", "row Pi 3B+", "peripherals        0x3f000000")
-        }
-        Soc::Bcm2711 => {
-            ("Raspberry Pi 4 Model B (revision 0xb03115)", "row Pi 4B", "local peripherals  0xff800000")
-        }
+    let (board, row, windows, ram) = match Soc::current() {
+        Soc::Bcm2837 => (
+            "Raspberry Pi 3 Model B (revision 0xa02082)",
+            "row Pi 3B+",
+            "peripherals        0x3f000000",
+            "960 MiB ARM RAM (",
+        ),
+        Soc::Bcm2711 => (
+            "Raspberry Pi 4 Model B (revision 0xb03115)",
+            "row Pi 4B",
+            "local peripherals  0xff800000",
+            "+ 1024 MiB at 0x40000000, above the VideoCore's (board revision): 1984 MiB",
+        ),
     };
     for expected in [
         "Tessera 0.1.0",
@@ -34,7 +40,7 @@ fn main(info: &'static boot::BootInfo) -> ! {
         "4 online",
         "cache line   64 bytes",
         "0x000000007e55e7a0 (fixed)",
-        "960 MiB ARM RAM",
+        ram,
         "kernel text",
         "normal NC RW  2M",
         "device    RW  2M",

@@ -13,7 +13,7 @@ boot::entry!(main, TEST_CONFIG);
 fn main(info: &'static boot::BootInfo) -> ! {
     ensure!(info.device_tree, "no device tree was found at entry");
     ensure!(info.memory_source == MemorySource::DeviceTree, "memory came from {:?}", info.memory_source);
-    ensure!(info.plan.ram == 960 * MIB, "{} MiB", info.plan.ram / MIB);
+    ensure!(info.plan.ram_map.low == 960 * MIB, "{} MiB", info.plan.ram_map.low / MIB);
     let topology = &info.topology;
     ensure!(topology.source() == TopologySource::DeviceTree, "topology from {:?}", topology.source());
     ensure!(topology.cores() == 4 && topology.nodes() == 1, "{topology}");

@@ -42,9 +42,12 @@ fn fill_random(bytes: &mut [u8], seed: u64) {
     }
 }
 
+/// A buffer from the weights pool, which places it at the arena's bottom, in the engine's
+/// reach on every board.
 fn alloc<'memory>(memory: &'memory BackedMemory, size: u64) -> TensorBuffer<'memory> {
-    let kind = if size > MIB { TensorKind::Weights } else { TensorKind::Activation };
-    memory.alloc(size, kind).unwrap_or_else(|error| fail(format_args!("allocating {size} bytes: {error}")))
+    memory
+        .alloc(size, TensorKind::Weights)
+        .unwrap_or_else(|error| fail(format_args!("allocating {size} bytes: {error}")))
 }
 
 /// Copies `length` bytes from the start of `source` to the start of `destination` through the
@@ -79,12 +82,40 @@ fn main(info: &'static boot::BootInfo) -> ! {
         .alloc(32, TensorKind::Device)
         .unwrap_or_else(|error| fail(format_args!("no control block: {error}")));
     let mut engine = set_up_engine(info, &control_block, &GenericTimer);
+    refuses_the_ram_above_the_seam(&mut engine, info, memory);
     engine_copies(&mut engine, memory, cache_line);
     refused_requests(&mut engine, memory);
     staged_copies(&mut engine, memory, cache_line);
     copy_beside_compute(&mut engine, memory);
     boot::println!("DMA copies verified");
     pass()
+}
+
+/// On a Pi 4 the arena runs on past the identity-mapped RAM into the RAM above 1 GiB, which
+/// the engine cannot reach (and whose addresses are not its physical ones). The arena lends
+/// the activations segments from its top, so an activation buffer lies up there: a copy out
+/// of it must be refused as out of reach. (The other buffers are weights, which come from the
+/// arena's bottom, in reach on both boards.) Nothing to check on a board without that part.
+fn refuses_the_ram_above_the_seam(engine: &mut DmaEngine<'_>, info: &boot::BootInfo, memory: &BackedMemory) {
+    let seam = info.plan.ram_map.low;
+    if info.plan.ram_map.high == 0 {
+        return;
+    }
+    let mut high = memory
+        .alloc(8192, TensorKind::Activation)
+        .unwrap_or_else(|error| fail(format_args!("allocating an activation buffer: {error}")));
+    ensure!(high.as_ptr() as u64 >= seam, "the activation buffer at {:p} is below the seam", high.as_ptr());
+    let (first, second) = high.split_at_mut(4096);
+    let request =
+        CopyRequest { source: first.as_ptr() as u64, destination: second.as_mut_ptr() as u64, length: 4096 };
+    // SAFETY: both ranges lie inside `high`, borrowed here; the request is refused before the
+    // engine starts.
+    match unsafe { engine.start(request) } {
+        Err(CopyError::OutOfReach { .. }) => {
+            boot::println!("refused (above the seam at {seam:#x}): out of reach")
+        }
+        other => fail(format_args!("a copy above the seam was not refused as out of reach: {other:?}")),
+    }
 }
 
 /// Checks that bad setups (a misaligned control block, a channel that does not exist) are
@@ -102,15 +133,24 @@ fn set_up_engine<'clock>(
     // Setup errors come back typed, before any register is touched.
     // SAFETY: both calls fail their argument checks before using the register block.
     let misaligned = unsafe {
-        DmaEngine::new(Soc::current().map().dma, DEFAULT_CHANNEL, control_block.base() + 8, clock, 64, 0..0)
+        DmaEngine::new(
+            Soc::current().map().dma,
+            DEFAULT_CHANNEL,
+            control_block.base() + 8,
+            clock,
+            64,
+            0..0,
+            1 << 30,
+        )
     };
     ensure!(
         matches!(misaligned, Err(DmaSetupError::MisalignedControlBlock(_))),
         "misaligned control block accepted"
     );
     // SAFETY: as above.
-    let no_channel =
-        unsafe { DmaEngine::new(Soc::current().map().dma, 15, control_block.base(), clock, 64, 0..0) };
+    let no_channel = unsafe {
+        DmaEngine::new(Soc::current().map().dma, 15, control_block.base(), clock, 64, 0..0, 1 << 30)
+    };
     ensure!(matches!(no_channel, Err(DmaSetupError::NoSuchChannel(15))), "channel 15 accepted");
 
     // SAFETY: the chip's DMA block is the engine, mapped as device memory by boot; nothing else drives a
@@ -124,6 +164,7 @@ fn set_up_engine<'clock>(
             clock,
             info.cache_line as u64,
             uncached,
+            info.plan.ram_map.low,
         )
     }
     .unwrap_or_else(|error| fail(format_args!("DMA setup: {error:?}")));

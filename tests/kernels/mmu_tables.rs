@@ -1,7 +1,9 @@
 //! QEMU test: the MMU and caches are on, and the live tables translate exactly as planned:
 //! each mapping's first, middle and last page translate in hardware (`AT S1E1R`) and in the
 //! software walk with the planned attributes, while page 0, stack guard pages, slack between
-//! regions and VideoCore memory fault.
+//! regions and the addresses past RAM fault, and no mapping reaches VideoCore memory. On
+//! raspi4b the arena runs on past the mailbox's 960 MiB into the RAM at 1 GiB: words written
+//! on both sides of that seam read back as written, so the RAM there is real and distinct.
 
 #![no_std]
 #![no_main]
@@ -16,6 +18,7 @@ use bsp::arch::aarch64::{
     mmu::hardware_translate,
     translation::{Access, MemoryType, attribute_bits},
 };
+use kernel::mm::layout::{MIB, RegionKind};
 use systests::{TEST_CONFIG, ensure, pass};
 use tock_registers::interfaces::Readable;
 
@@ -47,11 +50,16 @@ fn main(info: &'static boot::BootInfo) -> ! {
         };
         let last = entry.base + entry.size - 8;
         for address in [entry.base, entry.base + ((entry.size / 2) & !7), last] {
+            let physical = address - entry.base + entry.physical;
             let hardware = hardware_translate(address);
-            ensure!(hardware == Some(address), "{} at {address:#x}: hardware gives {hardware:?}", entry.name);
+            ensure!(
+                hardware == Some(physical),
+                "{} at {address:#x}: hardware gives {hardware:?}",
+                entry.name
+            );
             let software = tables.translate(root, address);
             ensure!(
-                software.map(|t| (t.physical, t.memory, t.access)) == Some((address, memory, access)),
+                software.map(|t| (t.physical, t.memory, t.access)) == Some((physical, memory, access)),
                 "{} at {address:#x}: tables give {software:?}",
                 entry.name
             );
@@ -66,8 +74,23 @@ fn main(info: &'static boot::BootInfo) -> ! {
         }
     }
 
+    let ram_map = info.plan.ram_map;
+    let videocore = ram_map.low..ram_map.high_base.max(ram_map.low + 32 * MIB);
+    for entry in info.map_entries() {
+        let reached = entry.physical..entry.physical + entry.size;
+        ensure!(
+            reached.end <= videocore.start || reached.start >= videocore.end,
+            "{} reaches VideoCore memory ({reached:#x?})",
+            entry.name
+        );
+    }
+    if ram_map.high > 0 {
+        check_the_seam(info);
+    }
+
     let image = start::kernel_image();
-    let mut holes = vec![0u64, 0xFF8, 0x7_F000, 0x3C00_0000, 0x3E00_0000, 0x8000_0000];
+    let ram_end = info.plan.ram;
+    let mut holes = vec![0u64, 0xFF8, 0x7_F000, ram_end, ram_end + 32 * MIB, 0x8000_0000];
     for core in 0..4 {
         holes.push(image.thread_stack_top(core) - THREAD_STACK_BYTES as u64 - 8);
         holes.push(image.exception_stack_top(core) - EXCEPTION_STACK_BYTES as u64 - 8);
@@ -83,4 +106,38 @@ fn main(info: &'static boot::BootInfo) -> ! {
     }
     boot::println!("{checked} mapped addresses and {} holes match the plan", holes.len());
     pass()
+}
+
+/// Writes a distinct word on each side of the seam between the arena's low and high parts and
+/// at the high part's end, then reads them all back: the high part is real RAM, and not the
+/// low part again under another address. The arena holds nothing yet (no pool is built), and
+/// the words are put back as they were.
+fn check_the_seam(info: &boot::BootInfo) {
+    let seam = info.plan.ram_map.low;
+    let arena = info.plan.region(RegionKind::Arena);
+    ensure!(
+        arena.base < seam && arena.end() > seam,
+        "the arena {arena:x?} does not cross the seam at {seam:#x}"
+    );
+    let addresses = [seam - 8, seam, seam + 8, arena.end() - 8];
+    let words = addresses.map(|address| address as *mut u64);
+    // SAFETY: every address is 8-byte aligned inside the arena, which boot mapped read-write
+    // and nothing uses before the pools are built; each word is restored below.
+    let saved = words.map(|word| unsafe { word.read_volatile() });
+    for (index, word) in words.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { word.write_volatile(0x5EA0_0000_0000_0000 | index as u64) };
+    }
+    for (index, word) in words.iter().enumerate() {
+        // SAFETY: as above.
+        let read = unsafe { word.read_volatile() };
+        ensure!(read == 0x5EA0_0000_0000_0000 | index as u64, "{:#x} reads {read:#x}", addresses[index]);
+        // SAFETY: as above.
+        unsafe { word.write_volatile(saved[index]) };
+    }
+    boot::println!(
+        "the arena runs on from {seam:#x} into the RAM at {:#x} ({} MiB above the seam): 4 words read back",
+        info.plan.ram_map.high_base,
+        (arena.end() - seam) / MIB
+    );
 }

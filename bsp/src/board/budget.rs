@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use crate::board::soc::Soc;
-use kernel::hil::boundary::{Budget, MIB, PROTOCOL_RESERVE_BYTES, system_need};
+use kernel::hil::boundary::{Budget, MIB, PROTOCOL_RESERVE_BYTES, RamMap, system_need};
 
 /// A Raspberry Pi model, decoded from the firmware's board revision code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +71,25 @@ impl BoardModel {
             BoardModel::Pi5 => "Raspberry Pi 5",
             BoardModel::Unknown(_) => "unknown Raspberry Pi",
         }
+    }
+}
+
+/// Bytes of RAM a new-style revision code names (bits 22:20: 256 MiB shifted left by them).
+pub fn revision_ram(revision: u32) -> Option<u64> {
+    let code = (revision >> 20) & 0b111;
+    (revision & (1 << 23) != 0 && code <= 5).then(|| (256 * MIB) << code)
+}
+
+/// The board's RAM as the memory plan lays it out: the `low` bytes the mailbox reports from
+/// address 0 and, on a chip with RAM above the hole that ends them, the part of the revision
+/// code's RAM that lies there (as Circle does on the Pi 4: the mailbox reports only the part
+/// below the VideoCore's share, and the device tree is not always there).
+pub fn ram_map(soc: Soc, revision: u32, low: u64) -> RamMap {
+    match (soc.high_ram_window(), revision_ram(revision)) {
+        (Some((base, end)), Some(total)) if total > base && low <= base => {
+            RamMap::with_high(low, base, total.min(end) - base)
+        }
+        _ => RamMap::contiguous(low),
     }
 }
 
@@ -183,6 +202,36 @@ mod tests {
         assert_eq!(BoardModel::PiZero2W.soc(), Some(Soc::Bcm2837));
         assert_eq!(BoardModel::Pi5.soc(), None);
         assert_eq!(BoardModel::from_revision(0x0000_000e), BoardModel::Unknown(0xe));
+    }
+
+    #[test]
+    fn ram_above_the_hole() {
+        assert_eq!(revision_ram(0xa02082), Some(1024 * MIB));
+        assert_eq!(revision_ram(0x902120), Some(512 * MIB));
+        assert_eq!(revision_ram(0xb03115), Some(2048 * MIB));
+        assert_eq!(revision_ram(0xd03114), Some(8192 * MIB));
+        assert_eq!(revision_ram(0x0000_000e), None, "old-style codes name no size here");
+        // QEMU raspi4b: 960 MiB from the mailbox, 1 GiB more from 1 GiB on.
+        assert_eq!(
+            ram_map(Soc::Bcm2711, 0xb03115, 960 * MIB),
+            RamMap::with_high(960 * MIB, 1 << 30, 1 << 30)
+        );
+        // A 4 GiB Pi 4 (gpu_mem 76): the firmware's 0x40000000-0xFC000000; 8 GiB stops there too.
+        let four = RamMap::with_high(948 * MIB, 1 << 30, 0xBC00_0000);
+        assert_eq!(ram_map(Soc::Bcm2711, 0xc03111, 948 * MIB), four);
+        assert_eq!(ram_map(Soc::Bcm2711, 0xd03114, 948 * MIB), four);
+        assert_eq!(four.total(), 3956 * MIB);
+        // 1 GiB Pi 4s and every BCM2837 board: the mailbox's RAM is all there is.
+        assert_eq!(ram_map(Soc::Bcm2711, 0xa03111, 948 * MIB), RamMap::contiguous(948 * MIB));
+        assert_eq!(ram_map(Soc::Bcm2837, 0xa02082, 960 * MIB), RamMap::contiguous(960 * MIB));
+        assert_eq!(ram_map(Soc::Bcm2711, 0x0000_000e, 948 * MIB), RamMap::contiguous(948 * MIB));
+        // Every plan over them keeps the fixed regions below the hole.
+        for (revision, low) in [(0xb03115, 960 * MIB), (0xc03111, 948 * MIB), (0xd03114, 948 * MIB)] {
+            let ram_map = ram_map(Soc::Bcm2711, revision, low);
+            let (_, budget) = scaled_budget(BoardModel::Pi4B, ram_map.total());
+            let plan = MemoryPlan::across(ram_map, budget, 0x30_0000, 11).unwrap();
+            assert!(plan.region(RegionKind::Arena).size * 10 >= ram_map.total() * 9);
+        }
     }
 
     #[test]

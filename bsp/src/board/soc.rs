@@ -95,6 +95,17 @@ impl Soc {
         }
     }
 
+    /// Where the chip may have RAM above the hole that ends the mailbox's ARM memory: `(base,
+    /// end)`, on the BCM2711 only (every BCM2837 board has at most 1 GiB, all below the hole).
+    pub const fn high_ram_window(self) -> Option<(u64, u64)> {
+        match self {
+            Soc::Bcm2837 => None,
+            Soc::Bcm2711 => {
+                Some((super::rpi4::memory_map::HIGH_RAM_BASE, super::rpi4::memory_map::HIGH_RAM_END))
+            }
+        }
+    }
+
     /// Where the chip's blocks are.
     pub const fn map(self) -> &'static SocMap {
         match self {
@@ -117,6 +128,7 @@ const fn device_mapping(name: &'static str, base: usize, size: usize) -> Mapping
     Mapping {
         name,
         base: base as u64,
+        physical: base as u64,
         size: size as u64,
         memory: MemoryType::Device,
         access: Access::ReadWrite,

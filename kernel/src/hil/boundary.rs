@@ -8,7 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub use crate::console::CONSOLE_RING_BYTES;
-pub use crate::mm::layout::{BLOCK, Budget, MIB, MemoryPlan, RegionKind, SEGMENT, system_need};
+pub use crate::mm::layout::{BLOCK, Budget, MIB, MemoryPlan, RamMap, RegionKind, SEGMENT, system_need};
 pub use crate::mm::tensor::PageSize;
 pub use crate::rand::SplitMix64;
 pub use crate::serve::PROTOCOL_RESERVE_BYTES;

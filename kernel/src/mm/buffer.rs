@@ -174,7 +174,7 @@ impl Drop for TensorBuffer<'_> {
 pub(crate) mod tests {
     use super::*;
     use crate::mm::{
-        layout::{BLOCK, Budget, MIB, MemoryPlan, Region, RegionKind},
+        layout::{BLOCK, Budget, MIB, MemoryPlan, RamMap, Region, RegionKind},
         tensor::{Pool, TensorMemoryConfig},
     };
     use std::alloc::{Layout, alloc_zeroed};
@@ -204,6 +204,7 @@ pub(crate) mod tests {
         let plan = MemoryPlan {
             regions,
             ram: size,
+            ram_map: RamMap::contiguous(size),
             budget: Budget { llm: size - BLOCK - 2 * eighth, protocol: eighth, system: BLOCK + eighth },
             seed: 0,
         };

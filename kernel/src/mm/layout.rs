@@ -155,6 +155,64 @@ impl Budget {
     }
 }
 
+/// Where the plan's addresses are in physical memory.
+///
+/// A plan lays its regions over one run of addresses, `[0, total)`. On most boards that run is
+/// the ARM RAM itself, at the same physical addresses. The BCM2711 has more RAM above a hole
+/// (the VideoCore's share, just below 1 GiB): boot maps the plan's addresses from `low` on to
+/// the RAM from `high_base` on, so the arena runs on across the hole as if RAM were one piece.
+/// Only the CPU sees those addresses; nothing hands them to a device (the SD card is read by
+/// the CPU, and the DMA region is in the low part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamMap {
+    /// Bytes of RAM from physical address 0, mapped at the same addresses.
+    pub low: u64,
+    /// Physical address of the RAM above the hole.
+    pub high_base: u64,
+    /// Bytes of RAM there (0: none).
+    pub high: u64,
+}
+
+impl RamMap {
+    /// `ram` bytes from address 0 and nothing above a hole.
+    pub const fn contiguous(ram: u64) -> RamMap {
+        RamMap { low: ram, high_base: ram, high: 0 }
+    }
+
+    /// `low` bytes from address 0 and `high` bytes from `high_base` (2 MiB-aligned, above
+    /// `low`). With a high part the low part is cut to whole blocks, so that the two meet on a
+    /// block boundary, and the high part too.
+    pub fn with_high(low: u64, high_base: u64, high: u64) -> RamMap {
+        let high = high / BLOCK * BLOCK;
+        if high == 0 {
+            return RamMap::contiguous(low);
+        }
+        RamMap { low: low / BLOCK * BLOCK, high_base, high }
+    }
+
+    /// Bytes of RAM in all: the plan's addresses run from 0 to this.
+    pub fn total(&self) -> u64 {
+        self.low + self.high
+    }
+
+    /// The physical address behind the plan's address `address`.
+    pub fn physical(&self, address: u64) -> u64 {
+        if address < self.low { address } else { address - self.low + self.high_base }
+    }
+
+    /// The plan's range `[base, base + size)` cut where it crosses from the low part to the
+    /// high: `(base, size)` pieces, each one run of physical memory (the second is empty when
+    /// the range does not cross).
+    pub fn pieces(&self, base: u64, size: u64) -> [(u64, u64); 2] {
+        let end = base + size;
+        if base < self.low && end > self.low {
+            [(base, self.low - base), (self.low, end - self.low)]
+        } else {
+            [(base, size), (end, 0)]
+        }
+    }
+}
+
 /// Why no plan could be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanError {
@@ -172,6 +230,13 @@ pub enum PlanError {
         /// Bytes the system share has.
         available: u64,
     },
+    /// The fixed regions run past the RAM that starts at address 0.
+    LowRamTooSmall {
+        /// Where they end.
+        needed: u64,
+        /// Bytes of RAM from address 0.
+        available: u64,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -186,6 +251,12 @@ impl fmt::Display for PlanError {
                 needed.div_ceil(MIB),
                 available / MIB
             ),
+            PlanError::LowRamTooSmall { needed, available } => write!(
+                formatter,
+                "kernel, DMA, heap and small objects end at {} MiB but the RAM from address 0 ends at {} MiB",
+                needed.div_ceil(MIB),
+                available / MIB
+            ),
         }
     }
 }
@@ -195,8 +266,10 @@ impl fmt::Display for PlanError {
 pub struct MemoryPlan {
     /// The regions, one per [`RegionKind`], in the order of [`RegionKind::ALL`].
     pub regions: [Region; 6],
-    /// Bytes of ARM RAM detected.
+    /// Bytes of ARM RAM detected (the plan's addresses run from 0 to this).
     pub ram: u64,
+    /// Where those addresses are in physical memory.
+    pub ram_map: RamMap,
     /// The budget the plan follows.
     pub budget: Budget,
     /// The seed that placed the arena.
@@ -238,7 +311,24 @@ impl MemoryPlan {
         }
         let offset = SplitMix64::new(seed).below(slack / BLOCK + 1) * BLOCK;
         regions[5] = Region { kind: RegionKind::Arena, base: cursor + offset, size: arena };
-        Ok(MemoryPlan { regions, ram, budget, seed })
+        Ok(MemoryPlan { regions, ram, ram_map: RamMap::contiguous(ram), budget, seed })
+    }
+
+    /// Plans the regions over the RAM of `ram_map` as [`MemoryPlan::new`] does over its total.
+    /// The fixed regions must fit in the low part (where the kernel image is); the arena may
+    /// run on into the high part.
+    pub fn across(
+        ram_map: RamMap,
+        budget: Budget,
+        kernel_end: u64,
+        seed: u64,
+    ) -> Result<MemoryPlan, PlanError> {
+        let plan = MemoryPlan::new(ram_map.total(), budget, kernel_end, seed)?;
+        let fixed_end = plan.region(RegionKind::Small).end();
+        if fixed_end > ram_map.low {
+            return Err(PlanError::LowRamTooSmall { needed: fixed_end, available: ram_map.low });
+        }
+        Ok(MemoryPlan { ram_map, ..plan })
     }
 
     /// The region of `kind`.
@@ -308,6 +398,40 @@ mod tests {
         let distinct: std::collections::HashSet<_> = (0..64).map(bases).collect();
         assert!(distinct.len() > 8, "seeds give varied layouts ({})", distinct.len());
         assert!(distinct.iter().all(|b| b[..5] == bases(0)[..5]), "fixed regions never move");
+    }
+
+    /// QEMU raspi4b: 960 MiB from 0 (the mailbox's), 1 GiB from 1 GiB on (the revision's
+    /// 2 GiB less the first). The arena runs on across the hole; everything else is low.
+    #[test]
+    fn the_arena_runs_on_across_the_hole() {
+        let ram_map = RamMap::with_high(960 * MIB, 1 << 30, 1 << 30);
+        assert_eq!(ram_map.total(), 1984 * MIB);
+        let budget = Budget::reserving(ram_map.total(), 96 * MIB, 4 * MIB);
+        let plan = MemoryPlan::across(ram_map, budget, 0x30_0000, 5).unwrap();
+        check_plan(&plan, 0x30_0000);
+        assert_eq!(plan.ram_map, ram_map);
+        let arena = plan.region(RegionKind::Arena);
+        assert!(arena.base < ram_map.low && arena.end() > ram_map.low, "{arena:?}");
+        assert_eq!(ram_map.physical(arena.base), arena.base);
+        assert_eq!(ram_map.physical(960 * MIB), 1 << 30);
+        assert_eq!(ram_map.physical(arena.end() - 1), arena.end() - 1 + 64 * MIB);
+        let [low, high] = ram_map.pieces(arena.base, arena.size);
+        assert_eq!(low, (arena.base, 960 * MIB - arena.base));
+        assert_eq!(high, (960 * MIB, arena.end() - 960 * MIB));
+        assert_eq!(ram_map.pieces(0x20_0000, 0x20_0000), [(0x20_0000, 0x20_0000), (0x40_0000, 0)]);
+        // A low part that is not whole blocks is cut to them when a high part follows it.
+        assert_eq!(
+            RamMap::with_high(949 * MIB, 1 << 30, 3 * MIB),
+            RamMap { low: 948 * MIB, high_base: 1 << 30, high: 2 * MIB }
+        );
+        assert_eq!(RamMap::with_high(949 * MIB, 1 << 30, MIB), RamMap::contiguous(949 * MIB));
+        // Fixed regions that would reach past the low part are refused.
+        let small_low = RamMap::with_high(20 * MIB, 1 << 30, 1 << 30);
+        let budget = Budget::reserving(small_low.total(), 96 * MIB, 4 * MIB);
+        assert!(matches!(
+            MemoryPlan::across(small_low, budget, 0x30_0000, 5),
+            Err(PlanError::LowRamTooSmall { available, .. }) if available == 20 * MIB
+        ));
     }
 
     #[test]

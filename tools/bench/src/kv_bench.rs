@@ -13,7 +13,7 @@ use kernel::{
             KvBlockPool, PagedKv, PrefixStatistics, floats_per_block,
             two_level::{LayerGroup, TwoLevelKv, aligned_page_tokens, large_page_floats_for},
         },
-        layout::{BLOCK, Budget, MIB, MemoryPlan, Region, RegionKind},
+        layout::{BLOCK, Budget, MIB, MemoryPlan, RamMap, Region, RegionKind},
         tensor::{TensorMemory, TensorMemoryConfig},
     },
     rand::SplitMix64,
@@ -551,6 +551,7 @@ fn host_memory(size: u64) -> &'static BackedMemory {
     let plan = MemoryPlan {
         regions,
         ram: size,
+        ram_map: RamMap::contiguous(size),
         budget: Budget { llm, protocol: small, system: BLOCK + small },
         seed: 0,
     };

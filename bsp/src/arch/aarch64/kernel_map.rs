@@ -120,6 +120,7 @@ fn page_run(name: &'static str, range: Range<u64>, access: Access) -> Mapping {
     Mapping {
         name,
         base: range.start,
+        physical: range.start,
         size: range.end - range.start,
         memory: MemoryType::WriteBack,
         access,
@@ -128,7 +129,8 @@ fn page_run(name: &'static str, range: Range<u64>, access: Access) -> Mapping {
 }
 
 /// Every mapping boot makes: kernel sections, stacks (guards left out), the plan's regions
-/// except the kernel region itself, and `devices`.
+/// except the kernel region itself (the part of one above the BCM2711's RAM hole, if any, as a
+/// mapping of its own, named "… (high)"), and `devices`.
 pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mapping]) -> MappingList {
     let empty = page_run("", 0..0, Access::ReadOnly);
     let mut list = MappingList { entries: [empty; 32], length: 0 };
@@ -151,24 +153,41 @@ pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mappin
         ));
     }
     for region in plan.regions.iter().filter(|region| region.kind != RegionKind::Kernel) {
-        list.push(Mapping {
-            name: region.kind.name(),
-            base: region.base,
-            size: region.size,
-            memory: if region.kind.cacheable() { MemoryType::WriteBack } else { MemoryType::NonCacheable },
-            access: Access::ReadWrite,
-            granule: PageSize::Size2MiB,
-        });
+        let [low, high] = plan.ram_map.pieces(region.base, region.size);
+        for ((base, size), name) in [(low, region.kind.name()), (high, high_name(region.kind))] {
+            if size == 0 {
+                continue;
+            }
+            list.push(Mapping {
+                name,
+                base,
+                physical: plan.ram_map.physical(base),
+                size,
+                memory: if region.kind.cacheable() {
+                    MemoryType::WriteBack
+                } else {
+                    MemoryType::NonCacheable
+                },
+                access: Access::ReadWrite,
+                granule: PageSize::Size2MiB,
+            });
+        }
     }
     devices.iter().for_each(|device| list.push(*device));
     list
+}
+
+/// The name of the part of a region of `kind` above the RAM hole.
+fn high_name(kind: RegionKind) -> &'static str {
+    // The fixed regions are all below the hole (`MemoryPlan::across`); only the arena crosses.
+    if kind == RegionKind::Arena { "llm arena (high)" } else { "above the hole" }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::aarch64::translation::TranslationTables;
-    use kernel::hil::boundary::{Budget, MIB};
+    use kernel::hil::boundary::{Budget, MIB, RamMap};
 
     fn image() -> KernelImage {
         KernelImage {
@@ -187,6 +206,7 @@ mod tests {
         let device = Mapping {
             name: "mmio",
             base: 0x3F00_0000,
+            physical: 0x3F00_0000,
             size: 0x100_0000,
             memory: MemoryType::Device,
             access: Access::ReadWrite,
@@ -210,5 +230,31 @@ mod tests {
         assert_eq!(tables.translate(0x200_0000, dma.base).unwrap().memory, MemoryType::NonCacheable);
         let arena = plan.region(RegionKind::Arena);
         assert_eq!(tables.translate(0x200_0000, arena.end() - 1).unwrap().memory, MemoryType::WriteBack);
+    }
+
+    /// QEMU raspi4b's RAM: 960 MiB at 0 and 1 GiB at 1 GiB. The arena's part past 960 MiB is a
+    /// mapping of its own onto the RAM at 1 GiB; nothing maps the hole's physical addresses.
+    #[test]
+    fn the_arena_above_the_hole_maps_to_the_high_ram() {
+        let image = image();
+        let ram_map = RamMap::with_high(960 * MIB, 1 << 30, 1 << 30);
+        let budget = Budget::reserving(ram_map.total(), 96 * MIB, 4 * MIB);
+        let plan = MemoryPlan::across(ram_map, budget, image.end(), 3).unwrap();
+        let list = kernel_mappings(&image, &plan, &[]);
+        let high: Vec<_> =
+            list.as_slice().iter().filter(|mapping| mapping.base != mapping.physical).collect();
+        assert_eq!(high.len(), 1);
+        assert_eq!((high[0].name, high[0].base, high[0].physical), ("llm arena (high)", 960 * MIB, 1 << 30));
+        let arena = plan.region(RegionKind::Arena);
+        assert_eq!(high[0].size, arena.end() - 960 * MIB);
+        let mut tables = Box::new(TranslationTables::<4>::new());
+        tables.build(0x200_0000, list.as_slice()).unwrap();
+        assert_eq!(tables.translate(0x200_0000, 960 * MIB - 8).unwrap().physical, 960 * MIB - 8);
+        assert_eq!(tables.translate(0x200_0000, 960 * MIB).unwrap().physical, 1 << 30);
+        assert_eq!(
+            tables.translate(0x200_0000, arena.end() - 8).unwrap().physical,
+            arena.end() - 8 + 64 * MIB
+        );
+        assert_eq!(tables.translate(0x200_0000, arena.end()), None, "the trailing slack is unmapped");
     }
 }

@@ -4,7 +4,8 @@
 //! register and no physical memory, so it is unit-tested on the host; boot runs the same code
 //! on the real, statically allocated tables. The address space is 32 bits (T0SZ = 32): a
 //! level-1 table of 4 entries, one level-2 table per mapped gibibyte, and level-3 tables where
-//! a range is mapped in 4 KiB pages.
+//! a range is mapped in 4 KiB pages. Nearly everything is identity-mapped; the one exception is
+//! the BCM2711's RAM above its hole, which follows the low RAM (see `kernel::mm::layout::RamMap`).
 
 #![forbid(unsafe_code)]
 
@@ -51,8 +52,11 @@ pub enum Access {
 pub struct Mapping {
     /// What the range is, for the banner.
     pub name: &'static str,
-    /// First address (identity-mapped: virtual equals physical).
+    /// First (virtual) address.
     pub base: u64,
+    /// The physical address `base` maps to (equal to it everywhere but the RAM above the
+    /// BCM2711's hole).
+    pub physical: u64,
     /// Length in bytes; a multiple of the granule.
     pub size: u64,
     /// Memory type.
@@ -212,15 +216,21 @@ impl<const LEVEL3: usize> TranslationTables<LEVEL3> {
 
     fn map(&mut self, self_physical: u64, mapping: &Mapping) -> Result<(), MapError> {
         let step = mapping.granule.bytes();
-        if !mapping.base.is_multiple_of(step) || !mapping.size.is_multiple_of(step) {
+        if !mapping.base.is_multiple_of(step)
+            || !mapping.size.is_multiple_of(step)
+            || !mapping.physical.is_multiple_of(step)
+        {
             return Err(MapError::Misaligned { name: mapping.name });
         }
-        match mapping.base.checked_add(mapping.size) {
-            Some(end) if end <= ADDRESS_SPACE => {}
-            _ => return Err(MapError::OutOfRange { name: mapping.name }),
+        for start in [mapping.base, mapping.physical] {
+            match start.checked_add(mapping.size) {
+                Some(end) if end <= ADDRESS_SPACE => {}
+                _ => return Err(MapError::OutOfRange { name: mapping.name }),
+            }
         }
         let attributes = attribute_bits(mapping.memory, mapping.access);
         for address in (mapping.base..mapping.base + mapping.size).step_by(step as usize) {
+            let output = address - mapping.base + mapping.physical;
             let overlap = MapError::Overlap { name: mapping.name, address };
             let level1_index = (address / LEVEL1_SPAN) as usize;
             let level2_index = ((address >> 21) & 0x1FF) as usize;
@@ -230,7 +240,7 @@ impl<const LEVEL3: usize> TranslationTables<LEVEL3> {
                     if level2_entry != 0 {
                         return Err(overlap);
                     }
-                    self.level2[level1_index].0[level2_index] = address | attributes | VALID;
+                    self.level2[level1_index].0[level2_index] = output | attributes | VALID;
                 }
                 PageSize::Size4KiB => {
                     let table = if level2_entry == 0 {
@@ -252,7 +262,7 @@ impl<const LEVEL3: usize> TranslationTables<LEVEL3> {
                     if *entry != 0 {
                         return Err(overlap);
                     }
-                    *entry = address | attributes | TABLE_OR_PAGE | VALID;
+                    *entry = output | attributes | TABLE_OR_PAGE | VALID;
                 }
             }
         }
@@ -318,7 +328,15 @@ mod tests {
     const BASE: u64 = 0x10_0000;
 
     fn mapping(name: &'static str, base: u64, size: u64, granule: PageSize) -> Mapping {
-        Mapping { name, base, size, memory: MemoryType::WriteBack, access: Access::ReadWrite, granule }
+        Mapping {
+            name,
+            base,
+            physical: base,
+            size,
+            memory: MemoryType::WriteBack,
+            access: Access::ReadWrite,
+            granule,
+        }
     }
 
     fn kernel_like() -> Vec<Mapping> {
@@ -326,6 +344,7 @@ mod tests {
             Mapping {
                 name: "text",
                 base: 0x8_0000,
+                physical: 0x8_0000,
                 size: 0x2_0000,
                 memory: MemoryType::WriteBack,
                 access: Access::ReadExecute,
@@ -334,6 +353,7 @@ mod tests {
             Mapping {
                 name: "rodata",
                 base: 0xA_0000,
+                physical: 0xA_0000,
                 size: 0x1_0000,
                 memory: MemoryType::WriteBack,
                 access: Access::ReadOnly,
@@ -343,6 +363,7 @@ mod tests {
             Mapping {
                 name: "dma",
                 base: 0x20_0000,
+                physical: 0x20_0000,
                 size: 0x20_0000,
                 memory: MemoryType::NonCacheable,
                 access: Access::ReadWrite,
@@ -352,6 +373,7 @@ mod tests {
             Mapping {
                 name: "mmio",
                 base: 0x3F00_0000,
+                physical: 0x3F00_0000,
                 size: 0x100_0000,
                 memory: MemoryType::Device,
                 access: Access::ReadWrite,
@@ -360,6 +382,7 @@ mod tests {
             Mapping {
                 name: "local",
                 base: 0x4000_0000,
+                physical: 0x4000_0000,
                 size: 0x20_0000,
                 memory: MemoryType::Device,
                 access: Access::ReadWrite,
@@ -405,6 +428,22 @@ mod tests {
         let block = tables.leaf_descriptor(BASE, 0x40_0000).unwrap();
         assert_eq!(block & 0b11, 0b01, "level-2 block");
         assert_eq!(block & ADDRESS_MASK, 0x40_0000);
+    }
+
+    /// The BCM2711's RAM above the hole: addresses from 0x3C000000 on reach 0x40000000 on.
+    #[test]
+    fn a_mapping_may_point_elsewhere() {
+        let mut tables = Box::new(TranslationTables::<1>::new());
+        let high =
+            Mapping { physical: 0x4000_0000, ..mapping("high", 0x3C00_0000, 0x40_0000, PageSize::Size2MiB) };
+        tables.build(BASE, &[high]).unwrap();
+        assert_eq!(tables.translate(BASE, 0x3C00_0010).unwrap().physical, 0x4000_0010);
+        assert_eq!(tables.translate(BASE, 0x3C3F_FFF8).unwrap().physical, 0x403F_FFF8);
+        assert_eq!(tables.translate(BASE, 0x4000_0000), None, "the output range is not mapped at itself");
+        let odd = Mapping { physical: 0x4000_1000, ..high };
+        assert_eq!(tables.build(BASE, &[odd]), Err(MapError::Misaligned { name: "high" }));
+        let beyond = Mapping { physical: 0xFFE0_0000, ..high };
+        assert_eq!(tables.build(BASE, &[beyond]), Err(MapError::OutOfRange { name: "high" }));
     }
 
     #[test]

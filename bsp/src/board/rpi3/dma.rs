@@ -165,7 +165,7 @@ pub const CONTROL_BLOCK_ALIGNMENT: u64 = 32;
 /// Largest length in a full channel's 30-bit TXFR_LEN.
 const MAX_TRANSFER_LENGTH: u64 = (1 << 30) - 1;
 /// ARM physical memory the engine reaches through the bus alias: everything below the
-/// peripherals.
+/// peripherals (on the BCM2711 the legacy channels reach the same first GiB).
 const REACHABLE_END: u64 = PERIPHERALS as u64;
 /// A copy times out after this, plus [`TIMEOUT_US_PER_MIB`] for each MiB.
 const TIMEOUT_BASE_US: u64 = 10_000;
@@ -218,8 +218,11 @@ pub fn bus_address(physical: u64) -> Option<u32> {
     (physical < REACHABLE_END).then_some(physical as u32 | BUS_UNCACHED)
 }
 
-/// The engine's constraints for a machine whose smallest data cache line is `cache_line`.
-pub fn constraints(cache_line: u64) -> CopyConstraints {
+/// The engine's constraints for a machine whose smallest data cache line is `cache_line` and
+/// whose addresses below `ram_end` are RAM at the same physical addresses (the memory plan's
+/// `ram_map.low`: past it, a Pi 4's arena is RAM above 1 GiB, which the engine cannot reach,
+/// and whose addresses are not its physical ones).
+pub fn constraints(cache_line: u64, ram_end: u64) -> CopyConstraints {
     CopyConstraints {
         // The engine moves 32-bit words (QEMU loops on 4-byte steps too).
         source_alignment: 4,
@@ -227,7 +230,7 @@ pub fn constraints(cache_line: u64) -> CopyConstraints {
         destination_alignment: cache_line,
         length_granule: cache_line,
         max_length: MAX_TRANSFER_LENGTH / cache_line * cache_line,
-        reachable_end: REACHABLE_END,
+        reachable_end: REACHABLE_END.min(ram_end),
     }
 }
 
@@ -255,6 +258,7 @@ pub struct DmaEngine<'clock> {
     clock: &'clock dyn Clock,
     cache_line: u64,
     uncached: Range<u64>,
+    ram_end: u64,
     in_flight: Option<InFlight>,
 }
 
@@ -269,13 +273,14 @@ impl<'clock> DmaEngine<'clock> {
     /// A driver for `channel` of the engine at `base`, using the control block at the ARM
     /// physical address `control_block`. Enables and resets the channel. Buffers wholly inside
     /// `uncached` (the non-cacheable DMA region) need no cache maintenance, and get none.
+    /// Copies reach only below `ram_end` (see [`constraints`]).
     ///
     /// # Safety
     /// `base` must be the DMA block ([`DMA_BASE`]), mapped as device memory, and no other
     /// driver may use `channel`. `control_block` must be 32 bytes of non-cacheable memory
     /// (from the DMA pool), used by nothing else while the driver lives. `cache_line` must be
     /// the smallest data cache line (CTR_EL0). `uncached` must be mapped non-cacheable on
-    /// every core (or be empty).
+    /// every core (or be empty). Every address below `ram_end` must be identity-mapped.
     pub unsafe fn new(
         base: usize,
         channel: usize,
@@ -283,6 +288,7 @@ impl<'clock> DmaEngine<'clock> {
         clock: &'clock dyn Clock,
         cache_line: u64,
         uncached: Range<u64>,
+        ram_end: u64,
     ) -> Result<Self, DmaSetupError> {
         if channel >= CHANNELS {
             return Err(DmaSetupError::NoSuchChannel(channel));
@@ -292,7 +298,7 @@ impl<'clock> DmaEngine<'clock> {
         }
         let size = core::mem::size_of::<ControlBlock>() as u64;
         let control_block_bus = bus_address(control_block)
-            .filter(|_| control_block.saturating_add(size) <= REACHABLE_END)
+            .filter(|_| control_block.saturating_add(size) <= REACHABLE_END.min(ram_end))
             .ok_or(DmaSetupError::UnreachableControlBlock(control_block))?;
         let engine = Self {
             // SAFETY: forwarded from the caller.
@@ -303,6 +309,7 @@ impl<'clock> DmaEngine<'clock> {
             clock,
             cache_line,
             uncached,
+            ram_end,
             in_flight: None,
         };
         if engine.channel().DEBUG.is_set(DEBUG::LITE) {
@@ -399,7 +406,7 @@ unsafe impl Send for DmaEngine<'_> {}
 
 impl CopyEngine for DmaEngine<'_> {
     fn constraints(&self) -> CopyConstraints {
-        constraints(self.cache_line)
+        constraints(self.cache_line, self.ram_end)
     }
 
     unsafe fn start(&mut self, request: CopyRequest) -> Result<(), CopyError> {
@@ -407,7 +414,7 @@ impl CopyEngine for DmaEngine<'_> {
         if self.in_flight.is_some() || self.channel().CS.is_set(CS::ACTIVE) {
             return Err(CopyError::Busy);
         }
-        // check_request kept both ranges below REACHABLE_END, so both translate.
+        // check_request kept both ranges below the reach, so both translate.
         let translate = |which: &'static str, address: u64| {
             bus_address(address).ok_or(CopyError::OutOfReach { which, address, length: request.length })
         };
@@ -515,10 +522,12 @@ mod tests {
 
     #[test]
     fn constraints_ask_for_whole_lines_below_the_peripherals() {
-        let limits = constraints(64);
+        let limits = constraints(64, 1 << 30);
         assert_eq!(limits.destination_alignment, 64);
         assert_eq!(limits.max_length % 64, 0);
         assert!(limits.max_length < 1 << 30);
         assert_eq!(limits.reachable_end, 0x3F00_0000);
+        // Below the end of the identity-mapped RAM (a Pi 4's arena goes on above it).
+        assert_eq!(constraints(64, 0x3C00_0000).reachable_end, 0x3C00_0000);
     }
 }

@@ -37,6 +37,14 @@ pub const GIC_CPU_INTERFACE: usize = LOCAL_PERIPHERALS + 0x4_2000;
 /// raspi4b leaves its CNTFRQ at QEMU's 62.5 MHz; docs/QEMU.md.)
 pub const TIMER_HZ: u64 = 54_000_000;
 
+/// Where RAM resumes above the VideoCore's share (which ends the RAM the mailbox reports, just
+/// below 1 GiB).
+pub const HIGH_RAM_BASE: u64 = 0x4000_0000;
+/// Where that RAM ends at the latest: the low-peripheral mode's windows start at 0xFC000000 (a
+/// 4 GiB board's firmware lists 0x40000000-0xFC000000; RAM above 4 GiB is beyond Tessera's
+/// 32-bit address space).
+pub const HIGH_RAM_END: u64 = 0xFC00_0000;
+
 /// The BCM2711's blocks, for code that serves both chips.
 pub const MAP: SocMap = SocMap {
     peripherals: PERIPHERALS,
