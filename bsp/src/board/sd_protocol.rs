@@ -206,6 +206,14 @@ impl PublishedAddress {
     pub fn errors(&self) -> u32 {
         self.status & R1_ERROR_BITS
     }
+
+    /// The relative address of an R6 word whose status has no error bit, or `Err(status)`
+    /// (a card that reports a CRC error, an illegal command or a general error while it
+    /// publishes its address is not taken, as Circle's driver does not take it).
+    pub fn checked(response: u32) -> Result<u16, u32> {
+        let published = Self::decode(response);
+        if published.errors() == 0 { Ok(published.relative_address) } else { Err(published.status) }
+    }
 }
 
 /// The card's identity, from its CID register (read by ALL_SEND_CID). Every field is what the
@@ -457,6 +465,9 @@ mod tests {
         assert_eq!((ones.relative_address, ones.status), (0xFFFF, 0x00C8_1FFF));
         assert_eq!(ones.errors(), 0x00C8_0008, "the three error bits and AKE_SEQ_ERROR");
         assert_eq!(PublishedAddress::decode(0), PublishedAddress::default());
+        assert_eq!(PublishedAddress::checked(0x4567_0400), Ok(0x4567));
+        assert_eq!(PublishedAddress::checked(0x4567_8400), Err(1 << 23 | 2 << 9), "COM_CRC_ERROR");
+        assert_eq!(PublishedAddress::checked(0x4567_2400), Err(1 << 19 | 2 << 9), "ERROR");
     }
 
     #[test]

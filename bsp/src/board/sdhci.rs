@@ -434,12 +434,10 @@ impl<'clock> Sdhci<'clock> {
         self.card.high_capacity = conditions.high_capacity;
         self.command(sd::ALL_SEND_CID, 0).map_err(|error| InitError::Command { index: 2, error })?;
         self.card.identity = CardIdentity::decode(&self.long_response());
-        let published = self
+        self.card.relative_address = self
             .command(sd::SEND_RELATIVE_ADDR, 0)
+            .and_then(|published| PublishedAddress::checked(published).map_err(BlockError::Refused))
             .map_err(|error| InitError::Command { index: 3, error })?;
-        // The R6's compressed card status is decoded (`PublishedAddress::status`) but not acted
-        // on: a card that publishes an address is taken whatever that status says.
-        self.card.relative_address = PublishedAddress::decode(published).relative_address;
         let rca_argument = u32::from(self.card.relative_address) << 16;
         self.command(sd::SEND_CSD, rca_argument).map_err(|error| InitError::Command { index: 9, error })?;
         self.card.blocks = sd::capacity_blocks(&self.long_response()).map_err(|_| InitError::UnknownCsd)?;

@@ -409,6 +409,8 @@ pub fn sd_registers(data: &[u8]) {
     assert_eq!(published.status & 0x1FFF, r6 & 0x1FFF, "R6 status bits 12:0");
     assert_eq!(published.status & !0x00C8_1FFF, 0, "R6 carries no other status bits");
     assert_eq!(published.errors(), published.status & sd_protocol::R1_ERROR_BITS);
+    let taken = PublishedAddress::checked(r6);
+    assert_eq!(taken.is_ok(), r6 & 0xE000 == 0, "R6 taken only without an error bit");
 
     let r7 = word(53);
     let accepted = sd_protocol::interface_condition_accepted(r7);
