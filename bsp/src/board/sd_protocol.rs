@@ -208,8 +208,9 @@ impl PublishedAddress {
     }
 
     /// The relative address of an R6 word whose status has no error bit, or `Err(status)`
-    /// (a card that reports a CRC error, an illegal command or a general error while it
-    /// publishes its address is not taken, as Circle's driver does not take it).
+    /// (a card that reports a CRC error, an illegal command, a general error or an
+    /// authentication sequence error while it publishes its address is not taken; Circle's
+    /// driver refuses the first three).
     pub fn checked(response: u32) -> Result<u16, u32> {
         let published = Self::decode(response);
         if published.errors() == 0 { Ok(published.relative_address) } else { Err(published.status) }
@@ -468,6 +469,7 @@ mod tests {
         assert_eq!(PublishedAddress::checked(0x4567_0400), Ok(0x4567));
         assert_eq!(PublishedAddress::checked(0x4567_8400), Err(1 << 23 | 2 << 9), "COM_CRC_ERROR");
         assert_eq!(PublishedAddress::checked(0x4567_2400), Err(1 << 19 | 2 << 9), "ERROR");
+        assert_eq!(PublishedAddress::checked(0x4567_0408), Err(2 << 9 | 1 << 3), "AKE_SEQ_ERROR");
     }
 
     #[test]
