@@ -27,7 +27,7 @@ fn main(info: &'static boot::BootInfo) -> ! {
         Soc::Bcm2837 => 0,
         Soc::Bcm2711 => 1024 * MIB,
     };
-    ensure!(info.plan.ram == 960 * MIB + high, "boot planned {} MiB", info.plan.ram / MIB);
+    ensure!(info.plan.ram() == 960 * MIB + high, "boot planned {} MiB", info.plan.ram() / MIB);
     ensure!(info.board_revision == expected_revision, "revision {:#x}", info.board_revision);
     let dma = info.plan.region(RegionKind::Dma);
     // SAFETY: the chip's mailbox block; the first page of the DMA region is the mailbox buffer,

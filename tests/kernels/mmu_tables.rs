@@ -89,7 +89,7 @@ fn main(info: &'static boot::BootInfo) -> ! {
     }
 
     let image = start::kernel_image();
-    let ram_end = info.plan.ram;
+    let ram_end = info.plan.ram();
     let mut holes = vec![0u64, 0xFF8, 0x7_F000, ram_end, ram_end + 32 * MIB, 0x8000_0000];
     for core in 0..4 {
         holes.push(image.thread_stack_top(core) - THREAD_STACK_BYTES as u64 - 8);

@@ -11,7 +11,7 @@ boot::entry!(main, TEST_CONFIG);
 
 fn main(info: &'static boot::BootInfo) -> ! {
     let budget = info.plan.budget;
-    ensure!(info.plan.ram == 448 * MIB, "ARM memory {} MiB", info.plan.ram / MIB);
+    ensure!(info.plan.ram() == 448 * MIB, "ARM memory {} MiB", info.plan.ram() / MIB);
     ensure!(info.budget_row == "Pi Zero 2W", "row {}", info.budget_row);
     ensure!(budget.total() == 448 * MIB, "budget covers {} MiB", budget.total() / MIB);
     ensure!(budget.llm == 372 * MIB && budget.protocol == 4 * MIB, "budget {budget:?}");

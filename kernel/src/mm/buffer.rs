@@ -203,7 +203,6 @@ pub(crate) mod tests {
         });
         let plan = MemoryPlan {
             regions,
-            ram: size,
             ram_map: RamMap::contiguous(size),
             budget: Budget { llm: size - BLOCK - 2 * eighth, protocol: eighth, system: BLOCK + eighth },
             seed: 0,

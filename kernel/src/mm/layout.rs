@@ -266,9 +266,7 @@ impl fmt::Display for PlanError {
 pub struct MemoryPlan {
     /// The regions, one per [`RegionKind`], in the order of [`RegionKind::ALL`].
     pub regions: [Region; 6],
-    /// Bytes of ARM RAM detected (the plan's addresses run from 0 to this).
-    pub ram: u64,
-    /// Where those addresses are in physical memory.
+    /// The ARM RAM detected, and where the plan's addresses are in it.
     pub ram_map: RamMap,
     /// The budget the plan follows.
     pub budget: Budget,
@@ -311,7 +309,7 @@ impl MemoryPlan {
         }
         let offset = SplitMix64::new(seed).below(slack / BLOCK + 1) * BLOCK;
         regions[5] = Region { kind: RegionKind::Arena, base: cursor + offset, size: arena };
-        Ok(MemoryPlan { regions, ram, ram_map: RamMap::contiguous(ram), budget, seed })
+        Ok(MemoryPlan { regions, ram_map: RamMap::contiguous(ram), budget, seed })
     }
 
     /// Plans the regions over the RAM of `ram_map` as [`MemoryPlan::new`] does over its total.
@@ -336,9 +334,14 @@ impl MemoryPlan {
         self.regions[kind as usize]
     }
 
+    /// Bytes of ARM RAM detected: the plan's addresses run from 0 to this.
+    pub fn ram(&self) -> u64 {
+        self.ram_map.total()
+    }
+
     /// Bytes of RAM that belong to no region.
     pub fn slack(&self) -> u64 {
-        self.ram - self.regions.iter().map(|region| region.size).sum::<u64>()
+        self.ram() - self.regions.iter().map(|region| region.size).sum::<u64>()
     }
 }
 
@@ -361,7 +364,7 @@ mod tests {
             assert!(region.base >= previous_end, "{kind:?} overlaps its predecessor");
             previous_end = region.end();
         }
-        assert!(previous_end <= plan.ram, "plan runs past RAM");
+        assert!(previous_end <= plan.ram(), "plan runs past RAM");
         assert!(plan.region(RegionKind::Kernel).end() >= kernel_end);
         assert_eq!(plan.region(RegionKind::Protocol).size, plan.budget.protocol);
         assert!(plan.region(RegionKind::Arena).size >= plan.budget.llm, "the arena has the LLM budget");

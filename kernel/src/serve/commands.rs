@@ -93,7 +93,7 @@ impl<'a, D: BlockDevice> Server<'a, D> {
                     pool_metadata_bytes: heap.metadata_live_bytes,
                 };
                 let event = Event::Mem {
-                    ram_bytes: self.info.plan.ram,
+                    ram_bytes: self.info.plan.ram(),
                     pools: &pools,
                     heap,
                     arena: self.arena_entry(),

@@ -550,7 +550,6 @@ fn host_memory(size: u64) -> &'static BackedMemory {
     let llm = size - BLOCK - 2 * small;
     let plan = MemoryPlan {
         regions,
-        ram: size,
         ram_map: RamMap::contiguous(size),
         budget: Budget { llm, protocol: small, system: BLOCK + small },
         seed: 0,
