@@ -130,7 +130,7 @@ fn page_run(name: &'static str, range: Range<u64>, access: Access) -> Mapping {
 
 /// Every mapping boot makes: kernel sections, stacks (guards left out), the plan's regions
 /// except the kernel region itself (the part of one above the BCM2711's RAM hole, if any, as a
-/// mapping of its own, named "… (high)"), and `devices`.
+/// mapping of its own, "llm arena (high)"), and `devices`.
 pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mapping]) -> MappingList {
     let empty = page_run("", 0..0, Access::ReadOnly);
     let mut list = MappingList { entries: [empty; 32], length: 0 };
@@ -153,8 +153,10 @@ pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mappin
         ));
     }
     for region in plan.regions.iter().filter(|region| region.kind != RegionKind::Kernel) {
+        // Only the arena can cross into the high part (`MemoryPlan::across` keeps the fixed
+        // regions low), so a high piece is always the arena's.
         let [low, high] = plan.ram_map.pieces(region.base, region.size);
-        for ((base, size), name) in [(low, region.kind.name()), (high, high_name(region.kind))] {
+        for ((base, size), name) in [(low, region.kind.name()), (high, "llm arena (high)")] {
             if size == 0 {
                 continue;
             }
@@ -175,12 +177,6 @@ pub fn kernel_mappings(image: &KernelImage, plan: &MemoryPlan, devices: &[Mappin
     }
     devices.iter().for_each(|device| list.push(*device));
     list
-}
-
-/// The name of the part of a region of `kind` above the RAM hole.
-fn high_name(kind: RegionKind) -> &'static str {
-    // The fixed regions are all below the hole (`MemoryPlan::across`); only the arena crosses.
-    if kind == RegionKind::Arena { "llm arena (high)" } else { "above the hole" }
 }
 
 #[cfg(test)]
